@@ -1,0 +1,51 @@
+"""Configuration of the fusion pass: one frozen dataclass, part of the pass's uuid."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from quantfuse.custom_ops import ops as qops
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionConfig:
+    """What :class:`quantfuse.FusionPass` may rewrite.
+
+    Attributes:
+        fusions: (activation, scheme) pairs to fuse, keys of ``quantfuse.custom_ops``'s
+            ``ACTIVATIONS`` and ``SCHEMES`` tables.
+        forms: ``"op"`` (quantfuse ops called by the model) and/or ``"native"``
+            (the same maths in plain PyTorch).
+        group_sizes: FP8 group sizes the fused kernels support.
+        dtypes: activation input dtypes to fuse, by name.
+        dump_dir: if set, each pass run writes its report and the graphs before and
+            after into a numbered sub-folder (also ``QUANTFUSE_DUMP_DIR``).
+    """
+
+    fusions: tuple[tuple[str, str], ...] = (("silu_and_mul", "fp8_per_group"),)
+    forms: tuple[str, ...] = ("op", "native")
+    group_sizes: tuple[int, ...] = (64, 128)
+    dtypes: tuple[str, ...] = ("bfloat16", "float16", "float32")
+    dump_dir: str | None = None
+
+    def __post_init__(self):
+        for act, scheme in self.fusions:
+            if act not in qops.ACTIVATIONS or scheme not in qops.SCHEMES:
+                raise ValueError(f"unknown fusion ({act!r}, {scheme!r}); activations: "
+                                 f"{sorted(qops.ACTIVATIONS)}, schemes: {sorted(qops.SCHEMES)}")
+        bad = set(self.forms) - {"op", "native"}
+        if bad:
+            raise ValueError(f"unknown pattern forms {sorted(bad)}; expected 'op' and/or 'native'")
+        for name in self.dtypes:
+            if not isinstance(getattr(torch, name, None), torch.dtype):
+                raise ValueError(f"unknown dtype name {name!r}")
+
+    @property
+    def torch_dtypes(self) -> tuple[torch.dtype, ...]:
+        return tuple(getattr(torch, name) for name in self.dtypes)
+
+    def pattern_key(self) -> "FusionConfig":
+        """The config with fields that do not affect matching cleared (pattern cache key)."""
+        return dataclasses.replace(self, dump_dir=None)

@@ -1,0 +1,1 @@
+"""Pattern families: search graphs generated from the activation and scheme tables."""
