@@ -172,8 +172,8 @@ def per_token_group_quant_fp8(
     q: torch.Tensor, s: torch.Tensor, x: torch.Tensor, group_size: int, use_ue8m0: bool
 ) -> None:
     """FP8 E4M3 per-token-group quantisation of ``x`` into ``q`` and scales ``s``."""
-    tokens = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    st, sg = _scale_strides(s, tokens, x.shape[-1] // group_size)
+    tokens = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+    st, sg = _scale_strides(s, tokens, x.shape[-1] // group_size if group_size > 0 else 0)
     _mod().per_token_group_quant_fp8(q, s, x, group_size, bool(use_ue8m0), st, sg)
 
 
@@ -181,6 +181,6 @@ def silu_and_mul_per_block_quant(
     q: torch.Tensor, s: torch.Tensor, x: torch.Tensor, group_size: int, use_ue8m0: bool
 ) -> None:
     """Fused ``silu_and_mul`` + ``per_token_group_quant_fp8`` (activation rounded to x.dtype)."""
-    tokens = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    st, sg = _scale_strides(s, tokens, x.shape[-1] // 2 // group_size)
+    tokens = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+    st, sg = _scale_strides(s, tokens, x.shape[-1] // 2 // group_size if group_size > 0 else 0)
     _mod().silu_and_mul_per_block_quant(q, s, x, group_size, bool(use_ue8m0), st, sg)
