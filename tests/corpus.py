@@ -1,0 +1,278 @@
+"""Test corpus: one small module per way people write SiLU×Mul → FP8 per-group quant.
+
+Each class sets ``expect`` = (rewrites, group_size, use_ue8m0, column_major) and
+``make_input`` builds its input; ``near_misses`` lists modules that must be left
+alone, with a fragment of the reason the report must give.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+FP8 = torch.float8_e4m3fn
+qf = torch.ops.quantfuse
+
+
+def _halves_slice(x):
+    d = x.shape[-1] // 2
+    return x[..., :d], x[..., d:]
+
+
+class Style(torch.nn.Module):
+    """Base: 2-D bf16 input [T, 2H]."""
+
+    expect = (1, 128, False, False)
+    shape = (33, 1024)
+    dtype = torch.bfloat16
+
+    def make_input(self):
+        return torch.randn(*self.shape, dtype=self.dtype) * 3
+
+
+class SliceSiluView(Style):
+    def forward(self, x):
+        d = x.shape[-1] // 2
+        y = F.silu(x[:, :d]) * x[:, d:]
+        t = y.shape[0]
+        yg = y.view(t, -1, 128).float()
+        amax = yg.abs().amax(dim=-1, keepdim=True).clamp(min=1e-10)
+        s = amax / 448.0
+        q = (yg / s).clamp(-448, 448).to(FP8)
+        return q.view(t, -1), s.squeeze(-1)
+
+
+class ChunkSigmoidReshape(Style):
+    expect = (1, 64, False, False)
+
+    def forward(self, x):
+        a, b = x.chunk(2, -1)
+        y = a * torch.sigmoid(a) * b
+        yg = y.reshape(y.shape[0], -1, 64).to(torch.float32)
+        amax = torch.maximum(yg.abs().amax(dim=-1, keepdim=True), torch.tensor(1e-10))
+        s = amax * (1 / 448.0)
+        q = torch.clamp(yg / s, min=-448.0, max=448.0).to(FP8)
+        return q.reshape(y.shape), s.reshape(y.shape[0], -1)
+
+
+class SplitSiluUnflatten(Style):
+    def forward(self, x):
+        a, b = torch.split(x, x.shape[-1] // 2, dim=-1)
+        y = F.silu(a) * b
+        yg = y.unflatten(-1, (-1, 128)).float()
+        s = yg.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 448
+        q = (yg / s).clamp(-448, 448).to(FP8)
+        return q.flatten(-2), s.squeeze(-1)
+
+
+class ThreeDimSlice(Style):
+    """[B, S, 2H] input, groups by view over the last dim."""
+
+    shape = (2, 9, 512)
+
+    def forward(self, x):
+        a, b = _halves_slice(x)
+        y = F.silu(a) * b
+        yg = y.view(*y.shape[:-1], -1, 128).float()
+        s = yg.abs().amax(dim=-1, keepdim=True).clamp(min=1e-10) / 448.0
+        q = (yg / s).clamp(-448, 448).to(FP8)
+        return q.view(y.shape), s.squeeze(-1)
+
+
+class ThreeDimChunkSigmoid(Style):
+    shape = (3, 5, 768)
+    expect = (1, 128, False, False)
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=-1)
+        y = a * torch.sigmoid(a) * b
+        yg = y.unflatten(-1, (-1, 128)).float()
+        s = torch.maximum(yg.abs().amax(-1, keepdim=True), torch.tensor(1e-10)) * (1 / 448)
+        q = torch.clamp(yg / s, min=-448, max=448).to(FP8)
+        return q.flatten(-2), s.squeeze(-1)
+
+
+class Ue8m0Exp2(Style):
+    expect = (1, 64, True, False)
+
+    def forward(self, x):
+        a, b = _halves_slice(x)
+        y = F.silu(a) * b
+        yg = y.unflatten(-1, (-1, 64)).float()
+        s = yg.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 448.0
+        s = torch.exp2(torch.ceil(torch.log2(s)))
+        q = (yg / s).clamp(-448, 448).to(FP8)
+        return q.flatten(-2), s.squeeze(-1)
+
+
+class Ue8m0Pow(Style):
+    expect = (1, 128, True, False)
+
+    def forward(self, x):
+        a, b = x.chunk(2, -1)
+        y = F.silu(a) * b
+        yg = y.view(y.shape[0], -1, 128).float()
+        s = yg.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 448.0
+        s = 2 ** torch.ceil(torch.log2(s))
+        q = (yg / s).clamp(-448, 448).to(FP8)
+        return q.view(y.shape), s.squeeze(-1)
+
+
+class Fp16Input(SplitSiluUnflatten):
+    dtype = torch.float16
+
+
+class Fp32Input(SliceSiluView):
+    dtype = torch.float32
+
+
+class Fp32InputSigmoid(ChunkSigmoidReshape):
+    dtype = torch.float32
+
+
+class ColumnMajorScales(Style):
+    """Scales made column-major the way a [T, G] view of [G, T] storage is made."""
+
+    def forward(self, x):
+        a, b = x.chunk(2, -1)
+        y = F.silu(a) * b
+        yg = y.unflatten(-1, (-1, 128)).float()
+        s = yg.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 448.0
+        q = (yg / s).clamp(-448, 448).to(FP8)
+        return q.flatten(-2), s.squeeze(-1).t().contiguous().t()
+
+
+class TwoLayers(Style):
+    """Two MLP activations in one graph: both fused."""
+
+    expect = (2, 128, False, False)
+
+    def forward(self, x):
+        outs = []
+        for inp in (x, x * 0.5 + 1):
+            a, b = _halves_slice(inp)
+            y = F.silu(a) * b
+            yg = y.unflatten(-1, (-1, 128)).float()
+            s = yg.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 448.0
+            outs += [(yg / s).clamp(-448, 448).to(FP8).flatten(-2), s.squeeze(-1)]
+        return tuple(outs)
+
+
+class OpForm(Style):
+    def forward(self, x):
+        return qf.per_token_group_quant_fp8(qf.silu_and_mul(x), 128)
+
+
+class OpFormColumnMajor(Style):
+    expect = (1, 64, False, True)
+
+    def forward(self, x):
+        return qf.per_token_group_quant_fp8(qf.silu_and_mul(x), 64, True)
+
+
+class OpFormKwargs(Style):
+    shape = (2, 7, 512)
+    expect = (1, 128, True, True)
+
+    def forward(self, x):
+        y = qf.silu_and_mul(x)
+        return qf.per_token_group_quant_fp8(y, group_size=128, column_major_scales=True, use_ue8m0=True)
+
+
+STYLES = [SliceSiluView, ChunkSigmoidReshape, SplitSiluUnflatten, ThreeDimSlice, ThreeDimChunkSigmoid,
+          Ue8m0Exp2, Ue8m0Pow, Fp16Input, Fp32Input, Fp32InputSigmoid, ColumnMajorScales, TwoLayers,
+          OpForm, OpFormColumnMajor, OpFormKwargs]
+
+
+# --- near misses: (module, fragment of the reason) -------------------------------------
+
+def _quant(y, group=128, eps=1e-10, lo=-448.0, hi=448.0):
+    yg = y.unflatten(-1, (-1, group)).float()
+    s = yg.abs().amax(-1, keepdim=True).clamp(min=eps) / 448.0
+    return (yg / s).clamp(lo, hi).to(FP8).flatten(-2), s.squeeze(-1)
+
+
+class LoraBranch(Style):
+    """The activation output also feeds a LoRA-style branch."""
+
+    def forward(self, x):
+        a, b = _halves_slice(x)
+        y = F.silu(a) * b
+        q, s = _quant(y)
+        return q, s, (y @ torch.ones(y.shape[-1], 4, dtype=y.dtype))
+
+
+class ReturnsActivation(Style):
+    def forward(self, x):
+        a, b = x.chunk(2, -1)
+        y = F.silu(a) * b
+        return (*_quant(y), y)
+
+
+class GroupSize32(Style):
+    def forward(self, x):
+        a, b = x.chunk(2, -1)
+        return _quant(F.silu(a) * b, group=32)
+
+
+class Float64Input(Style):
+    dtype = torch.float64
+
+    def forward(self, x):
+        a, b = x.chunk(2, -1)
+        return _quant(a * torch.sigmoid(a) * b)
+
+
+class NonContiguousInput(Style):
+    shape = (1024, 16)
+
+    def forward(self, x):
+        x = x.t()  # [16, 1024] view with strides (1, 16)
+        a, b = _halves_slice(x)
+        return _quant(F.silu(a) * b)
+
+
+class OtherEps(Style):
+    def forward(self, x):
+        a, b = x.chunk(2, -1)
+        return _quant(F.silu(a) * b, eps=1e-6)
+
+
+class OtherClamp(Style):
+    def forward(self, x):
+        a, b = x.chunk(2, -1)
+        return _quant(F.silu(a) * b, lo=-240.0, hi=240.0)
+
+
+class SwappedHalves(Style):
+    """silu(up) * gate: the fused op's [gate | up] order does not hold."""
+
+    def forward(self, x):
+        d = x.shape[-1] // 2
+        return _quant(F.silu(x[..., d:]) * x[..., :d])
+
+
+class OpFormExtraUse(Style):
+    def forward(self, x):
+        y = qf.silu_and_mul(x)
+        q, s = qf.per_token_group_quant_fp8(y, 128)
+        return q, s, y.sum()
+
+
+class OpFormGroup32(Style):
+    def forward(self, x):
+        return qf.per_token_group_quant_fp8(qf.silu_and_mul(x), 32)
+
+
+NEAR_MISSES = [
+    (LoraBranch, "activation output"),
+    (ReturnsActivation, "consumer outside the pattern"),
+    (GroupSize32, "group size 32 is not supported"),
+    (Float64Input, "input dtype torch.float64 is not supported"),
+    (NonContiguousInput, "input is not contiguous"),
+    (OtherEps, "eps"),
+    (OtherClamp, "not [-448, 448]"),
+    (SwappedHalves, "not the expected half"),
+    (OpFormExtraUse, "activation output"),
+    (OpFormGroup32, "group size 32 is not supported"),
+]
