@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from quantfuse.custom_ops import ops as qops
 from quantfuse.passes import debug
@@ -29,8 +29,14 @@ def last_report() -> PassReport | None:
 
 @functools.lru_cache(maxsize=1)
 def _source_hash() -> str:
-    files = tuple(sorted(str(p) for p in _PACKAGE_ROOT.rglob("*.py")))
-    return get_hash_for_files(files).hex()
+    """Hash of every source file of the package (kernels included), read once per process."""
+    digest = hashlib.sha256()
+    roots = [_PACKAGE_ROOT, _PACKAGE_ROOT.parent / "csrc"]
+    for path in sorted(p for root in roots if root.is_dir() for p in root.rglob("*")
+                       if p.suffix in (".py", ".cu", ".cuh", ".cpp", ".h")):
+        digest.update(str(path.relative_to(path.parents[1])).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 class _ReportRecorder(act_quant.Recorder):
