@@ -188,3 +188,23 @@ def test_debug_dumps_depyf_code_and_graphs(tmp_path):
     assert "1 rewrite(s)" in (run / "report.txt").read_text()
     decompiled = [p for p in tmp_path.rglob("*.py") if "__compiled_fn" in p.read_text(errors="ignore")]
     assert decompiled, "depyf wrote no decompiled bytecode"
+
+
+@torch.no_grad()
+def test_fx_graph_cache_keys_on_the_pass_uuid(tmp_path, monkeypatch):
+    """A cache hit skips the pass; a changed config must be a miss, not a stale graph."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    model = SliceSiluView()
+    x = model.make_input()
+
+    def compile_with(config):
+        torch._dynamo.reset()
+        fusion = quantfuse.FusionPass(config)
+        with torch._inductor.config.patch(fx_graph_cache=True, force_disable_caches=False):
+            torch.compile(model, options={"post_grad_custom_post_pass": fusion})(x)
+        return fusion
+
+    assert compile_with(None)._runs == 1
+    assert compile_with(None)._runs == 0  # served from the cache: same uuid
+    changed = compile_with(quantfuse.FusionConfig(group_sizes=(64,)))
+    assert changed._runs == 1 and changed.report.rewrites == []

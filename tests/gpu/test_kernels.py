@@ -1,0 +1,228 @@
+"""GPU tests of the cuda and triton kernels against the torch reference (same GPU).
+
+Contract (DESIGN.md "Numerics"): fused == unfused pair bit for bit on one backend;
+against the reference, scales identical and q identical except at most one e4m3
+step at rounding boundaries. Outputs are poisoned before every call so unwritten
+elements show up. Skipped cleanly without CUDA.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+from quantfuse.custom_ops import cuda_backend, reference, triton_backend  # noqa: E402
+
+BACKENDS = {"cuda": cuda_backend, "triton": triton_backend}
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+FP8 = torch.float8_e4m3fn
+NAN_BYTE = 0x7F  # e4m3fn NaN: poison for q
+SHAPES = [(1, 256), (7, 2048), (33, 7168), (4097, 1024), (5, 18432)]
+
+
+@pytest.fixture(params=list(BACKENDS), scope="module")
+def backend(request):
+    mod = BACKENDS[request.param]
+    # On a GPU machine an unavailable backend is a failure (build broke), not a skip.
+    assert mod.is_available(), getattr(mod, "unavailable_reason", lambda: None)() or mod._failed
+    return mod
+
+
+def make_input(lead, width, dtype, seed=None):
+    """randn with per-row magnitudes over 6 decades and sparse 50x outliers."""
+    g = torch.Generator(device="cuda")
+    g.manual_seed(torch.randint(0, 2**31, ()).item() if seed is None else seed)
+    x = torch.randn(*lead, width, device="cuda", generator=g)
+    rows = torch.empty(*lead, 1, device="cuda").uniform_(-3, 3, generator=g)
+    x = x * torch.pow(10.0, rows)
+    outl = torch.rand(*lead, width, device="cuda", generator=g) < 1e-3
+    x = torch.where(outl, x * 50, x)
+    return x.to(dtype).contiguous()
+
+
+def alloc_outputs(lead, hidden, group, column_major):
+    q = torch.empty(*lead, hidden, dtype=torch.uint8, device="cuda").fill_(NAN_BYTE).view(FP8)
+    s = reference._alloc_scales(tuple(lead), hidden // group, "cuda", column_major)
+    s.fill_(float("nan"))
+    return q, s
+
+
+def assert_bits_equal(a: torch.Tensor, b: torch.Tensor, what: str):
+    if a.dtype == FP8:
+        a, b = a.view(torch.uint8), b.view(torch.uint8)
+        ne = a != b
+    else:
+        ne = (a != b) & ~(torch.isnan(a) & torch.isnan(b))
+    n = int(ne.sum())
+    assert n == 0, f"{what}: {n} of {a.numel()} elements differ"
+
+
+def e4m3_steps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Distance in e4m3 steps (codes are monotonic in magnitude within a sign)."""
+    ai, bi = a.view(torch.uint8).int(), b.view(torch.uint8).int()
+    # Signed ordinal: magnitude code, negated for negative values (+0 and -0 both 0).
+    ao = torch.where(ai >= 128, -(ai - 128), ai)
+    bo = torch.where(bi >= 128, -(bi - 128), bi)
+    return (ao - bo).abs()
+
+
+def assert_q_close(q: torch.Tensor, ref: torch.Tensor, what: str):
+    qf, rf = q.float(), ref.float()
+    assert torch.equal(torch.isnan(qf), torch.isnan(rf)), f"{what}: NaN positions differ"
+    ne = (qf != rf) & ~torch.isnan(rf)
+    n = int(ne.sum())
+    if n:
+        steps = e4m3_steps(q[ne], ref[ne])
+        assert int(steps.max()) <= 1, f"{what}: {n} differ, max {int(steps.max())} e4m3 steps"
+        assert n <= 2 + q.numel() * 1e-4, f"{what}: {n} of {q.numel()} differ by one step"
+
+
+def assert_scales_equal(s: torch.Tensor, ref: torch.Tensor, what: str):
+    torch.testing.assert_close(s, ref, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{what}: {m}")
+
+
+def run_fused(mod, x, group, ue8m0, column_major):
+    lead, hidden = tuple(x.shape[:-1]), x.shape[-1] // 2
+    q, s = alloc_outputs(lead, hidden, group, column_major)
+    mod.silu_and_mul_per_block_quant(q, s, x, group, ue8m0)
+    return q, s
+
+
+def run_unfused(mod, x, group, ue8m0, column_major):
+    lead, hidden = tuple(x.shape[:-1]), x.shape[-1] // 2
+    y = torch.full((*lead, hidden), float("nan"), dtype=x.dtype, device="cuda")
+    mod.silu_and_mul(y, x)
+    q, s = alloc_outputs(lead, hidden, group, column_major)
+    mod.per_token_group_quant_fp8(q, s, y, group, ue8m0)
+    return y, q, s
+
+
+@pytest.mark.parametrize("column_major", [False, True], ids=["row", "col"])
+@pytest.mark.parametrize("ue8m0", [False, True], ids=["fp32s", "ue8m0"])
+@pytest.mark.parametrize("group", [64, 128])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_fused_unfused_reference(backend, dtype, group, ue8m0, column_major):
+    for tokens, hidden in SHAPES:
+        x = make_input((tokens,), 2 * hidden, dtype)
+        tag = f"{backend.NAME} {dtype} T={tokens} H={hidden}"
+        qf, sf = run_fused(backend, x, group, ue8m0, column_major)
+        y, qu, su = run_unfused(backend, x, group, ue8m0, column_major)
+        # every output element written (inputs are finite, so nothing may stay NaN)
+        assert not torch.isnan(y).any(), f"{tag}: silu_and_mul left elements unwritten"
+        assert not torch.isnan(qf.float()).any(), f"{tag}: fused q not fully written"
+        assert not torch.isnan(sf).any(), f"{tag}: fused s not fully written"
+        assert not torch.isnan(su).any(), f"{tag}: unfused s not fully written"
+        # fused == unfused, bit for bit
+        assert_bits_equal(qf, qu, f"{tag} fused vs unfused q")
+        assert_bits_equal(sf, su, f"{tag} fused vs unfused s")
+        # each kernel vs the torch reference on the same GPU tensors
+        torch.testing.assert_close(y, reference.silu_and_mul(x), rtol=0, atol=0)
+        qr, sr = reference.per_token_group_quant_fp8(y, group, column_major, ue8m0)
+        assert_scales_equal(su, sr, f"{tag} quant scales")
+        assert_q_close(qu, qr, f"{tag} quant q")
+        qr2, sr2 = reference.silu_and_mul_per_block_quant(x, group, column_major, ue8m0)
+        assert_scales_equal(sf, sr2, f"{tag} fused scales")
+        assert_q_close(qf, qr2, f"{tag} fused q")
+        assert sf.stride() == sr2.stride()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_silu_and_mul_matches_torch_silu(backend, dtype):
+    """Bit-equal to torch's own CUDA F.silu (in fp32) * up, rounded to dtype."""
+    x = make_input((513,), 2 * 3000, dtype)  # d not a multiple of 8: scalar path too
+    d = x.shape[-1] // 2
+    out = torch.empty(513, d, dtype=dtype, device="cuda")
+    backend.silu_and_mul(out, x)
+    xf = x.float()
+    ref = (torch.nn.functional.silu(xf[:, :d]) * xf[:, d:]).to(dtype)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    torch.testing.assert_close(out, reference.silu_and_mul(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("column_major", [False, True], ids=["row", "col"])
+def test_leading_dims(backend, column_major):
+    x = make_input((3, 5), 2 * 1024, torch.bfloat16)
+    qf, sf = run_fused(backend, x, 128, True, column_major)
+    qr, sr = reference.silu_and_mul_per_block_quant(x, 128, column_major, True)
+    assert qf.shape == qr.shape and sf.shape == sr.shape == (3, 5, 8)
+    assert_scales_equal(sf, sr, "lead dims scales")
+    assert_q_close(qf, qr, "lead dims q")
+
+
+@pytest.mark.parametrize("ue8m0", [False, True], ids=["fp32s", "ue8m0"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_nan_inf_rows(backend, dtype, ue8m0):
+    """NaN propagates to the group's scale; inf, zeros and huge rows match the reference."""
+    hidden, group = 512, 128
+    x = make_input((8,), 2 * hidden, dtype)
+    x[0, 5] = float("nan")  # gate NaN -> group 0 of row 0
+    x[1, hidden + 300] = float("nan")  # up NaN -> group 2 of row 1
+    x[2, 7] = float("inf")
+    x[3, 130] = float("-inf")
+    x[4] = 0  # amax clamps to 1e-10
+    x[5, :hidden] = 1e-30 if dtype == torch.float32 else 1e-6
+    if dtype != torch.float16:
+        x[6] *= 1e30 if dtype == torch.float32 else 1e20
+    for column_major in (False, True):
+        qf, sf = run_fused(backend, x, group, ue8m0, column_major)
+        _, qu, su = run_unfused(backend, x, group, ue8m0, column_major)
+        qr, sr = reference.silu_and_mul_per_block_quant(x, group, column_major, ue8m0)
+        assert torch.isnan(sf[0, 0]) and torch.isnan(sf[1, 2]), "NaN must reach the scale"
+        assert_scales_equal(sf, sr, "special rows scales")
+        assert_q_close(qf, qr, "special rows q")
+        assert_bits_equal(qf, qu, "special rows fused vs unfused q")
+        assert_bits_equal(sf, su, "special rows fused vs unfused s")
+        # the unfused quant alone on special values
+        xq = x[:, :hidden].contiguous()
+        q, s = alloc_outputs((8,), hidden, group, column_major)
+        backend.per_token_group_quant_fp8(q, s, xq, group, ue8m0)
+        qr, sr = reference.per_token_group_quant_fp8(xq, group, column_major, ue8m0)
+        assert_scales_equal(s, sr, "special rows quant scales")
+        assert_q_close(q, qr, "special rows quant q")
+
+
+def test_zero_tokens(backend):
+    x = torch.empty(0, 512, dtype=torch.bfloat16, device="cuda")
+    q, s = alloc_outputs((0,), 256, 128, True)
+    backend.silu_and_mul_per_block_quant(q, s, x, 128, False)
+    backend.per_token_group_quant_fp8(q, s, x[:, :256].contiguous(), 128, False)
+    backend.silu_and_mul(torch.empty(0, 256, dtype=torch.bfloat16, device="cuda"), x)
+    torch.cuda.synchronize()
+
+
+def test_bad_inputs(backend):
+    x = make_input((4,), 512, torch.bfloat16)
+    q, s = alloc_outputs((4,), 256, 128, False)
+    with pytest.raises(RuntimeError, match="dtype"):
+        backend.silu_and_mul_per_block_quant(q, s, x.to(torch.float64), 128, False)
+    with pytest.raises(RuntimeError, match="divisible"):
+        xb = make_input((4,), 2 * 96, torch.bfloat16)
+        qb, sb = alloc_outputs((4,), 96, 64, False)
+        backend.silu_and_mul_per_block_quant(qb, sb, xb, 64, False)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        xt = make_input((512,), 8, torch.bfloat16).t()  # [8, 512] non-contiguous
+        qt, st = alloc_outputs((8,), 256, 128, False)
+        backend.silu_and_mul_per_block_quant(qt, st, xt, 128, False)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        backend.silu_and_mul_per_block_quant(q, s, x.cpu(), 128, False)
+    with pytest.raises(RuntimeError, match="group_size"):
+        backend.per_token_group_quant_fp8(q, s, x[:, :256].contiguous(), 32, False)
+    torch.cuda.synchronize()
+
+
+def test_cuda_unroll_variants_agree():
+    """Every unroll instantiation of the CUDA kernel computes the same bits."""
+    if not cuda_backend.is_available():
+        pytest.fail(cuda_backend.unavailable_reason())
+    m = cuda_backend._mod()
+    x = make_input((301,), 2 * 7168, torch.bfloat16)
+    outs = []
+    for unroll in (1, 2, 4):
+        q, s = alloc_outputs((301,), 7168, 128, True)
+        m.silu_and_mul_per_block_quant(q, s, x, 128, False, 1, 301, unroll)
+        outs.append((q, s))
+    for q, s in outs[1:]:
+        assert_bits_equal(q, outs[0][0], "unroll q")
+        assert_bits_equal(s, outs[0][1], "unroll s")
