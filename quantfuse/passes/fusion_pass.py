@@ -16,7 +16,6 @@ from quantfuse.custom_ops import ops as qops
 from quantfuse.passes import debug
 from quantfuse.passes.config import FusionConfig
 from quantfuse.passes.report import NearMiss, PassReport, Rewrite, configure_logging_from_env, log
-from quantfuse.patterns import act_quant, site
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 _last_report: list[PassReport] = []
@@ -39,12 +38,16 @@ def _source_hash() -> str:
     return digest.hexdigest()
 
 
-class _ReportRecorder(act_quant.Recorder):
+class _ReportRecorder:
+    """Turns the pattern handlers' decisions into report entries (see ``act_quant.Recorder``)."""
+
     def __init__(self, report: PassReport):
         self.report = report
         self._seen: set[tuple[str, str]] = set()
 
     def rewrite(self, spec, match, params) -> None:
+        from quantfuse.patterns import site
+
         xv = params.x.meta["val"]
         self.report.rewrites.append(Rewrite(
             pattern=spec.name, activation=spec.activation, scheme=spec.scheme,
@@ -55,6 +58,8 @@ class _ReportRecorder(act_quant.Recorder):
                     "use_ue8m0": params.use_ue8m0}))
 
     def near_miss(self, spec, match, reason) -> None:
+        from quantfuse.patterns import site
+
         anchor = match.output_nodes()[0] if match.output_nodes() else match.nodes[-1]
         if (anchor.name, reason) in self._seen:
             return
@@ -79,6 +84,9 @@ class FusionPass(CustomGraphPass):
         self._runs = 0
 
     def __call__(self, graph: torch.fx.Graph) -> None:
+        # imported here: the pattern matcher costs ~1 s of import time nobody needs before compiling
+        from quantfuse.patterns import act_quant
+
         start = time.perf_counter()
         pm_pass = act_quant.build_pass(self.config.pattern_key())
         report = PassReport(nodes_before=len(graph.nodes))
