@@ -11,7 +11,7 @@ void check_x(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.is_cuda(), "quantfuse: ", name, " must be a CUDA tensor, got device ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf ||
                   x.scalar_type() == at::kFloat,
-              "quantfuse: ", name, " must be bfloat16, float16 or float32, got ", x.scalar_type());
+              "quantfuse: ", name, " dtype must be bfloat16, float16 or float32, got ", x.scalar_type());
   TORCH_CHECK(x.is_contiguous(), "quantfuse: ", name, " must be contiguous");
   TORCH_CHECK(x.dim() >= 1, "quantfuse: ", name, " must have at least one dimension");
 }

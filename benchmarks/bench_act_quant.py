@@ -1,0 +1,191 @@
+"""Benchmark: SiLU-and-mul -> FP8 per-token-group quant, fused vs unfused vs Inductor.
+
+For each (variant, T, H), bf16 input x [T, 2H], median time of
+  cuda      fused CUDA kernel (csrc)
+  triton    fused Triton kernel
+  unfused   CUDA silu_and_mul then CUDA per_token_group_quant_fp8
+  inductor  torch.compile of the plain-PyTorch maths (the native graph)
+with device-to-device copy bandwidth measured in the same run. % BW is the fused
+minimum bytes (read T*2H*2, write T*H + T*H/g*4) over time, over copy bandwidth.
+T <= 256 is timed with CUDA graphs (do_bench_cudagraph) rotating over enough input
+copies to exceed L2; larger T with do_bench (median; it flushes L2 itself).
+
+Usage: python benchmarks/bench_act_quant.py [--out results.md] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.testing
+
+from quantfuse.custom_ops import cuda_backend, triton_backend
+
+FP8 = torch.float8_e4m3fn
+L2_BYTES = 50 * 2**20
+TS = (1, 16, 64, 256, 1024, 4096, 16384)
+HS = (2048, 7168, 14336, 18432)
+# (label, group, column_major, ue8m0)
+VARIANTS = (
+    ("g128 row fp32-scale", 128, False, False),
+    ("g128 col ue8m0", 128, True, True),
+    ("g64 row fp32-scale", 64, False, False),
+)
+
+
+def native(x: torch.Tensor, group: int, column_major: bool, ue8m0: bool):
+    """The plain-PyTorch graph a model would write (what Inductor compiles)."""
+    d = x.shape[-1] // 2
+    y = F.silu(x[..., :d]) * x[..., d:]
+    yg = y.view(*y.shape[:-1], d // group, group).float()
+    s = yg.abs().amax(dim=-1).clamp_min(1e-10) / 448.0
+    if ue8m0:
+        s = torch.exp2(torch.ceil(torch.log2(s)))
+    q = (yg / s.unsqueeze(-1)).clamp(-448.0, 448.0).to(FP8).view(y.shape)
+    if column_major:
+        s = s.t().contiguous().t()
+    return q, s
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy GB/s counting bytes read + written (1 GiB buffers)."""
+    a = torch.empty(2**30, dtype=torch.uint8, device="cuda").random_(0, 255)
+    b = torch.empty_like(a)
+    t = triton.testing.do_bench(lambda: b.copy_(a), warmup=25, rep=200, return_mode="median")
+    del a, b
+    return 2 * 2**30 / (t * 1e-3) / 1e9
+
+
+def time_fn(make_call, n_inputs: int, small: bool) -> float:
+    """Median µs of make_call(i) cycling i over n_inputs prepared input sets."""
+    it = itertools.cycle(range(n_inputs))
+    fn = lambda: make_call(next(it))  # noqa: E731
+    if small:
+        return triton.testing.do_bench_cudagraph(fn, rep=30, return_mode="median") * 1e3
+    return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median") * 1e3
+
+
+def bench_one(tokens, hidden, group, column_major, ue8m0, compiled, results_unroll=None):
+    width = 2 * hidden
+    in_bytes = tokens * width * 2
+    fused_bytes = in_bytes + tokens * hidden + tokens * (hidden // group) * 4
+    small = tokens <= 256
+    n = max(1, -(-4 * L2_BYTES // in_bytes)) if in_bytes < L2_BYTES else 1
+    n = min(n, 64)
+    xs = [torch.randn(tokens, width, device="cuda", dtype=torch.bfloat16) for _ in range(n)]
+    groups = hidden // group
+
+    def scales():
+        if column_major:
+            return torch.empty(groups, tokens, device="cuda").t()
+        return torch.empty(tokens, groups, device="cuda")
+
+    q = torch.empty(tokens, hidden, dtype=FP8, device="cuda")
+    s = scales()
+    y = torch.empty(tokens, hidden, dtype=torch.bfloat16, device="cuda")
+    row = {}
+    row["cuda"] = time_fn(
+        lambda i: cuda_backend.silu_and_mul_per_block_quant(q, s, xs[i], group, ue8m0), n, small)
+    row["triton"] = time_fn(
+        lambda i: triton_backend.silu_and_mul_per_block_quant(q, s, xs[i], group, ue8m0), n, small)
+
+    def unfused(i):
+        cuda_backend.silu_and_mul(y, xs[i])
+        cuda_backend.per_token_group_quant_fp8(q, s, y, group, ue8m0)
+
+    row["unfused"] = time_fn(unfused, n, small)
+    compiled(xs[0], group, column_major, ue8m0)  # compile outside the timing
+    row["inductor"] = time_fn(lambda i: compiled(xs[i], group, column_major, ue8m0), n, small)
+    if results_unroll is not None:
+        m = cuda_backend._mod()
+        st, sg = s.stride()
+        for u in (1, 2, 4):
+            results_unroll[u] = time_fn(
+                lambda i: m.silu_and_mul_per_block_quant(q, s, xs[i], group, ue8m0, st, sg, u),
+                n, small)
+    del xs
+    return row, fused_bytes
+
+
+def versions() -> str:
+    try:
+        nvcc = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout
+        nvcc = nvcc.strip().splitlines()[-1]
+    except OSError:
+        nvcc = "n/a"
+    try:
+        drv = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True).stdout.strip()
+    except OSError:
+        drv = "n/a"
+    return (f"device {torch.cuda.get_device_name()}, driver {drv}, torch {torch.__version__}, "
+            f"triton {triton.__version__}, nvcc {nvcc}, date {datetime.date.today()}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None, help="write the markdown tables here too")
+    ap.add_argument("--quick", action="store_true", help="T in (1, 64, 4096, 16384) only")
+    args = ap.parse_args()
+    assert cuda_backend.is_available(), cuda_backend.unavailable_reason()
+    assert triton_backend.is_available()
+    torch.manual_seed(0)
+    t_start = time.time()
+    compiled = torch.compile(native)
+    # One compile per (shape, variant) would dominate the run: mark T dynamic so
+    # Inductor compiles once per (H, variant) (plus T=1, which it specialises).
+    torch._dynamo.config.cache_size_limit = 256
+
+    def compiled_call(x, group, column_major, ue8m0):
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+        return compiled(x, group, column_major, ue8m0)
+
+    bw = copy_bandwidth()
+    lines = [f"# act_quant benchmark", "", versions(), "",
+             f"copy bandwidth (read+write, 1 GiB): **{bw:.0f} GB/s**", "",
+             "bf16 input; µs = median; %BW = fused minimum bytes / time / copy bandwidth; "
+             "x-unf = unfused pair time / fused CUDA time; x-ind = Inductor / fused CUDA.", ""]
+    ts = (1, 64, 4096, 16384) if args.quick else TS
+    unroll_rows = []
+    for label, group, cm, ue in VARIANTS:
+        lines += [f"## {label}", "",
+                  "| T | H | MB | cuda µs | cuda %BW | triton µs | triton %BW | unfused µs | "
+                  "inductor µs | inductor %BW | x-unf | x-ind |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for tokens, hidden in itertools.product(ts, HS):
+            ur = {} if (tokens in (4096, 16384) and hidden in (2048, 7168)) else None
+            row, nbytes = bench_one(tokens, hidden, group, cm, ue, compiled_call, ur)
+            pct = lambda us: 100 * nbytes / (us * 1e-6) / 1e9 / bw  # noqa: E731
+            lines.append(
+                f"| {tokens} | {hidden} | {nbytes / 1e6:.1f} | {row['cuda']:.1f} | "
+                f"{pct(row['cuda']):.0f}% | {row['triton']:.1f} | {pct(row['triton']):.0f}% | "
+                f"{row['unfused']:.1f} | {row['inductor']:.1f} | {pct(row['inductor']):.0f}% | "
+                f"{row['unfused'] / row['cuda']:.2f} | {row['inductor'] / row['cuda']:.2f} |")
+            print(lines[-1], flush=True)
+            if ur:
+                unroll_rows.append(
+                    f"| {label} | {tokens} | {hidden} | " +
+                    " | ".join(f"{ur[u]:.1f} ({pct(ur[u]):.0f}%)" for u in (1, 2, 4)) + " |")
+            torch.cuda.empty_cache()
+        lines.append("")
+    lines += ["## CUDA kernel groups-per-thread (unroll) sweep, µs (%BW)", "",
+              "| variant | T | H | unroll 1 | unroll 2 | unroll 4 |", "|---|---|---|---|---|---|",
+              *unroll_rows, "", f"benchmark wall time {time.time() - t_start:.0f} s"]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One-call GPU check for the device machine (repo root, torch installed, no network):
+# install (editable, if pyproject exists), build the CUDA extension (timed), run the
+# GPU tests (+ CPU tests if present), run the benchmark; everything is teed to
+# $OUT/log.txt and the short tables are printed last.
+# Env: BENCH_ARGS (e.g. --quick), SKIP_BENCH=1, SKIP_CPU_TESTS=1.
+set -o pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/quantfuse_out}
+mkdir -p "$OUT"
+LOG="$OUT/log.txt"
+export QUANTFUSE_CACHE_DIR=${QUANTFUSE_CACHE_DIR:-/tmp/quantfuse_cache}
+PY=${PYTHON:-python3}
+rm -f "$OUT/failed"
+fail() { echo "$1" >> "$OUT/failed"; }
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+{
+  step "environment"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
+  nvcc --version | tail -1
+
+  step "install"
+  if [ -f pyproject.toml ]; then
+    $PY -m pip install -q --no-deps --no-build-isolation -e . || { echo "pip install failed; using PYTHONPATH"; export PYTHONPATH=$PWD:$PYTHONPATH; }
+  else
+    export PYTHONPATH=$PWD:$PYTHONPATH
+  fi
+
+  step "build CUDA extension"
+  $PY - <<'PY' || fail build
+import logging, time
+logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+t = time.perf_counter()
+from quantfuse.custom_ops import cuda_backend
+ok = cuda_backend.is_available()
+print(f"cuda backend available={ok} in {time.perf_counter() - t:.1f} s; reason={cuda_backend.unavailable_reason()}")
+raise SystemExit(0 if ok else 1)
+PY
+
+  step "GPU tests"
+  $PY -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/pytest_gpu.txt" || fail gpu-tests
+
+  if [ -z "$SKIP_CPU_TESTS" ] && ls tests/test_*.py >/dev/null 2>&1; then
+    step "CPU-side tests (tests/, GPU visible)"
+    timeout 100 $PY -m pytest -q -p no:cacheprovider tests --ignore=tests/gpu -x 2>&1 | tail -25 | tee "$OUT/pytest_cpu.txt"
+  fi
+
+  if [ -z "$SKIP_BENCH" ]; then
+    step "benchmark"
+    timeout 330 $PY benchmarks/bench_act_quant.py --out "$OUT/bench.md" $BENCH_ARGS || fail bench
+  fi
+} 2>&1 | tee "$LOG"
+
+echo
+echo "=================== summary ==================="
+grep -E "cuda backend available|passed|failed|error" "$OUT/pytest_gpu.txt" "$LOG" 2>/dev/null | grep -E "available=|[0-9]+ (passed|failed)" | sort -u | tail -6
+[ -f "$OUT/pytest_cpu.txt" ] && tail -2 "$OUT/pytest_cpu.txt"
+[ -f "$OUT/bench.md" ] && cat "$OUT/bench.md"
+[ -f "$OUT/failed" ] && { echo "FAILED: $(cat "$OUT/failed" | tr '\n' ' ')"; exit 1; }
+echo "all steps OK"
