@@ -25,6 +25,7 @@ class Style(torch.nn.Module):
     expect = (1, 128, False, False)
     shape = (33, 1024)
     dtype = torch.bfloat16
+    transposed_scales = False  # the module returns scales as [G, T]
 
     def make_input(self):
         return torch.randn(*self.shape, dtype=self.dtype) * 3
@@ -131,7 +132,9 @@ class Fp32InputSigmoid(ChunkSigmoidReshape):
 
 
 class ColumnMajorScales(Style):
-    """Scales made column-major the way a [T, G] view of [G, T] storage is made."""
+    """Scales made column-major the way a [T, G] view of [G, T] storage is made: folded."""
+
+    expect = (1, 128, False, True)
 
     def forward(self, x):
         a, b = x.chunk(2, -1)
@@ -179,8 +182,37 @@ class OpFormKwargs(Style):
         return qf.per_token_group_quant_fp8(y, group_size=128, column_major_scales=True, use_ue8m0=True)
 
 
+class ColumnMajorScales3D(Style):
+    """[B, S, G] scales over [G, B, S] storage, made with movedim: folded."""
+
+    shape = (2, 5, 512)
+    expect = (1, 128, False, True)
+
+    def forward(self, x):
+        a, b = _halves_slice(x)
+        y = F.silu(a) * b
+        yg = y.view(*y.shape[:-1], -1, 128).float()
+        s = yg.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 448.0
+        q = (yg / s).clamp(-448, 448).to(FP8)
+        return q.view(y.shape), s.squeeze(-1).movedim(-1, 0).contiguous().movedim(0, -1)
+
+
+class TransposedScalesNotFolded(Style):
+    """A transposed copy is a different value layout ([G, T]): kept as a copy, not folded."""
+
+    transposed_scales = True
+
+    def forward(self, x):
+        a, b = x.chunk(2, -1)
+        y = F.silu(a) * b
+        yg = y.unflatten(-1, (-1, 128)).float()
+        s = yg.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 448.0
+        q = (yg / s).clamp(-448, 448).to(FP8)
+        return q.flatten(-2), s.squeeze(-1).t().contiguous()
+
+
 STYLES = [SliceSiluView, ChunkSigmoidReshape, SplitSiluUnflatten, ThreeDimSlice, ThreeDimChunkSigmoid,
-          Ue8m0Exp2, Ue8m0Pow, Fp16Input, Fp32Input, Fp32InputSigmoid, ColumnMajorScales, TwoLayers,
+          Ue8m0Exp2, Ue8m0Pow, Fp16Input, Fp32Input, Fp32InputSigmoid, ColumnMajorScales, ColumnMajorScales3D, TransposedScalesNotFolded, TwoLayers,
           OpForm, OpFormColumnMajor, OpFormKwargs]
 
 

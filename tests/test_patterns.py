@@ -45,9 +45,12 @@ def test_style_is_fused(style):
         assert r.fused_op == "quantfuse." + FUSED
     # the rewritten graph computes the same thing within the numerics contract
     got = gm(x)
+    layout = (lambda s: s.t()) if style.transposed_scales else (lambda s: s)
     for i in range(0, len(expected_out), 2):
-        fp8_step_close(expected_out[i], expected_out[i + 1], got[i], got[i + 1])
+        fp8_step_close(expected_out[i], layout(expected_out[i + 1]), got[i], layout(got[i + 1]))
         assert got[i + 1].stride() == expected_out[i + 1].stride()
+    if col_major and not style.__name__.startswith("OpForm"):  # the layout copy was folded away
+        assert count_targets(gm, "aten.clone", "aten.permute") == 0
 
 
 @pytest.mark.parametrize("style,reason", NEAR_MISSES, ids=lambda s: getattr(s, "__name__", ""))

@@ -40,7 +40,7 @@ from torch._inductor.pattern_matcher import (
 )
 
 from quantfuse.custom_ops import ops as qops
-from quantfuse.patterns import native, site
+from quantfuse.patterns import native, scale_layout, site
 
 log = logging.getLogger("quantfuse.patterns")
 aten = torch.ops.aten
@@ -197,13 +197,19 @@ def _register(spec: PatternSpec, config, pm_pass: PatternMatcherPass) -> None:
         except site.NotFusable as e:
             _recorder[-1].near_miss(spec, match, str(e))
             return False
-        decided[id(match)] = params
+        tail = None
+        if spec.form == "native":
+            tail = scale_layout.column_major_tail(match.output_nodes()[1], set(match.nodes))
+            params.column_major_scales = tail is not None
+        decided[id(match)] = (params, tail)
         return True
 
     def handler(match: Match, *args, **kwargs) -> None:
-        params = decided.pop(id(match))
+        params, tail = decided.pop(id(match))
         _recorder[-1].rewrite(spec, match, params)
         match.replace_by_example(_replacement(spec, params, match), [params.x])
+        if tail:
+            scale_layout.fold(tail)
 
     register_graph_pattern(pattern, extra_check=extra_check, pass_dict=pm_pass)(handler)
 
