@@ -64,6 +64,8 @@ class Scheme:
     #: parameter values that differ from every default (traced op-form patterns need
     #: each call arity, since graphs drop trailing default arguments)
     example_params: tuple
+    #: how many leading parameters have no default
+    required_params: int
     doc: str
 
 
@@ -81,6 +83,14 @@ def _check_group(hidden: int, group_size: int, column_major_scales: bool = False
     return group_size
 
 
+def _check_mx(hidden: int, scale_rounding: str) -> int:
+    if scale_rounding not in reference.SCALE_ROUNDINGS:
+        raise ValueError(f"scale_rounding must be one of {reference.SCALE_ROUNDINGS}, got {scale_rounding!r}")
+    if hidden % reference.MX_BLOCK:
+        raise ValueError(f"hidden size {hidden} is not divisible by the MX block size {reference.MX_BLOCK}")
+    return reference.MX_BLOCK
+
+
 def _empty_group_outputs(shape: Sequence[int], device, group_size: int,
                          column_major_scales: bool = False, use_ue8m0: bool = False):
     *lead, hidden = shape
@@ -95,6 +105,12 @@ ACTIVATIONS = {
         out_hidden=_silu_and_mul_hidden,
         doc="silu(x[..., :d]) * x[..., d:], fp32 maths, output in x.dtype",
     ),
+    "relu2": Activation(
+        name="relu2",
+        reference=reference.relu2,
+        out_hidden=lambda h: h,
+        doc="relu(x) ** 2 (squared ReLU, non-gated), fp32 maths, output in x.dtype",
+    ),
 }
 
 SCHEMES = {
@@ -107,7 +123,51 @@ SCHEMES = {
         empty_outputs=_empty_group_outputs,
         kernel_args=lambda group_size, column_major_scales=False, use_ue8m0=False: (group_size, use_ue8m0),
         example_params=(128, True, True),
+        required_params=1,
         doc="dynamic FP8 E4M3 per-token-group quantisation -> (q, fp32 scales [..., H/group])",
+    ),
+    "fp8_per_token": Scheme(
+        unfused_name="per_token_quant_fp8",
+        fused_suffix="per_token_quant_fp8",
+        params_schema="",
+        reference=reference.per_token_quant_fp8,
+        check=lambda hidden: hidden,
+        empty_outputs=lambda shape, device: (
+            torch.empty(tuple(shape), dtype=reference.FP8_DTYPE, device=device),
+            torch.empty((*shape[:-1], 1), dtype=torch.float32, device=device)),
+        kernel_args=lambda: (),
+        example_params=(),
+        required_params=0,
+        doc="dynamic FP8 E4M3 per-token quantisation -> (q, fp32 scales [..., 1])",
+    ),
+    "mxfp8": Scheme(
+        unfused_name="mxfp8_quant",
+        fused_suffix="mxfp8_quant",
+        params_schema='str scale_rounding="rceil"',
+        reference=reference.mxfp8_quant,
+        check=lambda hidden, scale_rounding="rceil": _check_mx(hidden, scale_rounding),
+        empty_outputs=lambda shape, device, scale_rounding="rceil": (
+            torch.empty(tuple(shape), dtype=reference.FP8_DTYPE, device=device),
+            torch.empty((*shape[:-1], shape[-1] // reference.MX_BLOCK), dtype=torch.uint8, device=device)),
+        kernel_args=lambda scale_rounding="rceil": (scale_rounding,),
+        example_params=("floor",),
+        required_params=0,
+        doc="OCP MXFP8 (E4M3, block 32, E8M0 scale bytes) -> (q, uint8 scales [..., H/32])",
+    ),
+    "mxfp4": Scheme(
+        unfused_name="mxfp4_quant",
+        fused_suffix="mxfp4_quant",
+        params_schema='str scale_rounding="rceil"',
+        reference=reference.mxfp4_quant,
+        check=lambda hidden, scale_rounding="rceil": _check_mx(hidden, scale_rounding),
+        empty_outputs=lambda shape, device, scale_rounding="rceil": (
+            torch.empty((*shape[:-1], shape[-1] // 2), dtype=torch.uint8, device=device),
+            torch.empty((*shape[:-1], shape[-1] // reference.MX_BLOCK), dtype=torch.uint8, device=device)),
+        kernel_args=lambda scale_rounding="rceil": (scale_rounding,),
+        example_params=("floor",),
+        required_params=0,
+        doc="OCP MXFP4 (E2M1 packed low nibble first, block 32, E8M0 scale bytes) "
+            "-> (q uint8 [..., H/2], uint8 scales [..., H/32])",
     ),
 }
 
@@ -191,7 +251,7 @@ def _register_all() -> dict[str, object]:
             act.doc,
         )
     for scheme in SCHEMES.values():
-        schema = f"(Tensor x, {scheme.params_schema}) -> (Tensor, Tensor)"
+        schema = f"(Tensor x{', ' if scheme.params_schema else ''}{scheme.params_schema}) -> (Tensor, Tensor)"
         ops[scheme.unfused_name] = _define(
             scheme.unfused_name, schema,
             lambda x, *p, scheme=scheme: _run_quant(scheme, x, *p),

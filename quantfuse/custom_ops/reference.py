@@ -93,3 +93,102 @@ def silu_and_mul_per_block_quant(
     "Intermediate rounding"), so the result equals the unfused pair bit for bit.
     """
     return per_token_group_quant_fp8(silu_and_mul(x), group_size, column_major_scales, use_ue8m0)
+
+
+# --- more activations and schemes (issue: every activation × scheme pair) ----------------
+
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    """Squared ReLU ``relu(x) ** 2`` (non-gated), fp32 maths, output in ``x.dtype``."""
+    return torch.relu(x.float()).square().to(x.dtype)
+
+
+def per_token_quant_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic FP8 E4M3 quantisation with one scale per token: ``(q, s[..., 1])``.
+
+    The same maths as :func:`per_token_group_quant_fp8` with one group per row.
+    """
+    return per_token_group_quant_fp8(x, x.shape[-1])
+
+
+MX_BLOCK = 32
+E8M0_BIAS = 127
+E8M0_NAN = 0xFF
+#: element format -> (largest magnitude, exponent of the largest binade)
+MX_ELEMENTS = {"e4m3": (448.0, 8), "e2m1": (6.0, 2)}
+SCALE_ROUNDINGS = ("floor", "rceil")
+
+
+def _ceil_log2(v: torch.Tensor) -> torch.Tensor:
+    mant, exp = torch.frexp(v)
+    return exp - (mant == 0.5).to(exp.dtype)
+
+
+def mx_block_exponents(x: torch.Tensor, element: str, scale_rounding: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shared exponents of 32-element blocks: ``(exponent int32 [..., G], non-finite mask)``.
+
+    floor (OCP spec): ``floor(log2(amax)) - emax_elem``; rceil (NVIDIA): the smallest
+    ``e`` with ``amax / 2**e <= max_elem``, i.e. ``ceil(log2(amax / max_elem))`` with the
+    division in fp32.  Both exact from the exponent bits, clamped to E8M0's
+    ``[-127, 127]`` (an all-zero block gets 2**-127).  A block holding NaN or inf is a
+    NaN block (scale byte 0xFF).
+    """
+    if scale_rounding not in SCALE_ROUNDINGS:
+        raise ValueError(f"scale_rounding must be one of {SCALE_ROUNDINGS}, got {scale_rounding!r}")
+    max_elem, emax = MX_ELEMENTS[element]
+    amax = x.float().unflatten(-1, (-1, MX_BLOCK)).abs().amax(-1)
+    bad = ~torch.isfinite(amax)
+    safe = torch.where(bad | (amax == 0), torch.ones_like(amax), amax)
+    if scale_rounding == "floor":
+        exp = torch.frexp(safe)[1] - 1 - emax  # amax = m * 2**k, m in [0.5, 1): floor(log2) = k - 1
+    else:
+        exp = _ceil_log2(safe / max_elem)
+    exp = torch.where(amax == 0, torch.full_like(exp, -E8M0_BIAS), exp)
+    return exp.clamp(-E8M0_BIAS, E8M0_BIAS).to(torch.int32), bad
+
+
+def _scaled_blocks(x: torch.Tensor, exp: torch.Tensor) -> torch.Tensor:
+    # dividing by a power of two is exact; ldexp(1, -e) stays finite for |e| <= 127
+    return x.float().unflatten(-1, (-1, MX_BLOCK)) * torch.ldexp(torch.ones_like(exp, dtype=torch.float32),
+                                                                   -exp).unsqueeze(-1)
+
+
+def _scale_bytes(exp: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    return torch.where(bad, E8M0_NAN, exp + E8M0_BIAS).to(torch.uint8)
+
+
+def mxfp8_quant(x: torch.Tensor, scale_rounding: str = "rceil") -> tuple[torch.Tensor, torch.Tensor]:
+    """OCP MXFP8: E4M3 elements, one E8M0 scale byte per 32 elements: ``(q, s uint8 [..., H/32])``.
+
+    Elements saturate at ±448; a NaN block is all NaN with scale byte 0xFF.
+    """
+    exp, bad = mx_block_exponents(x, "e4m3", scale_rounding)
+    v = _scaled_blocks(x, exp).clamp(-448.0, 448.0)
+    v = torch.where(bad.unsqueeze(-1), torch.full_like(v, float("nan")), v)
+    return v.to(FP8_DTYPE).flatten(-2), _scale_bytes(exp, bad)
+
+
+#: E2M1 magnitudes by code 0..7
+E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def e2m1_codes(v: torch.Tensor) -> torch.Tensor:
+    """Round fp32 values to E2M1 codes (sign bit 8), nearest-even, saturating at ±6."""
+    mag = v.abs().clamp(max=6.0)
+    # the grid step is 0.5 below 2, 1 below 4, 2 up to 6; torch.round is half-to-even,
+    # and an even multiple of the step is an even code
+    mag = torch.where(mag < 2, torch.round(mag * 2) / 2,
+                      torch.where(mag < 4, torch.round(mag), torch.round(mag / 2) * 2))
+    code = torch.where(mag <= 2, mag * 2, torch.where(mag == 3, 5.0, torch.where(mag == 4, 6.0, 7.0)))
+    return code.to(torch.uint8) | (torch.signbit(v).to(torch.uint8) << 3)
+
+
+def mxfp4_quant(x: torch.Tensor, scale_rounding: str = "rceil") -> tuple[torch.Tensor, torch.Tensor]:
+    """OCP MXFP4: E2M1 elements packed two a byte (element 2i in the low nibble), one E8M0
+    scale byte per 32 elements: ``(q uint8 [..., H/2], s uint8 [..., H/32])``.
+
+    Elements saturate at ±6; NaN blocks get scale byte 0xFF and element codes 0.
+    """
+    exp, bad = mx_block_exponents(x, "e2m1", scale_rounding)
+    codes = e2m1_codes(_scaled_blocks(x, exp))
+    codes = torch.where(bad.unsqueeze(-1), torch.zeros_like(codes), codes).flatten(-2)
+    return codes[..., 0::2] | (codes[..., 1::2] << 4), _scale_bytes(exp, bad)
