@@ -33,6 +33,9 @@ FP8 = torch.float8_e4m3fn
 L2_BYTES = 50 * 2**20
 TS = (1, 16, 64, 256, 1024, 4096, 16384)
 HS = (2048, 7168, 14336, 18432)
+# CUDA kernel knobs swept at a few sizes: (groups per thread, blocks per SM; 0 =
+# persistent grid by occupancy, -1 = one block per chunk)
+UNROLL_SWEEP = ((1, 0), (2, 0), (4, 0), (1, -1), (2, -1))
 # (label, group, column_major, ue8m0)
 VARIANTS = (
     ("g128 row fp32-scale", 128, False, False),
@@ -107,9 +110,9 @@ def bench_one(tokens, hidden, group, column_major, ue8m0, compiled, results_unro
     if results_unroll is not None:
         m = cuda_backend._mod()
         st, sg = s.stride()
-        for u in (1, 2, 4):
-            results_unroll[u] = time_fn(
-                lambda i: m.silu_and_mul_per_block_quant(q, s, xs[i], group, ue8m0, st, sg, u),
+        for u, bps in UNROLL_SWEEP:
+            results_unroll[(u, bps)] = time_fn(
+                lambda i: m.silu_and_mul_per_block_quant(q, s, xs[i], group, ue8m0, st, sg, u, bps),
                 n, small)
     del xs
     return row, fused_bytes
@@ -173,11 +176,13 @@ def main() -> int:
             if ur:
                 unroll_rows.append(
                     f"| {label} | {tokens} | {hidden} | " +
-                    " | ".join(f"{ur[u]:.1f} ({pct(ur[u]):.0f}%)" for u in (1, 2, 4)) + " |")
+                    " | ".join(f"{ur[k]:.1f} ({pct(ur[k]):.0f}%)" for k in UNROLL_SWEEP) + " |")
             torch.cuda.empty_cache()
         lines.append("")
-    lines += ["## CUDA kernel groups-per-thread (unroll) sweep, µs (%BW)", "",
-              "| variant | T | H | unroll 1 | unroll 2 | unroll 4 |", "|---|---|---|---|---|---|",
+    lines += ["## CUDA kernel sweep: groups per thread (u) x grid (persistent / one block per chunk), µs (%BW)", "",
+              "| variant | T | H | " + " | ".join(
+                  f"u{u} {'persist' if b == 0 else 'flat'}" for u, b in UNROLL_SWEEP) + " |",
+              "|---|---|---|" + "---|" * len(UNROLL_SWEEP),
               *unroll_rows, "", f"benchmark wall time {time.time() - t_start:.0f} s"]
     text = "\n".join(lines) + "\n"
     print("\n" + text)

@@ -8,6 +8,8 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+
 namespace quantfuse {
 namespace {
 
@@ -23,19 +25,30 @@ namespace {
 
 // Unroll used when the caller passes 0: UNROLL groups per thread while the grid
 // still has several waves of blocks, else 1 so small problems spread over all SMs.
-constexpr int kDefaultUnroll = 2;
+constexpr int kDefaultUnroll = 1;  // best of 1/2/4 on the H100 (benchmarks/NOTES.md)
 
 template <typename DT, int GS, typename Act, int UNROLL>
 void launch_group_quant(const at::Tensor& q, const at::Tensor& s, const at::Tensor& x,
                         uint32_t total_groups, uint32_t groups_per_row, int64_t hidden,
-                        int64_t st, int64_t sg, bool ue8m0) {
+                        int64_t st, int64_t sg, bool ue8m0, int64_t blocks_per_sm) {
   using S = typename DT::Storage;
   constexpr int TPG = GS / (16 / sizeof(S));
   constexpr int64_t per_block = int64_t(kThreads / TPG) * UNROLL;
-  const int64_t blocks = (int64_t(total_groups) + per_block - 1) / per_block;
+  auto kernel = act_group_quant_kernel<DT, GS, Act, Fp8GroupScheme, UNROLL>;
+  int64_t blocks = (int64_t(total_groups) + per_block - 1) / per_block;
+  if (blocks_per_sm >= 0) {
+    // Persistent grid: as many blocks as fit on the SMs at once (0 = occupancy).
+    static int resident = [&] {
+      int n = 0;
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0));
+      return n > 0 ? n : 1;
+    }();
+    const int64_t per_sm = blocks_per_sm > 0 ? blocks_per_sm : resident;
+    const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+    blocks = std::min(blocks, per_sm * sms);
+  }
   auto stream = at::cuda::getCurrentCUDAStream();
-  act_group_quant_kernel<DT, GS, Act, Fp8GroupScheme, UNROLL>
-      <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+  kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
           reinterpret_cast<uint8_t*>(q.data_ptr()), s.data_ptr<float>(),
           reinterpret_cast<const S*>(x.data_ptr()), total_groups, groups_per_row, hidden, st, sg,
           Fp8GroupScheme{ue8m0});
@@ -45,10 +58,11 @@ void launch_group_quant(const at::Tensor& q, const at::Tensor& s, const at::Tens
 template <typename DT, typename Act>
 void dispatch_group(int64_t gs, int64_t unroll, const at::Tensor& q, const at::Tensor& s,
                     const at::Tensor& x, uint32_t total, uint32_t gpr, int64_t hidden,
-                    int64_t st, int64_t sg, bool ue8m0) {
-#define QF_CASE(GS_, U_)                                                               \
-  if (gs == GS_ && unroll == U_) {                                                     \
-    return launch_group_quant<DT, GS_, Act, U_>(q, s, x, total, gpr, hidden, st, sg, ue8m0); \
+                    int64_t st, int64_t sg, bool ue8m0, int64_t bps) {
+#define QF_CASE(GS_, U_)                                                                    \
+  if (gs == GS_ && unroll == U_) {                                                          \
+    return launch_group_quant<DT, GS_, Act, U_>(q, s, x, total, gpr, hidden, st, sg, ue8m0, \
+                                                bps);                                       \
   }
   QF_GROUP_UNROLL_TABLE(QF_CASE)
 #undef QF_CASE
@@ -59,29 +73,26 @@ void dispatch_group(int64_t gs, int64_t unroll, const at::Tensor& q, const at::T
 
 void launch_act_group_quant(bool gated, const at::Tensor& q, const at::Tensor& s,
                             const at::Tensor& x, int64_t group_size, bool use_ue8m0,
-                            int64_t s_stride_t, int64_t s_stride_g, int64_t unroll) {
+                            int64_t s_stride_t, int64_t s_stride_g, int64_t unroll,
+                            int64_t blocks_per_sm) {
   const int64_t in_width = x.size(-1);
   const int64_t hidden = gated ? in_width / 2 : in_width;
   const int64_t tokens = in_width == 0 ? 0 : x.numel() / in_width;
   if (tokens == 0 || hidden == 0) return;
   const int64_t gpr = hidden / group_size;
   const int64_t total = tokens * gpr;
-  TORCH_CHECK(total < (int64_t(1) << 32) - 4096, "quantfuse: too many groups (", total, ")");
-  if (unroll == 0) {
-    const int64_t elems_per_group_thread = 16 / x.element_size();
-    const int64_t per_block = kThreads / (group_size / elems_per_group_thread) * kDefaultUnroll;
-    const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-    unroll = (total / per_block >= 4 * sms) ? kDefaultUnroll : 1;
-  }
+  // 32-bit group indices; the persistent loop adds one grid stride past the end.
+  TORCH_CHECK(total < (int64_t(1) << 31), "quantfuse: too many groups (", total, ")");
+  if (unroll == 0) unroll = kDefaultUnroll;
   const auto dt = x.scalar_type();
 #define QF_DTYPE_CASE(ATEN_T, TRAITS)                                                           \
   if (dt == ATEN_T) {                                                                           \
     return gated ? dispatch_group<TRAITS, SiluMul>(group_size, unroll, q, s, x, uint32_t(total), \
                                                    uint32_t(gpr), hidden, s_stride_t,            \
-                                                   s_stride_g, use_ue8m0)                        \
+                                                   s_stride_g, use_ue8m0, blocks_per_sm)                        \
                  : dispatch_group<TRAITS, Identity>(group_size, unroll, q, s, x, uint32_t(total),\
                                                     uint32_t(gpr), hidden, s_stride_t,           \
-                                                    s_stride_g, use_ue8m0);                      \
+                                                    s_stride_g, use_ue8m0, blocks_per_sm);                      \
   }
   QF_DTYPE_TABLE(QF_DTYPE_CASE)
 #undef QF_DTYPE_CASE

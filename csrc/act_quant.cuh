@@ -80,17 +80,38 @@ __device__ __forceinline__ float ue8m0_ceil(float s) {
 
 struct Fp8GroupScheme {
   bool use_ue8m0;
+  // amax / 448 as torch evaluates it on CUDA (eager `t / 448.0` with a CPU scalar
+  // divisor, and Inductor's div-by-constant lowering): amax * fp32(1/448). The
+  // quotient can differ by one ulp from a true division, so this is what makes
+  // the scales bit-equal to the replaced graph (seen on the H100, 2026-11-22).
   __device__ __forceinline__ float scale(float amax) const {
-    float s = __fdiv_rn(nan_max(amax, kEps), kFp8Max);
+    float s = __fmul_rn(nan_max(amax, kEps), 1.0f / kFp8Max);
     return use_ue8m0 ? ue8m0_ceil(s) : s;
   }
-  // True IEEE division, then RNE to e4m3 with saturation: SATFINITE equals the
-  // reference's clamp(-448, 448) (anything past 448 rounds to 448 or beyond, which
-  // saturates to 448) and keeps NaN as NaN, which fminf/fmaxf clamping would not.
-  // Two values at once (one cvt.rn.satfinite.e4m3x2.f32); a lands in the low byte.
-  __device__ __forceinline__ uint32_t quant2(float a, float b, float s) const {
-    return __nv_cvt_float2_to_fp8x2(make_float2(__fdiv_rn(a, s), __fdiv_rn(b, s)), __NV_SATFINITE,
-                                    __NV_E4M3);
+  // Per-group state for y / s: the correctly rounded reciprocal of s.
+  struct Div {
+    float s, r;
+    bool exact;  // s finite: Markstein's correction below is exact
+  };
+  __device__ __forceinline__ Div prepare(float s) const {
+    return Div{s, __frcp_rn(s), isfinite(s) && s != 0.0f};
+  }
+  // RN(y / s) without a full division per element: with r = RN(1/s) and q0 within
+  // an ulp, q0 + RN(y - q0*s)*r (both fma) is the correctly rounded quotient
+  // (Markstein; Handbook of FP Arithmetic, thm 8.10), no overflow/underflow here
+  // since |y / s| <= ~448. Non-finite s (NaN/inf amax) takes the true division.
+  __device__ __forceinline__ float div(float y, const Div& d) const {
+    if (!d.exact) return __fdiv_rn(y, d.s);
+    const float q0 = __fmul_rn(y, d.r);
+    const float e = __fmaf_rn(-q0, d.s, y);
+    return __fmaf_rn(e, d.r, q0);
+  }
+  // True-IEEE-rounded quotients, then RNE to e4m3 with saturation: SATFINITE equals
+  // the reference's clamp(-448, 448) (anything past 448 rounds to 448 or beyond,
+  // which saturates to 448) and keeps NaN as NaN, which fminf/fmaxf clamping would
+  // not. One cvt.rn.satfinite.e4m3x2.f32 for two values; a lands in the low byte.
+  __device__ __forceinline__ uint32_t quant2(float a, float b, const Div& d) const {
+    return __nv_cvt_float2_to_fp8x2(make_float2(div(a, d), div(b, d)), __NV_SATFINITE, __NV_E4M3);
   }
 };
 
@@ -108,9 +129,37 @@ template <> __device__ __forceinline__ void store_fp8<8>(uint8_t* p, const uint3
 // (each thread one 16-byte vector of gate and one of up), reduces amax with
 // shuffles inside the sub-warp, and writes VEC fp8 bytes + (lane 0) the scale.
 // Groups are numbered row-major over [T, G] so neighbouring sub-warps read
-// neighbouring memory. Each thread first issues the loads of UNROLL groups, then
-// computes, so 2*UNROLL 16-byte loads are in flight per thread.
+// neighbouring memory. The grid is persistent (sized to fill the SMs) and each
+// iteration handles UNROLL groups per thread while the loads of the next
+// iteration are already in flight (register double buffering). The loop bound is
+// block-uniform so every lane reaches the shuffles.
 // ---------------------------------------------------------------------------
+template <typename DT, int GS, int UNROLL, bool GATED>
+__device__ __forceinline__ void load_groups(typename DT::Storage (&gv)[UNROLL][16 / sizeof(typename DT::Storage)],
+                                            typename DT::Storage (&uv)[UNROLL][16 / sizeof(typename DT::Storage)],
+                                            const typename DT::Storage* __restrict__ x, uint32_t first,
+                                            uint32_t gps, uint32_t total, uint32_t gpr, int64_t hidden,
+                                            int lane) {
+  using S = typename DT::Storage;
+  constexpr int VEC = 16 / sizeof(S);
+  const int64_t in_row = GATED ? 2 * hidden : hidden;
+#pragma unroll
+  for (int k = 0; k < UNROLL; ++k) {
+    const uint32_t gi = first + k * gps;
+    if (gi < total) {
+      const uint32_t t = gi / gpr, g = gi - t * gpr;
+      const S* p = x + int64_t(t) * in_row + int64_t(g) * GS + lane * VEC;
+      *reinterpret_cast<uint4*>(gv[k]) = __ldg(reinterpret_cast<const uint4*>(p));
+      if constexpr (GATED) {
+        *reinterpret_cast<uint4*>(uv[k]) = __ldg(reinterpret_cast<const uint4*>(p + hidden));
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) gv[k][i] = uv[k][i] = 0;
+    }
+  }
+}
+
 template <typename DT, int GS, typename Act, typename Scheme, int UNROLL>
 __global__ void __launch_bounds__(kThreads) act_group_quant_kernel(
     uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ x,
@@ -120,62 +169,61 @@ __global__ void __launch_bounds__(kThreads) act_group_quant_kernel(
   constexpr int VEC = 16 / sizeof(S);
   constexpr int TPG = GS / VEC;
   static_assert(TPG >= 1 && TPG <= 32 && 32 % TPG == 0, "a group must fit in one warp");
+  static_assert(VEC == 4 || VEC == 8, "fp8 stores are 4 or 8 bytes");
   constexpr int GPS = kThreads / TPG;  // groups per block per unroll step
   const int sub = threadIdx.x / TPG;
   const int lane = threadIdx.x % TPG;
-  const int64_t in_row = Act::kGated ? 2 * hidden : hidden;
   const Act act;
+  const uint32_t step = gridDim.x * (GPS * UNROLL);  // total < 2^31: no overflow below
 
-  S gv[UNROLL][VEC];
-  S uv[UNROLL][VEC];
-  const uint32_t first = blockIdx.x * (GPS * UNROLL) + sub;
-
+  S gv[UNROLL][VEC], uv[UNROLL][VEC];
+  uint32_t base = blockIdx.x * (GPS * UNROLL);
+  load_groups<DT, GS, UNROLL, Act::kGated>(gv, uv, x, base + sub, GPS, total_groups,
+                                           groups_per_row, hidden, lane);
+  for (; base < total_groups; base += step) {
+    S gn[UNROLL][VEC], un[UNROLL][VEC];
+    load_groups<DT, GS, UNROLL, Act::kGated>(gn, un, x, base + step + sub, GPS, total_groups,
+                                             groups_per_row, hidden, lane);
 #pragma unroll
-  for (int k = 0; k < UNROLL; ++k) {
-    const uint32_t gi = first + k * GPS;
-    if (gi < total_groups) {
-      const uint32_t t = gi / groups_per_row, g = gi - t * groups_per_row;
-      const S* p = x + int64_t(t) * in_row + int64_t(g) * GS + lane * VEC;
-      *reinterpret_cast<uint4*>(gv[k]) = __ldg(reinterpret_cast<const uint4*>(p));
-      if constexpr (Act::kGated) {
-        *reinterpret_cast<uint4*>(uv[k]) = __ldg(reinterpret_cast<const uint4*>(p + hidden));
+    for (int k = 0; k < UNROLL; ++k) {
+      const uint32_t gi = base + sub + k * GPS;
+      float y[VEC];
+      float amax = 0.0f;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        float v = act(DT::to_float(gv[k][i]), Act::kGated ? DT::to_float(uv[k][i]) : 0.0f);
+        // "Intermediate rounding": the unfused graph stores act(x) in the input dtype.
+        if constexpr (Act::kGated) v = DT::round(v);
+        y[i] = v;
+        amax = nan_max(amax, fabsf(v));
       }
-    } else {
+      // All 32 lanes take part (invalid groups reduce zeros); xor offsets < TPG
+      // stay inside the sub-warp.
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) gv[k][i] = uv[k][i] = 0;
-    }
-  }
-
-#pragma unroll
-  for (int k = 0; k < UNROLL; ++k) {
-    const uint32_t gi = first + k * GPS;
-    float y[VEC];
-    float amax = 0.0f;
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      float v = act(DT::to_float(gv[k][i]), Act::kGated ? DT::to_float(uv[k][i]) : 0.0f);
-      // "Intermediate rounding": the unfused graph stores act(x) in the input dtype.
-      if constexpr (Act::kGated) v = DT::round(v);
-      y[i] = v;
-      amax = nan_max(amax, fabsf(v));
-    }
-    // All 32 lanes take part (invalid groups reduce zeros); xor offsets < TPG stay
-    // inside the sub-warp.
-#pragma unroll
-    for (int off = TPG / 2; off > 0; off >>= 1) {
-      amax = nan_max(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-    }
-    const float sc = scheme.scale(amax);
-    if (gi < total_groups) {
-      const uint32_t t = gi / groups_per_row, g = gi - t * groups_per_row;
-      uint32_t w[VEC / 4];
-#pragma unroll
-      for (int i = 0; i < VEC / 4; ++i) {
-        w[i] = scheme.quant2(y[4 * i], y[4 * i + 1], sc) |
-               (scheme.quant2(y[4 * i + 2], y[4 * i + 3], sc) << 16);
+      for (int off = TPG / 2; off > 0; off >>= 1) {
+        amax = nan_max(amax, __shfl_xor_sync(0xffffffffu, amax, off));
       }
-      store_fp8<VEC>(q + int64_t(t) * hidden + int64_t(g) * GS + lane * VEC, w);
-      if (lane == 0) s[int64_t(t) * s_stride_t + int64_t(g) * s_stride_g] = sc;
+      const float sc = scheme.scale(amax);
+      const auto d = scheme.prepare(sc);
+      if (gi < total_groups) {
+        const uint32_t t = gi / groups_per_row, g = gi - t * groups_per_row;
+        uint32_t w[VEC / 4];
+#pragma unroll
+        for (int i = 0; i < VEC / 4; ++i) {
+          w[i] = scheme.quant2(y[4 * i], y[4 * i + 1], d) |
+                 (scheme.quant2(y[4 * i + 2], y[4 * i + 3], d) << 16);
+        }
+        store_fp8<VEC>(q + int64_t(t) * hidden + int64_t(g) * GS + lane * VEC, w);
+        if (lane == 0) s[int64_t(t) * s_stride_t + int64_t(g) * s_stride_g] = sc;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < UNROLL; ++k) {
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) {
+        gv[k][i] = gn[k][i];
+        uv[k][i] = un[k][i];
+      }
     }
   }
 }

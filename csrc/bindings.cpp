@@ -36,7 +36,8 @@ void silu_and_mul(at::Tensor out, at::Tensor x) {
 }
 
 void group_quant(bool gated, at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
-                 bool use_ue8m0, int64_t s_stride_t, int64_t s_stride_g, int64_t unroll) {
+                 bool use_ue8m0, int64_t s_stride_t, int64_t s_stride_g, int64_t unroll,
+                 int64_t blocks_per_sm) {
   check_x(x, "x");
   check_same_device(q, x, "q");
   check_same_device(s, x, "s");
@@ -73,19 +74,19 @@ void group_quant(bool gated, at::Tensor q, at::Tensor s, at::Tensor x, int64_t g
   }
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   quantfuse::launch_act_group_quant(gated, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g,
-                                    unroll);
+                                    unroll, blocks_per_sm);
 }
 
 void per_token_group_quant_fp8(at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
                                bool use_ue8m0, int64_t s_stride_t, int64_t s_stride_g,
-                               int64_t unroll) {
-  group_quant(false, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g, unroll);
+                               int64_t unroll, int64_t blocks_per_sm) {
+  group_quant(false, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g, unroll, blocks_per_sm);
 }
 
 void silu_and_mul_per_block_quant(at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
                                   bool use_ue8m0, int64_t s_stride_t, int64_t s_stride_g,
-                                  int64_t unroll) {
-  group_quant(true, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g, unroll);
+                                  int64_t unroll, int64_t blocks_per_sm) {
+  group_quant(true, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g, unroll, blocks_per_sm);
 }
 
 }  // namespace
@@ -97,9 +98,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("per_token_group_quant_fp8", &per_token_group_quant_fp8,
         "FP8 E4M3 per-token-group quantisation of x into q and scales s", py::arg("q"),
         py::arg("s"), py::arg("x"), py::arg("group_size"), py::arg("use_ue8m0"),
-        py::arg("s_stride_t"), py::arg("s_stride_g"), py::arg("unroll") = 0);
+        py::arg("s_stride_t"), py::arg("s_stride_g"), py::arg("unroll") = 0, py::arg("blocks_per_sm") = 0);
   m.def("silu_and_mul_per_block_quant", &silu_and_mul_per_block_quant,
         "fused silu_and_mul + FP8 per-token-group quantisation", py::arg("q"), py::arg("s"),
         py::arg("x"), py::arg("group_size"), py::arg("use_ue8m0"), py::arg("s_stride_t"),
-        py::arg("s_stride_g"), py::arg("unroll") = 0);
+        py::arg("s_stride_g"), py::arg("unroll") = 0, py::arg("blocks_per_sm") = 0);
 }

@@ -143,6 +143,16 @@ def unsupported_reason(op: str, x: torch.Tensor, group_size: int | None) -> str 
     return None
 
 
+def _validate(op: str, x: torch.Tensor, group_size: int | None) -> None:
+    """Raise a clear RuntimeError for unsupported inputs before entering C++
+    (the C++ side checks again, including the outputs)."""
+    if not isinstance(x, torch.Tensor):
+        raise RuntimeError(f"quantfuse cuda backend: x must be a tensor, got {type(x)}")
+    reason = unsupported_reason(op, x, group_size)
+    if reason is not None:
+        raise RuntimeError(f"quantfuse cuda backend: {op}: {reason}")
+
+
 def _mod() -> ModuleType:
     m = _load()
     if m is None:
@@ -165,6 +175,7 @@ def _scale_strides(s: torch.Tensor, tokens: int, groups: int) -> tuple[int, int]
 
 def silu_and_mul(out: torch.Tensor, x: torch.Tensor) -> None:
     """``out[..., d] = silu(x[..., :d]) * x[..., d:]`` in ``x.dtype``."""
+    _validate("silu_and_mul", x, None)
     _mod().silu_and_mul(out, x)
 
 
@@ -172,6 +183,7 @@ def per_token_group_quant_fp8(
     q: torch.Tensor, s: torch.Tensor, x: torch.Tensor, group_size: int, use_ue8m0: bool
 ) -> None:
     """FP8 E4M3 per-token-group quantisation of ``x`` into ``q`` and scales ``s``."""
+    _validate("per_token_group_quant_fp8", x, group_size)
     tokens = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
     st, sg = _scale_strides(s, tokens, x.shape[-1] // group_size if group_size > 0 else 0)
     _mod().per_token_group_quant_fp8(q, s, x, group_size, bool(use_ue8m0), st, sg)
@@ -181,6 +193,7 @@ def silu_and_mul_per_block_quant(
     q: torch.Tensor, s: torch.Tensor, x: torch.Tensor, group_size: int, use_ue8m0: bool
 ) -> None:
     """Fused ``silu_and_mul`` + ``per_token_group_quant_fp8`` (activation rounded to x.dtype)."""
+    _validate("silu_and_mul_per_block_quant", x, group_size)
     tokens = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
     st, sg = _scale_strides(s, tokens, x.shape[-1] // 2 // group_size if group_size > 0 else 0)
     _mod().silu_and_mul_per_block_quant(q, s, x, group_size, bool(use_ue8m0), st, sg)

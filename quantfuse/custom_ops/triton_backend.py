@@ -1,7 +1,8 @@
 """``triton`` backend: Triton kernels with the CUDA backend's numerics, bit for bit.
 
 Numerics (DESIGN.md "Numerics", reference.py): accurate ``exp`` from libdevice
-(``tl.exp`` is the fast ex2-based one), IEEE-rounded division (``tl.fdiv(...,
+(``tl.exp`` is the fast ex2-based one), the scale as ``amax * fp32(1/448)`` (what
+torch computes for ``amax / 448.0`` on CUDA), IEEE-rounded division (``tl.fdiv(...,
 ieee_rounding=True)``; Triton's ``/`` on fp32 is ``div.full``, 2 ulp), no FMA
 contraction (``enable_fp_fusion=False`` at launch, so ``1 + exp(-g)`` stays an
 add as in torch), NaN-propagating amax (``tl.max`` drops NaN), and RNE to e4m3.
@@ -78,7 +79,9 @@ def _kernels():
             y = a
         amax = tl.reduce(tl.abs(y), 1, _nan_max)
         amax = _nan_max(amax, 1e-10)
-        scale = tl.fdiv(amax, 448.0, ieee_rounding=True)
+        # amax * fp32(1/448): what torch computes for `amax / 448.0` on CUDA (eager
+        # and Inductor both multiply by the reciprocal of a constant divisor).
+        scale = amax * (1.0 / 448.0)
         if UE8M0:
             scale = _ue8m0_ceil(scale)
         v = tl.fdiv(y, scale[:, None], ieee_rounding=True)

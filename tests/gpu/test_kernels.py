@@ -222,9 +222,11 @@ def test_cuda_unroll_variants_agree():
     m = cuda_backend._mod()
     x = make_input((301,), 2 * 7168, torch.bfloat16)
     outs = []
-    for unroll in (1, 2, 4):
+    # unroll x grid shape (occupancy-persistent, 1 block/SM: many loop trips, no loop)
+    for unroll, bps in ((1, 0), (2, 0), (4, 0), (1, 1), (2, 1), (1, -1), (4, -1)):
         q, s = alloc_outputs((301,), 7168, 128, True)
-        m.silu_and_mul_per_block_quant(q, s, x, 128, False, 1, 301, unroll)
+        m.silu_and_mul_per_block_quant(q, s, x, 128, False, 1, 301, unroll, bps)
+        assert not torch.isnan(s).any(), f"unroll {unroll} bps {bps}: scales unwritten"
         outs.append((q, s))
     for q, s in outs[1:]:
         assert_bits_equal(q, outs[0][0], "unroll q")
