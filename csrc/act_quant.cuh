@@ -104,7 +104,8 @@ struct Fp8GroupScheme {
     if (!d.exact) return __fdiv_rn(y, d.s);
     const float q0 = __fmul_rn(y, d.r);
     const float e = __fmaf_rn(-q0, d.s, y);
-    return __fmaf_rn(e, d.r, q0);
+    // q0 == 0 (y == +-0 or underflow): keep q0, whose sign is y's (fma would give +0).
+    return q0 == 0.0f ? q0 : __fmaf_rn(e, d.r, q0);
   }
   // True-IEEE-rounded quotients, then RNE to e4m3 with saturation: SATFINITE equals
   // the reference's clamp(-448, 448) (anything past 448 rounds to 448 or beyond,
