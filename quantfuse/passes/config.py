@@ -18,13 +18,14 @@ class FusionConfig:
             ``ACTIVATIONS`` and ``SCHEMES`` tables.
         forms: ``"op"`` (quantfuse ops called by the model) and/or ``"native"``
             (the same maths in plain PyTorch).
-        group_sizes: FP8 group sizes the fused kernels support.
+        group_sizes: FP8 per-group sizes to fuse (the fused kernels' sizes).
         dtypes: activation input dtypes to fuse, by name.
         dump_dir: if set, each pass run writes its report and the graphs before and
             after into a numbered sub-folder (also ``QUANTFUSE_DUMP_DIR``).
     """
 
-    fusions: tuple[tuple[str, str], ...] = (("silu_and_mul", "fp8_per_group"),)
+    fusions: tuple[tuple[str, str], ...] = tuple(
+        (act, scheme) for act in qops.ACTIVATIONS for scheme in qops.SCHEMES)
     forms: tuple[str, ...] = ("op", "native")
     group_sizes: tuple[int, ...] = (64, 128)
     dtypes: tuple[str, ...] = ("bfloat16", "float16", "float32")

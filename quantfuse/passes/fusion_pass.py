@@ -54,8 +54,7 @@ class _ReportRecorder:
             fused_op=f"quantfuse.{qops.fused_op_name(spec.activation, spec.scheme)}",
             source=site.source_line(params.activation, *match.nodes),
             input_shape=tuple(xv.shape), input_dtype=str(xv.dtype).replace("torch.", ""),
-            params={"group_size": params.group_size, "column_major_scales": params.column_major_scales,
-                    "use_ue8m0": params.use_ue8m0}))
+            params=dict(params.params)))
 
     def near_miss(self, spec, match, reason) -> None:
         from quantfuse.patterns import site

@@ -2,17 +2,23 @@
 
 For each (activation, scheme) pair two forms are registered:
 
-* op form: ``quantfuse.<activation>`` followed by ``quantfuse.<scheme op>``;
-* native form: every combination of the plain-torch spellings in
-  :mod:`quantfuse.patterns.native`, traced once for 16-bit and once for fp32 input
-  (the traces differ by the ``convert_element_type`` nodes).
+* op form: ``quantfuse.<activation>`` followed by ``quantfuse.<scheme op>``, one search
+  graph per call arity (graphs drop trailing default arguments);
+* native form: every activation spelling composed with every scheme spelling of
+  :mod:`quantfuse.patterns.native`, for 16-bit and for fp32 input (the traces differ by
+  their ``convert_element_type`` nodes).
 
-Search graphs are traced with Inductor's own ``fwd_only`` and then put through the
-same normalisation the post-grad graph has had (``view`` → ``reshape``), so they
-match real graphs.  :func:`widen` then folds same-arity alternatives into one
-pattern and lets every node have extra users: a site whose intermediate value has
-an outside consumer is matched, then refused by the site reader with a reason, so
-the report can name it instead of silently skipping it.
+Each spelling is traced once with Inductor's own ``fwd_only`` and put through the same
+normalisation the post-grad graph has had (``view`` → ``reshape``); the activation and
+scheme traces are then joined into one FX graph per pair and turned into a pattern.
+:func:`widen` folds same-arity alternatives into that pattern and lets every node have
+extra users: a site whose intermediate value has an outside consumer is matched, then
+refused with a reason, so the report can name it instead of silently skipping it.
+
+The matcher compares structure only (literals are ignored).  Each matched node is
+paired with the traced node it matched, so :mod:`site` can check every literal of the
+site against the spelling's own (eps, 448, clamp bounds, dims, dtypes) and read the
+shape-dependent ones (group size, gate/up halves) itself.
 """
 
 from __future__ import annotations
@@ -29,7 +35,6 @@ from torch._inductor.fx_passes.post_grad import view_to_reshape
 from torch._inductor.pattern_matcher import (
     MULTIPLE,
     CallFunction,
-    KeywordArg,
     Match,
     MultiOutputPattern,
     PatternExpr,
@@ -38,6 +43,8 @@ from torch._inductor.pattern_matcher import (
     fx_to_pattern,
     register_graph_pattern,
 )
+from torch.fx import Node
+from torch.utils._pytree import tree_leaves
 
 from quantfuse.custom_ops import ops as qops
 from quantfuse.patterns import native, scale_layout, site
@@ -48,22 +55,66 @@ aten = torch.ops.aten
 # Constants, shapes and dtypes vary per site; site.py checks them.
 _IGNORED = (int, float, list, torch.device, torch.dtype)
 _WIDTHS = {"16bit": torch.bfloat16, "fp32": torch.float32}
+_EXAMPLE_HIDDEN = 256  # activation output width of the traces: 2 groups of 128, 8 MX blocks
 
 
 @dataclasses.dataclass(frozen=True)
 class PatternSpec:
-    """One search graph and how to read a site it matched."""
+    """One search graph: a name for the report and what the site reader needs."""
 
     name: str
     form: str  # "op" or "native"
     activation: str
     scheme: str
-    search_fn: Callable
-    example_input: Callable[[], torch.Tensor]
-    reader: Callable  # (match, config) -> (SiteParams, roles)
+    spelling: str  # the scheme spelling (native) or "" (op form)
+    build: Callable[[], tuple[torch.fx.GraphModule, list[str]]]  # traced graph, node parts
 
 
-# --- pattern construction --------------------------------------------------------------
+# --- tracing and joining ---------------------------------------------------------------
+
+def _trace(fn: Callable, example: torch.Tensor) -> torch.fx.GraphModule:
+    gm = fwd_only(fn, [example])
+    view_to_reshape(gm)
+    return gm
+
+
+def _example_input(activation: str, dtype: torch.dtype) -> torch.Tensor:
+    """An input whose activation output is _EXAMPLE_HIDDEN wide (gated activations take 2x)."""
+    for hidden in (_EXAMPLE_HIDDEN, 2 * _EXAMPLE_HIDDEN):
+        try:
+            if qops.ACTIVATIONS[activation].out_hidden(hidden) == _EXAMPLE_HIDDEN:
+                return torch.empty(4, hidden, dtype=dtype)
+        except ValueError:
+            pass
+    raise AssertionError(f"no example width for {activation}")
+
+
+@functools.lru_cache(maxsize=None)
+def _traced_activation(activation: str, spelling: str, width: str) -> torch.fx.GraphModule:
+    fn = native.ACTIVATION_SPELLINGS[activation][spelling]
+    return _trace(fn, _example_input(activation, _WIDTHS[width]))
+
+
+@functools.lru_cache(maxsize=None)
+def _traced_scheme(scheme: str, spelling: str, width: str) -> torch.fx.GraphModule:
+    fn = native.SCHEME_SPELLINGS[scheme][spelling]
+    return _trace(fn, torch.empty(4, _EXAMPLE_HIDDEN, dtype=_WIDTHS[width]))
+
+
+def _join(first: torch.fx.GraphModule, second: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, list[str]]:
+    """``second(first(x))`` as one graph, and for each call node which half it came from."""
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    (p_first,) = [n for n in first.graph.nodes if n.op == "placeholder"]
+    y = graph.graph_copy(first.graph, {p_first: x})
+    (p_second,) = [n for n in second.graph.nodes if n.op == "placeholder"]
+    n_first = sum(1 for n in graph.nodes if n.op == "call_function")
+    out = graph.graph_copy(second.graph, {p_second: y})
+    graph.output(out)
+    calls = [n for n in graph.nodes if n.op == "call_function"]
+    parts = ["activation"] * n_first + ["scheme"] * (len(calls) - n_first)
+    return torch.fx.GraphModule(torch.nn.Module(), graph), parts
+
 
 def _walk(pattern: PatternExpr):
     seen, stack = set(), [pattern]
@@ -76,8 +127,22 @@ def _walk(pattern: PatternExpr):
             stack.extend(p.outputs)
         elif isinstance(p, CallFunction):
             yield p
-            stack.extend(a for a in torch.utils._pytree.tree_leaves((p.args, p.kwargs))
-                         if isinstance(a, PatternExpr))
+            stack.extend(a for a in tree_leaves((p.args, p.kwargs)) if isinstance(a, PatternExpr))
+
+
+def _pair(pattern: PatternExpr, gm: torch.fx.GraphModule) -> dict[int, Node]:
+    """Map each CallFunction of ``fx_to_pattern(gm)`` to the traced node it came from."""
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    outputs = pattern.outputs if isinstance(pattern, MultiOutputPattern) else [pattern]
+    pairs: dict[int, Node] = {}
+    stack = list(zip(outputs, tree_leaves(out_node.args[0])))
+    while stack:
+        p, n = stack.pop()
+        if not isinstance(p, CallFunction) or id(p) in pairs:
+            continue
+        pairs[id(p)] = n
+        stack.extend(zip(tree_leaves((p.args, p.kwargs)), tree_leaves((n.args, n.kwargs))))
+    return pairs
 
 
 def _set_targets(p: CallFunction, targets: list) -> None:
@@ -98,65 +163,46 @@ def widen(pattern: PatternExpr) -> PatternExpr:
     ``clamp_min(amax, eps)`` also matches ``maximum(amax, full(eps))`` and the scale's
     ``div(., 448)`` also matches ``mul(., 1/448)``; :mod:`site` checks the constants.
     """
-    for p in _walk(pattern):
+    nodes = list(_walk(pattern))
+    for p in nodes:
         p.users = MULTIPLE
         if p.fns[0] in _ALTERNATIVES:
             _set_targets(p, _ALTERNATIVES[p.fns[0]])
+    for p in nodes:
         first = p.args[0] if p.args else None
         if p.fns == [aten.clamp_min.default] and isinstance(first, CallFunction) \
                 and first.fns == [aten.amax.default]:
             _set_targets(p, [aten.clamp_min.default, aten.maximum.default])
-            for q in _walk(pattern):
-                if q.fns == [aten.div.Tensor] and q.args[0] is p:
+            for q in nodes:
+                if q.fns == [aten.div.Tensor] and q.args and q.args[0] is p:
                     _set_targets(q, [aten.div.Tensor, aten.mul.Tensor])
     return pattern
 
 
-def trace_pattern(spec: PatternSpec) -> PatternExpr:
-    """Trace ``spec.search_fn`` as Inductor's post-grad graph would show it."""
-    gm = fwd_only(spec.search_fn, [spec.example_input()])
-    view_to_reshape(gm)
-    return widen(fx_to_pattern(gm, ignore_types=_IGNORED, argnames=["x"]))
-
-
 # --- the pattern table -----------------------------------------------------------------
 
-def _example(dtype: torch.dtype, hidden: int = 512) -> Callable[[], torch.Tensor]:
-    return lambda: torch.empty(4, hidden, dtype=dtype)
-
-
-def _native_fp8_group_reader(match, config):
-    return site.read_native_fp8_group(match, config.torch_dtypes, config.group_sizes)
-
-
-def _op_fp8_group_reader(match, config):
-    quant_op = getattr(torch.ops.quantfuse, qops.SCHEMES["fp8_per_group"].unfused_name).default
-    return site.read_op_fp8_group(match, quant_op, config.torch_dtypes, config.group_sizes)
-
-
-def _op_search_fn(activation: str, scheme: str, n_params: int) -> Callable:
+def _op_graph(activation: str, scheme: str, n_params: int):
     act_op = getattr(torch.ops.quantfuse, activation)
-    quant_op = getattr(torch.ops.quantfuse, qops.SCHEMES[scheme].unfused_name)
-    params = qops.SCHEMES[scheme].example_params[:n_params]
-    return lambda x: quant_op(act_op(x), *params)
+    quant = qops.SCHEMES[scheme]
+    quant_op = getattr(torch.ops.quantfuse, quant.unfused_name)
+    params = quant.example_params[:n_params]
+    gm = _trace(lambda x: quant_op(act_op(x), *params), _example_input(activation, torch.bfloat16))
+    calls = [n for n in gm.graph.nodes if n.op == "call_function"]
+    return gm, ["activation"] + ["scheme"] * (len(calls) - 1)
 
 
-def _native_search_fn(split_fn, mul_fn, rnd_fn) -> Callable:
-    return lambda x: native.fp8_group_quant(mul_fn(*split_fn(x)), 128, rnd_fn)
-
-
-def pattern_specs(activation: str = "silu_and_mul", scheme: str = "fp8_per_group") -> list[PatternSpec]:
+def pattern_specs(activation: str, scheme: str) -> list[PatternSpec]:
     """Every search graph for one (activation, scheme) pair, op form first."""
     quant = qops.SCHEMES[scheme]
-    specs = [PatternSpec(f"op:{activation}+{quant.unfused_name}/{n}args", "op", activation, scheme,
-                         _op_search_fn(activation, scheme, n), _example(torch.bfloat16), _op_fp8_group_reader)
-             for n in range(1, len(quant.example_params) + 1)]
-    for (split, split_fn), (mul, mul_fn), (rnd, rnd_fn), (width, dtype) in itertools.product(
-            native.GATE_UP_SPLITS.items(), native.SILU_MULS.items(),
-            native.SCALE_ROUNDINGS.items(), _WIDTHS.items()):
-        specs.append(PatternSpec(f"native:{activation}[{split},{mul}]+fp8_group[scale={rnd}]/{width}",
-                                 "native", activation, scheme, _native_search_fn(split_fn, mul_fn, rnd_fn),
-                                 _example(dtype), _native_fp8_group_reader))
+    specs = [PatternSpec(f"op:{activation}+{quant.unfused_name}/{n}args", "op", activation, scheme, "",
+                         functools.partial(_op_graph, activation, scheme, n))
+             for n in range(quant.required_params, len(quant.example_params) + 1)]
+    for act_spelling, scheme_spelling, width in itertools.product(
+            native.ACTIVATION_SPELLINGS[activation], native.SCHEME_SPELLINGS[scheme], _WIDTHS):
+        def build(a=act_spelling, s=scheme_spelling, w=width):
+            return _join(_traced_activation(activation, a, w), _traced_scheme(scheme, s, w))
+        specs.append(PatternSpec(f"native:{activation}[{act_spelling}]+{scheme}[{scheme_spelling}]/{width}",
+                                 "native", activation, scheme, scheme_spelling, build))
     return specs
 
 
@@ -175,32 +221,38 @@ _recorder: list[Recorder] = [Recorder()]
 
 def _replacement(spec: PatternSpec, params: site.SiteParams, match: Match) -> Callable:
     fused = getattr(torch.ops.quantfuse, qops.fused_op_name(spec.activation, spec.scheme))
-    args = (params.group_size, params.column_major_scales, params.use_ue8m0)
+    kwargs = dict(params.params)
     if spec.form == "op":
-        return lambda x: fused(x, *args)
-    q_shape = tuple(match.output_nodes()[0].meta["val"].shape[-2:])
+        return lambda x: fused(x, **kwargs)
+    shapes = [tuple(n.meta["val"].shape) for n in match.output_nodes()]
 
     def native_outputs(x):
-        q, s = fused(x, *args)
-        return q.unflatten(-1, q_shape), s.unsqueeze(-1)
+        # the fused op's outputs in the shapes the model's own graph had (grouped, keep-dim)
+        return tuple(t.reshape(shape) for t, shape in zip(fused(x, **kwargs), shapes))
     return native_outputs
 
 
 def _register(spec: PatternSpec, config, pm_pass: PatternMatcherPass) -> None:
-    pattern = trace_pattern(spec)
-    decided: dict[int, site.SiteParams] = {}
+    gm, parts = spec.build()
+    pattern = fx_to_pattern(gm, ignore_types=_IGNORED, argnames=["x"])
+    traced_of = _pair(pattern, gm)
+    part_of = {n: part for n, part in zip([n for n in gm.graph.nodes if n.op == "call_function"], parts)}
+    widen(pattern)
+    decided: dict[int, tuple] = {}
 
     def extra_check(match: Match) -> bool:
+        traced = {match.ctx.pattern_to_node[p]: traced_of[id(p)] for p in _walk(pattern)
+                  if match.ctx.pattern_to_node.get(p) is not None}
         try:
-            params, roles = spec.reader(match, config)
+            params, roles = site.read(spec, match, traced, part_of, config)
             site.check_external_users(match, match.output_nodes(), roles)
         except site.NotFusable as e:
             _recorder[-1].near_miss(spec, match, str(e))
             return False
         tail = None
-        if spec.form == "native":
+        if spec.form == "native" and "column_major_scales" in params.params:
             tail = scale_layout.column_major_tail(match.output_nodes()[1], set(match.nodes))
-            params.column_major_scales = tail is not None
+            params.params["column_major_scales"] = tail is not None
         decided[id(match)] = (params, tail)
         return True
 

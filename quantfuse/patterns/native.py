@@ -1,14 +1,19 @@
 """Plain-PyTorch spellings of activations and quantisation schemes, as people write them.
 
-Each entry is a small function; the pattern generator (:mod:`quantfuse.patterns.act_quant`)
-traces every combination into an aten-level search graph.  Spellings that normalise to
-the same post-grad graph need no entry of their own: ``view``, ``reshape``,
-``unflatten`` all become ``aten.reshape``; ``chunk(2, -1)`` and ``split(d, -1)``
-become ``aten.split``; ``clamp(a, b)`` and ``torch.clamp(min=a, max=b)`` become
-``clamp_min`` + ``clamp_max``.  Alternatives with the same arity but another op
-(``clamp(min=eps)`` vs ``torch.maximum``, ``/ 448`` vs ``* (1 / 448)``) are folded
-into one pattern by :func:`quantfuse.patterns.act_quant.widen`; their constants are
+Two tables: activation spellings ``x -> y`` and scheme spellings ``y -> (q, s)``.  The
+pattern generator (:mod:`quantfuse.patterns.act_quant`) traces each spelling once and
+composes every activation with every scheme, so a new spelling or a new pair is a table
+entry.  Spellings that normalise to the same post-grad graph need no entry of their own:
+``view``, ``reshape``, ``unflatten`` all become ``aten.reshape``; ``chunk(2, -1)`` and
+``split(d, -1)`` become ``aten.split``; ``clamp(a, b)`` and ``torch.clamp(min=a, max=b)``
+become ``clamp_min`` + ``clamp_max``; ``x.square()`` and ``x ** 2`` become ``pow``.
+Same-arity alternatives (``clamp(min=eps)`` vs ``torch.maximum``, ``/ 448`` vs
+``* (1 / 448)``) are folded into one pattern by ``act_quant.widen``; the constants are
 checked per site by :mod:`quantfuse.patterns.site`.
+
+A scheme spelling returns the tensors as the model would next use them, before any
+final reshape or squeeze (grouped ``q``, keep-dim scales): whatever the model does
+afterwards stays in the graph and applies to the fused op's outputs.
 """
 
 from __future__ import annotations
@@ -30,36 +35,62 @@ def _halves_by_split(x):
     return x.chunk(2, dim=-1)
 
 
-#: how the gate and up halves are taken from ``x = [gate | up]``
-GATE_UP_SPLITS: dict[str, Callable] = {
-    "slice": _halves_by_slicing,
-    "split": _halves_by_split,
-}
-
-#: ``silu(gate) * up`` spellings
-SILU_MULS: dict[str, Callable] = {
-    "F.silu": lambda gate, up: F.silu(gate) * up,
-    "sigmoid": lambda gate, up: gate * torch.sigmoid(gate) * up,
-}
-
-#: UE8M0 (power-of-two) scale rounding spellings; "none" keeps fp32 scales
-SCALE_ROUNDINGS: dict[str, Callable | None] = {
-    "none": None,
-    "exp2": lambda s: torch.exp2(torch.ceil(torch.log2(s))),
-    "pow": lambda s: 2 ** torch.ceil(torch.log2(s)),
+ACTIVATION_SPELLINGS: dict[str, dict[str, Callable]] = {
+    "silu_and_mul": {
+        "slice,F.silu": lambda x: F.silu(_halves_by_slicing(x)[0]) * _halves_by_slicing(x)[1],
+        "split,F.silu": lambda x: (lambda a, b: F.silu(a) * b)(*_halves_by_split(x)),
+        "slice,sigmoid": lambda x: (lambda a, b: a * torch.sigmoid(a) * b)(*_halves_by_slicing(x)),
+        "split,sigmoid": lambda x: (lambda a, b: a * torch.sigmoid(a) * b)(*_halves_by_split(x)),
+    },
+    "relu2": {
+        "relu.square": lambda x: F.relu(x).square(),
+        "relu*relu": lambda x: F.relu(x) * F.relu(x),
+    },
 }
 
 
-def fp8_group_quant(y: torch.Tensor, group_size: int, round_scale: Callable | None):
-    """Dynamic per-group FP8 quantisation written out in torch; returns grouped q, scale.
-
-    The pattern's outputs are the grouped ``q`` (``[..., G, group]``) and the
-    keep-dim scale (``[..., G, 1]``): whatever reshape or squeeze the model applies
-    afterwards stays in the graph and is applied to the fused op's outputs.
-    """
+def fp8_group_quant(y, group_size: int = 128, round_scale: Callable | None = None):
+    """Dynamic per-group FP8: grouped q ``[..., G, group]``, keep-dim scale ``[..., G, 1]``."""
     yg = y.unflatten(-1, (-1, group_size)).float()
     scale = yg.abs().amax(dim=-1, keepdim=True).clamp(min=1e-10) / 448.0
     if round_scale is not None:
         scale = round_scale(scale)
-    q = (yg / scale).clamp(-448.0, 448.0).to(FP8)
-    return q, scale
+    return (yg / scale).clamp(-448.0, 448.0).to(FP8), scale
+
+
+def fp8_token_quant(y):
+    """Dynamic per-token FP8: q ``[..., H]``, keep-dim scale ``[..., 1]``."""
+    yf = y.float()
+    scale = yf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-10) / 448.0
+    return (yf / scale).clamp(-448.0, 448.0).to(FP8), scale
+
+
+def mxfp8_quant(y, scale_rounding: str = "rceil"):
+    """MXFP8 as written in torch: grouped E4M3 q ``[..., G, 32]``, E8M0 bytes ``[..., G, 1]``."""
+    yg = y.unflatten(-1, (-1, 32)).float()
+    amax = yg.abs().amax(dim=-1, keepdim=True)
+    if scale_rounding == "rceil":
+        exp = torch.ceil(torch.log2(amax / 448.0))
+    else:
+        exp = torch.floor(torch.log2(amax)) - 8
+    exp = exp.clamp(-127, 127)
+    q = (yg / torch.exp2(exp)).clamp(-448.0, 448.0).to(FP8)
+    return q, (exp + 127).to(torch.uint8)
+
+
+SCHEME_SPELLINGS: dict[str, dict[str, Callable]] = {
+    "fp8_per_group": {
+        "scale=fp32": lambda y: fp8_group_quant(y),
+        "scale=exp2": lambda y: fp8_group_quant(y, 128, lambda s: torch.exp2(torch.ceil(torch.log2(s)))),
+        "scale=pow": lambda y: fp8_group_quant(y, 128, lambda s: 2 ** torch.ceil(torch.log2(s))),
+    },
+    "fp8_per_token": {"amax/448": lambda y: fp8_token_quant(y)},
+    "mxfp8": {
+        "rceil": lambda y: mxfp8_quant(y, "rceil"),
+        "floor": lambda y: mxfp8_quant(y, "floor"),
+    },
+    # MXFP4 has no native spelling yet: E2M1 rounding and nibble packing are written in
+    # too many ways (bit tricks, lookup tables, bucketize) to recognise one; the op form
+    # is fused.
+    "mxfp4": {},
+}

@@ -1,11 +1,17 @@
 """Reading and checking one matched site before it is rewritten.
 
-The Inductor pattern matcher compares graph structure only: the patterns it
-builds ignore ints, floats, shapes and dtypes.  Everything a rewrite depends on is
-therefore read back off the matched nodes here and checked against what the fused
-op computes: which half is the gate, the group size, eps, 448, the clamp bounds,
-the dtypes, contiguity, and that no intermediate value is used outside the site.
-A failed check returns a human-readable reason, which becomes a near miss in the
+The Inductor pattern matcher compares graph structure only: the patterns it builds
+ignore ints, floats, shapes and dtypes.  Everything a rewrite depends on is therefore
+read back off the matched nodes here:
+
+* every literal (eps, 448, clamp bounds, reduction dims, dtypes, exponents) must equal
+  the one in the traced spelling it matched (:func:`check_literals`);
+* the shape-dependent ones are read per activation and scheme (which half is the gate,
+  the group size);
+* the input must be contiguous and of a supported dtype, the activation computed in the
+  input dtype, and no intermediate value used outside the site.
+
+A failed check raises :class:`NotFusable`, whose message becomes a near miss in the
 report; the pass never rewrites a site it has not fully read.
 """
 
@@ -23,8 +29,11 @@ from torch.fx import Node
 aten = torch.ops.aten
 prims = torch.ops.prims
 
-FP8_MAX = 448.0
-EPS = 1e-10
+#: ops whose int/list arguments depend on the traced example's shape
+_SHAPE_OPS = {aten.reshape.default, aten.view.default, aten.slice.Tensor, aten.split.Tensor,
+              aten.split_with_sizes.default, operator.getitem}
+_SIXTEEN_BIT = (torch.bfloat16, torch.float16)
+_TRACE_16BIT = torch.bfloat16  # the dtype 16-bit spellings were traced with
 
 
 class NotFusable(Exception):
@@ -36,11 +45,10 @@ class SiteParams:
     """What the fused op needs, read off a matched site."""
 
     x: Node
-    group_size: int
-    column_major_scales: bool
-    use_ue8m0: bool
     #: the activation's output node: its stack trace is the user's line
     activation: Node
+    #: keyword arguments of the fused op besides x
+    params: dict[str, Any]
 
 
 def _f32(v: float) -> float:
@@ -49,10 +57,6 @@ def _f32(v: float) -> float:
 
 def _val(node: Any):
     return node.meta.get("val") if isinstance(node, Node) else None
-
-
-def _last_dim(dim: Any, ndim: int) -> bool:
-    return isinstance(dim, int) and dim % ndim == ndim - 1
 
 
 def _int(v: Any, what: str) -> int:
@@ -66,28 +70,11 @@ def _require(cond: bool, reason: str) -> None:
         raise NotFusable(reason)
 
 
-def _nodes(match, *targets) -> list[Node]:
-    return [n for n in match.nodes if n.op == "call_function" and n.target in targets]
+def _last_dim(dim: Any, ndim: int) -> bool:
+    return isinstance(dim, int) and dim % ndim == ndim - 1
 
 
-def _one(match, *targets) -> Node:
-    found = _nodes(match, *targets)
-    _require(len(found) == 1, f"expected one {targets[0]} in the site, found {len(found)}")
-    return found[0]
-
-
-def check_external_users(match, outputs: list[Node], roles: dict[Node, str]) -> None:
-    """Reject the site if a value inside it is consumed outside it (LoRA branch, debug hook)."""
-    inside = set(match.nodes)
-    for node in match.nodes:
-        if node in outputs:
-            continue
-        outside = [u.name for u in node.users if u not in inside]
-        if outside:
-            role = roles.get(node, "intermediate value")
-            raise NotFusable(f"{role} `{node.name}` has a consumer outside the pattern: "
-                             f"{', '.join(outside)}")
-
+# --- checks shared by every site ----------------------------------------------------------
 
 def check_input(x: Node, dtypes: tuple[torch.dtype, ...]) -> torch.Tensor:
     """The activation input must be a contiguous tensor of a supported dtype."""
@@ -100,20 +87,76 @@ def check_input(x: Node, dtypes: tuple[torch.dtype, ...]) -> torch.Tensor:
     return xv
 
 
-def check_group_size(group_size: int, supported: tuple[int, ...]) -> None:
-    _require(group_size in supported,
-             f"group size {group_size} is not supported (supported: {', '.join(map(str, supported))})")
+def check_external_users(match, outputs: list[Node], roles: dict[Node, str]) -> None:
+    """Reject the site if a value inside it is consumed outside it (LoRA branch, debug hook)."""
+    inside = set(match.nodes)
+    for node in match.nodes:
+        if node in outputs:
+            continue
+        outside = [u.name for u in node.users if u not in inside]
+        if outside:
+            role = roles.get(node, "intermediate value")
+            raise NotFusable(f"{role} `{node.name}` has a consumer outside the pattern: {', '.join(outside)}")
 
 
-# --- native form ---------------------------------------------------------------------
+def _literal(node: Node, i: int, arg: Any) -> Any:
+    """A literal argument; a scalar ``full`` (how ``torch.tensor(eps)`` reaches the graph) counts."""
+    if isinstance(arg, Node):
+        if arg.target == aten.full.default and not arg.args[0]:
+            return arg.args[1]
+        raise NotFusable(f"`{node.name}` takes `{arg.name}` where the pattern has a constant")
+    return arg
 
-def _read_gate_up(match, x: Node, y: Node, hidden: int) -> None:
-    """Check that ``y = act(gate) * up`` with gate = x[..., :d] and up = x[..., d:]."""
-    ndim = _val(x).dim()
+
+def _same(node: Node, ref: Node, i: int, arg: Any, want: Any, in_dtype: torch.dtype) -> bool:
+    if isinstance(want, torch.dtype):
+        return arg == (in_dtype if want == _TRACE_16BIT and in_dtype in _SIXTEEN_BIT else want)
+    if isinstance(want, (list, tuple)):
+        if not isinstance(arg, (list, tuple)) or len(arg) != len(want):
+            return False
+        names = [a.name for a in node.target._schema.arguments] if hasattr(node.target, "_schema") else []
+        if i < len(names) and names[i] == "dim":  # reduction dims: compare counted from the end
+            nd, nd_ref = _val(node.args[0]).dim(), _val(ref.args[0]).dim()
+            return [d % nd - nd for d in arg] == [d % nd_ref - nd_ref for d in want]
+        return all(_same(node, ref, i, a, w, in_dtype) for a, w in zip(arg, want))
+    if isinstance(want, bool) or isinstance(arg, bool):
+        return arg is want
+    if isinstance(want, (int, float)):
+        if not isinstance(arg, (int, float)):
+            return False
+        if node.target == aten.mul.Tensor and ref.target == aten.div.Tensor:  # x * (1/c) for x / c
+            return _f32(arg) == _f32(1.0 / want)
+        return _f32(arg) == _f32(want)
+    return arg == want
+
+
+def check_literals(traced: dict[Node, Node], in_dtype: torch.dtype) -> None:
+    """Every literal of the site equals the traced spelling's (shape-dependent ones aside)."""
+    for node, ref in traced.items():
+        if node.target in _SHAPE_OPS:
+            continue
+        _require(len(node.args) == len(ref.args), f"`{node.name}` has {len(node.args)} arguments, "
+                 f"the pattern {len(ref.args)}")
+        for i, (arg, want) in enumerate(zip(node.args, ref.args)):
+            if isinstance(want, Node):
+                continue
+            got = _literal(node, i, arg)
+            _require(_same(node, ref, i, got, want, in_dtype),
+                     f"`{node.name}` ({node.target}) has {got!r} where the fused op needs {want!r}")
+        alpha = node.kwargs.get("alpha", 1)
+        _require(alpha == ref.kwargs.get("alpha", 1), f"`{node.name}` has alpha={alpha}")
+
+
+# --- activations: shape-dependent arguments ----------------------------------------------
+
+def _read_silu_and_mul(nodes: list[Node], x: Node, y: Node) -> None:
+    """``y = silu(gate) * up`` with gate = x[..., :d] and up = x[..., d:]."""
+    xv = _val(x)
+    ndim, hidden = xv.dim(), _int(xv.shape[-1], "hidden size")
     d = hidden // 2
     _require(hidden % 2 == 0, f"input hidden size {hidden} is odd")
     up = y.args[1]
-    split = _nodes(match, aten.split.Tensor, aten.split_with_sizes.default)
+    split = [n for n in nodes if n.target in (aten.split.Tensor, aten.split_with_sizes.default)]
     if split:
         (sp,) = split
         dim = sp.args[2] if len(sp.args) > 2 else sp.kwargs.get("dim", 0)
@@ -122,88 +165,74 @@ def _read_gate_up(match, x: Node, y: Node, hidden: int) -> None:
         _require(sizes == d or list(sizes) == [d, d], f"gate/up split sizes {sizes} are not two halves of {hidden}")
         _require(up.target is operator.getitem and up.args[1] == 1, "the multiplier is not the second half (up)")
         return
-    slices = [n for n in _nodes(match, aten.slice.Tensor) if n.args[0] is x]
+    slices = [n for n in nodes if n.target == aten.slice.Tensor and n.args[0] is x]
     _require(len(slices) == 2, "gate/up are not two slices of the input")
     for node in slices:
-        dim, start, end, *rest = (*node.args[1:], None, None, None)[:4]
+        dim, start, end, step = (*node.args[1:], None, None, None, None)[:4]
         start = 0 if start is None else start
         end = hidden if end is None else min(end, hidden)
-        step = rest[0] if rest and rest[0] is not None else 1
-        _require(_last_dim(dim, ndim) and step == 1, "gate/up slices are not along the last dim")
+        _require(_last_dim(dim, ndim) and step in (None, 1), "gate/up slices are not along the last dim")
         want = (d, hidden) if node is up else (0, d)
         _require((start, end) == want, f"slice {start}:{end} is not the expected half "
                  f"{want[0]}:{want[1]} ({'up' if node is up else 'gate'})")
 
 
-def _read_constants(match) -> None:
-    """Every literal in the silu and the quantisation must be the contract's."""
-    for add in _nodes(match, aten.add.Tensor):
-        _require(add.args[1] == 1 and add.kwargs.get("alpha", 1) == 1, f"`{add.name}` adds {add.args[1]}, not 1")
-    for node in _nodes(match, aten.pow.Scalar):
-        _require(node.args[0] == 2, f"power-of-two scale uses base {node.args[0]}")
+ACTIVATION_READERS = {
+    "silu_and_mul": _read_silu_and_mul,
+    "relu2": lambda nodes, x, y: None,  # relu(x) then pow 2 / mul: all literals, checked generically
+}
 
 
-def read_native_fp8_group(match, dtypes, group_sizes) -> tuple[SiteParams, dict[Node, str]]:
-    """Read a native-torch SiLU×Mul → FP8 per-group site; raises NotFusable."""
-    x = match.kwargs["x"]
-    xv = check_input(x, dtypes)
-    hidden = _int(xv.shape[-1], "hidden size")
+# --- schemes: shape-dependent arguments -----------------------------------------------------
 
-    reshape = _one(match, aten.reshape.default, aten.view.default)
-    y = reshape.args[0]
+def check_group_size(group_size: int, supported: tuple[int, ...]) -> None:
+    _require(group_size in supported,
+             f"group size {group_size} is not supported (supported: {', '.join(map(str, supported))})")
+
+
+def _groups_of(nodes: list[Node], y: Node) -> int:
+    """The group size of the site's ``reshape(y, [..., G, g])``."""
+    (reshape,) = [n for n in nodes if n.target in (aten.reshape.default, aten.view.default) and n.args[0] is y]
     yv, gv = _val(y), _val(reshape)
-    roles = {y: "activation output"}
-    _require(yv.dtype == xv.dtype, f"activation is computed in {yv.dtype} from {xv.dtype} input; "
-             "the fused op rounds it to the input dtype")
-    _read_gate_up(match, x, y, hidden)
-
-    # groups: [..., H/2] -> [..., G, g]
     _require(gv.dim() == yv.dim() + 1 and tuple(gv.shape[:-2]) == tuple(yv.shape[:-1]),
              f"reshape {tuple(yv.shape)} -> {tuple(gv.shape)} does not split the last dim into groups")
     group = _int(gv.shape[-1], "group size")
-    _require(_int(gv.shape[-2], "group count") * group == hidden // 2, "groups do not tile the hidden dim")
-    check_group_size(group, group_sizes)
-
-    amax = _one(match, aten.amax.default)
-    dims = amax.args[1] if len(amax.args) > 1 else amax.kwargs.get("dim")
-    keep = amax.args[2] if len(amax.args) > 2 else amax.kwargs.get("keepdim", False)
-    _require(len(dims) == 1 and _last_dim(dims[0], gv.dim()) and keep, "amax is not over the group dim with keepdim")
-
-    floor = next(n for n in match.nodes if n.target in (aten.clamp_min.default, aten.maximum.default)
-                 and n.args[0] is amax)
-    eps = floor.args[1]
-    if isinstance(eps, Node):
-        _require(eps.target == aten.full.default and not eps.args[0], f"amax floor `{eps.name}` is not a scalar")
-        eps = eps.args[1]
-    _require(_f32(eps) == _f32(EPS), f"amax floor (eps) is {eps}, the fused op uses {EPS}")
-
-    (to_scale,) = [n for n in match.nodes if n.args and n.args[0] is floor]
-    c = to_scale.args[1]
-    ok = c == FP8_MAX if to_scale.target == aten.div.Tensor else _f32(c) == _f32(1 / FP8_MAX)
-    _require(ok, f"scale is amax {'/' if to_scale.target == aten.div.Tensor else '*'} {c}, not amax / 448")
-
-    (lo,) = [n for n in _nodes(match, aten.clamp_min.default) if n is not floor]
-    hi = _one(match, aten.clamp_max.default)
-    _require(lo.args[1] == -FP8_MAX and hi.args[1] == FP8_MAX,
-             f"quantised values are clamped to [{lo.args[1]}, {hi.args[1]}], not [-448, 448]")
-    (to_fp8,) = [n for n in match.nodes if n.args and n.args[0] is hi]
-    _require(to_fp8.args[1] == torch.float8_e4m3fn, f"output dtype is {to_fp8.args[1]}, not float8_e4m3fn")
-    _read_constants(match)
-    for cvt in _nodes(match, prims.convert_element_type.default):
-        _require(cvt.args[1] in (torch.float32, xv.dtype, torch.float8_e4m3fn),
-                 f"`{cvt.name}` casts to {cvt.args[1]}")
-    use_ue8m0 = bool(_nodes(match, aten.log2.default))
-    roles.update({amax: "group amax", floor: "clamped amax"})
-    return SiteParams(x, group, False, use_ue8m0, y), roles
+    _require(_int(gv.shape[-2], "group count") * group == _int(yv.shape[-1], "hidden size"),
+             "groups do not tile the hidden dim")
+    return group
 
 
-# --- op form -------------------------------------------------------------------------
+def _read_fp8_group(nodes, y, spelling, config) -> dict:
+    group = _groups_of(nodes, y)
+    check_group_size(group, config.group_sizes)
+    return {"group_size": group, "column_major_scales": False, "use_ue8m0": spelling != "scale=fp32"}
+
+
+def _read_mx(nodes, y, spelling, config) -> dict:
+    block = _groups_of(nodes, y)
+    _require(block == 32, f"block size {block} is not the MX block size 32")
+    return {"scale_rounding": spelling}
+
+
+SCHEME_READERS = {
+    "fp8_per_group": _read_fp8_group,
+    "fp8_per_token": lambda nodes, y, spelling, config: {},
+    "mxfp8": _read_mx,
+    "mxfp4": _read_mx,
+}
+
+
+def _check_op_params(scheme: str, params: dict, config) -> None:
+    if scheme == "fp8_per_group":
+        check_group_size(params["group_size"], config.group_sizes)
+
+
+# --- one site ---------------------------------------------------------------------------------
 
 def bind_args(node: Node) -> dict[str, Any]:
     """The call's arguments by schema name, defaults filled in."""
-    schema = node.target._schema
     out = {}
-    for i, arg in enumerate(schema.arguments):
+    for i, arg in enumerate(node.target._schema.arguments):
         if i < len(node.args):
             out[arg.name] = node.args[i]
         elif arg.name in node.kwargs:
@@ -213,16 +242,27 @@ def bind_args(node: Node) -> dict[str, Any]:
     return out
 
 
-def read_op_fp8_group(match, quant_op, dtypes, group_sizes) -> tuple[SiteParams, dict[Node, str]]:
-    """Read a ``quantfuse.silu_and_mul`` → ``quantfuse.per_token_group_quant_fp8`` site."""
-    quant = _one(match, quant_op)
-    act = quant.args[0]
+def read(spec, match, traced: dict[Node, Node], part_of: dict[Node, str], config) -> tuple[SiteParams, dict]:
+    """Read and check one site; returns the fused op's parameters and names for its nodes."""
     x = match.kwargs["x"]
-    check_input(x, dtypes)
-    args = bind_args(quant)
-    check_group_size(args["group_size"], group_sizes)
-    params = SiteParams(x, args["group_size"], bool(args["column_major_scales"]), bool(args["use_ue8m0"]), act)
-    return params, {act: "activation output"}
+    xv = check_input(x, config.torch_dtypes)
+    act_nodes = [n for n, ref in traced.items() if part_of[ref] == "activation"]
+    scheme_nodes = [n for n, ref in traced.items() if part_of[ref] == "scheme"]
+    (y,) = [n for n in act_nodes if any(u in scheme_nodes for u in n.users)]
+    if spec.form == "op":
+        (quant,) = [n for n in scheme_nodes if n.target is not operator.getitem]
+        params = {k: v for k, v in bind_args(quant).items() if k != "x"}
+        _check_op_params(spec.scheme, params, config)
+        return SiteParams(x, y, params), {y: "activation output"}
+    yv = _val(y)
+    _require(yv.dtype == xv.dtype, f"activation is computed in {yv.dtype} from {xv.dtype} input; "
+             "the fused op rounds it to the input dtype")
+    check_literals(traced, xv.dtype)
+    ACTIVATION_READERS[spec.activation](act_nodes, x, y)
+    params = SCHEME_READERS[spec.scheme](scheme_nodes, y, spec.spelling, config)
+    roles = {y: "activation output"}
+    roles.update({n: "group amax" for n in scheme_nodes if n.target == aten.amax.default})
+    return SiteParams(x, y, params), roles
 
 
 # --- where in the user's code ----------------------------------------------------------
