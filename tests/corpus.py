@@ -20,9 +20,19 @@ def _halves_slice(x):
 
 
 class Style(torch.nn.Module):
-    """Base: 2-D bf16 input [T, 2H]."""
+    """Base: 2-D bf16 input [T, 2H]; FP8 per-group styles set ``expect``, others ``params``."""
 
     expect = (1, 128, False, False)
+    fused = "silu_and_mul_per_block_quant"
+    scheme = "fp8_per_group"
+
+    @classmethod
+    def expected(cls) -> tuple[int, str, dict]:
+        """(rewrites, fused op, its parameters)."""
+        if cls.scheme != "fp8_per_group":
+            return cls.expect[0], cls.fused, cls.params
+        n, group, ue8m0, col_major = cls.expect
+        return n, cls.fused, {"group_size": group, "column_major_scales": col_major, "use_ue8m0": ue8m0}
     shape = (33, 1024)
     dtype = torch.bfloat16
     transposed_scales = False  # the module returns scales as [G, T]
@@ -211,9 +221,95 @@ class TransposedScalesNotFolded(Style):
         return q.flatten(-2), s.squeeze(-1).t().contiguous()
 
 
+class Relu2SquareGroup(Style):
+    fused = "relu2_per_block_quant"
+    shape = (9, 512)
+
+    def forward(self, x):
+        y = F.relu(x).square()
+        yg = y.unflatten(-1, (-1, 128)).float()
+        s = yg.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 448.0
+        return (yg / s).clamp(-448, 448).to(FP8).flatten(-2), s.squeeze(-1)
+
+
+class Relu2PowUe8m0(Style):
+    fused = "relu2_per_block_quant"
+    expect = (1, 64, True, False)
+    shape = (2, 3, 256)
+
+    def forward(self, x):
+        y = torch.relu(x) ** 2
+        yg = y.unflatten(-1, (-1, 64)).float()
+        s = torch.exp2(torch.ceil(torch.log2(yg.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 448.0)))
+        return (yg / s).clamp(-448, 448).to(FP8).flatten(-2), s.squeeze(-1)
+
+
+def _token_quant(y):
+    yf = y.float()
+    s = yf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-10) / 448.0
+    return (yf / s).clamp(-448, 448).to(FP8), s
+
+
+class Relu2MulPerToken(Style):
+    fused, scheme, params, shape = "relu2_per_token_quant_fp8", "fp8_per_token", {}, (5, 384)
+
+    def forward(self, x):
+        return _token_quant(F.relu(x) * F.relu(x))
+
+
+class SiluPerToken(Style):
+    fused, scheme, params = "silu_and_mul_per_token_quant_fp8", "fp8_per_token", {}
+
+    def forward(self, x):
+        a, b = x.chunk(2, -1)
+        return _token_quant(F.silu(a) * b)
+
+
+def _mx8(y, rceil):
+    yg = y.unflatten(-1, (-1, 32)).float()
+    amax = yg.abs().amax(dim=-1, keepdim=True)
+    e = torch.ceil(torch.log2(amax / 448.0)) if rceil else torch.floor(torch.log2(amax)) - 8
+    e = e.clamp(-127, 127)
+    return (yg / torch.exp2(e)).clamp(-448, 448).to(FP8).flatten(-2), (e + 127).to(torch.uint8).squeeze(-1)
+
+
+class SiluMxfp8Rceil(Style):
+    fused, scheme, params = "silu_and_mul_mxfp8_quant", "mxfp8", {"scale_rounding": "rceil"}
+
+    def forward(self, x):
+        a, b = _halves_slice(x)
+        return _mx8(F.silu(a) * b, True)
+
+
+class Relu2Mxfp8Floor(Style):
+    fused, scheme, params, shape = "relu2_mxfp8_quant", "mxfp8", {"scale_rounding": "floor"}, (2, 4, 256)
+    dtype = torch.float16
+
+    def forward(self, x):
+        return _mx8(F.relu(x).square(), False)
+
+
+class OpFormPairs(Style):
+    """Every (activation, scheme) pair called as quantfuse ops in one graph."""
+
+    scheme, fused, params = "all", "*", None
+    expect = (8, None, None, None)
+    shape = (6, 512)
+
+    def forward(self, x):
+        outs = []
+        for act in (qf.silu_and_mul, qf.relu2):
+            outs += qf.per_token_group_quant_fp8(act(x), 64)
+            outs += qf.per_token_quant_fp8(act(x + 1))
+            outs += qf.mxfp8_quant(act(x + 2), "floor")
+            outs += qf.mxfp4_quant(act(x + 3))
+        return tuple(outs)
+
+
 STYLES = [SliceSiluView, ChunkSigmoidReshape, SplitSiluUnflatten, ThreeDimSlice, ThreeDimChunkSigmoid,
           Ue8m0Exp2, Ue8m0Pow, Fp16Input, Fp32Input, Fp32InputSigmoid, ColumnMajorScales, ColumnMajorScales3D, TransposedScalesNotFolded, TwoLayers,
-          OpForm, OpFormColumnMajor, OpFormKwargs]
+          OpForm, OpFormColumnMajor, OpFormKwargs, Relu2SquareGroup, Relu2PowUe8m0, Relu2MulPerToken, SiluPerToken,
+          SiluMxfp8Rceil, Relu2Mxfp8Floor, OpFormPairs]
 
 
 # --- near misses: (module, fragment of the reason) -------------------------------------

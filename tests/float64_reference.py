@@ -8,6 +8,8 @@ division (float64 has enough bits for that double rounding to be exact).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -65,3 +67,43 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     d = x.shape[-1] // 2
     g, u = x[..., :d], x[..., d:]
     return g / (1 + torch.exp(-g)) * u
+
+
+# --- OCP microscaling (MX) ---------------------------------------------------------------
+
+E2M1 = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0], dtype=torch.float64)
+
+
+def encode_e2m1(v: torch.Tensor) -> torch.Tensor:
+    """Nearest-even E2M1 codes (sign bit 8) of float64 values, saturating at ±6."""
+    mag = v.abs().clamp(max=6.0)
+    d = (mag.unsqueeze(-1) - E2M1).abs()
+    best = d.min(-1, keepdim=True).values
+    ties = d == best
+    # among equally near codes prefer the even one (even mantissa)
+    even = ties & (torch.arange(8) % 2 == 0)
+    code = torch.where(even.any(-1), even.float().argmax(-1), ties.float().argmax(-1))
+    return (code | (torch.signbit(v).long() << 3)).to(torch.uint8)
+
+
+def mx_exponent(block: list[float], element: str, rounding: str) -> int | None:
+    """Shared exponent of one block by the definitions (None for a NaN block)."""
+    max_elem, emax = {"e4m3": (448.0, 8), "e2m1": (6.0, 2)}[element]
+    if any(v != v or v in (float("inf"), float("-inf")) for v in block):
+        return None
+    amax = max(abs(v) for v in block)
+    if amax == 0:
+        return -127
+    if rounding == "floor":
+        e = math.floor(math.log2(amax))
+        while 2.0 ** e > amax:  # guard log2 rounding
+            e -= 1
+        while 2.0 ** (e + 1) <= amax:
+            e += 1
+        e -= emax
+    else:
+        r = float(torch.tensor(amax / max_elem, dtype=torch.float32))  # the division is fp32
+        e = -200
+        while 2.0 ** e < r:
+            e += 1
+    return max(-127, min(127, e))
