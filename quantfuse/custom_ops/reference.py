@@ -49,7 +49,9 @@ def group_scales(y32: torch.Tensor, use_ue8m0: bool) -> torch.Tensor:
     NaN; kernels must do the same).
     """
     amax = y32.abs().amax(dim=-1).clamp_min(EPS)
-    scale = amax / FP8_MAX
+    # A tensor divisor on the same device: torch turns `/ 448.0` into a multiply by
+    # fp32(1/448) on CUDA but divides on the CPU; the contract is the true division.
+    scale = amax / torch.full_like(amax, FP8_MAX)
     return ue8m0_ceil(scale) if use_ue8m0 else scale
 
 
