@@ -143,7 +143,7 @@ def mx_block_exponents(x: torch.Tensor, element: str, scale_rounding: str) -> tu
     if scale_rounding == "floor":
         exp = torch.frexp(safe)[1] - 1 - emax  # amax = m * 2**k, m in [0.5, 1): floor(log2) = k - 1
     else:
-        exp = _ceil_log2(safe / max_elem)
+        exp = _ceil_log2(safe / torch.full_like(safe, max_elem))  # true division, as for FP8 scales
     exp = torch.where(amax == 0, torch.full_like(exp, -E8M0_BIAS), exp)
     return exp.clamp(-E8M0_BIAS, E8M0_BIAS).to(torch.int32), bad
 
