@@ -91,6 +91,28 @@ def _check_mx(hidden: int, scale_rounding: str) -> int:
     return reference.MX_BLOCK
 
 
+def _mx_scheme(name: str, element_bytes: Callable[[int], int], q_dtype: torch.dtype, doc: str) -> Scheme:
+    """An OCP microscaling scheme: ``{name}_quant(x, scale_rounding="rceil")``."""
+
+    def empty_outputs(shape, device, scale_rounding="rceil"):
+        *lead, hidden = shape
+        return (torch.empty((*lead, element_bytes(hidden)), dtype=q_dtype, device=device),
+                torch.empty((*lead, hidden // reference.MX_BLOCK), dtype=torch.uint8, device=device))
+
+    return Scheme(
+        unfused_name=f"{name}_quant",
+        fused_suffix=f"{name}_quant",
+        params_schema='str scale_rounding="rceil"',
+        reference=getattr(reference, f"{name}_quant"),
+        check=lambda hidden, scale_rounding="rceil": _check_mx(hidden, scale_rounding),
+        empty_outputs=empty_outputs,
+        kernel_args=lambda scale_rounding="rceil": (scale_rounding,),
+        example_params=("floor",),
+        required_params=0,
+        doc=doc,
+    )
+
+
 def _empty_group_outputs(shape: Sequence[int], device, group_size: int,
                          column_major_scales: bool = False, use_ue8m0: bool = False):
     *lead, hidden = shape
@@ -140,35 +162,11 @@ SCHEMES = {
         required_params=0,
         doc="dynamic FP8 E4M3 per-token quantisation -> (q, fp32 scales [..., 1])",
     ),
-    "mxfp8": Scheme(
-        unfused_name="mxfp8_quant",
-        fused_suffix="mxfp8_quant",
-        params_schema='str scale_rounding="rceil"',
-        reference=reference.mxfp8_quant,
-        check=lambda hidden, scale_rounding="rceil": _check_mx(hidden, scale_rounding),
-        empty_outputs=lambda shape, device, scale_rounding="rceil": (
-            torch.empty(tuple(shape), dtype=reference.FP8_DTYPE, device=device),
-            torch.empty((*shape[:-1], shape[-1] // reference.MX_BLOCK), dtype=torch.uint8, device=device)),
-        kernel_args=lambda scale_rounding="rceil": (scale_rounding,),
-        example_params=("floor",),
-        required_params=0,
-        doc="OCP MXFP8 (E4M3, block 32, E8M0 scale bytes) -> (q, uint8 scales [..., H/32])",
-    ),
-    "mxfp4": Scheme(
-        unfused_name="mxfp4_quant",
-        fused_suffix="mxfp4_quant",
-        params_schema='str scale_rounding="rceil"',
-        reference=reference.mxfp4_quant,
-        check=lambda hidden, scale_rounding="rceil": _check_mx(hidden, scale_rounding),
-        empty_outputs=lambda shape, device, scale_rounding="rceil": (
-            torch.empty((*shape[:-1], shape[-1] // 2), dtype=torch.uint8, device=device),
-            torch.empty((*shape[:-1], shape[-1] // reference.MX_BLOCK), dtype=torch.uint8, device=device)),
-        kernel_args=lambda scale_rounding="rceil": (scale_rounding,),
-        example_params=("floor",),
-        required_params=0,
-        doc="OCP MXFP4 (E2M1 packed low nibble first, block 32, E8M0 scale bytes) "
-            "-> (q uint8 [..., H/2], uint8 scales [..., H/32])",
-    ),
+    "mxfp8": _mx_scheme("mxfp8", element_bytes=lambda h: h, q_dtype=reference.FP8_DTYPE,
+                        doc="OCP MXFP8 (E4M3, block 32, E8M0 scale bytes) -> (q, uint8 scales [..., H/32])"),
+    "mxfp4": _mx_scheme("mxfp4", element_bytes=lambda h: h // 2, q_dtype=torch.uint8,
+                        doc="OCP MXFP4 (E2M1 packed low nibble first, block 32, E8M0 scale bytes) "
+                            "-> (q uint8 [..., H/2], uint8 scales [..., H/32])"),
 }
 
 
