@@ -3,7 +3,7 @@
 E4M3 rounding is done by searching the table of all 256 codes decoded from their
 bits, so a bug in torch's or our float8 conversion cannot hide in both sides.
 fp32 arithmetic is emulated by computing in float64 and rounding to fp32 after each
-division (float64 has enough bits for that double rounding to be exact).
+product or division (float64 has enough bits for that double rounding to be exact).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def group_quant(y: torch.Tensor, group: int, ue8m0: bool) -> tuple[torch.Tensor,
     yg = y.to(torch.float64).unflatten(-1, (-1, group))
     amax = yg.abs().amax(-1)
     amax = torch.where(amax.isnan(), amax, amax.clamp(min=_f32(torch.tensor(1e-10)).item()))
-    scale = _f32(amax / 448.0)
+    scale = _f32(amax * _f32(torch.tensor(1 / 448.0)))  # fp32 multiply by fp32(1/448)
     if ue8m0:
         # smallest power of two >= scale, by exhaustive exponent search
         exps = torch.arange(-150, 129, dtype=torch.float64)
@@ -102,7 +102,8 @@ def mx_exponent(block: list[float], element: str, rounding: str) -> int | None:
             e += 1
         e -= emax
     else:
-        r = float(torch.tensor(amax / max_elem, dtype=torch.float32))  # the division is fp32
+        inv = float(torch.tensor(1 / max_elem, dtype=torch.float32))
+        r = float(torch.tensor(amax * inv, dtype=torch.float32))  # fp32 multiply by fp32(1/max)
         e = -200
         while 2.0 ** e < r:
             e += 1

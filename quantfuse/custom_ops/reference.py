@@ -5,7 +5,7 @@ backend of the ops in :mod:`quantfuse.custom_ops.ops`.  They are also exported a
 ``quantfuse.reference`` so users can check a kernel against them.
 
 Contract (DESIGN.md, "Numerics"): all arithmetic in fp32;
-``amax = max(max|y| over the group, 1e-10)``; ``scale = amax / 448``; UE8M0 mode
+``amax = max(max|y| over the group, 1e-10)``; ``scale = amax * fp32(1/448)``; UE8M0 mode
 rounds the scale up to a power of two; ``q = e4m3(clamp(y / scale, -448, 448))``.
 The fused op rounds the activation to the input dtype before quantising, so fused
 and unfused results agree bit for bit.
@@ -49,9 +49,11 @@ def group_scales(y32: torch.Tensor, use_ue8m0: bool) -> torch.Tensor:
     NaN; kernels must do the same).
     """
     amax = y32.abs().amax(dim=-1).clamp_min(EPS)
-    # A tensor divisor on the same device: torch turns `/ 448.0` into a multiply by
-    # fp32(1/448) on CUDA but divides on the CPU; the contract is the true division.
-    scale = amax / torch.full_like(amax, FP8_MAX)
+    # `amax / 448` is what models write, and what torch on CUDA (eager, for a scalar
+    # divisor, and Inductor, for a constant one) computes as a multiply by fp32(1/448);
+    # on the CPU it is a true division.  The contract is the multiply, on every device,
+    # so that the fused op reproduces native CUDA graphs' scales bit for bit.
+    scale = amax * torch.full_like(amax, 1.0 / FP8_MAX)
     return ue8m0_ceil(scale) if use_ue8m0 else scale
 
 
@@ -129,8 +131,8 @@ def mx_block_exponents(x: torch.Tensor, element: str, scale_rounding: str) -> tu
     """Shared exponents of 32-element blocks: ``(exponent int32 [..., G], non-finite mask)``.
 
     floor (OCP spec): ``floor(log2(amax)) - emax_elem``; rceil (NVIDIA): the smallest
-    ``e`` with ``amax / 2**e <= max_elem``, i.e. ``ceil(log2(amax / max_elem))`` with the
-    division in fp32.  Both exact from the exponent bits, clamped to E8M0's
+    power of two not below ``amax * fp32(1 / max_elem)`` (fp32 multiply, as in
+    TransformerEngine).  Both exact from the exponent bits, clamped to E8M0's
     ``[-127, 127]`` (an all-zero block gets 2**-127).  A block holding NaN or inf is a
     NaN block (scale byte 0xFF).
     """
@@ -143,7 +145,8 @@ def mx_block_exponents(x: torch.Tensor, element: str, scale_rounding: str) -> tu
     if scale_rounding == "floor":
         exp = torch.frexp(safe)[1] - 1 - emax  # amax = m * 2**k, m in [0.5, 1): floor(log2) = k - 1
     else:
-        exp = _ceil_log2(safe / torch.full_like(safe, max_elem))  # true division, as for FP8 scales
+        # amax * fp32(1/max_elem), as NVIDIA's kernels and FP8 scales compute it
+        exp = _ceil_log2(safe * torch.full_like(safe, 1.0 / max_elem))
     exp = torch.where(amax == 0, torch.full_like(exp, -E8M0_BIAS), exp)
     return exp.clamp(-E8M0_BIAS, E8M0_BIAS).to(torch.int32), bad
 
