@@ -56,7 +56,7 @@ class _ReportRecorder:
             input_shape=tuple(xv.shape), input_dtype=str(xv.dtype).replace("torch.", ""),
             params=dict(params.params)))
 
-    def near_miss(self, spec, match, reason) -> None:
+    def near_miss(self, spec, match, reason, activation) -> None:
         from quantfuse.patterns import site
 
         anchor = match.output_nodes()[0] if match.output_nodes() else match.nodes[-1]
@@ -64,7 +64,8 @@ class _ReportRecorder:
             return
         self._seen.add((anchor.name, reason))
         self.report.near_misses.append(NearMiss(pattern=spec.name, reason=reason,
-                                                source=site.source_line(*reversed(match.nodes)), node=anchor.name))
+                                                source=site.source_line(activation, *match.nodes),
+                                                node=anchor.name))
 
 
 class FusionPass(CustomGraphPass):

@@ -213,7 +213,7 @@ class Recorder:
 
     def rewrite(self, spec: PatternSpec, match: Match, params: site.SiteParams) -> None: ...
 
-    def near_miss(self, spec: PatternSpec, match: Match, reason: str) -> None: ...
+    def near_miss(self, spec: PatternSpec, match: Match, reason: str, activation: Node) -> None: ...
 
 
 _recorder: list[Recorder] = [Recorder()]
@@ -247,7 +247,7 @@ def _register(spec: PatternSpec, config, pm_pass: PatternMatcherPass) -> None:
             params, roles = site.read(spec, match, traced, part_of, config)
             site.check_external_users(match, match.output_nodes(), roles)
         except site.NotFusable as e:
-            _recorder[-1].near_miss(spec, match, str(e))
+            _recorder[-1].near_miss(spec, match, str(e), site.activation_output(traced, part_of))
             return False
         tail = None
         if spec.form == "native" and "column_major_scales" in params.params:

@@ -242,13 +242,20 @@ def bind_args(node: Node) -> dict[str, Any]:
     return out
 
 
+def activation_output(traced: dict[Node, Node], part_of: dict[Node, str]) -> Node:
+    """The site's activation output: the activation node the quantisation consumes."""
+    scheme_nodes = {n for n, ref in traced.items() if part_of[ref] == "scheme"}
+    (y,) = [n for n, ref in traced.items() if part_of[ref] == "activation" and scheme_nodes & set(n.users)]
+    return y
+
+
 def read(spec, match, traced: dict[Node, Node], part_of: dict[Node, str], config) -> tuple[SiteParams, dict]:
     """Read and check one site; returns the fused op's parameters and names for its nodes."""
     x = match.kwargs["x"]
     xv = check_input(x, config.torch_dtypes)
     act_nodes = [n for n, ref in traced.items() if part_of[ref] == "activation"]
     scheme_nodes = [n for n, ref in traced.items() if part_of[ref] == "scheme"]
-    (y,) = [n for n in act_nodes if any(u in scheme_nodes for u in n.users)]
+    y = activation_output(traced, part_of)
     if spec.form == "op":
         (quant,) = [n for n in scheme_nodes if n.target is not operator.getitem]
         params = {k: v for k, v in bind_args(quant).items() if k != "x"}
