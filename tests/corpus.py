@@ -19,6 +19,12 @@ def _halves_slice(x):
     return x[..., :d], x[..., d:]
 
 
+def _quant(y, group=128, eps=1e-10, lo=-448.0, hi=448.0):
+    yg = y.unflatten(-1, (-1, group)).float()
+    s = yg.abs().amax(-1, keepdim=True).clamp(min=eps) / 448.0
+    return (yg / s).clamp(lo, hi).to(FP8).flatten(-2), s.squeeze(-1)
+
+
 class Style(torch.nn.Module):
     """Base: 2-D bf16 input [T, 2H]; FP8 per-group styles set ``expect``, others ``params``."""
 
@@ -148,11 +154,8 @@ class ColumnMajorScales(Style):
 
     def forward(self, x):
         a, b = x.chunk(2, -1)
-        y = F.silu(a) * b
-        yg = y.unflatten(-1, (-1, 128)).float()
-        s = yg.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 448.0
-        q = (yg / s).clamp(-448, 448).to(FP8)
-        return q.flatten(-2), s.squeeze(-1).t().contiguous().t()
+        q, s = _quant(F.silu(a) * b)
+        return q, s.t().contiguous().t()
 
 
 class TwoLayers(Style):
@@ -214,11 +217,8 @@ class TransposedScalesNotFolded(Style):
 
     def forward(self, x):
         a, b = x.chunk(2, -1)
-        y = F.silu(a) * b
-        yg = y.unflatten(-1, (-1, 128)).float()
-        s = yg.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 448.0
-        q = (yg / s).clamp(-448, 448).to(FP8)
-        return q.flatten(-2), s.squeeze(-1).t().contiguous()
+        q, s = _quant(F.silu(a) * b)
+        return q, s.t().contiguous()
 
 
 class Relu2SquareGroup(Style):
@@ -313,12 +313,6 @@ STYLES = [SliceSiluView, ChunkSigmoidReshape, SplitSiluUnflatten, ThreeDimSlice,
 
 
 # --- near misses: (module, fragment of the reason) -------------------------------------
-
-def _quant(y, group=128, eps=1e-10, lo=-448.0, hi=448.0):
-    yg = y.unflatten(-1, (-1, group)).float()
-    s = yg.abs().amax(-1, keepdim=True).clamp(min=eps) / 448.0
-    return (yg / s).clamp(lo, hi).to(FP8).flatten(-2), s.squeeze(-1)
-
 
 class LoraBranch(Style):
     """The activation output also feeds a LoRA-style branch."""
