@@ -24,7 +24,12 @@ log = logging.getLogger("quantfuse.backend")
 
 BACKEND_ENV = "QUANTFUSE_BACKEND"
 ORDER = ("cuda", "triton", "torch")
-_MODULES = {"cuda": "quantfuse.custom_ops.cuda_backend", "triton": "quantfuse.custom_ops.triton_backend"}
+#: each backend's modules, in order; a module that does not know an op says so in
+#: ``unsupported_reason`` and the next one is asked
+_MODULES = {
+    "cuda": ("quantfuse.custom_ops.cuda_backend",),
+    "triton": ("quantfuse.custom_ops.triton_backend", "quantfuse.custom_ops.triton_schemes"),
+}
 
 #: Counter of ``(op, backend)`` -> number of calls, for tests and debugging.
 calls: collections.Counter = collections.Counter()
@@ -32,14 +37,14 @@ _logged: set = set()
 _loaded: dict[str, ModuleType | None] = {}
 
 
-def _load(name: str) -> ModuleType | None:
-    if name not in _loaded:
+def _load(module: str) -> ModuleType | None:
+    if module not in _loaded:
         try:
-            _loaded[name] = importlib.import_module(_MODULES[name])
+            _loaded[module] = importlib.import_module(module)
         except Exception as e:  # a broken optional backend must never break the op
-            log.warning("quantfuse backend %r cannot be imported: %s", name, e)
-            _loaded[name] = None
-    return _loaded[name]
+            log.warning("quantfuse backend module %r cannot be imported: %s", module, e)
+            _loaded[module] = None
+    return _loaded[module]
 
 
 def preference() -> tuple[str, ...]:
@@ -52,23 +57,35 @@ def preference() -> tuple[str, ...]:
     return (forced,) + tuple(b for b in ORDER if b != forced)
 
 
+def _module_for(backend: str, op: str, x: torch.Tensor, group_size: int | None) -> tuple[ModuleType | None, str | None]:
+    """The module of ``backend`` that runs this call, or (None, why not)."""
+    if backend == "torch":
+        return None, None
+    if x.device.type != "cuda":
+        return None, f"input is on {x.device.type}, the {backend} backend needs CUDA"
+    reasons = []
+    for name in _MODULES[backend]:
+        mod = _load(name)
+        if mod is None or not mod.is_available():
+            reasons.append(f"{name.rsplit('.', 1)[-1]} is not available on this machine")
+            continue
+        why = mod.unsupported_reason(op, x, group_size)
+        if why is None:
+            return mod, None
+        reasons.append(why)
+    return None, "; ".join(reasons)
+
+
 def reason_unsupported(backend: str, op: str, x: torch.Tensor, group_size: int | None) -> str | None:
     """Why ``backend`` cannot run this call, or None if it can."""
-    if backend == "torch":
-        return None
-    if x.device.type != "cuda":
-        return f"input is on {x.device.type}, the {backend} backend needs CUDA"
-    mod = _load(backend)
-    if mod is None or not mod.is_available():
-        return f"the {backend} backend is not available on this machine"
-    return mod.unsupported_reason(op, x, group_size)
+    return _module_for(backend, op, x, group_size)[1]
 
 
 def choose(op: str, x: torch.Tensor, group_size: int | None = None) -> tuple[str, ModuleType | None]:
     """Pick the backend for one call; returns ``(name, module)`` (module None for torch)."""
     order = preference()
     for name in order:
-        why = reason_unsupported(name, op, x, group_size)
+        mod, why = _module_for(name, op, x, group_size)
         key = (op, name, x.dtype, x.device.type, group_size)
         if why is None:
             if key not in _logged:
@@ -76,7 +93,7 @@ def choose(op: str, x: torch.Tensor, group_size: int | None = None) -> tuple[str
                 log.info("%s: using the %s backend (dtype=%s, device=%s, group_size=%s)",
                          op, name, x.dtype, x.device.type, group_size)
             calls[(op, name)] += 1
-            return name, (None if name == "torch" else _load(name))
+            return name, mod
         if name == order[0] and os.environ.get(BACKEND_ENV) and key not in _logged:
             _logged.add(key)
             log.warning("%s: %s=%s cannot run this call (%s); falling back", op, BACKEND_ENV, name, why)
