@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import operator
 import time
 from typing import Callable
 
@@ -219,17 +220,47 @@ class Recorder:
 _recorder: list[Recorder] = [Recorder()]
 
 
-def _replacement(spec: PatternSpec, params: site.SiteParams, match: Match) -> Callable:
-    fused = getattr(torch.ops.quantfuse, qops.fused_op_name(spec.activation, spec.scheme))
-    kwargs = dict(params.params)
-    if spec.form == "op":
-        return lambda x: fused(x, **kwargs)
+def _fused_op(spec: PatternSpec):
+    return getattr(torch.ops.quantfuse, qops.fused_op_name(spec.activation, spec.scheme)).default
+
+
+def _replace_traced(spec: PatternSpec, params: site.SiteParams, match: Match) -> None:
+    """Replace by tracing (handles symbolic shapes; ~10 ms a site)."""
+    fused, kwargs = _fused_op(spec), dict(params.params)
     shapes = [tuple(n.meta["val"].shape) for n in match.output_nodes()]
 
-    def native_outputs(x):
+    def outputs(x):
         # the fused op's outputs in the shapes the model's own graph had (grouped, keep-dim)
         return tuple(t.reshape(shape) for t, shape in zip(fused(x, **kwargs), shapes))
-    return native_outputs
+    match.replace_by_example(outputs, [params.x])
+
+
+def _replace_static(spec: PatternSpec, params: site.SiteParams, match: Match) -> None:
+    """Insert the fused op directly (static shapes): the same graph as tracing, ~30x faster."""
+    graph, fused, kwargs = match.graph, _fused_op(spec), dict(params.params)
+    x_val = params.x.meta["val"]
+    with x_val.fake_mode:
+        vals = fused(x_val, **kwargs)
+    with graph.inserting_before(min(match.nodes)):
+        call = graph.call_function(fused, (params.x,), kwargs)
+        call.meta.update(val=vals, stack_trace=params.activation.meta.get("stack_trace"))
+        new = []
+        for i, (old, val) in enumerate(zip(match.output_nodes(), vals)):
+            node = graph.call_function(operator.getitem, (call, i))
+            node.meta["val"] = val
+            shape = tuple(old.meta["val"].shape)
+            if tuple(val.shape) != shape:
+                node = graph.call_function(aten.reshape.default, (node, list(shape)))
+                with x_val.fake_mode:
+                    node.meta["val"] = val.reshape(shape)
+            new.append(node)
+    for old, node in zip(match.output_nodes(), new):
+        old.replace_all_uses_with(node)
+    match.erase_nodes()
+
+
+def _static(match: Match) -> bool:
+    return all(isinstance(d, int) for n in match.output_nodes() for d in n.meta["val"].shape)
 
 
 def _register(spec: PatternSpec, config, pm_pass: PatternMatcherPass) -> None:
@@ -259,7 +290,7 @@ def _register(spec: PatternSpec, config, pm_pass: PatternMatcherPass) -> None:
     def handler(match: Match, *args, **kwargs) -> None:
         params, tail = decided.pop(id(match))
         _recorder[-1].rewrite(spec, match, params)
-        match.replace_by_example(_replacement(spec, params, match), [params.x])
+        (_replace_static if _static(match) else _replace_traced)(spec, params, match)
         if tail:
             scale_layout.fold(tail)
 
