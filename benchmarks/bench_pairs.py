@@ -1,0 +1,109 @@
+"""Every activation × scheme pair on the GPU: fused op vs unfused ops vs Inductor's native code.
+
+    python benchmarks/bench_pairs.py [--tokens 64,4096,16384] [--hidden 2048,7168] [--out FILE]
+
+For each pair and size: median time of the fused op (whatever backend the oracle picks,
+named in the table), of the unfused activation op then quant op, and of Inductor's compiled
+code for the plain-PyTorch spelling (static shapes, no quantfuse pass), with bytes moved
+and the percentage of the device-to-device copy bandwidth measured in the same run.
+Inputs are fresh random data, rotated when they would fit in L2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import quantfuse  # noqa: E402,F401
+from quantfuse.custom_ops import oracle  # noqa: E402
+from quantfuse.patterns import native  # noqa: E402
+
+qf = torch.ops.quantfuse
+SCHEMES = {  # suffix -> (unfused op, args, native spelling or None, output bytes per element, scale bytes)
+    "per_block_quant": ("per_token_group_quant_fp8", (128,), ("fp8_per_group", "scale=fp32"), 1.0, 4 / 128),
+    "per_token_quant_fp8": ("per_token_quant_fp8", (), ("fp8_per_token", "amax/448"), 1.0, 0.0),
+    "mxfp8_quant": ("mxfp8_quant", ("rceil",), ("mxfp8", "rceil"), 1.0, 1 / 32),
+    "mxfp4_quant": ("mxfp4_quant", ("rceil",), None, 0.5, 1 / 32),
+}
+ACTS = {"silu_and_mul": ("split,F.silu", 2), "relu2": ("relu.square", 1)}
+
+
+def bench(fn, rotate):
+    from triton.testing import do_bench, do_bench_cudagraph
+
+    i = [0]
+
+    def call():
+        i[0] = (i[0] + 1) % len(rotate)
+        fn(rotate[i[0]])
+    try:
+        return do_bench_cudagraph(call, rep=100) * 1e3
+    except Exception:
+        return do_bench(call, rep=100, return_mode="median") * 1e3
+
+
+def copy_bandwidth() -> float:
+    a = torch.empty(1 << 28, dtype=torch.float32, device="cuda").normal_()
+    b = torch.empty_like(a)
+    from triton.testing import do_bench
+    ms = do_bench(lambda: b.copy_(a), rep=200, return_mode="median")
+    return 2 * a.numel() * 4 / (ms * 1e-3) / 1e9
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--tokens", default="64,4096,16384")
+    p.add_argument("--hidden", default="2048,7168")
+    p.add_argument("--out")
+    args = p.parse_args()
+    bw = copy_bandwidth()
+    rows = []
+    for act, (spelling, widen) in ACTS.items():
+        for suffix, (unfused, qargs, nat, out_b, s_b) in SCHEMES.items():
+            fused = getattr(qf, f"{act}_{suffix}")
+            act_op, quant_op = getattr(qf, act), getattr(qf, unfused)
+            native_fn = None
+            if nat:
+                a_fn = native.ACTIVATION_SPELLINGS[act][spelling]
+                s_fn = native.SCHEME_SPELLINGS[nat[0]][nat[1]]
+                native_fn = lambda x, a_fn=a_fn, s_fn=s_fn: s_fn(a_fn(x))  # noqa: E731
+            for t in [int(v) for v in args.tokens.split(",")]:
+                for h in [int(v) for v in args.hidden.split(",")]:
+                    n_in = h * widen
+                    nbytes = t * (n_in * 2 + h * out_b + h * s_b)
+                    copies = max(1, min(8, int(60e6 // max(nbytes, 1)) + 1))
+                    xs = [torch.randn(t, n_in, device="cuda", dtype=torch.bfloat16) * 3 for _ in range(copies)]
+                    oracle.calls.clear()
+                    fused(xs[0], *qargs)
+                    backend = next(b for (o, b) in oracle.calls if o == f"{act}_{suffix}")
+                    t_fused = bench(lambda x: fused(x, *qargs), xs)
+                    t_unfused = bench(lambda x: quant_op(act_op(x), *qargs), xs)
+                    t_ind = float("nan")
+                    if native_fn is not None:
+                        torch._dynamo.reset()
+                        compiled = torch.compile(native_fn, dynamic=False)
+                        compiled(xs[0])
+                        t_ind = bench(compiled, xs)
+                    pct = lambda us: nbytes / (us * 1e-6) / 1e9 / bw  # noqa: E731
+                    rows.append((act, suffix, t, h, backend, t_fused, pct(t_fused), t_unfused, t_ind,
+                                 pct(t_ind) if t_ind == t_ind else float("nan")))
+                    print(rows[-1], flush=True)
+    lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bw:.0f} GB/s; "
+             "bf16 input, median µs (CUDA-graph replay), %BW = minimum bytes / time / copy bandwidth", "",
+             "| pair | T | H | backend | fused µs | fused %BW | unfused µs | Inductor native µs | Inductor %BW | x unfused | x Inductor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for act, suffix, t, h, b, tf, pf, tu, ti, pi in rows:
+        lines.append(f"| {act}_{suffix} | {t} | {h} | {b} | {tf:.1f} | {pf:.0%} | {tu:.1f} | {ti:.1f} | {pi:.0%} | "
+                     f"{tu / tf:.2f} | {ti / tf:.2f} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
