@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import logging
-import os
 import time
 from pathlib import Path
 
