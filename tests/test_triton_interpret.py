@@ -122,6 +122,13 @@ def _run() -> dict:
                                  1e-3, -1e-3, 3.0, 5.0, 6.0, 7.0])
             x[4] = ties.repeat(width // 32 + 1)[:width]
             x[5] = mids.repeat(width // 32 + 1)[:width]
+        if specials and x.shape[0] >= 8:
+            # tiny blocks: amax * (1/448) or (1/6) subnormal (row 6), subnormal inputs (row 7)
+            x[6] = torch.randn(width, generator=gen) * 1e-36
+            x[7] = torch.randn(width, generator=gen) * 1e-41
+        if specials and x.shape[0] >= 9:
+            # amax * (1/max_elem) underflows to 0 (fp32 only): reference exponent 0 (frexp(0))
+            x[8] = torch.randn(width, generator=gen) * 1e-44
         return x.reshape(*lead, width).to(dtype)
 
     def run_act(fn, x, out_h):
