@@ -100,11 +100,13 @@ def _kernels():
 
     @triton.jit
     def _load_f32(ptr, offs, mask, KIND: tl.constexpr, SOFT: tl.constexpr):
-        if SOFT:
-            if KIND == 2:  # bf16 passed as an int16 view: widen the bits exactly
-                b = tl.load(ptr + offs, mask=mask, other=0).to(tl.int32)
-                return ((b & 0xFFFF) << 16).to(tl.float32, bitcast=True)
-        return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        if SOFT and KIND == 2:
+            # bf16 passed as an int16 view: widen the bits exactly
+            b = tl.load(ptr + offs, mask=mask, other=0).to(tl.int32)
+            v = ((b & 0xFFFF) << 16).to(tl.float32, bitcast=True)
+        else:
+            v = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        return v
 
     @triton.jit
     def _bf16_rne_bits(y):
@@ -291,7 +293,8 @@ def _kernels():
             f = ((127 - e) << 23).to(tl.float32, bitcast=True)  # 2**-e (e <= 126 here)
             v = y * f[:, None]
             if SCHEME == 3:
-                v = tl.where(bad[:, None], float("nan"), _clamp448(v))
+                nan = (amax_bits * 0 + 0x7FC00000).to(tl.float32, bitcast=True)
+                v = tl.where(bad[:, None], nan[:, None], _clamp448(v))
                 _store_fp8(q_ptr, qbase[:, None] + col[None, :], v, m, SOFT)
             else:
                 a = tl.abs(v)
