@@ -199,7 +199,7 @@ def _kernels():
         else:
             tl.store(o_ptr + offs, y.to(o_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["T"])
     def _row_kernel(x_ptr, o_ptr, s_ptr, T, H,
                     ACT: tl.constexpr, SCHEME: tl.constexpr, KIND: tl.constexpr,
                     ROWS: tl.constexpr, BLOCK: tl.constexpr, NCHUNK: tl.constexpr,
@@ -243,7 +243,7 @@ def _kernels():
                     _store_fp8(o_ptr, orow[:, None] + cc[None, :], v, m, SOFT)
             tl.store(s_ptr + rows64, scale, mask=rmask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["total_groups", "groups_per_row"])
     def _group_kernel(x_ptr, q_ptr, s_ptr, total_groups, groups_per_row, H, s_st, s_sg,
                       ACT: tl.constexpr, SCHEME: tl.constexpr, KIND: tl.constexpr,
                       GS: tl.constexpr, BLOCK_G: tl.constexpr, FLAG: tl.constexpr,
@@ -438,7 +438,7 @@ def _launch(op: str, act: str, key: str, x, q, s, group_size=None, flag=False):
             nchunk = 1
         else:
             block, nchunk = _CHUNK, -(-hidden // _CHUNK)
-        rows = max(1, min(_TILE // block, 1 << max(0, tokens - 1).bit_length()))
+        rows = max(1, _TILE // block)  # fixed per hidden size: one compile for every T
         warps = 8 if rows * block >= 4096 else 4
         grid = (-(-tokens // rows),)
         k["row"][grid](xk, qk, s if s is not None else qk, tokens, hidden, ROWS=rows, BLOCK=block,
@@ -456,7 +456,7 @@ def _launch(op: str, act: str, key: str, x, q, s, group_size=None, flag=False):
             _fail(op, f"scale strides {s.stride()} cannot be viewed as [tokens, groups]")
     else:
         st, sg = groups, 1
-    block_g = max(1, min(_TILE // gs, 1 << max(0, total - 1).bit_length()))
+    block_g = _TILE // gs
     grid = (-(-total // block_g),)
     k["group"][grid](xk, qk, s, total, groups, hidden, st, sg, GS=gs, BLOCK_G=block_g, FLAG=bool(flag),
                      num_warps=4, **common, **launch)
