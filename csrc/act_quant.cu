@@ -1,6 +1,6 @@
-// Host-side launch and instantiation of the act_quant.cuh kernel family.
-// Every instantiation comes from the tables below (dtype x group x activation x
-// unroll); the quant scheme is a kernel argument (Fp8GroupScheme{use_ue8m0}).
+// Host-side dispatch of the act_quant.cuh kernel family. The group-quant kernels
+// (dtype x group x activation x UE8M0 x vectors per thread) are instantiated in
+// act_quant_{f32,f16,bf16}.cu; the unfused silu_and_mul kernel here.
 #include "act_quant.h"
 #include "act_quant.cuh"
 
@@ -19,57 +19,21 @@ namespace {
   X(at::kHalf, F16)       \
   X(at::kBFloat16, BF16)
 
-// (group size, groups per thread).
-#define QF_GROUP_UNROLL_TABLE(X) \
-  X(64, 1) X(64, 2) X(64, 4) X(128, 1) X(128, 2) X(128, 4)
-
-// Unroll used when the caller passes 0: UNROLL groups per thread while the grid
-// still has several waves of blocks, else 1 so small problems spread over all SMs.
-constexpr int kDefaultUnroll = 1;  // best of 1/2/4 on the H100 (benchmarks/NOTES.md)
-
-template <typename DT, int GS, typename Act, int UNROLL>
-void launch_group_quant(const at::Tensor& q, const at::Tensor& s, const at::Tensor& x,
-                        uint32_t total_groups, uint32_t groups_per_row, int64_t hidden,
-                        int64_t st, int64_t sg, bool ue8m0, int64_t blocks_per_sm) {
-  using S = typename DT::Storage;
-  constexpr int TPG = GS / (16 / sizeof(S));
-  constexpr int64_t per_block = int64_t(kThreads / TPG) * UNROLL;
-  auto kernel = act_group_quant_kernel<DT, GS, Act, Fp8GroupScheme, UNROLL>;
-  int64_t blocks = (int64_t(total_groups) + per_block - 1) / per_block;
-  if (blocks_per_sm >= 0) {
-    // Persistent grid: as many blocks as fit on the SMs at once (0 = occupancy).
-    static int resident = [&] {
-      int n = 0;
-      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0));
-      return n > 0 ? n : 1;
-    }();
-    const int64_t per_sm = blocks_per_sm > 0 ? blocks_per_sm : resident;
-    const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-    blocks = std::min(blocks, per_sm * sms);
-  }
-  auto stream = at::cuda::getCurrentCUDAStream();
-  kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-          reinterpret_cast<uint8_t*>(q.data_ptr()), s.data_ptr<float>(),
-          reinterpret_cast<const S*>(x.data_ptr()), total_groups, groups_per_row, hidden, st, sg,
-          Fp8GroupScheme{ue8m0});
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-template <typename DT, typename Act>
-void dispatch_group(int64_t gs, int64_t unroll, const at::Tensor& q, const at::Tensor& s,
-                    const at::Tensor& x, uint32_t total, uint32_t gpr, int64_t hidden,
-                    int64_t st, int64_t sg, bool ue8m0, int64_t bps) {
-#define QF_CASE(GS_, U_)                                                                    \
-  if (gs == GS_ && unroll == U_) {                                                          \
-    return launch_group_quant<DT, GS_, Act, U_>(q, s, x, total, gpr, hidden, st, sg, ue8m0, \
-                                                bps);                                       \
-  }
-  QF_GROUP_UNROLL_TABLE(QF_CASE)
-#undef QF_CASE
-  TORCH_CHECK(false, "quantfuse: unsupported group_size ", gs, " / unroll ", unroll);
-}
+constexpr int kDefaultVectors = 2;  // NV when the caller passes 0 (benchmarks/NOTES.md)
 
 }  // namespace
+
+// Defined in act_quant_group.cuh, instantiated per dtype in act_quant_{f32,f16,bf16}.cu
+// (three translation units so the 24 kernels of each dtype build in parallel).
+void launch_group_f32(bool gated, int64_t gs, int64_t nv, const at::Tensor& q, const at::Tensor& s,
+                      const at::Tensor& x, uint32_t total, uint32_t gpr, int64_t hidden, int64_t st,
+                      int64_t sg, bool ue8m0, int64_t bps);
+void launch_group_f16(bool gated, int64_t gs, int64_t nv, const at::Tensor& q, const at::Tensor& s,
+                      const at::Tensor& x, uint32_t total, uint32_t gpr, int64_t hidden, int64_t st,
+                      int64_t sg, bool ue8m0, int64_t bps);
+void launch_group_bf16(bool gated, int64_t gs, int64_t nv, const at::Tensor& q, const at::Tensor& s,
+                       const at::Tensor& x, uint32_t total, uint32_t gpr, int64_t hidden, int64_t st,
+                       int64_t sg, bool ue8m0, int64_t bps);
 
 void launch_act_group_quant(bool gated, const at::Tensor& q, const at::Tensor& s,
                             const at::Tensor& x, int64_t group_size, bool use_ue8m0,
@@ -83,19 +47,17 @@ void launch_act_group_quant(bool gated, const at::Tensor& q, const at::Tensor& s
   const int64_t total = tokens * gpr;
   // 32-bit group indices; the persistent loop adds one grid stride past the end.
   TORCH_CHECK(total < (int64_t(1) << 31), "quantfuse: too many groups (", total, ")");
-  if (unroll == 0) unroll = kDefaultUnroll;
+  if (unroll == 0) unroll = kDefaultVectors;
   const auto dt = x.scalar_type();
-#define QF_DTYPE_CASE(ATEN_T, TRAITS)                                                           \
-  if (dt == ATEN_T) {                                                                           \
-    return gated ? dispatch_group<TRAITS, SiluMul>(group_size, unroll, q, s, x, uint32_t(total), \
-                                                   uint32_t(gpr), hidden, s_stride_t,            \
-                                                   s_stride_g, use_ue8m0, blocks_per_sm)                        \
-                 : dispatch_group<TRAITS, Identity>(group_size, unroll, q, s, x, uint32_t(total),\
-                                                    uint32_t(gpr), hidden, s_stride_t,           \
-                                                    s_stride_g, use_ue8m0, blocks_per_sm);                      \
-  }
-  QF_DTYPE_TABLE(QF_DTYPE_CASE)
-#undef QF_DTYPE_CASE
+  if (dt == at::kFloat)
+    return launch_group_f32(gated, group_size, unroll, q, s, x, uint32_t(total), uint32_t(gpr), hidden,
+                            s_stride_t, s_stride_g, use_ue8m0, blocks_per_sm);
+  if (dt == at::kHalf)
+    return launch_group_f16(gated, group_size, unroll, q, s, x, uint32_t(total), uint32_t(gpr), hidden,
+                            s_stride_t, s_stride_g, use_ue8m0, blocks_per_sm);
+  if (dt == at::kBFloat16)
+    return launch_group_bf16(gated, group_size, unroll, q, s, x, uint32_t(total), uint32_t(gpr), hidden,
+                             s_stride_t, s_stride_g, use_ue8m0, blocks_per_sm);
   TORCH_CHECK(false, "quantfuse: unsupported dtype ", dt);
 }
 

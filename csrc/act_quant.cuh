@@ -22,29 +22,90 @@ constexpr int kThreads = 256;  // threads per block for every kernel here
 // ---------------------------------------------------------------------------
 // Input dtypes. Elements are handled as raw bits (Storage) in registers so a
 // 16-byte vector load can be reinterpreted without unions of class types.
+// 16-bit types also work on packed pairs (uint32_t, element 2i in the low half):
+// pack_rn rounds two fp32 values to the dtype with RNE in one F2FP instruction,
+// amax2 is a NaN-propagating max of |pair| (one HMNMX2.NAN for two elements).
 // ---------------------------------------------------------------------------
 struct F32 {
   using Storage = uint32_t;
+  static constexpr bool kPacked = false;
   static __device__ __forceinline__ float to_float(Storage b) { return __uint_as_float(b); }
   static __device__ __forceinline__ Storage from_float(float v) { return __float_as_uint(v); }
   static __device__ __forceinline__ float round(float v) { return v; }
 };
 struct F16 {
   using Storage = uint16_t;
+  static constexpr bool kPacked = true;
   static __device__ __forceinline__ float to_float(Storage b) { return __half2float(__ushort_as_half(b)); }
   static __device__ __forceinline__ Storage from_float(float v) { return __half_as_ushort(__float2half_rn(v)); }
   static __device__ __forceinline__ float round(float v) { return __half2float(__float2half_rn(v)); }
+  static __device__ __forceinline__ uint32_t pack_rn(float a, float b) {
+    const __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  static __device__ __forceinline__ float lo(uint32_t p) { return __half2float(__ushort_as_half(uint16_t(p))); }
+  static __device__ __forceinline__ float hi(uint32_t p) { return __half2float(__ushort_as_half(uint16_t(p >> 16))); }
+  static __device__ __forceinline__ uint32_t amax2(uint32_t acc, uint32_t p) {
+    const __half2 a = *reinterpret_cast<const __half2*>(&acc), b = *reinterpret_cast<const __half2*>(&p);
+    const __half2 m = __hmax2_nan(a, __habs2(b));
+    return *reinterpret_cast<const uint32_t*>(&m);
+  }
 };
 struct BF16 {
   using Storage = uint16_t;
+  static constexpr bool kPacked = true;
   // bf16 -> fp32 is exact: the bits are the top half of the fp32 word.
   static __device__ __forceinline__ float to_float(Storage b) { return __uint_as_float(uint32_t(b) << 16); }
   static __device__ __forceinline__ Storage from_float(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
   static __device__ __forceinline__ float round(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+  static __device__ __forceinline__ uint32_t pack_rn(float a, float b) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  static __device__ __forceinline__ float lo(uint32_t p) { return __uint_as_float(p << 16); }
+  static __device__ __forceinline__ float hi(uint32_t p) { return __uint_as_float(p & 0xffff0000u); }
+  static __device__ __forceinline__ uint32_t amax2(uint32_t acc, uint32_t p) {
+    const __nv_bfloat162 a = *reinterpret_cast<const __nv_bfloat162*>(&acc),
+                         b = *reinterpret_cast<const __nv_bfloat162*>(&p);
+    const __nv_bfloat162 m = __hmax2_nan(a, __habs2(b));
+    return *reinterpret_cast<const uint32_t*>(&m);
+  }
 };
 
 // NaN-propagating max (torch.amax / clamp_min semantics); fmaxf would drop NaN.
-__device__ __forceinline__ float nan_max(float a, float b) { return (a > b || a != a) ? a : b; }
+// One FMNMX.NAN (PTX max.NaN.f32, sm_80+).
+__device__ __forceinline__ float nan_max(float a, float b) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+
+// ---------------------------------------------------------------------------
+// silu(g) = g / (1 + expf(-g)) exactly as torch's CUDA silu: accurate expf (no
+// fast math), the add rounded on its own (no contraction into expf's last
+// multiply), a correctly rounded division.
+//
+// silu_fast: the division as nvcc's own __fdiv_rn fast path (MUFU.RCP, one Newton
+// step, q0 = g*r, one Markstein correction) without its FCHK / slow-path branch
+// per element. That sequence is correctly rounded when no intermediate over- or
+// underflows; with d = 1 + e in [1, 6.1e37] (|g| < 87) r stays normal, q0 and the
+// residual cannot overflow (|g| > 17 gives d == 1, r == 1, q == g exactly), and a
+// subnormal g gives d == 2, r == 0.5 exactly. The sign of a zero result comes from
+// g (the correction turns -0 into +0). Callers check |g| < 87 for every element
+// (NaN fails it) and recompute with __fdiv_rn otherwise. Verified bit for bit
+// against torch's F.silu for every bf16 and fp16 value (tests/gpu/test_kernels.py).
+// ---------------------------------------------------------------------------
+constexpr float kSiluFastLimit = 87.0f;
+__device__ __forceinline__ float silu_denominator(float g) { return __fadd_rn(1.0f, expf(-g)); }
+__device__ __forceinline__ float silu_fast(float g, float d) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
+  r = __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
+  const float q0 = __fmul_rn(g, r);
+  const float q = __fmaf_rn(__fmaf_rn(-d, q0, g), r, q0);
+  return copysignf(q, g);
+}
+__device__ __forceinline__ float silu_exact(float g) { return __fdiv_rn(g, silu_denominator(g)); }
 
 // ---------------------------------------------------------------------------
 // Activations. kGated: the input row is [gate | up] of width 2*H.
@@ -57,175 +118,223 @@ struct SiluMul {
   static constexpr bool kGated = true;
   // silu(g) * u as torch computes it: g / (1 + exp(-g)), then * u, each rounded.
   __device__ __forceinline__ float operator()(float g, float u) const {
-    return __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), u);
+    return __fmul_rn(silu_exact(g), u);
   }
 };
 
-// ---------------------------------------------------------------------------
-// Quantisation schemes.
-// ---------------------------------------------------------------------------
-// Smallest power of two >= s, exactly from the bits (reference.ue8m0_ceil).
-__device__ __forceinline__ float ue8m0_ceil(float s) {
-  if (!(s > 0.0f) || !isfinite(s)) return s;  // NaN, inf, <= 0 pass through
-  uint32_t b = __float_as_uint(s);
-  uint32_t e = (b >> 23) & 0xffu, m = b & 0x7fffffu;
-  if (e == 0) {  // subnormal: fall back to frexp/ldexp, which are exact too
-    int ex;
-    float mant = frexpf(s, &ex);
-    return ldexpf(1.0f, ex - (mant == 0.5f ? 1 : 0));
+// silu(g[i]) * u[i] for N elements: fast path for all, one branch per thread to the
+// exact path when any |g| >= 87 or is NaN (rare; the branch is per thread).
+template <int N>
+__device__ __forceinline__ void silu_mul_n(float (&v)[N], const float (&g)[N], const float (&u)[N]) {
+  bool ok = true;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    ok &= fabsf(g[i]) < kSiluFastLimit;
+    v[i] = silu_fast(g[i], silu_denominator(g[i]));
   }
-  if (m == 0) return s;
-  return __uint_as_float((e + 1) << 23);  // e == 254 gives +inf, like ldexp
+  if (!ok) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = silu_exact(g[i]);
+  }
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = __fmul_rn(v[i], u[i]);
 }
 
-struct Fp8GroupScheme {
-  bool use_ue8m0;
-  // amax / 448 as torch evaluates it on CUDA (eager `t / 448.0` with a CPU scalar
-  // divisor, and Inductor's div-by-constant lowering): amax * fp32(1/448). The
-  // quotient can differ by one ulp from a true division, so this is what makes
-  // the scales bit-equal to the replaced graph (seen on the H100, 2026-11-22).
-  __device__ __forceinline__ float scale(float amax) const {
-    float s = __fmul_rn(nan_max(amax, kEps), 1.0f / kFp8Max);
-    return use_ue8m0 ? ue8m0_ceil(s) : s;
+// ---------------------------------------------------------------------------
+// Quantisation: scale and y / scale.
+// ---------------------------------------------------------------------------
+// Smallest power of two >= s, exactly from the bits (reference.ue8m0_ceil), for
+// s = max(amax, 1e-10) * (1/448) >= 2.2e-13, i.e. never subnormal; NaN and inf
+// pass through; a full binade-254 value rounds up to inf, like ldexp.
+__device__ __forceinline__ float ue8m0_ceil(float s) {
+  const uint32_t b = __float_as_uint(s);
+  if ((b & 0x7f800000u) == 0x7f800000u || (b & 0x7fffffu) == 0) return s;
+  return __uint_as_float(((b >> 23) + 1) << 23);
+}
+
+// amax * fp32(1/448), as torch evaluates `amax / 448` on CUDA (eager with a CPU
+// scalar divisor, and Inductor's div-by-constant lowering): can differ by one ulp
+// from a true division, so this is what makes scales bit-equal to the native graph.
+template <bool UE8M0>
+__device__ __forceinline__ float group_scale(float amax) {
+  const float s = __fmul_rn(nan_max(amax, kEps), 1.0f / kFp8Max);
+  return UE8M0 ? ue8m0_ceil(s) : s;
+}
+
+// RN(y / s) for finite s:
+//  UE8M0: s is a power of two in [2^-43, 2^120], r = 1/s exact from the bits, and
+//    y * r is the correctly rounded quotient (one FMUL).
+//  fp32: r = RN(1/s) once per group; q0 = y*r and q0 + RN(y - q0*s)*r (fma) is the
+//    correctly rounded quotient (Markstein; Handbook of FP Arithmetic, thm 8.10) as
+//    long as nothing underflows; a result below 2^-126 is 0 in e4m3 either way and
+//    its sign is y's (copysign: the correction turns -0 into +0).
+template <bool UE8M0>
+__device__ __forceinline__ float group_recip(float s) {
+  if constexpr (UE8M0) return __uint_as_float((254u - (__float_as_uint(s) >> 23)) << 23);
+  else return __frcp_rn(s);
+}
+template <bool UE8M0>
+__device__ __forceinline__ float div_by_scale(float y, float s, float r) {
+  if constexpr (UE8M0) {
+    return __fmul_rn(y, r);
+  } else {
+    const float q0 = __fmul_rn(y, r);
+    return copysignf(__fmaf_rn(__fmaf_rn(-q0, s, y), r, q0), y);
   }
-  // Per-group state for y / s: the correctly rounded reciprocal of s.
-  struct Div {
-    float s, r;
-    bool exact;  // s finite: Markstein's correction below is exact
-  };
-  __device__ __forceinline__ Div prepare(float s) const {
-    return Div{s, __frcp_rn(s), isfinite(s) && s != 0.0f};
-  }
-  // RN(y / s) without a full division per element: with r = RN(1/s) and q0 within
-  // an ulp, q0 + RN(y - q0*s)*r (both fma) is the correctly rounded quotient
-  // (Markstein; Handbook of FP Arithmetic, thm 8.10), no overflow/underflow here
-  // since |y / s| <= ~448. Non-finite s (NaN/inf amax) takes the true division.
-  __device__ __forceinline__ float div(float y, const Div& d) const {
-    if (!d.exact) return __fdiv_rn(y, d.s);
-    const float q0 = __fmul_rn(y, d.r);
-    const float e = __fmaf_rn(-q0, d.s, y);
-    // q0 == 0 (y == +-0 or underflow): keep q0, whose sign is y's (fma would give +0).
-    return q0 == 0.0f ? q0 : __fmaf_rn(e, d.r, q0);
-  }
-  // True-IEEE-rounded quotients, then RNE to e4m3 with saturation: SATFINITE equals
-  // the reference's clamp(-448, 448) (anything past 448 rounds to 448 or beyond,
-  // which saturates to 448) and keeps NaN as NaN, which fminf/fmaxf clamping would
-  // not. One cvt.rn.satfinite.e4m3x2.f32 for two values; a lands in the low byte.
-  __device__ __forceinline__ uint32_t quant2(float a, float b, const Div& d) const {
-    return __nv_cvt_float2_to_fp8x2(make_float2(div(a, d), div(b, d)), __NV_SATFINITE, __NV_E4M3);
-  }
-};
+}
+// RNE to e4m3 with saturation: SATFINITE equals the reference's clamp(-448, 448)
+// then cast (anything past 448, inf included, goes to 448) and keeps NaN as NaN.
+// One cvt.rn.satfinite.e4m3x2.f32 for two values; a lands in the low byte.
+__device__ __forceinline__ uint32_t e4m3x2(float a, float b) {
+  return __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+}
 
 // Store VEC fp8 bytes held as VEC/4 little-endian words (no local-memory byte array).
-template <int VEC> __device__ __forceinline__ void store_fp8(uint8_t* p, const uint32_t (&w)[VEC / 4]);
-template <> __device__ __forceinline__ void store_fp8<4>(uint8_t* p, const uint32_t (&w)[1]) {
+template <int VEC> __device__ __forceinline__ void store_fp8(uint8_t* p, const uint32_t* w);
+template <> __device__ __forceinline__ void store_fp8<4>(uint8_t* p, const uint32_t* w) {
   *reinterpret_cast<uint32_t*>(p) = w[0];
 }
-template <> __device__ __forceinline__ void store_fp8<8>(uint8_t* p, const uint32_t (&w)[2]) {
+template <> __device__ __forceinline__ void store_fp8<8>(uint8_t* p, const uint32_t* w) {
   *reinterpret_cast<uint2*>(p) = make_uint2(w[0], w[1]);
 }
 
 // ---------------------------------------------------------------------------
-// act(x) -> per-group quant. A sub-warp of TPG = GS / VEC threads owns one group
-// (each thread one 16-byte vector of gate and one of up), reduces amax with
-// shuffles inside the sub-warp, and writes VEC fp8 bytes + (lane 0) the scale.
-// Groups are numbered row-major over [T, G] so neighbouring sub-warps read
-// neighbouring memory. The grid is persistent (sized to fill the SMs) and each
-// iteration handles UNROLL groups per thread while the loads of the next
-// iteration are already in flight (register double buffering). The loop bound is
+// act(x) -> per-group quant (v3). A sub-warp of TPG = GS / (VEC * NV) threads owns
+// one group; each thread loads NV 16-byte vectors of gate (and NV of up), vector j
+// at group offset (j * TPG + lane) * VEC so every load instruction of the sub-warp
+// reads one contiguous span. amax is reduced with shuffles inside the sub-warp;
+// each thread writes NV * VEC fp8 bytes, lane 0 the scale. Groups are numbered
+// row-major over [T, G]; the grid is persistent (sized to fill the SMs), each
+// sub-warp walks groups gi, gi + step, ... keeping (token, group) incrementally
+// (no division in the loop), and the next iteration's loads are issued before this
+// iteration's arithmetic (register double buffering). The loop bound is
 // block-uniform so every lane reaches the shuffles.
 // ---------------------------------------------------------------------------
-template <typename DT, int GS, int UNROLL, bool GATED>
-__device__ __forceinline__ void load_groups(typename DT::Storage (&gv)[UNROLL][16 / sizeof(typename DT::Storage)],
-                                            typename DT::Storage (&uv)[UNROLL][16 / sizeof(typename DT::Storage)],
-                                            const typename DT::Storage* __restrict__ x, uint32_t first,
-                                            uint32_t gps, uint32_t total, uint32_t gpr, int64_t hidden,
-                                            int lane) {
+template <typename DT, int GS, int NV, bool GATED>
+__device__ __forceinline__ void load_group(uint4 (&gv)[NV], uint4 (&uv)[NV],
+                                           const typename DT::Storage* __restrict__ x,
+                                           bool valid, uint32_t t, uint32_t g, int64_t hidden,
+                                           int lane) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
+  constexpr int TPG = GS / (VEC * NV);
   const int64_t in_row = GATED ? 2 * hidden : hidden;
+  const S* p = x + int64_t(t) * in_row + int64_t(g) * GS + lane * VEC;
 #pragma unroll
-  for (int k = 0; k < UNROLL; ++k) {
-    const uint32_t gi = first + k * gps;
-    if (gi < total) {
-      const uint32_t t = gi / gpr, g = gi - t * gpr;
-      const S* p = x + int64_t(t) * in_row + int64_t(g) * GS + lane * VEC;
-      *reinterpret_cast<uint4*>(gv[k]) = __ldg(reinterpret_cast<const uint4*>(p));
-      if constexpr (GATED) {
-        *reinterpret_cast<uint4*>(uv[k]) = __ldg(reinterpret_cast<const uint4*>(p + hidden));
-      }
+  for (int j = 0; j < NV; ++j) {
+    if (valid) {
+      gv[j] = __ldg(reinterpret_cast<const uint4*>(p + j * TPG * VEC));
+      if constexpr (GATED) uv[j] = __ldg(reinterpret_cast<const uint4*>(p + j * TPG * VEC + hidden));
     } else {
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) gv[k][i] = uv[k][i] = 0;
+      gv[j] = make_uint4(0, 0, 0, 0);
+      uv[j] = make_uint4(0, 0, 0, 0);
     }
   }
 }
 
-template <typename DT, int GS, typename Act, typename Scheme, int UNROLL>
+template <typename DT, int GS, typename Act, bool UE8M0, int NV>
 __global__ void __launch_bounds__(kThreads) act_group_quant_kernel(
     uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ x,
     uint32_t total_groups, uint32_t groups_per_row, int64_t hidden, int64_t s_stride_t,
-    int64_t s_stride_g, Scheme scheme) {
+    int64_t s_stride_g) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
-  constexpr int TPG = GS / VEC;
-  static_assert(TPG >= 1 && TPG <= 32 && 32 % TPG == 0, "a group must fit in one warp");
+  constexpr int EPT = VEC * NV;  // elements per thread per group
+  constexpr int TPG = GS / EPT;
+  static_assert(TPG >= 1 && TPG <= 32 && 32 % TPG == 0 && TPG * EPT == GS, "bad group split");
   static_assert(VEC == 4 || VEC == 8, "fp8 stores are 4 or 8 bytes");
-  constexpr int GPS = kThreads / TPG;  // groups per block per unroll step
+  constexpr int GPS = kThreads / TPG;  // groups per block per step
+  constexpr bool kGated = Act::kGated;
   const int sub = threadIdx.x / TPG;
   const int lane = threadIdx.x % TPG;
-  const Act act;
-  const uint32_t step = gridDim.x * (GPS * UNROLL);  // total < 2^31: no overflow below
+  const uint32_t gpr = groups_per_row;
+  const uint32_t step = gridDim.x * GPS;  // total < 2^31: no overflow below
+  const uint32_t step_t = step / gpr, step_g = step - step_t * gpr;
 
-  S gv[UNROLL][VEC], uv[UNROLL][VEC];
-  uint32_t base = blockIdx.x * (GPS * UNROLL);
-  load_groups<DT, GS, UNROLL, Act::kGated>(gv, uv, x, base + sub, GPS, total_groups,
-                                           groups_per_row, hidden, lane);
+  uint32_t base = blockIdx.x * GPS;
+  uint32_t gi = base + sub;
+  uint32_t t = gi / gpr, g = gi - t * gpr;
+  uint4 gv[NV], uv[NV];
+  load_group<DT, GS, NV, kGated>(gv, uv, x, gi < total_groups, t, g, hidden, lane);
   for (; base < total_groups; base += step) {
-    S gn[UNROLL][VEC], un[UNROLL][VEC];
-    load_groups<DT, GS, UNROLL, Act::kGated>(gn, un, x, base + step + sub, GPS, total_groups,
-                                             groups_per_row, hidden, lane);
+    // next group of this sub-warp
+    uint32_t tn = t + step_t, gn = g + step_g;
+    if (gn >= gpr) { gn -= gpr; ++tn; }
+    uint4 gv2[NV], uv2[NV];
+    load_group<DT, GS, NV, kGated>(gv2, uv2, x, gi + step < total_groups, tn, gn, hidden, lane);
+
+    float y[EPT];
+    float amax;
+    {
+      float gf[EPT], uf[EPT];
+      const S* gs = reinterpret_cast<const S*>(gv);
+      const S* us = reinterpret_cast<const S*>(uv);
 #pragma unroll
-    for (int k = 0; k < UNROLL; ++k) {
-      const uint32_t gi = base + sub + k * GPS;
-      float y[VEC];
-      float amax = 0.0f;
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) {
-        float v = act(DT::to_float(gv[k][i]), Act::kGated ? DT::to_float(uv[k][i]) : 0.0f);
-        // "Intermediate rounding": the unfused graph stores act(x) in the input dtype.
-        if constexpr (Act::kGated) v = DT::round(v);
-        y[i] = v;
-        amax = nan_max(amax, fabsf(v));
+      for (int i = 0; i < EPT; ++i) {
+        gf[i] = DT::to_float(gs[i]);
+        uf[i] = kGated ? DT::to_float(us[i]) : 0.0f;
       }
-      // All 32 lanes take part (invalid groups reduce zeros); xor offsets < TPG
-      // stay inside the sub-warp.
+      if constexpr (kGated) {
+        silu_mul_n<EPT>(y, gf, uf);
+      } else {
 #pragma unroll
-      for (int off = TPG / 2; off > 0; off >>= 1) {
-        amax = nan_max(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+        for (int i = 0; i < EPT; ++i) y[i] = gf[i];
       }
-      const float sc = scheme.scale(amax);
-      const auto d = scheme.prepare(sc);
-      if (gi < total_groups) {
-        const uint32_t t = gi / groups_per_row, g = gi - t * groups_per_row;
-        uint32_t w[VEC / 4];
+      if constexpr (DT::kPacked) {
+        // "Intermediate rounding": the unfused graph stores act(x) in the input
+        // dtype. Round pairs (RNE), amax over the 16-bit values (exact), unpack.
+        uint32_t m2 = 0;
 #pragma unroll
-        for (int i = 0; i < VEC / 4; ++i) {
-          w[i] = scheme.quant2(y[4 * i], y[4 * i + 1], d) |
-                 (scheme.quant2(y[4 * i + 2], y[4 * i + 3], d) << 16);
+        for (int i = 0; i < EPT; i += 2) {
+          const uint32_t p = kGated ? DT::pack_rn(y[i], y[i + 1])
+                                    : reinterpret_cast<const uint32_t*>(gv)[i / 2];
+          m2 = DT::amax2(m2, p);
+          y[i] = DT::lo(p);
+          y[i + 1] = DT::hi(p);
         }
-        store_fp8<VEC>(q + int64_t(t) * hidden + int64_t(g) * GS + lane * VEC, w);
-        if (lane == 0) s[int64_t(t) * s_stride_t + int64_t(g) * s_stride_g] = sc;
+        amax = nan_max(DT::lo(m2), DT::hi(m2));
+      } else {
+        amax = 0.0f;
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) amax = nan_max(amax, fabsf(y[i]));
       }
     }
+    // All 32 lanes take part (invalid groups reduce zeros); xor offsets < TPG
+    // stay inside the sub-warp.
 #pragma unroll
-    for (int k = 0; k < UNROLL; ++k) {
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) {
-        gv[k][i] = gn[k][i];
-        uv[k][i] = un[k][i];
-      }
+    for (int off = TPG / 2; off > 0; off >>= 1) {
+      amax = nan_max(amax, __shfl_xor_sync(0xffffffffu, amax, off));
     }
+    const float sc = group_scale<UE8M0>(amax);
+    if (gi < total_groups) {
+      uint32_t w[EPT / 4];
+      if (isfinite(sc)) {
+        const float r = group_recip<UE8M0>(sc);
+#pragma unroll
+        for (int i = 0; i < EPT; i += 4) {
+          w[i / 4] = e4m3x2(div_by_scale<UE8M0>(y[i], sc, r), div_by_scale<UE8M0>(y[i + 1], sc, r)) |
+                     (e4m3x2(div_by_scale<UE8M0>(y[i + 2], sc, r), div_by_scale<UE8M0>(y[i + 3], sc, r)) << 16);
+        }
+      } else {  // NaN / inf scale: true divisions (NaN or 0 results)
+#pragma unroll
+        for (int i = 0; i < EPT; i += 4) {
+          w[i / 4] = e4m3x2(__fdiv_rn(y[i], sc), __fdiv_rn(y[i + 1], sc)) |
+                     (e4m3x2(__fdiv_rn(y[i + 2], sc), __fdiv_rn(y[i + 3], sc)) << 16);
+        }
+      }
+      uint8_t* qp = q + int64_t(t) * hidden + int64_t(g) * GS + lane * VEC;
+#pragma unroll
+      for (int j = 0; j < NV; ++j) store_fp8<VEC>(qp + j * TPG * VEC, w + j * (VEC / 4));
+      if (lane == 0) s[int64_t(t) * s_stride_t + int64_t(g) * s_stride_g] = sc;
+    }
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      gv[j] = gv2[j];
+      uv[j] = uv2[j];
+    }
+    gi += step;
+    t = tn;
+    g = gn;
   }
 }
 
@@ -252,9 +361,12 @@ __global__ void __launch_bounds__(kThreads) silu_and_mul_kernel(
 #pragma unroll
     for (int i = 0; i < VEC; ++i) { gv[i] = g[i]; uv[i] = g[d + i]; }
   }
-  const SiluMul act;
+  float gf[VEC], uf[VEC], v[VEC];
 #pragma unroll
-  for (int i = 0; i < VEC; ++i) ov[i] = DT::from_float(act(DT::to_float(gv[i]), DT::to_float(uv[i])));
+  for (int i = 0; i < VEC; ++i) { gf[i] = DT::to_float(gv[i]); uf[i] = DT::to_float(uv[i]); }
+  silu_mul_n<VEC>(v, gf, uf);
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) ov[i] = DT::from_float(v[i]);
   S* o = out + int64_t(row) * d + col;
   if constexpr (VEC * sizeof(S) == 16) {
     *reinterpret_cast<uint4*>(o) = *reinterpret_cast<const uint4*>(ov);

@@ -28,7 +28,7 @@ log = logging.getLogger("quantfuse.cuda")
 OPS = ("silu_and_mul", "per_token_group_quant_fp8", "silu_and_mul_per_block_quant")
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 SUPPORTED_GROUPS = (64, 128)
-_SOURCES = ("act_quant.cu", "bindings.cpp")
+_SOURCES = ("act_quant.cu", "act_quant_f32.cu", "act_quant_f16.cu", "act_quant_bf16.cu", "bindings.cpp")
 
 _lock = threading.Lock()
 _module: ModuleType | None = None

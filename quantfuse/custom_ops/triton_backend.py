@@ -1,11 +1,15 @@
 """``triton`` backend: Triton kernels with the CUDA backend's numerics, bit for bit.
 
 Numerics (DESIGN.md "Numerics", reference.py): accurate ``exp`` from libdevice
-(``tl.exp`` is the fast ex2-based one), the scale as ``amax * fp32(1/448)`` (what
-torch computes for ``amax / 448.0`` on CUDA), IEEE-rounded division (``tl.fdiv(...,
-ieee_rounding=True)``; Triton's ``/`` on fp32 is ``div.full``, 2 ulp), no FMA
-contraction (``enable_fp_fusion=False`` at launch, so ``1 + exp(-g)`` stays an
-add as in torch), NaN-propagating amax (``tl.max`` drops NaN), and RNE to e4m3.
+(``tl.exp`` is the fast ex2-based one; libdevice's FTZ flavour that Triton links
+differs from the non-FTZ one only where exp(-g) is subnormal, where 1 + e == 1
+anyway), correctly rounded divisions (``tl.div_rn``; Triton 3.6 lowers
+``tl.fdiv(..., ieee_rounding=True)`` and ``/`` to ``div.full.f32``, a 2-ulp
+approximation that flushes for huge denominators: that was the bit-exactness bug),
+the scale as ``amax * fp32(1/448)`` (what torch computes for ``amax / 448.0`` on
+CUDA), no FMA contraction (``enable_fp_fusion=False`` at launch, so ``1 + exp(-g)``
+stays an add as in torch), NaN-propagating amax (``tl.max`` drops NaN), RNE
+downcasts (``cvt.rn``) to fp16 / bf16 and e4m3.
 
 Triton is imported lazily: importing this module never needs triton or CUDA.
 """
@@ -45,7 +49,7 @@ def _kernels():
     @triton.jit
     def _silu_mul(g, u):
         # silu(g) * u exactly as torch: g / (1 + exp(-g)) then * u, each fp32-rounded.
-        return tl.fdiv(g, 1.0 + libdevice.exp(-g), ieee_rounding=True) * u
+        return tl.div_rn(g, 1.0 + libdevice.exp(-g)) * u
 
     @triton.jit
     def _ue8m0_ceil(s):
@@ -84,7 +88,10 @@ def _kernels():
         scale = amax * (1.0 / 448.0)
         if UE8M0:
             scale = _ue8m0_ceil(scale)
-        v = tl.fdiv(y, scale[:, None], ieee_rounding=True)
+        # Correctly rounded y / scale. (A per-group reciprocal + Markstein step, as the
+        # CUDA kernel does, compiled to one div.rn per element anyway: the scale's slice
+        # layout holds one value per element here, so the plain division is shorter.)
+        v = tl.div_rn(y, scale[:, None])
         v = tl.clamp(v, -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL)
         q_offs = (t * hidden + g * GS)[:, None] + col[None, :]
         tl.store(q_ptr + q_offs, v.to(tl.float8e4nv), mask=m2)

@@ -216,18 +216,81 @@ def test_bad_inputs(backend):
 
 
 def test_cuda_unroll_variants_agree():
-    """Every unroll instantiation of the CUDA kernel computes the same bits."""
+    """Every vectors-per-thread instantiation (unroll 1, 2, 4) and grid shape of the CUDA
+    kernel computes the same bits, for both scale modes (UE8M0 and fp32 take other paths)."""
     if not cuda_backend.is_available():
         pytest.fail(cuda_backend.unavailable_reason())
     m = cuda_backend._mod()
     x = make_input((301,), 2 * 7168, torch.bfloat16)
     outs = []
     # unroll x grid shape (occupancy-persistent, 1 block/SM: many loop trips, no loop)
-    for unroll, bps in ((1, 0), (2, 0), (4, 0), (1, 1), (2, 1), (1, -1), (4, -1)):
-        q, s = alloc_outputs((301,), 7168, 128, True)
-        m.silu_and_mul_per_block_quant(q, s, x, 128, False, 1, 301, unroll, bps)
-        assert not torch.isnan(s).any(), f"unroll {unroll} bps {bps}: scales unwritten"
-        outs.append((q, s))
-    for q, s in outs[1:]:
-        assert_bits_equal(q, outs[0][0], "unroll q")
-        assert_bits_equal(s, outs[0][1], "unroll s")
+    for unroll, bps in ((1, 0), (2, 0), (4, 0), (1, 1), (2, 1), (1, -1), (2, -1), (4, -1)):
+        for ue8m0 in (False, True):
+            q, s = alloc_outputs((301,), 7168, 128, True)
+            m.silu_and_mul_per_block_quant(q, s, x, 128, ue8m0, 1, 301, unroll, bps)
+            assert not torch.isnan(s).any(), f"unroll {unroll} bps {bps}: scales unwritten"
+            outs.append((ue8m0, q, s))
+    for ue8m0, q, s in outs[2:]:
+        ref = outs[int(ue8m0)]
+        assert_bits_equal(q, ref[1], "unroll q")
+        assert_bits_equal(s, ref[2], "unroll s")
+    qr, sr = reference.silu_and_mul_per_block_quant(x, 128, True, False)
+    assert_scales_equal(outs[0][2], sr, "unroll vs reference scales")
+    assert_q_close(outs[0][1], qr, "unroll vs reference q")
+
+
+def _all_16bit(dtype):
+    """Every bit pattern of a 16-bit float type, as a [64, 1024] tensor on the GPU."""
+    return torch.arange(-(2**15), 2**15, dtype=torch.int32, device="cuda").to(torch.int16).view(dtype).view(64, 1024)
+
+
+def _assert_same_bits_nan_ok(out, ref, what):
+    """Bit-equal (sign of zero included); NaN positions equal, NaN payloads free."""
+    nan_o, nan_r = torch.isnan(out.float()), torch.isnan(ref.float())
+    assert torch.equal(nan_o, nan_r), f"{what}: NaN positions differ ({int((nan_o != nan_r).sum())})"
+    ib = {2: torch.int16, 4: torch.int32}[out.element_size()]
+    ne = (out.view(ib) != ref.view(ib)) & ~nan_r
+    assert int(ne.sum()) == 0, f"{what}: {int(ne.sum())} of {out.numel()} differ, e.g. x={out[ne][:4]} ref={ref[ne][:4]}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_silu_exhaustive_16bit(backend, dtype):
+    """silu(g) * u for every 16-bit gate value g, u in {1, random}, bit for bit equal
+    to torch's CUDA F.silu in fp32 (the fast division path and its guard)."""
+    g = _all_16bit(dtype)
+    for u in (torch.ones_like(g), make_input((64,), 1024, dtype)):
+        x = torch.cat([g, u], dim=1).contiguous()
+        out = torch.empty_like(g)
+        backend.silu_and_mul(out, x)
+        ref = (torch.nn.functional.silu(g.float()) * u.float()).to(dtype)
+        _assert_same_bits_nan_ok(out, ref, f"{backend.NAME} {dtype} silu_and_mul")
+        # the fused op's activation on the same inputs (groups containing NaN gates are NaN)
+        for group, ue8m0 in ((128, False), (64, True)):
+            qf, sf = run_fused(backend, x, group, ue8m0, False)
+            qr, sr = reference.silu_and_mul_per_block_quant(x, group, False, ue8m0)
+            assert_scales_equal(sf, sr, f"{backend.NAME} {dtype} exhaustive fused scales")
+            assert_q_close(qf, qr, f"{backend.NAME} {dtype} exhaustive fused q")
+
+
+def test_silu_fp32_edges_and_random(backend):
+    """fp32 gates: edge values around every branch of the fast silu plus random values
+    over the whole exponent range, bit for bit against torch's CUDA F.silu."""
+    edges = torch.tensor([0.0, -0.0, 1e-45, -1e-45, 1e-40, -1e-40, 1.17e-38, -1.17e-38, 1e-30, -1e-30,
+                          1e-8, -1e-8, 0.5, -0.5, 1.0, -1.0, 16.5, 17.0, 17.5, -17.0, 86.99, -86.99,
+                          87.0, -87.0, 87.5, -87.5, 88.5, -88.5, 88.72, -88.72, 88.73, -88.73, 89.0,
+                          -89.0, 100.0, -100.0, 104.0, -104.0, 1e30, -1e30, 3.4e38, -3.4e38,
+                          float("inf"), float("-inf"), float("nan")], device="cuda")
+    near = torch.cat([torch.nextafter(edges, torch.full_like(edges, float("inf"))),
+                      torch.nextafter(edges, torch.full_like(edges, float("-inf")))])
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(1234)
+    rnd = torch.randn(1 << 20, device="cuda", generator=gen) * torch.pow(
+        10.0, torch.empty(1 << 20, device="cuda").uniform_(-40, 38, generator=gen))
+    uni = torch.empty(1 << 20, device="cuda").uniform_(-100, 100, generator=gen)
+    g = torch.cat([edges, near, rnd, uni])
+    g = torch.cat([g, torch.zeros((-g.numel()) % 1024, device="cuda")]).view(-1, 1024)
+    u = make_input((g.shape[0],), 1024, torch.float32)
+    x = torch.cat([g, u], dim=1).contiguous()
+    out = torch.empty_like(g)
+    backend.silu_and_mul(out, x)
+    _assert_same_bits_nan_ok(out, torch.nn.functional.silu(g) * u, f"{backend.NAME} fp32 silu_and_mul")
