@@ -106,3 +106,11 @@ def test_mx_bad_parameters_are_clear_errors():
         qf.mxfp8_quant(torch.randn(2, 64), "nearest")
     with pytest.raises(ValueError, match="not divisible by the MX block size 32"):
         qf.relu2_mxfp4_quant(torch.randn(2, 48))
+
+
+@pytest.mark.parametrize("scheme", ["mxfp8_quant", "mxfp4_quant"])
+def test_rceil_scale_of_a_block_whose_amax_product_underflows_is_the_smallest(scheme):
+    x = torch.zeros(1, 32)
+    x[0, 0] = 1.4e-45  # amax * fp32(1/max_elem) rounds to 0
+    q, s = getattr(qf, scheme)(x, "rceil")
+    assert s[0, 0] == 0  # 2**-127

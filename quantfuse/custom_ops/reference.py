@@ -145,8 +145,11 @@ def mx_block_exponents(x: torch.Tensor, element: str, scale_rounding: str) -> tu
     if scale_rounding == "floor":
         exp = torch.frexp(safe)[1] - 1 - emax  # amax = m * 2**k, m in [0.5, 1): floor(log2) = k - 1
     else:
-        # amax * fp32(1/max_elem), as NVIDIA's kernels and FP8 scales compute it
-        exp = _ceil_log2(safe * torch.full_like(safe, 1.0 / max_elem))
+        # amax * fp32(1/max_elem), as NVIDIA's kernels and FP8 scales compute it; a tiny
+        # subnormal amax can make the product 0, whose exponent is the smallest, -127
+        r = safe * torch.full_like(safe, 1.0 / max_elem)
+        exp = _ceil_log2(r)
+        exp = torch.where(r == 0, torch.full_like(exp, -E8M0_BIAS), exp)
     exp = torch.where(amax == 0, torch.full_like(exp, -E8M0_BIAS), exp)
     return exp.clamp(-E8M0_BIAS, E8M0_BIAS).to(torch.int32), bad
 

@@ -278,12 +278,11 @@ def _kernels():
                 EMAX: tl.constexpr = 2
                 INV: tl.constexpr = 1.0 / 6.0
             if FLAG:
-                # ceil(log2(amax * fp32(1/max_elem))); frexp(0) gives 0 in the reference
+                # ceil(log2(amax * fp32(1/max_elem))); a product that underflows to 0 gets -127
                 p = (amax * INV).to(tl.int32, bitcast=True)
                 pe = (p >> 23) & 0xFF
                 pm = p & 0x7FFFFF
-                e = tl.where(pe > 0, pe - 127 + (pm != 0).to(tl.int32),
-                             tl.where(pm > 0x400000, -126, tl.where(pm == 0, 0, -127)))
+                e = tl.where(pe > 0, pe - 127 + (pm != 0).to(tl.int32), tl.where(pm > 0x400000, -126, -127))
             else:
                 # floor(log2(amax)) - emax; zero / subnormal amax -> below -127
                 ae = (amax_bits >> 23) & 0xFF
