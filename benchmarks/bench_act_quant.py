@@ -10,7 +10,13 @@ minimum bytes (read T*2H*2, write T*H + T*H/g*4) over time, over copy bandwidth.
 T <= 256 is timed with CUDA graphs (do_bench_cudagraph) rotating over enough input
 copies to exceed L2; larger T with do_bench (median; it flushes L2 itself).
 
-Usage: python benchmarks/bench_act_quant.py [--out results.md] [--quick]
+Inductor is compiled with static shapes (dynamic=False, torch._dynamo.reset() before
+each shape), as a model with fixed serving shapes gets it; compiling every shape costs
+~3 s, so it runs only at INDUCTOR_TS x INDUCTOR_HS (all H at T in {1, 64, 4096,
+16384} for the first variant; T in {64, 4096, 16384} x H in {2048, 7168, 18432} for
+the others) and prints "-" elsewhere. --inductor none skips it.
+
+Usage: python benchmarks/bench_act_quant.py [--out results.md] [--quick] [--inductor full|none]
 """
 
 from __future__ import annotations
@@ -35,7 +41,14 @@ TS = (1, 16, 64, 256, 1024, 4096, 16384)
 HS = (2048, 7168, 14336, 18432)
 # CUDA kernel knobs swept at a few sizes: (groups per thread, blocks per SM; 0 =
 # persistent grid by occupancy, -1 = one block per chunk)
-UNROLL_SWEEP = ((1, 0), (2, 0), (4, 0), (1, -1), (2, -1))
+UNROLL_SWEEP = ((1, 0), (2, 0), (3, 0), (4, 0), (1, -1), (2, -1))
+SWEEP_AT = ((64, 7168), (64, 18432), (4096, 2048), (4096, 7168), (16384, 7168), (16384, 18432))
+
+
+def inductor_at(variant_index: int, tokens: int, hidden: int) -> bool:
+    if variant_index == 0:
+        return tokens in (1, 64, 4096, 16384)
+    return tokens in (64, 4096, 16384) and hidden in (2048, 7168, 18432)
 # (label, group, column_major, ue8m0)
 VARIANTS = (
     ("g128 row fp32-scale", 128, False, False),
@@ -77,6 +90,7 @@ def time_fn(make_call, n_inputs: int, small: bool) -> float:
 
 
 def bench_one(tokens, hidden, group, column_major, ue8m0, compiled, results_unroll=None):
+    """Times of each implementation in µs (compiled=None: no Inductor)."""
     width = 2 * hidden
     in_bytes = tokens * width * 2
     fused_bytes = in_bytes + tokens * hidden + tokens * (hidden // group) * 4
@@ -105,8 +119,12 @@ def bench_one(tokens, hidden, group, column_major, ue8m0, compiled, results_unro
         cuda_backend.per_token_group_quant_fp8(q, s, y, group, ue8m0)
 
     row["unfused"] = time_fn(unfused, n, small)
-    compiled(xs[0], group, column_major, ue8m0)  # compile outside the timing
-    row["inductor"] = time_fn(lambda i: compiled(xs[i], group, column_major, ue8m0), n, small)
+    row["inductor"] = float("nan")
+    if compiled is not None:
+        torch._dynamo.reset()
+        fn = torch.compile(native, dynamic=False)
+        fn(xs[0], group, column_major, ue8m0)  # compile outside the timing
+        row["inductor"] = time_fn(lambda i: fn(xs[i], group, column_major, ue8m0), n, small)
     if results_unroll is not None:
         m = cuda_backend._mod()
         st, sg = s.stride()
@@ -137,20 +155,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="write the markdown tables here too")
     ap.add_argument("--quick", action="store_true", help="T in (1, 64, 4096, 16384) only")
+    ap.add_argument("--inductor", choices=("full", "lite", "none"), default="full",
+                    help="lite: first variant at T in (64, 16384) x H in (2048, 7168) only")
     args = ap.parse_args()
     assert cuda_backend.is_available(), cuda_backend.unavailable_reason()
     assert triton_backend.is_available()
     torch.manual_seed(0)
     t_start = time.time()
-    compiled = torch.compile(native)
-    # One compile per (shape, variant) would dominate the run: mark T dynamic so
-    # Inductor compiles once per (H, variant) (plus T=1, which it specialises).
-    torch._dynamo.config.cache_size_limit = 256
-
-    def compiled_call(x, group, column_major, ue8m0):
-        torch._dynamo.maybe_mark_dynamic(x, 0)
-        return compiled(x, group, column_major, ue8m0)
-
+    use_inductor = args.inductor != "none"
     bw = copy_bandwidth()
     lines = [f"# act_quant benchmark", "", versions(), "",
              f"copy bandwidth (read+write, 1 GiB): **{bw:.0f} GB/s**", "",
@@ -158,20 +170,27 @@ def main() -> int:
              "x-unf = unfused pair time / fused CUDA time; x-ind = Inductor / fused CUDA.", ""]
     ts = (1, 64, 4096, 16384) if args.quick else TS
     unroll_rows = []
-    for label, group, cm, ue in VARIANTS:
+    for vi, (label, group, cm, ue) in enumerate(VARIANTS):
         lines += [f"## {label}", "",
                   "| T | H | MB | cuda µs | cuda %BW | triton µs | triton %BW | unfused µs | "
                   "inductor µs | inductor %BW | x-unf | x-ind |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for tokens, hidden in itertools.product(ts, HS):
-            ur = {} if (tokens in (4096, 16384) and hidden in (2048, 7168)) else None
-            row, nbytes = bench_one(tokens, hidden, group, cm, ue, compiled_call, ur)
+            ur = {} if (tokens, hidden) in SWEEP_AT else None
+            ind = use_inductor and inductor_at(vi, tokens, hidden)
+            if args.inductor == "lite":
+                ind = vi == 0 and tokens in (64, 16384) and hidden in (2048, 7168)
+            row, nbytes = bench_one(tokens, hidden, group, cm, ue, native if ind else None, ur)
             pct = lambda us: 100 * nbytes / (us * 1e-6) / 1e9 / bw  # noqa: E731
+            if ind:
+                ind_cols = (f"{row['inductor']:.1f} | {pct(row['inductor']):.0f}% | "
+                            f"{row['unfused'] / row['cuda']:.2f} | {row['inductor'] / row['cuda']:.2f} |")
+            else:
+                ind_cols = f"- | - | {row['unfused'] / row['cuda']:.2f} | - |"
             lines.append(
                 f"| {tokens} | {hidden} | {nbytes / 1e6:.1f} | {row['cuda']:.1f} | "
                 f"{pct(row['cuda']):.0f}% | {row['triton']:.1f} | {pct(row['triton']):.0f}% | "
-                f"{row['unfused']:.1f} | {row['inductor']:.1f} | {pct(row['inductor']):.0f}% | "
-                f"{row['unfused'] / row['cuda']:.2f} | {row['inductor'] / row['cuda']:.2f} |")
+                f"{row['unfused']:.1f} | " + ind_cols)
             print(lines[-1], flush=True)
             if ur:
                 unroll_rows.append(
@@ -179,9 +198,10 @@ def main() -> int:
                     " | ".join(f"{ur[k]:.1f} ({pct(ur[k]):.0f}%)" for k in UNROLL_SWEEP) + " |")
             torch.cuda.empty_cache()
         lines.append("")
-    lines += ["## CUDA kernel sweep: groups per thread (u) x grid (persistent / one block per chunk), µs (%BW)", "",
+    lines += ["## CUDA kernel sweep: 16-byte vectors per thread (u; 8 elements each) x grid "
+              "(persistent / one block per group chunk), µs (%BW)", "",
               "| variant | T | H | " + " | ".join(
-                  f"u{u} {'persist' if b == 0 else 'flat'}" for u, b in UNROLL_SWEEP) + " |",
+                  f"u{u if u != 3 else '2cap'} {'persist' if b == 0 else 'flat'}" for u, b in UNROLL_SWEEP) + " |",
               "|---|---|---|" + "---|" * len(UNROLL_SWEEP),
               *unroll_rows, "", f"benchmark wall time {time.time() - t_start:.0f} s"]
     text = "\n".join(lines) + "\n"

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # One-call GPU check for the device machine (repo root, torch installed, no network):
 # install (editable, if pyproject exists), build the CUDA extension (timed), run the
-# GPU tests (+ CPU tests if present), run the benchmark; everything is teed to
-# $OUT/log.txt and the short tables are printed last.
-# Env: BENCH_ARGS (e.g. --quick), SKIP_BENCH=1, SKIP_CPU_TESTS=1.
+# GPU tests, the CPU tests (tests/ minus tests/gpu), the kernel benchmark, the MLP
+# benchmark and the FP8 MLP example; everything is teed to $OUT/log.txt and the
+# short tables are printed last.
+# Env: BENCH_ARGS (e.g. "--quick --inductor lite"), SKIP_BENCH=1, SKIP_CPU_TESTS=1,
+#      SKIP_MLP=1 (MLP benchmark + example), GPU_TEST_ARGS (extra pytest args).
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/quantfuse_out}
@@ -56,16 +58,23 @@ for args in ((q, s, x.double(), 64, False, 1, 1), (q, s, x, 64, False, 1, 1)):
 PY
 
   step "GPU tests"
-  $PY -m pytest -q -p no:cacheprovider tests/gpu 2>&1 | tee "$OUT/pytest_gpu.txt" || fail gpu-tests
+  $PY -m pytest -q -p no:cacheprovider tests/gpu $GPU_TEST_ARGS 2>&1 | tee "$OUT/pytest_gpu.txt" || fail gpu-tests
 
   if [ -z "$SKIP_CPU_TESTS" ] && ls tests/test_*.py >/dev/null 2>&1; then
     step "CPU-side tests (tests/, GPU visible)"
-    timeout 100 $PY -m pytest -q -p no:cacheprovider tests --ignore=tests/gpu -x 2>&1 | tail -25 | tee "$OUT/pytest_cpu.txt"
+    timeout 200 $PY -m pytest -q -p no:cacheprovider tests --ignore=tests/gpu 2>&1 | tail -25 | tee "$OUT/pytest_cpu.txt" || fail cpu-tests
   fi
 
   if [ -z "$SKIP_BENCH" ]; then
     step "benchmark"
-    timeout 330 $PY benchmarks/bench_act_quant.py --out "$OUT/bench.md" $BENCH_ARGS || fail bench
+    timeout 300 $PY benchmarks/bench_act_quant.py --out "$OUT/bench.md" $BENCH_ARGS || fail bench
+  fi
+
+  if [ -z "$SKIP_MLP" ]; then
+    step "MLP benchmark"
+    timeout 150 $PY benchmarks/bench_mlp.py --tokens 1,16,64,256,1024,4096,8192 --out "$OUT/mlp.md" || fail mlp
+    step "example"
+    timeout 90 $PY examples/fp8_mlp.py --device cuda 2>&1 | tee "$OUT/example.txt" || fail example
   fi
 } 2>&1 | tee "$LOG"
 
@@ -74,5 +83,7 @@ echo "=================== summary ==================="
 grep -E "cuda backend available|passed|failed|error" "$OUT/pytest_gpu.txt" "$LOG" 2>/dev/null | grep -E "available=|[0-9]+ (passed|failed)" | sort -u | tail -6
 [ -f "$OUT/pytest_cpu.txt" ] && tail -2 "$OUT/pytest_cpu.txt"
 [ -f "$OUT/bench.md" ] && cat "$OUT/bench.md"
+[ -f "$OUT/mlp.md" ] && cat "$OUT/mlp.md"
+[ -f "$OUT/example.txt" ] && tail -3 "$OUT/example.txt"
 [ -f "$OUT/failed" ] && { echo "FAILED: $(cat "$OUT/failed" | tr '\n' ' ')"; exit 1; }
 echo "all steps OK"

@@ -220,31 +220,116 @@ __device__ __forceinline__ void load_group(uint4 (&gv)[NV], uint4 (&uv)[NV],
   constexpr int TPG = GS / (VEC * NV);
   const int64_t in_row = GATED ? 2 * hidden : hidden;
   const S* p = x + int64_t(t) * in_row + int64_t(g) * GS + lane * VEC;
+  // An invalid (past-the-end) group keeps stale registers: its sub-warp reduces and
+  // computes garbage that is never stored (shuffles stay inside the sub-warp).
+  if (valid) {
 #pragma unroll
-  for (int j = 0; j < NV; ++j) {
-    if (valid) {
+    for (int j = 0; j < NV; ++j) {
       gv[j] = __ldg(reinterpret_cast<const uint4*>(p + j * TPG * VEC));
       if constexpr (GATED) uv[j] = __ldg(reinterpret_cast<const uint4*>(p + j * TPG * VEC + hidden));
-    } else {
-      gv[j] = make_uint4(0, 0, 0, 0);
-      uv[j] = make_uint4(0, 0, 0, 0);
     }
   }
 }
 
+// One step of a sub-warp: prefetch the group after (t, g) into (gn, un), then
+// compute and store group (t, g) from (gv, uv).
 template <typename DT, int GS, typename Act, bool UE8M0, int NV>
-__global__ void __launch_bounds__(kThreads) act_group_quant_kernel(
+__device__ __forceinline__ void group_step(
+    uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ x,
+    uint32_t total_groups, uint32_t gpr, int64_t hidden, int64_t s_stride_t, int64_t s_stride_g,
+    uint32_t step, uint32_t step_t, uint32_t step_g, int lane, uint32_t& gi, uint32_t& t,
+    uint32_t& g, const uint4 (&gv)[NV], const uint4 (&uv)[NV], uint4 (&gn)[NV], uint4 (&un)[NV]) {
+  using S = typename DT::Storage;
+  constexpr int VEC = 16 / sizeof(S);
+  constexpr int EPT = VEC * NV;  // elements per thread per group
+  constexpr int TPG = GS / EPT;
+  constexpr bool kGated = Act::kGated;
+  // next group of this sub-warp
+  uint32_t tn = t + step_t, gn_ = g + step_g;
+  if (gn_ >= gpr) { gn_ -= gpr; ++tn; }
+  load_group<DT, GS, NV, kGated>(gn, un, x, gi + step < total_groups, tn, gn_, hidden, lane);
+
+  float y[EPT];
+  float amax;
+  {
+    float gf[EPT], uf[EPT];
+    const S* gs = reinterpret_cast<const S*>(gv);
+    const S* us = reinterpret_cast<const S*>(uv);
+#pragma unroll
+    for (int i = 0; i < EPT; ++i) {
+      gf[i] = DT::to_float(gs[i]);
+      uf[i] = kGated ? DT::to_float(us[i]) : 0.0f;
+    }
+    if constexpr (kGated) {
+      silu_mul_n<EPT>(y, gf, uf);
+    } else {
+#pragma unroll
+      for (int i = 0; i < EPT; ++i) y[i] = gf[i];
+    }
+    if constexpr (DT::kPacked) {
+      // "Intermediate rounding": the unfused graph stores act(x) in the input
+      // dtype. Round pairs (RNE), amax over the 16-bit values (exact), unpack.
+      uint32_t m2 = 0;
+#pragma unroll
+      for (int i = 0; i < EPT; i += 2) {
+        const uint32_t p = kGated ? DT::pack_rn(y[i], y[i + 1])
+                                  : reinterpret_cast<const uint32_t*>(gv)[i / 2];
+        m2 = DT::amax2(m2, p);
+        y[i] = DT::lo(p);
+        y[i + 1] = DT::hi(p);
+      }
+      amax = nan_max(DT::lo(m2), DT::hi(m2));
+    } else {
+      amax = 0.0f;
+#pragma unroll
+      for (int i = 0; i < EPT; ++i) amax = nan_max(amax, fabsf(y[i]));
+    }
+  }
+  // All 32 lanes take part; xor offsets < TPG stay inside the sub-warp.
+#pragma unroll
+  for (int off = TPG / 2; off > 0; off >>= 1) {
+    amax = nan_max(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+  }
+  const float sc = group_scale<UE8M0>(amax);
+  if (gi < total_groups) {
+    uint32_t w[EPT / 4];
+    if (isfinite(sc)) {
+      const float r = group_recip<UE8M0>(sc);
+#pragma unroll
+      for (int i = 0; i < EPT; i += 4) {
+        w[i / 4] = e4m3x2(div_by_scale<UE8M0>(y[i], sc, r), div_by_scale<UE8M0>(y[i + 1], sc, r)) |
+                   (e4m3x2(div_by_scale<UE8M0>(y[i + 2], sc, r), div_by_scale<UE8M0>(y[i + 3], sc, r)) << 16);
+      }
+    } else {  // NaN / inf scale: true divisions (NaN or 0 results)
+#pragma unroll
+      for (int i = 0; i < EPT; i += 4) {
+        w[i / 4] = e4m3x2(__fdiv_rn(y[i], sc), __fdiv_rn(y[i + 1], sc)) |
+                   (e4m3x2(__fdiv_rn(y[i + 2], sc), __fdiv_rn(y[i + 3], sc)) << 16);
+      }
+    }
+    uint8_t* qp = q + int64_t(t) * hidden + int64_t(g) * GS + lane * VEC;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) store_fp8<VEC>(qp + j * TPG * VEC, w + j * (VEC / 4));
+    if (lane == 0) s[int64_t(t) * s_stride_t + int64_t(g) * s_stride_g] = sc;
+  }
+  gi += step;
+  t = tn;
+  g = gn_;
+}
+
+// MINB > 0 caps registers so that MINB blocks fit on an SM (benchmark variant).
+template <typename DT, int GS, typename Act, bool UE8M0, int NV, int MINB = 0>
+__global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
     uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ x,
     uint32_t total_groups, uint32_t groups_per_row, int64_t hidden, int64_t s_stride_t,
     int64_t s_stride_g) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
-  constexpr int EPT = VEC * NV;  // elements per thread per group
+  constexpr int EPT = VEC * NV;
   constexpr int TPG = GS / EPT;
   static_assert(TPG >= 1 && TPG <= 32 && 32 % TPG == 0 && TPG * EPT == GS, "bad group split");
   static_assert(VEC == 4 || VEC == 8, "fp8 stores are 4 or 8 bytes");
   constexpr int GPS = kThreads / TPG;  // groups per block per step
-  constexpr bool kGated = Act::kGated;
   const int sub = threadIdx.x / TPG;
   const int lane = threadIdx.x % TPG;
   const uint32_t gpr = groups_per_row;
@@ -254,87 +339,18 @@ __global__ void __launch_bounds__(kThreads) act_group_quant_kernel(
   uint32_t base = blockIdx.x * GPS;
   uint32_t gi = base + sub;
   uint32_t t = gi / gpr, g = gi - t * gpr;
-  uint4 gv[NV], uv[NV];
-  load_group<DT, GS, NV, kGated>(gv, uv, x, gi < total_groups, t, g, hidden, lane);
-  for (; base < total_groups; base += step) {
-    // next group of this sub-warp
-    uint32_t tn = t + step_t, gn = g + step_g;
-    if (gn >= gpr) { gn -= gpr; ++tn; }
-    uint4 gv2[NV], uv2[NV];
-    load_group<DT, GS, NV, kGated>(gv2, uv2, x, gi + step < total_groups, tn, gn, hidden, lane);
-
-    float y[EPT];
-    float amax;
-    {
-      float gf[EPT], uf[EPT];
-      const S* gs = reinterpret_cast<const S*>(gv);
-      const S* us = reinterpret_cast<const S*>(uv);
-#pragma unroll
-      for (int i = 0; i < EPT; ++i) {
-        gf[i] = DT::to_float(gs[i]);
-        uf[i] = kGated ? DT::to_float(us[i]) : 0.0f;
-      }
-      if constexpr (kGated) {
-        silu_mul_n<EPT>(y, gf, uf);
-      } else {
-#pragma unroll
-        for (int i = 0; i < EPT; ++i) y[i] = gf[i];
-      }
-      if constexpr (DT::kPacked) {
-        // "Intermediate rounding": the unfused graph stores act(x) in the input
-        // dtype. Round pairs (RNE), amax over the 16-bit values (exact), unpack.
-        uint32_t m2 = 0;
-#pragma unroll
-        for (int i = 0; i < EPT; i += 2) {
-          const uint32_t p = kGated ? DT::pack_rn(y[i], y[i + 1])
-                                    : reinterpret_cast<const uint32_t*>(gv)[i / 2];
-          m2 = DT::amax2(m2, p);
-          y[i] = DT::lo(p);
-          y[i + 1] = DT::hi(p);
-        }
-        amax = nan_max(DT::lo(m2), DT::hi(m2));
-      } else {
-        amax = 0.0f;
-#pragma unroll
-        for (int i = 0; i < EPT; ++i) amax = nan_max(amax, fabsf(y[i]));
-      }
-    }
-    // All 32 lanes take part (invalid groups reduce zeros); xor offsets < TPG
-    // stay inside the sub-warp.
-#pragma unroll
-    for (int off = TPG / 2; off > 0; off >>= 1) {
-      amax = nan_max(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-    }
-    const float sc = group_scale<UE8M0>(amax);
-    if (gi < total_groups) {
-      uint32_t w[EPT / 4];
-      if (isfinite(sc)) {
-        const float r = group_recip<UE8M0>(sc);
-#pragma unroll
-        for (int i = 0; i < EPT; i += 4) {
-          w[i / 4] = e4m3x2(div_by_scale<UE8M0>(y[i], sc, r), div_by_scale<UE8M0>(y[i + 1], sc, r)) |
-                     (e4m3x2(div_by_scale<UE8M0>(y[i + 2], sc, r), div_by_scale<UE8M0>(y[i + 3], sc, r)) << 16);
-        }
-      } else {  // NaN / inf scale: true divisions (NaN or 0 results)
-#pragma unroll
-        for (int i = 0; i < EPT; i += 4) {
-          w[i / 4] = e4m3x2(__fdiv_rn(y[i], sc), __fdiv_rn(y[i + 1], sc)) |
-                     (e4m3x2(__fdiv_rn(y[i + 2], sc), __fdiv_rn(y[i + 3], sc)) << 16);
-        }
-      }
-      uint8_t* qp = q + int64_t(t) * hidden + int64_t(g) * GS + lane * VEC;
-#pragma unroll
-      for (int j = 0; j < NV; ++j) store_fp8<VEC>(qp + j * TPG * VEC, w + j * (VEC / 4));
-      if (lane == 0) s[int64_t(t) * s_stride_t + int64_t(g) * s_stride_g] = sc;
-    }
-#pragma unroll
-    for (int j = 0; j < NV; ++j) {
-      gv[j] = gv2[j];
-      uv[j] = uv2[j];
-    }
-    gi += step;
-    t = tn;
-    g = gn;
+  uint4 ga[NV], ua[NV], gb[NV], ub[NV];
+  load_group<DT, GS, NV, Act::kGated>(ga, ua, x, gi < total_groups, t, g, hidden, lane);
+  // Two steps per trip with the buffers swapped: no register copies between steps.
+  // The bound is block-uniform so every lane reaches the shuffles.
+  while (base < total_groups) {
+    group_step<DT, GS, Act, UE8M0, NV>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g,
+                                       step, step_t, step_g, lane, gi, t, g, ga, ua, gb, ub);
+    base += step;
+    if (base >= total_groups) break;
+    group_step<DT, GS, Act, UE8M0, NV>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g,
+                                       step, step_t, step_g, lane, gi, t, g, gb, ub, ga, ua);
+    base += step;
   }
 }
 

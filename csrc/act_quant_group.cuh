@@ -13,14 +13,14 @@
 namespace quantfuse {
 namespace {
 
-template <typename DT, int GS, typename Act, bool UE8M0, int NV>
+template <typename DT, int GS, typename Act, bool UE8M0, int NV, int MINB = 0>
 void launch_group_quant(const at::Tensor& q, const at::Tensor& s, const at::Tensor& x,
                         uint32_t total_groups, uint32_t groups_per_row, int64_t hidden,
                         int64_t st, int64_t sg, int64_t blocks_per_sm) {
   using S = typename DT::Storage;
   constexpr int TPG = GS / (16 / int(sizeof(S)) * NV);
   constexpr int64_t per_block = int64_t(kThreads / TPG);
-  auto kernel = act_group_quant_kernel<DT, GS, Act, UE8M0, NV>;
+  auto kernel = act_group_quant_kernel<DT, GS, Act, UE8M0, NV, MINB>;
   int64_t blocks = (int64_t(total_groups) + per_block - 1) / per_block;
   if (blocks_per_sm >= 0) {
     // Persistent grid: as many blocks as fit on the SMs at once (0 = occupancy).
@@ -47,6 +47,8 @@ void dispatch_nv(int64_t nv, const at::Tensor& q, const at::Tensor& s, const at:
     case 1: return launch_group_quant<DT, GS, Act, UE8M0, 1>(q, s, x, total, gpr, hidden, st, sg, bps);
     case 2: return launch_group_quant<DT, GS, Act, UE8M0, 2>(q, s, x, total, gpr, hidden, st, sg, bps);
     case 4: return launch_group_quant<DT, GS, Act, UE8M0, 4>(q, s, x, total, gpr, hidden, st, sg, bps);
+    // 3: two vectors per thread with registers capped for 3 blocks per SM (A/B variant)
+    case 3: return launch_group_quant<DT, GS, Act, UE8M0, 2, 3>(q, s, x, total, gpr, hidden, st, sg, bps);
     default: TORCH_CHECK(false, "quantfuse: unsupported vectors per thread ", nv);
   }
 }
