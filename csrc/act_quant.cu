@@ -19,7 +19,7 @@ namespace {
   X(at::kHalf, F16)       \
   X(at::kBFloat16, BF16)
 
-constexpr int kDefaultVectors = 2;  // NV when the caller passes 0 (benchmarks/NOTES.md)
+constexpr int kDefaultVectors = 1;  // NV when the caller passes 0: best of 1/2/4 (benchmarks/NOTES.md)
 
 }  // namespace
 

@@ -124,15 +124,19 @@ struct SiluMul {
 
 // silu(g[i]) * u[i] for N elements: fast path for all, one branch per thread to the
 // exact path when any |g| >= 87 or is NaN (rare; the branch is per thread).
+// valid == false (a past-the-end group holding stale registers) never takes the
+// exact path: its results are discarded, and stale NaN / huge bits would otherwise
+// send it through per-element __fdiv_rn slow paths (seen: T=1 took 4.5 µs, not 2).
 template <int N>
-__device__ __forceinline__ void silu_mul_n(float (&v)[N], const float (&g)[N], const float (&u)[N]) {
+__device__ __forceinline__ void silu_mul_n(float (&v)[N], const float (&g)[N], const float (&u)[N],
+                                           bool valid = true) {
   bool ok = true;
 #pragma unroll
   for (int i = 0; i < N; ++i) {
     ok &= fabsf(g[i]) < kSiluFastLimit;
     v[i] = silu_fast(g[i], silu_denominator(g[i]));
   }
-  if (!ok) {
+  if (!ok && valid) {
 #pragma unroll
     for (int i = 0; i < N; ++i) v[i] = silu_exact(g[i]);
   }
@@ -261,7 +265,7 @@ __device__ __forceinline__ void group_step(
       uf[i] = kGated ? DT::to_float(us[i]) : 0.0f;
     }
     if constexpr (kGated) {
-      silu_mul_n<EPT>(y, gf, uf);
+      silu_mul_n<EPT>(y, gf, uf, gi < total_groups);
     } else {
 #pragma unroll
       for (int i = 0; i < EPT; ++i) y[i] = gf[i];
@@ -317,7 +321,8 @@ __device__ __forceinline__ void group_step(
   g = gn_;
 }
 
-// MINB > 0 caps registers so that MINB blocks fit on an SM (benchmark variant).
+// MINB > 0 caps registers so that MINB blocks fit on an SM (tried for NV = 2 with
+// MINB = 3: spills, 40% slower; benchmarks/NOTES.md).
 template <typename DT, int GS, typename Act, bool UE8M0, int NV, int MINB = 0>
 __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
     uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ x,

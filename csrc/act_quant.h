@@ -12,7 +12,7 @@ void launch_silu_and_mul(const at::Tensor& out, const at::Tensor& x);
 // act(x): gated -> x is [T, 2H] and act = silu(gate) * up rounded to x's dtype;
 // otherwise x is [T, H] and act = identity. unroll: 0 = auto, else 1, 2 or 4
 // (16-byte vectors of gate / up per thread per group, i.e. 8, 16 or 32 elements for
-// 16-bit inputs; 3 = 2 with registers capped for 3 blocks per SM); blocks_per_sm: 0 = persistent grid sized by
+// 16-bit inputs); blocks_per_sm: 0 = persistent grid sized by
 // occupancy, > 0 = that many blocks per SM, -1 = one block per chunk (no loop).
 // Both knobs are exposed for benchmarking.
 void launch_act_group_quant(bool gated, const at::Tensor& q, const at::Tensor& s,

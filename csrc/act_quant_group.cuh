@@ -47,8 +47,6 @@ void dispatch_nv(int64_t nv, const at::Tensor& q, const at::Tensor& s, const at:
     case 1: return launch_group_quant<DT, GS, Act, UE8M0, 1>(q, s, x, total, gpr, hidden, st, sg, bps);
     case 2: return launch_group_quant<DT, GS, Act, UE8M0, 2>(q, s, x, total, gpr, hidden, st, sg, bps);
     case 4: return launch_group_quant<DT, GS, Act, UE8M0, 4>(q, s, x, total, gpr, hidden, st, sg, bps);
-    // 3: two vectors per thread with registers capped for 3 blocks per SM (A/B variant)
-    case 3: return launch_group_quant<DT, GS, Act, UE8M0, 2, 3>(q, s, x, total, gpr, hidden, st, sg, bps);
     default: TORCH_CHECK(false, "quantfuse: unsupported vectors per thread ", nv);
   }
 }

@@ -43,8 +43,8 @@ void group_quant(bool gated, at::Tensor q, at::Tensor s, at::Tensor x, int64_t g
   check_same_device(s, x, "s");
   TORCH_CHECK(group_size == 64 || group_size == 128,
               "quantfuse: group_size must be 64 or 128, got ", group_size);
-  TORCH_CHECK(unroll >= 0 && unroll <= 4,
-              "quantfuse: unroll must be 0 (auto), 1, 2, 3 (2, register-capped) or 4, got ", unroll);
+  TORCH_CHECK(unroll == 0 || unroll == 1 || unroll == 2 || unroll == 4,
+              "quantfuse: unroll must be 0 (auto), 1, 2 or 4, got ", unroll);
   const int64_t width = x.size(-1);
   TORCH_CHECK(!gated || width % 2 == 0, "quantfuse: gated input needs an even last dim, got ", width);
   const int64_t hidden = gated ? width / 2 : width;

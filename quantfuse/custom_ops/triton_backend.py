@@ -49,7 +49,20 @@ def _kernels():
     @triton.jit
     def _silu_mul(g, u):
         # silu(g) * u exactly as torch: g / (1 + exp(-g)) then * u, each fp32-rounded.
-        return tl.div_rn(g, 1.0 + libdevice.exp(-g)) * u
+        # The division as nvcc's own correctly rounded fast path (approximate
+        # reciprocal, one Newton step, q0 = g*r, one Markstein correction; zero results
+        # take g's sign), exact for |g| < 87 (csrc/act_quant.cuh, silu_fast); a tile
+        # holding any |g| >= 87 or NaN recomputes those elements with tl.div_rn.
+        d = 1.0 + libdevice.exp(-g)
+        r = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [d],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+        r = tl.fma(r, tl.fma(-d, r, 1.0), r)
+        q0 = g * r
+        q = libdevice.copysign(tl.fma(tl.fma(-d, q0, g), r, q0), g)
+        bad = ~(tl.abs(g) < 87.0)
+        if tl.max(bad.to(tl.int32)) > 0:
+            q = tl.where(bad, tl.div_rn(g, d), q)
+        return q * u
 
     @triton.jit
     def _ue8m0_ceil(s):
@@ -91,7 +104,16 @@ def _kernels():
         # Correctly rounded y / scale. (A per-group reciprocal + Markstein step, as the
         # CUDA kernel does, compiled to one div.rn per element anyway: the scale's slice
         # layout holds one value per element here, so the plain division is shorter.)
-        v = tl.div_rn(y, scale[:, None])
+        if UE8M0:
+            # a power of two in [2^-43, 2^120]: 1 / scale is exact from the exponent
+            # bits and y * (1 / scale) is the correctly rounded quotient; for a
+            # non-finite scale r = 0 (inf) or NaN gives the true division's 0 / NaN
+            e = (scale.to(tl.int32, bitcast=True) >> 23) & 0xFF
+            r = ((254 - e) << 23).to(tl.float32, bitcast=True)
+            r = tl.where(e != 0xFF, r, tl.where(scale != scale, scale, 0.0))
+            v = y * r[:, None]
+        else:
+            v = tl.div_rn(y, scale[:, None])
         v = tl.clamp(v, -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL)
         q_offs = (t * hidden + g * GS)[:, None] + col[None, :]
         tl.store(q_ptr + q_offs, v.to(tl.float8e4nv), mask=m2)
