@@ -57,24 +57,42 @@ for args in ((q, s, x.double(), 64, False, 1, 1), (q, s, x, 64, False, 1, 1)):
         print("probe: RuntimeError OK:", str(e).splitlines()[0][:120])
 PY
 
+  # CPU tests and the example need no timing: they run beside the GPU tests
+  if [ -z "$SKIP_CPU_TESTS" ] && ls tests/test_*.py >/dev/null 2>&1; then
+    ( timeout 240 $PY -m pytest -q -p no:cacheprovider tests --ignore=tests/gpu > "$OUT/pytest_cpu_full.txt" 2>&1;
+      echo "rc=$?" >> "$OUT/pytest_cpu_full.txt" ) &
+    CPU_PID=$!
+  fi
+  if [ -z "$SKIP_MLP" ]; then
+    ( timeout 120 $PY examples/fp8_mlp.py --device cuda > "$OUT/example.txt" 2>&1; echo "rc=$?" >> "$OUT/example.txt" ) &
+    EX_PID=$!
+  fi
+
   step "GPU tests"
   $PY -m pytest -q -p no:cacheprovider tests/gpu $GPU_TEST_ARGS 2>&1 | tee "$OUT/pytest_gpu.txt" || fail gpu-tests
 
-  if [ -z "$SKIP_CPU_TESTS" ] && ls tests/test_*.py >/dev/null 2>&1; then
-    step "CPU-side tests (tests/, GPU visible)"
-    timeout 200 $PY -m pytest -q -p no:cacheprovider tests --ignore=tests/gpu 2>&1 | tail -25 | tee "$OUT/pytest_cpu.txt" || fail cpu-tests
+  if [ -n "$CPU_PID" ]; then
+    step "CPU-side tests (tests/ minus tests/gpu, run beside the GPU tests)"
+    wait $CPU_PID
+    tail -25 "$OUT/pytest_cpu_full.txt" | tee "$OUT/pytest_cpu.txt"
+    grep -q "^rc=0" "$OUT/pytest_cpu_full.txt" || fail cpu-tests
+    rm -f "$OUT/pytest_cpu_full.txt"
+  fi
+  if [ -n "$EX_PID" ]; then
+    step "example (run beside the GPU tests)"
+    wait $EX_PID
+    cat "$OUT/example.txt"
+    grep -q "^rc=0" "$OUT/example.txt" || fail example
   fi
 
   if [ -z "$SKIP_BENCH" ]; then
     step "benchmark"
-    timeout 300 $PY benchmarks/bench_act_quant.py --out "$OUT/bench.md" $BENCH_ARGS || fail bench
+    timeout 210 $PY benchmarks/bench_act_quant.py --out "$OUT/bench.md" $BENCH_ARGS || fail bench
   fi
 
   if [ -z "$SKIP_MLP" ]; then
     step "MLP benchmark"
-    timeout 150 $PY benchmarks/bench_mlp.py --tokens 1,16,64,256,1024,4096,8192 --out "$OUT/mlp.md" || fail mlp
-    step "example"
-    timeout 90 $PY examples/fp8_mlp.py --device cuda 2>&1 | tee "$OUT/example.txt" || fail example
+    timeout 130 $PY benchmarks/bench_mlp.py --tokens 1,16,64,256,1024,4096,8192 --out "$OUT/mlp.md" || fail mlp
   fi
 } 2>&1 | tee "$LOG"
 
@@ -84,6 +102,6 @@ grep -E "cuda backend available|passed|failed|error" "$OUT/pytest_gpu.txt" "$LOG
 [ -f "$OUT/pytest_cpu.txt" ] && tail -2 "$OUT/pytest_cpu.txt"
 [ -f "$OUT/bench.md" ] && cat "$OUT/bench.md"
 [ -f "$OUT/mlp.md" ] && cat "$OUT/mlp.md"
-[ -f "$OUT/example.txt" ] && tail -3 "$OUT/example.txt"
+[ -f "$OUT/example.txt" ] && tail -4 "$OUT/example.txt"
 [ -f "$OUT/failed" ] && { echo "FAILED: $(cat "$OUT/failed" | tr '\n' ' ')"; exit 1; }
 echo "all steps OK"
