@@ -36,26 +36,32 @@ def main() -> None:
     device = torch.device("cuda")
     use_mm = scaled_mm_supported(device)
     model = Stack(1, args.hidden, args.inter, device, "native", use_mm).eval()
-    rows = []
+    rows, skipped = [], []
     with torch.no_grad():
         for t in [int(v) for v in args.tokens.split(",")]:
             x = torch.randn(t, args.hidden, device=device, dtype=torch.bfloat16)
             times = {}
-            for label, opts in (("without", {}), ("with", quantfuse.inductor_options())):
-                torch._dynamo.reset()
-                oracle.calls.clear()
-                fn = torch.compile(model, dynamic=False, options=opts)
-                fn(x)
-                if label == "with":
-                    assert len(quantfuse.last_report().rewrites) == 1, str(quantfuse.last_report())
-                    assert oracle.calls[("silu_and_mul_per_block_quant", "cuda")] >= 1, dict(oracle.calls)
-                times[label] = do_bench_cudagraph(lambda: fn(x), rep=200) * 1e3
+            try:
+                for label, opts in (("without", {}), ("with", quantfuse.inductor_options())):
+                    torch._dynamo.reset()
+                    oracle.calls.clear()
+                    fn = torch.compile(model, dynamic=False, options=opts)
+                    fn(x)
+                    if label == "with":
+                        assert len(quantfuse.last_report().rewrites) == 1, str(quantfuse.last_report())
+                        assert oracle.calls[("silu_and_mul_per_block_quant", "cuda")] >= 1, dict(oracle.calls)
+                    times[label] = do_bench_cudagraph(lambda: fn(x), rep=200) * 1e3
+            except RuntimeError as e:  # cuBLAS's block-scaled GEMM rejects some shapes (T=1 on torch 2.11)
+                print(f"T={t}: skipped, the model does not run: {str(e).splitlines()[0][:160]}", flush=True)
+                skipped.append(t)
+                continue
             rows.append((t, times["without"], times["with"]))
             print(f"T={t}: without {times['without']:.1f} us, with {times['with']:.1f} us", flush=True)
     lines = [f"FP8 MLP (hidden {args.hidden}, inter {args.inter}, scaled_mm={use_mm}), "
              f"{torch.cuda.get_device_name()}, torch {torch.__version__}; CUDA-graph replay, median",
              "", "| T | without pass (µs) | with pass (µs) | speedup |", "|---|---|---|---|"]
     lines += [f"| {t} | {a:.1f} | {b:.1f} | {a / b:.3f}x |" for t, a, b in rows]
+    lines += [f"| {t} | model does not run (block-scaled GEMM) | | |" for t in skipped]
     text = "\n".join(lines)
     print(text)
     if args.out:
