@@ -7,13 +7,17 @@ import torch
 
 import quantfuse
 from corpus import NEAR_MISSES, STYLES, OpFormPairs
+from corpus import SliceSiluView as SliceSilu
 from helpers import count_targets, fp8_step_close, post_grad_graph
 
 FUSED = "silu_and_mul_per_block_quant"
 
 
-def _run_pass(gm):
-    fusion = quantfuse.FusionPass()
+ALL_NATIVE = quantfuse.FusionConfig(native_fusions=quantfuse.passes.ALL_PAIRS)
+
+
+def _run_pass(gm, config=ALL_NATIVE):
+    fusion = quantfuse.FusionPass(config)
     fusion(gm.graph)
     gm.recompile()
     return fusion.report
@@ -100,6 +104,17 @@ def test_pass_is_idempotent():
     second = _run_pass(gm)
     assert second.rewrites == [] and second.near_misses == []
     assert str(gm.graph) == after_once
+
+
+def test_default_config_fuses_native_pairs_only_where_the_kernel_beats_inductor():
+    """relu2 -> FP8 per-group in plain PyTorch: Inductor's own kernel is faster; left alone."""
+    from corpus import Relu2SquareGroup, Relu2Mxfp8Floor
+
+    assert quantfuse.FusionConfig().native_fusions == (("silu_and_mul", "fp8_per_group"), ("relu2", "mxfp8"))
+    for style, rewrites in ((Relu2SquareGroup, 0), (Relu2Mxfp8Floor, 1), (SliceSilu, 1)):
+        module = style()
+        gm = post_grad_graph(module, module.make_input())
+        assert len(_run_pass(gm, quantfuse.FusionConfig()).rewrites) == rewrites
 
 
 def test_disabled_form_is_not_rewritten():

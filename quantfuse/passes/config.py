@@ -9,13 +9,24 @@ import torch
 from quantfuse.custom_ops import ops as qops
 
 
+#: every (activation, scheme) pair of the op tables
+ALL_PAIRS = tuple((act, scheme) for act in qops.ACTIVATIONS for scheme in qops.SCHEMES)
+
+#: pairs whose fused kernel beat Inductor's own code for the plain-PyTorch graph on the
+#: H100 (benchmarks/RESULTS.md); for the others a native rewrite would slow the model down
+PROFITABLE_NATIVE = (("silu_and_mul", "fp8_per_group"), ("relu2", "mxfp8"))
+
+
 @dataclasses.dataclass(frozen=True)
 class FusionConfig:
     """What :class:`quantfuse.FusionPass` may rewrite.
 
     Attributes:
         fusions: (activation, scheme) pairs to fuse, keys of ``quantfuse.custom_ops``'s
-            ``ACTIVATIONS`` and ``SCHEMES`` tables.
+            ``ACTIVATIONS`` and ``SCHEMES`` tables. Default: all of them.
+        native_fusions: the pairs among ``fusions`` whose plain-PyTorch spelling is fused
+            too. Default: :data:`PROFITABLE_NATIVE`, where the fused kernel beats
+            Inductor's code for the native graph; pass :data:`ALL_PAIRS` for every pair.
         forms: ``"op"`` (quantfuse ops called by the model) and/or ``"native"``
             (the same maths in plain PyTorch).
         group_sizes: FP8 per-group sizes to fuse (the fused kernels' sizes).
@@ -24,15 +35,15 @@ class FusionConfig:
             after into a numbered sub-folder (also ``QUANTFUSE_DUMP_DIR``).
     """
 
-    fusions: tuple[tuple[str, str], ...] = tuple(
-        (act, scheme) for act in qops.ACTIVATIONS for scheme in qops.SCHEMES)
+    fusions: tuple[tuple[str, str], ...] = ALL_PAIRS
+    native_fusions: tuple[tuple[str, str], ...] = PROFITABLE_NATIVE
     forms: tuple[str, ...] = ("op", "native")
     group_sizes: tuple[int, ...] = (64, 128)
     dtypes: tuple[str, ...] = ("bfloat16", "float16", "float32")
     dump_dir: str | None = None
 
     def __post_init__(self):
-        for act, scheme in self.fusions:
+        for act, scheme in self.fusions + self.native_fusions:
             if act not in qops.ACTIVATIONS or scheme not in qops.SCHEMES:
                 raise ValueError(f"unknown fusion ({act!r}, {scheme!r}); activations: "
                                  f"{sorted(qops.ACTIVATIONS)}, schemes: {sorted(qops.SCHEMES)}")

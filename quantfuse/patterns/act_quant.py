@@ -302,7 +302,9 @@ def build_pass(config) -> PatternMatcherPass:
     """Trace and register every enabled pattern once per config (cached)."""
     start = time.perf_counter()
     pm_pass = PatternMatcherPass(pass_name="quantfuse")
-    specs = [s for pair in config.fusions for s in pattern_specs(*pair) if s.form in config.forms]
+    native = set(config.native_fusions)
+    specs = [s for pair in config.fusions for s in pattern_specs(*pair)
+             if s.form in config.forms and (s.form == "op" or pair in native)]
     for spec in specs:
         _register(spec, config, pm_pass)
     log.debug("registered %d quantfuse patterns in %.3f s", len(specs), time.perf_counter() - start)
