@@ -21,13 +21,15 @@ import logging
 
 import torch
 
+from quantfuse.custom_ops import kernel_inputs
+
 NAME = "triton"
 
 log = logging.getLogger("quantfuse.triton")
 
 OPS = ("silu_and_mul", "per_token_group_quant_fp8", "silu_and_mul_per_block_quant")
-SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-SUPPORTED_GROUPS = (64, 128)
+SUPPORTED_DTYPES = kernel_inputs.SUPPORTED_DTYPES
+SUPPORTED_GROUPS = kernel_inputs.FP8_GROUPS
 _TILE = 4096  # elements per program in the quant kernel (BLOCK_G = _TILE // group)
 _SILU_BLOCK = 1024
 
@@ -154,24 +156,17 @@ def unsupported_reason(op: str, x: torch.Tensor, group_size: int | None) -> str 
     """None when ``op`` on ``x`` (and ``group_size``) runs here, else a short reason."""
     if op not in OPS:
         return f"unknown op {op!r}"
-    if not x.is_cuda:
-        return f"input on {x.device}, not CUDA"
-    if x.dtype not in SUPPORTED_DTYPES:
-        return f"dtype {x.dtype} not in bf16/fp16/fp32"
-    if not x.is_contiguous():
-        return "input not contiguous"
-    if x.dim() == 0:
-        return "0-d input"
-    width = x.shape[-1]
-    gated = op != "per_token_group_quant_fp8"
-    if gated and width % 2:
-        return f"last dim {width} is odd"
+    why = kernel_inputs.input_reason(x)
+    if why:
+        return why
+    hidden, why = kernel_inputs.activation_hidden(
+        None if op == "per_token_group_quant_fp8" else "silu_and_mul", x.shape[-1])
+    if why:
+        return why
     if op != "silu_and_mul":
-        if group_size not in SUPPORTED_GROUPS:
-            return f"group_size {group_size} not in {SUPPORTED_GROUPS}"
-        hidden = width // 2 if gated else width
-        if hidden % group_size:
-            return f"hidden size {hidden} not divisible by group_size {group_size}"
+        why = kernel_inputs.fp8_group_reason(hidden, group_size)
+        if why:
+            return why
     if not is_available():
         return f"Triton unavailable ({_failed})"
     return None

@@ -40,12 +40,14 @@ import os
 
 import torch
 
+from quantfuse.custom_ops import kernel_inputs
+
 NAME = "triton"
 
 log = logging.getLogger("quantfuse.triton")
 
-SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-SUPPORTED_GROUPS = (64, 128)
+SUPPORTED_DTYPES = kernel_inputs.SUPPORTED_DTYPES
+SUPPORTED_GROUPS = kernel_inputs.FP8_GROUPS
 MX_BLOCK = 32
 
 #: activation name (as in op names; "" = none) -> ACT constexpr
@@ -333,37 +335,21 @@ def is_available() -> bool:
         return False
 
 
-def _in_hidden(act: str, width: int) -> tuple[int | None, str | None]:
-    if act == "silu_and_mul":
-        if width % 2:
-            return None, f"last dim {width} is odd"
-        return width // 2, None
-    return width, None
-
-
 def unsupported_reason(op: str, x: torch.Tensor, group_size: int | None, _extra: bool = False) -> str | None:
     """None when ``op`` on ``x`` (and ``group_size``) runs here, else a short reason."""
     if op not in OPS and not (_extra and op in _TABLE):
         return f"unknown op {op!r}"
-    if not isinstance(x, torch.Tensor):
-        return "input is not a tensor"
-    if not (x.is_cuda or (_interpreting() and x.device.type == "cpu")):
-        return f"input on {x.device}, not CUDA"
-    if x.dtype not in SUPPORTED_DTYPES:
-        return f"dtype {x.dtype} not in bf16/fp16/fp32"
-    if not x.is_contiguous():
-        return "input not contiguous"
-    if x.dim() == 0:
-        return "0-d input"
+    why = kernel_inputs.input_reason(x, cpu_ok=_interpreting())
+    if why:
+        return why
     act, key = _TABLE[op]
-    hidden, why = _in_hidden(act, x.shape[-1])
+    hidden, why = kernel_inputs.activation_hidden(act, x.shape[-1])
     if why:
         return why
     if key == "fp8_per_group":
-        if group_size not in SUPPORTED_GROUPS:
-            return f"group_size {group_size} not in {SUPPORTED_GROUPS}"
-        if hidden % group_size:
-            return f"hidden size {hidden} not divisible by group_size {group_size}"
+        why = kernel_inputs.fp8_group_reason(hidden, group_size)
+        if why:
+            return why
     elif key in ("mxfp8", "mxfp4"):
         if hidden % MX_BLOCK:
             return f"hidden size {hidden} not divisible by the MX block {MX_BLOCK}"
@@ -398,7 +384,7 @@ def _launch(op: str, act: str, key: str, x, q, s, group_size=None, flag=False):
     if reason is not None:
         _fail(op, reason)
     kind = _kind(x.dtype)
-    hidden, _ = _in_hidden(act, x.shape[-1])
+    hidden, _ = kernel_inputs.activation_hidden(act, x.shape[-1])
     lead = tuple(x.shape[:-1])
     tokens = x.numel() // x.shape[-1] if x.shape[-1] else 0
     soft, interp = _soft(), _interpreting()
