@@ -29,3 +29,16 @@ def test_backends_refuse_what_they_do_not_run():
     for mod in (cuda_backend, triton_backend):
         assert mod.unsupported_reason("relu2_mxfp8_quant", x, None) == "unknown op 'relu2_mxfp8_quant'"
         assert mod.unsupported_reason("silu_and_mul", x, None) == "input on cpu, not CUDA"
+
+
+def test_silu_fp8_group_family_reasons():
+    ops = cuda_backend.OPS
+    x = torch.randn(4, 384)
+    check = kernel_inputs.silu_fp8_group_reason
+    assert check("silu_and_mul", ops, x, None, cpu_ok=True) is None
+    assert check("silu_and_mul_per_block_quant", ops, x, 64, cpu_ok=True) is None
+    assert check("silu_and_mul_per_block_quant", ops, x, 128, cpu_ok=True) == \
+        "hidden size 192 not divisible by group_size 128"
+    assert check("per_token_group_quant_fp8", ops, x, 128, cpu_ok=True) is None
+    assert check("silu_and_mul", ops, torch.randn(4, 7), None, cpu_ok=True) == "last dim 7 is odd"
+    assert check("relu2", ops, x, None, cpu_ok=True) == "unknown op 'relu2'"

@@ -43,3 +43,17 @@ def fp8_group_reason(hidden: int, group_size: int | None) -> str | None:
     if hidden % group_size:
         return f"hidden size {hidden} not divisible by group_size {group_size}"
     return None
+
+
+def silu_fp8_group_reason(op: str, ops: tuple[str, ...], x, group_size: int | None,
+                          cpu_ok: bool = False) -> str | None:
+    """Checks for the SiLU×Mul / FP8 per-group op family (CUDA and Triton backends)."""
+    if op not in ops:
+        return f"unknown op {op!r}"
+    why = input_reason(x, cpu_ok)
+    if why:
+        return why
+    hidden, why = activation_hidden(None if op == "per_token_group_quant_fp8" else "silu_and_mul", x.shape[-1])
+    if why or op == "silu_and_mul":
+        return why
+    return fp8_group_reason(hidden, group_size)

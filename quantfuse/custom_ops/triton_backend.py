@@ -154,19 +154,9 @@ def is_available() -> bool:
 
 def unsupported_reason(op: str, x: torch.Tensor, group_size: int | None) -> str | None:
     """None when ``op`` on ``x`` (and ``group_size``) runs here, else a short reason."""
-    if op not in OPS:
-        return f"unknown op {op!r}"
-    why = kernel_inputs.input_reason(x)
+    why = kernel_inputs.silu_fp8_group_reason(op, OPS, x, group_size)
     if why:
         return why
-    hidden, why = kernel_inputs.activation_hidden(
-        None if op == "per_token_group_quant_fp8" else "silu_and_mul", x.shape[-1])
-    if why:
-        return why
-    if op != "silu_and_mul":
-        why = kernel_inputs.fp8_group_reason(hidden, group_size)
-        if why:
-            return why
     if not is_available():
         return f"Triton unavailable ({_failed})"
     return None
