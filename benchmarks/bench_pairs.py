@@ -1,17 +1,20 @@
 """Every activation × scheme pair on the GPU: fused op vs unfused ops vs Inductor's native code.
 
     python benchmarks/bench_pairs.py [--tokens 64,4096,16384] [--hidden 2048,7168] [--out FILE]
+                                     [--no-inductor] [--no-triton]
 
 For each pair and size: median time of the fused op (whatever backend the oracle picks,
-named in the table), of the unfused activation op then quant op, and of Inductor's compiled
-code for the plain-PyTorch spelling (static shapes, no quantfuse pass), with bytes moved
-and the percentage of the device-to-device copy bandwidth measured in the same run.
+named in the table), of the same op forced onto the Triton backend, of the unfused
+activation op then quant op, and of Inductor's compiled code for the plain-PyTorch
+spelling (static shapes, no quantfuse pass), with bytes moved and the percentage of the
+device-to-device copy bandwidth measured in the same run.
 Inputs are fresh random data, rotated when they would fit in L2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -59,6 +62,8 @@ def main() -> None:
     p.add_argument("--tokens", default="64,4096,16384")
     p.add_argument("--hidden", default="2048,7168")
     p.add_argument("--out")
+    p.add_argument("--no-inductor", action="store_true")
+    p.add_argument("--no-triton", action="store_true")
     args = p.parse_args()
     bw = copy_bandwidth()
     rows = []
@@ -82,23 +87,31 @@ def main() -> None:
                     backend = next(b for (o, b) in oracle.calls if o == f"{act}_{suffix}")
                     t_fused = bench(lambda x: fused(x, *qargs), xs)
                     t_unfused = bench(lambda x: quant_op(act_op(x), *qargs), xs)
+                    t_tri = float("nan")
+                    if not args.no_triton:
+                        os.environ[oracle.BACKEND_ENV] = "triton"
+                        try:
+                            t_tri = bench(lambda x: fused(x, *qargs), xs)
+                        finally:
+                            del os.environ[oracle.BACKEND_ENV]
                     t_ind = float("nan")
-                    if native_fn is not None:
+                    if native_fn is not None and not args.no_inductor:
                         torch._dynamo.reset()
                         compiled = torch.compile(native_fn, dynamic=False)
                         compiled(xs[0])
                         t_ind = bench(compiled, xs)
                     pct = lambda us: nbytes / (us * 1e-6) / 1e9 / bw  # noqa: E731
-                    rows.append((act, suffix, t, h, backend, t_fused, pct(t_fused), t_unfused, t_ind,
+                    rows.append((act, suffix, t, h, backend, t_fused, pct(t_fused), pct(t_tri), t_unfused, t_ind,
                                  pct(t_ind) if t_ind == t_ind else float("nan")))
                     print(rows[-1], flush=True)
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bw:.0f} GB/s; "
              "bf16 input, median µs (CUDA-graph replay), %BW = minimum bytes / time / copy bandwidth", "",
-             "| pair | T | H | backend | fused µs | fused %BW | unfused µs | Inductor native µs | Inductor %BW | x unfused | x Inductor |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for act, suffix, t, h, b, tf, pf, tu, ti, pi in rows:
-        lines.append(f"| {act}_{suffix} | {t} | {h} | {b} | {tf:.1f} | {pf:.0%} | {tu:.1f} | {ti:.1f} | {pi:.0%} | "
-                     f"{tu / tf:.2f} | {ti / tf:.2f} |")
+             "| pair | T | H | backend | fused µs | fused %BW | Triton %BW | unfused µs | Inductor native µs "
+             "| Inductor %BW | x unfused | x Inductor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for act, suffix, t, h, b, tf, pf, pt, tu, ti, pi in rows:
+        lines.append(f"| {act}_{suffix} | {t} | {h} | {b} | {tf:.1f} | {pf:.0%} | {pt:.0%} | {tu:.1f} | {ti:.1f} | "
+                     f"{pi:.0%} | {tu / tf:.2f} | {ti / tf:.2f} |")
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -1,4 +1,6 @@
-// Activation -> FP8 per-token-group quantisation kernels (one templated family).
+// Shared device code of the kernel family: input dtypes, activations, FP8 scale maths,
+// and the unfused activation kernel. The quantisation schemes are in
+// quant_schemes.cuh, the fused kernels in group_kernel.cuh and token_kernel.cuh.
 //
 // Numerics follow DESIGN.md "Numerics" and quantfuse/custom_ops/reference.py bit
 // for bit: every step is an explicitly rounded fp32 operation (__fadd_rn,
@@ -107,21 +109,6 @@ __device__ __forceinline__ float silu_fast(float g, float d) {
 }
 __device__ __forceinline__ float silu_exact(float g) { return __fdiv_rn(g, silu_denominator(g)); }
 
-// ---------------------------------------------------------------------------
-// Activations. kGated: the input row is [gate | up] of width 2*H.
-// ---------------------------------------------------------------------------
-struct Identity {
-  static constexpr bool kGated = false;
-  __device__ __forceinline__ float operator()(float x, float) const { return x; }
-};
-struct SiluMul {
-  static constexpr bool kGated = true;
-  // silu(g) * u as torch computes it: g / (1 + exp(-g)), then * u, each rounded.
-  __device__ __forceinline__ float operator()(float g, float u) const {
-    return __fmul_rn(silu_exact(g), u);
-  }
-};
-
 // silu(g[i]) * u[i] for N elements: fast path for all, one branch per thread to the
 // exact path when any |g| >= 87 or is NaN (rare; the branch is per thread).
 // valid == false (a past-the-end group holding stale registers) never takes the
@@ -143,6 +130,45 @@ __device__ __forceinline__ void silu_mul_n(float (&v)[N], const float (&g)[N], c
 #pragma unroll
   for (int i = 0; i < N; ++i) v[i] = __fmul_rn(v[i], u[i]);
 }
+
+// ---------------------------------------------------------------------------
+// Activations: apply<N>(y, a, b, valid) computes y = act(a, b) in fp32 (b is the up
+// half for gated ones, unused otherwise). kGated: the input row is [gate | up] of
+// width 2*H. kIdentity: y is the input itself, so no rounding back to the dtype is
+// needed. kCode matches the Python side's activation codes.
+// ---------------------------------------------------------------------------
+struct Identity {
+  static constexpr bool kGated = false, kIdentity = true;
+  static constexpr int kCode = 0;
+  template <int N>
+  static __device__ __forceinline__ void apply(float (&y)[N], const float (&a)[N], const float (&)[N], bool) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) y[i] = a[i];
+  }
+};
+struct SiluMul {
+  static constexpr bool kGated = true, kIdentity = false;
+  static constexpr int kCode = 1;
+  template <int N>
+  static __device__ __forceinline__ void apply(float (&y)[N], const float (&g)[N], const float (&u)[N],
+                                               bool valid) {
+    silu_mul_n<N>(y, g, u, valid);
+  }
+};
+// relu(x)**2 as torch computes relu(x).square(): NaN stays NaN (the compare is false),
+// -0 squares to +0.
+struct Relu2 {
+  static constexpr bool kGated = false, kIdentity = false;
+  static constexpr int kCode = 2;
+  template <int N>
+  static __device__ __forceinline__ void apply(float (&y)[N], const float (&a)[N], const float (&)[N], bool) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      const float r = a[i] < 0.0f ? 0.0f : a[i];
+      y[i] = __fmul_rn(r, r);
+    }
+  }
+};
 
 // ---------------------------------------------------------------------------
 // Quantisation: scale and y / scale.
@@ -193,179 +219,14 @@ __device__ __forceinline__ uint32_t e4m3x2(float a, float b) {
   return __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
 }
 
-// Store VEC fp8 bytes held as VEC/4 little-endian words (no local-memory byte array).
-template <int VEC> __device__ __forceinline__ void store_fp8(uint8_t* p, const uint32_t* w);
-template <> __device__ __forceinline__ void store_fp8<4>(uint8_t* p, const uint32_t* w) {
-  *reinterpret_cast<uint32_t*>(p) = w[0];
-}
-template <> __device__ __forceinline__ void store_fp8<8>(uint8_t* p, const uint32_t* w) {
-  *reinterpret_cast<uint2*>(p) = make_uint2(w[0], w[1]);
-}
-
 // ---------------------------------------------------------------------------
-// act(x) -> per-group quant (v3). A sub-warp of TPG = GS / (VEC * NV) threads owns
-// one group; each thread loads NV 16-byte vectors of gate (and NV of up), vector j
-// at group offset (j * TPG + lane) * VEC so every load instruction of the sub-warp
-// reads one contiguous span. amax is reduced with shuffles inside the sub-warp;
-// each thread writes NV * VEC fp8 bytes, lane 0 the scale. Groups are numbered
-// row-major over [T, G]; the grid is persistent (sized to fill the SMs), each
-// sub-warp walks groups gi, gi + step, ... keeping (token, group) incrementally
-// (no division in the loop), and the next iteration's loads are issued before this
-// iteration's arithmetic (register double buffering). The loop bound is
-// block-uniform so every lane reaches the shuffles.
+// act(x) -> input dtype (the unfused activation ops). Block b handles chunk
+// (b % chunks_per_row) of row (b / chunks_per_row): one division per thread, 64-bit
+// offsets. VEC is 16 / sizeof(element) when d allows it, else 1 (scalar path for odd
+// widths).
 // ---------------------------------------------------------------------------
-template <typename DT, int GS, int NV, bool GATED>
-__device__ __forceinline__ void load_group(uint4 (&gv)[NV], uint4 (&uv)[NV],
-                                           const typename DT::Storage* __restrict__ x,
-                                           bool valid, uint32_t t, uint32_t g, int64_t hidden,
-                                           int lane) {
-  using S = typename DT::Storage;
-  constexpr int VEC = 16 / sizeof(S);
-  constexpr int TPG = GS / (VEC * NV);
-  const int64_t in_row = GATED ? 2 * hidden : hidden;
-  const S* p = x + int64_t(t) * in_row + int64_t(g) * GS + lane * VEC;
-  // An invalid (past-the-end) group keeps stale registers: its sub-warp reduces and
-  // computes garbage that is never stored (shuffles stay inside the sub-warp).
-  if (valid) {
-#pragma unroll
-    for (int j = 0; j < NV; ++j) {
-      gv[j] = __ldg(reinterpret_cast<const uint4*>(p + j * TPG * VEC));
-      if constexpr (GATED) uv[j] = __ldg(reinterpret_cast<const uint4*>(p + j * TPG * VEC + hidden));
-    }
-  }
-}
-
-// One step of a sub-warp: prefetch the group after (t, g) into (gn, un), then
-// compute and store group (t, g) from (gv, uv).
-template <typename DT, int GS, typename Act, bool UE8M0, int NV>
-__device__ __forceinline__ void group_step(
-    uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ x,
-    uint32_t total_groups, uint32_t gpr, int64_t hidden, int64_t s_stride_t, int64_t s_stride_g,
-    uint32_t step, uint32_t step_t, uint32_t step_g, int lane, uint32_t& gi, uint32_t& t,
-    uint32_t& g, const uint4 (&gv)[NV], const uint4 (&uv)[NV], uint4 (&gn)[NV], uint4 (&un)[NV]) {
-  using S = typename DT::Storage;
-  constexpr int VEC = 16 / sizeof(S);
-  constexpr int EPT = VEC * NV;  // elements per thread per group
-  constexpr int TPG = GS / EPT;
-  constexpr bool kGated = Act::kGated;
-  // next group of this sub-warp
-  uint32_t tn = t + step_t, gn_ = g + step_g;
-  if (gn_ >= gpr) { gn_ -= gpr; ++tn; }
-  load_group<DT, GS, NV, kGated>(gn, un, x, gi + step < total_groups, tn, gn_, hidden, lane);
-
-  float y[EPT];
-  float amax;
-  {
-    float gf[EPT], uf[EPT];
-    const S* gs = reinterpret_cast<const S*>(gv);
-    const S* us = reinterpret_cast<const S*>(uv);
-#pragma unroll
-    for (int i = 0; i < EPT; ++i) {
-      gf[i] = DT::to_float(gs[i]);
-      uf[i] = kGated ? DT::to_float(us[i]) : 0.0f;
-    }
-    if constexpr (kGated) {
-      silu_mul_n<EPT>(y, gf, uf, gi < total_groups);
-    } else {
-#pragma unroll
-      for (int i = 0; i < EPT; ++i) y[i] = gf[i];
-    }
-    if constexpr (DT::kPacked) {
-      // "Intermediate rounding": the unfused graph stores act(x) in the input
-      // dtype. Round pairs (RNE), amax over the 16-bit values (exact), unpack.
-      uint32_t m2 = 0;
-#pragma unroll
-      for (int i = 0; i < EPT; i += 2) {
-        const uint32_t p = kGated ? DT::pack_rn(y[i], y[i + 1])
-                                  : reinterpret_cast<const uint32_t*>(gv)[i / 2];
-        m2 = DT::amax2(m2, p);
-        y[i] = DT::lo(p);
-        y[i + 1] = DT::hi(p);
-      }
-      amax = nan_max(DT::lo(m2), DT::hi(m2));
-    } else {
-      amax = 0.0f;
-#pragma unroll
-      for (int i = 0; i < EPT; ++i) amax = nan_max(amax, fabsf(y[i]));
-    }
-  }
-  // All 32 lanes take part; xor offsets < TPG stay inside the sub-warp.
-#pragma unroll
-  for (int off = TPG / 2; off > 0; off >>= 1) {
-    amax = nan_max(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-  }
-  const float sc = group_scale<UE8M0>(amax);
-  if (gi < total_groups) {
-    uint32_t w[EPT / 4];
-    if (isfinite(sc)) {
-      const float r = group_recip<UE8M0>(sc);
-#pragma unroll
-      for (int i = 0; i < EPT; i += 4) {
-        w[i / 4] = e4m3x2(div_by_scale<UE8M0>(y[i], sc, r), div_by_scale<UE8M0>(y[i + 1], sc, r)) |
-                   (e4m3x2(div_by_scale<UE8M0>(y[i + 2], sc, r), div_by_scale<UE8M0>(y[i + 3], sc, r)) << 16);
-      }
-    } else {  // NaN / inf scale: true divisions (NaN or 0 results)
-#pragma unroll
-      for (int i = 0; i < EPT; i += 4) {
-        w[i / 4] = e4m3x2(__fdiv_rn(y[i], sc), __fdiv_rn(y[i + 1], sc)) |
-                   (e4m3x2(__fdiv_rn(y[i + 2], sc), __fdiv_rn(y[i + 3], sc)) << 16);
-      }
-    }
-    uint8_t* qp = q + int64_t(t) * hidden + int64_t(g) * GS + lane * VEC;
-#pragma unroll
-    for (int j = 0; j < NV; ++j) store_fp8<VEC>(qp + j * TPG * VEC, w + j * (VEC / 4));
-    if (lane == 0) s[int64_t(t) * s_stride_t + int64_t(g) * s_stride_g] = sc;
-  }
-  gi += step;
-  t = tn;
-  g = gn_;
-}
-
-// MINB > 0 caps registers so that MINB blocks fit on an SM (tried for NV = 2 with
-// MINB = 3: spills, 40% slower; benchmarks/NOTES.md).
-template <typename DT, int GS, typename Act, bool UE8M0, int NV, int MINB = 0>
-__global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
-    uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ x,
-    uint32_t total_groups, uint32_t groups_per_row, int64_t hidden, int64_t s_stride_t,
-    int64_t s_stride_g) {
-  using S = typename DT::Storage;
-  constexpr int VEC = 16 / sizeof(S);
-  constexpr int EPT = VEC * NV;
-  constexpr int TPG = GS / EPT;
-  static_assert(TPG >= 1 && TPG <= 32 && 32 % TPG == 0 && TPG * EPT == GS, "bad group split");
-  static_assert(VEC == 4 || VEC == 8, "fp8 stores are 4 or 8 bytes");
-  constexpr int GPS = kThreads / TPG;  // groups per block per step
-  const int sub = threadIdx.x / TPG;
-  const int lane = threadIdx.x % TPG;
-  const uint32_t gpr = groups_per_row;
-  const uint32_t step = gridDim.x * GPS;  // total < 2^31: no overflow below
-  const uint32_t step_t = step / gpr, step_g = step - step_t * gpr;
-
-  uint32_t base = blockIdx.x * GPS;
-  uint32_t gi = base + sub;
-  uint32_t t = gi / gpr, g = gi - t * gpr;
-  uint4 ga[NV], ua[NV], gb[NV], ub[NV];
-  load_group<DT, GS, NV, Act::kGated>(ga, ua, x, gi < total_groups, t, g, hidden, lane);
-  // Two steps per trip with the buffers swapped: no register copies between steps.
-  // The bound is block-uniform so every lane reaches the shuffles.
-  while (base < total_groups) {
-    group_step<DT, GS, Act, UE8M0, NV>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g,
-                                       step, step_t, step_g, lane, gi, t, g, ga, ua, gb, ub);
-    base += step;
-    if (base >= total_groups) break;
-    group_step<DT, GS, Act, UE8M0, NV>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g,
-                                       step, step_t, step_g, lane, gi, t, g, gb, ub, ga, ua);
-    base += step;
-  }
-}
-
-// ---------------------------------------------------------------------------
-// silu(gate) * up -> input dtype. Block b handles chunk (b % chunks_per_row) of
-// row (b / chunks_per_row): one division per thread, 64-bit offsets. VEC is
-// 16 / sizeof(element) when d allows it, else 1 (scalar path for odd widths).
-// ---------------------------------------------------------------------------
-template <typename DT, int VEC>
-__global__ void __launch_bounds__(kThreads) silu_and_mul_kernel(
+template <typename DT, typename Act, int VEC>
+__global__ void __launch_bounds__(kThreads) act_kernel(
     typename DT::Storage* __restrict__ out, const typename DT::Storage* __restrict__ x, int64_t d,
     uint32_t chunks_per_row) {
   using S = typename DT::Storage;
@@ -373,19 +234,25 @@ __global__ void __launch_bounds__(kThreads) silu_and_mul_kernel(
   const uint32_t chunk = blockIdx.x - row * chunks_per_row;
   const int64_t col = (int64_t(chunk) * kThreads + threadIdx.x) * VEC;
   if (col >= d) return;
-  const S* g = x + int64_t(row) * 2 * d + col;
+  const S* g = x + int64_t(row) * (Act::kGated ? 2 * d : d) + col;
   S gv[VEC], uv[VEC], ov[VEC];
   if constexpr (VEC * sizeof(S) == 16) {
     *reinterpret_cast<uint4*>(gv) = __ldg(reinterpret_cast<const uint4*>(g));
-    *reinterpret_cast<uint4*>(uv) = __ldg(reinterpret_cast<const uint4*>(g + d));
+    if constexpr (Act::kGated) *reinterpret_cast<uint4*>(uv) = __ldg(reinterpret_cast<const uint4*>(g + d));
   } else {
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) { gv[i] = g[i]; uv[i] = g[d + i]; }
+    for (int i = 0; i < VEC; ++i) {
+      gv[i] = g[i];
+      if constexpr (Act::kGated) uv[i] = g[d + i];
+    }
   }
   float gf[VEC], uf[VEC], v[VEC];
 #pragma unroll
-  for (int i = 0; i < VEC; ++i) { gf[i] = DT::to_float(gv[i]); uf[i] = DT::to_float(uv[i]); }
-  silu_mul_n<VEC>(v, gf, uf);
+  for (int i = 0; i < VEC; ++i) {
+    gf[i] = DT::to_float(gv[i]);
+    uf[i] = Act::kGated ? DT::to_float(uv[i]) : 0.0f;
+  }
+  Act::template apply<VEC>(v, gf, uf, true);
 #pragma unroll
   for (int i = 0; i < VEC; ++i) ov[i] = DT::from_float(v[i]);
   S* o = out + int64_t(row) * d + col;

@@ -1,19 +1,36 @@
 // Python bindings: plain functions taking tensors + ints. Every input is checked
-// here so a bad call raises a clear RuntimeError instead of faulting on the GPU.
+// here (host code, before any launch) so a bad call raises a clear RuntimeError
+// instead of faulting on the GPU.
 #include <torch/extension.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include "act_quant.h"
+#include "quantfuse_units.h"  // generated: QF_UNITS(X)
+
+namespace quantfuse {
+#define QF_DECLARE(unit, scalar, act)                    \
+  const char* launch_quant_##unit(const QuantParams& p); \
+  const char* launch_act_##unit(const ActParams& p);
+QF_UNITS(QF_DECLARE)
+#undef QF_DECLARE
+}  // namespace quantfuse
 
 namespace {
 
-void check_x(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.is_cuda(), "quantfuse: ", name, " must be a CUDA tensor, got device ", x.device());
+using quantfuse::ActParams;
+using quantfuse::QuantParams;
+
+constexpr const char* kActNames[] = {"identity", "silu_and_mul", "relu2"};
+constexpr const char* kSchemeNames[] = {"", "per-token FP8", "per-group FP8", "MXFP8", "MXFP4"};
+
+void check_x(const at::Tensor& x) {
+  TORCH_CHECK(x.is_cuda(), "quantfuse: x must be a CUDA tensor, got device ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf ||
                   x.scalar_type() == at::kFloat,
-              "quantfuse: ", name, " dtype must be bfloat16, float16 or float32, got ", x.scalar_type());
-  TORCH_CHECK(x.is_contiguous(), "quantfuse: ", name, " must be contiguous");
-  TORCH_CHECK(x.dim() >= 1, "quantfuse: ", name, " must have at least one dimension");
+              "quantfuse: x dtype must be bfloat16, float16 or float32, got ", x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(), "quantfuse: x must be contiguous");
+  TORCH_CHECK(x.dim() >= 1, "quantfuse: x must have at least one dimension");
 }
 
 void check_same_device(const at::Tensor& a, const at::Tensor& x, const char* name) {
@@ -21,86 +38,143 @@ void check_same_device(const at::Tensor& a, const at::Tensor& x, const char* nam
               " must be on the input's device ", x.device(), ", got ", a.device());
 }
 
-void silu_and_mul(at::Tensor out, at::Tensor x) {
-  check_x(x, "x");
+void check_act(int64_t act) {
+  TORCH_CHECK(act >= 0 && act <= 2, "quantfuse: activation code must be 0 (identity), 1 (silu_and_mul) "
+              "or 2 (relu2), got ", act);
+}
+
+// (tokens, hidden) of act(x): gated activations halve the last dim.
+std::pair<int64_t, int64_t> act_shape(int64_t act, const at::Tensor& x) {
+  const int64_t width = x.size(-1);
+  TORCH_CHECK(act != 1 || width % 2 == 0, "quantfuse: silu_and_mul needs an even last dim, got ", width);
+  return {width == 0 ? 0 : x.numel() / width, act == 1 ? width / 2 : width};
+}
+
+template <typename Params, typename Fn>
+void run_unit(int64_t act, const at::Tensor& x, const Params& p, Fn&& pick) {
+  const char* err = "quantfuse: no kernel unit for this dtype / activation";
+  const auto dt = x.scalar_type();
+#define QF_CASE(unit, scalar, code)                                                     \
+  if (dt == at::k##scalar && act == code) err = pick(quantfuse::launch_quant_##unit,    \
+                                                     quantfuse::launch_act_##unit, p);
+  QF_UNITS(QF_CASE)
+#undef QF_CASE
+  TORCH_CHECK(err == nullptr, err);
+}
+
+// act(x) -> scheme, written into q and s (see QuantParams for the layout).
+void act_quant(int64_t act, int64_t scheme, at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
+               bool flag, int64_t s_stride_t, int64_t s_stride_g, int64_t vectors, int64_t blocks_per_sm) {
+  check_x(x);
+  check_act(act);
+  check_same_device(q, x, "q");
+  check_same_device(s, x, "s");
+  TORCH_CHECK(scheme >= 1 && scheme <= 4, "quantfuse: scheme code must be 1..4, got ", scheme);
+  TORCH_CHECK(vectors == 0 || vectors == 1 || vectors == 2 || vectors == 4,
+              "quantfuse: vectors per thread must be 0 (auto), 1, 2 or 4, got ", vectors);
+  const auto [tokens, hidden] = act_shape(act, x);
+  const int64_t vec = 16 / x.element_size();
+  if (scheme == quantfuse::kPerToken) {
+    TORCH_CHECK(hidden % vec == 0, "quantfuse: the per-token kernel needs the hidden size (", hidden,
+                ") to be a multiple of ", vec, " (16-byte vectors)");
+  } else {
+    if (scheme == quantfuse::kPerGroup) {
+      TORCH_CHECK(group_size == 64 || group_size == 128, "quantfuse: group_size must be 64 or 128, got ",
+                  group_size);
+    } else {
+      TORCH_CHECK(group_size == 32, "quantfuse: the MX block size is 32, got ", group_size);
+    }
+    TORCH_CHECK(hidden % group_size == 0, "quantfuse: hidden size ", hidden, " is not divisible by group_size ",
+                group_size);
+  }
+  const int64_t groups = scheme == quantfuse::kPerToken ? 1 : hidden / group_size;
+  const int bits = scheme == quantfuse::kMxfp4 ? 4 : 8;
+  const auto q_dtype = bits == 4 ? at::kByte : at::kFloat8_e4m3fn;
+  TORCH_CHECK(q.scalar_type() == q_dtype, "quantfuse: q must be ", q_dtype, " for ", kSchemeNames[scheme],
+              ", got ", q.scalar_type());
+  TORCH_CHECK(q.is_contiguous(), "quantfuse: q must be contiguous");
+  TORCH_CHECK(q.numel() == tokens * hidden * bits / 8 && (tokens == 0 || q.size(-1) == hidden * bits / 8),
+              "quantfuse: q shape ", q.sizes(), " does not match [T=", tokens, ", ", hidden * bits / 8, "]");
+  const bool mx = scheme >= quantfuse::kMxfp8;
+  TORCH_CHECK(mx ? s.scalar_type() == at::kByte : s.scalar_type() == at::kFloat, "quantfuse: scales must be ",
+              mx ? "uint8 (E8M0 bytes)" : "float32", " for ", kSchemeNames[scheme], ", got ", s.scalar_type());
+  TORCH_CHECK(s.numel() == tokens * groups, "quantfuse: s has ", s.numel(), " elements, expected T*G = ",
+              tokens, "*", groups);
+  if (tokens == 0 || hidden == 0) return;
+  TORCH_CHECK(tokens * groups < (int64_t(1) << 31), "quantfuse: too many groups (", tokens * groups, ")");
+  TORCH_CHECK(s_stride_t >= 0 && s_stride_g >= 0, "quantfuse: scale strides must be >= 0");
+  const int64_t last = (tokens - 1) * s_stride_t + (groups - 1) * s_stride_g;
+  const int64_t avail = int64_t(s.storage().nbytes() / s.element_size()) - s.storage_offset();
+  TORCH_CHECK(last < avail, "quantfuse: scale strides (", s_stride_t, ", ", s_stride_g,
+              ") reach past the scale storage");
+  // 16-byte loads of x, vector-sized stores of q
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, "quantfuse: x must be 16-byte aligned");
+  const int64_t store = vec * bits / 8;
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(q.data_ptr()) % store == 0, "quantfuse: q must be ", store,
+              "-byte aligned");
+  const c10::cuda::OptionalCUDAGuard guard(x.device());
+  QuantParams p{int(scheme), group_size, flag, q.data_ptr(), s.data_ptr(), x.data_ptr(), tokens, hidden,
+                s_stride_t, s_stride_g, vectors, blocks_per_sm,
+                at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
+                at::cuda::getCurrentCUDAStream()};
+  run_unit(act, x, p, [](auto quant, auto, const QuantParams& pp) { return quant(pp); });
+}
+
+// out = act(x) in x's dtype (the unfused activation ops).
+void activation(int64_t act, at::Tensor out, at::Tensor x) {
+  check_x(x);
+  check_act(act);
+  TORCH_CHECK(act != 0, "quantfuse: the identity has no activation kernel");
   check_same_device(out, x, "out");
-  TORCH_CHECK(x.size(-1) % 2 == 0, "quantfuse: silu_and_mul needs an even last dim, got ", x.size(-1));
+  const auto [tokens, hidden] = act_shape(act, x);
   TORCH_CHECK(out.scalar_type() == x.scalar_type(), "quantfuse: out dtype ", out.scalar_type(),
               " must equal x dtype ", x.scalar_type());
   TORCH_CHECK(out.is_contiguous(), "quantfuse: out must be contiguous");
-  const int64_t d = x.size(-1) / 2;
-  TORCH_CHECK(out.size(-1) == d && out.numel() * 2 == x.numel(), "quantfuse: out shape ",
-              out.sizes(), " does not match x shape ", x.sizes(), " (last dim halved)");
+  TORCH_CHECK(out.numel() == tokens * hidden && (tokens == 0 || out.size(-1) == hidden), "quantfuse: out shape ",
+              out.sizes(), " does not match x shape ", x.sizes(), " for ", kActNames[act]);
+  if (tokens == 0 || hidden == 0) return;
+  const int64_t vec = 16 / x.element_size();
+  const bool vectorized = hidden % vec == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
+                          reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0;
+  const int64_t chunks = (hidden + 256 * (vectorized ? vec : 1) - 1) / (256 * (vectorized ? vec : 1));
+  TORCH_CHECK(tokens * chunks < (int64_t(1) << 31), "quantfuse: ", kActNames[act], " too large (", tokens,
+              " rows)");
   const c10::cuda::OptionalCUDAGuard guard(x.device());
-  quantfuse::launch_silu_and_mul(out, x);
+  ActParams p{out.data_ptr(), x.data_ptr(), tokens, hidden, vectorized, at::cuda::getCurrentCUDAStream()};
+  run_unit(act, x, p, [](auto, auto act_fn, const ActParams& pp) { return act_fn(pp); });
 }
 
-void group_quant(bool gated, at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
-                 bool use_ue8m0, int64_t s_stride_t, int64_t s_stride_g, int64_t unroll,
-                 int64_t blocks_per_sm) {
-  check_x(x, "x");
-  check_same_device(q, x, "q");
-  check_same_device(s, x, "s");
-  TORCH_CHECK(group_size == 64 || group_size == 128,
-              "quantfuse: group_size must be 64 or 128, got ", group_size);
-  TORCH_CHECK(unroll == 0 || unroll == 1 || unroll == 2 || unroll == 4,
-              "quantfuse: unroll must be 0 (auto), 1, 2 or 4, got ", unroll);
-  const int64_t width = x.size(-1);
-  TORCH_CHECK(!gated || width % 2 == 0, "quantfuse: gated input needs an even last dim, got ", width);
-  const int64_t hidden = gated ? width / 2 : width;
-  TORCH_CHECK(hidden % group_size == 0, "quantfuse: hidden size ", hidden,
-              " is not divisible by group_size ", group_size);
-  const int64_t tokens = width == 0 ? 0 : x.numel() / width;
-  const int64_t groups = hidden / group_size;
-  TORCH_CHECK(q.scalar_type() == at::kFloat8_e4m3fn, "quantfuse: q must be float8_e4m3fn, got ",
-              q.scalar_type());
-  TORCH_CHECK(q.is_contiguous(), "quantfuse: q must be contiguous");
-  TORCH_CHECK(q.size(-1) == hidden && q.numel() == tokens * hidden, "quantfuse: q shape ",
-              q.sizes(), " does not match [T=", tokens, ", H=", hidden, "]");
-  TORCH_CHECK(s.scalar_type() == at::kFloat, "quantfuse: s must be float32, got ", s.scalar_type());
-  TORCH_CHECK(s.numel() == tokens * groups, "quantfuse: s has ", s.numel(),
-              " elements, expected T*G = ", tokens, "*", groups);
-  if (tokens > 0 && groups > 0) {
-    TORCH_CHECK(s_stride_t >= 0 && s_stride_g >= 0, "quantfuse: scale strides must be >= 0");
-    const int64_t last = (tokens - 1) * s_stride_t + (groups - 1) * s_stride_g;
-    const int64_t avail = static_cast<int64_t>(s.storage().nbytes() / sizeof(float)) - s.storage_offset();
-    TORCH_CHECK(last < avail, "quantfuse: scale strides (", s_stride_t, ", ", s_stride_g,
-                ") reach past the scale storage");
-    // 16-byte loads of x and VEC-byte stores of q need aligned bases.
-    TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0,
-                "quantfuse: x must be 16-byte aligned");
-    TORCH_CHECK(reinterpret_cast<uintptr_t>(q.data_ptr()) % (16 / x.element_size()) == 0,
-                "quantfuse: q must be ", 16 / x.element_size(), "-byte aligned");
-  }
-  const c10::cuda::OptionalCUDAGuard guard(x.device());
-  quantfuse::launch_act_group_quant(gated, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g,
-                                    unroll, blocks_per_sm);
-}
+// The names and arguments of the first kernels (benchmarks sweep vectors / grid).
+void silu_and_mul(at::Tensor out, at::Tensor x) { activation(1, out, x); }
 
-void per_token_group_quant_fp8(at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
-                               bool use_ue8m0, int64_t s_stride_t, int64_t s_stride_g,
-                               int64_t unroll, int64_t blocks_per_sm) {
-  group_quant(false, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g, unroll, blocks_per_sm);
+void per_token_group_quant_fp8(at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size, bool use_ue8m0,
+                               int64_t s_stride_t, int64_t s_stride_g, int64_t unroll, int64_t blocks_per_sm) {
+  act_quant(0, quantfuse::kPerGroup, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g, unroll,
+            blocks_per_sm);
 }
 
 void silu_and_mul_per_block_quant(at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
-                                  bool use_ue8m0, int64_t s_stride_t, int64_t s_stride_g,
-                                  int64_t unroll, int64_t blocks_per_sm) {
-  group_quant(true, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g, unroll, blocks_per_sm);
+                                  bool use_ue8m0, int64_t s_stride_t, int64_t s_stride_g, int64_t unroll,
+                                  int64_t blocks_per_sm) {
+  act_quant(1, quantfuse::kPerGroup, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g, unroll,
+            blocks_per_sm);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "quantfuse CUDA kernels: SiLU-and-mul and FP8 per-token-group quantisation";
-  m.def("silu_and_mul", &silu_and_mul, "out[T, d] = silu(x[:, :d]) * x[:, d:]", py::arg("out"),
-        py::arg("x"));
+  m.doc() = "quantfuse CUDA kernels: activation (SiLU-and-mul, ReLU^2) -> FP8 / MXFP8 / MXFP4 quantisation";
+  m.def("act_quant", &act_quant, "act(x) -> quantisation scheme into q and s", py::arg("act"), py::arg("scheme"),
+        py::arg("q"), py::arg("s"), py::arg("x"), py::arg("group_size"), py::arg("flag"), py::arg("s_stride_t"),
+        py::arg("s_stride_g"), py::arg("vectors") = 0, py::arg("blocks_per_sm") = 0);
+  m.def("activation", &activation, "out = act(x) in x's dtype", py::arg("act"), py::arg("out"), py::arg("x"));
+  m.def("silu_and_mul", &silu_and_mul, "out[T, d] = silu(x[:, :d]) * x[:, d:]", py::arg("out"), py::arg("x"));
   m.def("per_token_group_quant_fp8", &per_token_group_quant_fp8,
-        "FP8 E4M3 per-token-group quantisation of x into q and scales s", py::arg("q"),
-        py::arg("s"), py::arg("x"), py::arg("group_size"), py::arg("use_ue8m0"),
-        py::arg("s_stride_t"), py::arg("s_stride_g"), py::arg("unroll") = 0, py::arg("blocks_per_sm") = 0);
+        "FP8 E4M3 per-token-group quantisation of x into q and scales s", py::arg("q"), py::arg("s"),
+        py::arg("x"), py::arg("group_size"), py::arg("use_ue8m0"), py::arg("s_stride_t"), py::arg("s_stride_g"),
+        py::arg("unroll") = 0, py::arg("blocks_per_sm") = 0);
   m.def("silu_and_mul_per_block_quant", &silu_and_mul_per_block_quant,
-        "fused silu_and_mul + FP8 per-token-group quantisation", py::arg("q"), py::arg("s"),
-        py::arg("x"), py::arg("group_size"), py::arg("use_ue8m0"), py::arg("s_stride_t"),
-        py::arg("s_stride_g"), py::arg("unroll") = 0, py::arg("blocks_per_sm") = 0);
+        "fused silu_and_mul + FP8 per-token-group quantisation", py::arg("q"), py::arg("s"), py::arg("x"),
+        py::arg("group_size"), py::arg("use_ue8m0"), py::arg("s_stride_t"), py::arg("s_stride_g"),
+        py::arg("unroll") = 0, py::arg("blocks_per_sm") = 0);
 }

@@ -48,28 +48,13 @@ log = logging.getLogger("quantfuse.triton")
 
 SUPPORTED_DTYPES = kernel_inputs.SUPPORTED_DTYPES
 SUPPORTED_GROUPS = kernel_inputs.FP8_GROUPS
-MX_BLOCK = 32
+MX_BLOCK = kernel_inputs.MX_BLOCK
 
-#: activation name (as in op names; "" = none) -> ACT constexpr
-_ACTS = {"": 0, "silu_and_mul": 1, "relu2": 2}
-#: scheme key -> (unfused op name, fused-op suffix, SCHEME constexpr)
-_SCHEMES = {
-    "none": (None, None, 0),
-    "fp8_per_token": ("per_token_quant_fp8", "per_token_quant_fp8", 1),
-    "fp8_per_group": ("per_token_group_quant_fp8", "per_block_quant", 2),
-    "mxfp8": ("mxfp8_quant", "mxfp8_quant", 3),
-    "mxfp4": ("mxfp4_quant", "mxfp4_quant", 4),
-}
+_ACTS = kernel_inputs.ACT_CODES
+_SCHEMES = kernel_inputs.SCHEME_CODES
 _S_NONE, _S_TOKEN, _S_GROUP, _S_MXFP8, _S_MXFP4 = range(5)
-
 #: op name -> (activation, scheme key), for every pair the kernels can run
-_TABLE: dict[str, tuple[str, str]] = {}
-for _act in _ACTS:
-    for _key, (_unfused, _suffix, _code) in _SCHEMES.items():
-        if _act and _key == "none":
-            _TABLE[_act] = (_act, _key)
-        elif _key != "none":
-            _TABLE[f"{_act}_{_suffix}" if _act else _unfused] = (_act, _key)
+_TABLE = kernel_inputs.OP_TABLE
 
 #: ops this module answers for; the rest of _TABLE (silu_and_mul, per_token_group_quant_fp8,
 #: silu_and_mul_per_block_quant) belongs to triton_backend, which the oracle asks first;
@@ -339,22 +324,9 @@ def unsupported_reason(op: str, x: torch.Tensor, group_size: int | None, _extra:
     """None when ``op`` on ``x`` (and ``group_size``) runs here, else a short reason."""
     if op not in OPS and not (_extra and op in _TABLE):
         return f"unknown op {op!r}"
-    why = kernel_inputs.input_reason(x, cpu_ok=_interpreting())
+    why = kernel_inputs.scheme_reason(op, x, group_size, cpu_ok=_interpreting())
     if why:
         return why
-    act, key = _TABLE[op]
-    hidden, why = kernel_inputs.activation_hidden(act, x.shape[-1])
-    if why:
-        return why
-    if key == "fp8_per_group":
-        why = kernel_inputs.fp8_group_reason(hidden, group_size)
-        if why:
-            return why
-    elif key in ("mxfp8", "mxfp4"):
-        if hidden % MX_BLOCK:
-            return f"hidden size {hidden} not divisible by the MX block {MX_BLOCK}"
-        if group_size not in (None, MX_BLOCK):
-            return f"MX block {group_size} != {MX_BLOCK}"
     if not is_available():
         return f"Triton unavailable ({_failed or 'no CUDA'})"
     return None
@@ -447,29 +419,8 @@ def _launch(op: str, act: str, key: str, x, q, s, group_size=None, flag=False):
                      num_warps=4, **common, **launch)
 
 
-def _make(op: str, act: str, key: str):
-    if key == "none":
-        def fn(out: torch.Tensor, x: torch.Tensor) -> None:
-            _launch(op, act, key, x, out, None)
-        fn.__doc__ = f"``out = {act}(x)`` in ``x.dtype`` (the activation alone)."
-    elif key == "fp8_per_token":
-        def fn(q: torch.Tensor, s: torch.Tensor, x: torch.Tensor) -> None:
-            _launch(op, act, key, x, q, s)
-        fn.__doc__ = f"{act or 'identity'} -> FP8 E4M3 per-token quantisation into ``q``, ``s [..., 1]``."
-    elif key == "fp8_per_group":
-        def fn(q, s, x, group_size: int, use_ue8m0: bool = False) -> None:
-            _launch(op, act, key, x, q, s, group_size, use_ue8m0)
-        fn.__doc__ = f"{act or 'identity'} -> FP8 E4M3 per-group quantisation (scales row- or column-major)."
-    else:
-        def fn(q, s, x, scale_rounding: str = "rceil") -> None:
-            if scale_rounding not in ("floor", "rceil"):
-                _fail(op, f"scale_rounding must be 'floor' or 'rceil', got {scale_rounding!r}")
-            _launch(op, act, key, x, q, s, None, scale_rounding == "rceil")
-        fn.__doc__ = f"{act or 'identity'} -> {key.upper()} (block 32, E8M0 scale bytes) into ``q``, ``s``."
-    fn.__name__ = fn.__qualname__ = op
-    return fn
+def _launch_op(op: str, act: str, key: str, x, q, s, group_size=None, flag=False):
+    _launch(op, act, key, x, q, s, group_size if key == "fp8_per_group" else None, flag)
 
 
-for _op, (_act, _key) in _TABLE.items():
-    globals()[_op] = _make(_op, _act, _key)
-del _op, _act, _key, _unfused, _suffix, _code
+globals().update(kernel_inputs.op_functions(_launch_op))

@@ -1,4 +1,5 @@
-"""GPU tests of ``triton_schemes`` (every activation x scheme pair) against reference.py.
+"""GPU tests of both kernel families (``triton_schemes`` and ``cuda_backend``: every
+activation x scheme pair) against reference.py.
 
 Bit for bit on the same GPU (NaN-aware: FP8 NaN codes compared sign-blind), outputs
 poisoned before every call (0xAB bytes / NaN) so unwritten elements show up, fresh
@@ -17,6 +18,7 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
+from quantfuse.custom_ops import cuda_backend, kernel_inputs  # noqa: E402
 from quantfuse.custom_ops import reference as ref  # noqa: E402
 from quantfuse.custom_ops import triton_schemes as ts  # noqa: E402
 
@@ -32,13 +34,21 @@ REF_SCHEME = {"fp8_per_token": lambda y: ref.per_token_quant_fp8(y),
               "fp8_per_group": lambda y, gs, cm, ue: ref.per_token_group_quant_fp8(y, gs, cm, ue),
               "mxfp8": lambda y, r: ref.mxfp8_quant(y, r),
               "mxfp4": lambda y, r: ref.mxfp4_quant(y, r)}
-QUANT_OPS = [op for op, (act, key) in ts._TABLE.items() if key != "none"]
+QUANT_OPS = [op for op, (act, key) in kernel_inputs.OP_TABLE.items() if key != "none"]
+UNFUSED = {key: unfused for key, (unfused, _, _) in kernel_inputs.SCHEME_CODES.items()}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _available():
     assert os.environ.get("TRITON_INTERPRET", "0") != "1", "GPU tests must not run under the interpreter"
     assert ts.is_available(), ts._failed
+    assert cuda_backend.is_available(), cuda_backend.unavailable_reason()
+
+
+@pytest.fixture(params=["triton", "cuda"])
+def mod(request):
+    """The kernel family under test (both expose every OP_TABLE op, outputs first)."""
+    return {"triton": ts, "cuda": cuda_backend}[request.param]
 
 
 def make_input(lead, width, dtype, specials=False):
@@ -121,18 +131,18 @@ def run_quant(fn, x, h, key, *params):
     return q, s
 
 
-def check_op(op, x, h):
-    act, key = ts._TABLE[op]
+def check_op(mod, op, x, h):
+    act, key = kernel_inputs.OP_TABLE[op]
     y_ref = REF_ACT[act](x)
     for params in PARAMS[key]:
         tag = f"{op}{params} {x.dtype} {tuple(x.shape)}"
-        q, s = run_quant(getattr(ts, op), x, h, key, *params)
+        q, s = run_quant(getattr(mod, op), x, h, key, *params)
         rq, rs = REF_SCHEME[key](y_ref, *params)
         assert_same(tag + " q", q, rq)
         assert_same(tag + " s", s, rs)
         if act:  # fused == unfused, both this module's kernels
-            y = run_act(getattr(ts, act), x, h)
-            uq, us = run_quant(getattr(ts, ts._SCHEMES[key][0]), y, h, key, *params)
+            y = run_act(getattr(mod, act), x, h)
+            uq, us = run_quant(getattr(mod, UNFUSED[key]), y, h, key, *params)
             assert_same(tag + " fused==unfused q", q, uq)
             assert_same(tag + " fused==unfused s", s, us)
 
@@ -145,28 +155,79 @@ def _cases():
 
 
 @pytest.mark.parametrize("dtype,tokens,hidden", list(_cases()))
-def test_every_op_vs_reference(dtype, tokens, hidden):
+def test_every_op_vs_reference(mod, dtype, tokens, hidden):
     torch.manual_seed(tokens * 7919 + hidden)
     for act in ("relu2", "silu_and_mul"):
         in_h = 2 * hidden if act == "silu_and_mul" else hidden
         x = make_input((tokens,), in_h, dtype, specials=tokens >= 7)
-        assert_same(f"{act} {dtype} {tuple(x.shape)}", run_act(getattr(ts, act), x, hidden), REF_ACT[act](x))
+        assert_same(f"{act} {dtype} {tuple(x.shape)}", run_act(getattr(mod, act), x, hidden), REF_ACT[act](x))
     for op in QUANT_OPS:
-        act, _ = ts._TABLE[op]
+        act, _ = kernel_inputs.OP_TABLE[op]
         in_h = 2 * hidden if act == "silu_and_mul" else hidden
-        check_op(op, make_input((tokens,), in_h, dtype, specials=tokens >= 7), hidden)
+        check_op(mod, op, make_input((tokens,), in_h, dtype, specials=tokens >= 7), hidden)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_long_rows_and_3d_input(dtype):
-    """Per-token rows longer than one register tile (two-pass path) and a 3-d input."""
+def test_long_rows_and_3d_input(mod, dtype):
+    """Per-token rows of every register layout (CUDA: 1, 2, 4, 8 vectors per thread and
+    the two-pass path past 2048 vectors; Triton: the chunked path) and a 3-d input."""
     for op in ("per_token_quant_fp8", "relu2_per_token_quant_fp8", "silu_and_mul_per_token_quant_fp8"):
-        act, _ = ts._TABLE[op]
-        h = 18432
-        check_op(op, make_input((5,), 2 * h if act == "silu_and_mul" else h, dtype, specials=True), h)
+        act, _ = kernel_inputs.OP_TABLE[op]
+        for h in (4096, 14336, 18432):
+            check_op(mod, op, make_input((5,), 2 * h if act == "silu_and_mul" else h, dtype, specials=True), h)
     for op in ("relu2_mxfp4_quant", "relu2_per_block_quant", "silu_and_mul_mxfp8_quant"):
-        act, _ = ts._TABLE[op]
-        check_op(op, make_input((2, 9), 2 * 512 if act == "silu_and_mul" else 512, dtype, specials=True), 512)
+        act, _ = kernel_inputs.OP_TABLE[op]
+        check_op(mod, op, make_input((2, 9), 2 * 512 if act == "silu_and_mul" else 512, dtype, specials=True), 512)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cuda_vector_variants_agree(dtype):
+    """Every vectors-per-thread instantiation of the CUDA group kernel (1, 2, 4) and grid
+    shape gives the reference's bits, for every per-group scheme and activation."""
+    m = cuda_backend._mod()
+    tokens, hidden = 301, 1024
+    for op in QUANT_OPS:
+        act, key = kernel_inputs.OP_TABLE[op]
+        if key == "fp8_per_token":
+            continue
+        x = make_input((tokens,), 2 * hidden if act == "silu_and_mul" else hidden, dtype, specials=True)
+        for params in PARAMS[key]:
+            rq, rs = REF_SCHEME[key](REF_ACT[act](x), *params)
+            gs = params[0] if key == "fp8_per_group" else 32
+            flag = params[2] if key == "fp8_per_group" else params[0] == "rceil"
+            for vectors, bps in ((1, 0), (2, 0), (4, 0), (1, 1), (2, -1)):
+                def launch(q, s, x, *_, vectors=vectors, bps=bps):
+                    st, sg = cuda_backend._scale_strides(s, tokens, hidden // gs)
+                    m.act_quant(kernel_inputs.ACT_CODES[act], kernel_inputs.SCHEME_CODES[key][2], q, s, x, gs,
+                                flag, st, sg, vectors, bps)
+                q, s = run_quant(launch, x, hidden, key, *params)
+                assert_same(f"{op}{params} vectors={vectors} bps={bps} q", q, rq)
+                assert_same(f"{op}{params} vectors={vectors} bps={bps} s", s, rs)
+
+
+def test_cuda_bad_inputs_raise():
+    """The CUDA family refuses what it cannot run with a message naming the problem,
+    both in the Python wrapper and in the extension's own checks."""
+    x = make_input((4,), 256, torch.bfloat16)
+    q, s = torch.empty(4, 256, device="cuda", dtype=FP8), torch.empty(4, 8, device="cuda", dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match="not divisible by the MX block"):
+        cuda_backend.mxfp8_quant(q[:, :48], s[:, :1], x[:, :48].contiguous())
+    with pytest.raises(RuntimeError, match="scale_rounding"):
+        cuda_backend.mxfp8_quant(q, s, x, "up")
+    m = cuda_backend._mod()
+    with pytest.raises(RuntimeError, match="scales must be uint8"):
+        m.act_quant(2, 3, q, s.float(), x, 32, True, 8, 1)
+    with pytest.raises(RuntimeError, match="q must be Byte"):
+        m.act_quant(2, 4, q, s, x, 32, True, 8, 1)
+    with pytest.raises(RuntimeError, match="MX block size is 32"):
+        m.act_quant(0, 3, q, s, x, 64, True, 8, 1)
+    with pytest.raises(RuntimeError, match="multiple of 8"):
+        m.act_quant(0, 1, q[:, :12].contiguous(), s.float()[:, :1], x[:, :12].contiguous(), 0, False, 1, 1)
+    with pytest.raises(RuntimeError, match="dtype must be bfloat16"):
+        m.act_quant(0, 3, q, s, x.double(), 32, True, 8, 1)
+    with pytest.raises(RuntimeError, match="activation code"):
+        m.act_quant(5, 3, q, s, x, 32, True, 8, 1)
+    torch.cuda.synchronize()
 
 
 def test_soft_cast_path_matches_hardware():
@@ -175,7 +236,7 @@ def test_soft_cast_path_matches_hardware():
     try:
         for op in ("relu2_mxfp8_quant", "silu_and_mul_per_token_quant_fp8", "relu2_per_block_quant"):
             act, _ = ts._TABLE[op]
-            check_op(op, make_input((33,), 2 * 2048 if act == "silu_and_mul" else 2048, torch.bfloat16,
+            check_op(ts, op, make_input((33,), 2 * 2048 if act == "silu_and_mul" else 2048, torch.bfloat16,
                                     specials=True), 2048)
     finally:
         ts._SOFT_CASTS = None
@@ -191,6 +252,19 @@ def test_unsupported_reasons():
     assert ts.unsupported_reason("relu2", x.t(), None) is not None
     assert ts.unsupported_reason("relu2", x.cpu(), None) is not None
     assert ts.unsupported_reason("relu2", x.to(torch.float64), None) is not None
+
+
+def test_ops_route_to_cuda_by_default():
+    """Without QUANTFUSE_BACKEND the oracle runs every new op on the CUDA kernels."""
+    import quantfuse.custom_ops.ops  # noqa: F401  (registers torch.ops.quantfuse)
+    from quantfuse.custom_ops import oracle
+
+    x = make_input((33,), 2048, torch.bfloat16, specials=True)
+    for op, args in (("relu2_mxfp4_quant", ("rceil",)), ("relu2_per_token_quant_fp8", ()),
+                     ("relu2_per_block_quant", (128,))):
+        before = oracle.calls[(op, "cuda")]
+        getattr(torch.ops.quantfuse, op)(x, *args)
+        assert oracle.calls[(op, "cuda")] == before + 1, op
 
 
 def test_ops_route_to_triton_schemes(monkeypatch):

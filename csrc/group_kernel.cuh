@@ -1,0 +1,151 @@
+// act(x) -> per-group quantisation, one kernel template for every activation and
+// per-group scheme (FP8 per-token-group with fp32 / UE8M0 scales, MXFP8, MXFP4).
+//
+// A sub-warp of TPG = GS / (VEC * NV) threads owns one group; each thread loads NV
+// 16-byte vectors of gate (and NV of up), vector j at group offset (j * TPG + lane) *
+// VEC so every load instruction of the sub-warp reads one contiguous span. amax is
+// reduced with shuffles inside the sub-warp; each thread writes its NV * VEC encoded
+// elements, lane 0 the scale. Groups are numbered row-major over [T, G]; the grid is
+// persistent (sized to fill the SMs), each sub-warp walks groups gi, gi + step, ...
+// keeping (token, group) incrementally (no division in the loop), and the next
+// iteration's loads are issued before this iteration's arithmetic (register double
+// buffering). The loop bound is block-uniform so every lane reaches the shuffles.
+#pragma once
+
+#include "quant_schemes.cuh"
+
+namespace quantfuse {
+
+template <typename DT, int GS, int NV, bool GATED>
+__device__ __forceinline__ void load_group(uint4 (&gv)[NV], uint4 (&uv)[NV],
+                                           const typename DT::Storage* __restrict__ x,
+                                           bool valid, uint32_t t, uint32_t g, int64_t hidden,
+                                           int lane) {
+  using S = typename DT::Storage;
+  constexpr int VEC = 16 / sizeof(S);
+  constexpr int TPG = GS / (VEC * NV);
+  const int64_t in_row = GATED ? 2 * hidden : hidden;
+  const S* p = x + int64_t(t) * in_row + int64_t(g) * GS + lane * VEC;
+  // An invalid (past-the-end) group keeps stale registers: its sub-warp reduces and
+  // computes garbage that is never stored (shuffles stay inside the sub-warp).
+  if (valid) {
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      gv[j] = __ldg(reinterpret_cast<const uint4*>(p + j * TPG * VEC));
+      if constexpr (GATED) uv[j] = __ldg(reinterpret_cast<const uint4*>(p + j * TPG * VEC + hidden));
+    }
+  }
+}
+
+// act(x) for N elements held as raw input bits, rounded to the input dtype as the
+// unfused graph stores it ("Intermediate rounding"), and the NaN-propagating max of
+// |act(x)| over them. 16-bit types round and take the max on packed pairs (one F2FP
+// and one HMNMX2 per pair).
+template <typename DT, typename Act, int N>
+__device__ __forceinline__ float act_round_amax(float (&y)[N], const typename DT::Storage* gs,
+                                                const typename DT::Storage* us, bool valid) {
+  float gf[N], uf[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    gf[i] = DT::to_float(gs[i]);
+    uf[i] = Act::kGated ? DT::to_float(us[i]) : 0.0f;
+  }
+  Act::template apply<N>(y, gf, uf, valid);
+  if constexpr (DT::kPacked) {
+    uint32_t m2 = 0;
+#pragma unroll
+    for (int i = 0; i < N; i += 2) {
+      const uint32_t p = Act::kIdentity ? reinterpret_cast<const uint32_t*>(gs)[i / 2]
+                                        : DT::pack_rn(y[i], y[i + 1]);
+      m2 = DT::amax2(m2, p);
+      y[i] = DT::lo(p);
+      y[i + 1] = DT::hi(p);
+    }
+    return nan_max(DT::lo(m2), DT::hi(m2));
+  } else {
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < N; ++i) amax = nan_max(amax, fabsf(y[i]));
+    return amax;
+  }
+}
+
+// One step of a sub-warp: prefetch the group after (t, g) into (gn, un), then
+// compute and store group (t, g) from (gv, uv).
+template <typename DT, int GS, typename Act, typename Scheme, int NV>
+__device__ __forceinline__ void group_step(
+    uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s,
+    const typename DT::Storage* __restrict__ x, uint32_t total_groups, uint32_t gpr, int64_t hidden,
+    int64_t s_stride_t, int64_t s_stride_g, uint32_t step, uint32_t step_t, uint32_t step_g, int lane,
+    uint32_t& gi, uint32_t& t, uint32_t& g, const uint4 (&gv)[NV], const uint4 (&uv)[NV],
+    uint4 (&gn)[NV], uint4 (&un)[NV]) {
+  using S = typename DT::Storage;
+  constexpr int VEC = 16 / sizeof(S);
+  constexpr int EPT = VEC * NV;  // elements per thread per group
+  constexpr int TPG = GS / EPT;
+  constexpr int kVecBytes = VEC * Scheme::kBits / 8;  // encoded bytes of one vector
+  // next group of this sub-warp
+  uint32_t tn = t + step_t, gn_ = g + step_g;
+  if (gn_ >= gpr) { gn_ -= gpr; ++tn; }
+  load_group<DT, GS, NV, Act::kGated>(gn, un, x, gi + step < total_groups, tn, gn_, hidden, lane);
+
+  float y[EPT];
+  float amax = act_round_amax<DT, Act, EPT>(y, reinterpret_cast<const S*>(gv),
+                                            reinterpret_cast<const S*>(uv), gi < total_groups);
+  // All 32 lanes take part; xor offsets < TPG stay inside the sub-warp.
+#pragma unroll
+  for (int off = TPG / 2; off > 0; off >>= 1) {
+    amax = nan_max(amax, __shfl_xor_sync(0xffffffffu, amax, off));
+  }
+  const auto st = Scheme::prepare(amax);
+  if (gi < total_groups) {
+    uint32_t w[(EPT * Scheme::kBits + 31) / 32];
+    Scheme::template encode<EPT>(y, st, w);
+    uint8_t* qp = q + (int64_t(t) * hidden + int64_t(g) * GS + lane * VEC) * Scheme::kBits / 8;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) store_bytes<kVecBytes>(qp + j * TPG * kVecBytes, w, j * kVecBytes);
+    if (lane == 0) s[int64_t(t) * s_stride_t + int64_t(g) * s_stride_g] = Scheme::scale(st);
+  }
+  gi += step;
+  t = tn;
+  g = gn_;
+}
+
+// MINB > 0 caps registers so that MINB blocks fit on an SM (tried for NV = 2 with
+// MINB = 3: spills, 40% slower; benchmarks/NOTES.md).
+template <typename DT, int GS, typename Act, typename Scheme, int NV, int MINB = 0>
+__global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
+    uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s,
+    const typename DT::Storage* __restrict__ x, uint32_t total_groups, uint32_t groups_per_row,
+    int64_t hidden, int64_t s_stride_t, int64_t s_stride_g) {
+  using S = typename DT::Storage;
+  constexpr int VEC = 16 / sizeof(S);
+  constexpr int EPT = VEC * NV;
+  constexpr int TPG = GS / EPT;
+  static_assert(TPG >= 1 && TPG <= 32 && 32 % TPG == 0 && TPG * EPT == GS, "bad group split");
+  constexpr int GPS = kThreads / TPG;  // groups per block per step
+  const int sub = threadIdx.x / TPG;
+  const int lane = threadIdx.x % TPG;
+  const uint32_t gpr = groups_per_row;
+  const uint32_t step = gridDim.x * GPS;  // total < 2^31: no overflow below
+  const uint32_t step_t = step / gpr, step_g = step - step_t * gpr;
+
+  uint32_t base = blockIdx.x * GPS;
+  uint32_t gi = base + sub;
+  uint32_t t = gi / gpr, g = gi - t * gpr;
+  uint4 ga[NV], ua[NV], gb[NV], ub[NV];
+  load_group<DT, GS, NV, Act::kGated>(ga, ua, x, gi < total_groups, t, g, hidden, lane);
+  // Two steps per trip with the buffers swapped: no register copies between steps.
+  // The bound is block-uniform so every lane reaches the shuffles.
+  while (base < total_groups) {
+    group_step<DT, GS, Act, Scheme, NV>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g,
+                                        step, step_t, step_g, lane, gi, t, g, ga, ua, gb, ub);
+    base += step;
+    if (base >= total_groups) break;
+    group_step<DT, GS, Act, Scheme, NV>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g,
+                                        step, step_t, step_g, lane, gi, t, g, gb, ub, ga, ua);
+    base += step;
+  }
+}
+
+}  // namespace quantfuse

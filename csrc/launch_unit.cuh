@@ -1,0 +1,131 @@
+// Launchers of one (input dtype, activation) unit: included by a generated
+// translation unit that defines QF_TRAITS (F32 / F16 / BF16), QF_ACT (Identity /
+// SiluMul / Relu2) and QF_UNIT (the unit's name), and defines
+// launch_quant_<unit>(QuantParams) and launch_act_<unit>(ActParams).
+#pragma once
+#include "act_quant.h"
+#include "token_kernel.cuh"
+
+#include <algorithm>
+
+#define QF_CAT_(a, b) a##b
+#define QF_CAT(a, b) QF_CAT_(a, b)
+
+namespace quantfuse {
+namespace {
+
+using DT = QF_TRAITS;
+using Act = QF_ACT;
+using S = typename DT::Storage;
+constexpr int kVec = 16 / sizeof(S);
+
+const char* launch_status() {
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+template <typename Scheme, int GS, int NV>
+const char* launch_group(const QuantParams& p) {
+  constexpr int TPG = GS / (kVec * NV);
+  if constexpr (TPG < 1) {
+    return "quantfuse: vectors per thread exceed the group";
+  } else {
+    auto kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV>;
+    const int64_t groups_per_row = p.hidden / GS, total = p.tokens * groups_per_row;
+    const int64_t per_block = kThreads / TPG;
+    int64_t blocks = (total + per_block - 1) / per_block;
+    if (p.blocks_per_sm >= 0) {
+      // Persistent grid: as many blocks as fit on the SMs at once (0 = occupancy).
+      static const int resident = [&] {
+        int n = 0;
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0);
+        return n > 0 ? n : 1;
+      }();
+      blocks = std::min<int64_t>(blocks, (p.blocks_per_sm > 0 ? p.blocks_per_sm : resident) * p.sms);
+    }
+    kernel<<<unsigned(blocks), kThreads, 0, p.stream>>>(
+        static_cast<uint8_t*>(p.q), static_cast<typename Scheme::Scale*>(p.s), static_cast<const S*>(p.x),
+        uint32_t(total), uint32_t(groups_per_row), p.hidden, p.s_stride_t, p.s_stride_g);
+    return launch_status();
+  }
+}
+
+template <typename Scheme, int GS>
+const char* dispatch_vectors(const QuantParams& p) {
+  switch (p.vectors) {
+    case 0:
+    case 1: return launch_group<Scheme, GS, 1>(p);
+    case 2: return launch_group<Scheme, GS, 2>(p);
+    case 4: return launch_group<Scheme, GS, 4>(p);
+    default: return "quantfuse: vectors per thread must be 0, 1, 2 or 4";
+  }
+}
+
+template <template <bool> class Scheme, int GS>
+const char* dispatch_flag(const QuantParams& p) {
+  return p.flag ? dispatch_vectors<Scheme<true>, GS>(p) : dispatch_vectors<Scheme<false>, GS>(p);
+}
+template <bool RCEIL> using Mxfp8 = Mx<8, RCEIL>;
+template <bool RCEIL> using Mxfp4 = Mx<4, RCEIL>;
+
+template <int NV, bool TWO_PASS>
+const char* launch_token(const QuantParams& p, int threads_x) {
+  const int rows = std::max(1, kThreads / threads_x);
+  const int64_t blocks = (p.tokens + rows - 1) / rows;
+  act_token_quant_kernel<DT, Act, NV, TWO_PASS><<<unsigned(blocks), dim3(threads_x, rows), 0, p.stream>>>(
+      static_cast<uint8_t*>(p.q), static_cast<float*>(p.s), static_cast<const S*>(p.x), p.tokens, p.hidden);
+  return launch_status();
+}
+
+// Per-token: the fewest vectors per thread (1, 2, 4, 8) that cover the row with at
+// most kThreads threads, threads rounded up to whole warps; wider rows: two passes.
+const char* dispatch_token(const QuantParams& p) {
+  const int64_t vecs = p.hidden / kVec;
+  for (int nv : {1, 2, 4, 8}) {
+    const int64_t threads = (vecs + nv - 1) / nv;
+    if (threads > kThreads) continue;
+    const int tx = int(std::max<int64_t>(32, (threads + 31) / 32 * 32));
+    switch (nv) {
+      case 1: return launch_token<1, false>(p, tx);
+      case 2: return launch_token<2, false>(p, tx);
+      case 4: return launch_token<4, false>(p, tx);
+      default: return launch_token<8, false>(p, tx);
+    }
+  }
+  return launch_token<4, true>(p, kThreads);
+}
+
+template <int VEC>
+const char* launch_act(const ActParams& p) {
+  const int64_t chunks = (p.hidden + kThreads * VEC - 1) / (kThreads * VEC);
+  act_kernel<DT, Act, VEC><<<unsigned(p.tokens * chunks), kThreads, 0, p.stream>>>(
+      static_cast<S*>(p.out), static_cast<const S*>(p.x), p.hidden, uint32_t(chunks));
+  return launch_status();
+}
+
+}  // namespace
+
+const char* QF_CAT(launch_quant_, QF_UNIT)(const QuantParams& p) {
+  if (p.tokens == 0 || p.hidden == 0) return nullptr;
+  switch (p.scheme) {
+    case kPerToken: return dispatch_token(p);
+    case kPerGroup:
+      if (p.group_size == 64) return dispatch_flag<Fp8Scaled, 64>(p);
+      if (p.group_size == 128) return dispatch_flag<Fp8Scaled, 128>(p);
+      return "quantfuse: group_size must be 64 or 128";
+    case kMxfp8: return dispatch_flag<Mxfp8, 32>(p);
+    case kMxfp4: return dispatch_flag<Mxfp4, 32>(p);
+    default: return "quantfuse: unknown scheme";
+  }
+}
+
+const char* QF_CAT(launch_act_, QF_UNIT)(const ActParams& p) {
+  if constexpr (Act::kIdentity) {
+    return "quantfuse: the identity has no activation kernel";
+  } else {
+    if (p.tokens == 0 || p.hidden == 0) return nullptr;
+    return p.vectorized ? launch_act<kVec>(p) : launch_act<1>(p);
+  }
+}
+
+}  // namespace quantfuse

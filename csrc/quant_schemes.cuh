@@ -1,0 +1,139 @@
+// Quantisation schemes of the fused kernels, as policies with one interface:
+//
+//   kBits              bits per encoded element (8: FP8 E4M3, 4: FP4 E2M1)
+//   Scale              type of one stored scale (fp32, or an E8M0 byte)
+//   State prepare(a)   per-group state from the group's amax (NaN-propagated |y| max)
+//   encode<N>(y, st, w) N activation values -> N * kBits / 8 little-endian bytes in w
+//   scale(st)          the value stored for the group
+//
+// Numerics are reference.py's bit for bit (DESIGN.md "Numerics", and the MX rules in
+// reference.mx_block_exponents / mxfp8_quant / mxfp4_quant).
+#pragma once
+
+#include "act_quant.cuh"
+
+namespace quantfuse {
+
+// FP8 E4M3 with an fp32 scale per group (per token when the group is the row).
+template <bool UE8M0>
+struct Fp8Scaled {
+  static constexpr int kBits = 8;
+  using Scale = float;
+  struct State { float s, r; };
+  static __device__ __forceinline__ State prepare(float amax) {
+    const float s = group_scale<UE8M0>(amax);
+    return {s, isfinite(s) ? group_recip<UE8M0>(s) : 0.0f};
+  }
+  static __device__ __forceinline__ Scale scale(const State& st) { return st.s; }
+  template <int N>
+  static __device__ __forceinline__ void encode(const float* y, const State& st, uint32_t* w) {
+    static_assert(N % 4 == 0, "fp8 words hold 4 elements");
+    if (isfinite(st.s)) {
+#pragma unroll
+      for (int i = 0; i < N; i += 4) {
+        w[i / 4] = e4m3x2(div_by_scale<UE8M0>(y[i], st.s, st.r), div_by_scale<UE8M0>(y[i + 1], st.s, st.r)) |
+                   (e4m3x2(div_by_scale<UE8M0>(y[i + 2], st.s, st.r),
+                           div_by_scale<UE8M0>(y[i + 3], st.s, st.r)) << 16);
+      }
+    } else {  // NaN / inf scale: true divisions (NaN or 0 results)
+#pragma unroll
+      for (int i = 0; i < N; i += 4) {
+        w[i / 4] = e4m3x2(__fdiv_rn(y[i], st.s), __fdiv_rn(y[i + 1], st.s)) |
+                   (e4m3x2(__fdiv_rn(y[i + 2], st.s), __fdiv_rn(y[i + 3], st.s)) << 16);
+      }
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------
+// OCP microscaling (block 32, E8M0 scale byte = exponent + 127).
+// ---------------------------------------------------------------------------
+// Shared exponent e of a block from amax's bits (reference.mx_block_exponents):
+//  rceil: ceil(log2(amax * fp32(1/max_elem))), a product that underflows to 0 -> -127;
+//  floor: floor(log2(amax)) - emax_elem, zero / subnormal amax -> -127;
+// an all-zero block -> -127; clamped to [-127, 127]. NaN / inf blocks are flagged by
+// the caller (their e is irrelevant).
+template <bool RCEIL>
+__device__ __forceinline__ int mx_exponent(float amax, float inv_max, int emax) {
+  int e;
+  if constexpr (RCEIL) {
+    const uint32_t p = __float_as_uint(__fmul_rn(amax, inv_max));
+    const int pe = int(p >> 23), pm = int(p & 0x7fffffu);
+    // subnormal product m * 2^-149: above 2^-127 -> -126, else -127 (after the clamp)
+    e = pe > 0 ? pe - 127 + (pm != 0) : (pm > 0x400000 ? -126 : -127);
+  } else {
+    const int ae = int(__float_as_uint(amax) >> 23);
+    e = ae == 0 ? -127 : ae - 127 - emax;
+  }
+  return min(max(e, -127), 127);
+}
+
+// E2M1 code (sign in bit 3) of a scaled value v, nearest-even, saturating at 6:
+// below 2 the grid step is 0.5, below 4 it is 1, else 2, so the code is
+// rint(|v| * m) + base with (m, base) = (2, 0), (1, 2), (0.5, 4); the product is exact,
+// and adding 1.5 * 2^23 rounds it to an integer (nearest-even) in the low mantissa bits.
+__device__ __forceinline__ uint32_t e2m1_code(float v) {
+  const float a = fminf(fabsf(v), 6.0f);
+  const float m = a < 2.0f ? 2.0f : (a < 4.0f ? 1.0f : 0.5f);
+  const uint32_t base = a < 2.0f ? 0u : (a < 4.0f ? 2u : 4u);
+  const uint32_t code = __float_as_uint(__fmaf_rn(a, m, 12582912.0f)) - 0x4B400000u + base;
+  return code | ((__float_as_uint(v) >> 28) & 8u);
+}
+
+template <int kElemBits, bool RCEIL>
+struct Mx {
+  static_assert(kElemBits == 8 || kElemBits == 4, "MXFP8 (E4M3) or MXFP4 (E2M1)");
+  static constexpr int kBits = kElemBits;
+  static constexpr int kEmax = kElemBits == 8 ? 8 : 2;  // exponent of the largest binade
+  using Scale = uint8_t;
+  struct State { float f; uint32_t byte; bool bad; };
+  static __device__ __forceinline__ State prepare(float amax) {
+    const float inv_max = kElemBits == 8 ? 1.0f / 448.0f : 1.0f / 6.0f;
+    const bool bad = __float_as_uint(amax) >= 0x7f800000u;  // inf or NaN in the block
+    const int e = mx_exponent<RCEIL>(amax, inv_max, kEmax);
+    // 2^-e; a finite block has e <= 119, so 127 - e >= 8 stays a normal exponent
+    const float f = __uint_as_float(uint32_t(127 - min(e, 126)) << 23);
+    return {f, bad ? 0xffu : uint32_t(e + 127), bad};
+  }
+  static __device__ __forceinline__ Scale scale(const State& st) { return Scale(st.byte); }
+  template <int N>
+  static __device__ __forceinline__ void encode(const float* y, const State& st, uint32_t* w) {
+    if constexpr (kElemBits == 8) {
+      static_assert(N % 4 == 0, "fp8 words hold 4 elements");
+#pragma unroll
+      for (int i = 0; i < N; i += 4) {
+        // y * 2^-e is exact; SATFINITE is the reference's clamp to +-448 then cast
+        const uint32_t v = e4m3x2(__fmul_rn(y[i], st.f), __fmul_rn(y[i + 1], st.f)) |
+                           (e4m3x2(__fmul_rn(y[i + 2], st.f), __fmul_rn(y[i + 3], st.f)) << 16);
+        w[i / 4] = st.bad ? 0x7f7f7f7fu : v;  // a NaN block is all NaN
+      }
+    } else {
+      static_assert(N % 4 == 0, "fp4 half-words hold 4 elements");
+#pragma unroll
+      for (int i = 0; i < N; i += 8) {
+        uint32_t v = 0;
+#pragma unroll
+        for (int k = 0; k < 8 && i + k < N; ++k) v |= e2m1_code(__fmul_rn(y[i + k], st.f)) << (4 * k);
+        w[i / 8] = st.bad ? 0u : v;  // a NaN block is all zero codes
+      }
+    }
+  }
+};
+
+// Store NB bytes of the little-endian byte stream w starting at byte `first` (a
+// multiple of NB) to p, in one store instruction.
+template <int NB>
+__device__ __forceinline__ void store_bytes(uint8_t* p, const uint32_t* w, int first) {
+  if constexpr (NB == 16) {
+    *reinterpret_cast<uint4*>(p) = make_uint4(w[first / 4], w[first / 4 + 1], w[first / 4 + 2], w[first / 4 + 3]);
+  } else if constexpr (NB == 8) {
+    *reinterpret_cast<uint2*>(p) = make_uint2(w[first / 4], w[first / 4 + 1]);
+  } else if constexpr (NB == 4) {
+    *reinterpret_cast<uint32_t*>(p) = w[first / 4];
+  } else {
+    static_assert(NB == 2, "2, 4, 8 or 16 bytes");
+    *reinterpret_cast<uint16_t*>(p) = uint16_t(w[first / 4] >> (8 * (first % 4)));
+  }
+}
+
+}  // namespace quantfuse
