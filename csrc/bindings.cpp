@@ -4,6 +4,9 @@
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/util/StringUtil.h>
+
+#include <stdexcept>
 
 #include "act_quant.h"
 #include "quantfuse_units.h"  // generated: QF_UNITS(X)
@@ -18,6 +21,15 @@ QF_UNITS(QF_DECLARE)
 
 namespace {
 
+// Argument errors are thrown as std::runtime_error (pybind11 turns it into a Python
+// RuntimeError), not through TORCH_CHECK: a c10::Error thrown from this JIT-built
+// module crashed the process on the H100 machine (torch 2.11, Python 3.12) instead of
+// raising, every time, in both the first and the generalised bindings.
+#define QF_CHECK(cond, ...)                                           \
+  do {                                                                \
+    if (!(cond)) throw std::runtime_error(c10::str(__VA_ARGS__));     \
+  } while (0)
+
 using quantfuse::ActParams;
 using quantfuse::QuantParams;
 
@@ -25,28 +37,28 @@ constexpr const char* kActNames[] = {"identity", "silu_and_mul", "relu2"};
 constexpr const char* kSchemeNames[] = {"", "per-token FP8", "per-group FP8", "MXFP8", "MXFP4"};
 
 void check_x(const at::Tensor& x) {
-  TORCH_CHECK(x.is_cuda(), "quantfuse: x must be a CUDA tensor, got device ", x.device());
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf ||
+  QF_CHECK(x.is_cuda(), "quantfuse: x must be a CUDA tensor, got device ", x.device());
+  QF_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf ||
                   x.scalar_type() == at::kFloat,
               "quantfuse: x dtype must be bfloat16, float16 or float32, got ", x.scalar_type());
-  TORCH_CHECK(x.is_contiguous(), "quantfuse: x must be contiguous");
-  TORCH_CHECK(x.dim() >= 1, "quantfuse: x must have at least one dimension");
+  QF_CHECK(x.is_contiguous(), "quantfuse: x must be contiguous");
+  QF_CHECK(x.dim() >= 1, "quantfuse: x must have at least one dimension");
 }
 
 void check_same_device(const at::Tensor& a, const at::Tensor& x, const char* name) {
-  TORCH_CHECK(a.is_cuda() && a.device() == x.device(), "quantfuse: ", name,
+  QF_CHECK(a.is_cuda() && a.device() == x.device(), "quantfuse: ", name,
               " must be on the input's device ", x.device(), ", got ", a.device());
 }
 
 void check_act(int64_t act) {
-  TORCH_CHECK(act >= 0 && act <= 2, "quantfuse: activation code must be 0 (identity), 1 (silu_and_mul) "
+  QF_CHECK(act >= 0 && act <= 2, "quantfuse: activation code must be 0 (identity), 1 (silu_and_mul) "
               "or 2 (relu2), got ", act);
 }
 
 // (tokens, hidden) of act(x): gated activations halve the last dim.
 std::pair<int64_t, int64_t> act_shape(int64_t act, const at::Tensor& x) {
   const int64_t width = x.size(-1);
-  TORCH_CHECK(act != 1 || width % 2 == 0, "quantfuse: silu_and_mul needs an even last dim, got ", width);
+  QF_CHECK(act != 1 || width % 2 == 0, "quantfuse: silu_and_mul needs an even last dim, got ", width);
   return {width == 0 ? 0 : x.numel() / width, act == 1 ? width / 2 : width};
 }
 
@@ -59,7 +71,7 @@ void run_unit(int64_t act, const at::Tensor& x, const Params& p, Fn&& pick) {
                                                      quantfuse::launch_act_##unit, p);
   QF_UNITS(QF_CASE)
 #undef QF_CASE
-  TORCH_CHECK(err == nullptr, err);
+  QF_CHECK(err == nullptr, err);
 }
 
 // act(x) -> scheme, written into q and s (see QuantParams for the layout).
@@ -69,48 +81,48 @@ void act_quant(int64_t act, int64_t scheme, at::Tensor q, at::Tensor s, at::Tens
   check_act(act);
   check_same_device(q, x, "q");
   check_same_device(s, x, "s");
-  TORCH_CHECK(scheme >= 1 && scheme <= 4, "quantfuse: scheme code must be 1..4, got ", scheme);
-  TORCH_CHECK(vectors == 0 || vectors == 1 || vectors == 2 || vectors == 4,
+  QF_CHECK(scheme >= 1 && scheme <= 4, "quantfuse: scheme code must be 1..4, got ", scheme);
+  QF_CHECK(vectors == 0 || vectors == 1 || vectors == 2 || vectors == 4,
               "quantfuse: vectors per thread must be 0 (auto), 1, 2 or 4, got ", vectors);
   const auto [tokens, hidden] = act_shape(act, x);
   const int64_t vec = 16 / x.element_size();
   if (scheme == quantfuse::kPerToken) {
-    TORCH_CHECK(hidden % vec == 0, "quantfuse: the per-token kernel needs the hidden size (", hidden,
+    QF_CHECK(hidden % vec == 0, "quantfuse: the per-token kernel needs the hidden size (", hidden,
                 ") to be a multiple of ", vec, " (16-byte vectors)");
   } else {
     if (scheme == quantfuse::kPerGroup) {
-      TORCH_CHECK(group_size == 64 || group_size == 128, "quantfuse: group_size must be 64 or 128, got ",
+      QF_CHECK(group_size == 64 || group_size == 128, "quantfuse: group_size must be 64 or 128, got ",
                   group_size);
     } else {
-      TORCH_CHECK(group_size == 32, "quantfuse: the MX block size is 32, got ", group_size);
+      QF_CHECK(group_size == 32, "quantfuse: the MX block size is 32, got ", group_size);
     }
-    TORCH_CHECK(hidden % group_size == 0, "quantfuse: hidden size ", hidden, " is not divisible by group_size ",
+    QF_CHECK(hidden % group_size == 0, "quantfuse: hidden size ", hidden, " is not divisible by group_size ",
                 group_size);
   }
   const int64_t groups = scheme == quantfuse::kPerToken ? 1 : hidden / group_size;
   const int bits = scheme == quantfuse::kMxfp4 ? 4 : 8;
   const auto q_dtype = bits == 4 ? at::kByte : at::kFloat8_e4m3fn;
-  TORCH_CHECK(q.scalar_type() == q_dtype, "quantfuse: q must be ", q_dtype, " for ", kSchemeNames[scheme],
+  QF_CHECK(q.scalar_type() == q_dtype, "quantfuse: q must be ", q_dtype, " for ", kSchemeNames[scheme],
               ", got ", q.scalar_type());
-  TORCH_CHECK(q.is_contiguous(), "quantfuse: q must be contiguous");
-  TORCH_CHECK(q.numel() == tokens * hidden * bits / 8 && (tokens == 0 || q.size(-1) == hidden * bits / 8),
+  QF_CHECK(q.is_contiguous(), "quantfuse: q must be contiguous");
+  QF_CHECK(q.numel() == tokens * hidden * bits / 8 && (tokens == 0 || q.size(-1) == hidden * bits / 8),
               "quantfuse: q shape ", q.sizes(), " does not match [T=", tokens, ", ", hidden * bits / 8, "]");
   const bool mx = scheme >= quantfuse::kMxfp8;
-  TORCH_CHECK(mx ? s.scalar_type() == at::kByte : s.scalar_type() == at::kFloat, "quantfuse: scales must be ",
+  QF_CHECK(mx ? s.scalar_type() == at::kByte : s.scalar_type() == at::kFloat, "quantfuse: scales must be ",
               mx ? "uint8 (E8M0 bytes)" : "float32", " for ", kSchemeNames[scheme], ", got ", s.scalar_type());
-  TORCH_CHECK(s.numel() == tokens * groups, "quantfuse: s has ", s.numel(), " elements, expected T*G = ",
+  QF_CHECK(s.numel() == tokens * groups, "quantfuse: s has ", s.numel(), " elements, expected T*G = ",
               tokens, "*", groups);
   if (tokens == 0 || hidden == 0) return;
-  TORCH_CHECK(tokens * groups < (int64_t(1) << 31), "quantfuse: too many groups (", tokens * groups, ")");
-  TORCH_CHECK(s_stride_t >= 0 && s_stride_g >= 0, "quantfuse: scale strides must be >= 0");
+  QF_CHECK(tokens * groups < (int64_t(1) << 31), "quantfuse: too many groups (", tokens * groups, ")");
+  QF_CHECK(s_stride_t >= 0 && s_stride_g >= 0, "quantfuse: scale strides must be >= 0");
   const int64_t last = (tokens - 1) * s_stride_t + (groups - 1) * s_stride_g;
   const int64_t avail = int64_t(s.storage().nbytes() / s.element_size()) - s.storage_offset();
-  TORCH_CHECK(last < avail, "quantfuse: scale strides (", s_stride_t, ", ", s_stride_g,
+  QF_CHECK(last < avail, "quantfuse: scale strides (", s_stride_t, ", ", s_stride_g,
               ") reach past the scale storage");
   // 16-byte loads of x, vector-sized stores of q
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, "quantfuse: x must be 16-byte aligned");
+  QF_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, "quantfuse: x must be 16-byte aligned");
   const int64_t store = vec * bits / 8;
-  TORCH_CHECK(reinterpret_cast<uintptr_t>(q.data_ptr()) % store == 0, "quantfuse: q must be ", store,
+  QF_CHECK(reinterpret_cast<uintptr_t>(q.data_ptr()) % store == 0, "quantfuse: q must be ", store,
               "-byte aligned");
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   QuantParams p{int(scheme), group_size, flag, q.data_ptr(), s.data_ptr(), x.data_ptr(), tokens, hidden,
@@ -124,20 +136,20 @@ void act_quant(int64_t act, int64_t scheme, at::Tensor q, at::Tensor s, at::Tens
 void activation(int64_t act, at::Tensor out, at::Tensor x) {
   check_x(x);
   check_act(act);
-  TORCH_CHECK(act != 0, "quantfuse: the identity has no activation kernel");
+  QF_CHECK(act != 0, "quantfuse: the identity has no activation kernel");
   check_same_device(out, x, "out");
   const auto [tokens, hidden] = act_shape(act, x);
-  TORCH_CHECK(out.scalar_type() == x.scalar_type(), "quantfuse: out dtype ", out.scalar_type(),
+  QF_CHECK(out.scalar_type() == x.scalar_type(), "quantfuse: out dtype ", out.scalar_type(),
               " must equal x dtype ", x.scalar_type());
-  TORCH_CHECK(out.is_contiguous(), "quantfuse: out must be contiguous");
-  TORCH_CHECK(out.numel() == tokens * hidden && (tokens == 0 || out.size(-1) == hidden), "quantfuse: out shape ",
+  QF_CHECK(out.is_contiguous(), "quantfuse: out must be contiguous");
+  QF_CHECK(out.numel() == tokens * hidden && (tokens == 0 || out.size(-1) == hidden), "quantfuse: out shape ",
               out.sizes(), " does not match x shape ", x.sizes(), " for ", kActNames[act]);
   if (tokens == 0 || hidden == 0) return;
   const int64_t vec = 16 / x.element_size();
   const bool vectorized = hidden % vec == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
                           reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0;
   const int64_t chunks = (hidden + 256 * (vectorized ? vec : 1) - 1) / (256 * (vectorized ? vec : 1));
-  TORCH_CHECK(tokens * chunks < (int64_t(1) << 31), "quantfuse: ", kActNames[act], " too large (", tokens,
+  QF_CHECK(tokens * chunks < (int64_t(1) << 31), "quantfuse: ", kActNames[act], " too large (", tokens,
               " rows)");
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   ActParams p{out.data_ptr(), x.data_ptr(), tokens, hidden, vectorized, at::cuda::getCurrentCUDAStream()};

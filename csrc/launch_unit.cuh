@@ -68,31 +68,38 @@ const char* dispatch_flag(const QuantParams& p) {
 template <bool RCEIL> using Mxfp8 = Mx<8, RCEIL>;
 template <bool RCEIL> using Mxfp4 = Mx<4, RCEIL>;
 
-template <int NV, bool TWO_PASS>
+template <int NV>
 const char* launch_token(const QuantParams& p, int threads_x) {
-  const int rows = std::max(1, kThreads / threads_x);
-  const int64_t blocks = (p.tokens + rows - 1) / rows;
-  act_token_quant_kernel<DT, Act, NV, TWO_PASS><<<unsigned(blocks), dim3(threads_x, rows), 0, p.stream>>>(
+  auto kernel = act_token_quant_kernel<DT, Act, NV>;
+  const int rows = std::max(1, kTokenThreads / threads_x);
+  static const int resident = [&] {
+    int n = 0;
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kTokenThreads, 0);
+    return n > 0 ? n : 1;
+  }();
+  const int64_t blocks = std::min<int64_t>((p.tokens + rows - 1) / rows, int64_t(resident) * p.sms);
+  kernel<<<unsigned(blocks), dim3(threads_x, rows), 0, p.stream>>>(
       static_cast<uint8_t*>(p.q), static_cast<float*>(p.s), static_cast<const S*>(p.x), p.tokens, p.hidden);
   return launch_status();
 }
 
-// Per-token: the fewest vectors per thread (1, 2, 4, 8) that cover the row with at
-// most kThreads threads, threads rounded up to whole warps; wider rows: two passes.
+// Per-token: the fewest vectors per thread (1, 2, 4) that cover the row with at most
+// kTokenThreads threads, threads rounded up to whole warps; longer rows: two passes.
 const char* dispatch_token(const QuantParams& p) {
   const int64_t vecs = p.hidden / kVec;
-  for (int nv : {1, 2, 4, 8}) {
+  for (int nv : {1, 2, 4}) {
     const int64_t threads = (vecs + nv - 1) / nv;
-    if (threads > kThreads) continue;
+    if (threads > kTokenThreads) continue;
     const int tx = int(std::max<int64_t>(32, (threads + 31) / 32 * 32));
     switch (nv) {
-      case 1: return launch_token<1, false>(p, tx);
-      case 2: return launch_token<2, false>(p, tx);
-      case 4: return launch_token<4, false>(p, tx);
-      default: return launch_token<8, false>(p, tx);
+      case 1: return launch_token<1>(p, tx);
+      case 2: return launch_token<2>(p, tx);
+      default: return launch_token<4>(p, tx);
     }
   }
-  return launch_token<4, true>(p, kThreads);
+  act_token_quant_wide_kernel<DT, Act, 4><<<unsigned(p.tokens), kTokenThreads, 0, p.stream>>>(
+      static_cast<uint8_t*>(p.q), static_cast<float*>(p.s), static_cast<const S*>(p.x), p.tokens, p.hidden);
+  return launch_status();
 }
 
 template <int VEC>

@@ -1,0 +1,58 @@
+"""Vectors per thread (1, 2, 4) of the CUDA group kernel for every per-group pair.
+
+    python benchmarks/sweep_vectors.py [--tokens 4096,16384] [--hidden 2048,7168]
+
+Times ``act_quant`` of the CUDA extension directly (bf16 input, fresh random data
+rotated past L2, CUDA-graph replay) and prints % of the copy bandwidth measured in
+the same run; used to pick each scheme's default (csrc/launch_unit.cuh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_pairs import bench, copy_bandwidth  # noqa: E402
+
+from quantfuse.custom_ops import cuda_backend, kernel_inputs  # noqa: E402
+
+SCHEMES = {"fp8_per_group": (128, False, 1.0, 4 / 128), "mxfp8": (32, True, 1.0, 1 / 32),
+           "mxfp4": (32, True, 0.5, 1 / 32)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--tokens", default="4096,16384")
+    p.add_argument("--hidden", default="2048,7168")
+    args = p.parse_args()
+    m = cuda_backend._mod()
+    bw = copy_bandwidth()
+    print(f"{torch.cuda.get_device_name()}, copy {bw:.0f} GB/s")
+    print("| pair | T | H | v=1 | v=2 | v=4 |\n|---|---|---|---|---|---|")
+    for act in ("silu_and_mul", "relu2"):
+        for key, (gs, flag, out_b, s_b) in SCHEMES.items():
+            for t in map(int, args.tokens.split(",")):
+                for h in map(int, args.hidden.split(",")):
+                    n_in = 2 * h if act == "silu_and_mul" else h
+                    nbytes = t * (n_in * 2 + h * out_b + h * s_b)
+                    copies = max(1, min(8, int(60e6 // nbytes) + 1))
+                    xs = [torch.randn(t, n_in, device="cuda", dtype=torch.bfloat16) * 3 for _ in range(copies)]
+                    q = torch.empty(t, int(h * out_b), device="cuda",
+                                    dtype=torch.uint8 if key == "mxfp4" else torch.float8_e4m3fn)
+                    s = torch.empty(t, h // gs, device="cuda",
+                                    dtype=torch.float32 if key == "fp8_per_group" else torch.uint8)
+                    code, scheme = kernel_inputs.ACT_CODES[act], kernel_inputs.SCHEME_CODES[key][2]
+                    cells = []
+                    for v in (1, 2, 4):
+                        us = bench(lambda x, v=v: m.act_quant(code, scheme, q, s, x, gs, flag, h // gs, 1, v, 0), xs)
+                        cells.append(f"{nbytes / (us * 1e-6) / 1e9 / bw:.0%} ({us:.1f})")
+                    print(f"| {act}_{key} | {t} | {h} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
