@@ -155,8 +155,8 @@ struct SiluMul {
     silu_mul_n<N>(y, g, u, valid);
   }
 };
-// relu(x)**2 as torch computes relu(x).square(): NaN stays NaN (the compare is false),
-// -0 squares to +0.
+// relu(x)**2 as torch computes relu(x).square(): NaN stays NaN (max.NaN), -0 and +0
+// both square to +0.
 struct Relu2 {
   static constexpr bool kGated = false, kIdentity = false;
   static constexpr int kCode = 2;
@@ -164,7 +164,7 @@ struct Relu2 {
   static __device__ __forceinline__ void apply(float (&y)[N], const float (&a)[N], const float (&)[N], bool) {
 #pragma unroll
     for (int i = 0; i < N; ++i) {
-      const float r = a[i] < 0.0f ? 0.0f : a[i];
+      const float r = nan_max(a[i], 0.0f);
       y[i] = __fmul_rn(r, r);
     }
   }

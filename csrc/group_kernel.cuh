@@ -40,9 +40,10 @@ __device__ __forceinline__ void load_group(uint4 (&gv)[NV], uint4 (&uv)[NV],
 // act(x) for N elements held as raw input bits, rounded to the input dtype as the
 // unfused graph stores it ("Intermediate rounding"), and the NaN-propagating max of
 // |act(x)| over them. 16-bit types round and take the max on packed pairs (one F2FP
-// and one HMNMX2 per pair).
+// and one HMNMX2 per pair), and also return the packed pairs in yp.
 template <typename DT, typename Act, int N>
-__device__ __forceinline__ float act_round_amax(float (&y)[N], const typename DT::Storage* gs,
+__device__ __forceinline__ float act_round_amax(float (&y)[N], uint32_t (&yp)[(N + 1) / 2],
+                                                const typename DT::Storage* gs,
                                                 const typename DT::Storage* us, bool valid) {
   float gf[N], uf[N];
 #pragma unroll
@@ -58,6 +59,7 @@ __device__ __forceinline__ float act_round_amax(float (&y)[N], const typename DT
       const uint32_t p = Act::kIdentity ? reinterpret_cast<const uint32_t*>(gs)[i / 2]
                                         : DT::pack_rn(y[i], y[i + 1]);
       m2 = DT::amax2(m2, p);
+      yp[i / 2] = p;
       y[i] = DT::lo(p);
       y[i + 1] = DT::hi(p);
     }
@@ -90,7 +92,8 @@ __device__ __forceinline__ void group_step(
   load_group<DT, GS, NV, Act::kGated>(gn, un, x, gi + step < total_groups, tn, gn_, hidden, lane);
 
   float y[EPT];
-  float amax = act_round_amax<DT, Act, EPT>(y, reinterpret_cast<const S*>(gv),
+  uint32_t yp[EPT / 2];
+  float amax = act_round_amax<DT, Act, EPT>(y, yp, reinterpret_cast<const S*>(gv),
                                             reinterpret_cast<const S*>(uv), gi < total_groups);
   // All 32 lanes take part; xor offsets < TPG stay inside the sub-warp.
 #pragma unroll
@@ -100,7 +103,7 @@ __device__ __forceinline__ void group_step(
   const auto st = Scheme::prepare(amax);
   if (gi < total_groups) {
     uint32_t w[(EPT * Scheme::kBits + 31) / 32];
-    Scheme::template encode<EPT>(y, st, w);
+    Scheme::template encode<EPT, DT>(y, yp, st, w);
     uint8_t* qp = q + (int64_t(t) * hidden + int64_t(g) * GS + lane * VEC) * Scheme::kBits / 8;
 #pragma unroll
     for (int j = 0; j < NV; ++j) store_bytes<kVecBytes>(qp + j * TPG * kVecBytes, w, j * kVecBytes);

@@ -83,19 +83,16 @@ const char* launch_token(const QuantParams& p, int threads_x) {
   return launch_status();
 }
 
-// Per-token: the fewest vectors per thread (1, 2, 4) that cover the row with at most
-// kTokenThreads threads, threads rounded up to whole warps; longer rows: two passes.
+// Per-token: up to 4 vectors per thread, so that a row takes few threads (a warp for
+// rows up to 128 vectors: no barrier) and a block many rows (fewer barriers per byte);
+// threads rounded up to whole warps; rows past kTokenThreads * 4 vectors: two passes.
 const char* dispatch_token(const QuantParams& p) {
   const int64_t vecs = p.hidden / kVec;
-  for (int nv : {1, 2, 4}) {
-    const int64_t threads = (vecs + nv - 1) / nv;
-    if (threads > kTokenThreads) continue;
-    const int tx = int(std::max<int64_t>(32, (threads + 31) / 32 * 32));
-    switch (nv) {
-      case 1: return launch_token<1>(p, tx);
-      case 2: return launch_token<2>(p, tx);
-      default: return launch_token<4>(p, tx);
-    }
+  const int64_t tx = std::max<int64_t>(32, ((vecs + 3) / 4 + 31) / 32 * 32);
+  if (tx <= kTokenThreads) {
+    if (tx >= vecs) return launch_token<1>(p, int(tx));
+    if (2 * tx >= vecs) return launch_token<2>(p, int(tx));
+    return launch_token<4>(p, int(tx));
   }
   act_token_quant_wide_kernel<DT, Act, 4><<<unsigned(p.tokens), kTokenThreads, 0, p.stream>>>(
       static_cast<uint8_t*>(p.q), static_cast<float*>(p.s), static_cast<const S*>(p.x), p.tokens, p.hidden);

@@ -3,7 +3,9 @@
 //   kBits              bits per encoded element (8: FP8 E4M3, 4: FP4 E2M1)
 //   Scale              type of one stored scale (fp32, or an E8M0 byte)
 //   State prepare(a)   per-group state from the group's amax (NaN-propagated |y| max)
-//   encode<N>(y, st, w) N activation values -> N * kBits / 8 little-endian bytes in w
+//   encode<N, DT>(y, yp, st, w)  N activation values -> N * kBits / 8 little-endian
+//                      bytes in w; y in fp32, and for 16-bit input dtypes DT also as
+//                      packed pairs yp (element 2i in the low half), exactly equal
 //   scale(st)          the value stored for the group
 //
 // Numerics are reference.py's bit for bit (DESIGN.md "Numerics", and the MX rules in
@@ -11,6 +13,8 @@
 #pragma once
 
 #include "act_quant.cuh"
+
+#include <type_traits>
 
 namespace quantfuse {
 
@@ -25,8 +29,8 @@ struct Fp8Scaled {
     return {s, isfinite(s) ? group_recip<UE8M0>(s) : 0.0f};
   }
   static __device__ __forceinline__ Scale scale(const State& st) { return st.s; }
-  template <int N>
-  static __device__ __forceinline__ void encode(const float* y, const State& st, uint32_t* w) {
+  template <int N, typename DT>
+  static __device__ __forceinline__ void encode(const float* y, const uint32_t*, const State& st, uint32_t* w) {
     static_assert(N % 4 == 0, "fp8 words hold 4 elements");
     if (isfinite(st.s)) {
 #pragma unroll
@@ -80,24 +84,79 @@ __device__ __forceinline__ uint32_t e2m1_code(float v) {
   return code | ((__float_as_uint(v) >> 28) & 8u);
 }
 
+// E2M1 codes of two scaled values that are exact in fp16 (a bf16 or fp16 activation
+// times 2^-e: at most 11 significant bits, and |v| < 8; anything below fp16's normal
+// range is far below 0.25 and codes 0 with its sign either way), two lanes at a time
+// in half2 arithmetic. For a = min(|v|, 6) the grid step s is 0.5 below 2, 1 below 4,
+// else 2; C = 1.5 * 2^10 * s has ulp s and a + C stays in C's binade, so the half add
+// rounds a to the grid (nearest-even) and t - C (as integers) counts the steps n.
+// s and the code offset 2 * max(floor(log2 a), 0) both come from the exponent E of
+// max(a, 1): C = (E + 9) << 10 | 0x200, code = n + 2 * (E - 15). Integer lane maths
+// never borrows or carries across the 16-bit lanes. Returns the codes (sign in bit 3)
+// in bits 0-3 (v0) and 16-19 (v1).
+__device__ __forceinline__ uint32_t e2m1x2_f16(float v0, float v1) {
+  const __half2 h = __floats2half2_rn(v0, v1);
+  const uint32_t hb = *reinterpret_cast<const uint32_t*>(&h);
+  const __half2 a = __hmin2(__habs2(h), __float2half2_rn(6.0f));
+  const __half2 am1 = __hmax2(a, __float2half2_rn(1.0f));
+  const uint32_t eb = *reinterpret_cast<const uint32_t*>(&am1);
+  const uint32_t c = (eb & 0x7C007C00u) + 0x26002600u;
+  const __half2 t = __hadd2(a, *reinterpret_cast<const __half2*>(&c));
+  const uint32_t code = *reinterpret_cast<const uint32_t*>(&t) - c + ((eb >> 9) & 0x003E003Eu) - 0x001E001Eu;
+  return code | ((hb >> 12) & 0x00080008u);
+}
+
+// The same for a bf16 pair v (already scaled) in bf16x2 arithmetic: 7 mantissa bits,
+// so C = 1.5 * 2^7 * s = (E + 6) << 7 | 0x40 and code = n + 2 * (E - 127) for the
+// exponent E of max(a, 1). v is exact: a bf16 activation times a power of two.
+__device__ __forceinline__ uint32_t e2m1x2_bf16(uint32_t v) {
+  const __nv_bfloat162 h = *reinterpret_cast<const __nv_bfloat162*>(&v);
+  const __nv_bfloat162 a = __hmin2(__habs2(h), __float2bfloat162_rn(6.0f));
+  const __nv_bfloat162 am1 = __hmax2(a, __float2bfloat162_rn(1.0f));
+  const uint32_t eb = *reinterpret_cast<const uint32_t*>(&am1);
+  const uint32_t c = (eb & 0x7F807F80u) + 0x03400340u;
+  const __nv_bfloat162 t = __hadd2(a, *reinterpret_cast<const __nv_bfloat162*>(&c));
+  const uint32_t code = *reinterpret_cast<const uint32_t*>(&t) - c + ((eb >> 6) & 0x01FE01FEu) - 0x00FE00FEu;
+  return code | ((v >> 12) & 0x00080008u);
+}
+
+// Two bf16 products in one mul.rn.bf16x2 (a single rounding of the exact product).
+__device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
+  const __nv_bfloat162 r = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a),
+                                   *reinterpret_cast<const __nv_bfloat162*>(&b));
+  return *reinterpret_cast<const uint32_t*>(&r);
+}
+
+// Eight E2M1 codes (as four e2m1x2_f16 results, element 2i in pair i) -> one word,
+// element 0 in the low nibble.
+__device__ __forceinline__ uint32_t pack_e2m1x8(uint32_t p0, uint32_t p1, uint32_t p2, uint32_t p3) {
+  // p | p >> 12 holds the pair's byte (low nibble first) in bits 0-7
+  const uint32_t lo = __byte_perm(p0 | (p0 >> 12), p1 | (p1 >> 12), 0x0040);
+  const uint32_t hi = __byte_perm(p2 | (p2 >> 12), p3 | (p3 >> 12), 0x0040);
+  return __byte_perm(lo, hi, 0x5410);
+}
+
 template <int kElemBits, bool RCEIL>
 struct Mx {
   static_assert(kElemBits == 8 || kElemBits == 4, "MXFP8 (E4M3) or MXFP4 (E2M1)");
   static constexpr int kBits = kElemBits;
   static constexpr int kEmax = kElemBits == 8 ? 8 : 2;  // exponent of the largest binade
   using Scale = uint8_t;
-  struct State { float f; uint32_t byte; bool bad; };
+  // tiny: amax < 2^-121, where a subnormal element could still code above 0; the bf16x2
+  // path (whose arithmetic may flush subnormals) is skipped for such blocks
+  struct State { float f; uint32_t byte; bool bad, tiny; };
   static __device__ __forceinline__ State prepare(float amax) {
     const float inv_max = kElemBits == 8 ? 1.0f / 448.0f : 1.0f / 6.0f;
     const bool bad = __float_as_uint(amax) >= 0x7f800000u;  // inf or NaN in the block
     const int e = mx_exponent<RCEIL>(amax, inv_max, kEmax);
     // 2^-e; a finite block has e <= 119, so 127 - e >= 8 stays a normal exponent
     const float f = __uint_as_float(uint32_t(127 - min(e, 126)) << 23);
-    return {f, bad ? 0xffu : uint32_t(e + 127), bad};
+    return {f, bad ? 0xffu : uint32_t(e + 127), bad, __float_as_uint(amax) < (6u << 23)};
   }
   static __device__ __forceinline__ Scale scale(const State& st) { return Scale(st.byte); }
-  template <int N>
-  static __device__ __forceinline__ void encode(const float* y, const State& st, uint32_t* w) {
+  template <int N, typename DT>
+  static __device__ __forceinline__ void encode(const float* y, const uint32_t* yp, const State& st,
+                                                uint32_t* w) {
     if constexpr (kElemBits == 8) {
       static_assert(N % 4 == 0, "fp8 words hold 4 elements");
 #pragma unroll
@@ -106,6 +165,25 @@ struct Mx {
         const uint32_t v = e4m3x2(__fmul_rn(y[i], st.f), __fmul_rn(y[i + 1], st.f)) |
                            (e4m3x2(__fmul_rn(y[i + 2], st.f), __fmul_rn(y[i + 3], st.f)) << 16);
         w[i / 4] = st.bad ? 0x7f7f7f7fu : v;  // a NaN block is all NaN
+      }
+    } else if (std::is_same_v<DT, BF16> && N % 8 == 0 && !st.tiny) {
+      // all in bf16x2: y * 2^-e is exact (a bf16 multiply by a power of two), and no
+      // operand that matters is subnormal (see State::tiny)
+      const uint32_t f2 = (__float_as_uint(st.f) >> 16) * 0x10001u;
+#pragma unroll
+      for (int i = 0; i < N; i += 8) {
+        uint32_t p[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) p[k] = e2m1x2_bf16(bf16x2_mul(yp[i / 2 + k], f2));
+        w[i / 8] = st.bad ? 0u : pack_e2m1x8(p[0], p[1], p[2], p[3]);
+      }
+    } else if constexpr (DT::kPacked && N % 8 == 0) {
+#pragma unroll
+      for (int i = 0; i < N; i += 8) {
+        uint32_t p[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) p[k] = e2m1x2_f16(__fmul_rn(y[i + 2 * k], st.f), __fmul_rn(y[i + 2 * k + 1], st.f));
+        w[i / 8] = st.bad ? 0u : pack_e2m1x8(p[0], p[1], p[2], p[3]);
       }
     } else {
       static_assert(N % 4 == 0, "fp4 half-words hold 4 elements");

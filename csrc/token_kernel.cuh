@@ -30,6 +30,7 @@ __device__ __forceinline__ float row_max(float v, int buf) {
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, off));
   const int warps_per_row = blockDim.x / 32;
+  if (warps_per_row == 1) return v;  // a warp per row: no barrier (block-uniform branch)
   const int first = threadIdx.y * warps_per_row;
   if (threadIdx.x % 32 == 0) partial[buf][first + threadIdx.x / 32] = v;
   __syncthreads();
@@ -67,12 +68,13 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
   using Q = Fp8Scaled<false>;
   load_row<DT, NV, Act::kGated>(gn, un, x, row + step, tokens, hidden);
   float y[NV][VEC];
+  uint32_t yp[NV][VEC / 2];
   float amax = 0.0f;
 #pragma unroll
   for (int j = 0; j < NV; ++j) {
     // past-the-end vectors hold stale registers: keep them out of the amax
     const bool in_row = (int64_t(j) * blockDim.x + threadIdx.x) * VEC < hidden;
-    const float m = act_round_amax<DT, Act, VEC>(y[j], reinterpret_cast<const S*>(&gv[j]),
+    const float m = act_round_amax<DT, Act, VEC>(y[j], yp[j], reinterpret_cast<const S*>(&gv[j]),
                                                  reinterpret_cast<const S*>(&uv[j]), in_row && row < tokens);
     if (in_row) amax = nan_max(amax, m);
   }
@@ -84,7 +86,7 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
       const int64_t col = (int64_t(j) * blockDim.x + threadIdx.x) * VEC;
       if (col < hidden) {
         uint32_t w[VEC / 4];
-        Q::encode<VEC>(y[j], st, w);
+        Q::encode<VEC, DT>(y[j], nullptr, st, w);
         store_bytes<VEC>(qr + col, w, 0);
       }
     }
@@ -120,7 +122,8 @@ __device__ __forceinline__ void act_vector(float (&y)[16 / sizeof(typename DT::S
   const uint4 gv = __ldg(reinterpret_cast<const uint4*>(p));
   uint4 uv = gv;
   if constexpr (Act::kGated) uv = __ldg(reinterpret_cast<const uint4*>(p + hidden));
-  amax = nan_max(amax, act_round_amax<DT, Act, 16 / sizeof(S)>(y, reinterpret_cast<const S*>(&gv),
+  uint32_t yp[8 / sizeof(S)];
+  amax = nan_max(amax, act_round_amax<DT, Act, 16 / sizeof(S)>(y, yp, reinterpret_cast<const S*>(&gv),
                                                                reinterpret_cast<const S*>(&uv), true));
 }
 
@@ -155,7 +158,7 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_wide_kernel(
         float unused = 0.0f;
         act_vector<DT, Act>(y, unused, xr + col, hidden);
         uint32_t w[VEC / 4];
-        Q::encode<VEC>(y, st, w);
+        Q::encode<VEC, DT>(y, nullptr, st, w);
         store_bytes<VEC>(qr + col, w, 0);
       }
     }

@@ -77,6 +77,9 @@ def make_input(lead, width, dtype, specials=False):
             x[5] = mids.repeat(width // 32 + 1)[:width]
         if n > 6:
             x[6] = torch.randn(width, device="cuda") * 1e-36  # tiny: subnormal amax / 448
+        if n > 8:
+            x[7] = torch.randn(width, device="cuda") * 1e-39  # subnormal inputs (bf16 keeps them)
+            x[8] = torch.randn(width, device="cuda") * 1e-20  # relu2: subnormal squares
         x = x.reshape(*lead, width)
     return x.to(dtype)
 
