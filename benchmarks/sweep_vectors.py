@@ -1,4 +1,4 @@
-"""Vectors per thread (1, 2, 4) of the CUDA group kernel for every per-group pair.
+"""Vectors per thread (1, 2, 4) and grid shape of the CUDA group kernel for every per-group pair.
 
     python benchmarks/sweep_vectors.py [--tokens 4096,16384] [--hidden 2048,7168]
 
@@ -33,7 +33,7 @@ def main() -> None:
     m = cuda_backend._mod()
     bw = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}, copy {bw:.0f} GB/s")
-    print("| pair | T | H | v=1 | v=2 | v=4 |\n|---|---|---|---|---|---|")
+    print("| pair | T | H | v=1 | v=2 | v=4 | v=2, no loop |\n|---|---|---|---|---|---|---|")
     for act in ("silu_and_mul", "relu2"):
         for key, (gs, flag, out_b, s_b) in SCHEMES.items():
             for t in map(int, args.tokens.split(",")):
@@ -48,8 +48,9 @@ def main() -> None:
                                     dtype=torch.float32 if key == "fp8_per_group" else torch.uint8)
                     code, scheme = kernel_inputs.ACT_CODES[act], kernel_inputs.SCHEME_CODES[key][2]
                     cells = []
-                    for v in (1, 2, 4):
-                        us = bench(lambda x, v=v: m.act_quant(code, scheme, q, s, x, gs, flag, h // gs, 1, v, 0), xs)
+                    for v, bps in ((1, 0), (2, 0), (4, 0), (2, -1)):
+                        us = bench(lambda x, v=v, bps=bps: m.act_quant(code, scheme, q, s, x, gs, flag, h // gs, 1,
+                                                                       v, bps), xs)
                         cells.append(f"{nbytes / (us * 1e-6) / 1e9 / bw:.0%} ({us:.1f})")
                     print(f"| {act}_{key} | {t} | {h} | " + " | ".join(cells) + " |", flush=True)
 

@@ -1,6 +1,9 @@
 // Python bindings: plain functions taking tensors + ints. Every input is checked
-// here (host code, before any launch) so a bad call raises a clear RuntimeError
-// instead of faulting on the GPU.
+// here (host code, before any launch) so a bad call gets a clear message instead of
+// faulting on the GPU. Each binding returns that message ("" on success) and the
+// Python wrappers raise it: a C++ exception thrown out of this JIT-built module
+// crashed the process (segfault) on the H100 machine (torch 2.11, Python 3.12), both
+// as c10::Error and as std::runtime_error, at random calls (benchmarks/NOTES.md).
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -21,10 +24,7 @@ QF_UNITS(QF_DECLARE)
 
 namespace {
 
-// Argument errors are thrown as std::runtime_error (pybind11 turns it into a Python
-// RuntimeError), not through TORCH_CHECK: a c10::Error thrown from this JIT-built
-// module crashed the process on the H100 machine (torch 2.11, Python 3.12) instead of
-// raising, every time, in both the first and the generalised bindings.
+// Argument checks throw inside this module and are caught by `guarded` below.
 #define QF_CHECK(cond, ...)                                           \
   do {                                                                \
     if (!(cond)) throw std::runtime_error(c10::str(__VA_ARGS__));     \
@@ -75,7 +75,7 @@ void run_unit(int64_t act, const at::Tensor& x, const Params& p, Fn&& pick) {
 }
 
 // act(x) -> scheme, written into q and s (see QuantParams for the layout).
-void act_quant(int64_t act, int64_t scheme, at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
+void act_quant_impl(int64_t act, int64_t scheme, at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
                bool flag, int64_t s_stride_t, int64_t s_stride_g, int64_t vectors, int64_t blocks_per_sm) {
   check_x(x);
   check_act(act);
@@ -133,7 +133,7 @@ void act_quant(int64_t act, int64_t scheme, at::Tensor q, at::Tensor s, at::Tens
 }
 
 // out = act(x) in x's dtype (the unfused activation ops).
-void activation(int64_t act, at::Tensor out, at::Tensor x) {
+void activation_impl(int64_t act, at::Tensor out, at::Tensor x) {
   check_x(x);
   check_act(act);
   QF_CHECK(act != 0, "quantfuse: the identity has no activation kernel");
@@ -156,30 +156,57 @@ void activation(int64_t act, at::Tensor out, at::Tensor x) {
   run_unit(act, x, p, [](auto, auto act_fn, const ActParams& pp) { return act_fn(pp); });
 }
 
-// The names and arguments of the first kernels (benchmarks sweep vectors / grid).
-void silu_and_mul(at::Tensor out, at::Tensor x) { activation(1, out, x); }
-
-void per_token_group_quant_fp8(at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size, bool use_ue8m0,
-                               int64_t s_stride_t, int64_t s_stride_g, int64_t unroll, int64_t blocks_per_sm) {
-  act_quant(0, quantfuse::kPerGroup, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g, unroll,
-            blocks_per_sm);
+// "" when fn() returns, else the error's message (no exception leaves the module).
+template <typename Fn>
+std::string guarded(Fn&& fn) {
+  try {
+    fn();
+    return {};
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "quantfuse: unknown C++ error";
+  }
 }
 
-void silu_and_mul_per_block_quant(at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
-                                  bool use_ue8m0, int64_t s_stride_t, int64_t s_stride_g, int64_t unroll,
-                                  int64_t blocks_per_sm) {
-  act_quant(1, quantfuse::kPerGroup, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g, unroll,
-            blocks_per_sm);
+std::string act_quant(int64_t act, int64_t scheme, at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
+                      bool flag, int64_t s_stride_t, int64_t s_stride_g, int64_t vectors, int64_t blocks_per_sm) {
+  return guarded([&] {
+    act_quant_impl(act, scheme, q, s, x, group_size, flag, s_stride_t, s_stride_g, vectors, blocks_per_sm);
+  });
+}
+
+std::string activation(int64_t act, at::Tensor out, at::Tensor x) {
+  return guarded([&] { activation_impl(act, out, x); });
+}
+
+// The names and arguments of the first kernels (benchmarks sweep vectors / grid).
+std::string silu_and_mul(at::Tensor out, at::Tensor x) { return activation(1, out, x); }
+
+std::string per_token_group_quant_fp8(at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size, bool use_ue8m0,
+                                      int64_t s_stride_t, int64_t s_stride_g, int64_t unroll,
+                                      int64_t blocks_per_sm) {
+  return act_quant(0, quantfuse::kPerGroup, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g, unroll,
+                   blocks_per_sm);
+}
+
+std::string silu_and_mul_per_block_quant(at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
+                                         bool use_ue8m0, int64_t s_stride_t, int64_t s_stride_g, int64_t unroll,
+                                         int64_t blocks_per_sm) {
+  return act_quant(1, quantfuse::kPerGroup, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g, unroll,
+                   blocks_per_sm);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "quantfuse CUDA kernels: activation (SiLU-and-mul, ReLU^2) -> FP8 / MXFP8 / MXFP4 quantisation";
-  m.def("act_quant", &act_quant, "act(x) -> quantisation scheme into q and s", py::arg("act"), py::arg("scheme"),
+  m.def("act_quant", &act_quant, "act(x) -> quantisation scheme into q and s; returns \"\" or an error message", py::arg("act"), py::arg("scheme"),
         py::arg("q"), py::arg("s"), py::arg("x"), py::arg("group_size"), py::arg("flag"), py::arg("s_stride_t"),
         py::arg("s_stride_g"), py::arg("vectors") = 0, py::arg("blocks_per_sm") = 0);
-  m.def("activation", &activation, "out = act(x) in x's dtype", py::arg("act"), py::arg("out"), py::arg("x"));
+  m.def("activation", &activation, "out = act(x) in x's dtype; returns \"\" or an error message", py::arg("act"), py::arg("out"), py::arg("x"));
   m.def("silu_and_mul", &silu_and_mul, "out[T, d] = silu(x[:, :d]) * x[:, d:]", py::arg("out"), py::arg("x"));
   m.def("per_token_group_quant_fp8", &per_token_group_quant_fp8,
         "FP8 E4M3 per-token-group quantisation of x into q and scales s", py::arg("q"), py::arg("s"),

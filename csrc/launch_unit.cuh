@@ -52,8 +52,7 @@ const char* launch_group(const QuantParams& p) {
 
 template <typename Scheme, int GS>
 const char* dispatch_vectors(const QuantParams& p) {
-  switch (p.vectors) {
-    case 0:
+  switch (p.vectors == 0 ? Scheme::kVectors : p.vectors) {
     case 1: return launch_group<Scheme, GS, 1>(p);
     case 2: return launch_group<Scheme, GS, 2>(p);
     case 4: return launch_group<Scheme, GS, 4>(p);

@@ -1,6 +1,8 @@
 // Quantisation schemes of the fused kernels, as policies with one interface:
 //
 //   kBits              bits per encoded element (8: FP8 E4M3, 4: FP4 E2M1)
+//   kVectors           default 16-byte vectors per thread per group (measured best on
+//                      the H100, benchmarks/sweep_vectors.py)
 //   Scale              type of one stored scale (fp32, or an E8M0 byte)
 //   State prepare(a)   per-group state from the group's amax (NaN-propagated |y| max)
 //   encode<N, DT>(y, yp, st, w)  N activation values -> N * kBits / 8 little-endian
@@ -21,7 +23,7 @@ namespace quantfuse {
 // FP8 E4M3 with an fp32 scale per group (per token when the group is the row).
 template <bool UE8M0>
 struct Fp8Scaled {
-  static constexpr int kBits = 8;
+  static constexpr int kBits = 8, kVectors = 1;
   using Scale = float;
   struct State { float s, r; };
   static __device__ __forceinline__ State prepare(float amax) {
@@ -140,6 +142,7 @@ template <int kElemBits, bool RCEIL>
 struct Mx {
   static_assert(kElemBits == 8 || kElemBits == 4, "MXFP8 (E4M3) or MXFP4 (E2M1)");
   static constexpr int kBits = kElemBits;
+  static constexpr int kVectors = kElemBits == 8 ? 1 : 2;  // MXFP4: 2 (+7-15 points)
   static constexpr int kEmax = kElemBits == 8 ? 8 : 2;  // exponent of the largest binade
   using Scale = uint8_t;
   // tiny: amax < 2^-121, where a subnormal element could still code above 0; the bf16x2

@@ -163,6 +163,12 @@ def unsupported_reason(op: str, x: torch.Tensor, group_size: int | None) -> str 
     return None
 
 
+def _raise_on(err: str) -> None:
+    """The extension returns error messages instead of throwing (csrc/bindings.cpp)."""
+    if err:
+        raise RuntimeError(err)
+
+
 def _mod() -> ModuleType:
     m = _load()
     if m is None:
@@ -193,7 +199,7 @@ def _launch(op: str, act: str, key: str, x, q, s, group_size=None, flag=False) -
         raise RuntimeError(f"quantfuse cuda backend: {op}: {reason}")
     code = kernel_inputs.ACT_CODES[act]
     if key == "none":
-        _mod().activation(code, q, x)
+        _raise_on(_mod().activation(code, q, x))
         return
     hidden, _ = kernel_inputs.activation_hidden(act, x.shape[-1])
     tokens = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
@@ -203,7 +209,7 @@ def _launch(op: str, act: str, key: str, x, q, s, group_size=None, flag=False) -
     else:
         groups = hidden // group_size
     st, sg = _scale_strides(s, tokens, groups)
-    _mod().act_quant(code, scheme, q, s, x, int(group_size), bool(flag), st, sg)
+    _raise_on(_mod().act_quant(code, scheme, q, s, x, int(group_size), bool(flag), st, sg))
 
 
 globals().update(kernel_inputs.op_functions(_launch))
