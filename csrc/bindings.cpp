@@ -9,7 +9,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/util/StringUtil.h>
 
-#include <stdexcept>
+#include <string>
 
 #include "act_quant.h"
 #include "quantfuse_units.h"  // generated: QF_UNITS(X)
@@ -24,10 +24,17 @@ QF_UNITS(QF_DECLARE)
 
 namespace {
 
-// Argument checks throw inside this module and are caught by `guarded` below.
-#define QF_CHECK(cond, ...)                                           \
-  do {                                                                \
-    if (!(cond)) throw std::runtime_error(c10::str(__VA_ARGS__));     \
+// Argument checks return their message (no exception is thrown at all: unwinding out
+// of some throw sites in this module crashed even when caught inside it).
+#define QF_CHECK(cond, ...)                           \
+  do {                                                \
+    if (!(cond)) return c10::str(__VA_ARGS__);        \
+  } while (0)
+// Propagate a failed sub-check.
+#define QF_TRY(call)                            \
+  do {                                          \
+    std::string qf_err_ = (call);               \
+    if (!qf_err_.empty()) return qf_err_;       \
   } while (0)
 
 using quantfuse::ActParams;
@@ -36,34 +43,41 @@ using quantfuse::QuantParams;
 constexpr const char* kActNames[] = {"identity", "silu_and_mul", "relu2"};
 constexpr const char* kSchemeNames[] = {"", "per-token FP8", "per-group FP8", "MXFP8", "MXFP4"};
 
-void check_x(const at::Tensor& x) {
+std::string check_x(const at::Tensor& x) {
   QF_CHECK(x.is_cuda(), "quantfuse: x must be a CUDA tensor, got device ", x.device());
   QF_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf ||
                   x.scalar_type() == at::kFloat,
               "quantfuse: x dtype must be bfloat16, float16 or float32, got ", x.scalar_type());
   QF_CHECK(x.is_contiguous(), "quantfuse: x must be contiguous");
   QF_CHECK(x.dim() >= 1, "quantfuse: x must have at least one dimension");
+  return {};
 }
 
-void check_same_device(const at::Tensor& a, const at::Tensor& x, const char* name) {
+std::string check_same_device(const at::Tensor& a, const at::Tensor& x, const char* name) {
   QF_CHECK(a.is_cuda() && a.device() == x.device(), "quantfuse: ", name,
               " must be on the input's device ", x.device(), ", got ", a.device());
+  return {};
 }
 
-void check_act(int64_t act) {
+std::string check_act(int64_t act) {
   QF_CHECK(act >= 0 && act <= 2, "quantfuse: activation code must be 0 (identity), 1 (silu_and_mul) "
               "or 2 (relu2), got ", act);
+  return {};
+}
+
+std::string check_width(int64_t act, const at::Tensor& x) {
+  QF_CHECK(act != 1 || x.size(-1) % 2 == 0, "quantfuse: silu_and_mul needs an even last dim, got ", x.size(-1));
+  return {};
 }
 
 // (tokens, hidden) of act(x): gated activations halve the last dim.
 std::pair<int64_t, int64_t> act_shape(int64_t act, const at::Tensor& x) {
   const int64_t width = x.size(-1);
-  QF_CHECK(act != 1 || width % 2 == 0, "quantfuse: silu_and_mul needs an even last dim, got ", width);
   return {width == 0 ? 0 : x.numel() / width, act == 1 ? width / 2 : width};
 }
 
 template <typename Params, typename Fn>
-void run_unit(int64_t act, const at::Tensor& x, const Params& p, Fn&& pick) {
+std::string run_unit(int64_t act, const at::Tensor& x, const Params& p, Fn&& pick) {
   const char* err = "quantfuse: no kernel unit for this dtype / activation";
   const auto dt = x.scalar_type();
 #define QF_CASE(unit, scalar, code)                                                     \
@@ -72,18 +86,21 @@ void run_unit(int64_t act, const at::Tensor& x, const Params& p, Fn&& pick) {
   QF_UNITS(QF_CASE)
 #undef QF_CASE
   QF_CHECK(err == nullptr, err);
+  return {};
 }
 
 // act(x) -> scheme, written into q and s (see QuantParams for the layout).
-void act_quant_impl(int64_t act, int64_t scheme, at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
-               bool flag, int64_t s_stride_t, int64_t s_stride_g, int64_t vectors, int64_t blocks_per_sm) {
-  check_x(x);
-  check_act(act);
-  check_same_device(q, x, "q");
-  check_same_device(s, x, "s");
+std::string act_quant_impl(int64_t act, int64_t scheme, at::Tensor q, at::Tensor s, at::Tensor x,
+                           int64_t group_size, bool flag, int64_t s_stride_t, int64_t s_stride_g, int64_t vectors,
+                           int64_t blocks_per_sm) {
+  QF_TRY(check_x(x));
+  QF_TRY(check_act(act));
+  QF_TRY(check_same_device(q, x, "q"));
+  QF_TRY(check_same_device(s, x, "s"));
   QF_CHECK(scheme >= 1 && scheme <= 4, "quantfuse: scheme code must be 1..4, got ", scheme);
   QF_CHECK(vectors == 0 || vectors == 1 || vectors == 2 || vectors == 4,
               "quantfuse: vectors per thread must be 0 (auto), 1, 2 or 4, got ", vectors);
+  QF_TRY(check_width(act, x));
   const auto [tokens, hidden] = act_shape(act, x);
   const int64_t vec = 16 / x.element_size();
   if (scheme == quantfuse::kPerToken) {
@@ -112,7 +129,7 @@ void act_quant_impl(int64_t act, int64_t scheme, at::Tensor q, at::Tensor s, at:
               mx ? "uint8 (E8M0 bytes)" : "float32", " for ", kSchemeNames[scheme], ", got ", s.scalar_type());
   QF_CHECK(s.numel() == tokens * groups, "quantfuse: s has ", s.numel(), " elements, expected T*G = ",
               tokens, "*", groups);
-  if (tokens == 0 || hidden == 0) return;
+  if (tokens == 0 || hidden == 0) return {};
   QF_CHECK(tokens * groups < (int64_t(1) << 31), "quantfuse: too many groups (", tokens * groups, ")");
   QF_CHECK(s_stride_t >= 0 && s_stride_g >= 0, "quantfuse: scale strides must be >= 0");
   const int64_t last = (tokens - 1) * s_stride_t + (groups - 1) * s_stride_g;
@@ -129,22 +146,23 @@ void act_quant_impl(int64_t act, int64_t scheme, at::Tensor q, at::Tensor s, at:
                 s_stride_t, s_stride_g, vectors, blocks_per_sm,
                 at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
                 at::cuda::getCurrentCUDAStream()};
-  run_unit(act, x, p, [](auto quant, auto, const QuantParams& pp) { return quant(pp); });
+  return run_unit(act, x, p, [](auto quant, auto, const QuantParams& pp) { return quant(pp); });
 }
 
 // out = act(x) in x's dtype (the unfused activation ops).
-void activation_impl(int64_t act, at::Tensor out, at::Tensor x) {
-  check_x(x);
-  check_act(act);
+std::string activation_impl(int64_t act, at::Tensor out, at::Tensor x) {
+  QF_TRY(check_x(x));
+  QF_TRY(check_act(act));
   QF_CHECK(act != 0, "quantfuse: the identity has no activation kernel");
-  check_same_device(out, x, "out");
+  QF_TRY(check_same_device(out, x, "out"));
+  QF_TRY(check_width(act, x));
   const auto [tokens, hidden] = act_shape(act, x);
   QF_CHECK(out.scalar_type() == x.scalar_type(), "quantfuse: out dtype ", out.scalar_type(),
               " must equal x dtype ", x.scalar_type());
   QF_CHECK(out.is_contiguous(), "quantfuse: out must be contiguous");
   QF_CHECK(out.numel() == tokens * hidden && (tokens == 0 || out.size(-1) == hidden), "quantfuse: out shape ",
               out.sizes(), " does not match x shape ", x.sizes(), " for ", kActNames[act]);
-  if (tokens == 0 || hidden == 0) return;
+  if (tokens == 0 || hidden == 0) return {};
   const int64_t vec = 16 / x.element_size();
   const bool vectorized = hidden % vec == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
                           reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0;
@@ -153,15 +171,15 @@ void activation_impl(int64_t act, at::Tensor out, at::Tensor x) {
               " rows)");
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   ActParams p{out.data_ptr(), x.data_ptr(), tokens, hidden, vectorized, at::cuda::getCurrentCUDAStream()};
-  run_unit(act, x, p, [](auto, auto act_fn, const ActParams& pp) { return act_fn(pp); });
+  return run_unit(act, x, p, [](auto, auto act_fn, const ActParams& pp) { return act_fn(pp); });
 }
 
-// "" when fn() returns, else the error's message (no exception leaves the module).
+// fn()'s message ("" on success); an exception from ATen itself (not expected after the
+// checks) becomes its message too, so none leaves the module.
 template <typename Fn>
 std::string guarded(Fn&& fn) {
   try {
-    fn();
-    return {};
+    return fn();
   } catch (const c10::Error& e) {
     return e.what_without_backtrace();
   } catch (const std::exception& e) {
@@ -174,12 +192,12 @@ std::string guarded(Fn&& fn) {
 std::string act_quant(int64_t act, int64_t scheme, at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
                       bool flag, int64_t s_stride_t, int64_t s_stride_g, int64_t vectors, int64_t blocks_per_sm) {
   return guarded([&] {
-    act_quant_impl(act, scheme, q, s, x, group_size, flag, s_stride_t, s_stride_g, vectors, blocks_per_sm);
+    return act_quant_impl(act, scheme, q, s, x, group_size, flag, s_stride_t, s_stride_g, vectors, blocks_per_sm);
   });
 }
 
 std::string activation(int64_t act, at::Tensor out, at::Tensor x) {
-  return guarded([&] { activation_impl(act, out, x); });
+  return guarded([&] { return activation_impl(act, out, x); });
 }
 
 // The names and arguments of the first kernels (benchmarks sweep vectors / grid).
