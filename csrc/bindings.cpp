@@ -7,9 +7,9 @@
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/util/StringUtil.h>
 
 #include <string>
+#include <type_traits>
 
 #include "act_quant.h"
 #include "quantfuse_units.h"  // generated: QF_UNITS(X)
@@ -24,11 +24,32 @@ QF_UNITS(QF_DECLARE)
 
 namespace {
 
-// Argument checks return their message (no exception is thrown at all: unwinding out
-// of some throw sites in this module crashed even when caught inside it).
+// Messages are built by appending, without std::ostream: on the H100 machine (torch
+// 2.11 wheel, this module built by the system g++) formatting an integer through
+// c10::str / std::ostringstream in this module crashed the process (segfault) every
+// time, whether the message was thrown or returned (benchmarks/NOTES.md).
+inline void append(std::string& s, const char* v) { s += v; }
+inline void append(std::string& s, const std::string& v) { s += v; }
+template <typename T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
+void append(std::string& s, T v) { s += std::to_string(v); }
+inline void append(std::string& s, c10::ScalarType t) { s += c10::toString(t); }
+inline void append(std::string& s, const c10::Device& d) { s += d.str(); }
+inline void append(std::string& s, c10::IntArrayRef a) {
+  s += "[";
+  for (size_t i = 0; i < a.size(); ++i) s += (i ? ", " : "") + std::to_string(a[i]);
+  s += "]";
+}
+template <typename... Args>
+std::string message(const Args&... args) {
+  std::string s;
+  (append(s, args), ...);
+  return s;
+}
+
+// Argument checks return their message; nothing is thrown.
 #define QF_CHECK(cond, ...)                           \
   do {                                                \
-    if (!(cond)) return c10::str(__VA_ARGS__);        \
+    if (!(cond)) return message(__VA_ARGS__);         \
   } while (0)
 // Propagate a failed sub-check.
 #define QF_TRY(call)                            \
