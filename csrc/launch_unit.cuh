@@ -83,14 +83,21 @@ const char* launch_token(const QuantParams& p, int threads_x) {
 }
 
 // Per-token: up to 4 vectors per thread, so that a row takes few threads (a warp for
-// rows up to 128 vectors: no barrier) and a block many rows (fewer barriers per byte);
-// threads rounded up to whole warps; rows past kTokenThreads * 4 vectors: two passes.
+// rows up to 128 vectors: no barrier) and a block many rows (fewer barriers per byte),
+// when that still leaves two blocks per SM; fewer tokens get the fewest vectors per
+// thread (more threads per row, more blocks: at T = 64 four vectors per thread left
+// most SMs idle and took 4.6 µs). Threads are whole warps; rows past kTokenThreads * 4
+// vectors take two passes.
 const char* dispatch_token(const QuantParams& p) {
   const int64_t vecs = p.hidden / kVec;
-  const int64_t tx = std::max<int64_t>(32, ((vecs + 3) / 4 + 31) / 32 * 32);
-  if (tx <= kTokenThreads) {
-    if (tx >= vecs) return launch_token<1>(p, int(tx));
-    if (2 * tx >= vecs) return launch_token<2>(p, int(tx));
+  auto threads = [&](int64_t nv) { return std::max<int64_t>(32, ((vecs + nv - 1) / nv + 31) / 32 * 32); };
+  const int64_t rows4 = std::max<int64_t>(1, kTokenThreads / threads(4));
+  const bool many = threads(4) <= kTokenThreads && (p.tokens + rows4 - 1) / rows4 >= 2 * p.sms;
+  for (int nv : {1, 2, 4}) {
+    const int64_t tx = threads(nv);
+    if (tx > kTokenThreads || (many && nv < 4)) continue;
+    if (nv == 1) return launch_token<1>(p, int(tx));
+    if (nv == 2) return launch_token<2>(p, int(tx));
     return launch_token<4>(p, int(tx));
   }
   act_token_quant_wide_kernel<DT, Act, 4><<<unsigned(p.tokens), kTokenThreads, 0, p.stream>>>(

@@ -106,15 +106,20 @@ def test_pass_is_idempotent():
     assert str(gm.graph) == after_once
 
 
-def test_default_config_fuses_native_pairs_only_where_the_kernel_beats_inductor():
-    """relu2 -> FP8 per-group in plain PyTorch: Inductor's own kernel is faster; left alone."""
-    from corpus import Relu2SquareGroup, Relu2Mxfp8Floor
+def test_native_fusions_limit_the_native_form():
+    """The default fuses every native pair (each beat Inductor on the H100); a pair left
+    out of ``native_fusions`` stays as Inductor would compile it."""
+    from corpus import Relu2Mxfp8Floor, Relu2SquareGroup
 
-    assert quantfuse.FusionConfig().native_fusions == (("silu_and_mul", "fp8_per_group"), ("relu2", "mxfp8"))
-    for style, rewrites in ((Relu2SquareGroup, 0), (Relu2Mxfp8Floor, 1), (SliceSilu, 1)):
+    assert set(quantfuse.FusionConfig().native_fusions) == {
+        (act, scheme) for act in ("silu_and_mul", "relu2") for scheme in ("fp8_per_group", "fp8_per_token", "mxfp8")}
+    only_silu = quantfuse.FusionConfig(native_fusions=(("silu_and_mul", "fp8_per_group"),))
+    for style, default, restricted in ((Relu2SquareGroup, 1, 0), (Relu2Mxfp8Floor, 1, 0), (SliceSilu, 1, 1)):
         module = style()
         gm = post_grad_graph(module, module.make_input())
-        assert len(_run_pass(gm, quantfuse.FusionConfig()).rewrites) == rewrites
+        assert len(_run_pass(gm, quantfuse.FusionConfig()).rewrites) == default
+        gm = post_grad_graph(module, module.make_input())
+        assert len(_run_pass(gm, only_silu).rewrites) == restricted
 
 
 def test_disabled_form_is_not_rewritten():

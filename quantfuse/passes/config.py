@@ -12,9 +12,12 @@ from quantfuse.custom_ops import ops as qops
 #: every (activation, scheme) pair of the op tables
 ALL_PAIRS = tuple((act, scheme) for act in qops.ACTIVATIONS for scheme in qops.SCHEMES)
 
-#: pairs whose fused kernel beat Inductor's own code for the plain-PyTorch graph on the
-#: H100 (benchmarks/RESULTS.md); for the others a native rewrite would slow the model down
-PROFITABLE_NATIVE = (("silu_and_mul", "fp8_per_group"), ("relu2", "mxfp8"))
+#: pairs whose fused CUDA kernel beat Inductor's own code for the plain-PyTorch graph on
+#: the H100 at T >= 4096 (benchmarks/RESULTS.md): every pair with a native spelling
+#: (MXFP4 has none). With only the Triton backend (no CUDA toolchain) several of these
+#: are slower than Inductor; see the README.
+PROFITABLE_NATIVE = tuple((act, scheme) for act in ("silu_and_mul", "relu2")
+                          for scheme in ("fp8_per_group", "fp8_per_token", "mxfp8"))
 
 
 @dataclasses.dataclass(frozen=True)
