@@ -23,6 +23,8 @@ from quantfuse.custom_ops import cuda_backend, kernel_inputs  # noqa: E402
 
 SCHEMES = {"fp8_per_group": (128, False, 1.0, 4 / 128), "mxfp8": (32, True, 1.0, 1 / 32),
            "mxfp4": (32, True, 0.5, 1 / 32)}
+# "same-size copy": a device copy reading and writing nbytes in all (sources rotated
+# like the inputs), in % of the large-copy bandwidth: what a kernel of that size can reach
 
 
 def main() -> None:
@@ -33,7 +35,7 @@ def main() -> None:
     m = cuda_backend._mod()
     bw = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}, copy {bw:.0f} GB/s")
-    print("| pair | T | H | v=1 | v=2 | v=4 | v=2, no loop |\n|---|---|---|---|---|---|---|")
+    print("| pair | T | H | v=1 | v=2 | v=4 | v=2, no loop | same-size copy |\n|---|---|---|---|---|---|---|---|")
     for act in ("silu_and_mul", "relu2"):
         for key, (gs, flag, out_b, s_b) in SCHEMES.items():
             for t in map(int, args.tokens.split(",")):
@@ -52,6 +54,11 @@ def main() -> None:
                         us = bench(lambda x, v=v, bps=bps: m.act_quant(code, scheme, q, s, x, gs, flag, h // gs, 1,
                                                                        v, bps), xs)
                         cells.append(f"{nbytes / (us * 1e-6) / 1e9 / bw:.0%} ({us:.1f})")
+                    srcs = [torch.empty(int(nbytes) // 2, dtype=torch.uint8, device="cuda").random_(0, 255)
+                            for _ in range(copies)]
+                    dst = torch.empty_like(srcs[0])
+                    us = bench(lambda src: dst.copy_(src), srcs)
+                    cells.append(f"{nbytes / (us * 1e-6) / 1e9 / bw:.0%} ({us:.1f})")
                     print(f"| {act}_{key} | {t} | {h} | " + " | ".join(cells) + " |", flush=True)
 
 
