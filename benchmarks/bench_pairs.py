@@ -30,7 +30,7 @@ SCHEMES = {  # suffix -> (unfused op, args, native spelling or None, output byte
     "per_block_quant": ("per_token_group_quant_fp8", (128,), ("fp8_per_group", "scale=fp32"), 1.0, 4 / 128),
     "per_token_quant_fp8": ("per_token_quant_fp8", (), ("fp8_per_token", "amax/448"), 1.0, 0.0),
     "mxfp8_quant": ("mxfp8_quant", ("rceil",), ("mxfp8", "rceil"), 1.0, 1 / 32),
-    "mxfp4_quant": ("mxfp4_quant", ("rceil",), None, 0.5, 1 / 32),
+    "mxfp4_quant": ("mxfp4_quant", ("rceil",), ("mxfp4", "rceil"), 0.5, 1 / 32),
 }
 ACTS = {"silu_and_mul": ("split,F.silu", 2), "relu2": ("relu.square", 1)}
 
@@ -64,11 +64,14 @@ def main() -> None:
     p.add_argument("--out")
     p.add_argument("--no-inductor", action="store_true")
     p.add_argument("--no-triton", action="store_true")
+    p.add_argument("--schemes", default=",".join(SCHEMES), help="fused-op suffixes to run")
     args = p.parse_args()
     bw = copy_bandwidth()
     rows = []
     for act, (spelling, widen) in ACTS.items():
         for suffix, (unfused, qargs, nat, out_b, s_b) in SCHEMES.items():
+            if suffix not in args.schemes.split(","):
+                continue
             fused = getattr(qf, f"{act}_{suffix}")
             act_op, quant_op = getattr(qf, act), getattr(qf, unfused)
             native_fn = None

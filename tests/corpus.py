@@ -289,6 +289,35 @@ class Relu2Mxfp8Floor(Style):
         return _mx8(F.relu(x).square(), False)
 
 
+def _mx4(y, rceil):
+    yg = y.unflatten(-1, (-1, 32)).float()
+    amax = yg.abs().amax(dim=-1, keepdim=True)
+    e = torch.ceil(torch.log2(amax / 6.0)) if rceil else torch.floor(torch.log2(amax)) - 2
+    e = e.clamp(-127, 127)
+    v = yg / torch.exp2(e)
+    a = v.abs()
+    c = ((a > 0.25).to(torch.uint8) + (a >= 0.75).to(torch.uint8) + (a > 1.25).to(torch.uint8)
+         + (a >= 1.75).to(torch.uint8) + (a > 2.5).to(torch.uint8) + (a >= 3.5).to(torch.uint8)
+         + (a > 5.0).to(torch.uint8))
+    c = (c | (torch.signbit(v).to(torch.uint8) << 3)).flatten(-2)
+    return c[..., 0::2] | (c[..., 1::2] << 4), (e + 127).to(torch.uint8).squeeze(-1)
+
+
+class SiluMxfp4Rceil(Style):
+    fused, scheme, params = "silu_and_mul_mxfp4_quant", "mxfp4", {"scale_rounding": "rceil"}
+
+    def forward(self, x):
+        a, b = x.chunk(2, -1)
+        return _mx4(F.silu(a) * b, True)
+
+
+class Relu2Mxfp4Floor(Style):
+    fused, scheme, params, shape = "relu2_mxfp4_quant", "mxfp4", {"scale_rounding": "floor"}, (2, 4, 256)
+
+    def forward(self, x):
+        return _mx4(F.relu(x) * F.relu(x), False)
+
+
 class OpFormPairs(Style):
     """Every (activation, scheme) pair called as quantfuse ops in one graph."""
 
@@ -309,7 +338,7 @@ class OpFormPairs(Style):
 STYLES = [SliceSiluView, ChunkSigmoidReshape, SplitSiluUnflatten, ThreeDimSlice, ThreeDimChunkSigmoid,
           Ue8m0Exp2, Ue8m0Pow, Fp16Input, Fp32Input, Fp32InputSigmoid, ColumnMajorScales, ColumnMajorScales3D, TransposedScalesNotFolded, TwoLayers,
           OpForm, OpFormColumnMajor, OpFormKwargs, Relu2SquareGroup, Relu2PowUe8m0, Relu2MulPerToken, SiluPerToken,
-          SiluMxfp8Rceil, Relu2Mxfp8Floor, OpFormPairs]
+          SiluMxfp8Rceil, Relu2Mxfp8Floor, SiluMxfp4Rceil, Relu2Mxfp4Floor, OpFormPairs]
 
 
 # --- near misses: (module, fragment of the reason) -------------------------------------

@@ -76,3 +76,29 @@ def fp8_step_close(q1, s1, q2, s2, max_fraction: float = 0.05) -> None:
     same_scale = ~flipped.repeat_interleave(group, -1)
     differ = (q1.view(torch.uint8) != q2.view(torch.uint8))[same_scale].float().mean().item()
     assert differ <= max_fraction, f"{differ:.3%} of FP8 codes differ"
+
+
+def e2m1_decode(packed: torch.Tensor) -> torch.Tensor:
+    """Packed MXFP4 bytes [..., H/2] -> E2M1 element values (fp32) [..., H], element 2i low."""
+    from quantfuse.custom_ops.reference import E2M1_VALUES
+
+    codes = torch.stack((packed & 0xF, packed >> 4), dim=-1).flatten(-2).long()
+    mag = torch.tensor(E2M1_VALUES, dtype=torch.float32)[codes & 7]
+    return torch.where(codes >= 8, -mag, mag)
+
+
+def fp4_step_close(q1, s1, q2, s2, max_fraction: float = 0.05) -> None:
+    """Assert two MXFP4 quantisations agree within the numerics contract: the same E8M0
+    scale but in a few blocks (power-of-two edges, as for FP8), and elsewhere element
+    values within one E2M1 grid step (2 x scale at most) where a 16-bit intermediate was
+    rounded differently, in at most ``max_fraction`` of the codes."""
+    assert q1.shape == q2.shape and s1.shape == s2.shape
+    flipped = s1 != s2
+    assert bool(((s1.int() - s2.int()).abs() <= 1).all()), "scales differ by more than one binade"
+    assert flipped.float().mean().item() <= 0.02, "too many scales differ"
+    same = ~flipped.repeat_interleave(32, -1)
+    scale = torch.exp2(s1.float() - 127).repeat_interleave(32, -1)
+    d1, d2 = e2m1_decode(q1) * scale, e2m1_decode(q2) * scale
+    assert bool(((d1 - d2).abs() <= 2 * scale)[same].all())
+    differ = (d1 != d2)[same].float().mean().item()
+    assert differ <= max_fraction, f"{differ:.3%} of E2M1 codes differ"

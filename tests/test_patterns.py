@@ -8,7 +8,7 @@ import torch
 import quantfuse
 from corpus import NEAR_MISSES, STYLES, OpFormPairs
 from corpus import SliceSiluView as SliceSilu
-from helpers import count_targets, fp8_step_close, post_grad_graph
+from helpers import count_targets, fp4_step_close, fp8_step_close, post_grad_graph
 
 FUSED = "silu_and_mul_per_block_quant"
 
@@ -36,6 +36,9 @@ def _assert_same_quantisation(scheme, expected, got):
                    for a, b in zip(expected, got))
         return
     s1, s2 = expected[1], got[1]
+    if scheme == "mxfp4":
+        fp4_step_close(expected[0], s1, got[0], s2)
+        return
     if s1.dtype == torch.uint8:  # E8M0 bytes -> power-of-two scales
         s1, s2 = torch.exp2(s1.float() - 127), torch.exp2(s2.float() - 127)
     fp8_step_close(expected[0], s1, got[0], s2)

@@ -78,6 +78,31 @@ def mxfp8_quant(y, scale_rounding: str = "rceil"):
     return q, (exp + 127).to(torch.uint8)
 
 
+#: E2M1 rounding thresholds of |v|: ``>`` where the tie goes down to the even code, ``>=``
+#: where it goes up (0.25 -> 0, 0.75 -> 1.0, 1.25 -> 1.0, 1.75 -> 2, 2.5 -> 2, 3.5 -> 4, 5 -> 4)
+E2M1_THRESHOLDS = ((0.25, False), (0.75, True), (1.25, False), (1.75, True), (2.5, False), (3.5, True), (5.0, False))
+
+
+def mxfp4_quant(y, scale_rounding: str = "rceil"):
+    """MXFP4 as written in torch: E2M1 codes by counting the rounding thresholds |v| passes,
+    sign in bit 3, packed two a byte (element 2i low); E8M0 bytes ``[..., G, 1]``."""
+    yg = y.unflatten(-1, (-1, 32)).float()
+    amax = yg.abs().amax(dim=-1, keepdim=True)
+    if scale_rounding == "rceil":
+        exp = torch.ceil(torch.log2(amax / 6.0))
+    else:
+        exp = torch.floor(torch.log2(amax)) - 2
+    exp = exp.clamp(-127, 127)
+    v = yg / torch.exp2(exp)
+    a = v.abs()
+    steps = [((a >= t) if up else (a > t)).to(torch.uint8) for t, up in E2M1_THRESHOLDS]
+    code = steps[0]
+    for step in steps[1:]:
+        code = code + step
+    code = (code | (torch.signbit(v).to(torch.uint8) << 3)).flatten(-2)
+    return code[..., 0::2] | (code[..., 1::2] << 4), (exp + 127).to(torch.uint8)
+
+
 SCHEME_SPELLINGS: dict[str, dict[str, Callable]] = {
     "fp8_per_group": {
         "scale=fp32": lambda y: fp8_group_quant(y),
@@ -89,8 +114,10 @@ SCHEME_SPELLINGS: dict[str, dict[str, Callable]] = {
         "rceil": lambda y: mxfp8_quant(y, "rceil"),
         "floor": lambda y: mxfp8_quant(y, "floor"),
     },
-    # MXFP4 has no native spelling yet: E2M1 rounding and nibble packing are written in
-    # too many ways (bit tricks, lookup tables, bucketize) to recognise one; the op form
-    # is fused.
-    "mxfp4": {},
+    # one spelling of the many ways E2M1 rounding and packing are written (bit tricks,
+    # lookup tables, bucketize): threshold counting, as in reference / kernels
+    "mxfp4": {
+        "rceil": lambda y: mxfp4_quant(y, "rceil"),
+        "floor": lambda y: mxfp4_quant(y, "floor"),
+    },
 }
