@@ -115,7 +115,8 @@ def test_native_fusions_limit_the_native_form():
     from corpus import Relu2Mxfp8Floor, Relu2SquareGroup
 
     assert set(quantfuse.FusionConfig().native_fusions) == {
-        (act, scheme) for act in ("silu_and_mul", "relu2") for scheme in ("fp8_per_group", "fp8_per_token", "mxfp8")}
+        (act, scheme) for act in ("silu_and_mul", "relu2")
+        for scheme in ("fp8_per_group", "fp8_per_token", "mxfp8", "mxfp4")}
     only_silu = quantfuse.FusionConfig(native_fusions=(("silu_and_mul", "fp8_per_group"),))
     for style, default, restricted in ((Relu2SquareGroup, 1, 0), (Relu2Mxfp8Floor, 1, 0), (SliceSilu, 1, 1)):
         module = style()

@@ -13,11 +13,10 @@ from quantfuse.custom_ops import ops as qops
 ALL_PAIRS = tuple((act, scheme) for act in qops.ACTIVATIONS for scheme in qops.SCHEMES)
 
 #: pairs whose fused CUDA kernel beat Inductor's own code for the plain-PyTorch graph on
-#: the H100 at T >= 4096 (benchmarks/RESULTS.md): every FP8 and MXFP8 pair. With only
-#: the Triton backend (no CUDA toolchain) several of these
-#: are slower than Inductor; see the README.
-PROFITABLE_NATIVE = tuple((act, scheme) for act in ("silu_and_mul", "relu2")
-                          for scheme in ("fp8_per_group", "fp8_per_token", "mxfp8"))
+#: the H100 at T >= 4096 (benchmarks/RESULTS.md): since the CUDA kernels, every pair
+#: (FP8 / MXFP8 1.01-1.79x, MXFP4 2.1-4.1x). With only the Triton backend (no CUDA
+#: toolchain) several are slower than Inductor; see the README.
+PROFITABLE_NATIVE = ALL_PAIRS
 
 
 @dataclasses.dataclass(frozen=True)
