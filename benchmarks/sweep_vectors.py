@@ -1,4 +1,4 @@
-"""Vectors per thread (1, 2, 4) and grid shape of the CUDA group kernel for every per-group pair.
+"""Vectors per thread (1, 2, 4) and grid shape of the CUDA group and per-token kernels for every pair.
 
     python benchmarks/sweep_vectors.py [--tokens 4096,16384] [--hidden 2048,7168]
 
@@ -22,7 +22,7 @@ from bench_pairs import bench, copy_bandwidth  # noqa: E402
 from quantfuse.custom_ops import cuda_backend, kernel_inputs  # noqa: E402
 
 SCHEMES = {"fp8_per_group": (128, False, 1.0, 4 / 128), "mxfp8": (32, True, 1.0, 1 / 32),
-           "mxfp4": (32, True, 0.5, 1 / 32)}
+           "mxfp4": (32, True, 0.5, 1 / 32), "fp8_per_token": (0, False, 1.0, 0.0)}
 # "same-size copy": a device copy reading and writing nbytes in all (sources rotated
 # like the inputs), in % of the large-copy bandwidth: what a kernel of that size can reach
 
@@ -31,6 +31,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tokens", default="4096,16384")
     p.add_argument("--hidden", default="2048,7168")
+    p.add_argument("--schemes", default=",".join(SCHEMES))
     args = p.parse_args()
     m = cuda_backend._mod()
     bw = copy_bandwidth()
@@ -38,6 +39,8 @@ def main() -> None:
     print("| pair | T | H | v=1 | v=2 | v=4 | v=2, no loop | same-size copy |\n|---|---|---|---|---|---|---|---|")
     for act in ("silu_and_mul", "relu2"):
         for key, (gs, flag, out_b, s_b) in SCHEMES.items():
+            if key not in args.schemes.split(","):
+                continue
             for t in map(int, args.tokens.split(",")):
                 for h in map(int, args.hidden.split(",")):
                     n_in = 2 * h if act == "silu_and_mul" else h
@@ -46,12 +49,13 @@ def main() -> None:
                     xs = [torch.randn(t, n_in, device="cuda", dtype=torch.bfloat16) * 3 for _ in range(copies)]
                     q = torch.empty(t, int(h * out_b), device="cuda",
                                     dtype=torch.uint8 if key == "mxfp4" else torch.float8_e4m3fn)
-                    s = torch.empty(t, h // gs, device="cuda",
-                                    dtype=torch.float32 if key == "fp8_per_group" else torch.uint8)
+                    groups = 1 if key == "fp8_per_token" else h // gs
+                    s = torch.empty(t, groups, device="cuda",
+                                    dtype=torch.uint8 if key.startswith("mx") else torch.float32)
                     code, scheme = kernel_inputs.ACT_CODES[act], kernel_inputs.SCHEME_CODES[key][2]
                     cells = []
                     for v, bps in ((1, 0), (2, 0), (4, 0), (2, -1)):
-                        us = bench(lambda x, v=v, bps=bps: m.act_quant(code, scheme, q, s, x, gs, flag, h // gs, 1,
+                        us = bench(lambda x, v=v, bps=bps: m.act_quant(code, scheme, q, s, x, gs, flag, groups, 1,
                                                                        v, bps), xs)
                         cells.append(f"{nbytes / (us * 1e-6) / 1e9 / bw:.0%} ({us:.1f})")
                     srcs = [torch.empty(int(nbytes) // 2, dtype=torch.uint8, device="cuda").random_(0, 255)

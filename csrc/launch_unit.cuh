@@ -104,7 +104,9 @@ const char* dispatch_token(const QuantParams& p) {
   const bool many = threads(4) <= kTokenThreads && (p.tokens + rows4 - 1) / rows4 >= 2 * p.sms;
   for (int nv : {1, 2, 4}) {
     const int64_t tx = threads(nv);
-    if (tx > kTokenThreads || (many && nv < 4)) continue;
+    if (tx > kTokenThreads) continue;
+    // p.vectors (benchmarks) forces a count where it fits
+    if (p.vectors != 0 ? nv < p.vectors : (many && nv < 4)) continue;
     if (nv == 1) return launch_token<1>(p, int(tx));
     if (nv == 2) return launch_token<2>(p, int(tx));
     return launch_token<4>(p, int(tx));
