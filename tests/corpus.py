@@ -335,10 +335,23 @@ class OpFormPairs(Style):
         return tuple(outs)
 
 
+class OpFormSwizzledScales(Style):
+    """The MX ops asked for the 128x4 tiled scale layout (positional and keyword)."""
+
+    fused, scheme, params, shape = "relu2_mxfp4_quant", "mxfp4", {"scale_rounding": "floor",
+                                                                  "is_sf_swizzled_layout": True}, (130, 256)
+
+    def forward(self, x):
+        return (*qf.mxfp4_quant(qf.relu2(x), "floor", True),
+                *qf.mxfp4_quant(qf.relu2(x + 1), scale_rounding="floor", is_sf_swizzled_layout=True))
+
+    expect = (2, None, None, None)
+
+
 STYLES = [SliceSiluView, ChunkSigmoidReshape, SplitSiluUnflatten, ThreeDimSlice, ThreeDimChunkSigmoid,
           Ue8m0Exp2, Ue8m0Pow, Fp16Input, Fp32Input, Fp32InputSigmoid, ColumnMajorScales, ColumnMajorScales3D, TransposedScalesNotFolded, TwoLayers,
           OpForm, OpFormColumnMajor, OpFormKwargs, Relu2SquareGroup, Relu2PowUe8m0, Relu2MulPerToken, SiluPerToken,
-          SiluMxfp8Rceil, Relu2Mxfp8Floor, SiluMxfp4Rceil, Relu2Mxfp4Floor, OpFormPairs]
+          SiluMxfp8Rceil, Relu2Mxfp8Floor, SiluMxfp4Rceil, Relu2Mxfp4Floor, OpFormSwizzledScales, OpFormPairs]
 
 
 # --- near misses: (module, fragment of the reason) -------------------------------------

@@ -208,3 +208,25 @@ def test_fx_graph_cache_keys_on_the_pass_uuid(tmp_path, monkeypatch):
     assert compile_with(None)._runs == 0  # served from the cache: same uuid
     changed = compile_with(quantfuse.FusionConfig(group_sizes=(64,)))
     assert changed._runs == 1 and changed.report.rewrites == []
+
+
+@torch.no_grad()
+def test_dynamic_token_count_with_swizzled_mx_scales():
+    """The fused op's fake impl gives the padded 128x4 scale shape for a symbolic T: one
+    compile serves T=5 and T=130 (one and two row tiles), bit-identical to eager."""
+    qf = torch.ops.quantfuse
+
+    def fn(x):
+        return qf.mxfp4_quant(qf.relu2(x), "rceil", True)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, dynamic=True, options=quantfuse.inductor_options())
+    for t in (5, 130):
+        x = torch.randn(t, 256, dtype=torch.bfloat16) * 3
+        q, s = compiled(x)
+        report = quantfuse.last_report()
+        assert [r.fused_op for r in report.rewrites] == ["quantfuse.relu2_mxfp4_quant"]
+        assert report.rewrites[0].params == {"scale_rounding": "rceil", "is_sf_swizzled_layout": True}
+        eq, es = fn(x)
+        assert s.shape == (128 * (1 + t // 128), 8)
+        assert torch.equal(q, eq) and torch.equal(s, es)

@@ -114,3 +114,49 @@ def test_rceil_scale_of_a_block_whose_amax_product_underflows_is_the_smallest(sc
     x[0, 0] = 1.4e-45  # amax * fp32(1/max_elem) rounds to 0
     q, s = getattr(qf, scheme)(x, "rceil")
     assert s[0, 0] == 0  # 2**-127
+
+
+def _to_blocked_torchao(m: torch.Tensor) -> torch.Tensor:
+    """torchao's ``to_blocked`` (mx_formats/utils.py), rewritten here as the second opinion."""
+    rows, cols = m.shape
+    nr, nc = -(-rows // 128), -(-cols // 4)
+    padded = torch.zeros(nr * 128, nc * 4, dtype=m.dtype)
+    padded[:rows, :cols] = m
+    blocks = padded.view(nr, 128, nc, 4).permute(0, 2, 1, 3)
+    return blocks.reshape(-1, 4, 32, 4).transpose(1, 2).reshape(-1, 32, 16).flatten()
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 300), groups=st.integers(1, 13), seed=st.integers(0, 2**16))
+def test_swizzle_128x4_is_the_block_scaled_gemm_layout(rows, groups, seed):
+    """Scale byte (r, c) lands at tile (r // 128, c // 4), offset (r % 32) * 16 + (r // 32 % 4) * 4
+    + c % 4, tiles row-major, zero padding; equal to torchao's to_blocked."""
+    from quantfuse.custom_ops.reference import swizzle_128x4
+
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randint(0, 255, (rows, groups), dtype=torch.uint8, generator=g)
+    out = swizzle_128x4(s)
+    tp, gp = -(-rows // 128) * 128, -(-groups // 4) * 4
+    assert out.shape == (tp, gp) and out.is_contiguous()
+    flat = out.flatten()
+    assert torch.equal(flat, _to_blocked_torchao(s))
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(groups), indexing="ij")
+    offset = ((r // 128) * (gp // 4) + c // 4) * 512 + (r % 32) * 16 + (r // 32 % 4) * 4 + c % 4
+    assert torch.equal(flat[offset], s)
+    written = torch.zeros(tp * gp, dtype=torch.bool)
+    written[offset.flatten()] = True
+    assert int(flat[~written].count_nonzero()) == 0
+
+
+@pytest.mark.parametrize("op", ["mxfp8_quant", "mxfp4_quant", "relu2_mxfp4_quant", "silu_and_mul_mxfp8_quant"])
+def test_swizzled_scales_are_the_row_major_scales_rearranged(op):
+    """is_sf_swizzled_layout changes only the scale layout: same q, scales = swizzle_128x4 of
+    the row-major ones (leading dims flattened into rows)."""
+    from quantfuse.custom_ops.reference import swizzle_128x4
+
+    x = torch.randn(3, 70, 2 * 192 if op.startswith("silu") else 192, dtype=torch.bfloat16) * 4
+    q, s = getattr(qf, op)(x, "rceil")
+    qs, ss = getattr(qf, op)(x, "rceil", True)
+    assert torch.equal(q.view(torch.uint8), qs.view(torch.uint8))
+    assert ss.shape == (256, 8) and s.shape == (3, 70, 6)
+    assert torch.equal(ss, swizzle_128x4(s))

@@ -19,6 +19,8 @@ CASES = [
     (qf.per_token_group_quant_fp8, (torch.randn(2, 3, 256, dtype=torch.bfloat16), 128, True, True)),
     (qf.silu_and_mul_per_block_quant, (torch.randn(4, 512, dtype=torch.bfloat16), 128, True, False)),
     (qf.silu_and_mul_per_block_quant, (torch.randn(2, 2, 256, dtype=torch.float32), 64, False, True)),
+    (qf.relu2_mxfp4_quant, (torch.randn(130, 96, dtype=torch.bfloat16), "floor", True)),
+    (qf.mxfp8_quant, (torch.randn(2, 3, 160, dtype=torch.float16), "rceil", True)),
 ]
 
 

@@ -67,6 +67,9 @@ class Scheme:
     #: how many leading parameters have no default
     required_params: int
     doc: str
+    #: (q, s) as the kernels wrote them -> (q, s) as the op returns them (a layout step in
+    #: torch, also applied to the fake impl's outputs)
+    finish: Callable[..., tuple[torch.Tensor, torch.Tensor]] = lambda q, s, *params: (q, s)
 
 
 def _silu_and_mul_hidden(h: int) -> int:
@@ -83,7 +86,7 @@ def _check_group(hidden: int, group_size: int, column_major_scales: bool = False
     return group_size
 
 
-def _check_mx(hidden: int, scale_rounding: str) -> int:
+def _check_mx(hidden: int, scale_rounding: str = "rceil", is_sf_swizzled_layout: bool = False) -> int:
     if scale_rounding not in reference.SCALE_ROUNDINGS:
         raise ValueError(f"scale_rounding must be one of {reference.SCALE_ROUNDINGS}, got {scale_rounding!r}")
     if hidden % reference.MX_BLOCK:
@@ -92,24 +95,32 @@ def _check_mx(hidden: int, scale_rounding: str) -> int:
 
 
 def _mx_scheme(name: str, element_bytes: Callable[[int], int], q_dtype: torch.dtype, doc: str) -> Scheme:
-    """An OCP microscaling scheme: ``{name}_quant(x, scale_rounding="rceil")``."""
+    """An OCP microscaling scheme: ``{name}_quant(x, scale_rounding="rceil", is_sf_swizzled_layout=False)``.
 
-    def empty_outputs(shape, device, scale_rounding="rceil"):
+    The kernels write row-major scale bytes; the 128x4 tiled layout (vLLM's and
+    FlashInfer's ``is_sf_swizzled_layout``) is a rearrangement of those bytes in torch
+    (1/32 of the elements: ~3% of the op's traffic)."""
+
+    def empty_outputs(shape, device, scale_rounding="rceil", is_sf_swizzled_layout=False):
         *lead, hidden = shape
         return (torch.empty((*lead, element_bytes(hidden)), dtype=q_dtype, device=device),
                 torch.empty((*lead, hidden // reference.MX_BLOCK), dtype=torch.uint8, device=device))
 
+    def finish(q, s, scale_rounding="rceil", is_sf_swizzled_layout=False):
+        return (q, reference.swizzle_128x4(s)) if is_sf_swizzled_layout else (q, s)
+
     return Scheme(
         unfused_name=f"{name}_quant",
         fused_suffix=f"{name}_quant",
-        params_schema='str scale_rounding="rceil"',
+        params_schema='str scale_rounding="rceil", bool is_sf_swizzled_layout=False',
         reference=getattr(reference, f"{name}_quant"),
-        check=lambda hidden, scale_rounding="rceil": _check_mx(hidden, scale_rounding),
+        check=_check_mx,
         empty_outputs=empty_outputs,
-        kernel_args=lambda scale_rounding="rceil": (scale_rounding,),
-        example_params=("floor",),
+        kernel_args=lambda scale_rounding="rceil", is_sf_swizzled_layout=False: (scale_rounding,),
+        example_params=("floor", True),
         required_params=0,
         doc=doc,
+        finish=finish,
     )
 
 
@@ -204,7 +215,7 @@ def _run_quant(scheme: Scheme, x: torch.Tensor, *params):
         return scheme.reference(x, *params)
     q, s = scheme.empty_outputs(x.shape, x.device, *params)
     getattr(mod, op)(q, s, x, *scheme.kernel_args(*params))
-    return q, s
+    return scheme.finish(q, s, *params)
 
 
 def _run_fused(act: Activation, scheme: Scheme, x: torch.Tensor, *params):
@@ -217,7 +228,7 @@ def _run_fused(act: Activation, scheme: Scheme, x: torch.Tensor, *params):
         return scheme.reference(act.reference(x), *params)
     q, s = scheme.empty_outputs((*x.shape[:-1], out_h), x.device, *params)
     getattr(mod, op)(q, s, x, *scheme.kernel_args(*params))
-    return q, s
+    return scheme.finish(q, s, *params)
 
 
 def _fake_activation(act: Activation, x: torch.Tensor) -> torch.Tensor:
@@ -229,7 +240,7 @@ def _fake_quant(scheme: Scheme, op: str, out_hidden_of: Callable[[torch.Tensor],
     _check_input(op, x)
     out_h = out_hidden_of(x)
     _scheme_params(scheme, op, out_h, params)
-    return scheme.empty_outputs((*x.shape[:-1], out_h), x.device, *params)
+    return scheme.finish(*scheme.empty_outputs((*x.shape[:-1], out_h), x.device, *params), *params)
 
 
 def _define(name: str, schema: str, impl: Callable, fake: Callable, doc: str):

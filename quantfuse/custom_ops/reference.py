@@ -164,15 +164,40 @@ def _scale_bytes(exp: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
     return torch.where(bad, E8M0_NAN, exp + E8M0_BIAS).to(torch.uint8)
 
 
-def mxfp8_quant(x: torch.Tensor, scale_rounding: str = "rceil") -> tuple[torch.Tensor, torch.Tensor]:
-    """OCP MXFP8: E4M3 elements, one E8M0 scale byte per 32 elements: ``(q, s uint8 [..., H/32])``.
+def swizzle_128x4(s: torch.Tensor) -> torch.Tensor:
+    """E8M0 scale bytes ``[..., G]`` -> the 128x4 tiled layout that block-scaled tensor-core
+    GEMMs read (cuBLAS / CUTLASS block-scale layout, torchao's ``to_blocked``).
+
+    Rows (tokens, leading dims flattened) are padded to a multiple of 128 and groups to a
+    multiple of 4 with zero bytes; the result is ``[T_pad, G_pad]`` whose memory holds the
+    128 x 4 tiles row-major by (row block, column block), and inside a tile the byte of
+    (r, c) at ``(r % 32) * 16 + (r // 32) * 4 + c``.
+    """
+    s2 = s.reshape(-1, s.shape[-1])
+    t, g = s2.shape
+    tp, gp = -(-t // 128) * 128, -(-g // 4) * 4
+    padded = s2.new_zeros(tp, gp)
+    padded[:t, :g] = s2
+    # [row block, r // 32, r % 32, col block, c] -> [row block, col block, r % 32, r // 32, c]
+    return padded.view(tp // 128, 4, 32, gp // 4, 4).permute(0, 3, 2, 1, 4).reshape(tp, gp)
+
+
+def _mx_scales(exp: torch.Tensor, bad: torch.Tensor, swizzled: bool) -> torch.Tensor:
+    s = _scale_bytes(exp, bad)
+    return swizzle_128x4(s) if swizzled else s
+
+
+def mxfp8_quant(x: torch.Tensor, scale_rounding: str = "rceil",
+                is_sf_swizzled_layout: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """OCP MXFP8: E4M3 elements, one E8M0 scale byte per 32 elements: ``(q, s uint8 [..., H/32])``
+    (``is_sf_swizzled_layout``: ``s`` in the 128x4 tiled layout, see :func:`swizzle_128x4`).
 
     Elements saturate at ±448; a NaN block is all NaN with scale byte 0xFF.
     """
     exp, bad = mx_block_exponents(x, "e4m3", scale_rounding)
     v = _scaled_blocks(x, exp).clamp(-448.0, 448.0)
     v = torch.where(bad.unsqueeze(-1), torch.full_like(v, float("nan")), v)
-    return v.to(FP8_DTYPE).flatten(-2), _scale_bytes(exp, bad)
+    return v.to(FP8_DTYPE).flatten(-2), _mx_scales(exp, bad, is_sf_swizzled_layout)
 
 
 #: E2M1 magnitudes by code 0..7
@@ -190,13 +215,15 @@ def e2m1_codes(v: torch.Tensor) -> torch.Tensor:
     return code.to(torch.uint8) | (torch.signbit(v).to(torch.uint8) << 3)
 
 
-def mxfp4_quant(x: torch.Tensor, scale_rounding: str = "rceil") -> tuple[torch.Tensor, torch.Tensor]:
+def mxfp4_quant(x: torch.Tensor, scale_rounding: str = "rceil",
+                is_sf_swizzled_layout: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """OCP MXFP4: E2M1 elements packed two a byte (element 2i in the low nibble), one E8M0
-    scale byte per 32 elements: ``(q uint8 [..., H/2], s uint8 [..., H/32])``.
+    scale byte per 32 elements: ``(q uint8 [..., H/2], s uint8 [..., H/32])``
+    (``is_sf_swizzled_layout``: ``s`` in the 128x4 tiled layout, see :func:`swizzle_128x4`).
 
     Elements saturate at ±6; NaN blocks get scale byte 0xFF and element codes 0.
     """
     exp, bad = mx_block_exponents(x, "e2m1", scale_rounding)
     codes = e2m1_codes(_scaled_blocks(x, exp))
     codes = torch.where(bad.unsqueeze(-1), torch.zeros_like(codes), codes).flatten(-2)
-    return codes[..., 0::2] | (codes[..., 1::2] << 4), _scale_bytes(exp, bad)
+    return codes[..., 0::2] | (codes[..., 1::2] << 4), _mx_scales(exp, bad, is_sf_swizzled_layout)

@@ -54,7 +54,11 @@ log = logging.getLogger("quantfuse.patterns")
 aten = torch.ops.aten
 
 # Constants, shapes and dtypes vary per site; site.py checks them.
-_IGNORED = (int, float, list, torch.device, torch.dtype)
+#: literal types the search graphs leave open (the site reader checks them: native forms
+#: against the traced spelling, op forms by reading the call's parameters); str covers
+#: an op-form ``scale_rounding`` that cannot be dropped as a default because a later
+#: argument is given
+_IGNORED = (int, float, str, list, torch.device, torch.dtype)
 _WIDTHS = {"16bit": torch.bfloat16, "fp32": torch.float32}
 _EXAMPLE_HIDDEN = 256  # activation output width of the traces: 2 groups of 128, 8 MX blocks
 
