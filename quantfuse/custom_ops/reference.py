@@ -176,8 +176,7 @@ def swizzle_128x4(s: torch.Tensor) -> torch.Tensor:
     s2 = s.reshape(-1, s.shape[-1])
     t, g = s2.shape
     tp, gp = -(-t // 128) * 128, -(-g // 4) * 4
-    padded = s2.new_zeros(tp, gp)
-    padded[:t, :g] = s2
+    padded = torch.nn.functional.pad(s2, (0, gp - g, 0, tp - t))  # zero bytes; one kernel
     # [row block, r // 32, r % 32, col block, c] -> [row block, col block, r % 32, r // 32, c]
     return padded.view(tp // 128, 4, 32, gp // 4, 4).permute(0, 3, 2, 1, 4).reshape(tp, gp)
 
