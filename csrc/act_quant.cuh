@@ -19,7 +19,7 @@ namespace quantfuse {
 
 constexpr float kFp8Max = 448.0f;
 constexpr float kEps = 1e-10f;
-constexpr int kThreads = 256;  // threads per block for every kernel here
+constexpr int kThreads = 256;  // threads per block of the group and activation kernels (per-token: kTokenThreads)
 
 // ---------------------------------------------------------------------------
 // Input dtypes. Elements are handled as raw bits (Storage) in registers so a

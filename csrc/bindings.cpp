@@ -187,7 +187,7 @@ std::string activation_impl(int64_t act, at::Tensor out, at::Tensor x) {
   const int64_t vec = 16 / x.element_size();
   const bool vectorized = hidden % vec == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
                           reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0;
-  const int64_t chunks = (hidden + 256 * (vectorized ? vec : 1) - 1) / (256 * (vectorized ? vec : 1));
+  const int64_t chunks = (hidden + 256 * (vectorized ? vec : 1) - 1) / (256 * (vectorized ? vec : 1));  // kThreads
   QF_CHECK(tokens * chunks < (int64_t(1) << 31), "quantfuse: ", kActNames[act], " too large (", tokens,
               " rows)");
   const c10::cuda::OptionalCUDAGuard guard(x.device());
