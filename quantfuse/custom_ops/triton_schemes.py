@@ -419,8 +419,4 @@ def _launch(op: str, act: str, key: str, x, q, s, group_size=None, flag=False):
                      num_warps=4, **common, **launch)
 
 
-def _launch_op(op: str, act: str, key: str, x, q, s, group_size=None, flag=False):
-    _launch(op, act, key, x, q, s, group_size if key == "fp8_per_group" else None, flag)
-
-
-globals().update(kernel_inputs.op_functions(_launch_op))
+globals().update(kernel_inputs.op_functions(_launch))

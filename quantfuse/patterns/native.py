@@ -65,15 +65,21 @@ def fp8_token_quant(y):
     return (yf / scale).clamp(-448.0, 448.0).to(FP8), scale
 
 
-def mxfp8_quant(y, scale_rounding: str = "rceil"):
-    """MXFP8 as written in torch: grouped E4M3 q ``[..., G, 32]``, E8M0 bytes ``[..., G, 1]``."""
+def _mx_blocks(y, scale_rounding: str, max_elem: float, emax: int):
+    """32-element blocks of y in fp32 and their shared exponents ``[..., G, 1]``, as written
+    in torch: ``ceil(log2(amax / max_elem))`` (rceil) or ``floor(log2(amax)) - emax``."""
     yg = y.unflatten(-1, (-1, 32)).float()
     amax = yg.abs().amax(dim=-1, keepdim=True)
     if scale_rounding == "rceil":
-        exp = torch.ceil(torch.log2(amax / 448.0))
+        exp = torch.ceil(torch.log2(amax / max_elem))
     else:
-        exp = torch.floor(torch.log2(amax)) - 8
-    exp = exp.clamp(-127, 127)
+        exp = torch.floor(torch.log2(amax)) - emax
+    return yg, exp.clamp(-127, 127)
+
+
+def mxfp8_quant(y, scale_rounding: str = "rceil"):
+    """MXFP8 as written in torch: grouped E4M3 q ``[..., G, 32]``, E8M0 bytes ``[..., G, 1]``."""
+    yg, exp = _mx_blocks(y, scale_rounding, 448.0, 8)
     q = (yg / torch.exp2(exp)).clamp(-448.0, 448.0).to(FP8)
     return q, (exp + 127).to(torch.uint8)
 
@@ -86,13 +92,7 @@ E2M1_THRESHOLDS = ((0.25, False), (0.75, True), (1.25, False), (1.75, True), (2.
 def mxfp4_quant(y, scale_rounding: str = "rceil"):
     """MXFP4 as written in torch: E2M1 codes by counting the rounding thresholds |v| passes,
     sign in bit 3, packed two a byte (element 2i low); E8M0 bytes ``[..., G, 1]``."""
-    yg = y.unflatten(-1, (-1, 32)).float()
-    amax = yg.abs().amax(dim=-1, keepdim=True)
-    if scale_rounding == "rceil":
-        exp = torch.ceil(torch.log2(amax / 6.0))
-    else:
-        exp = torch.floor(torch.log2(amax)) - 2
-    exp = exp.clamp(-127, 127)
+    yg, exp = _mx_blocks(y, scale_rounding, 6.0, 2)
     v = yg / torch.exp2(exp)
     a = v.abs()
     steps = [((a >= t) if up else (a > t)).to(torch.uint8) for t, up in E2M1_THRESHOLDS]
