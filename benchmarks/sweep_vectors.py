@@ -1,6 +1,11 @@
 """Vectors per thread (1, 2, 4) and grid shape of the CUDA group and per-token kernels for every pair.
 
-    python benchmarks/sweep_vectors.py [--tokens 4096,16384] [--hidden 2048,7168]
+    python benchmarks/sweep_vectors.py [--tokens 4096,16384] [--hidden 2048,7168] [--schemes mxfp4,...]
+
+Group kernels: v = vectors per thread, "no loop" = one block per chunk of groups instead
+of the persistent grid. Per-token kernel: "auto" = the launcher's choice, v = vectors per
+thread per row, "/k" = blocks of about 512 / k threads (k blocks per SM share their
+barriers).
 
 Times ``act_quant`` of the CUDA extension directly (bf16 input, fresh random data
 rotated past L2, CUDA-graph replay) and prints % of the copy bandwidth measured in
@@ -36,7 +41,10 @@ def main() -> None:
     m = cuda_backend._mod()
     bw = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}, copy {bw:.0f} GB/s")
-    print("| pair | T | H | v=1 | v=2 | v=4 | v=2, no loop | same-size copy |\n|---|---|---|---|---|---|---|---|")
+    group_variants = (("v=1", 1, 0), ("v=2", 2, 0), ("v=4", 4, 0), ("v=2, no loop", 2, -1))
+    token_variants = (("auto", 0, 0), ("v=4", 4, 0), ("v=4 /2", 4, 2), ("v=4 /4", 4, 4), ("v=2 /2", 2, 2))
+    for name, variants in (("group", group_variants), ("per-token", token_variants)):
+        print(f"{name}: | pair | T | H | " + " | ".join(v[0] for v in variants) + " | same-size copy |")
     for act in ("silu_and_mul", "relu2"):
         for key, (gs, flag, out_b, s_b) in SCHEMES.items():
             if key not in args.schemes.split(","):
@@ -54,7 +62,8 @@ def main() -> None:
                                     dtype=torch.uint8 if key.startswith("mx") else torch.float32)
                     code, scheme = kernel_inputs.ACT_CODES[act], kernel_inputs.SCHEME_CODES[key][2]
                     cells = []
-                    for v, bps in ((1, 0), (2, 0), (4, 0), (2, -1)):
+                    variants = token_variants if key == "fp8_per_token" else group_variants
+                    for _, v, bps in variants:
                         us = bench(lambda x, v=v, bps=bps: m.act_quant(code, scheme, q, s, x, gs, flag, groups, 1,
                                                                        v, bps), xs)
                         cells.append(f"{nbytes / (us * 1e-6) / 1e9 / bw:.0%} ({us:.1f})")

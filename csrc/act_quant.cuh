@@ -26,7 +26,8 @@ constexpr int kThreads = 256;  // threads per block of the group and activation 
 // 16-byte vector load can be reinterpreted without unions of class types.
 // 16-bit types also work on packed pairs (uint32_t, element 2i in the low half):
 // pack_rn rounds two fp32 values to the dtype with RNE in one F2FP instruction,
-// amax2 is a NaN-propagating max of |pair| (one HMNMX2.NAN for two elements).
+// max2 is a NaN-propagating max of two pairs (one HMNMX2.NAN for two elements),
+// amax2 the same of |pair|, mul2 one rounding of the exact products (mul.rn).
 // ---------------------------------------------------------------------------
 struct F32 {
   using Storage = uint32_t;
@@ -47,11 +48,12 @@ struct F16 {
   }
   static __device__ __forceinline__ float lo(uint32_t p) { return __half2float(__ushort_as_half(uint16_t(p))); }
   static __device__ __forceinline__ float hi(uint32_t p) { return __half2float(__ushort_as_half(uint16_t(p >> 16))); }
-  static __device__ __forceinline__ uint32_t amax2(uint32_t acc, uint32_t p) {
-    const __half2 a = *reinterpret_cast<const __half2*>(&acc), b = *reinterpret_cast<const __half2*>(&p);
-    const __half2 m = __hmax2_nan(a, __habs2(b));
-    return *reinterpret_cast<const uint32_t*>(&m);
-  }
+  static __device__ __forceinline__ uint32_t amax2(uint32_t acc, uint32_t p) { return max2(acc, abs2(p)); }
+  static __device__ __forceinline__ uint32_t abs2(uint32_t p) { return bits(__habs2(pair(p))); }
+  static __device__ __forceinline__ uint32_t max2(uint32_t acc, uint32_t p) { return bits(__hmax2_nan(pair(acc), pair(p))); }
+  static __device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b) { return bits(__hmul2(pair(a), pair(b))); }
+  static __device__ __forceinline__ __half2 pair(uint32_t p) { return *reinterpret_cast<const __half2*>(&p); }
+  static __device__ __forceinline__ uint32_t bits(__half2 h) { return *reinterpret_cast<const uint32_t*>(&h); }
 };
 struct BF16 {
   using Storage = uint16_t;
@@ -66,12 +68,12 @@ struct BF16 {
   }
   static __device__ __forceinline__ float lo(uint32_t p) { return __uint_as_float(p << 16); }
   static __device__ __forceinline__ float hi(uint32_t p) { return __uint_as_float(p & 0xffff0000u); }
-  static __device__ __forceinline__ uint32_t amax2(uint32_t acc, uint32_t p) {
-    const __nv_bfloat162 a = *reinterpret_cast<const __nv_bfloat162*>(&acc),
-                         b = *reinterpret_cast<const __nv_bfloat162*>(&p);
-    const __nv_bfloat162 m = __hmax2_nan(a, __habs2(b));
-    return *reinterpret_cast<const uint32_t*>(&m);
-  }
+  static __device__ __forceinline__ uint32_t amax2(uint32_t acc, uint32_t p) { return max2(acc, abs2(p)); }
+  static __device__ __forceinline__ uint32_t abs2(uint32_t p) { return bits(__habs2(pair(p))); }
+  static __device__ __forceinline__ uint32_t max2(uint32_t acc, uint32_t p) { return bits(__hmax2_nan(pair(acc), pair(p))); }
+  static __device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b) { return bits(__hmul2(pair(a), pair(b))); }
+  static __device__ __forceinline__ __nv_bfloat162 pair(uint32_t p) { return *reinterpret_cast<const __nv_bfloat162*>(&p); }
+  static __device__ __forceinline__ uint32_t bits(__nv_bfloat162 h) { return *reinterpret_cast<const uint32_t*>(&h); }
 };
 
 // NaN-propagating max (torch.amax / clamp_min semantics); fmaxf would drop NaN.
@@ -134,20 +136,24 @@ __device__ __forceinline__ void silu_mul_n(float (&v)[N], const float (&g)[N], c
 // ---------------------------------------------------------------------------
 // Activations: apply<N>(y, a, b, valid) computes y = act(a, b) in fp32 (b is the up
 // half for gated ones, unused otherwise). kGated: the input row is [gate | up] of
-// width 2*H. kIdentity: y is the input itself, so no rounding back to the dtype is
-// needed. kCode matches the Python side's activation codes.
+// width 2*H. kCode matches the Python side's activation codes.
+// kPairwise: pair<DT>(p) also computes act on a packed 16-bit pair p, already rounded
+// to the dtype, bit-equal to apply() then rounding (no fp32 round trip).
+// kNonNegative: act(x) is >= +0 or NaN, so its amax needs no |.|.
 // ---------------------------------------------------------------------------
 struct Identity {
-  static constexpr bool kGated = false, kIdentity = true;
+  static constexpr bool kGated = false, kPairwise = true, kNonNegative = false;
   static constexpr int kCode = 0;
   template <int N>
   static __device__ __forceinline__ void apply(float (&y)[N], const float (&a)[N], const float (&)[N], bool) {
 #pragma unroll
     for (int i = 0; i < N; ++i) y[i] = a[i];
   }
+  template <typename DT>
+  static __device__ __forceinline__ uint32_t pair(uint32_t p) { return p; }
 };
 struct SiluMul {
-  static constexpr bool kGated = true, kIdentity = false;
+  static constexpr bool kGated = true, kPairwise = false, kNonNegative = false;
   static constexpr int kCode = 1;
   template <int N>
   static __device__ __forceinline__ void apply(float (&y)[N], const float (&g)[N], const float (&u)[N],
@@ -156,9 +162,11 @@ struct SiluMul {
   }
 };
 // relu(x)**2 as torch computes relu(x).square(): NaN stays NaN (max.NaN), -0 and +0
-// both square to +0.
+// both square to +0. torch squares in fp32 and rounds to the dtype; a 16-bit r has at
+// most 11 significant bits, so that equals one rounding of the exact square, which is
+// what mul.rn on the pair does (every bf16 / fp16 value: tests/test_relu2_pairs.py).
 struct Relu2 {
-  static constexpr bool kGated = false, kIdentity = false;
+  static constexpr bool kGated = false, kPairwise = true, kNonNegative = true;
   static constexpr int kCode = 2;
   template <int N>
   static __device__ __forceinline__ void apply(float (&y)[N], const float (&a)[N], const float (&)[N], bool) {
@@ -167,6 +175,11 @@ struct Relu2 {
       const float r = nan_max(a[i], 0.0f);
       y[i] = __fmul_rn(r, r);
     }
+  }
+  template <typename DT>
+  static __device__ __forceinline__ uint32_t pair(uint32_t p) {
+    const uint32_t r = DT::max2(p, 0u);
+    return DT::mul2(r, r);
   }
 };
 

@@ -39,32 +39,43 @@ __device__ __forceinline__ void load_group(uint4 (&gv)[NV], uint4 (&uv)[NV],
 
 // act(x) for N elements held as raw input bits, rounded to the input dtype as the
 // unfused graph stores it ("Intermediate rounding"), and the NaN-propagating max of
-// |act(x)| over them. 16-bit types round and take the max on packed pairs (one F2FP
-// and one HMNMX2 per pair), and also return the packed pairs in yp.
+// |act(x)| over them. 16-bit types also return the packed pairs in yp and take the max
+// on pairs (HMNMX2); activations with a pairwise form (Relu2, Identity) never leave
+// the pairs, the others round fp32 results with one F2FP per pair.
 template <typename DT, typename Act, int N>
 __device__ __forceinline__ float act_round_amax(float (&y)[N], uint32_t (&yp)[(N + 1) / 2],
                                                 const typename DT::Storage* gs,
                                                 const typename DT::Storage* us, bool valid) {
-  float gf[N], uf[N];
-#pragma unroll
-  for (int i = 0; i < N; ++i) {
-    gf[i] = DT::to_float(gs[i]);
-    uf[i] = Act::kGated ? DT::to_float(us[i]) : 0.0f;
-  }
-  Act::template apply<N>(y, gf, uf, valid);
   if constexpr (DT::kPacked) {
+    if constexpr (!Act::kPairwise) {
+      float gf[N], uf[N];
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        gf[i] = DT::to_float(gs[i]);
+        uf[i] = Act::kGated ? DT::to_float(us[i]) : 0.0f;
+      }
+      Act::template apply<N>(y, gf, uf, valid);
+    }
     uint32_t m2 = 0;
 #pragma unroll
     for (int i = 0; i < N; i += 2) {
-      const uint32_t p = Act::kIdentity ? reinterpret_cast<const uint32_t*>(gs)[i / 2]
-                                        : DT::pack_rn(y[i], y[i + 1]);
-      m2 = DT::amax2(m2, p);
+      uint32_t p;
+      if constexpr (Act::kPairwise) p = Act::template pair<DT>(reinterpret_cast<const uint32_t*>(gs)[i / 2]);
+      else p = DT::pack_rn(y[i], y[i + 1]);
+      m2 = Act::kNonNegative ? DT::max2(m2, p) : DT::amax2(m2, p);
       yp[i / 2] = p;
       y[i] = DT::lo(p);
       y[i + 1] = DT::hi(p);
     }
     return nan_max(DT::lo(m2), DT::hi(m2));
   } else {
+    float gf[N], uf[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      gf[i] = DT::to_float(gs[i]);
+      uf[i] = Act::kGated ? DT::to_float(us[i]) : 0.0f;
+    }
+    Act::template apply<N>(y, gf, uf, valid);
     float amax = 0.0f;
 #pragma unroll
     for (int i = 0; i < N; ++i) amax = nan_max(amax, fabsf(y[i]));

@@ -7,6 +7,7 @@
 #include "token_kernel.cuh"
 
 #include <algorithm>
+#include <type_traits>
 
 #define QF_CAT_(a, b) a##b
 #define QF_CAT(a, b) QF_CAT_(a, b)
@@ -76,16 +77,22 @@ const char* dispatch_flag(const QuantParams& p) {
 template <bool RCEIL> using Mxfp8 = Mx<8, RCEIL>;
 template <bool RCEIL> using Mxfp4 = Mx<4, RCEIL>;
 
+// Per-token blocks hold kTokenThreads / threads_x rows, or (benchmarks: blocks_per_sm
+// = k > 0) about kTokenThreads / k threads' worth, so that k blocks share an SM and
+// their barriers.
 template <int NV>
 const char* launch_token(const QuantParams& p, int threads_x) {
   auto kernel = act_token_quant_kernel<DT, Act, NV>;
-  const int rows = std::max(1, kTokenThreads / threads_x);
-  static const int resident = [&] {
-    int n = 0;
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kTokenThreads, 0);
-    return n > 0 ? n : 1;
-  }();
-  const int64_t blocks = balanced_grid((p.tokens + rows - 1) / rows, int64_t(resident) * p.sms);
+  const int target = p.blocks_per_sm > 0 ? kTokenThreads / int(std::min<int64_t>(p.blocks_per_sm, 16)) : kTokenThreads;
+  const int rows = std::max(1, target / threads_x);
+  // blocks of one kernel resident per SM, by block size in warps (host-side cache)
+  static int resident[kTokenThreads / 32 + 1] = {};
+  int& n = resident[rows * threads_x / 32];
+  if (n == 0) {
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, rows * threads_x, 0);
+    n = std::max(n, 1);
+  }
+  const int64_t blocks = balanced_grid((p.tokens + rows - 1) / rows, int64_t(n) * p.sms);
   kernel<<<unsigned(blocks), dim3(threads_x, rows), 0, p.stream>>>(
       static_cast<uint8_t*>(p.q), static_cast<float*>(p.s), static_cast<const S*>(p.x), p.tokens, p.hidden);
   return launch_status();
@@ -141,7 +148,7 @@ const char* QF_CAT(launch_quant_, QF_UNIT)(const QuantParams& p) {
 }
 
 const char* QF_CAT(launch_act_, QF_UNIT)(const ActParams& p) {
-  if constexpr (Act::kIdentity) {
+  if constexpr (std::is_same_v<Act, Identity>) {
     return "quantfuse: the identity has no activation kernel";
   } else {
     if (p.tokens == 0 || p.hidden == 0) return nullptr;

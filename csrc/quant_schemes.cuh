@@ -86,56 +86,71 @@ __device__ __forceinline__ uint32_t e2m1_code(float v) {
   return code | ((__float_as_uint(v) >> 28) & 8u);
 }
 
-// E2M1 codes of two scaled values that are exact in fp16 (a bf16 or fp16 activation
-// times 2^-e: at most 11 significant bits, and |v| < 8; anything below fp16's normal
-// range is far below 0.25 and codes 0 with its sign either way), two lanes at a time
-// in half2 arithmetic. For a = min(|v|, 6) the grid step s is 0.5 below 2, 1 below 4,
-// else 2; C = 1.5 * 2^10 * s has ulp s and a + C stays in C's binade, so the half add
-// rounds a to the grid (nearest-even) and t - C (as integers) counts the steps n.
-// s and the code offset 2 * max(floor(log2 a), 0) both come from the exponent E of
-// max(a, 1): C = (E + 9) << 10 | 0x200, code = n + 2 * (E - 15). Integer lane maths
-// never borrows or carries across the 16-bit lanes. Returns the codes (sign in bit 3)
-// in bits 0-3 (v0) and 16-19 (v1).
+// E2M1 codes of a pair of scaled values a = v * 2^-e held in 16-bit float lanes
+// (L: Bf16Lanes or F16Lanes), exact in the lane format. For |a| <= 6 the grid step s
+// is 0.5 below 2, 1 below 4, else 2; C = 1.5 * 2^M * s (M mantissa bits) has ulp s
+// and |a| + C stays in C's binade, so the 16-bit add rounds |a| to the grid
+// (nearest-even) and |t| - C (as integers) counts the steps n; the code is
+// n + 2 * (E - bias) for the exponent E of max(|a|, 1). m = 2^(E - bias) comes from the
+// exponent bits alone (an integer max per lane), C = 1.5 * 2^(M-1) * m, and t = a + C
+// carries a's sign (one fma with m signed), so bits(t) - bits(C) is the code plus the
+// sign in bit 15, and m >> (M-1) = 2E. kSaturate clamps |a| to 6 first (floor scales
+// leave |a| up to 8; rceil scales never exceed 6 for 16-bit inputs). Integer lane
+// maths never borrows or carries across the lanes. Returns each lane's code in bits
+// 0-2 and sign in bit 15 (pack_e2m1x8 assembles the nibbles).
+struct Bf16Lanes {
+  using T = __nv_bfloat162;
+  static constexpr int kMant = 7, kBias = 127;
+};
+struct F16Lanes {
+  using T = __half2;
+  static constexpr int kMant = 10, kBias = 15;
+};
+template <typename L, bool kSaturate>
+__device__ __forceinline__ uint32_t e2m1x2(uint32_t a_bits) {
+  using T = typename L::T;
+  constexpr int M = L::kMant;
+  constexpr uint32_t kLanes = 0x10001u;
+  constexpr uint32_t kExpMask = ((1u << (15 - M)) - 1) << M;
+  constexpr uint32_t kOne = uint32_t(L::kBias) << M;
+  constexpr uint32_t kOffset = ((M - 1) << M) + (1u << (M - 1)) + 2 * L::kBias;
+  if constexpr (kSaturate) {
+    const T a = *reinterpret_cast<const T*>(&a_bits);
+    const T c = __hmax2(__hmin2(a, T(6.0f, 6.0f)), T(-6.0f, -6.0f));
+    a_bits = *reinterpret_cast<const uint32_t*>(&c);
+  }
+  const uint32_t m = __vmaxu2(a_bits & kExpMask * kLanes, kOne * kLanes);
+  const uint32_t m_signed = m | (a_bits & 0x80008000u);
+  const float k = 1.5f * float(1 << (M - 1));
+  const T t = __hfma2(*reinterpret_cast<const T*>(&m_signed), T(k, k), *reinterpret_cast<const T*>(&a_bits));
+  return *reinterpret_cast<const uint32_t*>(&t) - m - kOffset * kLanes + (m >> (M - 1));
+}
+
+// The same for fp32 values v0, v1 (already scaled) exact in fp16 (a bf16 or fp16
+// activation times 2^-e: at most 11 significant bits, and |v| < 8; anything below
+// fp16's normal range is far below 0.25 and codes 0 with its sign either way).
+template <bool kSaturate>
 __device__ __forceinline__ uint32_t e2m1x2_f16(float v0, float v1) {
   const __half2 h = __floats2half2_rn(v0, v1);
-  const uint32_t hb = *reinterpret_cast<const uint32_t*>(&h);
-  const __half2 a = __hmin2(__habs2(h), __float2half2_rn(6.0f));
-  const __half2 am1 = __hmax2(a, __float2half2_rn(1.0f));
-  const uint32_t eb = *reinterpret_cast<const uint32_t*>(&am1);
-  const uint32_t c = (eb & 0x7C007C00u) + 0x26002600u;
-  const __half2 t = __hadd2(a, *reinterpret_cast<const __half2*>(&c));
-  const uint32_t code = *reinterpret_cast<const uint32_t*>(&t) - c + ((eb >> 9) & 0x003E003Eu) - 0x001E001Eu;
-  return code | ((hb >> 12) & 0x00080008u);
+  return e2m1x2<F16Lanes, kSaturate>(*reinterpret_cast<const uint32_t*>(&h));
 }
 
-// The same for a bf16 pair v (already scaled) in bf16x2 arithmetic: 7 mantissa bits,
-// so C = 1.5 * 2^7 * s = (E + 6) << 7 | 0x40 and code = n + 2 * (E - 127) for the
-// exponent E of max(a, 1). v is exact: a bf16 activation times a power of two.
-__device__ __forceinline__ uint32_t e2m1x2_bf16(uint32_t v) {
-  const __nv_bfloat162 h = *reinterpret_cast<const __nv_bfloat162*>(&v);
-  const __nv_bfloat162 a = __hmin2(__habs2(h), __float2bfloat162_rn(6.0f));
-  const __nv_bfloat162 am1 = __hmax2(a, __float2bfloat162_rn(1.0f));
-  const uint32_t eb = *reinterpret_cast<const uint32_t*>(&am1);
-  const uint32_t c = (eb & 0x7F807F80u) + 0x03400340u;
-  const __nv_bfloat162 t = __hadd2(a, *reinterpret_cast<const __nv_bfloat162*>(&c));
-  const uint32_t code = *reinterpret_cast<const uint32_t*>(&t) - c + ((eb >> 6) & 0x01FE01FEu) - 0x00FE00FEu;
-  return code | ((v >> 12) & 0x00080008u);
+// The same for a bf16 pair v (unscaled) and its scale 2^-e as a bf16 pair f2, in bf16x2
+// arithmetic: v * 2^-e is exact (a multiply by a power of two, no subnormal result:
+// see Mx::State::tiny).
+template <bool kSaturate>
+__device__ __forceinline__ uint32_t e2m1x2_bf16(uint32_t v, uint32_t f2) {
+  return e2m1x2<Bf16Lanes, kSaturate>(BF16::mul2(v, f2));
 }
 
-// Two bf16 products in one mul.rn.bf16x2 (a single rounding of the exact product).
-__device__ __forceinline__ uint32_t bf16x2_mul(uint32_t a, uint32_t b) {
-  const __nv_bfloat162 r = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a),
-                                   *reinterpret_cast<const __nv_bfloat162*>(&b));
-  return *reinterpret_cast<const uint32_t*>(&r);
-}
-
-// Eight E2M1 codes (as four e2m1x2_f16 results, element 2i in pair i) -> one word,
+// Eight E2M1 codes (as four e2m1x2 results, element 2i in pair i) -> one word,
 // element 0 in the low nibble.
 __device__ __forceinline__ uint32_t pack_e2m1x8(uint32_t p0, uint32_t p1, uint32_t p2, uint32_t p3) {
-  // p | p >> 12 holds the pair's byte (low nibble first) in bits 0-7
-  const uint32_t lo = __byte_perm(p0 | (p0 >> 12), p1 | (p1 >> 12), 0x0040);
-  const uint32_t hi = __byte_perm(p2 | (p2 >> 12), p3 | (p3 >> 12), 0x0040);
-  return __byte_perm(lo, hi, 0x5410);
+  // the low byte of p + (p >> 12) + (p >> 24) is the pair's byte: code 0, sign 0 (bit
+  // 15), code 1 (bits 16-18), sign 1 (bit 31); the terms share no bit, so the adds
+  // are ors (two LEA.HI)
+  auto byte = [](uint32_t p) { return p + (p >> 12) + (p >> 24); };
+  return __byte_perm(__byte_perm(byte(p0), byte(p1), 0x0040), __byte_perm(byte(p2), byte(p3), 0x0040), 0x5410);
 }
 
 template <int kElemBits, bool RCEIL>
@@ -177,7 +192,7 @@ struct Mx {
       for (int i = 0; i < N; i += 8) {
         uint32_t p[4];
 #pragma unroll
-        for (int k = 0; k < 4; ++k) p[k] = e2m1x2_bf16(bf16x2_mul(yp[i / 2 + k], f2));
+        for (int k = 0; k < 4; ++k) p[k] = e2m1x2_bf16<!RCEIL>(yp[i / 2 + k], f2);
         w[i / 8] = st.bad ? 0u : pack_e2m1x8(p[0], p[1], p[2], p[3]);
       }
     } else if constexpr (DT::kPacked && N % 8 == 0) {
@@ -185,7 +200,9 @@ struct Mx {
       for (int i = 0; i < N; i += 8) {
         uint32_t p[4];
 #pragma unroll
-        for (int k = 0; k < 4; ++k) p[k] = e2m1x2_f16(__fmul_rn(y[i + 2 * k], st.f), __fmul_rn(y[i + 2 * k + 1], st.f));
+        for (int k = 0; k < 4; ++k) {
+          p[k] = e2m1x2_f16<!RCEIL>(__fmul_rn(y[i + 2 * k], st.f), __fmul_rn(y[i + 2 * k + 1], st.f));
+        }
         w[i / 8] = st.bad ? 0u : pack_e2m1x8(p[0], p[1], p[2], p[3]);
       }
     } else {

@@ -208,6 +208,27 @@ def test_cuda_vector_variants_agree(dtype):
                 assert_same(f"{op}{params} vectors={vectors} bps={bps} s", s, rs)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cuda_token_variants_agree(dtype):
+    """Every vectors-per-thread instantiation of the CUDA per-token kernel and block size
+    (512 threads, or about 512 / k with the blocks_per_sm knob k) gives the reference's
+    bits: rows of one warp (no barrier) and of several warps (shared-memory reduction)."""
+    m = cuda_backend._mod()
+    tokens = 301
+    for op in ("per_token_quant_fp8", "relu2_per_token_quant_fp8", "silu_and_mul_per_token_quant_fp8"):
+        act, key = kernel_inputs.OP_TABLE[op]
+        for hidden in (1024, 4096):
+            x = make_input((tokens,), 2 * hidden if act == "silu_and_mul" else hidden, dtype, specials=True)
+            rq, rs = REF_SCHEME[key](REF_ACT[act](x))
+            for vectors, bps in ((0, 0), (1, 0), (4, 2), (4, 4), (2, 2), (2, 4)):
+                def launch(q, s, x, *_, vectors=vectors, bps=bps):
+                    assert m.act_quant(kernel_inputs.ACT_CODES[act], kernel_inputs.SCHEME_CODES[key][2], q, s,
+                                       x, hidden, False, 1, 1, vectors, bps) == ""
+                q, s = run_quant(launch, x, hidden, key)
+                assert_same(f"{op} H={hidden} vectors={vectors} bps={bps} q", q, rq)
+                assert_same(f"{op} H={hidden} vectors={vectors} bps={bps} s", s, rs)
+
+
 def test_cuda_bad_inputs_raise():
     """The CUDA family refuses what it cannot run with a message naming the problem,
     both in the Python wrapper (RuntimeError) and in the extension's own checks (the
