@@ -101,10 +101,12 @@ __device__ __forceinline__ uint32_t e2m1_code(float v) {
 struct Bf16Lanes {
   using T = __nv_bfloat162;
   static constexpr int kMant = 7, kBias = 127;
+  static __device__ __forceinline__ T splat(float v) { return __float2bfloat162_rn(v); }
 };
 struct F16Lanes {
   using T = __half2;
   static constexpr int kMant = 10, kBias = 15;
+  static __device__ __forceinline__ T splat(float v) { return __float2half2_rn(v); }
 };
 template <typename L, bool kSaturate>
 __device__ __forceinline__ uint32_t e2m1x2(uint32_t a_bits) {
@@ -116,13 +118,13 @@ __device__ __forceinline__ uint32_t e2m1x2(uint32_t a_bits) {
   constexpr uint32_t kOffset = ((M - 1) << M) + (1u << (M - 1)) + 2 * L::kBias;
   if constexpr (kSaturate) {
     const T a = *reinterpret_cast<const T*>(&a_bits);
-    const T c = __hmax2(__hmin2(a, T(6.0f, 6.0f)), T(-6.0f, -6.0f));
+    const T c = __hmax2(__hmin2(a, L::splat(6.0f)), L::splat(-6.0f));
     a_bits = *reinterpret_cast<const uint32_t*>(&c);
   }
   const uint32_t m = __vmaxu2(a_bits & kExpMask * kLanes, kOne * kLanes);
   const uint32_t m_signed = m | (a_bits & 0x80008000u);
-  const float k = 1.5f * float(1 << (M - 1));
-  const T t = __hfma2(*reinterpret_cast<const T*>(&m_signed), T(k, k), *reinterpret_cast<const T*>(&a_bits));
+  const T t = __hfma2(*reinterpret_cast<const T*>(&m_signed), L::splat(1.5f * float(1 << (M - 1))),
+                      *reinterpret_cast<const T*>(&a_bits));
   return *reinterpret_cast<const uint32_t*>(&t) - m - kOffset * kLanes + (m >> (M - 1));
 }
 
