@@ -138,27 +138,30 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
   constexpr int TPG = GS / EPT;
   static_assert(TPG >= 1 && TPG <= 32 && 32 % TPG == 0 && TPG * EPT == GS, "bad group split");
   constexpr int GPS = kThreads / TPG;  // groups per block per step
-  const int sub = threadIdx.x / TPG;
+  constexpr int GPW = 32 / TPG;        // groups per warp per step
   const int lane = threadIdx.x % TPG;
   const uint32_t gpr = groups_per_row;
   const uint32_t step = gridDim.x * GPS;  // total < 2^31: no overflow below
   const uint32_t step_t = step / gpr, step_g = step - step_t * gpr;
-
-  uint32_t base = blockIdx.x * GPS;
-  uint32_t gi = base + sub;
+  // Warp w of block b takes groups (w * gridDim.x + b) * GPW + [0, GPW) of each step, so
+  // a step's last, partial round of groups is spread over every block's first warps
+  // (every SM gets its share) instead of over the first blocks.
+  uint32_t wbase = (threadIdx.x / 32 * gridDim.x + blockIdx.x) * GPW;
+  uint32_t gi = wbase + threadIdx.x % 32 / TPG;
   uint32_t t = gi / gpr, g = gi - t * gpr;
   uint4 ga[NV], ua[NV], gb[NV], ub[NV];
   load_group<DT, GS, NV, Act::kGated>(ga, ua, x, gi < total_groups, t, g, hidden, lane);
   // Two steps per trip with the buffers swapped: no register copies between steps.
-  // The bound is block-uniform so every lane reaches the shuffles.
-  while (base < total_groups) {
+  // The bound is warp-uniform (the kernel has no block barrier), so every lane reaches
+  // the shuffles and warps past the end stop computing.
+  while (wbase < total_groups) {
     group_step<DT, GS, Act, Scheme, NV>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g,
                                         step, step_t, step_g, lane, gi, t, g, ga, ua, gb, ub);
-    base += step;
-    if (base >= total_groups) break;
+    wbase += step;
+    if (wbase >= total_groups) break;
     group_step<DT, GS, Act, Scheme, NV>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g,
                                         step, step_t, step_g, lane, gi, t, g, gb, ub, ga, ua);
-    base += step;
+    wbase += step;
   }
 }
 

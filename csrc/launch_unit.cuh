@@ -25,15 +25,6 @@ const char* launch_status() {
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 
-// A persistent grid of at most `most` blocks for `needed` blocks' worth of work, sized
-// so that every block makes the same number of trips: min(needed, most) blocks would
-// leave the last trip partly empty (e.g. 3.9 trips: a tenth of the time on 90% of the
-// SMs' work).
-int64_t balanced_grid(int64_t needed, int64_t most) {
-  const int64_t trips = (needed + most - 1) / most;
-  return (needed + trips - 1) / trips;
-}
-
 template <typename Scheme, int GS, int NV>
 const char* launch_group(const QuantParams& p) {
   constexpr int TPG = GS / (kVec * NV);
@@ -51,7 +42,8 @@ const char* launch_group(const QuantParams& p) {
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0);
         return n > 0 ? n : 1;
       }();
-      blocks = balanced_grid(blocks, (p.blocks_per_sm > 0 ? p.blocks_per_sm : resident) * p.sms);
+      // every slot filled: the kernel spreads the last, partial step over all blocks
+      blocks = std::min<int64_t>(blocks, (p.blocks_per_sm > 0 ? p.blocks_per_sm : resident) * p.sms);
     }
     kernel<<<unsigned(blocks), kThreads, 0, p.stream>>>(
         static_cast<uint8_t*>(p.q), static_cast<typename Scheme::Scale*>(p.s), static_cast<const S*>(p.x),
@@ -92,7 +84,8 @@ const char* launch_token(const QuantParams& p, int threads_x) {
     cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, rows * threads_x, 0);
     n = std::max(n, 1);
   }
-  const int64_t blocks = balanced_grid((p.tokens + rows - 1) / rows, int64_t(n) * p.sms);
+  // every slot filled: the kernel spreads the last, partial round of rows over all blocks
+  const int64_t blocks = std::min<int64_t>((p.tokens + rows - 1) / rows, int64_t(n) * p.sms);
   kernel<<<unsigned(blocks), dim3(threads_x, rows), 0, p.stream>>>(
       static_cast<uint8_t*>(p.q), static_cast<float*>(p.s), static_cast<const S*>(p.x), p.tokens, p.hidden);
   return launch_status();

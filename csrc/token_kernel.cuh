@@ -4,10 +4,10 @@
 // rows. Thread x handles the 16-byte vectors j * blockDim.x + x (j < NV) of its row,
 // so each load instruction of a warp reads one contiguous span. The row amax is
 // reduced with warp shuffles, then across the row's warps through shared memory (one
-// barrier per row).
+// named barrier per row).
 //
 // act_token_quant_kernel (rows up to NV * blockDim.x vectors): the grid is persistent
-// and each block walks rows row, row + step, ...; the next row's vectors are loaded
+// and each row slot walks rows row, row + step, ...; the next row's vectors are loaded
 // before this row's arithmetic and barrier (register double buffering, as in the
 // group kernel), so loads stay in flight across the barrier. act(x) stays in registers
 // between the amax and the encode: x is read once.
@@ -24,7 +24,8 @@ constexpr int kTokenThreads = 512;  // threads per block of the per-token kernel
 
 // NaN-propagating max of v over the blockDim.x threads of this row. `buf` alternates
 // between calls (0, 1, 0, ...): a warp can only rewrite a buffer after passing the
-// next call's barrier, which every thread reaches after reading this call's values.
+// next call's barrier, which every thread of the row reaches after reading this call's
+// values.
 __device__ __forceinline__ float row_max(float v, int buf) {
   __shared__ float partial[2][kTokenThreads / 32];
 #pragma unroll
@@ -33,7 +34,9 @@ __device__ __forceinline__ float row_max(float v, int buf) {
   if (warps_per_row == 1) return v;  // a warp per row: no barrier (block-uniform branch)
   const int first = threadIdx.y * warps_per_row;
   if (threadIdx.x % 32 == 0) partial[buf][first + threadIdx.x / 32] = v;
-  __syncthreads();
+  // a named barrier per row (ids 1..rows; at most 8 rows have several warps): the
+  // block's other rows run on
+  asm volatile("bar.sync %0, %1;" ::"r"(threadIdx.y + 1), "r"(blockDim.x) : "memory");
   float m = partial[buf][first];
   for (int k = 1; k < warps_per_row; ++k) m = nan_max(m, partial[buf][first + k]);
   return m;
@@ -100,18 +103,17 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_kernel(
     uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ x,
     int64_t tokens, int64_t hidden) {
   const int64_t step = int64_t(gridDim.x) * blockDim.y;
-  int64_t base = int64_t(blockIdx.x) * blockDim.y;
-  int64_t row = base + threadIdx.y;
+  // Row slot y of block b takes rows y * gridDim.x + b + k * step: the last, partial
+  // round of rows is spread over every block's first row slots (every SM gets its share).
+  int64_t row = int64_t(threadIdx.y) * gridDim.x + blockIdx.x;
   uint4 ga[NV], ua[NV], gb[NV], ub[NV];
   load_row<DT, NV, Act::kGated>(ga, ua, x, row, tokens, hidden);
-  // Two rows per trip with the buffers swapped; the bound is block-uniform so every
-  // thread reaches the barriers.
-  while (base < tokens) {
+  // Two rows per trip with the buffers swapped. The bound is uniform over the row's
+  // threads, the only ones its barrier waits for.
+  while (row < tokens) {
     token_step<DT, Act, NV>(q, s, x, tokens, hidden, step, 0, row, ga, ua, gb, ub);
-    base += step;
-    if (base >= tokens) break;
+    if (row >= tokens) break;
     token_step<DT, Act, NV>(q, s, x, tokens, hidden, step, 1, row, gb, ub, ga, ua);
-    base += step;
   }
 }
 
