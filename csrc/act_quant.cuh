@@ -94,8 +94,10 @@ __device__ __forceinline__ float nan_max(float a, float b) {
 // per element. That sequence is correctly rounded when no intermediate over- or
 // underflows; with d = 1 + e in [1, 6.1e37] (|g| < 87) r stays normal, q0 and the
 // residual cannot overflow (|g| > 17 gives d == 1, r == 1, q == g exactly), and a
-// subnormal g gives d == 2, r == 0.5 exactly. The sign of a zero result comes from
-// g (the correction turns -0 into +0). Callers check |g| < 87 for every element
+// subnormal g gives d == 2, r == 0.5 exactly. The residual is taken negated,
+// RN(d*q0 - g), and subtracted: the same value, but g = -0 then yields -0 (the
+// textbook form RN(g - d*q0) gives +0 and needs a copysign per element). Callers
+// check |g| < 87 for every element
 // (NaN fails it) and recompute with __fdiv_rn otherwise. Verified bit for bit
 // against torch's F.silu for every bf16 and fp16 value (tests/gpu/test_kernels.py).
 // ---------------------------------------------------------------------------
@@ -106,8 +108,7 @@ __device__ __forceinline__ float silu_fast(float g, float d) {
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
   r = __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
   const float q0 = __fmul_rn(g, r);
-  const float q = __fmaf_rn(__fmaf_rn(-d, q0, g), r, q0);
-  return copysignf(q, g);
+  return __fmaf_rn(-__fmaf_rn(d, q0, -g), r, q0);
 }
 __device__ __forceinline__ float silu_exact(float g) { return __fdiv_rn(g, silu_denominator(g)); }
 
@@ -210,7 +211,7 @@ __device__ __forceinline__ float group_scale(float amax) {
 //  fp32: r = RN(1/s) once per group; q0 = y*r and q0 + RN(y - q0*s)*r (fma) is the
 //    correctly rounded quotient (Markstein; Handbook of FP Arithmetic, thm 8.10) as
 //    long as nothing underflows; a result below 2^-126 is 0 in e4m3 either way and
-//    its sign is y's (copysign: the correction turns -0 into +0).
+//    keeps y's sign (the residual is taken negated, as in silu_fast: y = -0 gives -0).
 template <bool UE8M0>
 __device__ __forceinline__ float group_recip(float s) {
   if constexpr (UE8M0) return __uint_as_float((254u - (__float_as_uint(s) >> 23)) << 23);
@@ -222,7 +223,7 @@ __device__ __forceinline__ float div_by_scale(float y, float s, float r) {
     return __fmul_rn(y, r);
   } else {
     const float q0 = __fmul_rn(y, r);
-    return copysignf(__fmaf_rn(__fmaf_rn(-q0, s, y), r, q0), y);
+    return __fmaf_rn(-__fmaf_rn(q0, s, -y), r, q0);
   }
 }
 // RNE to e4m3 with saturation: SATFINITE equals the reference's clamp(-448, 448)

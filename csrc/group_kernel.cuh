@@ -48,11 +48,17 @@ __device__ __forceinline__ float act_round_amax(float (&y)[N], uint32_t (&yp)[(N
                                                 const typename DT::Storage* us, bool valid) {
   if constexpr (DT::kPacked) {
     if constexpr (!Act::kPairwise) {
+      // unpacked from whole pairs: one instruction per element (from a 16-bit element
+      // it takes three)
+      const uint32_t* g2 = reinterpret_cast<const uint32_t*>(gs);
+      const uint32_t* u2 = reinterpret_cast<const uint32_t*>(us);
       float gf[N], uf[N];
 #pragma unroll
-      for (int i = 0; i < N; ++i) {
-        gf[i] = DT::to_float(gs[i]);
-        uf[i] = Act::kGated ? DT::to_float(us[i]) : 0.0f;
+      for (int i = 0; i < N; i += 2) {
+        gf[i] = DT::lo(g2[i / 2]);
+        gf[i + 1] = DT::hi(g2[i / 2]);
+        uf[i] = Act::kGated ? DT::lo(u2[i / 2]) : 0.0f;
+        uf[i + 1] = Act::kGated ? DT::hi(u2[i / 2]) : 0.0f;
       }
       Act::template apply<N>(y, gf, uf, valid);
     }
