@@ -27,7 +27,8 @@ constexpr int kThreads = 256;  // threads per block of the group and activation 
 // 16-bit types also work on packed pairs (uint32_t, element 2i in the low half):
 // pack_rn rounds two fp32 values to the dtype with RNE in one F2FP instruction,
 // max2 is a NaN-propagating max of two pairs (one HMNMX2.NAN for two elements),
-// amax2 the same of |pair|, mul2 one rounding of the exact products (mul.rn).
+// amax2 the same of |pair|, mul2 one rounding of the exact products (mul.rn), splat
+// a constant pair; kMant / kBias describe the format (E2M1 lane rounding).
 // ---------------------------------------------------------------------------
 struct F32 {
   using Storage = uint32_t;
@@ -36,44 +37,38 @@ struct F32 {
   static __device__ __forceinline__ Storage from_float(float v) { return __float_as_uint(v); }
   static __device__ __forceinline__ float round(float v) { return v; }
 };
-struct F16 {
+// The pair operations of both 16-bit types (T2: __half2 or __nv_bfloat162).
+template <typename T2, int MANT, int BIAS>
+struct Packed16 {
   using Storage = uint16_t;
+  using Pair = T2;
   static constexpr bool kPacked = true;
+  static constexpr int kMant = MANT, kBias = BIAS;
+  static __device__ __forceinline__ T2 pair(uint32_t p) { return *reinterpret_cast<const T2*>(&p); }
+  static __device__ __forceinline__ uint32_t bits(T2 h) { return *reinterpret_cast<const uint32_t*>(&h); }
+  static __device__ __forceinline__ uint32_t abs2(uint32_t p) { return bits(__habs2(pair(p))); }
+  static __device__ __forceinline__ uint32_t max2(uint32_t acc, uint32_t p) { return bits(__hmax2_nan(pair(acc), pair(p))); }
+  static __device__ __forceinline__ uint32_t amax2(uint32_t acc, uint32_t p) { return max2(acc, abs2(p)); }
+  static __device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b) { return bits(__hmul2(pair(a), pair(b))); }
+};
+struct F16 : Packed16<__half2, 10, 15> {
   static __device__ __forceinline__ float to_float(Storage b) { return __half2float(__ushort_as_half(b)); }
   static __device__ __forceinline__ Storage from_float(float v) { return __half_as_ushort(__float2half_rn(v)); }
   static __device__ __forceinline__ float round(float v) { return __half2float(__float2half_rn(v)); }
-  static __device__ __forceinline__ uint32_t pack_rn(float a, float b) {
-    const __half2 h = __floats2half2_rn(a, b);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
+  static __device__ __forceinline__ uint32_t pack_rn(float a, float b) { return bits(__floats2half2_rn(a, b)); }
+  static __device__ __forceinline__ Pair splat(float v) { return __float2half2_rn(v); }
   static __device__ __forceinline__ float lo(uint32_t p) { return __half2float(__ushort_as_half(uint16_t(p))); }
   static __device__ __forceinline__ float hi(uint32_t p) { return __half2float(__ushort_as_half(uint16_t(p >> 16))); }
-  static __device__ __forceinline__ uint32_t amax2(uint32_t acc, uint32_t p) { return max2(acc, abs2(p)); }
-  static __device__ __forceinline__ uint32_t abs2(uint32_t p) { return bits(__habs2(pair(p))); }
-  static __device__ __forceinline__ uint32_t max2(uint32_t acc, uint32_t p) { return bits(__hmax2_nan(pair(acc), pair(p))); }
-  static __device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b) { return bits(__hmul2(pair(a), pair(b))); }
-  static __device__ __forceinline__ __half2 pair(uint32_t p) { return *reinterpret_cast<const __half2*>(&p); }
-  static __device__ __forceinline__ uint32_t bits(__half2 h) { return *reinterpret_cast<const uint32_t*>(&h); }
 };
-struct BF16 {
-  using Storage = uint16_t;
-  static constexpr bool kPacked = true;
+struct BF16 : Packed16<__nv_bfloat162, 7, 127> {
   // bf16 -> fp32 is exact: the bits are the top half of the fp32 word.
   static __device__ __forceinline__ float to_float(Storage b) { return __uint_as_float(uint32_t(b) << 16); }
   static __device__ __forceinline__ Storage from_float(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
   static __device__ __forceinline__ float round(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
-  static __device__ __forceinline__ uint32_t pack_rn(float a, float b) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-    return *reinterpret_cast<const uint32_t*>(&h);
-  }
+  static __device__ __forceinline__ uint32_t pack_rn(float a, float b) { return bits(__floats2bfloat162_rn(a, b)); }
+  static __device__ __forceinline__ Pair splat(float v) { return __float2bfloat162_rn(v); }
   static __device__ __forceinline__ float lo(uint32_t p) { return __uint_as_float(p << 16); }
   static __device__ __forceinline__ float hi(uint32_t p) { return __uint_as_float(p & 0xffff0000u); }
-  static __device__ __forceinline__ uint32_t amax2(uint32_t acc, uint32_t p) { return max2(acc, abs2(p)); }
-  static __device__ __forceinline__ uint32_t abs2(uint32_t p) { return bits(__habs2(pair(p))); }
-  static __device__ __forceinline__ uint32_t max2(uint32_t acc, uint32_t p) { return bits(__hmax2_nan(pair(acc), pair(p))); }
-  static __device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b) { return bits(__hmul2(pair(a), pair(b))); }
-  static __device__ __forceinline__ __nv_bfloat162 pair(uint32_t p) { return *reinterpret_cast<const __nv_bfloat162*>(&p); }
-  static __device__ __forceinline__ uint32_t bits(__nv_bfloat162 h) { return *reinterpret_cast<const uint32_t*>(&h); }
 };
 
 // NaN-propagating max (torch.amax / clamp_min semantics); fmaxf would drop NaN.
@@ -165,7 +160,7 @@ struct SiluMul {
 // relu(x)**2 as torch computes relu(x).square(): NaN stays NaN (max.NaN), -0 and +0
 // both square to +0. torch squares in fp32 and rounds to the dtype; a 16-bit r has at
 // most 11 significant bits, so that equals one rounding of the exact square, which is
-// what mul.rn on the pair does (every bf16 / fp16 value: tests/test_relu2_pairs.py).
+// what mul.rn on the pair does (every bf16 / fp16 value: tests/test_e2m1_lane_rounding.py).
 struct Relu2 {
   static constexpr bool kGated = false, kPairwise = true, kNonNegative = true;
   static constexpr int kCode = 2;

@@ -87,7 +87,7 @@ __device__ __forceinline__ uint32_t e2m1_code(float v) {
 }
 
 // E2M1 codes of a pair of scaled values a = v * 2^-e held in 16-bit float lanes
-// (L: Bf16Lanes or F16Lanes), exact in the lane format. For |a| <= 6 the grid step s
+// (L: the lane format, BF16 or F16), exact in it. For |a| <= 6 the grid step s
 // is 0.5 below 2, 1 below 4, else 2; C = 1.5 * 2^M * s (M mantissa bits) has ulp s
 // and |a| + C stays in C's binade, so the 16-bit add rounds |a| to the grid
 // (nearest-even) and |t| - C (as integers) counts the steps n; the code is
@@ -98,34 +98,19 @@ __device__ __forceinline__ uint32_t e2m1_code(float v) {
 // leave |a| up to 8; rceil scales never exceed 6 for 16-bit inputs). Integer lane
 // maths never borrows or carries across the lanes. Returns each lane's code in bits
 // 0-2 and sign in bit 15 (pack_e2m1x8 assembles the nibbles).
-struct Bf16Lanes {
-  using T = __nv_bfloat162;
-  static constexpr int kMant = 7, kBias = 127;
-  static __device__ __forceinline__ T splat(float v) { return __float2bfloat162_rn(v); }
-};
-struct F16Lanes {
-  using T = __half2;
-  static constexpr int kMant = 10, kBias = 15;
-  static __device__ __forceinline__ T splat(float v) { return __float2half2_rn(v); }
-};
 template <typename L, bool kSaturate>
 __device__ __forceinline__ uint32_t e2m1x2(uint32_t a_bits) {
-  using T = typename L::T;
+  using T = typename L::Pair;
   constexpr int M = L::kMant;
   constexpr uint32_t kLanes = 0x10001u;
   constexpr uint32_t kExpMask = ((1u << (15 - M)) - 1) << M;
   constexpr uint32_t kOne = uint32_t(L::kBias) << M;
   constexpr uint32_t kOffset = ((M - 1) << M) + (1u << (M - 1)) + 2 * L::kBias;
-  if constexpr (kSaturate) {
-    const T a = *reinterpret_cast<const T*>(&a_bits);
-    const T c = __hmax2(__hmin2(a, L::splat(6.0f)), L::splat(-6.0f));
-    a_bits = *reinterpret_cast<const uint32_t*>(&c);
-  }
+  if constexpr (kSaturate) a_bits = L::bits(__hmax2(__hmin2(L::pair(a_bits), L::splat(6.0f)), L::splat(-6.0f)));
   const uint32_t m = __vmaxu2(a_bits & kExpMask * kLanes, kOne * kLanes);
   const uint32_t m_signed = m | (a_bits & 0x80008000u);
-  const T t = __hfma2(*reinterpret_cast<const T*>(&m_signed), L::splat(1.5f * float(1 << (M - 1))),
-                      *reinterpret_cast<const T*>(&a_bits));
-  return *reinterpret_cast<const uint32_t*>(&t) - m - kOffset * kLanes + (m >> (M - 1));
+  const T t = __hfma2(L::pair(m_signed), L::splat(1.5f * float(1 << (M - 1))), L::pair(a_bits));
+  return L::bits(t) - m - kOffset * kLanes + (m >> (M - 1));
 }
 
 // The same for fp32 values v0, v1 (already scaled) exact in fp16 (a bf16 or fp16
@@ -133,8 +118,7 @@ __device__ __forceinline__ uint32_t e2m1x2(uint32_t a_bits) {
 // fp16's normal range is far below 0.25 and codes 0 with its sign either way).
 template <bool kSaturate>
 __device__ __forceinline__ uint32_t e2m1x2_f16(float v0, float v1) {
-  const __half2 h = __floats2half2_rn(v0, v1);
-  return e2m1x2<F16Lanes, kSaturate>(*reinterpret_cast<const uint32_t*>(&h));
+  return e2m1x2<F16, kSaturate>(F16::pack_rn(v0, v1));
 }
 
 // The same for a bf16 pair v (unscaled) and its scale 2^-e as a bf16 pair f2, in bf16x2
@@ -142,7 +126,7 @@ __device__ __forceinline__ uint32_t e2m1x2_f16(float v0, float v1) {
 // see Mx::State::tiny).
 template <bool kSaturate>
 __device__ __forceinline__ uint32_t e2m1x2_bf16(uint32_t v, uint32_t f2) {
-  return e2m1x2<Bf16Lanes, kSaturate>(BF16::mul2(v, f2));
+  return e2m1x2<BF16, kSaturate>(BF16::mul2(v, f2));
 }
 
 // Eight E2M1 codes (as four e2m1x2 results, element 2i in pair i) -> one word,
