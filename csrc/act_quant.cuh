@@ -81,37 +81,51 @@ __device__ __forceinline__ float nan_max(float a, float b) {
 
 // ---------------------------------------------------------------------------
 // silu(g) = g / (1 + expf(-g)) exactly as torch's CUDA silu: accurate expf (no
-// fast math), the add rounded on its own (no contraction into expf's last
-// multiply), a correctly rounded division.
+// fast math), the add rounded on its own, a correctly rounded division. silu_exact
+// is that formula; silu_fast computes the same values with fewer instructions for
+// |g| < 87 (kSiluFastLimit):
 //
-// silu_fast: the division as nvcc's own __fdiv_rn fast path (MUFU.RCP, one Newton
-// step, q0 = g*r, one Markstein correction) without its FCHK / slow-path branch
-// per element. That sequence is correctly rounded when no intermediate over- or
-// underflows; with d = 1 + e in [1, 6.1e37] (|g| < 87) r stays normal, q0 and the
-// residual cannot overflow (|g| > 17 gives d == 1, r == 1, q == g exactly), and a
-// subnormal g gives d == 2, r == 0.5 exactly. The residual is taken negated,
-// RN(d*q0 - g), and subtracted: the same value, but g = -0 then yields -0 (the
-// textbook form RN(g - d*q0) gives +0 and needs a copysign per element). Callers
-// check |g| < 87 for every element
-// (NaN fails it) and recompute with __fdiv_rn otherwise. Verified bit for bit
-// against torch's F.silu for every bf16 and fp16 value (tests/gpu/test_kernels.py).
+// - one_plus_expf: libdevice's expf(x) ends with e = 2^j * p, a product that is exact
+//   for a normal e, so RN(1 + e) is one fma(2^j, p, 1) (the FADD goes).
+// - the division: q0 = g * rcp.approx(d), then one Markstein correction q0 - r *
+//   RN(d * q0 - g) (the residual negated, so that g = -0 gives -0 with no copysign).
+//   nvcc's __fdiv_rn also refines r by a Newton step and checks for special cases
+//   (FCHK + slow path); for the d = 1 + e this formula produces, neither changes a
+//   result when |g| < 87. Outside that (+inf: inf - inf in the residual; g <=
+//   -87.33: 1/d below FLT_MIN is flushed) and for NaN, callers use silu_exact.
+//
+// Checked against silu_exact for every fp32 g with |g| < 87 on the H100
+// (benchmarks/silu_exhaustive.cu: 0 mismatches) and, through the kernels, against
+// torch's F.silu for all 2^32 fp32 and every bf16 and fp16 gate value
+// (tests/gpu/test_kernels.py: test_silu_fp32_every_value, test_silu_exhaustive_16bit).
 // ---------------------------------------------------------------------------
 constexpr float kSiluFastLimit = 87.0f;
-__device__ __forceinline__ float silu_denominator(float g) { return __fadd_rn(1.0f, expf(-g)); }
-__device__ __forceinline__ float silu_fast(float g, float d) {
+__device__ __forceinline__ float silu_exact(float g) { return __fdiv_rn(g, __fadd_rn(1.0f, expf(-g))); }
+__device__ __forceinline__ float one_plus_expf(float x) {
+  float p;
+  const float t = __saturatef(__fmaf_rn(x, __uint_as_float(0x3bbb989du), 0.5f));  // log2(e) / 252
+  const float j = __fmaf_rd(t, 252.0f, 12582913.0f);  // 2^23 + 2^22 + 1 + floor(252 t)
+  float f = __fmaf_rn(x, __uint_as_float(0x3fb8aa3bu), -__fadd_rn(j, -12583039.0f));  // log2(e) hi
+  f = __fmaf_rn(x, __uint_as_float(0x32a57060u), f);                                  // log2(e) lo
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(p) : "f"(f));
+  return __fmaf_rn(__int_as_float(__float_as_int(j) << 23), p, 1.0f);
+}
+__device__ __forceinline__ float silu_fast(float g) {
+  const float d = one_plus_expf(-g);
   float r;
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
-  r = __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
   const float q0 = __fmul_rn(g, r);
   return __fmaf_rn(-__fmaf_rn(d, q0, -g), r, q0);
 }
-__device__ __forceinline__ float silu_exact(float g) { return __fdiv_rn(g, silu_denominator(g)); }
 
 // silu(g[i]) * u[i] for N elements: fast path for all, one branch per thread to the
 // exact path when any |g| >= 87 or is NaN (rare; the branch is per thread).
 // valid == false (a past-the-end group holding stale registers) never takes the
 // exact path: its results are discarded, and stale NaN / huge bits would otherwise
 // send it through per-element __fdiv_rn slow paths (seen: T=1 took 4.5 µs, not 2).
+// The exact path's slow-path calls keep ~25-40 more registers live per thread in the
+// fused kernels; a call-free variant (fewer registers, 3 blocks per SM instead of 2)
+// ran slower (benchmarks/NOTES.md, "Shorter silu").
 template <int N>
 __device__ __forceinline__ void silu_mul_n(float (&v)[N], const float (&g)[N], const float (&u)[N],
                                            bool valid = true) {
@@ -119,7 +133,7 @@ __device__ __forceinline__ void silu_mul_n(float (&v)[N], const float (&g)[N], c
 #pragma unroll
   for (int i = 0; i < N; ++i) {
     ok &= fabsf(g[i]) < kSiluFastLimit;
-    v[i] = silu_fast(g[i], silu_denominator(g[i]));
+    v[i] = silu_fast(g[i]);
   }
   if (!ok && valid) {
 #pragma unroll

@@ -272,6 +272,20 @@ def test_silu_exhaustive_16bit(backend, dtype):
             assert_q_close(qf, qr, f"{backend.NAME} {dtype} exhaustive fused q")
 
 
+def test_silu_fp32_every_value(backend):
+    """silu(g) * 1 for all 2^32 fp32 gate bit patterns, bit for bit equal to torch's CUDA
+    F.silu (NaN positions equal): the exhaustive proof that the kernels' shortened silu
+    (no Newton step, fma'd 1 + e, silu_outside past |g| = 87) keeps torch's values."""
+    chunk = 1 << 26
+    ones = torch.ones(chunk // 1024, 1024, device="cuda")
+    out = torch.empty_like(ones)
+    for start in range(0, 1 << 32, chunk):
+        bits = torch.arange(start, start + chunk, device="cuda", dtype=torch.int64)
+        g = (bits - (bits >= 1 << 31).long() * (1 << 32)).int().view(torch.float32).view(-1, 1024)
+        backend.silu_and_mul(out, torch.cat([g, ones], dim=1))
+        _assert_same_bits_nan_ok(out, torch.nn.functional.silu(g), f"{backend.NAME} fp32 silu from {start:#x}")
+
+
 def test_silu_fp32_edges_and_random(backend):
     """fp32 gates: edge values around every branch of the fast silu plus random values
     over the whole exponent range, bit for bit against torch's CUDA F.silu."""
