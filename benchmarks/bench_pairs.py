@@ -65,6 +65,9 @@ def main() -> None:
     p.add_argument("--no-inductor", action="store_true")
     p.add_argument("--no-triton", action="store_true")
     p.add_argument("--schemes", default=",".join(SCHEMES), help="fused-op suffixes to run")
+    p.add_argument("--swizzled", action="store_true",
+                   help="MX scales in the 128x4 tiled layout (is_sf_swizzled_layout=True; Inductor's "
+                        "native graph stays row-major)")
     args = p.parse_args()
     bw = copy_bandwidth()
     rows = []
@@ -72,6 +75,8 @@ def main() -> None:
         for suffix, (unfused, qargs, nat, out_b, s_b) in SCHEMES.items():
             if suffix not in args.schemes.split(","):
                 continue
+            if args.swizzled and suffix.startswith("mx"):
+                qargs = (*qargs, True)
             fused = getattr(qf, f"{act}_{suffix}")
             act_op, quant_op = getattr(qf, act), getattr(qf, unfused)
             native_fn = None
