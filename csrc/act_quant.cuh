@@ -79,6 +79,16 @@ __device__ __forceinline__ float nan_max(float a, float b) {
   return r;
 }
 
+// n / d from an approximate reciprocal r of d: q0 = RN(n * r) plus one Markstein
+// correction, q0 - r * RN(d * q0 - n). The residual is taken negated so that n = -0
+// gives -0 (the textbook RN(n - d * q0) gives +0 and needs a copysign per element).
+// Correctly rounded when r is close enough to 1/d and nothing over- or underflows;
+// the callers say why that holds for their operands.
+__device__ __forceinline__ float markstein_div(float n, float d, float r) {
+  const float q0 = __fmul_rn(n, r);
+  return __fmaf_rn(-__fmaf_rn(d, q0, -n), r, q0);
+}
+
 // ---------------------------------------------------------------------------
 // silu(g) = g / (1 + expf(-g)) exactly as torch's CUDA silu: accurate expf (no
 // fast math), the add rounded on its own, a correctly rounded division. silu_exact
@@ -87,8 +97,7 @@ __device__ __forceinline__ float nan_max(float a, float b) {
 //
 // - one_plus_expf: libdevice's expf(x) ends with e = 2^j * p, a product that is exact
 //   for a normal e, so RN(1 + e) is one fma(2^j, p, 1) (the FADD goes).
-// - the division: q0 = g * rcp.approx(d), then one Markstein correction q0 - r *
-//   RN(d * q0 - g) (the residual negated, so that g = -0 gives -0 with no copysign).
+// - the division: markstein_div with r = rcp.approx(d), one Markstein correction.
 //   nvcc's __fdiv_rn also refines r by a Newton step and checks for special cases
 //   (FCHK + slow path); for the d = 1 + e this formula produces, neither changes a
 //   result when |g| < 87. Outside that (+inf: inf - inf in the residual; g <=
@@ -114,8 +123,7 @@ __device__ __forceinline__ float silu_fast(float g) {
   const float d = one_plus_expf(-g);
   float r;
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
-  const float q0 = __fmul_rn(g, r);
-  return __fmaf_rn(-__fmaf_rn(d, q0, -g), r, q0);
+  return markstein_div(g, d, r);
 }
 
 // silu(g[i]) * u[i] for N elements: fast path for all, one branch per thread to the
@@ -220,7 +228,7 @@ __device__ __forceinline__ float group_scale(float amax) {
 //  fp32: r = RN(1/s) once per group; q0 = y*r and q0 + RN(y - q0*s)*r (fma) is the
 //    correctly rounded quotient (Markstein; Handbook of FP Arithmetic, thm 8.10) as
 //    long as nothing underflows; a result below 2^-126 is 0 in e4m3 either way and
-//    keeps y's sign (the residual is taken negated, as in silu_fast: y = -0 gives -0).
+//    keeps y's sign (markstein_div: y = -0 gives -0).
 template <bool UE8M0>
 __device__ __forceinline__ float group_recip(float s) {
   if constexpr (UE8M0) return __uint_as_float((254u - (__float_as_uint(s) >> 23)) << 23);
@@ -231,8 +239,7 @@ __device__ __forceinline__ float div_by_scale(float y, float s, float r) {
   if constexpr (UE8M0) {
     return __fmul_rn(y, r);
   } else {
-    const float q0 = __fmul_rn(y, r);
-    return __fmaf_rn(-__fmaf_rn(q0, s, -y), r, q0);
+    return markstein_div(y, s, r);
   }
 }
 // RNE to e4m3 with saturation: SATFINITE equals the reference's clamp(-448, 448)

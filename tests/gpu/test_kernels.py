@@ -275,7 +275,7 @@ def test_silu_exhaustive_16bit(backend, dtype):
 def test_silu_fp32_every_value(backend):
     """silu(g) * 1 for all 2^32 fp32 gate bit patterns, bit for bit equal to torch's CUDA
     F.silu (NaN positions equal): the exhaustive proof that the kernels' shortened silu
-    (no Newton step, fma'd 1 + e, silu_outside past |g| = 87) keeps torch's values."""
+    (no Newton step, fma'd 1 + e, the exact path past |g| = 87) keeps torch's values."""
     chunk = 1 << 26
     ones = torch.ones(chunk // 1024, 1024, device="cuda")
     out = torch.empty_like(ones)
