@@ -21,9 +21,11 @@ struct QuantParams {
   int64_t group_size;     // kPerGroup: 64 or 128; MX: 32; kPerToken: unused
   bool flag;              // kPerGroup: use_ue8m0; MX: rceil (else floor)
   void* q;                // encoded elements, contiguous [T, H] (bytes: H * bits / 8 per row)
-  void* s;                // scale of (t, g) at s + t * s_stride_t + g * s_stride_g
+  void* s;                // scale of (t, g) at s + t * s_stride_t + g * s_stride_g, or (s_swizzled, MX)
+                          // in the 128x4 tiled layout with row-block stride s_stride_t
   const void* x;          // contiguous [T, H] ([T, 2H] for gated activations)
   int64_t tokens, hidden, s_stride_t, s_stride_g;
+  bool s_swizzled;
   int64_t vectors;        // 16-byte vectors per thread per group (per-token: per row): 0 = auto, else 1, 2, 4
   int64_t blocks_per_sm;  // 0 = persistent grid by occupancy, > 0 that many, -1 = no loop;
                           // per-token: k > 0 = blocks of about kTokenThreads / k threads

@@ -113,7 +113,7 @@ std::string run_unit(int64_t act, const at::Tensor& x, const Params& p, Fn&& pic
 // act(x) -> scheme, written into q and s (see QuantParams for the layout).
 std::string act_quant_impl(int64_t act, int64_t scheme, at::Tensor q, at::Tensor s, at::Tensor x,
                            int64_t group_size, bool flag, int64_t s_stride_t, int64_t s_stride_g, int64_t vectors,
-                           int64_t blocks_per_sm) {
+                           int64_t blocks_per_sm, bool swizzled) {
   QF_TRY(check_x(x));
   QF_TRY(check_act(act));
   QF_TRY(check_same_device(q, x, "q"));
@@ -148,15 +148,30 @@ std::string act_quant_impl(int64_t act, int64_t scheme, at::Tensor q, at::Tensor
   const bool mx = scheme >= quantfuse::kMxfp8;
   QF_CHECK(mx ? s.scalar_type() == at::kByte : s.scalar_type() == at::kFloat, "quantfuse: scales must be ",
               mx ? "uint8 (E8M0 bytes)" : "float32", " for ", kSchemeNames[scheme], ", got ", s.scalar_type());
-  QF_CHECK(s.numel() == tokens * groups, "quantfuse: s has ", s.numel(), " elements, expected T*G = ",
-              tokens, "*", groups);
+  // swizzled: the 128x4 tiled layout of [T_pad, G_pad] bytes (reference.swizzle_128x4), padding
+  // included (the kernel zeroes it); s_stride_t / s_stride_g are ignored
+  const int64_t t_pad = (tokens + 127) / 128 * 128, g_pad = (groups + 3) / 4 * 4;
+  QF_CHECK(!swizzled || mx, "quantfuse: the swizzled scale layout is for MX schemes only");
+  if (swizzled) {
+    QF_CHECK(s.is_contiguous() && s.numel() == t_pad * g_pad, "quantfuse: swizzled scales must be a contiguous [",
+             t_pad, ", ", g_pad, "] (T and G padded to 128 and 4), got ", s.sizes());
+  } else {
+    QF_CHECK(s.numel() == tokens * groups, "quantfuse: s has ", s.numel(), " elements, expected T*G = ",
+             tokens, "*", groups);
+  }
   if (tokens == 0 || hidden == 0) return {};
-  QF_CHECK(tokens * groups < (int64_t(1) << 31), "quantfuse: too many groups (", tokens * groups, ")");
-  QF_CHECK(s_stride_t >= 0 && s_stride_g >= 0, "quantfuse: scale strides must be >= 0");
-  const int64_t last = (tokens - 1) * s_stride_t + (groups - 1) * s_stride_g;
-  const int64_t avail = int64_t(s.storage().nbytes() / s.element_size()) - s.storage_offset();
-  QF_CHECK(last < avail, "quantfuse: scale strides (", s_stride_t, ", ", s_stride_g,
-              ") reach past the scale storage");
+  QF_CHECK(tokens * groups < (int64_t(1) << 31) && t_pad * g_pad < (int64_t(1) << 31),
+           "quantfuse: too many groups (", tokens * groups, ")");
+  if (swizzled) {
+    s_stride_t = 128 * g_pad;  // the row-block stride; s_stride_g unused
+    s_stride_g = 0;
+  } else {
+    QF_CHECK(s_stride_t >= 0 && s_stride_g >= 0, "quantfuse: scale strides must be >= 0");
+    const int64_t last = (tokens - 1) * s_stride_t + (groups - 1) * s_stride_g;
+    const int64_t avail = int64_t(s.storage().nbytes() / s.element_size()) - s.storage_offset();
+    QF_CHECK(last < avail, "quantfuse: scale strides (", s_stride_t, ", ", s_stride_g,
+             ") reach past the scale storage");
+  }
   // 16-byte loads of x, vector-sized stores of q
   QF_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, "quantfuse: x must be 16-byte aligned");
   const int64_t store = vec * bits / 8;
@@ -164,7 +179,7 @@ std::string act_quant_impl(int64_t act, int64_t scheme, at::Tensor q, at::Tensor
               "-byte aligned");
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   QuantParams p{int(scheme), group_size, flag, q.data_ptr(), s.data_ptr(), x.data_ptr(), tokens, hidden,
-                s_stride_t, s_stride_g, vectors, blocks_per_sm,
+                s_stride_t, s_stride_g, swizzled, vectors, blocks_per_sm,
                 at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
                 at::cuda::getCurrentCUDAStream()};
   return run_unit(act, x, p, [](auto quant, auto, const QuantParams& pp) { return quant(pp); });
@@ -211,9 +226,11 @@ std::string guarded(Fn&& fn) {
 }
 
 std::string act_quant(int64_t act, int64_t scheme, at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
-                      bool flag, int64_t s_stride_t, int64_t s_stride_g, int64_t vectors, int64_t blocks_per_sm) {
+                      bool flag, int64_t s_stride_t, int64_t s_stride_g, int64_t vectors, int64_t blocks_per_sm,
+                      bool swizzled) {
   return guarded([&] {
-    return act_quant_impl(act, scheme, q, s, x, group_size, flag, s_stride_t, s_stride_g, vectors, blocks_per_sm);
+    return act_quant_impl(act, scheme, q, s, x, group_size, flag, s_stride_t, s_stride_g, vectors, blocks_per_sm,
+                          swizzled);
   });
 }
 
@@ -228,14 +245,14 @@ std::string per_token_group_quant_fp8(at::Tensor q, at::Tensor s, at::Tensor x, 
                                       int64_t s_stride_t, int64_t s_stride_g, int64_t unroll,
                                       int64_t blocks_per_sm) {
   return act_quant(0, quantfuse::kPerGroup, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g, unroll,
-                   blocks_per_sm);
+                   blocks_per_sm, false);
 }
 
 std::string silu_and_mul_per_block_quant(at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
                                          bool use_ue8m0, int64_t s_stride_t, int64_t s_stride_g, int64_t unroll,
                                          int64_t blocks_per_sm) {
   return act_quant(1, quantfuse::kPerGroup, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g, unroll,
-                   blocks_per_sm);
+                   blocks_per_sm, false);
 }
 
 }  // namespace
@@ -244,7 +261,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "quantfuse CUDA kernels: activation (SiLU-and-mul, ReLU^2) -> FP8 / MXFP8 / MXFP4 quantisation";
   m.def("act_quant", &act_quant, "act(x) -> quantisation scheme into q and s; returns \"\" or an error message", py::arg("act"), py::arg("scheme"),
         py::arg("q"), py::arg("s"), py::arg("x"), py::arg("group_size"), py::arg("flag"), py::arg("s_stride_t"),
-        py::arg("s_stride_g"), py::arg("vectors") = 0, py::arg("blocks_per_sm") = 0);
+        py::arg("s_stride_g"), py::arg("vectors") = 0, py::arg("blocks_per_sm") = 0, py::arg("swizzled") = false);
   m.def("activation", &activation, "out = act(x) in x's dtype; returns \"\" or an error message", py::arg("act"), py::arg("out"), py::arg("x"));
   m.def("silu_and_mul", &silu_and_mul, "out[T, d] = silu(x[:, :d]) * x[:, d:]", py::arg("out"), py::arg("x"));
   m.def("per_token_group_quant_fp8", &per_token_group_quant_fp8,

@@ -55,7 +55,7 @@ const char* launch_group(const QuantParams& p) {
     }
     kernel<<<unsigned(blocks), kThreads, 0, p.stream>>>(
         static_cast<uint8_t*>(p.q), static_cast<typename Scheme::Scale*>(p.s), static_cast<const S*>(p.x),
-        uint32_t(total), uint32_t(groups_per_row), p.hidden, p.s_stride_t, p.s_stride_g);
+        uint32_t(total), uint32_t(groups_per_row), p.hidden, p.s_stride_t, p.s_stride_g, p.s_swizzled);
     return launch_status();
   }
 }

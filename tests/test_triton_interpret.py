@@ -60,6 +60,7 @@ def _run() -> dict:
 
     torch.exp = numpy_exp
 
+    from quantfuse.custom_ops import kernel_inputs as ki
     from quantfuse.custom_ops import reference as ref
     from quantfuse.custom_ops import triton_schemes as ts
 
@@ -153,27 +154,34 @@ def _run() -> dict:
             q = torch.full((*lead, elem), 0xAB, dtype=torch.uint8)
             if key == "mxfp8":
                 q = q.view(FP8)
-            s = torch.full((*lead, out_h // 32), 0xAB, dtype=torch.uint8)
+            groups = out_h // 32
+            # swizzled: the padded tiled layout, poisoned so that unwritten padding shows
+            shape = ki.swizzled_scale_shape(x.numel() // x.shape[-1], groups) if params[1:] == (True,) \
+                else (*lead, groups)
+            s = torch.full(shape, 0xAB, dtype=torch.uint8)
             fn(q, s, x, *params)
         return q, s
 
     ref_scheme = {"fp8_per_token": lambda y: ref.per_token_quant_fp8(y),
                   "fp8_per_group": lambda y, gs, cm, ue: ref.per_token_group_quant_fp8(y, gs, cm, ue),
-                  "mxfp8": lambda y, r: ref.mxfp8_quant(y, r),
-                  "mxfp4": lambda y, r: ref.mxfp4_quant(y, r)}
+                  "mxfp8": lambda y, r, sw=False: ref.mxfp8_quant(y, r, sw),
+                  "mxfp4": lambda y, r, sw=False: ref.mxfp4_quant(y, r, sw)}
     ref_act = {"": lambda x: x, "silu_and_mul": ref.silu_and_mul, "relu2": ref.relu2}
     params_of = {"fp8_per_token": [()],
                  "fp8_per_group": [(64, False, False), (128, True, False), (128, False, True), (64, True, True)],
-                 "mxfp8": [("floor",), ("rceil",)],
-                 "mxfp4": [("floor",), ("rceil",)]}
+                 "mxfp8": [("floor",), ("rceil",), ("rceil", True)],
+                 "mxfp4": [("floor",), ("rceil",), ("floor", True)]}
     # (lead, activation-output hidden)
     shapes = [((1,), 256), ((7,), 384), ((2, 3), 128), ((9,), 1024)]
     long_rows = [((6,), 9216)]  # > 8192: the chunked two-pass per-token path
+    mx_padded = [((5,), 160), ((130,), 96)]  # G = 5, 3: column padding; T = 130: two row blocks
 
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for op, (act, key) in ts._TABLE.items():
             fn = getattr(ts, op)
             extra = [long_rows[0]] if key in ("fp8_per_token", "none") else []
+            if key in ("mxfp8", "mxfp4"):
+                extra = mx_padded  # swizzled layouts with padded columns / several row blocks
             for lead, h in shapes + extra:
                 in_h = 2 * h if act == "silu_and_mul" else h
                 x = make(lead, in_h, dtype)

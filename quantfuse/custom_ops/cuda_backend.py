@@ -189,7 +189,7 @@ def _scale_strides(s: torch.Tensor, tokens: int, groups: int) -> tuple[int, int]
         ) from e
 
 
-def _launch(op: str, act: str, key: str, x, q, s, group_size=None, flag=False) -> None:
+def _launch(op: str, act: str, key: str, x, q, s, group_size=None, flag=False, swizzled=False) -> None:
     """Validate (clear RuntimeError before entering C++, which checks again, outputs
     included) and run one op of the family."""
     if not isinstance(x, torch.Tensor):
@@ -208,8 +208,9 @@ def _launch(op: str, act: str, key: str, x, q, s, group_size=None, flag=False) -
         group_size, groups = hidden, 1
     else:
         groups = hidden // group_size
-    st, sg = _scale_strides(s, tokens, groups)
-    _raise_on(_mod().act_quant(code, scheme, q, s, x, int(group_size), bool(flag), st, sg))
+    # swizzled: the extension checks s against the padded tiled shape; strides unused
+    st, sg = (0, 0) if swizzled else _scale_strides(s, tokens, groups)
+    _raise_on(_mod().act_quant(code, scheme, q, s, x, int(group_size), bool(flag), st, sg, 0, 0, bool(swizzled)))
 
 
 globals().update(kernel_inputs.op_functions(_launch))

@@ -111,12 +111,20 @@ def scheme_reason(op: str, x, group_size: int | None, cpu_ok: bool = False) -> s
     return None
 
 
+def swizzled_scale_shape(tokens, groups) -> tuple:
+    """Shape of MX scales in the 128x4 tiled layout (``reference.swizzle_128x4``): tokens
+    padded to a multiple of 128, groups to a multiple of 4 (symbolic sizes work too)."""
+    return (-(-tokens // 128) * 128, -(-groups // 4) * 4)
+
+
 def op_functions(launch) -> dict:
     """One backend function per ``OP_TABLE`` op, with the calling convention of the
     backends (outputs first): ``act(out, x)``, ``per-token(q, s, x)``,
-    ``per-group(q, s, x, group_size, use_ue8m0=False)``, ``MX(q, s, x, scale_rounding="rceil")``.
-    Each calls ``launch(op, act, key, x, q, s, group_size, flag)`` where flag is
-    ``use_ue8m0`` or ``scale_rounding == "rceil"``."""
+    ``per-group(q, s, x, group_size, use_ue8m0=False)``,
+    ``MX(q, s, x, scale_rounding="rceil", is_sf_swizzled_layout=False)``. Each calls
+    ``launch(op, act, key, x, q, s, group_size, flag, swizzled)`` where flag is ``use_ue8m0``
+    or ``scale_rounding == "rceil"`` and swizzled says that ``s`` is the padded 128x4 tiled
+    layout (:func:`swizzled_scale_shape`), which the kernels write, padding included."""
     fns = {}
     for op, (act, key) in OP_TABLE.items():
         def make(op=op, act=act, key=key):
@@ -133,11 +141,11 @@ def op_functions(launch) -> dict:
                     launch(op, act, key, x, q, s, group_size, bool(use_ue8m0))
                 fn.__doc__ = f"{act or 'identity'} -> FP8 E4M3 per-group quantisation (scales row- or column-major)."
             else:
-                def fn(q, s, x, scale_rounding: str = "rceil") -> None:
+                def fn(q, s, x, scale_rounding: str = "rceil", is_sf_swizzled_layout: bool = False) -> None:
                     if scale_rounding not in ("floor", "rceil"):
                         raise RuntimeError(f"quantfuse ({op}): scale_rounding must be 'floor' or 'rceil', "
                                            f"got {scale_rounding!r}")
-                    launch(op, act, key, x, q, s, MX_BLOCK, scale_rounding == "rceil")
+                    launch(op, act, key, x, q, s, MX_BLOCK, scale_rounding == "rceil", bool(is_sf_swizzled_layout))
                 fn.__doc__ = f"{act or 'identity'} -> {key.upper()} (block 32, E8M0 scale bytes) into ``q``, ``s``."
             fn.__name__ = fn.__qualname__ = op
             return fn

@@ -13,11 +13,13 @@ so a bad call fails with a clear message at trace time as well as in eager mode.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 from typing import Callable, Sequence
 
 import torch
 
-from quantfuse.custom_ops import oracle, reference
+from quantfuse.custom_ops import kernel_inputs, oracle, reference
 
 NAMESPACE = "quantfuse"
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -59,7 +61,8 @@ class Scheme:
     check: Callable[..., int | None]
     #: allocates (q, s) for an input of this shape: used by the fake impl and kernels
     empty_outputs: Callable[..., tuple[torch.Tensor, torch.Tensor]]
-    #: the parameters a backend kernel takes after (q, s, x); layout is read off s
+    #: the parameters a backend kernel takes after (q, s, x) (per-group scale layout: read
+    #: off the strides of s)
     kernel_args: Callable[..., tuple]
     #: parameter values that differ from every default (traced op-form patterns need
     #: each call arity, since graphs drop trailing default arguments)
@@ -67,9 +70,6 @@ class Scheme:
     #: how many leading parameters have no default
     required_params: int
     doc: str
-    #: (q, s) as the kernels wrote them -> (q, s) as the op returns them (a layout step in
-    #: torch, also applied to the fake impl's outputs)
-    finish: Callable[..., tuple[torch.Tensor, torch.Tensor]] = lambda q, s, *params: (q, s)
 
 
 def _silu_and_mul_hidden(h: int) -> int:
@@ -97,17 +97,17 @@ def _check_mx(hidden: int, scale_rounding: str = "rceil", is_sf_swizzled_layout:
 def _mx_scheme(name: str, element_bytes: Callable[[int], int], q_dtype: torch.dtype, doc: str) -> Scheme:
     """An OCP microscaling scheme: ``{name}_quant(x, scale_rounding="rceil", is_sf_swizzled_layout=False)``.
 
-    The kernels write row-major scale bytes; the 128x4 tiled layout (vLLM's and
-    FlashInfer's ``is_sf_swizzled_layout``) is a rearrangement of those bytes in torch
-    (1/32 of the elements: ~3% of the op's traffic)."""
+    Scale bytes are row-major ``[..., H/32]``, or with ``is_sf_swizzled_layout`` (vLLM's and
+    FlashInfer's name) the padded 128x4 tiled ``[T_pad, G_pad]`` that block-scaled GEMMs
+    read, written so by the kernels themselves (padding bytes included)."""
 
     def empty_outputs(shape, device, scale_rounding="rceil", is_sf_swizzled_layout=False):
         *lead, hidden = shape
+        groups = hidden // reference.MX_BLOCK
+        s_shape = (kernel_inputs.swizzled_scale_shape(functools.reduce(operator.mul, lead, 1), groups)
+                   if is_sf_swizzled_layout else (*lead, groups))
         return (torch.empty((*lead, element_bytes(hidden)), dtype=q_dtype, device=device),
-                torch.empty((*lead, hidden // reference.MX_BLOCK), dtype=torch.uint8, device=device))
-
-    def finish(q, s, scale_rounding="rceil", is_sf_swizzled_layout=False):
-        return (q, reference.swizzle_128x4(s)) if is_sf_swizzled_layout else (q, s)
+                torch.empty(s_shape, dtype=torch.uint8, device=device))
 
     return Scheme(
         unfused_name=f"{name}_quant",
@@ -116,11 +116,11 @@ def _mx_scheme(name: str, element_bytes: Callable[[int], int], q_dtype: torch.dt
         reference=getattr(reference, f"{name}_quant"),
         check=_check_mx,
         empty_outputs=empty_outputs,
-        kernel_args=lambda scale_rounding="rceil", is_sf_swizzled_layout=False: (scale_rounding,),
+        kernel_args=lambda scale_rounding="rceil", is_sf_swizzled_layout=False: (scale_rounding,
+                                                                                 is_sf_swizzled_layout),
         example_params=("floor", True),
         required_params=0,
         doc=doc,
-        finish=finish,
     )
 
 
@@ -215,7 +215,7 @@ def _run_quant(scheme: Scheme, x: torch.Tensor, *params):
         return scheme.reference(x, *params)
     q, s = scheme.empty_outputs(x.shape, x.device, *params)
     getattr(mod, op)(q, s, x, *scheme.kernel_args(*params))
-    return scheme.finish(q, s, *params)
+    return q, s
 
 
 def _run_fused(act: Activation, scheme: Scheme, x: torch.Tensor, *params):
@@ -228,7 +228,7 @@ def _run_fused(act: Activation, scheme: Scheme, x: torch.Tensor, *params):
         return scheme.reference(act.reference(x), *params)
     q, s = scheme.empty_outputs((*x.shape[:-1], out_h), x.device, *params)
     getattr(mod, op)(q, s, x, *scheme.kernel_args(*params))
-    return scheme.finish(q, s, *params)
+    return q, s
 
 
 def _fake_activation(act: Activation, x: torch.Tensor) -> torch.Tensor:
@@ -240,7 +240,7 @@ def _fake_quant(scheme: Scheme, op: str, out_hidden_of: Callable[[torch.Tensor],
     _check_input(op, x)
     out_h = out_hidden_of(x)
     _scheme_params(scheme, op, out_h, params)
-    return scheme.finish(*scheme.empty_outputs((*x.shape[:-1], out_h), x.device, *params), *params)
+    return scheme.empty_outputs((*x.shape[:-1], out_h), x.device, *params)
 
 
 def _define(name: str, schema: str, impl: Callable, fake: Callable, doc: str):

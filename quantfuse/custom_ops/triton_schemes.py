@@ -234,8 +234,9 @@ def _kernels():
     def _group_kernel(x_ptr, q_ptr, s_ptr, total_groups, groups_per_row, H, s_st, s_sg,
                       ACT: tl.constexpr, SCHEME: tl.constexpr, KIND: tl.constexpr,
                       GS: tl.constexpr, BLOCK_G: tl.constexpr, FLAG: tl.constexpr,
-                      SOFT: tl.constexpr, INTERP: tl.constexpr):
-        # FLAG: use_ue8m0 for FP8 per-group, rceil (vs floor) for MX
+                      SOFT: tl.constexpr, INTERP: tl.constexpr, SWIZZLED: tl.constexpr = False):
+        # FLAG: use_ue8m0 for FP8 per-group, rceil (vs floor) for MX; SWIZZLED: MX scales in
+        # the 128x4 tiled layout with row-block stride s_st (csrc/group_kernel.cuh)
         gi = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
         gmask = gi < total_groups
         t = (gi // groups_per_row).to(tl.int64)
@@ -294,7 +295,11 @@ def _kernels():
                 pcol = tl.arange(0, GS // 2)
                 tl.store(q_ptr + (qbase // 2)[:, None] + pcol[None, :], packed, mask=m)
             sb = tl.where(bad, 0xFF, e + 127).to(tl.uint8)
-            tl.store(s_ptr + gi, sb, mask=gmask)
+            if SWIZZLED:
+                so = (t >> 7) * s_st + (g >> 2) * 512 + (t & 31) * 16 + ((t >> 5) & 3) * 4 + (g & 3)
+            else:
+                so = t * s_st + g * s_sg
+            tl.store(s_ptr + so, sb, mask=gmask)
 
     # the interpreter re-executes kernel source against the module globals (closures are
     # lost), so every jit function is published there too
@@ -351,7 +356,7 @@ def _kind(dtype: torch.dtype) -> int:
     return {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[dtype]
 
 
-def _launch(op: str, act: str, key: str, x, q, s, group_size=None, flag=False):
+def _launch(op: str, act: str, key: str, x, q, s, group_size=None, flag=False, swizzled=False):
     reason = unsupported_reason(op, x, group_size if key == "fp8_per_group" else None, _extra=True)
     if reason is not None:
         _fail(op, reason)
@@ -373,7 +378,11 @@ def _launch(op: str, act: str, key: str, x, q, s, group_size=None, flag=False):
     elif scheme == _S_GROUP:
         _expect(op, "s", s, x, torch.float32, (*lead, hidden // group_size), contiguous=False)
     elif scheme in (_S_MXFP8, _S_MXFP4):
-        _expect(op, "s", s, x, torch.uint8, (*lead, hidden // MX_BLOCK))
+        s_shape = kernel_inputs.swizzled_scale_shape(tokens, hidden // MX_BLOCK) if swizzled \
+            else (*lead, hidden // MX_BLOCK)
+        _expect(op, "s", s, x, torch.uint8, s_shape)
+    if swizzled and scheme not in (_S_MXFP8, _S_MXFP4):
+        _fail(op, "the swizzled scale layout is for MX schemes only")
     if tokens == 0 or hidden == 0:
         return
     if tokens * max(hidden, 1) * 2 >= 2**62:
@@ -411,12 +420,16 @@ def _launch(op: str, act: str, key: str, x, q, s, group_size=None, flag=False):
             st, sg = s.view(tokens, groups).stride()
         except RuntimeError:
             _fail(op, f"scale strides {s.stride()} cannot be viewed as [tokens, groups]")
+    elif swizzled:
+        st, sg = 128 * s.shape[1], 0  # row-block stride of the tiled layout
+        if s.numel() != total:
+            s.zero_()  # the padding (the kernel writes every real scale)
     else:
         st, sg = groups, 1
     block_g = _TILE // gs
     grid = (-(-total // block_g),)
     k["group"][grid](xk, qk, s, total, groups, hidden, st, sg, GS=gs, BLOCK_G=block_g, FLAG=bool(flag),
-                     num_warps=4, **common, **launch)
+                     SWIZZLED=bool(swizzled), num_warps=4, **common, **launch)
 
 
 globals().update(kernel_inputs.op_functions(_launch))

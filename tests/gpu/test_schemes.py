@@ -27,13 +27,13 @@ HIDDEN = [256, 2048, 7168]
 TOKENS = {torch.bfloat16: [1, 7, 33, 4097], torch.float16: [1, 33], torch.float32: [7, 33]}
 PARAMS = {"fp8_per_token": [()],
           "fp8_per_group": [(128, False, False), (64, True, True), (128, True, False), (64, False, True)],
-          "mxfp8": [("floor",), ("rceil",)],
-          "mxfp4": [("floor",), ("rceil",)]}
+          "mxfp8": [("floor",), ("rceil",), ("rceil", True)],
+          "mxfp4": [("floor",), ("rceil",), ("floor", True)]}
 REF_ACT = {"": lambda x: x, "silu_and_mul": ref.silu_and_mul, "relu2": ref.relu2}
 REF_SCHEME = {"fp8_per_token": lambda y: ref.per_token_quant_fp8(y),
               "fp8_per_group": lambda y, gs, cm, ue: ref.per_token_group_quant_fp8(y, gs, cm, ue),
-              "mxfp8": lambda y, r: ref.mxfp8_quant(y, r),
-              "mxfp4": lambda y, r: ref.mxfp4_quant(y, r)}
+              "mxfp8": lambda y, r, sw=False: ref.mxfp8_quant(y, r, sw),
+              "mxfp4": lambda y, r, sw=False: ref.mxfp4_quant(y, r, sw)}
 QUANT_OPS = [op for op, (act, key) in kernel_inputs.OP_TABLE.items() if key != "none"]
 UNFUSED = {key: unfused for key, (unfused, _, _) in kernel_inputs.SCHEME_CODES.items()}
 
@@ -129,7 +129,10 @@ def run_quant(fn, x, h, key, *params):
         fn(q, s, x, gs, ue)
     else:
         q = poison((*lead, h)).view(FP8) if key == "mxfp8" else poison((*lead, h // 2))
-        s = poison((*lead, h // 32))
+        # swizzled (params = (rounding, True)): the padded tiled layout, padding poisoned too
+        swizzled = params[1:] == (True,)
+        s = poison(kernel_inputs.swizzled_scale_shape(x.numel() // x.shape[-1], h // 32) if swizzled
+                   else (*lead, h // 32))
         fn(q, s, x, *params)
     return q, s
 
@@ -168,6 +171,32 @@ def test_every_op_vs_reference(mod, dtype, tokens, hidden):
         act, _ = kernel_inputs.OP_TABLE[op]
         in_h = 2 * hidden if act == "silu_and_mul" else hidden
         check_op(mod, op, make_input((tokens,), in_h, dtype, specials=tokens >= 7), hidden)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_swizzled_scales_with_padding(mod, dtype):
+    """MX scales in the 128x4 tiled layout written by the kernels: padded columns (G = 5, 3,
+    1), several row blocks (T = 130, 301) and 3-D input, padding bytes zero, against
+    reference.swizzle_128x4 of the reference scales; the ops route there too."""
+    for lead, h in (((5,), 160), ((130,), 96), ((301,), 32), ((3, 50), 224)):
+        for op in QUANT_OPS:
+            act, key = kernel_inputs.OP_TABLE[op]
+            if key not in ("mxfp8", "mxfp4"):
+                continue
+            x = make_input(lead, 2 * h if act == "silu_and_mul" else h, dtype, specials=True)
+            y_ref = REF_ACT[act](x)
+            for params in (("rceil", True), ("floor", True)):
+                q, s = run_quant(getattr(mod, op), x, h, key, *params)
+                rq, rs = REF_SCHEME[key](y_ref, *params)
+                assert_same(f"{op}{params} {tuple(x.shape)} q", q, rq)
+                assert_same(f"{op}{params} {tuple(x.shape)} s", s, rs)
+    import quantfuse.custom_ops.ops  # noqa: F401  (registers torch.ops.quantfuse)
+
+    x = make_input((130,), 2 * 96, dtype, specials=True)
+    q, s = torch.ops.quantfuse.silu_and_mul_mxfp4_quant(x, "rceil", True)
+    rq, rs = ref.mxfp4_quant(ref.silu_and_mul(x), "rceil", True)
+    assert_same("op silu_and_mul_mxfp4_quant swizzled q", q, rq)
+    assert_same("op silu_and_mul_mxfp4_quant swizzled s", s, rs)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
