@@ -13,6 +13,7 @@
 #pragma once
 
 #include "quant_schemes.cuh"
+#include "scale_layout.h"
 
 namespace quantfuse {
 
@@ -89,28 +90,6 @@ __device__ __forceinline__ float act_round_amax(float (&y)[N], uint32_t (&yp)[(N
   }
 }
 
-// Offset of scale (t, g) in the 128x4 tiled layout that block-scaled tensor-core GEMMs
-// read (reference.swizzle_128x4): 128 x 4 tiles row-major by (row block, column block),
-// byte (r, c) of a tile at (r % 32) * 16 + (r / 32) * 4 + c; rowblock = 128 * G_pad.
-__device__ __forceinline__ int64_t swizzled_scale_offset(uint32_t t, uint32_t g, int64_t rowblock) {
-  return int64_t(t >> 7) * rowblock + int64_t(g >> 2) * 512 + (t & 31) * 16 + ((t >> 5) & 3) * 4 + (g & 3);
-}
-
-// Zero bytes in the padding of a tiled scale layout: groups [G, G_pad) of rows < T, and
-// rows [T, T_pad). Spread over the whole grid (at most 127 rows and 3 columns).
-template <typename Scale>
-__device__ void zero_scale_padding(Scale* __restrict__ s, uint32_t tokens, uint32_t groups, int64_t rowblock) {
-  const uint32_t g_pad = uint32_t(rowblock / 128), t_pad = (tokens + 127) / 128 * 128;
-  const uint32_t side = g_pad - groups;
-  const uint32_t n_side = tokens * side, n = n_side + (t_pad - tokens) * g_pad;  // < 2^31 (checked)
-  for (uint32_t k = blockIdx.x * blockDim.x + threadIdx.x; k < n; k += gridDim.x * blockDim.x) {
-    const bool in_rows = k < n_side;
-    const uint32_t r = in_rows ? k : k - n_side, w = in_rows ? side : g_pad;
-    const uint32_t t = (in_rows ? 0 : tokens) + r / w, g = (in_rows ? groups : 0) + r % w;
-    s[swizzled_scale_offset(t, g, rowblock)] = Scale(0);
-  }
-}
-
 // One step of a sub-warp: prefetch the group after (t, g) into (gn, un), then
 // compute and store group (t, g) from (gv, uv).
 template <typename DT, int GS, typename Act, typename Scheme, int NV>
@@ -183,7 +162,10 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
   uint32_t t = gi / gpr, g = gi - t * gpr;
   uint4 ga[NV], ua[NV], gb[NV], ub[NV];
   load_group<DT, GS, NV, Act::kGated>(ga, ua, x, gi < total_groups, t, g, hidden, lane);
-  if (s_swizzled) zero_scale_padding(s, total_groups / gpr, gpr, s_stride_t);
+  if (s_swizzled) {
+    zero_scale_padding(s, total_groups / gpr, gpr, s_stride_t, blockIdx.x * blockDim.x + threadIdx.x,
+                       gridDim.x * blockDim.x);
+  }
   // Two steps per trip with the buffers swapped: no register copies between steps.
   // The bound is warp-uniform (the kernel has no block barrier), so every lane reaches
   // the shuffles and warps past the end stop computing.
