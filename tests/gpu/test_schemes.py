@@ -215,7 +215,8 @@ def test_long_rows_and_3d_input(mod, dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_cuda_vector_variants_agree(dtype):
     """Every vectors-per-thread instantiation of the CUDA group kernel (1, 2, 4) and grid
-    shape gives the reference's bits, for every per-group scheme and activation."""
+    shape gives the reference's bits, for every per-group scheme and activation, MX scales
+    in both layouts."""
     m = cuda_backend._mod()
     tokens, hidden = 301, 1024
     for op in QUANT_OPS:
@@ -229,9 +230,11 @@ def test_cuda_vector_variants_agree(dtype):
             flag = params[2] if key == "fp8_per_group" else params[0] == "rceil"
             for vectors, bps in ((1, 0), (2, 0), (4, 0), (1, 1), (2, -1)):
                 def launch(q, s, x, *_, vectors=vectors, bps=bps):
-                    st, sg = cuda_backend._scale_strides(s, tokens, hidden // gs)
+                    # MX params (rounding, True): scales in the padded tiled layout, no strides
+                    swizzled = key != "fp8_per_group" and params[1:] == (True,)
+                    st, sg = (0, 0) if swizzled else cuda_backend._scale_strides(s, tokens, hidden // gs)
                     assert m.act_quant(kernel_inputs.ACT_CODES[act], kernel_inputs.SCHEME_CODES[key][2], q, s,
-                                       x, gs, flag, st, sg, vectors, bps) == ""
+                                       x, gs, flag, st, sg, vectors, bps, swizzled) == ""
                 q, s = run_quant(launch, x, hidden, key, *params)
                 assert_same(f"{op}{params} vectors={vectors} bps={bps} q", q, rq)
                 assert_same(f"{op}{params} vectors={vectors} bps={bps} s", s, rs)
