@@ -27,8 +27,7 @@ struct QuantParams {
   int64_t tokens, hidden, s_stride_t, s_stride_g;
   bool s_swizzled;
   int64_t vectors;        // 16-byte vectors per thread per group (per-token: per row): 0 = auto, else 1, 2, 4
-  int64_t blocks_per_sm;  // 0 = persistent grid by occupancy, > 0 that many, -1 = no loop,
-                          // -2 / -3 = 1 vector prefetched 2 / 3 steps ahead (benchmarks);
+  int64_t blocks_per_sm;  // 0 = persistent grid by occupancy, > 0 that many, -1 = no loop;
                           // per-token: k > 0 = blocks of about kTokenThreads / k threads
   int sms;
   cudaStream_t stream;

@@ -90,14 +90,14 @@ __device__ __forceinline__ float act_round_amax(float (&y)[N], uint32_t (&yp)[(N
   }
 }
 
-// One step of a sub-warp: prefetch the group `ahead` groups after (t, g) (DEPTH steps)
-// into (gn, un), then compute and store group (t, g) from (gv, uv) and advance by one step.
-template <typename DT, int GS, typename Act, typename Scheme, int NV, int DEPTH>
+// One step of a sub-warp: prefetch the group after (t, g) into (gn, un), then
+// compute and store group (t, g) from (gv, uv).
+template <typename DT, int GS, typename Act, typename Scheme, int NV>
 __device__ __forceinline__ void group_step(
     uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s,
     const typename DT::Storage* __restrict__ x, uint32_t total_groups, uint32_t gpr, int64_t hidden,
     int64_t s_stride_t, int64_t s_stride_g, bool s_swizzled, uint32_t step, uint32_t step_t, uint32_t step_g,
-    uint32_t ahead, uint32_t ahead_t, uint32_t ahead_g, int lane,
+    int lane,
     uint32_t& gi, uint32_t& t, uint32_t& g, const uint4 (&gv)[NV], const uint4 (&uv)[NV],
     uint4 (&gn)[NV], uint4 (&un)[NV]) {
   using S = typename DT::Storage;
@@ -105,18 +105,10 @@ __device__ __forceinline__ void group_step(
   constexpr int EPT = VEC * NV;  // elements per thread per group
   constexpr int TPG = GS / EPT;
   constexpr int kVecBytes = VEC * Scheme::kBits / 8;  // encoded bytes of one vector
-  // next group of this sub-warp, and the one to prefetch (the same for DEPTH = 1)
+  // next group of this sub-warp
   uint32_t tn = t + step_t, gn_ = g + step_g;
   if (gn_ >= gpr) { gn_ -= gpr; ++tn; }
-  uint32_t tl = tn, gl = gn_;
-  bool lvalid = gi + step < total_groups;
-  if constexpr (DEPTH > 1) {
-    tl = t + ahead_t;
-    gl = g + ahead_g;
-    if (gl >= gpr) { gl -= gpr; ++tl; }
-    lvalid = gi + ahead < total_groups;
-  }
-  load_group<DT, GS, NV, Act::kGated>(gn, un, x, lvalid, tl, gl, hidden, lane);
+  load_group<DT, GS, NV, Act::kGated>(gn, un, x, gi + step < total_groups, tn, gn_, hidden, lane);
 
   float y[EPT];
   uint32_t yp[EPT / 2];
@@ -145,9 +137,8 @@ __device__ __forceinline__ void group_step(
 }
 
 // MINB > 0 caps registers so that MINB blocks fit on an SM (tried for NV = 2 with
-// MINB = 3: spills, 40% slower; benchmarks/NOTES.md). DEPTH = steps prefetched ahead in
-// registers (DEPTH + 1 buffers; > 1 is a benchmark knob, blocks_per_sm = -DEPTH).
-template <typename DT, int GS, typename Act, typename Scheme, int NV, int MINB = 0, int DEPTH = 1>
+// MINB = 3: spills, 40% slower; benchmarks/NOTES.md).
+template <typename DT, int GS, typename Act, typename Scheme, int NV, int MINB = 0>
 __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
     uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s,
     const typename DT::Storage* __restrict__ x, uint32_t total_groups, uint32_t groups_per_row,
@@ -169,47 +160,23 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
   uint32_t wbase = (threadIdx.x / 32 * gridDim.x + blockIdx.x) * GPW;
   uint32_t gi = wbase + threadIdx.x % 32 / TPG;
   uint32_t t = gi / gpr, g = gi - t * gpr;
-  const uint32_t ahead = DEPTH * step, ahead_t = ahead / gpr, ahead_g = ahead - ahead_t * gpr;
-  uint4 gv[DEPTH + 1][NV], uv[DEPTH + 1][NV];
-  load_group<DT, GS, NV, Act::kGated>(gv[0], uv[0], x, gi < total_groups, t, g, hidden, lane);
-#pragma unroll
-  for (int k = 1; k < DEPTH; ++k) {
-    const uint32_t a = k * step, at = a / gpr, ag = a - at * gpr;
-    uint32_t tk = t + at, gk = g + ag;
-    if (gk >= gpr) { gk -= gpr; ++tk; }
-    load_group<DT, GS, NV, Act::kGated>(gv[k], uv[k], x, gi + a < total_groups, tk, gk, hidden, lane);
-  }
+  uint4 ga[NV], ua[NV], gb[NV], ub[NV];
+  load_group<DT, GS, NV, Act::kGated>(ga, ua, x, gi < total_groups, t, g, hidden, lane);
   if (s_swizzled) {
     zero_scale_padding(s, total_groups / gpr, gpr, s_stride_t, blockIdx.x * blockDim.x + threadIdx.x,
                        gridDim.x * blockDim.x);
   }
-  // DEPTH + 1 steps per trip with the buffers rotated: no register copies between steps.
+  // Two steps per trip with the buffers swapped: no register copies between steps.
   // The bound is warp-uniform (the kernel has no block barrier), so every lane reaches
   // the shuffles and warps past the end stop computing.
-  if constexpr (DEPTH == 1) {  // written out: the generic loop below compiles differently
-    while (wbase < total_groups) {
-      group_step<DT, GS, Act, Scheme, NV, DEPTH>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g,
-                                                 s_swizzled, step, step_t, step_g, ahead, ahead_t, ahead_g, lane,
-                                                 gi, t, g, gv[0], uv[0], gv[1], uv[1]);
-      wbase += step;
-      if (wbase >= total_groups) break;
-      group_step<DT, GS, Act, Scheme, NV, DEPTH>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g,
-                                                 s_swizzled, step, step_t, step_g, ahead, ahead_t, ahead_g, lane,
-                                                 gi, t, g, gv[1], uv[1], gv[0], uv[0]);
-      wbase += step;
-    }
-  } else {
-    while (wbase < total_groups) {
-#pragma unroll
-      for (int k = 0; k <= DEPTH; ++k) {
-        group_step<DT, GS, Act, Scheme, NV, DEPTH>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g,
-                                                   s_swizzled, step, step_t, step_g, ahead, ahead_t, ahead_g, lane,
-                                                   gi, t, g, gv[k], uv[k], gv[(k + DEPTH) % (DEPTH + 1)],
-                                                   uv[(k + DEPTH) % (DEPTH + 1)]);
-        wbase += step;
-        if (k < DEPTH && wbase >= total_groups) break;
-      }
-    }
+  while (wbase < total_groups) {
+    group_step<DT, GS, Act, Scheme, NV>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g, s_swizzled,
+                                        step, step_t, step_g, lane, gi, t, g, ga, ua, gb, ub);
+    wbase += step;
+    if (wbase >= total_groups) break;
+    group_step<DT, GS, Act, Scheme, NV>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g, s_swizzled,
+                                        step, step_t, step_g, lane, gi, t, g, gb, ub, ga, ua);
+    wbase += step;
   }
 }
 

@@ -41,23 +41,16 @@ const char* launch_group(const QuantParams& p) {
     return "quantfuse: vectors per thread exceed the group";
   } else {
     auto kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV>;
-    // benchmark knob: blocks_per_sm = -2 / -3 prefetches 2 / 3 steps ahead (1 vector only)
-    const int depth = NV == 1 && (p.blocks_per_sm == -2 || p.blocks_per_sm == -3) ? int(-p.blocks_per_sm) : 1;
-    if constexpr (NV == 1) {
-      if (depth == 2) kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, 2>;
-      if (depth == 3) kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, 3>;
-    }
     const int64_t groups_per_row = p.hidden / GS, total = p.tokens * groups_per_row;
     const int64_t per_block = kThreads / TPG;
     int64_t blocks = (total + per_block - 1) / per_block;
-    if (p.blocks_per_sm >= 0 || depth > 1) {
+    if (p.blocks_per_sm >= 0) {
       // Persistent grid: as many blocks as fit on the SMs at once (0 = occupancy).
-      static int resident_of[4] = {};  // by depth (host-side cache)
-      int& resident = resident_of[depth];
-      if (resident == 0) {
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kThreads, 0);
-        resident = std::max(resident, 1);
-      }
+      static const int resident = [&] {
+        int n = 0;
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0);
+        return n > 0 ? n : 1;
+      }();
       blocks = balanced_grid(blocks, (p.blocks_per_sm > 0 ? p.blocks_per_sm : resident) * p.sms);
     }
     kernel<<<unsigned(blocks), kThreads, 0, p.stream>>>(
