@@ -1,6 +1,7 @@
 """Vectors per thread (1, 2, 4) and grid shape of the CUDA group and per-token kernels for every pair.
 
     python benchmarks/sweep_vectors.py [--tokens 4096,16384] [--hidden 2048,7168] [--schemes mxfp4,...]
+                                      [--group v=1,v=2]
 
 Group kernels: v = vectors per thread, "no loop" = one block per chunk of groups instead
 of the persistent grid. Per-token kernel: "auto" = the launcher's choice, v = vectors per
@@ -37,11 +38,13 @@ def main() -> None:
     p.add_argument("--tokens", default="4096,16384")
     p.add_argument("--hidden", default="2048,7168")
     p.add_argument("--schemes", default=",".join(SCHEMES))
+    p.add_argument("--group", default="", help="group-kernel columns to run (names as printed), default all")
     args = p.parse_args()
     m = cuda_backend._mod()
     bw = copy_bandwidth()
     print(f"{torch.cuda.get_device_name()}, copy {bw:.0f} GB/s")
-    group_variants = (("v=1", 1, 0), ("v=2", 2, 0), ("v=4", 4, 0), ("v=2, no loop", 2, -1))
+    group_variants = tuple(v for v in (("v=1", 1, 0), ("v=2", 2, 0), ("v=4", 4, 0), ("v=2, no loop", 2, -1))
+                           if not args.group or v[0] in args.group.split(","))
     token_variants = (("auto", 0, 0), ("v=4", 4, 0), ("v=4 /2", 4, 2), ("v=4 /4", 4, 4), ("v=2 /2", 2, 2))
     for name, variants in (("group", group_variants), ("per-token", token_variants)):
         print(f"{name}: | pair | T | H | " + " | ".join(v[0] for v in variants) + " | same-size copy |")
