@@ -1,7 +1,7 @@
 """Every activation × scheme pair on the GPU: fused op vs unfused ops vs Inductor's native code.
 
     python benchmarks/bench_pairs.py [--tokens 64,4096,16384] [--hidden 2048,7168] [--out FILE]
-                                     [--no-inductor] [--no-triton]
+                                     [--no-inductor] [--no-triton] [--dtype float16]
 
 For each pair and size: median time of the fused op (whatever backend the oracle picks,
 named in the table), of the same op forced onto the Triton backend, of the unfused
@@ -68,7 +68,10 @@ def main() -> None:
     p.add_argument("--swizzled", action="store_true",
                    help="MX scales in the 128x4 tiled layout (is_sf_swizzled_layout=True; Inductor's "
                         "native graph stays row-major)")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"),
+                   help="input dtype (the byte counts assume 2-byte elements)")
     args = p.parse_args()
+    dtype = getattr(torch, args.dtype)
     bw = copy_bandwidth()
     rows = []
     for act, (spelling, widen) in ACTS.items():
@@ -89,7 +92,7 @@ def main() -> None:
                     n_in = h * widen
                     nbytes = t * (n_in * 2 + h * out_b + h * s_b)
                     copies = max(1, min(8, int(60e6 // max(nbytes, 1)) + 1))
-                    xs = [torch.randn(t, n_in, device="cuda", dtype=torch.bfloat16) * 3 for _ in range(copies)]
+                    xs = [torch.randn(t, n_in, device="cuda", dtype=dtype) * 3 for _ in range(copies)]
                     oracle.calls.clear()
                     fused(xs[0], *qargs)
                     backend = next(b for (o, b) in oracle.calls if o == f"{act}_{suffix}")
@@ -113,7 +116,7 @@ def main() -> None:
                                  pct(t_ind) if t_ind == t_ind else float("nan")))
                     print(rows[-1], flush=True)
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bw:.0f} GB/s; "
-             "bf16 input, median µs (CUDA-graph replay), %BW = minimum bytes / time / copy bandwidth", "",
+             f"{args.dtype} input, median µs (CUDA-graph replay), %BW = minimum bytes / time / copy bandwidth", "",
              "| pair | T | H | backend | fused µs | fused %BW | Triton %BW | unfused µs | Inductor native µs "
              "| Inductor %BW | x unfused | x Inductor |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

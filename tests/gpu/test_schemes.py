@@ -212,7 +212,7 @@ def test_long_rows_and_3d_input(mod, dtype):
         check_op(mod, op, make_input((2, 9), 2 * 512 if act == "silu_and_mul" else 512, dtype, specials=True), 512)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_cuda_vector_variants_agree(dtype):
     """Every vectors-per-thread instantiation of the CUDA group kernel (1, 2, 4) and grid
     shape gives the reference's bits, for every per-group scheme and activation, MX scales
@@ -240,7 +240,7 @@ def test_cuda_vector_variants_agree(dtype):
                 assert_same(f"{op}{params} vectors={vectors} bps={bps} s", s, rs)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_cuda_token_variants_agree(dtype):
     """Every vectors-per-thread instantiation of the CUDA per-token kernel and block size
     (512 threads, or about 512 / k with the blocks_per_sm knob k) gives the reference's
