@@ -89,7 +89,20 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
       const int64_t col = (int64_t(j) * blockDim.x + threadIdx.x) * VEC;
       if (col < hidden) {
         uint32_t w[VEC / 4];
-        Q::encode<VEC, DT>(y[j], nullptr, st, w);
+        if constexpr (DT::kPacked) {
+          // Rebuilt from the packed pairs (the same values: act_round_amax derives y from
+          // them), so 16 registers instead of 32 per 4 vectors stay live across the row
+          // barrier (f16 SiLU x Mul with 4 vectors spilled 248 bytes).
+          float yr[VEC];
+#pragma unroll
+          for (int i = 0; i < VEC; i += 2) {
+            yr[i] = DT::lo(yp[j][i / 2]);
+            yr[i + 1] = DT::hi(yp[j][i / 2]);
+          }
+          Q::encode<VEC, DT>(yr, nullptr, st, w);
+        } else {
+          Q::encode<VEC, DT>(y[j], nullptr, st, w);
+        }
         store_bytes<VEC>(qr + col, w, 0);
       }
     }
