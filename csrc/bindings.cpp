@@ -160,8 +160,8 @@ std::string act_quant_impl(int64_t act, int64_t scheme, at::Tensor q, at::Tensor
              tokens, "*", groups);
   }
   if (tokens == 0 || hidden == 0) return {};
-  QF_CHECK(tokens * groups < (int64_t(1) << 31) && t_pad * g_pad < (int64_t(1) << 31),
-           "quantfuse: too many groups (", tokens * groups, ")");
+  const int64_t slots = swizzled ? t_pad * g_pad : tokens * groups;  // scale bytes the kernel indexes
+  QF_CHECK(slots < (int64_t(1) << 31), "quantfuse: too many groups (", slots, swizzled ? " with padding)" : ")");
   if (swizzled) {
     s_stride_t = 128 * g_pad;  // the row-block stride; s_stride_g unused
     s_stride_g = 0;
