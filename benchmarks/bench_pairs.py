@@ -2,6 +2,7 @@
 
     python benchmarks/bench_pairs.py [--tokens 64,4096,16384] [--hidden 2048,7168] [--out FILE]
                                      [--no-inductor] [--no-triton] [--dtype float16]
+    QUANTFUSE_PDL=0 python benchmarks/bench_pairs.py ...   # CUDA kernels without PDL
 
 For each pair and size: median time of the fused op (whatever backend the oracle picks,
 named in the table), of the same op forced onto the Triton backend, of the unfused
@@ -57,6 +58,15 @@ def copy_bandwidth() -> float:
     return 2 * a.numel() * 4 / (ms * 1e-3) / 1e9
 
 
+def same_bytes_copy(nbytes: int, copies: int) -> float:
+    """µs of a device-to-device copy moving ``nbytes`` (half read, half written), timed as
+    the pairs are: what a plain copy reaches at this size, launch gaps included."""
+    n = max(16, nbytes // 2)
+    pairs = [(torch.randint(0, 256, (n,), dtype=torch.uint8, device="cuda"),
+              torch.empty(n, dtype=torch.uint8, device="cuda")) for _ in range(copies)]
+    return bench(lambda p: p[1].copy_(p[0]), pairs)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--tokens", default="64,4096,16384")
@@ -73,6 +83,9 @@ def main() -> None:
     args = p.parse_args()
     dtype = getattr(torch, args.dtype)
     bw = copy_bandwidth()
+    # the time between back-to-back graph nodes: a one-element fill per replay step
+    floor = bench(lambda t: t.fill_(1.0), [torch.empty(1, device="cuda") for _ in range(2)])
+    pdl = os.environ.get("QUANTFUSE_PDL", "") != "0" and torch.cuda.get_device_capability()[0] >= 9
     rows = []
     for act, (spelling, widen) in ACTS.items():
         for suffix, (unfused, qargs, nat, out_b, s_b) in SCHEMES.items():
@@ -111,18 +124,21 @@ def main() -> None:
                         compiled = torch.compile(native_fn, dynamic=False)
                         compiled(xs[0])
                         t_ind = bench(compiled, xs)
+                    t_copy = same_bytes_copy(int(nbytes), copies)
                     pct = lambda us: nbytes / (us * 1e-6) / 1e9 / bw  # noqa: E731
                     rows.append((act, suffix, t, h, backend, t_fused, pct(t_fused), pct(t_tri), t_unfused, t_ind,
-                                 pct(t_ind) if t_ind == t_ind else float("nan")))
+                                 pct(t_ind) if t_ind == t_ind else float("nan"), pct(t_copy)))
                     print(rows[-1], flush=True)
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bw:.0f} GB/s; "
-             f"{args.dtype} input, median µs (CUDA-graph replay), %BW = minimum bytes / time / copy bandwidth", "",
+             f"{args.dtype} input, median µs (CUDA-graph replay), %BW = minimum bytes / time / copy bandwidth; "
+             f"CUDA kernels with programmatic dependent launch: {'on' if pdl else 'off'}; one-element fill "
+             f"{floor:.2f} µs; 'copy %BW' = a copy of the same bytes timed the same way", "",
              "| pair | T | H | backend | fused µs | fused %BW | Triton %BW | unfused µs | Inductor native µs "
-             "| Inductor %BW | x unfused | x Inductor |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for act, suffix, t, h, b, tf, pf, pt, tu, ti, pi in rows:
+             "| Inductor %BW | x unfused | x Inductor | copy %BW |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for act, suffix, t, h, b, tf, pf, pt, tu, ti, pi, pc in rows:
         lines.append(f"| {act}_{suffix} | {t} | {h} | {b} | {tf:.1f} | {pf:.0%} | {pt:.0%} | {tu:.1f} | {ti:.1f} | "
-                     f"{pi:.0%} | {tu / tf:.2f} | {ti / tf:.2f} |")
+                     f"{pi:.0%} | {tu / tf:.2f} | {ti / tf:.2f} | {pc:.0%} |")
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -71,6 +71,22 @@ struct BF16 : Packed16<__nv_bfloat162, 7, 127> {
   static __device__ __forceinline__ float hi(uint32_t p) { return __uint_as_float(p & 0xffff0000u); }
 };
 
+// Programmatic dependent launch (sm_90+). Every kernel of the family starts with this,
+// before its first global-memory access: griddepcontrol.wait blocks until the grids this
+// one depends on have completed and their writes are visible (a no-op when the launch
+// carried no programmatic dependency, and on older archs, where neither instruction
+// exists), then launch_dependents lets the next PDL-launched kernel be scheduled onto
+// free SM slots now. That kernel runs its own wait before touching memory, so the early
+// trigger only hides its launch and block start-up behind this grid's work; it cannot
+// read what this grid has not yet written. Every CTA of a grid must have started before
+// dependents launch, so they never take slots this grid still needs.
+__device__ __forceinline__ void pdl_wait_and_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // NaN-propagating max (torch.amax / clamp_min semantics); fmaxf would drop NaN.
 // One FMNMX.NAN (PTX max.NaN.f32, sm_80+).
 __device__ __forceinline__ float nan_max(float a, float b) {
@@ -260,6 +276,7 @@ __global__ void __launch_bounds__(kThreads) act_kernel(
     typename DT::Storage* __restrict__ out, const typename DT::Storage* __restrict__ x, int64_t d,
     uint32_t chunks_per_row) {
   using S = typename DT::Storage;
+  pdl_wait_and_trigger();
   const uint32_t row = blockIdx.x / chunks_per_row;
   const uint32_t chunk = blockIdx.x - row * chunks_per_row;
   const int64_t col = (int64_t(chunk) * kThreads + threadIdx.x) * VEC;

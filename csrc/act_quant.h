@@ -30,6 +30,7 @@ struct QuantParams {
   int64_t blocks_per_sm;  // 0 = persistent grid by occupancy, > 0 that many, -1 = no loop;
                           // per-token: k > 0 = blocks of about kTokenThreads / k threads
   int sms;
+  bool pdl;               // launch with programmatic stream serialization (sm_90+; act_quant.cuh)
   cudaStream_t stream;
 };
 
@@ -38,6 +39,7 @@ struct ActParams {
   const void* x;    // contiguous [T, H] ([T, 2H] for gated activations)
   int64_t tokens, hidden;
   bool vectorized;  // 16-byte path: H a multiple of 16 / element size, aligned bases
+  bool pdl;         // as QuantParams::pdl
   cudaStream_t stream;
 };
 

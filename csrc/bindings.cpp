@@ -8,6 +8,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 
@@ -110,6 +111,14 @@ std::string run_unit(int64_t act, const at::Tensor& x, const Params& p, Fn&& pic
   return {};
 }
 
+// Programmatic dependent launch (launch_unit.cuh launch()): on for sm_90+ unless the
+// environment sets QUANTFUSE_PDL=0. Read at every call, so a process can compare both.
+bool use_pdl() {
+  const char* env = std::getenv("QUANTFUSE_PDL");
+  if (env != nullptr && std::string(env) == "0") return false;
+  return at::cuda::getCurrentDeviceProperties()->major >= 9;
+}
+
 // act(x) -> scheme, written into q and s (see QuantParams for the layout).
 std::string act_quant_impl(int64_t act, int64_t scheme, at::Tensor q, at::Tensor s, at::Tensor x,
                            int64_t group_size, bool flag, int64_t s_stride_t, int64_t s_stride_g, int64_t vectors,
@@ -180,7 +189,7 @@ std::string act_quant_impl(int64_t act, int64_t scheme, at::Tensor q, at::Tensor
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   QuantParams p{int(scheme), group_size, flag, q.data_ptr(), s.data_ptr(), x.data_ptr(), tokens, hidden,
                 s_stride_t, s_stride_g, swizzled, vectors, blocks_per_sm,
-                at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
+                at::cuda::getCurrentDeviceProperties()->multiProcessorCount, use_pdl(),
                 at::cuda::getCurrentCUDAStream()};
   return run_unit(act, x, p, [](auto quant, auto, const QuantParams& pp) { return quant(pp); });
 }
@@ -206,7 +215,8 @@ std::string activation_impl(int64_t act, at::Tensor out, at::Tensor x) {
   QF_CHECK(tokens * chunks < (int64_t(1) << 31), "quantfuse: ", kActNames[act], " too large (", tokens,
               " rows)");
   const c10::cuda::OptionalCUDAGuard guard(x.device());
-  ActParams p{out.data_ptr(), x.data_ptr(), tokens, hidden, vectorized, at::cuda::getCurrentCUDAStream()};
+  ActParams p{out.data_ptr(), x.data_ptr(), tokens, hidden, vectorized, use_pdl(),
+              at::cuda::getCurrentCUDAStream()};
   return run_unit(act, x, p, [](auto, auto act_fn, const ActParams& pp) { return act_fn(pp); });
 }
 

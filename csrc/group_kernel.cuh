@@ -161,6 +161,7 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
   uint32_t gi = wbase + threadIdx.x % 32 / TPG;
   uint32_t t = gi / gpr, g = gi - t * gpr;
   uint4 ga[NV], ua[NV], gb[NV], ub[NV];
+  pdl_wait_and_trigger();
   load_group<DT, GS, NV, Act::kGated>(ga, ua, x, gi < total_groups, t, g, hidden, lane);
   if (s_swizzled) {
     zero_scale_padding(s, total_groups / gpr, gpr, s_stride_t, blockIdx.x * blockDim.x + threadIdx.x,

@@ -25,6 +25,31 @@ const char* launch_status() {
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 
+// kernel<<<grid, block, 0, stream>>>(args...), with programmatic stream serialization
+// when pdl: the launch may begin before the previous kernel in the stream has finished
+// (the kernels wait for it themselves, act_quant.cuh pdl_wait_and_trigger). That hides
+// most of the ~1-2 µs between back-to-back kernels (benchmarks/NOTES.md).
+template <typename... KArgs, typename... Args>
+const char* launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl,
+                   Args... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = pdl ? 1 : 0;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear it: the error is returned here
+    return cudaGetErrorString(err);
+  }
+  return launch_status();
+}
+
 // A persistent grid of at most `most` blocks for `needed` blocks' worth of work, sized
 // so that every block makes the same number of trips: with min(needed, most) blocks the
 // last trip is partial, and a tail of few warps is latency-bound (ReLU^2 -> MXFP4 at
@@ -53,10 +78,9 @@ const char* launch_group(const QuantParams& p) {
       }();
       blocks = balanced_grid(blocks, (p.blocks_per_sm > 0 ? p.blocks_per_sm : resident) * p.sms);
     }
-    kernel<<<unsigned(blocks), kThreads, 0, p.stream>>>(
-        static_cast<uint8_t*>(p.q), static_cast<typename Scheme::Scale*>(p.s), static_cast<const S*>(p.x),
-        uint32_t(total), uint32_t(groups_per_row), p.hidden, p.s_stride_t, p.s_stride_g, p.s_swizzled);
-    return launch_status();
+    return launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), p.stream, p.pdl, static_cast<uint8_t*>(p.q),
+                  static_cast<typename Scheme::Scale*>(p.s), static_cast<const S*>(p.x), uint32_t(total),
+                  uint32_t(groups_per_row), p.hidden, p.s_stride_t, p.s_stride_g, p.s_swizzled);
   }
 }
 
@@ -91,9 +115,8 @@ const char* launch_token(const QuantParams& p, int threads_x, int block_threads)
   }
   // every slot filled: the kernel spreads the last, partial round of rows over all blocks
   const int64_t blocks = std::min<int64_t>((p.tokens + rows - 1) / rows, int64_t(n) * p.sms);
-  kernel<<<unsigned(blocks), dim3(threads_x, rows), 0, p.stream>>>(
-      static_cast<uint8_t*>(p.q), static_cast<float*>(p.s), static_cast<const S*>(p.x), p.tokens, p.hidden);
-  return launch_status();
+  return launch(kernel, dim3(unsigned(blocks)), dim3(threads_x, rows), p.stream, p.pdl, static_cast<uint8_t*>(p.q),
+                static_cast<float*>(p.s), static_cast<const S*>(p.x), p.tokens, p.hidden);
 }
 
 // Per-token: up to 4 vectors per thread, so that a row takes few threads (a warp for
@@ -124,17 +147,16 @@ const char* dispatch_token(const QuantParams& p) {
     if (nv == 2) return launch_token<2>(p, int(tx), block);
     return launch_token<4>(p, int(tx), block);
   }
-  act_token_quant_wide_kernel<DT, Act, 4><<<unsigned(p.tokens), kTokenThreads, 0, p.stream>>>(
-      static_cast<uint8_t*>(p.q), static_cast<float*>(p.s), static_cast<const S*>(p.x), p.tokens, p.hidden);
-  return launch_status();
+  return launch(act_token_quant_wide_kernel<DT, Act, 4>, dim3(unsigned(p.tokens)), dim3(kTokenThreads), p.stream,
+                p.pdl, static_cast<uint8_t*>(p.q), static_cast<float*>(p.s), static_cast<const S*>(p.x), p.tokens,
+                p.hidden);
 }
 
 template <int VEC>
 const char* launch_act(const ActParams& p) {
   const int64_t chunks = (p.hidden + kThreads * VEC - 1) / (kThreads * VEC);
-  act_kernel<DT, Act, VEC><<<unsigned(p.tokens * chunks), kThreads, 0, p.stream>>>(
-      static_cast<S*>(p.out), static_cast<const S*>(p.x), p.hidden, uint32_t(chunks));
-  return launch_status();
+  return launch(act_kernel<DT, Act, VEC>, dim3(unsigned(p.tokens * chunks)), dim3(kThreads), p.stream, p.pdl,
+                static_cast<S*>(p.out), static_cast<const S*>(p.x), p.hidden, uint32_t(chunks));
 }
 
 }  // namespace

@@ -120,6 +120,7 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_kernel(
   // round of rows is spread over every block's first row slots (every SM gets its share).
   int64_t row = int64_t(threadIdx.y) * gridDim.x + blockIdx.x;
   uint4 ga[NV], ua[NV], gb[NV], ub[NV];
+  pdl_wait_and_trigger();
   load_row<DT, NV, Act::kGated>(ga, ua, x, row, tokens, hidden);
   // Two rows per trip with the buffers swapped. The bound is uniform over the row's
   // threads, the only ones its barrier waits for.
@@ -151,6 +152,7 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_wide_kernel(
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
   using Q = Fp8Scaled<false>;
+  pdl_wait_and_trigger();
   const int64_t row = blockIdx.x;
   const S* xr = x + row * (Act::kGated ? 2 * hidden : hidden);
   uint8_t* qr = q + row * hidden;

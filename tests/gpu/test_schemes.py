@@ -261,6 +261,49 @@ def test_cuda_token_variants_agree(dtype):
                 assert_same(f"{op} H={hidden} vectors={vectors} bps={bps} s", s, rs)
 
 
+@pytest.mark.parametrize("pdl", ["1", "0"])
+def test_cuda_back_to_back_kernels_wait(monkeypatch, pdl):
+    """Programmatic dependent launch (QUANTFUSE_PDL, default on for sm_90+) keeps stream
+    order: a chain of this family's kernels, each reading what the one before wrote (act ->
+    quant on one buffer) or overwriting what the one before read (quant -> next act), gives
+    the reference's bits, eagerly and replayed from a CUDA graph. A kernel that skipped its
+    wait would read the previous input's activation (the inputs differ)."""
+    monkeypatch.setenv("QUANTFUSE_PDL", pdl)
+    tokens, hidden, n = 4096, 4096, 3
+    xs = [make_input((tokens,), 2 * hidden, torch.bfloat16) for _ in range(n)]
+    refs = [ref.mxfp4_quant(ref.silu_and_mul(x), "rceil") for x in xs]
+    y = torch.empty(tokens, hidden, dtype=torch.bfloat16, device="cuda")
+
+    def fresh():
+        return [run_quant(lambda q, s, *_: None, y, hidden, "mxfp4", "rceil") for _ in range(n + 1)]
+
+    def chain(outs):
+        for x, (q, s) in zip(xs, outs):
+            cuda_backend.silu_and_mul(y, x)
+            cuda_backend.mxfp4_quant(q, s, y, "rceil")
+        cuda_backend.silu_and_mul_mxfp4_quant(*outs[n], xs[0], "rceil")  # fused, right after a quant
+
+    def check(outs, how):
+        for i, ((q, s), (rq, rs)) in enumerate(zip(outs, refs + refs[:1])):
+            assert_same(f"{how} pdl={pdl} step {i} q", q, rq)
+            assert_same(f"{how} pdl={pdl} step {i} s", s, rs)
+
+    outs = fresh()
+    chain(outs)
+    check(outs, "eager")
+    outs = fresh()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        chain(outs)
+    for _ in range(2):
+        for q, s in outs:  # poison again: the replay must rewrite everything
+            q.view(torch.uint8).fill_(0xAB)
+            s.view(torch.uint8).fill_(0xAB)
+        y.fill_(float("nan"))
+        graph.replay()
+        check(outs, "graph")
+
+
 def test_cuda_bad_inputs_raise():
     """The CUDA family refuses what it cannot run with a message naming the problem,
     both in the Python wrapper (RuntimeError) and in the extension's own checks (the
