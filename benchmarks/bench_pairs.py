@@ -2,7 +2,7 @@
 
     python benchmarks/bench_pairs.py [--tokens 64,4096,16384] [--hidden 2048,7168] [--out FILE]
                                      [--no-inductor] [--no-triton] [--dtype float16]
-    QUANTFUSE_PDL=0 python benchmarks/bench_pairs.py ...   # CUDA kernels without PDL
+    QUANTFUSE_PDL=1 python benchmarks/bench_pairs.py ...   # CUDA kernels with PDL (opt-in)
 
 For each pair and size: median time of the fused op (whatever backend the oracle picks,
 named in the table), of the same op forced onto the Triton backend, of the unfused
@@ -85,7 +85,7 @@ def main() -> None:
     bw = copy_bandwidth()
     # the time between back-to-back graph nodes: a one-element fill per replay step
     floor = bench(lambda t: t.fill_(1.0), [torch.empty(1, device="cuda") for _ in range(2)])
-    pdl = os.environ.get("QUANTFUSE_PDL", "") != "0" and torch.cuda.get_device_capability()[0] >= 9
+    pdl = os.environ.get("QUANTFUSE_PDL", "") == "1" and torch.cuda.get_device_capability()[0] >= 9
     rows = []
     for act, (spelling, widen) in ACTS.items():
         for suffix, (unfused, qargs, nat, out_b, s_b) in SCHEMES.items():

@@ -111,11 +111,14 @@ std::string run_unit(int64_t act, const at::Tensor& x, const Params& p, Fn&& pic
   return {};
 }
 
-// Programmatic dependent launch (launch_unit.cuh launch()): on for sm_90+ unless the
-// environment sets QUANTFUSE_PDL=0. Read at every call, so a process can compare both.
+// Programmatic dependent launch (launch_unit.cuh launch()): opt-in with QUANTFUSE_PDL=1,
+// sm_90+ only. It saves 0.4-0.7 µs per launch after a kernel that triggers its dependents
+// early (this family back to back), but between cuBLAS GEMMs, the fused op's neighbours in
+// a model, it saved nothing and cost up to 0.4 µs (H100, benchmarks/bench_pdl.py), so it
+// is off by default. Read at every call, so a process can compare both.
 bool use_pdl() {
   const char* env = std::getenv("QUANTFUSE_PDL");
-  if (env != nullptr && std::string(env) == "0") return false;
+  if (env == nullptr || std::string(env) != "1") return false;
   return at::cuda::getCurrentDeviceProperties()->major >= 9;
 }
 

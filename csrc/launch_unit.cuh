@@ -27,8 +27,8 @@ const char* launch_status() {
 
 // kernel<<<grid, block, 0, stream>>>(args...), with programmatic stream serialization
 // when pdl: the launch may begin before the previous kernel in the stream has finished
-// (the kernels wait for it themselves, act_quant.cuh pdl_wait_and_trigger). That hides
-// most of the ~1-2 µs between back-to-back kernels (benchmarks/NOTES.md).
+// (the kernels wait for it themselves, act_quant.cuh pdl_wait_and_trigger). After a
+// kernel that triggers early that hides 0.4-0.7 µs of the gap (benchmarks/NOTES.md).
 template <typename... KArgs, typename... Args>
 const char* launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl,
                    Args... args) {

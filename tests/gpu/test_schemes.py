@@ -263,7 +263,7 @@ def test_cuda_token_variants_agree(dtype):
 
 @pytest.mark.parametrize("pdl", ["1", "0"])
 def test_cuda_back_to_back_kernels_wait(monkeypatch, pdl):
-    """Programmatic dependent launch (QUANTFUSE_PDL, default on for sm_90+) keeps stream
+    """Programmatic dependent launch (QUANTFUSE_PDL=1, opt-in, sm_90+) keeps stream
     order: a chain of this family's kernels, each reading what the one before wrote (act ->
     quant on one buffer) or overwriting what the one before read (quant -> next act), gives
     the reference's bits, eagerly and replayed from a CUDA graph. A kernel that skipped its
