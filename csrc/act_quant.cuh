@@ -142,15 +142,39 @@ __device__ __forceinline__ float silu_fast(float g) {
   return markstein_div(g, d, r);
 }
 
+// silu(g) for |g| >= 87 or NaN, when g is exact in a 16-bit float type (bf16 / fp16 input),
+// equal to silu_exact there but without __fdiv_rn's slow-path call, whose live registers
+// made the f16 per-token kernel spill:
+//  g >= 87 and +inf: expf(-g) < 2^-24, so d = 1 and the quotient is g;
+//  g <= -88.73 and -inf: expf(-g) overflows, d = inf, g / inf is -0 (NaN for -inf);
+//  -88.73 < g <= -87: d is finite but above 2^125, where rcp.approx.ftz would flush 1/d,
+//    so the division runs on d * 2^-64 (markstein_div) and the quotient, ~1e-36 and
+//    normal, is scaled back exactly;
+//  NaN stays NaN.
+// Checked for every bf16 and fp16 gate value through the per-token kernel
+// (tests/gpu/test_kernels.py test_silu_exhaustive_16bit).
+__device__ __forceinline__ float silu_big_16bit(float g) {
+  const float d = __fadd_rn(1.0f, expf(-g));
+  const float ds = __fmul_rn(d, 0x1p-64f);
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(ds));
+  const float q = __fmul_rn(markstein_div(g, ds, r), 0x1p-64f);
+  if (d == 1.0f) return g;
+  if (isinf(d)) return isinf(g) ? __int_as_float(0x7fffffff) : -0.0f;
+  return q;
+}
+
 // silu(g[i]) * u[i] for N elements: fast path for all, one branch per thread to the
-// exact path when any |g| >= 87 or is NaN (rare; the branch is per thread).
+// exact path when any |g| >= 87 or is NaN (rare; the branch is per thread). With
+// kCallFree16 (16-bit inputs only) the exact path is silu_big_16bit for the elements
+// outside the fast range, and the fast result stands for the others.
 // valid == false (a past-the-end group holding stale registers) never takes the
 // exact path: its results are discarded, and stale NaN / huge bits would otherwise
 // send it through per-element __fdiv_rn slow paths (seen: T=1 took 4.5 µs, not 2).
 // The exact path's slow-path calls keep ~25-40 more registers live per thread in the
 // fused kernels; a call-free variant (fewer registers, 3 blocks per SM instead of 2)
 // ran slower (benchmarks/NOTES.md, "Shorter silu").
-template <int N>
+template <int N, bool kCallFree16 = false>
 __device__ __forceinline__ void silu_mul_n(float (&v)[N], const float (&g)[N], const float (&u)[N],
                                            bool valid = true) {
   bool ok = true;
@@ -161,7 +185,13 @@ __device__ __forceinline__ void silu_mul_n(float (&v)[N], const float (&g)[N], c
   }
   if (!ok && valid) {
 #pragma unroll
-    for (int i = 0; i < N; ++i) v[i] = silu_exact(g[i]);
+    for (int i = 0; i < N; ++i) {
+      if constexpr (kCallFree16) {
+        if (!(fabsf(g[i]) < kSiluFastLimit)) v[i] = silu_big_16bit(g[i]);
+      } else {
+        v[i] = silu_exact(g[i]);
+      }
+    }
   }
 #pragma unroll
   for (int i = 0; i < N; ++i) v[i] = __fmul_rn(v[i], u[i]);
@@ -189,10 +219,10 @@ struct Identity {
 struct SiluMul {
   static constexpr bool kGated = true, kPairwise = false, kNonNegative = false;
   static constexpr int kCode = 1;
-  template <int N>
+  template <int N, bool kCallFree16 = false>
   static __device__ __forceinline__ void apply(float (&y)[N], const float (&g)[N], const float (&u)[N],
                                                bool valid) {
-    silu_mul_n<N>(y, g, u, valid);
+    silu_mul_n<N, kCallFree16>(y, g, u, valid);
   }
 };
 // relu(x)**2 as torch computes relu(x).square(): NaN stays NaN (max.NaN), -0 and +0

@@ -43,7 +43,9 @@ __device__ __forceinline__ void load_group(uint4 (&gv)[NV], uint4 (&uv)[NV],
 // |act(x)| over them. 16-bit types also return the packed pairs in yp and take the max
 // on pairs (HMNMX2); activations with a pairwise form (Relu2, Identity) never leave
 // the pairs, the others round fp32 results with one F2FP per pair.
-template <typename DT, typename Act, int N>
+// kCallFree16: SiLU's exact path without a call (silu_big_16bit; 16-bit DT only), for
+// kernels short of registers (the f16 per-token kernel).
+template <typename DT, typename Act, int N, bool kCallFree16 = false>
 __device__ __forceinline__ float act_round_amax(float (&y)[N], uint32_t (&yp)[(N + 1) / 2],
                                                 const typename DT::Storage* gs,
                                                 const typename DT::Storage* us, bool valid) {
@@ -61,7 +63,7 @@ __device__ __forceinline__ float act_round_amax(float (&y)[N], uint32_t (&yp)[(N
         uf[i] = Act::kGated ? DT::lo(u2[i / 2]) : 0.0f;
         uf[i + 1] = Act::kGated ? DT::hi(u2[i / 2]) : 0.0f;
       }
-      Act::template apply<N>(y, gf, uf, valid);
+      Act::template apply<N, kCallFree16>(y, gf, uf, valid);
     }
     uint32_t m2 = 0;
 #pragma unroll

@@ -264,6 +264,16 @@ def test_silu_exhaustive_16bit(backend, dtype):
         backend.silu_and_mul(out, x)
         ref = (torch.nn.functional.silu(g.float()) * u.float()).to(dtype)
         _assert_same_bits_nan_ok(out, ref, f"{backend.NAME} {dtype} silu_and_mul")
+        # the per-token fused op: its own CUDA kernel, whose f16 build takes silu_big_16bit
+        # for |g| >= 87 (rows with NaN gates are NaN). The first Triton module has no
+        # per-token op (triton_schemes' is checked in test_schemes.py).
+        if hasattr(backend, "silu_and_mul_per_token_quant_fp8"):
+            q = torch.full(g.shape, NAN_BYTE, dtype=torch.uint8, device="cuda").view(FP8)
+            s = torch.full((g.shape[0], 1), float("nan"), device="cuda")
+            backend.silu_and_mul_per_token_quant_fp8(q, s, x)
+            rq, rs = reference.per_token_quant_fp8(reference.silu_and_mul(x))
+            assert_scales_equal(s, rs, f"{backend.NAME} {dtype} exhaustive per-token scales")
+            assert_q_close(q, rq, f"{backend.NAME} {dtype} exhaustive per-token q")
         # the fused op's activation on the same inputs (groups containing NaN gates are NaN)
         for group, ue8m0 in ((128, False), (64, True)):
             qf, sf = run_fused(backend, x, group, ue8m0, False)
