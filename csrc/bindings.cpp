@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -118,7 +119,7 @@ std::string run_unit(int64_t act, const at::Tensor& x, const Params& p, Fn&& pic
 // is off by default. Read at every call, so a process can compare both.
 bool use_pdl() {
   const char* env = std::getenv("QUANTFUSE_PDL");
-  if (env == nullptr || std::string(env) != "1") return false;
+  if (env == nullptr || std::strcmp(env, "1") != 0) return false;
   return at::cuda::getCurrentDeviceProperties()->major >= 9;
 }
 

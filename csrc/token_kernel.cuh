@@ -77,7 +77,7 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
   for (int j = 0; j < NV; ++j) {
     // past-the-end vectors hold stale registers: keep them out of the amax
     const bool in_row = (int64_t(j) * blockDim.x + threadIdx.x) * VEC < hidden;
-    // f16 only: its 4-vector kernel spilled 124 bytes with the exact path's call (48 without);
+    // f16 only: its 4-vector kernel spilled 124 bytes with the exact path's call (64 without);
     // bf16 does not spill, and fewer registers there changed its occupancy for the worse
     const float m = act_round_amax<DT, Act, VEC, std::is_same_v<DT, F16>>(
         y[j], yp[j], reinterpret_cast<const S*>(&gv[j]), reinterpret_cast<const S*>(&uv[j]), in_row && row < tokens);
