@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "act_quant.h"
+#include "scale_layout.h"
 #include "quantfuse_units.h"  // generated: QF_UNITS(X)
 
 namespace quantfuse {
@@ -163,7 +164,7 @@ std::string act_quant_impl(int64_t act, int64_t scheme, at::Tensor q, at::Tensor
               mx ? "uint8 (E8M0 bytes)" : "float32", " for ", kSchemeNames[scheme], ", got ", s.scalar_type());
   // swizzled: the 128x4 tiled layout of [T_pad, G_pad] bytes (reference.swizzle_128x4), padding
   // included (the kernel zeroes it); s_stride_t / s_stride_g are ignored
-  const int64_t t_pad = (tokens + 127) / 128 * 128, g_pad = (groups + 3) / 4 * 4;
+  const int64_t t_pad = quantfuse::swizzled_rows(tokens), g_pad = quantfuse::swizzled_cols(groups);
   QF_CHECK(!swizzled || mx, "quantfuse: the swizzled scale layout is for MX schemes only");
   if (swizzled) {
     QF_CHECK(s.is_contiguous() && s.numel() == t_pad * g_pad, "quantfuse: swizzled scales must be a contiguous [",

@@ -14,6 +14,11 @@
 
 namespace quantfuse {
 
+// The tiled layout covers [T_pad, G_pad]: tokens padded to 128 rows, groups to 4 columns
+// (kernel_inputs.swizzled_scale_shape is the Python side, for the ops' fake impls).
+QF_HOST_DEVICE int64_t swizzled_rows(int64_t tokens) { return (tokens + 127) / 128 * 128; }
+QF_HOST_DEVICE int64_t swizzled_cols(int64_t groups) { return (groups + 3) / 4 * 4; }
+
 // Offset of scale (t, g): 128 x 4 tiles row-major by (row block, column block), byte
 // (r, c) of a tile at (r % 32) * 16 + (r / 32) * 4 + c; rowblock = 128 * G_pad.
 QF_HOST_DEVICE int64_t swizzled_scale_offset(uint32_t t, uint32_t g, int64_t rowblock) {
@@ -27,7 +32,7 @@ QF_HOST_DEVICE int64_t swizzled_scale_offset(uint32_t t, uint32_t g, int64_t row
 template <typename Scale>
 QF_HOST_DEVICE void zero_scale_padding(Scale* s, uint32_t tokens, uint32_t groups, int64_t rowblock,
                                        uint32_t first, uint32_t stride) {
-  const uint32_t g_pad = uint32_t(rowblock / 128), t_pad = (tokens + 127) / 128 * 128;
+  const uint32_t g_pad = uint32_t(rowblock / 128), t_pad = uint32_t(swizzled_rows(tokens));
   const uint32_t side = g_pad - groups;
   const uint32_t n_side = tokens * side, n = n_side + (t_pad - tokens) * g_pad;
   for (uint32_t k = first; k < n; k += stride) {
