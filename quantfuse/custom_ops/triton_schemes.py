@@ -115,14 +115,36 @@ def _kernels():
         return y
 
     @triton.jit
+    def _unpack_pairs(w, KIND: tl.constexpr):
+        # elements 2i (low half of the word) and 2i + 1 (high half) of a pair view of x
+        # (int64 words for fp32, int32 for 16-bit types) as fp32, exactly
+        if KIND == 0:
+            lo = w.to(tl.int32).to(tl.float32, bitcast=True)
+            hi = (w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+        elif KIND == 1:
+            lo = w.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            hi = (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        else:
+            lo = (w << 16).to(tl.float32, bitcast=True)
+            hi = (w & -65536).to(tl.float32, bitcast=True)
+        return lo, hi
+
+    @triton.jit
     def _activation(x_ptr, offs, H, mask, ACT: tl.constexpr, KIND: tl.constexpr,
                     SOFT: tl.constexpr, INTERP: tl.constexpr):
         a = _load_f32(x_ptr, offs, mask, KIND, SOFT)
+        u = a
+        if ACT == 1:
+            u = _load_f32(x_ptr, offs + H, mask, KIND, SOFT)
+        return _act(a, u, ACT, KIND, SOFT, INTERP)
+
+    @triton.jit
+    def _act(a, u, ACT: tl.constexpr, KIND: tl.constexpr, SOFT: tl.constexpr, INTERP: tl.constexpr):
+        # act(a, u) in fp32, rounded to the input dtype (u, the up half, is used when gated)
         if ACT == 0:
             y = a
         else:
             if ACT == 1:
-                u = _load_f32(x_ptr, offs + H, mask, KIND, SOFT)
                 if INTERP:
                     e = tl.exp(-a)  # the interpreter has no libdevice
                 else:
@@ -247,65 +269,87 @@ def _kernels():
         else:
             xbase = t * H + g * GS
         m = gmask[:, None]
-        y = _activation(x_ptr, xbase[:, None] + col[None, :], H, m, ACT, KIND, SOFT, INTERP)
-        amax_bits = tl.max(_abs_bits(y), axis=1)
         qbase = t * H + g * GS
-        if SCHEME == 2:
-            scale = _fp8_scale(amax_bits, FLAG)
-            v = _clamp448(tl.div_rn(y, scale[:, None]))
-            _store_fp8(q_ptr, qbase[:, None] + col[None, :], v, m, SOFT)
-            tl.store(s_ptr + t * s_st + g * s_sg, scale, mask=gmask)
+        if SCHEME == 4:
+            # MXFP4 packs elements 2i and 2i + 1 into one byte: the kernel reads x as pairs
+            # (a pair view, one word per two elements) and works on the even and the odd
+            # halves, so no reshape / split reorders the tile (those took shared-memory
+            # layout conversions, nine barriers a tile)
+            pc = tl.arange(0, GS // 2)
+            woff = (xbase // 2)[:, None] + pc[None, :]
+            glo, ghi = _unpack_pairs(tl.load(x_ptr + woff, mask=m, other=0), KIND)
+            ulo, uhi = glo, ghi
+            if ACT == 1:
+                ulo, uhi = _unpack_pairs(tl.load(x_ptr + woff + H // 2, mask=m, other=0), KIND)
+            ylo = _act(glo, ulo, ACT, KIND, SOFT, INTERP)
+            yhi = _act(ghi, uhi, ACT, KIND, SOFT, INTERP)
+            amax_bits = tl.maximum(tl.max(_abs_bits(ylo), axis=1), tl.max(_abs_bits(yhi), axis=1))
+            e, bad = _mx_exponent(amax_bits, 2, 1.0 / 6.0, FLAG)
+            f = ((127 - e) << 23).to(tl.float32, bitcast=True)[:, None]  # 2**-e (e <= 126 here)
+            packed = (_e2m1_code(ylo * f, bad) | (_e2m1_code(yhi * f, bad) << 4)).to(tl.uint8)
+            tl.store(q_ptr + (qbase // 2)[:, None] + pc[None, :], packed, mask=m)
+            _store_mx_scale(s_ptr, t, g, e, bad, s_st, s_sg, gmask, SWIZZLED)
         else:
-            # reference.mx_block_exponents, from the bits
-            bad = amax_bits >= 0x7F800000  # inf or NaN in the block
-            amax = amax_bits.to(tl.float32, bitcast=True)
-            if SCHEME == 3:
-                EMAX: tl.constexpr = 8
-                INV: tl.constexpr = 1.0 / 448.0
+            y = _activation(x_ptr, xbase[:, None] + col[None, :], H, m, ACT, KIND, SOFT, INTERP)
+            amax_bits = tl.max(_abs_bits(y), axis=1)
+            if SCHEME == 2:
+                scale = _fp8_scale(amax_bits, FLAG)
+                v = _clamp448(tl.div_rn(y, scale[:, None]))
+                _store_fp8(q_ptr, qbase[:, None] + col[None, :], v, m, SOFT)
+                tl.store(s_ptr + t * s_st + g * s_sg, scale, mask=gmask)
             else:
-                EMAX: tl.constexpr = 2
-                INV: tl.constexpr = 1.0 / 6.0
-            if FLAG:
-                # ceil(log2(amax * fp32(1/max_elem))); a product that underflows to 0 gets -127
-                p = (amax * INV).to(tl.int32, bitcast=True)
-                pe = (p >> 23) & 0xFF
-                pm = p & 0x7FFFFF
-                e = tl.where(pe > 0, pe - 127 + (pm != 0).to(tl.int32), tl.where(pm > 0x400000, -126, -127))
-            else:
-                # floor(log2(amax)) - emax; zero / subnormal amax -> below -127
-                ae = (amax_bits >> 23) & 0xFF
-                e = tl.where(ae == 0, -127, ae - 127 - EMAX)
-            e = tl.where(amax_bits == 0, -127, e)
-            e = tl.minimum(tl.maximum(e, -127), 127)
-            f = ((127 - e) << 23).to(tl.float32, bitcast=True)  # 2**-e (e <= 126 here)
-            v = y * f[:, None]
-            if SCHEME == 3:
+                e, bad = _mx_exponent(amax_bits, 8, 1.0 / 448.0, FLAG)
+                f = ((127 - e) << 23).to(tl.float32, bitcast=True)  # 2**-e (e <= 126 here)
+                v = y * f[:, None]
                 nan = (amax_bits * 0 + 0x7FC00000).to(tl.float32, bitcast=True)
                 v = tl.where(bad[:, None], nan[:, None], _clamp448(v))
                 _store_fp8(q_ptr, qbase[:, None] + col[None, :], v, m, SOFT)
-            else:
-                a = tl.abs(v)
-                c = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
-                     + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
-                     + (a > 5.0).to(tl.int32))
-                c = c | ((v.to(tl.int32, bitcast=True) >> 28) & 0x8)
-                c = tl.where(bad[:, None], 0, c)
-                lo, hi = tl.split(tl.reshape(c, [BLOCK_G, GS // 2, 2]))
-                packed = (lo | (hi << 4)).to(tl.uint8)
-                pcol = tl.arange(0, GS // 2)
-                tl.store(q_ptr + (qbase // 2)[:, None] + pcol[None, :], packed, mask=m)
-            sb = tl.where(bad, 0xFF, e + 127).to(tl.uint8)
-            if SWIZZLED:
-                so = (t >> 7) * s_st + (g >> 2) * 512 + (t & 31) * 16 + ((t >> 5) & 3) * 4 + (g & 3)
-            else:
-                so = t * s_st + g * s_sg
-            tl.store(s_ptr + so, sb, mask=gmask)
+                _store_mx_scale(s_ptr, t, g, e, bad, s_st, s_sg, gmask, SWIZZLED)
+
+    @triton.jit
+    def _mx_exponent(amax_bits, EMAX: tl.constexpr, INV: tl.constexpr, RCEIL: tl.constexpr):
+        # reference.mx_block_exponents, from the bits; bad: inf or NaN in the block
+        bad = amax_bits >= 0x7F800000
+        amax = amax_bits.to(tl.float32, bitcast=True)
+        if RCEIL:
+            # ceil(log2(amax * fp32(1/max_elem))); a product that underflows to 0 gets -127
+            p = (amax * INV).to(tl.int32, bitcast=True)
+            pe = (p >> 23) & 0xFF
+            pm = p & 0x7FFFFF
+            e = tl.where(pe > 0, pe - 127 + (pm != 0).to(tl.int32), tl.where(pm > 0x400000, -126, -127))
+        else:
+            # floor(log2(amax)) - emax; zero / subnormal amax -> below -127
+            ae = (amax_bits >> 23) & 0xFF
+            e = tl.where(ae == 0, -127, ae - 127 - EMAX)
+        e = tl.where(amax_bits == 0, -127, e)
+        return tl.minimum(tl.maximum(e, -127), 127), bad
+
+    @triton.jit
+    def _e2m1_code(v, bad):
+        # E2M1 code of v (already divided by the scale) by counting the rounding thresholds
+        # |v| passes (ties to even), sign in bit 3; 0 in a NaN / inf block
+        a = tl.abs(v)
+        c = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
+             + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
+             + (a > 5.0).to(tl.int32))
+        c = c | ((v.to(tl.int32, bitcast=True) >> 28) & 0x8)
+        return tl.where(bad[:, None], 0, c)
+
+    @triton.jit
+    def _store_mx_scale(s_ptr, t, g, e, bad, s_st, s_sg, gmask, SWIZZLED: tl.constexpr):
+        sb = tl.where(bad, 0xFF, e + 127).to(tl.uint8)
+        if SWIZZLED:
+            so = (t >> 7) * s_st + (g >> 2) * 512 + (t & 31) * 16 + ((t >> 5) & 3) * 4 + (g & 3)
+        else:
+            so = t * s_st + g * s_sg
+        tl.store(s_ptr + so, sb, mask=gmask)
 
     # the interpreter re-executes kernel source against the module globals (closures are
     # lost), so every jit function is published there too
     globals().update({f.__name__: f for f in (
-        _load_f32, _bf16_rne_bits, _round_to_input, _activation, _abs_bits, _fp8_scale, _e4m3_bits,
-        _store_fp8, _clamp448, _store_act, _row_kernel, _group_kernel)})
+        _load_f32, _unpack_pairs, _bf16_rne_bits, _round_to_input, _activation, _act, _abs_bits, _fp8_scale,
+        _e4m3_bits, _mx_exponent, _e2m1_code, _store_mx_scale, _store_fp8, _clamp448, _store_act, _row_kernel,
+        _group_kernel)})
     return {"row": _row_kernel, "group": _group_kernel}
 
 
@@ -389,6 +433,8 @@ def _launch(op: str, act: str, key: str, x, q, s, group_size=None, flag=False, s
         _fail(op, "tensor too large")
     # views the interpreter (or the soft-cast path) needs: raw bits instead of bf16 / fp8
     xk = x.view(torch.int16) if soft and kind == 2 else x
+    if scheme == _S_MXFP4:
+        xk = x.view(torch.int64 if kind == 0 else torch.int32)  # element pairs (H % 32 == 0)
     if scheme == _S_NONE:
         qk = q.view(torch.int16) if soft and kind == 2 else q
     elif scheme != _S_MXFP4:
