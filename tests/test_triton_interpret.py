@@ -200,6 +200,21 @@ def _run() -> dict:
                         uq, us = run_quant(getattr(ts, ts._SCHEMES[key][0]), y, h, key, *params)
                         same(f"{tag}{params} fused==unfused q", q, uq)
                         same(f"{tag}{params} fused==unfused s", s, us)
+    # MXFP4 reads x as element pairs: an input that starts at an odd element (a view one
+    # element into a buffer) is copied first, and must give the same bytes
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for op in ("mxfp4_quant", "relu2_mxfp4_quant", "silu_and_mul_mxfp4_quant"):
+            act, key = ts._TABLE[op]
+            h = 96
+            x = make((7,), 2 * h if act == "silu_and_mul" else h, dtype)
+            buf = torch.empty(x.numel() + 1, dtype=dtype)
+            buf[1:] = x.reshape(-1)
+            xo = buf[1:].view(x.shape)
+            assert xo.storage_offset() == 1
+            q, s = run_quant(getattr(ts, op), xo, h, key, "rceil")
+            rq, rs = ref_scheme[key](ref_act[act](x), "rceil")
+            same(f"{op}[{dtype}] odd offset q", q, rq)
+            same(f"{op}[{dtype}] odd offset s", s, rs)
     return {"checks": checks, "failures": failures}
 
 
