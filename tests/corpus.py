@@ -318,6 +318,25 @@ class Relu2Mxfp4Floor(Style):
         return _mx4(F.relu(x) * F.relu(x), False)
 
 
+class SiluMxfp8E8m0Scales(Style):
+    """Scales handed on as torch.float8_e8m0fnu (a view of the E8M0 bytes, as torchao's MX
+    tensors hold them): the view stays on the fused op's uint8 scales."""
+
+    fused, scheme, params = "silu_and_mul_mxfp8_quant", "mxfp8", {"scale_rounding": "rceil"}
+
+    def forward(self, x):
+        q, s = _mx8(F.silu(x[:, :512]) * x[:, 512:], True)
+        return q, s.view(torch.float8_e8m0fnu)
+
+
+class Relu2Mxfp4E8m0Scales(Style):
+    fused, scheme, params = "relu2_mxfp4_quant", "mxfp4", {"scale_rounding": "rceil"}
+
+    def forward(self, x):
+        q, s = _mx4(F.relu(x).square(), True)
+        return q, s.view(torch.float8_e8m0fnu)
+
+
 class OpFormPairs(Style):
     """Every (activation, scheme) pair called as quantfuse ops in one graph."""
 
@@ -351,7 +370,8 @@ class OpFormSwizzledScales(Style):
 STYLES = [SliceSiluView, ChunkSigmoidReshape, SplitSiluUnflatten, ThreeDimSlice, ThreeDimChunkSigmoid,
           Ue8m0Exp2, Ue8m0Pow, Fp16Input, Fp32Input, Fp32InputSigmoid, ColumnMajorScales, ColumnMajorScales3D, TransposedScalesNotFolded, TwoLayers,
           OpForm, OpFormColumnMajor, OpFormKwargs, Relu2SquareGroup, Relu2PowUe8m0, Relu2MulPerToken, SiluPerToken,
-          SiluMxfp8Rceil, Relu2Mxfp8Floor, SiluMxfp4Rceil, Relu2Mxfp4Floor, OpFormSwizzledScales, OpFormPairs]
+          SiluMxfp8Rceil, Relu2Mxfp8Floor, SiluMxfp4Rceil, Relu2Mxfp4Floor, SiluMxfp8E8m0Scales, Relu2Mxfp4E8m0Scales,
+          OpFormSwizzledScales, OpFormPairs]
 
 
 # --- near misses: (module, fragment of the reason) -------------------------------------
