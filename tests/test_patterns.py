@@ -113,19 +113,22 @@ def test_pass_is_idempotent():
 
 def test_native_fusions_limit_the_native_form():
     """The default fuses every native pair (each beat Inductor on the H100); a pair left
-    out of ``native_fusions`` stays as Inductor would compile it."""
-    from corpus import Relu2Mxfp8Floor, Relu2SquareGroup
+    out of ``native_fusions`` stays as Inductor would compile it; PROFITABLE_NATIVE_TRITON
+    (the advice for machines without a CUDA toolchain) keeps exactly its pairs."""
+    from corpus import Relu2Mxfp4Floor, Relu2Mxfp8Floor, Relu2SquareGroup, SiluMxfp8Rceil
 
     assert set(quantfuse.FusionConfig().native_fusions) == {
         (act, scheme) for act in ("silu_and_mul", "relu2")
         for scheme in ("fp8_per_group", "fp8_per_token", "mxfp8", "mxfp4")}
     only_silu = quantfuse.FusionConfig(native_fusions=(("silu_and_mul", "fp8_per_group"),))
-    for style, default, restricted in ((Relu2SquareGroup, 1, 0), (Relu2Mxfp8Floor, 1, 0), (SliceSilu, 1, 1)):
+    triton = quantfuse.FusionConfig(native_fusions=quantfuse.passes.PROFITABLE_NATIVE_TRITON)
+    for style, default, restricted, on_triton in ((Relu2SquareGroup, 1, 0, 0), (Relu2Mxfp8Floor, 1, 0, 1),
+                                                  (SliceSilu, 1, 1, 1), (Relu2Mxfp4Floor, 1, 0, 1),
+                                                  (SiluMxfp8Rceil, 1, 0, 0)):
         module = style()
-        gm = post_grad_graph(module, module.make_input())
-        assert len(_run_pass(gm, quantfuse.FusionConfig()).rewrites) == default
-        gm = post_grad_graph(module, module.make_input())
-        assert len(_run_pass(gm, only_silu).rewrites) == restricted
+        for config, n in ((quantfuse.FusionConfig(), default), (only_silu, restricted), (triton, on_triton)):
+            gm = post_grad_graph(module, module.make_input())
+            assert len(_run_pass(gm, config).rewrites) == n, (style.__name__, config.native_fusions)
 
 
 def test_disabled_form_is_not_rewritten():

@@ -15,8 +15,17 @@ ALL_PAIRS = tuple((act, scheme) for act in qops.ACTIVATIONS for scheme in qops.S
 #: pairs whose fused CUDA kernel beat Inductor's own code for the plain-PyTorch graph on
 #: the H100 at T >= 4096 (benchmarks/RESULTS.md): since the CUDA kernels, every pair
 #: (FP8 / MXFP8 1.01-1.79x, MXFP4 2.1-4.1x). With only the Triton backend (no CUDA
-#: toolchain) several are slower than Inductor; see the README.
+#: toolchain) several are slower than Inductor: use :data:`PROFITABLE_NATIVE_TRITON`.
 PROFITABLE_NATIVE = ALL_PAIRS
+
+#: the pairs whose Triton kernel (the backend without a CUDA toolchain) was at least as
+#: fast as Inductor's code for the native graph on the H100 at T >= 4096 (RESULTS.md, 7th
+#: and 9th runs, % of copy bandwidth, Triton vs Inductor): MXFP4 44-55% vs 25-35%, ReLU² ->
+#: MXFP8 88-100% vs 74-91%, SiLU x Mul -> FP8 per-group 50-57% vs 52-56% (even). Left out:
+#: ReLU² -> FP8 per-group (36-45% vs 77-95%) and per-token (39-45% vs 54-70%), SiLU x Mul ->
+#: MXFP8 (59-81% vs 78-93%) and per-token (36-38% vs 59-62% at H = 7168).
+PROFITABLE_NATIVE_TRITON = (("silu_and_mul", "fp8_per_group"), ("relu2", "mxfp8"),
+                            ("silu_and_mul", "mxfp4"), ("relu2", "mxfp4"))
 
 
 @dataclasses.dataclass(frozen=True)
