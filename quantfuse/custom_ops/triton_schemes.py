@@ -273,8 +273,8 @@ def _kernels():
         if SCHEME == 4:
             # MXFP4 packs elements 2i and 2i + 1 into one byte: the kernel reads x as pairs
             # (a pair view, one word per two elements) and works on the even and the odd
-            # halves, so no reshape / split reorders the tile (those took shared-memory
-            # layout conversions, nine barriers a tile)
+            # halves, so no reshape / split reorders the tile (on sm_90 that reorder took
+            # 2 KB of shared memory and two more barriers a tile; benchmarks/triton_sass.py)
             pc = tl.arange(0, GS // 2)
             woff = (xbase // 2)[:, None] + pc[None, :]
             glo, ghi = _unpack_pairs(tl.load(x_ptr + woff, mask=m, other=0), KIND)
