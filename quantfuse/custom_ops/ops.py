@@ -13,8 +13,7 @@ so a bad call fails with a clear message at trace time as well as in eager mode.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import operator
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -104,7 +103,7 @@ def _mx_scheme(name: str, element_bytes: Callable[[int], int], q_dtype: torch.dt
     def empty_outputs(shape, device, scale_rounding="rceil", is_sf_swizzled_layout=False):
         *lead, hidden = shape
         groups = hidden // reference.MX_BLOCK
-        s_shape = (kernel_inputs.swizzled_scale_shape(functools.reduce(operator.mul, lead, 1), groups)
+        s_shape = (kernel_inputs.swizzled_scale_shape(math.prod(lead), groups)
                    if is_sf_swizzled_layout else (*lead, groups))
         return (torch.empty((*lead, element_bytes(hidden)), dtype=q_dtype, device=device),
                 torch.empty(s_shape, dtype=torch.uint8, device=device))

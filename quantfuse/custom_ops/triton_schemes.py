@@ -432,12 +432,12 @@ def _launch(op: str, act: str, key: str, x, q, s, group_size=None, flag=False, s
     if tokens * max(hidden, 1) * 2 >= 2**62:
         _fail(op, "tensor too large")
     # views the interpreter (or the soft-cast path) needs: raw bits instead of bf16 / fp8
-    xk = x.view(torch.int16) if soft and kind == 2 else x
     if scheme == _S_MXFP4:
         # element pairs (H % 32 == 0); an input starting at an odd element (a view into a
         # larger buffer, which the CUDA backend refuses as unaligned) is copied once
-        xp = x.clone() if x.storage_offset() % 2 else x
-        xk = xp.view(torch.int64 if kind == 0 else torch.int32)
+        xk = (x.clone() if x.storage_offset() % 2 else x).view(torch.int64 if kind == 0 else torch.int32)
+    else:
+        xk = x.view(torch.int16) if soft and kind == 2 else x
     if scheme == _S_NONE:
         qk = q.view(torch.int16) if soft and kind == 2 else q
     elif scheme != _S_MXFP4:
