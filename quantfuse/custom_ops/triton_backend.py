@@ -103,9 +103,11 @@ def _kernels():
         scale = amax * (1.0 / 448.0)
         if UE8M0:
             scale = _ue8m0_ceil(scale)
-        # Correctly rounded y / scale. (A per-group reciprocal + Markstein step, as the
-        # CUDA kernel does, compiled to one div.rn per element anyway: the scale's slice
-        # layout holds one value per element here, so the plain division is shorter.)
+        # Correctly rounded y / scale with one division per group, as the CUDA kernel
+        # does: r = RN(1 / scale) in the scale's own (per-group) layout, then one Markstein
+        # correction per element (an sm_90 compile with the run-time 16-byte pointer
+        # specialisation: one div.rn per thread and group, not per element; an AOT compile
+        # without that specialisation shows one per element).
         if UE8M0:
             # a power of two in [2^-43, 2^120]: 1 / scale is exact from the exponent
             # bits and y * (1 / scale) is the correctly rounded quotient; for a
@@ -115,7 +117,12 @@ def _kernels():
             r = tl.where(e != 0xFF, r, tl.where(scale != scale, scale, 0.0))
             v = y * r[:, None]
         else:
-            v = tl.div_rn(y, scale[:, None])
+            # q0 - r * RN(scale * q0 - y) keeps -0; an inf scale (inf amax) gives r = 0 and
+            # y * 0, which is y / inf; a NaN scale gives NaN either way
+            r = tl.broadcast_to(tl.div_rn(1.0, scale)[:, None], y.shape)
+            q0 = y * r
+            q = tl.fma(-tl.fma(tl.broadcast_to(scale[:, None], y.shape), q0, -y), r, q0)
+            v = tl.where(r == 0.0, q0, q)
         v = tl.clamp(v, -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL)
         q_offs = (t * hidden + g * GS)[:, None] + col[None, :]
         tl.store(q_ptr + q_offs, v.to(tl.float8e4nv), mask=m2)

@@ -187,6 +187,25 @@ def _kernels():
         return tl.where(a > 0x7F800000, 0x7F, code).to(tl.uint8)
 
     @triton.jit
+    def _div_by_scale(y, scale, UE8M0: tl.constexpr, INTERP: tl.constexpr):
+        # y / scale[:, None] correctly rounded, with one division per row or group instead
+        # of one div.rn (a dozen instructions and a slow-path branch) per element, as the
+        # CUDA kernels do (csrc/act_quant.cuh div_by_scale, markstein_div): r = RN(1 / scale)
+        # in the scale's own (row) layout, q0 = y * r, and one Markstein correction
+        # q0 - r * RN(scale * q0 - y), which keeps -0. A UE8M0 scale is a power of two,
+        # so y * r is the rounded quotient already. scale = inf (an inf amax) gives r = 0,
+        # and y * 0 is y / inf (+-0, NaN for inf). The interpreter's fma rounds twice, so
+        # it divides.
+        if INTERP:
+            return tl.div_rn(y, scale[:, None])
+        r = tl.broadcast_to(tl.div_rn(1.0, scale)[:, None], y.shape)
+        q0 = y * r
+        if UE8M0:
+            return q0
+        q = tl.fma(-tl.fma(tl.broadcast_to(scale[:, None], y.shape), q0, -y), r, q0)
+        return tl.where(r == 0.0, q0, q)
+
+    @triton.jit
     def _store_fp8(q_ptr, offs, v, mask, SOFT: tl.constexpr):
         # v is clamped to [-448, 448] or NaN
         if SOFT:
@@ -234,7 +253,7 @@ def _kernels():
                 y = _activation(x_ptr, xrow[:, None] + cols[None, :], H, m, ACT, KIND, SOFT, INTERP)
                 amax_bits = tl.max(_abs_bits(y), axis=1)
                 scale = _fp8_scale(amax_bits, False)
-                v = _clamp448(tl.div_rn(y, scale[:, None]))
+                v = _clamp448(_div_by_scale(y, scale, False, INTERP))
                 _store_fp8(o_ptr, orow[:, None] + cols[None, :], v, m, SOFT)
             else:
                 amax_bits = tl.zeros([ROWS], dtype=tl.int32)
@@ -248,7 +267,7 @@ def _kernels():
                     cc = c * BLOCK + cols
                     m = rmask[:, None] & (cc < H)[None, :]
                     y = _activation(x_ptr, xrow[:, None] + cc[None, :], H, m, ACT, KIND, SOFT, INTERP)
-                    v = _clamp448(tl.div_rn(y, scale[:, None]))
+                    v = _clamp448(_div_by_scale(y, scale, False, INTERP))
                     _store_fp8(o_ptr, orow[:, None] + cc[None, :], v, m, SOFT)
             tl.store(s_ptr + rows64, scale, mask=rmask)
 
@@ -294,7 +313,7 @@ def _kernels():
             amax_bits = tl.max(_abs_bits(y), axis=1)
             if SCHEME == 2:
                 scale = _fp8_scale(amax_bits, FLAG)
-                v = _clamp448(tl.div_rn(y, scale[:, None]))
+                v = _clamp448(_div_by_scale(y, scale, FLAG, INTERP))
                 _store_fp8(q_ptr, qbase[:, None] + col[None, :], v, m, SOFT)
                 tl.store(s_ptr + t * s_st + g * s_sg, scale, mask=gmask)
             else:
@@ -348,8 +367,8 @@ def _kernels():
     # lost), so every jit function is published there too
     globals().update({f.__name__: f for f in (
         _load_f32, _unpack_pairs, _bf16_rne_bits, _round_to_input, _activation, _act, _abs_bits, _fp8_scale,
-        _e4m3_bits, _mx_exponent, _e2m1_code, _store_mx_scale, _store_fp8, _clamp448, _store_act, _row_kernel,
-        _group_kernel)})
+        _e4m3_bits, _div_by_scale, _mx_exponent, _e2m1_code, _store_mx_scale, _store_fp8, _clamp448, _store_act,
+        _row_kernel, _group_kernel)})
     return {"row": _row_kernel, "group": _group_kernel}
 
 
