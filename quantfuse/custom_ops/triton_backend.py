@@ -117,11 +117,12 @@ def _kernels():
             r = tl.where(e != 0xFF, r, tl.where(scale != scale, scale, 0.0))
             v = y * r[:, None]
         else:
-            # q0 - r * RN(scale * q0 - y) keeps -0; an inf scale (inf amax) gives r = 0 and
+            # q0 - r * RN(scale * q0 - y) keeps -0 with the sign flipped through r (Triton's
+            # unary minus is 0 - x: -(+0) would be +0); an inf scale (inf amax) gives r = 0 and
             # y * 0, which is y / inf; a NaN scale gives NaN either way
             r = tl.broadcast_to(tl.div_rn(1.0, scale)[:, None], y.shape)
             q0 = y * r
-            q = tl.fma(-tl.fma(tl.broadcast_to(scale[:, None], y.shape), q0, -y), r, q0)
+            q = tl.fma(tl.fma(tl.broadcast_to(scale[:, None], y.shape), q0, -y), -r, q0)
             v = tl.where(r == 0.0, q0, q)
         v = tl.clamp(v, -448.0, 448.0, propagate_nan=tl.PropagateNan.ALL)
         q_offs = (t * hidden + g * GS)[:, None] + col[None, :]

@@ -192,8 +192,10 @@ def _kernels():
         # of one div.rn (a dozen instructions and a slow-path branch) per element, as the
         # CUDA kernels do (csrc/act_quant.cuh div_by_scale, markstein_div): r = RN(1 / scale)
         # in the scale's own (row) layout, q0 = y * r, and one Markstein correction
-        # q0 - r * RN(scale * q0 - y), which keeps -0. A UE8M0 scale is a power of two,
-        # so y * r is the rounded quotient already. scale = inf (an inf amax) gives r = 0,
+        # q0 - r * RN(scale * q0 - y), which keeps -0 because the sign is flipped through r:
+        # Triton's unary minus is 0 - x, so negating the residual, as the CUDA kernel does,
+        # turns -(+0) into +0 and y = -0 into q = +0 (caught on the H100). A UE8M0 scale is
+        # a power of two, so y * r is the rounded quotient already. scale = inf (an inf amax) gives r = 0,
         # and y * 0 is y / inf (+-0, NaN for inf). The interpreter's fma rounds twice, so
         # it divides.
         if INTERP:
@@ -202,7 +204,7 @@ def _kernels():
         q0 = y * r
         if UE8M0:
             return q0
-        q = tl.fma(-tl.fma(tl.broadcast_to(scale[:, None], y.shape), q0, -y), r, q0)
+        q = tl.fma(tl.fma(tl.broadcast_to(scale[:, None], y.shape), q0, -y), -r, q0)
         return tl.where(r == 0.0, q0, q)
 
     @triton.jit
