@@ -58,6 +58,16 @@ def copy_bandwidth() -> float:
     return 2 * a.numel() * 4 / (ms * 1e-3) / 1e9
 
 
+def rotation_copies(nbytes: float) -> int:
+    """How many input copies a timed loop rotates through: enough that together they move
+    ``QUANTFUSE_BENCH_ROTATE_MB`` (default 60, above the H100's 50 MB L2), at most 8.
+    With plain loads L2 keeps recent lines (about LRU), so 60 MB already means no input is
+    still there at its next use; a kernel that marks its loads evict-first keeps older
+    lines instead, and only a rotation of several L2 sizes (250) measures it cold."""
+    mb = float(os.environ.get("QUANTFUSE_BENCH_ROTATE_MB", "60"))
+    return max(1, min(8, int(mb * 1e6 // max(nbytes, 1)) + 1))
+
+
 def same_bytes_copy(nbytes: int, copies: int) -> float:
     """µs of a device-to-device copy moving ``nbytes`` (half read, half written), timed as
     the pairs are: what a plain copy reaches at this size, launch gaps included."""
@@ -104,7 +114,7 @@ def main() -> None:
                 for h in [int(v) for v in args.hidden.split(",")]:
                     n_in = h * widen
                     nbytes = t * (n_in * 2 + h * out_b + h * s_b)
-                    copies = max(1, min(8, int(60e6 // max(nbytes, 1)) + 1))
+                    copies = rotation_copies(nbytes)
                     xs = [torch.randn(t, n_in, device="cuda", dtype=dtype) * 3 for _ in range(copies)]
                     oracle.calls.clear()
                     fused(xs[0], *qargs)

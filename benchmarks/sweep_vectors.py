@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_pairs import bench, copy_bandwidth  # noqa: E402
+from bench_pairs import bench, copy_bandwidth, rotation_copies  # noqa: E402
 
 from quantfuse.custom_ops import cuda_backend, kernel_inputs  # noqa: E402
 
@@ -56,7 +56,7 @@ def main() -> None:
                 for h in map(int, args.hidden.split(",")):
                     n_in = 2 * h if act == "silu_and_mul" else h
                     nbytes = t * (n_in * 2 + h * out_b + h * s_b)
-                    copies = max(1, min(8, int(60e6 // nbytes) + 1))
+                    copies = rotation_copies(nbytes)
                     xs = [torch.randn(t, n_in, device="cuda", dtype=torch.bfloat16) * 3 for _ in range(copies)]
                     q = torch.empty(t, int(h * out_b), device="cuda",
                                     dtype=torch.uint8 if key == "mxfp4" else torch.float8_e4m3fn)

@@ -194,7 +194,8 @@ std::string act_quant_impl(int64_t act, int64_t scheme, at::Tensor q, at::Tensor
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   QuantParams p{int(scheme), group_size, flag, q.data_ptr(), s.data_ptr(), x.data_ptr(), tokens, hidden,
                 s_stride_t, s_stride_g, swizzled, vectors, blocks_per_sm,
-                at::cuda::getCurrentDeviceProperties()->multiProcessorCount, use_pdl(),
+                at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
+                int64_t(at::cuda::getCurrentDeviceProperties()->l2CacheSize), use_pdl(),
                 at::cuda::getCurrentCUDAStream()};
   return run_unit(act, x, p, [](auto quant, auto, const QuantParams& pp) { return quant(pp); });
 }

@@ -17,7 +17,30 @@
 
 namespace quantfuse {
 
-template <typename DT, int GS, int NV, bool GATED>
+// A 16-byte load that L1 does not keep and L2 evicts first (the input is read once).
+// Measured on the H100 (benchmarks/NOTES.md, "L2 evict-first loads"): with inputs that fit
+// in L2 the small cells gain up to 17 points of copy bandwidth (SiLU x MXFP4 at 4096 x
+// 2048: 84% -> 91-93%, also with inputs rotated through 250 MB), while the large ones
+// lose 2-10 points; so launch_group uses it only for inputs up to the L2 size.
+__device__ __forceinline__ uint4 ld_evict_first(const void* p) {
+  uint4 v;
+  uint64_t policy;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p), "l"(policy));
+  return v;
+}
+template <bool EVICT_FIRST>
+__device__ __forceinline__ uint4 load16(const void* p) {
+  if constexpr (EVICT_FIRST) {
+    return ld_evict_first(p);
+  } else {
+    return __ldg(reinterpret_cast<const uint4*>(p));
+  }
+}
+
+template <typename DT, int GS, int NV, bool GATED, bool EVICT_FIRST>
 __device__ __forceinline__ void load_group(uint4 (&gv)[NV], uint4 (&uv)[NV],
                                            const typename DT::Storage* __restrict__ x,
                                            bool valid, uint32_t t, uint32_t g, int64_t hidden,
@@ -32,8 +55,8 @@ __device__ __forceinline__ void load_group(uint4 (&gv)[NV], uint4 (&uv)[NV],
   if (valid) {
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
-      gv[j] = __ldg(reinterpret_cast<const uint4*>(p + j * TPG * VEC));
-      if constexpr (GATED) uv[j] = __ldg(reinterpret_cast<const uint4*>(p + j * TPG * VEC + hidden));
+      gv[j] = load16<EVICT_FIRST>(p + j * TPG * VEC);
+      if constexpr (GATED) uv[j] = load16<EVICT_FIRST>(p + j * TPG * VEC + hidden);
     }
   }
 }
@@ -94,7 +117,7 @@ __device__ __forceinline__ float act_round_amax(float (&y)[N], uint32_t (&yp)[(N
 
 // One step of a sub-warp: prefetch the group after (t, g) into (gn, un), then
 // compute and store group (t, g) from (gv, uv).
-template <typename DT, int GS, typename Act, typename Scheme, int NV>
+template <typename DT, int GS, typename Act, typename Scheme, int NV, bool EVICT_FIRST>
 __device__ __forceinline__ void group_step(
     uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s,
     const typename DT::Storage* __restrict__ x, uint32_t total_groups, uint32_t gpr, int64_t hidden,
@@ -110,7 +133,7 @@ __device__ __forceinline__ void group_step(
   // next group of this sub-warp
   uint32_t tn = t + step_t, gn_ = g + step_g;
   if (gn_ >= gpr) { gn_ -= gpr; ++tn; }
-  load_group<DT, GS, NV, Act::kGated>(gn, un, x, gi + step < total_groups, tn, gn_, hidden, lane);
+  load_group<DT, GS, NV, Act::kGated, EVICT_FIRST>(gn, un, x, gi + step < total_groups, tn, gn_, hidden, lane);
 
   float y[EPT];
   uint32_t yp[EPT / 2];
@@ -139,8 +162,8 @@ __device__ __forceinline__ void group_step(
 }
 
 // MINB > 0 caps registers so that MINB blocks fit on an SM (tried for NV = 2 with
-// MINB = 3: spills, 40% slower; benchmarks/NOTES.md).
-template <typename DT, int GS, typename Act, typename Scheme, int NV, int MINB = 0>
+// MINB = 3: spills, 40% slower; benchmarks/NOTES.md). EVICT_FIRST: ld_evict_first.
+template <typename DT, int GS, typename Act, typename Scheme, int NV, int MINB = 0, bool EVICT_FIRST = false>
 __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
     uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s,
     const typename DT::Storage* __restrict__ x, uint32_t total_groups, uint32_t groups_per_row,
@@ -164,7 +187,7 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
   uint32_t t = gi / gpr, g = gi - t * gpr;
   uint4 ga[NV], ua[NV], gb[NV], ub[NV];
   pdl_wait_and_trigger();
-  load_group<DT, GS, NV, Act::kGated>(ga, ua, x, gi < total_groups, t, g, hidden, lane);
+  load_group<DT, GS, NV, Act::kGated, EVICT_FIRST>(ga, ua, x, gi < total_groups, t, g, hidden, lane);
   if (s_swizzled) {
     zero_scale_padding(s, total_groups / gpr, gpr, s_stride_t, blockIdx.x * blockDim.x + threadIdx.x,
                        gridDim.x * blockDim.x);
@@ -173,11 +196,11 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
   // The bound is warp-uniform (the kernel has no block barrier), so every lane reaches
   // the shuffles and warps past the end stop computing.
   while (wbase < total_groups) {
-    group_step<DT, GS, Act, Scheme, NV>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g, s_swizzled,
+    group_step<DT, GS, Act, Scheme, NV, EVICT_FIRST>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g, s_swizzled,
                                         step, step_t, step_g, lane, gi, t, g, ga, ua, gb, ub);
     wbase += step;
     if (wbase >= total_groups) break;
-    group_step<DT, GS, Act, Scheme, NV>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g, s_swizzled,
+    group_step<DT, GS, Act, Scheme, NV, EVICT_FIRST>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g, s_swizzled,
                                         step, step_t, step_g, lane, gi, t, g, gb, ub, ga, ua);
     wbase += step;
   }
