@@ -115,7 +115,7 @@ def test_native_fusions_limit_the_native_form():
     """The default fuses every native pair (each beat Inductor on the H100); a pair left
     out of ``native_fusions`` stays as Inductor would compile it; PROFITABLE_NATIVE_TRITON
     (the advice for machines without a CUDA toolchain) keeps exactly its pairs."""
-    from corpus import Relu2Mxfp4Floor, Relu2Mxfp8Floor, Relu2SquareGroup, SiluMxfp8Rceil
+    from corpus import Relu2MulPerToken, Relu2Mxfp4Floor, Relu2Mxfp8Floor, Relu2SquareGroup, SiluMxfp8Rceil, SiluPerToken
 
     assert set(quantfuse.FusionConfig().native_fusions) == {
         (act, scheme) for act in ("silu_and_mul", "relu2")
@@ -124,7 +124,8 @@ def test_native_fusions_limit_the_native_form():
     triton = quantfuse.FusionConfig(native_fusions=quantfuse.passes.PROFITABLE_NATIVE_TRITON)
     for style, default, restricted, on_triton in ((Relu2SquareGroup, 1, 0, 0), (Relu2Mxfp8Floor, 1, 0, 1),
                                                   (SliceSilu, 1, 1, 1), (Relu2Mxfp4Floor, 1, 0, 1),
-                                                  (SiluMxfp8Rceil, 1, 0, 0)):
+                                                  (SiluMxfp8Rceil, 1, 0, 0), (Relu2MulPerToken, 1, 0, 1),
+                                                  (SiluPerToken, 1, 0, 0)):
         module = style()
         for config, n in ((quantfuse.FusionConfig(), default), (only_silu, restricted), (triton, on_triton)):
             gm = post_grad_graph(module, module.make_input())

@@ -19,12 +19,13 @@ ALL_PAIRS = tuple((act, scheme) for act in qops.ACTIVATIONS for scheme in qops.S
 PROFITABLE_NATIVE = ALL_PAIRS
 
 #: the pairs whose Triton kernel (the backend without a CUDA toolchain) was at least as
-#: fast as Inductor's code for the native graph on the H100 at T >= 4096 (RESULTS.md, 7th
-#: and 9th runs, % of copy bandwidth, Triton vs Inductor): MXFP4 44-55% vs 25-35%, ReLU² ->
-#: MXFP8 88-100% vs 74-91%, SiLU x Mul -> FP8 per-group 50-57% vs 52-56% (even). Left out:
-#: ReLU² -> FP8 per-group (36-45% vs 77-95%) and per-token (39-45% vs 54-70%), SiLU x Mul ->
-#: MXFP8 (59-81% vs 78-93%) and per-token (36-38% vs 59-62% at H = 7168).
-PROFITABLE_NATIVE_TRITON = (("silu_and_mul", "fp8_per_group"), ("relu2", "mxfp8"),
+#: fast as Inductor's code for the native graph on the H100 at T >= 4096 (RESULTS.md, % of
+#: copy bandwidth, Triton vs Inductor): MXFP4 47-63% vs 25-35%, ReLU² -> MXFP8 88-100% vs
+#: 74-91%, ReLU² -> FP8 per-token 81-92% vs 54-70% and SiLU x Mul -> FP8 per-group 58-70%
+#: vs 52-56% (both since the one-reciprocal division, seventh session). Left out: ReLU² ->
+#: FP8 per-group (75-93% vs 64-95%: below on three of four cells), SiLU x Mul -> MXFP8
+#: (59-81% vs 78-93%) and per-token (48-51% vs 59-63% at H = 7168).
+PROFITABLE_NATIVE_TRITON = (("silu_and_mul", "fp8_per_group"), ("relu2", "fp8_per_token"), ("relu2", "mxfp8"),
                             ("silu_and_mul", "mxfp4"), ("relu2", "mxfp4"))
 
 
