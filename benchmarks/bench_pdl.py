@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_pairs import bench  # noqa: E402
+from bench_pairs import bench, rotation_copies  # noqa: E402
 
 import quantfuse  # noqa: E402,F401
 
@@ -42,7 +42,7 @@ def main() -> None:
         width = 2 * h if name.startswith("silu") else h
         for t in map(int, args.tokens.split(",")):
             k = 1024  # the GEMMs: [t, k] @ [k, width] before, [t, k] @ [k, k] after
-            copies = max(2, min(8, int(60e6 // (t * width * 2)) + 1))
+            copies = max(2, rotation_copies(t * width * 2))
             ins = [torch.randn(t, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
             w_in = torch.randn(k, width, device="cuda", dtype=torch.bfloat16) / 32
             w_out = torch.randn(k, k, device="cuda", dtype=torch.bfloat16) / 32

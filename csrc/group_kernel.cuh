@@ -196,12 +196,12 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
   // The bound is warp-uniform (the kernel has no block barrier), so every lane reaches
   // the shuffles and warps past the end stop computing.
   while (wbase < total_groups) {
-    group_step<DT, GS, Act, Scheme, NV, EVICT_FIRST>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g, s_swizzled,
-                                        step, step_t, step_g, lane, gi, t, g, ga, ua, gb, ub);
+    group_step<DT, GS, Act, Scheme, NV, EVICT_FIRST>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g,
+                                                     s_swizzled, step, step_t, step_g, lane, gi, t, g, ga, ua, gb, ub);
     wbase += step;
     if (wbase >= total_groups) break;
-    group_step<DT, GS, Act, Scheme, NV, EVICT_FIRST>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g, s_swizzled,
-                                        step, step_t, step_g, lane, gi, t, g, gb, ub, ga, ua);
+    group_step<DT, GS, Act, Scheme, NV, EVICT_FIRST>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g,
+                                                     s_swizzled, step, step_t, step_g, lane, gi, t, g, gb, ub, ga, ua);
     wbase += step;
   }
 }

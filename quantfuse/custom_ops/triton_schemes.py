@@ -195,9 +195,9 @@ def _kernels():
         # q0 - r * RN(scale * q0 - y), which keeps -0 because the sign is flipped through r:
         # Triton's unary minus is 0 - x, so negating the residual, as the CUDA kernel does,
         # turns -(+0) into +0 and y = -0 into q = +0 (caught on the H100). A UE8M0 scale is
-        # a power of two, so y * r is the rounded quotient already. scale = inf (an inf amax) gives r = 0,
-        # and y * 0 is y / inf (+-0, NaN for inf). The interpreter's fma rounds twice, so
-        # it divides.
+        # a power of two, so y * r is the rounded quotient already. scale = inf (an inf
+        # amax) gives r = 0, and y * 0 is y / inf (+-0, NaN for inf). The interpreter's fma
+        # rounds twice, so it divides.
         if INTERP:
             return tl.div_rn(y, scale[:, None])
         r = tl.broadcast_to(tl.div_rn(1.0, scale)[:, None], y.shape)
