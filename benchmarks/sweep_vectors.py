@@ -8,8 +8,9 @@ of the persistent grid. Per-token kernel: "auto" = the launcher's choice, v = ve
 thread per row, "/k" = blocks of about 512 / k threads (k blocks per SM share their
 barriers).
 
-The scheme's default vector count loads inputs that fit in L2 evict-first (launch_unit.cuh);
-the other counts load plainly, so on such inputs the columns differ in that too.
+Inputs that fit in L2 are loaded evict-first (launch_unit.cuh): by every per-token column,
+but among the group columns only by the scheme's default vector count, so on such inputs
+the group columns differ in that too.
 
 Times ``act_quant`` of the CUDA extension directly (bf16 input, fresh random data
 rotated past L2, CUDA-graph replay) and prints % of the copy bandwidth measured in

@@ -50,6 +50,13 @@ const char* launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t
   return launch_status();
 }
 
+// Whether the kernels load this input evict-first (group_kernel.cuh ld_evict_first):
+// when it fits in L2. Larger inputs lose 4-10 points of copy bandwidth with the hint,
+// smaller gain 2-17 (benchmarks/NOTES.md, "L2 evict-first loads").
+bool evict_first_input(const QuantParams& p) {
+  return p.tokens * p.hidden * int64_t(sizeof(S)) * (Act::kGated ? 2 : 1) <= p.l2_bytes;
+}
+
 // A persistent grid of at most `most` blocks for `needed` blocks' worth of work, sized
 // so that every block makes the same number of trips: with min(needed, most) blocks the
 // last trip is partial, and a tail of few warps is latency-bound (ReLU^2 -> MXFP4 at
@@ -66,14 +73,12 @@ const char* launch_group(const QuantParams& p) {
     return "quantfuse: vectors per thread exceed the group";
   } else {
     const int64_t groups_per_row = p.hidden / GS, total = p.tokens * groups_per_row;
-    // Evict-first loads for inputs that fit in L2 (group_kernel.cuh ld_evict_first), on the
-    // default vector count only (the benchmarks' other counts keep plain loads). The GPU
-    // tests take both paths: the forced vector counts and bf16 4097 x 2 * 7168 (117 MB)
-    // load plainly, the default count on smaller inputs evict-first.
-    const int64_t in_bytes = total * GS * int64_t(sizeof(S)) * (Act::kGated ? 2 : 1);
+    // Evict-first loads on the default vector count only (the benchmarks' other counts
+    // keep plain loads). The GPU tests take both paths: the forced vector counts and bf16
+    // 4097 x 2 * 7168 (117 MB) load plainly, the default count on smaller inputs evict-first.
     auto kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV>;
     if constexpr (NV == Scheme::kVectors) {
-      if (in_bytes <= p.l2_bytes) kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, true>;
+      if (evict_first_input(p)) kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, true>;
     }
     const int64_t per_block = kThreads / TPG;
     int64_t blocks = (total + per_block - 1) / per_block;
@@ -112,7 +117,9 @@ template <bool RCEIL> using Mxfp4 = Mx<4, RCEIL>;
 // Per-token blocks of about block_threads threads (block_threads / threads_x rows).
 template <int NV>
 const char* launch_token(const QuantParams& p, int threads_x, int block_threads) {
-  auto kernel = act_token_quant_kernel<DT, Act, NV>;
+  // Every vector count takes the hint here (SiLU x FP8 per-token 4096 x 2048: 86% -> 97% of
+  // copy bandwidth). Both variants use the same registers, so one occupancy serves both.
+  auto kernel = evict_first_input(p) ? act_token_quant_kernel<DT, Act, NV, true> : act_token_quant_kernel<DT, Act, NV>;
   const int rows = std::max(1, block_threads / threads_x);
   // blocks of one kernel resident per SM, by block size in warps (host-side cache)
   static int resident[kTokenThreads / 32 + 1] = {};

@@ -42,7 +42,7 @@ __device__ __forceinline__ float row_max(float v, int buf) {
   return m;
 }
 
-template <typename DT, int NV, bool GATED>
+template <typename DT, int NV, bool GATED, bool EVICT_FIRST>
 __device__ __forceinline__ void load_row(uint4 (&gv)[NV], uint4 (&uv)[NV], const typename DT::Storage* __restrict__ x,
                                          int64_t row, int64_t tokens, int64_t hidden) {
   constexpr int VEC = 16 / sizeof(typename DT::Storage);
@@ -52,15 +52,15 @@ __device__ __forceinline__ void load_row(uint4 (&gv)[NV], uint4 (&uv)[NV], const
   for (int j = 0; j < NV; ++j) {
     const int64_t col = (int64_t(j) * blockDim.x + threadIdx.x) * VEC;
     if (col < hidden) {
-      gv[j] = __ldg(reinterpret_cast<const uint4*>(p + col));
-      if constexpr (GATED) uv[j] = __ldg(reinterpret_cast<const uint4*>(p + col + hidden));
+      gv[j] = load16<EVICT_FIRST>(p + col);
+      if constexpr (GATED) uv[j] = load16<EVICT_FIRST>(p + col + hidden);
     }
   }
 }
 
 // One row of a persistent block: prefetch row + step into (gn, un), then quantise
 // `row` from (gv, uv).
-template <typename DT, typename Act, int NV>
+template <typename DT, typename Act, int NV, bool EVICT_FIRST>
 __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __restrict__ s,
                                            const typename DT::Storage* __restrict__ x, int64_t tokens,
                                            int64_t hidden, int64_t step, int buf, int64_t& row,
@@ -69,7 +69,7 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
   using Q = Fp8Scaled<false>;
-  load_row<DT, NV, Act::kGated>(gn, un, x, row + step, tokens, hidden);
+  load_row<DT, NV, Act::kGated, EVICT_FIRST>(gn, un, x, row + step, tokens, hidden);
   float y[NV][VEC];
   uint32_t yp[NV][VEC / 2];
   float amax = 0.0f;
@@ -113,7 +113,8 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
   row += step;
 }
 
-template <typename DT, typename Act, int NV>
+// EVICT_FIRST: input loads as in the group kernel (group_kernel.cuh ld_evict_first).
+template <typename DT, typename Act, int NV, bool EVICT_FIRST = false>
 __global__ void __launch_bounds__(kTokenThreads) act_token_quant_kernel(
     uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ x,
     int64_t tokens, int64_t hidden) {
@@ -123,13 +124,13 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_kernel(
   int64_t row = int64_t(threadIdx.y) * gridDim.x + blockIdx.x;
   uint4 ga[NV], ua[NV], gb[NV], ub[NV];
   pdl_wait_and_trigger();
-  load_row<DT, NV, Act::kGated>(ga, ua, x, row, tokens, hidden);
+  load_row<DT, NV, Act::kGated, EVICT_FIRST>(ga, ua, x, row, tokens, hidden);
   // Two rows per trip with the buffers swapped. The bound is uniform over the row's
   // threads, the only ones its barrier waits for.
   while (row < tokens) {
-    token_step<DT, Act, NV>(q, s, x, tokens, hidden, step, 0, row, ga, ua, gb, ub);
+    token_step<DT, Act, NV, EVICT_FIRST>(q, s, x, tokens, hidden, step, 0, row, ga, ua, gb, ub);
     if (row >= tokens) break;
-    token_step<DT, Act, NV>(q, s, x, tokens, hidden, step, 1, row, gb, ub, ga, ua);
+    token_step<DT, Act, NV, EVICT_FIRST>(q, s, x, tokens, hidden, step, 1, row, gb, ub, ga, ua);
   }
 }
 
