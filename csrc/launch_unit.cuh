@@ -50,11 +50,12 @@ const char* launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t
   return launch_status();
 }
 
-// Whether the kernels load this input evict-first (group_kernel.cuh ld_evict_first):
-// when it fits in L2. Larger inputs lose 4-10 points of copy bandwidth with the hint,
-// smaller gain 2-17 (benchmarks/NOTES.md, "L2 evict-first loads").
-bool evict_first_input(const QuantParams& p) {
-  return p.tokens * p.hidden * int64_t(sizeof(S)) * (Act::kGated ? 2 : 1) <= p.l2_bytes;
+// Whether the kernels load this input evict-first (group_kernel.cuh ld_evict_first): when
+// it fits in l2s L2 sizes (1 but for MXFP4, Scheme::kEvictFirstL2s). Inputs that fit gain
+// 2-17 points of copy bandwidth with the hint, the largest lose 4-10 (benchmarks/NOTES.md,
+// "L2 evict-first loads").
+bool evict_first_input(const QuantParams& p, int l2s = 1) {
+  return p.tokens * p.hidden * int64_t(sizeof(S)) * (Act::kGated ? 2 : 1) <= l2s * p.l2_bytes;
 }
 
 // A persistent grid of at most `most` blocks for `needed` blocks' worth of work, sized
@@ -75,10 +76,11 @@ const char* launch_group(const QuantParams& p) {
     const int64_t groups_per_row = p.hidden / GS, total = p.tokens * groups_per_row;
     // Evict-first loads on the default vector count only (the benchmarks' other counts
     // keep plain loads). The GPU tests take both paths: the forced vector counts and bf16
-    // 4097 x 2 * 7168 (117 MB) load plainly, the default count on smaller inputs evict-first.
+    // 4097 x 2 * 7168 (117 MB; not MXFP4) load plainly, the default count on smaller
+    // inputs evict-first.
     auto kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV>;
     if constexpr (NV == Scheme::kVectors) {
-      if (evict_first_input(p)) kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, true>;
+      if (evict_first_input(p, Scheme::kEvictFirstL2s)) kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, true>;
     }
     const int64_t per_block = kThreads / TPG;
     int64_t blocks = (total + per_block - 1) / per_block;
