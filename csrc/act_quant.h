@@ -30,8 +30,8 @@ struct QuantParams {
   int64_t blocks_per_sm;  // 0 = persistent grid by occupancy, > 0 that many, -1 = no loop;
                           // per-token: k > 0 = blocks of about kTokenThreads / k threads
   int sms;
-  int64_t l2_bytes;       // device L2 size: inputs that fit are loaded evict-first
-                          // (group_kernel.cuh ld_evict_first); 0 = never
+  int64_t l2_bytes;       // device L2 size: inputs up to a scheme's multiple of it are loaded
+                          // evict-first (launch_unit.cuh evict_first_input); 0 = never
   bool pdl;               // launch with programmatic stream serialization (sm_90+; act_quant.cuh)
   cudaStream_t stream;
 };

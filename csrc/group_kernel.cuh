@@ -21,7 +21,8 @@ namespace quantfuse {
 // Measured on the H100 (benchmarks/NOTES.md, "L2 evict-first loads"): with inputs that fit
 // in L2 the small cells gain up to 17 points of copy bandwidth (SiLU x MXFP4 at 4096 x
 // 2048: 84% -> 91-93%, also with inputs rotated through 250 MB), while the large ones
-// lose 2-10 points; so launch_group uses it only for inputs up to the L2 size.
+// lose 2-10 points; so the launchers use it only up to a size (launch_unit.cuh
+// evict_first_input).
 __device__ __forceinline__ uint4 ld_evict_first(const void* p) {
   uint4 v;
   uint64_t policy;

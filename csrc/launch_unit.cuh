@@ -50,12 +50,13 @@ const char* launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t
   return launch_status();
 }
 
-// Whether the kernels load this input evict-first (group_kernel.cuh ld_evict_first): when
-// it fits in l2s L2 sizes (1 but for MXFP4, Scheme::kEvictFirstL2s). Inputs that fit gain
-// 2-17 points of copy bandwidth with the hint, the largest lose 4-10 (benchmarks/NOTES.md,
+// Whether a Scheme kernel loads this input evict-first (group_kernel.cuh ld_evict_first):
+// when it fits in Scheme::kEvictFirstL2s L2 sizes (1, MXFP4 3). Inputs that fit gain 2-17
+// points of copy bandwidth with the hint, the largest lose 4-10 (benchmarks/NOTES.md,
 // "L2 evict-first loads").
-bool evict_first_input(const QuantParams& p, int l2s = 1) {
-  return p.tokens * p.hidden * int64_t(sizeof(S)) * (Act::kGated ? 2 : 1) <= l2s * p.l2_bytes;
+template <typename Scheme>
+bool evict_first_input(const QuantParams& p) {
+  return p.tokens * p.hidden * int64_t(sizeof(S)) * (Act::kGated ? 2 : 1) <= Scheme::kEvictFirstL2s * p.l2_bytes;
 }
 
 // A persistent grid of at most `most` blocks for `needed` blocks' worth of work, sized
@@ -80,7 +81,7 @@ const char* launch_group(const QuantParams& p) {
     // inputs evict-first.
     auto kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV>;
     if constexpr (NV == Scheme::kVectors) {
-      if (evict_first_input(p, Scheme::kEvictFirstL2s)) kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, true>;
+      if (evict_first_input<Scheme>(p)) kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, true>;
     }
     const int64_t per_block = kThreads / TPG;
     int64_t blocks = (total + per_block - 1) / per_block;
@@ -121,7 +122,8 @@ template <int NV>
 const char* launch_token(const QuantParams& p, int threads_x, int block_threads) {
   // Every vector count takes the hint here (SiLU x FP8 per-token 4096 x 2048: 86% -> 97% of
   // copy bandwidth). Both variants use the same registers, so one occupancy serves both.
-  auto kernel = evict_first_input(p) ? act_token_quant_kernel<DT, Act, NV, true> : act_token_quant_kernel<DT, Act, NV>;
+  auto kernel = evict_first_input<Fp8Scaled<false>>(p) ? act_token_quant_kernel<DT, Act, NV, true>
+                                                       : act_token_quant_kernel<DT, Act, NV>;
   const int rows = std::max(1, block_threads / threads_x);
   // blocks of one kernel resident per SM, by block size in warps (host-side cache)
   static int resident[kTokenThreads / 32 + 1] = {};
