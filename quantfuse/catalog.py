@@ -1,0 +1,560 @@
+"""The catalog: every activation, gated input layout, quantisation recipe and op entry, once.
+
+Everything else is derived from these frozen tables:
+
+* the ``torch.library`` ops, their schemas and fake impls (:mod:`quantfuse.custom_ops.ops`);
+* the call plan every op builds and checks once (:mod:`quantfuse.custom_ops.plan`);
+* the C++ header the CUDA build generates (:func:`cpp_header`: enums, traits, names);
+* the Triton kernels' ``constexpr`` codes (:func:`codes`);
+* the patterns, the tests' parameter lists and the benchmarks' cells.
+
+Vocabulary (``docs/catalog.md`` has the long form):
+
+* :class:`Activation`: what turns the GEMM output into ``y`` (``silu_and_mul``: gated
+  ``silu(gate) * up``; ``relu2``: ``relu(x) ** 2``), with the roundings eager PyTorch
+  performs for its usual spelling (:class:`ActRounding`).
+* :class:`Layout`: where a gated activation finds gate and up: the two halves of one
+  tensor, two tensors, or interleaved columns.
+* :class:`Recipe`: a quantisation as data: element format, grouping, and the exact
+  numerics of each step as real code writes them (where the floor is, which dtype the
+  scale is computed in, how it is applied, clamp or not, UE8M0 form, MX rounding, scale
+  layout). Two recipes are equal exactly when they compute the same bits.
+* :class:`Scheme`: a family of recipes with one op signature (FP8 per-token-group,
+  FP8 per-token, FP8 static per-tensor, MXFP8, MXFP4): the op names users know, the
+  op parameters, and how each parameter sets a recipe field.
+* :class:`OpEntry`: one ``torch.ops.quantfuse`` op: an activation alone, a scheme alone,
+  or a fused pair.
+
+This module imports nothing else of quantfuse: it is the ground floor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import itertools
+from typing import Callable
+
+import torch
+
+NAMESPACE = "quantfuse"
+
+
+# --- element formats ---------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Element:
+    """An encoded element format."""
+
+    name: str
+    #: bits of one encoded element
+    bits: int
+    #: largest finite magnitude
+    max: float
+    #: exponent of the largest binade (OCP MX ``emax_elem``)
+    emax: int
+    #: dtype of the encoded output (packed formats: uint8, two elements a byte)
+    dtype: torch.dtype
+    #: C++ enumerator
+    cname: str
+
+
+E4M3 = Element("e4m3", 8, 448.0, 8, torch.float8_e4m3fn, "kE4m3")
+E2M1 = Element("e2m1", 4, 6.0, 2, torch.uint8, "kE2m1")
+ELEMENTS = (E4M3, E2M1)
+
+#: MX block size (OCP Microscaling: 32 elements share one E8M0 scale)
+MX_BLOCK = 32
+E8M0_BIAS = 127
+E8M0_NAN = 0xFF
+#: FP8 per-token-group sizes the kernels take
+FP8_GROUP_SIZES = (64, 128)
+#: the 128x4 tiled scale layout's tile: rows (tokens) and columns (groups)
+SWIZZLE_ROWS, SWIZZLE_COLS = 128, 4
+#: input dtypes every op accepts
+INPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+# --- recipe fields -------------------------------------------------------------------------
+
+class Grouping(enum.Enum):
+    """Which elements share one scale."""
+
+    PER_TOKEN = "per_token"
+    PER_GROUP = "per_group"  # groups of ``Recipe.group_size`` along the last dim
+    MX_BLOCK = "mx_block"    # blocks of 32 with an E8M0 scale
+    PER_TENSOR = "per_tensor"
+
+
+class FloorAt(enum.Enum):
+    """Where the floor that keeps the scale away from 0 is applied."""
+
+    AMAX = "amax"    # max(amax, eps) / qmax (vLLM, the default)
+    SCALE = "scale"  # max(amax / qmax, eps)
+    NONE = "none"    # no floor: an all-zero group divides 0 by 0 (NaN), as written
+
+
+class StepDtype(enum.Enum):
+    """The dtype the amax -> scale steps run in."""
+
+    FP32 = "fp32"    # the input cast to fp32 first
+    INPUT = "input"  # computed in the 16-bit input dtype, then cast to fp32
+
+
+class ScaleForm(enum.Enum):
+    """How the scale is derived from the (floored) amax."""
+
+    DIV = "div"              # amax / qmax (a Python scalar: on CUDA torch multiplies by fp32(1/qmax))
+    MUL_RECIP = "mul_recip"  # amax * (1 / qmax), the reciprocal a literal
+
+
+class ApplyForm(enum.Enum):
+    """How ``y`` is scaled before the cast."""
+
+    DIV = "div"          # y / s
+    MUL_INV = "mul_inv"  # y * (1 / s), equally y * s.reciprocal() (both RN(1/s) in fp32)
+
+
+class Ue8m0(enum.Enum):
+    """Power-of-two FP8 scales (DeepGEMM's UE8M0 path)."""
+
+    NONE = "none"
+    EXACT = "exact"          # the smallest power of two >= s, from the bits
+    EXP2_CEIL_LOG2 = "exp2"  # torch.exp2(torch.ceil(torch.log2(s))), as vLLM writes it
+
+
+class MxRounding(enum.Enum):
+    """Shared-exponent rounding of MX scales."""
+
+    FLOOR = "floor"  # OCP: 2^(floor(log2 amax) - emax_elem)
+    RCEIL = "rceil"  # NVIDIA: 2^ceil(log2(amax * fp32(1/max_elem)))
+
+
+class ScaleLayout(enum.Enum):
+    """Memory layout of the scales."""
+
+    ROW_MAJOR = "row_major"        # [..., G] contiguous
+    COLUMN_MAJOR = "column_major"  # a [..., G] view of [G, ...] storage (TMA-fed GEMMs)
+    SWIZZLED = "swizzled_128x4"    # MX: the padded 128x4 tiled layout of block-scaled GEMMs
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A quantisation, as data: two recipes are equal exactly when they compute the same bits.
+
+    The defaults are the contract of the fused kernels (``docs/numerics.md``); every other
+    value is a spelling real code writes, honoured bit for bit by the torch reference and
+    by each backend whose ``supports`` says so.
+    """
+
+    element: Element
+    grouping: Grouping
+    #: elements per scale for PER_GROUP (64 / 128) and MX_BLOCK (32); 0 otherwise
+    group_size: int = 0
+    floor_at: FloorAt = FloorAt.AMAX
+    eps: float = 1e-10
+    step_dtype: StepDtype = StepDtype.FP32
+    scale_form: ScaleForm = ScaleForm.DIV
+    apply: ApplyForm = ApplyForm.DIV
+    #: clamp to [-max, max] before the cast (absent: the cast saturates only where it would anyway)
+    clamp: bool = True
+    ue8m0: Ue8m0 = Ue8m0.NONE
+    #: UE8M0 rounding after the floor (vLLM) or before it
+    ue8m0_after_floor: bool = True
+    mx_rounding: MxRounding = MxRounding.RCEIL
+    scale_layout: ScaleLayout = ScaleLayout.ROW_MAJOR
+    #: the scale is an input tensor (static per-tensor FP8: vLLM's static checkpoints)
+    static: bool = False
+
+    def __post_init__(self):
+        if self.grouping is Grouping.PER_GROUP and self.group_size <= 0:
+            raise ValueError(f"a per-group recipe needs a positive group size, got {self.group_size}")
+        if self.grouping is Grouping.MX_BLOCK and self.group_size != MX_BLOCK:
+            raise ValueError(f"MX recipes use blocks of {MX_BLOCK}, got {self.group_size}")
+        if self.scale_layout is ScaleLayout.SWIZZLED and self.grouping is not Grouping.MX_BLOCK:
+            raise ValueError("the swizzled 128x4 scale layout is for MX recipes only")
+        if self.static and self.grouping is not Grouping.PER_TENSOR:
+            raise ValueError("static scales are per tensor")
+
+    @property
+    def mx(self) -> bool:
+        """An OCP microscaling recipe (E8M0 scale bytes)."""
+        return self.grouping is Grouping.MX_BLOCK
+
+    @property
+    def scale_dtype(self) -> torch.dtype:
+        """dtype of the stored scales."""
+        return torch.uint8 if self.mx else torch.float32
+
+    def groups(self, hidden: int) -> int:
+        """Scales per token for a row of ``hidden`` elements."""
+        if self.grouping in (Grouping.PER_TOKEN, Grouping.PER_TENSOR):
+            return 1
+        return hidden // self.group_size
+
+    def q_width(self, hidden: int) -> int:
+        """Last dim of the encoded output (packed formats hold two elements a byte)."""
+        return hidden * self.element.bits // 8
+
+    def spec(self, base: "Recipe") -> str:
+        """The fields that differ from ``base`` as ``name=value,...``: the ops' ``recipe`` argument."""
+        parts = []
+        for name, (_, value) in base.differences(self).items():
+            if name == "element":
+                raise ValueError("a recipe override cannot change the element format (another scheme)")
+            parts.append(f"{name}={value.value}" if isinstance(value, enum.Enum) else f"{name}={value!r}")
+        return ",".join(parts)
+
+    def with_spec(self, spec: str) -> "Recipe":
+        """This recipe with the fields of a :meth:`spec` string; ValueError names a bad field."""
+        if not spec:
+            return self
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        values = {}
+        for part in spec.split(","):
+            name, sep, text = part.partition("=")
+            if not sep or name not in fields or name == "element":
+                raise ValueError(f"bad recipe field {part!r}; fields: {sorted(set(fields) - {'element'})}")
+            current = getattr(self, name)
+            try:
+                if isinstance(current, enum.Enum):
+                    values[name] = type(current)(text)
+                elif isinstance(current, bool):
+                    values[name] = {"True": True, "False": False}[text]
+                else:
+                    values[name] = type(current)(text)
+            except (KeyError, ValueError):
+                raise ValueError(f"bad value {text!r} for recipe field {name}") from None
+        return dataclasses.replace(self, **values)
+
+    def differences(self, other: "Recipe") -> dict[str, tuple]:
+        """Fields where ``other`` differs: name -> (this value, other value) (near-miss reasons)."""
+        return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(other, f.name)}
+
+
+# --- activations and layouts ---------------------------------------------------------------
+
+class ActRounding(enum.Enum):
+    """Which intermediate values of a gated activation are rounded to the 16-bit input dtype.
+
+    Eager PyTorch rounds every op's output; Inductor keeps intermediates in fp32 and
+    rounds once. The fused op reproduces eager for the spelling it replaces.
+    """
+
+    ONCE = "once"                    # act(a, b) in fp32, one rounding (Inductor, vLLM's fused CUDA kernels)
+    SILU_THEN_MUL = "silu_then_mul"  # F.silu(a) * b: silu rounded, then the product (two roundings)
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """A float parameter of an activation (room for GPT-OSS's alpha and clamp limit)."""
+
+    name: str
+    default: float
+    doc: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Activation:
+    """An activation: ``[..., in_width]`` -> ``[..., out_width]`` in the input dtype."""
+
+    name: str
+    #: C++ struct of the kernels (csrc/act_quant.cuh) and enumerator suffix
+    cname: str
+    gated: bool
+    doc: str
+    params: tuple[Param, ...] = ()
+    #: the roundings of every op and kernel: eager's for the spelling users write most
+    #: (``F.silu(a) * b``); a native site that rounds otherwise is reported (issue: the recogniser)
+    rounding: ActRounding = ActRounding.ONCE
+
+    def out_width(self, in_width: int) -> int:
+        """Output last dim for one input of ``in_width`` (gated, halves layout: half of it)."""
+        if self.gated:
+            if in_width % 2:
+                raise ValueError(f"last dim {in_width} must be even ([gate | up] halves)")
+            return in_width // 2
+        return in_width
+
+
+class Layout(enum.Enum):
+    """Where a gated activation reads gate and up (kernels read each without a copy)."""
+
+    HALVES = "halves"            # x[..., :d] and x[..., d:] of one tensor (vLLM's silu_and_mul)
+    SEPARATE = "separate"        # two tensors: gate_proj(x) and up_proj(x) (transformers' LlamaMLP)
+    INTERLEAVED = "interleaved"  # x[..., ::2] and x[..., 1::2] (GPT-OSS)
+
+
+SILU_AND_MUL = Activation(
+    name="silu_and_mul", cname="SiluMul", gated=True,
+    doc="silu(gate) * up; the op form rounds as eager's F.silu(gate) * up on 16-bit inputs: "
+        "silu rounded to the input dtype, then the product",
+    rounding=ActRounding.SILU_THEN_MUL,
+)
+RELU2 = Activation(
+    name="relu2", cname="Relu2", gated=False,
+    doc="relu(x) ** 2 (squared ReLU, non-gated): the square of a 16-bit value rounded once, as eager",
+)
+#: the identity: the unfused quant ops (no activation op of its own)
+IDENTITY = Activation(name="identity", cname="Identity", gated=False, doc="no activation")
+
+ACTIVATIONS = {a.name: a for a in (SILU_AND_MUL, RELU2)}
+
+
+# --- schemes: op signatures over recipes -----------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class OpParam:
+    """A parameter of a quant op, in torch schema syntax, and the recipe field it sets."""
+
+    schema: str  # e.g. "int group_size" or "bool use_ue8m0=False"
+    #: recipe field it sets and how: value -> field value
+    field: str | None = None
+    convert: Callable[[object], object] | None = None
+    #: a value that differs from the default (traced op-form patterns need each arity)
+    example: object = None
+    #: the values the kernels implement (bools: both)
+    kernel_values: tuple = (False, True)
+
+    @property
+    def name(self) -> str:
+        return self.schema.split("=")[0].split()[-1]
+
+    @property
+    def has_default(self) -> bool:
+        return "=" in self.schema
+
+
+@dataclasses.dataclass(frozen=True)
+class Scheme:
+    """A family of recipes with one op signature."""
+
+    key: str
+    #: C++ enumerator (csrc: ``Scheme::<cname>``)
+    cname: str
+    #: the unfused op (vLLM's name)
+    unfused_name: str
+    #: fused op name: ``{activation}_{fused_suffix}``
+    fused_suffix: str
+    #: the recipe with every op parameter at its default (required ones: the example's value)
+    base: Recipe
+    params: tuple[OpParam, ...]
+    #: tensor inputs after ``x`` (static per-tensor: the scale)
+    tensor_inputs: tuple[str, ...]
+    doc: str
+
+    @property
+    def returns_scale(self) -> bool:
+        """Dynamic schemes return ``(q, s)``; a static scheme returns ``q`` (its scale is an input)."""
+        return not self.base.static
+
+    @property
+    def params_schema(self) -> str:
+        return ", ".join([f"Tensor {t}" for t in self.tensor_inputs] + [p.schema for p in self.params])
+
+    @property
+    def required_params(self) -> int:
+        return sum(not p.has_default for p in self.params)
+
+    @property
+    def example_params(self) -> tuple:
+        return tuple(p.example for p in self.params)
+
+    def recipe(self, *args, **kwargs) -> Recipe:
+        """The recipe of one call from the op's (non-tensor) parameters; ValueError names a bad one."""
+        values = dict(zip((p.name for p in self.params), args))
+        values.update(kwargs)
+        fields = {}
+        for p in self.params:
+            if p.name not in values:
+                if not p.has_default:
+                    raise ValueError(f"missing parameter {p.name}")
+                continue
+            if p.field is not None:
+                fields[p.field] = p.convert(values[p.name]) if p.convert else values[p.name]
+        return dataclasses.replace(self.base, **fields)
+
+
+def _rounding(value) -> MxRounding:
+    try:
+        return MxRounding(value)
+    except ValueError:
+        raise ValueError(f"scale_rounding must be one of {[r.value for r in MxRounding]}, got {value!r}") from None
+
+
+def _group_size(value) -> int:
+    value = int(value)
+    if value <= 0:
+        raise ValueError(f"group_size must be positive, got {value}")
+    return value
+
+
+_COLUMN = OpParam("bool column_major_scales=False", "scale_layout",
+                  lambda v: ScaleLayout.COLUMN_MAJOR if v else ScaleLayout.ROW_MAJOR, True)
+_UE8M0 = OpParam("bool use_ue8m0=False", "ue8m0", lambda v: Ue8m0.EXACT if v else Ue8m0.NONE, True)
+_MX_PARAMS = (OpParam('str scale_rounding="rceil"', "mx_rounding", _rounding, "floor", ("floor", "rceil")),
+              OpParam("bool is_sf_swizzled_layout=False", "scale_layout",
+                      lambda v: ScaleLayout.SWIZZLED if v else ScaleLayout.ROW_MAJOR, True))
+
+FP8_PER_GROUP = Scheme(
+    key="fp8_per_group", cname="kPerGroup", unfused_name="per_token_group_quant_fp8",
+    fused_suffix="per_block_quant",
+    base=Recipe(E4M3, Grouping.PER_GROUP, group_size=128),
+    params=(OpParam("int group_size", "group_size", _group_size, 128, FP8_GROUP_SIZES), _COLUMN, _UE8M0),
+    tensor_inputs=(),
+    doc="dynamic FP8 E4M3 per-token-group quantisation -> (q, fp32 scales [..., H/group])",
+)
+FP8_PER_TOKEN = Scheme(
+    key="fp8_per_token", cname="kPerToken", unfused_name="per_token_quant_fp8",
+    fused_suffix="per_token_quant_fp8",
+    base=Recipe(E4M3, Grouping.PER_TOKEN), params=(), tensor_inputs=(),
+    doc="dynamic FP8 E4M3 per-token quantisation -> (q, fp32 scales [..., 1])",
+)
+FP8_STATIC = Scheme(
+    key="fp8_static", cname="kStatic", unfused_name="static_scaled_fp8_quant", fused_suffix="quant",
+    base=Recipe(E4M3, Grouping.PER_TENSOR, static=True), params=(), tensor_inputs=("scale",),
+    doc="static FP8 E4M3 per-tensor quantisation with a given fp32 scale (one element) -> q "
+        "(vLLM's static_scaled_fp8_quant; the fused op is vLLM's silu_and_mul_quant)",
+)
+MXFP8 = Scheme(
+    key="mxfp8", cname="kMxfp8", unfused_name="mxfp8_quant", fused_suffix="mxfp8_quant",
+    base=Recipe(E4M3, Grouping.MX_BLOCK, group_size=MX_BLOCK), params=_MX_PARAMS, tensor_inputs=(),
+    doc="OCP MXFP8 (E4M3, block 32, E8M0 scale bytes) -> (q, uint8 scales [..., H/32])",
+)
+MXFP4 = Scheme(
+    key="mxfp4", cname="kMxfp4", unfused_name="mxfp4_quant", fused_suffix="mxfp4_quant",
+    base=Recipe(E2M1, Grouping.MX_BLOCK, group_size=MX_BLOCK), params=_MX_PARAMS, tensor_inputs=(),
+    doc="OCP MXFP4 (E2M1 packed low nibble first, block 32, E8M0 scale bytes) "
+        "-> (q uint8 [..., H/2], uint8 scales [..., H/32])",
+)
+SCHEMES = {s.key: s for s in (FP8_PER_GROUP, FP8_PER_TOKEN, FP8_STATIC, MXFP8, MXFP4)}
+
+
+# --- op entries --------------------------------------------------------------------------
+
+#: keyword-only inputs of every gated op: a second tensor for the SEPARATE layout, or the
+#: INTERLEAVED flag (neither: HALVES)
+GATED_INPUTS_SCHEMA = "*, Tensor? up=None, bool interleaved=False"
+#: keyword-only recipe override of every quant op: "" (the scheme's recipe for the op's
+#: parameters) or :meth:`Recipe.spec` of the fields that differ (what the pass passes
+#: for a site written with other numerics)
+RECIPE_SCHEMA = 'str recipe=""'
+
+
+@dataclasses.dataclass(frozen=True)
+class OpEntry:
+    """One ``torch.ops.quantfuse`` op: an activation, a scheme, or a fused pair."""
+
+    name: str
+    activation: Activation  # IDENTITY for the unfused quant ops
+    scheme: Scheme | None   # None for the activation ops
+
+    @property
+    def schema(self) -> str:
+        """The op's torch schema (without the name)."""
+        args = ["Tensor x"]
+        if self.scheme is not None and self.scheme.params_schema:
+            args.append(self.scheme.params_schema)
+        if self.activation.gated:
+            args.append(GATED_INPUTS_SCHEMA)
+        if self.scheme is not None:
+            args.append(RECIPE_SCHEMA if self.activation.gated else "*, " + RECIPE_SCHEMA)
+        outs = "(Tensor, Tensor)" if self.scheme is not None and self.scheme.returns_scale else "Tensor"
+        return f"({', '.join(args)}) -> {outs}"
+
+    @property
+    def fused(self) -> bool:
+        return self.scheme is not None and self.activation is not IDENTITY
+
+    @property
+    def doc(self) -> str:
+        if self.scheme is None:
+            return self.activation.doc
+        if not self.fused:
+            return self.scheme.doc
+        return f"fused {self.activation.name} -> {self.scheme.unfused_name}: {self.scheme.doc}"
+
+
+def fused_op_name(activation: str, scheme: str) -> str:
+    """Name (without namespace) of the fused op for an activation and scheme key."""
+    return f"{activation}_{SCHEMES[scheme].fused_suffix}"
+
+
+def _entries() -> dict[str, OpEntry]:
+    entries = [OpEntry(a.name, a, None) for a in ACTIVATIONS.values()]
+    entries += [OpEntry(s.unfused_name, IDENTITY, s) for s in SCHEMES.values()]
+    entries += [OpEntry(fused_op_name(a.name, s.key), a, s)
+                for s, a in itertools.product(SCHEMES.values(), ACTIVATIONS.values())]
+    return {e.name: e for e in entries}
+
+
+#: op name -> entry, for every op of the namespace
+OPS: dict[str, OpEntry] = _entries()
+
+#: every (activation, scheme) pair with a fused op
+PAIRS = tuple((a, s) for a in ACTIVATIONS for s in SCHEMES)
+
+
+# --- codes shared with the kernels ---------------------------------------------------------
+
+#: kernel activations, in enumerator order (IDENTITY first: the unfused quant ops)
+KERNEL_ACTIVATIONS = (IDENTITY, SILU_AND_MUL, RELU2)
+#: kernel schemes, in enumerator order (0 is "no quantisation": the activation ops)
+KERNEL_SCHEMES = (FP8_PER_TOKEN, FP8_PER_GROUP, MXFP8, MXFP4, FP8_STATIC)
+KERNEL_LAYOUTS = tuple(Layout)
+
+
+def codes() -> dict[str, int]:
+    """Integer codes of the kernels' switches, by name: ``act_silu_and_mul``, ``scheme_fp8_per_group``,
+    ``layout_interleaved``, ``element_e2m1`` ... The C++ header
+    (:func:`cpp_header`) and the Triton ``constexpr`` arguments are generated from this one map."""
+    out = {f"act_{a.name}": i for i, a in enumerate(KERNEL_ACTIVATIONS)}
+    out["scheme_none"] = 0
+    out.update({f"scheme_{s.key}": i + 1 for i, s in enumerate(KERNEL_SCHEMES)})
+    out.update({f"layout_{lay.value}": i for i, lay in enumerate(KERNEL_LAYOUTS)})
+    out.update({f"element_{e.name}": i for i, e in enumerate(ELEMENTS)})
+    return out
+
+
+def _camel(s: str) -> str:
+    return "".join(p.capitalize() for p in s.split("_"))
+
+
+def cpp_header() -> str:
+    """``quantfuse_catalog.h``: the catalog's enums, names and constants for the CUDA sources.
+
+    Generated at build time (csrc never restates a code); the build hashes it, so a
+    catalog change rebuilds the extension.
+    """
+    c = codes()
+    lines = ["// generated from quantfuse/catalog.py (cpp_header): do not edit", "#pragma once", "",
+             "#include <cstdint>", "", "namespace quantfuse {", ""]
+
+    def enum(name, items, doc):
+        lines.append(f"// {doc}")
+        lines.append(f"enum {name} : int {{")
+        lines.extend(f"  {cname} = {code}," for cname, code in items)
+        lines.append("};")
+
+    enum("ActCode", [(f"kAct{a.cname}", c[f"act_{a.name}"]) for a in KERNEL_ACTIVATIONS],
+         "activations (catalog.KERNEL_ACTIVATIONS)")
+    enum("Scheme", [("kNoScheme", 0)] + [(s.cname, c[f"scheme_{s.key}"]) for s in KERNEL_SCHEMES],
+         "quantisation schemes (catalog.KERNEL_SCHEMES); kNoScheme: the activation alone")
+    enum("LayoutCode", [(f"kLayout{_camel(x.value)}", c[f"layout_{x.value}"]) for x in KERNEL_LAYOUTS],
+         "gated input layouts (catalog.Layout)")
+    lines.append("")
+    names = {c[f"act_{a.name}"]: a.name for a in KERNEL_ACTIVATIONS}
+    lines.append("constexpr const char* kActNames[] = {" + ", ".join(f'"{names[i]}"' for i in sorted(names)) + "};")
+    snames = {0: "activation only", **{c[f"scheme_{s.key}"]: s.unfused_name for s in KERNEL_SCHEMES}}
+    lines.append("constexpr const char* kSchemeNames[] = {" +
+                 ", ".join(f'"{snames[i]}"' for i in sorted(snames)) + "};")
+    lines.append(f"constexpr int kNumActs = {len(KERNEL_ACTIVATIONS)}, kNumSchemes = {len(KERNEL_SCHEMES) + 1};")
+    lines.append(f"constexpr float kFp8Max = {E4M3.max:.1f}f, kFp4Max = {E2M1.max:.1f}f;")
+    lines.append(f"constexpr int kFp8Emax = {E4M3.emax}, kFp4Emax = {E2M1.emax};")
+    lines.append(f"constexpr int kMxBlock = {MX_BLOCK}, kE8m0Bias = {E8M0_BIAS}, kE8m0Nan = {E8M0_NAN};")
+    lines.append(f"constexpr int kSwizzleRows = {SWIZZLE_ROWS}, kSwizzleCols = {SWIZZLE_COLS};")
+    lines.append("constexpr int kFp8GroupSizes[] = {" + ", ".join(map(str, FP8_GROUP_SIZES)) + "};")
+    lines.append(f"constexpr float kDefaultEps = {Recipe(E4M3, Grouping.PER_TOKEN).eps!r}f;")
+    lines += ["", "}  // namespace quantfuse", ""]
+    return "\n".join(lines)

@@ -1,0 +1,191 @@
+"""The call plan: what one op call computes, checked once.
+
+Every op of :mod:`quantfuse.custom_ops.ops` builds a :class:`CallPlan` from its
+arguments with :func:`make_plan`, which is the only place a call is validated (the real
+and the fake impls share it, so a bad call fails at trace time too, with the same
+message). The oracle asks each backend module whether it supports the plan (its
+:attr:`CallPlan.key` is the cache key of that answer) and the chosen backend runs it.
+
+A backend module exposes:
+
+* ``NAME``: ``"cuda"`` or ``"triton"``;
+* ``is_available() -> bool``;
+* ``supports(plan) -> str | None``: None when it can run every call with this plan's key,
+  else a short reason (logged once); it depends only on ``plan.key``;
+* ``run(plan, outputs, x, up, scale) -> None``: writes the outputs
+  (:meth:`CallPlan.empty_outputs`); ``up`` is the SEPARATE layout's second tensor,
+  ``scale`` the static scheme's scale tensor (else None).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from quantfuse import catalog
+from quantfuse.catalog import Activation, Layout, OpEntry, Recipe, ScaleLayout
+
+
+@dataclasses.dataclass(frozen=True)
+class CallPlan:
+    """One op call, validated: the entry, its recipe and input layout, dtype and shapes."""
+
+    entry: OpEntry
+    #: the quantisation (None for the activation ops)
+    recipe: Recipe | None
+    layout: Layout
+    dtype: torch.dtype
+    device_type: str
+    #: leading dims of the input (may be symbolic in a fake impl)
+    lead: tuple
+    #: width of the activation's output (the quantised row)
+    hidden: int
+    #: input base pointers (x, and up where given) are 16-byte aligned (False in fake impls)
+    aligned: bool
+
+    @property
+    def activation(self) -> Activation:
+        return self.entry.activation
+
+    @property
+    def tokens(self):
+        """Rows: the leading dims flattened."""
+        return math.prod(self.lead)
+
+    @property
+    def key(self) -> tuple:
+        """What a backend's :func:`supports` answer may depend on: everything but the token count."""
+        return (self.entry.name, self.recipe, self.layout, self.dtype, self.device_type, self.hidden, self.aligned)
+
+    def kernel_reason(self) -> str | None:
+        """None when the recipe is one the kernels implement (the scheme's, for any op
+        parameters), else which recipe field they do not (a reason for the oracle)."""
+        if self.recipe is None:
+            return None
+        scheme = self.entry.scheme
+        kernel_values = {p.field: {p.convert(v) if p.convert else v for v in p.kernel_values}
+                         for p in scheme.params if p.field}
+        expected = dataclasses.replace(scheme.base, **{f: getattr(self.recipe, f) for f in kernel_values})
+        diff = expected.differences(self.recipe)
+        if diff:
+            return "recipe " + ", ".join(f"{k}={_show(v)}" for k, (_, v) in diff.items()) + " is not a kernel recipe"
+        for field, values in kernel_values.items():
+            if getattr(self.recipe, field) not in values:
+                return (f"{field}={_show(getattr(self.recipe, field))} is not one the kernels implement "
+                        f"({', '.join(sorted(_show(v) for v in values))})")
+        return None
+
+    def scale_shape(self) -> tuple:
+        """Shape of the scale output (dynamic schemes)."""
+        r = self.recipe
+        groups = r.groups(self.hidden)
+        if r.scale_layout is ScaleLayout.SWIZZLED:
+            return swizzled_scale_shape(self.tokens, groups)
+        return (*self.lead, groups)
+
+    def empty_outputs(self, device) -> tuple[torch.Tensor, ...]:
+        """The op's outputs, allocated: ``(out,)``, ``(q,)`` (static) or ``(q, s)``."""
+        if self.recipe is None:
+            return (torch.empty((*self.lead, self.hidden), dtype=self.dtype, device=device),)
+        r = self.recipe
+        q = torch.empty((*self.lead, r.q_width(self.hidden)), dtype=r.element.dtype, device=device)
+        if not self.entry.scheme.returns_scale:
+            return (q,)
+        if r.scale_layout is ScaleLayout.COLUMN_MAJOR:
+            # [..., G] view of contiguous [G, ...] storage: what a TMA-fed GEMM reads
+            s = torch.empty((r.groups(self.hidden), *self.lead), dtype=r.scale_dtype, device=device).movedim(0, -1)
+        else:
+            s = torch.empty(self.scale_shape(), dtype=r.scale_dtype, device=device)
+        return q, s
+
+
+def _show(v) -> str:
+    return v.value if hasattr(v, "value") else repr(v)
+
+
+def swizzled_scale_shape(tokens, groups) -> tuple:
+    """Shape of MX scales in the 128x4 tiled layout: tokens padded to a multiple of 128,
+    groups to a multiple of 4 (symbolic sizes work too)."""
+    rows, cols = catalog.SWIZZLE_ROWS, catalog.SWIZZLE_COLS
+    return (-(-tokens // rows) * rows, -(-groups // cols) * cols)
+
+
+def _fail(op: str, exc, msg: str):
+    raise exc(f"quantfuse.{op}: {msg}")
+
+
+def check_tensor(op: str, name: str, t, like: torch.Tensor | None = None) -> None:
+    """An input tensor of a supported dtype, at least 1-d, contiguous (on ``like``'s device)."""
+    if not isinstance(t, torch.Tensor):
+        _fail(op, TypeError, f"{name} must be a tensor, got {type(t).__name__}")
+    if t.dtype not in catalog.INPUT_DTYPES:
+        _fail(op, TypeError, f"{name} has dtype {t.dtype}; expected one of bfloat16, float16, float32")
+    if t.dim() < 1:
+        _fail(op, ValueError, f"{name} must have at least one dimension")
+    if not t.is_contiguous():
+        _fail(op, ValueError, f"{name} must be contiguous (shape {tuple(t.shape)}, strides {t.stride()}); "
+                              "call .contiguous() first")
+    if like is not None:
+        if t.device != like.device:
+            _fail(op, ValueError, f"{name} is on {t.device}, x on {like.device}")
+        if t.dtype != like.dtype:
+            _fail(op, TypeError, f"{name} has dtype {t.dtype}, x {like.dtype}")
+        if tuple(t.shape) != tuple(like.shape):
+            _fail(op, ValueError, f"{name} has shape {tuple(t.shape)}, x {tuple(like.shape)}")
+
+
+def _aligned(*tensors) -> bool:
+    try:
+        return all(t is None or t.numel() == 0 or t.data_ptr() % 16 == 0 for t in tensors)
+    except Exception:  # noqa: BLE001 - fake / meta tensors have no pointer
+        return False
+
+
+def make_plan(entry: OpEntry, x, params: tuple = (), kwargs: dict | None = None, *, up=None,
+              interleaved: bool = False, scale=None, recipe: str = "") -> CallPlan:
+    """Validate one call and return its plan; TypeError / ValueError name the problem.
+
+    ``params`` and ``kwargs`` are the scheme's parameters (``group_size`` ...), ``up`` /
+    ``interleaved`` the gated layouts, ``scale`` the static scheme's scale, ``recipe``
+    the override of :data:`catalog.RECIPE_SCHEMA`.
+    """
+    op = entry.name
+    check_tensor(op, "x", x)
+    act = entry.activation
+    width = x.shape[-1]
+    if act.gated:
+        if up is not None and interleaved:
+            _fail(op, ValueError, "up and interleaved=True exclude each other (two tensors, or one interleaved)")
+        if up is not None:
+            check_tensor(op, "up", up, like=x)
+            layout, hidden = Layout.SEPARATE, width
+        else:
+            layout = Layout.INTERLEAVED if interleaved else Layout.HALVES
+            if width % 2:
+                _fail(op, ValueError, f"last dim {width} must be even "
+                                      f"({'interleaved gate/up pairs' if interleaved else '[gate | up] halves'})")
+            hidden = width // 2
+    else:
+        layout, hidden = Layout.HALVES, width
+    r = None
+    if entry.scheme is not None:
+        scheme = entry.scheme
+        try:
+            r = scheme.recipe(*params, **(kwargs or {})).with_spec(recipe)
+        except ValueError as e:
+            _fail(op, ValueError, str(e))
+        if r.grouping in (catalog.Grouping.PER_GROUP, catalog.Grouping.MX_BLOCK) and hidden % r.group_size:
+            what = "the MX block size" if r.mx else "group_size"
+            _fail(op, ValueError, f"hidden size {hidden} is not divisible by {what} {r.group_size}")
+        if r.static:
+            if not isinstance(scale, torch.Tensor):
+                _fail(op, TypeError, f"scale must be a tensor, got {type(scale).__name__}")
+            if scale.dtype != torch.float32 or scale.numel() != 1:
+                _fail(op, ValueError, f"scale must be one float32 element, got {scale.dtype} "
+                                      f"of shape {tuple(scale.shape)}")
+            if scale.device != x.device:
+                _fail(op, ValueError, f"scale is on {scale.device}, x on {x.device}")
+    return CallPlan(entry=entry, recipe=r, layout=layout, dtype=x.dtype, device_type=x.device.type,
+                    lead=tuple(x.shape[:-1]), hidden=hidden, aligned=_aligned(x, up))
