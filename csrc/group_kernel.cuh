@@ -10,6 +10,8 @@
 // keeping (token, group) incrementally (no division in the loop), and the next
 // iteration's loads are issued before this iteration's arithmetic (register double
 // buffering). The loop bound is block-uniform so every lane reaches the shuffles.
+// Interleaved inputs (IL): the two 16-byte vectors of a thread's 2 * VEC inputs take the
+// place of its gate and up vectors, and are split in registers where they are used.
 #pragma once
 
 #include "quant_schemes.cuh"

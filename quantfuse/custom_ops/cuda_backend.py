@@ -195,8 +195,8 @@ def _fixed_args(plan) -> tuple:
     scheme = 0 if r is None else _CODES[f"scheme_{plan.entry.scheme.key}"]
     args = (_CODES[f"act_{plan.activation.name}"], scheme, _CODES[f"layout_{plan.layout.value}"],
             r.group_size if r is not None else 0,
-            r is not None and r.ue8m0 is Ue8m0.EXACT,
-            r is not None and r.mx_rounding is MxRounding.RCEIL,
+            r is not None and r.grouping is Grouping.PER_GROUP and r.ue8m0 is Ue8m0.EXACT,
+            r is not None and r.mx and r.mx_rounding is MxRounding.RCEIL,
             r is not None and r.scale_layout is ScaleLayout.SWIZZLED,
             r is not None and r.scale_layout is ScaleLayout.COLUMN_MAJOR,
             r.groups(plan.hidden) if r is not None else 0)
