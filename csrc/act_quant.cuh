@@ -173,7 +173,7 @@ __device__ __forceinline__ float silu_big_16bit(float g) {
 // send it through per-element __fdiv_rn slow paths (seen: T=1 took 4.5 µs, not 2).
 // The exact path's slow-path calls keep ~25-40 more registers live per thread in the
 // fused kernels; a call-free variant (fewer registers, 3 blocks per SM instead of 2)
-// ran slower (benchmarks/NOTES.md, "Shorter silu").
+// ran slower (docs/decisions/009-silu-fast-path.md).
 template <int N, bool kCallFree16 = false>
 __device__ __forceinline__ void silu_n(float (&v)[N], const float (&g)[N], bool valid = true) {
   bool ok = true;
@@ -279,7 +279,7 @@ struct Relu2 {
 // Input loads.
 // ---------------------------------------------------------------------------
 // A 16-byte load that L1 does not keep and L2 evicts first (the input is read once).
-// Measured on the H100 (benchmarks/NOTES.md, "L2 evict-first loads"): with inputs that fit
+// Measured on the H100 (docs/decisions/001-evict-first-loads-gated-by-l2.md): with inputs that fit
 // in L2 the small cells gain up to 17 points of copy bandwidth (SiLU x MXFP4 at 4096 x
 // 2048: 84% -> 91-93%, also with inputs rotated through 250 MB), while the large ones
 // lose 2-10 points; so the launchers use it only up to a size (launch_unit.cuh

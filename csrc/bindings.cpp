@@ -3,7 +3,7 @@
 // faulting on the GPU. Each binding returns that message ("" on success) and the
 // Python wrappers raise it: a C++ exception thrown out of this JIT-built module
 // crashed the process (segfault) on the H100 machine (torch 2.11, Python 3.12), both
-// as c10::Error and as std::runtime_error, at random calls (benchmarks/NOTES.md).
+// as c10::Error and as std::runtime_error, at random calls (docs/decisions/007-bindings-return-error-strings.md).
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -31,7 +31,7 @@ namespace {
 // Messages are built by appending, without std::ostream: on the H100 machine (torch
 // 2.11 wheel, this module built by the system g++) formatting an integer through
 // c10::str / std::ostringstream in this module crashed the process (segfault) every
-// time, whether the message was thrown or returned (benchmarks/NOTES.md).
+// time, whether the message was thrown or returned (docs/decisions/007-bindings-return-error-strings.md).
 inline void append(std::string& s, const char* v) { s += v; }
 inline void append(std::string& s, const std::string& v) { s += v; }
 template <typename T, std::enable_if_t<std::is_integral_v<T>, int> = 0>

@@ -130,7 +130,7 @@ __device__ __forceinline__ void group_step(
 }
 
 // MINB > 0 caps registers so that MINB blocks fit on an SM (tried for NV = 2 with
-// MINB = 3: spills, 40% slower; benchmarks/NOTES.md). EVICT_FIRST: ld_evict_first.
+// MINB = 3: spills, 40% slower; docs/decisions/003-vectors-per-thread.md). EVICT_FIRST: ld_evict_first.
 // IL: interleaved gate / up (act_quant.h Inputs).
 template <typename DT, int GS, typename Act, typename Scheme, int NV, int MINB = 0, bool EVICT_FIRST = false,
           bool IL = false>

@@ -32,7 +32,7 @@ const char* launch_status() {
 // kernel<<<grid, block, 0, stream>>>(args...), with programmatic stream serialization
 // when pdl: the launch may begin before the previous kernel in the stream has finished
 // (the kernels wait for it themselves, act_quant.cuh pdl_wait_and_trigger). After a
-// kernel that triggers early that hides 0.4-0.7 µs of the gap (benchmarks/NOTES.md).
+// kernel that triggers early that hides 0.4-0.7 µs of the gap (docs/decisions/006-pdl-off-by-default.md).
 template <typename... KArgs, typename... Args>
 const char* launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl,
                    Args... args) {
@@ -56,8 +56,8 @@ const char* launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t
 
 // Whether a Scheme kernel loads this input evict-first (group_kernel.cuh ld_evict_first):
 // when it fits in Scheme::kEvictFirstL2s L2 sizes (1, MXFP4 3). Inputs that fit gain 2-17
-// points of copy bandwidth with the hint, the largest lose 4-10 (benchmarks/NOTES.md,
-// "L2 evict-first loads").
+// points of copy bandwidth with the hint, the largest lose 4-10
+// (docs/decisions/001-evict-first-loads-gated-by-l2.md, 002-mxfp4-evict-first-up-to-3-l2.md).
 template <typename Scheme>
 bool evict_first_input(const QuantParams& p) {
   return p.tokens * p.hidden * int64_t(sizeof(S)) * (Act::kGated ? 2 : 1) <= Scheme::kEvictFirstL2s * p.l2_bytes;
