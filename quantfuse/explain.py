@@ -193,7 +193,15 @@ def explain(model, *example_inputs, config: FusionConfig | None = None, dynamic:
         torch.compile(model, backend=backend, dynamic=dynamic)(*example_inputs, **kwargs)
     finally:
         fusion_pass._current[:] = current
+    out.sites.sort(key=_site_order)
     return out
+
+
+def _site_order(site: Site) -> tuple:
+    """Graph, then file and line: the order a reader walks the model in."""
+    where = site.source.split(" in ", 1)[0]
+    path, _, line = where.rpartition(":")
+    return (site.graph, path, int(line) if line.isdigit() else 0)
 
 
 def _autograd_cache_off():
