@@ -328,7 +328,7 @@ def test_every_file_and_name_the_docs_mention_exists(doc):
     paths |= set(re.findall(r"\]\(((?:\.\./)?[\w./-]+\.\w+)\)", text))
     missing = [p for p in paths if not (REPO / p).exists() and not (REPO / doc).parent.joinpath(p).exists()]
     assert missing == []
-    names = set(re.findall(r"`quantfuse\.((?:[a-z_]+\.)*[A-Za-z_]+)", text)) - {"py"}
+    names = set(re.findall(r"`quantfuse\.((?:[a-z_]+\.)*[A-Za-z_0-9]+)", text)) - {"py"}
     unknown = []
     for name in names:
         obj = quantfuse

@@ -4,7 +4,7 @@ These functions run on any device and any torch version, and are the ``torch``
 backend of the ops in :mod:`quantfuse.custom_ops.ops`.  They are also exported as
 ``quantfuse.reference`` so users can check a kernel against them.
 
-Contract (DESIGN.md, "Numerics"): all arithmetic in fp32;
+Contract (docs/numerics.md): all arithmetic in fp32;
 ``amax = max(max|y| over the group, 1e-10)``; ``scale = amax * fp32(1/448)``; UE8M0 mode
 rounds the scale up to a power of two; ``q = e4m3(clamp(y / scale, -448, 448))``.
 The fused op rounds the activation to the input dtype before quantising, so fused
@@ -93,8 +93,8 @@ def silu_and_mul_per_block_quant(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused ``per_token_group_quant_fp8(silu_and_mul(x), ...)``.
 
-    The activation is rounded to ``x.dtype`` before quantising (DESIGN.md,
-    "Intermediate rounding"), so the result equals the unfused pair bit for bit.
+    The activation is rounded to ``x.dtype`` before quantising (docs/numerics.md,
+    "Common rules"), so the result equals the unfused pair bit for bit.
     """
     return per_token_group_quant_fp8(silu_and_mul(x), group_size, column_major_scales, use_ue8m0)
 

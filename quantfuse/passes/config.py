@@ -64,7 +64,11 @@ class FusionConfig:
         group_sizes: FP8 per-group sizes to fuse (the fused kernels' sizes).
         dtypes: activation input dtypes to fuse, by name.
         dump_dir: if set, each pass run writes its report and the graphs before and
-            after into a numbered sub-folder (also ``QUANTFUSE_DUMP_DIR``).
+            after into a new sub-folder (also ``QUANTFUSE_DUMP_DIR``).
+
+    Lists are accepted wherever tuples are shown (stored as tuples: the config is
+    hashed into the pass's uuid); values the fused kernels do not support raise a
+    ``ValueError`` that lists the supported ones.
     """
 
     fusions: tuple[tuple[str, str], ...] = ALL_PAIRS
