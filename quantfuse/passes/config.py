@@ -95,6 +95,8 @@ class FusionConfig:
             raise ValueError(f"unknown pattern forms {sorted(bad)}; expected 'op' and/or 'native'")
         supported = {str(d).replace("torch.", "") for d in qops.SUPPORTED_DTYPES}
         for name in self.dtypes:
+            if not isinstance(getattr(torch, name, None), torch.dtype):
+                raise ValueError(f"unknown dtype name {name!r}")
             if name not in supported:
                 raise ValueError(f"dtype {name!r} is not supported by the fused kernels "
                                  f"(supported: {', '.join(sorted(supported))})")
