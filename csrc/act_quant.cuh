@@ -2,7 +2,7 @@
 // and the unfused activation kernel. The quantisation schemes are in
 // quant_schemes.cuh, the fused kernels in group_kernel.cuh and token_kernel.cuh.
 //
-// Numerics follow DESIGN.md "Numerics" and quantfuse/custom_ops/reference.py bit
+// Numerics follow docs/numerics.md and quantfuse/custom_ops/reference.py bit
 // for bit: every step is an explicitly rounded fp32 operation (__fadd_rn,
 // __fdiv_rn, __fmul_rn) so that nvcc's default FMA contraction cannot merge steps
 // that torch runs as separate kernels; expf is the accurate libdevice one (no

@@ -11,7 +11,7 @@
 //                      packed pairs yp (element 2i in the low half), exactly equal
 //   scale(st)          the value stored for the group
 //
-// Numerics are reference.py's bit for bit (DESIGN.md "Numerics", and the MX rules in
+// Numerics are reference.py's bit for bit (docs/numerics.md, and the MX rules in
 // reference.mx_block_exponents / mxfp8_quant / mxfp4_quant).
 #pragma once
 

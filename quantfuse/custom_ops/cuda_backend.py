@@ -3,7 +3,9 @@
 The extension is JIT-built with :func:`torch.utils.cpp_extension.load` on first use
 into a persistent cache (``$QUANTFUSE_CACHE_DIR`` or ``~/.cache/quantfuse``), in a
 folder keyed by a hash of the sources, the torch/CUDA versions and the GPU arch, so
-a rebuild happens only when one of those changes. Any failure (no CUDA, no nvcc,
+a rebuild happens only when one of those changes. The build runs in a temporary
+folder renamed into place when complete, with the library's size and sha256 in a
+manifest; a cached library that does not match its manifest is rebuilt, not loaded. Any failure (no CUDA, no nvcc,
 compile error) is logged once as a warning and the backend reports itself
 unavailable; nothing here raises into the caller except a call made after
 :func:`is_available` returned False.
@@ -11,9 +13,14 @@ unavailable; nothing here raises into the caller except a call made after
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
+import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -93,8 +100,122 @@ def _build_dir(src: Path, arch: tuple[int, int], generated: dict[str, str]) -> t
     return root / f"cuda_{key}", key
 
 
+MANIFEST = "manifest.json"
+
+
+def library_digest(path: Path) -> dict:
+    """Size and sha256 of a built library, as the manifest records them."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"size": path.stat().st_size, "sha256": h.hexdigest()}
+
+
+def write_manifest(folder: Path, library: Path) -> None:
+    """Record ``library`` (a file in ``folder``) in ``folder``'s manifest."""
+    record = {"library": library.name, **library_digest(library)}
+    tmp = folder / f".{MANIFEST}.{os.getpid()}"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, folder / MANIFEST)
+
+
+def verify_cached(folder: Path) -> tuple[Path | None, str]:
+    """``(library, "")`` if ``folder`` holds a library its manifest vouches for, else
+    ``(None, why not)``. A library truncated by an interrupted build or a full disk
+    must never be loaded: mapping it kills the process with SIGBUS, with no message."""
+    manifest = folder / MANIFEST
+    if not folder.is_dir():
+        return None, "not built yet"
+    try:
+        record = json.loads(manifest.read_text())
+        library = folder / record["library"]
+        want = {"size": int(record["size"]), "sha256": str(record["sha256"])}
+    except FileNotFoundError:
+        return None, f"{manifest} is missing (an interrupted or older build)"
+    except (ValueError, KeyError, TypeError) as e:
+        return None, f"{manifest} is unreadable ({type(e).__name__}: {e})"
+    if not library.is_file():
+        return None, f"{library} is missing"
+    size = library.stat().st_size
+    if size != want["size"]:  # cheap check first: truncation changes the size
+        return None, f"{library} has {size} bytes, the build wrote {want['size']}"
+    if library_digest(library)["sha256"] != want["sha256"]:
+        return None, f"{library}'s sha256 differs from the one recorded at build time"
+    return library, ""
+
+
+def _import_library(name: str, library: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path, key: str):
+    """One build per key at a time across processes (others wait, then load its result)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".cuda_{key}.lock", "w") as f:
+        try:
+            import fcntl
+
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            pass  # no locking here: concurrent builds each use their own folder, one wins
+        yield
+
+
+def _build(src: Path, arch: tuple[int, int], generated: dict[str, str], bdir: Path, key: str) -> ModuleType:
+    """Build into a fresh temporary folder next to ``bdir``, record the library in its
+    manifest, then rename the folder to ``bdir``: a crash at any point leaves either no
+    ``bdir`` or a complete one, never a partial library under the cached name."""
+    from torch.utils import cpp_extension
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{bdir.name}.build-", dir=bdir.parent))
+    try:
+        gen = tmp / "generated"
+        gen.mkdir()
+        for fname, text in generated.items():
+            (gen / fname).write_text(text)
+        sm = f"{arch[0]}{arch[1]}"
+        # Naming an arch in the flags stops cpp_extension from adding its own
+        # list (one target only: faster build, Hopper's own instructions).
+        cuda_flags = ["-O3", "-std=c++17", f"-gencode=arch=compute_{sm},code=sm_{sm}"]
+        t0 = time.perf_counter()
+        log.info("building quantfuse CUDA kernels for sm_%s in %s", sm, bdir)
+        mod = cpp_extension.load(
+            name=f"quantfuse_C_{key}",
+            sources=[str(src / "bindings.cpp")] + [str(gen / n) for n in generated if n.endswith(".cu")],
+            extra_cflags=["-O3", "-std=c++17"],
+            extra_cuda_cflags=cuda_flags,
+            extra_include_paths=[str(src), str(gen)],
+            build_directory=str(tmp),
+            verbose=bool(os.environ.get("QUANTFUSE_VERBOSE_BUILD")),
+        )
+        write_manifest(tmp, Path(mod.__file__))
+        if bdir.exists():  # a damaged build: move it aside (rename cannot replace a full folder)
+            old = Path(tempfile.mkdtemp(prefix=f".{bdir.name}.damaged-", dir=bdir.parent))
+            try:
+                os.replace(bdir, old / "build")
+            except OSError:
+                pass  # another process replaced it first
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.rename(tmp, bdir)
+        except OSError:  # another process put a complete build in place first: keep ours loaded
+            log.debug("quantfuse CUDA build: %s appeared during the build; using this build once", bdir)
+        log.info("quantfuse CUDA kernels ready in %.1f s", time.perf_counter() - t0)
+        return mod
+    finally:
+        if tmp.exists() and tmp != bdir:
+            # the loaded library stays mapped after its file is removed
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _load() -> ModuleType | None:
-    """Build (or load the cached build of) the extension; None on any failure."""
+    """Load the verified cached build of the extension, building it first if it is missing
+    or damaged; None on any failure (logged once as a warning)."""
     global _module, _failed
     if _module is not None or _failed is not None:
         return _module
@@ -107,34 +228,17 @@ def _load() -> ModuleType | None:
             src = csrc_dir()
             if src is None:
                 raise RuntimeError("csrc sources not found next to the package")
-            from torch.utils import cpp_extension
-
             arch = _arch()
             generated = _generated_sources()
             bdir, key = _build_dir(src, arch, generated)
-            gen = bdir / "generated"
-            gen.mkdir(parents=True, exist_ok=True)
-            for name, text in generated.items():
-                path = gen / name
-                if not path.is_file() or path.read_text() != text:  # keep mtimes: no rebuild
-                    path.write_text(text)
-            sm = f"{arch[0]}{arch[1]}"
-            # Naming an arch in the flags stops cpp_extension from adding its own
-            # list (one target only: faster build, Hopper's own instructions).
-            cuda_flags = ["-O3", "-std=c++17", f"-gencode=arch=compute_{sm},code=sm_{sm}"]
-            t0 = time.perf_counter()
-            log.info("building quantfuse CUDA kernels for sm_%s in %s", sm, bdir)
-            mod = cpp_extension.load(
-                name=f"quantfuse_C_{key}",
-                sources=[str(src / "bindings.cpp")] + [str(gen / n) for n in generated if n.endswith(".cu")],
-                extra_cflags=["-O3", "-std=c++17"],
-                extra_cuda_cflags=cuda_flags,
-                extra_include_paths=[str(src), str(gen)],
-                build_directory=str(bdir),
-                verbose=bool(os.environ.get("QUANTFUSE_VERBOSE_BUILD")),
-            )
-            log.info("quantfuse CUDA kernels ready in %.1f s", time.perf_counter() - t0)
-            _module = mod
+            with _build_lock(bdir.parent, key):
+                library, why = verify_cached(bdir)
+                if library is not None:
+                    _module = _import_library(f"quantfuse_C_{key}", library)
+                else:
+                    if bdir.exists():
+                        log.warning("quantfuse: cached CUDA build in %s is not usable (%s); rebuilding", bdir, why)
+                    _module = _build(src, arch, generated, bdir, key)
         except Exception as e:  # noqa: BLE001 - any failure means "unavailable"
             _failed = f"{type(e).__name__}: {e}"
             log.warning("quantfuse CUDA backend unavailable: %s", _failed.splitlines()[0][:500])

@@ -1,6 +1,6 @@
 """``triton`` backend: Triton kernels with the CUDA backend's numerics, bit for bit.
 
-Numerics (DESIGN.md "Numerics", reference.py): accurate ``exp`` from libdevice
+Numerics (docs/numerics.md, reference.py): accurate ``exp`` from libdevice
 (``tl.exp`` is the fast ex2-based one; libdevice's FTZ flavour that Triton links
 differs from the non-FTZ one only where exp(-g) is subnormal, where 1 + e == 1
 anyway), correctly rounded divisions (``tl.div_rn``; Triton 3.6 lowers

@@ -104,7 +104,7 @@ def _kernels():
 
     @triton.jit
     def _round_to_input(y, KIND: tl.constexpr, SOFT: tl.constexpr):
-        # DESIGN.md "Intermediate rounding": the activation is stored in x.dtype
+        # docs/numerics.md "Common rules": the activation is stored in x.dtype
         if KIND == 1:
             y = y.to(tl.float16).to(tl.float32)
         elif KIND == 2:

@@ -1,6 +1,6 @@
 """GPU tests of the cuda and triton kernels against the torch reference (same GPU).
 
-Contract (DESIGN.md "Numerics"): fused == unfused pair bit for bit on one backend;
+Contract (docs/numerics.md): fused == unfused pair bit for bit on one backend;
 against the reference, scales identical and q identical except at most one e4m3
 step at rounding boundaries. Outputs are poisoned before every call so unwritten
 elements show up. Skipped cleanly without CUDA.
