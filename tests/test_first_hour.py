@@ -286,14 +286,14 @@ def test_fusion_config_rejects_malformed_pairs():
 
 def test_tracing_patterns_logs_no_backend_choice(caplog):
     gm = post_grad_graph(SliceSiluView(), SliceSiluView().make_input())
-    logged, calls = set(oracle._logged), oracle.calls.copy()
+    logged, calls = dict(oracle._choices), oracle.calls.copy()
     config = quantfuse.FusionConfig(dtypes=("bfloat16", "float16"))  # a config not built yet: traces
     with caplog.at_level(logging.INFO, logger="quantfuse.backend"):
         fusion = quantfuse.FusionPass(config)
         fusion(gm.graph)
     assert len(fusion.report.rewrites) == 1
     assert [r.message for r in caplog.records if r.name == "quantfuse.backend"] == []
-    assert oracle._logged == logged and oracle.calls == calls
+    assert oracle._choices == logged and oracle.calls == calls
 
 
 def test_import_quantfuse_reference_is_the_reference_module():

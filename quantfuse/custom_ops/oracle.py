@@ -15,6 +15,7 @@ assert what ran.
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib
 import logging
 import os
@@ -106,3 +107,21 @@ def backend_name(plan: CallPlan) -> str:
 def clear_cache() -> None:
     """Forget the cached choices (tests that change availability or the environment)."""
     _choices.clear()
+
+
+@contextlib.contextmanager
+def untracked():
+    """Calls inside are neither logged, cached nor counted: tracing the patterns runs every
+    op once on example tensors, which must not log (or remember) a choice for ops the
+    model never calls."""
+    choices, counted = dict(_choices), calls.copy()
+    logger = logging.getLogger("quantfuse.backend")
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+        _choices.clear()
+        _choices.update(choices)
+        calls.clear()
+        calls.update(counted)

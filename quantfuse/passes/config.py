@@ -6,20 +6,20 @@ import dataclasses
 
 import torch
 
-from quantfuse.custom_ops import kernel_inputs
+from quantfuse import catalog
 from quantfuse.custom_ops import ops as qops
 
-
-#: every (activation, scheme) pair of the op tables
-ALL_PAIRS = tuple((act, scheme) for act in qops.ACTIVATIONS for scheme in qops.SCHEMES)
+#: every (activation, scheme) pair of the catalog
+ALL_PAIRS = catalog.PAIRS
 
 #: pairs whose native (plain-PyTorch) form is fused by default: those where the fused CUDA
-#: kernel beat Inductor's own code for the native graph (benchmarks/RESULTS.md), which
-#: today is every pair
+#: kernel beat Inductor's own code for the native graph (docs/decisions/013-native-fusion-defaults.md),
+#: which today is every pair
 PROFITABLE_NATIVE = ALL_PAIRS
 
 #: the pairs whose Triton kernel (used where no CUDA toolchain builds the CUDA kernels)
-#: beat Inductor's code for the native graph (benchmarks/RESULTS.md); the others are
+#: beat Inductor's code for the native graph (docs/decisions/013-native-fusion-defaults.md,
+#: 010-triton-markstein-division.md); the others are
 #: faster left to Inductor on such machines
 PROFITABLE_NATIVE_TRITON = (("silu_and_mul", "fp8_per_group"), ("relu2", "fp8_per_token"), ("relu2", "mxfp8"),
                             ("silu_and_mul", "mxfp4"), ("relu2", "mxfp4"))
@@ -74,7 +74,7 @@ class FusionConfig:
     fusions: tuple[tuple[str, str], ...] = ALL_PAIRS
     native_fusions: tuple[tuple[str, str], ...] = PROFITABLE_NATIVE
     forms: tuple[str, ...] = ("op", "native")
-    group_sizes: tuple[int, ...] = (64, 128)
+    group_sizes: tuple[int, ...] = catalog.FP8_GROUP_SIZES
     dtypes: tuple[str, ...] = ("bfloat16", "float16", "float32")
     dump_dir: str | None = None
 
@@ -93,17 +93,17 @@ class FusionConfig:
         bad = set(self.forms) - {"op", "native"}
         if bad:
             raise ValueError(f"unknown pattern forms {sorted(bad)}; expected 'op' and/or 'native'")
-        supported = {str(d).replace("torch.", "") for d in qops.SUPPORTED_DTYPES}
+        supported = {str(d).replace("torch.", "") for d in catalog.INPUT_DTYPES}
         for name in self.dtypes:
             if not isinstance(getattr(torch, name, None), torch.dtype):
                 raise ValueError(f"unknown dtype name {name!r}")
             if name not in supported:
                 raise ValueError(f"dtype {name!r} is not supported by the fused kernels "
                                  f"(supported: {', '.join(sorted(supported))})")
-        bad = sorted(set(self.group_sizes) - set(kernel_inputs.FP8_GROUPS))
+        bad = sorted(set(self.group_sizes) - set(catalog.FP8_GROUP_SIZES))
         if bad:
             raise ValueError(f"group size(s) {bad} are not supported by the fused kernels "
-                             f"(supported: {', '.join(map(str, kernel_inputs.FP8_GROUPS))})")
+                             f"(supported: {', '.join(map(str, catalog.FP8_GROUP_SIZES))})")
 
     @property
     def torch_dtypes(self) -> tuple[torch.dtype, ...]:

@@ -13,6 +13,7 @@ import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from quantfuse.custom_ops import ops as qops
+from quantfuse.custom_ops import oracle
 from quantfuse.passes import debug
 from quantfuse.passes.config import FusionConfig
 from quantfuse.passes.report import (CACHE_HIT, CompileReport, NearMiss, PassReport, Rewrite,
@@ -53,28 +54,6 @@ def _installed(fusion: "FusionPass") -> bool:
         if isinstance(p, ComposedPass):
             stack.extend((p.first, p.second))
     return False
-
-
-@contextlib.contextmanager
-def _quiet_backend_choice():
-    """Tracing the patterns runs every op once on example tensors: without this the backend
-    oracle would log (and remember, so never log again) a choice for ops the model never calls."""
-    from quantfuse.custom_ops import oracle
-
-    logger = logging.getLogger("quantfuse.backend")
-    logged = set(getattr(oracle, "_logged", ()))
-    calls = getattr(oracle, "calls", None)
-    calls_before = calls.copy() if calls is not None else None
-    disabled, logger.disabled = logger.disabled, True
-    try:
-        yield
-    finally:
-        logger.disabled = disabled
-        if hasattr(oracle, "_logged"):
-            oracle._logged.intersection_update(logged)
-        if calls is not None:
-            calls.clear()
-            calls.update(calls_before)
 
 
 @functools.lru_cache(maxsize=1)
@@ -166,7 +145,7 @@ class FusionPass(CustomGraphPass):
         self._make_current()
         self._pending = None
         start = time.perf_counter()
-        with _quiet_backend_choice():
+        with oracle.untracked():
             pm_pass = act_quant.build_pass(self.config.pattern_key())
         report = PassReport(nodes_before=len(graph.nodes))
         dump_dir = debug.dump_dir(self.config)
