@@ -1,12 +1,16 @@
 """End-to-end FP8 MLP latency with and without quantfuse's pass (GPU).
 
-    python benchmarks/bench_mlp.py [--hidden 7168] [--inter 18432] [--tokens 1,16,...] [--out FILE]
+    python benchmarks/bench_mlp.py [--hidden 7168] [--inter 18432] [--layers 8] [--tokens 1,16,...]
+                                   [--out FILE] [--jsonl FILE]
 
 The model is ``examples/fp8_mlp.py``'s block written in plain PyTorch (bf16 gate_up,
 SiLU×Mul, FP8 1×128 group quant with column-major scales, block-scaled FP8 down
-projection through ``torch._scaled_mm``). Each token count is compiled without and
-with the pass (static shapes, as a serving engine's CUDA-graph buckets are) and timed
-as a CUDA-graph replay (median), so launch gaps do not hide the kernel time.
+projection through ``torch._scaled_mm``), ``--layers`` deep. Each token count is
+compiled without and with the pass (static shapes, as a serving engine's CUDA-graph
+buckets are) and timed two ways: as a CUDA-graph replay (median: kernel time, launch
+gaps hidden) and as plain calls (wall clock per forward, synchronised: what a model
+run without CUDA graphs pays, host cost included). ``host`` records time one eager call
+of the fused op against one native op on the same tensor.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quantfuse  # noqa: E402
 from fp8_mlp import Stack, scaled_mm_supported  # noqa: E402
 from quantfuse.custom_ops import oracle  # noqa: E402
@@ -28,15 +33,18 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=7168)
     p.add_argument("--inter", type=int, default=18432)
     p.add_argument("--tokens", default="1,16,64,256,1024,4096,8192")
+    p.add_argument("--layers", type=int, default=1)
     p.add_argument("--out")
+    p.add_argument("--jsonl", help="append JSON records (bench=mlp and bench=host)")
     args = p.parse_args()
     from triton.testing import do_bench_cudagraph
 
     torch.manual_seed(0)
     device = torch.device("cuda")
     use_mm = scaled_mm_supported(device)
-    model = Stack(1, args.hidden, args.inter, device, "native", use_mm).eval()
-    rows, skipped = [], []
+    model = Stack(args.layers, args.hidden, args.inter, device, "native", use_mm).eval()
+    rows, skipped, records = [], [], []
+    case = f"fp8 mlp x{args.layers}"
     with torch.no_grad():
         for t in [int(v) for v in args.tokens.split(",")]:
             x = torch.randn(t, args.hidden, device=device, dtype=torch.bfloat16)
@@ -48,24 +56,63 @@ def main() -> None:
                     fn = torch.compile(model, dynamic=False, options=opts)
                     fn(x)
                     if label == "with":
-                        assert len(quantfuse.last_report().rewrites) == 1, str(quantfuse.last_report())
+                        assert len(quantfuse.last_report().rewrites) == args.layers, str(quantfuse.last_report())
                         assert oracle.calls[("silu_and_mul_per_block_quant", "cuda")] >= 1, dict(oracle.calls)
                     times[label] = do_bench_cudagraph(lambda: fn(x), rep=200) * 1e3
+                    times[label + "_plain"] = plain_us(lambda: fn(x))
             except RuntimeError as e:  # cuBLAS's block-scaled GEMM rejects some shapes (T=1 on torch 2.11)
                 print(f"T={t}: skipped, the model does not run: {str(e).splitlines()[0][:160]}", flush=True)
                 skipped.append(t)
                 continue
-            rows.append((t, times["without"], times["with"]))
-            print(f"T={t}: without {times['without']:.1f} us, with {times['with']:.1f} us", flush=True)
-    lines = [f"FP8 MLP (hidden {args.hidden}, inter {args.inter}, scaled_mm={use_mm}), "
-             f"{torch.cuda.get_device_name()}, torch {torch.__version__}; CUDA-graph replay, median",
-             "", "| T | without pass (µs) | with pass (µs) | speedup |", "|---|---|---|---|"]
-    lines += [f"| {t} | {a:.1f} | {b:.1f} | {a / b:.3f}x |" for t, a, b in rows]
+            rows.append((t, times["without"], times["with"], times["without_plain"], times["with_plain"]))
+            for mode, key in (("cuda graph", ""), ("plain calls", "_plain")):
+                records.append(dict(bench="mlp", case=case, mode=mode, tokens=t, hidden=args.hidden,
+                                    intermediate=args.inter, without_pass_us=times["without" + key],
+                                    with_pass_us=times["with" + key]))
+            print(f"T={t}: without {times['without']:.1f} us, with {times['with']:.1f} us (graph); plain "
+                  f"{times['without_plain']:.1f} / {times['with_plain']:.1f} us", flush=True)
+            records.append(host_record(t, args.inter, case))
+    lines = [f"FP8 MLP x{args.layers} (hidden {args.hidden}, inter {args.inter}, scaled_mm={use_mm}), "
+             f"{torch.cuda.get_device_name()}, torch {torch.__version__}; CUDA-graph replay (median) and plain "
+             "calls (wall clock)", "",
+             "| T | graph without (µs) | graph with (µs) | speedup | plain without (µs) | plain with (µs) | speedup |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {t} | {a:.1f} | {b:.1f} | {a / b:.3f}x | {c:.1f} | {d:.1f} | {c / d:.3f}x |" for t, a, b, c, d in rows]
+    host = [r for r in records if r["bench"] == "host"]
+    lines += ["", "| eager call, T | fused op (µs) | torch.add on the input (µs) |", "|---|---|---|"]
+    lines += [f"| {r['tokens']} | {r['with_pass_us']:.1f} | {r['without_pass_us']:.1f} |" for r in host]
     lines += [f"| {t} | model does not run (block-scaled GEMM) | | |" for t in skipped]
     text = "\n".join(lines)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
+    if args.jsonl:
+        from bench_pairs import write_records
+
+        write_records(args.jsonl, records)
+
+
+def plain_us(fn, iters: int = 200) -> float:
+    """Wall-clock µs per call of ``fn`` run back to back and synchronised at the end."""
+    import time
+
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / iters * 1e6
+
+
+def host_record(tokens: int, inter: int, case: str) -> dict:
+    """One eager call of the fused op (its host path) against torch.add on the same input."""
+    x = torch.randn(tokens, 2 * inter, device="cuda", dtype=torch.bfloat16)
+    fused = torch.ops.quantfuse.silu_and_mul_per_block_quant
+    return dict(bench="host", case="eager silu_and_mul_per_block_quant(g=128)", mode="eager", tokens=tokens,
+                hidden=2 * inter, intermediate=inter, with_pass_us=plain_us(lambda: fused(x, 128)),
+                without_pass_us=plain_us(lambda: torch.add(x, x)))
 
 
 if __name__ == "__main__":

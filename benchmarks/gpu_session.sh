@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One device-machine call: install, build the CUDA extension (timed), then the stages named
+# in STAGES (default smoke,tests,pairs,mlp), logs and JSON Lines records under $OUT, the
+# short tables last.
+#   smoke     benchmarks/smoke_catalog_cuda.py (layouts, rounding, static FP8 in seconds)
+#   tests     pytest tests/gpu (GPU_TESTS overrides the paths, GPU_TEST_ARGS adds flags)
+#   pairs     bench_pairs.py over TOKENS x HIDDEN (PAIRS_ARGS adds flags) -> $OUT/pairs.jsonl
+#   baseline  the same cells on another checkout in ./_baseline (its own bench_pairs.py), same run
+#   layouts   bench_pairs.py over the gated layouts at LAYOUT_TOKENS
+#   mlp       bench_mlp.py: CUDA-graph replay and plain calls, with and without the pass
+set -o pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/quantfuse_out}; mkdir -p "$OUT"
+export QUANTFUSE_CACHE_DIR=${QUANTFUSE_CACHE_DIR:-/tmp/quantfuse_cache}
+export QF_COMMIT=${QF_COMMIT:-}
+STAGES=",${STAGES:-smoke,tests,pairs,mlp},"
+TOKENS=${TOKENS:-64,4096,16384}; HIDDEN=${HIDDEN:-2048,7168}
+has() { [[ "$STAGES" == *",$1,"* ]]; }
+python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH=$PWD:$PYTHONPATH
+{
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u
+  python3 - <<'PY'
+import logging, time
+logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+t = time.perf_counter()
+from quantfuse.custom_ops import cuda_backend
+ok = cuda_backend.is_available()
+print(f"cuda backend available={ok} in {time.perf_counter() - t:.1f} s; reason={cuda_backend.unavailable_reason()}")
+PY
+  if has smoke; then timeout 120 python3 benchmarks/smoke_catalog_cuda.py 2>&1 | tail -30; fi
+  if has tests; then
+    timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q -p no:cacheprovider -rf --durations=8 ${GPU_TESTS:-tests/gpu} \
+      $GPU_TEST_ARGS > "$OUT/pytest_gpu.txt" 2>&1; tail -45 "$OUT/pytest_gpu.txt"
+  fi
+  if has pairs; then
+    timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/bench_pairs.py --tokens $TOKENS --hidden $HIDDEN $PAIRS_ARGS \
+      --out "$OUT/pairs.md" --jsonl "$OUT/pairs.jsonl" 2>&1 | grep -v "^("
+  fi
+  if has baseline && [ -d _baseline ]; then
+    (cd _baseline && QUANTFUSE_CACHE_DIR=/tmp/quantfuse_cache_base timeout ${BENCH_TIMEOUT:-300} python3 \
+      benchmarks/bench_pairs.py --tokens $TOKENS --hidden $HIDDEN $PAIRS_ARGS --out "$OUT/baseline_pairs.md" 2>&1 \
+      | grep -v "^(")
+  fi
+  if has layouts; then
+    timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/bench_pairs.py --tokens ${LAYOUT_TOKENS:-4096,16384} \
+      --hidden $HIDDEN --layouts halves,separate,interleaved --schemes per_block_quant,mxfp4_quant,quant $PAIRS_ARGS \
+      --no-inductor --out "$OUT/layouts.md" --jsonl "$OUT/pairs.jsonl" 2>&1 | grep -v "^("
+  fi
+  if has mlp; then
+    timeout ${MLP_TIMEOUT:-240} python3 benchmarks/bench_mlp.py --layers ${MLP_LAYERS:-8} --hidden 7168 --inter 2048 \
+      --tokens ${MLP_TOKENS:-16,64,256,4096} --out "$OUT/mlp.md" --jsonl "$OUT/mlp.jsonl" 2>&1 | grep -v Warning
+  fi
+} 2>&1 | tee "$OUT/log.txt"
+echo; tail -3 "$OUT/pytest_gpu.txt" 2>/dev/null
+for f in pairs baseline_pairs layouts mlp; do [ -f "$OUT/$f.md" ] && { echo "== $f"; cat "$OUT/$f.md"; }; done
