@@ -101,13 +101,6 @@ class StepDtype(enum.Enum):
     INPUT = "input"  # computed in the 16-bit input dtype, then cast to fp32
 
 
-class ScaleForm(enum.Enum):
-    """How the scale is derived from the (floored) amax."""
-
-    DIV = "div"              # amax / qmax (a Python scalar: on CUDA torch multiplies by fp32(1/qmax))
-    MUL_RECIP = "mul_recip"  # amax * (1 / qmax), the reciprocal a literal
-
-
 class ApplyForm(enum.Enum):
     """How ``y`` is scaled before the cast."""
 
@@ -142,6 +135,10 @@ class ScaleLayout(enum.Enum):
 class Recipe:
     """A quantisation, as data: two recipes are equal exactly when they compute the same bits.
 
+    ``amax / qmax`` and ``amax * (1 / qmax)`` are one recipe: torch on CUDA divides a tensor
+    by a Python scalar as a multiply by the fp32 reciprocal (eager and Inductor alike), and
+    every backend, the torch reference included, computes that on every device.
+
     The defaults are the contract of the fused kernels (``docs/numerics.md``); every other
     value is a spelling real code writes, honoured bit for bit by the torch reference and
     by each backend whose ``supports`` says so.
@@ -154,7 +151,6 @@ class Recipe:
     floor_at: FloorAt = FloorAt.AMAX
     eps: float = 1e-10
     step_dtype: StepDtype = StepDtype.FP32
-    scale_form: ScaleForm = ScaleForm.DIV
     apply: ApplyForm = ApplyForm.DIV
     #: clamp to [-max, max] before the cast (absent: the cast saturates only where it would anyway)
     clamp: bool = True
@@ -433,9 +429,10 @@ SCHEMES = {s.key: s for s in (FP8_PER_GROUP, FP8_PER_TOKEN, FP8_STATIC, MXFP8, M
 
 # --- op entries --------------------------------------------------------------------------
 
-#: keyword-only inputs of every gated op: a second tensor for the SEPARATE layout, or the
-#: INTERLEAVED flag (neither: HALVES)
-GATED_INPUTS_SCHEMA = "*, Tensor? up=None, bool interleaved=False"
+#: the gated ops' inputs: a second tensor for the SEPARATE layout (positional: torch.library
+#: takes no keyword-only tensors) and, keyword-only, the INTERLEAVED flag (neither: HALVES)
+GATED_UP_SCHEMA = "Tensor? up=None"
+GATED_FLAG_SCHEMA = "bool interleaved=False"
 #: keyword-only recipe override of every quant op: "" (the scheme's recipe for the op's
 #: parameters) or :meth:`Recipe.spec` of the fields that differ (what the pass passes
 #: for a site written with other numerics)
@@ -456,10 +453,14 @@ class OpEntry:
         args = ["Tensor x"]
         if self.scheme is not None and self.scheme.params_schema:
             args.append(self.scheme.params_schema)
+        keyword = []
         if self.activation.gated:
-            args.append(GATED_INPUTS_SCHEMA)
+            args.append(GATED_UP_SCHEMA)
+            keyword.append(GATED_FLAG_SCHEMA)
         if self.scheme is not None:
-            args.append(RECIPE_SCHEMA if self.activation.gated else "*, " + RECIPE_SCHEMA)
+            keyword.append(RECIPE_SCHEMA)
+        if keyword:
+            args.append("*, " + ", ".join(keyword))
         outs = "(Tensor, Tensor)" if self.scheme is not None and self.scheme.returns_scale else "Tensor"
         return f"({', '.join(args)}) -> {outs}"
 

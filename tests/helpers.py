@@ -53,16 +53,17 @@ def count_targets(gm: torch.fx.GraphModule, *names: str) -> int:
 def fp8_step_close(q1, s1, q2, s2, max_fraction: float = 0.05) -> None:
     """Assert two FP8 group quantisations agree within the numerics contract.
 
-    Where the two sides round a 16-bit intermediate differently (eager and Inductor
-    already differ in ~3% of codes on native graphs), scales may differ by the
-    rounding of one activation value (relative 2^-7), or, for power-of-two scales
+    Where the two sides round 16-bit intermediates differently (eager and Inductor
+    already differ in ~3% of codes on native graphs; ``a * sigmoid(a) * b`` rounds three
+    times where the fused op rounds twice), scales may differ by the roundings of one
+    activation value (relative 2^-6: up to five half-ulps of bf16), or, for power-of-two scales
     whose amax sits on a binade edge, by exactly 2x in a few groups; dequantised values
     then agree within one E4M3 step of the larger scale.
     """
     assert q1.shape == q2.shape and s1.shape == s2.shape
     s1f, s2f = s1.float(), s2.float()
     ratio = s1f / s2f
-    close = torch.isclose(s1f, s2f, rtol=2 ** -7, atol=0, equal_nan=True)
+    close = torch.isclose(s1f, s2f, rtol=2 ** -6, atol=0, equal_nan=True)
     flipped = (ratio == 2) | (ratio == 0.5)
     assert bool((close | flipped).all()), (s1f - s2f).abs().max()
     assert flipped.float().mean().item() <= 0.02, "too many power-of-two scales differ"

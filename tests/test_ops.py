@@ -82,7 +82,7 @@ def test_oracle_uses_torch_on_cpu_and_counts_calls():
 def test_forced_backend_that_cannot_run_falls_back_with_a_warning(monkeypatch, caplog):
     monkeypatch.setenv(oracle.BACKEND_ENV, "cuda")
     oracle.calls.clear()
-    oracle._logged.clear()
+    oracle.clear_cache()
     with caplog.at_level(logging.WARNING, logger="quantfuse.backend"):
         q, s = qf.per_token_group_quant_fp8(torch.randn(2, 256), 128)
     assert oracle.calls == {("per_token_group_quant_fp8", "torch"): 1}
@@ -96,7 +96,7 @@ def test_unknown_forced_backend_is_an_error(monkeypatch):
 
 
 def test_backend_choice_is_logged_once(caplog):
-    oracle._logged.clear()
+    oracle.clear_cache()
     with caplog.at_level(logging.INFO, logger="quantfuse.backend"):
         for _ in range(3):
             qf.silu_and_mul(torch.randn(2, 64, dtype=torch.float16))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import quantfuse
+from quantfuse import catalog
 from corpus import NEAR_MISSES, STYLES, OpFormPairs
 from corpus import SliceSiluView as SliceSilu
 from helpers import count_targets, fp4_step_close, fp8_step_close, post_grad_graph
@@ -117,9 +118,7 @@ def test_native_fusions_limit_the_native_form():
     (the advice for machines without a CUDA toolchain) keeps exactly its pairs."""
     from corpus import Relu2MulPerToken, Relu2Mxfp4Floor, Relu2Mxfp8Floor, Relu2SquareGroup, SiluMxfp8Rceil, SiluPerToken
 
-    assert set(quantfuse.FusionConfig().native_fusions) == {
-        (act, scheme) for act in ("silu_and_mul", "relu2")
-        for scheme in ("fp8_per_group", "fp8_per_token", "mxfp8", "mxfp4")}
+    assert set(quantfuse.FusionConfig().native_fusions) == set(catalog.PAIRS)
     only_silu = quantfuse.FusionConfig(native_fusions=(("silu_and_mul", "fp8_per_group"),))
     triton = quantfuse.FusionConfig(native_fusions=quantfuse.passes.PROFITABLE_NATIVE_TRITON)
     for style, default, restricted, on_triton in ((Relu2SquareGroup, 1, 0, 0), (Relu2Mxfp8Floor, 1, 0, 1),

@@ -1,13 +1,15 @@
-"""Backend oracle: which implementation runs an op call.
+"""Backend oracle: which implementation runs a planned op call.
 
-Order of preference is ``cuda`` (compiled ``csrc`` kernels), ``triton``, then
-``torch`` (the reference maths, any device).  A backend is skipped when it is not
-available (no GPU, no toolchain, failed build) or does not support the exact
-parameters.  ``QUANTFUSE_BACKEND=cuda|triton|torch`` puts one backend first; if it
-cannot run a call, the oracle warns once and falls back instead of crashing.
+Order of preference is ``cuda`` (compiled ``csrc`` kernels), ``triton``, then ``torch``
+(the reference maths, any device). A backend is skipped when it is not available (no
+GPU, no toolchain, failed build) or does not support the plan (its ``supports`` gives the
+reason). ``QUANTFUSE_BACKEND=cuda|triton|torch`` puts one backend first; if it cannot run a
+call, the oracle warns once and falls back instead of crashing.
 
-Each (op, backend, parameters) choice is logged once on the ``quantfuse.backend``
-logger and counted in :data:`calls`, which tests use to assert what ran.
+The choice depends only on the plan's key (:attr:`CallPlan.key`), so it is made once per
+key and cached: the per-call cost is one dict lookup. Each choice is logged once on the
+``quantfuse.backend`` logger and every call counted in :data:`calls`, which tests use to
+assert what ran.
 """
 
 from __future__ import annotations
@@ -18,23 +20,20 @@ import logging
 import os
 from types import ModuleType
 
-import torch
+from quantfuse.custom_ops.plan import CallPlan
 
 log = logging.getLogger("quantfuse.backend")
 
 BACKEND_ENV = "QUANTFUSE_BACKEND"
 ORDER = ("cuda", "triton", "torch")
-#: each backend's modules, in order; a module that does not know an op says so in
-#: ``unsupported_reason`` and the next one is asked
-_MODULES = {
-    "cuda": ("quantfuse.custom_ops.cuda_backend",),
-    "triton": ("quantfuse.custom_ops.triton_backend", "quantfuse.custom_ops.triton_schemes"),
-}
+#: the module of each kernel backend (the protocol: quantfuse.custom_ops.plan)
+MODULES = {"cuda": "quantfuse.custom_ops.cuda_backend", "triton": "quantfuse.custom_ops.triton_schemes"}
 
 #: Counter of ``(op, backend)`` -> number of calls, for tests and debugging.
 calls: collections.Counter = collections.Counter()
-_logged: set = set()
 _loaded: dict[str, ModuleType | None] = {}
+#: (preference, plan key) -> (backend name, module or None)
+_choices: dict[tuple, tuple[str, ModuleType | None]] = {}
 
 
 def _load(module: str) -> ModuleType | None:
@@ -57,44 +56,53 @@ def preference() -> tuple[str, ...]:
     return (forced,) + tuple(b for b in ORDER if b != forced)
 
 
-def _module_for(backend: str, op: str, x: torch.Tensor, group_size: int | None) -> tuple[ModuleType | None, str | None]:
-    """The module of ``backend`` that runs this call, or (None, why not)."""
+def reason_unsupported(backend: str, plan: CallPlan) -> str | None:
+    """Why ``backend`` cannot run this plan, or None if it can."""
     if backend == "torch":
-        return None, None
-    if x.device.type != "cuda":
-        return None, f"input is on {x.device.type}, the {backend} backend needs CUDA"
-    reasons = []
-    for name in _MODULES[backend]:
-        mod = _load(name)
-        if mod is None or not mod.is_available():
-            reasons.append(f"{name.rsplit('.', 1)[-1]} is not available on this machine")
-            continue
-        why = mod.unsupported_reason(op, x, group_size)
-        if why is None:
-            return mod, None
-        reasons.append(why)
-    return None, "; ".join(reasons)
+        return None
+    if plan.device_type != "cuda":
+        return f"input is on {plan.device_type}, the {backend} backend needs CUDA"
+    mod = _load(MODULES[backend])
+    if mod is None or not mod.is_available():
+        return f"the {backend} backend is not available on this machine"
+    return mod.supports(plan)
 
 
-def reason_unsupported(backend: str, op: str, x: torch.Tensor, group_size: int | None) -> str | None:
-    """Why ``backend`` cannot run this call, or None if it can."""
-    return _module_for(backend, op, x, group_size)[1]
-
-
-def choose(op: str, x: torch.Tensor, group_size: int | None = None) -> tuple[str, ModuleType | None]:
-    """Pick the backend for one call; returns ``(name, module)`` (module None for torch)."""
-    order = preference()
+def _decide(order: tuple[str, ...], plan: CallPlan) -> tuple[str, ModuleType | None]:
     for name in order:
-        mod, why = _module_for(name, op, x, group_size)
-        key = (op, name, x.dtype, x.device.type, group_size)
+        why = reason_unsupported(name, plan)
         if why is None:
-            if key not in _logged:
-                _logged.add(key)
-                log.info("%s: using the %s backend (dtype=%s, device=%s, group_size=%s)",
-                         op, name, x.dtype, x.device.type, group_size)
-            calls[(op, name)] += 1
-            return name, mod
-        if name == order[0] and os.environ.get(BACKEND_ENV) and key not in _logged:
-            _logged.add(key)
-            log.warning("%s: %s=%s cannot run this call (%s); falling back", op, BACKEND_ENV, name, why)
+            log.info("%s: using the %s backend (dtype=%s, device=%s, recipe=%s, layout=%s)", plan.entry.name, name,
+                     plan.dtype, plan.device_type, plan.recipe, plan.layout.value)
+            return name, (None if name == "torch" else _load(MODULES[name]))
+        if name == order[0] and os.environ.get(BACKEND_ENV):
+            log.warning("%s: %s=%s cannot run this call (%s); falling back", plan.entry.name, BACKEND_ENV, name, why)
+        else:
+            log.debug("%s: not the %s backend: %s", plan.entry.name, name, why)
     raise AssertionError("unreachable: the torch backend supports everything")
+
+
+def _choice(plan: CallPlan) -> tuple[str, ModuleType | None]:
+    order = preference()
+    key = (order, plan.key)
+    choice = _choices.get(key)
+    if choice is None:
+        choice = _choices[key] = _decide(order, plan)
+    return choice
+
+
+def choose(plan: CallPlan) -> ModuleType | None:
+    """The backend module that runs this plan (None: the torch reference); counts the call."""
+    name, mod = _choice(plan)
+    calls[(plan.entry.name, name)] += 1
+    return mod
+
+
+def backend_name(plan: CallPlan) -> str:
+    """Name of the backend that runs this plan (not counted as a call)."""
+    return _choice(plan)[0]
+
+
+def clear_cache() -> None:
+    """Forget the cached choices (tests that change availability or the environment)."""
+    _choices.clear()

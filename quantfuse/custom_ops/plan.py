@@ -23,6 +23,7 @@ import dataclasses
 import math
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from quantfuse import catalog
 from quantfuse.catalog import Activation, Layout, OpEntry, Recipe, ScaleLayout
@@ -137,10 +138,9 @@ def check_tensor(op: str, name: str, t, like: torch.Tensor | None = None) -> Non
 
 
 def _aligned(*tensors) -> bool:
-    try:
-        return all(t is None or t.numel() == 0 or t.data_ptr() % 16 == 0 for t in tensors)
-    except Exception:  # noqa: BLE001 - fake / meta tensors have no pointer
-        return False
+    if any(isinstance(t, FakeTensor) or (t is not None and t.device.type == "meta") for t in tensors):
+        return False  # no pointer at trace time; the real call plans again
+    return all(t is None or t.numel() == 0 or t.data_ptr() % 16 == 0 for t in tensors)
 
 
 def make_plan(entry: OpEntry, x, params: tuple = (), kwargs: dict | None = None, *, up=None,

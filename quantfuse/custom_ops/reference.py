@@ -1,31 +1,52 @@
-"""Plain-torch reference maths for every quantfuse op (the numerics contract).
+"""Plain-torch reference maths for every quantfuse op: the numerics contract, as code.
 
-These functions run on any device and any torch version, and are the ``torch``
-backend of the ops in :mod:`quantfuse.custom_ops.ops`.  They are also exported as
-``quantfuse.reference`` so users can check a kernel against them.
-
-Contract (DESIGN.md, "Numerics"): all arithmetic in fp32;
-``amax = max(max|y| over the group, 1e-10)``; ``scale = amax * fp32(1/448)``; UE8M0 mode
-rounds the scale up to a power of two; ``q = e4m3(clamp(y / scale, -448, 448))``.
-The fused op rounds the activation to the input dtype before quantising, so fused
-and unfused results agree bit for bit.
+These functions run on any device and are the ``torch`` backend of the ops in
+:mod:`quantfuse.custom_ops.ops`; ``import quantfuse.reference`` exposes them so users can
+check a kernel against them. The contract (``docs/numerics.md``): every op equals eager
+PyTorch running the code it replaces, roundings included. The facts (formats, maxima,
+block sizes) come from :mod:`quantfuse.catalog`; a quantisation is a
+:class:`~quantfuse.catalog.Recipe` and :func:`quantize` computes any of them.
 """
 
 from __future__ import annotations
 
 import torch
 
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = 448.0
-EPS = 1e-10
+from quantfuse import catalog
+from quantfuse.catalog import ApplyForm, FloorAt, Grouping, MxRounding, Recipe, ScaleLayout, StepDtype, Ue8m0
+
+FP8_DTYPE = catalog.E4M3.dtype
+FP8_MAX = catalog.E4M3.max
+EPS = catalog.FP8_PER_GROUP.base.eps
+MX_BLOCK = catalog.MX_BLOCK
+E8M0_BIAS = catalog.E8M0_BIAS
+E8M0_NAN = catalog.E8M0_NAN
+SCALE_ROUNDINGS = tuple(r.value for r in MxRounding)
 
 
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """``silu(x[..., :d]) * x[..., d:]`` computed in fp32, returned in ``x.dtype``."""
+def gate_up(x: torch.Tensor, up: torch.Tensor | None = None, interleaved: bool = False):
+    """(gate, up) of a gated activation's input in each :class:`~quantfuse.catalog.Layout`:
+    two tensors, interleaved columns ``x[..., ::2]`` / ``x[..., 1::2]``, or the halves."""
+    if up is not None:
+        return x, up
+    if interleaved:
+        return x[..., 0::2], x[..., 1::2]
     d = x.shape[-1] // 2
-    xf = x.float()
-    gate, up = xf[..., :d], xf[..., d:]
-    return (gate / (1.0 + torch.exp(-gate)) * up).to(x.dtype)
+    return x[..., :d], x[..., d:]
+
+
+def silu_and_mul(x: torch.Tensor, up: torch.Tensor | None = None, interleaved: bool = False) -> torch.Tensor:
+    """``F.silu(gate) * up`` exactly as eager computes it (``catalog.ActRounding.SILU_THEN_MUL``):
+    silu in fp32 rounded to ``x.dtype``, then the product rounded again (16-bit inputs)."""
+    g, u = gate_up(x, up, interleaved)
+    gf = g.float()
+    s = (gf / (1.0 + torch.exp(-gf))).to(x.dtype)
+    return (s.float() * u.float()).to(x.dtype)
+
+
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    """Squared ReLU ``relu(x) ** 2`` (non-gated), fp32 maths, output in ``x.dtype``."""
+    return torch.relu(x.float()).square().to(x.dtype)
 
 
 def ue8m0_ceil(scale: torch.Tensor) -> torch.Tensor:
@@ -42,19 +63,43 @@ def ue8m0_ceil(scale: torch.Tensor) -> torch.Tensor:
     return torch.where(finite_pos, exact, torch.exp2(torch.ceil(torch.log2(scale))))
 
 
-def group_scales(y32: torch.Tensor, use_ue8m0: bool) -> torch.Tensor:
-    """Per-group fp32 scales for a ``[..., G, group]`` fp32 tensor, shape ``[..., G]``.
+def _recip(qmax: float, like: torch.Tensor) -> torch.Tensor:
+    # fp32(1 / qmax): what torch on CUDA multiplies by for `t / qmax` (see catalog.Recipe)
+    return torch.full_like(like, 1.0 / qmax, dtype=torch.float32)
 
-    NaN anywhere in a group makes that group's scale NaN (torch's amax propagates
-    NaN; kernels must do the same).
-    """
-    amax = y32.abs().amax(dim=-1).clamp_min(EPS)
-    # `amax / 448` is what models write, and what torch on CUDA (eager, for a scalar
-    # divisor, and Inductor, for a constant one) computes as a multiply by fp32(1/448);
-    # on the CPU it is a true division.  The contract is the multiply, on every device,
-    # so that the fused op reproduces native CUDA graphs' scales bit for bit.
-    scale = amax * torch.full_like(amax, 1.0 / FP8_MAX)
-    return ue8m0_ceil(scale) if use_ue8m0 else scale
+
+def _ue8m0(scale: torch.Tensor, form: Ue8m0) -> torch.Tensor:
+    if form is Ue8m0.EXACT:
+        return ue8m0_ceil(scale)
+    if form is Ue8m0.EXP2_CEIL_LOG2:
+        return torch.exp2(torch.ceil(torch.log2(scale)))
+    return scale
+
+
+def fp8_scales(yg: torch.Tensor, r: Recipe) -> torch.Tensor:
+    """fp32 scales ``[..., G, 1]`` of grouped values ``[..., G, g]`` (input dtype) for an FP8 recipe.
+
+    NaN anywhere in a group makes its scale NaN (torch's amax propagates NaN)."""
+    work = yg.float() if r.step_dtype is StepDtype.FP32 else yg
+    amax = work.abs().amax(dim=-1, keepdim=True)
+    if r.floor_at is FloorAt.AMAX:
+        amax = amax.clamp_min(r.eps)
+    scale = (amax.float() * _recip(r.element.max, amax)).to(work.dtype)
+    if not r.ue8m0_after_floor:
+        scale = _ue8m0(scale, r.ue8m0)
+    if r.floor_at is FloorAt.SCALE:
+        scale = scale.clamp_min(r.eps)
+    if r.ue8m0_after_floor:
+        scale = _ue8m0(scale, r.ue8m0)
+    return scale.float()
+
+
+def _apply_fp8(yg: torch.Tensor, scale: torch.Tensor, r: Recipe) -> torch.Tensor:
+    v = yg.float()
+    v = v / scale if r.apply is ApplyForm.DIV else v * scale.reciprocal()
+    if r.clamp:
+        v = v.clamp(-r.element.max, r.element.max)
+    return v.to(r.element.dtype)
 
 
 def _alloc_scales(lead: tuple[int, ...], groups: int, device, column_major: bool) -> torch.Tensor:
@@ -64,62 +109,53 @@ def _alloc_scales(lead: tuple[int, ...], groups: int, device, column_major: bool
     return torch.empty((*lead, groups), dtype=torch.float32, device=device)
 
 
-def per_token_group_quant_fp8(
-    x: torch.Tensor,
-    group_size: int,
-    column_major_scales: bool = False,
-    use_ue8m0: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize(y: torch.Tensor, r: Recipe, scale: torch.Tensor | None = None):
+    """Quantise ``y [..., H]`` with any recipe of the catalog.
+
+    Returns ``(q, s)`` in the layouts of the ops, or ``q`` alone for a static recipe
+    (``scale``: its one-element fp32 scale)."""
+    if r.mx:
+        return _mx_quantize(y, r)
+    *lead, hidden = y.shape
+    if r.static:
+        return _apply_fp8(y, scale.reshape(()).float(), r)
+    g = hidden if r.grouping is Grouping.PER_TOKEN else r.group_size
+    yg = y.reshape(*lead, hidden // g, g)
+    s = fp8_scales(yg, r)
+    q = _apply_fp8(yg, s, r).reshape(y.shape)
+    out = _alloc_scales(tuple(lead), hidden // g, y.device, r.scale_layout is ScaleLayout.COLUMN_MAJOR)
+    out.copy_(s.squeeze(-1))
+    return q, out
+
+
+def per_token_group_quant_fp8(x: torch.Tensor, group_size: int, column_major_scales: bool = False,
+                              use_ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic FP8 E4M3 quantisation in groups of ``group_size`` along the last dim.
 
     Returns ``(q, s)``: ``q`` has ``x``'s shape in float8_e4m3fn, ``s`` is fp32
     ``[..., H // group_size]`` (column-major storage when ``column_major_scales``).
     """
-    *lead, hidden = x.shape
-    groups = hidden // group_size
-    y32 = x.float().reshape(*lead, groups, group_size)
-    scale = group_scales(y32, use_ue8m0)
-    q = (y32 / scale.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    s = _alloc_scales(tuple(lead), groups, x.device, column_major_scales)
-    s.copy_(scale)
-    return q.reshape(x.shape), s
-
-
-def silu_and_mul_per_block_quant(
-    x: torch.Tensor,
-    group_size: int,
-    column_major_scales: bool = False,
-    use_ue8m0: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused ``per_token_group_quant_fp8(silu_and_mul(x), ...)``.
-
-    The activation is rounded to ``x.dtype`` before quantising (DESIGN.md,
-    "Intermediate rounding"), so the result equals the unfused pair bit for bit.
-    """
-    return per_token_group_quant_fp8(silu_and_mul(x), group_size, column_major_scales, use_ue8m0)
-
-
-# --- more activations and schemes (issue: every activation × scheme pair) ----------------
-
-def relu2(x: torch.Tensor) -> torch.Tensor:
-    """Squared ReLU ``relu(x) ** 2`` (non-gated), fp32 maths, output in ``x.dtype``."""
-    return torch.relu(x.float()).square().to(x.dtype)
+    return quantize(x, catalog.FP8_PER_GROUP.recipe(group_size, column_major_scales, use_ue8m0))
 
 
 def per_token_quant_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dynamic FP8 E4M3 quantisation with one scale per token: ``(q, s[..., 1])``.
-
-    The same maths as :func:`per_token_group_quant_fp8` with one group per row.
-    """
-    return per_token_group_quant_fp8(x, x.shape[-1])
+    """Dynamic FP8 E4M3 quantisation with one scale per token: ``(q, s[..., 1])``."""
+    return quantize(x, catalog.FP8_PER_TOKEN.base)
 
 
-MX_BLOCK = 32
-E8M0_BIAS = 127
-E8M0_NAN = 0xFF
-#: element format -> (largest magnitude, exponent of the largest binade)
-MX_ELEMENTS = {"e4m3": (448.0, 8), "e2m1": (6.0, 2)}
-SCALE_ROUNDINGS = ("floor", "rceil")
+def static_scaled_fp8_quant(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Static FP8 E4M3 quantisation with a one-element fp32 ``scale``: ``e4m3(clamp(x / scale))``."""
+    return quantize(x, catalog.FP8_STATIC.base, scale)
+
+
+def silu_and_mul_per_block_quant(x: torch.Tensor, group_size: int, column_major_scales: bool = False,
+                                 use_ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused ``per_token_group_quant_fp8(silu_and_mul(x), ...)``: the unfused pair, bit for bit."""
+    return per_token_group_quant_fp8(silu_and_mul(x), group_size, column_major_scales, use_ue8m0)
+
+
+#: element format name -> (largest magnitude, exponent of the largest binade)
+MX_ELEMENTS = {e.name: (e.max, e.emax) for e in catalog.ELEMENTS}
 
 
 def _ceil_log2(v: torch.Tensor) -> torch.Tensor:
@@ -175,10 +211,11 @@ def swizzle_128x4(s: torch.Tensor) -> torch.Tensor:
     """
     s2 = s.reshape(-1, s.shape[-1])
     t, g = s2.shape
-    tp, gp = -(-t // 128) * 128, -(-g // 4) * 4
+    rows, cols = catalog.SWIZZLE_ROWS, catalog.SWIZZLE_COLS
+    tp, gp = -(-t // rows) * rows, -(-g // cols) * cols
     padded = torch.nn.functional.pad(s2, (0, gp - g, 0, tp - t))  # zero bytes; one kernel
     # [row block, r // 32, r % 32, col block, c] -> [row block, col block, r % 32, r // 32, c]
-    return padded.view(tp // 128, 4, 32, gp // 4, 4).permute(0, 3, 2, 1, 4).reshape(tp, gp)
+    return padded.view(tp // rows, rows // 32, 32, gp // cols, cols).permute(0, 3, 2, 1, 4).reshape(tp, gp)
 
 
 def _mx_scales(exp: torch.Tensor, bad: torch.Tensor, swizzled: bool) -> torch.Tensor:
@@ -226,3 +263,9 @@ def mxfp4_quant(x: torch.Tensor, scale_rounding: str = "rceil",
     codes = e2m1_codes(_scaled_blocks(x, exp))
     codes = torch.where(bad.unsqueeze(-1), torch.zeros_like(codes), codes).flatten(-2)
     return codes[..., 0::2] | (codes[..., 1::2] << 4), _mx_scales(exp, bad, is_sf_swizzled_layout)
+
+
+def _mx_quantize(y: torch.Tensor, r: Recipe):
+    swizzled = r.scale_layout is ScaleLayout.SWIZZLED
+    fn = mxfp8_quant if r.element is catalog.E4M3 else mxfp4_quant
+    return fn(y, r.mx_rounding.value, swizzled)

@@ -258,7 +258,8 @@ def read(spec, match, traced: dict[Node, Node], part_of: dict[Node, str], config
     y = activation_output(traced, part_of)
     if spec.form == "op":
         (quant,) = [n for n in scheme_nodes if n.target is not operator.getitem]
-        params = {k: v for k, v in bind_args(quant).items() if k != "x"}
+        # a recipe override travels to the fused op; the default ("") is left out of the report
+        params = {k: v for k, v in bind_args(quant).items() if k != "x" and not (k == "recipe" and not v)}
         _check_op_params(spec.scheme, params, config)
         return SiteParams(x, y, params), {y: "activation output"}
     yv = _val(y)
