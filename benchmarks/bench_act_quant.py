@@ -34,7 +34,9 @@ import torch.nn.functional as F
 import triton
 import triton.testing
 
+from quantfuse import catalog
 from quantfuse.custom_ops import cuda_backend, triton_backend
+from quantfuse.custom_ops.plan import make_plan
 
 FP8 = torch.float8_e4m3fn
 L2_BYTES = 50 * 2**20
@@ -122,14 +124,16 @@ def bench_one(tokens, hidden, group, column_major, ue8m0, compiled, results_unro
     s = scales()
     y = torch.empty(tokens, hidden, dtype=torch.bfloat16, device="cuda")
     row = {}
-    row["cuda"] = time_fn(
-        lambda i: cuda_backend.silu_and_mul_per_block_quant(q, s, xs[i], group, ue8m0), n, small)
+    fused_plan = make_plan(catalog.OPS["silu_and_mul_per_block_quant"], xs[0], (group, column_major, ue8m0))
+    act_plan = make_plan(catalog.OPS["silu_and_mul"], xs[0])
+    quant_plan = make_plan(catalog.OPS["per_token_group_quant_fp8"], y, (group, column_major, ue8m0))
+    row["cuda"] = time_fn(lambda i: cuda_backend.run(fused_plan, (q, s), xs[i], None, None), n, small)
     row["triton"] = time_fn(
         lambda i: triton_backend.silu_and_mul_per_block_quant(q, s, xs[i], group, ue8m0), n, small)
 
     def unfused(i):
-        cuda_backend.silu_and_mul(y, xs[i])
-        cuda_backend.per_token_group_quant_fp8(q, s, y, group, ue8m0)
+        cuda_backend.run(act_plan, (y,), xs[i], None, None)
+        cuda_backend.run(quant_plan, (q, s), y, None, None)
 
     row["unfused"] = time_fn(unfused, n, small)
     # a plain device copy moving the same bytes (read + write = fused bytes): what a
@@ -147,9 +151,11 @@ def bench_one(tokens, hidden, group, column_major, ue8m0, compiled, results_unro
     if results_unroll is not None:
         m = cuda_backend._mod()
         st, sg = s.stride()
+        codes = catalog.codes()
+        args = (codes["act_silu_and_mul"], codes["scheme_fp8_per_group"], codes["layout_halves"])
         for u, bps in UNROLL_SWEEP:
             results_unroll[(u, bps)] = time_fn(
-                lambda i: m.silu_and_mul_per_block_quant(q, s, xs[i], group, ue8m0, st, sg, u, bps),
+                lambda i: m.act_quant(*args, q, s, xs[i], None, None, group, ue8m0, False, st, sg, False, u, bps),
                 n, small)
     del xs
     return row, fused_bytes

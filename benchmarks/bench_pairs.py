@@ -2,6 +2,7 @@
 
     python benchmarks/bench_pairs.py [--tokens 64,4096,16384] [--hidden 2048,7168] [--out FILE]
                                      [--no-inductor] [--no-triton] [--dtype float16]
+                                     [--layouts halves,separate,interleaved] [--jsonl FILE]
     QUANTFUSE_PDL=1 python benchmarks/bench_pairs.py ...   # CUDA kernels with PDL (opt-in)
 
 For each pair and size: median time of the fused op (whatever backend the oracle picks,
@@ -9,13 +10,17 @@ named in the table), of the same op forced onto the Triton backend, of the unfus
 activation op then quant op, and of Inductor's compiled code for the plain-PyTorch
 spelling (static shapes, no quantfuse pass), with bytes moved and the percentage of the
 device-to-device copy bandwidth measured in the same run.
-Inputs are fresh random data, rotated when they would fit in L2.
+Inputs are fresh random data, rotated when they would fit in L2. The cells (pairs,
+parameters, bytes) come from the catalog; ``--jsonl`` appends one record per cell.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,14 +31,33 @@ import quantfuse  # noqa: E402,F401
 from quantfuse.custom_ops import oracle  # noqa: E402
 from quantfuse.patterns import native  # noqa: E402
 
+from quantfuse import catalog  # noqa: E402
+
 qf = torch.ops.quantfuse
-SCHEMES = {  # suffix -> (unfused op, args, native spelling or None, output bytes per element, scale bytes)
-    "per_block_quant": ("per_token_group_quant_fp8", (128,), ("fp8_per_group", "scale=fp32"), 1.0, 4 / 128),
-    "per_token_quant_fp8": ("per_token_quant_fp8", (), ("fp8_per_token", "amax/448"), 1.0, 0.0),
-    "mxfp8_quant": ("mxfp8_quant", ("rceil",), ("mxfp8", "rceil"), 1.0, 1 / 32),
-    "mxfp4_quant": ("mxfp4_quant", ("rceil",), ("mxfp4", "rceil"), 0.5, 1 / 32),
-}
-ACTS = {"silu_and_mul": ("split,F.silu", 2), "relu2": ("relu.square", 1)}
+#: the plain-PyTorch spelling Inductor compiles for each scheme and activation (a
+#: benchmark choice: patterns/native.py holds the spellings)
+NATIVE_SCHEME = {"fp8_per_group": "scale=fp32", "fp8_per_token": "amax/448", "mxfp8": "rceil", "mxfp4": "rceil"}
+NATIVE_ACT = {"silu_and_mul": "split,F.silu", "relu2": "relu.square"}
+
+
+def cell_args(scheme: catalog.Scheme, swizzled: bool) -> tuple:
+    """The quant op's arguments of a cell: the scheme's defaults (group 128, rceil), a
+    static scale tensor, the swizzled MX layout on request."""
+    args = [torch.tensor([0.05], device="cuda")] if scheme.tensor_inputs else []
+    for p in scheme.params:
+        if not p.has_default:
+            args.append(p.example)
+    if swizzled and scheme.base.mx:
+        args += [scheme.base.mx_rounding.value, True]
+    return tuple(args)
+
+
+def cell_bytes(scheme: catalog.Scheme, act: catalog.Activation, tokens: int, hidden: int, in_bytes: int) -> float:
+    """Minimum bytes a fused cell moves: the input, the encoded output and the scales."""
+    r = scheme.base
+    n_in = hidden * (2 if act.gated else 1)
+    scales = 0 if r.static else r.groups(hidden) * r.scale_dtype.itemsize
+    return tokens * (n_in * in_bytes + r.q_width(hidden) + scales)
 
 
 def bench(fn, rotate):
@@ -84,7 +108,10 @@ def main() -> None:
     p.add_argument("--out")
     p.add_argument("--no-inductor", action="store_true")
     p.add_argument("--no-triton", action="store_true")
-    p.add_argument("--schemes", default=",".join(SCHEMES), help="fused-op suffixes to run")
+    p.add_argument("--schemes", default=",".join(s.fused_suffix for s in catalog.SCHEMES.values()),
+                   help="fused-op suffixes to run")
+    p.add_argument("--layouts", default="halves", help="gated input layouts (catalog.Layout values)")
+    p.add_argument("--jsonl", help="append one JSON record per cell (with device, versions, commit, command)")
     p.add_argument("--swizzled", action="store_true",
                    help="MX scales in the 128x4 tiled layout (is_sf_swizzled_layout=True; Inductor's "
                         "native graph stays row-major)")
@@ -96,48 +123,63 @@ def main() -> None:
     # the time between back-to-back graph nodes: a one-element fill per replay step
     floor = bench(lambda t: t.fill_(1.0), [torch.empty(1, device="cuda") for _ in range(2)])
     pdl = os.environ.get("QUANTFUSE_PDL", "") == "1" and torch.cuda.get_device_capability()[0] >= 9
-    rows = []
-    for act, (spelling, widen) in ACTS.items():
-        for suffix, (unfused, qargs, nat, out_b, s_b) in SCHEMES.items():
-            if suffix not in args.schemes.split(","):
-                continue
-            if args.swizzled and suffix.startswith("mx"):
-                qargs = (*qargs, True)
-            fused = getattr(qf, f"{act}_{suffix}")
-            act_op, quant_op = getattr(qf, act), getattr(qf, unfused)
-            native_fn = None
-            if nat:
-                a_fn = native.ACTIVATION_SPELLINGS[act][spelling]
-                s_fn = native.SCHEME_SPELLINGS[nat[0]][nat[1]]
-                native_fn = lambda x, a_fn=a_fn, s_fn=s_fn: s_fn(a_fn(x))  # noqa: E731
+    rows, records = [], []
+    layouts = [catalog.Layout(v) for v in args.layouts.split(",")]
+    for act_name, scheme_key in catalog.PAIRS:
+        act, scheme = catalog.ACTIVATIONS[act_name], catalog.SCHEMES[scheme_key]
+        if scheme.fused_suffix not in args.schemes.split(","):
+            continue
+        qargs = cell_args(scheme, args.swizzled)
+        name = catalog.fused_op_name(act_name, scheme_key)
+        fused = getattr(qf, name)
+        act_op, quant_op = getattr(qf, act_name), getattr(qf, scheme.unfused_name)
+        native_fn = None
+        if scheme_key in NATIVE_SCHEME:
+            a_fn = native.ACTIVATION_SPELLINGS[act_name][NATIVE_ACT[act_name]]
+            s_fn = native.SCHEME_SPELLINGS[scheme_key][NATIVE_SCHEME[scheme_key]]
+            native_fn = lambda x, a_fn=a_fn, s_fn=s_fn: s_fn(a_fn(x))  # noqa: E731
+        for layout in (layouts if act.gated else [catalog.Layout.HALVES]):
             for t in [int(v) for v in args.tokens.split(",")]:
                 for h in [int(v) for v in args.hidden.split(",")]:
-                    n_in = h * widen
-                    nbytes = t * (n_in * 2 + h * out_b + h * s_b)
+                    nbytes = cell_bytes(scheme, act, t, h, dtype.itemsize)
                     copies = rotation_copies(nbytes)
+                    n_in = h * (2 if act.gated else 1)
                     xs = [torch.randn(t, n_in, device="cuda", dtype=dtype) * 3 for _ in range(copies)]
+                    if layout is catalog.Layout.SEPARATE:
+                        xs = [(x[:, :h].contiguous(), x[:, h:].contiguous()) for x in xs]
+                        call = lambda x: fused(x[0], *qargs, up=x[1])  # noqa: E731
+                    elif layout is catalog.Layout.INTERLEAVED:
+                        call = lambda x: fused(x, *qargs, interleaved=True)  # noqa: E731
+                    else:
+                        call = lambda x: fused(x, *qargs)  # noqa: E731
                     oracle.calls.clear()
-                    fused(xs[0], *qargs)
-                    backend = next(b for (o, b) in oracle.calls if o == f"{act}_{suffix}")
-                    t_fused = bench(lambda x: fused(x, *qargs), xs)
-                    t_unfused = bench(lambda x: quant_op(act_op(x), *qargs), xs)
+                    call(xs[0])
+                    backend = next(b for (o, b) in oracle.calls if o == name)
+                    t_fused = bench(call, xs)
+                    halves = layout is catalog.Layout.HALVES
+                    t_unfused = bench(lambda x: quant_op(act_op(x), *qargs), xs) if halves else float("nan")
                     t_tri = float("nan")
                     if not args.no_triton:
                         os.environ[oracle.BACKEND_ENV] = "triton"
                         try:
-                            t_tri = bench(lambda x: fused(x, *qargs), xs)
+                            t_tri = bench(call, xs)
                         finally:
                             del os.environ[oracle.BACKEND_ENV]
                     t_ind = float("nan")
-                    if native_fn is not None and not args.no_inductor:
+                    if native_fn is not None and not args.no_inductor and halves:
                         torch._dynamo.reset()
                         compiled = torch.compile(native_fn, dynamic=False)
                         compiled(xs[0])
                         t_ind = bench(compiled, xs)
                     t_copy = same_bytes_copy(int(nbytes), copies)
                     pct = lambda us: nbytes / (us * 1e-6) / 1e9 / bw  # noqa: E731
-                    rows.append((act, suffix, t, h, backend, t_fused, pct(t_fused), pct(t_tri), t_unfused, t_ind,
+                    pair = f"{name}[{layout.value}]" if act.gated else name
+                    rows.append((pair, t, h, backend, t_fused, pct(t_fused), pct(t_tri), t_unfused, t_ind,
                                  pct(t_ind) if t_ind == t_ind else float("nan"), pct(t_copy)))
+                    records.append(dict(bench="pairs", op=name, layout=layout.value, tokens=t, hidden=h,
+                                        dtype=args.dtype, backend=backend, bytes=nbytes, fused_us=t_fused,
+                                        triton_us=t_tri, unfused_us=t_unfused, inductor_us=t_ind, copy_us=t_copy,
+                                        copy_bw_gbs=bw, fused_pct_bw=pct(t_fused)))
                     print(rows[-1], flush=True)
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bw:.0f} GB/s; "
              f"{args.dtype} input, median µs (CUDA-graph replay), %BW = minimum bytes / time / copy bandwidth; "
@@ -146,13 +188,37 @@ def main() -> None:
              "| pair | T | H | backend | fused µs | fused %BW | Triton %BW | unfused µs | Inductor native µs "
              "| Inductor %BW | x unfused | x Inductor | copy %BW |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for act, suffix, t, h, b, tf, pf, pt, tu, ti, pi, pc in rows:
-        lines.append(f"| {act}_{suffix} | {t} | {h} | {b} | {tf:.1f} | {pf:.0%} | {pt:.0%} | {tu:.1f} | {ti:.1f} | "
+    for pair, t, h, b, tf, pf, pt, tu, ti, pi, pc in rows:
+        lines.append(f"| {pair} | {t} | {h} | {b} | {tf:.1f} | {pf:.0%} | {pt:.0%} | {tu:.1f} | {ti:.1f} | "
                      f"{pi:.0%} | {tu / tf:.2f} | {ti / tf:.2f} | {pc:.0%} |")
     text = "\n".join(lines)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
+    if args.jsonl:
+        write_records(args.jsonl, records)
+
+
+def run_info() -> dict:
+    """Device, versions, commit and command line: the context every benchmark record carries."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        commit = ""
+    props = torch.cuda.get_device_properties(0)
+    return dict(date=datetime.date.today().isoformat(), device=props.name, sm=f"{props.major}{props.minor}",
+                sms=props.multi_processor_count, l2_bytes=getattr(props, "L2_cache_size", None),
+                torch=torch.__version__, cuda=torch.version.cuda, commit=commit or os.environ.get("QF_COMMIT", ""),
+                command=" ".join(sys.argv))
+
+
+def write_records(path: str, records: list[dict]) -> None:
+    """Append the records as JSON Lines, each with :func:`run_info`."""
+    info = run_info()
+    with open(path, "a") as f:
+        for r in records:
+            f.write(json.dumps({**info, **r}) + "\n")
 
 
 if __name__ == "__main__":

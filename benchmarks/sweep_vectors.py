@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_pairs import bench, copy_bandwidth, rotation_copies  # noqa: E402
 
-from quantfuse.custom_ops import cuda_backend, kernel_inputs  # noqa: E402
+from quantfuse import catalog  # noqa: E402
+from quantfuse.custom_ops import cuda_backend  # noqa: E402
 
 SCHEMES = {"fp8_per_group": (128, False, 1.0, 4 / 128), "mxfp8": (32, True, 1.0, 1 / 32),
            "mxfp4": (32, True, 0.5, 1 / 32), "fp8_per_token": (0, False, 1.0, 0.0)}
@@ -67,12 +68,15 @@ def main() -> None:
                     groups = 1 if key == "fp8_per_token" else h // gs
                     s = torch.empty(t, groups, device="cuda",
                                     dtype=torch.uint8 if key.startswith("mx") else torch.float32)
-                    code, scheme = kernel_inputs.ACT_CODES[act], kernel_inputs.SCHEME_CODES[key][2]
+                    codes = catalog.codes()
+                    code, scheme, layout = codes[f"act_{act}"], codes[f"scheme_{key}"], codes["layout_halves"]
+                    use_ue8m0, rceil = (flag, False) if key == "fp8_per_group" else (False, flag)
                     cells = []
                     variants = token_variants if key == "fp8_per_token" else group_variants
                     for _, v, bps in variants:
-                        us = bench(lambda x, v=v, bps=bps: m.act_quant(code, scheme, q, s, x, gs, flag, groups, 1,
-                                                                       v, bps), xs)
+                        us = bench(lambda x, v=v, bps=bps: m.act_quant(code, scheme, layout, q, s, x, None, None, gs,
+                                                                       use_ue8m0, rceil, groups, 1, False, v, bps),
+                                   xs)
                         cells.append(f"{nbytes / (us * 1e-6) / 1e9 / bw:.0%} ({us:.1f})")
                     srcs = [torch.empty(int(nbytes) // 2, dtype=torch.uint8, device="cuda").random_(0, 255)
                             for _ in range(copies)]

@@ -2,7 +2,7 @@
 // and the unfused activation kernel. The quantisation schemes are in
 // quant_schemes.cuh, the fused kernels in group_kernel.cuh and token_kernel.cuh.
 //
-// Numerics follow DESIGN.md "Numerics" and quantfuse/custom_ops/reference.py bit
+// Numerics follow docs/numerics.md and quantfuse/custom_ops/reference.py bit
 // for bit: every step is an explicitly rounded fp32 operation (__fadd_rn,
 // __fdiv_rn, __fmul_rn) so that nvcc's default FMA contraction cannot merge steps
 // that torch runs as separate kernels; expf is the accurate libdevice one (no
@@ -15,10 +15,10 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include "quantfuse_catalog.h"
+
 namespace quantfuse {
 
-constexpr float kFp8Max = 448.0f;
-constexpr float kEps = 1e-10f;
 constexpr int kThreads = 256;  // threads per block of the group and activation kernels (per-token: kTokenThreads)
 
 // ---------------------------------------------------------------------------
@@ -164,7 +164,7 @@ __device__ __forceinline__ float silu_big_16bit(float g) {
   return q;
 }
 
-// silu(g[i]) * u[i] for N elements: fast path for all, one branch per thread to the
+// silu(g[i]) for N elements: fast path for all, one branch per thread to the
 // exact path when any |g| >= 87 or is NaN (rare; the branch is per thread). With
 // kCallFree16 (16-bit inputs only) the exact path is silu_big_16bit for the elements
 // outside the fast range, and the fast result stands for the others.
@@ -173,10 +173,9 @@ __device__ __forceinline__ float silu_big_16bit(float g) {
 // send it through per-element __fdiv_rn slow paths (seen: T=1 took 4.5 µs, not 2).
 // The exact path's slow-path calls keep ~25-40 more registers live per thread in the
 // fused kernels; a call-free variant (fewer registers, 3 blocks per SM instead of 2)
-// ran slower (benchmarks/NOTES.md, "Shorter silu").
+// ran slower (docs/decisions/009-silu-fast-path.md).
 template <int N, bool kCallFree16 = false>
-__device__ __forceinline__ void silu_mul_n(float (&v)[N], const float (&g)[N], const float (&u)[N],
-                                           bool valid = true) {
+__device__ __forceinline__ void silu_n(float (&v)[N], const float (&g)[N], bool valid = true) {
   bool ok = true;
 #pragma unroll
   for (int i = 0; i < N; ++i) {
@@ -193,36 +192,62 @@ __device__ __forceinline__ void silu_mul_n(float (&v)[N], const float (&g)[N], c
       }
     }
   }
-#pragma unroll
-  for (int i = 0; i < N; ++i) v[i] = __fmul_rn(v[i], u[i]);
 }
 
 // ---------------------------------------------------------------------------
-// Activations: apply<N>(y, a, b, valid) computes y = act(a, b) in fp32 (b is the up
-// half for gated ones, unused otherwise). kGated: the input row is [gate | up] of
-// width 2*H. kCode matches the Python side's activation codes.
-// kPairwise: pair<DT>(p) also computes act on a packed 16-bit pair p, already rounded
-// to the dtype, bit-equal to apply() then rounding (no fp32 round trip).
-// kNonNegative: act(x) is >= +0 or NaN, so its amax needs no |.|.
+// Activations, each with the roundings of the eager spelling it replaces
+// (catalog.Activation.rounding). kGated: act(gate, up) (Inputs says where each is).
+// kCode: the catalog's enumerator. kNonNegative: act(x) is >= +0 or NaN, so its amax
+// needs no |.|.
+//   apply<DT, N>(y, a, b, valid): y = act(a, b) in fp32 from fp32 operands (b unused
+//     when not gated), exactly the value that rounds (DT::from_float) to eager's result.
+//   pairs<DT, N>(yp, a2, b2, valid), 16-bit DT: the same on packed pairs (element 2i in
+//     the low half), already rounded to DT.
+// valid: see silu_n.
 // ---------------------------------------------------------------------------
 struct Identity {
-  static constexpr bool kGated = false, kPairwise = true, kNonNegative = false;
-  static constexpr int kCode = 0;
-  template <int N>
+  static constexpr bool kGated = false, kNonNegative = false;
+  static constexpr ActCode kCode = kActIdentity;
+  template <typename DT, int N, bool kCallFree16 = false>
   static __device__ __forceinline__ void apply(float (&y)[N], const float (&a)[N], const float (&)[N], bool) {
 #pragma unroll
     for (int i = 0; i < N; ++i) y[i] = a[i];
   }
-  template <typename DT>
-  static __device__ __forceinline__ uint32_t pair(uint32_t p) { return p; }
+  template <typename DT, int N, bool kCallFree16 = false>
+  static __device__ __forceinline__ void pairs(uint32_t (&yp)[N / 2], const uint32_t* a2, const uint32_t*, bool) {
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) yp[i] = a2[i];
+  }
 };
+// catalog.ActRounding.SILU_THEN_MUL, eager's F.silu(g) * u: silu(g) rounded to the input
+// dtype, then the product rounded. The exact product of two 16-bit values fits in fp32
+// (at most 22 significant bits), so fp32 multiply then rounding, as eager does, is one
+// rounding of the exact product: the pair multiply (mul.rn on bf16x2 / f16x2). fp32
+// inputs: silu and the product each rounded to fp32 (the same two roundings).
 struct SiluMul {
-  static constexpr bool kGated = true, kPairwise = false, kNonNegative = false;
-  static constexpr int kCode = 1;
-  template <int N, bool kCallFree16 = false>
+  static constexpr bool kGated = true, kNonNegative = false;
+  static constexpr ActCode kCode = kActSiluMul;
+  template <typename DT, int N, bool kCallFree16 = false>
   static __device__ __forceinline__ void apply(float (&y)[N], const float (&g)[N], const float (&u)[N],
                                                bool valid) {
-    silu_mul_n<N, kCallFree16>(y, g, u, valid);
+    silu_n<N, kCallFree16>(y, g, valid);
+#pragma unroll
+    for (int i = 0; i < N; ++i) y[i] = __fmul_rn(DT::round(y[i]), u[i]);
+  }
+  template <typename DT, int N, bool kCallFree16 = false>
+  static __device__ __forceinline__ void pairs(uint32_t (&yp)[N / 2], const uint32_t* g2, const uint32_t* u2,
+                                               bool valid) {
+    // unpacked from whole pairs: one instruction per element (from a 16-bit element
+    // it takes three)
+    float gf[N], v[N];
+#pragma unroll
+    for (int i = 0; i < N; i += 2) {
+      gf[i] = DT::lo(g2[i / 2]);
+      gf[i + 1] = DT::hi(g2[i / 2]);
+    }
+    silu_n<N, kCallFree16>(v, gf, valid);
+#pragma unroll
+    for (int i = 0; i < N; i += 2) yp[i / 2] = DT::mul2(DT::pack_rn(v[i], v[i + 1]), u2[i / 2]);
   }
 };
 // relu(x)**2 as torch computes relu(x).square(): NaN stays NaN (max.NaN), -0 and +0
@@ -230,9 +255,9 @@ struct SiluMul {
 // most 11 significant bits, so that equals one rounding of the exact square, which is
 // what mul.rn on the pair does (every bf16 / fp16 value: tests/test_e2m1_lane_rounding.py).
 struct Relu2 {
-  static constexpr bool kGated = false, kPairwise = true, kNonNegative = true;
-  static constexpr int kCode = 2;
-  template <int N>
+  static constexpr bool kGated = false, kNonNegative = true;
+  static constexpr ActCode kCode = kActRelu2;
+  template <typename DT, int N, bool kCallFree16 = false>
   static __device__ __forceinline__ void apply(float (&y)[N], const float (&a)[N], const float (&)[N], bool) {
 #pragma unroll
     for (int i = 0; i < N; ++i) {
@@ -240,12 +265,80 @@ struct Relu2 {
       y[i] = __fmul_rn(r, r);
     }
   }
-  template <typename DT>
-  static __device__ __forceinline__ uint32_t pair(uint32_t p) {
-    const uint32_t r = DT::max2(p, 0u);
-    return DT::mul2(r, r);
+  template <typename DT, int N, bool kCallFree16 = false>
+  static __device__ __forceinline__ void pairs(uint32_t (&yp)[N / 2], const uint32_t* a2, const uint32_t*, bool) {
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) {
+      const uint32_t r = DT::max2(a2[i], 0u);
+      yp[i] = DT::mul2(r, r);
+    }
   }
 };
+
+// ---------------------------------------------------------------------------
+// Input loads.
+// ---------------------------------------------------------------------------
+// A 16-byte load that L1 does not keep and L2 evicts first (the input is read once).
+// Measured on the H100 (docs/decisions/001-evict-first-loads-gated-by-l2.md): with inputs that fit
+// in L2 the small cells gain up to 17 points of copy bandwidth (SiLU x MXFP4 at 4096 x
+// 2048: 84% -> 91-93%, also with inputs rotated through 250 MB), while the large ones
+// lose 2-10 points; so the launchers use it only up to a size (launch_unit.cuh
+// evict_first_input).
+__device__ __forceinline__ uint4 ld_evict_first(const void* p) {
+  uint4 v;
+  uint64_t policy;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p), "l"(policy));
+  return v;
+}
+template <bool EVICT_FIRST>
+__device__ __forceinline__ uint4 load16(const void* p) {
+  if constexpr (EVICT_FIRST) {
+    return ld_evict_first(p);
+  } else {
+    return __ldg(reinterpret_cast<const uint4*>(p));
+  }
+}
+
+// The operands of the 16 / sizeof(S) outputs at column col of the row starting at input
+// element row_off (Inputs). IL (interleaved): the two 16-byte vectors covering the
+// outputs' 2 * VEC inputs, raw in (gv, uv), split_interleaved separates them where they
+// are used (after the loads are in flight, not here).
+template <typename DT, bool GATED, bool IL, bool EVICT_FIRST>
+__device__ __forceinline__ void load_operands(uint4& gv, uint4& uv, const typename DT::Storage* __restrict__ gate,
+                                              const typename DT::Storage* __restrict__ up, int64_t row_off,
+                                              int64_t col) {
+  constexpr int VEC = 16 / sizeof(typename DT::Storage);
+  if constexpr (IL) {
+    const auto* p = gate + row_off + 2 * col;
+    gv = load16<EVICT_FIRST>(p);
+    uv = load16<EVICT_FIRST>(p + VEC);
+  } else {
+    gv = load16<EVICT_FIRST>(gate + row_off + col);
+    if constexpr (GATED) uv = load16<EVICT_FIRST>(up + row_off + col);
+  }
+}
+
+// (gate, up) vectors from the interleaved (g0 u0 g1 u1 ...) pair of vectors (a, b):
+// one PRMT per gate or up pair for 16-bit elements, moves for fp32.
+template <typename DT>
+__device__ __forceinline__ void split_interleaved(uint4& a, uint4& b) {
+  if constexpr (DT::kPacked) {
+    auto lo = [](uint32_t x, uint32_t y) { return __byte_perm(x, y, 0x5410); };
+    auto hi = [](uint32_t x, uint32_t y) { return __byte_perm(x, y, 0x7632); };
+    const uint4 g = make_uint4(lo(a.x, a.y), lo(a.z, a.w), lo(b.x, b.y), lo(b.z, b.w));
+    const uint4 u = make_uint4(hi(a.x, a.y), hi(a.z, a.w), hi(b.x, b.y), hi(b.z, b.w));
+    a = g;
+    b = u;
+  } else {
+    const uint4 g = make_uint4(a.x, a.z, b.x, b.z);
+    const uint4 u = make_uint4(a.y, a.w, b.y, b.w);
+    a = g;
+    b = u;
+  }
+}
 
 // ---------------------------------------------------------------------------
 // Quantisation: scale and y / scale.
@@ -264,7 +357,7 @@ __device__ __forceinline__ float ue8m0_ceil(float s) {
 // from a true division, so this is what makes scales bit-equal to the native graph.
 template <bool UE8M0>
 __device__ __forceinline__ float group_scale(float amax) {
-  const float s = __fmul_rn(nan_max(amax, kEps), 1.0f / kFp8Max);
+  const float s = __fmul_rn(nan_max(amax, kDefaultEps), 1.0f / kFp8Max);
   return UE8M0 ? ue8m0_ceil(s) : s;
 }
 
@@ -293,52 +386,6 @@ __device__ __forceinline__ float div_by_scale(float y, float s, float r) {
 // One cvt.rn.satfinite.e4m3x2.f32 for two values; a lands in the low byte.
 __device__ __forceinline__ uint32_t e4m3x2(float a, float b) {
   return __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
-}
-
-// ---------------------------------------------------------------------------
-// act(x) -> input dtype (the unfused activation ops). Block b handles chunk
-// (b % chunks_per_row) of row (b / chunks_per_row): one division per thread, 64-bit
-// offsets. VEC is 16 / sizeof(element) when d allows it, else 1 (scalar path for odd
-// widths).
-// ---------------------------------------------------------------------------
-template <typename DT, typename Act, int VEC>
-__global__ void __launch_bounds__(kThreads) act_kernel(
-    typename DT::Storage* __restrict__ out, const typename DT::Storage* __restrict__ x, int64_t d,
-    uint32_t chunks_per_row) {
-  using S = typename DT::Storage;
-  pdl_wait_and_trigger();
-  const uint32_t row = blockIdx.x / chunks_per_row;
-  const uint32_t chunk = blockIdx.x - row * chunks_per_row;
-  const int64_t col = (int64_t(chunk) * kThreads + threadIdx.x) * VEC;
-  if (col >= d) return;
-  const S* g = x + int64_t(row) * (Act::kGated ? 2 * d : d) + col;
-  S gv[VEC], uv[VEC], ov[VEC];
-  if constexpr (VEC * sizeof(S) == 16) {
-    *reinterpret_cast<uint4*>(gv) = __ldg(reinterpret_cast<const uint4*>(g));
-    if constexpr (Act::kGated) *reinterpret_cast<uint4*>(uv) = __ldg(reinterpret_cast<const uint4*>(g + d));
-  } else {
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      gv[i] = g[i];
-      if constexpr (Act::kGated) uv[i] = g[d + i];
-    }
-  }
-  float gf[VEC], uf[VEC], v[VEC];
-#pragma unroll
-  for (int i = 0; i < VEC; ++i) {
-    gf[i] = DT::to_float(gv[i]);
-    uf[i] = Act::kGated ? DT::to_float(uv[i]) : 0.0f;
-  }
-  Act::template apply<VEC>(v, gf, uf, true);
-#pragma unroll
-  for (int i = 0; i < VEC; ++i) ov[i] = DT::from_float(v[i]);
-  S* o = out + int64_t(row) * d + col;
-  if constexpr (VEC * sizeof(S) == 16) {
-    *reinterpret_cast<uint4*>(o) = *reinterpret_cast<const uint4*>(ov);
-  } else {
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) o[i] = ov[i];
-  }
 }
 
 }  // namespace quantfuse

@@ -3,17 +3,18 @@
 // faulting on the GPU. Each binding returns that message ("" on success) and the
 // Python wrappers raise it: a C++ exception thrown out of this JIT-built module
 // crashed the process (segfault) on the H100 machine (torch 2.11, Python 3.12), both
-// as c10::Error and as std::runtime_error, at random calls (benchmarks/NOTES.md).
+// as c10::Error and as std::runtime_error, at random calls (docs/decisions/007-bindings-return-error-strings.md).
 #include <torch/extension.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <type_traits>
 
-#include "act_quant.h"
+#include "act_quant.h"            // includes the generated quantfuse_catalog.h
 #include "scale_layout.h"
 #include "quantfuse_units.h"  // generated: QF_UNITS(X)
 
@@ -30,7 +31,7 @@ namespace {
 // Messages are built by appending, without std::ostream: on the H100 machine (torch
 // 2.11 wheel, this module built by the system g++) formatting an integer through
 // c10::str / std::ostringstream in this module crashed the process (segfault) every
-// time, whether the message was thrown or returned (benchmarks/NOTES.md).
+// time, whether the message was thrown or returned (docs/decisions/007-bindings-return-error-strings.md).
 inline void append(std::string& s, const char* v) { s += v; }
 inline void append(std::string& s, const std::string& v) { s += v; }
 template <typename T, std::enable_if_t<std::is_integral_v<T>, int> = 0>
@@ -62,10 +63,8 @@ std::string message(const Args&... args) {
   } while (0)
 
 using quantfuse::ActParams;
+using quantfuse::Inputs;
 using quantfuse::QuantParams;
-
-constexpr const char* kActNames[] = {"identity", "silu_and_mul", "relu2"};
-constexpr const char* kSchemeNames[] = {"", "per-token FP8", "per-group FP8", "MXFP8", "MXFP4"};
 
 std::string check_x(const at::Tensor& x) {
   QF_CHECK(x.is_cuda(), "quantfuse: x must be a CUDA tensor, got device ", x.device());
@@ -83,33 +82,46 @@ std::string check_same_device(const at::Tensor& a, const at::Tensor& x, const ch
   return {};
 }
 
-std::string check_act(int64_t act) {
-  QF_CHECK(act >= 0 && act <= 2, "quantfuse: activation code must be 0 (identity), 1 (silu_and_mul) "
-              "or 2 (relu2), got ", act);
-  return {};
-}
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-std::string check_width(int64_t act, const at::Tensor& x) {
-  QF_CHECK(act != 1 || x.size(-1) % 2 == 0, "quantfuse: silu_and_mul needs an even last dim, got ", x.size(-1));
-  return {};
-}
+// The operands of act(x) (act_quant.h Inputs) and the shape [tokens, hidden] of its output.
+struct Operands {
+  Inputs in;
+  int64_t tokens, hidden;
+};
 
-// (tokens, hidden) of act(x): gated activations halve the last dim.
-std::pair<int64_t, int64_t> act_shape(int64_t act, const at::Tensor& x) {
+std::string operands(Operands& o, int64_t act, int64_t layout, const at::Tensor& x,
+                     const std::optional<at::Tensor>& up) {
+  QF_TRY(check_x(x));
+  QF_CHECK(act >= 0 && act < quantfuse::kNumActs, "quantfuse: activation code must be in [0, ",
+           quantfuse::kNumActs, "), got ", act);
+  QF_CHECK(layout >= 0 && layout <= quantfuse::kLayoutInterleaved, "quantfuse: layout code must be in [0, ",
+           int(quantfuse::kLayoutInterleaved) + 1, "), got ", layout);
+  const bool gated = quantfuse::kActGated[act];
   const int64_t width = x.size(-1);
-  return {width == 0 ? 0 : x.numel() / width, act == 1 ? width / 2 : width};
-}
-
-template <typename Params, typename Fn>
-std::string run_unit(int64_t act, const at::Tensor& x, const Params& p, Fn&& pick) {
-  const char* err = "quantfuse: no kernel unit for this dtype / activation";
-  const auto dt = x.scalar_type();
-#define QF_CASE(unit, scalar, code)                                                     \
-  if (dt == at::k##scalar && act == code) err = pick(quantfuse::launch_quant_##unit,    \
-                                                     quantfuse::launch_act_##unit, p);
-  QF_UNITS(QF_CASE)
-#undef QF_CASE
-  QF_CHECK(err == nullptr, err);
+  o.tokens = width == 0 ? 0 : x.numel() / width;
+  o.in = Inputs{x.data_ptr(), nullptr, width, quantfuse::LayoutCode(layout)};
+  QF_CHECK(gated || layout == quantfuse::kLayoutHalves, "quantfuse: ", quantfuse::kActNames[act],
+           " is not gated: it takes no input layout");
+  QF_CHECK(up.has_value() == (gated && layout == quantfuse::kLayoutSeparate),
+           "quantfuse: an up tensor goes with the separate layout (and only with it)");
+  if (!gated) {
+    o.hidden = width;
+  } else if (layout == quantfuse::kLayoutSeparate) {
+    const at::Tensor& u = *up;
+    QF_TRY(check_same_device(u, x, "up"));
+    QF_CHECK(u.scalar_type() == x.scalar_type() && u.sizes() == x.sizes() && u.is_contiguous(),
+             "quantfuse: up must be a contiguous tensor of x's dtype and shape ", x.sizes(), ", got ",
+             u.scalar_type(), " ", u.sizes());
+    o.hidden = width;
+    o.in.up = u.data_ptr();
+  } else {
+    QF_CHECK(width % 2 == 0, "quantfuse: ", quantfuse::kActNames[act], " needs an even last dim, got ", width);
+    o.hidden = width / 2;
+    if (layout == quantfuse::kLayoutHalves) {
+      o.in.up = static_cast<const char*>(x.data_ptr()) + o.hidden * x.element_size();
+    }
+  }
   return {};
 }
 
@@ -124,106 +136,156 @@ bool use_pdl() {
   return at::cuda::getCurrentDeviceProperties()->major >= 9;
 }
 
-// act(x) -> scheme, written into q and s (see QuantParams for the layout).
-std::string act_quant_impl(int64_t act, int64_t scheme, at::Tensor q, at::Tensor s, at::Tensor x,
-                           int64_t group_size, bool flag, int64_t s_stride_t, int64_t s_stride_g, int64_t vectors,
-                           int64_t blocks_per_sm, bool swizzled) {
-  QF_TRY(check_x(x));
-  QF_TRY(check_act(act));
+template <typename Params, typename Fn>
+std::string run_unit(int64_t act, const at::Tensor& x, const Params& p, Fn&& pick) {
+  const char* err = "quantfuse: no kernel unit for this dtype / activation";
+  const auto dt = x.scalar_type();
+#define QF_CASE(unit, scalar, code)                                                     \
+  if (dt == at::k##scalar && act == quantfuse::code) err = pick(quantfuse::launch_quant_##unit, \
+                                                                quantfuse::launch_act_##unit, p);
+  QF_UNITS(QF_CASE)
+#undef QF_CASE
+  QF_CHECK(err == nullptr, err);
+  return {};
+}
+
+// out = act(x) in x's dtype (the activation ops: scheme kNoScheme).
+std::string activation_impl(int64_t act, const Operands& o, at::Tensor out, const at::Tensor& x) {
+  QF_CHECK(act != quantfuse::kActIdentity, "quantfuse: the identity has no activation kernel");
+  QF_TRY(check_same_device(out, x, "out"));
+  QF_CHECK(out.scalar_type() == x.scalar_type(), "quantfuse: out dtype ", out.scalar_type(),
+              " must equal x dtype ", x.scalar_type());
+  QF_CHECK(out.is_contiguous(), "quantfuse: out must be contiguous");
+  QF_CHECK(out.numel() == o.tokens * o.hidden && (o.tokens == 0 || out.size(-1) == o.hidden),
+           "quantfuse: out shape ", out.sizes(), " does not match [T=", o.tokens, ", ", o.hidden, "] for ",
+           quantfuse::kActNames[act]);
+  if (o.tokens == 0 || o.hidden == 0) return {};
+  const int64_t vec = 16 / x.element_size();
+  const bool vectorized = o.hidden % vec == 0 && aligned16(x.data_ptr()) && aligned16(out.data_ptr()) &&
+                          (o.in.up == nullptr || aligned16(o.in.up));
+  const int64_t chunks = (o.hidden + 256 * (vectorized ? vec : 1) - 1) / (256 * (vectorized ? vec : 1));  // kThreads
+  QF_CHECK(o.tokens * chunks < (int64_t(1) << 31), "quantfuse: ", quantfuse::kActNames[act], " too large (",
+           o.tokens, " rows)");
+  const c10::cuda::OptionalCUDAGuard guard(x.device());
+  ActParams p{out.data_ptr(), o.in, o.tokens, o.hidden, vectorized, use_pdl(), at::cuda::getCurrentCUDAStream()};
+  return run_unit(act, x, p, [](auto, auto act_fn, const ActParams& pp) { return act_fn(pp); });
+}
+
+// act(x) -> scheme, written into q (and s: see QuantParams for the layout); scheme
+// kNoScheme: q is act(x)'s output in x's dtype. up: the separate layout's second
+// operand; scale: kStatic's one-element fp32 scale.
+std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tensor q,
+                           const std::optional<at::Tensor>& s_opt, at::Tensor x, const std::optional<at::Tensor>& up,
+                           const std::optional<at::Tensor>& scale, int64_t group_size, bool use_ue8m0, bool rceil,
+                           int64_t s_stride_t, int64_t s_stride_g, bool swizzled, int64_t vectors,
+                           int64_t blocks_per_sm) {
+  Operands o{};
+  QF_TRY(operands(o, act, layout, x, up));
+  QF_CHECK(scheme >= 0 && scheme < quantfuse::kNumSchemes, "quantfuse: scheme code must be in [0, ",
+           quantfuse::kNumSchemes, "), got ", scheme);
+  if (scheme == quantfuse::kNoScheme) return activation_impl(act, o, q, x);
+  const int64_t tokens = o.tokens, hidden = o.hidden;
   QF_TRY(check_same_device(q, x, "q"));
-  QF_TRY(check_same_device(s, x, "s"));
-  QF_CHECK(scheme >= 1 && scheme <= 4, "quantfuse: scheme code must be 1..4, got ", scheme);
   QF_CHECK(vectors == 0 || vectors == 1 || vectors == 2 || vectors == 4,
               "quantfuse: vectors per thread must be 0 (auto), 1, 2 or 4, got ", vectors);
-  QF_TRY(check_width(act, x));
-  const auto [tokens, hidden] = act_shape(act, x);
   const int64_t vec = 16 / x.element_size();
-  if (scheme == quantfuse::kPerToken) {
-    QF_CHECK(hidden % vec == 0, "quantfuse: the per-token kernel needs the hidden size (", hidden,
-                ") to be a multiple of ", vec, " (16-byte vectors)");
+  const bool is_static = scheme == quantfuse::kStatic;
+  const bool mx = scheme == quantfuse::kMxfp8 || scheme == quantfuse::kMxfp4;
+  if (scheme == quantfuse::kPerToken || is_static) {
+    QF_CHECK(hidden % vec == 0, "quantfuse: the ", quantfuse::kSchemeNames[scheme], " kernel needs the hidden size (",
+             hidden, ") to be a multiple of ", vec, " (16-byte vectors)");
   } else {
     if (scheme == quantfuse::kPerGroup) {
-      QF_CHECK(group_size == 64 || group_size == 128, "quantfuse: group_size must be 64 or 128, got ",
-                  group_size);
+      QF_CHECK(group_size == quantfuse::kFp8GroupSizes[0] || group_size == quantfuse::kFp8GroupSizes[1],
+               "quantfuse: group_size must be ", quantfuse::kFp8GroupSizes[0], " or ", quantfuse::kFp8GroupSizes[1],
+               ", got ", group_size);
     } else {
-      QF_CHECK(group_size == 32, "quantfuse: the MX block size is 32, got ", group_size);
+      QF_CHECK(group_size == quantfuse::kMxBlock, "quantfuse: the MX block size is ", quantfuse::kMxBlock, ", got ",
+               group_size);
     }
     QF_CHECK(hidden % group_size == 0, "quantfuse: hidden size ", hidden, " is not divisible by group_size ",
                 group_size);
   }
-  const int64_t groups = scheme == quantfuse::kPerToken ? 1 : hidden / group_size;
   const int bits = scheme == quantfuse::kMxfp4 ? 4 : 8;
   const auto q_dtype = bits == 4 ? at::kByte : at::kFloat8_e4m3fn;
-  QF_CHECK(q.scalar_type() == q_dtype, "quantfuse: q must be ", q_dtype, " for ", kSchemeNames[scheme],
+  QF_CHECK(q.scalar_type() == q_dtype, "quantfuse: q must be ", q_dtype, " for ", quantfuse::kSchemeNames[scheme],
               ", got ", q.scalar_type());
   QF_CHECK(q.is_contiguous(), "quantfuse: q must be contiguous");
   QF_CHECK(q.numel() == tokens * hidden * bits / 8 && (tokens == 0 || q.size(-1) == hidden * bits / 8),
               "quantfuse: q shape ", q.sizes(), " does not match [T=", tokens, ", ", hidden * bits / 8, "]");
-  const bool mx = scheme >= quantfuse::kMxfp8;
-  QF_CHECK(mx ? s.scalar_type() == at::kByte : s.scalar_type() == at::kFloat, "quantfuse: scales must be ",
-              mx ? "uint8 (E8M0 bytes)" : "float32", " for ", kSchemeNames[scheme], ", got ", s.scalar_type());
-  // swizzled: the 128x4 tiled layout of [T_pad, G_pad] bytes (reference.swizzle_128x4), padding
-  // included (the kernel zeroes it); s_stride_t / s_stride_g are ignored
-  const int64_t t_pad = quantfuse::swizzled_rows(tokens), g_pad = quantfuse::swizzled_cols(groups);
-  QF_CHECK(!swizzled || mx, "quantfuse: the swizzled scale layout is for MX schemes only");
-  if (swizzled) {
-    QF_CHECK(s.is_contiguous() && s.numel() == t_pad * g_pad, "quantfuse: swizzled scales must be a contiguous [",
-             t_pad, ", ", g_pad, "] (T and G padded to 128 and 4), got ", s.sizes());
-  } else {
-    QF_CHECK(s.numel() == tokens * groups, "quantfuse: s has ", s.numel(), " elements, expected T*G = ",
-             tokens, "*", groups);
-  }
-  if (tokens == 0 || hidden == 0) return {};
-  const int64_t slots = swizzled ? t_pad * g_pad : tokens * groups;  // scale bytes the kernel indexes
-  QF_CHECK(slots < (int64_t(1) << 31), "quantfuse: too many groups (", slots, swizzled ? " with padding)" : ")");
-  if (swizzled) {
-    s_stride_t = 128 * g_pad;  // the row-block stride; s_stride_g unused
-    s_stride_g = 0;
-  } else {
-    QF_CHECK(s_stride_t >= 0 && s_stride_g >= 0, "quantfuse: scale strides must be >= 0");
-    const int64_t last = (tokens - 1) * s_stride_t + (groups - 1) * s_stride_g;
-    const int64_t avail = int64_t(s.storage().nbytes() / s.element_size()) - s.storage_offset();
-    QF_CHECK(last < avail, "quantfuse: scale strides (", s_stride_t, ", ", s_stride_g,
-             ") reach past the scale storage");
-  }
-  // 16-byte loads of x, vector-sized stores of q
-  QF_CHECK(reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0, "quantfuse: x must be 16-byte aligned");
+  // 16-byte loads of x (and up), vector-sized stores of q
+  QF_CHECK(aligned16(x.data_ptr()) && (o.in.up == nullptr || aligned16(o.in.up)),
+           "quantfuse: x (and up) must be 16-byte aligned");
   const int64_t store = vec * bits / 8;
   QF_CHECK(reinterpret_cast<uintptr_t>(q.data_ptr()) % store == 0, "quantfuse: q must be ", store,
               "-byte aligned");
-  const c10::cuda::OptionalCUDAGuard guard(x.device());
-  QuantParams p{int(scheme), group_size, flag, q.data_ptr(), s.data_ptr(), x.data_ptr(), tokens, hidden,
-                s_stride_t, s_stride_g, swizzled, vectors, blocks_per_sm,
-                at::cuda::getCurrentDeviceProperties()->multiProcessorCount,
-                int64_t(at::cuda::getCurrentDeviceProperties()->l2CacheSize), use_pdl(),
-                at::cuda::getCurrentCUDAStream()};
-  return run_unit(act, x, p, [](auto quant, auto, const QuantParams& pp) { return quant(pp); });
-}
-
-// out = act(x) in x's dtype (the unfused activation ops).
-std::string activation_impl(int64_t act, at::Tensor out, at::Tensor x) {
-  QF_TRY(check_x(x));
-  QF_TRY(check_act(act));
-  QF_CHECK(act != 0, "quantfuse: the identity has no activation kernel");
-  QF_TRY(check_same_device(out, x, "out"));
-  QF_TRY(check_width(act, x));
-  const auto [tokens, hidden] = act_shape(act, x);
-  QF_CHECK(out.scalar_type() == x.scalar_type(), "quantfuse: out dtype ", out.scalar_type(),
-              " must equal x dtype ", x.scalar_type());
-  QF_CHECK(out.is_contiguous(), "quantfuse: out must be contiguous");
-  QF_CHECK(out.numel() == tokens * hidden && (tokens == 0 || out.size(-1) == hidden), "quantfuse: out shape ",
-              out.sizes(), " does not match x shape ", x.sizes(), " for ", kActNames[act]);
+  QuantParams p{};
+  p.scheme = quantfuse::Scheme(scheme);
+  p.q = q.data_ptr();
+  p.in = o.in;
+  p.tokens = tokens;
+  p.hidden = hidden;
+  p.vectors = vectors;
+  p.blocks_per_sm = blocks_per_sm;
+  if (is_static) {
+    QF_CHECK(!s_opt.has_value(), "quantfuse: the static scheme has no scale output");
+    QF_CHECK(scale.has_value(), "quantfuse: the static scheme needs its scale tensor");
+    QF_TRY(check_same_device(*scale, x, "scale"));
+    QF_CHECK(scale->scalar_type() == at::kFloat && scale->numel() == 1,
+             "quantfuse: scale must be one float32 element, got ", scale->scalar_type(), " ", scale->sizes());
+    p.scale = scale->data_ptr<float>();
+    QF_CHECK(tokens * ((hidden + 256 * vec - 1) / (256 * vec)) < (int64_t(1) << 31),  // kThreads
+             "quantfuse: too many rows (", tokens, ")");
+  } else {
+    QF_CHECK(!scale.has_value(), "quantfuse: only the static scheme takes a scale tensor");
+    QF_CHECK(s_opt.has_value(), "quantfuse: ", quantfuse::kSchemeNames[scheme], " needs a scale output");
+    const at::Tensor& s = *s_opt;
+    QF_TRY(check_same_device(s, x, "s"));
+    const int64_t groups = scheme == quantfuse::kPerToken ? 1 : hidden / group_size;
+    QF_CHECK(mx ? s.scalar_type() == at::kByte : s.scalar_type() == at::kFloat, "quantfuse: scales must be ",
+             mx ? "uint8 (E8M0 bytes)" : "float32", " for ", quantfuse::kSchemeNames[scheme], ", got ",
+             s.scalar_type());
+    // swizzled: the 128x4 tiled layout of [T_pad, G_pad] bytes (reference.swizzle_128x4), padding
+    // included (the kernel zeroes it); s_stride_t / s_stride_g are ignored
+    const int64_t t_pad = quantfuse::swizzled_rows(tokens), g_pad = quantfuse::swizzled_cols(groups);
+    QF_CHECK(!swizzled || mx, "quantfuse: the swizzled scale layout is for MX schemes only");
+    if (swizzled) {
+      QF_CHECK(s.is_contiguous() && s.numel() == t_pad * g_pad, "quantfuse: swizzled scales must be a contiguous [",
+               t_pad, ", ", g_pad, "] (T and G padded to ", quantfuse::kSwizzleRows, " and ", quantfuse::kSwizzleCols,
+               "), got ", s.sizes());
+    } else {
+      QF_CHECK(s.numel() == tokens * groups, "quantfuse: s has ", s.numel(), " elements, expected T*G = ",
+               tokens, "*", groups);
+    }
+    if (tokens == 0 || hidden == 0) return {};
+    const int64_t slots = swizzled ? t_pad * g_pad : tokens * groups;  // scale bytes the kernel indexes
+    QF_CHECK(slots < (int64_t(1) << 31), "quantfuse: too many groups (", slots, swizzled ? " with padding)" : ")");
+    if (swizzled) {
+      s_stride_t = quantfuse::kSwizzleRows * g_pad;  // the row-block stride; s_stride_g unused
+      s_stride_g = 0;
+    } else {
+      QF_CHECK(s_stride_t >= 0 && s_stride_g >= 0, "quantfuse: scale strides must be >= 0");
+      const int64_t last = (tokens - 1) * s_stride_t + (groups - 1) * s_stride_g;
+      const int64_t avail = int64_t(s.storage().nbytes() / s.element_size()) - s.storage_offset();
+      QF_CHECK(last < avail, "quantfuse: scale strides (", s_stride_t, ", ", s_stride_g,
+               ") reach past the scale storage");
+    }
+    p.group_size = group_size;
+    p.use_ue8m0 = use_ue8m0;
+    p.rceil = rceil;
+    p.s = s.data_ptr();
+    p.s_stride_t = s_stride_t;
+    p.s_stride_g = s_stride_g;
+    p.s_swizzled = swizzled;
+  }
   if (tokens == 0 || hidden == 0) return {};
-  const int64_t vec = 16 / x.element_size();
-  const bool vectorized = hidden % vec == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
-                          reinterpret_cast<uintptr_t>(out.data_ptr()) % 16 == 0;
-  const int64_t chunks = (hidden + 256 * (vectorized ? vec : 1) - 1) / (256 * (vectorized ? vec : 1));  // kThreads
-  QF_CHECK(tokens * chunks < (int64_t(1) << 31), "quantfuse: ", kActNames[act], " too large (", tokens,
-              " rows)");
   const c10::cuda::OptionalCUDAGuard guard(x.device());
-  ActParams p{out.data_ptr(), x.data_ptr(), tokens, hidden, vectorized, use_pdl(),
-              at::cuda::getCurrentCUDAStream()};
-  return run_unit(act, x, p, [](auto, auto act_fn, const ActParams& pp) { return act_fn(pp); });
+  const auto* props = at::cuda::getCurrentDeviceProperties();
+  p.sms = props->multiProcessorCount;
+  p.l2_bytes = int64_t(props->l2CacheSize);
+  p.pdl = use_pdl();
+  p.stream = at::cuda::getCurrentCUDAStream();
+  return run_unit(act, x, p, [](auto quant, auto, const QuantParams& pp) { return quant(pp); });
 }
 
 // fn()'s message ("" on success); an exception from ATen itself (not expected after the
@@ -241,51 +303,25 @@ std::string guarded(Fn&& fn) {
   }
 }
 
-std::string act_quant(int64_t act, int64_t scheme, at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
-                      bool flag, int64_t s_stride_t, int64_t s_stride_g, int64_t vectors, int64_t blocks_per_sm,
-                      bool swizzled) {
+std::string act_quant(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, std::optional<at::Tensor> s,
+                      at::Tensor x, std::optional<at::Tensor> up, std::optional<at::Tensor> scale, int64_t group_size,
+                      bool use_ue8m0, bool rceil, int64_t s_stride_t, int64_t s_stride_g, bool swizzled,
+                      int64_t vectors, int64_t blocks_per_sm) {
   return guarded([&] {
-    return act_quant_impl(act, scheme, q, s, x, group_size, flag, s_stride_t, s_stride_g, vectors, blocks_per_sm,
-                          swizzled);
+    return act_quant_impl(act, scheme, layout, q, s, x, up, scale, group_size, use_ue8m0, rceil, s_stride_t,
+                          s_stride_g, swizzled, vectors, blocks_per_sm);
   });
-}
-
-std::string activation(int64_t act, at::Tensor out, at::Tensor x) {
-  return guarded([&] { return activation_impl(act, out, x); });
-}
-
-// The names and arguments of the first kernels (benchmarks sweep vectors / grid).
-std::string silu_and_mul(at::Tensor out, at::Tensor x) { return activation(1, out, x); }
-
-std::string per_token_group_quant_fp8(at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size, bool use_ue8m0,
-                                      int64_t s_stride_t, int64_t s_stride_g, int64_t unroll,
-                                      int64_t blocks_per_sm) {
-  return act_quant(0, quantfuse::kPerGroup, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g, unroll,
-                   blocks_per_sm, false);
-}
-
-std::string silu_and_mul_per_block_quant(at::Tensor q, at::Tensor s, at::Tensor x, int64_t group_size,
-                                         bool use_ue8m0, int64_t s_stride_t, int64_t s_stride_g, int64_t unroll,
-                                         int64_t blocks_per_sm) {
-  return act_quant(1, quantfuse::kPerGroup, q, s, x, group_size, use_ue8m0, s_stride_t, s_stride_g, unroll,
-                   blocks_per_sm, false);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "quantfuse CUDA kernels: activation (SiLU-and-mul, ReLU^2) -> FP8 / MXFP8 / MXFP4 quantisation";
-  m.def("act_quant", &act_quant, "act(x) -> quantisation scheme into q and s; returns \"\" or an error message", py::arg("act"), py::arg("scheme"),
-        py::arg("q"), py::arg("s"), py::arg("x"), py::arg("group_size"), py::arg("flag"), py::arg("s_stride_t"),
-        py::arg("s_stride_g"), py::arg("vectors") = 0, py::arg("blocks_per_sm") = 0, py::arg("swizzled") = false);
-  m.def("activation", &activation, "out = act(x) in x's dtype; returns \"\" or an error message", py::arg("act"), py::arg("out"), py::arg("x"));
-  m.def("silu_and_mul", &silu_and_mul, "out[T, d] = silu(x[:, :d]) * x[:, d:]", py::arg("out"), py::arg("x"));
-  m.def("per_token_group_quant_fp8", &per_token_group_quant_fp8,
-        "FP8 E4M3 per-token-group quantisation of x into q and scales s", py::arg("q"), py::arg("s"),
-        py::arg("x"), py::arg("group_size"), py::arg("use_ue8m0"), py::arg("s_stride_t"), py::arg("s_stride_g"),
-        py::arg("unroll") = 0, py::arg("blocks_per_sm") = 0);
-  m.def("silu_and_mul_per_block_quant", &silu_and_mul_per_block_quant,
-        "fused silu_and_mul + FP8 per-token-group quantisation", py::arg("q"), py::arg("s"), py::arg("x"),
-        py::arg("group_size"), py::arg("use_ue8m0"), py::arg("s_stride_t"), py::arg("s_stride_g"),
-        py::arg("unroll") = 0, py::arg("blocks_per_sm") = 0);
+  m.def("act_quant", &act_quant,
+        "act(x) -> scheme into q (and s); scheme kNoScheme: q = act(x) in x's dtype. Codes: "
+        "quantfuse_catalog.h (catalog.codes()). Returns \"\" or an error message",
+        py::arg("act"), py::arg("scheme"), py::arg("layout"), py::arg("q"), py::arg("s"), py::arg("x"),
+        py::arg("up"), py::arg("scale"), py::arg("group_size"), py::arg("use_ue8m0"), py::arg("rceil"),
+        py::arg("s_stride_t"), py::arg("s_stride_g"), py::arg("swizzled"), py::arg("vectors") = 0,
+        py::arg("blocks_per_sm") = 0);
 }

@@ -10,6 +10,8 @@
 // keeping (token, group) incrementally (no division in the loop), and the next
 // iteration's loads are issued before this iteration's arithmetic (register double
 // buffering). The loop bound is block-uniform so every lane reaches the shuffles.
+// Interleaved inputs (IL): the two 16-byte vectors of a thread's 2 * VEC inputs take the
+// place of its gate and up vectors, and are split in registers where they are used.
 #pragma once
 
 #include "quant_schemes.cuh"
@@ -17,56 +19,28 @@
 
 namespace quantfuse {
 
-// A 16-byte load that L1 does not keep and L2 evicts first (the input is read once).
-// Measured on the H100 (benchmarks/NOTES.md, "L2 evict-first loads"): with inputs that fit
-// in L2 the small cells gain up to 17 points of copy bandwidth (SiLU x MXFP4 at 4096 x
-// 2048: 84% -> 91-93%, also with inputs rotated through 250 MB), while the large ones
-// lose 2-10 points; so the launchers use it only up to a size (launch_unit.cuh
-// evict_first_input).
-__device__ __forceinline__ uint4 ld_evict_first(const void* p) {
-  uint4 v;
-  uint64_t policy;
-  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
-  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p), "l"(policy));
-  return v;
-}
-template <bool EVICT_FIRST>
-__device__ __forceinline__ uint4 load16(const void* p) {
-  if constexpr (EVICT_FIRST) {
-    return ld_evict_first(p);
-  } else {
-    return __ldg(reinterpret_cast<const uint4*>(p));
-  }
-}
-
-template <typename DT, int GS, int NV, bool GATED, bool EVICT_FIRST>
+template <typename DT, int GS, int NV, bool GATED, bool IL, bool EVICT_FIRST>
 __device__ __forceinline__ void load_group(uint4 (&gv)[NV], uint4 (&uv)[NV],
-                                           const typename DT::Storage* __restrict__ x,
-                                           bool valid, uint32_t t, uint32_t g, int64_t hidden,
-                                           int lane) {
-  using S = typename DT::Storage;
-  constexpr int VEC = 16 / sizeof(S);
+                                           const typename DT::Storage* __restrict__ gate,
+                                           const typename DT::Storage* __restrict__ up, int64_t in_stride,
+                                           bool valid, uint32_t t, uint32_t g, int lane) {
+  constexpr int VEC = 16 / sizeof(typename DT::Storage);
   constexpr int TPG = GS / (VEC * NV);
-  const int64_t in_row = GATED ? 2 * hidden : hidden;
-  const S* p = x + int64_t(t) * in_row + int64_t(g) * GS + lane * VEC;
+  const int64_t row_off = int64_t(t) * in_stride, col = int64_t(g) * GS + lane * VEC;
   // An invalid (past-the-end) group keeps stale registers: its sub-warp reduces and
   // computes garbage that is never stored (shuffles stay inside the sub-warp).
   if (valid) {
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
-      gv[j] = load16<EVICT_FIRST>(p + j * TPG * VEC);
-      if constexpr (GATED) uv[j] = load16<EVICT_FIRST>(p + j * TPG * VEC + hidden);
+      load_operands<DT, GATED, IL, EVICT_FIRST>(gv[j], uv[j], gate, up, row_off, col + j * TPG * VEC);
     }
   }
 }
 
 // act(x) for N elements held as raw input bits, rounded to the input dtype as the
 // unfused graph stores it ("Intermediate rounding"), and the NaN-propagating max of
-// |act(x)| over them. 16-bit types also return the packed pairs in yp and take the max
-// on pairs (HMNMX2); activations with a pairwise form (Relu2, Identity) never leave
-// the pairs, the others round fp32 results with one F2FP per pair.
+// |act(x)| over them. 16-bit types also return the packed pairs in yp (Act::pairs) and
+// take the max on pairs (HMNMX2).
 // kCallFree16: SiLU's exact path without a call (silu_big_16bit; 16-bit DT only), for
 // kernels short of registers (the f16 per-token kernel).
 template <typename DT, typename Act, int N, bool kCallFree16 = false>
@@ -74,29 +48,13 @@ __device__ __forceinline__ float act_round_amax(float (&y)[N], uint32_t (&yp)[(N
                                                 const typename DT::Storage* gs,
                                                 const typename DT::Storage* us, bool valid) {
   if constexpr (DT::kPacked) {
-    if constexpr (!Act::kPairwise) {
-      // unpacked from whole pairs: one instruction per element (from a 16-bit element
-      // it takes three)
-      const uint32_t* g2 = reinterpret_cast<const uint32_t*>(gs);
-      const uint32_t* u2 = reinterpret_cast<const uint32_t*>(us);
-      float gf[N], uf[N];
-#pragma unroll
-      for (int i = 0; i < N; i += 2) {
-        gf[i] = DT::lo(g2[i / 2]);
-        gf[i + 1] = DT::hi(g2[i / 2]);
-        uf[i] = Act::kGated ? DT::lo(u2[i / 2]) : 0.0f;
-        uf[i + 1] = Act::kGated ? DT::hi(u2[i / 2]) : 0.0f;
-      }
-      Act::template apply<N, kCallFree16>(y, gf, uf, valid);
-    }
+    Act::template pairs<DT, N, kCallFree16>(yp, reinterpret_cast<const uint32_t*>(gs),
+                                            reinterpret_cast<const uint32_t*>(us), valid);
     uint32_t m2 = 0;
 #pragma unroll
     for (int i = 0; i < N; i += 2) {
-      uint32_t p;
-      if constexpr (Act::kPairwise) p = Act::template pair<DT>(reinterpret_cast<const uint32_t*>(gs)[i / 2]);
-      else p = DT::pack_rn(y[i], y[i + 1]);
+      const uint32_t p = yp[i / 2];
       m2 = Act::kNonNegative ? DT::max2(m2, p) : DT::amax2(m2, p);
-      yp[i / 2] = p;
       y[i] = DT::lo(p);
       y[i + 1] = DT::hi(p);
     }
@@ -108,7 +66,7 @@ __device__ __forceinline__ float act_round_amax(float (&y)[N], uint32_t (&yp)[(N
       gf[i] = DT::to_float(gs[i]);
       uf[i] = Act::kGated ? DT::to_float(us[i]) : 0.0f;
     }
-    Act::template apply<N>(y, gf, uf, valid);
+    Act::template apply<DT, N>(y, gf, uf, valid);
     float amax = 0.0f;
 #pragma unroll
     for (int i = 0; i < N; ++i) amax = nan_max(amax, fabsf(y[i]));
@@ -118,10 +76,11 @@ __device__ __forceinline__ float act_round_amax(float (&y)[N], uint32_t (&yp)[(N
 
 // One step of a sub-warp: prefetch the group after (t, g) into (gn, un), then
 // compute and store group (t, g) from (gv, uv).
-template <typename DT, int GS, typename Act, typename Scheme, int NV, bool EVICT_FIRST>
+template <typename DT, int GS, typename Act, typename Scheme, int NV, bool IL, bool EVICT_FIRST>
 __device__ __forceinline__ void group_step(
-    uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s,
-    const typename DT::Storage* __restrict__ x, uint32_t total_groups, uint32_t gpr, int64_t hidden,
+    uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s, const typename DT::Storage* __restrict__ gate,
+    const typename DT::Storage* __restrict__ up, int64_t in_stride, uint32_t total_groups, uint32_t gpr,
+    int64_t hidden,
     int64_t s_stride_t, int64_t s_stride_g, bool s_swizzled, uint32_t step, uint32_t step_t, uint32_t step_g,
     int lane,
     uint32_t& gi, uint32_t& t, uint32_t& g, const uint4 (&gv)[NV], const uint4 (&uv)[NV],
@@ -134,12 +93,20 @@ __device__ __forceinline__ void group_step(
   // next group of this sub-warp
   uint32_t tn = t + step_t, gn_ = g + step_g;
   if (gn_ >= gpr) { gn_ -= gpr; ++tn; }
-  load_group<DT, GS, NV, Act::kGated, EVICT_FIRST>(gn, un, x, gi + step < total_groups, tn, gn_, hidden, lane);
+  load_group<DT, GS, NV, Act::kGated, IL, EVICT_FIRST>(gn, un, gate, up, in_stride, gi + step < total_groups, tn,
+                                                       gn_, lane);
 
+  uint4 ga[NV], ua[NV];
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    ga[j] = gv[j];
+    ua[j] = uv[j];
+    if constexpr (IL) split_interleaved<DT>(ga[j], ua[j]);
+  }
   float y[EPT];
   uint32_t yp[EPT / 2];
-  float amax = act_round_amax<DT, Act, EPT>(y, yp, reinterpret_cast<const S*>(gv),
-                                            reinterpret_cast<const S*>(uv), gi < total_groups);
+  float amax = act_round_amax<DT, Act, EPT>(y, yp, reinterpret_cast<const S*>(ga),
+                                            reinterpret_cast<const S*>(ua), gi < total_groups);
   // All 32 lanes take part; xor offsets < TPG stay inside the sub-warp.
 #pragma unroll
   for (int off = TPG / 2; off > 0; off >>= 1) {
@@ -163,11 +130,13 @@ __device__ __forceinline__ void group_step(
 }
 
 // MINB > 0 caps registers so that MINB blocks fit on an SM (tried for NV = 2 with
-// MINB = 3: spills, 40% slower; benchmarks/NOTES.md). EVICT_FIRST: ld_evict_first.
-template <typename DT, int GS, typename Act, typename Scheme, int NV, int MINB = 0, bool EVICT_FIRST = false>
+// MINB = 3: spills, 40% slower; docs/decisions/003-vectors-per-thread.md). EVICT_FIRST: ld_evict_first.
+// IL: interleaved gate / up (act_quant.h Inputs).
+template <typename DT, int GS, typename Act, typename Scheme, int NV, int MINB = 0, bool EVICT_FIRST = false,
+          bool IL = false>
 __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
-    uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s,
-    const typename DT::Storage* __restrict__ x, uint32_t total_groups, uint32_t groups_per_row,
+    uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s, const typename DT::Storage* __restrict__ gate,
+    const typename DT::Storage* __restrict__ up, int64_t in_stride, uint32_t total_groups, uint32_t groups_per_row,
     int64_t hidden, int64_t s_stride_t, int64_t s_stride_g, bool s_swizzled) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
@@ -188,7 +157,7 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
   uint32_t t = gi / gpr, g = gi - t * gpr;
   uint4 ga[NV], ua[NV], gb[NV], ub[NV];
   pdl_wait_and_trigger();
-  load_group<DT, GS, NV, Act::kGated, EVICT_FIRST>(ga, ua, x, gi < total_groups, t, g, hidden, lane);
+  load_group<DT, GS, NV, Act::kGated, IL, EVICT_FIRST>(ga, ua, gate, up, in_stride, gi < total_groups, t, g, lane);
   if (s_swizzled) {
     zero_scale_padding(s, total_groups / gpr, gpr, s_stride_t, blockIdx.x * blockDim.x + threadIdx.x,
                        gridDim.x * blockDim.x);
@@ -197,12 +166,14 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
   // The bound is warp-uniform (the kernel has no block barrier), so every lane reaches
   // the shuffles and warps past the end stop computing.
   while (wbase < total_groups) {
-    group_step<DT, GS, Act, Scheme, NV, EVICT_FIRST>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g,
-                                                     s_swizzled, step, step_t, step_g, lane, gi, t, g, ga, ua, gb, ub);
+    group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, gpr, hidden,
+                                                         s_stride_t, s_stride_g, s_swizzled, step, step_t, step_g,
+                                                         lane, gi, t, g, ga, ua, gb, ub);
     wbase += step;
     if (wbase >= total_groups) break;
-    group_step<DT, GS, Act, Scheme, NV, EVICT_FIRST>(q, s, x, total_groups, gpr, hidden, s_stride_t, s_stride_g,
-                                                     s_swizzled, step, step_t, step_g, lane, gi, t, g, gb, ub, ga, ua);
+    group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, gpr, hidden,
+                                                         s_stride_t, s_stride_g, s_swizzled, step, step_t, step_g,
+                                                         lane, gi, t, g, gb, ub, ga, ua);
     wbase += step;
   }
 }

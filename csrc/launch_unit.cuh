@@ -4,6 +4,8 @@
 // launch_quant_<unit>(QuantParams) and launch_act_<unit>(ActParams).
 #pragma once
 #include "act_quant.h"
+#include "act_kernel.cuh"
+#include "quantfuse_units.h"  // generated: kActGated
 #include "token_kernel.cuh"
 
 #include <algorithm>
@@ -19,6 +21,8 @@ using DT = QF_TRAITS;
 using Act = QF_ACT;
 using S = typename DT::Storage;
 constexpr int kVec = 16 / sizeof(S);
+static_assert(Act::kCode >= 0 && Act::kCode < kNumActs, "activation code out of the catalog's range");
+static_assert(kActGated[Act::kCode] == Act::kGated, "the catalog and the Act struct disagree on gating");
 
 const char* launch_status() {
   const cudaError_t err = cudaGetLastError();
@@ -28,7 +32,7 @@ const char* launch_status() {
 // kernel<<<grid, block, 0, stream>>>(args...), with programmatic stream serialization
 // when pdl: the launch may begin before the previous kernel in the stream has finished
 // (the kernels wait for it themselves, act_quant.cuh pdl_wait_and_trigger). After a
-// kernel that triggers early that hides 0.4-0.7 µs of the gap (benchmarks/NOTES.md).
+// kernel that triggers early that hides 0.4-0.7 µs of the gap (docs/decisions/006-pdl-off-by-default.md).
 template <typename... KArgs, typename... Args>
 const char* launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl,
                    Args... args) {
@@ -52,12 +56,20 @@ const char* launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t
 
 // Whether a Scheme kernel loads this input evict-first (group_kernel.cuh ld_evict_first):
 // when it fits in Scheme::kEvictFirstL2s L2 sizes (1, MXFP4 3). Inputs that fit gain 2-17
-// points of copy bandwidth with the hint, the largest lose 4-10 (benchmarks/NOTES.md,
-// "L2 evict-first loads").
+// points of copy bandwidth with the hint, the largest lose 4-10
+// (docs/decisions/001-evict-first-loads-gated-by-l2.md, 002-mxfp4-evict-first-up-to-3-l2.md).
 template <typename Scheme>
 bool evict_first_input(const QuantParams& p) {
   return p.tokens * p.hidden * int64_t(sizeof(S)) * (Act::kGated ? 2 : 1) <= Scheme::kEvictFirstL2s * p.l2_bytes;
 }
+
+// Kernel arguments of the operands (act_quant.h Inputs).
+const S* gate_ptr(const Inputs& in) { return static_cast<const S*>(in.gate); }
+const S* up_ptr(const Inputs& in) { return static_cast<const S*>(in.up != nullptr ? in.up : in.gate); }
+bool interleaved(const Inputs& in) { return Act::kGated && in.layout == kLayoutInterleaved; }
+// The interleaved variants' IL argument: for non-gated activations the plain kernels (never
+// chosen: interleaved() is false), so nothing extra is instantiated.
+constexpr bool kIL = Act::kGated;
 
 // A persistent grid of at most `most` blocks for `needed` blocks' worth of work, sized
 // so that every block makes the same number of trips: with min(needed, most) blocks the
@@ -78,15 +90,24 @@ const char* launch_group(const QuantParams& p) {
     // Evict-first loads on the default vector count only (the benchmarks' other counts
     // keep plain loads). The GPU tests take both paths: the forced vector counts and bf16
     // 4097 x 2 * 7168 (117 MB; not MXFP4) load plainly, the default count on smaller
-    // inputs evict-first.
+    // inputs evict-first. Interleaved inputs: the default count only (fewer instantiations).
     auto kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV>;
     if constexpr (NV == Scheme::kVectors) {
-      if (evict_first_input<Scheme>(p)) kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, true>;
+      const bool ef = evict_first_input<Scheme>(p);
+      if (ef) kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, true>;
+      if (interleaved(p.in)) {
+        kernel = ef ? act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, true, kIL>
+                    : act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, false, kIL>;
+      }
+    } else {
+      if (interleaved(p.in)) return "quantfuse: interleaved inputs take the default vectors per thread";
     }
     const int64_t per_block = kThreads / TPG;
     int64_t blocks = (total + per_block - 1) / per_block;
     if (p.blocks_per_sm >= 0) {
       // Persistent grid: as many blocks as fit on the SMs at once (0 = occupancy).
+      // The kernel variants of one NV share their register count (layout and load hint
+      // change no live state), so one occupancy serves them all.
       static const int resident = [&] {
         int n = 0;
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0);
@@ -95,8 +116,8 @@ const char* launch_group(const QuantParams& p) {
       blocks = balanced_grid(blocks, (p.blocks_per_sm > 0 ? p.blocks_per_sm : resident) * p.sms);
     }
     return launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), p.stream, p.pdl, static_cast<uint8_t*>(p.q),
-                  static_cast<typename Scheme::Scale*>(p.s), static_cast<const S*>(p.x), uint32_t(total),
-                  uint32_t(groups_per_row), p.hidden, p.s_stride_t, p.s_stride_g, p.s_swizzled);
+                  static_cast<typename Scheme::Scale*>(p.s), gate_ptr(p.in), up_ptr(p.in), p.in.in_stride,
+                  uint32_t(total), uint32_t(groups_per_row), p.hidden, p.s_stride_t, p.s_stride_g, p.s_swizzled);
   }
 }
 
@@ -110,9 +131,10 @@ const char* dispatch_vectors(const QuantParams& p) {
   }
 }
 
+// Fp8Scaled<use_ue8m0>, Mx<bits, rceil>: the scheme's one boolean recipe field.
 template <template <bool> class Scheme, int GS>
-const char* dispatch_flag(const QuantParams& p) {
-  return p.flag ? dispatch_vectors<Scheme<true>, GS>(p) : dispatch_vectors<Scheme<false>, GS>(p);
+const char* dispatch_bool(const QuantParams& p, bool value) {
+  return value ? dispatch_vectors<Scheme<true>, GS>(p) : dispatch_vectors<Scheme<false>, GS>(p);
 }
 template <bool RCEIL> using Mxfp8 = Mx<8, RCEIL>;
 template <bool RCEIL> using Mxfp4 = Mx<4, RCEIL>;
@@ -122,8 +144,11 @@ template <int NV>
 const char* launch_token(const QuantParams& p, int threads_x, int block_threads) {
   // Every vector count takes the hint here (SiLU x FP8 per-token 4096 x 2048: 86% -> 97% of
   // copy bandwidth). Both variants use the same registers, so one occupancy serves both.
-  auto kernel = evict_first_input<Fp8Scaled<false>>(p) ? act_token_quant_kernel<DT, Act, NV, true>
-                                                       : act_token_quant_kernel<DT, Act, NV>;
+  const bool ef = evict_first_input<Fp8Scaled<false>>(p);
+  auto kernel = ef ? act_token_quant_kernel<DT, Act, NV, true> : act_token_quant_kernel<DT, Act, NV>;
+  if (interleaved(p.in)) {
+    kernel = ef ? act_token_quant_kernel<DT, Act, NV, true, kIL> : act_token_quant_kernel<DT, Act, NV, false, kIL>;
+  }
   const int rows = std::max(1, block_threads / threads_x);
   // blocks of one kernel resident per SM, by block size in warps (host-side cache)
   static int resident[kTokenThreads / 32 + 1] = {};
@@ -135,7 +160,7 @@ const char* launch_token(const QuantParams& p, int threads_x, int block_threads)
   // every slot filled: the kernel spreads the last, partial round of rows over all blocks
   const int64_t blocks = std::min<int64_t>((p.tokens + rows - 1) / rows, int64_t(n) * p.sms);
   return launch(kernel, dim3(unsigned(blocks)), dim3(threads_x, rows), p.stream, p.pdl, static_cast<uint8_t*>(p.q),
-                static_cast<float*>(p.s), static_cast<const S*>(p.x), p.tokens, p.hidden);
+                static_cast<float*>(p.s), gate_ptr(p.in), up_ptr(p.in), p.in.in_stride, p.tokens, p.hidden);
 }
 
 // Per-token: up to 4 vectors per thread, so that a row takes few threads (a warp for
@@ -166,16 +191,22 @@ const char* dispatch_token(const QuantParams& p) {
     if (nv == 2) return launch_token<2>(p, int(tx), block);
     return launch_token<4>(p, int(tx), block);
   }
-  return launch(act_token_quant_wide_kernel<DT, Act, 4>, dim3(unsigned(p.tokens)), dim3(kTokenThreads), p.stream,
-                p.pdl, static_cast<uint8_t*>(p.q), static_cast<float*>(p.s), static_cast<const S*>(p.x), p.tokens,
-                p.hidden);
+  auto wide = act_token_quant_wide_kernel<DT, Act, 4>;
+  if (interleaved(p.in)) wide = act_token_quant_wide_kernel<DT, Act, 4, kIL>;
+  return launch(wide, dim3(unsigned(p.tokens)), dim3(kTokenThreads), p.stream, p.pdl, static_cast<uint8_t*>(p.q),
+                static_cast<float*>(p.s), gate_ptr(p.in), up_ptr(p.in), p.in.in_stride, p.tokens, p.hidden);
 }
 
-template <int VEC>
-const char* launch_act(const ActParams& p) {
-  const int64_t chunks = (p.hidden + kThreads * VEC - 1) / (kThreads * VEC);
-  return launch(act_kernel<DT, Act, VEC>, dim3(unsigned(p.tokens * chunks)), dim3(kThreads), p.stream, p.pdl,
-                static_cast<S*>(p.out), static_cast<const S*>(p.x), p.hidden, uint32_t(chunks));
+// The elementwise kernel (act_kernel.cuh) over [tokens, hidden]: Q = void writes act(x)
+// to out in the input dtype, Q = Fp8Static the static FP8 codes.
+template <int VEC, typename Q>
+const char* launch_elementwise(void* out, const Inputs& in, int64_t tokens, int64_t hidden, const float* scale,
+                               bool pdl, cudaStream_t stream) {
+  const int64_t chunks = (hidden + kThreads * VEC - 1) / (kThreads * VEC);
+  auto kernel = act_kernel<DT, Act, VEC, false, Q>;
+  if (interleaved(in)) kernel = act_kernel<DT, Act, VEC, kIL, Q>;
+  return launch(kernel, dim3(unsigned(tokens * chunks)), dim3(kThreads), stream, pdl, out, gate_ptr(in), up_ptr(in),
+                in.in_stride, hidden, uint32_t(chunks), scale);
 }
 
 }  // namespace
@@ -185,21 +216,24 @@ const char* QF_CAT(launch_quant_, QF_UNIT)(const QuantParams& p) {
   switch (p.scheme) {
     case kPerToken: return dispatch_token(p);
     case kPerGroup:
-      if (p.group_size == 64) return dispatch_flag<Fp8Scaled, 64>(p);
-      if (p.group_size == 128) return dispatch_flag<Fp8Scaled, 128>(p);
-      return "quantfuse: group_size must be 64 or 128";
-    case kMxfp8: return dispatch_flag<Mxfp8, 32>(p);
-    case kMxfp4: return dispatch_flag<Mxfp4, 32>(p);
+      if (p.group_size == kFp8GroupSizes[0]) return dispatch_bool<Fp8Scaled, kFp8GroupSizes[0]>(p, p.use_ue8m0);
+      if (p.group_size == kFp8GroupSizes[1]) return dispatch_bool<Fp8Scaled, kFp8GroupSizes[1]>(p, p.use_ue8m0);
+      return "quantfuse: group_size is not one the kernels take";
+    case kMxfp8: return dispatch_bool<Mxfp8, kMxBlock>(p, p.rceil);
+    case kMxfp4: return dispatch_bool<Mxfp4, kMxBlock>(p, p.rceil);
+    case kStatic:
+      return launch_elementwise<kVec, Fp8Static>(p.q, p.in, p.tokens, p.hidden, p.scale, p.pdl, p.stream);
     default: return "quantfuse: unknown scheme";
   }
 }
 
 const char* QF_CAT(launch_act_, QF_UNIT)(const ActParams& p) {
-  if constexpr (std::is_same_v<Act, Identity>) {
+  if constexpr (Act::kCode == kActIdentity) {
     return "quantfuse: the identity has no activation kernel";
   } else {
     if (p.tokens == 0 || p.hidden == 0) return nullptr;
-    return p.vectorized ? launch_act<kVec>(p) : launch_act<1>(p);
+    return p.vectorized ? launch_elementwise<kVec, void>(p.out, p.in, p.tokens, p.hidden, nullptr, p.pdl, p.stream)
+                        : launch_elementwise<1, void>(p.out, p.in, p.tokens, p.hidden, nullptr, p.pdl, p.stream);
   }
 }
 

@@ -11,7 +11,7 @@
 //                      packed pairs yp (element 2i in the low half), exactly equal
 //   scale(st)          the value stored for the group
 //
-// Numerics are reference.py's bit for bit (DESIGN.md "Numerics", and the MX rules in
+// Numerics are reference.py's bit for bit (docs/numerics.md, and the MX rules in
 // reference.mx_block_exponents / mxfp8_quant / mxfp4_quant).
 #pragma once
 
@@ -72,7 +72,7 @@ __device__ __forceinline__ int mx_exponent(float amax, float inv_max, int emax) 
     const int ae = int(__float_as_uint(amax) >> 23);
     e = ae == 0 ? -127 : ae - 127 - emax;
   }
-  return min(max(e, -127), 127);
+  return min(max(e, -kE8m0Bias), kE8m0Bias);
 }
 
 // E2M1 code (sign in bit 3) of a scaled value v, nearest-even, saturating at 6:
@@ -148,18 +148,18 @@ struct Mx {
   // MXFP4 gains from the hint above the L2 size too (H100, 59-134 MB inputs: 91-94% -> 100-103%
   // of copy bandwidth); only the largest inputs (235 MB and up) lose, as for every scheme.
   static constexpr int kEvictFirstL2s = kElemBits == 8 ? 1 : 3;
-  static constexpr int kEmax = kElemBits == 8 ? 8 : 2;  // exponent of the largest binade
+  static constexpr int kEmax = kElemBits == 8 ? kFp8Emax : kFp4Emax;  // exponent of the largest binade
   using Scale = uint8_t;
   // tiny: amax < 2^-121, where a subnormal element could still code above 0; the bf16x2
   // path (whose arithmetic may flush subnormals) is skipped for such blocks
   struct State { float f; uint32_t byte; bool bad, tiny; };
   static __device__ __forceinline__ State prepare(float amax) {
-    const float inv_max = kElemBits == 8 ? 1.0f / 448.0f : 1.0f / 6.0f;
+    const float inv_max = kElemBits == 8 ? 1.0f / kFp8Max : 1.0f / kFp4Max;
     const bool bad = __float_as_uint(amax) >= 0x7f800000u;  // inf or NaN in the block
     const int e = mx_exponent<RCEIL>(amax, inv_max, kEmax);
     // 2^-e; a finite block has e <= 119, so 127 - e >= 8 stays a normal exponent
     const float f = __uint_as_float(uint32_t(127 - min(e, 126)) << 23);
-    return {f, bad ? 0xffu : uint32_t(e + 127), bad, __float_as_uint(amax) < (6u << 23)};
+    return {f, bad ? uint32_t(kE8m0Nan) : uint32_t(e + kE8m0Bias), bad, __float_as_uint(amax) < (6u << 23)};
   }
   static __device__ __forceinline__ Scale scale(const State& st) { return Scale(st.byte); }
   template <int N, typename DT>
@@ -205,6 +205,43 @@ struct Mx {
         w[i / 8] = st.bad ? 0u : v;  // a NaN block is all zero codes
       }
     }
+  }
+};
+
+// Static per-tensor FP8 (catalog.FP8_STATIC): q = e4m3(clamp(y / scale, -448, 448)) with
+// the one given fp32 scale, read by the kernel; no amax, no scale output.
+// y / s is correctly rounded: for 2^-60 <= |s| <= 2^60 (fast, a grid-uniform branch) y is
+// first clamped to +-lim = +-RN(464 |s|), NaN kept (any |y| > lim has |y / s| > 463.9,
+// which saturates to 448 exactly as lim / s does), so q0 = RN(y * RN(1/s)) cannot
+// overflow and markstein_div gives RN(y / s) (1/s is normal; quotients that underflow
+// are far below e4m3's smallest step and keep y's sign). Other scales (0, subnormal,
+// huge, inf, NaN) take true divisions, as the fp32-scale path does for non-finite ones.
+struct Fp8Static {
+  static constexpr int kBits = 8;
+  struct State { float s, r, lim; bool fast; };
+  static __device__ __forceinline__ State prepare(float s) {
+    const float a = fabsf(s);
+    const bool fast = a >= 0x1p-60f && a <= 0x1p60f;
+    return {s, fast ? __frcp_rn(s) : 0.0f, __fmul_rn(a, 464.0f), fast};
+  }
+  static __device__ __forceinline__ float clamp(float y, float lim) {
+    float r;
+    asm("min.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(nan_max(y, -lim)), "f"(lim));
+    return r;
+  }
+  template <int N>
+  static __device__ __forceinline__ void encode(const float* y, const State& st, uint32_t* w) {
+    static_assert(N % 4 == 0, "fp8 words hold 4 elements");
+    float v[N];
+    if (st.fast) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) v[i] = markstein_div(clamp(y[i], st.lim), st.s, st.r);
+    } else {
+#pragma unroll
+      for (int i = 0; i < N; ++i) v[i] = __fdiv_rn(y[i], st.s);
+    }
+#pragma unroll
+    for (int i = 0; i < N; i += 4) w[i / 4] = e4m3x2(v[i], v[i + 1]) | (e4m3x2(v[i + 2], v[i + 3]) << 16);
   }
 };
 

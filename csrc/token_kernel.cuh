@@ -42,34 +42,33 @@ __device__ __forceinline__ float row_max(float v, int buf) {
   return m;
 }
 
-template <typename DT, int NV, bool GATED, bool EVICT_FIRST>
-__device__ __forceinline__ void load_row(uint4 (&gv)[NV], uint4 (&uv)[NV], const typename DT::Storage* __restrict__ x,
-                                         int64_t row, int64_t tokens, int64_t hidden) {
+template <typename DT, int NV, bool GATED, bool IL, bool EVICT_FIRST>
+__device__ __forceinline__ void load_row(uint4 (&gv)[NV], uint4 (&uv)[NV], const typename DT::Storage* __restrict__ gate,
+                                         const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t row,
+                                         int64_t tokens, int64_t hidden) {
   constexpr int VEC = 16 / sizeof(typename DT::Storage);
   if (row >= tokens) return;
-  const auto* p = x + row * (GATED ? 2 * hidden : hidden);
+  const int64_t row_off = row * in_stride;
 #pragma unroll
   for (int j = 0; j < NV; ++j) {
     const int64_t col = (int64_t(j) * blockDim.x + threadIdx.x) * VEC;
-    if (col < hidden) {
-      gv[j] = load16<EVICT_FIRST>(p + col);
-      if constexpr (GATED) uv[j] = load16<EVICT_FIRST>(p + col + hidden);
-    }
+    if (col < hidden) load_operands<DT, GATED, IL, EVICT_FIRST>(gv[j], uv[j], gate, up, row_off, col);
   }
 }
 
 // One row of a persistent block: prefetch row + step into (gn, un), then quantise
 // `row` from (gv, uv).
-template <typename DT, typename Act, int NV, bool EVICT_FIRST>
+template <typename DT, typename Act, int NV, bool IL, bool EVICT_FIRST>
 __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __restrict__ s,
-                                           const typename DT::Storage* __restrict__ x, int64_t tokens,
-                                           int64_t hidden, int64_t step, int buf, int64_t& row,
+                                           const typename DT::Storage* __restrict__ gate,
+                                           const typename DT::Storage* __restrict__ up, int64_t in_stride,
+                                           int64_t tokens, int64_t hidden, int64_t step, int buf, int64_t& row,
                                            const uint4 (&gv)[NV], const uint4 (&uv)[NV], uint4 (&gn)[NV],
                                            uint4 (&un)[NV]) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
   using Q = Fp8Scaled<false>;
-  load_row<DT, NV, Act::kGated, EVICT_FIRST>(gn, un, x, row + step, tokens, hidden);
+  load_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(gn, un, gate, up, in_stride, row + step, tokens, hidden);
   float y[NV][VEC];
   uint32_t yp[NV][VEC / 2];
   float amax = 0.0f;
@@ -77,10 +76,12 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
   for (int j = 0; j < NV; ++j) {
     // past-the-end vectors hold stale registers: keep them out of the amax
     const bool in_row = (int64_t(j) * blockDim.x + threadIdx.x) * VEC < hidden;
+    uint4 ga = gv[j], ua = uv[j];
+    if constexpr (IL) split_interleaved<DT>(ga, ua);
     // f16 only: its 4-vector kernel spilled 124 bytes with the exact path's call (64 without);
     // bf16 does not spill, and fewer registers there changed its occupancy for the worse
     const float m = act_round_amax<DT, Act, VEC, std::is_same_v<DT, F16>>(
-        y[j], yp[j], reinterpret_cast<const S*>(&gv[j]), reinterpret_cast<const S*>(&uv[j]), in_row && row < tokens);
+        y[j], yp[j], reinterpret_cast<const S*>(&ga), reinterpret_cast<const S*>(&ua), in_row && row < tokens);
     if (in_row) amax = nan_max(amax, m);
   }
   const auto st = Q::prepare(row_max(amax, buf));
@@ -113,34 +114,36 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
   row += step;
 }
 
-// EVICT_FIRST: input loads as in the group kernel (group_kernel.cuh ld_evict_first).
-template <typename DT, typename Act, int NV, bool EVICT_FIRST = false>
+// EVICT_FIRST: input loads as in the group kernel (act_quant.cuh ld_evict_first).
+// IL: interleaved gate / up (act_quant.h Inputs).
+template <typename DT, typename Act, int NV, bool EVICT_FIRST = false, bool IL = false>
 __global__ void __launch_bounds__(kTokenThreads) act_token_quant_kernel(
-    uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ x,
-    int64_t tokens, int64_t hidden) {
+    uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ gate,
+    const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t tokens, int64_t hidden) {
   const int64_t step = int64_t(gridDim.x) * blockDim.y;
   // Row slot y of block b takes rows y * gridDim.x + b + k * step: the last, partial
   // round of rows is spread over every block's first row slots (every SM gets its share).
   int64_t row = int64_t(threadIdx.y) * gridDim.x + blockIdx.x;
   uint4 ga[NV], ua[NV], gb[NV], ub[NV];
   pdl_wait_and_trigger();
-  load_row<DT, NV, Act::kGated, EVICT_FIRST>(ga, ua, x, row, tokens, hidden);
+  load_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(ga, ua, gate, up, in_stride, row, tokens, hidden);
   // Two rows per trip with the buffers swapped. The bound is uniform over the row's
   // threads, the only ones its barrier waits for.
   while (row < tokens) {
-    token_step<DT, Act, NV, EVICT_FIRST>(q, s, x, tokens, hidden, step, 0, row, ga, ua, gb, ub);
+    token_step<DT, Act, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, tokens, hidden, step, 0, row, ga, ua, gb, ub);
     if (row >= tokens) break;
-    token_step<DT, Act, NV, EVICT_FIRST>(q, s, x, tokens, hidden, step, 1, row, gb, ub, ga, ua);
+    token_step<DT, Act, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, tokens, hidden, step, 1, row, gb, ub, ga, ua);
   }
 }
 
-template <typename DT, typename Act>
+template <typename DT, typename Act, bool IL>
 __device__ __forceinline__ void act_vector(float (&y)[16 / sizeof(typename DT::Storage)], float& amax,
-                                           const typename DT::Storage* p, int64_t hidden) {
+                                           const typename DT::Storage* gate, const typename DT::Storage* up,
+                                           int64_t row_off, int64_t col) {
   using S = typename DT::Storage;
-  const uint4 gv = __ldg(reinterpret_cast<const uint4*>(p));
-  uint4 uv = gv;
-  if constexpr (Act::kGated) uv = __ldg(reinterpret_cast<const uint4*>(p + hidden));
+  uint4 gv, uv;
+  load_operands<DT, Act::kGated, IL, false>(gv, uv, gate, up, row_off, col);
+  if constexpr (IL) split_interleaved<DT>(gv, uv);
   uint32_t yp[8 / sizeof(S)];
   amax = nan_max(amax, act_round_amax<DT, Act, 16 / sizeof(S)>(y, yp, reinterpret_cast<const S*>(&gv),
                                                                reinterpret_cast<const S*>(&uv), true));
@@ -148,16 +151,16 @@ __device__ __forceinline__ void act_vector(float (&y)[16 / sizeof(typename DT::S
 
 // Rows too long for registers: blockDim.x = kTokenThreads, one row per block, chunks of
 // NV vectors per thread.
-template <typename DT, typename Act, int NV>
+template <typename DT, typename Act, int NV, bool IL = false>
 __global__ void __launch_bounds__(kTokenThreads) act_token_quant_wide_kernel(
-    uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ x,
-    int64_t tokens, int64_t hidden) {
+    uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ gate,
+    const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t tokens, int64_t hidden) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
   using Q = Fp8Scaled<false>;
   pdl_wait_and_trigger();
   const int64_t row = blockIdx.x;
-  const S* xr = x + row * (Act::kGated ? 2 * hidden : hidden);
+  const int64_t row_off = row * in_stride;
   uint8_t* qr = q + row * hidden;
   const int64_t chunk = int64_t(NV) * blockDim.x * VEC;
   float amax = 0.0f;
@@ -166,7 +169,7 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_wide_kernel(
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int64_t col = c0 + (int64_t(j) * blockDim.x + threadIdx.x) * VEC;
-      if (col < hidden) act_vector<DT, Act>(y, amax, xr + col, hidden);
+      if (col < hidden) act_vector<DT, Act, IL>(y, amax, gate, up, row_off, col);
     }
   }
   const auto st = Q::prepare(row_max(amax, 0));
@@ -176,7 +179,7 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_wide_kernel(
       const int64_t col = c0 + (int64_t(j) * blockDim.x + threadIdx.x) * VEC;
       if (col < hidden) {
         float unused = 0.0f;
-        act_vector<DT, Act>(y, unused, xr + col, hidden);
+        act_vector<DT, Act, IL>(y, unused, gate, up, row_off, col);
         uint32_t w[VEC / 4];
         Q::encode<VEC, DT>(y, nullptr, st, w);
         store_bytes<VEC>(qr + col, w, 0);

@@ -10,7 +10,12 @@ activation scales column-major, as cuBLAS wants them); on the CPU it dequantises
 multiplies.  Exits 1 if the pass did not fire, 2 if the results differ beyond FP8
 rounding.
 
+The compile with the pass runs with Inductor's FX graph cache off: a graph served from
+that cache (a second run of this script) never reaches the pass, so the pass would have
+nothing to report and nothing to check.
+
     python examples/fp8_mlp.py [--device cuda] [--tokens 64] [--layers 2] [--style op]
+    python -m quantfuse explain examples/fp8_mlp.py:build --shape 64,512
 """
 
 from __future__ import annotations
@@ -100,6 +105,12 @@ class Stack(torch.nn.Module):
         return x
 
 
+def build(layers: int = 2, hidden: int = 512, inter: int = 1024, device: str = "cpu", style: str = "native"):
+    """The example's model in eval mode (for ``python -m quantfuse explain``)."""
+    torch.manual_seed(0)
+    return Stack(layers, hidden, inter, torch.device(device), style).eval()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -119,8 +130,11 @@ def main(argv=None) -> int:
         torch._dynamo.reset()
         baseline = torch.compile(model)(x)
         torch._dynamo.reset()
-        fused = torch.compile(model, options=quantfuse.inductor_options())(x)
+        with torch._inductor.config.patch(fx_graph_cache=False), \
+                torch._functorch.config.patch(enable_autograd_cache=False):
+            fused = quantfuse.compile(model)(x)
     report = quantfuse.last_report()
+    print("compiled with Inductor's FX graph cache off, so the pass runs on every run of this script")
     print(report)
 
     diff = (fused.float() - baseline.float()).abs().max().item()

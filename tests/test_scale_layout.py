@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from quantfuse import catalog
 from quantfuse.custom_ops.reference import swizzle_128x4
 
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
@@ -40,7 +41,9 @@ def harness(tmp_path_factory):
         pytest.skip("no C++ compiler")
     d = tmp_path_factory.mktemp("scale_layout")
     (d / "h.cpp").write_text(HARNESS)
-    subprocess.run([cxx, "-std=c++17", "-O1", "-I", str(CSRC), str(d / "h.cpp"), "-o", str(d / "h")], check=True)
+    (d / "quantfuse_catalog.h").write_text(catalog.cpp_header())  # generated at build time too
+    subprocess.run([cxx, "-std=c++17", "-O1", "-I", str(CSRC), "-I", str(d), str(d / "h.cpp"), "-o", str(d / "h")],
+                   check=True)
     return d / "h"
 
 

@@ -13,7 +13,7 @@ import torch
 from quantfuse import catalog
 from quantfuse.catalog import IDENTITY, OpEntry
 from quantfuse.custom_ops import oracle, reference
-from quantfuse.custom_ops.plan import CallPlan, make_plan
+from quantfuse.custom_ops.plan import CallPlan, cached_plan, make_plan
 
 #: the catalog's tables, re-exported for the passes and the patterns
 ACTIVATIONS = catalog.ACTIVATIONS
@@ -48,9 +48,9 @@ def _split(entry: OpEntry, args: tuple, up):
     return scale, args, up
 
 
-def _plan(entry: OpEntry, x, args, up, interleaved, recipe) -> tuple[CallPlan, object, object]:
+def _plan(entry: OpEntry, x, args, up, interleaved, recipe, make=make_plan) -> tuple[CallPlan, object, object]:
     scale, params, up = _split(entry, args, up)
-    return make_plan(entry, x, params, up=up, interleaved=interleaved, scale=scale, recipe=recipe), scale, up
+    return make(entry, x, params, up=up, interleaved=interleaved, scale=scale, recipe=recipe), scale, up
 
 
 def _single(outs: tuple):
@@ -59,7 +59,7 @@ def _single(outs: tuple):
 
 def _make_impl(entry: OpEntry):
     def impl(x, *args, up=None, interleaved=False, recipe=""):
-        plan, scale, up = _plan(entry, x, args, up, interleaved, recipe)
+        plan, scale, up = _plan(entry, x, args, up, interleaved, recipe, cached_plan)
         mod = oracle.choose(plan)
         if mod is None:
             return run_reference(plan, x, up, interleaved, scale)

@@ -189,3 +189,30 @@ def make_plan(entry: OpEntry, x, params: tuple = (), kwargs: dict | None = None,
                 _fail(op, ValueError, f"scale is on {scale.device}, x on {x.device}")
     return CallPlan(entry=entry, recipe=r, layout=layout, dtype=x.dtype, device_type=x.device.type,
                     lead=tuple(x.shape[:-1]), hidden=hidden, aligned=_aligned(x, up))
+
+
+#: the plans of real (not fake) calls, by everything make_plan reads: a repeated call
+#: (decode steps: the same shapes every step) skips the checks it already passed
+_PLANS: dict[tuple, CallPlan] = {}
+_MAX_PLANS = 4096
+
+
+def _signature(t):
+    return None if t is None else (t.shape, t.dtype, t.device, t.is_contiguous(), t.data_ptr() % 16 == 0)
+
+
+def cached_plan(entry: OpEntry, x, params: tuple = (), *, up=None, interleaved: bool = False, scale=None,
+                recipe: str = "") -> CallPlan:
+    """:func:`make_plan` for a real call, from a cache keyed by the call's signature (shapes,
+    dtypes, devices, contiguity, alignment, parameters); errors are raised as make_plan's."""
+    if not isinstance(x, torch.Tensor) or (up is not None and not isinstance(up, torch.Tensor)):
+        return make_plan(entry, x, params, up=up, interleaved=interleaved, scale=scale, recipe=recipe)
+    scale_sig = (scale.dtype, scale.numel(), scale.device) if isinstance(scale, torch.Tensor) else type(scale)
+    key = (entry.name, _signature(x), params, _signature(up), interleaved, scale_sig, recipe)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = make_plan(entry, x, params, up=up, interleaved=interleaved, scale=scale, recipe=recipe)
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan

@@ -231,7 +231,7 @@ def mxfp8_quant(x: torch.Tensor, scale_rounding: str = "rceil",
     Elements saturate at ±448; a NaN block is all NaN with scale byte 0xFF.
     """
     exp, bad = mx_block_exponents(x, "e4m3", scale_rounding)
-    v = _scaled_blocks(x, exp).clamp(-448.0, 448.0)
+    v = _scaled_blocks(x, exp).clamp(-FP8_MAX, FP8_MAX)
     v = torch.where(bad.unsqueeze(-1), torch.full_like(v, float("nan")), v)
     return v.to(FP8_DTYPE).flatten(-2), _mx_scales(exp, bad, is_sf_swizzled_layout)
 

@@ -6,27 +6,47 @@ import dataclasses
 
 import torch
 
+from quantfuse.custom_ops import kernel_inputs
 from quantfuse.custom_ops import ops as qops
 
 
 #: every (activation, scheme) pair of the op tables
 ALL_PAIRS = tuple((act, scheme) for act in qops.ACTIVATIONS for scheme in qops.SCHEMES)
 
-#: pairs whose fused CUDA kernel beat Inductor's own code for the plain-PyTorch graph on
-#: the H100 at T >= 4096 (benchmarks/RESULTS.md): since the CUDA kernels, every pair
-#: (FP8 / MXFP8 1.01-1.79x, MXFP4 2.1-4.1x). With only the Triton backend (no CUDA
-#: toolchain) several are slower than Inductor: use :data:`PROFITABLE_NATIVE_TRITON`.
+#: pairs whose native (plain-PyTorch) form is fused by default: those where the fused CUDA
+#: kernel beat Inductor's own code for the native graph (benchmarks/RESULTS.md), which
+#: today is every pair
 PROFITABLE_NATIVE = ALL_PAIRS
 
-#: the pairs whose Triton kernel (the backend without a CUDA toolchain) was at least as
-#: fast as Inductor's code for the native graph on the H100 at T >= 4096 (RESULTS.md, % of
-#: copy bandwidth, Triton vs Inductor): MXFP4 47-63% vs 25-35%, ReLU² -> MXFP8 88-100% vs
-#: 74-91%, ReLU² -> FP8 per-token 81-92% vs 54-70% and SiLU x Mul -> FP8 per-group 58-70%
-#: vs 52-56% (both since the one-reciprocal division, seventh session). Left out: ReLU² ->
-#: FP8 per-group (75-93% vs 64-95%: below on three of four cells), SiLU x Mul -> MXFP8
-#: (59-81% vs 78-93%) and per-token (48-51% vs 59-63% at H = 7168).
+#: the pairs whose Triton kernel (used where no CUDA toolchain builds the CUDA kernels)
+#: beat Inductor's code for the native graph (benchmarks/RESULTS.md); the others are
+#: faster left to Inductor on such machines
 PROFITABLE_NATIVE_TRITON = (("silu_and_mul", "fp8_per_group"), ("relu2", "fp8_per_token"), ("relu2", "mxfp8"),
                             ("silu_and_mul", "mxfp4"), ("relu2", "mxfp4"))
+
+
+def _pairs(value, name: str) -> tuple[tuple[str, str], ...]:
+    """``value`` as a tuple of (activation, scheme) tuples; lists accepted at every level."""
+    try:
+        pairs = tuple(tuple(p) for p in value)
+    except TypeError:
+        raise TypeError(f"FusionConfig.{name} must be a sequence of (activation, scheme) pairs, "
+                        f"got {value!r}") from None
+    for p in pairs:
+        if len(p) != 2 or not all(isinstance(v, str) for v in p):
+            raise TypeError(f"FusionConfig.{name}: {p!r} is not an (activation, scheme) pair of names")
+    return pairs
+
+
+def _names(value, name: str, kind=str) -> tuple:
+    """``value`` as a tuple of ``kind`` (a list, or a single value, accepted)."""
+    if isinstance(value, (str, int, torch.dtype)):
+        value = (value,)  # a single value where a sequence belongs: one-element tuple
+    out = tuple(value)
+    for v in out:
+        if not isinstance(v, kind) or isinstance(v, bool):
+            raise TypeError(f"FusionConfig.{name}: {v!r} is not a {kind.__name__}")
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +64,11 @@ class FusionConfig:
         group_sizes: FP8 per-group sizes to fuse (the fused kernels' sizes).
         dtypes: activation input dtypes to fuse, by name.
         dump_dir: if set, each pass run writes its report and the graphs before and
-            after into a numbered sub-folder (also ``QUANTFUSE_DUMP_DIR``).
+            after into a new sub-folder (also ``QUANTFUSE_DUMP_DIR``).
+
+    Lists are accepted wherever tuples are shown (stored as tuples: the config is
+    hashed into the pass's uuid); values the fused kernels do not support raise a
+    ``ValueError`` that lists the supported ones.
     """
 
     fusions: tuple[tuple[str, str], ...] = ALL_PAIRS
@@ -55,6 +79,13 @@ class FusionConfig:
     dump_dir: str | None = None
 
     def __post_init__(self):
+        # frozen: normalise through object.__setattr__ so lists hash (the config keys a cache)
+        object.__setattr__(self, "fusions", _pairs(self.fusions, "fusions"))
+        object.__setattr__(self, "native_fusions", _pairs(self.native_fusions, "native_fusions"))
+        object.__setattr__(self, "forms", _names(self.forms, "forms"))
+        object.__setattr__(self, "group_sizes", _names(self.group_sizes, "group_sizes", int))
+        object.__setattr__(self, "dtypes", tuple(str(d).replace("torch.", "") for d in _names(
+            self.dtypes, "dtypes", (str, torch.dtype))))
         for act, scheme in self.fusions + self.native_fusions:
             if act not in qops.ACTIVATIONS or scheme not in qops.SCHEMES:
                 raise ValueError(f"unknown fusion ({act!r}, {scheme!r}); activations: "
@@ -62,12 +93,21 @@ class FusionConfig:
         bad = set(self.forms) - {"op", "native"}
         if bad:
             raise ValueError(f"unknown pattern forms {sorted(bad)}; expected 'op' and/or 'native'")
+        supported = {str(d).replace("torch.", "") for d in qops.SUPPORTED_DTYPES}
         for name in self.dtypes:
             if not isinstance(getattr(torch, name, None), torch.dtype):
                 raise ValueError(f"unknown dtype name {name!r}")
+            if name not in supported:
+                raise ValueError(f"dtype {name!r} is not supported by the fused kernels "
+                                 f"(supported: {', '.join(sorted(supported))})")
+        bad = sorted(set(self.group_sizes) - set(kernel_inputs.FP8_GROUPS))
+        if bad:
+            raise ValueError(f"group size(s) {bad} are not supported by the fused kernels "
+                             f"(supported: {', '.join(map(str, kernel_inputs.FP8_GROUPS))})")
 
     @property
     def torch_dtypes(self) -> tuple[torch.dtype, ...]:
+        """:attr:`dtypes` as ``torch.dtype`` objects."""
         return tuple(getattr(torch, name) for name in self.dtypes)
 
     def pattern_key(self) -> "FusionConfig":

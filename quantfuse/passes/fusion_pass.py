@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import logging
 import time
 from pathlib import Path
 
@@ -13,15 +15,66 @@ from torch._inductor.custom_graph_pass import CustomGraphPass
 from quantfuse.custom_ops import ops as qops
 from quantfuse.passes import debug
 from quantfuse.passes.config import FusionConfig
-from quantfuse.passes.report import NearMiss, PassReport, Rewrite, configure_logging_from_env, log
+from quantfuse.passes.report import (CACHE_HIT, CompileReport, NearMiss, PassReport, Rewrite,
+                                     configure_logging_from_env, log)
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-_last_report: list[PassReport] = []
+#: the pass of the most recent compile (or direct run) in this process
+_current: list["FusionPass"] = []
 
 
-def last_report() -> PassReport | None:
-    """The report of the most recent :class:`FusionPass` run in this process."""
-    return _last_report[-1] if _last_report else None
+def last_report() -> CompileReport | None:
+    """The report of the most recent ``torch.compile`` call that used a :class:`FusionPass`.
+
+    It sums every graph that compile produced (graph breaks, recompiles) and lists each
+    graph's part; a graph Inductor served from its FX graph cache appears as "not run:
+    graph served from Inductor's FX graph cache". None before any compile with the pass.
+    """
+    if not _current:
+        return None
+    _current[-1]._settle()
+    return _current[-1].report
+
+
+def _cache_hits() -> tuple[int, int]:
+    """Inductor's FX graph cache hits and AOTAutograd cache hits so far in this process."""
+    from torch._dynamo.utils import counters
+
+    return counters["inductor"]["fxgraph_cache_hit"], counters["aot_autograd"]["autograd_cache_hit"]
+
+
+def _installed(fusion: "FusionPass") -> bool:
+    """Whether Inductor's config (patched by ``torch.compile``'s options) holds ``fusion``."""
+    stack = [torch._inductor.config.post_grad_custom_post_pass]
+    while stack:
+        p = stack.pop()
+        if p is fusion:
+            return True
+        if isinstance(p, ComposedPass):
+            stack.extend((p.first, p.second))
+    return False
+
+
+@contextlib.contextmanager
+def _quiet_backend_choice():
+    """Tracing the patterns runs every op once on example tensors: without this the backend
+    oracle would log (and remember, so never log again) a choice for ops the model never calls."""
+    from quantfuse.custom_ops import oracle
+
+    logger = logging.getLogger("quantfuse.backend")
+    logged = set(getattr(oracle, "_logged", ()))
+    calls = getattr(oracle, "calls", None)
+    calls_before = calls.copy() if calls is not None else None
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+        if hasattr(oracle, "_logged"):
+            oracle._logged.intersection_update(logged)
+        if calls is not None:
+            calls.clear()
+            calls.update(calls_before)
 
 
 @functools.lru_cache(maxsize=1)
@@ -78,15 +131,43 @@ class FusionPass(CustomGraphPass):
     def __init__(self, config: FusionConfig | None = None):
         configure_logging_from_env()
         self.config = config or FusionConfig()
-        self.report: PassReport | None = None
+        #: every graph of the compile this pass belongs to (one pass object per torch.compile call)
+        self.report = CompileReport()
         self._runs = 0
+        #: cache-hit counters when a compile holding this pass last computed its cache key;
+        #: None once that graph is accounted for (the pass ran, or the counters moved)
+        self._pending: tuple[int, int] | None = None
+
+    def _settle(self) -> None:
+        """Record graphs Inductor served from its cache since this pass's last cache-key lookup.
+
+        Inductor asks every custom pass for its uuid() while computing a graph's cache
+        key, and calls the pass only on a miss; a lookup followed by cache hits and no
+        call means the pass never saw those graphs.
+        """
+        if self._pending is None:
+            return
+        served = max(now - then for now, then in zip(_cache_hits(), self._pending))
+        if served > 0:
+            self._pending = None
+            self.report.graphs.extend(PassReport(ran=False) for _ in range(served))
+            log.info("quantfuse: %s", CACHE_HIT)
+
+    def _make_current(self) -> None:
+        if _current and _current[-1] is not self:
+            _current[-1]._settle()  # the previous compile is over: account for its graphs first
+        self._settle()
+        _current[:] = [self]
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         # imported here: the pattern matcher costs ~1 s of import time nobody needs before compiling
         from quantfuse.patterns import act_quant
 
+        self._make_current()
+        self._pending = None
         start = time.perf_counter()
-        pm_pass = act_quant.build_pass(self.config.pattern_key())
+        with _quiet_backend_choice():
+            pm_pass = act_quant.build_pass(self.config.pattern_key())
         report = PassReport(nodes_before=len(graph.nodes))
         dump_dir = debug.dump_dir(self.config)
         before = str(graph) if dump_dir else None
@@ -98,9 +179,7 @@ class FusionPass(CustomGraphPass):
         graph.lint()
         report.nodes_after = len(graph.nodes)
         report.seconds = time.perf_counter() - start
-        self.report = report
-        _last_report.append(report)
-        del _last_report[:-1]
+        self.report.graphs.append(report)
         self._runs += 1
         if report.rewrites or report.near_misses:
             log.info("%s", report)
@@ -111,6 +190,10 @@ class FusionPass(CustomGraphPass):
 
     def uuid(self) -> str:
         """Changes with the config and with any file of the package (Inductor's FX cache key)."""
+        if _installed(self):  # Inductor is computing a cache key for a graph of our compile
+            self._make_current()
+            if self._pending is None:
+                self._pending = _cache_hits()
         key = f"{self.config.pattern_key()!r}|{_source_hash()}|{torch.__version__}"
         return hashlib.sha256(key.encode()).hexdigest()
 
@@ -132,13 +215,57 @@ class ComposedPass(CustomGraphPass):
         return hashlib.sha256(f"{first}|{self.second.uuid()}".encode()).hexdigest()
 
 
-def inductor_options(config: FusionConfig | None = None, existing=None) -> dict:
+def _with_existing(fusion: FusionPass, existing):
+    if existing is None:
+        existing = torch._inductor.config.post_grad_custom_post_pass
+    return fusion if existing is None else ComposedPass(existing, fusion)
+
+
+def inductor_options(config: FusionConfig | None = None, existing=None, mode: str | None = None,
+                     dynamic: bool | None = None) -> dict:
     """Options for ``torch.compile(..., options=...)`` that run :class:`FusionPass`.
 
     ``existing`` (default: ``torch._inductor.config.post_grad_custom_post_pass``) is a
     post-grad pass the user already has; it runs first and quantfuse's after it.
+    ``mode`` adds the options of that ``torch.compile`` mode (``"reduce-overhead"``,
+    ``"max-autotune"``, ...): ``torch.compile`` refuses ``mode=`` and ``options=``
+    together, and a mode is nothing but a set of Inductor options.
+    """
+    opts = dict(torch._inductor.list_mode_options(mode, dynamic)) if mode else {}
+    opts["post_grad_custom_post_pass"] = _with_existing(FusionPass(config), existing)
+    return opts
+
+
+def compile(model=None, *, config: FusionConfig | None = None, mode: str | None = None,
+            options: dict | None = None, dynamic: bool | None = None, **kwargs):
+    """``torch.compile`` with :class:`FusionPass` added, for any ``mode``.
+
+    ``quantfuse.compile(model, mode="reduce-overhead")`` is
+    ``torch.compile(model, mode="reduce-overhead")`` plus the pass; ``options`` are
+    Inductor options as for ``torch.compile`` (a ``post_grad_custom_post_pass`` among
+    them runs before quantfuse's). Other keyword arguments go to ``torch.compile``.
+    """
+    options = dict(options or {})
+    opts = inductor_options(config, existing=options.pop("post_grad_custom_post_pass", None),
+                            mode=mode, dynamic=dynamic)
+    pass_ = opts.pop("post_grad_custom_post_pass")
+    merged = {**opts, **options, "post_grad_custom_post_pass": pass_}
+    return torch.compile(model, options=merged, dynamic=dynamic, **kwargs)
+
+
+@contextlib.contextmanager
+def enable(config: FusionConfig | None = None):
+    """Run :class:`FusionPass` in every Inductor compile inside the block, for any
+    ``torch.compile`` mode: it sets Inductor's ``post_grad_custom_post_pass`` (after any
+    pass already set there). Compiles happen on a compiled model's first calls (and on
+    recompiles), so those calls must be inside the block::
+
+        with quantfuse.enable():
+            compiled = torch.compile(model, mode="max-autotune-no-cudagraphs")
+            compiled(x)
+
+    Yields the :class:`FusionPass`.
     """
     fusion = FusionPass(config)
-    if existing is None:
-        existing = torch._inductor.config.post_grad_custom_post_pass
-    return {"post_grad_custom_post_pass": fusion if existing is None else ComposedPass(existing, fusion)}
+    with torch._inductor.config.patch(post_grad_custom_post_pass=_with_existing(fusion, None)):
+        yield fusion

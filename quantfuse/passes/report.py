@@ -45,15 +45,89 @@ class PassReport:
     nodes_before: int = 0
     nodes_after: int = 0
 
-    def __str__(self) -> str:
-        lines = [f"quantfuse: {len(self.rewrites)} rewrite(s), {len(self.near_misses)} near miss(es), "
-                 f"{self.seconds * 1e3:.1f} ms, graph {self.nodes_before} -> {self.nodes_after} nodes"]
+    #: False for a graph Inductor served from its FX graph cache (the pass did not run)
+    ran: bool = True
+
+    def summary(self) -> str:
+        """One line: counts, time and node counts, or why the pass did not run."""
+        if not self.ran:
+            return CACHE_HIT
+        return (f"{len(self.rewrites)} rewrite(s), {len(self.near_misses)} near miss(es), "
+                f"{self.seconds * 1e3:.1f} ms, graph {self.nodes_before} -> {self.nodes_after} nodes")
+
+    def entries(self, indent: str = "  ") -> list[str]:
+        """The report's rewrites and near misses, two lines each."""
+        lines = []
         for r in self.rewrites:
             params = ", ".join(f"{k}={v}" for k, v in r.params.items())
-            lines.append(f"  fused  {r.source}\n         {r.activation} -> {r.scheme} as {r.fused_op}"
-                         f"({params}) on {r.input_dtype}{list(r.input_shape)}  [{r.pattern}]")
+            lines.append(f"{indent}fused  {r.source}\n{indent}       {r.activation} -> {r.scheme} as "
+                         f"{r.fused_op}({params}) on {r.input_dtype}{list(r.input_shape)}  [{r.pattern}]")
         for m in self.near_misses:
-            lines.append(f"  kept   {m.source}\n         {m.reason}  [{m.pattern}, node {m.node}]")
+            lines.append(f"{indent}kept   {m.source}\n{indent}       {m.reason}  [{m.pattern}, node {m.node}]")
+        return lines
+
+    def __str__(self) -> str:
+        return "\n".join([f"quantfuse: {self.summary()}"] + self.entries())
+
+
+#: what a report says for a graph Inductor loaded from its cache: custom passes do not run then
+CACHE_HIT = ("not run: graph served from Inductor's FX graph cache "
+             "(no rewrite or near miss recorded for it)")
+
+
+@dataclasses.dataclass
+class CompileReport:
+    """Everything one ``torch.compile`` call's pass decided, over all of its graphs.
+
+    A compile produces one graph per Dynamo frame (graph breaks make several) and one
+    more per recompile; each appears in :attr:`graphs` in compile order, as a
+    :class:`PassReport` (``ran=False`` for a graph served from Inductor's FX graph
+    cache). The list attributes and counts sum over the graphs.
+    """
+
+    graphs: list[PassReport] = dataclasses.field(default_factory=list)
+
+    @property
+    def rewrites(self) -> list[Rewrite]:
+        """Every rewrite of every graph, in compile order."""
+        return [r for g in self.graphs for r in g.rewrites]
+
+    @property
+    def near_misses(self) -> list[NearMiss]:
+        """Every near miss of every graph, in compile order."""
+        return [m for g in self.graphs for m in g.near_misses]
+
+    @property
+    def seconds(self) -> float:
+        """Time the pass took, summed over the graphs it ran on."""
+        return sum(g.seconds for g in self.graphs)
+
+    @property
+    def nodes_before(self) -> int:
+        """Node count before the pass, summed over the graphs it ran on."""
+        return sum(g.nodes_before for g in self.graphs)
+
+    @property
+    def nodes_after(self) -> int:
+        """Node count after the pass, summed over the graphs it ran on."""
+        return sum(g.nodes_after for g in self.graphs)
+
+    @property
+    def cache_hits(self) -> int:
+        """Graphs Inductor served from its FX graph cache (the pass did not see them)."""
+        return sum(1 for g in self.graphs if not g.ran)
+
+    def __str__(self) -> str:
+        if len(self.graphs) == 1:
+            return str(self.graphs[0])
+        if not self.graphs:
+            return "quantfuse: no graph compiled yet"
+        cached = f", {self.cache_hits} from Inductor's FX graph cache" if self.cache_hits else ""
+        lines = [f"quantfuse: {len(self.rewrites)} rewrite(s), {len(self.near_misses)} near miss(es) "
+                 f"in {len(self.graphs)} graphs{cached}, {self.seconds * 1e3:.1f} ms"]
+        for i, g in enumerate(self.graphs, 1):
+            lines.append(f"  graph {i}: {g.summary()}")
+            lines.extend(g.entries("    "))
         return "\n".join(lines)
 
 

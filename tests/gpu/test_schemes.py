@@ -18,36 +18,41 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-from quantfuse.custom_ops import cuda_backend, kernel_inputs  # noqa: E402
+import sys  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import kernel_calls as kc  # noqa: E402
+
+from quantfuse import catalog  # noqa: E402
+from quantfuse.catalog import Layout  # noqa: E402
+from quantfuse.custom_ops import cuda_backend  # noqa: E402
 from quantfuse.custom_ops import reference as ref  # noqa: E402
 from quantfuse.custom_ops import triton_schemes as ts  # noqa: E402
 
 FP8 = torch.float8_e4m3fn
 HIDDEN = [256, 2048, 7168]
 TOKENS = {torch.bfloat16: [1, 7, 33, 4097], torch.float16: [1, 33], torch.float32: [7, 33]}
-PARAMS = {"fp8_per_token": [()],
+#: op parameters per scheme: every kernel value of each (catalog OpParam.kernel_values)
+PARAMS = {"fp8_per_token": [()], "fp8_static": [()],
           "fp8_per_group": [(128, False, False), (64, True, True), (128, True, False), (64, False, True)],
           "mxfp8": [("floor",), ("rceil",), ("rceil", True)],
           "mxfp4": [("floor",), ("rceil",), ("floor", True)]}
-REF_ACT = {"": lambda x: x, "silu_and_mul": ref.silu_and_mul, "relu2": ref.relu2}
-REF_SCHEME = {"fp8_per_token": lambda y: ref.per_token_quant_fp8(y),
-              "fp8_per_group": lambda y, gs, cm, ue: ref.per_token_group_quant_fp8(y, gs, cm, ue),
-              "mxfp8": lambda y, r, sw=False: ref.mxfp8_quant(y, r, sw),
-              "mxfp4": lambda y, r, sw=False: ref.mxfp4_quant(y, r, sw)}
-QUANT_OPS = [op for op, (act, key) in kernel_inputs.OP_TABLE.items() if key != "none"]
-UNFUSED = {key: unfused for key, (unfused, _, _) in kernel_inputs.SCHEME_CODES.items()}
+assert set(PARAMS) == set(catalog.SCHEMES), "a catalog scheme without test parameters"
+QUANT_OPS = [name for name, e in catalog.OPS.items() if e.scheme is not None]
+STATIC_SCALES = (0.37, 1.0, 2.0 ** -20, 3.0e5)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _available():
     assert os.environ.get("TRITON_INTERPRET", "0") != "1", "GPU tests must not run under the interpreter"
-    assert ts.is_available(), ts._failed
+    assert ts.is_available(), getattr(ts, "_failed", None)
     assert cuda_backend.is_available(), cuda_backend.unavailable_reason()
 
 
 @pytest.fixture(params=["triton", "cuda"])
 def mod(request):
-    """The kernel family under test (both expose every OP_TABLE op, outputs first)."""
+    """The kernel family under test (both implement the backend protocol)."""
     return {"triton": ts, "cuda": cuda_backend}[request.param]
 
 
@@ -110,47 +115,33 @@ def assert_same(name, a, b):
                     f"{[a[tuple(i)].item() for i in idx]} vs {[b[tuple(i)].item() for i in idx]}")
 
 
-def run_act(fn, x, h):
-    out = torch.full((*x.shape[:-1], h), float("nan"), dtype=x.dtype, device=x.device)
-    fn(out, x)
-    return out
+def _width(name, hidden, layout=Layout.HALVES):
+    """x's last dim for op ``name`` with ``hidden`` outputs a row."""
+    gated = catalog.OPS[name].activation.gated
+    return 2 * hidden if gated and layout is not Layout.SEPARATE else hidden
 
 
-def run_quant(fn, x, h, key, *params):
-    lead = tuple(x.shape[:-1])
-    poison = lambda shape: torch.full(shape, 0xAB, dtype=torch.uint8, device=x.device)  # noqa: E731
-    if key == "fp8_per_token":
-        q, s = poison((*lead, h)).view(FP8), torch.full((*lead, 1), float("nan"), device=x.device)
-        fn(q, s, x)
-    elif key == "fp8_per_group":
-        gs, cm, ue = params
-        q = poison((*lead, h)).view(FP8)
-        s = ref._alloc_scales(lead, h // gs, x.device, cm).fill_(float("nan"))
-        fn(q, s, x, gs, ue)
-    else:
-        q = poison((*lead, h)).view(FP8) if key == "mxfp8" else poison((*lead, h // 2))
-        # swizzled (params = (rounding, True)): the padded tiled layout, padding poisoned too
-        swizzled = params[1:] == (True,)
-        s = poison(kernel_inputs.swizzled_scale_shape(x.numel() // x.shape[-1], h // 32) if swizzled
-                   else (*lead, h // 32))
-        fn(q, s, x, *params)
-    return q, s
+def _scale_tensor(value):
+    return torch.tensor([value], dtype=torch.float32, device="cuda")
 
 
-def check_op(mod, op, x, h):
-    act, key = kernel_inputs.OP_TABLE[op]
-    y_ref = REF_ACT[act](x)
-    for params in PARAMS[key]:
-        tag = f"{op}{params} {x.dtype} {tuple(x.shape)}"
-        q, s = run_quant(getattr(mod, op), x, h, key, *params)
-        rq, rs = REF_SCHEME[key](y_ref, *params)
-        assert_same(tag + " q", q, rq)
-        assert_same(tag + " s", s, rs)
-        if act:  # fused == unfused, both this module's kernels
-            y = run_act(getattr(mod, act), x, h)
-            uq, us = run_quant(getattr(mod, UNFUSED[key]), y, h, key, *params)
-            assert_same(tag + " fused==unfused q", q, uq)
-            assert_same(tag + " fused==unfused s", s, us)
+def check_op(mod, name, x, up=None, interleaved=False):
+    """Every parameter set of op ``name`` on x, against the reference, and fused == unfused."""
+    e = catalog.OPS[name]
+    for params in PARAMS[e.scheme.key]:
+        for scale in ([_scale_tensor(v) for v in STATIC_SCALES] if e.scheme.base.static else [None]):
+            tag = f"{name}{params} {x.dtype} {tuple(x.shape)} up={up is not None} il={interleaved}"
+            if scale is not None:
+                tag += f" scale={scale.item()}"
+            kw = dict(up=up, interleaved=interleaved, scale=scale)
+            outs = kc.call(mod, name, x, *params, **kw)
+            for what, a, b in zip("qs", outs, kc.reference(name, x, *params, **kw)):
+                assert_same(f"{tag} {what}", a, b)
+            if e.fused:  # fused == unfused, both this module's kernels
+                (y,) = kc.call(mod, e.activation.name, x, up=up, interleaved=interleaved)
+                uouts = kc.call(mod, kc.unfused(name), y, *params, scale=scale)
+                for what, a, b in zip("qs", outs, uouts):
+                    assert_same(f"{tag} fused==unfused {what}", a, b)
 
 
 def _cases():
@@ -163,81 +154,118 @@ def _cases():
 @pytest.mark.parametrize("dtype,tokens,hidden", list(_cases()))
 def test_every_op_vs_reference(mod, dtype, tokens, hidden):
     torch.manual_seed(tokens * 7919 + hidden)
-    for act in ("relu2", "silu_and_mul"):
-        in_h = 2 * hidden if act == "silu_and_mul" else hidden
-        x = make_input((tokens,), in_h, dtype, specials=tokens >= 7)
-        assert_same(f"{act} {dtype} {tuple(x.shape)}", run_act(getattr(mod, act), x, hidden), REF_ACT[act](x))
-    for op in QUANT_OPS:
-        act, _ = kernel_inputs.OP_TABLE[op]
-        in_h = 2 * hidden if act == "silu_and_mul" else hidden
-        check_op(mod, op, make_input((tokens,), in_h, dtype, specials=tokens >= 7), hidden)
+    for act in catalog.ACTIVATIONS:
+        x = make_input((tokens,), _width(act, hidden), dtype, specials=tokens >= 7)
+        assert_same(f"{act} {dtype} {tuple(x.shape)}", kc.call(mod, act, x)[0], kc.activation(act, x))
+    for name in QUANT_OPS:
+        check_op(mod, name, make_input((tokens,), _width(name, hidden), dtype, specials=tokens >= 7))
+
+
+@pytest.mark.parametrize("layout", [lay for lay in Layout if lay is not Layout.HALVES], ids=lambda lay: lay.value)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_gated_layouts(mod, dtype, layout):
+    """Every gated op with gate and up as two tensors and interleaved (catalog.Layout)."""
+    torch.manual_seed(11)
+    for tokens, hidden in ((7, 2048), (33, 256), (5, 14336)):
+        x = make_input((tokens,), _width("silu_and_mul", hidden, layout), dtype, specials=True)
+        kw = kc.layout_kwargs(layout, x, make_input((tokens,), hidden, dtype, specials=True))
+        assert_same(f"silu_and_mul {layout.value}", kc.call(mod, "silu_and_mul", x, **kw)[0],
+                    kc.activation("silu_and_mul", x, **kw))
+        for name in QUANT_OPS:
+            if catalog.OPS[name].activation.gated:
+                check_op(mod, name, x, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_static_scale_edges(mod, dtype):
+    """Static per-tensor FP8 with scales outside the fast division's range and special
+    ones (0, inf, NaN, negative, subnormal): the kernels divide as the reference does."""
+    name = catalog.fused_op_name("silu_and_mul", "fp8_static")
+    x = make_input((33,), _width(name, 512), dtype, specials=True)
+    for v in (0.0, float("inf"), float("nan"), -0.5, 1e-40, 2.0 ** -70, 2.0 ** 70, 3.0e38, 2.0 ** -60, 2.0 ** 60):
+        scale = _scale_tensor(v)
+        for n, xx in ((name, x), (kc.unfused(name), x[:, :512].contiguous())):
+            (q,) = kc.call(mod, n, xx, scale=scale)
+            (rq,) = kc.reference(n, xx, scale=scale)
+            assert_same(f"{n} scale={v}", q, rq)
+
+
+def _mx_ops():
+    return [n for n in QUANT_OPS if catalog.OPS[n].scheme.base.mx]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_swizzled_scales_with_padding(mod, dtype):
     """MX scales in the 128x4 tiled layout written by the kernels: padded columns (G = 5, 3,
-    1), several row blocks (T = 130, 301) and 3-D input, padding bytes zero, against
-    reference.swizzle_128x4 of the reference scales; the ops route there too."""
+    1), several row blocks (T = 130, 301) and 3-D input, padding bytes zero, against the
+    reference; the ops route there too."""
     for lead, h in (((5,), 160), ((130,), 96), ((301,), 32), ((3, 50), 224)):
-        for op in QUANT_OPS:
-            act, key = kernel_inputs.OP_TABLE[op]
-            if key not in ("mxfp8", "mxfp4"):
-                continue
-            x = make_input(lead, 2 * h if act == "silu_and_mul" else h, dtype, specials=True)
-            y_ref = REF_ACT[act](x)
+        for name in _mx_ops():
+            x = make_input(lead, _width(name, h), dtype, specials=True)
             for params in (("rceil", True), ("floor", True)):
-                q, s = run_quant(getattr(mod, op), x, h, key, *params)
-                rq, rs = REF_SCHEME[key](y_ref, *params)
-                assert_same(f"{op}{params} {tuple(x.shape)} q", q, rq)
-                assert_same(f"{op}{params} {tuple(x.shape)} s", s, rs)
+                for what, a, b in zip("qs", kc.call(mod, name, x, *params), kc.reference(name, x, *params)):
+                    assert_same(f"{name}{params} {tuple(x.shape)} {what}", a, b)
     import quantfuse.custom_ops.ops  # noqa: F401  (registers torch.ops.quantfuse)
 
     x = make_input((130,), 2 * 96, dtype, specials=True)
     q, s = torch.ops.quantfuse.silu_and_mul_mxfp4_quant(x, "rceil", True)
-    rq, rs = ref.mxfp4_quant(ref.silu_and_mul(x), "rceil", True)
+    rq, rs = kc.reference("silu_and_mul_mxfp4_quant", x, "rceil", True)
     assert_same("op silu_and_mul_mxfp4_quant swizzled q", q, rq)
     assert_same("op silu_and_mul_mxfp4_quant swizzled s", s, rs)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_long_rows_and_3d_input(mod, dtype):
-    """Per-token rows of every register layout (CUDA: 1, 2, 4, 8 vectors per thread and
-    the two-pass path past 2048 vectors; Triton: the chunked path) and a 3-d input."""
-    for op in ("per_token_quant_fp8", "relu2_per_token_quant_fp8", "silu_and_mul_per_token_quant_fp8"):
-        act, _ = kernel_inputs.OP_TABLE[op]
+    """Per-token and static rows of every register layout (CUDA: 1, 2, 4, 8 vectors per
+    thread and the two-pass path past 2048 vectors; Triton: the chunked path), every layout,
+    and a 3-d input."""
+    row_ops = [n for n in QUANT_OPS if catalog.OPS[n].scheme.base.grouping in
+               (catalog.Grouping.PER_TOKEN, catalog.Grouping.PER_TENSOR)]
+    for name in row_ops:
         for h in (4096, 14336, 18432):
-            check_op(mod, op, make_input((5,), 2 * h if act == "silu_and_mul" else h, dtype, specials=True), h)
-    for op in ("relu2_mxfp4_quant", "relu2_per_block_quant", "silu_and_mul_mxfp8_quant"):
-        act, _ = kernel_inputs.OP_TABLE[op]
-        check_op(mod, op, make_input((2, 9), 2 * 512 if act == "silu_and_mul" else 512, dtype, specials=True), 512)
+            check_op(mod, name, make_input((5,), _width(name, h), dtype, specials=True))
+        if catalog.OPS[name].activation.gated:
+            x = make_input((5,), 2 * 18432, dtype, specials=True)
+            check_op(mod, name, x, interleaved=True)
+            check_op(mod, name, x[:, :18432].contiguous(), up=x[:, 18432:].contiguous())
+    for name in ("relu2_mxfp4_quant", "relu2_per_block_quant", "silu_and_mul_mxfp8_quant"):
+        check_op(mod, name, make_input((2, 9), _width(name, 512), dtype, specials=True))
+
+
+def _direct(name, x, *params, vectors=0, bps=0, up=None, interleaved=False):
+    """The CUDA extension called directly with the forced vectors / grid knobs."""
+    p = kc.make(name, x, *params, up=up, interleaved=interleaved)
+    outs = tuple(kc.poison(t) for t in p.empty_outputs(x.device))
+    act, scheme, layout, gs, ue8m0, rceil, swizzled, column, groups = cuda_backend._fixed_args(p)
+    st, sg = (1, p.tokens) if column else ((0, 0) if swizzled else (groups, 1))
+    err = cuda_backend._mod().act_quant(act, scheme, layout, outs[0], outs[1], x, up, None, gs, ue8m0, rceil, st, sg,
+                                        swizzled, vectors, bps)
+    assert err == "", err
+    return outs
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_cuda_vector_variants_agree(dtype):
     """Every vectors-per-thread instantiation of the CUDA group kernel (1, 2, 4) and grid
     shape gives the reference's bits, for every per-group scheme and activation, MX scales
-    in both layouts."""
-    m = cuda_backend._mod()
+    in both layouts, gate and up as halves or two tensors."""
     tokens, hidden = 301, 1024
-    for op in QUANT_OPS:
-        act, key = kernel_inputs.OP_TABLE[op]
-        if key == "fp8_per_token":
+    for name in QUANT_OPS:
+        e = catalog.OPS[name]
+        if e.scheme.base.grouping not in (catalog.Grouping.PER_GROUP, catalog.Grouping.MX_BLOCK):
             continue
-        x = make_input((tokens,), 2 * hidden if act == "silu_and_mul" else hidden, dtype, specials=True)
-        for params in PARAMS[key]:
-            rq, rs = REF_SCHEME[key](REF_ACT[act](x), *params)
-            gs = params[0] if key == "fp8_per_group" else 32
-            flag = params[2] if key == "fp8_per_group" else params[0] == "rceil"
-            for vectors, bps in ((1, 0), (2, 0), (4, 0), (1, 1), (2, -1)):
-                def launch(q, s, x, *_, vectors=vectors, bps=bps):
-                    # MX params (rounding, True): scales in the padded tiled layout, no strides
-                    swizzled = key != "fp8_per_group" and params[1:] == (True,)
-                    st, sg = (0, 0) if swizzled else cuda_backend._scale_strides(s, tokens, hidden // gs)
-                    assert m.act_quant(kernel_inputs.ACT_CODES[act], kernel_inputs.SCHEME_CODES[key][2], q, s,
-                                       x, gs, flag, st, sg, vectors, bps, swizzled) == ""
-                q, s = run_quant(launch, x, hidden, key, *params)
-                assert_same(f"{op}{params} vectors={vectors} bps={bps} q", q, rq)
-                assert_same(f"{op}{params} vectors={vectors} bps={bps} s", s, rs)
+        x = make_input((tokens,), _width(name, hidden), dtype, specials=True)
+        layouts = [{}]
+        if e.activation.gated:
+            layouts.append({"up": x[:, hidden:].contiguous()})
+        for params in PARAMS[e.scheme.key]:
+            for kw in layouts:
+                xx = x[:, :hidden].contiguous() if kw else x
+                want = kc.reference(name, xx, *params, **kw)
+                for vectors, bps in ((1, 0), (2, 0), (4, 0), (1, 1), (2, -1)):
+                    got = _direct(name, xx, *params, vectors=vectors, bps=bps, **kw)
+                    for what, a, b in zip("qs", got, want):
+                        assert_same(f"{name}{params} up={bool(kw)} vectors={vectors} bps={bps} {what}", a, b)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -245,20 +273,22 @@ def test_cuda_token_variants_agree(dtype):
     """Every vectors-per-thread instantiation of the CUDA per-token kernel and block size
     (512 threads, or about 512 / k with the blocks_per_sm knob k) gives the reference's
     bits: rows of one warp (no barrier) and of several warps (shared-memory reduction)."""
-    m = cuda_backend._mod()
     tokens = 301
-    for op in ("per_token_quant_fp8", "relu2_per_token_quant_fp8", "silu_and_mul_per_token_quant_fp8"):
-        act, key = kernel_inputs.OP_TABLE[op]
+    for name in QUANT_OPS:
+        if catalog.OPS[name].scheme.base.grouping is not catalog.Grouping.PER_TOKEN:
+            continue
         for hidden in (1024, 4096):
-            x = make_input((tokens,), 2 * hidden if act == "silu_and_mul" else hidden, dtype, specials=True)
-            rq, rs = REF_SCHEME[key](REF_ACT[act](x))
+            x = make_input((tokens,), _width(name, hidden), dtype, specials=True)
+            il = catalog.OPS[name].activation.gated
+            want = kc.reference(name, x)
+            want_il = kc.reference(name, x, interleaved=True) if il else None
             for vectors, bps in ((0, 0), (1, 0), (4, 2), (4, 4), (2, 2), (2, 4)):
-                def launch(q, s, x, *_, vectors=vectors, bps=bps):
-                    assert m.act_quant(kernel_inputs.ACT_CODES[act], kernel_inputs.SCHEME_CODES[key][2], q, s,
-                                       x, hidden, False, 1, 1, vectors, bps) == ""
-                q, s = run_quant(launch, x, hidden, key)
-                assert_same(f"{op} H={hidden} vectors={vectors} bps={bps} q", q, rq)
-                assert_same(f"{op} H={hidden} vectors={vectors} bps={bps} s", s, rs)
+                for what, a, b in zip("qs", _direct(name, x, vectors=vectors, bps=bps), want):
+                    assert_same(f"{name} H={hidden} vectors={vectors} bps={bps} {what}", a, b)
+                if il:
+                    got = _direct(name, x, vectors=vectors, bps=bps, interleaved=True)
+                    for what, a, b in zip("qs", got, want_il):
+                        assert_same(f"{name} interleaved H={hidden} vectors={vectors} bps={bps} {what}", a, b)
 
 
 @pytest.mark.parametrize("pdl", ["1", "0"])
@@ -270,18 +300,24 @@ def test_cuda_back_to_back_kernels_wait(monkeypatch, pdl):
     wait would read the previous input's activation (the inputs differ)."""
     monkeypatch.setenv("QUANTFUSE_PDL", pdl)
     tokens, hidden, n = 4096, 4096, 3
+    fused = catalog.fused_op_name("silu_and_mul", "mxfp4")
     xs = [make_input((tokens,), 2 * hidden, torch.bfloat16) for _ in range(n)]
-    refs = [ref.mxfp4_quant(ref.silu_and_mul(x), "rceil") for x in xs]
-    y = torch.empty(tokens, hidden, dtype=torch.bfloat16, device="cuda")
+    refs = [kc.reference(fused, x, "rceil") for x in xs]
+    act_plan = kc.make("silu_and_mul", xs[0])
+    (y,) = act_plan.empty_outputs(xs[0].device)
+    quant_plan = kc.make(catalog.MXFP4.unfused_name, y, "rceil")
+    fused_plan = kc.make(fused, xs[0], "rceil")
+    for p in (act_plan, quant_plan, fused_plan):
+        assert cuda_backend.supports(p) is None
 
     def fresh():
-        return [run_quant(lambda q, s, *_: None, y, hidden, "mxfp4", "rceil") for _ in range(n + 1)]
+        return [quant_plan.empty_outputs(y.device) for _ in range(n + 1)]
 
     def chain(outs):
-        for x, (q, s) in zip(xs, outs):
-            cuda_backend.silu_and_mul(y, x)
-            cuda_backend.mxfp4_quant(q, s, y, "rceil")
-        cuda_backend.silu_and_mul_mxfp4_quant(*outs[n], xs[0], "rceil")  # fused, right after a quant
+        for x, o in zip(xs, outs):
+            cuda_backend.run(act_plan, (y,), x, None, None)
+            cuda_backend.run(quant_plan, o, y, None, None)
+        cuda_backend.run(fused_plan, outs[n], xs[0], None, None)  # fused, right after a quant
 
     def check(outs, how):
         for i, ((q, s), (rq, rs)) in enumerate(zip(outs, refs + refs[:1])):
@@ -297,57 +333,48 @@ def test_cuda_back_to_back_kernels_wait(monkeypatch, pdl):
         chain(outs)
     for _ in range(2):
         for q, s in outs:  # poison again: the replay must rewrite everything
-            q.view(torch.uint8).fill_(0xAB)
-            s.view(torch.uint8).fill_(0xAB)
+            kc.poison(q)
+            kc.poison(s)
         y.fill_(float("nan"))
         graph.replay()
         check(outs, "graph")
 
 
 def test_cuda_bad_inputs_raise():
-    """The CUDA family refuses what it cannot run with a message naming the problem,
-    both in the Python wrapper (RuntimeError) and in the extension's own checks (the
-    returned message)."""
+    """The extension refuses what it cannot run with a message naming the problem (returned,
+    never thrown); run() raises it as a RuntimeError."""
     x = make_input((4,), 256, torch.bfloat16)
-    q, s = torch.empty(4, 256, device="cuda", dtype=FP8), torch.empty(4, 8, device="cuda", dtype=torch.uint8)
-    with pytest.raises(RuntimeError, match="not divisible by the MX block"):
-        cuda_backend.mxfp8_quant(q[:, :48], s[:, :1], x[:, :48].contiguous())
-    with pytest.raises(RuntimeError, match="scale_rounding"):
-        cuda_backend.mxfp8_quant(q, s, x, "up")
-    m = cuda_backend._mod()  # the extension returns its message instead of throwing
-    assert "scales must be uint8" in m.act_quant(2, 3, q, s.float(), x, 32, True, 8, 1)
-    assert "q must be Byte" in m.act_quant(2, 4, q, s, x, 32, True, 8, 1)
-    assert "MX block size is 32" in m.act_quant(0, 3, q, s, x, 64, True, 8, 1)
-    assert "multiple of 8" in m.act_quant(0, 1, q[:, :12].contiguous(), s.float()[:, :1],
-                                          x[:, :12].contiguous(), 0, False, 1, 1)
-    assert "dtype must be bfloat16" in m.act_quant(0, 3, q, s, x.double(), 32, True, 8, 1)
-    assert "activation code" in m.act_quant(5, 3, q, s, x, 32, True, 8, 1)
-    assert m.act_quant(0, 3, q, s, x, 32, True, 8, 1) == ""
+    p = kc.make(catalog.MXFP8.unfused_name, x, "rceil")
+    q, s = p.empty_outputs(x.device)
+    codes = catalog.codes()
+    m = cuda_backend._mod()
+    relu2, ident = codes["act_relu2"], codes["act_identity"]
+    mx8, mx4, pt = codes["scheme_mxfp8"], codes["scheme_mxfp4"], codes["scheme_fp8_per_token"]
+    h = codes["layout_halves"]
+    assert "scales must be uint8" in m.act_quant(relu2, mx8, h, q, s.float(), x, None, None, 32, False, True, 8, 1,
+                                                 False)
+    assert "q must be Byte" in m.act_quant(relu2, mx4, h, q, s, x, None, None, 32, False, True, 8, 1, False)
+    assert "MX block size is 32" in m.act_quant(ident, mx8, h, q, s, x, None, None, 64, False, True, 8, 1, False)
+    assert "multiple of 8" in m.act_quant(ident, pt, h, q[:, :12].contiguous(), s.float()[:, :1],
+                                          x[:, :12].contiguous(), None, None, 0, False, False, 1, 1, False)
+    assert "dtype must be bfloat16" in m.act_quant(ident, mx8, h, q, s, x.double(), None, None, 32, False, True, 8,
+                                                   1, False)
+    assert "activation code" in m.act_quant(len(catalog.KERNEL_ACTIVATIONS), mx8, h, q, s, x, None, None, 32, False,
+                                            True, 8, 1, False)
+    assert "not gated" in m.act_quant(relu2, mx8, codes["layout_interleaved"], q, s, x, None, None, 32, False, True,
+                                      8, 1, False)
+    assert m.act_quant(ident, mx8, h, q, s, x, None, None, 32, False, True, 8, 1, False) == ""
+    with pytest.raises(RuntimeError, match="scales must be uint8"):
+        cuda_backend.run(p, (q, s.float()), x, None, None)
     torch.cuda.synchronize()
 
 
-def test_soft_cast_path_matches_hardware():
-    """The integer-bit bf16 rounding / e4m3 encoding the interpreter uses, on the GPU."""
-    ts._SOFT_CASTS = True
-    try:
-        for op in ("relu2_mxfp8_quant", "silu_and_mul_per_token_quant_fp8", "relu2_per_block_quant"):
-            act, _ = ts._TABLE[op]
-            check_op(ts, op, make_input((33,), 2 * 2048 if act == "silu_and_mul" else 2048, torch.bfloat16,
-                                    specials=True), 2048)
-    finally:
-        ts._SOFT_CASTS = None
-
-
-def test_unsupported_reasons():
+def test_unsupported_reasons(mod):
     x = torch.randn(4, 256, device="cuda", dtype=torch.bfloat16)
-    assert ts.unsupported_reason("relu2_mxfp4_quant", x, 32) is None
-    assert ts.unsupported_reason("relu2_per_block_quant", x, 128) is None
-    assert ts.unsupported_reason("relu2_per_block_quant", x, 32) is not None
-    assert ts.unsupported_reason("silu_and_mul_per_block_quant", x, 128) is not None  # triton_backend's
-    assert ts.unsupported_reason("mxfp8_quant", x[:, :48].contiguous(), 32) is not None
-    assert ts.unsupported_reason("relu2", x.t(), None) is not None
-    assert ts.unsupported_reason("relu2", x.cpu(), None) is not None
-    assert ts.unsupported_reason("relu2", x.to(torch.float64), None) is not None
+    assert mod.supports(kc.make("relu2_mxfp4_quant", x)) is None
+    assert mod.supports(kc.make("relu2_per_block_quant", x, 128)) is None
+    assert mod.supports(kc.make("relu2", x.cpu())) is not None
+    assert mod.supports(kc.make("per_token_quant_fp8", x, recipe="clamp=False")) is not None
 
 
 def test_ops_route_to_cuda_by_default():

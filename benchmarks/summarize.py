@@ -1,0 +1,299 @@
+"""Generate benchmarks/RESULTS.md from the benchmark records in benchmarks/results/*.jsonl.
+
+    python benchmarks/summarize.py            # rewrite benchmarks/RESULTS.md
+    python benchmarks/summarize.py --check    # exit 1 if RESULTS.md is not what the records give
+    python benchmarks/summarize.py --results DIR --out FILE
+
+Each ``*.jsonl`` file holds one JSON object per line (one run per file by convention:
+``<date>_<gpu>_<commit>.jsonl``). Every record carries the run's context
+(``date, device, sm, sms, l2_bytes, torch, cuda, commit, command``; optionally
+``driver, triton, nvcc, source, section, commit_note, recorded_in``) and a ``bench``
+with its own fields:
+
+- ``pairs`` (``bench_pairs.py --jsonl``): ``op, layout, tokens, hidden, dtype, backend,
+  bytes, fused_us, triton_us, unfused_us, inductor_us, copy_us, copy_bw_gbs,
+  fused_pct_bw``; converted history may give ``copy_pct_bw`` instead of ``copy_us``,
+  ``copy_bw_gbs_range`` instead of ``copy_bw_gbs`` and the ratio it printed, ``x_unfused``.
+- ``mlp`` and ``host``: ``case, mode, tokens, hidden, intermediate, without_pass_us,
+  with_pass_us`` (optional ``speedup``, ``error``).
+- ``pass_overhead``: ``case, layers, patterns, registration_ms, pass_ms,
+  compile_without_s, compile_with_s, pass_fraction``.
+- ``constants``: ``name, value, where, decision``, resting on the record's device, date
+  and commit.
+
+Any other bench is listed generically. Each table shows, per (bench, device), the latest
+record of every cell (by date, then file name, then line): a newer run of some cells
+replaces just those. Missing or NaN values print as "-". The output is sorted and has no
+timestamps of its own, so the same records always give the same file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CONTEXT = ("date", "device", "sm", "sms", "l2_bytes", "torch", "cuda", "commit", "command", "driver", "triton",
+           "nvcc", "source", "section", "commit_note", "recorded_in", "copy_bw_gbs", "copy_bw_gbs_range", "bench")
+#: the fields that name a cell, per bench (the rest are measurements)
+CELL_KEYS = {
+    "pairs": ("op", "layout", "dtype", "tokens", "hidden"),
+    "mlp": ("case", "mode", "tokens", "hidden", "intermediate"),
+    "host": ("case", "mode", "tokens", "hidden", "intermediate"),
+    "pass_overhead": ("case", "layers"),
+    "constants": ("name",),
+}
+KNOWN = ("pairs", "mlp", "host", "pass_overhead", "constants")
+DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "fp32"}
+
+METHOD = """\
+## Method
+
+- **Timing.** Every kernel cell is the median of CUDA-graph replays
+  (`triton.testing.do_bench_cudagraph`) of a loop that rotates over fresh random inputs
+  (`torch.randn(...) * 3`), enough copies to move more than the L2 between two uses of
+  one copy (`QUANTFUSE_BENCH_ROTATE_MB`, default 60 MB), so no input is L2-resident and
+  there are no launch gaps. End-to-end cells time a compiled model the same way (or as
+  stated by their `mode`).
+- **Bytes** are the minimum a cell must move: the input, the encoded output and the
+  scales (`bench_pairs.cell_bytes`, from the catalog).
+- **%BW** is bytes / time / the device-to-device copy bandwidth measured in the same run
+  (a 1 GiB `copy_`, read plus write). **copy %BW** is a copy of the cell's own bytes,
+  rotated and timed like the cell: the ceiling at that size (above 100% where L2 serves
+  part of it). **x unfused** = unfused pair / fused op; **x Inductor** = Inductor's code
+  for the plain-PyTorch graph / fused op.
+- **Provenance.** Each row names its run (table below). Records converted from the
+  hand-written history keep `"source": "converted from RESULTS.md history"`; the history
+  itself is in git, and what it decided is in `docs/decisions/`.
+"""
+
+
+def missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def fnum(v, spec: str) -> str:
+    return "-" if missing(v) else format(v, spec)
+
+
+def sort_key(values) -> tuple:
+    """A total order over mixed cell values: None first, numbers before strings."""
+    return tuple((0, 0, "") if missing(v) else (1, v, "") if isinstance(v, (int, float)) else (2, 0, str(v))
+                 for v in values)
+
+
+def load(results: Path) -> list[dict]:
+    records = []
+    for path in sorted(results.glob("*.jsonl")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"{path}:{n}: {e}") from None
+            r["_order"] = (str(r.get("date", "")), path.name, n)
+            records.append(r)
+    return records
+
+
+def cell_key(r: dict) -> tuple:
+    keys = CELL_KEYS.get(r.get("bench"))
+    if keys is None:  # generic: every non-context field that is not a float measurement
+        keys = tuple(sorted(k for k, v in r.items() if k not in CONTEXT and not k.startswith("_")
+                            and isinstance(v, (str, int, bool)) and not isinstance(v, float)))
+        return tuple((k, r[k]) for k in keys)
+    return tuple(r.get(k) for k in keys)
+
+
+def latest(records: list[dict]) -> dict[tuple, dict[tuple, dict]]:
+    """{(bench, device): {cell: the latest record of that cell}}"""
+    out: dict[tuple, dict[tuple, dict]] = {}
+    for r in records:
+        cells = out.setdefault((str(r.get("bench", "")), str(r.get("device", ""))), {})
+        k = cell_key(r)
+        if k not in cells or r["_order"] > cells[k]["_order"]:
+            cells[k] = r
+    return out
+
+
+def run_of(r: dict) -> tuple:
+    return (str(r.get("date", "")), str(r.get("device", "")), str(r.get("commit") or ""), str(r.get("command", "")))
+
+
+def table(header: list[str], rows: list[list[str]], drop_empty: bool = True) -> list[str]:
+    """A markdown table; columns that are "-" in every row are left out."""
+    keep = [i for i in range(len(header)) if not drop_empty or i == 0 or any(row[i] != "-" for row in rows)]
+    lines = ["| " + " | ".join(header[i] for i in keep) + " |", "|" + "---|" * len(keep)]
+    lines += ["| " + " | ".join(row[i].replace("|", "\\|") for i in keep) + " |" for row in rows]
+    return lines
+
+
+def pct(r: dict, field: str, us_field: str):
+    if not missing(r.get(field)):
+        return r[field]
+    us, b, bw = r.get(us_field), r.get("bytes"), r.get("copy_bw_gbs")
+    if missing(us) or missing(b) or missing(bw) or not us:
+        return None
+    return b / (us * 1e3) / bw
+
+
+def ratio(a, b):
+    return None if missing(a) or missing(b) or not b else a / b
+
+
+def device_line(cells: dict[tuple, dict]) -> str:
+    r = cells[min(cells, key=sort_key)]
+    parts = []
+    if r.get("sm"):
+        parts.append(f"sm {r['sm']}")
+    if r.get("sms"):
+        parts.append(f"{r['sms']} SMs")
+    if r.get("l2_bytes"):
+        parts.append(f"L2 {r['l2_bytes'] / 2**20:g} MiB")
+    return f"### {r.get('device') or 'unknown device'}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def pairs_section(cells: dict[tuple, dict], run: dict) -> list[str]:
+    rows = []
+    for k in sorted(cells, key=sort_key):
+        r = cells[k]
+        x_unfused = r.get("x_unfused")
+        if missing(x_unfused):
+            x_unfused = ratio(r.get("unfused_us"), r.get("fused_us"))
+        op = r.get("op", "-") if r.get("layout") in (None, "halves") else f"{r.get('op')}[{r['layout']}]"
+        rows.append([op, DTYPES.get(r.get("dtype"), str(r.get("dtype", "-"))), fnum(r.get("tokens"), "d"),
+                     fnum(r.get("hidden"), "d"), str(r.get("backend") or "-"), fnum(r.get("fused_us"), ".1f"),
+                     fnum(pct(r, "fused_pct_bw", "fused_us"), ".0%"), fnum(pct(r, "copy_pct_bw", "copy_us"), ".0%"),
+                     fnum(r.get("unfused_us"), ".1f"), fnum(x_unfused, ".2f"),
+                     fnum(r.get("triton_us"), ".1f"), fnum(r.get("inductor_us"), ".1f"),
+                     fnum(ratio(r.get("inductor_us"), r.get("fused_us")), ".2f"), run[run_of(r)]])
+    return table(["op", "dtype", "T", "H", "backend", "fused µs", "%BW", "copy %BW", "unfused µs", "x unfused",
+                  "Triton µs", "Inductor µs", "x Inductor", "run"], rows)
+
+
+def model_section(cells: dict[tuple, dict], run: dict) -> list[str]:
+    rows = []
+    for k in sorted(cells, key=sort_key):
+        r = cells[k]
+        speedup = r.get("speedup")
+        if missing(speedup):
+            speedup = ratio(r.get("without_pass_us"), r.get("with_pass_us"))
+        shape = "-" if missing(r.get("hidden")) else f"{r['hidden']} -> {fnum(r.get('intermediate'), 'd')}"
+        rows.append([str(r.get("case") or "-"), str(r.get("mode") or "-"), fnum(r.get("tokens"), "d"), shape,
+                     fnum(r.get("without_pass_us"), ".1f"), fnum(r.get("with_pass_us"), ".1f"),
+                     "-" if missing(speedup) else f"{speedup:.3f}x", str(r.get("error") or "-"), run[run_of(r)]])
+    return table(["case", "mode", "T", "D -> I", "without pass µs", "with pass µs", "speedup", "note", "run"], rows)
+
+
+def overhead_section(groups: list[tuple[str, dict]], run: dict) -> list[str]:
+    rows = []
+    for device, cells in groups:
+        for k in sorted(cells, key=sort_key):
+            r = cells[k]
+            rows.append([device, str(r.get("case") or "-"), fnum(r.get("layers"), "d"), fnum(r.get("patterns"), "d"),
+                         fnum(r.get("registration_ms"), ".0f"), fnum(r.get("pass_ms"), ".0f"),
+                         fnum(r.get("compile_without_s"), ".2f"), fnum(r.get("compile_with_s"), ".2f"),
+                         fnum(r.get("pass_fraction"), ".1%"), run[run_of(r)]])
+    return table(["device", "case", "layers", "patterns", "registration ms", "pass ms", "compile without pass s",
+                  "compile with pass s", "pass / compile", "run"], rows)
+
+
+def constants_section(groups: list[tuple[str, dict]], run: dict) -> list[str]:
+    rows = []
+    for device, cells in groups:
+        for k in sorted(cells, key=sort_key):
+            r = cells[k]
+            rests = ", ".join(x for x in (device, str(r.get("date") or ""), str(r.get("commit") or "")) if x)
+            dec = str(r.get("decision") or "-")
+            if dec.startswith("docs/decisions/"):
+                dec = f"[{Path(dec).stem[:3]}](../{dec})"
+            rows.append([str(r.get("name") or "-"), str(r.get("value") or "-"), f"`{r.get('where')}`"
+                         if r.get("where") else "-", rests, dec])
+    rows.sort(key=lambda row: (row[0], row[3]))
+    return table(["constant", "value", "where", "rests on", "decision"], rows, drop_empty=False)
+
+
+def generic_section(cells: dict[tuple, dict], run: dict) -> list[str]:
+    fields = sorted({k for r in cells.values() for k in r if k not in CONTEXT and not k.startswith("_")})
+    rows = []
+    for k in sorted(cells, key=lambda c: sort_key([v for _, v in c])):
+        r = cells[k]
+        rows.append([fnum(r.get(f), ".4g") if isinstance(r.get(f), float) else
+                     "-" if missing(r.get(f)) else str(r.get(f)) for f in fields] + [run[run_of(r)]])
+    return table(fields + ["run"], rows, drop_empty=False)
+
+
+def render(records: list[dict]) -> str:
+    groups = latest(records)
+    # constants rest on their own runs (named in their table), not listed as runs
+    shown = [r for (bench, _), cells in groups.items() if bench != "constants" for r in cells.values()]
+    runs = sorted({run_of(r) for r in shown}, key=sort_key)
+    run = {key: f"R{i + 1}" for i, key in enumerate(runs)}
+    by_bench: dict[str, list[tuple[str, dict]]] = {}
+    for (bench, device), cells in sorted(groups.items()):
+        by_bench.setdefault(bench, []).append((device, cells))
+
+    out = ["# Benchmark results", "",
+           "Generated by `python benchmarks/summarize.py` from `benchmarks/results/*.jsonl`: edit the",
+           "records, not this file (`--check` fails when it is stale). What these numbers decided is in",
+           "`docs/decisions/`; the run-by-run history is in git.", "", METHOD.rstrip(), "", "## Runs", ""]
+    run_rows = []
+    for key in runs:
+        sample = next(r for r in shown if run_of(r) == key)
+        bw = sample.get("copy_bw_gbs")
+        rng = sample.get("copy_bw_gbs_range")
+        copy = f"{bw:.0f}" if not missing(bw) else f"{rng[0]}-{rng[1]}" if rng else "-"
+        versions = ", ".join(f"{n} {sample[f]}" for n, f in (("torch", "torch"), ("driver", "driver")) if sample.get(f))
+        note = " (converted)" if sample.get("source") == "converted from RESULTS.md history" else ""
+        run_rows.append([run[key], key[0], key[1], f"`{key[2]}`" if key[2] else
+                         (f"recorded in `{sample['recorded_in']}`" if sample.get("recorded_in") else "-"),
+                         versions or "-", copy, f"`{key[3]}`{note}" if key[3] else "-"])
+    out += table(["run", "date", "device", "commit", "versions", "copy GB/s", "command"], run_rows, drop_empty=False)
+
+    out += ["", "## Kernels (`bench_pairs.py`)", ""]
+    for device, cells in by_bench.get("pairs", []):
+        out += [device_line(cells), ""] + pairs_section(cells, run) + [""]
+    if "pairs" not in by_bench:
+        out += ['No records (`bench="pairs"`).', ""]
+    for bench, title in (("mlp", "End to end (`bench_mlp.py`)"), ("host", "Host cost")):
+        out += [f"## {title}", ""]
+        for device, cells in by_bench.get(bench, []):
+            out += [f"### {device or 'unknown device'}", ""] + model_section(cells, run) + [""]
+        if bench not in by_bench:
+            out += [f'No records (`bench="{bench}"`).', ""]
+    out += ["## Pass overhead (`bench_pass_overhead.py`)", ""]
+    out += overhead_section(by_bench["pass_overhead"], run) if "pass_overhead" in by_bench else \
+        ['No records (`bench="pass_overhead"`).']
+    out += ["", "## Measured constants", ""]
+    out += constants_section(by_bench["constants"], run) if "constants" in by_bench else \
+        ['No records (`bench="constants"`).']
+    for bench in sorted(b for b in by_bench if b not in KNOWN):
+        out += ["", f"## Other: `{bench}`", ""]
+        for device, cells in by_bench[bench]:
+            out += [f"### {device or 'unknown device'}", ""] + generic_section(cells, run) + [""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=Path, default=HERE / "results", help="directory of *.jsonl records")
+    p.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    p.add_argument("--check", action="store_true", help="exit 1 if --out differs from what the records give")
+    args = p.parse_args(argv)
+    text = render(load(args.results))
+    if args.check:
+        current = args.out.read_text() if args.out.exists() else ""
+        if current != text:
+            print(f"{args.out} is stale: run python benchmarks/summarize.py", file=sys.stderr)
+            return 1
+        return 0
+    args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

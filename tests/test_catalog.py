@@ -1,0 +1,273 @@
+"""The catalog is the one source of the ops, their plans and the reference maths.
+
+Every case here is derived from the catalog's tables: a new activation, layout or recipe
+field is tested by adding its entry. The reference (the torch backend) is compared with
+independent spellings of each recipe, written here the way model code writes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import quantfuse  # noqa: F401  (registers the ops)
+from quantfuse import catalog
+from quantfuse.catalog import ApplyForm, FloorAt, Grouping, Layout, ScaleLayout, StepDtype, Ue8m0
+from quantfuse.custom_ops import plan as qplan
+from quantfuse.custom_ops import reference
+
+qf = torch.ops.quantfuse
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_catalog_entry_is_a_registered_op_with_its_schema():
+    for name, entry in catalog.OPS.items():
+        schema = getattr(qf, name).default._schema
+        assert str(schema) == f"{catalog.NAMESPACE}::{name}{entry.schema}"
+    assert len(catalog.OPS) == len(catalog.ACTIVATIONS) + len(catalog.SCHEMES) * (1 + len(catalog.ACTIVATIONS))
+
+
+def _all_16bit(dtype):
+    g = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32).to(torch.int16).view(dtype)
+    return g[torch.isfinite(g)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_silu_and_mul_rounds_as_eager_for_every_16bit_gate(dtype):
+    """``F.silu(a) * b`` in eager rounds silu, then the product: the op does the same in
+    every layout, for every finite 16-bit gate value."""
+    torch.manual_seed(0)
+    g = _all_16bit(dtype)
+    u = torch.randn(g.shape).to(dtype)
+    eager = F.silu(g) * u
+    inputs = {Layout.HALVES: dict(x=torch.cat([g, u])[None]),
+              Layout.SEPARATE: dict(x=g[None], up=u[None]),
+              Layout.INTERLEAVED: dict(x=torch.stack([g, u], -1).flatten()[None], interleaved=True)}
+    assert set(inputs) == set(Layout)
+    for layout, kwargs in inputs.items():
+        got = qf.silu_and_mul(**kwargs)[0]
+        assert torch.equal(got.view(torch.int16), eager.view(torch.int16)), layout
+
+
+def _gated_inputs(dtype, tokens=5, hidden=256):
+    torch.manual_seed(1)
+    g = torch.randn(tokens, hidden).mul(3).to(dtype)
+    u = torch.randn(tokens, hidden).to(dtype)
+    return g, u
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.uint8)
+
+
+def _assert_same_outputs(a, b):
+    """Bit-equal outputs with equal shapes and strides (an op's q, or its (q, s))."""
+    a, b = (t if isinstance(t, tuple) else (t,) for t in (a, b))
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        assert u.shape == v.shape and u.stride() == v.stride() and u.dtype == v.dtype
+        assert torch.equal(_bits(u), _bits(v))
+
+
+def _call_args(scheme: catalog.Scheme):
+    tensors = [torch.tensor([0.0123])] if scheme.tensor_inputs else []
+    return tensors + [p.example for p in scheme.params]
+
+
+@pytest.mark.parametrize("activation,scheme", [p for p in catalog.PAIRS if catalog.ACTIVATIONS[p[0]].gated])
+def test_every_gated_layout_computes_the_same_fused_result(activation, scheme):
+    op = getattr(qf, catalog.fused_op_name(activation, scheme))
+    args = _call_args(catalog.SCHEMES[scheme])
+    g, u = _gated_inputs(torch.bfloat16)
+    halves = op(torch.cat([g, u], -1), *args)
+    separate = op(g, *args, up=u)
+    interleaved = op(torch.stack([g, u], -1).flatten(-2), *args, interleaved=True)
+    for got in (separate, interleaved):
+        _assert_same_outputs(halves, got)
+
+
+@pytest.mark.parametrize("activation,scheme", catalog.PAIRS)
+def test_fused_op_equals_the_unfused_pair(activation, scheme):
+    entry = catalog.SCHEMES[scheme]
+    args = _call_args(entry)
+    x = torch.randn(3, 7, 512).mul(2).to(torch.bfloat16)
+    fused = getattr(qf, catalog.fused_op_name(activation, scheme))(x, *args)
+    pair = getattr(qf, entry.unfused_name)(getattr(qf, activation)(x), *args)
+    _assert_same_outputs(fused, pair)
+
+
+# --- recipes: the reference against independent spellings -------------------------------
+
+def _spelled(y: torch.Tensor, r: catalog.Recipe):
+    """How model code writes an FP8 recipe, step by step (not the reference's code)."""
+    t, h = y.shape
+    g = h if r.grouping is Grouping.PER_TOKEN else r.group_size
+    work = y.reshape(t, h // g, g)
+    if r.step_dtype is StepDtype.FP32:
+        work = work.to(torch.float32)
+    amax = torch.max(torch.abs(work), dim=-1, keepdim=True).values
+    if r.floor_at is FloorAt.AMAX:
+        amax = torch.maximum(amax, torch.tensor(r.eps, dtype=amax.dtype))
+    # on CUDA `amax / 448` is this multiply; on the CPU it would divide (catalog.Recipe)
+    scale = (amax.float() * torch.tensor(1 / r.element.max)).to(amax.dtype)
+
+    def pow2(s):
+        if r.ue8m0 is Ue8m0.EXACT:
+            m, e = torch.frexp(s)
+            return torch.where((m == 0.5) | (s <= 0), s, torch.ldexp(torch.ones_like(s), e))
+        if r.ue8m0 is Ue8m0.EXP2_CEIL_LOG2:
+            return torch.exp2(torch.ceil(torch.log2(s)))
+        return s
+
+    if not r.ue8m0_after_floor:
+        scale = pow2(scale)
+    if r.floor_at is FloorAt.SCALE:
+        scale = torch.where(scale < r.eps, torch.tensor(r.eps, dtype=scale.dtype), scale)
+    if r.ue8m0_after_floor:
+        scale = pow2(scale)
+    scale = scale.to(torch.float32)
+    v = y.reshape(t, h // g, g).float()
+    v = v / scale if r.apply is ApplyForm.DIV else v * (1.0 / scale)
+    if r.clamp:
+        v = torch.clamp(v, -r.element.max, r.element.max)
+    return v.to(r.element.dtype).reshape(t, h), scale.reshape(t, h // g)
+
+
+def _fp8_recipes():
+    """Every combination of the FP8 recipe fields the catalog defines."""
+    fields = dict(floor_at=tuple(FloorAt), step_dtype=tuple(StepDtype), apply=tuple(ApplyForm),
+                  clamp=(True, False), ue8m0=tuple(Ue8m0), ue8m0_after_floor=(True, False))
+    bases = [catalog.FP8_PER_TOKEN.base] + [dataclasses.replace(catalog.FP8_PER_GROUP.base, group_size=g)
+                                            for g in catalog.FP8_GROUP_SIZES]
+    for base, values in itertools.product(bases, itertools.product(*fields.values())):
+        r = dataclasses.replace(base, **dict(zip(fields, values)))
+        if r.ue8m0 is Ue8m0.NONE and not r.ue8m0_after_floor:
+            continue  # the same recipe as ue8m0_after_floor=True
+        yield r
+
+
+def _activation_like(dtype):
+    torch.manual_seed(2)
+    y = torch.randn(6, 256) * torch.logspace(-12, 3, 6)[:, None]
+    y[1, :64] = 0  # an all-zero group: the floor decides
+    y[2, 5] = 1e5  # saturates without the clamp's help? (e4m3 saturates at the cast too)
+    return y.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_every_fp8_recipe_matches_its_spelling(dtype):
+    y = _activation_like(dtype)
+    count = 0
+    for r in _fp8_recipes():
+        q, s = reference.quantize(y, r)
+        q2, s2 = _spelled(y, r)
+        assert torch.equal(_bits(s), _bits(s2)), r
+        assert torch.equal(_bits(q), _bits(q2)), r
+        count += 1
+    assert count == 3 * 3 * 2 * 2 * 2 * 5  # the generator covers every field value
+
+
+def test_recipe_override_reaches_the_op_and_round_trips():
+    y = _activation_like(torch.bfloat16)
+    base = catalog.FP8_PER_GROUP.recipe(64)
+    for r in _fp8_recipes():
+        if r.grouping is not Grouping.PER_GROUP or r.group_size != 64:
+            continue
+        spec = r.spec(catalog.FP8_PER_GROUP.base)
+        assert catalog.FP8_PER_GROUP.base.with_spec(spec) == r
+        q, s = qf.per_token_group_quant_fp8(y, 64, recipe=r.spec(base))
+        q2, s2 = reference.quantize(y, r)
+        assert torch.equal(_bits(q), _bits(q2)) and torch.equal(_bits(s), _bits(s2))
+
+
+def test_static_fp8_is_eager_division_by_the_given_scale():
+    y = _activation_like(torch.bfloat16)
+    scale = torch.tensor([0.0371])
+    q = qf.static_scaled_fp8_quant(y, scale)
+    eager = (y.float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+    assert torch.equal(q.view(torch.uint8), eager.view(torch.uint8))
+    g, u = _gated_inputs(torch.bfloat16)
+    fused = qf.silu_and_mul_quant(g, scale, up=u)
+    eager = ((F.silu(g) * u).float() / scale).clamp(-448, 448).to(torch.float8_e4m3fn)
+    assert torch.equal(fused.view(torch.uint8), eager.view(torch.uint8))
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda: qf.static_scaled_fp8_quant(torch.randn(2, 8), torch.tensor([1.0, 2.0])), ValueError,
+     "scale must be one float32 element"),
+    (lambda: qf.static_scaled_fp8_quant(torch.randn(2, 8), torch.tensor([1.0], dtype=torch.float16)), ValueError,
+     "scale must be one float32 element"),
+    (lambda: qf.silu_and_mul(torch.randn(2, 8), torch.randn(2, 4)), ValueError, "up has shape"),
+    (lambda: qf.silu_and_mul(torch.randn(2, 8), torch.randn(2, 8, dtype=torch.float16)), TypeError,
+     "up has dtype"),
+    (lambda: qf.silu_and_mul(torch.randn(2, 8), torch.randn(2, 8), interleaved=True), ValueError,
+     "exclude each other"),
+    (lambda: qf.silu_and_mul(torch.randn(2, 7), interleaved=True), ValueError, "interleaved gate/up pairs"),
+    (lambda: qf.per_token_group_quant_fp8(torch.randn(2, 128), 64, recipe="floor_at=nowhere"), ValueError,
+     "bad value 'nowhere' for recipe field floor_at"),
+    (lambda: qf.per_token_group_quant_fp8(torch.randn(2, 128), 64, recipe="colour=red"), ValueError,
+     "bad recipe field"),
+    (lambda: qf.mxfp8_quant(torch.randn(2, 64), "nearest"), ValueError, "scale_rounding must be one of"),
+])
+def test_bad_calls_name_the_problem(call, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        call()
+
+
+def test_kernel_reason_names_the_recipe_field():
+    x = torch.randn(2, 256)
+    entry = catalog.OPS["per_token_group_quant_fp8"]
+    assert qplan.make_plan(entry, x, (128, True, True)).kernel_reason() is None
+    assert qplan.make_plan(entry, x, (128,), recipe="clamp=False").kernel_reason() == \
+        "recipe clamp=False is not a kernel recipe"
+    assert "ue8m0=exp2 is not one the kernels implement" in \
+        qplan.make_plan(entry, x, (128,), recipe="ue8m0=exp2").kernel_reason()
+    assert "group_size=32 is not one the kernels implement" in qplan.make_plan(entry, x, (32,)).kernel_reason()
+    mx = qplan.make_plan(catalog.OPS["mxfp4_quant"], x, ("floor", True))
+    assert mx.kernel_reason() is None and mx.scale_shape() == (128, 8)
+
+
+# --- each fact once -------------------------------------------------------------------------
+
+def test_cpp_header_carries_every_code():
+    header = catalog.cpp_header()
+    for name, code in catalog.codes().items():
+        kind = name.split("_")[0]
+        assert f"= {code}," in header, name
+        assert kind in ("act", "scheme", "layout", "element")
+    for s in catalog.KERNEL_SCHEMES:
+        assert f"  {s.cname} = {catalog.codes()['scheme_' + s.key]}," in header
+
+
+#: spellings of facts that belong to the catalog, and the files allowed to hold them
+_RESTATED = [
+    (re.compile(r"\b(?:act|ACT|scheme|SCHEME)\s*(?:==|>=|<=|!=)\s*\d"), "a bare activation / scheme code"),
+    (re.compile(r"enum\s+Scheme\b"), "the scheme enum (generated from catalog.cpp_header)"),
+    (re.compile(r"kActNames\s*\[\]\s*="), "activation names (generated)"),
+    (re.compile(r"\b448\.0f?\b"), "the E4M3 maximum"),
+    (re.compile(r"\b1e-10f?\b"), "the default floor"),
+]
+#: plain-PyTorch spellings (what users write: their literals are the point) and the catalog
+_ALLOWED = {"quantfuse/catalog.py", "quantfuse/patterns/native.py", "quantfuse/patterns/site.py"}
+
+
+def test_no_catalog_fact_is_restated_in_the_package_or_the_kernels():
+    files = [p for p in (ROOT / "quantfuse").rglob("*.py")] + [p for p in (ROOT / "csrc").iterdir()
+                                                               if p.suffix in (".h", ".cuh", ".cpp", ".cu")]
+    found = []
+    for path in files:
+        rel = str(path.relative_to(ROOT))
+        if rel in _ALLOWED:
+            continue
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("//")[0].split("#")[0]
+            for pattern, what in _RESTATED:
+                if pattern.search(code):
+                    found.append(f"{rel}:{i}: {what}: {line.strip()}")
+    assert found == []

@@ -1,0 +1,103 @@
+"""The CUDA backend's CPU-side parts: the generated sources (catalog header, units), the
+answers of ``supports(plan)`` and the extension arguments ``run`` derives from a plan.
+No GPU needed (plans on CUDA are built by replacing a CPU plan's device)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from quantfuse import catalog
+from quantfuse.custom_ops import cuda_backend, plan
+
+CSRC = Path(__file__).resolve().parents[1] / "csrc"
+
+
+def _cuda_plan(name, x, *params, **kw):
+    """The plan of a call on CUDA with x's shape and dtype (aligned)."""
+    p = plan.make_plan(catalog.OPS[name], x, params, **kw)
+    return dataclasses.replace(p, device_type="cuda", aligned=True)
+
+
+def test_units_cover_every_dtype_and_activation():
+    """One translation unit per (catalog input dtype, kernel activation), listed once in the
+    header bindings.cpp dispatches on, with the catalog's ActCode enumerator and gating."""
+    files = cuda_backend._generated_sources()
+    units = [n for n in files if n.endswith(".cu")]
+    assert len(units) == len(catalog.INPUT_DTYPES) * len(catalog.KERNEL_ACTIVATIONS)
+    header = files["quantfuse_units.h"]
+    for name, traits, scalar, struct, code in cuda_backend.UNITS:
+        assert f"X({name}, {scalar}, {code})" in header
+        assert f"#define QF_TRAITS {traits}\n#define QF_ACT {struct}\n" in files[f"unit_{name}.cu"]
+    gated = ", ".join("true" if a.gated else "false" for a in catalog.KERNEL_ACTIVATIONS)
+    assert f"kActGated[kNumActs] = {{{gated}}}" in header
+    assert files["quantfuse_catalog.h"] == catalog.cpp_header()
+    for a in catalog.KERNEL_ACTIVATIONS:
+        assert f"kAct{a.cname} = {catalog.codes()['act_' + a.name]}," in files["quantfuse_catalog.h"]
+
+
+def test_csrc_restates_no_catalog_fact():
+    """Codes, names and format constants come from the generated quantfuse_catalog.h: the
+    hand-written sources compare no activation / scheme / layout against a literal and
+    define none of the header's constants."""
+    bare = [re.compile(p) for p in (r"\b(act|scheme|layout)\s*(==|!=|<=?|>)\s*\d", r"\b(act|scheme|layout)\s*>=\s*[1-9]",
+                                    r"\bkCode\s*=\s*\d",
+                                    r"\benum\s+Scheme\b", r"\bkActNames\s*\[\]\s*=", r"\bkSchemeNames\s*\[\]\s*=",
+                                    r"\bkFp8Max\s*=", r"\bkEps\b", r"448\.0f", r"1e-10f")]
+    for f in sorted(CSRC.iterdir()):
+        if f.suffix not in (".h", ".cuh", ".cu", ".cpp"):
+            continue
+        for i, line in enumerate(f.read_text().splitlines(), 1):
+            code = line.split("//")[0]
+            for pat in bare:
+                assert not pat.search(code), f"{f.name}:{i}: {line.strip()}"
+        if f.name in ("act_quant.h", "act_quant.cuh", "scale_layout.h"):
+            assert '#include "quantfuse_catalog.h"' in f.read_text(), f.name
+
+
+def test_supports_reasons():
+    x = torch.randn(4, 256)
+    p = plan.make_plan(catalog.OPS["silu_and_mul"], x)
+    assert cuda_backend.supports(p) == "input on cpu, not CUDA"
+    assert "aligned" in cuda_backend.supports(dataclasses.replace(p, device_type="cuda", aligned=False))
+    # per-token and static rows are walked in 16-byte vectors
+    for name in ("relu2_per_token_quant_fp8", "per_token_quant_fp8"):
+        assert "multiple of 8" in cuda_backend.supports(_cuda_plan(name, torch.randn(4, 100).bfloat16()))
+    scale = torch.ones(1)
+    assert "multiple of 4" in cuda_backend.supports(
+        _cuda_plan("static_scaled_fp8_quant", torch.randn(4, 102), scale=scale))
+    # a recipe the kernels do not implement (an override of a non-parameter field)
+    p = _cuda_plan("mxfp8_quant", torch.randn(4, 64), recipe="clamp=False")
+    assert "not a kernel recipe" in cuda_backend.supports(p)
+
+
+def test_run_arguments_follow_the_catalog():
+    """The codes and recipe flags run() passes for a plan: catalog.codes() and the recipe."""
+    codes = catalog.codes()
+    x = torch.randn(6, 256).bfloat16()
+    cases = [
+        (("silu_and_mul_per_block_quant", (64, True, True), {}), (
+            "silu_and_mul", "fp8_per_group", "halves", 64, True, False, False, True, 2)),
+        (("relu2_mxfp4_quant", ("floor", True), {}), ("relu2", "mxfp4", "halves", 32, False, False, True, False, 8)),
+        (("silu_and_mul_mxfp8_quant", ("rceil",), {"interleaved": True}), (
+            "silu_and_mul", "mxfp8", "interleaved", 32, False, True, False, False, 4)),
+        (("silu_and_mul_quant", (), {"up": x, "scale": torch.ones(1)}), (
+            "silu_and_mul", "fp8_static", "separate", 0, False, False, False, False, 1)),
+        (("silu_and_mul", (), {"up": x}), ("silu_and_mul", None, "separate", 0, False, False, False, False, 0)),
+    ]
+    for (name, params, kw), (act, scheme, layout, *rest) in cases:
+        got = cuda_backend._fixed_args(_cuda_plan(name, x, *params, **kw))
+        want = (codes[f"act_{act}"], codes[f"scheme_{scheme}"] if scheme else codes["scheme_none"],
+                codes[f"layout_{layout}"], *rest)
+        assert got == want, name
+
+
+@pytest.mark.parametrize("name", sorted(catalog.OPS))
+def test_every_op_has_a_kernel_unit(name):
+    entry = catalog.OPS[name]
+    assert entry.activation in catalog.KERNEL_ACTIVATIONS
+    assert entry.scheme is None or entry.scheme in catalog.KERNEL_SCHEMES

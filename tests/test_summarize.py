@@ -1,0 +1,112 @@
+"""benchmarks/summarize.py: RESULTS.md generated from the JSON Lines records (CPU, no torch)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("summarize", ROOT / "benchmarks" / "summarize.py")
+summarize = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(summarize)
+
+H100 = dict(device="NVIDIA H100 80GB HBM3", sm="90", sms=132, l2_bytes=50 * 2**20, torch="2.11.0+cu130",
+            cuda="13.0")
+
+
+def pair(date, commit, fused_us, **kw):
+    """A bench_pairs record as write_records writes it (64 x 2048 SiLU x FP8 per-group)."""
+    rec = dict(H100, date=date, commit=commit, command="benchmarks/bench_pairs.py --jsonl x.jsonl", bench="pairs",
+               op="silu_and_mul_per_block_quant", layout="halves", tokens=4096, hidden=2048, dtype="bfloat16",
+               backend="cuda", bytes=42_000_000, fused_us=fused_us, triton_us=float("nan"), unfused_us=30.0,
+               inductor_us=float("nan"), copy_us=14.0, copy_bw_gbs=3000.0, fused_pct_bw=42e6 / (fused_us * 1e3) / 3000)
+    rec.update(kw)
+    return rec
+
+
+def write(d: Path, name: str, records: list[dict]) -> None:
+    d.mkdir(exist_ok=True)
+    (d / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def run(tmp_path, *extra) -> tuple[int, str]:
+    out = tmp_path / "RESULTS.md"
+    rc = summarize.main(["--results", str(tmp_path / "results"), "--out", str(out), *extra])
+    return rc, out.read_text() if out.exists() else ""
+
+
+def test_pairs_rows_and_latest_record_per_cell(tmp_path):
+    d = tmp_path / "results"
+    write(d, "2026-12-01_H100_aaaaaaa.jsonl", [pair("2026-12-01", "aaaaaaa", 20.0),
+                                               pair("2026-12-01", "aaaaaaa", 2.0, tokens=64)])
+    # a later run of one cell replaces that cell only; a bf16 and an f16 cell are distinct
+    write(d, "2026-12-02_H100_bbbbbbb.jsonl", [pair("2026-12-02", "bbbbbbb", 15.0),
+                                               pair("2026-12-02", "bbbbbbb", 17.5, dtype="float16")])
+    rc, text = run(tmp_path)
+    assert rc == 0
+    lines = text.splitlines()
+    assert "### NVIDIA H100 80GB HBM3 (sm 90, 132 SMs, L2 50 MiB)" in lines
+    # all-empty columns (Triton, Inductor: NaN) are left out
+    assert "| op | dtype | T | H | backend | fused µs | %BW | copy %BW | unfused µs | x unfused | run |" in lines
+    assert "| silu_and_mul_per_block_quant | bf16 | 64 | 2048 | cuda | 2.0 | 700% | 100% | 30.0 | 15.00 | R1 |" \
+        in lines
+    assert "| silu_and_mul_per_block_quant | bf16 | 4096 | 2048 | cuda | 15.0 | 93% | 100% | 30.0 | 2.00 | R2 |" \
+        in lines
+    assert "| silu_and_mul_per_block_quant | f16 | 4096 | 2048 | cuda | 17.5 | 80% | 100% | 30.0 | 1.71 | R2 |" \
+        in lines
+    assert "| 20.0 |" not in text  # the superseded 4096 x 2048 record
+    assert ("| R2 | 2026-12-02 | NVIDIA H100 80GB HBM3 | `bbbbbbb` | torch 2.11.0+cu130 | 3000 | "
+            "`benchmarks/bench_pairs.py --jsonl x.jsonl` |") in lines
+    # sorted: T = 64 before T = 4096, bf16 before f16
+    assert text.index("| bf16 | 64 |") < text.index("| bf16 | 4096 |") < text.index("| f16 | 4096 |")
+    assert 'No records (`bench="host"`).' in lines
+
+
+def test_other_benches_and_generic(tmp_path):
+    d = tmp_path / "results"
+    ctx = dict(H100, date="2026-12-01", commit="ccccccc", command="c")
+    write(d, "2026-12-01_H100_ccccccc.jsonl", [
+        dict(ctx, bench="host", case="fp8 mlp stack", mode="default", tokens=16, hidden=7168, intermediate=2048,
+             without_pass_us=926.0, with_pass_us=1970.0),
+        dict(ctx, bench="constants", name="evict-first gate", value="1 L2", where="csrc/x.cuh",
+             decision="docs/decisions/001-x.md"),
+        dict(ctx, bench="mystery", knob="a", size=3, time_us=1.25),
+    ])
+    rc, text = run(tmp_path)
+    lines = text.splitlines()
+    assert "| fp8 mlp stack | default | 16 | 7168 -> 2048 | 926.0 | 1970.0 | 0.470x | R1 |" in lines
+    assert ("| evict-first gate | 1 L2 | `csrc/x.cuh` | NVIDIA H100 80GB HBM3, 2026-12-01, ccccccc | "
+            "[001](../docs/decisions/001-x.md) |") in lines
+    assert "## Other: `mystery`" in lines
+    assert "| knob | size | time_us | run |" in lines
+    assert "| a | 3 | 1.25 | R1 |" in lines
+
+
+def test_deterministic_and_check_detects_staleness(tmp_path):
+    d = tmp_path / "results"
+    write(d, "b.jsonl", [pair("2026-12-01", "aaaaaaa", 20.0, hidden=7168)])
+    write(d, "a.jsonl", [pair("2026-12-01", "aaaaaaa", 20.0)])
+    rc, first = run(tmp_path)
+    assert rc == 0
+    assert run(tmp_path, "--check")[0] == 0
+    rc, again = run(tmp_path)
+    assert again == first
+    write(d, "c.jsonl", [pair("2026-12-03", "ddddddd", 14.0)])
+    assert run(tmp_path, "--check")[0] == 1
+    (tmp_path / "RESULTS.md").unlink()
+    assert run(tmp_path, "--check")[0] == 1
+
+
+def test_bad_line_names_the_file(tmp_path):
+    d = tmp_path / "results"
+    d.mkdir()
+    (d / "x.jsonl").write_text("{not json\n")
+    with pytest.raises(SystemExit, match="x.jsonl:1"):
+        run(tmp_path)
+
+
+def test_committed_results_md_is_up_to_date():
+    assert summarize.main(["--check"]) == 0, "run: python benchmarks/summarize.py"
