@@ -34,11 +34,10 @@ fp32(1/448)``; ``q = e4m3(clamp(y / scale))`` with NaN kept, the division correc
 rounded (one reciprocal per row or group and a Markstein correction); MX exponents from
 the exponent bits exactly as ``reference.mx_block_exponents``.
 
-The SiLU division stays a ``div.rn`` per element: an ``rcp.approx`` + Markstein division
-is exact only for ``|g| < 87``, and the tile-wide guard that sends the rest to ``div.rn``
-needs a block reduction (1 -> 4 barriers) and grows the static code (the former second
-Triton backend's quant kernel: 2256 SASS instructions against this family's 1728 for the
-same op; ``benchmarks/triton_sass.py``).
+The SiLU division stays a ``div.rn`` per element (one SiLU for every kernel): an
+``rcp.approx`` + Markstein division gives the same bits only for ``|g| < 87``, and Triton
+cannot branch per thread, so the guard that sends the rest to ``div.rn`` is tile-wide: a
+block reduction (more barriers) and a larger kernel (``benchmarks/triton_sass.py``).
 
 Under ``TRITON_INTERPRET=1`` (CPU tests) the kernels run with ``INTERP=True``: the
 interpreter has no libdevice (``tl.exp``, i.e. numpy's ``exp``, is used, which differs
