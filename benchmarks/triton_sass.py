@@ -1,10 +1,9 @@
 """Compile the Triton kernels for sm_90 without a GPU and count what matters in them.
 
-For Triton work on a machine with no GPU: ``triton.compile`` of the two kernel modules'
-kernels (``triton_schemes``' group and row kernels, ``triton_backend``'s quant kernel) for
-an H100 target. Pointer arguments and H are marked 16-divisible, as Triton specialises them
-at run time for aligned tensors: without that the loads come out scalar and the layouts
-differ, so the counts would mislead. Prints, per kernel variant, the ``div.rn`` and
+For Triton work on a machine with no GPU: ``triton.compile`` of ``triton_schemes``' group
+and row kernels for an H100 target, in each layout and scheme. Pointer arguments and H are
+marked 16-divisible, as Triton specialises them at run time for aligned tensors: without
+that the loads come out scalar and the layouts differ, so the counts would mislead. Prints, per kernel variant, the ``div.rn`` and
 ``fma.rn`` in the PTX, the barriers, the shared memory, the 16-byte loads, and the SASS
 instruction count (static, slow paths included).
 
@@ -21,10 +20,13 @@ import re
 import subprocess
 import tempfile
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
-from quantfuse.custom_ops import triton_backend, triton_schemes
+from quantfuse import catalog
+from quantfuse.catalog import Layout
+from quantfuse.custom_ops import triton_schemes
 
 TARGET = GPUTarget("cuda", 90, 32)
 CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
@@ -50,47 +52,68 @@ def _counts(c) -> dict:
             "SASS": len(re.findall(r"^\s+/\*[0-9a-f]{4}\*/", sass, re.M))}
 
 
-def group_kernel(scheme: int, act: int, gs: int, flag: bool = False):
-    """triton_schemes' group kernel for bf16 input (scheme 2 FP8 per-group, 3 MXFP8, 4 MXFP4)."""
-    sig = {"x_ptr": "*i32" if scheme == 4 else "*bf16", "q_ptr": "*fp8e4nv" if scheme in (2, 3) else "*u8",
-           "s_ptr": "*fp32" if scheme == 2 else "*u8", "total_groups": "i32", "groups_per_row": "i32", "H": "i32",
-           "s_st": "i32", "s_sg": "i32", **{n: "constexpr" for n in (
-               "ACT", "SCHEME", "KIND", "GS", "BLOCK_G", "FLAG", "SOFT", "INTERP", "SWIZZLED")}}
-    consts = {"ACT": act, "SCHEME": scheme, "KIND": 2, "GS": gs, "BLOCK_G": triton_schemes._TILE // gs, "FLAG": flag,
-              "SOFT": False, "INTERP": False, "SWIZZLED": False}
-    return _compile(triton_schemes._kernels()["group"], sig, consts, (0, 1, 2, 5), 4)
+_C = triton_schemes._CODES
+_ACT = {"relu2": _C["act_relu2"], "silu_and_mul": _C["act_silu_and_mul"]}
+_LAYOUT = {lay: _C[f"layout_{lay.value}"] for lay in Layout}
 
 
-def row_kernel(act: int, hidden: int):
-    """triton_schemes' row kernel, FP8 per-token, bf16 input, launched as _launch does."""
+def _x_type(scheme: str, layout: Layout, gated: bool) -> str:
+    """bf16 input as run() passes it: raw bf16, or a pair view (int32 / int64 words)."""
+    inter = gated and layout is Layout.INTERLEAVED
+    if inter and scheme == "mxfp4":
+        return "*i64"
+    return "*i32" if inter or scheme == "mxfp4" else "*bf16"
+
+
+def _consts(act: str, layout: Layout, scheme: str) -> dict:
+    gated = catalog.ACTIVATIONS[act].gated
+    return {"ACT": _ACT[act], "GATED": gated, "LAYOUT": _LAYOUT[layout], "SCHEME": _C[f"scheme_{scheme}"],
+            "KIND": triton_schemes._KIND_OF[torch.bfloat16],
+            "SILU_ROUNDED": catalog.ACTIVATIONS[act].rounding is catalog.ActRounding.SILU_THEN_MUL,
+            "SOFT": False, "INTERP": False}
+
+
+def group_kernel(scheme: str, act: str, gs: int, layout: Layout = Layout.HALVES, ue8m0: bool = False,
+                 rceil: bool = True):
+    """The group kernel for bf16 input (fp8_per_group, mxfp8, mxfp4), launched as run() does."""
+    xt = _x_type(scheme, layout, catalog.ACTIVATIONS[act].gated)
+    sig = {"x_ptr": xt, "u_ptr": xt, "q_ptr": "*u8" if scheme == "mxfp4" else "*fp8e4nv",
+           "s_ptr": "*fp32" if scheme == "fp8_per_group" else "*u8", "total_groups": "i32",
+           "groups_per_row": "i32", "H": "i32", "s_st": "i32", "s_sg": "i32",
+           **{n: "constexpr" for n in ("ACT", "GATED", "LAYOUT", "SCHEME", "KIND", "SILU_ROUNDED", "GS", "BLOCK_G",
+                                       "UE8M0", "RCEIL", "SWIZZLED", "SOFT", "INTERP")}}
+    consts = {**_consts(act, layout, scheme), "GS": gs, "BLOCK_G": triton_schemes._TILE // gs, "UE8M0": ue8m0,
+              "RCEIL": rceil, "SWIZZLED": False}
+    return _compile(triton_schemes._kernels()["group"], sig, consts, (0, 1, 2, 3, 6), 4)
+
+
+def row_kernel(act: str, hidden: int, scheme: str = "fp8_per_token", layout: Layout = Layout.HALVES):
+    """The row kernel (FP8 per-token or static), bf16 input, launched as run() does."""
     block = 1 << max(0, hidden - 1).bit_length()
     rows = max(1, triton_schemes._TILE // block)
-    sig = {"x_ptr": "*bf16", "o_ptr": "*fp8e4nv", "s_ptr": "*fp32", "T": "i32", "H": "i32",
-           **{n: "constexpr" for n in ("ACT", "SCHEME", "KIND", "ROWS", "BLOCK", "NCHUNK", "SOFT", "INTERP")}}
-    consts = {"ACT": act, "SCHEME": 1, "KIND": 2, "ROWS": rows, "BLOCK": block, "NCHUNK": 1, "SOFT": False,
-              "INTERP": False}
-    return _compile(triton_schemes._kernels()["row"], sig, consts, (0, 1, 2, 4), 8 if rows * block >= 4096 else 4)
-
-
-def backend_quant_kernel(gated: bool, gs: int = 128, ue8m0: bool = False):
-    """triton_backend's act_group_quant_kernel (silu_and_mul_per_block_quant), bf16 input."""
-    sig = {"x_ptr": "*bf16", "q_ptr": "*fp8e4nv", "s_ptr": "*fp32", "total_groups": "i32", "groups_per_row": "i32",
-           "hidden": "i32", "s_st": "i32", "s_sg": "i32",
-           **{n: "constexpr" for n in ("GS", "BLOCK_G", "GATED", "UE8M0")}}
-    consts = {"GS": gs, "BLOCK_G": triton_backend._TILE // gs, "GATED": gated, "UE8M0": ue8m0}
-    return _compile(triton_backend._kernels()["quant"], sig, consts, (0, 1, 2, 5), 4)
+    xt = _x_type(scheme, layout, catalog.ACTIVATIONS[act].gated)
+    sig = {"x_ptr": xt, "u_ptr": xt, "o_ptr": "*fp8e4nv", "s_ptr": "*fp32", "T": "i32", "H": "i32",
+           **{n: "constexpr" for n in ("ACT", "GATED", "LAYOUT", "SCHEME", "KIND", "SILU_ROUNDED", "ROWS", "BLOCK",
+                                       "NCHUNK", "SOFT", "INTERP")}}
+    consts = {**_consts(act, layout, scheme), "ROWS": rows, "BLOCK": block, "NCHUNK": 1}
+    return _compile(triton_schemes._kernels()["row"], sig, consts, (0, 1, 2, 3, 5), 8 if rows * block >= 4096 else 4)
 
 
 def main():
-    acts = {2: "relu2", 1: "silu_and_mul"}
     rows = []
-    for act in (2, 1):
-        for scheme, name, gs in ((2, "fp8 per-group", 128), (3, "mxfp8", 32), (4, "mxfp4", 32)):
-            rows.append((f"{acts[act]} -> {name} (group kernel)", _counts(group_kernel(scheme, act, gs))))
+    for act in ("relu2", "silu_and_mul"):
+        for scheme, name, gs in (("fp8_per_group", "fp8 per-group", 128), ("mxfp8", "mxfp8", 32),
+                                 ("mxfp4", "mxfp4", 32)):
+            rows.append((f"{act} -> {name} (group kernel)", _counts(group_kernel(scheme, act, gs))))
         for h in (2048, 8192):
-            rows.append((f"{acts[act]} -> fp8 per-token, H={h} (row kernel)", _counts(row_kernel(act, h))))
-    for gated in (True, False):
-        rows.append((f"triton_backend quant, gated={gated}", _counts(backend_quant_kernel(gated))))
+            rows.append((f"{act} -> fp8 per-token, H={h} (row kernel)", _counts(row_kernel(act, h))))
+        rows.append((f"{act} -> fp8 static, H=2048 (row kernel)", _counts(row_kernel(act, 2048, "fp8_static"))))
+    for layout in (Layout.SEPARATE, Layout.INTERLEAVED):
+        for scheme, name, gs in (("fp8_per_group", "fp8 per-group", 128), ("mxfp4", "mxfp4", 32)):
+            rows.append((f"silu_and_mul {layout.value} -> {name} (group kernel)",
+                         _counts(group_kernel(scheme, "silu_and_mul", gs, layout))))
+        rows.append((f"silu_and_mul {layout.value} -> fp8 per-token, H=2048 (row kernel)",
+                     _counts(row_kernel("silu_and_mul", 2048, layout=layout))))
     keys = list(rows[0][1])
     print("| kernel | " + " | ".join(keys) + " |")
     print("|---|" + "---|" * len(keys))

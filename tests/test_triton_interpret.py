@@ -1,21 +1,26 @@
-"""The Triton kernel family of ``triton_schemes`` under the CPU interpreter, bit for bit.
+"""The Triton backend (``triton_schemes``) under the CPU interpreter, bit for bit.
 
-Runs only where triton is importable (CI does not install it: skipped there).  The
-checks run in a subprocess with ``TRITON_INTERPRET=1`` set before triton is imported,
-so no other test sees the interpreter.  Every op of ``triton_schemes`` (and the
-activation-only / per-group ops it also generates) is compared with reference.py on
-fresh random inputs with per-row magnitudes over six decades, sparse outliers, NaN and
-inf rows, all-zero blocks and exact rounding ties, for fp32 / bf16 / fp16 inputs.
+Runs only where triton is importable (CI does not install it: skipped there). The checks
+run in a subprocess with ``TRITON_INTERPRET=1`` set before triton is imported, so no other
+test sees the interpreter. Every op of :data:`catalog.OPS`, in every gated layout of
+:class:`catalog.Layout`, with every combination of its scheme's kernel parameter values
+(:attr:`catalog.OpParam.kernel_values`), is run through the backend protocol
+(``make_plan`` -> ``supports`` -> ``run``) and compared with
+``reference.quantize(reference-activation(x), plan.recipe)`` on fresh random inputs with
+per-row magnitudes over six decades, sparse outliers, NaN and inf rows, all-zero blocks
+and exact rounding ties, for every input dtype of the catalog. Fused ops are also checked
+against the backend's own unfused pair.
 
-Interpreter limitations (the GPU test covers these): the interpreter has no libdevice,
-so the kernels use ``tl.exp`` (numpy's ``exp``), which differs from torch's CPU ``exp``
-in the last bit for about 40% of inputs; the subprocess therefore replaces the
-reference's ``torch.exp`` (fp32, CPU) by numpy's, everything else in reference.py is
-unchanged.  The interpreter's fp32 -> bf16 / fp8 casts truncate, so under it the
-kernels round to bf16 and encode e4m3 on the integer bits (``SOFT``); on the GPU the
-hardware ``cvt`` is used.  FP8 NaN codes are compared sign-blind (0x7F == 0xFF).
+Interpreter limitations (the GPU tests cover these): the interpreter has no libdevice, so
+the kernels use ``tl.exp`` (numpy's ``exp``), which differs from torch's CPU ``exp`` in
+the last bit for about 40% of inputs; the subprocess therefore replaces the reference's
+``torch.exp`` (fp32, CPU) by numpy's, everything else in reference.py is unchanged. The
+interpreter's fp32 -> bf16 / fp8 casts truncate, so under it the kernels round to bf16
+and encode e4m3 on the integer bits (``SOFT``), and its fma rounds twice, so the FP8
+divisions divide instead of the Markstein correction; on the GPU the hardware paths run.
+FP8 NaN codes are compared sign-blind (0x7F == 0xFF).
 
-Run by hand: ``PYTHONPATH=/path/to/triton:. TRITON_INTERPRET=1 python tests/test_triton_interpret.py``.
+Run by hand: ``PYTHONPATH=. TRITON_INTERPRET=1 python tests/test_triton_interpret.py``.
 """
 
 from __future__ import annotations
@@ -30,16 +35,36 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_triton_schemes_interpreter_bit_exact():
+def test_triton_interpreter_bit_exact():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
     r = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, capture_output=True,
-                       text=True, timeout=900, cwd=ROOT)
+                       text=True, timeout=1500, cwd=ROOT)
     assert r.returncode == 0, f"stdout:\n{r.stdout[-6000:]}\nstderr:\n{r.stderr[-6000:]}"
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["failures"] == [], summary["failures"][:20]
-    assert summary["checks"] >= 500, summary
+    assert summary["checks"] >= 1000, summary
+    # every op of the catalog ran, in every layout it has
+    assert summary["unrun"] == [], summary["unrun"]
+    # the inputs hit elements where eager's two roundings of silu x mul differ from one
+    assert summary["double_rounding_hits"] > 0, summary
+
+
+def test_supports_without_cuda():
+    """On the CPU without the interpreter the backend declines every plan, with a reason."""
+    import torch
+
+    from quantfuse import catalog
+    from quantfuse.custom_ops import triton_schemes as ts
+    from quantfuse.custom_ops.plan import make_plan
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("the interpreter runs CPU plans")
+    plan = make_plan(catalog.OPS["silu_and_mul_mxfp4_quant"], torch.zeros(2, 128))
+    why = ts.supports(plan)
+    assert why is not None and "CUDA" in why
+    assert ts.NAME == "triton"
 
 
 # ----------------------------------------------------------------------------------------
@@ -47,6 +72,8 @@ def test_triton_schemes_interpreter_bit_exact():
 
 def _run() -> dict:
     assert os.environ.get("TRITON_INTERPRET") == "1"
+    import itertools
+
     import numpy as np
     import torch
 
@@ -60,14 +87,17 @@ def _run() -> dict:
 
     torch.exp = numpy_exp
 
-    from quantfuse.custom_ops import kernel_inputs as ki
+    from quantfuse import catalog
     from quantfuse.custom_ops import reference as ref
     from quantfuse.custom_ops import triton_schemes as ts
+    from quantfuse.custom_ops.plan import make_plan
 
     assert ts.is_available()
-    FP8 = torch.float8_e4m3fn
+    FP8 = catalog.E4M3.dtype
     failures: list[str] = []
     checks = 0
+    double_rounding_hits = 0
+    ran: set[tuple[str, catalog.Layout]] = set()
     gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
 
     def fp8_bytes(q):
@@ -132,90 +162,141 @@ def _run() -> dict:
             x[8] = torch.randn(width, generator=gen) * 1e-44
         return x.reshape(*lead, width).to(dtype)
 
-    def run_act(fn, x, out_h):
-        out = torch.full((*x.shape[:-1], out_h), float("nan"), dtype=x.dtype)
-        fn(out, x)
-        return out
+    def inputs(entry, layout, lead, h, dtype):
+        """(x, up, interleaved) of one call: the gate / up operands in ``layout``."""
+        if not entry.activation.gated:
+            return make(lead, h, dtype), None, False
+        if layout is catalog.Layout.SEPARATE:
+            return make(lead, h, dtype), make(lead, h, dtype, specials=False), False
+        return make(lead, 2 * h, dtype), None, layout is catalog.Layout.INTERLEAVED
 
-    def run_quant(fn, x, out_h, key, *params):
-        lead = x.shape[:-1]
-        if key == "fp8_per_token":
-            q = torch.full((*lead, out_h), 0xAB, dtype=torch.uint8).view(FP8)
-            s = torch.full((*lead, 1), float("nan"))
-            fn(q, s, x)
-        elif key == "fp8_per_group":
-            gs, cm, ue = params
-            q = torch.full((*lead, out_h), 0xAB, dtype=torch.uint8).view(FP8)
-            s = ref._alloc_scales(tuple(lead), out_h // gs, x.device, cm)
-            s.fill_(float("nan"))
-            fn(q, s, x, gs, ue)
-        else:
-            elem = out_h if key == "mxfp8" else out_h // 2
-            q = torch.full((*lead, elem), 0xAB, dtype=torch.uint8)
-            if key == "mxfp8":
-                q = q.view(FP8)
-            groups = out_h // 32
-            # swizzled: the padded tiled layout, poisoned so that unwritten padding shows
-            shape = ki.swizzled_scale_shape(x.numel() // x.shape[-1], groups) if params[1:] == (True,) \
-                else (*lead, groups)
-            s = torch.full(shape, 0xAB, dtype=torch.uint8)
-            fn(q, s, x, *params)
-        return q, s
+    def ref_act(entry, x, up, interleaved):
+        act = entry.activation
+        if act is catalog.IDENTITY:
+            return x
+        if act.gated:
+            return getattr(ref, act.name)(x, up, interleaved)
+        return getattr(ref, act.name)(x)
 
-    ref_scheme = {"fp8_per_token": lambda y: ref.per_token_quant_fp8(y),
-                  "fp8_per_group": lambda y, gs, cm, ue: ref.per_token_group_quant_fp8(y, gs, cm, ue),
-                  "mxfp8": lambda y, r, sw=False: ref.mxfp8_quant(y, r, sw),
-                  "mxfp4": lambda y, r, sw=False: ref.mxfp4_quant(y, r, sw)}
-    ref_act = {"": lambda x: x, "silu_and_mul": ref.silu_and_mul, "relu2": ref.relu2}
-    params_of = {"fp8_per_token": [()],
-                 "fp8_per_group": [(64, False, False), (128, True, False), (128, False, True), (64, True, True)],
-                 "mxfp8": [("floor",), ("rceil",), ("rceil", True)],
-                 "mxfp4": [("floor",), ("rceil",), ("floor", True)]}
+    def poisoned(outs):
+        for t in outs:  # what the kernel leaves unwritten shows
+            if t.element_size() == 1:
+                t.view(torch.uint8).fill_(0xAB)
+            else:
+                t.fill_(float("nan"))
+        return outs
+
+    def call(entry, x, params, up, interleaved, scale, recipe=""):
+        plan = make_plan(entry, x, params, up=up, interleaved=interleaved, scale=scale, recipe=recipe)
+        why = ts.supports(plan)
+        if why is not None:
+            failures.append(f"{entry.name} {plan.layout.value}: supports() says {why!r}")
+            return plan, None
+        outs = poisoned(plan.empty_outputs(x.device))
+        ts.run(plan, outs, x, up, scale)
+        ran.add((entry.name, plan.layout))
+        return plan, outs
+
+    def param_sets(scheme):
+        """Every combination of the scheme's kernel parameter values (the catalog's)."""
+        if scheme is None:
+            return [()]
+        return list(itertools.product(*(p.kernel_values for p in scheme.params)))
+
+    def static_scales():
+        # ordinary scales, and ones outside the GPU's Markstein range (a uniform div.rn
+        # branch there; the interpreter divides everywhere)
+        return [torch.tensor([v], dtype=torch.float32) for v in (0.013, 1.0, 3.0, 2.0 ** -70, 2.0 ** 70)]
+
     # (lead, activation-output hidden)
     shapes = [((1,), 256), ((7,), 384), ((2, 3), 128), ((9,), 1024)]
-    long_rows = [((6,), 9216)]  # > 8192: the chunked two-pass per-token path
+    layout_shapes = [((9,), 256), ((2, 3), 128)]  # SEPARATE / INTERLEAVED: fewer, every op
+    long_rows = [((6,), 9216)]  # > 8192: the chunked row paths
     mx_padded = [((5,), 160), ((130,), 96)]  # G = 5, 3: column padding; T = 130: two row blocks
 
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for op, (act, key) in ts._TABLE.items():
-            fn = getattr(ts, op)
-            extra = [long_rows[0]] if key in ("fp8_per_token", "none") else []
-            if key in ("mxfp8", "mxfp4"):
-                extra = mx_padded  # swizzled layouts with padded columns / several row blocks
-            for lead, h in shapes + extra:
-                in_h = 2 * h if act == "silu_and_mul" else h
-                x = make(lead, in_h, dtype)
-                tag = f"{op}[{dtype}, {lead}, {h}]"
-                if key == "none":
-                    same(tag, run_act(fn, x, h), ref_act[act](x))
-                    continue
-                y_ref = ref_act[act](x)
-                for params in params_of[key]:
-                    q, s = run_quant(fn, x, h, key, *params)
-                    rq, rs = ref_scheme[key](y_ref, *params)
-                    same(f"{tag}{params} q", q, rq)
-                    same(f"{tag}{params} s", s, rs)
-                    if act:  # fused == unfused, both from this module
-                        y = run_act(getattr(ts, act), x, h)
-                        uq, us = run_quant(getattr(ts, ts._SCHEMES[key][0]), y, h, key, *params)
-                        same(f"{tag}{params} fused==unfused q", q, uq)
-                        same(f"{tag}{params} fused==unfused s", s, us)
-    # MXFP4 reads x as element pairs: an input that starts at an odd element (a view one
-    # element into a buffer) is copied first, and must give the same bytes
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for op in ("mxfp4_quant", "relu2_mxfp4_quant", "silu_and_mul_mxfp4_quant"):
-            act, key = ts._TABLE[op]
-            h = 96
-            x = make((7,), 2 * h if act == "silu_and_mul" else h, dtype)
-            buf = torch.empty(x.numel() + 1, dtype=dtype)
-            buf[1:] = x.reshape(-1)
-            xo = buf[1:].view(x.shape)
-            assert xo.storage_offset() == 1
-            q, s = run_quant(getattr(ts, op), xo, h, key, "rceil")
-            rq, rs = ref_scheme[key](ref_act[act](x), "rceil")
-            same(f"{op}[{dtype}] odd offset q", q, rq)
-            same(f"{op}[{dtype}] odd offset s", s, rs)
-    return {"checks": checks, "failures": failures}
+    for dtype in catalog.INPUT_DTYPES:
+        for entry in catalog.OPS.values():
+            scheme = entry.scheme
+            layouts = tuple(catalog.Layout) if entry.activation.gated else (catalog.Layout.HALVES,)
+            for layout in layouts:
+                base = shapes if layout is catalog.Layout.HALVES else layout_shapes
+                extra = []
+                if scheme is None or scheme.base.grouping in (catalog.Grouping.PER_TOKEN, catalog.Grouping.PER_TENSOR):
+                    extra = long_rows if layout is catalog.Layout.HALVES else []
+                elif scheme.base.mx:
+                    extra = mx_padded
+                for lead, h in base + extra:
+                    x, up, interleaved = inputs(entry, layout, lead, h, dtype)
+                    tag = f"{entry.name}[{dtype}, {layout.value}, {lead}, {h}]"
+                    y_ref = ref_act(entry, x, up, interleaved)
+                    if entry.activation is catalog.SILU_AND_MUL and dtype != torch.float32:
+                        g, u = ref.gate_up(x, up, interleaved)
+                        gf = g.float()
+                        once = (gf / (1.0 + torch.exp(-gf)) * u.float()).to(dtype)
+                        double_rounding_hits += int((once != y_ref).sum())
+                    if scheme is None:
+                        _, outs = call(entry, x, (), up, interleaved, None)
+                        if outs is not None:
+                            same(tag, outs[0], y_ref)
+                        continue
+                    scales = static_scales() if scheme.tensor_inputs else [None]
+                    for params, scale in itertools.product(param_sets(scheme), scales):
+                        plan, outs = call(entry, x, params, up, interleaved, scale)
+                        if outs is None:
+                            continue
+                        want = ref.quantize(y_ref, plan.recipe, scale)
+                        want = want if isinstance(want, tuple) else (want,)
+                        sub = f"{tag}{params}" + (f" scale={scale.item():g}" if scale is not None else "")
+                        for i, (got, exp) in enumerate(zip(outs, want)):
+                            same(f"{sub} out{i}", got, exp)
+                        if entry.fused:  # fused == unfused, both from this backend
+                            _, y = call(catalog.OPS[entry.activation.name], x, (), up, interleaved, None)
+                            _, unf = call(catalog.OPS[scheme.unfused_name], y[0], params, None, False, scale)
+                            for i, (got, exp) in enumerate(zip(outs, unf)):
+                                same(f"{sub} fused==unfused out{i}", got, exp)
+
+    # pair views (MXFP4, interleaved) need word-aligned inputs: a view one element into a
+    # buffer (plan.aligned False) is copied first, and must give the same bytes
+    for dtype in catalog.INPUT_DTYPES:
+        for name, layout in (("mxfp4_quant", catalog.Layout.HALVES),
+                             ("silu_and_mul_mxfp4_quant", catalog.Layout.HALVES),
+                             ("silu_and_mul_mxfp4_quant", catalog.Layout.SEPARATE),
+                             ("silu_and_mul_mxfp4_quant", catalog.Layout.INTERLEAVED),
+                             ("silu_and_mul_per_block_quant", catalog.Layout.INTERLEAVED),
+                             ("silu_and_mul", catalog.Layout.INTERLEAVED)):
+            entry = catalog.OPS[name]
+            h = 128
+            x, up, interleaved = inputs(entry, layout, (7,), h, dtype)
+
+            def shifted(t):
+                buf = torch.empty(t.numel() + 1, dtype=dtype)
+                buf[1:] = t.reshape(-1)
+                return buf[1:].view(t.shape)
+
+            xo = shifted(x)
+            uo = None if up is None else shifted(up)
+            params = (128,) if entry.scheme is catalog.FP8_PER_GROUP else ()
+            plan, outs = call(entry, xo, params, uo, interleaved, None)
+            assert not plan.aligned
+            y_ref = ref_act(entry, x, up, interleaved)
+            want = (y_ref,) if entry.scheme is None else ref.quantize(y_ref, plan.recipe)
+            for i, (got, exp) in enumerate(zip(outs, want)):
+                same(f"{name}[{dtype}, {layout.value}] unaligned out{i}", got, exp)
+
+    # recipes the kernels do not implement get a reason, not a wrong answer
+    x = make((4,), 256, torch.bfloat16)
+    for name, params, spec in (("per_token_group_quant_fp8", (128,), "ue8m0=exp2"),
+                               ("per_token_quant_fp8", (), "clamp=False"),
+                               ("mxfp8_quant", (), "floor_at=scale")):
+        plan = make_plan(catalog.OPS[name], x, params, recipe=spec)
+        checks += 1
+        if ts.supports(plan) is None:
+            failures.append(f"{name} recipe={spec}: supports() accepted it")
+
+    unrun = sorted(f"{e.name}/{lay.value}" for e in catalog.OPS.values()
+                   for lay in (tuple(catalog.Layout) if e.activation.gated else (catalog.Layout.HALVES,))
+                   if (e.name, lay) not in ran)
+    return {"checks": checks, "failures": failures, "unrun": unrun, "double_rounding_hits": double_rounding_hits}
 
 
 if __name__ == "__main__":

@@ -1,32 +1,50 @@
-"""``triton`` backend, part two: every activation x quantisation-scheme pair from one kernel family.
+"""``triton`` backend: every activation x quantisation op of :data:`catalog.OPS` from one kernel family.
 
-The activation (identity / ``silu_and_mul`` / ``relu2``) and the scheme (none, FP8
-per-token, FP8 per-group, MXFP8, MXFP4) are ``tl.constexpr`` switches of two
-``@triton.jit`` kernels that share their helpers:
+The backend protocol (:mod:`quantfuse.custom_ops.plan`): :data:`NAME`, :func:`is_available`,
+:func:`supports` and :func:`run`. Everything a launch needs that depends only on
+``plan.key`` (constexpr switches, views, grids, scale strides) is worked out once per key
+into a launch closure, so a call costs a dict look-up plus the Triton launch.
 
-* ``_row_kernel``: a tile of ``ROWS`` rows; schemes *none* (activation only) and FP8
-  per-token.  A row that fits one ``BLOCK`` stays in registers (one pass); a longer row
-  is read twice in chunks (pass 1: amax, pass 2: quantise; the re-read hits L2).
+The activation (identity / ``silu_and_mul`` / ``relu2``), the gated input layout (halves,
+separate, interleaved) and the scheme (none, FP8 per-token, FP8 per-group, FP8 static,
+MXFP8, MXFP4) are ``tl.constexpr`` switches, with the integer codes of
+:func:`catalog.codes`, of two ``@triton.jit`` kernels that share their helpers:
+
+* ``_row_kernel``: a tile of ``ROWS`` rows; schemes *none* (activation only), FP8 static
+  (no reduction) and FP8 per-token. A row that fits one ``BLOCK`` stays in registers (one
+  pass); a longer per-token row is read twice in chunks (pass 1: amax, pass 2: quantise;
+  the re-read hits L2).
 * ``_group_kernel``: a tile of ``BLOCK_G`` groups of ``GS`` elements (flattened over
   rows); FP8 per-group (GS 64/128, fp32 or UE8M0 scales, any scale strides), MXFP8 and
-  MXFP4 (GS 32, E8M0 scale bytes, ``floor`` or ``rceil`` rounding).
+  MXFP4 (GS 32, E8M0 scale bytes, ``floor`` or ``rceil`` rounding, row-major or 128x4
+  swizzled).
 
-The Python wrappers are generated from the ``_ACTS`` x ``_SCHEMES`` tables.
+Layouts are read in place: halves as two offsets into ``x``, separate as a second base
+pointer, interleaved as a view of ``x`` with one word per (gate, up) pair, unpacked on
+the bits (a stride-2 load of 16-bit elements would not vectorise).
 
-Numerics are reference.py's bit for bit (same GPU): silu as ``g / (1 + exp(-g)) * u``
-with libdevice's accurate ``exp`` and IEEE division (``tl.div_rn``), no FMA contraction
-(``enable_fp_fusion=False``); relu2 as ``relu(x) * relu(x)``; the activation rounded to
-a 16-bit input dtype (RNE) before the amax; amax from the integer bits of ``|y|``
-(integer order == float order for non-negative floats, and NaN's bits are the largest,
-so the max propagates NaN for free); FP8 scale ``amax * fp32(1/448)``; ``q =
-e4m3(clamp(y / scale))`` with NaN kept; MX exponents from the exponent bits exactly as
-``reference.mx_block_exponents``.
+Numerics are reference.py's bit for bit (same GPU): silu as ``g / (1 + exp(-g))`` with
+libdevice's accurate ``exp`` and IEEE division (``tl.div_rn``), no FMA contraction
+(``enable_fp_fusion=False``); for 16-bit inputs silu is rounded to the input dtype before
+the multiply by ``up`` and the product rounded again (``catalog.ActRounding.SILU_THEN_MUL``:
+eager's ``F.silu(g) * u``); relu2 as ``relu(x) * relu(x)`` rounded once; amax from the
+integer bits of ``|y|`` (integer order == float order for non-negative floats, and NaN's
+bits are the largest, so the max propagates NaN for free); FP8 scale ``amax *
+fp32(1/448)``; ``q = e4m3(clamp(y / scale))`` with NaN kept, the division correctly
+rounded (one reciprocal per row or group and a Markstein correction); MX exponents from
+the exponent bits exactly as ``reference.mx_block_exponents``.
+
+The SiLU division stays a ``div.rn`` per element (one SiLU for every kernel): an
+``rcp.approx`` + Markstein division gives the same bits only for ``|g| < 87``, and Triton
+cannot branch per thread, so the guard that sends the rest to ``div.rn`` is tile-wide: a
+block reduction (more barriers) and a larger kernel (``benchmarks/triton_sass.py``).
 
 Under ``TRITON_INTERPRET=1`` (CPU tests) the kernels run with ``INTERP=True``: the
 interpreter has no libdevice (``tl.exp``, i.e. numpy's ``exp``, is used, which differs
 from torch's CPU ``exp`` in the last bit, so the interpreter test swaps the reference's
-``exp`` for numpy's), and its fp32 -> bf16 / fp8 casts truncate, so bf16 rounding and
-e4m3 encoding are done on the integer bits (the same maths the hardware ``cvt.rn``
+``exp`` for numpy's), its fma rounds twice (so it divides instead of the Markstein
+correction), and its fp32 -> bf16 / fp8 casts truncate, so bf16 rounding and e4m3
+encoding are done on the integer bits (``SOFT``: the same maths the hardware ``cvt.rn``
 does; ``_SOFT_CASTS`` forces that path on the GPU too, for testing).
 
 Triton is imported lazily: importing this module never needs triton or CUDA.
@@ -37,32 +55,62 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import struct
 
 import torch
 
-from quantfuse.custom_ops import kernel_inputs
+from quantfuse import catalog
+from quantfuse.catalog import ActRounding, Grouping, Layout, ScaleLayout, Ue8m0
 
 NAME = "triton"
 
 log = logging.getLogger("quantfuse.triton")
 
-SUPPORTED_DTYPES = kernel_inputs.SUPPORTED_DTYPES
-SUPPORTED_GROUPS = kernel_inputs.FP8_GROUPS
-MX_BLOCK = kernel_inputs.MX_BLOCK
+_CODES = catalog.codes()
 
-_ACTS = kernel_inputs.ACT_CODES
-_SCHEMES = kernel_inputs.SCHEME_CODES
-_S_NONE, _S_TOKEN, _S_GROUP, _S_MXFP8, _S_MXFP4 = range(5)
-#: op name -> (activation, scheme key), for every pair the kernels can run
-_TABLE = kernel_inputs.OP_TABLE
+# Kernel switch codes and format constants. Triton kernels may read only tl.constexpr
+# globals, and triton is imported lazily, so _kernels() rebinds each name listed in
+# _KERNEL_GLOBALS to a tl.constexpr of its value; host code reads _CODES instead.
+_IDENTITY = _CODES[f"act_{catalog.IDENTITY.name}"]
+_SILU = _CODES[f"act_{catalog.SILU_AND_MUL.name}"]
+_RELU2 = _CODES[f"act_{catalog.RELU2.name}"]
+_S_NONE = _CODES["scheme_none"]
+_S_TOKEN = _CODES[f"scheme_{catalog.FP8_PER_TOKEN.key}"]
+_S_GROUP = _CODES[f"scheme_{catalog.FP8_PER_GROUP.key}"]
+_S_STATIC = _CODES[f"scheme_{catalog.FP8_STATIC.key}"]
+_S_MXFP8 = _CODES[f"scheme_{catalog.MXFP8.key}"]
+_S_MXFP4 = _CODES[f"scheme_{catalog.MXFP4.key}"]
+_HALVES = _CODES[f"layout_{Layout.HALVES.value}"]
+_SEPARATE = _CODES[f"layout_{Layout.SEPARATE.value}"]
+_INTERLEAVED = _CODES[f"layout_{Layout.INTERLEAVED.value}"]
+#: input dtype -> KIND code of the kernels
+_KIND_OF = {dt: i for i, dt in enumerate(catalog.INPUT_DTYPES)}
+_BF16 = _KIND_OF[torch.bfloat16]
+_F16 = _KIND_OF[torch.float16]
+_F32 = _KIND_OF[torch.float32]
+_FP8_MAX = catalog.E4M3.max
+_FP8_INV = 1.0 / catalog.E4M3.max  # rounded to fp32 in the kernels: what torch multiplies by
+_FP8_EMAX = catalog.E4M3.emax
+_FP4_INV = 1.0 / catalog.E2M1.max
+_FP4_EMAX = catalog.E2M1.emax
+_E8M0_BIAS = catalog.E8M0_BIAS
+_E8M0_NAN = catalog.E8M0_NAN
+#: fp32 bits of the floor of dynamic FP8 amaxes (an integer compare against the amax bits)
+_EPS_BITS = struct.unpack("<i", struct.pack("<f", catalog.FP8_PER_GROUP.base.eps))[0]
+_KERNEL_GLOBALS = ("_IDENTITY", "_SILU", "_RELU2", "_S_NONE", "_S_TOKEN", "_S_GROUP", "_S_STATIC", "_S_MXFP8",
+                   "_S_MXFP4", "_HALVES", "_SEPARATE", "_INTERLEAVED", "_BF16", "_F16", "_F32", "_FP8_MAX",
+                   "_FP8_INV", "_FP8_EMAX", "_FP4_INV", "_FP4_EMAX", "_E8M0_BIAS", "_E8M0_NAN", "_EPS_BITS")
 
-#: ops this module answers for; the rest of _TABLE (silu_and_mul, per_token_group_quant_fp8,
-#: silu_and_mul_per_block_quant) belongs to triton_backend, which the oracle asks first;
-#: they are still callable here (tests use them for fused == unfused checks)
-EXTRA_OPS = ("silu_and_mul", "per_token_group_quant_fp8", "silu_and_mul_per_block_quant")
-OPS = tuple(op for op in _TABLE if op not in EXTRA_OPS)
+# the swizzled scale offset in _store_mx_scale is written with shifts for this tile
+assert (catalog.SWIZZLE_ROWS, catalog.SWIZZLE_COLS) == (128, 4)
 
-_TILE = 4096          # elements per program (group kernel; row kernel for short rows)
+#: what the kernels implement; anything else the catalog adds gets a reason from supports()
+_ACTIVATIONS = (catalog.IDENTITY, catalog.SILU_AND_MUL, catalog.RELU2)
+_SCHEMES = (catalog.FP8_PER_TOKEN, catalog.FP8_PER_GROUP, catalog.FP8_STATIC, catalog.MXFP8, catalog.MXFP4)
+_LAYOUTS = (Layout.HALVES, Layout.SEPARATE, Layout.INTERLEAVED)
+_ROUNDINGS = (ActRounding.ONCE, ActRounding.SILU_THEN_MUL)
+
+_TILE = 4096           # elements per program (group kernel; row kernel for short rows)
 _MAX_ROW_BLOCK = 8192  # longest row kept whole in registers; longer rows are chunked
 _CHUNK = 4096
 
@@ -85,9 +133,12 @@ def _kernels():
     import triton.language as tl
     from triton.language.extra.cuda import libdevice
 
+    g = globals()
+    g.update({n: tl.constexpr(g[n].value if isinstance(g[n], tl.constexpr) else g[n]) for n in _KERNEL_GLOBALS})
+
     @triton.jit
     def _load_f32(ptr, offs, mask, KIND: tl.constexpr, SOFT: tl.constexpr):
-        if SOFT and KIND == 2:
+        if SOFT and KIND == _BF16:
             # bf16 passed as an int16 view: widen the bits exactly
             b = tl.load(ptr + offs, mask=mask, other=0).to(tl.int32)
             v = ((b & 0xFFFF) << 16).to(tl.float32, bitcast=True)
@@ -104,10 +155,10 @@ def _kernels():
 
     @triton.jit
     def _round_to_input(y, KIND: tl.constexpr, SOFT: tl.constexpr):
-        # docs/numerics.md "Common rules": the activation is stored in x.dtype
-        if KIND == 1:
+        # an intermediate eager would store in x.dtype (RNE); fp32 inputs are unchanged
+        if KIND == _F16:
             y = y.to(tl.float16).to(tl.float32)
-        elif KIND == 2:
+        elif KIND == _BF16:
             if SOFT:
                 y = _bf16_rne_bits(y).to(tl.float32, bitcast=True)
             else:
@@ -116,12 +167,12 @@ def _kernels():
 
     @triton.jit
     def _unpack_pairs(w, KIND: tl.constexpr):
-        # elements 2i (low half of the word) and 2i + 1 (high half) of a pair view of x
+        # elements 2i (low half of the word) and 2i + 1 (high half) of a pair view
         # (int64 words for fp32, int32 for 16-bit types) as fp32, exactly
-        if KIND == 0:
+        if KIND == _F32:
             lo = w.to(tl.int32).to(tl.float32, bitcast=True)
             hi = (w >> 32).to(tl.int32).to(tl.float32, bitcast=True)
-        elif KIND == 1:
+        elif KIND == _F16:
             lo = w.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
             hi = (w >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
         else:
@@ -130,26 +181,71 @@ def _kernels():
         return lo, hi
 
     @triton.jit
-    def _activation(x_ptr, offs, H, mask, ACT: tl.constexpr, KIND: tl.constexpr,
-                    SOFT: tl.constexpr, INTERP: tl.constexpr):
-        a = _load_f32(x_ptr, offs, mask, KIND, SOFT)
-        u = a
-        if ACT == 1:
-            u = _load_f32(x_ptr, offs + H, mask, KIND, SOFT)
-        return _act(a, u, ACT, KIND, SOFT, INTERP)
+    def _bases(rows, H, GATED: tl.constexpr, LAYOUT: tl.constexpr):
+        # where row `rows` of gate and up start: elements of x / up, or for INTERLEAVED
+        # words of x's pair view (one word per output element)
+        if GATED and LAYOUT == _HALVES:
+            xb = rows * (2 * H)
+            ub = xb + H
+        else:
+            xb = rows * H
+            ub = xb
+        return xb, ub
 
     @triton.jit
-    def _act(a, u, ACT: tl.constexpr, KIND: tl.constexpr, SOFT: tl.constexpr, INTERP: tl.constexpr):
-        # act(a, u) in fp32, rounded to the input dtype (u, the up half, is used when gated)
-        if ACT == 0:
+    def _activation(x_ptr, u_ptr, xoff, uoff, mask, ACT: tl.constexpr, GATED: tl.constexpr,
+                    LAYOUT: tl.constexpr, KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr,
+                    SOFT: tl.constexpr, INTERP: tl.constexpr):
+        if GATED and LAYOUT == _INTERLEAVED:
+            a, u = _unpack_pairs(tl.load(x_ptr + xoff, mask=mask, other=0), KIND)
+        else:
+            a = _load_f32(x_ptr, xoff, mask, KIND, SOFT)
+            u = a
+            if GATED:
+                u = _load_f32(u_ptr, uoff, mask, KIND, SOFT)
+        return _act(a, u, ACT, KIND, SILU_ROUNDED, SOFT, INTERP)
+
+    @triton.jit
+    def _pair_activation(x_ptr, u_ptr, xb, ub, pc, m, ACT: tl.constexpr, GATED: tl.constexpr,
+                         LAYOUT: tl.constexpr, KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr,
+                         SOFT: tl.constexpr, INTERP: tl.constexpr):
+        # output elements 2i (lo) and 2i + 1 (hi) of a tile, xb / ub its first element
+        if GATED and LAYOUT == _INTERLEAVED:
+            if KIND == _F32:
+                # int64 words (gate, up), one per output element
+                w = xb[:, None] + 2 * pc[None, :]
+                glo, ulo = _unpack_pairs(tl.load(x_ptr + w, mask=m, other=0), KIND)
+                ghi, uhi = _unpack_pairs(tl.load(x_ptr + w + 1, mask=m, other=0), KIND)
+            else:
+                # int64 words (gate, up, gate, up), one per output pair
+                w = tl.load(x_ptr + (xb // 2)[:, None] + pc[None, :], mask=m, other=0)
+                glo, ulo = _unpack_pairs(w.to(tl.int32), KIND)
+                ghi, uhi = _unpack_pairs((w >> 32).to(tl.int32), KIND)
+        else:
+            glo, ghi = _unpack_pairs(tl.load(x_ptr + (xb // 2)[:, None] + pc[None, :], mask=m, other=0), KIND)
+            ulo, uhi = glo, ghi
+            if GATED:
+                ulo, uhi = _unpack_pairs(tl.load(u_ptr + (ub // 2)[:, None] + pc[None, :], mask=m, other=0), KIND)
+        ylo = _act(glo, ulo, ACT, KIND, SILU_ROUNDED, SOFT, INTERP)
+        yhi = _act(ghi, uhi, ACT, KIND, SILU_ROUNDED, SOFT, INTERP)
+        return ylo, yhi
+
+    @triton.jit
+    def _act(a, u, ACT: tl.constexpr, KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr,
+             SOFT: tl.constexpr, INTERP: tl.constexpr):
+        # act(a, u) in fp32 with eager's roundings to the input dtype (u: up, when gated)
+        if ACT == _IDENTITY:
             y = a
         else:
-            if ACT == 1:
+            if ACT == _SILU:
                 if INTERP:
                     e = tl.exp(-a)  # the interpreter has no libdevice
                 else:
                     e = libdevice.exp(-a)  # accurate expf, as torch's CUDA exp
-                y = tl.div_rn(a, 1.0 + e) * u
+                s = tl.div_rn(a, 1.0 + e)
+                if SILU_ROUNDED:
+                    s = _round_to_input(s, KIND, SOFT)
+                y = s * u
             else:
                 r = tl.where(a < 0.0, 0.0, a)  # relu that keeps NaN
                 y = r * r
@@ -162,11 +258,11 @@ def _kernels():
 
     @triton.jit
     def _fp8_scale(amax_bits, UE8M0: tl.constexpr):
-        # max(amax, 1e-10) keeping NaN (integer compare: NaN bits are the largest)
-        amax = tl.where(amax_bits < 0x2EDBE6FF, 1e-10, amax_bits.to(tl.float32, bitcast=True))
-        scale = amax * (1.0 / 448.0)
+        # max(amax, eps) keeping NaN, on the bits (NaN's are the largest)
+        amax = tl.maximum(amax_bits, _EPS_BITS).to(tl.float32, bitcast=True)
+        scale = amax * _FP8_INV
         if UE8M0:
-            # smallest power of two >= scale from the bits (scale >= 1e-10/448: normal)
+            # smallest power of two >= scale from the bits (scale >= eps/448: normal)
             b = scale.to(tl.int32, bitcast=True)
             e = (b >> 23) & 0xFF
             up = tl.where((b & 0x7FFFFF) == 0, b, (e + 1) << 23).to(tl.float32, bitcast=True)
@@ -187,25 +283,43 @@ def _kernels():
         return tl.where(a > 0x7F800000, 0x7F, code).to(tl.uint8)
 
     @triton.jit
-    def _div_by_scale(y, scale, UE8M0: tl.constexpr, INTERP: tl.constexpr):
+    def _div_by_scale(y, scale, POW2: tl.constexpr, MAY_OVERFLOW: tl.constexpr, INTERP: tl.constexpr):
         # y / scale[:, None] correctly rounded, with one division per row or group instead
         # of one div.rn (a dozen instructions and a slow-path branch) per element, as the
         # CUDA kernels do (csrc/act_quant.cuh div_by_scale, markstein_div): r = RN(1 / scale)
         # in the scale's own (row) layout, q0 = y * r, and one Markstein correction
         # q0 - r * RN(scale * q0 - y), which keeps -0 because the sign is flipped through r:
         # Triton's unary minus is 0 - x, so negating the residual, as the CUDA kernel does,
-        # turns -(+0) into +0 and y = -0 into q = +0 (caught on the H100). A UE8M0 scale is
-        # a power of two, so y * r is the rounded quotient already. scale = inf (an inf
-        # amax) gives r = 0, and y * 0 is y / inf (+-0, NaN for inf). The interpreter's fma
-        # rounds twice, so it divides.
+        # turns -(+0) into +0 and y = -0 into q = +0. A power-of-two scale (POW2) makes
+        # y * r the rounded quotient already. scale = inf (an inf amax) gives r = 0, and
+        # y * 0 is y / inf (+-0, NaN for inf). MAY_OVERFLOW: a quotient beyond fp32's range
+        # (a given scale) keeps q0 = +-inf, where the correction would give NaN. The
+        # interpreter's fma rounds twice, so it divides.
         if INTERP:
             return tl.div_rn(y, scale[:, None])
         r = tl.broadcast_to(tl.div_rn(1.0, scale)[:, None], y.shape)
         q0 = y * r
-        if UE8M0:
+        if POW2:
             return q0
         q = tl.fma(tl.fma(tl.broadcast_to(scale[:, None], y.shape), q0, -y), -r, q0)
+        if MAY_OVERFLOW:
+            return tl.where(tl.abs(q0) > 3.4028234663852886e38, q0, q)
         return tl.where(r == 0.0, q0, q)
+
+    @triton.jit
+    def _div_static(y, s, INTERP: tl.constexpr):
+        # y / s for a given per-tensor scale s (a scalar). The Markstein residual is exact,
+        # and q0's sign right, for 0 < s in [2^-64, 2^64] wherever the e4m3 code depends on
+        # it (|y / s| >= 2^-11); any other scale (subnormal, huge, <= 0, NaN: nonsense, but
+        # defined) takes div.rn, on a branch uniform over the program
+        sv = tl.zeros([y.shape[0]], dtype=tl.float32) + s
+        if INTERP:
+            q = _div_by_scale(y, sv, False, True, INTERP)
+        elif (s >= 5.421010862427522e-20) & (s <= 1.8446744073709552e19):
+            q = _div_by_scale(y, sv, False, True, INTERP)
+        else:
+            q = tl.div_rn(y, tl.broadcast_to(sv[:, None], y.shape))
+        return q
 
     @triton.jit
     def _store_fp8(q_ptr, offs, v, mask, SOFT: tl.constexpr):
@@ -216,114 +330,116 @@ def _kernels():
             tl.store(q_ptr + offs, v.to(tl.float8e4nv), mask=mask)
 
     @triton.jit
-    def _clamp448(v):
-        return tl.where(v > 448.0, 448.0, tl.where(v < -448.0, -448.0, v))  # keeps NaN
+    def _clamp_fp8(v):
+        return tl.where(v > _FP8_MAX, _FP8_MAX, tl.where(v < -_FP8_MAX, -_FP8_MAX, v))  # keeps NaN
 
     @triton.jit
     def _store_act(o_ptr, offs, y, mask, KIND: tl.constexpr, SOFT: tl.constexpr):
-        if SOFT:
-            if KIND == 2:  # int16 view; y is already bf16-exact
-                tl.store(o_ptr + offs, (y.to(tl.int32, bitcast=True) >> 16).to(tl.int16), mask=mask)
-            else:
-                tl.store(o_ptr + offs, y.to(o_ptr.dtype.element_ty), mask=mask)
+        if SOFT and KIND == _BF16:  # int16 view; y is already bf16-exact
+            tl.store(o_ptr + offs, (y.to(tl.int32, bitcast=True) >> 16).to(tl.int16), mask=mask)
         else:
             tl.store(o_ptr + offs, y.to(o_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit(do_not_specialize=["T"])
-    def _row_kernel(x_ptr, o_ptr, s_ptr, T, H,
-                    ACT: tl.constexpr, SCHEME: tl.constexpr, KIND: tl.constexpr,
+    def _row_kernel(x_ptr, u_ptr, o_ptr, s_ptr, T, H,
+                    ACT: tl.constexpr, GATED: tl.constexpr, LAYOUT: tl.constexpr, SCHEME: tl.constexpr,
+                    KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr,
                     ROWS: tl.constexpr, BLOCK: tl.constexpr, NCHUNK: tl.constexpr,
                     SOFT: tl.constexpr, INTERP: tl.constexpr):
+        # SCHEME _S_STATIC: s_ptr is the given scale (read); _S_TOKEN: the scales (written)
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         rmask = rows < T
         rows64 = rows.to(tl.int64)
-        if ACT == 1:
-            xrow = rows64 * (2 * H)
-        else:
-            xrow = rows64 * H
+        xrow, urow = _bases(rows64, H, GATED, LAYOUT)
         orow = rows64 * H
         cols = tl.arange(0, BLOCK)
-        if SCHEME == 0:
+        if SCHEME == _S_NONE or SCHEME == _S_STATIC:
+            if SCHEME == _S_STATIC:
+                s = tl.load(s_ptr)
             for c in range(NCHUNK):
                 cc = c * BLOCK + cols
                 m = rmask[:, None] & (cc < H)[None, :]
-                y = _activation(x_ptr, xrow[:, None] + cc[None, :], H, m, ACT, KIND, SOFT, INTERP)
-                _store_act(o_ptr, orow[:, None] + cc[None, :], y, m, KIND, SOFT)
+                y = _activation(x_ptr, u_ptr, xrow[:, None] + cc[None, :], urow[:, None] + cc[None, :], m,
+                                ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
+                if SCHEME == _S_NONE:
+                    _store_act(o_ptr, orow[:, None] + cc[None, :], y, m, KIND, SOFT)
+                else:
+                    v = _clamp_fp8(_div_static(y, s, INTERP))
+                    _store_fp8(o_ptr, orow[:, None] + cc[None, :], v, m, SOFT)
         else:
             if NCHUNK == 1:
                 m = rmask[:, None] & (cols < H)[None, :]
-                y = _activation(x_ptr, xrow[:, None] + cols[None, :], H, m, ACT, KIND, SOFT, INTERP)
+                y = _activation(x_ptr, u_ptr, xrow[:, None] + cols[None, :], urow[:, None] + cols[None, :], m,
+                                ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
                 amax_bits = tl.max(_abs_bits(y), axis=1)
                 scale = _fp8_scale(amax_bits, False)
-                v = _clamp448(_div_by_scale(y, scale, False, INTERP))
+                v = _clamp_fp8(_div_by_scale(y, scale, False, False, INTERP))
                 _store_fp8(o_ptr, orow[:, None] + cols[None, :], v, m, SOFT)
             else:
                 amax_bits = tl.zeros([ROWS], dtype=tl.int32)
                 for c in range(NCHUNK):
                     cc = c * BLOCK + cols
                     m = rmask[:, None] & (cc < H)[None, :]
-                    y = _activation(x_ptr, xrow[:, None] + cc[None, :], H, m, ACT, KIND, SOFT, INTERP)
+                    y = _activation(x_ptr, u_ptr, xrow[:, None] + cc[None, :], urow[:, None] + cc[None, :], m,
+                                    ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
                     amax_bits = tl.maximum(amax_bits, tl.max(_abs_bits(y), axis=1))
                 scale = _fp8_scale(amax_bits, False)
                 for c in range(NCHUNK):
                     cc = c * BLOCK + cols
                     m = rmask[:, None] & (cc < H)[None, :]
-                    y = _activation(x_ptr, xrow[:, None] + cc[None, :], H, m, ACT, KIND, SOFT, INTERP)
-                    v = _clamp448(_div_by_scale(y, scale, False, INTERP))
+                    y = _activation(x_ptr, u_ptr, xrow[:, None] + cc[None, :], urow[:, None] + cc[None, :], m,
+                                    ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
+                    v = _clamp_fp8(_div_by_scale(y, scale, False, False, INTERP))
                     _store_fp8(o_ptr, orow[:, None] + cc[None, :], v, m, SOFT)
             tl.store(s_ptr + rows64, scale, mask=rmask)
 
     @triton.jit(do_not_specialize=["total_groups", "groups_per_row"])
-    def _group_kernel(x_ptr, q_ptr, s_ptr, total_groups, groups_per_row, H, s_st, s_sg,
-                      ACT: tl.constexpr, SCHEME: tl.constexpr, KIND: tl.constexpr,
-                      GS: tl.constexpr, BLOCK_G: tl.constexpr, FLAG: tl.constexpr,
-                      SOFT: tl.constexpr, INTERP: tl.constexpr, SWIZZLED: tl.constexpr = False):
-        # FLAG: use_ue8m0 for FP8 per-group, rceil (vs floor) for MX; SWIZZLED: MX scales in
-        # the 128x4 tiled layout with row-block stride s_st (csrc/group_kernel.cuh)
+    def _group_kernel(x_ptr, u_ptr, q_ptr, s_ptr, total_groups, groups_per_row, H, s_st, s_sg,
+                      ACT: tl.constexpr, GATED: tl.constexpr, LAYOUT: tl.constexpr, SCHEME: tl.constexpr,
+                      KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr, GS: tl.constexpr, BLOCK_G: tl.constexpr,
+                      UE8M0: tl.constexpr, RCEIL: tl.constexpr, SWIZZLED: tl.constexpr,
+                      SOFT: tl.constexpr, INTERP: tl.constexpr):
+        # UE8M0: power-of-two FP8 scales; RCEIL: MX rceil (else floor) exponents; SWIZZLED: MX
+        # scales in the 128x4 tiled layout with row-block stride s_st (csrc/group_kernel.cuh)
         gi = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
         gmask = gi < total_groups
         t = (gi // groups_per_row).to(tl.int64)
         g = (gi % groups_per_row).to(tl.int64)
         col = tl.arange(0, GS)
-        if ACT == 1:
-            xbase = t * (2 * H) + g * GS
-        else:
-            xbase = t * H + g * GS
+        xrow, urow = _bases(t, H, GATED, LAYOUT)
+        xb = xrow + g * GS
+        ub = urow + g * GS
         m = gmask[:, None]
         qbase = t * H + g * GS
-        if SCHEME == 4:
+        if SCHEME == _S_MXFP4:
             # MXFP4 packs elements 2i and 2i + 1 into one byte: the kernel reads x as pairs
             # (a pair view, one word per two elements) and works on the even and the odd
             # halves, so no reshape / split reorders the tile (on sm_90 that reorder took
             # 2 KB of shared memory and two more barriers a tile; benchmarks/triton_sass.py)
             pc = tl.arange(0, GS // 2)
-            woff = (xbase // 2)[:, None] + pc[None, :]
-            glo, ghi = _unpack_pairs(tl.load(x_ptr + woff, mask=m, other=0), KIND)
-            ulo, uhi = glo, ghi
-            if ACT == 1:
-                ulo, uhi = _unpack_pairs(tl.load(x_ptr + woff + H // 2, mask=m, other=0), KIND)
-            ylo = _act(glo, ulo, ACT, KIND, SOFT, INTERP)
-            yhi = _act(ghi, uhi, ACT, KIND, SOFT, INTERP)
+            ylo, yhi = _pair_activation(x_ptr, u_ptr, xb, ub, pc, m, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED,
+                                        SOFT, INTERP)
             amax_bits = tl.maximum(tl.max(_abs_bits(ylo), axis=1), tl.max(_abs_bits(yhi), axis=1))
-            e, bad = _mx_exponent(amax_bits, 2, 1.0 / 6.0, FLAG)
+            e, bad = _mx_exponent(amax_bits, _FP4_EMAX, _FP4_INV, RCEIL)
             f = ((127 - e) << 23).to(tl.float32, bitcast=True)[:, None]  # 2**-e (e <= 126 here)
             packed = (_e2m1_code(ylo * f, bad) | (_e2m1_code(yhi * f, bad) << 4)).to(tl.uint8)
             tl.store(q_ptr + (qbase // 2)[:, None] + pc[None, :], packed, mask=m)
             _store_mx_scale(s_ptr, t, g, e, bad, s_st, s_sg, gmask, SWIZZLED)
         else:
-            y = _activation(x_ptr, xbase[:, None] + col[None, :], H, m, ACT, KIND, SOFT, INTERP)
+            y = _activation(x_ptr, u_ptr, xb[:, None] + col[None, :], ub[:, None] + col[None, :], m,
+                            ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
             amax_bits = tl.max(_abs_bits(y), axis=1)
-            if SCHEME == 2:
-                scale = _fp8_scale(amax_bits, FLAG)
-                v = _clamp448(_div_by_scale(y, scale, FLAG, INTERP))
+            if SCHEME == _S_GROUP:
+                scale = _fp8_scale(amax_bits, UE8M0)
+                v = _clamp_fp8(_div_by_scale(y, scale, UE8M0, False, INTERP))
                 _store_fp8(q_ptr, qbase[:, None] + col[None, :], v, m, SOFT)
                 tl.store(s_ptr + t * s_st + g * s_sg, scale, mask=gmask)
             else:
-                e, bad = _mx_exponent(amax_bits, 8, 1.0 / 448.0, FLAG)
+                e, bad = _mx_exponent(amax_bits, _FP8_EMAX, _FP8_INV, RCEIL)
                 f = ((127 - e) << 23).to(tl.float32, bitcast=True)  # 2**-e (e <= 126 here)
                 v = y * f[:, None]
                 nan = (amax_bits * 0 + 0x7FC00000).to(tl.float32, bitcast=True)
-                v = tl.where(bad[:, None], nan[:, None], _clamp448(v))
+                v = tl.where(bad[:, None], nan[:, None], _clamp_fp8(v))
                 _store_fp8(q_ptr, qbase[:, None] + col[None, :], v, m, SOFT)
                 _store_mx_scale(s_ptr, t, g, e, bad, s_st, s_sg, gmask, SWIZZLED)
 
@@ -343,7 +459,7 @@ def _kernels():
             ae = (amax_bits >> 23) & 0xFF
             e = tl.where(ae == 0, -127, ae - 127 - EMAX)
         e = tl.where(amax_bits == 0, -127, e)
-        return tl.minimum(tl.maximum(e, -127), 127), bad
+        return tl.minimum(tl.maximum(e, -_E8M0_BIAS), _E8M0_BIAS), bad
 
     @triton.jit
     def _e2m1_code(v, bad):
@@ -358,7 +474,7 @@ def _kernels():
 
     @triton.jit
     def _store_mx_scale(s_ptr, t, g, e, bad, s_st, s_sg, gmask, SWIZZLED: tl.constexpr):
-        sb = tl.where(bad, 0xFF, e + 127).to(tl.uint8)
+        sb = tl.where(bad, _E8M0_NAN, e + _E8M0_BIAS).to(tl.uint8)
         if SWIZZLED:
             so = (t >> 7) * s_st + (g >> 2) * 512 + (t & 31) * 16 + ((t >> 5) & 3) * 4 + (g & 3)
         else:
@@ -367,10 +483,10 @@ def _kernels():
 
     # the interpreter re-executes kernel source against the module globals (closures are
     # lost), so every jit function is published there too
-    globals().update({f.__name__: f for f in (
-        _load_f32, _unpack_pairs, _bf16_rne_bits, _round_to_input, _activation, _act, _abs_bits, _fp8_scale,
-        _e4m3_bits, _div_by_scale, _mx_exponent, _e2m1_code, _store_mx_scale, _store_fp8, _clamp448, _store_act,
-        _row_kernel, _group_kernel)})
+    g.update({f.__name__: f for f in (
+        _load_f32, _unpack_pairs, _bases, _bf16_rne_bits, _round_to_input, _activation, _pair_activation, _act,
+        _abs_bits, _fp8_scale, _e4m3_bits, _div_by_scale, _div_static, _mx_exponent, _e2m1_code,
+        _store_mx_scale, _store_fp8, _clamp_fp8, _store_act, _row_kernel, _group_kernel)})
     return {"row": _row_kernel, "group": _group_kernel}
 
 
@@ -386,120 +502,152 @@ def is_available() -> bool:
         return True
     except Exception as e:  # noqa: BLE001 - any failure means "unavailable"
         _failed = f"{type(e).__name__}: {e}"
-        log.warning("quantfuse Triton schemes unavailable: %s", _failed)
+        log.warning("quantfuse Triton kernels unavailable: %s", _failed)
         return False
-
-
-def unsupported_reason(op: str, x: torch.Tensor, group_size: int | None, _extra: bool = False) -> str | None:
-    """None when ``op`` on ``x`` (and ``group_size``) runs here, else a short reason."""
-    if op not in OPS and not (_extra and op in _TABLE):
-        return f"unknown op {op!r}"
-    why = kernel_inputs.scheme_reason(op, x, group_size, cpu_ok=_interpreting())
-    if why:
-        return why
-    if not is_available():
-        return f"Triton unavailable ({_failed or 'no CUDA'})"
-    return None
-
-
-def _fail(op: str, msg: str):
-    raise RuntimeError(f"quantfuse triton backend ({op}): {msg}")
-
-
-def _expect(op, name, t, x, dtype, shape, contiguous=True):
-    if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != tuple(shape) \
-            or t.device != x.device or (contiguous and not t.is_contiguous()):
-        got = (tuple(t.shape), t.dtype, t.device) if isinstance(t, torch.Tensor) else type(t)
-        _fail(op, f"{name} must be {dtype} {tuple(shape)} on {x.device}, got {got}")
 
 
 def _soft() -> bool:
     return _interpreting() if _SOFT_CASTS is None else bool(_SOFT_CASTS)
 
 
-def _kind(dtype: torch.dtype) -> int:
-    return {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[dtype]
+#: plan.key -> supports() answer (a reason, or None)
+_reasons: dict[tuple, str | None] = {}
+#: plan.key -> launch closure
+_launchers: dict[tuple, object] = {}
 
 
-def _launch(op: str, act: str, key: str, x, q, s, group_size=None, flag=False, swizzled=False):
-    reason = unsupported_reason(op, x, group_size if key == "fp8_per_group" else None, _extra=True)
-    if reason is not None:
-        _fail(op, reason)
-    kind = _kind(x.dtype)
-    hidden, _ = kernel_inputs.activation_hidden(act, x.shape[-1])
-    lead = tuple(x.shape[:-1])
-    tokens = x.numel() // x.shape[-1] if x.shape[-1] else 0
+def supports(plan) -> str | None:
+    """None when every call with ``plan.key`` runs here, else a short reason."""
+    key = plan.key
+    if key in _reasons:
+        return _reasons[key]
+    why = _reason(plan)
+    if why is not None and why.startswith("Triton unavailable"):
+        return why  # not cached: CUDA may come up later
+    _reasons[key] = why
+    return why
+
+
+def _reason(plan) -> str | None:
+    if not (plan.device_type == "cuda" or (plan.device_type == "cpu" and _interpreting())):
+        return f"input on {plan.device_type}: the Triton kernels need CUDA (or TRITON_INTERPRET=1 on the CPU)"
+    act, scheme = plan.activation, plan.entry.scheme
+    if act not in _ACTIVATIONS:
+        return f"activation {act.name} has no Triton kernel"
+    if act.rounding not in _ROUNDINGS:
+        return f"activation rounding {act.rounding.value} is not implemented by the Triton kernels"
+    if scheme is not None and scheme not in _SCHEMES:
+        return f"scheme {scheme.key} has no Triton kernel"
+    if plan.layout not in _LAYOUTS:
+        return f"layout {plan.layout.value} is not implemented by the Triton kernels"
+    if plan.dtype not in _KIND_OF:
+        return f"dtype {plan.dtype} is not one the Triton kernels read"
+    why = plan.kernel_reason()
+    if why is not None:
+        return why
+    if not is_available():
+        return f"Triton unavailable ({_failed or 'no CUDA'})"
+    return None
+
+
+def run(plan, outputs, x, up, scale) -> None:
+    """Write ``outputs`` (``plan.empty_outputs``) for one call that :func:`supports` accepted."""
+    launch = _launchers.get(plan.key)
+    if launch is None:
+        launch = _launchers[plan.key] = _launcher(plan)
+    launch(plan.tokens, outputs, x, up, scale)
+
+
+def _launcher(plan):
+    """The launch closure of one plan key: every choice made here, once."""
+    act, scheme, r = plan.activation, plan.entry.scheme, plan.recipe
+    kind = _KIND_OF[plan.dtype]
+    hidden = plan.hidden
+    gated = act.gated
+    interleaved = gated and plan.layout is Layout.INTERLEAVED
+    mxfp4 = scheme is catalog.MXFP4
     soft, interp = _soft(), _interpreting()
-    scheme = _SCHEMES[key][2]
-    # output checks
-    if scheme == _S_NONE:
-        _expect(op, "out", q, x, x.dtype, (*lead, hidden))
-    elif scheme in (_S_TOKEN, _S_GROUP, _S_MXFP8):
-        _expect(op, "q", q, x, torch.float8_e4m3fn, (*lead, hidden))
-    else:
-        _expect(op, "q", q, x, torch.uint8, (*lead, hidden // 2))
-    if scheme == _S_TOKEN:
-        _expect(op, "s", s, x, torch.float32, (*lead, 1))
-    elif scheme == _S_GROUP:
-        _expect(op, "s", s, x, torch.float32, (*lead, hidden // group_size), contiguous=False)
-    elif scheme in (_S_MXFP8, _S_MXFP4):
-        s_shape = kernel_inputs.swizzled_scale_shape(tokens, hidden // MX_BLOCK) if swizzled \
-            else (*lead, hidden // MX_BLOCK)
-        _expect(op, "s", s, x, torch.uint8, s_shape)
-    if swizzled and scheme not in (_S_MXFP8, _S_MXFP4):
-        _fail(op, "the swizzled scale layout is for MX schemes only")
-    if tokens == 0 or hidden == 0:
-        return
-    if tokens * max(hidden, 1) * 2 >= 2**62:
-        _fail(op, "tensor too large")
-    # views the interpreter (or the soft-cast path) needs: raw bits instead of bf16 / fp8
-    if scheme == _S_MXFP4:
-        # element pairs (H % 32 == 0); an input starting at an odd element (a view into a
-        # larger buffer, which the CUDA backend refuses as unaligned) is copied once
-        xk = (x.clone() if x.storage_offset() % 2 else x).view(torch.int64 if kind == 0 else torch.int32)
-    else:
-        xk = x.view(torch.int16) if soft and kind == 2 else x
-    if scheme == _S_NONE:
-        qk = q.view(torch.int16) if soft and kind == 2 else q
-    elif scheme != _S_MXFP4:
-        qk = q.view(torch.uint8) if soft else q
-    else:
-        qk = q
     k = _kernels()
-    common = dict(ACT=_ACTS[act], SCHEME=scheme, KIND=kind, SOFT=soft, INTERP=interp)
-    launch = {} if interp else dict(enable_fp_fusion=False)
-    if scheme in (_S_NONE, _S_TOKEN):
-        if hidden <= _MAX_ROW_BLOCK:
-            block = 1 << max(0, hidden - 1).bit_length()
-            nchunk = 1
-        else:
-            block, nchunk = _CHUNK, -(-hidden // _CHUNK)
+    consts = dict(ACT=_CODES[f"act_{act.name}"], GATED=gated, LAYOUT=_CODES[f"layout_{plan.layout.value}"],
+                  SCHEME=_CODES[f"scheme_{scheme.key}"] if scheme is not None else _CODES["scheme_none"],
+                  KIND=kind, SILU_ROUNDED=act.rounding is ActRounding.SILU_THEN_MUL, SOFT=soft, INTERP=interp)
+    if not interp:
+        consts["enable_fp_fusion"] = False
+
+    # the input as the kernels read it: a word per (gate, up) pair (interleaved), a word per
+    # two elements (MXFP4), both (interleaved MXFP4: int64 words, a pair of pairs for 16-bit
+    # inputs), or bf16 as raw int16 bits (soft casts)
+    if interleaved or mxfp4:
+        word = torch.int64 if (kind == _F32 or (interleaved and mxfp4)) else torch.int32
+        # a view needs the element offset to be a multiple of the word; an unaligned input
+        # (a view into a larger buffer) is copied once
+        copy = not plan.aligned
+
+        def view_in(t):
+            return (t.clone() if copy else t).view(word)
+    elif soft and kind == _BF16:
+        def view_in(t):
+            return t.view(torch.int16)
+    else:
+        def view_in(t):
+            return t
+    if scheme is None:
+        out_view = torch.int16 if soft and kind == _BF16 else None
+    elif not mxfp4 and soft:
+        out_view = torch.uint8
+    else:
+        out_view = None
+
+    def inputs(x, up):
+        xk = view_in(x)
+        if not gated or plan.layout is not Layout.SEPARATE:
+            return xk, xk
+        return xk, view_in(up)
+
+    if scheme is None or scheme.base.grouping in (Grouping.PER_TOKEN, Grouping.PER_TENSOR):
+        static = r is not None and r.static
+        chunked = hidden > _MAX_ROW_BLOCK
+        block, nchunk = (_CHUNK, -(-hidden // _CHUNK)) if chunked else (1 << max(0, hidden - 1).bit_length(), 1)
         rows = max(1, _TILE // block)  # fixed per hidden size: one compile for every T
         warps = 8 if rows * block >= 4096 else 4
-        grid = (-(-tokens // rows),)
-        k["row"][grid](xk, qk, s if s is not None else qk, tokens, hidden, ROWS=rows, BLOCK=block,
-                       NCHUNK=nchunk, num_warps=warps, **common, **launch)
-        return
-    gs = group_size if scheme == _S_GROUP else MX_BLOCK
+        row_kernel = k["row"]
+
+        def launch(tokens, outputs, x, up, scale):
+            if tokens == 0 or hidden == 0:
+                return
+            xk, uk = inputs(x, up)
+            o = outputs[0] if out_view is None else outputs[0].view(out_view)
+            s = scale if static else (outputs[1] if len(outputs) > 1 else o)
+            row_kernel[(-(-tokens // rows),)](xk, uk, o, s, tokens, hidden, ROWS=rows, BLOCK=block,
+                                              NCHUNK=nchunk, num_warps=warps, **consts)
+        return launch
+
+    gs = r.group_size
     groups = hidden // gs
-    total = tokens * groups
-    if total >= 2**31:
-        _fail(op, f"too many groups ({total})")
-    if scheme == _S_GROUP:
-        try:
-            st, sg = s.view(tokens, groups).stride()
-        except RuntimeError:
-            _fail(op, f"scale strides {s.stride()} cannot be viewed as [tokens, groups]")
-    elif swizzled:
-        st, sg = 128 * s.shape[1], 0  # row-block stride of the tiled layout
-        if s.numel() != total:
-            s.zero_()  # the padding (the kernel writes every real scale)
-    else:
-        st, sg = groups, 1
+    swizzled = r.scale_layout is ScaleLayout.SWIZZLED
+    column_major = r.scale_layout is ScaleLayout.COLUMN_MAJOR
+    padded_groups = -(-groups // catalog.SWIZZLE_COLS) * catalog.SWIZZLE_COLS
     block_g = _TILE // gs
-    grid = (-(-total // block_g),)
-    k["group"][grid](xk, qk, s, total, groups, hidden, st, sg, GS=gs, BLOCK_G=block_g, FLAG=bool(flag),
-                     SWIZZLED=bool(swizzled), num_warps=4, **common, **launch)
+    group_kernel = k["group"]
+    flags = dict(GS=gs, BLOCK_G=block_g, UE8M0=r.ue8m0 is Ue8m0.EXACT, RCEIL=r.mx_rounding is catalog.MxRounding.RCEIL,
+                 SWIZZLED=swizzled, num_warps=4)
 
-
-globals().update(kernel_inputs.op_functions(_launch))
+    def launch(tokens, outputs, x, up, scale):
+        total = tokens * groups
+        if total == 0:
+            return
+        if total >= 2**31:
+            raise RuntimeError(f"quantfuse triton: too many groups ({total}) for 32-bit group indices")
+        xk, uk = inputs(x, up)
+        q = outputs[0] if out_view is None else outputs[0].view(out_view)
+        s = outputs[1]
+        if swizzled:
+            st, sg = catalog.SWIZZLE_ROWS * padded_groups, 0  # row-block stride of the tiled layout
+            if padded_groups != groups or tokens % catalog.SWIZZLE_ROWS:
+                s.zero_()  # the padding (the kernel writes every real scale)
+        elif column_major:
+            st, sg = 1, tokens  # [..., G] view of [G, T] storage
+        else:
+            st, sg = groups, 1
+        group_kernel[(-(-total // block_g),)](xk, uk, q, s, total, groups, hidden, st, sg, **flags, **consts)
+    return launch
