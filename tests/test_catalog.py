@@ -247,7 +247,8 @@ def test_cpp_header_carries_every_code():
 
 #: spellings of facts that belong to the catalog, and the files allowed to hold them
 _RESTATED = [
-    (re.compile(r"\b(?:act|ACT|scheme|SCHEME)\s*(?:==|>=|<=|!=)\s*\d"), "a bare activation / scheme code"),
+    (re.compile(r"\b(?:act|ACT|scheme|SCHEME|layout|LAYOUT)\s*(?:(?:==|!=)\s*\d|(?:>=|<=|>|<)\s*[1-9])"),
+     "a bare activation / scheme / layout code"),
     (re.compile(r"enum\s+Scheme\b"), "the scheme enum (generated from catalog.cpp_header)"),
     (re.compile(r"kActNames\s*\[\]\s*="), "activation names (generated)"),
     (re.compile(r"\b448\.0f?\b"), "the E4M3 maximum"),
