@@ -220,8 +220,10 @@ struct Fp8Static {
   static constexpr int kBits = 8;
   struct State { float s, r, lim; bool fast; };
   static __device__ __forceinline__ State prepare(float s) {
+    // Positive scales only: markstein_div keeps the sign of a zero numerator through r, which a
+    // negative divisor flips the wrong way (+0 / -s must be -0); other scales divide exactly.
     const float a = fabsf(s);
-    const bool fast = a >= 0x1p-60f && a <= 0x1p60f;
+    const bool fast = s >= 0x1p-60f && s <= 0x1p60f;
     return {s, fast ? __frcp_rn(s) : 0.0f, __fmul_rn(a, 464.0f), fast};
   }
   static __device__ __forceinline__ float clamp(float y, float lim) {
