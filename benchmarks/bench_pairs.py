@@ -201,15 +201,18 @@ def main() -> None:
 
 def run_info() -> dict:
     """Device, versions, commit and command line: the context every benchmark record carries."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = ""
+    # QF_COMMIT first: the device machine's copy of the tree may carry a stale .git
+    commit = os.environ.get("QF_COMMIT", "")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=Path(__file__).parent).stdout.strip()
+        except OSError:
+            commit = ""
     props = torch.cuda.get_device_properties(0)
     return dict(date=datetime.date.today().isoformat(), device=props.name, sm=f"{props.major}{props.minor}",
                 sms=props.multi_processor_count, l2_bytes=getattr(props, "L2_cache_size", None),
-                torch=torch.__version__, cuda=torch.version.cuda, commit=commit or os.environ.get("QF_COMMIT", ""),
+                torch=torch.__version__, cuda=torch.version.cuda, commit=commit,
                 command=" ".join(sys.argv))
 
 
