@@ -83,7 +83,7 @@ class FusionPass(CustomGraphPass):
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         # imported here: the pattern matcher costs ~1 s of import time nobody needs before compiling
-        from quantfuse.patterns import act_quant
+        from quantfuse.patterns import act_quant, recognise
 
         start = time.perf_counter()
         pm_pass = act_quant.build_pass(self.config.pattern_key())
@@ -95,6 +95,8 @@ class FusionPass(CustomGraphPass):
             pm_pass.apply(graph)
         finally:
             act_quant._recorder.pop()
+        # what the patterns did not match, recognised by what it computes
+        recognise.run(graph, self.config, recognise.Reporter(report))
         graph.lint()
         report.nodes_after = len(graph.nodes)
         report.seconds = time.perf_counter() - start
