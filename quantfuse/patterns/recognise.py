@@ -466,9 +466,14 @@ def _outside_users(nodes: set[Node], node: Node) -> list[Node]:
 
 
 def _grad_hint(users: list[Node]) -> str:
-    if any(u.op == "output" for u in users):
-        return (" (a graph output: if this graph is compiled for training the value is saved for backward; "
-                "run inference under torch.no_grad() / torch.inference_mode() to fuse)")
+    """Why a value may have an extra consumer: a training graph (AOT names its inputs
+    ``primals_*``) keeps what backward needs as extra outputs."""
+    graph = users[0].graph if users else None
+    training = graph is not None and any(n.op == "placeholder" and str(n.target).startswith("primals")
+                                         for n in graph.nodes)
+    if training:
+        return (" (this graph is compiled for training: backward needs the value; run inference under "
+                "torch.no_grad() / torch.inference_mode() to fuse)")
     return ""
 
 
