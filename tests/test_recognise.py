@@ -222,3 +222,13 @@ def test_gpu_graph_keeps_a_recipe_no_kernel_implements():
     default = dataclasses.replace(site.recipe, floor_at=catalog.FloorAt.AMAX, eps=1e-10)
     site.recipe = default
     assert recognise.should_fuse(site) is None
+
+
+def test_corpus_other_eps_is_fused_to_its_own_recipe():
+    """The pattern matcher reports its literal; the recogniser fuses it with eps=1e-06 (and drops
+    the matcher's near miss for the site)."""
+    from corpus import OtherEps
+
+    module = OtherEps()
+    report = assert_fused_equals_eager(module, module.make_input(), spec="eps=1e-06")
+    assert report.rewrites[0].pattern.startswith("recognised:")

@@ -406,18 +406,26 @@ class Interpreter:
         if not isinstance(cond, Node) or cond.target not in (aten.lt.Scalar, aten.le.Scalar, aten.gt.Scalar,
                                                               aten.ge.Scalar, aten.lt.Tensor, aten.gt.Tensor):
             raise Unknown(f"`{node.name}` selects with a condition the recogniser does not read")
+        self.visited.add(cond)
         x, c = self.value(cond.args[0]), self.value(cond.args[1])
         va, vb = self.value(a), self.value(b)
         low = cond.target in (aten.lt.Scalar, aten.le.Scalar, aten.lt.Tensor)
         if c.level != "const":
             raise Unknown(f"`{node.name}` compares with a tensor")
-        if va.level == "const" and va.expr == c.expr and vb.expr == x.expr:
+        def same(k: Val) -> bool:
+            # `torch.where(t < eps, eps, t)` stores eps as a full tensor of t's dtype
+            return k.level == "const" and _as(k.expr[1], x.dtype) == _as(c.expr[1], x.dtype)
+        if same(va) and vb.expr == x.expr:
             name = "max" if low else "min"
-        elif vb.level == "const" and vb.expr == c.expr and va.expr == x.expr:
+        elif same(vb) and va.expr == x.expr:
             name = "min" if low else "max"
         else:
             raise Unknown(f"`{node.name}` is a select that is not a max or min with a constant")
         return self._like(x, self._sorted(name, x.expr, c.expr), self._dtype(node), x.narrow, node)
+
+
+def _as(value: float, dtype: torch.dtype) -> float:
+    return float(torch.tensor(value, dtype=dtype))
 
 
 def _same_order(a: tuple, b: tuple) -> bool:

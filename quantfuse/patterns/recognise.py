@@ -267,6 +267,9 @@ def parse_scale(s: tuple, y_dtype: torch.dtype, element: catalog.Element) -> tup
         fields["floor_at"] = FloorAt.AMAX
     if "floor_at" not in fields:
         fields["floor_at"] = FloorAt.NONE
+    if fields["floor_at"] is not FloorAt.SCALE:
+        # before or after a floor that is not there: one recipe (the default order)
+        fields.pop("ue8m0_after_floor", None)
     if e != AMAX:
         raise NotRecognised(f"the scale is not computed from max |y| of the group (it reads {_show(e)})")
     return fields, mul_form
