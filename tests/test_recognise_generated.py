@@ -20,7 +20,7 @@ from spellings import near_spellings, spellings
 FP8 = torch.float8_e4m3fn
 CONFIG = quantfuse.FusionConfig()
 #: examples drawn per property (graphs are traced, ~0.3 s each)
-EXAMPLES = 30
+EXAMPLES = 80
 CASES = {"equivalent": 0, "near": 0, "near_fused": 0, "near_reported": 0}
 
 
@@ -46,6 +46,17 @@ def _same(eager, fused) -> bool:
     return True
 
 
+def _matches_eager(spelling, rewrite, eager, fused) -> bool:
+    """Bit for bit, except fp32 SiLU: eager's F.silu kernel is not x / (1 + exp(-x)) to the last
+    fp32 bit (the rewrite says so); there scales agree to 1e-6 and few FP8 codes differ."""
+    if spelling.dtype != torch.float32 or spelling.act != "silu":
+        return _same(eager, fused)
+    assert "float32 silu" in rewrite.params.get("note", "")
+    (qe, se), (qf, sf) = eager, fused
+    close = torch.allclose(se, sf, rtol=1e-6, atol=0, equal_nan=True)
+    return close and (qe.view(torch.uint8) != qf.view(torch.uint8)).float().mean().item() < 0.01
+
+
 def _recipe_of(rewrite, spelling):
     from quantfuse import catalog
 
@@ -66,7 +77,7 @@ def test_equivalent_spellings_fuse_to_their_recipe(spelling):
     diff = {k: v for k, v in want.differences(got).items()
             if not (k == "eps" and float(torch.tensor(v[0])) == float(torch.tensor(v[1])))}
     assert diff == {}, (spelling, diff)
-    assert _same(spelling.fn(*xs), gm(*xs)), spelling
+    assert _matches_eager(spelling, r, spelling.fn(*xs), gm(*xs)), spelling
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
@@ -78,7 +89,7 @@ def test_near_spellings_fuse_to_their_own_recipe_or_are_reported(spelling):
     if report.rewrites:
         CASES["near_fused"] += 1
         assert spelling.recipe() is not None, (spelling, str(report))
-        assert _same(spelling.fn(*xs), gm(*xs)), spelling
+        assert _matches_eager(spelling, report.rewrites[0], spelling.fn(*xs), gm(*xs)), spelling
     else:
         CASES["near_reported"] += 1
         assert str(gm.graph) == before

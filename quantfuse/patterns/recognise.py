@@ -381,7 +381,10 @@ def recognise_activation(y: Node) -> tuple[str, list[Node], str]:
             G, U = ("in", g), ("in", u)
             exact = _rounded(Interpreter._sorted("mul", _silu_exact(G, dtype), U), dtype)
             if expr == exact:
-                return "silu_and_mul", [leaves[g], leaves[u]], ""
+                # fp32 input: eager's F.silu kernel (CPU) is not x / (1 + exp(-x)) to the last bit
+                note = "float32 silu: the fused op computes x / (1 + exp(-x)), within an fp32 ulp of " \
+                    "F.silu" if dtype == torch.float32 else ""
+                return "silu_and_mul", [leaves[g], leaves[u]], note
             silu_math = [("div", G, Interpreter._sorted("add", ("exp", ("neg", G)), const(1))),
                          Interpreter._sorted("mul", G, ("sigmoid", G))]
             stripped = _strip_rounds(expr)
