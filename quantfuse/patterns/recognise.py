@@ -542,7 +542,8 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
     act_nodes = _between(y, {x, up} - {None})
     site_nodes = set(interp.visited) | act_nodes | {y, q}
     scales = []
-    for n in sorted(interp.visited | {y}, key=_order):
+    order = {n: i for i, n in enumerate(q.graph.nodes)}
+    for n in sorted(interp.visited | {y}, key=order.__getitem__):
         outside = _outside_users(site_nodes, n)
         if not outside:
             continue
@@ -562,10 +563,6 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
     site = Site(act, layout, recipe, scheme, x, up, scale_input, y, q, scales, None, site_nodes, note)
     _column_major(site)
     return site
-
-
-def _order(n: Node) -> int:
-    return list(n.graph.nodes).index(n)
 
 
 def _between(y: Node, inputs: set[Node]) -> set[Node]:
