@@ -454,7 +454,6 @@ NEAR_MISSES = [
     (GroupSize32, "group size 32 is not supported"),
     (Float64Input, "input dtype torch.float64 is not supported"),
     (NonContiguousInput, "input is not contiguous"),
-    (OtherEps, "has 1e-06 where the fused op needs 1e-10"),
     (OtherClamp, "240.0 where the fused op needs"),
     (SwappedHalves, "not the expected half"),
     (OpFormExtraUse, "activation output"),

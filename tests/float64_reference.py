@@ -49,7 +49,9 @@ def group_quant(y: torch.Tensor, group: int, ue8m0: bool) -> tuple[torch.Tensor,
     yg = y.to(torch.float64).unflatten(-1, (-1, group))
     amax = yg.abs().amax(-1)
     amax = torch.where(amax.isnan(), amax, amax.clamp(min=_f32(torch.tensor(1e-10)).item()))
-    scale = _f32(amax * _f32(torch.tensor(1 / 448.0)))  # fp32 multiply by fp32(1/448)
+    # `amax / 448` as torch computes it: on CUDA an fp32 multiply by fp32(1/448), on the CPU an
+    # fp32 division (float64 then fp32 is the correctly rounded quotient)
+    scale = _f32(amax * _f32(torch.tensor(1 / 448.0))) if y.device.type != "cpu" else _f32(_f32(amax) / 448.0)
     if ue8m0:
         # smallest power of two >= scale, by exhaustive exponent search
         exps = torch.arange(-150, 129, dtype=torch.float64)

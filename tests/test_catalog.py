@@ -114,8 +114,9 @@ def _spelled(y: torch.Tensor, r: catalog.Recipe):
     amax = torch.max(torch.abs(work), dim=-1, keepdim=True).values
     if r.floor_at is FloorAt.AMAX:
         amax = torch.maximum(amax, torch.tensor(r.eps, dtype=amax.dtype))
-    # on CUDA `amax / 448` is this multiply; on the CPU it would divide (catalog.Recipe)
-    scale = (amax.float() * torch.tensor(1 / r.element.max)).to(amax.dtype)
+    # as model code writes it: on CUDA torch multiplies by fp32(1 / 448), on the CPU it divides,
+    # and the reference does what eager does on each
+    scale = (amax.float() / r.element.max).to(amax.dtype)
 
     def pow2(s):
         if r.ue8m0 is Ue8m0.EXACT:

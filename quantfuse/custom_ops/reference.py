@@ -84,7 +84,9 @@ def fp8_scales(yg: torch.Tensor, r: Recipe) -> torch.Tensor:
     amax = work.abs().amax(dim=-1, keepdim=True)
     if r.floor_at is FloorAt.AMAX:
         amax = amax.clamp_min(r.eps)
-    scale = (amax.float() * _recip(r.element.max, amax)).to(work.dtype)
+    # `amax / qmax` as eager writes it: on CUDA torch multiplies by fp32(1 / qmax) (what the
+    # kernels compute), on the CPU it divides; either way the reference is eager, bit for bit
+    scale = (amax.float() / r.element.max).to(work.dtype)
     if not r.ue8m0_after_floor:
         scale = _ue8m0(scale, r.ue8m0)
     if r.floor_at is FloorAt.SCALE:

@@ -140,7 +140,7 @@ class FusionPass(CustomGraphPass):
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         # imported here: the pattern matcher costs ~1 s of import time nobody needs before compiling
-        from quantfuse.patterns import act_quant
+        from quantfuse.patterns import act_quant, recognise
 
         self._make_current()
         self._pending = None
@@ -155,6 +155,8 @@ class FusionPass(CustomGraphPass):
             pm_pass.apply(graph)
         finally:
             act_quant._recorder.pop()
+        # what the patterns did not match, recognised by what it computes
+        recognise.run(graph, self.config, recognise.Reporter(report))
         graph.lint()
         report.nodes_after = len(graph.nodes)
         report.seconds = time.perf_counter() - start

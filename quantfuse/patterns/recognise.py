@@ -1,0 +1,775 @@
+"""Recognise activation -> FP8 quantisation sites by what they compute, and fuse them.
+
+Runs after the pattern matcher (which fuses the spellings it was traced from) on what is
+left. For every cast to an FP8 dtype:
+
+1. find the site's skeleton: a reduction of ``|y|`` (amax / max) whose scale divides ``y``
+   before the cast, or ``y`` divided by a one-element input (static FP8); ``y`` must be an
+   activation's output, else the cast is not an act -> quant site and is left alone silently;
+2. interpret the slice between ``y`` and the outputs (:mod:`quantfuse.patterns.canonical`)
+   and read the :class:`~quantfuse.catalog.Recipe` off the canonical expressions
+   (:func:`derive_recipe`): grouping, floor, step dtype, apply form, clamp, UE8M0 form;
+3. recognise the activation and its input layout upwards from ``y``
+   (:func:`recognise_activation`): SiLU x Mul in any of the three layouts and either operand
+   order, squared ReLU;
+4. decide, in one named function (:func:`should_fuse`), whether the rewrite is a win where it
+   runs; then replace the outputs with the fused op's (``recipe=`` carries the fields that
+   differ from the op parameters' recipe), reshaped to the graph's shapes.
+
+A site that has the skeleton but is not fused is reported with the exact reason. Nothing is
+changed until the whole site is understood, so the graph stays byte-identical elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+
+import torch
+from torch.fx import Node
+
+from quantfuse import catalog
+from quantfuse.catalog import ApplyForm, FloorAt, Grouping, Layout, Recipe, ScaleLayout, StepDtype, Ue8m0
+from quantfuse.patterns import canonical
+from quantfuse.patterns.canonical import Interpreter, Unknown, const
+
+aten = torch.ops.aten
+prims = torch.ops.prims
+
+FP8_DTYPES = (torch.float8_e4m3fn,)
+#: ops an activation is computed with (the walk up from y passes through these only)
+_ACT_OPS = {prims.convert_element_type.default, aten.neg.default, aten.exp.default, aten.add.Tensor,
+            aten.div.Tensor, aten.mul.Tensor, aten.sigmoid.default, aten.relu.default, aten.pow.Tensor_Scalar,
+            aten.square.default, aten.reciprocal.default, aten.silu.default, aten.clone.default}
+#: ops whose presence upstream of y makes y an activation output (the skeleton's "activation")
+_NONLINEAR = {aten.exp.default, aten.sigmoid.default, aten.relu.default, aten.silu.default, aten.tanh.default,
+              aten.gelu.default, aten.erf.default}
+_MAX_REGION = 80
+
+
+@dataclasses.dataclass
+class Site:
+    """One recognised site: what to call and which graph nodes its outputs replace."""
+
+    activation: str
+    layout: Layout
+    recipe: Recipe
+    scheme: catalog.Scheme
+    x: Node
+    up: Node | None
+    scale_input: Node | None
+    y: Node
+    q: Node
+    #: nodes whose value is the scale (each replaced by a reshape of the fused op's scales)
+    scales: list[Node]
+    #: a copy that makes the scales column-major, folded into the op (its last node), or None
+    column_tail: Node | None
+    nodes: set[Node]
+    note: str = ""
+
+    @property
+    def op_name(self) -> str:
+        return catalog.fused_op_name(self.activation, self.scheme.key)
+
+    def op_args(self) -> tuple[tuple, dict]:
+        """Positional and keyword arguments of the fused op (``recipe=`` only where it differs)."""
+        r, scheme = self.recipe, self.scheme
+        params: dict = {}
+        if scheme is catalog.FP8_PER_GROUP:
+            params = {"group_size": r.group_size,
+                      "column_major_scales": r.scale_layout is ScaleLayout.COLUMN_MAJOR,
+                      "use_ue8m0": r.ue8m0 is Ue8m0.EXACT}
+        args = (self.x,) + ((self.scale_input,) if self.scale_input is not None else ())
+        kwargs = dict(params)
+        if self.up is not None:
+            kwargs["up"] = self.up
+        if self.layout is Layout.INTERLEAVED:
+            kwargs["interleaved"] = True
+        spec = r.spec(scheme.recipe(**params))
+        if spec:
+            kwargs["recipe"] = spec
+        return args, kwargs
+
+
+class NotRecognised(Exception):
+    """A site with the act -> quant skeleton that is not fused; the message is the reason."""
+
+
+# --- finding sites ---------------------------------------------------------------------------
+
+def _strip_up(node):
+    """Through views and up-casts to the value they present (the candidate ``y``)."""
+    while isinstance(node, Node) and node.op == "call_function":
+        if node.target in canonical._VIEWS or node.target in (aten.clone.default, aten.contiguous.default):
+            node = node.args[0]
+        elif node.target in canonical._CASTS and _dtype(node) == torch.float32 \
+                and _dtype(node.args[0]) in canonical.SIXTEEN_BIT + (torch.float32,):
+            node = node.args[0]
+        else:
+            break
+    return node
+
+
+def _dtype(node) -> torch.dtype | None:
+    val = node.meta.get("val") if isinstance(node, Node) else None
+    return val.dtype if isinstance(val, torch.Tensor) else None
+
+
+def _slice(q_in: Node) -> list[Node]:
+    seen, stack, out = set(), [q_in], []
+    while stack and len(out) < _MAX_REGION:
+        n = stack.pop()
+        if not isinstance(n, Node) or n in seen or n.op != "call_function" or n.target not in canonical.REGION_OPS:
+            continue
+        seen.add(n)
+        out.append(n)
+        stack.extend(a for a in n.all_input_nodes)
+    return out
+
+
+def _is_activation(y: Node, depth: int = 8) -> bool:
+    stack, seen = [(y, 0)], set()
+    while stack:
+        n, d = stack.pop()
+        if not isinstance(n, Node) or n in seen or n.op != "call_function" or d > depth:
+            continue
+        seen.add(n)
+        if n.target in _NONLINEAR:
+            return True
+        stack.extend((a, d + 1) for a in n.all_input_nodes)
+    return False
+
+
+def find_candidates(graph: torch.fx.Graph):
+    """``(cast, y, static scale or None)`` for each FP8 cast with the act -> quant skeleton."""
+    out = []
+    for node in graph.nodes:
+        if node.op != "call_function" or node.target not in canonical._CASTS:
+            continue
+        if _dtype(node) not in FP8_DTYPES:
+            continue
+        region = _slice(node.args[0])
+        ys, scale = set(), None
+        for r in region:
+            if r.target in canonical._REDUCTIONS:
+                src = _strip_up(r.args[0])
+                if isinstance(src, Node) and src.target == aten.abs.default:
+                    ys.add(_strip_up(src.args[0]))
+        if not ys:
+            ys, scale = _static_candidate(node.args[0])
+        ys = {y for y in ys if isinstance(y, Node) and _is_activation(y)}
+        if ys:
+            out.append((node, ys, scale))
+    return out
+
+
+def _static_candidate(q_in):
+    """``y`` and the scale input of ``clamp(y / scale)`` / ``y * scale.reciprocal()``, if that is the form."""
+    n = q_in
+    while isinstance(n, Node) and n.target in (aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default):
+        n = n.args[0]
+    if not isinstance(n, Node) or n.target not in (aten.div.Tensor, aten.mul.Tensor):
+        return set(), None
+    for a, b in ((n.args[0], n.args[1]), (n.args[1], n.args[0])):
+        s = b
+        while isinstance(s, Node) and s.target in (aten.reciprocal.default,) + tuple(canonical._CASTS) \
+                + tuple(canonical._VIEWS):
+            s = s.args[0]
+        sv = s.meta.get("val") if isinstance(s, Node) else None
+        if isinstance(sv, torch.Tensor) and sv.numel() == 1 and s.op in ("placeholder", "get_attr") \
+                and isinstance(a, Node):
+            return {_strip_up(a)}, s
+    return set(), None
+
+
+# --- the recipe from the canonical expressions ----------------------------------------------
+
+def _const_of(e: tuple):
+    return e[1] if isinstance(e, tuple) and e and e[0] == "c" else None
+
+
+def _split_const(e: tuple, name: str):
+    """``(other, c)`` when ``e`` is ``name(other, c)`` with a constant, else None."""
+    if isinstance(e, tuple) and len(e) == 3 and e[0] == name:
+        for i in (1, 2):
+            c = _const_of(e[i])
+            if c is not None:
+                return e[3 - i], c
+    return None
+
+
+def _f32(v: float) -> float:
+    return float(torch.tensor(v, dtype=torch.float32))
+
+
+def _ue8m0_inner(e: tuple):
+    """The argument of ``exp2(ceil(log2(s)))`` / ``2 ** ceil(log2(s))``, else None."""
+    if not isinstance(e, tuple) or len(e) < 2:
+        return None
+    if e[0] == "exp2":
+        inner = e[1]
+    elif e[0] == "pow" and len(e) == 3 and _const_of(e[1]) == 2.0:
+        inner = e[2]
+    else:
+        return None
+    if isinstance(inner, tuple) and inner[0] == "ceil" and isinstance(inner[1], tuple) and inner[1][0] == "log2":
+        return inner[1][1]
+    return None
+
+
+Y = ("y",)
+AMAX = ("amax", ("abs", Y))
+
+
+def parse_scale(s: tuple, y_dtype: torch.dtype, element: catalog.Element) -> tuple[dict, bool]:
+    """Recipe fields of a dynamic scale expression, and whether ``/ qmax`` was spelled as a multiply."""
+    fields: dict = {}
+    e = s
+    inner = _ue8m0_inner(e)
+    if inner is not None:
+        fields["ue8m0"], e = Ue8m0.EXP2_CEIL_LOG2, inner
+    floor = _split_const(e, "max")
+    if floor is not None:
+        e, fields["eps"] = floor
+        fields["floor_at"] = FloorAt.SCALE
+        inner = _ue8m0_inner(e)
+        if inner is not None:
+            if "ue8m0" in fields:
+                raise NotRecognised("the scale is rounded to a power of two twice")
+            fields["ue8m0"], fields["ue8m0_after_floor"], e = Ue8m0.EXP2_CEIL_LOG2, False, inner
+    if e[0] == "round":
+        want = str(y_dtype).replace("torch.", "")
+        if e[1] != want or "ue8m0" in fields:
+            raise NotRecognised(f"the scale is rounded to {e[1]} "
+                                f"{'with a power-of-two rounding ' if 'ue8m0' in fields else ''}"
+                                f"(activation in {want}): no recipe computes that")
+        fields["step_dtype"], e = StepDtype.INPUT, e[2]
+    mul_form = False
+    div = e[2] if len(e) == 3 and e[0] == "div" else None
+    if div is not None and _const_of(div) is not None:
+        if _f32(_const_of(div)) != _f32(element.max):
+            raise NotRecognised(f"the scale divides the amax by {_const_of(div)}, not the {element.name} "
+                                f"maximum {element.max}")
+        e = e[1]
+    else:
+        m = _split_const(e, "mul")
+        if m is None:
+            raise NotRecognised(f"the scale is not amax / {element.max} (it computes {_show(e)})")
+        if _f32(m[1]) != _f32(1.0 / element.max):
+            raise NotRecognised(f"the scale multiplies the amax by {m[1]}, not 1 / {element.max}")
+        e, mul_form = m[0], True
+    floor = _split_const(e, "max")
+    if floor is not None:
+        if fields.get("floor_at") is FloorAt.SCALE:
+            raise NotRecognised("the amax and the scale are both floored: no recipe computes that")
+        e, fields["eps"] = floor
+        fields["floor_at"] = FloorAt.AMAX
+    if "floor_at" not in fields:
+        fields["floor_at"] = FloorAt.NONE
+    if fields["floor_at"] is not FloorAt.SCALE:
+        # before or after a floor that is not there: one recipe (the default order)
+        fields.pop("ue8m0_after_floor", None)
+    if e != AMAX:
+        raise NotRecognised(f"the scale is not computed from max |y| of the group (it reads {_show(e)})")
+    return fields, mul_form
+
+
+def _show(e, depth: int = 3) -> str:
+    if not isinstance(e, tuple):
+        return repr(e)
+    if e[0] == "c":
+        return repr(e[1])
+    if depth == 0:
+        return f"{e[0]}(...)"
+    return f"{e[0]}({', '.join(_show(a, depth - 1) for a in e[1:])})"
+
+
+def parse_apply(e: tuple, element: catalog.Element) -> tuple[dict, tuple]:
+    """Recipe fields of the value cast to FP8, and the scale expression it applies."""
+    fields = {"clamp": False}
+    lo = _split_const(e, "max")
+    hi = _split_const(e, "min")
+    if lo is not None or hi is not None:
+        outer_max = lo is not None
+        inner, c1 = lo if outer_max else hi
+        second = _split_const(inner, "min" if outer_max else "max")
+        if second is None:
+            raise NotRecognised(f"the values are clamped on one side only ({'min' if outer_max else 'max'}="
+                                f"{c1}) before the FP8 cast")
+        inner, c2 = second
+        bounds = sorted((c1, c2))
+        if bounds != [-element.max, element.max]:
+            raise NotRecognised(f"the values are clamped to [{bounds[0]}, {bounds[1]}] where {element.name} "
+                                f"spans [-{element.max}, {element.max}]")
+        fields["clamp"], e = True, inner
+    if e[0] == "round":
+        raise NotRecognised(f"y / s is rounded to {e[1]} before the FP8 cast (compute it in float32, e.g. "
+                            "y.float() / s): no recipe computes that")
+    if e[0] == "div" and e[1] == Y:
+        fields["apply"] = ApplyForm.DIV
+        return fields, _unbcast(e[2])
+    if e[0] == "mul" and Y in e[1:]:
+        other = e[2] if e[1] == Y else e[1]
+        other = _unbcast(other)
+        if other[0] == "recip":
+            fields["apply"] = ApplyForm.MUL_INV
+            return fields, _unbcast(other[1])
+    raise NotRecognised(f"the value cast to FP8 is not y / scale or y * (1 / scale) (it is {_show(e)})")
+
+
+def _unbcast(e: tuple) -> tuple:
+    while isinstance(e, tuple) and e and e[0] == "bcast":
+        e = e[1]
+    return e
+
+
+# --- the activation upwards from y -------------------------------------------------------------
+
+def _silu_exact(g: tuple, dtype: torch.dtype) -> tuple:
+    """F.silu(g) as eager computes it (post-grad: fp32 g / (1 + exp(-g)), rounded to the dtype)."""
+    inner = ("div", g, Interpreter._sorted("add", ("exp", ("neg", g)), const(1)))
+    return ("round", str(dtype).replace("torch.", ""), inner) if dtype in canonical.SIXTEEN_BIT else inner
+
+
+def _strip_rounds(e):
+    if not isinstance(e, tuple):
+        return e
+    if e and e[0] == "round":
+        return _strip_rounds(e[2])
+    return tuple(_strip_rounds(a) for a in e)
+
+
+def _rounded(e: tuple, dtype) -> tuple:
+    return ("round", str(dtype).replace("torch.", ""), e) if dtype in canonical.SIXTEEN_BIT else e
+
+
+def _act_leaves(y: Node) -> list[Node]:
+    """The inputs of the activation: the nodes above ``y`` that are not activation ops."""
+    leaves, seen, stack = [], set(), [y]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "call_function" and n.target in _ACT_OPS:
+            stack.extend(n.all_input_nodes)
+        elif n is y:
+            raise NotRecognised(f"the quantised value `{y.name}` is not computed by an activation")
+        else:
+            leaves.append(n)
+    return leaves
+
+
+def recognise_activation(y: Node) -> tuple[str, list[Node], str]:
+    """``(activation, [gate, up] or [x], note)`` for the activation that computes ``y``."""
+    leaves = _act_leaves(y)
+    names = {n: ("in", i) for i, n in enumerate(leaves)}
+    dtype = _dtype(y)
+    if len(leaves) > 2:
+        raise NotRecognised(f"the activation reads {len(leaves)} tensors ({', '.join(n.name for n in leaves)})")
+    try:
+        interp = Interpreter(leaves[0], elem_leaves=names)
+        expr = interp.value(y).expr
+    except Unknown as e:
+        raise NotRecognised(f"activation: {e}") from None
+    if any(_dtype(n) != dtype for n in leaves):
+        raise NotRecognised(f"the activation is computed in {dtype} from "
+                            f"{', '.join(str(_dtype(n)) for n in leaves)} inputs")
+    if len(leaves) == 2:
+        for g, u in ((0, 1), (1, 0)):
+            G, U = ("in", g), ("in", u)
+            exact = _rounded(Interpreter._sorted("mul", _silu_exact(G, dtype), U), dtype)
+            if expr == exact:
+                # fp32 input: eager's F.silu kernel (CPU) is not x / (1 + exp(-x)) to the last bit
+                note = "float32 silu: the fused op computes x / (1 + exp(-x)), within an fp32 ulp of " \
+                    "F.silu" if dtype == torch.float32 else ""
+                return "silu_and_mul", [leaves[g], leaves[u]], note
+            silu_math = [("div", G, Interpreter._sorted("add", ("exp", ("neg", G)), const(1))),
+                         Interpreter._sorted("mul", G, ("sigmoid", G))]
+            stripped = _strip_rounds(expr)
+            for s in silu_math:
+                if stripped in (Interpreter._sorted("mul", s, U),
+                                Interpreter._sorted("mul", *sorted((("mul", G, ("sigmoid", G)), U), key=repr))):
+                    return "silu_and_mul", [leaves[g], leaves[u]], \
+                        "activation rounds unlike F.silu(gate) * up (the fused op rounds as F.silu): within one step"
+            # a * sigmoid(a) * b multiplies in either association
+            sig = ("sigmoid", G)
+            assoc = [Interpreter._sorted("mul", Interpreter._sorted("mul", G, sig), U),
+                     Interpreter._sorted("mul", Interpreter._sorted("mul", G, U), sig),
+                     Interpreter._sorted("mul", Interpreter._sorted("mul", sig, U), G)]
+            if stripped in assoc:
+                return "silu_and_mul", [leaves[g], leaves[u]], \
+                    "a * sigmoid(a) * b rounds three times where the fused op rounds twice: within one step"
+        raise NotRecognised(f"the activation computes {_show(expr, 5)}, not silu(gate) * up")
+    X = ("in", 0)
+    relu2 = _rounded(("pow", ("relu", X), const(2)), dtype)
+    if expr == relu2:
+        return "relu2", leaves, ""
+    raise NotRecognised(f"the activation computes {_show(expr, 5)}, not a fused activation "
+                        f"({', '.join(catalog.ACTIVATIONS)})")
+
+
+def _slice_of(n: Node):
+    """``(base, start, end, step)`` of a last-dim slice (a split piece counts), else None."""
+    if n.op != "call_function":
+        return None
+    if n.target == aten.slice.Tensor:
+        base = n.args[0]
+        nd = len(base.meta["val"].shape)
+        dim, start, end, step = (*n.args[1:], None, None, None, None)[:4]
+        if (dim if dim is not None else 0) % nd != nd - 1:
+            return None
+        width = base.meta["val"].shape[-1]
+        start = 0 if start is None else start
+        end = width if end is None else min(end, width)
+        return base, start, end, 1 if step is None else step
+    if n.target is operator.getitem and isinstance(n.args[0], Node) \
+            and n.args[0].target in (aten.split.Tensor, aten.split_with_sizes.default):
+        sp = n.args[0]
+        base = sp.args[0]
+        nd = len(base.meta["val"].shape)
+        dim = sp.args[2] if len(sp.args) > 2 else sp.kwargs.get("dim", 0)
+        if dim % nd != nd - 1:
+            return None
+        width = base.meta["val"].shape[-1]
+        sizes = sp.args[1]
+        sizes = [sizes] * math.ceil(width / sizes) if isinstance(sizes, int) else list(sizes)
+        start = sum(sizes[:n.args[1]])
+        return base, start, start + sizes[n.args[1]], 1
+    return None
+
+
+def read_layout(gate: Node, up: Node) -> tuple[Layout, Node, Node | None]:
+    """The gated layout of ``gate`` and ``up``: ``(layout, x, up tensor or None)``."""
+    sg, su = _slice_of(gate), _slice_of(up)
+    if sg and su and sg[0] is su[0]:
+        base, width = sg[0], sg[0].meta["val"].shape[-1]
+        d = width // 2
+        if sg[3] == su[3] == 1:
+            if (sg[1], sg[2], su[1], su[2]) == (0, d, d, width):
+                return Layout.HALVES, base, None
+            if (sg[1], sg[2], su[1], su[2]) == (d, width, 0, d):
+                raise NotRecognised("gate is the second half and up the first ([up | gate]): the fused op reads "
+                                    "[gate | up]; the halves are not the expected half order")
+        if sg[3] == su[3] == 2 and width % 2 == 0:
+            if (sg[1], su[1]) == (0, 1):
+                return Layout.INTERLEAVED, base, None
+            if (sg[1], su[1]) == (1, 0):
+                raise NotRecognised("gate is x[..., 1::2] and up x[..., ::2]: the interleaved layout reads the "
+                                    "gate from the even columns")
+        raise NotRecognised(f"gate {sg[1]}:{sg[2]}:{sg[3]} and up {su[1]}:{su[2]}:{su[3]} of the input are not "
+                            "its two halves or its interleaved columns")
+    if sg or su:
+        raise NotRecognised("one of gate / up is a slice of a tensor the other is not")
+    return Layout.SEPARATE, gate, up
+
+
+# --- the site ---------------------------------------------------------------------------------
+
+def _outside_users(nodes: set[Node], node: Node) -> list[Node]:
+    return [u for u in node.users if u not in nodes]
+
+
+def _grad_hint(users: list[Node]) -> str:
+    """Why a value may have an extra consumer: a training graph (AOT names its inputs
+    ``primals_*``) keeps what backward needs as extra outputs."""
+    graph = users[0].graph if users else None
+    training = graph is not None and any(n.op == "placeholder" and str(n.target).startswith("primals")
+                                         for n in graph.nodes)
+    if training:
+        return (" (this graph is compiled for training: backward needs the value; run inference under "
+                "torch.no_grad() / torch.inference_mode() to fuse)")
+    return ""
+
+
+def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
+    """Read one candidate site; NotRecognised names the first thing that does not fit."""
+    element = catalog.E4M3
+    x_dtype = _dtype(y)
+    if x_dtype not in config.torch_dtypes:
+        raise NotRecognised(f"input dtype {x_dtype} is not supported (supported: {', '.join(config.dtypes)})")
+    leaves = {scale_input: ("scale",)} if scale_input is not None else {}
+    interp = Interpreter(y, leaves)
+    try:
+        qv = interp.value(q.args[0])
+    except Unknown as e:
+        raise NotRecognised(str(e)) from None
+    if qv.level != "elem" or not qv.ordered or math.prod(qv.shape) != interp.numel:
+        raise NotRecognised(f"the FP8 values `{q.name}` are not the activation's elements in order")
+    fields, s_expr = parse_apply(qv.expr, element)
+    groups = {v.group for v in interp.memo.values() if v.level == "group"}
+    if scale_input is not None:
+        if s_expr != ("scale",):
+            raise NotRecognised(f"the static scale is used as {_show(s_expr)}")
+        sv = scale_input.meta["val"]
+        if sv.dtype != torch.float32:
+            raise NotRecognised(f"the static scale is {sv.dtype}; the fused op takes a float32 scale")
+        scheme = catalog.FP8_STATIC
+        recipe = dataclasses.replace(scheme.base, **fields)
+        mul_form = False
+    else:
+        if len(groups) != 1:
+            raise NotRecognised(f"the site reduces over groups of {sorted(groups)} elements")
+        (group,) = groups
+        more, mul_form = parse_scale(s_expr, x_dtype, element)
+        fields.update(more)
+        if group == interp.numel and interp.numel != interp.hidden:
+            raise NotRecognised("dynamic per-tensor scale (one amax over the whole tensor): no fused op "
+                                "computes it (it needs a global reduction first)")
+        if group == interp.hidden:
+            scheme = catalog.FP8_PER_TOKEN
+            recipe = dataclasses.replace(scheme.base, **fields)
+        else:
+            if group not in config.group_sizes:
+                raise NotRecognised(f"group size {group} is not supported "
+                                    f"(supported: {', '.join(map(str, config.group_sizes))})")
+            scheme = catalog.FP8_PER_GROUP
+            recipe = dataclasses.replace(scheme.base, group_size=group, **fields)
+    act, inputs, note = recognise_activation(y)
+    if act == "silu_and_mul":
+        layout, x, up = read_layout(*inputs)
+    else:
+        layout, x, up = Layout.HALVES, inputs[0], None
+    for t in (x, up):
+        if t is not None and not t.meta["val"].is_contiguous():
+            raise NotRecognised(f"input is not contiguous (strides {tuple(t.meta['val'].stride())}); "
+                                "the fused op reads contiguous rows")
+    if mul_form and x.meta["val"].device.type == "cpu":
+        raise NotRecognised(f"on the CPU `amax * (1 / {element.max})` rounds unlike the fused op's "
+                            f"`amax / {element.max}` (the two agree on CUDA); write the division")
+    # every node between the inputs and the outputs, and who else reads them
+    act_nodes = _between(y, {x, up} - {None})
+    site_nodes = set(interp.visited) | act_nodes | {y, q}
+    scales = []
+    order = {n: i for i, n in enumerate(q.graph.nodes)}
+    for n in sorted(interp.visited | {y}, key=order.__getitem__):
+        outside = _outside_users(site_nodes, n)
+        if not outside:
+            continue
+        v = interp.memo.get(n)
+        if v is not None and v.level == "group" and _unbcast(v.expr) == s_expr and v.ordered \
+                and v.dtype == torch.float32 and scale_input is None:
+            scales.append(n)
+            continue
+        role = "activation output" if n is y else "intermediate value"
+        raise NotRecognised(f"{role} `{n.name}` has a consumer outside the pattern: "
+                            f"{', '.join(u.name for u in outside)}{_grad_hint(outside)}")
+    for n in act_nodes:
+        outside = _outside_users(site_nodes, n)
+        if outside:
+            raise NotRecognised(f"activation value `{n.name}` has a consumer outside the pattern: "
+                                f"{', '.join(u.name for u in outside)}{_grad_hint(outside)}")
+    site = Site(act, layout, recipe, scheme, x, up, scale_input, y, q, scales, None, site_nodes, note)
+    _column_major(site)
+    return site
+
+
+def _between(y: Node, inputs: set[Node]) -> set[Node]:
+    out, stack = set(), [y]
+    while stack:
+        n = stack.pop()
+        if n in out or n in inputs:
+            continue
+        out.add(n)
+        stack.extend(n.all_input_nodes)
+    return out - {y}
+
+
+def _column_major(site: Site) -> None:
+    """A ``s.t().contiguous().t()``-like copy after the scales whose result is the column-major
+    ``[..., G]`` the fused op can write directly: fold it (``column_major_scales=True``)."""
+    if site.scheme is not catalog.FP8_PER_GROUP or len(site.scales) != 1:
+        return
+    s = site.scales[0]
+    chain, node, copied = [], s, False
+    while True:
+        users = [u for u in node.users if u not in site.nodes] if node is s else list(node.users)
+        if len(users) != 1:
+            break
+        nxt = users[0]
+        if nxt.target in canonical._VIEWS or nxt.target in canonical._PERMUTES:
+            pass
+        elif nxt.target in (aten.clone.default, aten.contiguous.default):
+            copied = True
+        else:
+            break
+        chain.append(nxt)
+        node = nxt
+        if copied and _is_column_major_scales(site, node):
+            for n in chain:
+                site.nodes.add(n)
+            site.recipe = dataclasses.replace(site.recipe, scale_layout=ScaleLayout.COLUMN_MAJOR)
+            site.column_tail = node
+            site.scales = []
+            return
+
+
+def _is_column_major_scales(site: Site, node: Node) -> bool:
+    interp = Interpreter(site.scales[0])
+    interp.memo[site.scales[0]] = dataclasses.replace(interp.memo[site.scales[0]], level="group",
+                                                      group=site.recipe.group_size)
+    try:
+        v = interp.value(node)
+    except Unknown:
+        return False
+    val = node.meta["val"]
+    lead = tuple(site.x.meta["val"].shape[:-1])
+    want = (*lead, site.recipe.groups(site.y.meta["val"].shape[-1]))
+    if not v.ordered or tuple(val.shape) != want:
+        return False
+    strides = torch.empty((want[-1], *want[:-1]), device="meta").movedim(0, -1).stride()
+    return tuple(val.stride()) == tuple(strides)
+
+
+# --- profitability ------------------------------------------------------------------------------
+
+def should_fuse(site: Site) -> str | None:
+    """None when the rewrite is a win where the graph runs, else why not (a near miss).
+
+    On a GPU graph only recipes a CUDA / Triton kernel implements are rewritten: a recipe
+    only the torch reference computes would run eager code against Inductor's fused code.
+    On a CPU graph every op runs the torch reference (which computes every recipe exactly);
+    CPU graphs are rewritten as the pattern matcher rewrites them, so that what a GPU graph
+    would get is what CPU tests see.
+    """
+    from quantfuse.custom_ops import plan as qplan
+
+    entry = catalog.OPS[site.op_name]
+    args, kwargs = site.op_args()
+    xv = site.x.meta["val"]
+    upv = site.up.meta["val"] if site.up is not None else None
+    sv = site.scale_input.meta["val"] if site.scale_input is not None else None
+    params = {k: v for k, v in kwargs.items() if k not in ("up", "interleaved", "recipe")}
+    try:
+        plan = qplan.make_plan(entry, xv, (), params, up=upv, interleaved=kwargs.get("interleaved", False),
+                               scale=sv, recipe=kwargs.get("recipe", ""))
+    except (TypeError, ValueError) as e:
+        return str(e)
+    if xv.device.type == "cpu":
+        return None
+    reason = plan.kernel_reason()
+    if reason:
+        return f"{reason}: no CUDA / Triton kernel implements it (the torch reference would be slower than " \
+               "Inductor's code)"
+    return None
+
+
+# --- the rewrite --------------------------------------------------------------------------------
+
+def rewrite(site: Site) -> None:
+    """Replace the site's outputs with the fused op's and erase what is left unused."""
+    graph = site.q.graph
+    fused = getattr(torch.ops.quantfuse, site.op_name).default
+    args, kwargs = site.op_args()
+    inputs = [n for n in (site.x, site.up, site.scale_input) if n is not None]
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    last = max(inputs, key=order.__getitem__)
+    xv = site.x.meta["val"]
+    fake = getattr(xv, "fake_mode", None)
+
+    def val_of(fn):
+        if fake is None:
+            return None
+        with fake:
+            return fn()
+    vals = val_of(lambda: fused(*[a.meta["val"] for a in args],
+                                **{k: (v.meta["val"] if isinstance(v, Node) else v) for k, v in kwargs.items()}))
+    outs = vals if isinstance(vals, tuple) else (vals,)
+    anchor = last.next
+    while anchor.op == "placeholder":
+        anchor = anchor.next
+    with graph.inserting_before(anchor):
+        call = graph.call_function(fused, args, kwargs)
+        call.meta.update(val=vals, stack_trace=site.y.meta.get("stack_trace"))
+        if site.scheme.returns_scale:
+            q_out = graph.call_function(operator.getitem, (call, 0))
+            s_out = graph.call_function(operator.getitem, (call, 1))
+            q_out.meta["val"], s_out.meta["val"] = outs[0], outs[1]
+        else:
+            q_out, s_out = call, None
+
+        def shaped(src, like: Node):
+            shape = list(like.meta["val"].shape)
+            if list(src.meta["val"].shape) == shape:
+                return src
+            out = graph.call_function(aten.reshape.default, (src, shape))
+            out.meta["val"] = val_of(lambda: src.meta["val"].reshape(shape))
+            return out
+        replacements = [(site.q, shaped(q_out, site.q))]
+        replacements += [(s, shaped(s_out, s)) for s in site.scales]
+        if site.column_tail is not None:
+            replacements.append((site.column_tail, s_out))
+    for old, new in replacements:
+        old.replace_all_uses_with(new)
+    for node in sorted(site.nodes, key=order.__getitem__, reverse=True):
+        if not node.users and node.op == "call_function":
+            graph.erase_node(node)
+
+
+def run(graph: torch.fx.Graph, config, recorder) -> None:
+    """Recognise and fuse every FP8 site the pattern matcher left; report the rest to ``recorder``
+    (``recorder.rewrite(site)`` / ``recorder.near_miss(cast, y, reason)``)."""
+    if "native" not in config.forms:
+        return
+    enabled = set(config.native_fusions) & set(config.fusions)
+    for q, ys, scale in find_candidates(graph):
+        if q.graph is not graph or q not in set(graph.nodes):
+            continue
+        y = next(iter(ys)) if len(ys) == 1 else None
+        try:
+            if y is None:
+                raise NotRecognised(f"the scale reads {len(ys)} different values ({', '.join(n.name for n in ys)})")
+            site = read_site(q, y, scale, config)
+            if (site.activation, site.scheme.key) not in enabled:
+                raise NotRecognised(f"({site.activation}, {site.scheme.key}) is not enabled in "
+                                    "FusionConfig.native_fusions")
+            reason = should_fuse(site)
+            if reason:
+                raise NotRecognised(reason)
+        except NotRecognised as e:
+            region = {q, *ys, *_slice(q.args[0])}
+            recorder.near_miss(q, y if y is not None else q, str(e), {n.name for n in region})
+            continue
+        recorder.rewrite(site)
+        rewrite(site)
+
+
+class Reporter:
+    """Turns the recogniser's decisions into the pass report's :class:`Rewrite` / :class:`NearMiss`.
+
+    A site the pattern matcher already reported (a spelling it knows, with a literal it does
+    not take) keeps the matcher's reason; when the recogniser fuses it, that entry goes."""
+
+    PATTERN = "recognised"
+
+    def __init__(self, report):
+        self.report = report
+
+    def rewrite(self, site: Site) -> None:
+        from quantfuse.passes.report import Rewrite
+        from quantfuse.patterns import site as site_mod
+
+        names = {n.name for n in site.nodes}
+        self.report.near_misses[:] = [m for m in self.report.near_misses if m.node not in names]
+        xv = site.x.meta["val"]
+        _, kwargs = site.op_args()
+        params = {k: v for k, v in kwargs.items() if k not in ("up",)}
+        if site.up is not None:
+            params["up"] = site.up.name
+        if site.note:
+            params["note"] = site.note
+        self.report.rewrites.append(Rewrite(
+            pattern=f"{self.PATTERN}:{site.activation}[{site.layout.value}]+{site.scheme.key}",
+            activation=site.activation, scheme=site.scheme.key, fused_op=f"quantfuse.{site.op_name}",
+            source=site_mod.source_line(site.y, site.q), input_shape=tuple(xv.shape),
+            input_dtype=str(xv.dtype).replace("torch.", ""), params=params))
+
+    def near_miss(self, q: Node, y: Node, reason: str, region: set[str]) -> None:
+        from quantfuse.passes.report import NearMiss
+        from quantfuse.patterns import site as site_mod
+
+        if any(m.node in region for m in self.report.near_misses):
+            return
+        self.report.near_misses.append(NearMiss(pattern=self.PATTERN, reason=reason,
+                                                source=site_mod.source_line(y, q), node=q.name))

@@ -1,0 +1,206 @@
+"""Random spellings of activation -> FP8 quantisation, as everyday model code writes them.
+
+A :class:`Spelling` is a set of independent choices (cast placement, view chains, operand
+order, amax and floor forms, 2-D / 3-D, layouts ...); :meth:`Spelling.fn` writes the code,
+:meth:`Spelling.recipe` says which catalog recipe it computes (``None``: a near-spelling no
+recipe computes, which must be reported, never fused). ``spellings()`` and
+``near_spellings()`` are hypothesis strategies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from hypothesis import strategies as st
+
+from quantfuse import catalog
+from quantfuse.catalog import ApplyForm, FloorAt, Recipe, StepDtype, Ue8m0
+
+FP8 = torch.float8_e4m3fn
+EPS_VALUES = (1e-10, 1e-6, 1.0 / (448.0 * 512.0), 1e-4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spelling:
+    dtype: torch.dtype = torch.bfloat16
+    three_d: bool = False
+    flatten_first: bool = False     # a [B, S, H] activation flattened to [T, H] before the quant
+    act: str = "silu"               # silu | relu2
+    layout: str = "slice"           # slice | chunk | split | separate | interleaved
+    swap_operands: bool = False     # up * act(gate)
+    relu2_form: str = "square"      # square | pow | mul
+    group: int = 128                # 64 | 128 | 0 (per token)
+    group_view: str = "view"        # view | unflatten | reshape
+    cast_first: bool = False        # y.float() before the grouping reshape
+    step_input: bool = False        # amax / 448 in the input dtype, then .float()
+    amax_in_input: bool = False     # amax reduced in the input dtype, then .float()
+    amax_form: str = "amax"         # amax | values | getitem | unsqueeze
+    floor_at: str = "amax"          # amax | scale | none | both (near)
+    floor_form: str = "clamp"       # clamp | clamp_min | maximum | where
+    eps: float = 1e-10
+    ue8m0: str = "none"             # none | after | before (the floor)
+    apply: str = "div"              # div | div_promote | recip | one_over | div_rounded (near)
+    clamp: str = "clamp"            # clamp | kw | none | narrow (near)
+    divisor: float = 448.0          # 447.0 (near)
+    out_shape: str = "back"         # back (q as y's shape, s squeezed) | grouped
+
+    # --- the code --------------------------------------------------------------------------
+    def make_inputs(self):
+        g = torch.Generator().manual_seed(hash(self) % 2 ** 31)
+        shape = (2, 3) if self.three_d else (5,)
+        width = 512
+        if self.act == "silu" and self.layout == "separate":
+            return (torch.randn(*shape, width, generator=g).to(self.dtype) * 3,
+                    torch.randn(*shape, width, generator=g).to(self.dtype) * 3)
+        w = 2 * width if self.act == "silu" else width
+        return (torch.randn(*shape, w, generator=g).to(self.dtype) * 3,)
+
+    def _activation(self, *xs):
+        if self.act == "relu2":
+            r = F.relu(xs[0])
+            return {"square": lambda: r.square(), "pow": lambda: r ** 2, "mul": lambda: r * r}[self.relu2_form]()
+        if self.layout == "separate":
+            gate, up = xs
+        else:
+            x = xs[0]
+            d = x.shape[-1] // 2
+            gate, up = {"slice": lambda: (x[..., :d], x[..., d:]),
+                        "chunk": lambda: x.chunk(2, dim=-1),
+                        "split": lambda: torch.split(x, d, dim=-1),
+                        "interleaved": lambda: (x[..., ::2], x[..., 1::2])}[self.layout]()
+        return up * F.silu(gate) if self.swap_operands else F.silu(gate) * up
+
+    def _floor(self, t):
+        eps = self.eps
+        return {"clamp": lambda: t.clamp(min=eps), "clamp_min": lambda: torch.clamp_min(t, eps),
+                "maximum": lambda: torch.maximum(t, torch.tensor(eps)),
+                "where": lambda: torch.where(t < eps, eps, t)}[self.floor_form]()
+
+    def fn(self, *xs):
+        y = self._activation(*xs)
+        if self.flatten_first:
+            y = y.reshape(-1, y.shape[-1])
+        h = y.shape[-1]
+        g = self.group or h
+        work = y.float() if self.cast_first else y
+        grouped = {"view": lambda t: t.view(-1, h // g, g),
+                   "unflatten": lambda t: t.unflatten(-1, (-1, g)),
+                   "reshape": lambda t: t.reshape(*t.shape[:-1], h // g, g)}[self.group_view]
+        work = grouped(work)
+        amax_src = work if (self.cast_first or self.amax_in_input or self.step_input) else work.float()
+        a = amax_src.abs()
+        if self.amax_form == "amax":
+            amax = a.amax(dim=-1, keepdim=True)
+        elif self.amax_form == "values":
+            amax = a.max(dim=-1, keepdim=True).values
+        elif self.amax_form == "getitem":
+            amax = torch.max(a, -1, True)[0]
+        else:
+            amax = a.max(dim=-1)[0].unsqueeze(-1)
+        if not self.step_input:
+            amax = amax.float()
+        if self.floor_at in ("amax", "both"):
+            amax = self._floor(amax)
+        s = amax / self.divisor
+        if self.step_input:
+            s = s.float()
+        if self.ue8m0 == "before":
+            s = torch.exp2(torch.ceil(torch.log2(s)))
+        if self.floor_at in ("scale", "both"):
+            s = self._floor(s)
+        if self.ue8m0 == "after":
+            s = torch.exp2(torch.ceil(torch.log2(s)))
+        v = work if self.apply in ("div_promote", "div_rounded") else work.float()
+        if self.apply == "div_rounded":
+            v = v / s.to(v.dtype)
+        elif self.apply in ("div", "div_promote"):
+            v = v / s
+        elif self.apply == "recip":
+            v = v * s.reciprocal()
+        else:
+            v = v * (1 / s)
+        if self.clamp == "clamp":
+            v = v.clamp(-448.0, 448.0)
+        elif self.clamp == "kw":
+            v = torch.clamp(v, min=-448, max=448)
+        elif self.clamp == "narrow":
+            v = v.clamp(-240.0, 240.0)
+        q = v.to(FP8)
+        if self.out_shape == "grouped":
+            return q, s
+        return q.reshape(y.shape), s.reshape(*y.shape[:-1], h // g)
+
+    # --- what it computes ------------------------------------------------------------------
+    @property
+    def scheme(self) -> catalog.Scheme:
+        return catalog.FP8_PER_GROUP if self.group else catalog.FP8_PER_TOKEN
+
+    def recipe(self) -> Recipe | None:
+        """The recipe this spelling computes, or None where no recipe does (a near-spelling)."""
+        rounded = self.apply == "div_rounded" and self.dtype != torch.float32 and not self.cast_first
+        if self.floor_at == "both" or rounded or self.clamp == "narrow" \
+                or self.divisor != 448.0:
+            return None
+        if self.step_input and self.ue8m0 != "none":
+            return None
+        fields = dict(
+            floor_at={"amax": FloorAt.AMAX, "scale": FloorAt.SCALE, "none": FloorAt.NONE}[self.floor_at],
+            step_dtype=StepDtype.INPUT if self.step_input and self.dtype != torch.float32 else StepDtype.FP32,
+            apply=ApplyForm.DIV if self.apply in ("div", "div_promote", "div_rounded") else ApplyForm.MUL_INV,
+            clamp=self.clamp != "none",
+            ue8m0=Ue8m0.NONE if self.ue8m0 == "none" else Ue8m0.EXP2_CEIL_LOG2,
+            ue8m0_after_floor=not (self.ue8m0 == "before" and self.floor_at == "scale"))
+        if self.floor_at != "none":
+            fields["eps"] = self.eps
+        if self.group:
+            fields["group_size"] = self.group
+        return dataclasses.replace(self.scheme.base, **fields)
+
+    @property
+    def activation(self) -> str:
+        return "silu_and_mul" if self.act == "silu" else "relu2"
+
+
+def _base():
+    return st.builds(
+        Spelling,
+        dtype=st.sampled_from([torch.bfloat16, torch.bfloat16, torch.float16, torch.float32]),
+        three_d=st.booleans(), flatten_first=st.booleans(),
+        act=st.sampled_from(["silu", "silu", "silu", "relu2"]),
+        layout=st.sampled_from(["slice", "chunk", "split", "separate", "interleaved"]),
+        swap_operands=st.booleans(), relu2_form=st.sampled_from(["square", "pow", "mul"]),
+        group=st.sampled_from([64, 128, 0]), group_view=st.sampled_from(["view", "unflatten", "reshape"]),
+        cast_first=st.booleans(), step_input=st.booleans(), amax_in_input=st.booleans(),
+        amax_form=st.sampled_from(["amax", "values", "getitem", "unsqueeze"]),
+        floor_at=st.sampled_from(["amax", "scale", "none"]),
+        floor_form=st.sampled_from(["clamp", "clamp_min", "maximum", "where"]),
+        eps=st.sampled_from(EPS_VALUES), ue8m0=st.sampled_from(["none", "none", "after", "before"]),
+        apply=st.sampled_from(["div", "div_promote", "recip", "one_over"]),
+        clamp=st.sampled_from(["clamp", "kw", "none"]),
+        out_shape=st.sampled_from(["back", "grouped"]),
+    )
+
+
+def _consistent(s: Spelling) -> Spelling:
+    # a scale computed in the input dtype needs the values still in it
+    if s.step_input:
+        s = dataclasses.replace(s, cast_first=False, ue8m0="none")
+    if s.group_view == "view" and s.three_d and not s.flatten_first and s.group:
+        s = dataclasses.replace(s, group_view="unflatten")  # view(-1, G, g) flattens tokens (fine too)
+    return s
+
+
+def spellings():
+    """Equivalent spellings of supported recipes (each computes ``recipe()``)."""
+    return _base().map(_consistent)
+
+
+def near_spellings():
+    """Spellings one change away from a recipe that change the numerics."""
+    change = st.sampled_from([
+        {"clamp": "narrow"}, {"apply": "div_rounded"}, {"divisor": 447.0}, {"floor_at": "both"},
+        {"eps": 1e-5}, {"floor_at": "none"}, {"clamp": "none"}, {"step_input": True},
+    ])
+    return st.tuples(spellings(), change).map(lambda t: _consistent(dataclasses.replace(t[0], **t[1])))

@@ -1,0 +1,234 @@
+"""The recogniser on code from other projects: fused to the recipe it computes, equal to eager.
+
+vLLM is not installable here (CUDA-only wheels), so its native code paths are written again
+below from their source, with the same order of operations, dtypes and constants:
+``vllm/model_executor/layers/activation.py`` (``SiluAndMul.forward_native``) and
+``vllm/model_executor/layers/quantization/input_quant_fp8.py`` (``QuantFP8.forward_native``,
+``_quantize_group_native``). transformers is installed (the ``test`` extra) and its own
+modules run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import quantfuse
+from quantfuse import catalog
+from quantfuse.patterns import recognise
+from helpers import post_grad_graph
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0
+VLLM_MIN_SCALE = 1.0 / (FP8_MAX * 512.0)  # vLLM's _FP8_MIN_SCALING_FACTOR
+
+
+def _run(gm, config=None):
+    fusion = quantfuse.FusionPass(config or quantfuse.FusionConfig())
+    fusion(gm.graph)
+    gm.recompile()
+    return fusion.report
+
+
+def _bits(t):
+    return t.view(torch.uint8) if t.dtype == FP8 else t
+
+
+def assert_fused_equals_eager(fn, *args, rewrites=1, spec=None):
+    """Trace, run the pass, and compare the rewritten graph with eager ``fn`` bit for bit."""
+    gm = post_grad_graph(fn, *args)
+    report = _run(gm)
+    assert len(report.rewrites) == rewrites, str(report)
+    assert report.near_misses == [], str(report)
+    if spec is not None:
+        assert report.rewrites[0].params.get("recipe", "") == spec, str(report)
+    eager, fused = fn(*args), gm(*args)
+    eager = eager if isinstance(eager, tuple) else (eager,)
+    for e, f in zip(eager, fused):
+        assert e.shape == f.shape and e.dtype == f.dtype
+        assert torch.equal(_bits(e), _bits(f)), (e, f)
+        assert e.stride() == f.stride()
+    return report
+
+
+# --- vLLM, re-written from its source ----------------------------------------------------------
+
+def vllm_silu_and_mul(x):
+    """SiluAndMul.forward_native (vllm/model_executor/layers/activation.py)."""
+    d = x.shape[-1] // 2
+    return F.silu(x[..., :d]) * x[..., d:]
+
+
+def vllm_group_quant(x, group_size, column_major=False, use_ue8m0=False):
+    """QuantFP8._quantize_group_native (input_quant_fp8.py), dynamic, no padding: amax in the
+    input dtype by max(dim)[0] then float; scale = amax / 448, UE8M0 as exp2(ceil(log2)) before
+    the floor at the scale (1 / (448 * 512)); the bf16 x divided by the fp32 scale."""
+    shape = x.shape
+    groups = shape[-1] // group_size
+    xg = x.view(-1, groups, group_size)
+    absmax = xg.abs().max(dim=-1, keepdim=True)[0].float()
+    s = absmax / FP8_MAX
+    if use_ue8m0:
+        s = torch.exp2(torch.ceil(torch.log2(s)))
+    s = s.clamp(min=VLLM_MIN_SCALE)
+    q = (xg / s).clamp(-FP8_MAX, FP8_MAX).to(FP8).view(shape)
+    s = s.squeeze(-1).reshape(shape[:-1] + (groups,))
+    if column_major:
+        s = s.transpose(-2, -1).contiguous().transpose(-1, -2)
+    return q, s
+
+
+def vllm_token_quant(x):
+    """QuantFP8.forward_native, dynamic per token: max(dim=-1) values, unsqueeze, to float32,
+    (amax / 448).clamp(min=...), then x.float() * scale.reciprocal(), clamp, cast."""
+    m, _ = x.abs().max(dim=-1)
+    m = m.unsqueeze(-1).to(torch.float32)
+    s = (m / FP8_MAX).clamp(min=VLLM_MIN_SCALE)
+    return (x.to(torch.float32) * s.to(torch.float32).reciprocal()).clamp(-FP8_MAX, FP8_MAX).to(FP8), s
+
+
+def vllm_static_quant(x, scale):
+    """QuantFP8.forward_native, static per tensor: x.float() * scale.reciprocal()."""
+    return (x.to(torch.float32) * scale.to(torch.float32).reciprocal()).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+
+
+VLLM_FLOOR = f"floor_at=scale,eps={VLLM_MIN_SCALE!r}"
+
+
+@pytest.mark.parametrize("group", [128, 64])
+@pytest.mark.parametrize("column_major", [False, True])
+@pytest.mark.parametrize("ue8m0", [False, True])
+def test_vllm_silu_mul_block_quant(group, column_major, ue8m0):
+    x = torch.randn(7, 1024, dtype=torch.bfloat16) * 3
+    report = assert_fused_equals_eager(
+        lambda x: vllm_group_quant(vllm_silu_and_mul(x), group, column_major, ue8m0), x,
+        spec=VLLM_FLOOR + (",ue8m0=exp2,ue8m0_after_floor=False" if ue8m0 else ""))
+    assert report.rewrites[0].params["group_size"] == group
+    assert report.rewrites[0].params["column_major_scales"] is column_major
+
+
+def test_vllm_3d_input_and_per_token():
+    x = torch.randn(2, 5, 512, dtype=torch.bfloat16) * 3
+    assert_fused_equals_eager(lambda x: vllm_group_quant(vllm_silu_and_mul(x), 128), x, spec=VLLM_FLOOR)
+    assert_fused_equals_eager(lambda x: vllm_token_quant(vllm_silu_and_mul(x)), x,
+                              spec=VLLM_FLOOR + ",apply=mul_inv")
+
+
+def test_vllm_static_quant():
+    x = torch.randn(9, 512, dtype=torch.bfloat16) * 3
+    scale = torch.tensor([0.02])
+    assert_fused_equals_eager(lambda x, s: vllm_static_quant(vllm_silu_and_mul(x), s), x, scale,
+                              spec="apply=mul_inv")
+
+
+# --- transformers -------------------------------------------------------------------------------
+
+transformers = pytest.importorskip("transformers")
+
+
+class QuantisedDown(torch.nn.Module):
+    """Where an FP8 down projection quantises its input (per token or per group of 128, as
+    vLLM's QuantFP8 does); returns ``(q, s)`` so the test compares the quantisation itself."""
+
+    def __init__(self, group: int | None):
+        super().__init__()
+        self.group = group
+
+    def forward(self, y):
+        return vllm_group_quant(y, self.group) if self.group else vllm_token_quant(y)
+
+
+@pytest.mark.parametrize("group", [None, 128])
+def test_transformers_llama_mlp(group):
+    """transformers' LlamaMLP (act_fn(gate_proj(x)) * up_proj(x): two tensors), compiled whole."""
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    cfg = transformers.LlamaConfig(hidden_size=256, intermediate_size=512, hidden_act="silu")
+    torch.manual_seed(0)
+    mlp = LlamaMLP(cfg).to(torch.bfloat16).eval()
+    mlp.down_proj = QuantisedDown(group)
+    x = torch.randn(2, 3, 256, dtype=torch.bfloat16)
+    fusion = quantfuse.FusionPass()
+    torch._dynamo.reset()
+    compiled = torch.compile(mlp, options={"post_grad_custom_post_pass": fusion, "fx_graph_cache": False})
+    with torch.no_grad():
+        got, want = compiled(x), mlp(x)
+    torch._dynamo.reset()
+    assert len(fusion.report.rewrites) == 1, str(fusion.report)
+    assert fusion.report.rewrites[0].pattern.startswith("recognised:silu_and_mul[separate]")
+    for e, f in zip(want, got):
+        assert torch.equal(_bits(e), _bits(f))
+
+
+def test_transformers_relu2():
+    from transformers.activations import ACT2FN
+
+    act = ACT2FN["relu2"]
+    x = torch.randn(6, 512, dtype=torch.bfloat16)
+    report = assert_fused_equals_eager(lambda x: vllm_group_quant(act(x), 128), x)
+    assert report.rewrites[0].activation == "relu2"
+
+
+# --- near misses --------------------------------------------------------------------------------
+
+def _near_miss(fn, *args):
+    gm = post_grad_graph(fn, *args)
+    before = str(gm.graph)
+    report = _run(gm)
+    assert report.rewrites == [], str(report)
+    assert str(gm.graph) == before
+    assert len(report.near_misses) == 1, str(report)
+    return report.near_misses[0].reason
+
+
+X = torch.randn(4, 512, dtype=torch.bfloat16)
+
+
+def test_near_miss_reasons():
+    y_of = vllm_silu_and_mul
+    assert "activation output" in _near_miss(lambda x: (lambda y: (*vllm_token_quant(y), y.sum()))(y_of(x)), X)
+    assert "clamped to [-240.0, 240.0]" in _near_miss(
+        lambda x: (lambda y: (lambda s: ((y.float() / s).clamp(-240, 240).to(FP8), s))(
+            y.abs().amax(-1, keepdim=True).float() / 448))(y_of(x)), X)
+    assert "per-tensor" in _near_miss(
+        lambda x: (lambda y: (lambda s: ((y.float() / s).clamp(-448, 448).to(FP8), s))(
+            y.abs().max().float() / 448))(y_of(x)), X)
+    assert "rounded to bfloat16 before the FP8 cast" in _near_miss(
+        lambda x: (lambda y: (lambda s: ((y / s).clamp(-448, 448).to(FP8), s))(
+            y.abs().amax(-1, keepdim=True) / 448))(y_of(x)), X)
+    swapped = _near_miss(lambda x: vllm_token_quant(F.silu(x[..., 256:]) * x[..., :256]), X)
+    assert "half order" in swapped
+
+
+def test_extra_consumer_in_grad_mode_says_no_grad():
+    x = X.clone().requires_grad_(True)
+    gm = post_grad_graph(lambda x: vllm_token_quant(vllm_silu_and_mul(x)), x)
+    reasons = " ".join(m.reason for m in _run(gm).near_misses)
+    assert "torch.no_grad()" in reasons or "inference_mode" in reasons
+
+
+def test_gpu_graph_keeps_a_recipe_no_kernel_implements():
+    """should_fuse on a GPU graph: vLLM's floor at the scale runs only in the torch reference."""
+    gm = post_grad_graph(lambda x: vllm_group_quant(vllm_silu_and_mul(x), 128), X)
+    (q, ys, scale), = recognise.find_candidates(gm.graph)
+    site = recognise.read_site(q, next(iter(ys)), scale, quantfuse.FusionConfig())
+    assert recognise.should_fuse(site) is None  # CPU: fused (the reference is the CPU backend)
+    site.x.meta["val"] = torch.empty(site.x.meta["val"].shape, dtype=torch.bfloat16, device="meta")
+    reason = recognise.should_fuse(site)
+    assert reason and "floor_at=scale" in reason and "no CUDA / Triton kernel" in reason
+    default = dataclasses.replace(site.recipe, floor_at=catalog.FloorAt.AMAX, eps=1e-10)
+    site.recipe = default
+    assert recognise.should_fuse(site) is None
+
+
+def test_corpus_other_eps_is_fused_to_its_own_recipe():
+    """The pattern matcher reports its literal; the recogniser fuses it with eps=1e-06 (and drops
+    the matcher's near miss for the site)."""
+    from corpus import OtherEps
+
+    module = OtherEps()
+    report = assert_fused_equals_eager(module, module.make_input(), spec="eps=1e-06")
+    assert report.rewrites[0].pattern.startswith("recognised:")
