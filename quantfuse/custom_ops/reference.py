@@ -63,9 +63,11 @@ def ue8m0_ceil(scale: torch.Tensor) -> torch.Tensor:
     return torch.where(finite_pos, exact, torch.exp2(torch.ceil(torch.log2(scale))))
 
 
-def _recip(qmax: float, like: torch.Tensor) -> torch.Tensor:
-    # fp32(1 / qmax): what torch on CUDA multiplies by for `t / qmax` (see catalog.Recipe)
-    return torch.full_like(like, 1.0 / qmax, dtype=torch.float32)
+def div_scalar(t: torch.Tensor, qmax: float) -> torch.Tensor:
+    """``t / qmax`` as eager computes it on ``t``'s device: on CUDA a multiply by fp32(1 / qmax)
+    (what the kernels compute), on the CPU a true division. Tests that emulate the GPU on the
+    CPU (the Triton interpreter) replace it with the multiply."""
+    return t / qmax
 
 
 def _ue8m0(scale: torch.Tensor, form: Ue8m0) -> torch.Tensor:
@@ -86,7 +88,7 @@ def fp8_scales(yg: torch.Tensor, r: Recipe) -> torch.Tensor:
         amax = amax.clamp_min(r.eps)
     # `amax / qmax` as eager writes it: on CUDA torch multiplies by fp32(1 / qmax) (what the
     # kernels compute), on the CPU it divides; either way the reference is eager, bit for bit
-    scale = (amax.float() / r.element.max).to(work.dtype)
+    scale = div_scalar(amax.float(), r.element.max).to(work.dtype)
     if not r.ue8m0_after_floor:
         scale = _ue8m0(scale, r.ue8m0)
     if r.floor_at is FloorAt.SCALE:
