@@ -163,6 +163,15 @@ class Recipe:
     #: the scale is an input tensor (static per-tensor FP8: vLLM's static checkpoints)
     static: bool = False
 
+    def __hash__(self) -> int:
+        # cached: a recipe keys the per-call caches (plans, backend choices, launch closures),
+        # and hashing its enum fields anew each call costs microseconds of host time
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self)))
+            object.__setattr__(self, "_hash", h)
+        return h
+
     def __post_init__(self):
         if self.grouping is Grouping.PER_GROUP and self.group_size <= 0:
             raise ValueError(f"a per-group recipe needs a positive group size, got {self.group_size}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import importlib
 import logging
 import os
@@ -48,8 +49,14 @@ def _load(module: str) -> ModuleType | None:
 
 
 def preference() -> tuple[str, ...]:
-    """Backends in the order they are tried, honouring ``QUANTFUSE_BACKEND``."""
-    forced = os.environ.get(BACKEND_ENV, "").strip().lower()
+    """Backends in the order they are tried, honouring ``QUANTFUSE_BACKEND`` (read at every
+    call, so a process can switch; the order is worked out once per value)."""
+    return _preference(os.environ.get(BACKEND_ENV, ""))
+
+
+@functools.lru_cache(maxsize=8)
+def _preference(value: str) -> tuple[str, ...]:
+    forced = value.strip().lower()
     if not forced:
         return ORDER
     if forced not in ORDER:

@@ -20,6 +20,7 @@ A backend module exposes:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import torch
@@ -55,10 +56,10 @@ class CallPlan:
         """Rows: the leading dims flattened."""
         return math.prod(self.lead)
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple:
         """What a backend's :func:`supports` answer may depend on: everything but the token count."""
-        return (self.entry.name, self.recipe, self.layout, self.dtype, self.device_type, self.hidden, self.aligned)
+        return (self.entry.name, self.recipe, self.layout.value, self.dtype, self.device_type, self.hidden, self.aligned)
 
     def kernel_reason(self) -> str | None:
         """None when the recipe is one the kernels implement (the scheme's, for any op
@@ -86,20 +87,38 @@ class CallPlan:
             return swizzled_scale_shape(self.tokens, groups)
         return (*self.lead, groups)
 
+    @functools.cached_property
+    def _output_specs(self) -> tuple:
+        """(shape, strides, dtype) of each output, worked out once per plan."""
+        if self.recipe is None:
+            shape = (*self.lead, self.hidden)
+            return ((shape, _contiguous(shape), self.dtype),)
+        r = self.recipe
+        q_shape = (*self.lead, r.q_width(self.hidden))
+        specs = [(q_shape, _contiguous(q_shape), r.element.dtype)]
+        if self.entry.scheme.returns_scale:
+            shape = self.scale_shape()
+            if r.scale_layout is ScaleLayout.COLUMN_MAJOR:
+                # [..., G] view of contiguous [G, ...] storage: what a TMA-fed GEMM reads
+                lead = _contiguous(self.lead)
+                strides = (*lead, math.prod(self.lead))
+            else:
+                strides = _contiguous(shape)
+            specs.append((shape, strides, r.scale_dtype))
+        return tuple(specs)
+
     def empty_outputs(self, device) -> tuple[torch.Tensor, ...]:
         """The op's outputs, allocated: ``(out,)``, ``(q,)`` (static) or ``(q, s)``."""
-        if self.recipe is None:
-            return (torch.empty((*self.lead, self.hidden), dtype=self.dtype, device=device),)
-        r = self.recipe
-        q = torch.empty((*self.lead, r.q_width(self.hidden)), dtype=r.element.dtype, device=device)
-        if not self.entry.scheme.returns_scale:
-            return (q,)
-        if r.scale_layout is ScaleLayout.COLUMN_MAJOR:
-            # [..., G] view of contiguous [G, ...] storage: what a TMA-fed GEMM reads
-            s = torch.empty((r.groups(self.hidden), *self.lead), dtype=r.scale_dtype, device=device).movedim(0, -1)
-        else:
-            s = torch.empty(self.scale_shape(), dtype=r.scale_dtype, device=device)
-        return q, s
+        return tuple(torch.empty_strided(shape, strides, dtype=dtype, device=device)
+                     for shape, strides, dtype in self._output_specs)
+
+
+def _contiguous(shape) -> tuple:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
 
 
 def _show(v) -> str:
