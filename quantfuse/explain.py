@@ -13,11 +13,11 @@ import dataclasses
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
-from quantfuse.passes import fusion_pass
+from quantfuse.passes import fusion_pass, profitability
 from quantfuse.passes.config import FusionConfig
 from quantfuse.passes.report import PassReport
 
-FUSED, NEAR_MISS, KEPT_FOR_SPEED = "fused", "near miss", "kept for speed"
+FUSED, NEAR_MISS, KEPT_FOR_SPEED = "fused", "near miss", profitability.KEPT_FOR_SPEED
 
 #: why a native site of a pair outside ``FusionConfig.native_fusions`` is left to Inductor
 _SPEED_REASON = ("the native form of {act} -> {scheme} is not in FusionConfig.native_fusions: there "
@@ -142,8 +142,8 @@ class _ExplainPass(CustomGraphPass):
                 continue
             act, scheme = _pair_of(m.pattern)
             hint = _GRAD_HINT if self.out.grad_enabled and _SAVED_OUTPUT in m.reason else ""
-            self.out.sites.append(Site(NEAR_MISS, m.source, act, scheme, m.pattern, n, reason=m.reason,
-                                       hint=hint))
+            status = KEPT_FOR_SPEED if m.reason.startswith(profitability.KEPT_FOR_SPEED) else NEAR_MISS
+            self.out.sites.append(Site(status, m.source, act, scheme, m.pattern, n, reason=m.reason, hint=hint))
 
     def uuid(self):
         return None  # never cached: the pass must see every graph

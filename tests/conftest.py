@@ -1,4 +1,6 @@
-"""Test session set-up: compile caches off, so every compile runs the pass.
+"""Test session set-up: compile caches off, so every compile runs the pass; native sites of
+CPU graphs rewritten (QUANTFUSE_NATIVE_ON_CPU=1), so the CPU tests see what a GPU graph gets
+(tests/test_profitability.py checks the default, which keeps them).
 
 Inductor's FX graph cache serves a compiled graph without running custom passes;
 tests that need that behaviour (uuid keys) turn it on explicitly in a fresh folder.
@@ -7,7 +9,9 @@ tests that need that behaviour (uuid keys) turn it on explicitly in a fresh fold
 import os
 import sys
 
-import torch
+os.environ.setdefault("QUANTFUSE_NATIVE_ON_CPU", "1")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))  # corpus, helpers, float64_reference
 

@@ -214,14 +214,16 @@ def test_gpu_graph_keeps_a_recipe_no_kernel_implements():
     """should_fuse on a GPU graph: vLLM's floor at the scale runs only in the torch reference."""
     gm = post_grad_graph(lambda x: vllm_group_quant(vllm_silu_and_mul(x), 128), X)
     (q, ys, scale), = recognise.find_candidates(gm.graph)
-    site = recognise.read_site(q, next(iter(ys)), scale, quantfuse.FusionConfig())
-    assert recognise.should_fuse(site) is None  # CPU: fused (the reference is the CPU backend)
+    config = quantfuse.FusionConfig(native_on_cpu=True)
+    site = recognise.read_site(q, next(iter(ys)), scale, config)
+    assert recognise.should_fuse(site, config) is None  # CPU, rewrites asked for: the reference runs it
+    assert recognise.should_fuse(site, quantfuse.FusionConfig(native_on_cpu=False)).startswith("kept for speed")
     site.x.meta["val"] = torch.empty(site.x.meta["val"].shape, dtype=torch.bfloat16, device="meta")
-    reason = recognise.should_fuse(site)
+    reason = recognise.should_fuse(site, config)
     assert reason and "floor_at=scale" in reason and "no CUDA / Triton kernel" in reason
     default = dataclasses.replace(site.recipe, floor_at=catalog.FloorAt.AMAX, eps=1e-10)
     site.recipe = default
-    assert recognise.should_fuse(site) is None
+    assert recognise.should_fuse(site, config) is None
 
 
 def test_corpus_other_eps_is_fused_to_its_own_recipe():

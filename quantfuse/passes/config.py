@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 
@@ -65,6 +66,9 @@ class FusionConfig:
         dtypes: activation input dtypes to fuse, by name.
         dump_dir: if set, each pass run writes its report and the graphs before and
             after into a new sub-folder (also ``QUANTFUSE_DUMP_DIR``).
+        native_on_cpu: rewrite plain-PyTorch sites of CPU graphs as well. Off by default:
+            there the fused op runs the torch reference, slower than Inductor's C++ code
+            (the report says "kept for speed"); ``QUANTFUSE_NATIVE_ON_CPU=1`` sets it.
 
     Lists are accepted wherever tuples are shown (stored as tuples: the config is
     hashed into the pass's uuid); values the fused kernels do not support raise a
@@ -77,8 +81,13 @@ class FusionConfig:
     group_sizes: tuple[int, ...] = catalog.FP8_GROUP_SIZES
     dtypes: tuple[str, ...] = ("bfloat16", "float16", "float32")
     dump_dir: str | None = None
+    #: rewrite native sites of CPU graphs too (slower there than Inductor's own code:
+    #: quantfuse.passes.profitability); None: ``QUANTFUSE_NATIVE_ON_CPU=1``
+    native_on_cpu: bool | None = None
 
     def __post_init__(self):
+        if self.native_on_cpu is None:
+            object.__setattr__(self, "native_on_cpu", os.environ.get("QUANTFUSE_NATIVE_ON_CPU", "") == "1")
         # frozen: normalise through object.__setattr__ so lists hash (the config keys a cache)
         object.__setattr__(self, "fusions", _pairs(self.fusions, "fusions"))
         object.__setattr__(self, "native_fusions", _pairs(self.native_fusions, "native_fusions"))

@@ -48,6 +48,7 @@ from torch.fx import Node
 from torch.utils._pytree import tree_leaves
 
 from quantfuse.custom_ops import ops as qops
+from quantfuse.passes import profitability
 from quantfuse.patterns import native, scale_layout, site
 
 log = logging.getLogger("quantfuse.patterns")
@@ -286,6 +287,10 @@ def _register(spec: PatternSpec, config, pm_pass: PatternMatcherPass) -> None:
         try:
             params, roles = site.read(spec, match, traced, part_of, config)
             site.check_external_users(match, match.output_nodes(), roles)
+            if spec.form == "native":
+                why = profitability.native_rewrite_reason(params.x.meta["val"].device.type, config)
+                if why:
+                    raise site.NotFusable(why)
         except site.NotFusable as e:
             _recorder[-1].near_miss(spec, match, str(e), site.activation_output(traced, part_of))
             return False

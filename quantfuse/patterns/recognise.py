@@ -31,6 +31,7 @@ from torch.fx import Node
 
 from quantfuse import catalog
 from quantfuse.catalog import ApplyForm, FloorAt, Grouping, Layout, Recipe, ScaleLayout, StepDtype, Ue8m0
+from quantfuse.passes import profitability
 from quantfuse.patterns import canonical
 from quantfuse.patterns.canonical import Interpreter, Unknown, const
 
@@ -624,14 +625,14 @@ def _is_column_major_scales(site: Site, node: Node) -> bool:
 
 # --- profitability ------------------------------------------------------------------------------
 
-def should_fuse(site: Site) -> str | None:
+def should_fuse(site: Site, config) -> str | None:
     """None when the rewrite is a win where the graph runs, else why not (a near miss).
 
     On a GPU graph only recipes a CUDA / Triton kernel implements are rewritten: a recipe
     only the torch reference computes would run eager code against Inductor's fused code.
-    On a CPU graph every op runs the torch reference (which computes every recipe exactly);
-    CPU graphs are rewritten as the pattern matcher rewrites them, so that what a GPU graph
-    would get is what CPU tests see.
+    On a CPU graph every op runs the torch reference (which computes every recipe exactly),
+    slower than Inductor's C++: kept unless the config asks for CPU rewrites
+    (:mod:`quantfuse.passes.profitability`).
     """
     from quantfuse.custom_ops import plan as qplan
 
@@ -647,7 +648,7 @@ def should_fuse(site: Site) -> str | None:
     except (TypeError, ValueError) as e:
         return str(e)
     if xv.device.type == "cpu":
-        return None
+        return profitability.native_rewrite_reason("cpu", config)
     reason = plan.kernel_reason()
     if reason:
         return f"{reason}: no CUDA / Triton kernel implements it (the torch reference would be slower than " \
@@ -724,7 +725,7 @@ def run(graph: torch.fx.Graph, config, recorder) -> None:
             if (site.activation, site.scheme.key) not in enabled:
                 raise NotRecognised(f"({site.activation}, {site.scheme.key}) is not enabled in "
                                     "FusionConfig.native_fusions")
-            reason = should_fuse(site)
+            reason = should_fuse(site, config)
             if reason:
                 raise NotRecognised(reason)
         except NotRecognised as e:
