@@ -68,6 +68,9 @@ def main(argv=None) -> int:
     e.add_argument("--grad", action="store_true", help="explain with grad enabled (default: torch.no_grad())")
     e.add_argument("--native", choices=["default", "triton", "all"], default="default",
                    help="native pairs to fuse: the default table, PROFITABLE_NATIVE_TRITON, or all pairs")
+    e.add_argument("--as-on-gpu", action="store_true",
+                   help="on a CPU, explain what a GPU graph gets (FusionConfig(native_on_cpu=True)); without it "
+                        "native CPU sites are kept for speed, as the pass keeps them")
     sub.add_parser("patterns", help="list the registered pattern families")
     args = p.parse_args(argv)
 
@@ -88,7 +91,7 @@ def main(argv=None) -> int:
     inputs = [torch.randn(s, dtype=dtype, device=args.device) for s in args.shape]
     native = {"default": passes.PROFITABLE_NATIVE, "triton": passes.PROFITABLE_NATIVE_TRITON,
               "all": passes.ALL_PAIRS}[args.native]
-    config = quantfuse.FusionConfig(native_fusions=native)
+    config = quantfuse.FusionConfig(native_fusions=native, native_on_cpu=args.as_on_gpu or None)
     with torch.set_grad_enabled(args.grad):
         print(quantfuse.explain(model, *inputs, config=config))
     return 0

@@ -237,6 +237,20 @@ def test_explain_cli_on_a_file_target(capsys):
     assert "quantfuse.silu_and_mul_mxfp8_quant(scale_rounding=rceil)" in out
 
 
+def test_explain_cli_on_a_cpu_keeps_native_sites_unless_asked(capsys, monkeypatch):
+    from quantfuse.__main__ import main
+
+    monkeypatch.setenv("QUANTFUSE_NATIVE_ON_CPU", "0")
+    target = str(REPO / "examples" / "explain_models.py") + ":build"
+    assert main(["explain", target, "--shape", "8,512"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("quantfuse explain: 4 candidate site(s) in 1 graph(s) (no grad): 0 fused, ")
+    assert "kept for speed: on the CPU the fused op runs the torch reference" in out
+    assert main(["explain", target, "--shape", "8,512", "--as-on-gpu"]) == 0
+    assert capsys.readouterr().out.startswith("quantfuse explain: 4 candidate site(s) in 1 graph(s) (no grad): "
+                                              "2 fused, 2 near miss(es), 0 kept for speed")
+
+
 def test_cli_target_forms():
     from quantfuse.__main__ import load_target
 
