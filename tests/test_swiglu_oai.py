@@ -268,7 +268,8 @@ def _interpret() -> dict:
                 elif a.is_floating_point():
                     na, nb = torch.isnan(a), torch.isnan(b)
                     ib = {2: torch.int16, 4: torch.int32}[a.element_size()]
-                    ok = torch.equal(na, nb) and torch.equal(a.masked_fill(na, 0).view(ib), b.masked_fill(nb, 0).view(ib))
+                    ok = torch.equal(na, nb) and torch.equal(a.masked_fill(na, 0).view(ib),
+                                                             b.masked_fill(nb, 0).view(ib))
                 else:
                     ok = torch.equal(a, b)
                 if not ok:

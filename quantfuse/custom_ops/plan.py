@@ -66,8 +66,8 @@ class CallPlan:
     @functools.cached_property
     def key(self) -> tuple:
         """What a backend's :func:`supports` answer may depend on: everything but the token count."""
-        return (self.entry.name, self.recipe, self.layout.value, self.dtype, self.device_type, self.hidden, self.aligned,
-                self.act_params)
+        return (self.entry.name, self.recipe, self.layout.value, self.dtype, self.device_type, self.hidden,
+                self.aligned, self.act_params)
 
     def kernel_reason(self) -> str | None:
         """None when the recipe is one the kernels implement (the scheme's, for any op

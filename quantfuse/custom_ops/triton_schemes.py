@@ -98,8 +98,8 @@ _E8M0_BIAS = catalog.E8M0_BIAS
 _E8M0_NAN = catalog.E8M0_NAN
 #: fp32 bits of the floor of dynamic FP8 amaxes (an integer compare against the amax bits)
 _EPS_BITS = struct.unpack("<i", struct.pack("<f", catalog.FP8_PER_GROUP.base.eps))[0]
-_KERNEL_GLOBALS = ("_IDENTITY", "_SILU", "_RELU2", "_SWIGLU_OAI", "_S_NONE", "_S_TOKEN", "_S_GROUP", "_S_STATIC", "_S_MXFP8",
-                   "_S_MXFP4", "_HALVES", "_SEPARATE", "_INTERLEAVED", "_BF16", "_F16", "_F32", "_FP8_MAX",
+_KERNEL_GLOBALS = ("_IDENTITY", "_SILU", "_RELU2", "_SWIGLU_OAI", "_S_NONE", "_S_TOKEN", "_S_GROUP", "_S_STATIC",
+                   "_S_MXFP8", "_S_MXFP4", "_HALVES", "_SEPARATE", "_INTERLEAVED", "_BF16", "_F16", "_F32", "_FP8_MAX",
                    "_FP8_INV", "_FP8_EMAX", "_FP4_INV", "_FP4_EMAX", "_E8M0_BIAS", "_E8M0_NAN", "_EPS_BITS")
 
 # the swizzled scale offset in _store_mx_scale is written with shifts for this tile
@@ -436,8 +436,8 @@ def _kernels():
             # halves, so no reshape / split reorders the tile (on sm_90 that reorder took
             # 2 KB of shared memory and two more barriers a tile; benchmarks/triton_sass.py)
             pc = tl.arange(0, GS // 2)
-            ylo, yhi = _pair_activation(x_ptr, u_ptr, xb, ub, pc, m, alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED,
-                                        SOFT, INTERP)
+            ylo, yhi = _pair_activation(x_ptr, u_ptr, xb, ub, pc, m, alpha, limit, ACT, GATED, LAYOUT, KIND,
+                                        SILU_ROUNDED, SOFT, INTERP)
             amax_bits = tl.maximum(tl.max(_abs_bits(ylo), axis=1), tl.max(_abs_bits(yhi), axis=1))
             e, bad = _mx_exponent(amax_bits, _FP4_EMAX, _FP4_INV, RCEIL)
             f = ((127 - e) << 23).to(tl.float32, bitcast=True)[:, None]  # 2**-e (e <= 126 here)
