@@ -79,7 +79,7 @@ def group_kernel(scheme: str, act: str, gs: int, layout: Layout = Layout.HALVES,
     xt = _x_type(scheme, layout, catalog.ACTIVATIONS[act].gated)
     sig = {"x_ptr": xt, "u_ptr": xt, "q_ptr": "*u8" if scheme == "mxfp4" else "*fp8e4nv",
            "s_ptr": "*fp32" if scheme == "fp8_per_group" else "*u8", "total_groups": "i32",
-           "groups_per_row": "i32", "H": "i32", "s_st": "i32", "s_sg": "i32",
+           "groups_per_row": "i32", "H": "i32", "s_st": "i32", "s_sg": "i32", "alpha": "fp32", "limit": "fp32",
            **{n: "constexpr" for n in ("ACT", "GATED", "LAYOUT", "SCHEME", "KIND", "SILU_ROUNDED", "GS", "BLOCK_G",
                                        "UE8M0", "RCEIL", "SWIZZLED", "SOFT", "INTERP")}}
     consts = {**_consts(act, layout, scheme), "GS": gs, "BLOCK_G": triton_schemes._TILE // gs, "UE8M0": ue8m0,
@@ -92,7 +92,7 @@ def row_kernel(act: str, hidden: int, scheme: str = "fp8_per_token", layout: Lay
     block = 1 << max(0, hidden - 1).bit_length()
     rows = max(1, triton_schemes._TILE // block)
     xt = _x_type(scheme, layout, catalog.ACTIVATIONS[act].gated)
-    sig = {"x_ptr": xt, "u_ptr": xt, "o_ptr": "*fp8e4nv", "s_ptr": "*fp32", "T": "i32", "H": "i32",
+    sig = {"x_ptr": xt, "u_ptr": xt, "o_ptr": "*fp8e4nv", "s_ptr": "*fp32", "T": "i32", "H": "i32", "alpha": "fp32", "limit": "fp32",
            **{n: "constexpr" for n in ("ACT", "GATED", "LAYOUT", "SCHEME", "KIND", "SILU_ROUNDED", "ROWS", "BLOCK",
                                        "NCHUNK", "SOFT", "INTERP")}}
     consts = {**_consts(act, layout, scheme), "ROWS": rows, "BLOCK": block, "NCHUNK": 1}

@@ -250,15 +250,38 @@ class ActRounding(enum.Enum):
 
     ONCE = "once"                    # act(a, b) in fp32, one rounding (Inductor, vLLM's fused CUDA kernels)
     SILU_THEN_MUL = "silu_then_mul"  # F.silu(a) * b: silu rounded, then the product (two roundings)
+    #: every torch op of the spelling rounded (GPT-OSS's clamped SwiGLU as transformers writes
+    #: it: both clamps, gate * alpha, sigmoid, gate * sigmoid, up + 1 and the product)
+    EACH_OP = "each_op"
 
 
 @dataclasses.dataclass(frozen=True)
 class Param:
-    """A float parameter of an activation (room for GPT-OSS's alpha and clamp limit)."""
+    """A float parameter of an activation (GPT-OSS's alpha and clamp limit): a keyword
+    ``float`` argument of the activation's ops, part of every call's plan."""
 
     name: str
     default: float
     doc: str
+    #: the value must be > 0 (a clamp limit: ``clamp(-limit, limit)`` needs ``-limit <= limit``)
+    positive: bool = False
+
+    @property
+    def schema(self) -> str:
+        """``float name=default`` as torch prints it (an integral float as ``7.``, not ``7.0``)."""
+        text = repr(float(self.default))
+        return f"float {self.name}={text[:-1] if text.endswith('.0') else text}"
+
+    def check(self, value) -> float:
+        """``value`` as a float; ValueError names a value outside the parameter's domain."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{self.name} must be a float, got {type(value).__name__}")
+        value = float(value)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{self.name} must be finite, got {value}")
+        if self.positive and value <= 0:
+            raise ValueError(f"{self.name} must be positive, got {value}")
+        return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,6 +297,14 @@ class Activation:
     #: the roundings of every op and kernel: eager's for the spelling users write most
     #: (``F.silu(a) * b``); a native site that rounds otherwise is reported (issue: the recogniser)
     rounding: ActRounding = ActRounding.ONCE
+    #: the CUDA kernels implement it (a struct ``cname`` in csrc/act_quant.cuh and its units);
+    #: an activation without one runs on Triton or the torch reference
+    cuda: bool = True
+
+    @property
+    def defaults(self) -> dict[str, float]:
+        """Parameter name -> default value."""
+        return {p.name: p.default for p in self.params}
 
     def out_width(self, in_width: int) -> int:
         """Output last dim for one input of ``in_width`` (gated, halves layout: half of it)."""
@@ -302,10 +333,22 @@ RELU2 = Activation(
     name="relu2", cname="Relu2", gated=False,
     doc="relu(x) ** 2 (squared ReLU, non-gated): the square of a 16-bit value rounded once, as eager",
 )
+SWIGLUOAI_AND_MUL = Activation(
+    name="swigluoai_and_mul", cname="SwigluOai", gated=True,
+    doc="GPT-OSS's clamped SwiGLU (vLLM's swigluoai_and_mul): gate = clamp(gate, max=limit), "
+        "up = clamp(up, -limit, limit), (up + 1) * (gate * sigmoid(gate * alpha)); rounds as eager "
+        "on 16-bit inputs (every op of transformers' GptOssExperts._apply_gate). GPT-OSS interleaves "
+        "gate and up (x[..., ::2], x[..., 1::2]): its callers pass interleaved=True, as the layout "
+        "is a property of the GEMM's weights, not of the activation",
+    params=(Param("alpha", 1.702, "the sigmoid's slope: gate * sigmoid(gate * alpha)"),
+            Param("limit", 7.0, "the clamp: gate <= limit, -limit <= up <= limit", positive=True)),
+    rounding=ActRounding.EACH_OP,
+    cuda=False,
+)
 #: the identity: the unfused quant ops (no activation op of its own)
 IDENTITY = Activation(name="identity", cname="Identity", gated=False, doc="no activation")
 
-ACTIVATIONS = {a.name: a for a in (SILU_AND_MUL, RELU2)}
+ACTIVATIONS = {a.name: a for a in (SILU_AND_MUL, RELU2, SWIGLUOAI_AND_MUL)}
 
 
 # --- schemes: op signatures over recipes -----------------------------------------------------
@@ -467,6 +510,7 @@ class OpEntry:
         if self.activation.gated:
             args.append(GATED_UP_SCHEMA)
             keyword.append(GATED_FLAG_SCHEMA)
+        keyword += [p.schema for p in self.activation.params]
         if self.scheme is not None:
             keyword.append(RECIPE_SCHEMA)
         if keyword:
@@ -509,8 +553,12 @@ PAIRS = tuple((a, s) for a in ACTIVATIONS for s in SCHEMES)
 
 # --- codes shared with the kernels ---------------------------------------------------------
 
-#: kernel activations, in enumerator order (IDENTITY first: the unfused quant ops)
-KERNEL_ACTIVATIONS = (IDENTITY, SILU_AND_MUL, RELU2)
+#: kernel activations, in code order (IDENTITY first: the unfused quant ops)
+KERNEL_ACTIVATIONS = (IDENTITY, SILU_AND_MUL, RELU2, SWIGLUOAI_AND_MUL)
+#: those with CUDA units (:attr:`Activation.cuda`): the C++ enumerators, names and units; a
+#: prefix of KERNEL_ACTIVATIONS, so the C++ tables indexed by code stay dense
+CUDA_ACTIVATIONS = tuple(a for a in KERNEL_ACTIVATIONS if a.cuda)
+assert KERNEL_ACTIVATIONS[:len(CUDA_ACTIVATIONS)] == CUDA_ACTIVATIONS, "activations with CUDA units come first"
 #: kernel schemes, in enumerator order (0 is "no quantisation": the activation ops)
 KERNEL_SCHEMES = (FP8_PER_TOKEN, FP8_PER_GROUP, MXFP8, MXFP4, FP8_STATIC)
 KERNEL_LAYOUTS = tuple(Layout)
@@ -548,19 +596,19 @@ def cpp_header() -> str:
         lines.extend(f"  {cname} = {code}," for cname, code in items)
         lines.append("};")
 
-    enum("ActCode", [(f"kAct{a.cname}", c[f"act_{a.name}"]) for a in KERNEL_ACTIVATIONS],
-         "activations (catalog.KERNEL_ACTIVATIONS)")
+    enum("ActCode", [(f"kAct{a.cname}", c[f"act_{a.name}"]) for a in CUDA_ACTIVATIONS],
+         "activations (catalog.CUDA_ACTIVATIONS)")
     enum("Scheme", [("kNoScheme", 0)] + [(s.cname, c[f"scheme_{s.key}"]) for s in KERNEL_SCHEMES],
          "quantisation schemes (catalog.KERNEL_SCHEMES); kNoScheme: the activation alone")
     enum("LayoutCode", [(f"kLayout{_camel(x.value)}", c[f"layout_{x.value}"]) for x in KERNEL_LAYOUTS],
          "gated input layouts (catalog.Layout)")
     lines.append("")
-    names = {c[f"act_{a.name}"]: a.name for a in KERNEL_ACTIVATIONS}
+    names = {c[f"act_{a.name}"]: a.name for a in CUDA_ACTIVATIONS}
     lines.append("constexpr const char* kActNames[] = {" + ", ".join(f'"{names[i]}"' for i in sorted(names)) + "};")
     snames = {0: "activation only", **{c[f"scheme_{s.key}"]: s.unfused_name for s in KERNEL_SCHEMES}}
     lines.append("constexpr const char* kSchemeNames[] = {" +
                  ", ".join(f'"{snames[i]}"' for i in sorted(snames)) + "};")
-    lines.append(f"constexpr int kNumActs = {len(KERNEL_ACTIVATIONS)}, kNumSchemes = {len(KERNEL_SCHEMES) + 1};")
+    lines.append(f"constexpr int kNumActs = {len(CUDA_ACTIVATIONS)}, kNumSchemes = {len(KERNEL_SCHEMES) + 1};")
     lines.append(f"constexpr float kFp8Max = {E4M3.max:.1f}f, kFp4Max = {E2M1.max:.1f}f;")
     lines.append(f"constexpr int kFp8Emax = {E4M3.emax}, kFp4Emax = {E2M1.emax};")
     lines.append(f"constexpr int kMxBlock = {MX_BLOCK}, kE8m0Bias = {E8M0_BIAS}, kE8m0Nan = {E8M0_NAN};")

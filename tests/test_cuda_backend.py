@@ -28,15 +28,15 @@ def test_units_cover_every_dtype_and_activation():
     header bindings.cpp dispatches on, with the catalog's ActCode enumerator and gating."""
     files = cuda_backend._generated_sources()
     units = [n for n in files if n.endswith(".cu")]
-    assert len(units) == len(catalog.INPUT_DTYPES) * len(catalog.KERNEL_ACTIVATIONS)
+    assert len(units) == len(catalog.INPUT_DTYPES) * len(catalog.CUDA_ACTIVATIONS)
     header = files["quantfuse_units.h"]
     for name, traits, scalar, struct, code in cuda_backend.UNITS:
         assert f"X({name}, {scalar}, {code})" in header
         assert f"#define QF_TRAITS {traits}\n#define QF_ACT {struct}\n" in files[f"unit_{name}.cu"]
-    gated = ", ".join("true" if a.gated else "false" for a in catalog.KERNEL_ACTIVATIONS)
+    gated = ", ".join("true" if a.gated else "false" for a in catalog.CUDA_ACTIVATIONS)
     assert f"kActGated[kNumActs] = {{{gated}}}" in header
     assert files["quantfuse_catalog.h"] == catalog.cpp_header()
-    for a in catalog.KERNEL_ACTIVATIONS:
+    for a in catalog.CUDA_ACTIVATIONS:
         assert f"kAct{a.cname} = {catalog.codes()['act_' + a.name]}," in files["quantfuse_catalog.h"]
 
 
@@ -98,6 +98,15 @@ def test_run_arguments_follow_the_catalog():
 
 @pytest.mark.parametrize("name", sorted(catalog.OPS))
 def test_every_op_has_a_kernel_unit(name):
+    """Every op runs on a CUDA unit, or (an activation without one) is declined with a reason."""
     entry = catalog.OPS[name]
-    assert entry.activation in catalog.KERNEL_ACTIVATIONS
     assert entry.scheme is None or entry.scheme in catalog.KERNEL_SCHEMES
+    if entry.activation.cuda:
+        assert entry.activation in catalog.CUDA_ACTIVATIONS
+        return
+    scheme = entry.scheme
+    args = tuple(p.example for p in scheme.params) if scheme is not None else ()
+    scale = torch.ones(1) if scheme is not None and scheme.tensor_inputs else None
+    p = _cuda_plan(name, torch.zeros(2, 512), *args, scale=scale)
+    assert cuda_backend.supports(p) == f"activation {entry.activation.name} has no CUDA unit " \
+                                          "(catalog: Activation.cuda)"

@@ -92,6 +92,8 @@ def _run() -> dict:
     # the kernels divide amax by a constant as torch on CUDA does (a multiply by the fp32
     # reciprocal); the reference divides as eager does on its device, here the CPU
     ref.div_scalar = lambda t, qmax: t * torch.full_like(t, 1.0 / qmax)
+    # the kernels' sigmoid is 1 / (1 + exp(-z)), torch's CUDA formula (with numpy's exp here)
+    ref.sigmoid = lambda t: 1.0 / (1.0 + torch.exp(-t))
     from quantfuse.custom_ops import triton_schemes as ts
     from quantfuse.custom_ops.plan import make_plan
 

@@ -20,8 +20,9 @@ ACTIVATIONS = catalog.ACTIVATIONS
 SCHEMES = catalog.SCHEMES
 fused_op_name = catalog.fused_op_name
 
-#: activation name -> reference maths ``(x, up, interleaved) -> y`` / ``(x) -> y``
-_ACT_REFERENCE = {"silu_and_mul": reference.silu_and_mul, "relu2": reference.relu2}
+#: activation name -> reference maths ``(x, up, interleaved, **params) -> y`` / ``(x, **params) -> y``
+_ACT_REFERENCE = {"silu_and_mul": reference.silu_and_mul, "relu2": reference.relu2,
+                  "swigluoai_and_mul": reference.swigluoai_and_mul}
 
 
 def run_reference(plan: CallPlan, x, up=None, interleaved: bool = False, scale=None):
@@ -30,9 +31,9 @@ def run_reference(plan: CallPlan, x, up=None, interleaved: bool = False, scale=N
     if act is IDENTITY:
         y = x
     elif act.gated:
-        y = _ACT_REFERENCE[act.name](x, up, interleaved)
+        y = _ACT_REFERENCE[act.name](x, up, interleaved, **plan.act_kwargs)
     else:
-        y = _ACT_REFERENCE[act.name](x)
+        y = _ACT_REFERENCE[act.name](x, **plan.act_kwargs)
     return y if plan.recipe is None else reference.quantize(y, plan.recipe, scale)
 
 
@@ -48,9 +49,11 @@ def _split(entry: OpEntry, args: tuple, up):
     return scale, args, up
 
 
-def _plan(entry: OpEntry, x, args, up, interleaved, recipe, make=make_plan) -> tuple[CallPlan, object, object]:
+def _plan(entry: OpEntry, x, args, up, interleaved, recipe, act_params, make=make_plan
+          ) -> tuple[CallPlan, object, object]:
     scale, params, up = _split(entry, args, up)
-    return make(entry, x, params, up=up, interleaved=interleaved, scale=scale, recipe=recipe), scale, up
+    return make(entry, x, params, up=up, interleaved=interleaved, scale=scale, recipe=recipe,
+                act_params=act_params), scale, up
 
 
 def _single(outs: tuple):
@@ -58,8 +61,9 @@ def _single(outs: tuple):
 
 
 def _make_impl(entry: OpEntry):
-    def impl(x, *args, up=None, interleaved=False, recipe=""):
-        plan, scale, up = _plan(entry, x, args, up, interleaved, recipe, cached_plan)
+    # act_params: the activation's keyword parameters (catalog Activation.params), by name
+    def impl(x, *args, up=None, interleaved=False, recipe="", **act_params):
+        plan, scale, up = _plan(entry, x, args, up, interleaved, recipe, act_params, cached_plan)
         mod = oracle.choose(plan)
         if mod is None:
             return run_reference(plan, x, up, interleaved, scale)
@@ -67,8 +71,8 @@ def _make_impl(entry: OpEntry):
         mod.run(plan, outs, x, up, scale)
         return _single(outs)
 
-    def fake(x, *args, up=None, interleaved=False, recipe=""):
-        plan = _plan(entry, x, args, up, interleaved, recipe)[0]
+    def fake(x, *args, up=None, interleaved=False, recipe="", **act_params):
+        plan = _plan(entry, x, args, up, interleaved, recipe, act_params)[0]
         return _single(plan.empty_outputs(x.device))
 
     return impl, fake

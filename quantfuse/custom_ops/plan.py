@@ -46,10 +46,17 @@ class CallPlan:
     hidden: int
     #: input base pointers (x, and up where given) are 16-byte aligned (False in fake impls)
     aligned: bool
+    #: the activation's parameter values, in ``Activation.params`` order (GPT-OSS's alpha, limit)
+    act_params: tuple[float, ...] = ()
 
     @property
     def activation(self) -> Activation:
         return self.entry.activation
+
+    @property
+    def act_kwargs(self) -> dict[str, float]:
+        """The activation's parameters by name (the reference's and the kernels' arguments)."""
+        return {p.name: v for p, v in zip(self.activation.params, self.act_params)}
 
     @property
     def tokens(self):
@@ -59,7 +66,8 @@ class CallPlan:
     @functools.cached_property
     def key(self) -> tuple:
         """What a backend's :func:`supports` answer may depend on: everything but the token count."""
-        return (self.entry.name, self.recipe, self.layout.value, self.dtype, self.device_type, self.hidden, self.aligned)
+        return (self.entry.name, self.recipe, self.layout.value, self.dtype, self.device_type, self.hidden,
+                self.aligned, self.act_params)
 
     def kernel_reason(self) -> str | None:
         """None when the recipe is one the kernels implement (the scheme's, for any op
@@ -162,17 +170,33 @@ def _aligned(*tensors) -> bool:
     return all(t is None or t.numel() == 0 or t.data_ptr() % 16 == 0 for t in tensors)
 
 
+def _act_params(op: str, act: Activation, given: dict | None) -> tuple[float, ...]:
+    given = dict(given or {})
+    values = []
+    for p in act.params:
+        try:
+            values.append(p.check(given.pop(p.name, p.default)))
+        except ValueError as e:
+            _fail(op, ValueError, str(e))
+    if given:
+        _fail(op, TypeError, f"unexpected activation parameters {sorted(given)}; "
+                             f"{act.name} takes {[p.name for p in act.params]}")
+    return tuple(values)
+
+
 def make_plan(entry: OpEntry, x, params: tuple = (), kwargs: dict | None = None, *, up=None,
-              interleaved: bool = False, scale=None, recipe: str = "") -> CallPlan:
+              interleaved: bool = False, scale=None, recipe: str = "", act_params: dict | None = None) -> CallPlan:
     """Validate one call and return its plan; TypeError / ValueError name the problem.
 
     ``params`` and ``kwargs`` are the scheme's parameters (``group_size`` ...), ``up`` /
     ``interleaved`` the gated layouts, ``scale`` the static scheme's scale, ``recipe``
-    the override of :data:`catalog.RECIPE_SCHEMA`.
+    the override of :data:`catalog.RECIPE_SCHEMA`, ``act_params`` the activation's
+    parameters by name (``Activation.params``; missing ones take their defaults).
     """
     op = entry.name
     check_tensor(op, "x", x)
     act = entry.activation
+    act_values = _act_params(op, act, act_params)
     width = x.shape[-1]
     if act.gated:
         if up is not None and interleaved:
@@ -207,7 +231,7 @@ def make_plan(entry: OpEntry, x, params: tuple = (), kwargs: dict | None = None,
             if scale.device != x.device:
                 _fail(op, ValueError, f"scale is on {scale.device}, x on {x.device}")
     return CallPlan(entry=entry, recipe=r, layout=layout, dtype=x.dtype, device_type=x.device.type,
-                    lead=tuple(x.shape[:-1]), hidden=hidden, aligned=_aligned(x, up))
+                    lead=tuple(x.shape[:-1]), hidden=hidden, aligned=_aligned(x, up), act_params=act_values)
 
 
 #: the plans of real (not fake) calls, by everything make_plan reads: a repeated call
@@ -221,16 +245,19 @@ def _signature(t):
 
 
 def cached_plan(entry: OpEntry, x, params: tuple = (), *, up=None, interleaved: bool = False, scale=None,
-                recipe: str = "") -> CallPlan:
+                recipe: str = "", act_params: dict | None = None) -> CallPlan:
     """:func:`make_plan` for a real call, from a cache keyed by the call's signature (shapes,
     dtypes, devices, contiguity, alignment, parameters); errors are raised as make_plan's."""
     if not isinstance(x, torch.Tensor) or (up is not None and not isinstance(up, torch.Tensor)):
-        return make_plan(entry, x, params, up=up, interleaved=interleaved, scale=scale, recipe=recipe)
+        return make_plan(entry, x, params, up=up, interleaved=interleaved, scale=scale, recipe=recipe,
+                         act_params=act_params)
     scale_sig = (scale.dtype, scale.numel(), scale.device) if isinstance(scale, torch.Tensor) else type(scale)
-    key = (entry.name, _signature(x), params, _signature(up), interleaved, scale_sig, recipe)
+    key = (entry.name, _signature(x), params, _signature(up), interleaved, scale_sig, recipe,
+           tuple(sorted(act_params.items())) if act_params else ())
     plan = _PLANS.get(key)
     if plan is None:
-        plan = make_plan(entry, x, params, up=up, interleaved=interleaved, scale=scale, recipe=recipe)
+        plan = make_plan(entry, x, params, up=up, interleaved=interleaved, scale=scale, recipe=recipe,
+                         act_params=act_params)
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
         _PLANS[key] = plan

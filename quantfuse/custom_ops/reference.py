@@ -44,6 +44,36 @@ def silu_and_mul(x: torch.Tensor, up: torch.Tensor | None = None, interleaved: b
     return (s.float() * u.float()).to(x.dtype)
 
 
+def sigmoid(t: torch.Tensor) -> torch.Tensor:
+    """``torch.sigmoid`` of an fp32 tensor as eager computes it on ``t``'s device (on CUDA
+    ``1 / (1 + exp(-t))`` with IEEE division, what the Triton kernels compute; the CPU's
+    vectorised kernel differs from that formula in the last bit). Tests that emulate the GPU
+    on the CPU (the Triton interpreter) replace it with the formula."""
+    return torch.sigmoid(t)
+
+
+_SWIGLUOAI = catalog.SWIGLUOAI_AND_MUL.defaults
+
+
+def swigluoai_and_mul(x: torch.Tensor, up: torch.Tensor | None = None, interleaved: bool = False,
+                      alpha: float = _SWIGLUOAI["alpha"], limit: float = _SWIGLUOAI["limit"]) -> torch.Tensor:
+    """GPT-OSS's clamped SwiGLU exactly as eager runs transformers' ``GptOssExperts._apply_gate``
+    (``catalog.ActRounding.EACH_OP``): every step in fp32, each result rounded to ``x.dtype``
+    as eager stores it (16-bit inputs; fp32 inputs: no extra rounding). GPT-OSS passes
+    ``interleaved=True`` (gate ``x[..., ::2]``, up ``x[..., 1::2]``)."""
+    g, u = gate_up(x, up, interleaved)
+
+    def stored(t):  # the value eager keeps after one op: rounded to the input dtype
+        return t.to(x.dtype).float()
+
+    # alpha and limit are Python floats: eager multiplies and clamps with them as fp32 scalars
+    gate = stored(g.float().clamp(max=limit))
+    upc = stored(u.float().clamp(min=-limit, max=limit))
+    sig = stored(sigmoid(stored(gate * alpha)))
+    glu = stored(gate * sig)
+    return (stored(upc + 1.0) * glu).to(x.dtype)
+
+
 def relu2(x: torch.Tensor) -> torch.Tensor:
     """Squared ReLU ``relu(x) ** 2`` (non-gated), fp32 maths, output in ``x.dtype``."""
     return torch.relu(x.float()).square().to(x.dtype)

@@ -74,6 +74,7 @@ _CODES = catalog.codes()
 _IDENTITY = _CODES[f"act_{catalog.IDENTITY.name}"]
 _SILU = _CODES[f"act_{catalog.SILU_AND_MUL.name}"]
 _RELU2 = _CODES[f"act_{catalog.RELU2.name}"]
+_SWIGLU_OAI = _CODES[f"act_{catalog.SWIGLUOAI_AND_MUL.name}"]
 _S_NONE = _CODES["scheme_none"]
 _S_TOKEN = _CODES[f"scheme_{catalog.FP8_PER_TOKEN.key}"]
 _S_GROUP = _CODES[f"scheme_{catalog.FP8_PER_GROUP.key}"]
@@ -97,18 +98,18 @@ _E8M0_BIAS = catalog.E8M0_BIAS
 _E8M0_NAN = catalog.E8M0_NAN
 #: fp32 bits of the floor of dynamic FP8 amaxes (an integer compare against the amax bits)
 _EPS_BITS = struct.unpack("<i", struct.pack("<f", catalog.FP8_PER_GROUP.base.eps))[0]
-_KERNEL_GLOBALS = ("_IDENTITY", "_SILU", "_RELU2", "_S_NONE", "_S_TOKEN", "_S_GROUP", "_S_STATIC", "_S_MXFP8",
-                   "_S_MXFP4", "_HALVES", "_SEPARATE", "_INTERLEAVED", "_BF16", "_F16", "_F32", "_FP8_MAX",
+_KERNEL_GLOBALS = ("_IDENTITY", "_SILU", "_RELU2", "_SWIGLU_OAI", "_S_NONE", "_S_TOKEN", "_S_GROUP", "_S_STATIC",
+                   "_S_MXFP8", "_S_MXFP4", "_HALVES", "_SEPARATE", "_INTERLEAVED", "_BF16", "_F16", "_F32", "_FP8_MAX",
                    "_FP8_INV", "_FP8_EMAX", "_FP4_INV", "_FP4_EMAX", "_E8M0_BIAS", "_E8M0_NAN", "_EPS_BITS")
 
 # the swizzled scale offset in _store_mx_scale is written with shifts for this tile
 assert (catalog.SWIZZLE_ROWS, catalog.SWIZZLE_COLS) == (128, 4)
 
 #: what the kernels implement; anything else the catalog adds gets a reason from supports()
-_ACTIVATIONS = (catalog.IDENTITY, catalog.SILU_AND_MUL, catalog.RELU2)
+_ACTIVATIONS = (catalog.IDENTITY, catalog.SILU_AND_MUL, catalog.RELU2, catalog.SWIGLUOAI_AND_MUL)
 _SCHEMES = (catalog.FP8_PER_TOKEN, catalog.FP8_PER_GROUP, catalog.FP8_STATIC, catalog.MXFP8, catalog.MXFP4)
 _LAYOUTS = (Layout.HALVES, Layout.SEPARATE, Layout.INTERLEAVED)
-_ROUNDINGS = (ActRounding.ONCE, ActRounding.SILU_THEN_MUL)
+_ROUNDINGS = (ActRounding.ONCE, ActRounding.SILU_THEN_MUL, ActRounding.EACH_OP)
 
 _TILE = 4096           # elements per program (group kernel; row kernel for short rows)
 _MAX_ROW_BLOCK = 8192  # longest row kept whole in registers; longer rows are chunked
@@ -193,7 +194,7 @@ def _kernels():
         return xb, ub
 
     @triton.jit
-    def _activation(x_ptr, u_ptr, xoff, uoff, mask, ACT: tl.constexpr, GATED: tl.constexpr,
+    def _activation(x_ptr, u_ptr, xoff, uoff, mask, alpha, limit, ACT: tl.constexpr, GATED: tl.constexpr,
                     LAYOUT: tl.constexpr, KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr,
                     SOFT: tl.constexpr, INTERP: tl.constexpr):
         if GATED and LAYOUT == _INTERLEAVED:
@@ -203,10 +204,10 @@ def _kernels():
             u = a
             if GATED:
                 u = _load_f32(u_ptr, uoff, mask, KIND, SOFT)
-        return _act(a, u, ACT, KIND, SILU_ROUNDED, SOFT, INTERP)
+        return _act(a, u, alpha, limit, ACT, KIND, SILU_ROUNDED, SOFT, INTERP)
 
     @triton.jit
-    def _pair_activation(x_ptr, u_ptr, xb, ub, pc, m, ACT: tl.constexpr, GATED: tl.constexpr,
+    def _pair_activation(x_ptr, u_ptr, xb, ub, pc, m, alpha, limit, ACT: tl.constexpr, GATED: tl.constexpr,
                          LAYOUT: tl.constexpr, KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr,
                          SOFT: tl.constexpr, INTERP: tl.constexpr):
         # output elements 2i (lo) and 2i + 1 (hi) of a tile, xb / ub its first element
@@ -226,16 +227,18 @@ def _kernels():
             ulo, uhi = glo, ghi
             if GATED:
                 ulo, uhi = _unpack_pairs(tl.load(u_ptr + (ub // 2)[:, None] + pc[None, :], mask=m, other=0), KIND)
-        ylo = _act(glo, ulo, ACT, KIND, SILU_ROUNDED, SOFT, INTERP)
-        yhi = _act(ghi, uhi, ACT, KIND, SILU_ROUNDED, SOFT, INTERP)
+        ylo = _act(glo, ulo, alpha, limit, ACT, KIND, SILU_ROUNDED, SOFT, INTERP)
+        yhi = _act(ghi, uhi, alpha, limit, ACT, KIND, SILU_ROUNDED, SOFT, INTERP)
         return ylo, yhi
 
     @triton.jit
-    def _act(a, u, ACT: tl.constexpr, KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr,
+    def _act(a, u, alpha, limit, ACT: tl.constexpr, KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr,
              SOFT: tl.constexpr, INTERP: tl.constexpr):
         # act(a, u) in fp32 with eager's roundings to the input dtype (u: up, when gated)
         if ACT == _IDENTITY:
             y = a
+        elif ACT == _SWIGLU_OAI:
+            y = _swiglu_oai(a, u, alpha, limit, KIND, SOFT, INTERP)
         else:
             if ACT == _SILU:
                 if INTERP:
@@ -251,6 +254,22 @@ def _kernels():
                 y = r * r
             y = _round_to_input(y, KIND, SOFT)
         return y
+
+    @triton.jit
+    def _swiglu_oai(a, u, alpha, limit, KIND: tl.constexpr, SOFT: tl.constexpr, INTERP: tl.constexpr):
+        # transformers' GptOssExperts._apply_gate op by op, each result rounded to the input
+        # dtype as eager stores it (reference.swigluoai_and_mul); the clamps keep NaN, and a
+        # limit that the dtype cannot hold is rounded by the store, as eager's clamp does
+        g = _round_to_input(tl.where(a > limit, limit, a), KIND, SOFT)
+        v = _round_to_input(tl.where(u > limit, limit, tl.where(u < -limit, -limit, u)), KIND, SOFT)
+        z = _round_to_input(g * alpha, KIND, SOFT)
+        if INTERP:
+            e = tl.exp(-z)  # the interpreter has no libdevice
+        else:
+            e = libdevice.exp(-z)  # accurate expf: torch's CUDA sigmoid is 1 / (1 + exp(-z))
+        sig = _round_to_input(tl.div_rn(1.0, 1.0 + e), KIND, SOFT)
+        glu = _round_to_input(g * sig, KIND, SOFT)
+        return _round_to_input(_round_to_input(v + 1.0, KIND, SOFT) * glu, KIND, SOFT)
 
     @triton.jit
     def _abs_bits(y):
@@ -341,7 +360,7 @@ def _kernels():
             tl.store(o_ptr + offs, y.to(o_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit(do_not_specialize=["T"])
-    def _row_kernel(x_ptr, u_ptr, o_ptr, s_ptr, T, H,
+    def _row_kernel(x_ptr, u_ptr, o_ptr, s_ptr, T, H, alpha, limit,
                     ACT: tl.constexpr, GATED: tl.constexpr, LAYOUT: tl.constexpr, SCHEME: tl.constexpr,
                     KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr,
                     ROWS: tl.constexpr, BLOCK: tl.constexpr, NCHUNK: tl.constexpr,
@@ -360,7 +379,7 @@ def _kernels():
                 cc = c * BLOCK + cols
                 m = rmask[:, None] & (cc < H)[None, :]
                 y = _activation(x_ptr, u_ptr, xrow[:, None] + cc[None, :], urow[:, None] + cc[None, :], m,
-                                ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
+                                alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
                 if SCHEME == _S_NONE:
                     _store_act(o_ptr, orow[:, None] + cc[None, :], y, m, KIND, SOFT)
                 else:
@@ -370,7 +389,7 @@ def _kernels():
             if NCHUNK == 1:
                 m = rmask[:, None] & (cols < H)[None, :]
                 y = _activation(x_ptr, u_ptr, xrow[:, None] + cols[None, :], urow[:, None] + cols[None, :], m,
-                                ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
+                                alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
                 amax_bits = tl.max(_abs_bits(y), axis=1)
                 scale = _fp8_scale(amax_bits, False)
                 v = _clamp_fp8(_div_by_scale(y, scale, False, False, INTERP))
@@ -381,20 +400,20 @@ def _kernels():
                     cc = c * BLOCK + cols
                     m = rmask[:, None] & (cc < H)[None, :]
                     y = _activation(x_ptr, u_ptr, xrow[:, None] + cc[None, :], urow[:, None] + cc[None, :], m,
-                                    ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
+                                    alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
                     amax_bits = tl.maximum(amax_bits, tl.max(_abs_bits(y), axis=1))
                 scale = _fp8_scale(amax_bits, False)
                 for c in range(NCHUNK):
                     cc = c * BLOCK + cols
                     m = rmask[:, None] & (cc < H)[None, :]
                     y = _activation(x_ptr, u_ptr, xrow[:, None] + cc[None, :], urow[:, None] + cc[None, :], m,
-                                    ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
+                                    alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
                     v = _clamp_fp8(_div_by_scale(y, scale, False, False, INTERP))
                     _store_fp8(o_ptr, orow[:, None] + cc[None, :], v, m, SOFT)
             tl.store(s_ptr + rows64, scale, mask=rmask)
 
     @triton.jit(do_not_specialize=["total_groups", "groups_per_row"])
-    def _group_kernel(x_ptr, u_ptr, q_ptr, s_ptr, total_groups, groups_per_row, H, s_st, s_sg,
+    def _group_kernel(x_ptr, u_ptr, q_ptr, s_ptr, total_groups, groups_per_row, H, s_st, s_sg, alpha, limit,
                       ACT: tl.constexpr, GATED: tl.constexpr, LAYOUT: tl.constexpr, SCHEME: tl.constexpr,
                       KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr, GS: tl.constexpr, BLOCK_G: tl.constexpr,
                       UE8M0: tl.constexpr, RCEIL: tl.constexpr, SWIZZLED: tl.constexpr,
@@ -417,8 +436,8 @@ def _kernels():
             # halves, so no reshape / split reorders the tile (on sm_90 that reorder took
             # 2 KB of shared memory and two more barriers a tile; benchmarks/triton_sass.py)
             pc = tl.arange(0, GS // 2)
-            ylo, yhi = _pair_activation(x_ptr, u_ptr, xb, ub, pc, m, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED,
-                                        SOFT, INTERP)
+            ylo, yhi = _pair_activation(x_ptr, u_ptr, xb, ub, pc, m, alpha, limit, ACT, GATED, LAYOUT, KIND,
+                                        SILU_ROUNDED, SOFT, INTERP)
             amax_bits = tl.maximum(tl.max(_abs_bits(ylo), axis=1), tl.max(_abs_bits(yhi), axis=1))
             e, bad = _mx_exponent(amax_bits, _FP4_EMAX, _FP4_INV, RCEIL)
             f = ((127 - e) << 23).to(tl.float32, bitcast=True)[:, None]  # 2**-e (e <= 126 here)
@@ -427,7 +446,7 @@ def _kernels():
             _store_mx_scale(s_ptr, t, g, e, bad, s_st, s_sg, gmask, SWIZZLED)
         else:
             y = _activation(x_ptr, u_ptr, xb[:, None] + col[None, :], ub[:, None] + col[None, :], m,
-                            ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
+                            alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
             amax_bits = tl.max(_abs_bits(y), axis=1)
             if SCHEME == _S_GROUP:
                 scale = _fp8_scale(amax_bits, UE8M0)
@@ -485,6 +504,7 @@ def _kernels():
     # lost), so every jit function is published there too
     g.update({f.__name__: f for f in (
         _load_f32, _unpack_pairs, _bases, _bf16_rne_bits, _round_to_input, _activation, _pair_activation, _act,
+        _swiglu_oai,
         _abs_bits, _fp8_scale, _e4m3_bits, _div_by_scale, _div_static, _mx_exponent, _e2m1_code,
         _store_mx_scale, _store_fp8, _clamp_fp8, _store_act, _row_kernel, _group_kernel)})
     return {"row": _row_kernel, "group": _group_kernel}
@@ -573,6 +593,10 @@ def _launcher(plan):
                   KIND=kind, SILU_ROUNDED=act.rounding is ActRounding.SILU_THEN_MUL, SOFT=soft, INTERP=interp)
     if not interp:
         consts["enable_fp_fusion"] = False
+    # the activation's parameters (GPT-OSS's alpha, limit) as fp32 runtime arguments, as eager
+    # uses a Python float scalar; 0.0 for activations without them (unread)
+    params = plan.act_kwargs
+    alpha, limit = params.get("alpha", 0.0), params.get("limit", 0.0)
 
     # the input as the kernels read it: a word per (gate, up) pair (interleaved), a word per
     # two elements (MXFP4), both (interleaved MXFP4: int64 words, a pair of pairs for 16-bit
@@ -618,7 +642,7 @@ def _launcher(plan):
             xk, uk = inputs(x, up)
             o = outputs[0] if out_view is None else outputs[0].view(out_view)
             s = scale if static else (outputs[1] if len(outputs) > 1 else o)
-            row_kernel[(-(-tokens // rows),)](xk, uk, o, s, tokens, hidden, ROWS=rows, BLOCK=block,
+            row_kernel[(-(-tokens // rows),)](xk, uk, o, s, tokens, hidden, alpha, limit, ROWS=rows, BLOCK=block,
                                               NCHUNK=nchunk, num_warps=warps, **consts)
         return launch
 
@@ -649,5 +673,6 @@ def _launcher(plan):
             st, sg = 1, tokens  # [..., G] view of [G, T] storage
         else:
             st, sg = groups, 1
-        group_kernel[(-(-total // block_g),)](xk, uk, q, s, total, groups, hidden, st, sg, **flags, **consts)
+        group_kernel[(-(-total // block_g),)](xk, uk, q, s, total, groups, hidden, st, sg, alpha, limit,
+                                              **flags, **consts)
     return launch

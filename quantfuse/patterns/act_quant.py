@@ -208,8 +208,10 @@ def pattern_specs(activation: str, scheme: str) -> list[PatternSpec]:
     specs = [PatternSpec(f"op:{activation}+{quant.unfused_name}/{n}args", "op", activation, scheme, "",
                          functools.partial(_op_graph, activation, scheme, n))
              for n in range(quant.required_params, len(quant.example_params) + 1)]
+    # an activation without native spellings here (GPT-OSS's swigluoai_and_mul: its native form
+    # is the recogniser's) has op-form patterns only
     for act_spelling, scheme_spelling, width in itertools.product(
-            native.ACTIVATION_SPELLINGS[activation], native.SCHEME_SPELLINGS.get(scheme, {}), _WIDTHS):
+            native.ACTIVATION_SPELLINGS.get(activation, {}), native.SCHEME_SPELLINGS.get(scheme, {}), _WIDTHS):
         def build(a=act_spelling, s=scheme_spelling, w=width):
             return _join(_traced_activation(activation, a, w), _traced_scheme(scheme, s, w))
         specs.append(PatternSpec(f"native:{activation}[{act_spelling}]+{scheme}[{scheme_spelling}]/{width}",

@@ -242,6 +242,18 @@ def bind_args(node: Node) -> dict[str, Any]:
     return out
 
 
+def _activation_op_params(act_nodes: list[Node]) -> dict[str, Any]:
+    """The activation op's own arguments the fused op must get (``interleaved``, GPT-OSS's
+    ``alpha`` / ``limit``), those that differ from their defaults: without them the fused op
+    would read another layout or use other parameters."""
+    (act,) = act_nodes
+    defaults = {a.name: a.default_value for a in act.target._schema.arguments}
+    args = bind_args(act)
+    _require(args.get("up") is None, f"`{act.name}` takes up as a second tensor, which the op-form "
+             "pattern does not carry to the fused op")
+    return {k: v for k, v in args.items() if k not in ("x", "up") and v != defaults[k]}
+
+
 def activation_output(traced: dict[Node, Node], part_of: dict[Node, str]) -> Node:
     """The site's activation output: the activation node the quantisation consumes."""
     scheme_nodes = {n for n, ref in traced.items() if part_of[ref] == "scheme"}
@@ -261,6 +273,7 @@ def read(spec, match, traced: dict[Node, Node], part_of: dict[Node, str], config
         # a recipe override travels to the fused op; the default ("") is left out of the report
         params = {k: v for k, v in bind_args(quant).items() if k != "x" and not (k == "recipe" and not v)}
         _check_op_params(spec.scheme, params, config)
+        params.update(_activation_op_params(act_nodes))
         return SiteParams(x, y, params), {y: "activation output"}
     yv = _val(y)
     _require(yv.dtype == xv.dtype, f"activation is computed in {yv.dtype} from {xv.dtype} input; "

@@ -359,7 +359,7 @@ def test_cuda_bad_inputs_raise():
                                           x[:, :12].contiguous(), None, None, 0, False, False, 1, 1, False)
     assert "dtype must be bfloat16" in m.act_quant(ident, mx8, h, q, s, x.double(), None, None, 32, False, True, 8,
                                                    1, False)
-    assert "activation code" in m.act_quant(len(catalog.KERNEL_ACTIVATIONS), mx8, h, q, s, x, None, None, 32, False,
+    assert "activation code" in m.act_quant(len(catalog.CUDA_ACTIVATIONS), mx8, h, q, s, x, None, None, 32, False,
                                             True, 8, 1, False)
     assert "not gated" in m.act_quant(relu2, mx8, codes["layout_interleaved"], q, s, x, None, None, 32, False, True,
                                       8, 1, False)
