@@ -176,12 +176,7 @@ def _run() -> dict:
         return make(lead, 2 * h, dtype), None, layout is catalog.Layout.INTERLEAVED
 
     def ref_act(entry, x, up, interleaved):
-        act = entry.activation
-        if act is catalog.IDENTITY:
-            return x
-        if act.gated:
-            return getattr(ref, act.name)(x, up, interleaved)
-        return getattr(ref, act.name)(x)
+        return ref.activate(entry.activation.name, x, up, interleaved)
 
     def poisoned(outs):
         for t in outs:  # what the kernel leaves unwritten shows

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from quantfuse import catalog
-from quantfuse.catalog import IDENTITY, OpEntry
+from quantfuse.catalog import OpEntry
 from quantfuse.custom_ops import oracle, reference
 from quantfuse.custom_ops.plan import CallPlan, cached_plan, make_plan
 
@@ -20,20 +20,9 @@ ACTIVATIONS = catalog.ACTIVATIONS
 SCHEMES = catalog.SCHEMES
 fused_op_name = catalog.fused_op_name
 
-#: activation name -> reference maths ``(x, up, interleaved, **params) -> y`` / ``(x, **params) -> y``
-_ACT_REFERENCE = {"silu_and_mul": reference.silu_and_mul, "relu2": reference.relu2,
-                  "swigluoai_and_mul": reference.swigluoai_and_mul}
-
-
 def run_reference(plan: CallPlan, x, up=None, interleaved: bool = False, scale=None):
     """The torch backend: the reference maths of one planned call, in the op's output form."""
-    act = plan.activation
-    if act is IDENTITY:
-        y = x
-    elif act.gated:
-        y = _ACT_REFERENCE[act.name](x, up, interleaved, **plan.act_kwargs)
-    else:
-        y = _ACT_REFERENCE[act.name](x, **plan.act_kwargs)
+    y = reference.activate(plan.activation.name, x, up, interleaved, **plan.act_kwargs)
     return y if plan.recipe is None else reference.quantize(y, plan.recipe, scale)
 
 

@@ -79,6 +79,16 @@ def relu2(x: torch.Tensor) -> torch.Tensor:
     return torch.relu(x.float()).square().to(x.dtype)
 
 
+def activate(name: str, x: torch.Tensor, up: torch.Tensor | None = None, interleaved: bool = False,
+             **params) -> torch.Tensor:
+    """The reference maths of the catalog activation ``name`` (this module's function of that
+    name; ``identity`` returns ``x``), with gated ones reading gate and up in any layout."""
+    if name == catalog.IDENTITY.name:
+        return x
+    fn = globals()[name]
+    return fn(x, up, interleaved, **params) if catalog.ACTIVATIONS[name].gated else fn(x, **params)
+
+
 def ue8m0_ceil(scale: torch.Tensor) -> torch.Tensor:
     """Smallest power of two >= ``scale`` (exact, unlike ``exp2(ceil(log2(s)))``).
 
