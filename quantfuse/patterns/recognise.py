@@ -748,7 +748,7 @@ class Reporter:
         self.report = report
 
     def rewrite(self, site: Site) -> None:
-        from quantfuse.passes.report import Rewrite
+        from quantfuse.passes.report import make_rewrite
         from quantfuse.patterns import site as site_mod
 
         names = {n.name for n in site.nodes}
@@ -760,7 +760,7 @@ class Reporter:
             params["up"] = site.up.name
         if site.note:
             params["note"] = site.note
-        self.report.rewrites.append(Rewrite(
+        self.report.rewrites.append(make_rewrite(
             pattern=f"{self.PATTERN}:{site.activation}[{site.layout.value}]+{site.scheme.key}",
             activation=site.activation, scheme=site.scheme.key, fused_op=f"quantfuse.{site.op_name}",
             source=site_mod.source_line(site.y, site.q), input_shape=tuple(xv.shape),
