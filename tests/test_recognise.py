@@ -203,6 +203,56 @@ def test_near_miss_reasons():
     assert "half order" in swapped
 
 
+
+def _quant_of(y, scale_of, cast=FP8, bound=FP8_MAX, view=lambda t: t):
+    """q, s of ``view(y.float()) / s`` with ``s = scale_of(y)``: one spelling, changed one part at a time."""
+    s = scale_of(y)
+    return (view(y.float()) / view(s)).clamp(-bound, bound).to(cast), s
+
+
+def _row_amax(y):
+    return y.abs().amax(-1, keepdim=True)
+
+
+# every near site reported, with its exact reason (issue 17 item 4): one change each from a site that fuses
+NEAR_SITES = {
+    "scale returned in bf16": (
+        lambda y: _quant_of(y, lambda y: _row_amax(y) / FP8_MAX),
+        "the scale `div_1` is used as bfloat16 outside the pattern (output); the fused op returns float32 "
+        "scales (use the float32 scale, e.g. s.float())"),
+    "permuted q": (
+        lambda y: _quant_of(y, lambda y: _row_amax(y).float() / FP8_MAX, view=lambda t: t.t()),
+        "`div_2` broadcasts a scale of shape (1, 4) over values of shape (256, 4), which does not give each "
+        "element its own group's scale"),
+    "dynamic per-tensor amax": (
+        lambda y: _quant_of(y, lambda y: y.abs().amax().float() / FP8_MAX),
+        "dynamic per-tensor scale (one amax over the whole tensor): no fused op computes it (it needs a "
+        "global reduction first)"),
+    "float8_e5m2": (
+        lambda y: _quant_of(y, lambda y: _row_amax(y).float() / 57344.0, cast=torch.float8_e5m2, bound=57344.0),
+        "the values are cast to torch.float8_e5m2: the catalog's FP8 element is E4M3 (torch.float8_e4m3fn)"),
+    "sum of |y|": (
+        lambda y: _quant_of(y, lambda y: y.abs().sum(-1, keepdim=True).float() / FP8_MAX),
+        "the scale reduces |y| by sum (`sum_1`), not by max: no recipe scales by that"),
+    "another divisor": (
+        lambda y: _quant_of(y, lambda y: _row_amax(y).float() / 447.0),
+        "the scale divides the amax by 447.0, not the e4m3 maximum 448.0"),
+    "group of 32": (
+        lambda y: _quant_of(y.view(4, 8, 32), lambda y: _row_amax(y).float() / FP8_MAX),
+        "group size 32 is not supported (supported: 64, 128)"),
+}
+
+
+@pytest.mark.parametrize("name", list(NEAR_SITES))
+def test_every_near_site_is_reported_with_its_reason(name):
+    quant, reason = NEAR_SITES[name]
+    assert _near_miss(lambda x: quant(vllm_silu_and_mul(x)), X) == reason
+
+
+def test_another_activation_is_named():
+    reason = _near_miss(lambda x: vllm_token_quant(F.gelu(x[..., :256]) * x[..., 256:]), X)
+    assert reason == f"the activation uses erf (`erf`): not a fused activation ({', '.join(catalog.ACTIVATIONS)})"
+
 def test_extra_consumer_in_grad_mode_says_no_grad():
     x = X.clone().requires_grad_(True)
     gm = post_grad_graph(lambda x: vllm_token_quant(vllm_silu_and_mul(x)), x)

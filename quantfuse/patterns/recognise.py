@@ -39,6 +39,11 @@ aten = torch.ops.aten
 prims = torch.ops.prims
 
 FP8_DTYPES = (torch.float8_e4m3fn,)
+#: FP8 dtypes no catalog element encodes: a site casting to one is found and reported (never fused)
+OTHER_FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+                         if hasattr(torch, n))
+#: reductions of |y| no recipe scales by (an L1 / mean scale): such a site is found and reported
+_NEAR_REDUCTIONS = {aten.sum.dim_IntList, aten.sum.default, aten.mean.dim, aten.mean.default}
 #: ops an activation is computed with (the walk up from y passes through these only)
 _ACT_OPS = {prims.convert_element_type.default, aten.neg.default, aten.exp.default, aten.add.Tensor,
             aten.div.Tensor, aten.mul.Tensor, aten.sigmoid.default, aten.relu.default, aten.pow.Tensor_Scalar,
@@ -121,7 +126,8 @@ def _slice(q_in: Node) -> list[Node]:
     seen, stack, out = set(), [q_in], []
     while stack and len(out) < _MAX_REGION:
         n = stack.pop()
-        if not isinstance(n, Node) or n in seen or n.op != "call_function" or n.target not in canonical.REGION_OPS:
+        if not isinstance(n, Node) or n in seen or n.op != "call_function" \
+                or (n.target not in canonical.REGION_OPS and n.target not in _NEAR_REDUCTIONS):
             continue
         seen.add(n)
         out.append(n)
@@ -148,12 +154,12 @@ def find_candidates(graph: torch.fx.Graph):
     for node in graph.nodes:
         if node.op != "call_function" or node.target not in canonical._CASTS:
             continue
-        if _dtype(node) not in FP8_DTYPES:
+        if _dtype(node) not in FP8_DTYPES + OTHER_FP8_DTYPES:
             continue
         region = _slice(node.args[0])
         ys, scale = set(), None
         for r in region:
-            if r.target in canonical._REDUCTIONS:
+            if r.target in canonical._REDUCTIONS or r.target in _NEAR_REDUCTIONS:
                 src = _strip_up(r.args[0])
                 if isinstance(src, Node) and src.target == aten.abs.default:
                     ys.add(_strip_up(src.args[0]))
@@ -367,6 +373,11 @@ def recognise_activation(y: Node) -> tuple[str, list[Node], str]:
     leaves = _act_leaves(y)
     names = {n: ("in", i) for i, n in enumerate(leaves)}
     dtype = _dtype(y)
+    other = [n for n in leaves if n.op == "call_function" and n.target in _NONLINEAR]
+    if other:
+        # a non-linearity the walk does not pass through (erf, tanh, gelu): another activation
+        raise NotRecognised(f"the activation uses {other[0].target.__name__.split('.')[0]} (`{other[0].name}`): "
+                            f"not a fused activation ({', '.join(catalog.ACTIVATIONS)})")
     if len(leaves) > 2:
         raise NotRecognised(f"the activation reads {len(leaves)} tensors ({', '.join(n.name for n in leaves)})")
     try:
@@ -488,6 +499,13 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
     """Read one candidate site; NotRecognised names the first thing that does not fit."""
     element = catalog.E4M3
     x_dtype = _dtype(y)
+    if _dtype(q) not in FP8_DTYPES:
+        raise NotRecognised(f"the values are cast to {_dtype(q)}: the catalog's FP8 element is E4M3 "
+                            "(torch.float8_e4m3fn)")
+    for r in _slice(q.args[0]):
+        if r.target in _NEAR_REDUCTIONS:
+            raise NotRecognised(f"the scale reduces |y| by {r.target.__name__.split('.')[0]} (`{r.name}`), not by "
+                                "max: no recipe scales by that")
     if x_dtype not in config.torch_dtypes:
         raise NotRecognised(f"input dtype {x_dtype} is not supported (supported: {', '.join(config.dtypes)})")
     leaves = {scale_input: ("scale",)} if scale_input is not None else {}
@@ -553,6 +571,10 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
                 and v.dtype == torch.float32 and scale_input is None:
             scales.append(n)
             continue
+        if v is not None and v.level == "group" and _unbcast(v.expr) == s_expr and scale_input is None:
+            raise NotRecognised(f"the scale `{n.name}` is used as {str(v.dtype).replace('torch.', '')} outside the pattern "
+                                f"({', '.join(u.name for u in outside)}); the fused op returns float32 scales "
+                                "(use the float32 scale, e.g. s.float())")
         role = "activation output" if n is y else "intermediate value"
         raise NotRecognised(f"{role} `{n.name}` has a consumer outside the pattern: "
                             f"{', '.join(u.name for u in outside)}{_grad_hint(outside)}")
