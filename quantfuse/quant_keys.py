@@ -10,7 +10,7 @@ its activation -> quant fusions with one pattern class per family
 * :class:`QuantKey` constants under vLLM's names (``kFp8Dynamic128Sym``, ``kFp8Dynamic64Sym``,
   ``kFp8DynamicTokenSym``, ``kFp8StaticTensorSym``, ``kMxfp8Dynamic``, ``kMxfp4Dynamic``), each
   one catalog scheme (and group size);
-* :class:`PatternFamily` names, one per catalog (activation, scheme) pair, built as vLLM
+* :class:`FamilyName` entries, one per catalog (activation, scheme) pair, built as vLLM
   builds its class names (activation, then the quantisation, then ``Pattern``): the two
   families vLLM has are spelled exactly as vLLM spells them, the others follow the same
   style and say so (``in_vllm``).
@@ -94,7 +94,7 @@ UNSUPPORTED_PATTERNS: dict[str, str] = {"SiluMulNvfp4QuantPattern": UNSUPPORTED_
 
 
 @dataclasses.dataclass(frozen=True)
-class PatternFamily:
+class FamilyName:
     """One (activation, scheme) pair of the catalog under a vLLM-style class name."""
 
     name: str
@@ -120,22 +120,22 @@ class PatternFamily:
         return f"{self.name}({', '.join(args)})"
 
 
-def _families() -> dict[str, PatternFamily]:
+def _families() -> dict[str, FamilyName]:
     out = {}
     for act, scheme in catalog.PAIRS:
         name = f"{catalog.ACTIVATIONS[act].cname}{_SCHEME_PART.get(scheme, catalog._camel(scheme) + 'Quant')}Pattern"
         keys = tuple(k for k in QUANT_KEYS.values() if k.scheme == scheme)
-        out[name] = PatternFamily(name, act, scheme, keys, name in VLLM_CLASSES)
+        out[name] = FamilyName(name, act, scheme, keys, name in VLLM_CLASSES)
     return out
 
 
 #: every pattern family, by class name, in catalog pair order
-PATTERNS: dict[str, PatternFamily] = _families()
+PATTERNS: dict[str, FamilyName] = _families()
 _BY_PAIR = {(f.activation, f.scheme): f for f in PATTERNS.values()}
 
 
 def _lookup(name, table: dict, unsupported: dict[str, str], what: str):
-    name = getattr(name, "name", name)  # a QuantKey / PatternFamily object stands for its name
+    name = getattr(name, "name", name)  # a QuantKey / FamilyName object stands for its name
     if name in table:
         return table[name]
     if name in unsupported:
@@ -148,12 +148,12 @@ def quant_key(name) -> QuantKey:
     return _lookup(name, QUANT_KEYS, UNSUPPORTED_KEYS, "quant key")
 
 
-def pattern(name) -> PatternFamily:
-    """The :class:`PatternFamily` of a class name; ValueError names the known ones (or why vLLM's is not fused)."""
+def pattern(name) -> FamilyName:
+    """The :class:`FamilyName` of a class name; ValueError names the known ones (or why vLLM's is not fused)."""
     return _lookup(name, PATTERNS, UNSUPPORTED_PATTERNS, "pattern family")
 
 
-def family(activation: str, scheme: str) -> PatternFamily | None:
+def family(activation: str, scheme: str) -> FamilyName | None:
     """The family of an (activation, scheme) pair, None for a pair the catalog does not list."""
     return _BY_PAIR.get((activation, scheme))
 

@@ -132,8 +132,8 @@ class FusionConfig:
         for name in ("patterns", "quant_keys"):
             value = getattr(self, name)
             if value is not None:
-                # QuantKey / PatternFamily objects stand for their names (the config is hashed)
-                value = (value,) if isinstance(value, (str, quant_keys.QuantKey, quant_keys.PatternFamily)) \
+                # QuantKey / FamilyName objects stand for their names (the config is hashed)
+                value = (value,) if isinstance(value, (str, quant_keys.QuantKey, quant_keys.FamilyName)) \
                     else tuple(value)
                 object.__setattr__(self, name, tuple(getattr(v, "name", v) for v in value))
                 _names(getattr(self, name), name)
