@@ -284,3 +284,49 @@ def test_corpus_other_eps_is_fused_to_its_own_recipe():
     module = OtherEps()
     report = assert_fused_equals_eager(module, module.make_input(), spec="eps=1e-06")
     assert report.rewrites[0].pattern.startswith("recognised:")
+
+
+# --- MXFP8 by meaning --------------------------------------------------------------------------
+
+def mx8_quant(y, rceil=True, squeeze_first=True, clamp=True, emax=8):
+    """MXFP8 as tests/corpus.py's ``_mx8`` writes it (blocks of 32, amax in fp32, the exponent
+    clamped to E8M0's [-127, 127], bytes e + 127), with the scale bytes squeezed before the uint8
+    cast (the spelling the pattern matcher does not take)."""
+    yg = y.unflatten(-1, (-1, 32)).float()
+    amax = yg.abs().amax(dim=-1, keepdim=True)
+    e = torch.ceil(torch.log2(amax / FP8_MAX)) if rceil else torch.floor(torch.log2(amax)) - emax
+    if clamp:
+        e = e.clamp(-127, 127)
+    q = (yg / torch.exp2(e)).clamp(-FP8_MAX, FP8_MAX).to(FP8).flatten(-2)
+    s = (e.squeeze(-1) + 127).to(torch.uint8) if squeeze_first else (e + 127).to(torch.uint8).squeeze(-1)
+    return q, s
+
+
+def _mx_input(*shape, dtype=torch.bfloat16):
+    x = torch.randn(*shape, dtype=dtype) * torch.logspace(-3, 3, shape[-1]).to(dtype)
+    x[..., :64] = 0  # all-zero blocks: the clamped exponent -127, byte 0
+    return x
+
+
+@pytest.mark.parametrize("rceil", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mxfp8_recognised_bit_exact(rceil, dtype):
+    x = _mx_input(6, 1024, dtype=dtype)
+    report = assert_fused_equals_eager(lambda x: mx8_quant(vllm_silu_and_mul(x), rceil), x)
+    (r,) = report.rewrites
+    assert r.pattern == "recognised:silu_and_mul[halves]+mxfp8" and r.fused_op == "quantfuse.silu_and_mul_mxfp8_quant"
+    assert r.params == {"scale_rounding": "rceil" if rceil else "floor", "is_sf_swizzled_layout": False}
+    assert (r.vllm_pattern, r.quant_key) == ("SiluMulMxfp8QuantPattern", "kMxfp8Dynamic")
+
+
+def test_mxfp8_relu2_3d_recognised():
+    x = _mx_input(2, 3, 256)
+    assert_fused_equals_eager(lambda x: mx8_quant(F.relu(x).square(), rceil=False), x)
+
+
+def test_mxfp8_near_sites():
+    y_of = vllm_silu_and_mul
+    assert _near_miss(lambda x: mx8_quant(y_of(x), clamp=False), X) == (
+        "the MX exponent is not clamped to [-127, 127] (E8M0's range; without it an all-zero block divides 0 by 0)")
+    assert _near_miss(lambda x: mx8_quant(y_of(x), rceil=False, emax=7), X) == (
+        "the MX exponent is floor(log2(amax)) - 7.0, not - 8 (e4m3's emax)")

@@ -86,6 +86,9 @@ class Site:
             params = {"group_size": r.group_size,
                       "column_major_scales": r.scale_layout is ScaleLayout.COLUMN_MAJOR,
                       "use_ue8m0": r.ue8m0 is Ue8m0.EXACT}
+        elif scheme.base.mx:
+            params = {"scale_rounding": r.mx_rounding.value,
+                      "is_sf_swizzled_layout": r.scale_layout is ScaleLayout.SWIZZLED}
         args = (self.x,) + ((self.scale_input,) if self.scale_input is not None else ())
         kwargs = dict(params)
         if self.up is not None:
@@ -280,6 +283,41 @@ def parse_scale(s: tuple, y_dtype: torch.dtype, element: catalog.Element) -> tup
     if e != AMAX:
         raise NotRecognised(f"the scale is not computed from max |y| of the group (it reads {_show(e)})")
     return fields, mul_form
+
+
+def parse_mx(s: tuple, element: catalog.Element) -> tuple[dict, tuple]:
+    """Recipe fields of an MX scale ``exp2(clamp(e, -127, 127))`` and the clamped exponent ``e``.
+
+    ``e`` is ``ceil(log2(amax / max_elem))`` (RCEIL; ``amax * (1 / max_elem)`` too) or
+    ``floor(log2(amax)) - emax_elem`` (FLOOR, the OCP rule), as torchao's ``to_mx`` and the
+    corpus write them.
+    """
+    clamped = s[1]
+    lo, hi = _split_const(clamped, "min"), _split_const(clamped, "max")
+    inner = None
+    if lo is not None and _split_const(lo[0], "max") is not None:
+        (inner, c2), c1 = _split_const(lo[0], "max"), lo[1]
+    elif hi is not None and _split_const(hi[0], "min") is not None:
+        (inner, c2), c1 = _split_const(hi[0], "min"), hi[1]
+    bias = float(catalog.E8M0_BIAS)
+    if inner is None or sorted((c1, c2)) != [-bias, bias]:
+        raise NotRecognised(f"the MX exponent is not clamped to [-{catalog.E8M0_BIAS}, {catalog.E8M0_BIAS}] "
+                            "(E8M0's range; without it an all-zero block divides 0 by 0)")
+    if inner[0] == "ceil" and isinstance(inner[1], tuple) and inner[1][0] == "log2":
+        r = inner[1][1]
+        div, mul = _split_const(r, "div") if r[0] == "div" and _const_of(r[2]) is not None else None,             _split_const(r, "mul")
+        if div is not None and div[0] == AMAX and _f32(div[1]) == _f32(element.max)                 or mul is not None and mul[0] == AMAX and _f32(mul[1]) == _f32(1.0 / element.max):
+            return {"mx_rounding": catalog.MxRounding.RCEIL}, clamped
+        raise NotRecognised(f"the MX exponent is ceil(log2({_show(r)})), not ceil(log2(amax / {element.max}))")
+    less = _split_const(inner, "sub") or _split_const(inner, "add")
+    if less is not None and less[0] == ("floor", ("log2", AMAX)):
+        offset = less[1] if inner[0] == "sub" else -less[1]
+        if offset == element.emax:
+            return {"mx_rounding": catalog.MxRounding.FLOOR}, clamped
+        raise NotRecognised(f"the MX exponent is floor(log2(amax)) - {offset}, not - {element.emax} "
+                            f"({element.name}'s emax)")
+    raise NotRecognised(f"the MX exponent is not ceil(log2(amax / {element.max})) or floor(log2(amax)) - "
+                        f"{element.emax} (it computes {_show(inner)})")
 
 
 def _show(e, depth: int = 3) -> str:
@@ -518,7 +556,19 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         raise NotRecognised(f"the FP8 values `{q.name}` are not the activation's elements in order")
     fields, s_expr = parse_apply(qv.expr, element)
     groups = {v.group for v in interp.memo.values() if v.level == "group"}
-    if scale_input is not None:
+    scale_out = (s_expr, torch.float32)  # what a scale output holds, and its dtype
+    mul_form = False
+    if scale_input is None and s_expr[0] == "exp2" and groups == {catalog.MX_BLOCK}:
+        # a power-of-two scale over blocks of 32: MX (an FP8 UE8M0 scale has groups of 64 / 128)
+        if not fields["clamp"]:
+            raise NotRecognised(f"the MX elements are not clamped to [-{element.max}, {element.max}] before "
+                                "the FP8 cast")
+        more, exponent = parse_mx(s_expr, element)
+        scheme = catalog.MXFP8
+        recipe = dataclasses.replace(scheme.base, **more)
+        scale_out = (("to_uint8", Interpreter._sorted("add", exponent, const(catalog.E8M0_BIAS))), torch.uint8)
+        _forward_bytes(interp, exponent)
+    elif scale_input is not None:
         if s_expr != ("scale",):
             raise NotRecognised(f"the static scale is used as {_show(s_expr)}")
         sv = scale_input.meta["val"]
@@ -526,7 +576,6 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
             raise NotRecognised(f"the static scale is {sv.dtype}; the fused op takes a float32 scale")
         scheme = catalog.FP8_STATIC
         recipe = dataclasses.replace(scheme.base, **fields)
-        mul_form = False
     else:
         if len(groups) != 1:
             raise NotRecognised(f"the site reduces over groups of {sorted(groups)} elements")
@@ -567,8 +616,8 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         if not outside:
             continue
         v = interp.memo.get(n)
-        if v is not None and v.level == "group" and _unbcast(v.expr) == s_expr and v.ordered \
-                and v.dtype == torch.float32 and scale_input is None:
+        if v is not None and v.level == "group" and (_unbcast(v.expr), v.dtype) == scale_out and v.ordered \
+                and scale_input is None:
             scales.append(n)
             continue
         if v is not None and v.level == "group" and _unbcast(v.expr) == s_expr and scale_input is None:
@@ -586,6 +635,26 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
     site = Site(act, layout, recipe, scheme, x, up, scale_input, y, q, scales, None, site_nodes, note)
     _column_major(site)
     return site
+
+
+def _forward_bytes(interp: Interpreter, exponent: tuple, depth: int = 4) -> None:
+    """Interpret the nodes after the MX exponent that turn it into scale bytes (``+ 127``, the
+    uint8 cast, views on either side), so that they join the site; others are left out."""
+    frontier = [n for n, v in list(interp.memo.items()) if v.expr == exponent and n in interp.visited]
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            for u in n.users:
+                if u in interp.memo or u.op != "call_function" or not (
+                        u.target in canonical._VIEWS or u.target in canonical._CASTS or u.target == aten.add.Tensor):
+                    continue
+                try:
+                    interp.value(u)
+                except Unknown:
+                    interp.visited.discard(u)  # not part of the site: an outside consumer, reported as such
+                    continue
+                nxt.append(u)
+        frontier = nxt
 
 
 def _between(y: Node, inputs: set[Node]) -> set[Node]:
