@@ -330,3 +330,5 @@ def test_mxfp8_near_sites():
         "the MX exponent is not clamped to [-127, 127] (E8M0's range; without it an all-zero block divides 0 by 0)")
     assert _near_miss(lambda x: mx8_quant(y_of(x), rceil=False, emax=7), X) == (
         "the MX exponent is floor(log2(amax)) - 7.0, not - 8 (e4m3's emax)")
+    assert _near_miss(lambda x: mx8_quant(y_of(x), squeeze_first=True), X.float()).startswith(
+        "MX of a float32 activation: torch.log2 rounds near powers of two")

@@ -563,6 +563,12 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         if not fields["clamp"]:
             raise NotRecognised(f"the MX elements are not clamped to [-{element.max}, {element.max}] before "
                                 "the FP8 cast")
+        if x_dtype == torch.float32:
+            # a 16-bit amax is never within an fp32 ulp of a power of two (times 448) unless it is one,
+            # so torch.log2 gives the exact exponent there; an fp32 amax can be, and log2 rounds
+            raise NotRecognised("MX of a float32 activation: torch.log2 rounds near powers of two, so "
+                                "the exponent this code computes is not always the exact one the fused op "
+                                "computes")
         more, exponent = parse_mx(s_expr, element)
         scheme = catalog.MXFP8
         recipe = dataclasses.replace(scheme.base, **more)
