@@ -43,6 +43,8 @@ class Site:
     params: dict = dataclasses.field(default_factory=dict)
     reason: str = ""
     hint: str = ""
+    #: a fused site as vLLM names it (``Rewrite.vllm_form``: pattern family and quant key)
+    vllm_form: str = ""
 
     def __str__(self) -> str:
         head = f"{self.status:<15}{self.source}"
@@ -52,6 +54,8 @@ class Site:
         else:
             body = self.reason
         lines = [head, f"{'':15}{body}  [{self.pattern}]"]
+        if self.vllm_form:
+            lines.append(f"{'':15}as {self.vllm_form}")
         if self.hint:
             lines.append(f"{'':15}hint: {self.hint}")
         return "\n".join(lines)
@@ -136,7 +140,7 @@ class _ExplainPass(CustomGraphPass):
         n = self.out.graphs
         for r in report.rewrites:
             self.out.sites.append(Site(FUSED, r.source, r.activation, r.scheme, r.pattern, n,
-                                       fused_op=r.fused_op, params=dict(r.params)))
+                                       fused_op=r.fused_op, params=dict(r.params), vllm_form=r.vllm_form))
         for m in report.near_misses:
             if m.source in skip:
                 continue

@@ -130,3 +130,10 @@ def test_list_patterns_lists_the_names():
     assert block.in_vllm and block.quant_keys == ("kFp8Dynamic128Sym", "kFp8Dynamic64Sym")
     assert str(block).endswith("; SiluMulBlockQuantPattern (vLLM's name) for kFp8Dynamic128Sym, kFp8Dynamic64Sym")
     assert not families["Relu2Mxfp8QuantPattern"].in_vllm
+
+
+def test_explain_shows_the_vllm_form():
+    explanation = quantfuse.explain(lambda x: vllm_group_quant(vllm_silu_and_mul(x), 128), X)
+    (site,) = explanation.by_status("fused")
+    assert site.vllm_form == "SiluMulBlockQuantPattern(kFp8Dynamic128Sym, is_scale_transposed=False, is_e8m0=False)"
+    assert "as SiluMulBlockQuantPattern(kFp8Dynamic128Sym" in str(site)
