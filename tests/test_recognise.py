@@ -288,7 +288,7 @@ def test_corpus_other_eps_is_fused_to_its_own_recipe():
 
 # --- MXFP8 by meaning --------------------------------------------------------------------------
 
-def mx8_quant(y, rceil=True, squeeze_first=True, clamp=True, emax=8):
+def mx8_quant(y, rceil=True, squeeze_first=True, clamp=True, emax=8, also_scale=False):
     """MXFP8 as tests/corpus.py's ``_mx8`` writes it (blocks of 32, amax in fp32, the exponent
     clamped to E8M0's [-127, 127], bytes e + 127), with the scale bytes squeezed before the uint8
     cast (the spelling the pattern matcher does not take)."""
@@ -299,7 +299,7 @@ def mx8_quant(y, rceil=True, squeeze_first=True, clamp=True, emax=8):
         e = e.clamp(-127, 127)
     q = (yg / torch.exp2(e)).clamp(-FP8_MAX, FP8_MAX).to(FP8).flatten(-2)
     s = (e.squeeze(-1) + 127).to(torch.uint8) if squeeze_first else (e + 127).to(torch.uint8).squeeze(-1)
-    return q, s
+    return (q, s, torch.exp2(e)) if also_scale else (q, s)
 
 
 def _mx_input(*shape, dtype=torch.bfloat16):
@@ -330,5 +330,9 @@ def test_mxfp8_near_sites():
         "the MX exponent is not clamped to [-127, 127] (E8M0's range; without it an all-zero block divides 0 by 0)")
     assert _near_miss(lambda x: mx8_quant(y_of(x), rceil=False, emax=7), X) == (
         "the MX exponent is floor(log2(amax)) - 7.0, not - 8 (e4m3's emax)")
+    assert _near_miss(lambda x: mx8_quant(y_of(x), also_scale=True), X).startswith(
+        "the MX exponent `clamp_max` is used outside the pattern (exp2_1); the fused op returns q and the E8M0")
+    # the bytes read back as floats: a consumer of the fused op's bytes, fused
+    assert_fused_equals_eager(lambda x: (lambda q, s: (q, s.float() - 127))(*mx8_quant(y_of(x))), X)
     assert _near_miss(lambda x: mx8_quant(y_of(x), squeeze_first=True), X.float()).startswith(
         "MX of a float32 activation: torch.log2 rounds near powers of two")

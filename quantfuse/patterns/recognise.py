@@ -557,7 +557,7 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
     fields, s_expr = parse_apply(qv.expr, element)
     groups = {v.group for v in interp.memo.values() if v.level == "group"}
     scale_out = (s_expr, torch.float32)  # what a scale output holds, and its dtype
-    mul_form = False
+    mul_form, mx_exponent = False, None
     if scale_input is None and s_expr[0] == "exp2" and groups == {catalog.MX_BLOCK}:
         # a power-of-two scale over blocks of 32: MX (an FP8 UE8M0 scale has groups of 64 / 128)
         if not fields["clamp"]:
@@ -570,6 +570,7 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
                                 "the exponent this code computes is not always the exact one the fused op "
                                 "computes")
         more, exponent = parse_mx(s_expr, element)
+        mx_exponent = exponent
         scheme = catalog.MXFP8
         recipe = dataclasses.replace(scheme.base, **more)
         scale_out = (("to_uint8", Interpreter._sorted("add", exponent, const(catalog.E8M0_BIAS))), torch.uint8)
@@ -630,6 +631,10 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
             raise NotRecognised(f"the scale `{n.name}` is used as {str(v.dtype).replace('torch.', '')} outside the pattern "
                                 f"({', '.join(u.name for u in outside)}); the fused op returns float32 scales "
                                 "(use the float32 scale, e.g. s.float())")
+        if mx_exponent is not None and v is not None and v.expr == mx_exponent:
+            raise NotRecognised(f"the MX exponent `{n.name}` is used outside the pattern "
+                                f"({', '.join(u.name for u in outside)}); the fused op returns q and the E8M0 "
+                                "scale bytes (e + 127) only")
         role = "activation output" if n is y else "intermediate value"
         raise NotRecognised(f"{role} `{n.name}` has a consumer outside the pattern: "
                             f"{', '.join(u.name for u in outside)}{_grad_hint(outside)}")
@@ -651,8 +656,9 @@ def _forward_bytes(interp: Interpreter, exponent: tuple, depth: int = 4) -> None
         nxt = []
         for n in frontier:
             for u in n.users:
-                if u in interp.memo or u.op != "call_function" or not (
-                        u.target in canonical._VIEWS or u.target in canonical._CASTS or u.target == aten.add.Tensor):
+                bytes_ = _dtype(n) == torch.uint8  # past the bytes only views: a cast back reads the op's bytes
+                if u in interp.memo or u.op != "call_function" or not (u.target in canonical._VIEWS or not bytes_ and (
+                        u.target in canonical._CASTS or u.target == aten.add.Tensor)):
                     continue
                 try:
                     interp.value(u)
