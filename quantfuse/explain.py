@@ -43,6 +43,8 @@ class Site:
     params: dict = dataclasses.field(default_factory=dict)
     reason: str = ""
     hint: str = ""
+    #: a fused site as vLLM names it (``Rewrite.vllm_form``: pattern family and quant key)
+    vllm_form: str = ""
 
     def __str__(self) -> str:
         head = f"{self.status:<15}{self.source}"
@@ -52,6 +54,8 @@ class Site:
         else:
             body = self.reason
         lines = [head, f"{'':15}{body}  [{self.pattern}]"]
+        if self.vllm_form:
+            lines.append(f"{'':15}as {self.vllm_form}")
         if self.hint:
             lines.append(f"{'':15}hint: {self.hint}")
         return "\n".join(lines)
@@ -136,7 +140,7 @@ class _ExplainPass(CustomGraphPass):
         n = self.out.graphs
         for r in report.rewrites:
             self.out.sites.append(Site(FUSED, r.source, r.activation, r.scheme, r.pattern, n,
-                                       fused_op=r.fused_op, params=dict(r.params)))
+                                       fused_op=r.fused_op, params=dict(r.params), vllm_form=r.vllm_form))
         for m in report.near_misses:
             if m.source in skip:
                 continue
@@ -230,16 +234,26 @@ class PatternFamily:
     native_patterns: tuple[str, ...]
     #: whether the default config fuses the native form too (else op form only)
     native_by_default: bool
+    #: the family's class name, vLLM's where vLLM has one (``FusionConfig(patterns=[name])``)
+    name: str = ""
+    #: the vLLM quant keys it fuses (``FusionConfig(quant_keys=[...])``)
+    quant_keys: tuple[str, ...] = ()
+    #: vLLM has a pattern class of this name (else: quantfuse's, in vLLM's style)
+    in_vllm: bool = False
 
     def __str__(self) -> str:
         native = f"{len(self.native_patterns)} native spelling(s)" + ("" if self.native_by_default
                                                                      else " (off by default)")
+        origin = "vLLM's name" if self.in_vllm else "vLLM-style name"
         return (f"{self.activation} -> {self.scheme}: quantfuse.{self.fused_op}; "
-                f"{len(self.op_patterns)} op-form pattern(s), {native}")
+                f"{len(self.op_patterns)} op-form pattern(s), {native}; "
+                f"{self.name} ({origin}) for {', '.join(self.quant_keys)}")
 
 
 def list_patterns() -> list[PatternFamily]:
-    """The pattern families the pass registers, one per (activation, scheme) pair."""
+    """The pattern families the pass registers, one per (activation, scheme) pair, with their
+    vLLM-style class names and quant keys (:mod:`quantfuse.quant_keys`)."""
+    from quantfuse import quant_keys
     from quantfuse.custom_ops import ops as qops
     from quantfuse.passes.config import ALL_PAIRS, PROFITABLE_NATIVE
     from quantfuse.patterns import act_quant
@@ -247,9 +261,12 @@ def list_patterns() -> list[PatternFamily]:
     families = []
     for act, scheme in ALL_PAIRS:
         specs = act_quant.pattern_specs(act, scheme)
+        named = quant_keys.family(act, scheme)
         families.append(PatternFamily(
             act, scheme, qops.fused_op_name(act, scheme),
             op_patterns=tuple(s.name for s in specs if s.form == "op"),
             native_patterns=tuple(s.name for s in specs if s.form == "native"),
-            native_by_default=(act, scheme) in PROFITABLE_NATIVE))
+            native_by_default=(act, scheme) in PROFITABLE_NATIVE,
+            name=named.name if named else "", quant_keys=tuple(k.name for k in named.keys) if named else (),
+            in_vllm=bool(named and named.in_vllm)))
     return families

@@ -203,6 +203,56 @@ def test_near_miss_reasons():
     assert "half order" in swapped
 
 
+
+def _quant_of(y, scale_of, cast=FP8, bound=FP8_MAX, view=lambda t: t):
+    """q, s of ``view(y.float()) / s`` with ``s = scale_of(y)``: one spelling, changed one part at a time."""
+    s = scale_of(y)
+    return (view(y.float()) / view(s)).clamp(-bound, bound).to(cast), s
+
+
+def _row_amax(y):
+    return y.abs().amax(-1, keepdim=True)
+
+
+# every near site reported, with its exact reason (issue 17 item 4): one change each from a site that fuses
+NEAR_SITES = {
+    "scale returned in bf16": (
+        lambda y: _quant_of(y, lambda y: _row_amax(y) / FP8_MAX),
+        "the scale `div_1` is used as bfloat16 outside the pattern (output); the fused op returns float32 "
+        "scales (use the float32 scale, e.g. s.float())"),
+    "permuted q": (
+        lambda y: _quant_of(y, lambda y: _row_amax(y).float() / FP8_MAX, view=lambda t: t.t()),
+        "`div_2` broadcasts a scale of shape (1, 4) over values of shape (256, 4), which does not give each "
+        "element its own group's scale"),
+    "dynamic per-tensor amax": (
+        lambda y: _quant_of(y, lambda y: y.abs().amax().float() / FP8_MAX),
+        "dynamic per-tensor scale (one amax over the whole tensor): no fused op computes it (it needs a "
+        "global reduction first)"),
+    "float8_e5m2": (
+        lambda y: _quant_of(y, lambda y: _row_amax(y).float() / 57344.0, cast=torch.float8_e5m2, bound=57344.0),
+        "the values are cast to torch.float8_e5m2: the catalog's FP8 element is E4M3 (torch.float8_e4m3fn)"),
+    "sum of |y|": (
+        lambda y: _quant_of(y, lambda y: y.abs().sum(-1, keepdim=True).float() / FP8_MAX),
+        "the scale reduces |y| by sum (`sum_1`), not by max: no recipe scales by that"),
+    "another divisor": (
+        lambda y: _quant_of(y, lambda y: _row_amax(y).float() / 447.0),
+        "the scale divides the amax by 447.0, not the e4m3 maximum 448.0"),
+    "group of 32": (
+        lambda y: _quant_of(y.view(4, 8, 32), lambda y: _row_amax(y).float() / FP8_MAX),
+        "group size 32 is not supported (supported: 64, 128)"),
+}
+
+
+@pytest.mark.parametrize("name", list(NEAR_SITES))
+def test_every_near_site_is_reported_with_its_reason(name):
+    quant, reason = NEAR_SITES[name]
+    assert _near_miss(lambda x: quant(vllm_silu_and_mul(x)), X) == reason
+
+
+def test_another_activation_is_named():
+    reason = _near_miss(lambda x: vllm_token_quant(F.gelu(x[..., :256]) * x[..., 256:]), X)
+    assert reason == f"the activation uses erf (`erf`): not a fused activation ({', '.join(catalog.ACTIVATIONS)})"
+
 def test_extra_consumer_in_grad_mode_says_no_grad():
     x = X.clone().requires_grad_(True)
     gm = post_grad_graph(lambda x: vllm_token_quant(vllm_silu_and_mul(x)), x)
@@ -234,3 +284,55 @@ def test_corpus_other_eps_is_fused_to_its_own_recipe():
     module = OtherEps()
     report = assert_fused_equals_eager(module, module.make_input(), spec="eps=1e-06")
     assert report.rewrites[0].pattern.startswith("recognised:")
+
+
+# --- MXFP8 by meaning --------------------------------------------------------------------------
+
+def mx8_quant(y, rceil=True, squeeze_first=True, clamp=True, emax=8, also_scale=False):
+    """MXFP8 as tests/corpus.py's ``_mx8`` writes it (blocks of 32, amax in fp32, the exponent
+    clamped to E8M0's [-127, 127], bytes e + 127), with the scale bytes squeezed before the uint8
+    cast (the spelling the pattern matcher does not take)."""
+    yg = y.unflatten(-1, (-1, 32)).float()
+    amax = yg.abs().amax(dim=-1, keepdim=True)
+    e = torch.ceil(torch.log2(amax / FP8_MAX)) if rceil else torch.floor(torch.log2(amax)) - emax
+    if clamp:
+        e = e.clamp(-127, 127)
+    q = (yg / torch.exp2(e)).clamp(-FP8_MAX, FP8_MAX).to(FP8).flatten(-2)
+    s = (e.squeeze(-1) + 127).to(torch.uint8) if squeeze_first else (e + 127).to(torch.uint8).squeeze(-1)
+    return (q, s, torch.exp2(e)) if also_scale else (q, s)
+
+
+def _mx_input(*shape, dtype=torch.bfloat16):
+    x = torch.randn(*shape, dtype=dtype) * torch.logspace(-3, 3, shape[-1]).to(dtype)
+    x[..., :64] = 0  # all-zero blocks: the clamped exponent -127, byte 0
+    return x
+
+
+@pytest.mark.parametrize("rceil", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mxfp8_recognised_bit_exact(rceil, dtype):
+    x = _mx_input(6, 1024, dtype=dtype)
+    report = assert_fused_equals_eager(lambda x: mx8_quant(vllm_silu_and_mul(x), rceil), x)
+    (r,) = report.rewrites
+    assert r.pattern == "recognised:silu_and_mul[halves]+mxfp8" and r.fused_op == "quantfuse.silu_and_mul_mxfp8_quant"
+    assert r.params == {"scale_rounding": "rceil" if rceil else "floor", "is_sf_swizzled_layout": False}
+    assert (r.vllm_pattern, r.quant_key) == ("SiluMulMxfp8QuantPattern", "kMxfp8Dynamic")
+
+
+def test_mxfp8_relu2_3d_recognised():
+    x = _mx_input(2, 3, 256)
+    assert_fused_equals_eager(lambda x: mx8_quant(F.relu(x).square(), rceil=False), x)
+
+
+def test_mxfp8_near_sites():
+    y_of = vllm_silu_and_mul
+    assert _near_miss(lambda x: mx8_quant(y_of(x), clamp=False), X) == (
+        "the MX exponent is not clamped to [-127, 127] (E8M0's range; without it an all-zero block divides 0 by 0)")
+    assert _near_miss(lambda x: mx8_quant(y_of(x), rceil=False, emax=7), X) == (
+        "the MX exponent is floor(log2(amax)) - 7.0, not - 8 (e4m3's emax)")
+    assert _near_miss(lambda x: mx8_quant(y_of(x), also_scale=True), X).startswith(
+        "the MX exponent `clamp_max` is used outside the pattern (exp2_1); the fused op returns q and the E8M0")
+    # the bytes read back as floats: a consumer of the fused op's bytes, fused
+    assert_fused_equals_eager(lambda x: (lambda q, s: (q, s.float() - 127))(*mx8_quant(y_of(x))), X)
+    assert _near_miss(lambda x: mx8_quant(y_of(x), squeeze_first=True), X.float()).startswith(
+        "MX of a float32 activation: torch.log2 rounds near powers of two")

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from quantfuse import catalog
+from quantfuse import catalog, quant_keys
 from quantfuse.custom_ops import ops as qops
 
 #: every (activation, scheme) pair of the catalog
@@ -69,6 +69,12 @@ class FusionConfig:
         native_on_cpu: rewrite plain-PyTorch sites of CPU graphs as well. Off by default:
             there the fused op runs the torch reference, slower than Inductor's C++ code
             (the report says "kept for speed"); ``QUANTFUSE_NATIVE_ON_CPU=1`` sets it.
+        patterns: pattern family names, vLLM's where vLLM has them
+            (``["SiluMulBlockQuantPattern", "SiluMulFp8StaticQuantPattern"]``,
+            :data:`quantfuse.quant_keys.PATTERNS`): only their pairs are fused. Default: no narrowing.
+        quant_keys: vLLM quant key names or :class:`quantfuse.quant_keys.QuantKey` constants
+            (``[kFp8Dynamic128Sym]``): only sites quantised as one of them are fused (a group
+            key also narrows ``group_sizes``). Default: no narrowing. With ``patterns``: both hold.
 
     Lists are accepted wherever tuples are shown (stored as tuples: the config is
     hashed into the pass's uuid); values the fused kernels do not support raise a
@@ -84,6 +90,10 @@ class FusionConfig:
     #: rewrite native sites of CPU graphs too (slower there than Inductor's own code:
     #: quantfuse.passes.profitability); None: ``QUANTFUSE_NATIVE_ON_CPU=1``
     native_on_cpu: bool | None = None
+    #: vLLM-style pattern family names (quantfuse.quant_keys.PATTERNS); None: every family
+    patterns: tuple[str, ...] | None = None
+    #: vLLM quant key names (quantfuse.quant_keys.QUANT_KEYS); None: every key
+    quant_keys: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.native_on_cpu is None:
@@ -113,6 +123,32 @@ class FusionConfig:
         if bad:
             raise ValueError(f"group size(s) {bad} are not supported by the fused kernels "
                              f"(supported: {', '.join(map(str, catalog.FP8_GROUP_SIZES))})")
+        self._narrow_by_vllm_names()
+
+    def _narrow_by_vllm_names(self) -> None:
+        """Apply ``patterns`` / ``quant_keys`` to ``fusions``, ``native_fusions`` and ``group_sizes``.
+
+        Idempotent (``dataclasses.replace`` runs it again on the narrowed fields)."""
+        for name in ("patterns", "quant_keys"):
+            value = getattr(self, name)
+            if value is not None:
+                # QuantKey / FamilyName objects stand for their names (the config is hashed)
+                value = (value,) if isinstance(value, (str, quant_keys.QuantKey, quant_keys.FamilyName)) \
+                    else tuple(value)
+                object.__setattr__(self, name, tuple(getattr(v, "name", v) for v in value))
+                _names(getattr(self, name), name)
+        pairs, sizes = quant_keys.select(self.patterns, self.quant_keys)
+        if pairs is not None:
+            object.__setattr__(self, "fusions", tuple(p for p in self.fusions if p in pairs))
+            object.__setattr__(self, "native_fusions", tuple(p for p in self.native_fusions if p in pairs))
+            if not self.fusions:
+                raise ValueError(f"FusionConfig(patterns={self.patterns}, quant_keys={self.quant_keys}) "
+                                 "selects no (activation, scheme) pair of fusions")
+        if sizes is not None:
+            object.__setattr__(self, "group_sizes", tuple(g for g in self.group_sizes if g in sizes))
+            if not self.group_sizes and any(s == "fp8_per_group" for _, s in self.fusions):
+                raise ValueError(f"quant_keys={self.quant_keys} select group sizes {sorted(sizes)}, "
+                                 "none of them in group_sizes")
 
     @property
     def torch_dtypes(self) -> tuple[torch.dtype, ...]:

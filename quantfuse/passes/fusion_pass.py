@@ -16,8 +16,8 @@ from quantfuse.custom_ops import ops as qops
 from quantfuse.custom_ops import oracle
 from quantfuse.passes import debug
 from quantfuse.passes.config import FusionConfig
-from quantfuse.passes.report import (CACHE_HIT, CompileReport, NearMiss, PassReport, Rewrite,
-                                     configure_logging_from_env, log)
+from quantfuse.passes.report import (CACHE_HIT, CompileReport, NearMiss, PassReport, configure_logging_from_env,
+                                     log, make_rewrite)
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 #: the pass of the most recent compile (or direct run) in this process
@@ -79,7 +79,7 @@ class _ReportRecorder:
         from quantfuse.patterns import site
 
         xv = params.x.meta["val"]
-        self.report.rewrites.append(Rewrite(
+        self.report.rewrites.append(make_rewrite(
             pattern=spec.name, activation=spec.activation, scheme=spec.scheme,
             fused_op=f"quantfuse.{qops.fused_op_name(spec.activation, spec.scheme)}",
             source=site.source_line(params.activation, *match.nodes),

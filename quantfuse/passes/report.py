@@ -23,6 +23,23 @@ class Rewrite:
     input_shape: tuple
     input_dtype: str
     params: dict
+    #: the pattern family's class name, vLLM's where vLLM has one (quantfuse.quant_keys)
+    vllm_pattern: str = ""
+    #: the vLLM quant key the site is quantised as (``kFp8Dynamic128Sym``)
+    quant_key: str = ""
+    #: the family as vLLM constructs it for this site (``SiluMulBlockQuantPattern(kFp8Dynamic128Sym,
+    #: is_scale_transposed=False, is_e8m0=False)``), shown in the report
+    vllm_form: str = ""
+
+
+def make_rewrite(pattern: str, activation: str, scheme: str, fused_op: str, source: str, input_shape: tuple,
+                 input_dtype: str, params: dict) -> Rewrite:
+    """A :class:`Rewrite` with its vLLM names filled in from the pair and the op parameters."""
+    from quantfuse import quant_keys
+
+    fam, key, form = quant_keys.names_for(activation, scheme, params)
+    return Rewrite(pattern, activation, scheme, fused_op, source, input_shape, input_dtype, params,
+                   vllm_pattern=fam, quant_key=key, vllm_form=form)
 
 
 @dataclasses.dataclass
@@ -56,12 +73,13 @@ class PassReport:
                 f"{self.seconds * 1e3:.1f} ms, graph {self.nodes_before} -> {self.nodes_after} nodes")
 
     def entries(self, indent: str = "  ") -> list[str]:
-        """The report's rewrites and near misses, two lines each."""
+        """The report's rewrites (three lines each: the third names the vLLM pattern and key) and near misses (two)."""
         lines = []
         for r in self.rewrites:
             params = ", ".join(f"{k}={v}" for k, v in r.params.items())
             lines.append(f"{indent}fused  {r.source}\n{indent}       {r.activation} -> {r.scheme} as "
-                         f"{r.fused_op}({params}) on {r.input_dtype}{list(r.input_shape)}  [{r.pattern}]")
+                         f"{r.fused_op}({params}) on {r.input_dtype}{list(r.input_shape)}  [{r.pattern}]"
+                         + (f"\n{indent}       as {r.vllm_form}" if r.vllm_form else ""))
         for m in self.near_misses:
             lines.append(f"{indent}kept   {m.source}\n{indent}       {m.reason}  [{m.pattern}, node {m.node}]")
         return lines

@@ -191,6 +191,10 @@ class Interpreter:
             v = self.value(args[0])
             if t == aten._to_copy.default and set(node.kwargs) - {"dtype", "layout", "device"}:
                 raise Unknown(f"`{node.name}` copies with {node.kwargs}")
+            if dtype == torch.uint8:
+                # E8M0 scale bytes (MX): kept as an integer cast; the MX recipe reading it checks
+                # that the value is a clamped exponent plus the bias, so the cast is exact
+                return self._like(v, ("to_uint8", v.expr), dtype, dtype, node)
             if dtype == torch.float8_e4m3fn or not _width(dtype):
                 raise Unknown(f"`{node.name}` casts to {dtype} inside the region")
             expr, narrow = self._round(v.expr, v.narrow, dtype)

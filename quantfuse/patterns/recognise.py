@@ -39,6 +39,11 @@ aten = torch.ops.aten
 prims = torch.ops.prims
 
 FP8_DTYPES = (torch.float8_e4m3fn,)
+#: FP8 dtypes no catalog element encodes: a site casting to one is found and reported (never fused)
+OTHER_FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+                         if hasattr(torch, n))
+#: reductions of |y| no recipe scales by (an L1 / mean scale): such a site is found and reported
+_NEAR_REDUCTIONS = {aten.sum.dim_IntList, aten.sum.default, aten.mean.dim, aten.mean.default}
 #: ops an activation is computed with (the walk up from y passes through these only)
 _ACT_OPS = {prims.convert_element_type.default, aten.neg.default, aten.exp.default, aten.add.Tensor,
             aten.div.Tensor, aten.mul.Tensor, aten.sigmoid.default, aten.relu.default, aten.pow.Tensor_Scalar,
@@ -81,6 +86,9 @@ class Site:
             params = {"group_size": r.group_size,
                       "column_major_scales": r.scale_layout is ScaleLayout.COLUMN_MAJOR,
                       "use_ue8m0": r.ue8m0 is Ue8m0.EXACT}
+        elif scheme.base.mx:
+            params = {"scale_rounding": r.mx_rounding.value,
+                      "is_sf_swizzled_layout": r.scale_layout is ScaleLayout.SWIZZLED}
         args = (self.x,) + ((self.scale_input,) if self.scale_input is not None else ())
         kwargs = dict(params)
         if self.up is not None:
@@ -121,7 +129,8 @@ def _slice(q_in: Node) -> list[Node]:
     seen, stack, out = set(), [q_in], []
     while stack and len(out) < _MAX_REGION:
         n = stack.pop()
-        if not isinstance(n, Node) or n in seen or n.op != "call_function" or n.target not in canonical.REGION_OPS:
+        if not isinstance(n, Node) or n in seen or n.op != "call_function" \
+                or (n.target not in canonical.REGION_OPS and n.target not in _NEAR_REDUCTIONS):
             continue
         seen.add(n)
         out.append(n)
@@ -148,12 +157,12 @@ def find_candidates(graph: torch.fx.Graph):
     for node in graph.nodes:
         if node.op != "call_function" or node.target not in canonical._CASTS:
             continue
-        if _dtype(node) not in FP8_DTYPES:
+        if _dtype(node) not in FP8_DTYPES + OTHER_FP8_DTYPES:
             continue
         region = _slice(node.args[0])
         ys, scale = set(), None
         for r in region:
-            if r.target in canonical._REDUCTIONS:
+            if r.target in canonical._REDUCTIONS or r.target in _NEAR_REDUCTIONS:
                 src = _strip_up(r.args[0])
                 if isinstance(src, Node) and src.target == aten.abs.default:
                     ys.add(_strip_up(src.args[0]))
@@ -276,6 +285,41 @@ def parse_scale(s: tuple, y_dtype: torch.dtype, element: catalog.Element) -> tup
     return fields, mul_form
 
 
+def parse_mx(s: tuple, element: catalog.Element) -> tuple[dict, tuple]:
+    """Recipe fields of an MX scale ``exp2(clamp(e, -127, 127))`` and the clamped exponent ``e``.
+
+    ``e`` is ``ceil(log2(amax / max_elem))`` (RCEIL; ``amax * (1 / max_elem)`` too) or
+    ``floor(log2(amax)) - emax_elem`` (FLOOR, the OCP rule), as torchao's ``to_mx`` and the
+    corpus write them.
+    """
+    clamped = s[1]
+    lo, hi = _split_const(clamped, "min"), _split_const(clamped, "max")
+    inner = None
+    if lo is not None and _split_const(lo[0], "max") is not None:
+        (inner, c2), c1 = _split_const(lo[0], "max"), lo[1]
+    elif hi is not None and _split_const(hi[0], "min") is not None:
+        (inner, c2), c1 = _split_const(hi[0], "min"), hi[1]
+    bias = float(catalog.E8M0_BIAS)
+    if inner is None or sorted((c1, c2)) != [-bias, bias]:
+        raise NotRecognised(f"the MX exponent is not clamped to [-{catalog.E8M0_BIAS}, {catalog.E8M0_BIAS}] "
+                            "(E8M0's range; without it an all-zero block divides 0 by 0)")
+    if inner[0] == "ceil" and isinstance(inner[1], tuple) and inner[1][0] == "log2":
+        r = inner[1][1]
+        div, mul = _split_const(r, "div") if r[0] == "div" and _const_of(r[2]) is not None else None,             _split_const(r, "mul")
+        if div is not None and div[0] == AMAX and _f32(div[1]) == _f32(element.max)                 or mul is not None and mul[0] == AMAX and _f32(mul[1]) == _f32(1.0 / element.max):
+            return {"mx_rounding": catalog.MxRounding.RCEIL}, clamped
+        raise NotRecognised(f"the MX exponent is ceil(log2({_show(r)})), not ceil(log2(amax / {element.max}))")
+    less = _split_const(inner, "sub") or _split_const(inner, "add")
+    if less is not None and less[0] == ("floor", ("log2", AMAX)):
+        offset = less[1] if inner[0] == "sub" else -less[1]
+        if offset == element.emax:
+            return {"mx_rounding": catalog.MxRounding.FLOOR}, clamped
+        raise NotRecognised(f"the MX exponent is floor(log2(amax)) - {offset}, not - {element.emax} "
+                            f"({element.name}'s emax)")
+    raise NotRecognised(f"the MX exponent is not ceil(log2(amax / {element.max})) or floor(log2(amax)) - "
+                        f"{element.emax} (it computes {_show(inner)})")
+
+
 def _show(e, depth: int = 3) -> str:
     if not isinstance(e, tuple):
         return repr(e)
@@ -367,6 +411,11 @@ def recognise_activation(y: Node) -> tuple[str, list[Node], str]:
     leaves = _act_leaves(y)
     names = {n: ("in", i) for i, n in enumerate(leaves)}
     dtype = _dtype(y)
+    other = [n for n in leaves if n.op == "call_function" and n.target in _NONLINEAR]
+    if other:
+        # a non-linearity the walk does not pass through (erf, tanh, gelu): another activation
+        raise NotRecognised(f"the activation uses {other[0].target.__name__.split('.')[0]} (`{other[0].name}`): "
+                            f"not a fused activation ({', '.join(catalog.ACTIVATIONS)})")
     if len(leaves) > 2:
         raise NotRecognised(f"the activation reads {len(leaves)} tensors ({', '.join(n.name for n in leaves)})")
     try:
@@ -488,6 +537,13 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
     """Read one candidate site; NotRecognised names the first thing that does not fit."""
     element = catalog.E4M3
     x_dtype = _dtype(y)
+    if _dtype(q) not in FP8_DTYPES:
+        raise NotRecognised(f"the values are cast to {_dtype(q)}: the catalog's FP8 element is E4M3 "
+                            "(torch.float8_e4m3fn)")
+    for r in _slice(q.args[0]):
+        if r.target in _NEAR_REDUCTIONS:
+            raise NotRecognised(f"the scale reduces |y| by {r.target.__name__.split('.')[0]} (`{r.name}`), not by "
+                                "max: no recipe scales by that")
     if x_dtype not in config.torch_dtypes:
         raise NotRecognised(f"input dtype {x_dtype} is not supported (supported: {', '.join(config.dtypes)})")
     leaves = {scale_input: ("scale",)} if scale_input is not None else {}
@@ -500,7 +556,26 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         raise NotRecognised(f"the FP8 values `{q.name}` are not the activation's elements in order")
     fields, s_expr = parse_apply(qv.expr, element)
     groups = {v.group for v in interp.memo.values() if v.level == "group"}
-    if scale_input is not None:
+    scale_out = (s_expr, torch.float32)  # what a scale output holds, and its dtype
+    mul_form, mx_exponent = False, None
+    if scale_input is None and s_expr[0] == "exp2" and groups == {catalog.MX_BLOCK}:
+        # a power-of-two scale over blocks of 32: MX (an FP8 UE8M0 scale has groups of 64 / 128)
+        if not fields["clamp"]:
+            raise NotRecognised(f"the MX elements are not clamped to [-{element.max}, {element.max}] before "
+                                "the FP8 cast")
+        if x_dtype == torch.float32:
+            # a 16-bit amax is never within an fp32 ulp of a power of two (times 448) unless it is one,
+            # so torch.log2 gives the exact exponent there; an fp32 amax can be, and log2 rounds
+            raise NotRecognised("MX of a float32 activation: torch.log2 rounds near powers of two, so "
+                                "the exponent this code computes is not always the exact one the fused op "
+                                "computes")
+        more, exponent = parse_mx(s_expr, element)
+        mx_exponent = exponent
+        scheme = catalog.MXFP8
+        recipe = dataclasses.replace(scheme.base, **more)
+        scale_out = (("to_uint8", Interpreter._sorted("add", exponent, const(catalog.E8M0_BIAS))), torch.uint8)
+        _forward_bytes(interp, exponent)
+    elif scale_input is not None:
         if s_expr != ("scale",):
             raise NotRecognised(f"the static scale is used as {_show(s_expr)}")
         sv = scale_input.meta["val"]
@@ -508,7 +583,6 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
             raise NotRecognised(f"the static scale is {sv.dtype}; the fused op takes a float32 scale")
         scheme = catalog.FP8_STATIC
         recipe = dataclasses.replace(scheme.base, **fields)
-        mul_form = False
     else:
         if len(groups) != 1:
             raise NotRecognised(f"the site reduces over groups of {sorted(groups)} elements")
@@ -549,10 +623,18 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         if not outside:
             continue
         v = interp.memo.get(n)
-        if v is not None and v.level == "group" and _unbcast(v.expr) == s_expr and v.ordered \
-                and v.dtype == torch.float32 and scale_input is None:
+        if v is not None and v.level == "group" and (_unbcast(v.expr), v.dtype) == scale_out and v.ordered \
+                and scale_input is None:
             scales.append(n)
             continue
+        if v is not None and v.level == "group" and _unbcast(v.expr) == s_expr and scale_input is None:
+            raise NotRecognised(f"the scale `{n.name}` is used as {str(v.dtype).replace('torch.', '')} outside the pattern "
+                                f"({', '.join(u.name for u in outside)}); the fused op returns float32 scales "
+                                "(use the float32 scale, e.g. s.float())")
+        if mx_exponent is not None and v is not None and v.expr == mx_exponent:
+            raise NotRecognised(f"the MX exponent `{n.name}` is used outside the pattern "
+                                f"({', '.join(u.name for u in outside)}); the fused op returns q and the E8M0 "
+                                "scale bytes (e + 127) only")
         role = "activation output" if n is y else "intermediate value"
         raise NotRecognised(f"{role} `{n.name}` has a consumer outside the pattern: "
                             f"{', '.join(u.name for u in outside)}{_grad_hint(outside)}")
@@ -564,6 +646,27 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
     site = Site(act, layout, recipe, scheme, x, up, scale_input, y, q, scales, None, site_nodes, note)
     _column_major(site)
     return site
+
+
+def _forward_bytes(interp: Interpreter, exponent: tuple, depth: int = 4) -> None:
+    """Interpret the nodes after the MX exponent that turn it into scale bytes (``+ 127``, the
+    uint8 cast, views on either side), so that they join the site; others are left out."""
+    frontier = [n for n, v in list(interp.memo.items()) if v.expr == exponent and n in interp.visited]
+    for _ in range(depth):
+        nxt = []
+        for n in frontier:
+            for u in n.users:
+                bytes_ = _dtype(n) == torch.uint8  # past the bytes only views: a cast back reads the op's bytes
+                if u in interp.memo or u.op != "call_function" or not (u.target in canonical._VIEWS or not bytes_ and (
+                        u.target in canonical._CASTS or u.target == aten.add.Tensor)):
+                    continue
+                try:
+                    interp.value(u)
+                except Unknown:
+                    interp.visited.discard(u)  # not part of the site: an outside consumer, reported as such
+                    continue
+                nxt.append(u)
+        frontier = nxt
 
 
 def _between(y: Node, inputs: set[Node]) -> set[Node]:
@@ -748,7 +851,7 @@ class Reporter:
         self.report = report
 
     def rewrite(self, site: Site) -> None:
-        from quantfuse.passes.report import Rewrite
+        from quantfuse.passes.report import make_rewrite
         from quantfuse.patterns import site as site_mod
 
         names = {n.name for n in site.nodes}
@@ -760,7 +863,7 @@ class Reporter:
             params["up"] = site.up.name
         if site.note:
             params["note"] = site.note
-        self.report.rewrites.append(Rewrite(
+        self.report.rewrites.append(make_rewrite(
             pattern=f"{self.PATTERN}:{site.activation}[{site.layout.value}]+{site.scheme.key}",
             activation=site.activation, scheme=site.scheme.key, fused_op=f"quantfuse.{site.op_name}",
             source=site_mod.source_line(site.y, site.q), input_shape=tuple(xv.shape),
