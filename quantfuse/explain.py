@@ -13,6 +13,7 @@ import dataclasses
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
+from quantfuse import quant_keys
 from quantfuse.passes import fusion_pass, profitability
 from quantfuse.passes.config import FusionConfig
 from quantfuse.passes.report import PassReport
@@ -223,23 +224,44 @@ def _autograd_cache_off():
 
 @dataclasses.dataclass(frozen=True)
 class PatternFamily:
-    """One registered pattern family: an (activation, scheme) pair and its search graphs."""
+    """One registered pattern family: an (activation, scheme) pair, its search graphs and its
+    vLLM-style name (:class:`quantfuse.quant_keys.FamilyName`)."""
 
-    activation: str
-    scheme: str
-    fused_op: str
     #: names of the op-form patterns (quantfuse ops called by the model)
     op_patterns: tuple[str, ...]
     #: names of the native-form patterns (plain PyTorch spellings)
     native_patterns: tuple[str, ...]
     #: whether the default config fuses the native form too (else op form only)
     native_by_default: bool
-    #: the family's class name, vLLM's where vLLM has one (``FusionConfig(patterns=[name])``)
-    name: str = ""
-    #: the vLLM quant keys it fuses (``FusionConfig(quant_keys=[...])``)
-    quant_keys: tuple[str, ...] = ()
-    #: vLLM has a pattern class of this name (else: quantfuse's, in vLLM's style)
-    in_vllm: bool = False
+    #: the pair under its class name, vLLM's where vLLM has one (``FusionConfig(patterns=[name])``)
+    family: quant_keys.FamilyName
+
+    @property
+    def activation(self) -> str:
+        return self.family.activation
+
+    @property
+    def scheme(self) -> str:
+        return self.family.scheme
+
+    @property
+    def fused_op(self) -> str:
+        """The fused op's name (without namespace)."""
+        return self.family.fused_op
+
+    @property
+    def name(self) -> str:
+        return self.family.name
+
+    @property
+    def quant_keys(self) -> tuple[str, ...]:
+        """The vLLM quant keys it fuses, by name (``FusionConfig(quant_keys=[...])``)."""
+        return tuple(k.name for k in self.family.keys)
+
+    @property
+    def in_vllm(self) -> bool:
+        """vLLM has a pattern class of this name (else: quantfuse's, in vLLM's style)."""
+        return self.family.in_vllm
 
     def __str__(self) -> str:
         native = f"{len(self.native_patterns)} native spelling(s)" + ("" if self.native_by_default
@@ -253,20 +275,14 @@ class PatternFamily:
 def list_patterns() -> list[PatternFamily]:
     """The pattern families the pass registers, one per (activation, scheme) pair, with their
     vLLM-style class names and quant keys (:mod:`quantfuse.quant_keys`)."""
-    from quantfuse import quant_keys
-    from quantfuse.custom_ops import ops as qops
     from quantfuse.passes.config import ALL_PAIRS, PROFITABLE_NATIVE
     from quantfuse.patterns import act_quant
 
     families = []
     for act, scheme in ALL_PAIRS:
         specs = act_quant.pattern_specs(act, scheme)
-        named = quant_keys.family(act, scheme)
         families.append(PatternFamily(
-            act, scheme, qops.fused_op_name(act, scheme),
             op_patterns=tuple(s.name for s in specs if s.form == "op"),
             native_patterns=tuple(s.name for s in specs if s.form == "native"),
-            native_by_default=(act, scheme) in PROFITABLE_NATIVE,
-            name=named.name if named else "", quant_keys=tuple(k.name for k in named.keys) if named else (),
-            in_vllm=bool(named and named.in_vllm)))
+            native_by_default=(act, scheme) in PROFITABLE_NATIVE, family=quant_keys.family(act, scheme)))
     return families
