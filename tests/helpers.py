@@ -103,3 +103,15 @@ def fp4_step_close(q1, s1, q2, s2, max_fraction: float = 0.05) -> None:
     assert bool(((d1 - d2).abs() <= 2 * scale)[same].all())
     differ = (d1 != d2)[same].float().mean().item()
     assert differ <= max_fraction, f"{differ:.3%} of E2M1 codes differ"
+
+
+def layout_inputs(make, entry, layout, lead, h, dtype):
+    """(x, up, interleaved) of one call of ``entry`` in a gated ``layout``, from ``make(lead,
+    width, dtype, specials=True)`` (the second operand of SEPARATE without special values)."""
+    from quantfuse.catalog import Layout
+
+    if not entry.activation.gated:
+        return make(lead, h, dtype), None, False
+    if layout is Layout.SEPARATE:
+        return make(lead, h, dtype), make(lead, h, dtype, specials=False), False
+    return make(lead, 2 * h, dtype), None, layout is Layout.INTERLEAVED

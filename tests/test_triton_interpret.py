@@ -86,6 +86,7 @@ def _run() -> dict:
         return _exp(t, *a, **k)
 
     torch.exp = numpy_exp
+    from helpers import layout_inputs
     from quantfuse import catalog
     from quantfuse.custom_ops import reference as ref
 
@@ -169,14 +170,7 @@ def _run() -> dict:
 
     def inputs(entry, layout, lead, h, dtype):
         """(x, up, interleaved) of one call: the gate / up operands in ``layout``."""
-        if not entry.activation.gated:
-            return make(lead, h, dtype), None, False
-        if layout is catalog.Layout.SEPARATE:
-            return make(lead, h, dtype), make(lead, h, dtype, specials=False), False
-        return make(lead, 2 * h, dtype), None, layout is catalog.Layout.INTERLEAVED
-
-    def ref_act(entry, x, up, interleaved):
-        return ref.activate(entry.activation.name, x, up, interleaved)
+        return layout_inputs(make, entry, layout, lead, h, dtype)
 
     def poisoned(outs):
         for t in outs:  # what the kernel leaves unwritten shows
@@ -228,7 +222,7 @@ def _run() -> dict:
                 for lead, h in base + extra:
                     x, up, interleaved = inputs(entry, layout, lead, h, dtype)
                     tag = f"{entry.name}[{dtype}, {layout.value}, {lead}, {h}]"
-                    y_ref = ref_act(entry, x, up, interleaved)
+                    y_ref = ref.activate(entry.activation.name, x, up, interleaved)
                     if entry.activation is catalog.SILU_AND_MUL and dtype != torch.float32:
                         g, u = ref.gate_up(x, up, interleaved)
                         gf = g.float()
@@ -278,7 +272,7 @@ def _run() -> dict:
             params = (128,) if entry.scheme is catalog.FP8_PER_GROUP else ()
             plan, outs = call(entry, xo, params, uo, interleaved, None)
             assert not plan.aligned
-            y_ref = ref_act(entry, x, up, interleaved)
+            y_ref = ref.activate(entry.activation.name, x, up, interleaved)
             want = (y_ref,) if entry.scheme is None else ref.quantize(y_ref, plan.recipe)
             for i, (got, exp) in enumerate(zip(outs, want)):
                 same(f"{name}[{dtype}, {layout.value}] unaligned out{i}", got, exp)

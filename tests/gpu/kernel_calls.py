@@ -4,9 +4,8 @@ Both families (:mod:`quantfuse.custom_ops.cuda_backend` and
 :mod:`quantfuse.custom_ops.triton_schemes`) expose ``supports(plan)`` and
 ``run(plan, outputs, x, up, scale)``; a call here builds the plan as the ops do
 (:func:`plan.make_plan`), poisons the outputs so that unwritten elements show, runs it
-and returns the outputs. The reference is :mod:`quantfuse.custom_ops.reference` for the
-same plan: the activation by its catalog name on ``gate_up``'s operands, then
-``quantize`` with the plan's recipe.
+and returns the outputs. The reference is the ops' torch backend for the same plan
+(``ops.run_reference``: ``reference.activate``, then ``reference.quantize``).
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import torch
 
 from quantfuse import catalog
 from quantfuse.catalog import Layout
+from quantfuse.custom_ops import ops
 from quantfuse.custom_ops import plan as plans
 from quantfuse.custom_ops import reference as ref
 
@@ -53,22 +53,13 @@ def call(mod, name: str, x: torch.Tensor, *params, up=None, interleaved=False, s
 
 def activation(name: str, x: torch.Tensor, up=None, interleaved=False) -> torch.Tensor:
     """The reference of activation ``name`` (catalog), any layout."""
-    act = catalog.ACTIVATIONS[name] if name in catalog.ACTIVATIONS else catalog.IDENTITY
-    if act is catalog.IDENTITY:
-        return x
-    if act.gated:
-        gate, up_ = ref.gate_up(x, up, interleaved)
-        x = torch.cat([gate, up_], dim=-1)
-    return getattr(ref, act.name)(x)
+    return ref.activate(name, x, up, interleaved)
 
 
 def reference(name: str, x: torch.Tensor, *params, up=None, interleaved=False, scale=None, recipe=""):
-    """The reference outputs of op ``name``, shaped as ``call``'s."""
+    """The reference outputs of op ``name``, shaped as ``call``'s (the ops' torch backend)."""
     p = make(name, x, *params, up=up, interleaved=interleaved, scale=scale, recipe=recipe)
-    y = activation(p.activation.name, x, up, interleaved)
-    if p.recipe is None:
-        return (y,)
-    out = ref.quantize(y, p.recipe, scale=scale)
+    out = ops.run_reference(p, x, up, interleaved, scale)
     return out if isinstance(out, tuple) else (out,)
 
 

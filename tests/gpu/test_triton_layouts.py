@@ -24,6 +24,7 @@ from quantfuse import catalog  # noqa: E402
 from quantfuse.custom_ops import reference as ref  # noqa: E402
 from quantfuse.custom_ops import triton_schemes as ts  # noqa: E402
 from quantfuse.custom_ops.plan import make_plan  # noqa: E402
+from helpers import layout_inputs  # noqa: E402
 
 FP8 = catalog.E4M3.dtype
 TOKENS = {torch.bfloat16: [7, 130], torch.float16: [33], torch.float32: [33]}
@@ -61,15 +62,7 @@ def make(lead, width, dtype, specials=True):
 
 
 def inputs(entry, layout, lead, h, dtype):
-    if not entry.activation.gated:
-        return make(lead, h, dtype), None, False
-    if layout is catalog.Layout.SEPARATE:
-        return make(lead, h, dtype), make(lead, h, dtype, specials=False), False
-    return make(lead, 2 * h, dtype), None, layout is catalog.Layout.INTERLEAVED
-
-
-def ref_act(entry, x, up, interleaved):
-    return ref.activate(entry.activation.name, x, up, interleaved)
+    return layout_inputs(make, entry, layout, lead, h, dtype)
 
 
 def assert_same(name, a, b):
@@ -121,7 +114,7 @@ def test_op_layout(name, layout, dtype):
     scheme = entry.scheme
     for t, h in itertools.product(TOKENS[dtype], HIDDEN):
         x, up, interleaved = inputs(entry, layout, (t,), h, dtype)
-        y_ref = ref_act(entry, x, up, interleaved)
+        y_ref = ref.activate(entry.activation.name, x, up, interleaved)
         scales = [torch.tensor([v], device="cuda") for v in STATIC_SCALES] if scheme and scheme.tensor_inputs \
             else [None]
         for params, scale in itertools.product(param_sets(scheme), scales):
