@@ -152,9 +152,9 @@ def main() -> None:
                         call = lambda x: fused(x, *qargs, interleaved=True)  # noqa: E731
                     else:
                         call = lambda x: fused(x, *qargs)  # noqa: E731
-                    oracle.calls.clear()
+                    oracle.reset_counts()
                     call(xs[0])
-                    backend = next(b for (o, b) in oracle.calls if o == name)
+                    backend = next(b for (o, b) in oracle.call_counts() if o == name)
                     t_fused = bench(call, xs)
                     halves = layout is catalog.Layout.HALVES
                     t_unfused = bench(lambda x: quant_op(act_op(x), *qargs), xs) if halves else float("nan")

@@ -17,6 +17,7 @@
 #include "act_quant.h"            // includes the generated quantfuse_catalog.h
 #include "scale_layout.h"
 #include "quantfuse_units.h"  // generated: QF_UNITS(X)
+#include "host_api.h"
 
 namespace quantfuse {
 #define QF_DECLARE(unit, scalar, act)                    \
@@ -303,7 +304,11 @@ std::string guarded(Fn&& fn) {
   }
 }
 
-std::string act_quant(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, std::optional<at::Tensor> s,
+}  // namespace
+
+namespace quantfuse {
+
+std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, std::optional<at::Tensor> s,
                       at::Tensor x, std::optional<at::Tensor> up, std::optional<at::Tensor> scale, int64_t group_size,
                       bool use_ue8m0, bool rceil, int64_t s_stride_t, int64_t s_stride_g, bool swizzled,
                       int64_t vectors, int64_t blocks_per_sm) {
@@ -313,15 +318,16 @@ std::string act_quant(int64_t act, int64_t scheme, int64_t layout, at::Tensor q,
   });
 }
 
-}  // namespace
+}  // namespace quantfuse
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "quantfuse CUDA kernels: activation (SiLU-and-mul, ReLU^2) -> FP8 / MXFP8 / MXFP4 quantisation";
-  m.def("act_quant", &act_quant,
+  m.def("act_quant", &quantfuse::act_quant_checked,
         "act(x) -> scheme into q (and s); scheme kNoScheme: q = act(x) in x's dtype. Codes: "
         "quantfuse_catalog.h (catalog.codes()). Returns \"\" or an error message",
         py::arg("act"), py::arg("scheme"), py::arg("layout"), py::arg("q"), py::arg("s"), py::arg("x"),
         py::arg("up"), py::arg("scale"), py::arg("group_size"), py::arg("use_ue8m0"), py::arg("rceil"),
         py::arg("s_stride_t"), py::arg("s_stride_g"), py::arg("swizzled"), py::arg("vectors") = 0,
         py::arg("blocks_per_sm") = 0);
+  quantfuse::bind_dispatch(m);
 }

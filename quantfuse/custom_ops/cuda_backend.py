@@ -35,7 +35,7 @@ NAME = "cuda"
 
 log = logging.getLogger("quantfuse.cuda")
 
-_SOURCES = ("bindings.cpp", "act_quant.h", "act_quant.cuh", "launch_unit.cuh")
+_SOURCES = ("bindings.cpp", "dispatch.cpp", "host_api.h", "act_quant.h", "act_quant.cuh", "launch_unit.cuh")
 
 #: C++ dtype traits (csrc/act_quant.cuh) and at::ScalarType name of each catalog input dtype
 _DTYPE_TRAITS = {torch.float32: ("f32", "F32", "Float"), torch.float16: ("f16", "F16", "Half"),
@@ -186,7 +186,7 @@ def _build(src: Path, arch: tuple[int, int], generated: dict[str, str], bdir: Pa
         log.info("building quantfuse CUDA kernels for sm_%s in %s", sm, bdir)
         mod = cpp_extension.load(
             name=f"quantfuse_C_{key}",
-            sources=[str(src / "bindings.cpp")] + [str(gen / n) for n in generated if n.endswith(".cu")],
+            sources=[str(src / "bindings.cpp"), str(src / "dispatch.cpp")] + [str(gen / n) for n in generated if n.endswith(".cu")],
             extra_cflags=["-O3", "-std=c++17"],
             extra_cuda_cflags=cuda_flags,
             extra_include_paths=[str(src), str(gen)],
@@ -239,11 +239,41 @@ def _load() -> ModuleType | None:
                     if bdir.exists():
                         log.warning("quantfuse: cached CUDA build in %s is not usable (%s); rebuilding", bdir, why)
                     _module = _build(src, arch, generated, bdir, key)
+            _register_dispatch(_module)
         except Exception as e:  # noqa: BLE001 - any failure means "unavailable"
             _failed = f"{type(e).__name__}: {e}"
             log.warning("quantfuse CUDA backend unavailable: %s", _failed.splitlines()[0][:500])
             log.debug("full build error:\n%s", _failed)
     return _module
+
+
+DISPATCH_ENV = "QUANTFUSE_DISPATCH"
+
+
+def _register_dispatch(module: ModuleType) -> None:
+    """Make the extension the ops' CUDA kernel on the dispatcher (csrc/dispatch.cpp), so a
+    call on CUDA tensors launches from C++ with no Python; ``QUANTFUSE_DISPATCH=0`` keeps
+    the Python kernel for every call (to measure what the C++ path saves)."""
+    if os.environ.get(DISPATCH_ENV, "1") == "0":
+        return
+    from quantfuse.custom_ops import ops
+
+    names = [e.name for e in catalog.OPS.values() if e.activation.cuda]
+    module.register_ops(names, ops.fast_path_decision)
+    log.info("quantfuse: CUDA kernels registered on the dispatcher for %d ops", len(names))
+
+
+def dispatch_counts() -> dict[str, int]:
+    """Calls the C++ dispatcher path ran, by op (empty before the extension is loaded)."""
+    return {k: v for k, v in _module.dispatch_counts().items() if v} if _module is not None else {}
+
+
+def reset_dispatch(decisions: bool = False) -> None:
+    """Zero :func:`dispatch_counts`; ``decisions``: also forget the cached per-signature decisions."""
+    if _module is not None:
+        _module.reset_dispatch_counts()
+        if decisions:
+            _module.clear_dispatch_decisions()
 
 
 def is_available() -> bool:
@@ -308,6 +338,19 @@ def _fixed_args(plan) -> tuple:
             r.groups(plan.hidden) if r is not None else 0)
     _fixed[plan.key] = args
     return args
+
+
+def launch_args(plan, argument_names: list[str]) -> dict:
+    """The launch arguments of a supported plan for csrc/dispatch.cpp, which allocates the
+    outputs and launches from C++ (``argument_names``: the op schema's, for where up and
+    the static scale are)."""
+    act, scheme, layout, gs, ue8m0, rceil, swizzled, column, groups = _fixed.get(plan.key) or _fixed_args(plan)
+    r = plan.recipe
+    return dict(act=act, scheme=scheme, layout=layout, group_size=gs, groups=groups, hidden=plan.hidden,
+                q_width=plan.hidden if r is None else r.q_width(plan.hidden), use_ue8m0=ue8m0, rceil=rceil,
+                swizzled=swizzled, column_major=column,
+                up_index=argument_names.index("up") if "up" in argument_names else -1,
+                scale_index=argument_names.index("scale") if "scale" in argument_names else -1)
 
 
 def run(plan, outputs, x, up, scale) -> None:

@@ -67,6 +67,23 @@ def _make_impl(entry: OpEntry):
     return impl, fake
 
 
+def fast_path_decision(name: str, args: tuple, kwargs: dict) -> dict | None:
+    """What the C++ dispatcher path (csrc/dispatch.cpp) does with calls of this signature:
+    the CUDA backend's launch arguments when the oracle picks it, else None (the Python
+    kernel runs them). It plans exactly as the Python kernel does, so both agree; a bad call
+    raises here and the Python kernel raises the same error to the caller."""
+    entry = catalog.OPS[name]
+    x, rest = args[0], args[1:]
+    act_params = {p.name: kwargs[p.name] for p in entry.activation.params if p.name in kwargs}
+    plan = _plan(entry, x, rest, kwargs.get("up"), kwargs.get("interleaved", False), kwargs.get("recipe", ""),
+                 act_params, cached_plan)[0]
+    if oracle.backend_name(plan) != "cuda":
+        return None
+    from quantfuse.custom_ops import cuda_backend
+
+    return cuda_backend.launch_args(plan, [a.name for a in OPS[name].default._schema.arguments])
+
+
 #: the namespace's library; the ops are defined here rather than with ``torch.library.custom_op``,
 #: whose Python wrappers (autograd, ADInplaceOrView, backend dispatch) cost tens of µs per
 #: call on the host, more than the kernel at decode sizes; a plain CompositeExplicitAutograd
@@ -74,10 +91,16 @@ def _make_impl(entry: OpEntry):
 _LIB = torch.library.Library(catalog.NAMESPACE, "FRAGMENT")
 
 
+#: op name -> its Python kernel (the CompositeExplicitAutograd one; on CUDA tensors the C++
+#: dispatcher path of csrc/dispatch.cpp runs first and hands over to it), for tests and benchmarks
+PYTHON_KERNELS: dict[str, object] = {}
+
+
 def _register_all() -> dict[str, object]:
     ops = {}
     for entry in catalog.OPS.values():
         impl, fake = _make_impl(entry)
+        PYTHON_KERNELS[entry.name] = impl
         _LIB.define(entry.name + entry.schema)
         _LIB.impl(entry.name, impl, "CompositeExplicitAutograd")
         torch.library.register_fake(f"{catalog.NAMESPACE}::{entry.name}", fake, lib=_LIB)

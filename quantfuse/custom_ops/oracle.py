@@ -8,8 +8,9 @@ call, the oracle warns once and falls back instead of crashing.
 
 The choice depends only on the plan's key (:attr:`CallPlan.key`), so it is made once per
 key and cached: the per-call cost is one dict lookup. Each choice is logged once on the
-``quantfuse.backend`` logger and every call counted in :data:`calls`, which tests use to
-assert what ran.
+``quantfuse.backend`` logger. Calls that run in Python are counted in :data:`calls`; calls
+the CUDA extension runs from the dispatcher, in C++ (``cuda_backend.dispatch_counts``), are
+not; :func:`call_counts` adds both, which tests use to assert what ran.
 """
 
 from __future__ import annotations
@@ -111,9 +112,31 @@ def backend_name(plan: CallPlan) -> str:
     return _choice(plan)[0]
 
 
+def call_counts() -> collections.Counter:
+    """``(op, backend)`` -> calls, those of the C++ dispatcher path (as ``"cuda"``) included."""
+    total = calls.copy()
+    mod = _loaded.get(MODULES["cuda"])
+    if mod is not None:
+        for op, n in mod.dispatch_counts().items():
+            total[(op, "cuda")] += n
+    return total
+
+
+def reset_counts() -> None:
+    """Zero :func:`call_counts`."""
+    calls.clear()
+    mod = _loaded.get(MODULES["cuda"])
+    if mod is not None:
+        mod.reset_dispatch()
+
+
 def clear_cache() -> None:
-    """Forget the cached choices (tests that change availability or the environment)."""
+    """Forget the cached choices (tests that change availability or the environment),
+    the C++ dispatcher path's included."""
     _choices.clear()
+    mod = _loaded.get(MODULES["cuda"])
+    if mod is not None:
+        mod.reset_dispatch(decisions=True)
 
 
 @contextlib.contextmanager

@@ -41,6 +41,12 @@ def make(name: str, x: torch.Tensor, *params, up=None, interleaved=False, scale=
                            recipe=recipe)
 
 
+def runnable(mod, names) -> list[str]:
+    """The ops of ``names`` kernel family ``mod`` runs: the CUDA kernels only those whose
+    activation has a CUDA unit (catalog ``Activation.cuda``)."""
+    return [n for n in names if mod.NAME != "cuda" or catalog.OPS[n].activation.cuda]
+
+
 def call(mod, name: str, x: torch.Tensor, *params, up=None, interleaved=False, scale=None, recipe=""):
     """The op ``name``'s outputs from kernel family ``mod`` (asserting it supports the call)."""
     p = make(name, x, *params, up=up, interleaved=interleaved, scale=scale, recipe=recipe)

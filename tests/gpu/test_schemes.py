@@ -154,10 +154,10 @@ def _cases():
 @pytest.mark.parametrize("dtype,tokens,hidden", list(_cases()))
 def test_every_op_vs_reference(mod, dtype, tokens, hidden):
     torch.manual_seed(tokens * 7919 + hidden)
-    for act in catalog.ACTIVATIONS:
+    for act in kc.runnable(mod, catalog.ACTIVATIONS):
         x = make_input((tokens,), _width(act, hidden), dtype, specials=tokens >= 7)
         assert_same(f"{act} {dtype} {tuple(x.shape)}", kc.call(mod, act, x)[0], kc.activation(act, x))
-    for name in QUANT_OPS:
+    for name in kc.runnable(mod, QUANT_OPS):
         check_op(mod, name, make_input((tokens,), _width(name, hidden), dtype, specials=tokens >= 7))
 
 
@@ -171,7 +171,7 @@ def test_gated_layouts(mod, dtype, layout):
         kw = kc.layout_kwargs(layout, x, make_input((tokens,), hidden, dtype, specials=True))
         assert_same(f"silu_and_mul {layout.value}", kc.call(mod, "silu_and_mul", x, **kw)[0],
                     kc.activation("silu_and_mul", x, **kw))
-        for name in QUANT_OPS:
+        for name in kc.runnable(mod, QUANT_OPS):
             if catalog.OPS[name].activation.gated:
                 check_op(mod, name, x, **kw)
 
@@ -200,7 +200,7 @@ def test_swizzled_scales_with_padding(mod, dtype):
     1), several row blocks (T = 130, 301) and 3-D input, padding bytes zero, against the
     reference; the ops route there too."""
     for lead, h in (((5,), 160), ((130,), 96), ((301,), 32), ((3, 50), 224)):
-        for name in _mx_ops():
+        for name in kc.runnable(mod, _mx_ops()):
             x = make_input(lead, _width(name, h), dtype, specials=True)
             for params in (("rceil", True), ("floor", True)):
                 for what, a, b in zip("qs", kc.call(mod, name, x, *params), kc.reference(name, x, *params)):
@@ -221,7 +221,7 @@ def test_long_rows_and_3d_input(mod, dtype):
     and a 3-d input."""
     row_ops = [n for n in QUANT_OPS if catalog.OPS[n].scheme.base.grouping in
                (catalog.Grouping.PER_TOKEN, catalog.Grouping.PER_TENSOR)]
-    for name in row_ops:
+    for name in kc.runnable(mod, row_ops):
         for h in (4096, 14336, 18432):
             check_op(mod, name, make_input((5,), _width(name, h), dtype, specials=True))
         if catalog.OPS[name].activation.gated:
@@ -250,7 +250,7 @@ def test_cuda_vector_variants_agree(dtype):
     shape gives the reference's bits, for every per-group scheme and activation, MX scales
     in both layouts, gate and up as halves or two tensors."""
     tokens, hidden = 301, 1024
-    for name in QUANT_OPS:
+    for name in kc.runnable(cuda_backend, QUANT_OPS):
         e = catalog.OPS[name]
         if e.scheme.base.grouping not in (catalog.Grouping.PER_GROUP, catalog.Grouping.MX_BLOCK):
             continue
@@ -274,7 +274,7 @@ def test_cuda_token_variants_agree(dtype):
     (512 threads, or about 512 / k with the blocks_per_sm knob k) gives the reference's
     bits: rows of one warp (no barrier) and of several warps (shared-memory reduction)."""
     tokens = 301
-    for name in QUANT_OPS:
+    for name in kc.runnable(cuda_backend, QUANT_OPS):
         if catalog.OPS[name].scheme.base.grouping is not catalog.Grouping.PER_TOKEN:
             continue
         for hidden in (1024, 4096):
@@ -385,9 +385,9 @@ def test_ops_route_to_cuda_by_default():
     x = make_input((33,), 2048, torch.bfloat16, specials=True)
     for op, args in (("relu2_mxfp4_quant", ("rceil",)), ("relu2_per_token_quant_fp8", ()),
                      ("relu2_per_block_quant", (128,))):
-        before = oracle.calls[(op, "cuda")]
+        before = oracle.call_counts()[(op, "cuda")]
         getattr(torch.ops.quantfuse, op)(x, *args)
-        assert oracle.calls[(op, "cuda")] == before + 1, op
+        assert oracle.call_counts()[(op, "cuda")] == before + 1, op
 
 
 def test_ops_route_to_triton_schemes(monkeypatch):
@@ -397,9 +397,9 @@ def test_ops_route_to_triton_schemes(monkeypatch):
 
     monkeypatch.setenv("QUANTFUSE_BACKEND", "triton")
     x = make_input((33,), 2048, torch.bfloat16, specials=True)
-    before = oracle.calls[("relu2_mxfp4_quant", "triton")]
+    before = oracle.call_counts()[("relu2_mxfp4_quant", "triton")]
     q, s = torch.ops.quantfuse.relu2_mxfp4_quant(x, "floor")
-    assert oracle.calls[("relu2_mxfp4_quant", "triton")] == before + 1
+    assert oracle.call_counts()[("relu2_mxfp4_quant", "triton")] == before + 1
     rq, rs = ref.mxfp4_quant(ref.relu2(x), "floor")
     assert_same("op relu2_mxfp4_quant q", q, rq)
     assert_same("op relu2_mxfp4_quant s", s, rs)

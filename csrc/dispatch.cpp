@@ -1,0 +1,291 @@
+// The ops' CUDA kernels on the dispatcher: a call of torch.ops.quantfuse.<op> on CUDA tensors
+// runs here, in C++, with no Python on the way (docs/decisions/019-cuda-dispatch-key.md).
+//
+// Everything about a call but its token count is decided once, in Python, by the same code
+// as the Python kernel (ops.fast_path_decision: the call plan, the oracle's choice, the CUDA
+// backend's launch arguments), and cached here under the call's signature: the dtype,
+// device, contiguity, alignment and last dim of every tensor argument and the value of every
+// other argument. A call whose signature is cached as a CUDA launch allocates its outputs and
+// launches; any other call, or one whose launch checks fail, runs the op's Python kernel (its
+// CompositeExplicitAutograd kernel, reached through the CPU slot of the dispatch table, which
+// raises the proper error, or runs the Triton / torch backend).
+//
+// No exception leaves a function of this module with cleanups on its frame: the fast path
+// catches everything and reports "not done", and the redispatch to Python is made from a
+// frame holding no objects (docs/decisions/007-bindings-return-error-strings.md).
+#include <torch/extension.h>
+#include <torch/library.h>
+#include <torch/csrc/jit/python/pybind_utils.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "host_api.h"
+#include "quantfuse_catalog.h"
+#include "scale_layout.h"
+
+namespace quantfuse {
+namespace {
+
+// What Python decided for one call signature: launch on CUDA, with these arguments, or not.
+struct Launch {
+  bool cuda = false;
+  int64_t act = 0, scheme = 0, layout = 0, group_size = 0, groups = 0, hidden = 0, q_width = 0;
+  bool use_ue8m0 = false, rceil = false, swizzled = false, column_major = false;
+  int up_index = -1, scale_index = -1;  // argument positions (-1: none)
+};
+
+struct State {
+  std::mutex mutex;
+  std::unordered_map<std::string, Launch> launches;
+  std::vector<std::string> names;
+  std::unique_ptr<std::atomic<int64_t>[]> counts;
+  py::object* decide = nullptr;  // leaked on purpose: must outlive the interpreter's teardown
+  std::vector<std::unique_ptr<torch::Library>> libraries;
+};
+
+State& state() {
+  static State* s = new State();  // never destroyed, as the dispatcher may call in at exit
+  return *s;
+}
+
+template <typename T>
+void put(std::string& key, T v) {
+  key.append(reinterpret_cast<const char*>(&v), sizeof(v));
+}
+
+// The call's signature: everything the decision may depend on, tokens excepted.
+std::string signature(int64_t op, const c10::ArrayRef<c10::IValue>& args) {
+  std::string key;
+  key.reserve(96);
+  put(key, op);
+  for (const auto& a : args) {
+    if (a.isTensor()) {
+      const at::Tensor& t = a.toTensor();
+      key += 'T';
+      put(key, static_cast<int8_t>(t.scalar_type()));
+      put(key, static_cast<int8_t>(t.device().type()));
+      put(key, static_cast<int8_t>(t.device().index()));
+      put(key, static_cast<int8_t>(t.is_contiguous()));
+      put(key, static_cast<int8_t>(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0));
+      put(key, static_cast<int64_t>(t.dim()));
+      put(key, t.dim() > 0 ? t.size(-1) : int64_t(-1));
+      put(key, t.numel() == 1);
+    } else if (a.isNone()) {
+      key += 'N';
+    } else if (a.isBool()) {
+      key += a.toBool() ? 'y' : 'n';
+    } else if (a.isInt()) {
+      key += 'I';
+      put(key, a.toInt());
+    } else if (a.isDouble()) {
+      key += 'D';
+      put(key, a.toDouble());
+    } else if (a.isString()) {
+      const auto& s = a.toStringRef();
+      key += 'S';
+      put(key, s.size());
+      key += s;
+    } else {
+      key += '?';  // an argument kind the ops do not have: decided per call by Python
+      return {};
+    }
+  }
+  // QUANTFUSE_BACKEND is read at every call, as the oracle does
+  const char* env = std::getenv("QUANTFUSE_BACKEND");
+  key += '|';
+  if (env != nullptr) key += env;
+  return key;
+}
+
+// Ask Python (ops.fast_path_decision) what runs this call.
+Launch decide(int64_t op, const c10::OperatorHandle& handle, const c10::ArrayRef<c10::IValue>& args) {
+  Launch l;
+  py::gil_scoped_acquire gil;
+  try {
+    const auto& schema = handle.schema();
+    py::tuple positional(0);
+    std::vector<py::object> pos;
+    py::dict kwargs;
+    for (size_t i = 0; i < args.size(); ++i) {
+      py::object v = torch::jit::toPyObject(args[i]);
+      if (schema.arguments()[i].kwarg_only()) {
+        kwargs[py::str(schema.arguments()[i].name())] = v;
+      } else {
+        pos.push_back(v);
+      }
+    }
+    py::tuple t(pos.size());
+    for (size_t i = 0; i < pos.size(); ++i) t[i] = pos[i];
+    py::object r = (*state().decide)(state().names[op], t, kwargs);
+    if (r.is_none()) return l;
+    auto f = r.cast<py::dict>();
+    l.act = f["act"].cast<int64_t>();
+    l.scheme = f["scheme"].cast<int64_t>();
+    l.layout = f["layout"].cast<int64_t>();
+    l.group_size = f["group_size"].cast<int64_t>();
+    l.groups = f["groups"].cast<int64_t>();
+    l.hidden = f["hidden"].cast<int64_t>();
+    l.q_width = f["q_width"].cast<int64_t>();
+    l.use_ue8m0 = f["use_ue8m0"].cast<bool>();
+    l.rceil = f["rceil"].cast<bool>();
+    l.swizzled = f["swizzled"].cast<bool>();
+    l.column_major = f["column_major"].cast<bool>();
+    l.up_index = f["up_index"].cast<int>();
+    l.scale_index = f["scale_index"].cast<int>();
+    l.cuda = true;
+  } catch (...) {
+    PyErr_Clear();  // the Python kernel runs this call and raises the error itself
+    l.cuda = false;
+  }
+  return l;
+}
+
+std::optional<at::Tensor> optional_arg(const c10::ArrayRef<c10::IValue>& args, int i) {
+  if (i < 0 || args[i].isNone()) return std::nullopt;
+  return args[i].toTensor();
+}
+
+// Run the call on the CUDA kernels if its signature was decided so; false: not run.
+bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stack) {
+  try {
+    const size_t n = handle.schema().arguments().size();
+    const auto args = torch::jit::last(*stack, n);
+    const std::string key = signature(op, args);
+    if (key.empty()) return false;
+    State& st = state();
+    Launch l;
+    {
+      std::unique_lock<std::mutex> lock(st.mutex);
+      auto it = st.launches.find(key);
+      if (it != st.launches.end()) {
+        l = it->second;
+      } else {
+        lock.unlock();
+        l = decide(op, handle, args);
+        lock.lock();
+        st.launches.emplace(key, l);
+      }
+    }
+    if (!l.cuda) return false;
+    const at::Tensor& x = args[0].toTensor();
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
+    int64_t tokens = 1;
+    for (int64_t d : shape) tokens *= d;
+    std::vector<at::Tensor> outs;
+    if (l.scheme == kNoScheme) {
+      shape.push_back(l.hidden);
+      outs.push_back(at::empty(shape, x.options()));
+    } else {
+      const auto q_dtype = l.scheme == kMxfp4 ? at::kByte : at::kFloat8_e4m3fn;
+      std::vector<int64_t> q_shape = shape;
+      q_shape.push_back(l.q_width);
+      outs.push_back(at::empty(q_shape, x.options().dtype(q_dtype)));
+      if (l.scheme != kStatic) {
+        // plan.CallPlan._output_specs is the Python side (tests/gpu/test_dispatch.py compares them)
+        const auto s_dtype = (l.scheme == kMxfp8 || l.scheme == kMxfp4) ? at::kByte : at::kFloat;
+        const auto s_options = x.options().dtype(s_dtype);
+        if (l.swizzled) {
+          outs.push_back(at::empty({swizzled_rows(tokens), swizzled_cols(l.groups)}, s_options));
+        } else {
+          std::vector<int64_t> s_shape = shape;
+          s_shape.push_back(l.groups);
+          if (l.column_major) {  // a [..., G] view of contiguous [G, ...] storage
+            std::vector<int64_t> strides(s_shape.size());
+            int64_t step = 1;
+            for (int64_t i = int64_t(shape.size()) - 1; i >= 0; --i) {
+              strides[i] = step;
+              step *= shape[i];
+            }
+            strides.back() = tokens;
+            outs.push_back(at::empty_strided(s_shape, strides, s_options));
+          } else {
+            outs.push_back(at::empty(s_shape, s_options));
+          }
+        }
+      }
+    }
+    int64_t st_t = l.groups, st_g = 1;
+    if (l.column_major) {
+      st_t = 1;
+      st_g = tokens;
+    } else if (l.swizzled) {
+      st_t = st_g = 0;
+    }
+    std::optional<at::Tensor> s = outs.size() > 1 ? std::optional<at::Tensor>(outs[1]) : std::nullopt;
+    const std::string err =
+        act_quant_checked(l.act, l.scheme, l.layout, outs[0], s, x, optional_arg(args, l.up_index),
+                          optional_arg(args, l.scale_index), l.group_size, l.use_ue8m0, l.rceil, st_t, st_g,
+                          l.swizzled);
+    if (!err.empty()) return false;
+    torch::jit::drop(*stack, n);
+    for (auto& o : outs) torch::jit::push(*stack, std::move(o));
+    st.counts[op].fetch_add(1, std::memory_order_relaxed);
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+struct OpKernel : c10::OperatorKernel {
+  explicit OpKernel(int64_t op) : op(op) {}
+  void operator()(const c10::OperatorHandle& handle, c10::DispatchKeySet, torch::jit::Stack* stack) {
+    if (!fast(op, handle, stack)) handle.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), stack);
+  }
+  int64_t op;
+};
+
+void register_ops(const std::vector<std::string>& names, py::object decide_fn) {
+  State& st = state();
+  std::lock_guard<std::mutex> lock(st.mutex);
+  if (!st.libraries.empty()) return;  // once per process
+  st.names = names;
+  st.counts.reset(new std::atomic<int64_t>[names.size()]);
+  for (size_t i = 0; i < names.size(); ++i) st.counts[i] = 0;
+  st.decide = new py::object(std::move(decide_fn));
+  auto lib = std::make_unique<torch::Library>(torch::Library::IMPL, "quantfuse", c10::DispatchKey::CUDA,
+                                              __FILE__, __LINE__);
+  for (size_t i = 0; i < names.size(); ++i) {
+    lib->impl(names[i].c_str(), torch::CppFunction::makeFromBoxedFunctor(std::make_unique<OpKernel>(int64_t(i))));
+  }
+  st.libraries.push_back(std::move(lib));
+}
+
+py::dict counts() {
+  State& st = state();
+  py::dict d;
+  for (size_t i = 0; i < st.names.size(); ++i) d[py::str(st.names[i])] = st.counts[i].load();
+  return d;
+}
+
+void reset_counts() {
+  State& st = state();
+  for (size_t i = 0; i < st.names.size(); ++i) st.counts[i] = 0;
+}
+
+void clear_decisions() {
+  State& st = state();
+  std::lock_guard<std::mutex> lock(st.mutex);
+  st.launches.clear();
+}
+
+}  // namespace
+
+void bind_dispatch(pybind11::module_& m) {
+  m.def("register_ops", &register_ops,
+        "Register this module's kernel as the CUDA kernel of the named quantfuse ops (once per "
+        "process); decide(op, args, kwargs) -> dict of launch arguments or None, called once per "
+        "call signature",
+        py::arg("names"), py::arg("decide"));
+  m.def("dispatch_counts", &counts, "Calls run by the CUDA kernels on the dispatcher, by op");
+  m.def("reset_dispatch_counts", &reset_counts, "Zero dispatch_counts()");
+  m.def("clear_dispatch_decisions", &clear_decisions, "Forget the cached decisions (oracle.clear_cache)");
+}
+
+}  // namespace quantfuse

@@ -1,0 +1,22 @@
+// The host-side entry points shared by the translation units of the extension (ATen types):
+// the checked launch of bindings.cpp and the dispatcher registration of dispatch.cpp.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <optional>
+#include <string>
+
+namespace quantfuse {
+
+// Check every argument, then launch act(x) -> scheme into q (and s). Returns "" or the
+// message of the first failed check; never throws (docs/decisions/007-bindings-return-error-strings.md).
+std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, std::optional<at::Tensor> s,
+                              at::Tensor x, std::optional<at::Tensor> up, std::optional<at::Tensor> scale,
+                              int64_t group_size, bool use_ue8m0, bool rceil, int64_t s_stride_t, int64_t s_stride_g,
+                              bool swizzled, int64_t vectors = 0, int64_t blocks_per_sm = 0);
+
+// Add the dispatcher functions of dispatch.cpp to the module.
+void bind_dispatch(pybind11::module_& m);
+
+}  // namespace quantfuse

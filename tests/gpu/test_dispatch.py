@@ -1,0 +1,102 @@
+"""The C++ dispatcher path (csrc/dispatch.cpp): calls on CUDA tensors launch from C++ with
+the launch arguments Python decided once per call signature. Its outputs must be the
+Python kernel's, bit for bit and in shape, strides and dtype (the C++ side restates
+CallPlan._output_specs), and every call it does not take must reach the Python kernel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+from quantfuse import catalog  # noqa: E402
+from quantfuse.custom_ops import cuda_backend, oracle, ops  # noqa: E402
+
+if torch.cuda.is_available() and not cuda_backend.is_available():
+    pytestmark = pytest.mark.skip(reason=f"CUDA extension unavailable: {cuda_backend.unavailable_reason()}")
+
+#: per scheme: argument sets covering every scale layout
+SCHEME_ARGS = {"fp8_per_group": [(128,), (64, True), (128, False, True)], "fp8_per_token": [()],
+               "fp8_static": ["scale"], "mxfp8": [("floor",), ("rceil", True)], "mxfp4": [("floor",), ("rceil", True)]}
+LEADS = [(0,), (1,), (37,), (2, 129)]
+DISPATCHED = [e for e in catalog.OPS.values() if e.activation.cuda]
+
+
+def _calls(entry, lead, dtype, gen):
+    width = 512 * (2 if entry.activation.gated else 1)
+    x = (torch.randn(*lead, width, device="cuda", generator=gen) * 3).to(dtype)
+    if entry.scheme is None:
+        yield x, ()
+        return
+    for args in SCHEME_ARGS[entry.scheme.key]:
+        if args == "scale":
+            args = (torch.rand(1, device="cuda", generator=gen) + 0.01,)
+        yield x, args
+
+
+def _same(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    assert (a.shape, a.stride(), a.dtype) == (b.shape, b.stride(), b.dtype), what
+    # bitwise: NaN payloads and the sign of zero count
+    if a.numel():
+        assert torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)), what
+
+
+@pytest.mark.parametrize("entry", DISPATCHED, ids=lambda e: e.name)
+def test_dispatcher_path_equals_the_python_kernel(entry):
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    op, python = ops.OPS[entry.name], ops.PYTHON_KERNELS[entry.name]
+    for dtype in catalog.INPUT_DTYPES:
+        for lead in LEADS:
+            for x, args in _calls(entry, lead, dtype, gen):
+                op(x, *args)  # first call of a signature: decided in Python
+                oracle.reset_counts()
+                got = op(x, *args)
+                assert cuda_backend.dispatch_counts() == {entry.name: 1}, (entry.name, lead, dtype, args)
+                want = python(x, *args)
+                got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+                for i, (g, w) in enumerate(zip(got, want)):
+                    _same(g, w, f"{entry.name}{lead} {dtype} {args} output {i}")
+
+
+def test_calls_it_does_not_take_reach_the_python_kernel(monkeypatch):
+    x = torch.randn(16, 1024, device="cuda", dtype=torch.bfloat16)
+    op = ops.OPS["silu_and_mul_per_block_quant"]
+    op(x, 128)
+    # a bad call: the Python kernel's error, through the C++ kernel, and the process goes on
+    with pytest.raises(ValueError, match="not divisible by group_size 128"):
+        op(torch.randn(16, 2 * 320, device="cuda", dtype=torch.bfloat16), 128)
+    with pytest.raises(ValueError, match="must be contiguous"):
+        op(x.t().contiguous().t(), 128)
+    # another backend forced: Python runs it
+    monkeypatch.setenv(oracle.BACKEND_ENV, "torch")
+    oracle.reset_counts()
+    op(x, 128)
+    assert oracle.call_counts() == {("silu_and_mul_per_block_quant", "torch"): 1}
+    monkeypatch.delenv(oracle.BACKEND_ENV)
+    oracle.reset_counts()
+    op(x, 128)
+    assert oracle.call_counts() == {("silu_and_mul_per_block_quant", "cuda"): 1}
+    assert cuda_backend.dispatch_counts() == {"silu_and_mul_per_block_quant": 1}
+
+
+def test_ops_without_cuda_kernels_are_not_on_the_dispatcher():
+    names = {e.name for e in catalog.OPS.values() if not e.activation.cuda}
+    for name in names:
+        entry = catalog.OPS[name]
+        x = torch.randn(8, 512, device="cuda", dtype=torch.bfloat16)
+        args = next(_calls(entry, (8,), torch.bfloat16, torch.Generator(device="cuda").manual_seed(1)))[1]
+        oracle.reset_counts()
+        ops.OPS[name](x, *args)
+        assert cuda_backend.dispatch_counts() == {}, name
+        assert sum(oracle.call_counts().values()) == 1, name
+
+
+def test_clear_cache_forgets_the_decisions():
+    x = torch.randn(4, 1024, device="cuda", dtype=torch.float16)
+    op = ops.OPS["silu_and_mul_per_token_quant_fp8"]
+    op(x)
+    oracle.clear_cache()
+    oracle.reset_counts()
+    op(x)  # decided again in Python, then run from C++
+    assert oracle.call_counts() == {("silu_and_mul_per_token_quant_fp8", "cuda"): 1}
