@@ -210,7 +210,13 @@ def run_info() -> dict:
         except OSError:
             commit = ""
     props = torch.cuda.get_device_properties(0)
-    return dict(date=datetime.date.today().isoformat(), device=props.name, sm=f"{props.major}{props.minor}",
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", "-i", "0"],
+                                capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        driver = ""
+    return dict(date=datetime.date.today().isoformat(), device=props.name, driver=driver,
+                sm=f"{props.major}{props.minor}",
                 sms=props.multi_processor_count, l2_bytes=getattr(props, "L2_cache_size", None),
                 torch=torch.__version__, cuda=torch.version.cuda, commit=commit,
                 command=" ".join(sys.argv))
