@@ -81,7 +81,7 @@ class _ReportRecorder:
         xv = params.x.meta["val"]
         self.report.rewrites.append(make_rewrite(
             pattern=spec.name, activation=spec.activation, scheme=spec.scheme,
-            fused_op=f"quantfuse.{qops.fused_op_name(spec.activation, spec.scheme)}",
+            fused_op=f"quantfuse.{spec.fused_op}",
             source=site.source_line(params.activation, *match.nodes),
             input_shape=tuple(xv.shape), input_dtype=str(xv.dtype).replace("torch.", ""),
             params=dict(params.params)))
