@@ -248,14 +248,15 @@ def check_expert_offsets(op: str, expert_offsets: torch.Tensor, blockscale_offse
     if eo[0] != 0 or eo[-1] != tokens:
         _fail(op, ValueError, f"expert_offsets must run from 0 to the token count {tokens}, "
                               f"got {eo[0]} ... {eo[-1]}")
+    for e, (a, b) in enumerate(zip(eo, eo[1:])):
+        if b < a:
+            _fail(op, ValueError, f"expert_offsets must be non-decreasing: expert {e} has [{a}, {b})")
+    for e, row in enumerate(bo):
+        if row < 0 or row % tile:
+            _fail(op, ValueError, f"blockscale_offsets[{e}] = {row} is not a non-negative multiple of {tile} "
+                                  "(each expert's scales start a swizzle tile)")
     for e in range(len(eo) - 1):
         n = eo[e + 1] - eo[e]
-        if n < 0:
-            _fail(op, ValueError, f"expert_offsets must be non-decreasing: expert {e} has "
-                                  f"[{eo[e]}, {eo[e + 1]})")
-        if bo[e] < 0 or bo[e] % tile:
-            _fail(op, ValueError, f"blockscale_offsets[{e}] = {bo[e]} is not a non-negative multiple of {tile} "
-                                  "(each expert's scales start a swizzle tile)")
         end = bo[e] + -(-n // tile) * tile
         if end > bo[e + 1]:
             _fail(op, ValueError, f"blockscale_offsets: expert {e}'s {n} rows padded to {end - bo[e]} from row "
