@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
-from quantfuse.custom_ops import ops as qops
 from quantfuse.custom_ops import oracle
 from quantfuse.passes import debug
 from quantfuse.passes.config import FusionConfig
