@@ -392,15 +392,14 @@ class Scheme:
     #: tensor inputs after ``x`` (static per-tensor: the scale)
     tensor_inputs: tuple[str, ...]
     doc: str
+    #: the experts variant's op (vLLM's name; fused: ``{activation}_{experts_name}``), for MX
+    #: schemes: tokens sorted by expert, scales swizzled per expert (:data:`EXPERTS_TENSORS`)
+    experts_name: str | None = None
 
     @property
     def returns_scale(self) -> bool:
         """Dynamic schemes return ``(q, s)``; a static scheme returns ``q`` (its scale is an input)."""
         return not self.base.static
-
-    @property
-    def params_schema(self) -> str:
-        return ", ".join([f"Tensor {t}" for t in self.tensor_inputs] + [p.schema for p in self.params])
 
     @property
     def required_params(self) -> int:
@@ -470,14 +469,28 @@ MXFP8 = Scheme(
     key="mxfp8", cname="kMxfp8", unfused_name="mxfp8_quant", fused_suffix="mxfp8_quant",
     base=Recipe(E4M3, Grouping.MX_BLOCK, group_size=MX_BLOCK), params=_MX_PARAMS, tensor_inputs=(),
     doc="OCP MXFP8 (E4M3, block 32, E8M0 scale bytes) -> (q, uint8 scales [..., H/32])",
+    experts_name="mxfp8_experts_quant",
 )
 MXFP4 = Scheme(
     key="mxfp4", cname="kMxfp4", unfused_name="mxfp4_quant", fused_suffix="mxfp4_quant",
     base=Recipe(E2M1, Grouping.MX_BLOCK, group_size=MX_BLOCK), params=_MX_PARAMS, tensor_inputs=(),
     doc="OCP MXFP4 (E2M1 packed low nibble first, block 32, E8M0 scale bytes) "
         "-> (q uint8 [..., H/2], uint8 scales [..., H/32])",
+    experts_name="mxfp4_experts_quant",
 )
 SCHEMES = {s.key: s for s in (FP8_PER_GROUP, FP8_PER_TOKEN, FP8_STATIC, MXFP8, MXFP4)}
+
+#: the experts ops' tensor inputs after ``x`` (vLLM's ``mxfp4_experts_quant``, vllm/_custom_ops.py):
+#: int32 / int64 ``[num_experts + 1]`` token boundaries of the experts (tokens sorted by expert:
+#: expert e owns rows ``expert_offsets[e]:expert_offsets[e + 1]``), and the first scale row of
+#: each expert (a multiple of the swizzle tile's rows; the caller computes both)
+EXPERTS_TENSORS = ("expert_offsets", "blockscale_offsets")
+#: the experts ops' parameters before the scheme's: vLLM's ``n_experts`` (named as our brief's
+#: ``num_experts``) and ``topk``, which vLLM uses to size its fixed scale buffer only
+EXPERTS_PARAMS = (OpParam("int num_experts", example=2), OpParam("int topk", example=1))
+#: the schemes with an experts variant, and the experts ops' scale layout (always swizzled)
+EXPERTS_SCHEMES = tuple(s for s in SCHEMES.values() if s.experts_name)
+EXPERTS_SCALE_LAYOUT = ScaleLayout.SWIZZLED
 
 
 # --- op entries --------------------------------------------------------------------------
@@ -499,13 +512,50 @@ class OpEntry:
     name: str
     activation: Activation  # IDENTITY for the unfused quant ops
     scheme: Scheme | None   # None for the activation ops
+    #: the experts variant of an MX scheme (tokens sorted by expert, per-expert swizzled scales)
+    experts: bool = False
+
+    @property
+    def tensor_inputs(self) -> tuple[str, ...]:
+        """Tensor inputs after ``x``: the scheme's, or the experts ops' :data:`EXPERTS_TENSORS`."""
+        if self.scheme is None:
+            return ()
+        return EXPERTS_TENSORS if self.experts else self.scheme.tensor_inputs
+
+    @property
+    def params(self) -> tuple[OpParam, ...]:
+        """The non-tensor parameters: the scheme's, or for the experts ops :data:`EXPERTS_PARAMS`
+        and the scheme's except the scale layout (always :data:`EXPERTS_SCALE_LAYOUT`)."""
+        if self.scheme is None:
+            return ()
+        if self.experts:
+            return EXPERTS_PARAMS + tuple(p for p in self.scheme.params if p.field != "scale_layout")
+        return self.scheme.params
+
+    @property
+    def base(self) -> Recipe:
+        """The scheme's recipe with every op parameter at its default (:attr:`Scheme.base`; the
+        experts ops' scales in :data:`EXPERTS_SCALE_LAYOUT`)."""
+        base = self.scheme.base
+        return dataclasses.replace(base, scale_layout=EXPERTS_SCALE_LAYOUT) if self.experts else base
+
+    def recipe(self, *args, **kwargs) -> Recipe:
+        """The recipe of one call from its non-tensor parameters (:meth:`Scheme.recipe`)."""
+        if not self.experts:
+            return self.scheme.recipe(*args, **kwargs)
+        values = dict(zip((p.name for p in self.params), args))
+        values.update(kwargs)
+        own = {p.name for p in self.scheme.params}
+        r = self.scheme.recipe(**{k: v for k, v in values.items() if k in own})
+        return dataclasses.replace(r, scale_layout=EXPERTS_SCALE_LAYOUT)
 
     @property
     def schema(self) -> str:
         """The op's torch schema (without the name)."""
         args = ["Tensor x"]
-        if self.scheme is not None and self.scheme.params_schema:
-            args.append(self.scheme.params_schema)
+        params = [f"Tensor {t}" for t in self.tensor_inputs] + [p.schema for p in self.params]
+        if params:
+            args.append(", ".join(params))
         keyword = []
         if self.activation.gated:
             args.append(GATED_UP_SCHEMA)
@@ -526,13 +576,21 @@ class OpEntry:
     def doc(self) -> str:
         if self.scheme is None:
             return self.activation.doc
+        doc = self.scheme.doc
+        if self.experts:
+            doc = (f"{doc}, for tokens sorted by expert (expert_offsets [E + 1]): each expert's scales "
+                   f"in the 128x4 swizzled layout from row blockscale_offsets[e], its padding zero")
         if not self.fused:
-            return self.scheme.doc
-        return f"fused {self.activation.name} -> {self.scheme.unfused_name}: {self.scheme.doc}"
+            return doc
+        quant = self.scheme.experts_name if self.experts else self.scheme.unfused_name
+        return f"fused {self.activation.name} -> {quant}: {doc}"
 
 
-def fused_op_name(activation: str, scheme: str) -> str:
-    """Name (without namespace) of the fused op for an activation and scheme key."""
+def fused_op_name(activation: str, scheme: str, experts: bool = False) -> str:
+    """Name (without namespace) of the fused op for an activation and scheme key (``experts``:
+    of the scheme's experts variant, ``{activation}_{experts_name}``)."""
+    if experts:
+        return f"{activation}_{SCHEMES[scheme].experts_name}"
     return f"{activation}_{SCHEMES[scheme].fused_suffix}"
 
 
@@ -541,6 +599,9 @@ def _entries() -> dict[str, OpEntry]:
     entries += [OpEntry(s.unfused_name, IDENTITY, s) for s in SCHEMES.values()]
     entries += [OpEntry(fused_op_name(a.name, s.key), a, s)
                 for s, a in itertools.product(SCHEMES.values(), ACTIVATIONS.values())]
+    entries += [OpEntry(s.experts_name, IDENTITY, s, experts=True) for s in EXPERTS_SCHEMES]
+    entries += [OpEntry(fused_op_name(a.name, s.key, experts=True), a, s, experts=True)
+                for s, a in itertools.product(EXPERTS_SCHEMES, ACTIVATIONS.values())]
     return {e.name: e for e in entries}
 
 
@@ -549,6 +610,8 @@ OPS: dict[str, OpEntry] = _entries()
 
 #: every (activation, scheme) pair with a fused op
 PAIRS = tuple((a, s) for a in ACTIVATIONS for s in SCHEMES)
+#: the (activation, scheme) pairs with a fused experts op (each scheme with an ``experts_name``)
+EXPERTS_PAIRS = tuple((a, s.key) for a in ACTIVATIONS for s in EXPERTS_SCHEMES)
 
 
 # --- codes shared with the kernels ---------------------------------------------------------

@@ -115,3 +115,25 @@ def layout_inputs(make, entry, layout, lead, h, dtype):
     if layout is Layout.SEPARATE:
         return make(lead, h, dtype), make(lead, h, dtype, specials=False), False
     return make(lead, 2 * h, dtype), None, layout is Layout.INTERLEAVED
+
+
+def emulate_interpreted_kernels() -> None:
+    """Make the torch reference compute, on the CPU, what the Triton kernels compute under the
+    interpreter (tests/test_triton_interpret.py's module doc): numpy's fp32 ``exp`` (the
+    interpreter's ``tl.exp``) for torch's, ``amax / qmax`` as a multiply by the fp32 reciprocal
+    (torch on CUDA), and sigmoid as ``1 / (1 + exp(-z))`` (torch's CUDA formula)."""
+    import numpy as np
+
+    from quantfuse.custom_ops import reference
+
+    exp = torch.exp
+
+    def numpy_exp(t, *a, **k):
+        if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.device.type == "cpu" and not a and not k:
+            with np.errstate(over="ignore", under="ignore"):
+                return torch.from_numpy(np.exp(t.numpy()))
+        return exp(t, *a, **k)
+
+    torch.exp = numpy_exp
+    reference.div_scalar = lambda t, qmax: t * torch.full_like(t, 1.0 / qmax)
+    reference.sigmoid = lambda t: 1.0 / (1.0 + torch.exp(-t))

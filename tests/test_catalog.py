@@ -30,7 +30,8 @@ def test_every_catalog_entry_is_a_registered_op_with_its_schema():
     for name, entry in catalog.OPS.items():
         schema = getattr(qf, name).default._schema
         assert str(schema) == f"{catalog.NAMESPACE}::{name}{entry.schema}"
-    assert len(catalog.OPS) == len(catalog.ACTIVATIONS) + len(catalog.SCHEMES) * (1 + len(catalog.ACTIVATIONS))
+    assert len(catalog.OPS) == len(catalog.ACTIVATIONS) + (len(catalog.SCHEMES) + len(catalog.EXPERTS_SCHEMES)) * (
+        1 + len(catalog.ACTIVATIONS))
 
 
 def _all_16bit(dtype):

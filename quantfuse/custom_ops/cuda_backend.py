@@ -302,6 +302,8 @@ def _reason(plan) -> str | None:
         return f"dtype {plan.dtype} has no kernels"
     if not plan.activation.cuda:
         return f"activation {plan.activation.name} has no CUDA unit (catalog: Activation.cuda)"
+    if plan.entry.experts:
+        return "the experts ops (per-expert swizzled scales) have no CUDA kernel: Triton runs them"
     if not plan.aligned:
         return "input not 16-byte aligned"
     why = plan.kernel_reason()

@@ -13,7 +13,7 @@ import torch
 from quantfuse import catalog
 from quantfuse.catalog import OpEntry
 from quantfuse.custom_ops import oracle, reference
-from quantfuse.custom_ops.plan import CallPlan, cached_plan, make_plan
+from quantfuse.custom_ops.plan import CallPlan, cached_plan, check_expert_offsets, make_plan
 
 #: the catalog's tables, re-exported for the passes and the patterns
 ACTIVATIONS = catalog.ACTIVATIONS
@@ -21,18 +21,24 @@ SCHEMES = catalog.SCHEMES
 fused_op_name = catalog.fused_op_name
 
 def run_reference(plan: CallPlan, x, up=None, interleaved: bool = False, scale=None):
-    """The torch backend: the reference maths of one planned call, in the op's output form."""
+    """The torch backend: the reference maths of one planned call, in the op's output form
+    (``scale``: the static scale, or the experts ops' ``(expert_offsets, blockscale_offsets)``)."""
     y = reference.activate(plan.activation.name, x, up, interleaved, **plan.act_kwargs)
-    return y if plan.recipe is None else reference.quantize(y, plan.recipe, scale)
+    if plan.recipe is None:
+        return y
+    if plan.entry.experts:
+        return reference.experts_quantize(y, *scale, plan.recipe, plan.scale_shape()[0])
+    return reference.quantize(y, plan.recipe, scale)
 
 
 def _split(entry: OpEntry, args: tuple, up):
-    """(scale tensor or None, non-tensor scheme parameters, up) of a call's positional args
-    (``up`` follows the scheme's parameters; torch.library passes it positionally)."""
-    scale = None
-    if entry.scheme is not None and entry.scheme.tensor_inputs:
-        scale, args = args[0], args[1:]
-    n = len(entry.scheme.params) if entry.scheme is not None else 0
+    """(tensor inputs after x, non-tensor parameters, up) of a call's positional args (``up``
+    follows the parameters; torch.library passes it positionally). The tensor inputs are the
+    static scale (or None), or the experts ops' ``(expert_offsets, blockscale_offsets)``."""
+    n_tensors = len(entry.tensor_inputs)
+    tensors, args = args[:n_tensors], args[n_tensors:]
+    scale = tensors if entry.experts else (tensors[0] if tensors else None)
+    n = len(entry.params)
     if entry.activation.gated and len(args) > n:
         up, args = args[n], args[:n]
     return scale, args, up
@@ -45,6 +51,12 @@ def _plan(entry: OpEntry, x, args, up, interleaved, recipe, act_params, make=mak
                 act_params=act_params), scale, up
 
 
+def _capturing(x: torch.Tensor) -> bool:
+    # the offsets' values are read on the host (one sync): not while a CUDA graph is captured,
+    # where a copy to the host is an error (warm-up runs before a capture are eager, and checked)
+    return x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def _single(outs: tuple):
     return outs[0] if len(outs) == 1 else outs
 
@@ -53,6 +65,8 @@ def _make_impl(entry: OpEntry):
     # act_params: the activation's keyword parameters (catalog Activation.params), by name
     def impl(x, *args, up=None, interleaved=False, recipe="", **act_params):
         plan, scale, up = _plan(entry, x, args, up, interleaved, recipe, act_params, cached_plan)
+        if entry.experts and not _capturing(x):
+            check_expert_offsets(entry.name, *scale, plan.tokens, plan.scale_shape()[0])
         mod = oracle.choose(plan)
         if mod is None:
             return run_reference(plan, x, up, interleaved, scale)

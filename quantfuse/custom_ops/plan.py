@@ -14,7 +14,8 @@ A backend module exposes:
   else a short reason (logged once); it depends only on ``plan.key``;
 * ``run(plan, outputs, x, up, scale) -> None``: writes the outputs
   (:meth:`CallPlan.empty_outputs`); ``up`` is the SEPARATE layout's second tensor,
-  ``scale`` the static scheme's scale tensor (else None).
+  ``scale`` the static scheme's scale tensor, or for the experts ops the pair
+  ``(expert_offsets, blockscale_offsets)`` (checked by :func:`check_expert_offsets`), else None.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class CallPlan:
     aligned: bool
     #: the activation's parameter values, in ``Activation.params`` order (GPT-OSS's alpha, limit)
     act_params: tuple[float, ...] = ()
+    #: the experts ops' expert count (0 for every other op)
+    num_experts: int = 0
 
     @property
     def activation(self) -> Activation:
@@ -67,17 +70,16 @@ class CallPlan:
     def key(self) -> tuple:
         """What a backend's :func:`supports` answer may depend on: everything but the token count."""
         return (self.entry.name, self.recipe, self.layout.value, self.dtype, self.device_type, self.hidden,
-                self.aligned, self.act_params)
+                self.aligned, self.act_params, self.num_experts)
 
     def kernel_reason(self) -> str | None:
         """None when the recipe is one the kernels implement (the scheme's, for any op
         parameters), else which recipe field they do not (a reason for the oracle)."""
         if self.recipe is None:
             return None
-        scheme = self.entry.scheme
         kernel_values = {p.field: {p.convert(v) if p.convert else v for v in p.kernel_values}
-                         for p in scheme.params if p.field}
-        expected = dataclasses.replace(scheme.base, **{f: getattr(self.recipe, f) for f in kernel_values})
+                         for p in self.entry.params if p.field}
+        expected = dataclasses.replace(self.entry.base, **{f: getattr(self.recipe, f) for f in kernel_values})
         diff = expected.differences(self.recipe)
         if diff:
             return "recipe " + ", ".join(f"{k}={_show(v)}" for k, (_, v) in diff.items()) + " is not a kernel recipe"
@@ -91,6 +93,8 @@ class CallPlan:
         """Shape of the scale output (dynamic schemes)."""
         r = self.recipe
         groups = r.groups(self.hidden)
+        if self.entry.experts:
+            return experts_scale_shape(self.tokens, groups, self.num_experts)
         if r.scale_layout is ScaleLayout.SWIZZLED:
             return swizzled_scale_shape(self.tokens, groups)
         return (*self.lead, groups)
@@ -140,6 +144,25 @@ def swizzled_scale_shape(tokens, groups) -> tuple:
     return (-(-tokens // rows) * rows, -(-groups // cols) * cols)
 
 
+def experts_scale_rows(tokens, num_experts):
+    """Scale rows of an experts op: room for every expert's rows padded to a multiple of 128
+    (:data:`catalog.SWIZZLE_ROWS`), whatever the split of ``tokens`` over ``num_experts``.
+
+    An expert with n > 0 tokens takes ceil(n / 128) tiles, at most n + 127 rows, and at most
+    min(E, T) experts have tokens, so the tiles fit in ``floor((T + 127 min(E, T)) / 128)``
+    (a multiple of 128 rows; one tile for a decode step's single token). The scale buffer's
+    shape must not depend on the offsets' values (the fake impl has none), and vLLM's fixed
+    ``MAX_TOKENS_PER_EXPERT * topk`` rows would be megabytes of zeros to write each step."""
+    rows = catalog.SWIZZLE_ROWS
+    busy = torch.sym_min(tokens, num_experts) if isinstance(tokens, torch.SymInt) else min(tokens, num_experts)
+    return (tokens + (rows - 1) * busy) // rows * rows
+
+
+def experts_scale_shape(tokens, groups, num_experts) -> tuple:
+    """Shape of an experts op's scales: :func:`experts_scale_rows` by the groups padded to 4."""
+    return (experts_scale_rows(tokens, num_experts), swizzled_scale_shape(0, groups)[1])
+
+
 def _fail(op: str, exc, msg: str):
     raise exc(f"quantfuse.{op}: {msg}")
 
@@ -184,14 +207,75 @@ def _act_params(op: str, act: Activation, given: dict | None) -> tuple[float, ..
     return tuple(values)
 
 
+_OFFSET_DTYPES = (torch.int32, torch.int64)
+
+
+def _check_experts(op: str, x, offsets, params: tuple, kwargs: dict | None) -> int:
+    """The experts ops' shapes and dtypes (values: :func:`check_expert_offsets`); the expert count."""
+    if x.dim() != 2:
+        _fail(op, ValueError, f"x must be 2-d [tokens sorted by expert, hidden], got shape {tuple(x.shape)}")
+    values = dict(zip([p.name for p in catalog.EXPERTS_PARAMS], params))
+    values.update({k: v for k, v in (kwargs or {}).items() if k in values})
+    for name in ("num_experts", "topk"):
+        v = values.get(name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            _fail(op, ValueError, f"{name} must be a positive int, got {v!r}")
+    e = values["num_experts"]
+    if not isinstance(offsets, tuple) or len(offsets) != len(catalog.EXPERTS_TENSORS):
+        _fail(op, TypeError, f"expected the tensors {', '.join(catalog.EXPERTS_TENSORS)}")
+    for name, t in zip(catalog.EXPERTS_TENSORS, offsets):
+        if not isinstance(t, torch.Tensor):
+            _fail(op, TypeError, f"{name} must be a tensor, got {type(t).__name__}")
+        if t.dtype not in _OFFSET_DTYPES:
+            _fail(op, TypeError, f"{name} has dtype {t.dtype}; expected int32 or int64")
+        if tuple(t.shape) != (e + 1,):
+            _fail(op, ValueError, f"{name} has shape {tuple(t.shape)}; expected [num_experts + 1] = [{e + 1}] "
+                                  "(vLLM's boundaries: expert e owns [offsets[e], offsets[e + 1]))")
+        if t.device != x.device:
+            _fail(op, ValueError, f"{name} is on {t.device}, x on {x.device}")
+        if not t.is_contiguous():
+            _fail(op, ValueError, f"{name} must be contiguous")
+    return e
+
+
+def check_expert_offsets(op: str, expert_offsets: torch.Tensor, blockscale_offsets: torch.Tensor,
+                         tokens: int, scale_rows: int) -> None:
+    """The offsets' values (one device-to-host copy): expert_offsets from 0, non-decreasing, to
+    ``tokens``; blockscale_offsets non-decreasing multiples of 128, each expert's padded rows
+    before the next expert's first row and inside the ``scale_rows`` of the output."""
+    tile = catalog.SWIZZLE_ROWS
+    eo, bo = torch.stack([expert_offsets.long(), blockscale_offsets.long()]).cpu().tolist()
+    if eo[0] != 0 or eo[-1] != tokens:
+        _fail(op, ValueError, f"expert_offsets must run from 0 to the token count {tokens}, "
+                              f"got {eo[0]} ... {eo[-1]}")
+    for e, (a, b) in enumerate(zip(eo, eo[1:])):
+        if b < a:
+            _fail(op, ValueError, f"expert_offsets must be non-decreasing: expert {e} has [{a}, {b})")
+    for e, row in enumerate(bo):
+        if row < 0 or row % tile:
+            _fail(op, ValueError, f"blockscale_offsets[{e}] = {row} is not a non-negative multiple of {tile} "
+                                  "(each expert's scales start a swizzle tile)")
+    for e in range(len(eo) - 1):
+        n = eo[e + 1] - eo[e]
+        end = bo[e] + -(-n // tile) * tile
+        if end > bo[e + 1]:
+            _fail(op, ValueError, f"blockscale_offsets: expert {e}'s {n} rows padded to {end - bo[e]} from row "
+                                  f"{bo[e]} overlap the next expert's, which starts at {bo[e + 1]}")
+    if bo[-1] > scale_rows:
+        _fail(op, ValueError, f"blockscale_offsets end at row {bo[-1]}, beyond the {scale_rows} scale rows of "
+                              f"{tokens} tokens (quantfuse.custom_ops.plan.experts_scale_rows)")
+
+
 def make_plan(entry: OpEntry, x, params: tuple = (), kwargs: dict | None = None, *, up=None,
               interleaved: bool = False, scale=None, recipe: str = "", act_params: dict | None = None) -> CallPlan:
     """Validate one call and return its plan; TypeError / ValueError name the problem.
 
-    ``params`` and ``kwargs`` are the scheme's parameters (``group_size`` ...), ``up`` /
-    ``interleaved`` the gated layouts, ``scale`` the static scheme's scale, ``recipe``
-    the override of :data:`catalog.RECIPE_SCHEMA`, ``act_params`` the activation's
-    parameters by name (``Activation.params``; missing ones take their defaults).
+    ``params`` and ``kwargs`` are the op's non-tensor parameters (``group_size`` ...; the
+    experts ops': ``num_experts, topk, scale_rounding``), ``up`` / ``interleaved`` the gated
+    layouts, ``scale`` the static scheme's scale or the experts ops' ``(expert_offsets,
+    blockscale_offsets)``, ``recipe`` the override of :data:`catalog.RECIPE_SCHEMA`,
+    ``act_params`` the activation's parameters by name (``Activation.params``; missing ones
+    take their defaults).
     """
     op = entry.name
     check_tensor(op, "x", x)
@@ -213,10 +297,10 @@ def make_plan(entry: OpEntry, x, params: tuple = (), kwargs: dict | None = None,
     else:
         layout, hidden = Layout.HALVES, width
     r = None
+    experts = _check_experts(op, x, scale, params, kwargs) if entry.experts else 0
     if entry.scheme is not None:
-        scheme = entry.scheme
         try:
-            r = scheme.recipe(*params, **(kwargs or {})).with_spec(recipe)
+            r = entry.recipe(*params, **(kwargs or {})).with_spec(recipe)
         except ValueError as e:
             _fail(op, ValueError, str(e))
         if r.grouping in (catalog.Grouping.PER_GROUP, catalog.Grouping.MX_BLOCK) and hidden % r.group_size:
@@ -231,7 +315,8 @@ def make_plan(entry: OpEntry, x, params: tuple = (), kwargs: dict | None = None,
             if scale.device != x.device:
                 _fail(op, ValueError, f"scale is on {scale.device}, x on {x.device}")
     return CallPlan(entry=entry, recipe=r, layout=layout, dtype=x.dtype, device_type=x.device.type,
-                    lead=tuple(x.shape[:-1]), hidden=hidden, aligned=_aligned(x, up), act_params=act_values)
+                    lead=tuple(x.shape[:-1]), hidden=hidden, aligned=_aligned(x, up), act_params=act_values,
+                    num_experts=experts)
 
 
 #: the plans of real (not fake) calls, by everything make_plan reads: a repeated call
@@ -251,7 +336,12 @@ def cached_plan(entry: OpEntry, x, params: tuple = (), *, up=None, interleaved: 
     if not isinstance(x, torch.Tensor) or (up is not None and not isinstance(up, torch.Tensor)):
         return make_plan(entry, x, params, up=up, interleaved=interleaved, scale=scale, recipe=recipe,
                          act_params=act_params)
-    scale_sig = (scale.dtype, scale.numel(), scale.device) if isinstance(scale, torch.Tensor) else type(scale)
+    if isinstance(scale, tuple):  # the experts ops' offsets
+        scale_sig = tuple(_signature(t) if isinstance(t, torch.Tensor) else type(t) for t in scale)
+    elif isinstance(scale, torch.Tensor):
+        scale_sig = (scale.dtype, scale.numel(), scale.device)
+    else:
+        scale_sig = type(scale)
     key = (entry.name, _signature(x), params, _signature(up), interleaved, scale_sig, recipe,
            tuple(sorted(act_params.items())) if act_params else ())
     plan = _PLANS.get(key)

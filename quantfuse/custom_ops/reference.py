@@ -313,3 +313,48 @@ def _mx_quantize(y: torch.Tensor, r: Recipe):
     swizzled = r.scale_layout is ScaleLayout.SWIZZLED
     fn = mxfp8_quant if r.element is catalog.E4M3 else mxfp4_quant
     return fn(y, r.mx_rounding.value, swizzled)
+
+
+def experts_quantize(y: torch.Tensor, expert_offsets: torch.Tensor, blockscale_offsets: torch.Tensor, r: Recipe,
+                     scale_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The experts ops (vLLM's ``mxfp4_experts_quant``): ``y [T, H]`` holds the tokens sorted by
+    expert, expert e the rows ``expert_offsets[e]:expert_offsets[e + 1]``. Each expert's rows are
+    quantised with the MX recipe ``r`` and their scales, swizzled (:func:`swizzle_128x4`: padded
+    to 128 rows and 4 columns with zero bytes), placed from row ``blockscale_offsets[e]`` of a
+    zero ``[scale_rows, G_pad]`` buffer, where vLLM's kernel puts them
+    (csrc/quantization/fp4/mxfp4_experts_quant.cu: ``SFout + blockscale_offsets[e] * numKTiles``
+    words, the expert's own row index inside). Returns ``(q [T, q_width], scales)``."""
+    eo = expert_offsets.tolist()
+    bo = blockscale_offsets.tolist()
+    q = torch.empty((y.shape[0], r.q_width(y.shape[-1])), dtype=r.element.dtype, device=y.device)
+    gp = -(-r.groups(y.shape[-1]) // catalog.SWIZZLE_COLS) * catalog.SWIZZLE_COLS
+    s = torch.zeros((scale_rows, gp), dtype=torch.uint8, device=y.device)
+    for e in range(len(eo) - 1):
+        qe, se = _mx_quantize(y[eo[e]:eo[e + 1]], r)
+        q[eo[e]:eo[e + 1]] = qe
+        s[bo[e]:bo[e] + se.shape[0]] = se
+    return q, s
+
+
+def _experts_op(x, expert_offsets, blockscale_offsets, num_experts, topk, scale_rounding, scheme):
+    from quantfuse.custom_ops import plan  # the plan module imports this one
+
+    entry = catalog.OPS[scheme.experts_name]
+    p = plan.make_plan(entry, x, (num_experts, topk, scale_rounding), scale=(expert_offsets, blockscale_offsets))
+    rows = p.scale_shape()[0]
+    plan.check_expert_offsets(entry.name, expert_offsets, blockscale_offsets, p.tokens, rows)
+    return experts_quantize(x, expert_offsets, blockscale_offsets, p.recipe, rows)
+
+
+def mxfp8_experts_quant(x: torch.Tensor, expert_offsets: torch.Tensor, blockscale_offsets: torch.Tensor,
+                        num_experts: int, topk: int, scale_rounding: str = "rceil") -> tuple[torch.Tensor, torch.Tensor]:
+    """MXFP8 of tokens sorted by expert with per-expert swizzled scales (:func:`experts_quantize`),
+    the arguments checked as the op checks them."""
+    return _experts_op(x, expert_offsets, blockscale_offsets, num_experts, topk, scale_rounding, catalog.MXFP8)
+
+
+def mxfp4_experts_quant(x: torch.Tensor, expert_offsets: torch.Tensor, blockscale_offsets: torch.Tensor,
+                        num_experts: int, topk: int, scale_rounding: str = "rceil") -> tuple[torch.Tensor, torch.Tensor]:
+    """MXFP4 of tokens sorted by expert with per-expert swizzled scales (:func:`experts_quantize`),
+    the arguments checked as the op checks them (vLLM's ``mxfp4_experts_quant``)."""
+    return _experts_op(x, expert_offsets, blockscale_offsets, num_experts, topk, scale_rounding, catalog.MXFP4)

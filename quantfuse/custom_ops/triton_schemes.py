@@ -424,7 +424,29 @@ def _kernels():
         gmask = gi < total_groups
         t = (gi // groups_per_row).to(tl.int64)
         g = (gi % groups_per_row).to(tl.int64)
-        col = tl.arange(0, GS)
+        if SCHEME == _S_GROUP:
+            col = tl.arange(0, GS)
+            xrow, urow = _bases(t, H, GATED, LAYOUT)
+            m = gmask[:, None]
+            qbase = t * H + g * GS
+            y = _activation(x_ptr, u_ptr, (xrow + g * GS)[:, None] + col[None, :],
+                            (urow + g * GS)[:, None] + col[None, :], m,
+                            alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
+            scale = _fp8_scale(tl.max(_abs_bits(y), axis=1), UE8M0)
+            v = _clamp_fp8(_div_by_scale(y, scale, UE8M0, False, INTERP))
+            _store_fp8(q_ptr, qbase[:, None] + col[None, :], v, m, SOFT)
+            tl.store(s_ptr + t * s_st + g * s_sg, scale, mask=gmask)
+        else:
+            e, bad = _mx_groups(x_ptr, u_ptr, q_ptr, t, g, gmask, H, alpha, limit, ACT, GATED, LAYOUT, SCHEME,
+                                KIND, SILU_ROUNDED, GS, RCEIL, SOFT, INTERP)
+            _store_mx_scale(s_ptr, t, g, e, bad, s_st, s_sg, gmask, SWIZZLED)
+
+    @triton.jit
+    def _mx_groups(x_ptr, u_ptr, q_ptr, t, g, gmask, H, alpha, limit, ACT: tl.constexpr, GATED: tl.constexpr,
+                   LAYOUT: tl.constexpr, SCHEME: tl.constexpr, KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr,
+                   GS: tl.constexpr, RCEIL: tl.constexpr, SOFT: tl.constexpr, INTERP: tl.constexpr):
+        # the MX blocks (token t, group g) of a tile, gmask the real ones: q stored; returns
+        # each block's exponent and whether it holds inf / NaN
         xrow, urow = _bases(t, H, GATED, LAYOUT)
         xb = xrow + g * GS
         ub = urow + g * GS
@@ -443,24 +465,49 @@ def _kernels():
             f = ((127 - e) << 23).to(tl.float32, bitcast=True)[:, None]  # 2**-e (e <= 126 here)
             packed = (_e2m1_code(ylo * f, bad) | (_e2m1_code(yhi * f, bad) << 4)).to(tl.uint8)
             tl.store(q_ptr + (qbase // 2)[:, None] + pc[None, :], packed, mask=m)
-            _store_mx_scale(s_ptr, t, g, e, bad, s_st, s_sg, gmask, SWIZZLED)
         else:
+            col = tl.arange(0, GS)
             y = _activation(x_ptr, u_ptr, xb[:, None] + col[None, :], ub[:, None] + col[None, :], m,
                             alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
             amax_bits = tl.max(_abs_bits(y), axis=1)
-            if SCHEME == _S_GROUP:
-                scale = _fp8_scale(amax_bits, UE8M0)
-                v = _clamp_fp8(_div_by_scale(y, scale, UE8M0, False, INTERP))
-                _store_fp8(q_ptr, qbase[:, None] + col[None, :], v, m, SOFT)
-                tl.store(s_ptr + t * s_st + g * s_sg, scale, mask=gmask)
-            else:
-                e, bad = _mx_exponent(amax_bits, _FP8_EMAX, _FP8_INV, RCEIL)
-                f = ((127 - e) << 23).to(tl.float32, bitcast=True)  # 2**-e (e <= 126 here)
-                v = y * f[:, None]
-                nan = (amax_bits * 0 + 0x7FC00000).to(tl.float32, bitcast=True)
-                v = tl.where(bad[:, None], nan[:, None], _clamp_fp8(v))
-                _store_fp8(q_ptr, qbase[:, None] + col[None, :], v, m, SOFT)
-                _store_mx_scale(s_ptr, t, g, e, bad, s_st, s_sg, gmask, SWIZZLED)
+            e, bad = _mx_exponent(amax_bits, _FP8_EMAX, _FP8_INV, RCEIL)
+            f = ((127 - e) << 23).to(tl.float32, bitcast=True)  # 2**-e (e <= 126 here)
+            v = y * f[:, None]
+            nan = (amax_bits * 0 + 0x7FC00000).to(tl.float32, bitcast=True)
+            v = tl.where(bad[:, None], nan[:, None], _clamp_fp8(v))
+            _store_fp8(q_ptr, qbase[:, None] + col[None, :], v, m, SOFT)
+        return e, bad
+
+    @triton.jit(do_not_specialize=["num_experts", "groups_per_row", "padded_groups"])
+    def _experts_kernel(x_ptr, u_ptr, q_ptr, s_ptr, eo_ptr, bo_ptr, num_experts, groups_per_row, padded_groups,
+                        s_st, H, alpha, limit, ACT: tl.constexpr, GATED: tl.constexpr, LAYOUT: tl.constexpr,
+                        SCHEME: tl.constexpr, KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr, GS: tl.constexpr,
+                        ROWS: tl.constexpr, GC: tl.constexpr, E_POW2: tl.constexpr, RCEIL: tl.constexpr,
+                        SOFT: tl.constexpr, INTERP: tl.constexpr):
+        # MX scales of tokens sorted by expert, in the 128x4 swizzled layout per expert: a
+        # program owns ROWS scale rows (inside one 128-row tile, as ROWS divides 128) by GC
+        # group columns, and writes every byte of it: the scales of its expert's tokens, zero
+        # for the padding rows and columns and for rows of no expert, so the buffer needs no
+        # zeroing pass. Its expert is the last one whose first scale row (blockscale_offsets,
+        # checked on the host: multiples of 128, each expert's padded rows before the next's)
+        # is not after the tile's
+        sr0 = tl.program_id(0) * ROWS
+        ex = tl.arange(0, E_POW2)
+        starts = tl.load(bo_ptr + ex, mask=ex < num_experts, other=0).to(tl.int64)
+        owner = tl.sum(((starts <= sr0) & (ex < num_experts)).to(tl.int32), axis=0) - 1
+        e = tl.maximum(owner, 0)
+        first = tl.load(eo_ptr + e).to(tl.int64)
+        count = tl.where(owner >= 0, tl.load(eo_ptr + e + 1).to(tl.int64) - first, 0)
+        i = tl.arange(0, ROWS * GC)
+        r = i // GC
+        g = tl.program_id(1) * GC + i % GC
+        local = sr0 + r - tl.load(bo_ptr + e).to(tl.int64)  # the row inside the expert
+        real = (local < count) & (g < groups_per_row)
+        t = tl.where(real, first + local, 0)
+        ex8, bad = _mx_groups(x_ptr, u_ptr, q_ptr, t, g, real, H, alpha, limit, ACT, GATED, LAYOUT, SCHEME, KIND,
+                              SILU_ROUNDED, GS, RCEIL, SOFT, INTERP)
+        sb = tl.where(real, _mx_scale_byte(ex8, bad), 0).to(tl.uint8)
+        tl.store(s_ptr + _swizzled_offset(sr0 + r, g, s_st), sb, mask=g < padded_groups)
 
     @triton.jit
     def _mx_exponent(amax_bits, EMAX: tl.constexpr, INV: tl.constexpr, RCEIL: tl.constexpr):
@@ -492,13 +539,21 @@ def _kernels():
         return tl.where(bad[:, None], 0, c)
 
     @triton.jit
+    def _mx_scale_byte(e, bad):
+        return tl.where(bad, _E8M0_NAN, e + _E8M0_BIAS).to(tl.uint8)
+
+    @triton.jit
+    def _swizzled_offset(t, g, s_st):
+        # byte of scale (row t, group g) in the 128x4 tiled layout, s_st bytes a 128-row block
+        return (t >> 7) * s_st + (g >> 2) * 512 + (t & 31) * 16 + ((t >> 5) & 3) * 4 + (g & 3)
+
+    @triton.jit
     def _store_mx_scale(s_ptr, t, g, e, bad, s_st, s_sg, gmask, SWIZZLED: tl.constexpr):
-        sb = tl.where(bad, _E8M0_NAN, e + _E8M0_BIAS).to(tl.uint8)
         if SWIZZLED:
-            so = (t >> 7) * s_st + (g >> 2) * 512 + (t & 31) * 16 + ((t >> 5) & 3) * 4 + (g & 3)
+            so = _swizzled_offset(t, g, s_st)
         else:
             so = t * s_st + g * s_sg
-        tl.store(s_ptr + so, sb, mask=gmask)
+        tl.store(s_ptr + so, _mx_scale_byte(e, bad), mask=gmask)
 
     # the interpreter re-executes kernel source against the module globals (closures are
     # lost), so every jit function is published there too
@@ -506,8 +561,9 @@ def _kernels():
         _load_f32, _unpack_pairs, _bases, _bf16_rne_bits, _round_to_input, _activation, _pair_activation, _act,
         _swiglu_oai,
         _abs_bits, _fp8_scale, _e4m3_bits, _div_by_scale, _div_static, _mx_exponent, _e2m1_code,
-        _store_mx_scale, _store_fp8, _clamp_fp8, _store_act, _row_kernel, _group_kernel)})
-    return {"row": _row_kernel, "group": _group_kernel}
+        _store_mx_scale, _store_fp8, _clamp_fp8, _store_act, _row_kernel, _group_kernel, _mx_groups,
+        _mx_scale_byte, _swizzled_offset, _experts_kernel)})
+    return {"row": _row_kernel, "group": _group_kernel, "experts": _experts_kernel}
 
 
 def is_available() -> bool:
@@ -652,6 +708,9 @@ def _launcher(plan):
     column_major = r.scale_layout is ScaleLayout.COLUMN_MAJOR
     padded_groups = -(-groups // catalog.SWIZZLE_COLS) * catalog.SWIZZLE_COLS
     block_g = _TILE // gs
+    if plan.entry.experts:
+        return _experts_launcher(plan, k["experts"], inputs, out_view, groups, padded_groups, block_g, consts,
+                                 alpha, limit)
     group_kernel = k["group"]
     flags = dict(GS=gs, BLOCK_G=block_g, UE8M0=r.ue8m0 is Ue8m0.EXACT, RCEIL=r.mx_rounding is catalog.MxRounding.RCEIL,
                  SWIZZLED=swizzled, num_warps=4)
@@ -675,4 +734,28 @@ def _launcher(plan):
             st, sg = groups, 1
         group_kernel[(-(-total // block_g),)](xk, uk, q, s, total, groups, hidden, st, sg, alpha, limit,
                                               **flags, **consts)
+    return launch
+
+
+def _experts_launcher(plan, kernel, inputs, out_view, groups, padded_groups, block_g, consts, alpha, limit):
+    """The launch closure of an experts op: a program per (scale-row tile, group-column tile)
+    of the whole scale buffer (``_experts_kernel``)."""
+    r = plan.recipe
+    gc = min(block_g, 1 << max(0, padded_groups - 1).bit_length())  # group columns a program
+    rows = block_g // gc  # scale rows a program: divides the 128 of a swizzle tile
+    assert catalog.SWIZZLE_ROWS % rows == 0
+    e_pow2 = 1 << max(0, plan.num_experts - 1).bit_length()
+    flags = dict(GS=r.group_size, ROWS=rows, GC=gc, E_POW2=e_pow2, RCEIL=r.mx_rounding is catalog.MxRounding.RCEIL,
+                 num_warps=4)
+    col_tiles = -(-padded_groups // gc)
+    s_st = catalog.SWIZZLE_ROWS * padded_groups
+
+    def launch(tokens, outputs, x, up, offsets):
+        s = outputs[1]
+        if s.shape[0] == 0:
+            return
+        xk, uk = inputs(x, up)
+        q = outputs[0] if out_view is None else outputs[0].view(out_view)
+        kernel[(s.shape[0] // rows, col_tiles)](xk, uk, q, s, offsets[0], offsets[1], plan.num_experts, groups,
+                                                padded_groups, s_st, plan.hidden, alpha, limit, **flags, **consts)
     return launch

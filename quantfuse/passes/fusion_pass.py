@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
-from quantfuse.custom_ops import ops as qops
 from quantfuse.custom_ops import oracle
 from quantfuse.passes import debug
 from quantfuse.passes.config import FusionConfig
@@ -81,7 +80,7 @@ class _ReportRecorder:
         xv = params.x.meta["val"]
         self.report.rewrites.append(make_rewrite(
             pattern=spec.name, activation=spec.activation, scheme=spec.scheme,
-            fused_op=f"quantfuse.{qops.fused_op_name(spec.activation, spec.scheme)}",
+            fused_op=f"quantfuse.{spec.fused_op}",
             source=site.source_line(params.activation, *match.nodes),
             input_shape=tuple(xv.shape), input_dtype=str(xv.dtype).replace("torch.", ""),
             params=dict(params.params)))

@@ -47,6 +47,7 @@ from torch._inductor.pattern_matcher import (
 from torch.fx import Node
 from torch.utils._pytree import tree_leaves
 
+from quantfuse import catalog
 from quantfuse.custom_ops import ops as qops
 from quantfuse.passes import profitability
 from quantfuse.patterns import native, scale_layout, site
@@ -74,12 +75,24 @@ class PatternSpec:
     scheme: str
     spelling: str  # the scheme spelling (native) or "" (op form)
     build: Callable[[], tuple[torch.fx.GraphModule, list[str]]]  # traced graph, node parts
+    #: the scheme's experts variant (op form: the activation op, then ``{scheme}_experts_quant``)
+    experts: bool = False
+
+    @property
+    def fused_op(self) -> str:
+        """Name (without namespace) of the op the site is rewritten to."""
+        return qops.fused_op_name(self.activation, self.scheme, self.experts)
+
+    @property
+    def tensor_inputs(self) -> tuple[str, ...]:
+        """The search graph's inputs besides ``x`` (the experts ops' offsets)."""
+        return catalog.OPS[self.fused_op].tensor_inputs
 
 
 # --- tracing and joining ---------------------------------------------------------------
 
-def _trace(fn: Callable, example: torch.Tensor) -> torch.fx.GraphModule:
-    gm = fwd_only(fn, [example])
+def _trace(fn: Callable, example: torch.Tensor, *more: torch.Tensor) -> torch.fx.GraphModule:
+    gm = fwd_only(fn, [example, *more])
     view_to_reshape(gm)
     return gm
 
@@ -187,27 +200,44 @@ def widen(pattern: PatternExpr) -> PatternExpr:
 
 # --- the pattern table -----------------------------------------------------------------
 
-def _op_graph(activation: str, scheme: str, n_params: int):
+def _op_graph(activation: str, quant_name: str, n_params: int):
     act_op = getattr(torch.ops.quantfuse, activation)
-    quant = qops.SCHEMES[scheme]
-    quant_op = getattr(torch.ops.quantfuse, quant.unfused_name)
-    params = quant.example_params[:n_params]
-    gm = _trace(lambda x: quant_op(act_op(x), *params), _example_input(activation, torch.bfloat16))
+    entry = catalog.OPS[quant_name]
+    quant_op = getattr(torch.ops.quantfuse, quant_name)
+    params = tuple(p.example for p in entry.params[:n_params])
+    x = _example_input(activation, torch.bfloat16)
+    offsets = []
+    if entry.experts:
+        # the offsets are graph inputs of the pattern, like x; the trace runs the op, so they
+        # are valid ones: every token in expert 0, whose scales take the first tile
+        experts = params[0]
+        offsets = [torch.tensor([0] + [end] * experts, dtype=torch.int32)
+                   for end in (x.shape[0], catalog.SWIZZLE_ROWS)]
+    gm = _trace(lambda x, *t: quant_op(act_op(x), *t, *params), x, *offsets)
     calls = [n for n in gm.graph.nodes if n.op == "call_function"]
     return gm, ["activation"] + ["scheme"] * (len(calls) - 1)
 
 
+def _op_specs(activation: str, scheme: str, quant_name: str, experts: bool) -> list[PatternSpec]:
+    entry = catalog.OPS[quant_name]
+    required = sum(not p.has_default for p in entry.params)
+    return [PatternSpec(f"op:{activation}+{quant_name}/{n}args", "op", activation, scheme, "",
+                        functools.partial(_op_graph, activation, quant_name, n), experts)
+            for n in range(required, len(entry.params) + 1)]
+
+
 def pattern_specs(activation: str, scheme: str) -> list[PatternSpec]:
-    """Every search graph for one (activation, scheme) pair, op form first.
+    """Every search graph for one (activation, scheme) pair, op form first (the scheme's
+    experts variant, where it has one, after the plain op: op form only).
 
     A scheme with tensor inputs (static FP8's scale) has no patterns yet: its sites are
     found by the recogniser (docs/catalog.md)."""
     quant = qops.SCHEMES[scheme]
     if quant.tensor_inputs:
         return []
-    specs = [PatternSpec(f"op:{activation}+{quant.unfused_name}/{n}args", "op", activation, scheme, "",
-                         functools.partial(_op_graph, activation, scheme, n))
-             for n in range(quant.required_params, len(quant.example_params) + 1)]
+    specs = _op_specs(activation, scheme, quant.unfused_name, False)
+    if quant.experts_name:
+        specs += _op_specs(activation, scheme, quant.experts_name, True)
     # an activation without native spellings here (GPT-OSS's swigluoai_and_mul: its native form
     # is the recogniser's) has op-form patterns only
     for act_spelling, scheme_spelling, width in itertools.product(
@@ -233,18 +263,20 @@ _recorder: list[Recorder] = [Recorder()]
 
 
 def _fused_op(spec: PatternSpec):
-    return getattr(torch.ops.quantfuse, qops.fused_op_name(spec.activation, spec.scheme)).default
+    return getattr(torch.ops.quantfuse, spec.fused_op).default
 
 
 def _replace_traced(spec: PatternSpec, params: site.SiteParams, match: Match) -> None:
     """Replace by tracing (handles symbolic shapes; ~10 ms a site)."""
     fused, kwargs = _fused_op(spec), dict(params.params)
     shapes = [tuple(n.meta["val"].shape) for n in match.output_nodes()]
+    names = list(params.inputs)
 
-    def outputs(x):
+    def outputs(x, *tensors):
         # the fused op's outputs in the shapes the model's own graph had (grouped, keep-dim)
-        return tuple(t.reshape(shape) for t, shape in zip(fused(x, **kwargs), shapes))
-    match.replace_by_example(outputs, [params.x])
+        outs = fused(x, **kwargs, **dict(zip(names, tensors)))
+        return tuple(t.reshape(shape) for t, shape in zip(outs, shapes))
+    match.replace_by_example(outputs, [params.x, *params.inputs.values()])
 
 
 def _replace_static(spec: PatternSpec, params: site.SiteParams, match: Match) -> None:
@@ -252,9 +284,9 @@ def _replace_static(spec: PatternSpec, params: site.SiteParams, match: Match) ->
     graph, fused, kwargs = match.graph, _fused_op(spec), dict(params.params)
     x_val = params.x.meta["val"]
     with x_val.fake_mode:
-        vals = fused(x_val, **kwargs)
+        vals = fused(x_val, **kwargs, **{k: n.meta["val"] for k, n in params.inputs.items()})
     with graph.inserting_before(min(match.nodes)):
-        call = graph.call_function(fused, (params.x,), kwargs)
+        call = graph.call_function(fused, (params.x,), {**kwargs, **params.inputs})
         call.meta.update(val=vals, stack_trace=params.activation.meta.get("stack_trace"))
         new = []
         for i, (old, val) in enumerate(zip(match.output_nodes(), vals)):
@@ -277,7 +309,7 @@ def _static(match: Match) -> bool:
 
 def _register(spec: PatternSpec, config, pm_pass: PatternMatcherPass) -> None:
     gm, parts = spec.build()
-    pattern = fx_to_pattern(gm, ignore_types=_IGNORED, argnames=["x"])
+    pattern = fx_to_pattern(gm, ignore_types=_IGNORED, argnames=["x", *spec.tensor_inputs])
     traced_of = _pair(pattern, gm)
     part_of = {n: part for n, part in zip([n for n in gm.graph.nodes if n.op == "call_function"], parts)}
     widen(pattern)

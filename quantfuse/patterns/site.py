@@ -49,6 +49,8 @@ class SiteParams:
     activation: Node
     #: keyword arguments of the fused op besides x
     params: dict[str, Any]
+    #: tensor arguments besides x (the experts ops' offsets), by name: graph nodes
+    inputs: dict[str, Node] = dataclasses.field(default_factory=dict)
 
 
 def _f32(v: float) -> float:
@@ -272,9 +274,10 @@ def read(spec, match, traced: dict[Node, Node], part_of: dict[Node, str], config
         (quant,) = [n for n in scheme_nodes if n.target is not operator.getitem]
         # a recipe override travels to the fused op; the default ("") is left out of the report
         params = {k: v for k, v in bind_args(quant).items() if k != "x" and not (k == "recipe" and not v)}
+        inputs = {k: params.pop(k) for k in list(params) if isinstance(params[k], Node)}
         _check_op_params(spec.scheme, params, config)
         params.update(_activation_op_params(act_nodes))
-        return SiteParams(x, y, params), {y: "activation output"}
+        return SiteParams(x, y, params, inputs), {y: "activation output"}
     yv = _val(y)
     _require(yv.dtype == xv.dtype, f"activation is computed in {yv.dtype} from {xv.dtype} input; "
              "the fused op rounds it to the input dtype")
