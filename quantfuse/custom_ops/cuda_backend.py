@@ -258,7 +258,7 @@ def _register_dispatch(module: ModuleType) -> None:
         return
     from quantfuse.custom_ops import ops
 
-    names = [e.name for e in catalog.OPS.values() if e.activation.cuda]
+    names = [e.name for e in catalog.OPS.values() if e.activation.cuda and not e.experts]
     module.register_ops(names, ops.fast_path_decision)
     log.info("quantfuse: CUDA kernels registered on the dispatcher for %d ops", len(names))
 
