@@ -45,6 +45,30 @@ def post_grad_graph(fn, *args) -> torch.fx.GraphModule:
     return capture.graphs[0]
 
 
+def post_grad_graph_and_inputs(model, *args) -> tuple[torch.fx.GraphModule, list[torch.Tensor]]:
+    """The post-grad graph of ``model(*args)`` and the tensors it is called with (the model's
+    parameters and buffers lifted to inputs, in the graph's order), so that it can be run."""
+    from torch._inductor.compile_fx import compile_fx
+
+    capture, inputs = _Capture(), []
+
+    def backend(gm, example_inputs):
+        inputs[:] = example_inputs
+        return compile_fx(gm, example_inputs, config_patches={"post_grad_custom_post_pass": capture,
+                                                               "fx_graph_cache": False})
+    torch._dynamo.reset()
+    try:
+        torch.compile(model, backend=backend, dynamic=False)(*args)
+    except Exception as e:  # Dynamo wraps the backend's exception
+        if not capture.graphs:
+            raise
+        assert isinstance(e, _Captured) or isinstance(e.__cause__, _Captured) or "_Captured" in repr(e), e
+    finally:
+        torch._dynamo.reset()
+    assert len(capture.graphs) == 1, f"expected one graph, got {len(capture.graphs)}"
+    return capture.graphs[0], inputs
+
+
 def count_targets(gm: torch.fx.GraphModule, *names: str) -> int:
     """Number of call_function nodes whose target's name contains any of ``names``."""
     return sum(1 for n in gm.graph.nodes if n.op == "call_function" and any(s in str(n.target) for s in names))
