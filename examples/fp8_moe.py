@@ -84,6 +84,24 @@ def dequantize_weights(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     return w.to(torch.bfloat16)
 
 
+def quant_fp8(y: torch.Tensor, scales: str = "token", ue8m0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic FP8 of ``y`` (bf16 ``[..., K]``): one scale per token (``[..., 1]``) or per 1x128
+    group (``[..., K/128]``; ``ue8m0`` rounds it up to a power of two), as the model writes it."""
+    yf = y.float() if scales == "token" else y.float().unflatten(-1, (-1, BLOCK))
+    s = yf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-10) / FP8_MAX
+    if ue8m0:
+        s = torch.exp2(torch.ceil(torch.log2(s)))
+    q = (yf / s).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    if scales == "token":
+        return q, s
+    return q.flatten(-2), s.squeeze(-1)
+
+
+def dequant(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``q * s`` in bf16, for a per-token (``[..., 1]``) or per-128-group (``[..., K/128]``) scale."""
+    return (q.float() * (s if s.shape[-1] == 1 else s.repeat_interleave(BLOCK, -1))).to(torch.bfloat16)
+
+
 def scaled_grouped_mm_supported(device: torch.device) -> bool:
     """Whether this torch / GPU runs ``torch._scaled_grouped_mm`` with row-wise FP8 scales (sm90+)."""
     if device.type != "cuda" or not hasattr(torch, "_scaled_grouped_mm"):
@@ -136,15 +154,7 @@ class FP8MoE(torch.nn.Module):
                 self.register_buffer(f"w_{name}_ref", dequantize_weights(q, s))
 
     def quant(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dynamic FP8 of ``y`` (bf16 ``[S, K]``): per token (scale ``[S, 1]``) or per 1x128 group."""
-        yf = y.float() if self.scales == "token" else y.float().unflatten(-1, (-1, BLOCK))
-        s = yf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-10) / FP8_MAX
-        if self.ue8m0:
-            s = torch.exp2(torch.ceil(torch.log2(s)))
-        q = (yf / s).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-        if self.scales == "token":
-            return q, s
-        return q.flatten(-2), s.squeeze(-1)
+        return quant_fp8(y, self.scales, self.ue8m0)
 
     def grouped_gemm(self, q: torch.Tensor, s: torch.Tensor, name: str, offs: torch.Tensor) -> torch.Tensor:
         """``[S, K]`` FP8 rows (sorted by expert, expert ``e`` ending at ``offs[e]``) times the
@@ -153,14 +163,17 @@ class FP8MoE(torch.nn.Module):
             w, w_s = getattr(self, f"w_{name}"), getattr(self, f"w_{name}_scale")
             return torch._scaled_grouped_mm(q, w.transpose(-2, -1), s.reshape(-1), w_s, offs=offs,
                                             out_dtype=torch.bfloat16)
-        a = q.float() * (s if self.scales == "token" else s.repeat_interleave(BLOCK, -1))
-        return torch._grouped_mm(a.to(torch.bfloat16), getattr(self, f"w_{name}_ref").transpose(-2, -1), offs=offs)
+        return torch._grouped_mm(dequant(q, s), getattr(self, f"w_{name}_ref").transpose(-2, -1), offs=offs)
 
     def act(self, h: torch.Tensor) -> torch.Tensor:
         if self.activation == "silu":
             gate, up = h.chunk(2, dim=-1)
             return F.silu(gate) * up
         return torch.square(F.relu(h))
+
+    def down(self, y: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+        """The down projection of the activation ``y``: its FP8 quantisation, then the grouped GEMM."""
+        return self.grouped_gemm(*self.quant(y), "down", offs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t, k, e = x.shape[0], self.shape.topk, self.shape.experts
@@ -172,7 +185,7 @@ class FP8MoE(torch.nn.Module):
         offs = torch.searchsorted(sorted_ids, torch.arange(e, device=x.device), right=True, out_int32=True)
         rows = x[perm // k]
         h = self.grouped_gemm(*self.quant(rows), "up", offs)
-        out = self.grouped_gemm(*self.quant(self.act(h)), "down", offs)
+        out = self.down(self.act(h), offs)
         out = out * weights.reshape(-1)[perm].unsqueeze(-1).to(out.dtype)
         unsorted = torch.empty_like(out)
         unsorted[perm] = out
