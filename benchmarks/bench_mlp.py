@@ -92,17 +92,18 @@ def main() -> None:
         write_records(args.jsonl, records)
 
 
-def plain_us(fn, iters: int = 200) -> float:
+def plain_us(fn, iters: int = 200, device: str = "cuda") -> float:
     """Wall-clock µs per call of ``fn`` run back to back and synchronised at the end."""
     import time
 
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(10):
         fn()
-    torch.cuda.synchronize()
+    sync()
     t0 = time.perf_counter()
     for _ in range(iters):
         fn()
-    torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - t0) / iters * 1e6
 
 

@@ -201,11 +201,11 @@ def build(shape: str = "small", device: str = "cpu", scales: str = "token", ue8m
     return FP8MoE(SHAPES[shape], dev, scales, ue8m0, activation, use_sgm).eval()
 
 
-def compile_both(model: torch.nn.Module, x: torch.Tensor, mode: str | None = None):
-    """The layer compiled without and with the pass (same Inductor settings), their outputs and
-    the pass's report."""
+def compile_both(model: torch.nn.Module, x: torch.Tensor, mode: str | None = None, emulate: bool = True):
+    """The layer compiled without and with the pass (same Inductor settings; ``emulate``:
+    ``emulate_precision_casts``), both compiled callables, their outputs and the pass's report."""
     config = quantfuse.FusionConfig(native_on_cpu=x.device.type == "cpu")
-    with torch.no_grad(), torch._inductor.config.patch(fx_graph_cache=False, emulate_precision_casts=True), \
+    with torch.no_grad(), torch._inductor.config.patch(fx_graph_cache=False, emulate_precision_casts=emulate), \
             torch._functorch.config.patch(enable_autograd_cache=False):
         torch._dynamo.reset()
         plain = torch.compile(model, mode=mode)
