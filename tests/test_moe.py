@@ -256,3 +256,15 @@ def test_relu2_mxfp8_experts_fused():
     (r,) = fuse(_layer(Relu2Mxfp8MoE, activation="relu2"), tokens()).rewrites
     assert (r.activation, r.scheme, r.fused_op) == ("relu2", "mxfp8", "quantfuse.relu2_mxfp8_quant")
     assert r.params == {"scale_rounding": "rceil", "is_sf_swizzled_layout": False}
+
+
+def test_example_main_on_the_cpu(capsys):
+    """``python examples/fp8_moe.py`` at the small shape: one site fused, the layer's output with the
+    pass bit-identical to the output without it (and to eager), exit code 0."""
+    assert fp8_moe.main(["--device", "cpu", "--tokens", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "quantfuse: 1 rewrite(s), 0 near miss(es)" in out
+    assert "fused  fp8_moe.py:" in out and "return F.silu(gate) * up" in out
+    assert "as quantfuse.silu_and_mul_per_token_quant_fp8" in out and "recipe=" not in out  # the kernels' recipe
+    assert "on bfloat16[32, 512]" in out
+    assert "max |with pass - without| = 0; max |with pass - eager| = 0" in out and out.rstrip().endswith("OK")
