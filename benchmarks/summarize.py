@@ -197,8 +197,8 @@ def moe_section(cells: dict[tuple, dict], run: dict) -> list[str]:
     for k in sorted(cells, key=sort_key):
         r = cells[k]
         speedup = ratio(r.get("without_pass_us"), r.get("with_pass_us"))
-        shape = "-" if missing(r.get("hidden")) else \
-            f"{r['hidden']} -> {fnum(r.get('intermediate'), 'd')}, {fnum(r.get('experts'), 'd')} top-{fnum(r.get('topk'), 'd')}"
+        shape = "-" if missing(r.get("hidden")) else (f"{r['hidden']} -> {fnum(r.get('intermediate'), 'd')}, "
+                                                      f"{fnum(r.get('experts'), 'd')} top-{fnum(r.get('topk'), 'd')}")
         rows.append([str(r.get("case") or "-"), str(r.get("mode") or "-"), fnum(r.get("tokens"), "d"), shape,
                      str(r.get("gemm") or "-"), str(r.get("backend") or "-"), fnum(r.get("without_pass_us"), ".1f"),
                      fnum(r.get("with_pass_us"), ".1f"), "-" if missing(speedup) else f"{speedup:.3f}x",

@@ -126,9 +126,6 @@ def test_batched_experts_fused():
 
 # --- transformers' experts implementations --------------------------------------------------------
 
-transformers = pytest.importorskip("transformers")
-
-
 def fp8_grouped_mm(input, weight, offs):
     """A W8A8 grouped GEMM in PyTorch in place of transformers' ``_grouped_mm``: the input
     quantised per 1x128 group as a Triton FP8 MoE does, dequantised, multiplied in bf16."""
@@ -148,6 +145,7 @@ def test_transformers_experts_fused(implementation, monkeypatch):
     expert, histc offsets, gather and inverse permutation; ``batched_mm_experts_forward``: one
     expert weight gathered per row) in Qwen3-MoE's sparse block, with the GEMMs FP8 in PyTorch:
     the activation's quant feeding the down projection is fused, the hidden states' is left."""
+    transformers = pytest.importorskip("transformers")
     from transformers.integrations import moe
     from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 
