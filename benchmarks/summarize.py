@@ -16,6 +16,8 @@ with its own fields:
   ``copy_bw_gbs_range`` instead of ``copy_bw_gbs`` and the ratio it printed, ``x_unfused``.
 - ``mlp`` and ``host``: ``case, mode, tokens, hidden, intermediate, without_pass_us,
   with_pass_us`` (optional ``speedup``, ``error``).
+- ``moe`` (``bench_moe.py --jsonl``): ``case, mode, tokens, hidden, intermediate, experts, topk,
+  gemm, backend, without_pass_us, with_pass_us, max_abs_diff``.
 - ``pass_overhead``: ``case, layers, patterns, registration_ms, pass_ms,
   compile_without_s, compile_with_s, pass_fraction``.
 - ``constants``: ``name, value, where, decision``, resting on the record's device, date
@@ -43,10 +45,11 @@ CELL_KEYS = {
     "pairs": ("op", "layout", "dtype", "tokens", "hidden"),
     "mlp": ("case", "mode", "tokens", "hidden", "intermediate"),
     "host": ("case", "mode", "tokens", "hidden", "intermediate"),
+    "moe": ("case", "mode", "tokens", "hidden", "intermediate", "experts", "topk"),
     "pass_overhead": ("case", "layers"),
     "constants": ("name",),
 }
-KNOWN = ("pairs", "mlp", "host", "pass_overhead", "constants")
+KNOWN = ("pairs", "mlp", "host", "moe", "pass_overhead", "constants")
 DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "fp32"}
 
 METHOD = """\
@@ -189,6 +192,21 @@ def model_section(cells: dict[tuple, dict], run: dict) -> list[str]:
     return table(["case", "mode", "T", "D -> I", "without pass µs", "with pass µs", "speedup", "note", "run"], rows)
 
 
+def moe_section(cells: dict[tuple, dict], run: dict) -> list[str]:
+    rows = []
+    for k in sorted(cells, key=sort_key):
+        r = cells[k]
+        speedup = ratio(r.get("without_pass_us"), r.get("with_pass_us"))
+        shape = "-" if missing(r.get("hidden")) else (f"{r['hidden']} -> {fnum(r.get('intermediate'), 'd')}, "
+                                                      f"{fnum(r.get('experts'), 'd')} top-{fnum(r.get('topk'), 'd')}")
+        rows.append([str(r.get("case") or "-"), str(r.get("mode") or "-"), fnum(r.get("tokens"), "d"), shape,
+                     str(r.get("gemm") or "-"), str(r.get("backend") or "-"), fnum(r.get("without_pass_us"), ".1f"),
+                     fnum(r.get("with_pass_us"), ".1f"), "-" if missing(speedup) else f"{speedup:.3f}x",
+                     run[run_of(r)]])
+    return table(["case", "mode", "T", "D -> I, experts top-k", "GEMMs", "fused op on", "without pass µs",
+                  "with pass µs", "speedup", "run"], rows)
+
+
 def overhead_section(groups: list[tuple[str, dict]], run: dict) -> list[str]:
     rows = []
     for device, cells in groups:
@@ -265,6 +283,11 @@ def render(records: list[dict]) -> str:
             out += [f"### {device or 'unknown device'}", ""] + model_section(cells, run) + [""]
         if bench not in by_bench:
             out += [f'No records (`bench="{bench}"`).', ""]
+    out += ["## Mixture of experts (`bench_moe.py`)", ""]
+    for device, cells in by_bench.get("moe", []):
+        out += [f"### {device or 'unknown device'}", ""] + moe_section(cells, run) + [""]
+    if "moe" not in by_bench:
+        out += ['No records (`bench="moe"`).', ""]
     out += ["## Pass overhead (`bench_pass_overhead.py`)", ""]
     out += overhead_section(by_bench["pass_overhead"], run) if "pass_overhead" in by_bench else \
         ['No records (`bench="pass_overhead"`).']

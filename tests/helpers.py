@@ -27,12 +27,8 @@ class _Capture(CustomGraphPass):
         return None
 
 
-def post_grad_graph(fn, *args) -> torch.fx.GraphModule:
-    """The post-grad FX graph Inductor would hand a custom post pass for ``fn(*args)``."""
-    torch._dynamo.reset()
-    capture = _Capture()
-    compiled = torch.compile(fn, dynamic=False, options={"post_grad_custom_post_pass": capture,
-                                                         "fx_graph_cache": False})
+def _captured(compiled, args, capture: _Capture) -> torch.fx.GraphModule:
+    """Run ``compiled(*args)`` until ``capture`` has the one post-grad graph."""
     try:
         compiled(*args)
     except Exception as e:  # Dynamo wraps the backend's exception
@@ -43,6 +39,30 @@ def post_grad_graph(fn, *args) -> torch.fx.GraphModule:
         torch._dynamo.reset()
     assert len(capture.graphs) == 1, f"expected one graph, got {len(capture.graphs)}"
     return capture.graphs[0]
+
+
+def post_grad_graph(fn, *args) -> torch.fx.GraphModule:
+    """The post-grad FX graph Inductor would hand a custom post pass for ``fn(*args)``."""
+    torch._dynamo.reset()
+    capture = _Capture()
+    compiled = torch.compile(fn, dynamic=False, options={"post_grad_custom_post_pass": capture,
+                                                         "fx_graph_cache": False})
+    return _captured(compiled, args, capture)
+
+
+def post_grad_graph_and_inputs(model, *args) -> tuple[torch.fx.GraphModule, list[torch.Tensor]]:
+    """The post-grad graph of ``model(*args)`` and the tensors it is called with (the model's
+    parameters and buffers lifted to inputs, in the graph's order), so that it can be run."""
+    from torch._inductor.compile_fx import compile_fx
+
+    capture, inputs = _Capture(), []
+
+    def backend(gm, example_inputs):
+        inputs[:] = example_inputs
+        return compile_fx(gm, example_inputs, config_patches={"post_grad_custom_post_pass": capture,
+                                                               "fx_graph_cache": False})
+    torch._dynamo.reset()
+    return _captured(torch.compile(model, backend=backend, dynamic=False), args, capture), inputs
 
 
 def count_targets(gm: torch.fx.GraphModule, *names: str) -> int:

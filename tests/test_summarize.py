@@ -110,3 +110,27 @@ def test_bad_line_names_the_file(tmp_path):
 
 def test_committed_results_md_is_up_to_date():
     assert summarize.main(["--check"]) == 0, "run: python benchmarks/summarize.py"
+
+
+def test_moe_table(tmp_path):
+    """bench_moe.py's records: one row per (case, mode, T), the latest run of a cell replacing it."""
+    ctx = dict(H100, device="NVIDIA H200", date="2026-12-02", command="benchmarks/bench_moe.py --jsonl x.jsonl")
+    cell = dict(bench="moe", case="qwen3-30b-a3b token scales", tokens=4096, hidden=2048, intermediate=768,
+                experts=128, topk=8, gemm="_scaled_grouped_mm", backend="cuda", max_abs_diff=0.0)
+    write(tmp_path / "results", "2026-12-02_H200_ddddddd.jsonl", [
+        dict(ctx, commit="ddddddd", **cell, mode="cuda graph", without_pass_us=1904.0, with_pass_us=1825.0),
+        dict(ctx, commit="ddddddd", **cell, mode="plain calls", without_pass_us=2100.0, with_pass_us=2000.0)])
+    write(tmp_path / "results", "2026-12-03_H200_eeeeeee.jsonl", [
+        dict(ctx, date="2026-12-03", commit="eeeeeee", **cell, mode="plain calls", without_pass_us=2100.0,
+             with_pass_us=1500.0)])
+    rc, text = run(tmp_path)
+    lines = text.splitlines()
+    assert rc == 0 and 'No records (`bench="moe"`).' not in lines
+    assert ("| case | mode | T | D -> I, experts top-k | GEMMs | fused op on | without pass µs | with pass µs | "
+            "speedup | run |") in lines
+    assert ("| qwen3-30b-a3b token scales | cuda graph | 4096 | 2048 -> 768, 128 top-8 | _scaled_grouped_mm | cuda "
+            "| 1904.0 | 1825.0 | 1.043x | R1 |") in lines
+    assert ("| qwen3-30b-a3b token scales | plain calls | 4096 | 2048 -> 768, 128 top-8 | _scaled_grouped_mm | cuda "
+            "| 2100.0 | 1500.0 | 1.400x | R2 |") in lines
+    assert "| 2000.0 |" not in text
+    assert text.index("## Mixture of experts (`bench_moe.py`)") < text.index("### NVIDIA H200\n\n| case | mode | T | D")

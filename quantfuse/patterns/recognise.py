@@ -147,8 +147,15 @@ def _is_activation(y: Node, depth: int = 8) -> bool:
         seen.add(n)
         if n.target in _NONLINEAR:
             return True
-        stack.extend((a, d + 1) for a in n.all_input_nodes)
+        stack.extend((a, d + 1) for a in _value_inputs(n))
     return False
+
+
+def _value_inputs(n: Node) -> list[Node]:
+    """The inputs whose values ``n``'s values are computed from: integer and bool tensors (the
+    indices of a gather, ``x[perm // k]`` of tokens sorted by expert; a mask) only select
+    elements, so a router's softmax behind them does not make a gathered input an activation."""
+    return [a for a in n.all_input_nodes if _dtype(a) is None or _dtype(a).is_floating_point]
 
 
 def find_candidates(graph: torch.fx.Graph):

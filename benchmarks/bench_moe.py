@@ -1,0 +1,105 @@
+"""FP8 MoE layer latency with and without quantfuse's pass (``examples/fp8_moe.py``'s layer).
+
+    python benchmarks/bench_moe.py [--shape qwen3-30b-a3b,deepseek-v3] [--scales token,block]
+                                   [--tokens 16,64,256,1024,4096,8192] [--out FILE] [--jsonl FILE]
+    python benchmarks/bench_moe.py --device cpu --quick      # a tiny shape, to check the script
+
+Each (shape, scales, T) is compiled without and with the pass (``torch.compile`` default mode,
+static shapes, Inductor's default settings) and timed two ways: plain calls (wall clock per
+forward, synchronised: host cost included) and, on CUDA, CUDA-graph replay of the compiled
+callable (``triton.testing.do_bench_cudagraph``, median: kernel time, launch gaps hidden).
+Every compile with the pass must fuse the one activation -> quant site of the experts, and on
+CUDA the fused op must run a kernel (not the torch reference). Records: ``bench="moe"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fp8_moe  # noqa: E402
+from bench_mlp import plain_us  # noqa: E402
+from quantfuse.custom_ops import oracle  # noqa: E402
+
+
+def bench_cell(model, t: int, device: str, iters: int) -> dict:
+    """Times (µs) of one token count, keyed ``{without,with}_{plain,graph}``, and the backend the
+    fused op ran on."""
+    torch.manual_seed(1)
+    x = torch.randn(t, model.shape.hidden, device=device, dtype=torch.bfloat16)
+    oracle.reset_counts()
+    plain, fused, out_without, out_with, report = fp8_moe.compile_both(model, x, emulate=False)
+    if report is None or len(report.rewrites) != 1:
+        raise SystemExit(f"T={t}: the pass did not fuse the experts' site:\n{report}")
+    backends = sorted({b for (op, b) in oracle.call_counts() if op == report.rewrites[0].fused_op.split(".")[-1]})
+    if device == "cuda" and backends in ([], ["torch"]):
+        raise SystemExit(f"T={t}: the fused op ran {backends or 'nowhere'}, not a kernel")
+    times = {"backend": ",".join(backends),
+             "max_abs_diff": (out_with.float() - out_without.float()).abs().max().item()}
+    with torch.no_grad():
+        for label, fn in (("without", plain), ("with", fused)):
+            times[f"{label}_plain"] = plain_us(lambda: fn(x), iters, device)
+            if device == "cuda":
+                from triton.testing import do_bench_cudagraph
+
+                times[f"{label}_graph"] = do_bench_cudagraph(lambda: fn(x), rep=200) * 1e3
+    return times
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--shape", default="qwen3-30b-a3b,deepseek-v3", help=f"of {', '.join(fp8_moe.SHAPES)}")
+    p.add_argument("--scales", default="token,block")
+    p.add_argument("--tokens", default="16,64,256,1024,4096,8192")
+    p.add_argument("--quick", action="store_true", help="the small shape at T = 16, 64, few iterations")
+    p.add_argument("--out")
+    p.add_argument("--jsonl", help="append JSON records (bench=moe)")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run with --device cpu --quick to check the script on the CPU")
+    shapes = ["small"] if args.quick else args.shape.split(",")
+    token_counts = [16, 64] if args.quick else [int(v) for v in args.tokens.split(",")]
+    iters = 5 if args.quick else 200
+    records, lines = [], []
+    for shape in shapes:
+        for scales in args.scales.split(","):
+            model = fp8_moe.build(shape, args.device, scales)
+            s = model.shape
+            case = f"{shape} {scales} scales"
+            gemm = "_scaled_grouped_mm" if model.use_scaled_grouped_mm else "dequantise + _grouped_mm"
+            for t in token_counts:
+                times = bench_cell(model, t, args.device, iters)
+                for mode, key in (("plain calls", "plain"), ("cuda graph", "graph")):
+                    if f"with_{key}" not in times:
+                        continue
+                    records.append(dict(bench="moe", case=case, mode=mode, tokens=t, hidden=s.hidden,
+                                        intermediate=s.inter, experts=s.experts, topk=s.topk, gemm=gemm,
+                                        backend=times["backend"], without_pass_us=times[f"without_{key}"],
+                                        with_pass_us=times[f"with_{key}"], max_abs_diff=times["max_abs_diff"]))
+                    r = records[-1]
+                    lines.append(f"| {case} | {mode} | {t} | {s.hidden} -> {s.inter}, {s.experts}e top-{s.topk} | "
+                                 f"{r['without_pass_us']:.1f} | {r['with_pass_us']:.1f} | "
+                                 f"{r['without_pass_us'] / r['with_pass_us']:.3f}x |")
+                    print(lines[-1], flush=True)
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    text = "\n".join([f"FP8 MoE layer, {device}, torch {torch.__version__}", "",
+                      "| case | mode | T | shape | without pass (µs) | with pass (µs) | speedup |",
+                      "|---|---|---|---|---|---|---|", *lines])
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    if args.jsonl:
+        from bench_pairs import write_records
+
+        write_records(args.jsonl, records)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
