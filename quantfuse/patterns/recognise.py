@@ -494,9 +494,26 @@ def _slice_of(n: Node):
     return None
 
 
+def _same_view(a: Node, b: Node) -> Node | None:
+    """The node two equal chains of views start from (``squeeze(t, 1)`` taken twice, once for
+    the gate's slice and once for the up's), when it has their last dim; else None."""
+    width = a.meta["val"].shape[-1]
+    while a is not b:
+        if not (isinstance(a, Node) and isinstance(b, Node) and a.op == b.op == "call_function"
+                and a.target == b.target and a.target in canonical._VIEWS and a.args[1:] == b.args[1:]
+                and a.kwargs == b.kwargs):
+            return None
+        a, b = a.args[0], b.args[0]
+    return a if isinstance(a, Node) and a.meta["val"].shape[-1] == width else None
+
+
 def read_layout(gate: Node, up: Node) -> tuple[Layout, Node, Node | None]:
     """The gated layout of ``gate`` and ``up``: ``(layout, x, up tensor or None)``."""
     sg, su = _slice_of(gate), _slice_of(up)
+    if sg and su and sg[0] is not su[0]:
+        base = _same_view(sg[0], su[0])
+        if base is not None:
+            sg, su = (base, *sg[1:]), (base, *su[1:])
     if sg and su and sg[0] is su[0]:
         base, width = sg[0], sg[0].meta["val"].shape[-1]
         d = width // 2
