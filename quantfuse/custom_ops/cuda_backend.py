@@ -321,7 +321,8 @@ def run(plan, outputs, x, up, scale) -> None:
     else:
         st, sg = groups, 1
     err = (_module or _mod()).act_quant(act, scheme, layout, outputs[0], outputs[1] if len(outputs) > 1 else None,
-                                        x, up, scale, gs, ue8m0, rceil, st, sg, swizzled)
+                                        x, up, scale, gs, ue8m0, rceil, st, sg, swizzled,
+                                        act_params=plan.act_params)
     if err:
         raise RuntimeError(err)
 
