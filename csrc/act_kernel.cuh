@@ -14,7 +14,7 @@ namespace quantfuse {
 template <typename DT, typename Act, int VEC, bool IL, typename Q = void>
 __global__ void __launch_bounds__(kThreads) act_kernel(
     void* __restrict__ out, const typename DT::Storage* __restrict__ gate, const typename DT::Storage* __restrict__ up,
-    int64_t in_stride, int64_t d, uint32_t chunks_per_row, const float* __restrict__ scale) {
+    int64_t in_stride, int64_t d, uint32_t chunks_per_row, const float* __restrict__ scale, const ActArgs aa) {
   using S = typename DT::Storage;
   constexpr bool kQuant = !std::is_void_v<Q>;
   static_assert(!kQuant || VEC * sizeof(S) == 16, "the static FP8 path takes 16-byte vectors");
@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(kThreads) act_kernel(
     if constexpr (DT::kPacked) {
       uint32_t yp[VEC / 2];
       Act::template pairs<DT, VEC>(yp, reinterpret_cast<const uint32_t*>(gs), reinterpret_cast<const uint32_t*>(us),
-                                   true);
+                                   true, aa);
       if constexpr (kQuant) {
 #pragma unroll
         for (int i = 0; i < VEC; i += 2) {
@@ -52,7 +52,7 @@ __global__ void __launch_bounds__(kThreads) act_kernel(
         gf[i] = DT::to_float(gs[i]);
         uf[i] = Act::kGated ? DT::to_float(us[i]) : 0.0f;
       }
-      Act::template apply<DT, VEC>(y, gf, uf, true);
+      Act::template apply<DT, VEC>(y, gf, uf, true, aa);
       if constexpr (!kQuant) {
         S o[VEC];
 #pragma unroll
@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kThreads) act_kernel(
     float u[1] = {0.0f};
     if constexpr (Act::kGated) u[0] = DT::to_float(IL ? gate[row_off + 2 * col + 1] : up[row_off + col]);
     float y[1];
-    Act::template apply<DT, 1>(y, g, u, true);
+    Act::template apply<DT, 1>(y, g, u, true, aa);
     static_cast<S*>(out)[out_off] = DT::from_float(y[0]);
   }
 }

@@ -15,6 +15,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include "act_quant.h"  // ActArgs
 #include "quantfuse_catalog.h"
 
 namespace quantfuse {
@@ -199,22 +200,25 @@ __device__ __forceinline__ void silu_n(float (&v)[N], const float (&g)[N], bool 
 // (catalog.Activation.rounding). kGated: act(gate, up) (Inputs says where each is).
 // kCode: the catalog's enumerator. kNonNegative: act(x) is >= +0 or NaN, so its amax
 // needs no |.|.
-//   apply<DT, N>(y, a, b, valid): y = act(a, b) in fp32 from fp32 operands (b unused
+//   apply<DT, N>(y, a, b, valid, aa): y = act(a, b) in fp32 from fp32 operands (b unused
 //     when not gated), exactly the value that rounds (DT::from_float) to eager's result.
-//   pairs<DT, N>(yp, a2, b2, valid), 16-bit DT: the same on packed pairs (element 2i in
+//   pairs<DT, N>(yp, a2, b2, valid, aa), 16-bit DT: the same on packed pairs (element 2i in
 //     the low half), already rounded to DT.
-// valid: see silu_n.
+// valid: see silu_n. aa: the activation's parameters (act_quant.h ActArgs: GPT-OSS's alpha
+// and limit), ignored by the activations without any.
 // ---------------------------------------------------------------------------
 struct Identity {
   static constexpr bool kGated = false, kNonNegative = false;
   static constexpr ActCode kCode = kActIdentity;
   template <typename DT, int N, bool kCallFree16 = false>
-  static __device__ __forceinline__ void apply(float (&y)[N], const float (&a)[N], const float (&)[N], bool) {
+  static __device__ __forceinline__ void apply(float (&y)[N], const float (&a)[N], const float (&)[N], bool,
+                                               const ActArgs&) {
 #pragma unroll
     for (int i = 0; i < N; ++i) y[i] = a[i];
   }
   template <typename DT, int N, bool kCallFree16 = false>
-  static __device__ __forceinline__ void pairs(uint32_t (&yp)[N / 2], const uint32_t* a2, const uint32_t*, bool) {
+  static __device__ __forceinline__ void pairs(uint32_t (&yp)[N / 2], const uint32_t* a2, const uint32_t*, bool,
+                                               const ActArgs&) {
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) yp[i] = a2[i];
   }
@@ -229,14 +233,14 @@ struct SiluMul {
   static constexpr ActCode kCode = kActSiluMul;
   template <typename DT, int N, bool kCallFree16 = false>
   static __device__ __forceinline__ void apply(float (&y)[N], const float (&g)[N], const float (&u)[N],
-                                               bool valid) {
+                                               bool valid, const ActArgs&) {
     silu_n<N, kCallFree16>(y, g, valid);
 #pragma unroll
     for (int i = 0; i < N; ++i) y[i] = __fmul_rn(DT::round(y[i]), u[i]);
   }
   template <typename DT, int N, bool kCallFree16 = false>
   static __device__ __forceinline__ void pairs(uint32_t (&yp)[N / 2], const uint32_t* g2, const uint32_t* u2,
-                                               bool valid) {
+                                               bool valid, const ActArgs&) {
     // unpacked from whole pairs: one instruction per element (from a 16-bit element
     // it takes three)
     float gf[N], v[N];
@@ -258,7 +262,8 @@ struct Relu2 {
   static constexpr bool kGated = false, kNonNegative = true;
   static constexpr ActCode kCode = kActRelu2;
   template <typename DT, int N, bool kCallFree16 = false>
-  static __device__ __forceinline__ void apply(float (&y)[N], const float (&a)[N], const float (&)[N], bool) {
+  static __device__ __forceinline__ void apply(float (&y)[N], const float (&a)[N], const float (&)[N], bool,
+                                               const ActArgs&) {
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       const float r = nan_max(a[i], 0.0f);
@@ -266,11 +271,57 @@ struct Relu2 {
     }
   }
   template <typename DT, int N, bool kCallFree16 = false>
-  static __device__ __forceinline__ void pairs(uint32_t (&yp)[N / 2], const uint32_t* a2, const uint32_t*, bool) {
+  static __device__ __forceinline__ void pairs(uint32_t (&yp)[N / 2], const uint32_t* a2, const uint32_t*, bool,
+                                               const ActArgs&) {
 #pragma unroll
     for (int i = 0; i < N / 2; ++i) {
       const uint32_t r = DT::max2(a2[i], 0u);
       yp[i] = DT::mul2(r, r);
+    }
+  }
+};
+// catalog.ActRounding.EACH_OP: GPT-OSS's clamped SwiGLU as eager runs transformers'
+// GptOssExperts._apply_gate (modeling_gpt_oss.py), every op's result rounded to the input
+// dtype (DT::round; fp32 inputs: plain fp32 ops), as reference.swigluoai_and_mul:
+//   g = gate.clamp(max=limit), u = up.clamp(-limit, limit): torch's CUDA clamp kernels
+//     (aten/src/ATen/native/cuda/TensorCompare.cu) compare in fp32 with the limit as fp32,
+//     keep NaN (the comparisons are false) and store the limit rounded to the dtype;
+//   gate * alpha: a Python float scalar on a 16-bit tensor is applied in fp32 (opmath), then
+//     rounded: fp32, then the dtype;
+//   sigmoid(z): torch's CUDA sigmoid (UnarySpecialOpsKernel.cu) computes 1 / (1 + exp(-z)) in
+//     fp32 for every float dtype (c10's 16-bit types convert to float for exp and for the
+//     mixed add and division) and rounds once to the dtype: accurate expf, the add and the
+//     division each correctly rounded;
+//   gate * sigmoid, up + 1 and (up + 1) * glu: each an fp32 op rounded to the dtype (the
+//   caller rounds the last one).
+// valid is unused: no slow path.
+struct SwigluOai {
+  static constexpr bool kGated = true, kNonNegative = false;
+  static constexpr ActCode kCode = kActSwigluOai;
+  template <typename DT>
+  static __device__ __forceinline__ float one(float gate, float up, float alpha, float limit) {
+    const float g = DT::round(gate > limit ? limit : gate);
+    const float lo = up < -limit ? -limit : up;
+    const float u = DT::round(lo > limit ? limit : lo);
+    const float z = DT::round(__fmul_rn(g, alpha));
+    const float sig = DT::round(__fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-z))));
+    const float glu = DT::round(__fmul_rn(g, sig));
+    return __fmul_rn(DT::round(__fadd_rn(u, 1.0f)), glu);
+  }
+  template <typename DT, int N, bool kCallFree16 = false>
+  static __device__ __forceinline__ void apply(float (&y)[N], const float (&g)[N], const float (&u)[N], bool,
+                                               const ActArgs& aa) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) y[i] = one<DT>(g[i], u[i], aa.p[kSwigluOaiAlpha], aa.p[kSwigluOaiLimit]);
+  }
+  template <typename DT, int N, bool kCallFree16 = false>
+  static __device__ __forceinline__ void pairs(uint32_t (&yp)[N / 2], const uint32_t* g2, const uint32_t* u2, bool,
+                                               const ActArgs& aa) {
+    const float alpha = aa.p[kSwigluOaiAlpha], limit = aa.p[kSwigluOaiLimit];
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) {
+      yp[i] = DT::pack_rn(one<DT>(DT::lo(g2[i]), DT::lo(u2[i]), alpha, limit),
+                          one<DT>(DT::hi(g2[i]), DT::hi(u2[i]), alpha, limit));
     }
   }
 };

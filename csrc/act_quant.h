@@ -29,6 +29,12 @@ struct Inputs {
   LayoutCode layout;
 };
 
+// The activation's parameters (catalog.Activation.params, in that order: kSwigluOaiAlpha ...),
+// fp32 as eager applies a Python float scalar (opmath); unused by activations without any.
+struct ActArgs {
+  float p[kMaxActParams];
+};
+
 struct QuantParams {
   Scheme scheme;
   int64_t group_size;     // kPerGroup: 64 or 128; MX: 32; kPerToken, kStatic: unused
@@ -49,6 +55,7 @@ struct QuantParams {
                           // evict-first (launch_unit.cuh evict_first_input); 0 = never
   bool pdl;               // launch with programmatic stream serialization (sm_90+; act_quant.cuh)
   cudaStream_t stream;
+  ActArgs act_args;
 };
 
 struct ActParams {
@@ -58,6 +65,7 @@ struct ActParams {
   bool vectorized;  // 16-byte path: H a multiple of 16 / element size, aligned bases
   bool pdl;         // as QuantParams::pdl
   cudaStream_t stream;
+  ActArgs act_args;
 };
 
 }  // namespace quantfuse

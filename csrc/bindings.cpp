@@ -13,6 +13,9 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <vector>
+
+#include <pybind11/stl.h>  // act_params: a Python sequence of floats
 
 #include "act_quant.h"            // includes the generated quantfuse_catalog.h
 #include "scale_layout.h"
@@ -63,6 +66,7 @@ std::string message(const Args&... args) {
     if (!qf_err_.empty()) return qf_err_;       \
   } while (0)
 
+using quantfuse::ActArgs;
 using quantfuse::ActParams;
 using quantfuse::Inputs;
 using quantfuse::QuantParams;
@@ -150,8 +154,20 @@ std::string run_unit(int64_t act, const at::Tensor& x, const Params& p, Fn&& pic
   return {};
 }
 
+// The activation's parameters (catalog.Activation.params, in order) as the kernels take them:
+// fp32, as eager applies a Python float scalar; their number must be the activation's.
+std::string act_args(ActArgs& aa, int64_t act, const std::vector<double>& act_params) {
+  QF_CHECK(int64_t(act_params.size()) == quantfuse::kActNumParams[act], "quantfuse: ", quantfuse::kActNames[act],
+           " takes ", quantfuse::kActNumParams[act], " parameters (catalog Activation.params), got ",
+           act_params.size());
+  aa = ActArgs{};
+  for (size_t i = 0; i < act_params.size(); ++i) aa.p[i] = float(act_params[i]);
+  return {};
+}
+
 // out = act(x) in x's dtype (the activation ops: scheme kNoScheme).
-std::string activation_impl(int64_t act, const Operands& o, at::Tensor out, const at::Tensor& x) {
+std::string activation_impl(int64_t act, const Operands& o, at::Tensor out, const at::Tensor& x,
+                            const ActArgs& aa) {
   QF_CHECK(act != quantfuse::kActIdentity, "quantfuse: the identity has no activation kernel");
   QF_TRY(check_same_device(out, x, "out"));
   QF_CHECK(out.scalar_type() == x.scalar_type(), "quantfuse: out dtype ", out.scalar_type(),
@@ -168,7 +184,7 @@ std::string activation_impl(int64_t act, const Operands& o, at::Tensor out, cons
   QF_CHECK(o.tokens * chunks < (int64_t(1) << 31), "quantfuse: ", quantfuse::kActNames[act], " too large (",
            o.tokens, " rows)");
   const c10::cuda::OptionalCUDAGuard guard(x.device());
-  ActParams p{out.data_ptr(), o.in, o.tokens, o.hidden, vectorized, use_pdl(), at::cuda::getCurrentCUDAStream()};
+  ActParams p{out.data_ptr(), o.in, o.tokens, o.hidden, vectorized, use_pdl(), at::cuda::getCurrentCUDAStream(), aa};
   return run_unit(act, x, p, [](auto, auto act_fn, const ActParams& pp) { return act_fn(pp); });
 }
 
@@ -179,12 +195,14 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tens
                            const std::optional<at::Tensor>& s_opt, at::Tensor x, const std::optional<at::Tensor>& up,
                            const std::optional<at::Tensor>& scale, int64_t group_size, bool use_ue8m0, bool rceil,
                            int64_t s_stride_t, int64_t s_stride_g, bool swizzled, int64_t vectors,
-                           int64_t blocks_per_sm) {
+                           int64_t blocks_per_sm, const std::vector<double>& act_params) {
   Operands o{};
   QF_TRY(operands(o, act, layout, x, up));
+  ActArgs aa{};
+  QF_TRY(act_args(aa, act, act_params));
   QF_CHECK(scheme >= 0 && scheme < quantfuse::kNumSchemes, "quantfuse: scheme code must be in [0, ",
            quantfuse::kNumSchemes, "), got ", scheme);
-  if (scheme == quantfuse::kNoScheme) return activation_impl(act, o, q, x);
+  if (scheme == quantfuse::kNoScheme) return activation_impl(act, o, q, x, aa);
   const int64_t tokens = o.tokens, hidden = o.hidden;
   QF_TRY(check_same_device(q, x, "q"));
   QF_CHECK(vectors == 0 || vectors == 1 || vectors == 2 || vectors == 4,
@@ -228,6 +246,7 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tens
   p.hidden = hidden;
   p.vectors = vectors;
   p.blocks_per_sm = blocks_per_sm;
+  p.act_args = aa;
   if (is_static) {
     QF_CHECK(!s_opt.has_value(), "quantfuse: the static scheme has no scale output");
     QF_CHECK(scale.has_value(), "quantfuse: the static scheme needs its scale tensor");
@@ -311,23 +330,25 @@ namespace quantfuse {
 std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, std::optional<at::Tensor> s,
                       at::Tensor x, std::optional<at::Tensor> up, std::optional<at::Tensor> scale, int64_t group_size,
                       bool use_ue8m0, bool rceil, int64_t s_stride_t, int64_t s_stride_g, bool swizzled,
-                      int64_t vectors, int64_t blocks_per_sm) {
+                      int64_t vectors, int64_t blocks_per_sm, std::vector<double> act_params) {
   return guarded([&] {
     return act_quant_impl(act, scheme, layout, q, s, x, up, scale, group_size, use_ue8m0, rceil, s_stride_t,
-                          s_stride_g, swizzled, vectors, blocks_per_sm);
+                          s_stride_g, swizzled, vectors, blocks_per_sm, act_params);
   });
 }
 
 }  // namespace quantfuse
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "quantfuse CUDA kernels: activation (SiLU-and-mul, ReLU^2) -> FP8 / MXFP8 / MXFP4 quantisation";
+  m.doc() = "quantfuse CUDA kernels: activation (SiLU-and-mul, ReLU^2, GPT-OSS's clamped SwiGLU) -> FP8 / MXFP8 / "
+            "MXFP4 quantisation";
   m.def("act_quant", &quantfuse::act_quant_checked,
         "act(x) -> scheme into q (and s); scheme kNoScheme: q = act(x) in x's dtype. Codes: "
-        "quantfuse_catalog.h (catalog.codes()). Returns \"\" or an error message",
+        "quantfuse_catalog.h (catalog.codes()); act_params: the activation's parameters (catalog "
+        "Activation.params, e.g. swigluoai_and_mul's alpha, limit). Returns \"\" or an error message",
         py::arg("act"), py::arg("scheme"), py::arg("layout"), py::arg("q"), py::arg("s"), py::arg("x"),
         py::arg("up"), py::arg("scale"), py::arg("group_size"), py::arg("use_ue8m0"), py::arg("rceil"),
         py::arg("s_stride_t"), py::arg("s_stride_g"), py::arg("swizzled"), py::arg("vectors") = 0,
-        py::arg("blocks_per_sm") = 0);
+        py::arg("blocks_per_sm") = 0, py::arg("act_params") = std::vector<double>{});
   quantfuse::bind_dispatch(m);
 }

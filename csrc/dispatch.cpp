@@ -16,6 +16,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
+#include <pybind11/stl.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -39,6 +40,7 @@ struct Launch {
   int64_t act = 0, scheme = 0, layout = 0, group_size = 0, groups = 0, hidden = 0, q_width = 0;
   bool use_ue8m0 = false, rceil = false, swizzled = false, column_major = false;
   int up_index = -1, scale_index = -1;  // argument positions (-1: none)
+  std::vector<double> act_params;        // the activation's parameters (catalog Activation.params)
 };
 
 struct State {
@@ -139,6 +141,7 @@ Launch decide(int64_t op, const c10::OperatorHandle& handle, const c10::ArrayRef
     l.column_major = f["column_major"].cast<bool>();
     l.up_index = f["up_index"].cast<int>();
     l.scale_index = f["scale_index"].cast<int>();
+    l.act_params = f["act_params"].cast<std::vector<double>>();
     l.cuda = true;
   } catch (...) {
     PyErr_Clear();  // the Python kernel runs this call and raises the error itself
@@ -222,7 +225,7 @@ bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stac
     const std::string err =
         act_quant_checked(l.act, l.scheme, l.layout, outs[0], s, x, optional_arg(args, l.up_index),
                           optional_arg(args, l.scale_index), l.group_size, l.use_ue8m0, l.rceil, st_t, st_g,
-                          l.swizzled);
+                          l.swizzled, 0, 0, l.act_params);
     if (!err.empty()) return false;
     torch::jit::drop(*stack, n);
     for (auto& o : outs) torch::jit::push(*stack, std::move(o));

@@ -46,10 +46,10 @@ __device__ __forceinline__ void load_group(uint4 (&gv)[NV], uint4 (&uv)[NV],
 template <typename DT, typename Act, int N, bool kCallFree16 = false>
 __device__ __forceinline__ float act_round_amax(float (&y)[N], uint32_t (&yp)[(N + 1) / 2],
                                                 const typename DT::Storage* gs,
-                                                const typename DT::Storage* us, bool valid) {
+                                                const typename DT::Storage* us, bool valid, const ActArgs& aa) {
   if constexpr (DT::kPacked) {
     Act::template pairs<DT, N, kCallFree16>(yp, reinterpret_cast<const uint32_t*>(gs),
-                                            reinterpret_cast<const uint32_t*>(us), valid);
+                                            reinterpret_cast<const uint32_t*>(us), valid, aa);
     uint32_t m2 = 0;
 #pragma unroll
     for (int i = 0; i < N; i += 2) {
@@ -66,7 +66,7 @@ __device__ __forceinline__ float act_round_amax(float (&y)[N], uint32_t (&yp)[(N
       gf[i] = DT::to_float(gs[i]);
       uf[i] = Act::kGated ? DT::to_float(us[i]) : 0.0f;
     }
-    Act::template apply<DT, N>(y, gf, uf, valid);
+    Act::template apply<DT, N>(y, gf, uf, valid, aa);
     float amax = 0.0f;
 #pragma unroll
     for (int i = 0; i < N; ++i) amax = nan_max(amax, fabsf(y[i]));
@@ -84,7 +84,7 @@ __device__ __forceinline__ void group_step(
     int64_t s_stride_t, int64_t s_stride_g, bool s_swizzled, uint32_t step, uint32_t step_t, uint32_t step_g,
     int lane,
     uint32_t& gi, uint32_t& t, uint32_t& g, const uint4 (&gv)[NV], const uint4 (&uv)[NV],
-    uint4 (&gn)[NV], uint4 (&un)[NV]) {
+    uint4 (&gn)[NV], uint4 (&un)[NV], const ActArgs& aa) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
   constexpr int EPT = VEC * NV;  // elements per thread per group
@@ -106,7 +106,7 @@ __device__ __forceinline__ void group_step(
   float y[EPT];
   uint32_t yp[EPT / 2];
   float amax = act_round_amax<DT, Act, EPT>(y, yp, reinterpret_cast<const S*>(ga),
-                                            reinterpret_cast<const S*>(ua), gi < total_groups);
+                                            reinterpret_cast<const S*>(ua), gi < total_groups, aa);
   // All 32 lanes take part; xor offsets < TPG stay inside the sub-warp.
 #pragma unroll
   for (int off = TPG / 2; off > 0; off >>= 1) {
@@ -137,7 +137,7 @@ template <typename DT, int GS, typename Act, typename Scheme, int NV, int MINB =
 __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
     uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s, const typename DT::Storage* __restrict__ gate,
     const typename DT::Storage* __restrict__ up, int64_t in_stride, uint32_t total_groups, uint32_t groups_per_row,
-    int64_t hidden, int64_t s_stride_t, int64_t s_stride_g, bool s_swizzled) {
+    int64_t hidden, int64_t s_stride_t, int64_t s_stride_g, bool s_swizzled, const ActArgs aa) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
   constexpr int EPT = VEC * NV;
@@ -168,12 +168,12 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
   while (wbase < total_groups) {
     group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, gpr, hidden,
                                                          s_stride_t, s_stride_g, s_swizzled, step, step_t, step_g,
-                                                         lane, gi, t, g, ga, ua, gb, ub);
+                                                         lane, gi, t, g, ga, ua, gb, ub, aa);
     wbase += step;
     if (wbase >= total_groups) break;
     group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, gpr, hidden,
                                                          s_stride_t, s_stride_g, s_swizzled, step, step_t, step_g,
-                                                         lane, gi, t, g, gb, ub, ga, ua);
+                                                         lane, gi, t, g, gb, ub, ga, ua, aa);
     wbase += step;
   }
 }

@@ -1,6 +1,6 @@
 // Launchers of one (input dtype, activation) unit: included by a generated
 // translation unit that defines QF_TRAITS (F32 / F16 / BF16), QF_ACT (Identity /
-// SiluMul / Relu2) and QF_UNIT (the unit's name), and defines
+// SiluMul / Relu2 / SwigluOai) and QF_UNIT (the unit's name), and defines
 // launch_quant_<unit>(QuantParams) and launch_act_<unit>(ActParams).
 #pragma once
 #include "act_quant.h"
@@ -117,7 +117,8 @@ const char* launch_group(const QuantParams& p) {
     }
     return launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), p.stream, p.pdl, static_cast<uint8_t*>(p.q),
                   static_cast<typename Scheme::Scale*>(p.s), gate_ptr(p.in), up_ptr(p.in), p.in.in_stride,
-                  uint32_t(total), uint32_t(groups_per_row), p.hidden, p.s_stride_t, p.s_stride_g, p.s_swizzled);
+                  uint32_t(total), uint32_t(groups_per_row), p.hidden, p.s_stride_t, p.s_stride_g, p.s_swizzled,
+                  p.act_args);
   }
 }
 
@@ -160,7 +161,8 @@ const char* launch_token(const QuantParams& p, int threads_x, int block_threads)
   // every slot filled: the kernel spreads the last, partial round of rows over all blocks
   const int64_t blocks = std::min<int64_t>((p.tokens + rows - 1) / rows, int64_t(n) * p.sms);
   return launch(kernel, dim3(unsigned(blocks)), dim3(threads_x, rows), p.stream, p.pdl, static_cast<uint8_t*>(p.q),
-                static_cast<float*>(p.s), gate_ptr(p.in), up_ptr(p.in), p.in.in_stride, p.tokens, p.hidden);
+                static_cast<float*>(p.s), gate_ptr(p.in), up_ptr(p.in), p.in.in_stride, p.tokens, p.hidden,
+                p.act_args);
 }
 
 // Per-token: up to 4 vectors per thread, so that a row takes few threads (a warp for
@@ -194,19 +196,20 @@ const char* dispatch_token(const QuantParams& p) {
   auto wide = act_token_quant_wide_kernel<DT, Act, 4>;
   if (interleaved(p.in)) wide = act_token_quant_wide_kernel<DT, Act, 4, kIL>;
   return launch(wide, dim3(unsigned(p.tokens)), dim3(kTokenThreads), p.stream, p.pdl, static_cast<uint8_t*>(p.q),
-                static_cast<float*>(p.s), gate_ptr(p.in), up_ptr(p.in), p.in.in_stride, p.tokens, p.hidden);
+                static_cast<float*>(p.s), gate_ptr(p.in), up_ptr(p.in), p.in.in_stride, p.tokens, p.hidden,
+                p.act_args);
 }
 
 // The elementwise kernel (act_kernel.cuh) over [tokens, hidden]: Q = void writes act(x)
 // to out in the input dtype, Q = Fp8Static the static FP8 codes.
 template <int VEC, typename Q>
 const char* launch_elementwise(void* out, const Inputs& in, int64_t tokens, int64_t hidden, const float* scale,
-                               bool pdl, cudaStream_t stream) {
+                               bool pdl, cudaStream_t stream, const ActArgs& aa) {
   const int64_t chunks = (hidden + kThreads * VEC - 1) / (kThreads * VEC);
   auto kernel = act_kernel<DT, Act, VEC, false, Q>;
   if (interleaved(in)) kernel = act_kernel<DT, Act, VEC, kIL, Q>;
   return launch(kernel, dim3(unsigned(tokens * chunks)), dim3(kThreads), stream, pdl, out, gate_ptr(in), up_ptr(in),
-                in.in_stride, hidden, uint32_t(chunks), scale);
+                in.in_stride, hidden, uint32_t(chunks), scale, aa);
 }
 
 }  // namespace
@@ -222,7 +225,8 @@ const char* QF_CAT(launch_quant_, QF_UNIT)(const QuantParams& p) {
     case kMxfp8: return dispatch_bool<Mxfp8, kMxBlock>(p, p.rceil);
     case kMxfp4: return dispatch_bool<Mxfp4, kMxBlock>(p, p.rceil);
     case kStatic:
-      return launch_elementwise<kVec, Fp8Static>(p.q, p.in, p.tokens, p.hidden, p.scale, p.pdl, p.stream);
+      return launch_elementwise<kVec, Fp8Static>(p.q, p.in, p.tokens, p.hidden, p.scale, p.pdl, p.stream,
+                                                 p.act_args);
     default: return "quantfuse: unknown scheme";
   }
 }
@@ -232,8 +236,9 @@ const char* QF_CAT(launch_act_, QF_UNIT)(const ActParams& p) {
     return "quantfuse: the identity has no activation kernel";
   } else {
     if (p.tokens == 0 || p.hidden == 0) return nullptr;
-    return p.vectorized ? launch_elementwise<kVec, void>(p.out, p.in, p.tokens, p.hidden, nullptr, p.pdl, p.stream)
-                        : launch_elementwise<1, void>(p.out, p.in, p.tokens, p.hidden, nullptr, p.pdl, p.stream);
+    return p.vectorized
+               ? launch_elementwise<kVec, void>(p.out, p.in, p.tokens, p.hidden, nullptr, p.pdl, p.stream, p.act_args)
+               : launch_elementwise<1, void>(p.out, p.in, p.tokens, p.hidden, nullptr, p.pdl, p.stream, p.act_args);
   }
 }
 

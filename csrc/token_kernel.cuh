@@ -64,7 +64,7 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
                                            const typename DT::Storage* __restrict__ up, int64_t in_stride,
                                            int64_t tokens, int64_t hidden, int64_t step, int buf, int64_t& row,
                                            const uint4 (&gv)[NV], const uint4 (&uv)[NV], uint4 (&gn)[NV],
-                                           uint4 (&un)[NV]) {
+                                           uint4 (&un)[NV], const ActArgs& aa) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
   using Q = Fp8Scaled<false>;
@@ -81,7 +81,7 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
     // f16 only: its 4-vector kernel spilled 124 bytes with the exact path's call (64 without);
     // bf16 does not spill, and fewer registers there changed its occupancy for the worse
     const float m = act_round_amax<DT, Act, VEC, std::is_same_v<DT, F16>>(
-        y[j], yp[j], reinterpret_cast<const S*>(&ga), reinterpret_cast<const S*>(&ua), in_row && row < tokens);
+        y[j], yp[j], reinterpret_cast<const S*>(&ga), reinterpret_cast<const S*>(&ua), in_row && row < tokens, aa);
     if (in_row) amax = nan_max(amax, m);
   }
   const auto st = Q::prepare(row_max(amax, buf));
@@ -119,7 +119,8 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
 template <typename DT, typename Act, int NV, bool EVICT_FIRST = false, bool IL = false>
 __global__ void __launch_bounds__(kTokenThreads) act_token_quant_kernel(
     uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ gate,
-    const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t tokens, int64_t hidden) {
+    const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t tokens, int64_t hidden,
+    const ActArgs aa) {
   const int64_t step = int64_t(gridDim.x) * blockDim.y;
   // Row slot y of block b takes rows y * gridDim.x + b + k * step: the last, partial
   // round of rows is spread over every block's first row slots (every SM gets its share).
@@ -130,23 +131,23 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_kernel(
   // Two rows per trip with the buffers swapped. The bound is uniform over the row's
   // threads, the only ones its barrier waits for.
   while (row < tokens) {
-    token_step<DT, Act, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, tokens, hidden, step, 0, row, ga, ua, gb, ub);
+    token_step<DT, Act, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, tokens, hidden, step, 0, row, ga, ua, gb, ub, aa);
     if (row >= tokens) break;
-    token_step<DT, Act, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, tokens, hidden, step, 1, row, gb, ub, ga, ua);
+    token_step<DT, Act, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, tokens, hidden, step, 1, row, gb, ub, ga, ua, aa);
   }
 }
 
 template <typename DT, typename Act, bool IL>
 __device__ __forceinline__ void act_vector(float (&y)[16 / sizeof(typename DT::Storage)], float& amax,
                                            const typename DT::Storage* gate, const typename DT::Storage* up,
-                                           int64_t row_off, int64_t col) {
+                                           int64_t row_off, int64_t col, const ActArgs& aa) {
   using S = typename DT::Storage;
   uint4 gv, uv;
   load_operands<DT, Act::kGated, IL, false>(gv, uv, gate, up, row_off, col);
   if constexpr (IL) split_interleaved<DT>(gv, uv);
   uint32_t yp[8 / sizeof(S)];
   amax = nan_max(amax, act_round_amax<DT, Act, 16 / sizeof(S)>(y, yp, reinterpret_cast<const S*>(&gv),
-                                                               reinterpret_cast<const S*>(&uv), true));
+                                                               reinterpret_cast<const S*>(&uv), true, aa));
 }
 
 // Rows too long for registers: blockDim.x = kTokenThreads, one row per block, chunks of
@@ -154,7 +155,8 @@ __device__ __forceinline__ void act_vector(float (&y)[16 / sizeof(typename DT::S
 template <typename DT, typename Act, int NV, bool IL = false>
 __global__ void __launch_bounds__(kTokenThreads) act_token_quant_wide_kernel(
     uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ gate,
-    const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t tokens, int64_t hidden) {
+    const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t tokens, int64_t hidden,
+    const ActArgs aa) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
   using Q = Fp8Scaled<false>;
@@ -169,7 +171,7 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_wide_kernel(
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
       const int64_t col = c0 + (int64_t(j) * blockDim.x + threadIdx.x) * VEC;
-      if (col < hidden) act_vector<DT, Act, IL>(y, amax, gate, up, row_off, col);
+      if (col < hidden) act_vector<DT, Act, IL>(y, amax, gate, up, row_off, col, aa);
     }
   }
   const auto st = Q::prepare(row_max(amax, 0));
@@ -179,7 +181,7 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_wide_kernel(
       const int64_t col = c0 + (int64_t(j) * blockDim.x + threadIdx.x) * VEC;
       if (col < hidden) {
         float unused = 0.0f;
-        act_vector<DT, Act, IL>(y, unused, gate, up, row_off, col);
+        act_vector<DT, Act, IL>(y, unused, gate, up, row_off, col, aa);
         uint32_t w[VEC / 4];
         Q::encode<VEC, DT>(y, nullptr, st, w);
         store_bytes<VEC>(qr + col, w, 0);

@@ -343,7 +343,6 @@ SWIGLUOAI_AND_MUL = Activation(
     params=(Param("alpha", 1.702, "the sigmoid's slope: gate * sigmoid(gate * alpha)"),
             Param("limit", 7.0, "the clamp: gate <= limit, -limit <= up <= limit", positive=True)),
     rounding=ActRounding.EACH_OP,
-    cuda=False,
 )
 #: the identity: the unfused quant ops (no activation op of its own)
 IDENTITY = Activation(name="identity", cname="Identity", gated=False, doc="no activation")
@@ -672,6 +671,15 @@ def cpp_header() -> str:
     lines.append("constexpr const char* kSchemeNames[] = {" +
                  ", ".join(f'"{snames[i]}"' for i in sorted(snames)) + "};")
     lines.append(f"constexpr int kNumActs = {len(CUDA_ACTIVATIONS)}, kNumSchemes = {len(KERNEL_SCHEMES) + 1};")
+    # the activations' parameters (Activation.params): how many each takes, by ActCode, and the
+    # index of each in ActArgs::p (act_quant.h), e.g. kSwigluOaiAlpha
+    counts = {c[f"act_{a.name}"]: len(a.params) for a in CUDA_ACTIVATIONS}
+    lines.append("constexpr int kActNumParams[] = {" + ", ".join(str(counts[i]) for i in sorted(counts)) + "};")
+    lines.append(f"constexpr int kMaxActParams = {max([1] + list(counts.values()))};")
+    for a in CUDA_ACTIVATIONS:
+        if a.params:
+            lines.append("constexpr int " + ", ".join(f"k{a.cname}{_camel(p.name)} = {i}"
+                                                      for i, p in enumerate(a.params)) + ";")
     lines.append(f"constexpr float kFp8Max = {E4M3.max:.1f}f, kFp4Max = {E2M1.max:.1f}f;")
     lines.append(f"constexpr int kFp8Emax = {E4M3.emax}, kFp4Emax = {E2M1.emax};")
     lines.append(f"constexpr int kMxBlock = {MX_BLOCK}, kE8m0Bias = {E8M0_BIAS}, kE8m0Nan = {E8M0_NAN};")

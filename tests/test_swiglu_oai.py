@@ -97,7 +97,7 @@ def test_eager_rounds_each_op():
 
 
 def test_catalog_entry_and_schemas():
-    assert catalog.ACTIVATIONS["swigluoai_and_mul"] is ACT and ACT.gated and not ACT.cuda
+    assert catalog.ACTIVATIONS["swigluoai_and_mul"] is ACT and ACT.gated and ACT.cuda
     assert [p.name for p in ACT.params] == ["alpha", "limit"]
     assert ACT.defaults == {"alpha": 1.702, "limit": 7.0}  # GPT-OSS's config defaults
     ops = [e for e in catalog.OPS.values() if e.activation is ACT]
@@ -107,8 +107,14 @@ def test_catalog_entry_and_schemas():
         assert "*, bool interleaved=False, float alpha=1.702, float limit=7." in schema, schema
     # activations without parameters have none in their schema
     assert "alpha" not in catalog.OPS["silu_and_mul_mxfp8_quant"].schema
-    assert ACT in catalog.KERNEL_ACTIVATIONS and ACT not in catalog.CUDA_ACTIVATIONS
-    assert "SwigluOai" not in catalog.cpp_header()  # no C++ enumerator without a CUDA unit
+    assert ACT in catalog.KERNEL_ACTIVATIONS and ACT in catalog.CUDA_ACTIVATIONS
+    header = catalog.cpp_header()
+    code = catalog.codes()["act_swigluoai_and_mul"]
+    # the kernels' ActArgs::p indices and the count the binding checks, from Activation.params
+    assert "constexpr int kSwigluOaiAlpha = 0, kSwigluOaiLimit = 1;" in header
+    assert f"kActSwigluOai = {code}," in header
+    counts = header.split("kActNumParams[] = {")[1].split("}")[0].split(", ")
+    assert counts[code] == "2" and counts[catalog.codes()["act_silu_and_mul"]] == "0"
 
 
 def test_params_are_part_of_the_plan_key():
@@ -169,15 +175,28 @@ def test_fused_equals_unfused_pair_in_every_layout(scheme, dtype, alpha, limit):
             assert torch.equal(_bits(a), _bits(b))
 
 
-def test_cuda_backend_declines_it_with_a_reason():
+def test_cuda_backend_runs_it_with_its_parameters(monkeypatch):
+    """Every swigluoai op has a CUDA unit (no decline for the activation), and run() hands the
+    plan's alpha and limit to the extension (act_params, in Activation.params order)."""
     for e in catalog.OPS.values():
         if e.activation is not ACT or e.experts:  # the experts ops: tests/test_experts_ops.py
             continue
         scale = torch.ones(1) if e.scheme is not None and e.scheme.tensor_inputs else None
         args = tuple(p.example for p in e.scheme.params) if e.scheme is not None else ()
-        plan = dataclasses.replace(make_plan(e, torch.zeros(2, 512), args, scale=scale), device_type="cuda",
-                                   aligned=True)
-        assert cuda_backend.supports(plan) == "activation swigluoai_and_mul has no CUDA unit (catalog: Activation.cuda)"
+        plan = dataclasses.replace(make_plan(e, torch.zeros(2, 512), args, scale=scale,
+                                             act_params={"alpha": 1.5, "limit": 3.0}),
+                                   device_type="cuda", aligned=True)
+        assert "no CUDA unit" not in (cuda_backend._reason(plan) or "")
+        seen = {}
+
+        class Extension:
+            def act_quant(self, *args, act_params=()):
+                seen["act_params"] = act_params
+                return ""
+
+        monkeypatch.setattr(cuda_backend, "_module", Extension())
+        cuda_backend.run(plan, plan.empty_outputs(torch.device("cpu")), torch.zeros(2, 512), None, scale)
+        assert seen["act_params"] == (1.5, 3.0)
 
 
 def test_op_form_site_keeps_its_parameters_when_fused():

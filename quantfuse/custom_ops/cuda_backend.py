@@ -350,7 +350,7 @@ def launch_args(plan, argument_names: list[str]) -> dict:
     r = plan.recipe
     return dict(act=act, scheme=scheme, layout=layout, group_size=gs, groups=groups, hidden=plan.hidden,
                 q_width=plan.hidden if r is None else r.q_width(plan.hidden), use_ue8m0=ue8m0, rceil=rceil,
-                swizzled=swizzled, column_major=column,
+                swizzled=swizzled, column_major=column, act_params=list(plan.act_params),
                 up_index=argument_names.index("up") if "up" in argument_names else -1,
                 scale_index=argument_names.index("scale") if "scale" in argument_names else -1)
 
@@ -366,7 +366,8 @@ def run(plan, outputs, x, up, scale) -> None:
     else:
         st, sg = groups, 1
     err = (_module or _mod()).act_quant(act, scheme, layout, outputs[0], outputs[1] if len(outputs) > 1 else None,
-                                        x, up, scale, gs, ue8m0, rceil, st, sg, swizzled)
+                                        x, up, scale, gs, ue8m0, rceil, st, sg, swizzled,
+                                        act_params=plan.act_params)
     if err:
         raise RuntimeError(err)
 

@@ -23,6 +23,7 @@ changed until the whole site is understood, so the graph stays byte-identical el
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import operator
 
@@ -73,6 +74,8 @@ class Site:
     column_tail: Node | None
     nodes: set[Node]
     note: str = ""
+    #: the activation's parameters read off the graph's literals (GPT-OSS's alpha, limit)
+    act_params: dict = dataclasses.field(default_factory=dict)
 
     @property
     def op_name(self) -> str:
@@ -95,6 +98,7 @@ class Site:
             kwargs["up"] = self.up
         if self.layout is Layout.INTERLEAVED:
             kwargs["interleaved"] = True
+        kwargs.update(self.act_params)
         spec = r.spec(scheme.recipe(**params))
         if spec:
             kwargs["recipe"] = spec
@@ -396,15 +400,15 @@ def _rounded(e: tuple, dtype) -> tuple:
     return ("round", str(dtype).replace("torch.", ""), e) if dtype in canonical.SIXTEEN_BIT else e
 
 
-def _act_leaves(y: Node) -> list[Node]:
-    """The inputs of the activation: the nodes above ``y`` that are not activation ops."""
+def _act_leaves(y: Node, ops=_ACT_OPS) -> list[Node]:
+    """The inputs of the activation: the nodes above ``y`` that are not activation ops (``ops``)."""
     leaves, seen, stack = [], set(), [y]
     while stack:
         n = stack.pop()
         if n in seen:
             continue
         seen.add(n)
-        if n.op == "call_function" and n.target in _ACT_OPS:
+        if n.op == "call_function" and n.target in ops:
             stack.extend(n.all_input_nodes)
         elif n is y:
             raise NotRecognised(f"the quantised value `{y.name}` is not computed by an activation")
@@ -497,9 +501,26 @@ def _slice_of(n: Node):
     return None
 
 
+def _same_view(a: Node, b: Node) -> Node | None:
+    """The node two equal chains of views start from (``squeeze(t, 1)`` taken twice, once for
+    the gate's slice and once for the up's), when it has their last dim; else None."""
+    width = a.meta["val"].shape[-1]
+    while a is not b:
+        if not (isinstance(a, Node) and isinstance(b, Node) and a.op == b.op == "call_function"
+                and a.target == b.target and a.target in canonical._VIEWS and a.args[1:] == b.args[1:]
+                and a.kwargs == b.kwargs):
+            return None
+        a, b = a.args[0], b.args[0]
+    return a if isinstance(a, Node) and a.meta["val"].shape[-1] == width else None
+
+
 def read_layout(gate: Node, up: Node) -> tuple[Layout, Node, Node | None]:
     """The gated layout of ``gate`` and ``up``: ``(layout, x, up tensor or None)``."""
     sg, su = _slice_of(gate), _slice_of(up)
+    if sg and su and sg[0] is not su[0]:
+        base = _same_view(sg[0], su[0])
+        if base is not None:
+            sg, su = (base, *sg[1:]), (base, *su[1:])
     if sg and su and sg[0] is su[0]:
         base, width = sg[0], sg[0].meta["val"].shape[-1]
         d = width // 2
@@ -520,6 +541,131 @@ def read_layout(gate: Node, up: Node) -> tuple[Layout, Node, Node | None]:
     if sg or su:
         raise NotRecognised("one of gate / up is a slice of a tensor the other is not")
     return Layout.SEPARATE, gate, up
+
+
+# --- GPT-OSS's clamped SwiGLU ----------------------------------------------------------------
+
+#: the clamps GPT-OSS's activation adds to the ops an activation is computed with
+_CLAMP_OPS = {aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default}
+
+
+def _clamp_bounds(node: Node) -> tuple:
+    """The number bounds of a clamp node (``None`` for a side it leaves open)."""
+    t, args = node.target, node.args
+    if t in (aten.clamp_min.default, aten.clamp_max.default):
+        return (args[1],)
+    return (args[1] if len(args) > 1 else node.kwargs.get("min"), args[2] if len(args) > 2 else node.kwargs.get("max"))
+
+
+class _ClampInterpreter(Interpreter):
+    """The interpreter for the activation's side: a clamp to a bound its operand's dtype cannot
+    hold (a limit of 7.1 on a bf16 gate) yields a value that dtype cannot hold, so the cast
+    back to it rounds (``canonical`` assumes a clamp keeps its operand's dtype, which holds for
+    the FP8 bounds and floors it reads)."""
+
+    def _clamp(self, node: Node) -> canonical.Val:
+        v = super()._clamp(node)
+        src = self.value(node.args[0])
+        bounds = [_f32(c) for c in _clamp_bounds(node) if isinstance(c, (int, float))]
+        if src.level != "const" and any(canonical._as(c, src.narrow) != c for c in bounds):
+            expr, narrow = self._round(v.expr, torch.float32, v.dtype)
+            return dataclasses.replace(v, expr=expr, narrow=narrow)
+        return v
+
+
+def _swigluoai_expr(G: tuple, U: tuple, alpha: float, limit: float, dtype: torch.dtype,
+                    up_min_first: bool) -> tuple:
+    """transformers' ``GptOssExperts._apply_gate`` (``gate.clamp(max=limit)``,
+    ``up.clamp(-limit, limit)``, ``(up + 1) * (gate * sigmoid(gate * alpha))``) as the
+    interpreter reads eager's op-by-op execution: each op in fp32, rounded to ``dtype``; a
+    clamp rounds only where the limit does not fit ``dtype``."""
+    sort = Interpreter._sorted
+    L = _f32(limit)
+    fits = canonical._as(L, dtype) == L
+
+    def clamp_round(e):
+        return e if fits else _rounded(e, dtype)
+
+    lo, hi = const(-limit), const(limit)
+    gate = clamp_round(sort("min", G, hi))
+    up = sort("max", sort("min", U, hi), lo) if up_min_first else sort("min", sort("max", U, lo), hi)
+    up = clamp_round(up)
+    sig = _rounded(("sigmoid", _rounded(sort("mul", gate, const(alpha)), dtype)), dtype)
+    glu = _rounded(sort("mul", gate, sig), dtype)
+    return _rounded(sort("mul", _rounded(sort("add", up, const(1)), dtype), glu), dtype)
+
+
+def _subexprs(e):
+    if isinstance(e, tuple) and e and e[0] != "c":
+        yield e
+        for a in e[1:]:
+            yield from _subexprs(a)
+
+
+def _swigluoai_difference(expr: tuple, G: tuple, U: tuple, dtype: torch.dtype) -> str:
+    """What a clamped-sigmoid gated activation does unlike GPT-OSS's (``G`` is the leaf under
+    the sigmoid): the near miss's reason."""
+    e = _strip_rounds(expr)
+    subs = list(_subexprs(e))
+    consts = lambda s, name: [_const_of(a) for a in s[1:] if _const_of(a) is not None] if s[0] == name else []  # noqa: E731
+    up_clamps = [s for s in subs if s[0] in ("max", "min") and U in s[1:] or
+                 s[0] in ("max", "min") and any(isinstance(a, tuple) and a[0] in ("max", "min") and U in a[1:]
+                                                for a in s[1:])]
+    gate_clamped = any(s[0] == "min" and G in s[1:] and consts(s, "min") for s in subs)
+    if not gate_clamped:
+        return "the gate is not clamped from above (gate.clamp(max=limit))"
+    limit = next(consts(s, "min")[0] for s in subs if s[0] == "min" and G in s[1:] and consts(s, "min"))
+    bounds = sorted(c for s in up_clamps for c in consts(s, s[0]))
+    if not bounds:
+        return "up is not clamped (up.clamp(-limit, limit))"
+    if bounds != [-limit, limit]:
+        return f"up is clamped to {bounds} where GPT-OSS clamps it to [-limit, limit] with the gate's limit {limit}"
+    if not any(s[0] == "add" and 1.0 in consts(s, "add") for s in subs):
+        return "the clamped up is not offset by one ((up + 1) * ...)"
+    if not any(s[0] == "sigmoid" and s[1][0] == "mul" and consts(s[1], "mul") for s in subs):
+        return "the sigmoid does not take the gate times a constant (sigmoid(gate * alpha))"
+    rounds = "each op rounded to " + str(dtype).replace("torch.", "") if dtype in canonical.SIXTEEN_BIT else "in fp32"
+    return f"the activation computes {_show(expr, 6)}, not GPT-OSS's (up + 1) * (gate * sigmoid(gate * alpha)) " \
+           f"in that order ({rounds}, as eager runs transformers' GptOssExperts._apply_gate)"
+
+
+def recognise_swigluoai(y: Node) -> tuple[list[Node], dict[str, float]] | None:
+    """``([gate, up], {"alpha": a, "limit": l})`` when ``y`` is GPT-OSS's clamped SwiGLU as eager
+    runs it (``catalog.ActRounding.EACH_OP``), its parameters read off the graph's literals.
+
+    None when ``y`` has no clamp and sigmoid of two tensors (not close: another activation's
+    reading applies); NotRecognised names what differs when it has them (a near miss)."""
+    leaves = _act_leaves(y, _ACT_OPS | _CLAMP_OPS)
+    dtype = _dtype(y)
+    if len(leaves) != 2 or any(_dtype(n) != dtype for n in leaves) \
+            or any(n.op == "call_function" and n.target in _NONLINEAR for n in leaves):
+        return None
+    try:
+        expr = _ClampInterpreter(leaves[0], elem_leaves={n: ("in", i) for i, n in enumerate(leaves)}).value(y).expr
+    except Unknown:
+        return None
+    subs = list(_subexprs(expr))
+    sigmoids = [s for s in subs if s[0] == "sigmoid"]
+    if not sigmoids or not any(s[0] in ("min", "max") and any(_const_of(a) is not None for a in s[1:]) for s in subs):
+        return None
+    consts = sorted({_const_of(a) for s in subs for a in s[1:] if _const_of(a) is not None})
+    for g, u in ((0, 1), (1, 0)):
+        G, U = ("in", g), ("in", u)
+        for alpha, limit, up_min_first in itertools.product(consts, consts, (False, True)):
+            if limit > 0 and expr == _swigluoai_expr(G, U, alpha, limit, dtype, up_min_first):
+                return [leaves[g], leaves[u]], {"alpha": alpha, "limit": limit}
+    gate = 0 if ("in", 0) in set(_subexprs(_strip_rounds(sigmoids[0]))) else 1
+    raise NotRecognised(_swigluoai_difference(expr, ("in", gate), ("in", 1 - gate), dtype))
+
+
+def read_activation(y: Node) -> tuple[str, list[Node], str, dict[str, float]]:
+    """``(activation, inputs, note, parameters)``: GPT-OSS's clamped SwiGLU with the alpha and
+    limit it is written with, else :func:`recognise_activation`'s reading (no parameters)."""
+    swiglu = recognise_swigluoai(y)
+    if swiglu is not None:
+        inputs, params = swiglu
+        return catalog.SWIGLUOAI_AND_MUL.name, inputs, "", params
+    return (*recognise_activation(y), {})
 
 
 # --- the site ---------------------------------------------------------------------------------
@@ -608,8 +754,8 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
                                     f"(supported: {', '.join(map(str, config.group_sizes))})")
             scheme = catalog.FP8_PER_GROUP
             recipe = dataclasses.replace(scheme.base, group_size=group, **fields)
-    act, inputs, note = recognise_activation(y)
-    if act == "silu_and_mul":
+    act, inputs, note, act_params = read_activation(y)
+    if catalog.ACTIVATIONS[act].gated:
         layout, x, up = read_layout(*inputs)
     else:
         layout, x, up = Layout.HALVES, inputs[0], None
@@ -650,7 +796,8 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         if outside:
             raise NotRecognised(f"activation value `{n.name}` has a consumer outside the pattern: "
                                 f"{', '.join(u.name for u in outside)}{_grad_hint(outside)}")
-    site = Site(act, layout, recipe, scheme, x, up, scale_input, y, q, scales, None, site_nodes, note)
+    site = Site(act, layout, recipe, scheme, x, up, scale_input, y, q, scales, None, site_nodes, note,
+                act_params=act_params)
     _column_major(site)
     return site
 
@@ -751,10 +898,10 @@ def should_fuse(site: Site, config) -> str | None:
     xv = site.x.meta["val"]
     upv = site.up.meta["val"] if site.up is not None else None
     sv = site.scale_input.meta["val"] if site.scale_input is not None else None
-    params = {k: v for k, v in kwargs.items() if k not in ("up", "interleaved", "recipe")}
+    params = {k: v for k, v in kwargs.items() if k not in ("up", "interleaved", "recipe") and k not in site.act_params}
     try:
         plan = qplan.make_plan(entry, xv, (), params, up=upv, interleaved=kwargs.get("interleaved", False),
-                               scale=sv, recipe=kwargs.get("recipe", ""))
+                               scale=sv, recipe=kwargs.get("recipe", ""), act_params=site.act_params)
     except (TypeError, ValueError) as e:
         return str(e)
     if xv.device.type == "cpu":

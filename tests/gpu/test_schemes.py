@@ -239,7 +239,7 @@ def _direct(name, x, *params, vectors=0, bps=0, up=None, interleaved=False):
     act, scheme, layout, gs, ue8m0, rceil, swizzled, column, groups = cuda_backend._fixed_args(p)
     st, sg = (1, p.tokens) if column else ((0, 0) if swizzled else (groups, 1))
     err = cuda_backend._mod().act_quant(act, scheme, layout, outs[0], outs[1], x, up, None, gs, ue8m0, rceil, st, sg,
-                                        swizzled, vectors, bps)
+                                        swizzled, vectors, bps, p.act_params)
     assert err == "", err
     return outs
 
