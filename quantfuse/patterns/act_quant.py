@@ -293,6 +293,7 @@ def _register(spec: PatternSpec, config, pm_pass: PatternMatcherPass) -> None:
                 why = profitability.native_rewrite_reason(params.x.meta["val"].device.type, config)
                 if why:
                     raise site.NotFusable(why)
+                site.check_kernel(spec.activation, spec.scheme, params.params, params.x.meta["val"])
         except site.NotFusable as e:
             _recorder[-1].near_miss(spec, match, str(e), site.activation_output(traced, part_of))
             return False
