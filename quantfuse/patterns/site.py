@@ -216,7 +216,15 @@ def _read_fp8_group(nodes, y, spelling, config) -> dict:
     return params
 
 
+#: why an MX site of a float32 activation is not fused (the pattern matcher and the recogniser)
+FP32_MX_REASON = ("MX of a float32 activation: torch.log2 rounds near powers of two, so the exponent this "
+                  "code computes is not always the exact one the fused op computes")
+
+
 def _read_mx(nodes, y, spelling, config) -> dict:
+    # a 16-bit amax is never within an fp32 ulp of a power of two (times 448 or 6) unless it is
+    # one, so torch.log2 gives the exact exponent there; an fp32 amax can be, and log2 rounds
+    _require(_val(y).dtype in _SIXTEEN_BIT, FP32_MX_REASON)
     block = _groups_of(nodes, y)
     _require(block == 32, f"block size {block} is not the MX block size 32")
     return {"scale_rounding": spelling}
