@@ -24,6 +24,8 @@ from transformers.models.llama.modeling_llama import LlamaMLP  # noqa: E402
 
 def _mlp(monkeypatch):
     monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularity: None)
+    # every compile runs the pass (a cached graph would skip it)
+    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)
     torch.manual_seed(0)
     mlp = LlamaMLP(LlamaConfig(hidden_size=256, intermediate_size=512, hidden_act="silu")).to(torch.bfloat16).eval()
     quantize_(mlp, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
@@ -47,9 +49,16 @@ def test_torchao_float8_per_row_activation_quant_is_fused(monkeypatch):
     # torchao's quantisations of x itself (gate_proj, up_proj inputs) are no act -> quant site
     assert graph.near_misses == []
     # the model's output also runs Inductor's code for the unfused parts (torchao's quantisation of
-    # x, the GEMMs), which differs from eager by itself: compared within FP8's resolution here
-    rel = ((eager.float() - fused.float()).norm() / eager.float().norm()).item()
-    assert rel < 2e-2
+    # x: Inductor keeps amax / 448 in fp32 where eager rounds it to bf16), which differs from eager
+    # by itself: the pass must not add to that difference
+    torch._dynamo.reset()
+    with torch.no_grad():
+        plain = torch.compile(mlp)(x)
+    torch._dynamo.reset()
+
+    def rel(a):
+        return ((eager.float() - a.float()).norm() / eager.float().norm()).item()
+    assert rel(fused) <= rel(plain) * 1.25 + 1e-3, (rel(fused), rel(plain))
 
 
 def test_torchao_site_is_kept_for_speed_on_the_cpu_by_default(monkeypatch):
