@@ -1,6 +1,7 @@
 """Test corpus: one small module per way people write SiLU×Mul → FP8 per-group quant.
 
-Each class sets ``expect`` = (rewrites, group_size, use_ue8m0, column_major) and
+Each class sets ``expect`` = (rewrites, group_size, use_ue8m0 (True, False or "exp2": the
+``exp2(ceil(log2(s)))`` recipe), column_major) and
 ``make_input`` builds its input; ``near_misses`` lists modules that must be left
 alone, with a fragment of the reason the report must give.
 """
@@ -38,7 +39,10 @@ class Style(torch.nn.Module):
         if cls.scheme != "fp8_per_group":
             return cls.expect[0], cls.fused, cls.params
         n, group, ue8m0, col_major = cls.expect
-        return n, cls.fused, {"group_size": group, "column_major_scales": col_major, "use_ue8m0": ue8m0}
+        params = {"group_size": group, "column_major_scales": col_major, "use_ue8m0": ue8m0 is True}
+        if ue8m0 == "exp2":  # exp2(ceil(log2(s))): its own recipe (catalog.Ue8m0.EXP2_CEIL_LOG2)
+            params["recipe"] = "ue8m0=exp2"
+        return n, cls.fused, params
     shape = (33, 1024)
     dtype = torch.bfloat16
     transposed_scales = False  # the module returns scales as [G, T]
@@ -110,7 +114,7 @@ class ThreeDimChunkSigmoid(Style):
 
 
 class Ue8m0Exp2(Style):
-    expect = (1, 64, True, False)
+    expect = (1, 64, "exp2", False)
 
     def forward(self, x):
         a, b = _halves_slice(x)
@@ -123,7 +127,7 @@ class Ue8m0Exp2(Style):
 
 
 class Ue8m0Pow(Style):
-    expect = (1, 128, True, False)
+    expect = (1, 128, "exp2", False)
 
     def forward(self, x):
         a, b = x.chunk(2, -1)
@@ -234,7 +238,7 @@ class Relu2SquareGroup(Style):
 
 class Relu2PowUe8m0(Style):
     fused = "relu2_per_block_quant"
-    expect = (1, 64, True, False)
+    expect = (1, 64, "exp2", False)
     shape = (2, 3, 256)
 
     def forward(self, x):

@@ -89,10 +89,13 @@ def encode_e2m1(v: torch.Tensor) -> torch.Tensor:
 
 
 def mx_exponent(block: list[float], element: str, rounding: str) -> int | None:
-    """Shared exponent of one block by the definitions (None for a NaN block)."""
+    """Shared exponent of one block by the definitions (None for a NaN block; an inf block
+    gets E8M0's largest, 127, as the torch spelling's clamp of an infinite exponent)."""
     max_elem, emax = {"e4m3": (448.0, 8), "e2m1": (6.0, 2)}[element]
-    if any(v != v or v in (float("inf"), float("-inf")) for v in block):
+    if any(v != v for v in block):
         return None
+    if any(v in (float("inf"), float("-inf")) for v in block):
+        return 127
     amax = max(abs(v) for v in block)
     if amax == 0:
         return -127

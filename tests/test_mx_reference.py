@@ -40,7 +40,7 @@ def test_mx_quant_matches_the_ocp_definition(scheme, rounding, t, blocks, dtype,
                 continue
             assert s[i, b] == e + 127
             scaled = xb[i, b] / 2.0 ** e
-            if rounding == "rceil":
+            if rounding == "rceil" and e < 127:
                 assert scaled.abs().max() <= max_elem  # rceil never saturates
             want = f64.encode_e4m3fn(scaled.clamp(-448, 448)) if scheme == "mxfp8" else f64.encode_e2m1(scaled)
             assert torch.equal(codes[i, b], want), (i, b)

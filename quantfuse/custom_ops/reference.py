@@ -213,15 +213,18 @@ def mx_block_exponents(x: torch.Tensor, element: str, scale_rounding: str) -> tu
     floor (OCP spec): ``floor(log2(amax)) - emax_elem``; rceil (NVIDIA): the smallest
     power of two not below ``amax * fp32(1 / max_elem)`` (fp32 multiply, as in
     TransformerEngine).  Both exact from the exponent bits, clamped to E8M0's
-    ``[-127, 127]`` (an all-zero block gets 2**-127).  A block holding NaN or inf is a
-    NaN block (scale byte 0xFF).
+    ``[-127, 127]`` (an all-zero block gets 2**-127).  A block holding inf (and no NaN) gets
+    127, as eager's ``clamp(ceil(log2(amax / max_elem)), -127, 127)`` and
+    ``clamp(floor(log2(amax)) - emax, -127, 127)`` give it (an fp16 activation overflows to inf
+    easily); a block holding NaN is a NaN block (scale byte 0xFF; eager's ``(nan + 127).to(uint8)``
+    is an undefined conversion in C++).
     """
     if scale_rounding not in SCALE_ROUNDINGS:
         raise ValueError(f"scale_rounding must be one of {SCALE_ROUNDINGS}, got {scale_rounding!r}")
     max_elem, emax = MX_ELEMENTS[element]
     amax = x.float().unflatten(-1, (-1, MX_BLOCK)).abs().amax(-1)
-    bad = ~torch.isfinite(amax)
-    safe = torch.where(bad | (amax == 0), torch.ones_like(amax), amax)
+    bad = torch.isnan(amax)
+    safe = torch.where(~torch.isfinite(amax) | (amax == 0), torch.ones_like(amax), amax)
     if scale_rounding == "floor":
         exp = torch.frexp(safe)[1] - 1 - emax  # amax = m * 2**k, m in [0.5, 1): floor(log2) = k - 1
     else:
@@ -231,6 +234,7 @@ def mx_block_exponents(x: torch.Tensor, element: str, scale_rounding: str) -> tu
         exp = _ceil_log2(r)
         exp = torch.where(r == 0, torch.full_like(exp, -E8M0_BIAS), exp)
     exp = torch.where(amax == 0, torch.full_like(exp, -E8M0_BIAS), exp)
+    exp = torch.where(torch.isinf(amax), torch.full_like(exp, E8M0_BIAS), exp)
     return exp.clamp(-E8M0_BIAS, E8M0_BIAS).to(torch.int32), bad
 
 
@@ -272,7 +276,8 @@ def mxfp8_quant(x: torch.Tensor, scale_rounding: str = "rceil",
     """OCP MXFP8: E4M3 elements, one E8M0 scale byte per 32 elements: ``(q, s uint8 [..., H/32])``
     (``is_sf_swizzled_layout``: ``s`` in the 128x4 tiled layout, see :func:`swizzle_128x4`).
 
-    Elements saturate at ±448; a NaN block is all NaN with scale byte 0xFF.
+    Elements saturate at ±448 (an inf block: ±inf -> ±448, the rest scaled by 2^-127); a NaN block
+    is all NaN with scale byte 0xFF.
     """
     exp, bad = mx_block_exponents(x, "e4m3", scale_rounding)
     v = _scaled_blocks(x, exp).clamp(-FP8_MAX, FP8_MAX)

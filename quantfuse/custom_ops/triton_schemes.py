@@ -462,8 +462,8 @@ def _kernels():
                                         SILU_ROUNDED, SOFT, INTERP)
             amax_bits = tl.maximum(tl.max(_abs_bits(ylo), axis=1), tl.max(_abs_bits(yhi), axis=1))
             e, bad = _mx_exponent(amax_bits, _FP4_EMAX, _FP4_INV, RCEIL)
-            f = ((127 - e) << 23).to(tl.float32, bitcast=True)[:, None]  # 2**-e (e <= 126 here)
-            packed = (_e2m1_code(ylo * f, bad) | (_e2m1_code(yhi * f, bad) << 4)).to(tl.uint8)
+            lo, hi = _e2m1_code(_mx_scaled(ylo, e), bad), _e2m1_code(_mx_scaled(yhi, e), bad)
+            packed = (lo | (hi << 4)).to(tl.uint8)
             tl.store(q_ptr + (qbase // 2)[:, None] + pc[None, :], packed, mask=m)
         else:
             col = tl.arange(0, GS)
@@ -471,8 +471,7 @@ def _kernels():
                             alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
             amax_bits = tl.max(_abs_bits(y), axis=1)
             e, bad = _mx_exponent(amax_bits, _FP8_EMAX, _FP8_INV, RCEIL)
-            f = ((127 - e) << 23).to(tl.float32, bitcast=True)  # 2**-e (e <= 126 here)
-            v = y * f[:, None]
+            v = _mx_scaled(y, e)
             nan = (amax_bits * 0 + 0x7FC00000).to(tl.float32, bitcast=True)
             v = tl.where(bad[:, None], nan[:, None], _clamp_fp8(v))
             _store_fp8(q_ptr, qbase[:, None] + col[None, :], v, m, SOFT)
@@ -510,9 +509,19 @@ def _kernels():
         tl.store(s_ptr + _swizzled_offset(sr0 + r, g, s_st), sb, mask=g < padded_groups)
 
     @triton.jit
+    def _mx_scaled(y, e):
+        # y * 2**-e, exact: a finite block has e <= 126, where 2**-e is a normal float; an inf
+        # block has e = 127 (2**-127 is subnormal): y * 2**-126 * 0.5, whose first product is
+        # exact wherever the second can round to a non-zero element (|y| >= 2**117)
+        f = ((127 - tl.minimum(e, 126)) << 23).to(tl.float32, bitcast=True)[:, None]
+        v = y * f
+        return tl.where((e == 127)[:, None], v * 0.5, v)
+
+    @triton.jit
     def _mx_exponent(amax_bits, EMAX: tl.constexpr, INV: tl.constexpr, RCEIL: tl.constexpr):
-        # reference.mx_block_exponents, from the bits; bad: inf or NaN in the block
-        bad = amax_bits >= 0x7F800000
+        # reference.mx_block_exponents, from the bits; bad: NaN in the block (an inf block
+        # gets 127, as eager's clamp of an infinite exponent)
+        bad = amax_bits > 0x7F800000
         amax = amax_bits.to(tl.float32, bitcast=True)
         if RCEIL:
             # ceil(log2(amax * fp32(1/max_elem))); a product that underflows to 0 gets -127
@@ -525,12 +534,13 @@ def _kernels():
             ae = (amax_bits >> 23) & 0xFF
             e = tl.where(ae == 0, -127, ae - 127 - EMAX)
         e = tl.where(amax_bits == 0, -127, e)
+        e = tl.where(amax_bits == 0x7F800000, 127, e)
         return tl.minimum(tl.maximum(e, -_E8M0_BIAS), _E8M0_BIAS), bad
 
     @triton.jit
     def _e2m1_code(v, bad):
         # E2M1 code of v (already divided by the scale) by counting the rounding thresholds
-        # |v| passes (ties to even), sign in bit 3; 0 in a NaN / inf block
+        # |v| passes (ties to even), sign in bit 3; 0 in a NaN block
         a = tl.abs(v)
         c = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
              + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
@@ -560,7 +570,7 @@ def _kernels():
     g.update({f.__name__: f for f in (
         _load_f32, _unpack_pairs, _bases, _bf16_rne_bits, _round_to_input, _activation, _pair_activation, _act,
         _swiglu_oai,
-        _abs_bits, _fp8_scale, _e4m3_bits, _div_by_scale, _div_static, _mx_exponent, _e2m1_code,
+        _abs_bits, _fp8_scale, _e4m3_bits, _div_by_scale, _div_static, _mx_exponent, _mx_scaled, _e2m1_code,
         _store_mx_scale, _store_fp8, _clamp_fp8, _store_act, _row_kernel, _group_kernel, _mx_groups,
         _mx_scale_byte, _swizzled_offset, _experts_kernel)})
     return {"row": _row_kernel, "group": _group_kernel, "experts": _experts_kernel}

@@ -145,13 +145,14 @@ class FusionPass(CustomGraphPass):
         self._pending = None
         start = time.perf_counter()
         with oracle.untracked():
-            pm_pass = act_quant.build_pass(self.config.pattern_key())
+            pm_passes = act_quant.passes_for(self.config.pattern_key(), graph)
         report = PassReport(nodes_before=len(graph.nodes))
         dump_dir = debug.dump_dir(self.config)
         before = str(graph) if dump_dir else None
         act_quant._recorder.append(_ReportRecorder(report))
         try:
-            pm_pass.apply(graph)
+            for pm_pass in pm_passes:
+                pm_pass.apply(graph)
         finally:
             act_quant._recorder.pop()
         # what the patterns did not match, recognised by what it computes

@@ -74,6 +74,7 @@ class PatternSpec:
     activation: str
     scheme: str
     spelling: str  # the scheme spelling (native) or "" (op form)
+    width: str  # the native traces' input width ("16bit" / "fp32"), "" for the op form
     build: Callable[[], tuple[torch.fx.GraphModule, list[str]]]  # traced graph, node parts
     #: the scheme's experts variant (op form: the activation op, then ``{scheme}_experts_quant``)
     experts: bool = False
@@ -221,7 +222,7 @@ def _op_graph(activation: str, quant_name: str, n_params: int):
 def _op_specs(activation: str, scheme: str, quant_name: str, experts: bool) -> list[PatternSpec]:
     entry = catalog.OPS[quant_name]
     required = sum(not p.has_default for p in entry.params)
-    return [PatternSpec(f"op:{activation}+{quant_name}/{n}args", "op", activation, scheme, "",
+    return [PatternSpec(f"op:{activation}+{quant_name}/{n}args", "op", activation, scheme, "", "",
                         functools.partial(_op_graph, activation, quant_name, n), experts)
             for n in range(required, len(entry.params) + 1)]
 
@@ -245,7 +246,7 @@ def pattern_specs(activation: str, scheme: str) -> list[PatternSpec]:
         def build(a=act_spelling, s=scheme_spelling, w=width):
             return _join(_traced_activation(activation, a, w), _traced_scheme(scheme, s, w))
         specs.append(PatternSpec(f"native:{activation}[{act_spelling}]+{scheme}[{scheme_spelling}]/{width}",
-                                 "native", activation, scheme, scheme_spelling, build))
+                                 "native", activation, scheme, scheme_spelling, width, build))
     return specs
 
 
@@ -325,6 +326,7 @@ def _register(spec: PatternSpec, config, pm_pass: PatternMatcherPass) -> None:
                 why = profitability.native_rewrite_reason(params.x.meta["val"].device.type, config)
                 if why:
                     raise site.NotFusable(why)
+                site.check_kernel(spec.activation, spec.scheme, params.params, params.x.meta["val"])
         except site.NotFusable as e:
             _recorder[-1].near_miss(spec, match, str(e), site.activation_output(traced, part_of))
             return False
@@ -345,14 +347,78 @@ def _register(spec: PatternSpec, config, pm_pass: PatternMatcherPass) -> None:
     register_graph_pattern(pattern, extra_check=extra_check, pass_dict=pm_pass)(handler)
 
 
+def _group(spec: PatternSpec) -> tuple[str, str, str, str]:
+    return spec.form, spec.activation, spec.scheme, spec.width
+
+
+def enabled_specs(config) -> list[PatternSpec]:
+    """Every search graph the config enables (nothing traced yet)."""
+    native = set(config.native_fusions)
+    return [s for pair in config.fusions for s in pattern_specs(*pair)
+            if s.form in config.forms and (s.form == "op" or pair in native)]
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphOps:
+    """What a graph holds that a pattern group needs: call targets, cast dtypes, and the dtypes
+    each target computes in (a native trace's activation ops run in its width's dtype)."""
+
+    targets: frozenset
+    casts: frozenset
+    typed: frozenset  # (target, output dtype)
+
+    @classmethod
+    def of(cls, graph: torch.fx.Graph) -> "GraphOps":
+        calls = [n for n in graph.nodes if n.op == "call_function"]
+        vals = [(n.target, n.meta.get("val")) for n in calls]
+        return cls(frozenset(n.target for n in calls),
+                   frozenset(n.args[1] for n in calls if n.target == native.CAST and len(n.args) > 1),
+                   frozenset((t, v.dtype) for t, v in vals if isinstance(v, torch.Tensor)))
+
+
+def may_match(spec: PatternSpec, ops: GraphOps) -> bool:
+    """False when the graph lacks an op every graph the spec matches has (so none can match)."""
+    if spec.form == "op":
+        return {getattr(torch.ops.quantfuse, spec.activation).default,
+                getattr(torch.ops.quantfuse, qops.SCHEMES[spec.scheme].unfused_name).default} <= ops.targets
+    targets, casts = native.SCHEME_SIGNATURES[spec.scheme]
+    if not targets <= ops.targets or not casts <= ops.casts:
+        return False
+    act = native.ACTIVATION_SIGNATURES[spec.activation]
+    if spec.width == "fp32":  # the activation computes in fp32
+        return any((t, torch.float32) in ops.typed for t in act)
+    # a 16-bit trace casts the activation up (y.float()); the matcher ignores dtypes, so the cast
+    # is what counts (a float64 site matches it too, and is reported with the site reader's reason)
+    return torch.float32 in ops.casts and bool(act & ops.targets)
+
+
+@functools.lru_cache(maxsize=256)
+def _group_pass(config, group: tuple[str, str, str, str]) -> PatternMatcherPass:
+    """The patterns of one (form, activation, scheme, width) group, traced and registered once."""
+    start = time.perf_counter()
+    pm_pass = PatternMatcherPass(pass_name=f"quantfuse:{'/'.join(g for g in group if g)}")
+    specs = [s for s in enabled_specs(config) if _group(s) == group]
+    for spec in specs:
+        _register(spec, config, pm_pass)
+    log.debug("registered %d quantfuse patterns for %s in %.3f s", len(specs), group, time.perf_counter() - start)
+    return pm_pass
+
+
+def passes_for(config, graph: torch.fx.Graph) -> list[PatternMatcherPass]:
+    """The pattern passes that can match in ``graph``, registered on first use: a graph's
+    first compile traces only the groups whose ops it holds (op form first, as registered)."""
+    ops = GraphOps.of(graph)
+    groups = dict.fromkeys(_group(s) for s in enabled_specs(config) if may_match(s, ops))
+    return [_group_pass(config, g) for g in groups]
+
+
 @functools.lru_cache(maxsize=8)
 def build_pass(config) -> PatternMatcherPass:
-    """Trace and register every enabled pattern once per config (cached)."""
+    """Trace and register every enabled pattern in one pass (cached): the benchmarks' count; the
+    fusion pass registers per group with :func:`passes_for`."""
     start = time.perf_counter()
     pm_pass = PatternMatcherPass(pass_name="quantfuse")
-    native = set(config.native_fusions)
-    specs = [s for pair in config.fusions for s in pattern_specs(*pair)
-             if s.form in config.forms and (s.form == "op" or pair in native)]
+    specs = enabled_specs(config)
     for spec in specs:
         _register(spec, config, pm_pass)
     log.debug("registered %d quantfuse patterns in %.3f s", len(specs), time.perf_counter() - start)

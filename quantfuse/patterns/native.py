@@ -24,6 +24,9 @@ import torch
 import torch.nn.functional as F
 
 FP8 = torch.float8_e4m3fn
+SIXTEEN_BIT = (torch.bfloat16, torch.float16)
+CAST = torch.ops.prims.convert_element_type.default
+_aten = torch.ops.aten
 
 
 def _halves_by_slicing(x):
@@ -120,4 +123,21 @@ SCHEME_SPELLINGS: dict[str, dict[str, Callable]] = {
         "rceil": lambda y: mxfp4_quant(y, "rceil"),
         "floor": lambda y: mxfp4_quant(y, "floor"),
     },
+}
+
+
+#: ops one of which every spelling of the activation has after Inductor's decompositions (F.silu
+#: becomes x / (1 + exp(-x))); a graph without any cannot match its patterns
+#: (tests/test_patterns.py checks each against the traces)
+ACTIVATION_SIGNATURES: dict[str, set] = {
+    "silu_and_mul": {_aten.exp.default, _aten.sigmoid.default},
+    "relu2": {_aten.relu.default},
+}
+#: (ops, cast dtypes) every spelling of the scheme has, all of them
+SCHEME_SIGNATURES: dict[str, tuple[frozenset, frozenset]] = {
+    "fp8_per_group": (frozenset({_aten.amax.default}), frozenset({FP8})),
+    "fp8_per_token": (frozenset({_aten.amax.default}), frozenset({FP8})),
+    "mxfp8": (frozenset({_aten.amax.default, _aten.exp2.default}), frozenset({FP8, torch.uint8})),
+    "mxfp4": (frozenset({_aten.amax.default, _aten.exp2.default, _aten.bitwise_or.Tensor}),
+              frozenset({torch.uint8})),
 }

@@ -34,6 +34,7 @@ from quantfuse import catalog
 from quantfuse.catalog import ApplyForm, FloorAt, Grouping, Layout, Recipe, ScaleLayout, StepDtype, Ue8m0
 from quantfuse.passes import profitability
 from quantfuse.patterns import canonical
+from quantfuse.patterns import site as site_mod
 from quantfuse.patterns.canonical import Interpreter, Unknown, const
 
 aten = torch.ops.aten
@@ -719,9 +720,7 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         if x_dtype == torch.float32:
             # a 16-bit amax is never within an fp32 ulp of a power of two (times 448) unless it is one,
             # so torch.log2 gives the exact exponent there; an fp32 amax can be, and log2 rounds
-            raise NotRecognised("MX of a float32 activation: torch.log2 rounds near powers of two, so "
-                                "the exponent this code computes is not always the exact one the fused op "
-                                "computes")
+            raise NotRecognised(site_mod.FP32_MX_REASON)
         more, exponent = parse_mx(s_expr, element)
         mx_exponent = exponent
         scheme = catalog.MXFP8

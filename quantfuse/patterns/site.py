@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch.fx import Node
 
+from quantfuse.catalog import Ue8m0
+
 aten = torch.ops.aten
 prims = torch.ops.prims
 
@@ -207,10 +209,24 @@ def _groups_of(nodes: list[Node], y: Node) -> int:
 def _read_fp8_group(nodes, y, spelling, config) -> dict:
     group = _groups_of(nodes, y)
     check_group_size(group, config.group_sizes)
-    return {"group_size": group, "column_major_scales": False, "use_ue8m0": spelling != "scale=fp32"}
+    params = {"group_size": group, "column_major_scales": False, "use_ue8m0": False}
+    if spelling != "scale=fp32":
+        # exp2(ceil(log2(s))) / 2 ** ceil(log2(s)): float32 log2 rounds a scale just above a
+        # power of two down onto it, so this is Ue8m0.EXP2_CEIL_LOG2, not the op's exact
+        # use_ue8m0 rounding (catalog.Ue8m0); the recipe override says so
+        params["recipe"] = f"ue8m0={Ue8m0.EXP2_CEIL_LOG2.value}"
+    return params
+
+
+#: why an MX site of a float32 activation is not fused (the pattern matcher and the recogniser)
+FP32_MX_REASON = ("MX of a float32 activation: torch.log2 rounds near powers of two, so the exponent this "
+                  "code computes is not always the exact one the fused op computes")
 
 
 def _read_mx(nodes, y, spelling, config) -> dict:
+    # a 16-bit amax is never within an fp32 ulp of a power of two (times 448 or 6) unless it is
+    # one, so torch.log2 gives the exact exponent there; an fp32 amax can be, and log2 rounds
+    _require(_val(y).dtype in _SIXTEEN_BIT, FP32_MX_REASON)
     block = _groups_of(nodes, y)
     _require(block == 32, f"block size {block} is not the MX block size 32")
     return {"scale_rounding": spelling}
@@ -222,6 +238,22 @@ SCHEME_READERS = {
     "mxfp8": _read_mx,
     "mxfp4": _read_mx,
 }
+
+
+def check_kernel(activation: str, scheme: str, params: dict, xv: torch.Tensor) -> None:
+    """A native site on a GPU graph is rewritten only where a CUDA / Triton kernel computes its
+    recipe (a recipe only the torch reference computes would run eager code against Inductor's
+    fused code); on the CPU every op runs the reference, which computes every recipe."""
+    if xv.device.type == "cpu" or not params.get("recipe"):
+        return
+    from quantfuse import catalog
+    from quantfuse.custom_ops import plan as qplan
+
+    entry = catalog.OPS[catalog.fused_op_name(activation, scheme)]
+    op_params = {k: v for k, v in params.items() if k != "recipe"}
+    reason = qplan.make_plan(entry, xv, (), op_params, recipe=params["recipe"]).kernel_reason()
+    _require(reason is None, f"{reason}: no CUDA / Triton kernel implements it (the torch reference would be "
+             "slower than Inductor's code)")
 
 
 def _check_op_params(scheme: str, params: dict, config) -> None:

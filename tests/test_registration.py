@@ -1,0 +1,41 @@
+"""Pattern registration on first use: a graph's first compile traces only the pattern groups
+whose ops the graph holds (:func:`quantfuse.patterns.act_quant.passes_for`), and no group a
+site needs is ever skipped (each group's trigger ops are in every one of its traces)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import quantfuse
+from quantfuse.patterns import act_quant
+from helpers import post_grad_graph
+
+CONFIG = quantfuse.FusionConfig().pattern_key()
+
+
+@pytest.mark.parametrize("spec", act_quant.enabled_specs(CONFIG), ids=lambda s: s.name)
+def test_every_trace_holds_its_groups_trigger(spec):
+    gm, _ = spec.build()
+    assert act_quant.may_match(spec, act_quant.GraphOps.of(gm.graph))
+
+
+def _group_quant(y):
+    yg = y.unflatten(-1, (-1, 128)).float()
+    s = yg.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 448.0
+    return (yg / s).clamp(-448, 448).to(torch.float8_e4m3fn).flatten(-2), s.squeeze(-1)
+
+
+@pytest.mark.parametrize("act,widths", [("relu2", ("16bit",)), ("silu_and_mul", ("16bit", "fp32"))])
+def test_a_graph_registers_only_the_groups_it_can_match(act, widths):
+    """A bf16 graph: its FP8 groups for its activation; F.silu decomposes to an fp32 exp, which the
+    fp32 traces have too, so silu's fp32 groups are registered as well."""
+    def fn(x):
+        d = x.shape[-1] // 2
+        return _group_quant(F.silu(x[:, :d]) * x[:, d:] if act == "silu_and_mul" else F.relu(x).square())
+    gm = post_grad_graph(fn, torch.randn(4, 512, dtype=torch.bfloat16))
+    groups = [p.pass_name for p in act_quant.passes_for(CONFIG, gm.graph)]
+    assert sorted(groups) == [f"quantfuse:native/{act}/{s}/{w}" for s in ("fp8_per_group", "fp8_per_token")
+                              for w in widths]
+    assert act_quant.passes_for(CONFIG, torch.fx.Graph()) == []
