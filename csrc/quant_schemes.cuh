@@ -58,8 +58,8 @@ struct Fp8Scaled {
 // Shared exponent e of a block from amax's bits (reference.mx_block_exponents):
 //  rceil: ceil(log2(amax * fp32(1/max_elem))), a product that underflows to 0 -> -127;
 //  floor: floor(log2(amax)) - emax_elem, zero / subnormal amax -> -127;
-// an all-zero block -> -127; clamped to [-127, 127]. NaN / inf blocks are flagged by
-// the caller (their e is irrelevant).
+// an all-zero block -> -127; clamped to [-127, 127]. NaN and inf blocks are the
+// caller's (Mx::prepare).
 template <bool RCEIL>
 __device__ __forceinline__ int mx_exponent(float amax, float inv_max, int emax) {
   int e;
@@ -152,14 +152,21 @@ struct Mx {
   using Scale = uint8_t;
   // tiny: amax < 2^-121, where a subnormal element could still code above 0; the bf16x2
   // path (whose arithmetic may flush subnormals) is skipped for such blocks
-  struct State { float f; uint32_t byte; bool bad, tiny; };
+  struct State { float f; uint32_t byte; bool bad, inf, tiny; };
   static __device__ __forceinline__ State prepare(float amax) {
     const float inv_max = kElemBits == 8 ? 1.0f / kFp8Max : 1.0f / kFp4Max;
-    const bool bad = __float_as_uint(amax) >= 0x7f800000u;  // inf or NaN in the block
-    const int e = mx_exponent<RCEIL>(amax, inv_max, kEmax);
-    // 2^-e; a finite block has e <= 119, so 127 - e >= 8 stays a normal exponent
-    const float f = __uint_as_float(uint32_t(127 - min(e, 126)) << 23);
-    return {f, bad ? uint32_t(kE8m0Nan) : uint32_t(e + kE8m0Bias), bad, __float_as_uint(amax) < (6u << 23)};
+    const bool bad = __float_as_uint(amax) > 0x7f800000u;  // NaN in the block
+    // an inf block (inf, no NaN) gets e = 127, as eager's clamp of an infinite exponent
+    // (reference.mx_block_exponents): its inf elements saturate, the rest are y * 2^-127
+    const bool inf = __float_as_uint(amax) == 0x7f800000u;
+    const int e = inf ? kE8m0Bias : mx_exponent<RCEIL>(amax, inv_max, kEmax);
+    // 2^-e; a finite block has e <= 119, so 127 - e >= 8 stays a normal exponent; an inf
+    // block's 2^-127 is subnormal (0x00400000), which __fmul_rn keeps (no ftz here)
+    const float f = inf ? __uint_as_float(0x00400000u) : __uint_as_float(uint32_t(127 - min(e, 126)) << 23);
+    // tiny: amax < 2^-121, where a subnormal element could still code above 0; tiny and inf
+    // blocks skip MXFP4's bf16x2 path (its arithmetic may flush subnormals)
+    return {f, bad ? uint32_t(kE8m0Nan) : uint32_t(e + kE8m0Bias), bad, inf,
+            __float_as_uint(amax) < (6u << 23) || inf};
   }
   static __device__ __forceinline__ Scale scale(const State& st) { return Scale(st.byte); }
   template <int N, typename DT>
@@ -186,6 +193,10 @@ struct Mx {
         w[i / 8] = st.bad ? 0u : pack_e2m1x8(p[0], p[1], p[2], p[3]);
       }
     } else if constexpr (DT::kPacked && N % 8 == 0) {
+      if (st.inf) {  // inf blocks saturate: the exact path
+        encode_fp4_exact<N>(y, st, w);
+        return;
+      }
 #pragma unroll
       for (int i = 0; i < N; i += 8) {
         uint32_t p[4];
@@ -196,14 +207,19 @@ struct Mx {
         w[i / 8] = st.bad ? 0u : pack_e2m1x8(p[0], p[1], p[2], p[3]);
       }
     } else {
-      static_assert(N % 4 == 0, "fp4 half-words hold 4 elements");
+      encode_fp4_exact<N>(y, st, w);
+    }
+  }
+  // MXFP4 codes one fp32 element at a time, saturating: right for any block and input dtype
+  template <int N>
+  static __device__ __forceinline__ void encode_fp4_exact(const float* y, const State& st, uint32_t* w) {
+    static_assert(N % 4 == 0, "fp4 half-words hold 4 elements");
 #pragma unroll
-      for (int i = 0; i < N; i += 8) {
-        uint32_t v = 0;
+    for (int i = 0; i < N; i += 8) {
+      uint32_t v = 0;
 #pragma unroll
-        for (int k = 0; k < 8 && i + k < N; ++k) v |= e2m1_code(__fmul_rn(y[i + k], st.f)) << (4 * k);
-        w[i / 8] = st.bad ? 0u : v;  // a NaN block is all zero codes
-      }
+      for (int k = 0; k < 8 && i + k < N; ++k) v |= e2m1_code(__fmul_rn(y[i + k], st.f)) << (4 * k);
+      w[i / 8] = st.bad ? 0u : v;  // a NaN block is all zero codes
     }
   }
 };

@@ -71,7 +71,9 @@ def fake_cuda(monkeypatch, tmp_path):
     def fake_load(name, sources, build_directory, **kwargs):
         builds.append(Path(build_directory))
         lib = Path(build_directory) / f"{name}.py"
-        lib.write_text(f"BUILT_IN = {build_directory!r}\n" + "# padding\n" * 50)
+        lib.write_text(f"BUILT_IN = {build_directory!r}\n" + "REGISTERED = []\n"
+                       "def register_ops(names, decide):\n    REGISTERED.append((list(names), decide))\n"
+                       + "# padding\n" * 50)
         return cuda_backend._import_library(name, lib)
 
     monkeypatch.setattr(cpp_extension, "load", fake_load)
@@ -94,6 +96,13 @@ def test_build_lands_atomically_and_a_damaged_one_is_rebuilt(fake_cuda, tmp_path
     assert mod is not None and cuda_backend._failed is None
     (bdir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert bdir.name.startswith("cuda_") and len(fake_cuda) == 1
+    # a loaded library becomes the CUDA kernel of the ops with CUDA units (csrc/dispatch.cpp)
+    from quantfuse import catalog
+    from quantfuse.custom_ops import ops
+
+    (names, decide), = cuda_backend._module.REGISTERED
+    assert names == [e.name for e in catalog.OPS.values() if e.activation.cuda and not e.experts]
+    assert decide is ops.fast_path_decision
     assert fake_cuda[0].parent == tmp_path and fake_cuda[0] != bdir  # built elsewhere, then renamed
     lib, why = cuda_backend.verify_cached(bdir)
     assert why == "" and lib.parent == bdir
