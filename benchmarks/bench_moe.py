@@ -43,7 +43,7 @@ def bench_cell(model, t: int, device: str, iters: int) -> dict:
              "max_abs_diff": (out_with.float() - out_without.float()).abs().max().item()}
     with torch.no_grad():
         for label, fn in (("without", plain), ("with", fused)):
-            times[f"{label}_plain"] = plain_us(lambda: fn(x), iters, device)
+            times[f"{label}_plain"] = plain_us(lambda: fn(x), iters, device=device)
             if device == "cuda":
                 from triton.testing import do_bench_cudagraph
 

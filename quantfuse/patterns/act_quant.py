@@ -379,8 +379,10 @@ class GraphOps:
 def may_match(spec: PatternSpec, ops: GraphOps) -> bool:
     """False when the graph lacks an op every graph the spec matches has (so none can match)."""
     if spec.form == "op":
+        quant = qops.SCHEMES[spec.scheme]
+        quant_name = quant.experts_name if spec.experts else quant.unfused_name
         return {getattr(torch.ops.quantfuse, spec.activation).default,
-                getattr(torch.ops.quantfuse, qops.SCHEMES[spec.scheme].unfused_name).default} <= ops.targets
+                getattr(torch.ops.quantfuse, quant_name).default} <= ops.targets
     targets, casts = native.SCHEME_SIGNATURES[spec.scheme]
     if not targets <= ops.targets or not casts <= ops.casts:
         return False
