@@ -215,7 +215,8 @@ def run_info() -> dict:
                                 capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         driver = ""
-    return dict(date=datetime.date.today().isoformat(), device=props.name, driver=driver,
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return dict(date=now.date().isoformat(), time=now.strftime("%H:%M:%S"), device=props.name, driver=driver,
                 sm=f"{props.major}{props.minor}",
                 sms=props.multi_processor_count, l2_bytes=getattr(props, "L2_cache_size", None),
                 torch=torch.__version__, cuda=torch.version.cuda, commit=commit,

@@ -24,7 +24,7 @@ with its own fields:
   and commit.
 
 Any other bench is listed generically. Each table shows, per (bench, device), the latest
-record of every cell (by date, then file name, then line): a newer run of some cells
+record of every cell (by date, then UTC time where recorded, then file name, then line): a newer run of some cells
 replaces just those. Missing or NaN values print as "-". The output is sorted and has no
 timestamps of its own, so the same records always give the same file.
 """
@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CONTEXT = ("date", "device", "sm", "sms", "l2_bytes", "torch", "cuda", "commit", "command", "driver", "triton",
+CONTEXT = ("date", "time", "device", "sm", "sms", "l2_bytes", "torch", "cuda", "commit", "command", "driver", "triton",
            "nvcc", "source", "section", "commit_note", "recorded_in", "copy_bw_gbs", "copy_bw_gbs_range", "bench")
 #: the fields that name a cell, per bench (the rest are measurements)
 CELL_KEYS = {
@@ -98,7 +98,7 @@ def load(results: Path) -> list[dict]:
                 r = json.loads(line)
             except json.JSONDecodeError as e:
                 raise SystemExit(f"{path}:{n}: {e}") from None
-            r["_order"] = (str(r.get("date", "")), path.name, n)
+            r["_order"] = (str(r.get("date", "")), str(r.get("time", "")), path.name, n)
             records.append(r)
     return records
 
