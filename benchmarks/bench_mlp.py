@@ -113,6 +113,29 @@ def plain_us(fn, iters: int = 50, rounds: int = 9, device: str = "cuda") -> floa
     return statistics.median(times)
 
 
+def plain_us_interleaved(fns: dict, iters: int = 50, rounds: int = 9, device: str = "cuda") -> dict:
+    """:func:`plain_us` of several callables measured in alternating rounds (A B B A ...), so a
+    drift of the shared host's speed during the run falls on all of them alike: name -> µs."""
+    import statistics
+    import time
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    names = list(fns)
+    for name in names:
+        for _ in range(10):
+            fns[name]()
+    sync()
+    times = {name: [] for name in names}
+    for k in range(rounds):
+        for name in (names if k % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                fns[name]()
+            sync()
+            times[name].append((time.perf_counter() - t0) / iters * 1e6)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def host_records(tokens: int, inter: int) -> list[dict]:
     """One eager call of the fused op against torch.add on the same input, through the
     dispatcher (the C++ path of csrc/dispatch.cpp) and through its Python kernel."""

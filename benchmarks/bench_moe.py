@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fp8_moe  # noqa: E402
-from bench_mlp import plain_us  # noqa: E402
+from bench_mlp import plain_us_interleaved  # noqa: E402
 from quantfuse.custom_ops import oracle  # noqa: E402
 
 
@@ -42,8 +42,10 @@ def bench_cell(model, t: int, device: str, iters: int) -> dict:
     times = {"backend": ",".join(backends),
              "max_abs_diff": (out_with.float() - out_without.float()).abs().max().item()}
     with torch.no_grad():
+        plain_times = plain_us_interleaved({"without": lambda: plain(x), "with": lambda: fused(x)}, iters,
+                                           device=device)
         for label, fn in (("without", plain), ("with", fused)):
-            times[f"{label}_plain"] = plain_us(lambda: fn(x), iters, device=device)
+            times[f"{label}_plain"] = plain_times[label]
             if device == "cuda":
                 from triton.testing import do_bench_cudagraph
 
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
         raise SystemExit("no CUDA device: run with --device cpu --quick to check the script on the CPU")
     shapes = ["small"] if args.quick else args.shape.split(",")
     token_counts = [16, 64] if args.quick else [int(v) for v in args.tokens.split(",")]
-    iters = 5 if args.quick else 200
+    iters = 5 if args.quick else 50
     records, lines = [], []
     for shape in shapes:
         for scales in args.scales.split(","):
