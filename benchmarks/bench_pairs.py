@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import json
 import os
 import subprocess
@@ -38,6 +39,8 @@ qf = torch.ops.quantfuse
 #: benchmark choice: patterns/native.py holds the spellings)
 NATIVE_SCHEME = {"fp8_per_group": "scale=fp32", "fp8_per_token": "amax/448", "mxfp8": "rceil", "mxfp4": "rceil"}
 NATIVE_ACT = {"silu_and_mul": "split,F.silu", "relu2": "relu.square"}
+#: the group size of the native per-group spelling (its eager and Inductor columns are for that cell)
+NATIVE_GROUP = inspect.signature(native.fp8_group_quant).parameters["group_size"].default
 
 
 def cell_args(scheme: catalog.Scheme, swizzled: bool) -> tuple:
@@ -50,6 +53,42 @@ def cell_args(scheme: catalog.Scheme, swizzled: bool) -> tuple:
     if swizzled and scheme.base.mx:
         args += [scheme.base.mx_rounding.value, True]
     return tuple(args)
+
+
+def group_variants(scheme: catalog.Scheme, spec: str, swizzled: bool) -> list[tuple[str, tuple]]:
+    """(label, quant op arguments) of each cell variant: ``--group-variants`` ("64,128,128:col")
+    for the FP8 per-group scheme (group size, column-major scales), the scheme's defaults else."""
+    if scheme.key != "fp8_per_group":
+        return [("", cell_args(scheme, swizzled))]
+    out = []
+    for v in spec.split(","):
+        g, _, col = v.partition(":")
+        out.append((f"g{g}{':col' if col else ''}", (int(g), True) if col else (int(g),)))
+    return out
+
+
+def vllm_peer(act_name: str, scheme_key: str, qargs: tuple):
+    """vLLM's fused kernel for a cell (``torch.ops._C.silu_and_mul_per_block_quant``, SiLU×Mul ->
+    FP8 per group; signature read in vllm-project/vllm csrc: out, input, scales, group_size,
+    scale_ub, is_scale_transposed) when ``vllm`` is importable, else None. It allocates its
+    outputs inside the call, as the fused op does."""
+    if (act_name, scheme_key) != ("silu_and_mul", "fp8_per_group"):
+        return None
+    try:
+        import vllm._custom_ops  # noqa: F401  (loads vLLM's kernels into torch.ops._C)
+        op = torch.ops._C.silu_and_mul_per_block_quant
+    except Exception:  # no vllm, or a build without this op
+        return None
+    g, column = qargs[0], len(qargs) > 1 and bool(qargs[1])
+
+    def call(x):
+        t, h = x.shape[0], x.shape[1] // 2
+        q = torch.empty(t, h, dtype=torch.float8_e4m3fn, device=x.device)
+        s = torch.empty((h // g, t) if column else (t, h // g), dtype=torch.float32, device=x.device)
+        op(q, x, s.t() if column else s, g, None, column)
+        return q, s
+
+    return call
 
 
 def cell_bytes(scheme: catalog.Scheme, act: catalog.Activation, tokens: int, hidden: int, in_bytes: int) -> float:
@@ -111,6 +150,8 @@ def main() -> None:
     p.add_argument("--schemes", default=",".join(s.fused_suffix for s in catalog.SCHEMES.values()),
                    help="fused-op suffixes to run")
     p.add_argument("--layouts", default="halves", help="gated input layouts (catalog.Layout values)")
+    p.add_argument("--group-variants", default="128",
+                   help="FP8 per-group cells: group sizes, ':col' for column-major scales (e.g. 64,128,64:col,128:col)")
     p.add_argument("--jsonl", help="append one JSON record per cell (with device, versions, commit, command)")
     p.add_argument("--swizzled", action="store_true",
                    help="MX scales in the 128x4 tiled layout (is_sf_swizzled_layout=True; Inductor's "
@@ -129,7 +170,6 @@ def main() -> None:
         act, scheme = catalog.ACTIVATIONS[act_name], catalog.SCHEMES[scheme_key]
         if scheme.fused_suffix not in args.schemes.split(","):
             continue
-        qargs = cell_args(scheme, args.swizzled)
         name = catalog.fused_op_name(act_name, scheme_key)
         fused = getattr(qf, name)
         act_op, quant_op = getattr(qf, act_name), getattr(qf, scheme.unfused_name)
@@ -138,7 +178,10 @@ def main() -> None:
             a_fn = native.ACTIVATION_SPELLINGS[act_name][NATIVE_ACT[act_name]]
             s_fn = native.SCHEME_SPELLINGS[scheme_key][NATIVE_SCHEME[scheme_key]]
             native_fn = lambda x, a_fn=a_fn, s_fn=s_fn: s_fn(a_fn(x))  # noqa: E731
-        for layout in (layouts if act.gated else [catalog.Layout.HALVES]):
+        cells = [(variant, qargs, layout) for variant, qargs in group_variants(scheme, args.group_variants, args.swizzled)
+                 for layout in (layouts if act.gated else [catalog.Layout.HALVES])]
+        for variant, qargs, layout in cells:
+            peer = vllm_peer(act_name, scheme_key, qargs) if layout is catalog.Layout.HALVES else None
             for t in [int(v) for v in args.tokens.split(",")]:
                 for h in [int(v) for v in args.hidden.split(",")]:
                     nbytes = cell_bytes(scheme, act, t, h, dtype.itemsize)
@@ -166,17 +209,21 @@ def main() -> None:
                         finally:
                             del os.environ[oracle.BACKEND_ENV]
                     t_ind = float("nan")
-                    if native_fn is not None and not args.no_inductor and halves:
+                    native_cell = native_fn is not None and halves and variant in ("", f"g{NATIVE_GROUP}")
+                    if native_cell and not args.no_inductor:
                         torch._dynamo.reset()
                         compiled = torch.compile(native_fn, dynamic=False)
                         compiled(xs[0])
                         t_ind = bench(compiled, xs)
+                    t_eager = bench(native_fn, xs) if native_cell else float("nan")
+                    t_vllm = bench(peer, xs) if peer is not None else float("nan")
                     t_copy = same_bytes_copy(int(nbytes), copies)
                     pct = lambda us: nbytes / (us * 1e-6) / 1e9 / bw  # noqa: E731
-                    pair = f"{name}[{layout.value}]" if act.gated else name
+                    pair = (f"{name}[{layout.value}]" if act.gated else name) + (f"({variant})" if variant else "")
                     rows.append((pair, t, h, backend, t_fused, pct(t_fused), pct(t_tri), t_unfused, t_ind,
-                                 pct(t_ind) if t_ind == t_ind else float("nan"), pct(t_copy)))
-                    records.append(dict(bench="pairs", op=name, layout=layout.value, tokens=t, hidden=h,
+                                 pct(t_ind) if t_ind == t_ind else float("nan"), t_eager, t_vllm, pct(t_copy)))
+                    records.append(dict(bench="pairs", op=name, **({"variant": variant} if variant else {}),
+                                        layout=layout.value, tokens=t, hidden=h, eager_us=t_eager, vllm_us=t_vllm,
                                         dtype=args.dtype, backend=backend, bytes=nbytes, fused_us=t_fused,
                                         triton_us=t_tri, unfused_us=t_unfused, inductor_us=t_ind, copy_us=t_copy,
                                         copy_bw_gbs=bw, fused_pct_bw=pct(t_fused)))
@@ -186,11 +233,11 @@ def main() -> None:
              f"CUDA kernels with programmatic dependent launch: {'on' if pdl else 'off'}; one-element fill "
              f"{floor:.2f} µs; 'copy %BW' = a copy of the same bytes timed the same way", "",
              "| pair | T | H | backend | fused µs | fused %BW | Triton %BW | unfused µs | Inductor native µs "
-             "| Inductor %BW | x unfused | x Inductor | copy %BW |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for pair, t, h, b, tf, pf, pt, tu, ti, pi, pc in rows:
+             "| Inductor %BW | x unfused | x Inductor | eager µs | vLLM µs | copy %BW |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for pair, t, h, b, tf, pf, pt, tu, ti, pi, te, tv, pc in rows:
         lines.append(f"| {pair} | {t} | {h} | {b} | {tf:.1f} | {pf:.0%} | {pt:.0%} | {tu:.1f} | {ti:.1f} | "
-                     f"{pi:.0%} | {tu / tf:.2f} | {ti / tf:.2f} | {pc:.0%} |")
+                     f"{pi:.0%} | {tu / tf:.2f} | {ti / tf:.2f} | {te:.1f} | {tv:.1f} | {pc:.0%} |")
     text = "\n".join(lines)
     print(text)
     if args.out:

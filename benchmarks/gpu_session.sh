@@ -8,6 +8,9 @@
 #   baseline  the same cells on another checkout in ./_baseline (its own bench_pairs.py), same run
 #   layouts   bench_pairs.py over the gated layouts at LAYOUT_TOKENS
 #   mlp       bench_mlp.py: CUDA-graph replay and plain calls, with and without the pass
+#   peers     SiLU x Mul -> FP8 per group 64/128, row and column-major scales, T = 16 ... 16384: eager,
+#             Inductor, quantfuse unfused and fused, vLLM's kernel where vllm imports, a same-size copy
+#   moe       bench_moe.py (MOE_ARGS adds flags) and examples/fp8_moe.py on the GPU
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/quantfuse_out}; mkdir -p "$OUT"
@@ -50,6 +53,16 @@ PY
     timeout ${MLP_TIMEOUT:-240} python3 benchmarks/bench_mlp.py --layers ${MLP_LAYERS:-8} --hidden 7168 --inter 2048 \
       --tokens ${MLP_TOKENS:-16,64,256,4096} --out "$OUT/mlp.md" --jsonl "$OUT/mlp.jsonl" 2>&1 | grep -v Warning
   fi
+  if has peers; then
+    timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/bench_pairs.py --tokens ${PEER_TOKENS:-16,64,256,4096,16384} \
+      --hidden 7168 --schemes per_block_quant --group-variants 64,128,64:col,128:col --no-triton \
+      --out "$OUT/peers.md" --jsonl "$OUT/pairs.jsonl" 2>&1 | grep -v "^("
+  fi
+  if has moe; then
+    timeout ${MOE_TIMEOUT:-300} python3 examples/fp8_moe.py 2>&1 | tail -4
+    timeout ${MOE_TIMEOUT:-300} python3 benchmarks/bench_moe.py $MOE_ARGS --out "$OUT/moe.md" --jsonl "$OUT/moe.jsonl" \
+      2>&1 | grep -v Warning | tail -30
+  fi
 } 2>&1 | tee "$OUT/log.txt"
 echo; tail -3 "$OUT/pytest_gpu.txt" 2>/dev/null
-for f in pairs baseline_pairs layouts mlp; do [ -f "$OUT/$f.md" ] && { echo "== $f"; cat "$OUT/$f.md"; }; done
+for f in pairs baseline_pairs layouts mlp peers moe; do [ -f "$OUT/$f.md" ] && { echo "== $f"; cat "$OUT/$f.md"; }; done

@@ -42,7 +42,7 @@ CONTEXT = ("date", "time", "device", "sm", "sms", "l2_bytes", "torch", "cuda", "
            "nvcc", "source", "section", "commit_note", "recorded_in", "copy_bw_gbs", "copy_bw_gbs_range", "bench")
 #: the fields that name a cell, per bench (the rest are measurements)
 CELL_KEYS = {
-    "pairs": ("op", "layout", "dtype", "tokens", "hidden"),
+    "pairs": ("op", "variant", "layout", "dtype", "tokens", "hidden"),
     "mlp": ("case", "mode", "tokens", "hidden", "intermediate"),
     "host": ("case", "mode", "tokens", "hidden", "intermediate"),
     "moe": ("case", "mode", "tokens", "hidden", "intermediate", "experts", "topk"),
@@ -168,6 +168,8 @@ def pairs_section(cells: dict[tuple, dict], run: dict) -> list[str]:
         if missing(x_unfused):
             x_unfused = ratio(r.get("unfused_us"), r.get("fused_us"))
         op = r.get("op", "-") if r.get("layout") in (None, "halves") else f"{r.get('op')}[{r['layout']}]"
+        if r.get("variant"):
+            op += f"({r['variant']})"
         rows.append([op, DTYPES.get(r.get("dtype"), str(r.get("dtype", "-"))), fnum(r.get("tokens"), "d"),
                      fnum(r.get("hidden"), "d"), str(r.get("backend") or "-"), fnum(r.get("fused_us"), ".1f"),
                      fnum(pct(r, "fused_pct_bw", "fused_us"), ".0%"), fnum(pct(r, "copy_pct_bw", "copy_us"), ".0%"),

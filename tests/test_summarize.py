@@ -134,3 +134,20 @@ def test_moe_table(tmp_path):
             "| 2100.0 | 1500.0 | 1.400x | R2 |") in lines
     assert "| 2000.0 |" not in text
     assert text.index("## Mixture of experts (`bench_moe.py`)") < text.index("### NVIDIA H200\n\n| case | mode | T | D")
+
+
+def test_group_variants_are_cells_of_their_own_and_a_later_time_wins(tmp_path):
+    d = tmp_path / "results"
+    # two variants of one op and shape (bench_pairs --group-variants), and a run of one of them
+    # later the same day (in a file that sorts first by name): the UTC time decides
+    write(d, "2026-12-01_H100_bbbbbbb.jsonl", [pair("2026-12-01", "bbbbbbb", 20.0, time="10:00:00"),
+                                               pair("2026-12-01", "bbbbbbb", 25.0, time="10:00:00",
+                                                    variant="g64:col")])
+    write(d, "2026-12-01_H100_aaaaaaa.jsonl", [pair("2026-12-01", "aaaaaaa", 30.0, time="11:00:00",
+                                                    variant="g64:col")])
+    rc, text = run(tmp_path)
+    assert rc == 0
+    rows = [line for line in text.splitlines() if line.startswith("| silu_and_mul_per_block_quant")]
+    assert len(rows) == 2
+    assert any(r.startswith("| silu_and_mul_per_block_quant(g64:col) |") and "| 30.0 |" in r for r in rows)
+    assert any(r.startswith("| silu_and_mul_per_block_quant |") and "| 20.0 |" in r for r in rows)
