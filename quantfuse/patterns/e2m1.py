@@ -109,7 +109,8 @@ def read_packing(node: Node) -> tuple[Node, Node, Node, bool] | None:
     return None
 
 
-def _ancestors(node: Node, limit: int = _MAX_ANCESTORS) -> set[Node]:
+def ancestors(node: Node, limit: int = _MAX_ANCESTORS) -> set[Node]:
+    """``node`` and the nodes it is computed from (at most ``limit``)."""
     seen, stack = set(), [node]
     while stack and len(seen) < limit:
         n = stack.pop()
@@ -130,7 +131,7 @@ def find_candidates(graph: torch.fx.Graph) -> list[tuple[Node, Node, set[Node]]]
             continue
         codes = packing[0]
         ys = set()
-        for r in _ancestors(codes):
+        for r in ancestors(codes):
             if r.op == "call_function" and r.target in canonical._REDUCTIONS | rec._NEAR_REDUCTIONS:
                 src = rec._strip_up(r.args[0])
                 if isinstance(src, Node) and src.target == aten.abs.default:
@@ -169,6 +170,26 @@ def _find_scaled(y: Node, ancestors: list[Node]) -> Node | None:
     return None
 
 
+def _unread_scale(y: Node, above: list[Node]) -> str | None:
+    """Why a division of ``y``'s elements above the codes is not read, when its divisor is what fails."""
+    for n in above:
+        if n.op != "call_function" or n.target != aten.div.Tensor or not isinstance(n.args[1], Node):
+            continue
+        interp = Interpreter(y)
+        try:
+            if interp.value(n.args[0]).expr != rec.Y:
+                continue
+        except Unknown:
+            continue
+        try:
+            interp.value(n.args[1])
+        except Unknown as e:
+            bits = any(m.target == aten.view.dtype for m in ancestors(n.args[1], 60) if m.op == "call_function")
+            how = " (computed from the float's bits, as torchao's to_mx does: not read yet)" if bits else ""
+            return f"the activation is divided by `{n.args[1].name}`, a scale the recogniser does not read{how}: {e}"
+    return None
+
+
 def _is_constant(node: Node) -> bool:
     """A ``full`` / ``scalar_tensor`` (what a tensor literal of one value becomes post-grad)."""
     return node.op == "call_function" and node.target in (aten.full.default, aten.scalar_tensor.default)
@@ -177,7 +198,7 @@ def _is_constant(node: Node) -> bool:
 def encoding_region(v: Node, codes: Node) -> list[Node]:
     """The nodes from ``v`` (exclusive) to ``codes`` (inclusive), in graph order; NotRecognised
     when one is not a pointwise op / cast / view, or reads a value other than ``v``."""
-    above = _ancestors(codes, 10 * _MAX_ANCESTORS)
+    above = ancestors(codes, 10 * _MAX_ANCESTORS)
     order = {n: i for i, n in enumerate(codes.graph.nodes)}
     region: list[Node] = []
     inside = {v}
@@ -304,11 +325,11 @@ def read_site(pack: Node, codes: Node, y: Node, config) -> rec.Site:
     if x_dtype == torch.float32:
         raise NotRecognised(site_mod.FP32_MX_REASON)
     order = {n: i for i, n in enumerate(pack.graph.nodes)}
-    ancestors = sorted(_ancestors(codes), key=order.__getitem__)
-    v = _find_scaled(y, ancestors)
+    above = sorted(ancestors(codes), key=order.__getitem__)
+    v = _find_scaled(y, above)
     if v is None:
-        raise NotRecognised("the E2M1 codes are not computed from y / 2^e in float32 (the activation divided by "
-                            "its block's power of two)")
+        raise NotRecognised(_unread_scale(y, above) or "the E2M1 codes are not computed from y / 2^e in float32 "
+                            "(the activation divided by its block's power of two)")
     interp = Interpreter(y)
     vv = interp.value(v)
     s_expr = _scaled(vv.expr)
@@ -323,33 +344,9 @@ def read_site(pack: Node, codes: Node, y: Node, config) -> rec.Site:
     recipe = dataclasses.replace(scheme.base, **more)
     scale_out = (("to_uint8", Interpreter._sorted("add", exponent, const(catalog.E8M0_BIAS))), torch.uint8)
     rec._forward_bytes(interp, exponent)
-    packing = set(region) | {lo, hi} | {n for n in _ancestors(lo, 8) | _ancestors(hi, 8)
-                                        if n not in _ancestors(codes)}
+    packing = set(region) | {lo, hi} | {n for n in ancestors(lo, 8) | ancestors(hi, 8)
+                                        if n not in ancestors(codes)}
     constants = {a for n in region for a in n.all_input_nodes if _is_constant(a) and
                  all(u in packing for u in a.users)}
     return rec.finish_site(interp, pack, y, scheme, recipe, s_expr, scale_out, element=element,
                            mx_exponent=exponent, extra=frozenset(packing | constants))
-
-
-def run(graph: torch.fx.Graph, config, recorder, enabled: set) -> None:
-    """Recognise and fuse every MXFP4 site; report the rest (as :func:`recognise.run`)."""
-    for pack, codes, ys in find_candidates(graph):
-        if pack not in set(graph.nodes):
-            continue
-        y = next(iter(ys)) if len(ys) == 1 else None
-        try:
-            if y is None:
-                raise NotRecognised(f"the scale reads {len(ys)} different values ({', '.join(n.name for n in ys)})")
-            site = read_site(pack, codes, y, config)
-            if (site.activation, site.scheme.key) not in enabled:
-                raise NotRecognised(f"({site.activation}, {site.scheme.key}) is not enabled in "
-                                    "FusionConfig.native_fusions")
-            reason = rec.should_fuse(site, config)
-            if reason:
-                raise NotRecognised(reason)
-        except NotRecognised as e:
-            region = {pack, *ys, *(_ancestors(codes, 60))}
-            recorder.near_miss(pack, y if y is not None else pack, str(e), {n.name for n in region})
-            continue
-        recorder.rewrite(site)
-        rec.rewrite(site)

@@ -985,15 +985,28 @@ def run(graph: torch.fx.Graph, config, recorder) -> None:
     report the rest to ``recorder`` (``recorder.rewrite(site)`` / ``recorder.near_miss(cast, y, reason)``)."""
     if "native" not in config.forms:
         return
+    from quantfuse.patterns import e2m1  # it reads sites with this module's parsers
+
     enabled = set(config.native_fusions) & set(config.fusions)
-    for q, ys, scale in find_candidates(graph):
+    fp8 = [(q, ys, lambda q=q, y=None, scale=scale: read_site(q, y, scale, config), lambda q=q: _slice(q.args[0]))
+           for q, ys, scale in find_candidates(graph)]
+    run_candidates(graph, fp8, config, recorder, enabled)
+    mx4 = [(pack, ys, lambda pack=pack, y=None, codes=codes: e2m1.read_site(pack, codes, y, config),
+            lambda codes=codes: e2m1.ancestors(codes, 60)) for pack, codes, ys in e2m1.find_candidates(graph)]
+    run_candidates(graph, mx4, config, recorder, enabled)
+
+
+def run_candidates(graph: torch.fx.Graph, candidates, config, recorder, enabled: set) -> None:
+    """Read, decide and rewrite each ``(anchor, ys, read(y=...), region())`` candidate; a site
+    not fused is reported as a near miss of its anchor with the reason."""
+    for q, ys, read, region_of in candidates:
         if q.graph is not graph or q not in set(graph.nodes):
             continue
         y = next(iter(ys)) if len(ys) == 1 else None
         try:
             if y is None:
                 raise NotRecognised(f"the scale reads {len(ys)} different values ({', '.join(n.name for n in ys)})")
-            site = read_site(q, y, scale, config)
+            site = read(y=y)
             if (site.activation, site.scheme.key) not in enabled:
                 raise NotRecognised(f"({site.activation}, {site.scheme.key}) is not enabled in "
                                     "FusionConfig.native_fusions")
@@ -1001,14 +1014,11 @@ def run(graph: torch.fx.Graph, config, recorder) -> None:
             if reason:
                 raise NotRecognised(reason)
         except NotRecognised as e:
-            region = {q, *ys, *_slice(q.args[0])}
+            region = {q, *ys, *region_of()}
             recorder.near_miss(q, y if y is not None else q, str(e), {n.name for n in region})
             continue
         recorder.rewrite(site)
         rewrite(site)
-    from quantfuse.patterns import e2m1  # it reads sites with this module's parsers
-
-    e2m1.run(graph, config, recorder, enabled)
 
 
 class Reporter:
