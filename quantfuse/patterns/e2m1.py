@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import operator
 
 import torch
 from torch.fx import Node
@@ -296,18 +295,53 @@ def encoding_difference(got: torch.Tensor, want: torch.Tensor, values: torch.Ten
            f"{int(wrong.sum())} of {values.numel()} float32 values ({example})"
 
 
+def _structure(region: list[Node], v: Node) -> tuple:
+    """What the encoding computes, without node names or shapes (views are the identity there):
+    equal for the same encoding in every layer of a model, so each is evaluated once."""
+    index = {v: ("v",)}
+
+    def norm(a):
+        if isinstance(a, Node):
+            if a not in index:
+                index[a] = ("c", a.target, repr(a.args[1:]), repr(a.kwargs.get("dtype")))
+            return index[a]
+        if isinstance(a, (list, tuple)):
+            return tuple(norm(b) for b in a)
+        return repr(a)
+    out = []
+    for i, n in enumerate(region):
+        if n.target in _VIEWS:
+            out.append((n.target, norm(n.args[0])))
+        else:
+            out.append((n.target, norm(n.args), norm(tuple(sorted((k, w) for k, w in n.kwargs.items()
+                                                                   if k not in ("device", "layout", "pin_memory"))))))
+        index[n] = ("n", i)
+    return tuple(out)
+
+
+_CHECKED: dict[tuple, str | None] = {}
+
+
 def check_encoding(region: list[Node], v: Node) -> None:
     """NotRecognised naming the difference unless ``region`` computes E2M1's codes of ``v``."""
+    key = _structure(region, v)
+    if key not in _CHECKED:
+        if len(_CHECKED) > 64:
+            _CHECKED.clear()
+        _CHECKED[key] = _encoding_reason(region, v)
+    if _CHECKED[key]:
+        raise NotRecognised(_CHECKED[key])
+
+
+def _encoding_reason(region: list[Node], v: Node) -> str | None:
     from quantfuse.custom_ops.reference import e2m1_codes
 
     values = probe_values()
     try:
         got = evaluate(region, v, values)
     except (RuntimeError, TypeError, ValueError) as e:
-        raise NotRecognised(f"the E2M1 encoding could not be evaluated ({type(e).__name__}: {e})") from None
-    reason = encoding_difference(got, e2m1_codes(values), values)
-    if reason:
-        raise NotRecognised(reason)
+        return f"the E2M1 encoding could not be evaluated ({type(e).__name__}: {e})"
+    return encoding_difference(got, e2m1_codes(values), values)
 
 
 # --- the site ---------------------------------------------------------------------------------
