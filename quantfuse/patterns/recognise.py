@@ -753,6 +753,17 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
                                     f"(supported: {', '.join(map(str, config.group_sizes))})")
             scheme = catalog.FP8_PER_GROUP
             recipe = dataclasses.replace(scheme.base, group_size=group, **fields)
+    return finish_site(interp, q, y, scheme, recipe, s_expr, scale_out, scale_input=scale_input,
+                       mul_form=mul_form, mx_exponent=mx_exponent, element=element)
+
+
+def finish_site(interp: Interpreter, q: Node, y: Node, scheme: catalog.Scheme, recipe: Recipe, s_expr: tuple,
+                scale_out: tuple, *, element: catalog.Element, scale_input: Node | None = None,
+                mul_form: bool = False, mx_exponent: tuple | None = None, extra: frozenset = frozenset()) -> Site:
+    """The site once its quantisation is read (``interp`` has read it from ``y``): its activation
+    and layout, and the scale nodes it replaces; NotRecognised when a value inside it has a
+    consumer outside it. ``extra``: site nodes the interpreter does not read (MXFP4's E2M1
+    encoding and packing), whose outside consumers are reported as well."""
     act, inputs, note, act_params = read_activation(y)
     if catalog.ACTIVATIONS[act].gated:
         layout, x, up = read_layout(*inputs)
@@ -767,7 +778,7 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
                             f"`amax / {element.max}` (the two agree on CUDA); write the division")
     # every node between the inputs and the outputs, and who else reads them
     act_nodes = _between(y, {x, up} - {None})
-    site_nodes = set(interp.visited) | act_nodes | {y, q}
+    site_nodes = set(interp.visited) | act_nodes | set(extra) | {y, q}
     scales = []
     order = {n: i for i, n in enumerate(q.graph.nodes)}
     for n in sorted(interp.visited | {y}, key=order.__getitem__):
@@ -790,6 +801,11 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         role = "activation output" if n is y else "intermediate value"
         raise NotRecognised(f"{role} `{n.name}` has a consumer outside the pattern: "
                             f"{', '.join(u.name for u in outside)}{_grad_hint(outside)}")
+    for n in sorted(extra, key=order.__getitem__):
+        outside = _outside_users(site_nodes, n)
+        if outside:
+            raise NotRecognised(f"intermediate value `{n.name}` has a consumer outside the pattern: "
+                                f"{', '.join(u.name for u in outside)}{_grad_hint(outside)}")
     for n in act_nodes:
         outside = _outside_users(site_nodes, n)
         if outside:
@@ -965,19 +981,32 @@ def rewrite(site: Site) -> None:
 
 
 def run(graph: torch.fx.Graph, config, recorder) -> None:
-    """Recognise and fuse every FP8 site the pattern matcher left; report the rest to ``recorder``
-    (``recorder.rewrite(site)`` / ``recorder.near_miss(cast, y, reason)``)."""
+    """Recognise and fuse every FP8 and MX site the pattern matcher left (MXFP4: :mod:`.e2m1`);
+    report the rest to ``recorder`` (``recorder.rewrite(site)`` / ``recorder.near_miss(cast, y, reason)``)."""
     if "native" not in config.forms:
         return
+    from quantfuse.patterns import e2m1  # it reads sites with this module's parsers
+
     enabled = set(config.native_fusions) & set(config.fusions)
-    for q, ys, scale in find_candidates(graph):
+    fp8 = [(q, ys, lambda q=q, y=None, scale=scale: read_site(q, y, scale, config), lambda q=q: _slice(q.args[0]))
+           for q, ys, scale in find_candidates(graph)]
+    run_candidates(graph, fp8, config, recorder, enabled)
+    mx4 = [(pack, ys, lambda pack=pack, y=None, codes=codes: e2m1.read_site(pack, codes, y, config),
+            lambda codes=codes: e2m1.ancestors(codes, 60)) for pack, codes, ys in e2m1.find_candidates(graph)]
+    run_candidates(graph, mx4, config, recorder, enabled)
+
+
+def run_candidates(graph: torch.fx.Graph, candidates, config, recorder, enabled: set) -> None:
+    """Read, decide and rewrite each ``(anchor, ys, read(y=...), region())`` candidate; a site
+    not fused is reported as a near miss of its anchor with the reason."""
+    for q, ys, read, region_of in candidates:
         if q.graph is not graph or q not in set(graph.nodes):
             continue
         y = next(iter(ys)) if len(ys) == 1 else None
         try:
             if y is None:
                 raise NotRecognised(f"the scale reads {len(ys)} different values ({', '.join(n.name for n in ys)})")
-            site = read_site(q, y, scale, config)
+            site = read(y=y)
             if (site.activation, site.scheme.key) not in enabled:
                 raise NotRecognised(f"({site.activation}, {site.scheme.key}) is not enabled in "
                                     "FusionConfig.native_fusions")
@@ -985,7 +1014,7 @@ def run(graph: torch.fx.Graph, config, recorder) -> None:
             if reason:
                 raise NotRecognised(reason)
         except NotRecognised as e:
-            region = {q, *ys, *_slice(q.args[0])}
+            region = {q, *ys, *region_of()}
             recorder.near_miss(q, y if y is not None else q, str(e), {n.name for n in region})
             continue
         recorder.rewrite(site)

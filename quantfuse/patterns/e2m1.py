@@ -1,0 +1,386 @@
+"""MXFP4 sites by meaning: anchored on the E2M1 packing, the encoding checked by evaluating it.
+
+An MXFP4 site writes uint8 bytes ``codes[2i] | (codes[2i + 1] << 4)`` (OCP: element 2i in the
+low nibble), where ``codes`` are the E2M1 codes of ``y / 2^e``, ``e`` the block's clamped
+exponent. Real code spells the encoding in many ways (counting thresholds, ``torch.round``
+on the grid, torchao's bit trick on the float's bits), so it is not read symbolically: the
+nodes from the scaled value ``v`` to ``codes`` (pointwise ops, casts, dtype views, views)
+are run on every float32 value a 16-bit activation scaled by a power of two can produce,
+and compared with the reference's E2M1 codes (:func:`quantfuse.custom_ops.reference.e2m1_codes`).
+The scale (``parse_mx``), the activation and the outputs are read as for MXFP8.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import torch
+from torch.fx import Node
+
+from quantfuse import catalog
+from quantfuse.patterns import canonical
+from quantfuse.patterns import recognise as rec
+from quantfuse.patterns import site as site_mod
+from quantfuse.patterns.canonical import Interpreter, Unknown, const
+from quantfuse.patterns.recognise import NotRecognised
+
+aten = torch.ops.aten
+prims = torch.ops.prims
+
+_SHIFTS = {aten.__lshift__.Scalar, aten.bitwise_left_shift.Tensor_Scalar}
+_COMBINES = {aten.bitwise_or.Tensor, aten.add.Tensor}
+#: view-like ops of the encoding: they keep the row-major order (no permutes, no strided slices)
+_VIEWS = canonical._VIEWS | {aten.clone.default, aten.contiguous.default, aten.alias.default}
+_MAX_ANCESTORS = 400
+#: magnitudes halfway between two E2M1 values: E2M1 rounds these to the even code
+_TIES = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
+
+
+def _dtype(node) -> torch.dtype | None:
+    val = node.meta.get("val") if isinstance(node, Node) else None
+    return val.dtype if isinstance(val, torch.Tensor) else None
+
+
+def _numel(node) -> int | None:
+    val = node.meta.get("val") if isinstance(node, Node) else None
+    if not isinstance(val, torch.Tensor) or not all(isinstance(d, int) for d in val.shape):
+        return None
+    return math.prod(val.shape)
+
+
+def _through_views(node):
+    while isinstance(node, Node) and node.op == "call_function" and node.target in _VIEWS:
+        node = node.args[0]
+    return node
+
+
+def _lane(node) -> tuple[Node, int] | None:
+    """``(codes, k)`` when ``node`` holds the codes ``codes_flat[2i + k]`` in row-major order:
+    ``codes[..., k::2]`` (also of a flattened view) or ``codes.reshape(..., 2)[..., k]``."""
+    node = _through_views(node)
+    if not isinstance(node, Node) or node.op != "call_function":
+        return None
+    if node.target == aten.slice.Tensor:
+        base = node.args[0]
+        shape = base.meta["val"].shape
+        dim, start, end, step = (*node.args[1:], None, None, None, None)[:4]
+        dim = (0 if dim is None else dim) % len(shape)
+        start = 0 if start is None else start
+        if dim == len(shape) - 1 and step == 2 and start in (0, 1) and (end is None or end >= shape[-1]) \
+                and shape[-1] % 2 == 0:
+            return base, start
+    if node.target == aten.select.int:
+        base = node.args[0]
+        shape = base.meta["val"].shape
+        if node.args[1] % len(shape) == len(shape) - 1 and shape[-1] == 2 and node.args[2] in (0, 1, -1, -2):
+            return base, node.args[2] % 2
+    return None
+
+
+def _high(node) -> Node | None:
+    """The operand of ``t << 4`` / ``t * 16``, else None."""
+    node = _through_views(node)
+    if not isinstance(node, Node) or node.op != "call_function":
+        return None
+    if node.target in _SHIFTS and node.args[1] == 4:
+        return node.args[0]
+    if node.target == aten.mul.Tensor:
+        for a, b in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
+            if b == 16 and isinstance(a, Node):
+                return a
+    return None
+
+
+def read_packing(node: Node) -> tuple[Node, Node, Node, bool] | None:
+    """``(codes, low lane node, high lane node, low nibble first)`` when ``node`` packs two
+    4-bit lanes of one tensor into uint8 bytes, else None."""
+    if node.op != "call_function" or node.target not in _COMBINES or _dtype(node) != torch.uint8:
+        return None
+    for lo, hi in ((node.args[0], node.args[1]), (node.args[1], node.args[0])):
+        h = _high(hi)
+        if h is None:
+            continue
+        a, b = _lane(lo), _lane(h)
+        if a and b and a[0] is b[0] and a[1] != b[1]:
+            return a[0], lo, hi, a[1] == 0
+    return None
+
+
+def ancestors(node: Node, limit: int = _MAX_ANCESTORS) -> set[Node]:
+    """``node`` and the nodes it is computed from (at most ``limit``)."""
+    seen, stack = set(), [node]
+    while stack and len(seen) < limit:
+        n = stack.pop()
+        if n in seen or not isinstance(n, Node):
+            continue
+        seen.add(n)
+        stack.extend(n.all_input_nodes)
+    return seen
+
+
+def find_candidates(graph: torch.fx.Graph) -> list[tuple[Node, Node, set[Node]]]:
+    """``(pack, codes, ys)`` for each uint8 packing of two 4-bit lanes whose codes are computed
+    from a reduction of ``|y|`` of an activation output ``y`` (the MXFP4 skeleton)."""
+    out = []
+    for node in graph.nodes:
+        packing = read_packing(node)
+        if packing is None:
+            continue
+        codes = packing[0]
+        ys = set()
+        for r in ancestors(codes):
+            if r.op == "call_function" and r.target in canonical._REDUCTIONS | rec._NEAR_REDUCTIONS:
+                src = rec._strip_up(r.args[0])
+                if isinstance(src, Node) and src.target == aten.abs.default:
+                    ys.add(rec._strip_up(src.args[0]))
+        ys = {y for y in ys if isinstance(y, Node) and rec._is_activation(y)}
+        if ys:
+            out.append((node, codes, ys))
+    return out
+
+
+# --- the scaled value and the encoding ---------------------------------------------------------
+
+def _scaled(expr: tuple) -> tuple | None:
+    """The scale expression of ``y / s`` or ``y * (1 / s)``, else None."""
+    if expr[0] == "div" and expr[1] == rec.Y:
+        return rec._unbcast(expr[2])
+    if expr[0] == "mul" and rec.Y in expr[1:]:
+        other = rec._unbcast(expr[2] if expr[1] == rec.Y else expr[1])
+        if other[0] == "recip":
+            return rec._unbcast(other[1])
+    return None
+
+
+def _find_scaled(y: Node, ancestors: list[Node]) -> Node | None:
+    """The first fp32 value of ``y``'s elements divided by a per-block scale above the codes."""
+    numel = _numel(y)
+    for n in ancestors:
+        if n.op != "call_function" or _dtype(n) != torch.float32 or _numel(n) != numel:
+            continue
+        try:
+            v = Interpreter(y).value(n)
+        except Unknown:
+            continue
+        if v.level == "elem" and v.ordered and _scaled(v.expr) is not None:
+            return n
+    return None
+
+
+def _unread_scale(y: Node, above: list[Node]) -> str | None:
+    """Why a division of ``y``'s elements above the codes is not read, when its divisor is what fails."""
+    for n in above:
+        if n.op != "call_function" or n.target != aten.div.Tensor or not isinstance(n.args[1], Node):
+            continue
+        interp = Interpreter(y)
+        try:
+            if interp.value(n.args[0]).expr != rec.Y:
+                continue
+        except Unknown:
+            continue
+        try:
+            interp.value(n.args[1])
+        except Unknown as e:
+            bits = any(m.target == aten.view.dtype for m in ancestors(n.args[1], 60) if m.op == "call_function")
+            how = " (computed from the float's bits, as torchao's to_mx does: not read yet)" if bits else ""
+            return f"the activation is divided by `{n.args[1].name}`, a scale the recogniser does not read{how}: {e}"
+    return None
+
+
+def _is_constant(node: Node) -> bool:
+    """A ``full`` / ``scalar_tensor`` (what a tensor literal of one value becomes post-grad)."""
+    return node.op == "call_function" and node.target in (aten.full.default, aten.scalar_tensor.default)
+
+
+def encoding_region(v: Node, codes: Node) -> list[Node]:
+    """The nodes from ``v`` (exclusive) to ``codes`` (inclusive), in graph order; NotRecognised
+    when one is not a pointwise op / cast / view, or reads a value other than ``v``."""
+    above = ancestors(codes, 10 * _MAX_ANCESTORS)
+    order = {n: i for i, n in enumerate(codes.graph.nodes)}
+    region: list[Node] = []
+    inside = {v}
+    numel = _numel(v)
+    for n in sorted(above, key=order.__getitem__):
+        if order[n] <= order[v] or not any(a in inside for a in n.all_input_nodes):
+            continue
+        for a in n.all_input_nodes:
+            if a not in inside and not _is_constant(a):
+                raise NotRecognised(f"the E2M1 encoding `{n.name}` reads `{a.name}` besides the scaled values "
+                                    f"`{v.name}`")
+        pointwise = isinstance(n.target, torch._ops.OpOverload) and torch.Tag.pointwise in n.target.tags
+        if not (pointwise or n.target in _VIEWS or n.target in (aten.view.dtype, aten._to_copy.default)):
+            raise NotRecognised(f"the E2M1 encoding uses `{n.name}` ({n.target}), not an elementwise op")
+        if n.target == aten.view.dtype and _dtype(n).itemsize != _dtype(n.args[0]).itemsize:
+            raise NotRecognised(f"`{n.name}` views {_dtype(n.args[0])} as {_dtype(n)} (another element count)")
+        if _numel(n) != numel:
+            raise NotRecognised(f"the E2M1 encoding `{n.name}` has {_numel(n)} elements where the scaled values "
+                                f"have {numel}")
+        region.append(n)
+        inside.add(n)
+    if codes not in inside:
+        raise NotRecognised(f"the codes `{codes.name}` are not computed from the scaled values `{v.name}`")
+    return region
+
+
+@functools.lru_cache(maxsize=1)
+def probe_values() -> torch.Tensor:
+    """Every float32 value a 16-bit activation divided by a power of two in ``[2^-127, 2^127]``
+    can produce, and more: all floats with at most 12 significant bits (every bit pattern with
+    the low 12 mantissa bits zero: both zeros, the subnormals of that form, ±inf), the
+    subnormals with at most 11 significant bits anywhere (a tiny value divided by a large
+    scale rounds there), no NaN."""
+    hi = torch.arange(1 << 20, dtype=torch.int64) << 12
+    sub = torch.cat([torch.arange(1, 1 << 11, dtype=torch.int64) << s for s in range(12)])
+    sub = torch.cat((sub, sub | (1 << 31)))
+    # unique on the bits: a float unique would merge -0.0 into 0.0
+    bits = torch.cat((hi, sub)).unique().to(torch.int32)  # wraps the sign bit in: the negative values
+    vals = bits.view(torch.float32)
+    return vals[~torch.isnan(vals)]
+
+
+def evaluate(region: list[Node], v: Node, values: torch.Tensor) -> torch.Tensor:
+    """``region``'s last node with ``v`` replaced by ``values`` (1-D): each view is the identity
+    (every node is an elementwise function of ``v`` in its row-major order), ``full`` a 0-d
+    tensor, and the ops run on the CPU."""
+    env: dict[Node, torch.Tensor] = {v: values}
+
+    def arg(a):
+        if isinstance(a, Node):
+            if a not in env:  # a constant input
+                env[a] = torch.tensor(a.args[1] if a.target == aten.full.default else a.args[0],
+                                      dtype=a.kwargs.get("dtype") or _dtype(a))
+            return env[a]
+        if isinstance(a, (list, tuple)):
+            return type(a)(arg(b) for b in a)
+        return a
+    for n in region:
+        if n.target in _VIEWS:
+            env[n] = env[n.args[0]]
+            continue
+        args = arg(n.args)
+        kwargs = {k: arg(val) for k, val in n.kwargs.items() if k not in ("device", "layout", "pin_memory")}
+        if n.target == aten._to_copy.default:
+            kwargs.pop("memory_format", None)
+        env[n] = n.target(*args, **kwargs)
+    return env[region[-1]]
+
+
+def _show(values: torch.Tensor) -> str:
+    return ", ".join(f"{float(x):g}" for x in values[:4])
+
+
+def encoding_difference(got: torch.Tensor, want: torch.Tensor, values: torch.Tensor) -> str | None:
+    """None when ``got`` are E2M1's codes of ``values``, else what differs (a near miss's reason)."""
+    if got.dtype != torch.uint8:
+        return f"the E2M1 codes are {got.dtype}, not uint8"
+    wrong = got != want
+    if not bool(wrong.any()):
+        return None
+    bad, g, w = values[wrong], got[wrong], want[wrong]
+    mag = bad.abs()
+    example = f"{float(bad[0]):g} gives code {int(g[0])}, E2M1 code {int(w[0])}"
+    if bool(torch.isin(mag, torch.tensor(_TIES)).all()):
+        up = (g & 7) > (w & 7)
+        how = "away from zero" if bool(up.all()) else "toward zero" if not bool(up.any()) else "unlike ties to even"
+        return f"the E2M1 encoding rounds ties {how} where E2M1 rounds them to even (at |v| = " \
+               f"{_show(mag.unique())}: {example})"
+    if bool((mag > catalog.E2M1.max).all()):
+        return f"the E2M1 encoding does not saturate at ±{catalog.E2M1.max} ({example})"
+    if bool(((g ^ w) == 8).all()):
+        return f"the E2M1 encoding sets the sign bit unlike E2M1's sign of the value ({example}; E2M1 keeps " \
+               "the sign of -0.0 and of negative values that round to zero)"
+    return f"the E2M1 encoding differs from round-to-nearest-even with saturation at ±{catalog.E2M1.max} at " \
+           f"{int(wrong.sum())} of {values.numel()} float32 values ({example})"
+
+
+def _structure(region: list[Node], v: Node) -> tuple:
+    """What the encoding computes, without node names or shapes (views are the identity there):
+    equal for the same encoding in every layer of a model, so each is evaluated once."""
+    index = {v: ("v",)}
+
+    def norm(a):
+        if isinstance(a, Node):
+            if a not in index:
+                index[a] = ("c", a.target, repr(a.args[1:]), repr(a.kwargs.get("dtype")))
+            return index[a]
+        if isinstance(a, (list, tuple)):
+            return tuple(norm(b) for b in a)
+        return repr(a)
+    out = []
+    for i, n in enumerate(region):
+        if n.target in _VIEWS:
+            out.append((n.target, norm(n.args[0])))
+        else:
+            out.append((n.target, norm(n.args), norm(tuple(sorted((k, w) for k, w in n.kwargs.items()
+                                                                   if k not in ("device", "layout", "pin_memory"))))))
+        index[n] = ("n", i)
+    return tuple(out)
+
+
+_CHECKED: dict[tuple, str | None] = {}
+
+
+def check_encoding(region: list[Node], v: Node) -> None:
+    """NotRecognised naming the difference unless ``region`` computes E2M1's codes of ``v``."""
+    key = _structure(region, v)
+    if key not in _CHECKED:
+        if len(_CHECKED) > 64:
+            _CHECKED.clear()
+        _CHECKED[key] = _encoding_reason(region, v)
+    if _CHECKED[key]:
+        raise NotRecognised(_CHECKED[key])
+
+
+def _encoding_reason(region: list[Node], v: Node) -> str | None:
+    from quantfuse.custom_ops.reference import e2m1_codes
+
+    values = probe_values()
+    try:
+        got = evaluate(region, v, values)
+    except (RuntimeError, TypeError, ValueError) as e:
+        return f"the E2M1 encoding could not be evaluated ({type(e).__name__}: {e})"
+    return encoding_difference(got, e2m1_codes(values), values)
+
+
+# --- the site ---------------------------------------------------------------------------------
+
+def read_site(pack: Node, codes: Node, y: Node, config) -> rec.Site:
+    """Read one MXFP4 candidate; NotRecognised names the first thing that does not fit."""
+    element = catalog.E2M1
+    _, lo, hi, low_first = read_packing(pack)
+    if not low_first:
+        raise NotRecognised("the packing puts element 2i in the high nibble: MXFP4 (OCP) puts it in the low "
+                            "nibble (codes[..., ::2] | codes[..., 1::2] << 4)")
+    x_dtype = _dtype(y)
+    if x_dtype not in config.torch_dtypes:
+        raise NotRecognised(f"input dtype {x_dtype} is not supported (supported: {', '.join(config.dtypes)})")
+    if x_dtype == torch.float32:
+        raise NotRecognised(site_mod.FP32_MX_REASON)
+    order = {n: i for i, n in enumerate(pack.graph.nodes)}
+    above = sorted(ancestors(codes), key=order.__getitem__)
+    v = _find_scaled(y, above)
+    if v is None:
+        raise NotRecognised(_unread_scale(y, above) or "the E2M1 codes are not computed from y / 2^e in float32 "
+                            "(the activation divided by its block's power of two)")
+    interp = Interpreter(y)
+    vv = interp.value(v)
+    s_expr = _scaled(vv.expr)
+    groups = {val.group for val in interp.memo.values() if val.level == "group"}
+    if s_expr[0] != "exp2" or groups != {catalog.MX_BLOCK}:
+        raise NotRecognised(f"the values encoded as E2M1 are y / {rec._show(s_expr)} over groups of "
+                            f"{sorted(groups)}: MXFP4 divides by a power of two 2^e per block of {catalog.MX_BLOCK}")
+    more, exponent = rec.parse_mx(s_expr, element)
+    region = encoding_region(v, codes)
+    check_encoding(region, v)
+    scheme = catalog.MXFP4
+    recipe = dataclasses.replace(scheme.base, **more)
+    scale_out = (("to_uint8", Interpreter._sorted("add", exponent, const(catalog.E8M0_BIAS))), torch.uint8)
+    rec._forward_bytes(interp, exponent)
+    packing = set(region) | {lo, hi} | {n for n in ancestors(lo, 8) | ancestors(hi, 8)
+                                        if n not in ancestors(codes)}
+    constants = {a for n in region for a in n.all_input_nodes if _is_constant(a) and
+                 all(u in packing for u in a.users)}
+    return rec.finish_site(interp, pack, y, scheme, recipe, s_expr, scale_out, element=element,
+                           mx_exponent=exponent, extra=frozenset(packing | constants))
