@@ -247,7 +247,8 @@ def main() -> None:
 
 
 def run_info() -> dict:
-    """Device, versions, commit and command line: the context every benchmark record carries."""
+    """Device (the GPU, or ``"CPU"`` without one), versions, commit and command line: the context
+    every benchmark record carries."""
     # QF_COMMIT first: the device machine's copy of the tree may carry a stale .git
     commit = os.environ.get("QF_COMMIT", "")
     if not commit:
@@ -256,17 +257,19 @@ def run_info() -> dict:
                                     cwd=Path(__file__).parent).stdout.strip()
         except OSError:
             commit = ""
-    props = torch.cuda.get_device_properties(0)
-    try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", "-i", "0"],
-                                capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        driver = ""
     now = datetime.datetime.now(datetime.timezone.utc)
-    return dict(date=now.date().isoformat(), time=now.strftime("%H:%M:%S"), device=props.name, driver=driver,
-                sm=f"{props.major}{props.minor}",
-                sms=props.multi_processor_count, l2_bytes=getattr(props, "L2_cache_size", None),
-                torch=torch.__version__, cuda=torch.version.cuda, commit=commit,
+    info = dict(date=now.date().isoformat(), time=now.strftime("%H:%M:%S"), device="CPU", driver="", sm=None,
+                sms=None, l2_bytes=None, torch=torch.__version__, cuda=torch.version.cuda, commit=commit)
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        try:
+            driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", "-i", "0"],
+                                    capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            driver = ""
+        info.update(device=props.name, driver=driver, sm=f"{props.major}{props.minor}",
+                    sms=props.multi_processor_count, l2_bytes=getattr(props, "L2_cache_size", None))
+    return dict(info,
                 command=" ".join(sys.argv))
 
 
