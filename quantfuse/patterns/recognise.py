@@ -171,19 +171,30 @@ def find_candidates(graph: torch.fx.Graph):
             continue
         if _dtype(node) not in FP8_DTYPES + OTHER_FP8_DTYPES:
             continue
-        region = _slice(node.args[0])
-        ys, scale = set(), None
-        for r in region:
-            if r.target in canonical._REDUCTIONS or r.target in _NEAR_REDUCTIONS:
-                src = _strip_up(r.args[0])
-                if isinstance(src, Node) and src.target == aten.abs.default:
-                    ys.add(_strip_up(src.args[0]))
+        ys, scale = _abs_reductions(_slice(node.args[0])), None
         if not ys:
             ys, scale = _static_candidate(node.args[0])
+        if not ys:
+            # a scale computed through ops the canonical region does not hold (torchao's to_mx
+            # derives it from the amax's bits): still the skeleton, so the site is reported
+            from quantfuse.patterns import e2m1
+
+            ys = _abs_reductions(n for n in e2m1.ancestors(node.args[0]) if n.op == "call_function")
         ys = {y for y in ys if isinstance(y, Node) and _is_activation(y)}
         if ys:
             out.append((node, ys, scale))
     return out
+
+
+def _abs_reductions(nodes) -> set:
+    """The ``y`` of each reduction of ``|y|`` (amax / max) among ``nodes``."""
+    ys = set()
+    for r in nodes:
+        if r.target in canonical._REDUCTIONS or r.target in _NEAR_REDUCTIONS:
+            src = _strip_up(r.args[0])
+            if isinstance(src, Node) and src.target == aten.abs.default:
+                ys.add(_strip_up(src.args[0]))
+    return ys
 
 
 def _static_candidate(q_in):
