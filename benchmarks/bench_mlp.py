@@ -96,21 +96,7 @@ def main() -> None:
 def plain_us(fn, iters: int = 50, rounds: int = 9, device: str = "cuda") -> float:
     """Wall-clock µs per call of ``fn`` run back to back, synchronised at the end of each of
     ``rounds`` rounds: the median round (the host is shared, single rounds vary by 2x)."""
-    import statistics
-    import time
-
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    for _ in range(10):
-        fn()
-    sync()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        sync()
-        times.append((time.perf_counter() - t0) / iters * 1e6)
-    return statistics.median(times)
+    return plain_us_interleaved({"fn": fn}, iters, rounds, device)["fn"]
 
 
 def plain_us_interleaved(fns: dict, iters: int = 50, rounds: int = 9, device: str = "cuda") -> dict:

@@ -112,20 +112,17 @@ Launch decide(int64_t op, const c10::OperatorHandle& handle, const c10::ArrayRef
   py::gil_scoped_acquire gil;
   try {
     const auto& schema = handle.schema();
-    py::tuple positional(0);
-    std::vector<py::object> pos;
+    py::list positional;
     py::dict kwargs;
     for (size_t i = 0; i < args.size(); ++i) {
       py::object v = torch::jit::toPyObject(args[i]);
       if (schema.arguments()[i].kwarg_only()) {
         kwargs[py::str(schema.arguments()[i].name())] = v;
       } else {
-        pos.push_back(v);
+        positional.append(v);
       }
     }
-    py::tuple t(pos.size());
-    for (size_t i = 0; i < pos.size(); ++i) t[i] = pos[i];
-    py::object r = (*state().decide)(state().names[op], t, kwargs);
+    py::object r = (*state().decide)(state().names[op], py::tuple(positional), kwargs);
     if (r.is_none()) return l;
     auto f = r.cast<py::dict>();
     l.act = f["act"].cast<int64_t>();

@@ -89,7 +89,8 @@ def fast_path_decision(name: str, args: tuple, kwargs: dict) -> dict | None:
     entry = catalog.OPS[name]
     x, rest = args[0], args[1:]
     act_params = {p.name: kwargs[p.name] for p in entry.activation.params if p.name in kwargs}
-    plan = _plan(entry, x, rest, kwargs.get("up"), kwargs.get("interleaved", False), kwargs.get("recipe", ""),
+    # ``up`` is positional in the schema, so it is in ``rest``, as in the Python kernel's call
+    plan = _plan(entry, x, rest, None, kwargs.get("interleaved", False), kwargs.get("recipe", ""),
                  act_params, cached_plan)[0]
     if oracle.backend_name(plan) != "cuda":
         return None
