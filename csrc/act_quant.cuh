@@ -406,10 +406,16 @@ __device__ __forceinline__ float ue8m0_ceil(float s) {
 // amax * fp32(1/448), as torch evaluates `amax / 448` on CUDA (eager with a CPU
 // scalar divisor, and Inductor's div-by-constant lowering): can differ by one ulp
 // from a true division, so this is what makes scales bit-equal to the native graph.
-template <bool UE8M0>
+// U (catalog.Ue8m0): kUe8m0Exact the smallest power of two >= s; kUe8m0Exp2 torch's
+// exp2(ceil(log2(s))) (below s where log2 rounds down to an integer), with the CUDA math
+// library functions torch's own CUDA log2 / ceil / exp2 kernels call, so the bits are eager's;
+// for s in [2^-43, 2^120] the result is a normal power of two, as the exact one is.
+template <Ue8m0Code U>
 __device__ __forceinline__ float group_scale(float amax) {
   const float s = __fmul_rn(nan_max(amax, kDefaultEps), 1.0f / kFp8Max);
-  return UE8M0 ? ue8m0_ceil(s) : s;
+  if constexpr (U == kUe8m0Exact) return ue8m0_ceil(s);
+  else if constexpr (U == kUe8m0Exp2) return exp2f(ceilf(log2f(s)));
+  else return s;
 }
 
 // RN(y / s) for finite s:

@@ -38,7 +38,7 @@ struct ActArgs {
 struct QuantParams {
   Scheme scheme;
   int64_t group_size;     // kPerGroup: 64 or 128; MX: 32; kPerToken, kStatic: unused
-  bool use_ue8m0;         // kPerGroup: power-of-two scales
+  Ue8m0Code ue8m0;        // kPerGroup: power-of-two scales (catalog.Ue8m0: none, exact, exp2)
   bool rceil;             // MX: rceil scale rounding (else floor)
   void* q;                // encoded elements, contiguous [T, H] (bytes: H * bits / 8 per row)
   void* s;                // scale of (t, g) at s + t * s_stride_t + g * s_stride_g, or (s_swizzled, MX)

@@ -193,7 +193,7 @@ std::string activation_impl(int64_t act, const Operands& o, at::Tensor out, cons
 // operand; scale: kStatic's one-element fp32 scale.
 std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tensor q,
                            const std::optional<at::Tensor>& s_opt, at::Tensor x, const std::optional<at::Tensor>& up,
-                           const std::optional<at::Tensor>& scale, int64_t group_size, bool use_ue8m0, bool rceil,
+                           const std::optional<at::Tensor>& scale, int64_t group_size, int64_t ue8m0, bool rceil,
                            int64_t s_stride_t, int64_t s_stride_g, bool swizzled, int64_t vectors,
                            int64_t blocks_per_sm, const std::vector<double>& act_params) {
   Operands o{};
@@ -291,7 +291,9 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tens
                ") reach past the scale storage");
     }
     p.group_size = group_size;
-    p.use_ue8m0 = use_ue8m0;
+    QF_CHECK(ue8m0 >= 0 && ue8m0 <= quantfuse::kUe8m0Exp2, "quantfuse: UE8M0 code must be in [0, ",
+             int(quantfuse::kUe8m0Exp2) + 1, "), got ", ue8m0);
+    p.ue8m0 = quantfuse::Ue8m0Code(ue8m0);
     p.rceil = rceil;
     p.s = s.data_ptr();
     p.s_stride_t = s_stride_t;
@@ -329,10 +331,10 @@ namespace quantfuse {
 
 std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, std::optional<at::Tensor> s,
                       at::Tensor x, std::optional<at::Tensor> up, std::optional<at::Tensor> scale, int64_t group_size,
-                      bool use_ue8m0, bool rceil, int64_t s_stride_t, int64_t s_stride_g, bool swizzled,
+                      int64_t ue8m0, bool rceil, int64_t s_stride_t, int64_t s_stride_g, bool swizzled,
                       int64_t vectors, int64_t blocks_per_sm, std::vector<double> act_params) {
   return guarded([&] {
-    return act_quant_impl(act, scheme, layout, q, s, x, up, scale, group_size, use_ue8m0, rceil, s_stride_t,
+    return act_quant_impl(act, scheme, layout, q, s, x, up, scale, group_size, ue8m0, rceil, s_stride_t,
                           s_stride_g, swizzled, vectors, blocks_per_sm, act_params);
   });
 }
@@ -347,7 +349,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "quantfuse_catalog.h (catalog.codes()); act_params: the activation's parameters (catalog "
         "Activation.params, e.g. swigluoai_and_mul's alpha, limit). Returns \"\" or an error message",
         py::arg("act"), py::arg("scheme"), py::arg("layout"), py::arg("q"), py::arg("s"), py::arg("x"),
-        py::arg("up"), py::arg("scale"), py::arg("group_size"), py::arg("use_ue8m0"), py::arg("rceil"),
+        py::arg("up"), py::arg("scale"), py::arg("group_size"), py::arg("ue8m0"), py::arg("rceil"),
         py::arg("s_stride_t"), py::arg("s_stride_g"), py::arg("swizzled"), py::arg("vectors") = 0,
         py::arg("blocks_per_sm") = 0, py::arg("act_params") = std::vector<double>{});
   quantfuse::bind_dispatch(m);

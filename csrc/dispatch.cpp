@@ -38,7 +38,8 @@ namespace {
 struct Launch {
   bool cuda = false;
   int64_t act = 0, scheme = 0, layout = 0, group_size = 0, groups = 0, hidden = 0, q_width = 0;
-  bool use_ue8m0 = false, rceil = false, swizzled = false, column_major = false;
+  int64_t ue8m0 = 0;  // catalog.Ue8m0 code
+  bool rceil = false, swizzled = false, column_major = false;
   int up_index = -1, scale_index = -1;  // argument positions (-1: none)
   std::vector<double> act_params;        // the activation's parameters (catalog Activation.params)
 };
@@ -132,7 +133,7 @@ Launch decide(int64_t op, const c10::OperatorHandle& handle, const c10::ArrayRef
     l.groups = f["groups"].cast<int64_t>();
     l.hidden = f["hidden"].cast<int64_t>();
     l.q_width = f["q_width"].cast<int64_t>();
-    l.use_ue8m0 = f["use_ue8m0"].cast<bool>();
+    l.ue8m0 = f["ue8m0"].cast<int64_t>();
     l.rceil = f["rceil"].cast<bool>();
     l.swizzled = f["swizzled"].cast<bool>();
     l.column_major = f["column_major"].cast<bool>();
@@ -221,7 +222,7 @@ bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stac
     std::optional<at::Tensor> s = outs.size() > 1 ? std::optional<at::Tensor>(outs[1]) : std::nullopt;
     const std::string err =
         act_quant_checked(l.act, l.scheme, l.layout, outs[0], s, x, optional_arg(args, l.up_index),
-                          optional_arg(args, l.scale_index), l.group_size, l.use_ue8m0, l.rceil, st_t, st_g,
+                          optional_arg(args, l.scale_index), l.group_size, l.ue8m0, l.rceil, st_t, st_g,
                           l.swizzled, 0, 0, l.act_params);
     if (!err.empty()) return false;
     torch::jit::drop(*stack, n);

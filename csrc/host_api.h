@@ -14,7 +14,7 @@ namespace quantfuse {
 // message of the first failed check; never throws (docs/decisions/007-bindings-return-error-strings.md).
 std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, std::optional<at::Tensor> s,
                               at::Tensor x, std::optional<at::Tensor> up, std::optional<at::Tensor> scale,
-                              int64_t group_size, bool use_ue8m0, bool rceil, int64_t s_stride_t, int64_t s_stride_g,
+                              int64_t group_size, int64_t ue8m0, bool rceil, int64_t s_stride_t, int64_t s_stride_g,
                               bool swizzled, int64_t vectors = 0, int64_t blocks_per_sm = 0,
                               std::vector<double> act_params = {});
 

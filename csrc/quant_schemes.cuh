@@ -22,13 +22,15 @@
 namespace quantfuse {
 
 // FP8 E4M3 with an fp32 scale per group (per token when the group is the row).
-template <bool UE8M0>
+// U: the scale's power-of-two rounding (catalog.Ue8m0); any but kUe8m0None gives a power of two.
+template <Ue8m0Code U>
 struct Fp8Scaled {
+  static constexpr bool UE8M0 = U != kUe8m0None;
   static constexpr int kBits = 8, kVectors = 1, kEvictFirstL2s = 1;
   using Scale = float;
   struct State { float s, r; };
   static __device__ __forceinline__ State prepare(float amax) {
-    const float s = group_scale<UE8M0>(amax);
+    const float s = group_scale<U>(amax);
     return {s, isfinite(s) ? group_recip<UE8M0>(s) : 0.0f};
   }
   static __device__ __forceinline__ Scale scale(const State& st) { return st.s; }

@@ -67,7 +67,7 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
                                            uint4 (&un)[NV], const ActArgs& aa) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
-  using Q = Fp8Scaled<false>;
+  using Q = Fp8Scaled<kUe8m0None>;
   load_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(gn, un, gate, up, in_stride, row + step, tokens, hidden);
   float y[NV][VEC];
   uint32_t yp[NV][VEC / 2];
@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_wide_kernel(
     const ActArgs aa) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
-  using Q = Fp8Scaled<false>;
+  using Q = Fp8Scaled<kUe8m0None>;
   pdl_wait_and_trigger();
   const int64_t row = blockIdx.x;
   const int64_t row_off = row * in_stride;

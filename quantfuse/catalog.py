@@ -364,6 +364,9 @@ class OpParam:
     example: object = None
     #: the values the kernels implement (bools: both)
     kernel_values: tuple = (False, True)
+    #: recipe field values the kernels also implement that no value of the parameter sets
+    #: (reached with ``recipe=``, as the recogniser writes them)
+    kernel_fields: tuple = ()
 
     @property
     def name(self) -> str:
@@ -439,7 +442,8 @@ def _group_size(value) -> int:
 
 _COLUMN = OpParam("bool column_major_scales=False", "scale_layout",
                   lambda v: ScaleLayout.COLUMN_MAJOR if v else ScaleLayout.ROW_MAJOR, True)
-_UE8M0 = OpParam("bool use_ue8m0=False", "ue8m0", lambda v: Ue8m0.EXACT if v else Ue8m0.NONE, True)
+_UE8M0 = OpParam("bool use_ue8m0=False", "ue8m0", lambda v: Ue8m0.EXACT if v else Ue8m0.NONE, True,
+                 kernel_fields=(Ue8m0.EXP2_CEIL_LOG2,))
 _MX_PARAMS = (OpParam('str scale_rounding="rceil"', "mx_rounding", _rounding, "floor", ("floor", "rceil")),
               OpParam("bool is_sf_swizzled_layout=False", "scale_layout",
                       lambda v: ScaleLayout.SWIZZLED if v else ScaleLayout.ROW_MAJOR, True))
@@ -635,6 +639,7 @@ def codes() -> dict[str, int]:
     out.update({f"scheme_{s.key}": i + 1 for i, s in enumerate(KERNEL_SCHEMES)})
     out.update({f"layout_{lay.value}": i for i, lay in enumerate(KERNEL_LAYOUTS)})
     out.update({f"element_{e.name}": i for i, e in enumerate(ELEMENTS)})
+    out.update({f"ue8m0_{u.value}": i for i, u in enumerate(Ue8m0)})
     return out
 
 
@@ -664,6 +669,8 @@ def cpp_header() -> str:
          "quantisation schemes (catalog.KERNEL_SCHEMES); kNoScheme: the activation alone")
     enum("LayoutCode", [(f"kLayout{_camel(x.value)}", c[f"layout_{x.value}"]) for x in KERNEL_LAYOUTS],
          "gated input layouts (catalog.Layout)")
+    enum("Ue8m0Code", [(f"kUe8m0{_camel(u.value)}", c[f"ue8m0_{u.value}"]) for u in Ue8m0],
+         "power-of-two FP8 scales (catalog.Ue8m0)")
     lines.append("")
     names = {c[f"act_{a.name}"]: a.name for a in CUDA_ACTIVATIONS}
     lines.append("constexpr const char* kActNames[] = {" + ", ".join(f'"{names[i]}"' for i in sorted(names)) + "};")

@@ -228,8 +228,18 @@ def test_kernel_reason_names_the_recipe_field():
     assert qplan.make_plan(entry, x, (128, True, True)).kernel_reason() is None
     assert qplan.make_plan(entry, x, (128,), recipe="clamp=False").kernel_reason() == \
         "recipe clamp=False is not a kernel recipe"
-    assert "ue8m0=exp2 is not one the kernels implement" in \
-        qplan.make_plan(entry, x, (128,), recipe="ue8m0=exp2").kernel_reason()
+    # torch's exp2(ceil(log2 s)) is a kernel recipe (CUDA: csrc/act_quant.cuh group_scale), reached
+    # only with recipe= (no op parameter sets it); the CUDA backend passes its code, Triton declines it
+    exp2 = qplan.make_plan(entry, x, (128,), recipe="ue8m0=exp2")
+    assert exp2.kernel_reason() is None
+    from quantfuse.custom_ops import cuda_backend, triton_schemes
+
+    assert cuda_backend._fixed_args(exp2)[4] == catalog.codes()["ue8m0_exp2"] == 2
+    assert cuda_backend._fixed_args(qplan.make_plan(entry, x, (128, False, True)))[4] == catalog.codes()["ue8m0_exact"]
+    on_gpu = dataclasses.replace(exp2, device_type="cuda")
+    assert "ue8m0=exp2" in triton_schemes._reason(on_gpu) and "no Triton kernel" in triton_schemes._reason(on_gpu)
+    assert "ue8m0_after_floor=False" in qplan.make_plan(entry, x, (128,), recipe="ue8m0=exp2,ue8m0_after_floor=False"
+                                                        ).kernel_reason()
     assert "group_size=32 is not one the kernels implement" in qplan.make_plan(entry, x, (32,)).kernel_reason()
     mx = qplan.make_plan(catalog.OPS["mxfp4_quant"], x, ("floor", True))
     assert mx.kernel_reason() is None and mx.scale_shape() == (128, 8)
@@ -242,7 +252,7 @@ def test_cpp_header_carries_every_code():
     for name, code in catalog.codes().items():
         kind = name.split("_")[0]
         assert f"= {code}," in header, name
-        assert kind in ("act", "scheme", "layout", "element")
+        assert kind in ("act", "scheme", "layout", "element", "ue8m0")
     for s in catalog.KERNEL_SCHEMES:
         assert f"  {s.cname} = {catalog.codes()['scheme_' + s.key]}," in header
 

@@ -219,9 +219,9 @@ def test_another_activation_group_size_is_a_near_miss():
 
 @pytest.mark.parametrize("ue8m0", [False, True])
 def test_the_decision_on_a_gpu_graph(ue8m0):
-    """On a GPU graph the 1x128 site is fused; UE8M0 written as exp2(ceil(log2(s))) (DeepSeek-V3's
-    and vLLM's spelling) is a recipe only the torch reference computes (the kernels' UE8M0 reads the
-    exponent bits, which differs just above powers of two), so it is kept, with that reason."""
+    """On a GPU graph the 1x128 site is fused, UE8M0 written as exp2(ceil(log2(s))) (DeepSeek-V3's
+    and vLLM's spelling) included: the CUDA per-group kernel computes that recipe with the math
+    library functions eager's kernels call."""
     from quantfuse.patterns import recognise
 
     with torch.no_grad():
@@ -230,13 +230,9 @@ def test_the_decision_on_a_gpu_graph(ue8m0):
     (q, ys, scale), = recognise.find_candidates(gm.graph)  # the activation's quant only
     site = recognise.read_site(q, next(iter(ys)), scale, config)
     assert recognise.should_fuse(site, config) is None  # CPU graph (QUANTFUSE_NATIVE_ON_CPU=1)
+    assert (site.recipe.ue8m0 is catalog.Ue8m0.EXP2_CEIL_LOG2) == ue8m0
     site.x.meta["val"] = torch.empty(site.x.meta["val"].shape, dtype=torch.bfloat16, device="meta")
-    reason = recognise.should_fuse(site, config)
-    if ue8m0:
-        assert reason == ("ue8m0=exp2 is not one the kernels implement (exact, none): no CUDA / Triton kernel "
-                          "implements it (the torch reference would be slower than Inductor's code)")
-    else:
-        assert reason is None
+    assert recognise.should_fuse(site, config) is None
 
 
 class Relu2Mxfp8MoE(fp8_moe.FP8MoE):

@@ -29,7 +29,7 @@ from types import ModuleType
 import torch
 
 from quantfuse import catalog
-from quantfuse.catalog import Grouping, MxRounding, ScaleLayout, Ue8m0
+from quantfuse.catalog import Grouping, MxRounding, ScaleLayout
 
 NAME = "cuda"
 
@@ -291,7 +291,7 @@ _MISS = object()
 #: plan.key -> supports() answer
 _support: dict = {}
 #: plan.key -> the extension's fixed arguments for it (act, scheme, layout, group_size,
-#: use_ue8m0, rceil, swizzled, column_major, groups)
+#: ue8m0 code, rceil, swizzled, column_major, groups)
 _fixed: dict = {}
 
 
@@ -333,7 +333,7 @@ def _fixed_args(plan) -> tuple:
     scheme = 0 if r is None else _CODES[f"scheme_{plan.entry.scheme.key}"]
     args = (_CODES[f"act_{plan.activation.name}"], scheme, _CODES[f"layout_{plan.layout.value}"],
             r.group_size if r is not None else 0,
-            r is not None and r.grouping is Grouping.PER_GROUP and r.ue8m0 is Ue8m0.EXACT,
+            _CODES[f"ue8m0_{r.ue8m0.value}"] if r is not None and r.grouping is Grouping.PER_GROUP else 0,
             r is not None and r.mx and r.mx_rounding is MxRounding.RCEIL,
             r is not None and r.scale_layout is ScaleLayout.SWIZZLED,
             r is not None and r.scale_layout is ScaleLayout.COLUMN_MAJOR,
@@ -349,7 +349,7 @@ def launch_args(plan, argument_names: list[str]) -> dict:
     act, scheme, layout, gs, ue8m0, rceil, swizzled, column, groups = _fixed.get(plan.key) or _fixed_args(plan)
     r = plan.recipe
     return dict(act=act, scheme=scheme, layout=layout, group_size=gs, groups=groups, hidden=plan.hidden,
-                q_width=plan.hidden if r is None else r.q_width(plan.hidden), use_ue8m0=ue8m0, rceil=rceil,
+                q_width=plan.hidden if r is None else r.q_width(plan.hidden), ue8m0=ue8m0, rceil=rceil,
                 swizzled=swizzled, column_major=column, act_params=list(plan.act_params),
                 up_index=argument_names.index("up") if "up" in argument_names else -1,
                 scale_index=argument_names.index("scale") if "scale" in argument_names else -1)

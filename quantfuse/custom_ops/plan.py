@@ -77,7 +77,7 @@ class CallPlan:
         parameters), else which recipe field they do not (a reason for the oracle)."""
         if self.recipe is None:
             return None
-        kernel_values = {p.field: {p.convert(v) if p.convert else v for v in p.kernel_values}
+        kernel_values = {p.field: {p.convert(v) if p.convert else v for v in p.kernel_values} | set(p.kernel_fields)
                          for p in self.entry.params if p.field}
         expected = dataclasses.replace(self.entry.base, **{f: getattr(self.recipe, f) for f in kernel_values})
         diff = expected.differences(self.recipe)

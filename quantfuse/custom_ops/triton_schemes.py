@@ -631,6 +631,9 @@ def _reason(plan) -> str | None:
     why = plan.kernel_reason()
     if why is not None:
         return why
+    if plan.recipe is not None and plan.recipe.ue8m0 is Ue8m0.EXP2_CEIL_LOG2:
+        # Triton's log2 / exp2 are not the CUDA math library's that eager's kernels call
+        return "ue8m0=exp2 (torch's exp2(ceil(log2 s))) has no Triton kernel"
     if not is_available():
         return f"Triton unavailable ({_failed or 'no CUDA'})"
     return None
