@@ -42,6 +42,17 @@ struct Launch {
   bool rceil = false, swizzled = false, column_major = false;
   int up_index = -1, scale_index = -1;  // argument positions (-1: none)
   std::vector<double> act_params;        // the activation's parameters (catalog Activation.params)
+  // (min tokens, vectors per thread), ascending (custom_ops/tuning.py): a call takes the
+  // last class its token count reaches, else the kernel's default (0)
+  std::vector<std::pair<int64_t, int64_t>> token_classes;
+  bool final = true;  // false: not cached, decided again on the next call
+  int64_t vectors(int64_t tokens) const {
+    int64_t v = 0;
+    for (const auto& c : token_classes) {
+      if (tokens >= c.first) v = c.second;
+    }
+    return v;
+  }
 };
 
 struct State {
@@ -140,6 +151,8 @@ Launch decide(int64_t op, const c10::OperatorHandle& handle, const c10::ArrayRef
     l.up_index = f["up_index"].cast<int>();
     l.scale_index = f["scale_index"].cast<int>();
     l.act_params = f["act_params"].cast<std::vector<double>>();
+    l.token_classes = f["token_classes"].cast<std::vector<std::pair<int64_t, int64_t>>>();
+    l.final = f["final"].cast<bool>();
     l.cuda = true;
   } catch (...) {
     PyErr_Clear();  // the Python kernel runs this call and raises the error itself
@@ -171,7 +184,7 @@ bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stac
         lock.unlock();
         l = decide(op, handle, args);
         lock.lock();
-        st.launches.emplace(key, l);
+        if (l.final) st.launches.emplace(key, l);
       }
     }
     if (!l.cuda) return false;
@@ -223,7 +236,7 @@ bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stac
     const std::string err =
         act_quant_checked(l.act, l.scheme, l.layout, outs[0], s, x, optional_arg(args, l.up_index),
                           optional_arg(args, l.scale_index), l.group_size, l.ue8m0, l.rceil, st_t, st_g,
-                          l.swizzled, 0, 0, l.act_params);
+                          l.swizzled, l.vectors(tokens), 0, l.act_params);
     if (!err.empty()) return false;
     torch::jit::drop(*stack, n);
     for (auto& o : outs) torch::jit::push(*stack, std::move(o));

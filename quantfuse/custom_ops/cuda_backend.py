@@ -30,6 +30,7 @@ import torch
 
 from quantfuse import catalog
 from quantfuse.catalog import Grouping, MxRounding, ScaleLayout
+from quantfuse.custom_ops import tuning
 
 NAME = "cuda"
 
@@ -96,8 +97,13 @@ def _build_dir(src: Path, arch: tuple[int, int], generated: dict[str, str]) -> t
         h.update(text.encode())
     h.update(f"{torch.__version__}|{torch.version.cuda}|sm_{arch[0]}{arch[1]}".encode())
     key = h.hexdigest()[:16]
-    root = Path(os.environ.get("QUANTFUSE_CACHE_DIR") or Path.home() / ".cache" / "quantfuse")
-    return root / f"cuda_{key}", key
+    return cache_root() / f"cuda_{key}", key
+
+
+def cache_root() -> Path:
+    """The persistent cache folder: ``$QUANTFUSE_CACHE_DIR`` or ``~/.cache/quantfuse``
+    (built libraries, tuning tables)."""
+    return Path(os.environ.get("QUANTFUSE_CACHE_DIR") or Path.home() / ".cache" / "quantfuse")
 
 
 MANIFEST = "manifest.json"
@@ -269,7 +275,11 @@ def dispatch_counts() -> dict[str, int]:
 
 
 def reset_dispatch(decisions: bool = False) -> None:
-    """Zero :func:`dispatch_counts`; ``decisions``: also forget the cached per-signature decisions."""
+    """Zero :func:`dispatch_counts`; ``decisions``: also forget the cached per-signature decisions
+    (and the tuned token classes held in memory)."""
+    if decisions:
+        _classes_cache.clear()
+        tuning.clear()
     if _module is not None:
         _module.reset_dispatch_counts()
         if decisions:
@@ -290,6 +300,8 @@ _CODES = catalog.codes()
 _MISS = object()
 #: plan.key -> supports() answer
 _support: dict = {}
+#: plan.key -> (tuning.token_classes answer) once final
+_classes_cache: dict = {}
 #: plan.key -> the extension's fixed arguments for it (act, scheme, layout, group_size,
 #: ue8m0 code, rceil, swizzled, column_major, groups)
 _fixed: dict = {}
@@ -342,32 +354,64 @@ def _fixed_args(plan) -> tuple:
     return args
 
 
+def _scale_strides(plan, column: bool, swizzled: bool, groups: int) -> tuple[int, int]:
+    """(token, group) strides of the scale output, as the kernels take them."""
+    if column:  # s is a [T, G] view of [G, T] storage
+        return 1, plan.tokens
+    if swizzled:
+        return 0, 0
+    return groups, 1
+
+
+def _launch(plan, outputs, x, up, scale, vectors: int = 0) -> str | None:
+    act, scheme, layout, gs, ue8m0, rceil, swizzled, column, groups = _fixed.get(plan.key) or _fixed_args(plan)
+    st, sg = _scale_strides(plan, column, swizzled, groups)
+    return (_module or _mod()).act_quant(act, scheme, layout, outputs[0], outputs[1] if len(outputs) > 1 else None,
+                                         x, up, scale, gs, ue8m0, rceil, st, sg, swizzled, vectors=vectors,
+                                         act_params=plan.act_params)
+
+
+def _time_vectors(plan, vectors: int) -> float | None:
+    """µs per launch of ``plan`` (at its token count) with ``vectors`` per thread, on fresh
+    random inputs (tuning.token_classes' timer)."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    width = plan.hidden * (2 if plan.activation.gated and plan.layout is catalog.Layout.HALVES else 1)
+    x = torch.randn(plan.tokens, width, device=device, dtype=plan.dtype)
+    up = torch.randn_like(x) if plan.layout is catalog.Layout.SEPARATE else None
+    outputs = plan.empty_outputs(device)
+    return tuning.time_launch(lambda: _launch(plan, outputs, x, up, None, vectors))
+
+
+def _classes(plan) -> tuple[tuple, bool]:
+    """The plan's tuned token classes (tuning.token_classes), cached per plan key once final."""
+    got = _classes_cache.get(plan.key)
+    if got is None:
+        got = tuning.token_classes(plan, tuning.Device.current(), _time_vectors)
+        if got[1]:
+            _classes_cache[plan.key] = got
+    return got
+
+
 def launch_args(plan, argument_names: list[str]) -> dict:
     """The launch arguments of a supported plan for csrc/dispatch.cpp, which allocates the
     outputs and launches from C++ (``argument_names``: the op schema's, for where up and
-    the static scale are)."""
+    the static scale are). ``final`` False: decide again on a later call (tuning skipped
+    under graph capture)."""
     act, scheme, layout, gs, ue8m0, rceil, swizzled, column, groups = _fixed.get(plan.key) or _fixed_args(plan)
     r = plan.recipe
+    classes, final = _classes(plan)
     return dict(act=act, scheme=scheme, layout=layout, group_size=gs, groups=groups, hidden=plan.hidden,
                 q_width=plan.hidden if r is None else r.q_width(plan.hidden), ue8m0=ue8m0, rceil=rceil,
                 swizzled=swizzled, column_major=column, act_params=list(plan.act_params),
                 up_index=argument_names.index("up") if "up" in argument_names else -1,
-                scale_index=argument_names.index("scale") if "scale" in argument_names else -1)
+                scale_index=argument_names.index("scale") if "scale" in argument_names else -1,
+                token_classes=[tuple(c) for c in classes], final=final)
 
 
 def run(plan, outputs, x, up, scale) -> None:
     """Write ``outputs`` (``plan.empty_outputs``) for a plan :func:`supports` accepted;
     ``up``: the separate layout's second tensor, ``scale``: the static scheme's (else None)."""
-    act, scheme, layout, gs, ue8m0, rceil, swizzled, column, groups = _fixed.get(plan.key) or _fixed_args(plan)
-    if column:  # s is a [T, G] view of [G, T] storage
-        st, sg = 1, plan.tokens
-    elif swizzled:
-        st, sg = 0, 0
-    else:
-        st, sg = groups, 1
-    err = (_module or _mod()).act_quant(act, scheme, layout, outputs[0], outputs[1] if len(outputs) > 1 else None,
-                                        x, up, scale, gs, ue8m0, rceil, st, sg, swizzled,
-                                        act_params=plan.act_params)
+    err = _launch(plan, outputs, x, up, scale, tuning.vectors_for(_classes(plan)[0], plan.tokens))
     if err:
         raise RuntimeError(err)
 

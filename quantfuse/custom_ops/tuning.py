@@ -1,0 +1,210 @@
+"""Launch parameters tuned on the GPU that runs them: vectors per thread of the group kernels.
+
+How many 16-byte vectors a thread of the per-group and MX kernels loads per group decides
+how many loads are in flight per SM, and the best count differs between GPUs of one
+architecture (docs/decisions/020-vectors-autotuned-per-device.md): a count chosen on one
+card is not right on the next. So the count is not a constant: on the first call of a plan
+(everything about a call but its token count, :attr:`CallPlan.key`) the CUDA backend asks
+:func:`token_classes`, which times each count on random inputs of the plan's shape for
+every token class past the L2 (below it the kernel's own default serves: small inputs are
+latency-bound and the default alone has the evict-first variant that L2-sized inputs take)
+and keeps the fastest, in memory and in ``tuning-<device>.json`` under the cache folder, so
+a process on the same device reads the table instead of timing again.
+
+The answer is a tuple of ``(min_tokens, vectors)`` classes, ascending; a call of ``T``
+tokens takes the vectors of the last class with ``min_tokens <= T``, else the kernel's
+default (0). ``QUANTFUSE_TUNE=0`` turns tuning off (every call takes the default). No
+timing happens while a CUDA graph is being captured; the answer is then not final (the
+C++ dispatcher path asks again on a later call).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from quantfuse.catalog import Grouping, Layout
+
+log = logging.getLogger("quantfuse.tuning")
+
+#: the vector counts the group kernels are instantiated for (csrc/launch_unit.cuh dispatch_vectors)
+CANDIDATES = (1, 2, 4)
+#: token classes, as multiples of the L2 size the input's bytes reach: (class starts at,
+#: timed at). Past 4 L2 sizes no part of the input is still in L2 when it is read again.
+CLASSES = ((1, 2), (4, 8))
+#: the timed inputs and outputs take at most this share of the free device memory
+MEMORY_SHARE = 0.25
+
+_lock = threading.Lock()
+#: (device name, tuning key) -> classes
+_memory: dict = {}
+
+
+def enabled() -> bool:
+    """False when ``QUANTFUSE_TUNE=0``."""
+    return os.environ.get("QUANTFUSE_TUNE", "1") != "0"
+
+
+def tunable(plan) -> bool:
+    """Whether the plan runs a kernel with a vectors-per-thread choice: the per-group and MX
+    kernels, on halves or separate inputs (interleaved inputs take the default only)."""
+    r = plan.recipe
+    return (r is not None and r.grouping in (Grouping.PER_GROUP, Grouping.MX_BLOCK) and not plan.entry.experts
+            and plan.layout is not Layout.INTERLEAVED)
+
+
+def row_bytes(plan) -> int:
+    """Input bytes per token (gate and up for gated activations)."""
+    return plan.hidden * plan.dtype.itemsize * (2 if plan.activation.gated else 1)
+
+
+def class_tokens(plan, l2_bytes: int) -> tuple[tuple[int, int], ...]:
+    """((first token count of the class, token count it is timed at), ...) for this plan."""
+    rb = max(row_bytes(plan), 1)
+    return tuple((math.ceil(start * l2_bytes / rb), math.ceil(at * l2_bytes / rb)) for start, at in CLASSES)
+
+
+def tuning_key(plan) -> str:
+    """What the best count may depend on: the op, recipe, layout, dtype and hidden size."""
+    spec = plan.recipe.spec(plan.entry.base) if plan.recipe is not None else ""
+    return f"{plan.entry.name}|{spec}|{plan.layout.value}|{plan.dtype}|{plan.hidden}"
+
+
+def _table_path(device_name: str) -> Path:
+    from quantfuse.custom_ops import cuda_backend
+
+    return cuda_backend.cache_root() / f"tuning-{re.sub(r'[^A-Za-z0-9_.-]+', '_', device_name)}.json"
+
+
+def _read_table(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_entry(path: Path, key: str, entry: dict) -> None:
+    """Merge one entry into the device's table (written whole through a rename, so a reader
+    never sees half a file)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = _read_table(path)
+        table[key] = entry
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+        tmp.replace(path)
+    except OSError as e:
+        log.warning("quantfuse: could not write the tuning table %s: %s", path, e)
+
+
+def choose(times: dict[int, float]) -> int:
+    """The fastest count; ties go to the fewer vectors (fewer registers)."""
+    return min(times, key=lambda v: (times[v], v))
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """What tuning reads of the GPU: its name (the table's key), L2 size and free memory, and
+    whether the current stream is capturing a CUDA graph."""
+
+    name: str
+    l2_bytes: int
+    free_bytes: int
+    capturing: bool
+
+    @classmethod
+    def current(cls) -> "Device":
+        """The current CUDA device."""
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return cls(props.name, props.L2_cache_size, torch.cuda.mem_get_info()[0],
+                   torch.cuda.is_current_stream_capturing())
+
+
+def token_classes(plan, device: Device, launch: Callable[[object, int], float | None]) -> tuple[tuple, bool]:
+    """``(classes, final)`` for a CUDA plan: ``classes`` as the module docstring says,
+    ``final`` False when the answer may change on a later call (tuning skipped under graph
+    capture). ``launch(plan_at_T, vectors)`` times one count at the plan's shape with
+    ``plan_at_T.tokens`` tokens (µs, None when the kernel refuses that count)."""
+    if not (enabled() and tunable(plan)):
+        return (), True
+    key = tuning_key(plan)
+    with _lock:
+        if (device.name, key) in _memory:
+            return _memory[(device.name, key)], True
+    path = _table_path(device.name)
+    entry = _read_table(path).get(key)
+    if entry is None:
+        if device.capturing:
+            return (), False
+        entry = _tune(plan, device, launch)
+        if entry is None:
+            return (), True
+        _write_entry(path, key, entry)
+    classes = tuple((int(c["min_tokens"]), int(c["vectors"])) for c in entry["classes"])
+    with _lock:
+        _memory[(device.name, key)] = classes
+    return classes, True
+
+
+def _tune(plan, device: Device, launch) -> dict | None:
+    classes = []
+    for start, at in class_tokens(plan, device.l2_bytes):
+        # input + the largest output (FP8 codes: one byte per element) + scales
+        need = at * (row_bytes(plan) + plan.hidden * 2)
+        if need > MEMORY_SHARE * device.free_bytes:
+            log.info("quantfuse: not tuning %s at %d tokens: %.0f MB would not fit in a quarter of the free "
+                     "memory", tuning_key(plan), at, need / 1e6)
+            break
+        sized = dataclasses.replace(plan, lead=(at,))
+        times = {v: t for v in CANDIDATES if (t := launch(sized, v)) is not None}
+        if not times:
+            break
+        best = choose(times)
+        classes.append({"min_tokens": start, "tokens": at, "vectors": best,
+                        "us": {str(v): round(t, 2) for v, t in sorted(times.items())}})
+        log.info("quantfuse: tuned %s on %s at %d tokens: %s -> %d vectors per thread", tuning_key(plan),
+                 device.name, at, ", ".join(f"{v}: {t:.1f} us" for v, t in sorted(times.items())), best)
+    return {"classes": classes, "torch": torch.__version__} if classes else None
+
+
+def vectors_for(classes: tuple, tokens: int) -> int:
+    """The vectors of the last class a call of ``tokens`` reaches, else 0 (the default)."""
+    v = 0
+    for min_tokens, vectors in classes:
+        if tokens >= min_tokens:
+            v = vectors
+    return v
+
+
+def time_launch(run: Callable[[], str | None], repeats: int = 3, calls: int = 10) -> float | None:
+    """Best mean µs per call of ``run`` (a launch returning an error string or None) over
+    ``repeats`` rounds of ``calls`` back-to-back launches, timed with CUDA events; None when
+    it returns an error."""
+    if run():
+        return None
+    torch.cuda.synchronize()
+    best = math.inf
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            run()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) * 1e3 / calls)
+    return best
+
+
+def clear() -> None:
+    """Forget the in-memory answers (the files stay)."""
+    with _lock:
+        _memory.clear()

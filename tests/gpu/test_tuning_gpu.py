@@ -1,0 +1,67 @@
+"""Vectors per thread tuned on this GPU (quantfuse/custom_ops/tuning.py) with the real timer:
+every candidate runs, the table is written, and calls in a tuned class give the reference's
+bits through both the C++ dispatcher path and the Python kernel."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+from quantfuse import catalog  # noqa: E402
+from quantfuse.custom_ops import cuda_backend, oracle, ops, plan, tuning  # noqa: E402
+
+if torch.cuda.is_available() and not cuda_backend.is_available():
+    pytestmark = pytest.mark.skip(reason=f"CUDA extension unavailable: {cuda_backend.unavailable_reason()}")
+
+CASES = [("silu_and_mul_per_block_quant", (128,), torch.bfloat16, 7168),
+         ("relu2_mxfp8_quant", ("rceil",), torch.bfloat16, 7168),
+         ("silu_and_mul_mxfp4_quant", ("floor", True), torch.float16, 2048)]
+
+
+@pytest.fixture
+def fresh_tuning(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANTFUSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("QUANTFUSE_TUNE", raising=False)
+    cuda_backend.reset_dispatch(decisions=True)
+    oracle.clear_cache()
+    yield tmp_path
+    cuda_backend.reset_dispatch(decisions=True)
+    oracle.clear_cache()
+
+
+def _same(a, b, what):
+    assert (a.shape, a.stride(), a.dtype) == (b.shape, b.stride(), b.dtype), what
+    assert torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)), what
+
+
+@pytest.mark.parametrize("name,params,dtype,hidden", CASES, ids=[c[0] for c in CASES])
+def test_tuned_calls_equal_the_reference(fresh_tuning, monkeypatch, name, params, dtype, hidden):
+    entry = catalog.OPS[name]
+    width = hidden * (2 if entry.activation.gated else 1)
+    small = torch.randn(4, width, device="cuda", dtype=dtype)
+    p = plan.make_plan(entry, small, params)
+    classes, final = tuning.token_classes(p, tuning.Device.current(), cuda_backend._time_vectors)
+    assert final and len(classes) == len(tuning.CLASSES), classes
+    assert all(v in tuning.CANDIDATES for _, v in classes)
+    table = json.loads(next(fresh_tuning.glob("tuning-*.json")).read_text())
+    for c in table[tuning.tuning_key(p)]["classes"]:
+        assert sorted(c["us"]) == [str(v) for v in tuning.CANDIDATES], c  # every count ran
+    tokens = classes[-1][0] + 3  # inside the last class, not a multiple of anything
+    x = (torch.randn(tokens, width, device="cuda", dtype=dtype) * 4).to(dtype)
+    x[0, :64] = torch.tensor([float("inf"), -float("inf"), 0.0, -0.0] * 16, dtype=dtype)
+    op = ops.OPS[name]
+    args = (x, *params)
+    op(*args)
+    oracle.reset_counts()
+    got = op(*args)  # the C++ path, with the tuned count
+    assert cuda_backend.dispatch_counts() == {name: 1}
+    python = ops.PYTHON_KERNELS[name](*args)  # the Python kernel, with the tuned count
+    monkeypatch.setenv(oracle.BACKEND_ENV, "torch")
+    want = op(*args)
+    for i, (g, py, w) in enumerate(zip(got, python, want)):
+        _same(g, w, f"{name} output {i}: C++ path vs reference")
+        _same(py, w, f"{name} output {i}: Python kernel vs reference")

@@ -1,0 +1,133 @@
+"""Vectors per thread tuned per device (quantfuse/custom_ops/tuning.py): which plans are tuned,
+the token classes derived from the L2 size, the choice, the table on disk and the cases that
+must not time (graph capture, QUANTFUSE_TUNE=0, too little memory). The timer is a stand-in
+here; tests/gpu/test_dispatch.py runs the real one."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from quantfuse import catalog
+from quantfuse.custom_ops import plan, tuning
+
+L2 = 50 * 2**20
+H200 = tuning.Device("NVIDIA H200", L2, 100 * 2**30, capturing=False)
+
+
+def _plan(name, hidden=7168, dtype=torch.bfloat16, params=(), **kw):
+    entry = catalog.OPS[name]
+    width = 2 * hidden if entry.activation.gated and "up" not in kw and not kw.get("interleaved") else hidden
+    x = torch.zeros(4, width, dtype=dtype)
+    if "up" in kw:
+        kw["up"] = torch.zeros_like(x)
+    p = plan.make_plan(entry, x, params, **kw)
+    return dataclasses.replace(p, device_type="cuda", aligned=True)
+
+
+@pytest.fixture(autouse=True)
+def _fresh(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUANTFUSE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("QUANTFUSE_TUNE", raising=False)
+    tuning.clear()
+    yield
+    tuning.clear()
+
+
+class Timer:
+    """A stand-in timer: µs by (tokens, vectors), recording every call."""
+
+    def __init__(self, times):
+        self.times, self.calls = times, []
+
+    def __call__(self, p, vectors):
+        self.calls.append((p.tokens, vectors))
+        return self.times(p.tokens, vectors)
+
+
+def test_which_plans_are_tuned():
+    """Per-group and MX kernels on halves or two tensors; not per-token, static, the
+    activation ops, the experts ops or interleaved inputs (the kernel takes its default)."""
+    assert tuning.tunable(_plan("silu_and_mul_per_block_quant", params=(128,)))
+    assert tuning.tunable(_plan("silu_and_mul_per_block_quant", params=(128,), up=True))
+    assert tuning.tunable(_plan("relu2_mxfp8_quant"))
+    assert tuning.tunable(_plan("silu_and_mul_mxfp4_quant"))
+    assert not tuning.tunable(_plan("silu_and_mul_per_block_quant", params=(128,), interleaved=True))
+    assert not tuning.tunable(_plan("silu_and_mul_per_token_quant_fp8"))
+    assert not tuning.tunable(_plan("silu_and_mul"))
+
+
+def test_classes_start_where_the_input_passes_l2():
+    """Class k starts at the first token count whose input bytes reach CLASSES[k][0] L2 sizes and
+    is timed at CLASSES[k][1]; gated rows count gate and up."""
+    p = _plan("silu_and_mul_per_block_quant", params=(128,))
+    rb = 7168 * 2 * 2
+    assert tuning.row_bytes(p) == rb
+    assert tuning.class_tokens(p, L2) == tuple((math.ceil(a * L2 / rb), math.ceil(b * L2 / rb))
+                                               for a, b in tuning.CLASSES)
+    assert tuning.row_bytes(_plan("relu2_mxfp8_quant", dtype=torch.float16)) == 7168 * 2
+
+
+def test_fastest_count_per_class_and_the_table_on_disk(tmp_path):
+    """Each class takes its fastest count (ties: fewer vectors); the answer is written to the
+    device's table, and a later process (memory cleared) reads it without timing."""
+    p = _plan("silu_and_mul_per_block_quant", params=(128,))
+    (s1, t1), (s2, t2) = tuning.class_tokens(p, L2)
+    table = {(t1, 1): 10.0, (t1, 2): 8.0, (t1, 4): 8.0, (t2, 1): 30.0, (t2, 2): 29.0, (t2, 4): 25.0}
+    timer = Timer(lambda t, v: table[(t, v)])
+    classes, final = tuning.token_classes(p, H200, timer)
+    assert final and classes == ((s1, 2), (s2, 4))
+    assert sorted(timer.calls) == sorted(table)
+    saved = json.loads((tmp_path / "tuning-NVIDIA_H200.json").read_text())
+    entry = saved[tuning.tuning_key(p)]
+    assert [(c["min_tokens"], c["tokens"], c["vectors"]) for c in entry["classes"]] == [(s1, t1, 2), (s2, t2, 4)]
+    assert entry["classes"][1]["us"] == {"1": 30.0, "2": 29.0, "4": 25.0}
+
+    tuning.clear()
+    def no_timing(*_):
+        raise AssertionError("timed again although the table has the answer")
+    assert tuning.token_classes(p, H200, no_timing) == (((s1, 2), (s2, 4)), True)
+    other = dataclasses.replace(H200, name="NVIDIA H100 80GB HBM3")
+    assert tuning.token_classes(p, other, Timer(lambda t, v: 1.0 / v))[0] == ((s1, 4), (s2, 4))
+
+
+def test_calls_take_their_class():
+    classes = ((100, 2), (400, 4))
+    assert [tuning.vectors_for(classes, t) for t in (1, 99, 100, 399, 400, 10**6)] == [0, 0, 2, 2, 4, 4]
+    assert tuning.vectors_for((), 10**6) == 0
+
+
+def test_refused_counts_are_skipped():
+    """A count the kernel refuses (an error string: the timer's None) is not a candidate."""
+    p = _plan("relu2_mxfp8_quant")
+    classes, _ = tuning.token_classes(p, H200, Timer(lambda t, v: None if v == 4 else float(v)))
+    assert [v for _, v in classes] == [1, 1]
+
+
+def test_no_timing_under_capture_disabled_or_short_of_memory(monkeypatch):
+    p = _plan("silu_and_mul_per_block_quant", params=(128,))
+    def no_timing(*_):
+        raise AssertionError("timed")
+    capturing = dataclasses.replace(H200, capturing=True)
+    assert tuning.token_classes(p, capturing, no_timing) == ((), False)
+    small = dataclasses.replace(H200, free_bytes=L2)
+    assert tuning.token_classes(p, small, no_timing) == ((), True)
+    monkeypatch.setenv("QUANTFUSE_TUNE", "0")
+    assert tuning.token_classes(p, H200, no_timing) == ((), True)
+    assert tuning.token_classes(_plan("silu_and_mul_per_token_quant_fp8"), H200, no_timing) == ((), True)
+
+
+def test_the_key_names_what_the_count_depends_on():
+    """Plans that differ in recipe, layout, dtype or hidden size are tuned apart; token counts
+    are not in the key."""
+    base = _plan("silu_and_mul_per_block_quant", params=(128,))
+    keys = {tuning.tuning_key(q) for q in (
+        base, _plan("silu_and_mul_per_block_quant", params=(64,)), _plan("silu_and_mul_per_block_quant", params=(128,), up=True),
+        _plan("silu_and_mul_per_block_quant", params=(128,), dtype=torch.float16),
+        _plan("silu_and_mul_per_block_quant", hidden=2048, params=(128,)))}
+    assert len(keys) == 5
+    assert tuning.tuning_key(dataclasses.replace(base, lead=(9999,))) == tuning.tuning_key(base)
