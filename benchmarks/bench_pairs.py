@@ -174,7 +174,7 @@ def main() -> None:
         fused = getattr(qf, name)
         act_op, quant_op = getattr(qf, act_name), getattr(qf, scheme.unfused_name)
         native_fn = None
-        if scheme_key in NATIVE_SCHEME:
+        if scheme_key in NATIVE_SCHEME and act_name in NATIVE_ACT:  # GPT-OSS's has no native spelling here
             a_fn = native.ACTIVATION_SPELLINGS[act_name][NATIVE_ACT[act_name]]
             s_fn = native.SCHEME_SPELLINGS[scheme_key][NATIVE_SCHEME[scheme_key]]
             native_fn = lambda x, a_fn=a_fn, s_fn=s_fn: s_fn(a_fn(x))  # noqa: E731

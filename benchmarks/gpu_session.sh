@@ -10,6 +10,7 @@
 #   mlp       bench_mlp.py: CUDA-graph replay and plain calls, with and without the pass
 #   peers     SiLU x Mul -> FP8 per group 64/128, row and column-major scales, T = 16 ... 16384: eager,
 #             Inductor, quantfuse unfused and fused, vLLM's kernel where vllm imports, a same-size copy
+#   (always)  the tuning table (tuning-<device>.json) as records -> $OUT/tuning.jsonl
 #   moe       bench_moe.py (MOE_ARGS adds flags) and examples/fp8_moe.py on the GPU
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -37,17 +38,16 @@ PY
   fi
   if has pairs; then
     timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/bench_pairs.py --tokens $TOKENS --hidden $HIDDEN $PAIRS_ARGS \
-      --out "$OUT/pairs.md" --jsonl "$OUT/pairs.jsonl" 2>&1 | grep -v "^("
+      --out "$OUT/pairs.md" --jsonl "$OUT/pairs.jsonl"
   fi
   if has baseline && [ -d _baseline ]; then
     (cd _baseline && QUANTFUSE_CACHE_DIR=/tmp/quantfuse_cache_base timeout ${BENCH_TIMEOUT:-300} python3 \
-      benchmarks/bench_pairs.py --tokens $TOKENS --hidden $HIDDEN $PAIRS_ARGS --out "$OUT/baseline_pairs.md" 2>&1 \
-      | grep -v "^(")
+      benchmarks/bench_pairs.py --tokens $TOKENS --hidden $HIDDEN $PAIRS_ARGS --out "$OUT/baseline_pairs.md" 2>&1)
   fi
   if has layouts; then
     timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/bench_pairs.py --tokens ${LAYOUT_TOKENS:-4096,16384} \
       --hidden $HIDDEN --layouts halves,separate,interleaved --schemes per_block_quant,mxfp4_quant,quant $PAIRS_ARGS \
-      --no-inductor --out "$OUT/layouts.md" --jsonl "$OUT/pairs.jsonl" 2>&1 | grep -v "^("
+      --no-inductor --out "$OUT/layouts.md" --jsonl "$OUT/pairs.jsonl"
   fi
   if has mlp; then
     timeout ${MLP_TIMEOUT:-240} python3 benchmarks/bench_mlp.py --layers ${MLP_LAYERS:-8} --hidden 7168 --inter 2048 \
@@ -56,13 +56,17 @@ PY
   if has peers; then
     timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/bench_pairs.py --tokens ${PEER_TOKENS:-16,64,256,4096,16384} \
       --hidden 7168 --schemes per_block_quant --group-variants 64,128,64:col,128:col --no-triton \
-      --out "$OUT/peers.md" --jsonl "$OUT/pairs.jsonl" 2>&1 | grep -v "^("
+      --out "$OUT/peers.md" --jsonl "$OUT/pairs.jsonl"
   fi
   if has moe; then
     timeout ${MOE_TIMEOUT:-300} python3 examples/fp8_moe.py 2>&1 | tail -4
     timeout ${MOE_TIMEOUT:-300} python3 benchmarks/bench_moe.py $MOE_ARGS --out "$OUT/moe.md" --jsonl "$OUT/moe.jsonl" \
       2>&1 | grep -v Warning | tail -30
   fi
+  # the vectors-per-thread table tuned in this run, as records (custom_ops/tuning.py)
+  for t in "$QUANTFUSE_CACHE_DIR"/tuning-*.json; do
+    [ -f "$t" ] && python3 benchmarks/tuning_records.py "$t" --jsonl "$OUT/tuning.jsonl"
+  done
 } 2>&1 | tee "$OUT/log.txt"
 echo; tail -3 "$OUT/pytest_gpu.txt" 2>/dev/null
 for f in pairs baseline_pairs layouts mlp peers moe; do [ -f "$OUT/$f.md" ] && { echo "== $f"; cat "$OUT/$f.md"; }; done

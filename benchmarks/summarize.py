@@ -48,8 +48,9 @@ CELL_KEYS = {
     "moe": ("case", "mode", "tokens", "hidden", "intermediate", "experts", "topk"),
     "pass_overhead": ("case", "layers"),
     "constants": ("name",),
+    "tuning": ("plan", "min_tokens"),
 }
-KNOWN = ("pairs", "mlp", "host", "moe", "pass_overhead", "constants")
+KNOWN = ("pairs", "mlp", "host", "moe", "pass_overhead", "constants", "tuning")
 DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "fp32"}
 
 METHOD = """\
@@ -239,6 +240,21 @@ def constants_section(groups: list[tuple[str, dict]], run: dict) -> list[str]:
     return table(["constant", "value", "where", "rests on", "decision"], rows, drop_empty=False)
 
 
+def tuning_section(cells: dict[tuple, dict], run: dict) -> list[str]:
+    counts = sorted({int(v) for r in cells.values() for v in r.get("us", {})})
+    rows = []
+    for k in sorted(cells, key=sort_key):
+        r = cells[k]
+        us = {int(v): t for v, t in r.get("us", {}).items()}
+        chosen = us.get(r.get("vectors"))
+        gain = ratio(max(us.values()), chosen) if us and chosen else float("nan")
+        rows.append([str(r.get("plan")), fnum(r.get("min_tokens"), "d"), fnum(r.get("tokens"), "d")]
+                    + [fnum(us.get(v), ".1f") for v in counts]
+                    + [fnum(r.get("vectors"), "d"), "-" if missing(gain) else f"{gain:.2f}x", run[run_of(r)]])
+    return table(["plan: op, recipe, layout, dtype, hidden", "class from T", "timed at T"]
+                 + [f"µs, {v} vectors" for v in counts] + ["chosen", "slowest / chosen", "run"], rows)
+
+
 def generic_section(cells: dict[tuple, dict], run: dict) -> list[str]:
     fields = sorted({k for r in cells.values() for k in r if k not in CONTEXT and not k.startswith("_")})
     rows = []
@@ -295,6 +311,11 @@ def render(records: list[dict]) -> str:
     out += ["## Pass overhead (`bench_pass_overhead.py`)", ""]
     out += overhead_section(by_bench["pass_overhead"], run) if "pass_overhead" in by_bench else \
         ['No records (`bench="pass_overhead"`).']
+    out += ["", "## Vectors per thread tuned per device (`custom_ops/tuning.py`, `tuning_records.py`)", ""]
+    for device, cells in by_bench.get("tuning", []):
+        out += [f"### {device or 'unknown device'}", ""] + tuning_section(cells, run) + [""]
+    if "tuning" not in by_bench:
+        out += ['No records (`bench="tuning"`).', ""]
     out += ["", "## Measured constants", ""]
     out += constants_section(by_bench["constants"], run) if "constants" in by_bench else \
         ['No records (`bench="constants"`).']

@@ -151,3 +151,26 @@ def test_group_variants_are_cells_of_their_own_and_a_later_time_wins(tmp_path):
     assert len(rows) == 2
     assert any(r.startswith("| silu_and_mul_per_block_quant(g64:col) |") and "| 30.0 |" in r for r in rows)
     assert any(r.startswith("| silu_and_mul_per_block_quant |") and "| 20.0 |" in r for r in rows)
+
+
+def test_tuning_table_becomes_records_and_a_section(tmp_path):
+    """benchmarks/tuning_records.py: one record per (plan, class) of a tuning table; the section
+    shows every count's µs, the choice and slowest / chosen; a newer run of a class replaces it."""
+    spec = importlib.util.spec_from_file_location("tuning_records", ROOT / "benchmarks" / "tuning_records.py")
+    tr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tr)
+    table = {"silu_and_mul_per_block_quant||halves|torch.bfloat16|7168": {"torch": "2.11", "classes": [
+        {"min_tokens": 2195, "tokens": 4389, "vectors": 2, "us": {"1": 47.0, "2": 45.5, "4": 49.7}},
+        {"min_tokens": 8778, "tokens": 17555, "vectors": 2, "us": {"1": 170.2, "2": 162.5, "4": 180.0}}]}}
+    recs = tr.records(table)
+    assert [(r["min_tokens"], r["vectors"]) for r in recs] == [(2195, 2), (8778, 2)]
+    ctx = dict(H100, date="2026-12-01", commit="abc1234", command="tuning_records.py t.json")
+    newer = dict(recs[1], **dict(ctx, date="2026-12-02", commit="def5678"), vectors=4, us={"1": 170.0, "2": 160.0, "4": 150.0})
+    write(tmp_path / "results", "a.jsonl", [dict(r, **ctx) for r in recs] + [newer])
+    rc, text = run(tmp_path)
+    assert rc == 0
+    section = text.split("## Vectors per thread")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| silu")]
+    assert len(rows) == 2
+    assert "| 2195 | 4389 | 47.0 | 45.5 | 49.7 | 2 | 1.09x |" in rows[0]
+    assert "| 8778 | 17555 | 170.0 | 160.0 | 150.0 | 4 | 1.13x |" in rows[1]
