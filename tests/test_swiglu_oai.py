@@ -190,13 +190,15 @@ def test_cuda_backend_runs_it_with_its_parameters(monkeypatch):
         seen = {}
 
         class Extension:
-            def act_quant(self, *args, act_params=()):
+            def act_quant(self, *args, act_params=(), vectors=0):
                 seen["act_params"] = act_params
+                seen["vectors"] = vectors
                 return ""
 
         monkeypatch.setattr(cuda_backend, "_module", Extension())
         cuda_backend.run(plan, plan.empty_outputs(torch.device("cpu")), torch.zeros(2, 512), None, scale)
         assert seen["act_params"] == (1.5, 3.0)
+        assert seen["vectors"] == 0  # nothing tuned without a GPU: the kernel's default
 
 
 def test_op_form_site_keeps_its_parameters_when_fused():

@@ -119,6 +119,10 @@ def test_no_timing_under_capture_disabled_or_short_of_memory(monkeypatch):
     monkeypatch.setenv("QUANTFUSE_TUNE", "0")
     assert tuning.token_classes(p, H200, no_timing) == ((), True)
     assert tuning.token_classes(_plan("silu_and_mul_per_token_quant_fp8"), H200, no_timing) == ((), True)
+    # a plan that is not tuned never asks for the device (CPU-only machines run cuda_backend.run in tests)
+    def no_device():
+        raise AssertionError("asked for the device")
+    assert tuning.token_classes(_plan("silu_and_mul"), no_device, no_timing) == ((), True)
 
 
 def test_the_key_names_what_the_count_depends_on():

@@ -129,13 +129,17 @@ class Device:
                    torch.cuda.is_current_stream_capturing())
 
 
-def token_classes(plan, device: Device, launch: Callable[[object, int], float | None]) -> tuple[tuple, bool]:
+def token_classes(plan, device: Device | Callable[[], Device],
+                  launch: Callable[[object, int], float | None]) -> tuple[tuple, bool]:
     """``(classes, final)`` for a CUDA plan: ``classes`` as the module docstring says,
     ``final`` False when the answer may change on a later call (tuning skipped under graph
-    capture). ``launch(plan_at_T, vectors)`` times one count at the plan's shape with
+    capture). ``device``: the GPU, or a callable giving it (asked only for a tunable plan).
+    ``launch(plan_at_T, vectors)`` times one count at the plan's shape with
     ``plan_at_T.tokens`` tokens (µs, None when the kernel refuses that count)."""
     if not (enabled() and tunable(plan)):
         return (), True
+    if callable(device):
+        device = device()
     key = tuning_key(plan)
     with _lock:
         if (device.name, key) in _memory:
