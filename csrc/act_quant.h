@@ -35,10 +35,25 @@ struct ActArgs {
   float p[kMaxActParams];
 };
 
+// The FP8 recipe of a call (catalog.Recipe), as the kernels compute it. Dynamic schemes
+// (kPerToken, kPerGroup), once per group or row (quantfuse/custom_ops/plan.py CallPlan.fp8_floors
+// works the floors out): s = max(amax, amax_floor) * fp32(1/448), rounded to the input dtype for
+// kStepInput; s = max(s, scale_floor); the UE8M0 rounding; s = max(s, pow2_floor). A floor of 0 is
+// none: every amax and scale is +0 or more, or NaN, which the NaN-keeping max keeps. Then, and for
+// kStatic with its given scale, q = e4m3(y / s or y * RN(1/s) by apply, clamped to +-448 or not).
+// Values read at run time; only the per-element form picks a kernel (Fp8Scaled<A>, Fp8Static<A>).
+struct ScaleRecipe {
+  float amax_floor, scale_floor, pow2_floor;
+  StepCode step;
+  Ue8m0Code ue8m0;  // power-of-two scales (catalog.Ue8m0: none, exact, exp2)
+  ApplyCode apply;
+  bool clamp;
+};
+
 struct QuantParams {
   Scheme scheme;
   int64_t group_size;     // kPerGroup: 64 or 128; MX: 32; kPerToken, kStatic: unused
-  Ue8m0Code ue8m0;        // kPerGroup: power-of-two scales (catalog.Ue8m0: none, exact, exp2)
+  ScaleRecipe recipe;     // kPerToken, kPerGroup, kStatic (MX: unused)
   bool rceil;             // MX: rceil scale rounding (else floor)
   void* q;                // encoded elements, contiguous [T, H] (bytes: H * bits / 8 per row)
   void* s;                // scale of (t, g) at s + t * s_stride_t + g * s_stride_g, or (s_swizzled, MX)

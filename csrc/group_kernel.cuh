@@ -1,5 +1,5 @@
 // act(x) -> per-group quantisation, one kernel template for every activation and
-// per-group scheme (FP8 per-token-group with fp32 / UE8M0 scales, MXFP8, MXFP4).
+// per-group scheme (FP8 per-token-group with any dynamic recipe, MXFP8, MXFP4).
 //
 // A sub-warp of TPG = GS / (VEC * NV) threads owns one group; each thread loads NV
 // 16-byte vectors of gate (and NV of up), vector j at group offset (j * TPG + lane) *
@@ -84,7 +84,7 @@ __device__ __forceinline__ void group_step(
     int64_t s_stride_t, int64_t s_stride_g, bool s_swizzled, uint32_t step, uint32_t step_t, uint32_t step_g,
     int lane,
     uint32_t& gi, uint32_t& t, uint32_t& g, const uint4 (&gv)[NV], const uint4 (&uv)[NV],
-    uint4 (&gn)[NV], uint4 (&un)[NV], const ActArgs& aa) {
+    uint4 (&gn)[NV], uint4 (&un)[NV], const ActArgs& aa, const ScaleRecipe& rr) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
   constexpr int EPT = VEC * NV;  // elements per thread per group
@@ -112,10 +112,10 @@ __device__ __forceinline__ void group_step(
   for (int off = TPG / 2; off > 0; off >>= 1) {
     amax = nan_max(amax, __shfl_xor_sync(0xffffffffu, amax, off));
   }
-  const auto st = Scheme::prepare(amax);
+  const auto st = Scheme::template prepare<DT>(amax, rr);
   if (gi < total_groups) {
     uint32_t w[(EPT * Scheme::kBits + 31) / 32];
-    Scheme::template encode<EPT, DT>(y, yp, st, w);
+    Scheme::template encode<EPT, DT>(y, yp, st, w, rr);
     uint8_t* qp = q + (int64_t(t) * hidden + int64_t(g) * GS + lane * VEC) * Scheme::kBits / 8;
 #pragma unroll
     for (int j = 0; j < NV; ++j) store_bytes<kVecBytes>(qp + j * TPG * kVecBytes, w, j * kVecBytes);
@@ -131,13 +131,15 @@ __device__ __forceinline__ void group_step(
 
 // MINB > 0 caps registers so that MINB blocks fit on an SM (tried for NV = 2 with
 // MINB = 3: spills, 40% slower; docs/decisions/003-vectors-per-thread.md). EVICT_FIRST: ld_evict_first.
-// IL: interleaved gate / up (act_quant.h Inputs).
+// IL: interleaved gate / up (act_quant.h Inputs). rr: the FP8 recipe (act_quant.h ScaleRecipe;
+// MX schemes: unused).
 template <typename DT, int GS, typename Act, typename Scheme, int NV, int MINB = 0, bool EVICT_FIRST = false,
           bool IL = false>
 __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
     uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s, const typename DT::Storage* __restrict__ gate,
     const typename DT::Storage* __restrict__ up, int64_t in_stride, uint32_t total_groups, uint32_t groups_per_row,
-    int64_t hidden, int64_t s_stride_t, int64_t s_stride_g, bool s_swizzled, const ActArgs aa) {
+    int64_t hidden, int64_t s_stride_t, int64_t s_stride_g, bool s_swizzled, const ActArgs aa,
+    const ScaleRecipe rr) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
   constexpr int EPT = VEC * NV;
@@ -168,12 +170,12 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
   while (wbase < total_groups) {
     group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, gpr, hidden,
                                                          s_stride_t, s_stride_g, s_swizzled, step, step_t, step_g,
-                                                         lane, gi, t, g, ga, ua, gb, ub, aa);
+                                                         lane, gi, t, g, ga, ua, gb, ub, aa, rr);
     wbase += step;
     if (wbase >= total_groups) break;
     group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, gpr, hidden,
                                                          s_stride_t, s_stride_g, s_swizzled, step, step_t, step_g,
-                                                         lane, gi, t, g, gb, ub, ga, ua, aa);
+                                                         lane, gi, t, g, gb, ub, ga, ua, aa, rr);
     wbase += step;
   }
 }

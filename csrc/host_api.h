@@ -8,15 +8,20 @@
 #include <string>
 #include <vector>
 
+#include "quantfuse_catalog.h"  // the default recipe's codes
+
 namespace quantfuse {
 
-// Check every argument, then launch act(x) -> scheme into q (and s). Returns "" or the
+// Check every argument, then launch act(x) -> scheme into q (and s); the defaults of the FP8
+// recipe arguments are the default recipe's (bindings.cpp scale_recipe). Returns "" or the
 // message of the first failed check; never throws (docs/decisions/007-bindings-return-error-strings.md).
 std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, std::optional<at::Tensor> s,
                               at::Tensor x, std::optional<at::Tensor> up, std::optional<at::Tensor> scale,
                               int64_t group_size, int64_t ue8m0, bool rceil, int64_t s_stride_t, int64_t s_stride_g,
                               bool swizzled, int64_t vectors = 0, int64_t blocks_per_sm = 0,
-                              std::vector<double> act_params = {});
+                              std::vector<double> act_params = {},
+                              std::vector<double> scale_floors = {kDefaultEps, 0.0, 0.0}, int64_t step = kStepFp32,
+                              int64_t apply = kApplyDiv, bool clamp = true);
 
 // Add the dispatcher functions of dispatch.cpp to the module.
 void bind_dispatch(pybind11::module_& m);

@@ -118,7 +118,7 @@ const char* launch_group(const QuantParams& p) {
     return launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), p.stream, p.pdl, static_cast<uint8_t*>(p.q),
                   static_cast<typename Scheme::Scale*>(p.s), gate_ptr(p.in), up_ptr(p.in), p.in.in_stride,
                   uint32_t(total), uint32_t(groups_per_row), p.hidden, p.s_stride_t, p.s_stride_g, p.s_swizzled,
-                  p.act_args);
+                  p.act_args, p.recipe);
   }
 }
 
@@ -132,15 +132,19 @@ const char* dispatch_vectors(const QuantParams& p) {
   }
 }
 
-// Fp8Scaled<ue8m0 rounding> (three kinds), Mx<bits, rceil> (the scheme's one boolean recipe field).
+// The per-element form of a dynamic FP8 recipe's fast path (quant_schemes.cuh Fp8Scaled): y * r
+// for the recipe's y * (1 / s), and for y / s with a power-of-two scale (UE8M0), where r = 1/s
+// exactly and one FMUL is the quotient; else the Markstein division. Everything else about the
+// recipe is read at run time (ScaleRecipe), so a dynamic FP8 kernel has these two variants.
+ApplyCode fast_apply(const ScaleRecipe& r) {
+  return r.apply == kApplyMulInv || r.ue8m0 != kUe8m0None ? kApplyMulInv : kApplyDiv;
+}
+
+// Fp8Scaled<per-element form>, Mx<bits, rceil> (the scheme's one boolean recipe field).
 template <int GS>
-const char* dispatch_ue8m0(const QuantParams& p) {
-  switch (p.ue8m0) {
-    case kUe8m0None: return dispatch_vectors<Fp8Scaled<kUe8m0None>, GS>(p);
-    case kUe8m0Exact: return dispatch_vectors<Fp8Scaled<kUe8m0Exact>, GS>(p);
-    case kUe8m0Exp2: return dispatch_vectors<Fp8Scaled<kUe8m0Exp2>, GS>(p);
-    default: return "quantfuse: unknown UE8M0 rounding";
-  }
+const char* dispatch_apply(const QuantParams& p) {
+  return fast_apply(p.recipe) == kApplyMulInv ? dispatch_vectors<Fp8Scaled<kApplyMulInv>, GS>(p)
+                                               : dispatch_vectors<Fp8Scaled<kApplyDiv>, GS>(p);
 }
 template <template <bool> class Scheme, int GS>
 const char* dispatch_bool(const QuantParams& p, bool value) {
@@ -150,14 +154,14 @@ template <bool RCEIL> using Mxfp8 = Mx<8, RCEIL>;
 template <bool RCEIL> using Mxfp4 = Mx<4, RCEIL>;
 
 // Per-token blocks of about block_threads threads (block_threads / threads_x rows).
-template <int NV>
+template <ApplyCode A, int NV>
 const char* launch_token(const QuantParams& p, int threads_x, int block_threads) {
   // Every vector count takes the hint here (SiLU x FP8 per-token 4096 x 2048: 86% -> 97% of
   // copy bandwidth). Both variants use the same registers, so one occupancy serves both.
-  const bool ef = evict_first_input<Fp8Scaled<kUe8m0None>>(p);
-  auto kernel = ef ? act_token_quant_kernel<DT, Act, NV, true> : act_token_quant_kernel<DT, Act, NV>;
+  const bool ef = evict_first_input<Fp8Scaled<A>>(p);
+  auto kernel = ef ? act_token_quant_kernel<DT, Act, A, NV, true> : act_token_quant_kernel<DT, Act, A, NV>;
   if (interleaved(p.in)) {
-    kernel = ef ? act_token_quant_kernel<DT, Act, NV, true, kIL> : act_token_quant_kernel<DT, Act, NV, false, kIL>;
+    kernel = ef ? act_token_quant_kernel<DT, Act, A, NV, true, kIL> : act_token_quant_kernel<DT, Act, A, NV, false, kIL>;
   }
   const int rows = std::max(1, block_threads / threads_x);
   // blocks of one kernel resident per SM, by block size in warps (host-side cache)
@@ -171,7 +175,7 @@ const char* launch_token(const QuantParams& p, int threads_x, int block_threads)
   const int64_t blocks = std::min<int64_t>((p.tokens + rows - 1) / rows, int64_t(n) * p.sms);
   return launch(kernel, dim3(unsigned(blocks)), dim3(threads_x, rows), p.stream, p.pdl, static_cast<uint8_t*>(p.q),
                 static_cast<float*>(p.s), gate_ptr(p.in), up_ptr(p.in), p.in.in_stride, p.tokens, p.hidden,
-                p.act_args);
+                p.act_args, p.recipe);
 }
 
 // Per-token: up to 4 vectors per thread, so that a row takes few threads (a warp for
@@ -183,7 +187,8 @@ const char* launch_token(const QuantParams& p, int threads_x, int block_threads)
 // 2048: 85% of copy bandwidth, 82% with 4 vectors in 512-thread blocks; sweep_vectors).
 // Threads are whole warps; rows past kTokenThreads * 4 vectors take two passes.
 // p.vectors and p.blocks_per_sm = k (benchmarks) force the vectors per thread (where
-// they fit) and blocks of about kTokenThreads / k threads.
+// they fit) and blocks of about kTokenThreads / k threads. A: the recipe's fast_apply.
+template <ApplyCode A>
 const char* dispatch_token(const QuantParams& p) {
   const int64_t vecs = p.hidden / kVec;
   auto threads = [&](int64_t nv) { return std::max<int64_t>(32, ((vecs + nv - 1) / nv + 31) / 32 * 32); };
@@ -191,34 +196,34 @@ const char* dispatch_token(const QuantParams& p) {
   const bool many = threads(4) <= kTokenThreads && (p.tokens + rows4 - 1) / rows4 >= 2 * p.sms;
   const int forced = p.blocks_per_sm > 0 ? kTokenThreads / int(std::min<int64_t>(p.blocks_per_sm, 16)) : 0;
   if (p.vectors == 0 && many && threads(4) > 32 && threads(2) <= 128) {
-    return launch_token<2>(p, int(threads(2)), forced ? forced : kTokenThreads / 2);
+    return launch_token<A, 2>(p, int(threads(2)), forced ? forced : kTokenThreads / 2);
   }
   const int block = forced ? forced : kTokenThreads;
   for (int nv : {1, 2, 4}) {
     const int64_t tx = threads(nv);
     if (tx > kTokenThreads) continue;
     if (p.vectors != 0 ? nv < p.vectors : (many && nv < 4)) continue;
-    if (nv == 1) return launch_token<1>(p, int(tx), block);
-    if (nv == 2) return launch_token<2>(p, int(tx), block);
-    return launch_token<4>(p, int(tx), block);
+    if (nv == 1) return launch_token<A, 1>(p, int(tx), block);
+    if (nv == 2) return launch_token<A, 2>(p, int(tx), block);
+    return launch_token<A, 4>(p, int(tx), block);
   }
-  auto wide = act_token_quant_wide_kernel<DT, Act, 4>;
-  if (interleaved(p.in)) wide = act_token_quant_wide_kernel<DT, Act, 4, kIL>;
+  auto wide = act_token_quant_wide_kernel<DT, Act, A, 4>;
+  if (interleaved(p.in)) wide = act_token_quant_wide_kernel<DT, Act, A, 4, kIL>;
   return launch(wide, dim3(unsigned(p.tokens)), dim3(kTokenThreads), p.stream, p.pdl, static_cast<uint8_t*>(p.q),
                 static_cast<float*>(p.s), gate_ptr(p.in), up_ptr(p.in), p.in.in_stride, p.tokens, p.hidden,
-                p.act_args);
+                p.act_args, p.recipe);
 }
 
 // The elementwise kernel (act_kernel.cuh) over [tokens, hidden]: Q = void writes act(x)
-// to out in the input dtype, Q = Fp8Static the static FP8 codes.
+// to out in the input dtype, Q = Fp8Static<A> the static FP8 codes with the recipe rr.
 template <int VEC, typename Q>
 const char* launch_elementwise(void* out, const Inputs& in, int64_t tokens, int64_t hidden, const float* scale,
-                               bool pdl, cudaStream_t stream, const ActArgs& aa) {
+                               bool pdl, cudaStream_t stream, const ActArgs& aa, const ScaleRecipe& rr) {
   const int64_t chunks = (hidden + kThreads * VEC - 1) / (kThreads * VEC);
   auto kernel = act_kernel<DT, Act, VEC, false, Q>;
   if (interleaved(in)) kernel = act_kernel<DT, Act, VEC, kIL, Q>;
   return launch(kernel, dim3(unsigned(tokens * chunks)), dim3(kThreads), stream, pdl, out, gate_ptr(in), up_ptr(in),
-                in.in_stride, hidden, uint32_t(chunks), scale, aa);
+                in.in_stride, hidden, uint32_t(chunks), scale, aa, rr);
 }
 
 }  // namespace
@@ -226,16 +231,22 @@ const char* launch_elementwise(void* out, const Inputs& in, int64_t tokens, int6
 const char* QF_CAT(launch_quant_, QF_UNIT)(const QuantParams& p) {
   if (p.tokens == 0 || p.hidden == 0) return nullptr;
   switch (p.scheme) {
-    case kPerToken: return dispatch_token(p);
+    case kPerToken:
+      return fast_apply(p.recipe) == kApplyMulInv ? dispatch_token<kApplyMulInv>(p) : dispatch_token<kApplyDiv>(p);
     case kPerGroup:
-      if (p.group_size == kFp8GroupSizes[0]) return dispatch_ue8m0<kFp8GroupSizes[0]>(p);
-      if (p.group_size == kFp8GroupSizes[1]) return dispatch_ue8m0<kFp8GroupSizes[1]>(p);
+      if (p.group_size == kFp8GroupSizes[0]) return dispatch_apply<kFp8GroupSizes[0]>(p);
+      if (p.group_size == kFp8GroupSizes[1]) return dispatch_apply<kFp8GroupSizes[1]>(p);
       return "quantfuse: group_size is not one the kernels take";
     case kMxfp8: return dispatch_bool<Mxfp8, kMxBlock>(p, p.rceil);
     case kMxfp4: return dispatch_bool<Mxfp4, kMxBlock>(p, p.rceil);
     case kStatic:
-      return launch_elementwise<kVec, Fp8Static>(p.q, p.in, p.tokens, p.hidden, p.scale, p.pdl, p.stream,
-                                                 p.act_args);
+      // the apply form is the per-element work (no reduction, no fast path to choose)
+      if (p.recipe.apply == kApplyMulInv) {
+        return launch_elementwise<kVec, Fp8Static<kApplyMulInv>>(p.q, p.in, p.tokens, p.hidden, p.scale, p.pdl,
+                                                                 p.stream, p.act_args, p.recipe);
+      }
+      return launch_elementwise<kVec, Fp8Static<kApplyDiv>>(p.q, p.in, p.tokens, p.hidden, p.scale, p.pdl, p.stream,
+                                                            p.act_args, p.recipe);
     default: return "quantfuse: unknown scheme";
   }
 }
@@ -245,9 +256,12 @@ const char* QF_CAT(launch_act_, QF_UNIT)(const ActParams& p) {
     return "quantfuse: the identity has no activation kernel";
   } else {
     if (p.tokens == 0 || p.hidden == 0) return nullptr;
+    const ScaleRecipe none{};  // no quantisation
     return p.vectorized
-               ? launch_elementwise<kVec, void>(p.out, p.in, p.tokens, p.hidden, nullptr, p.pdl, p.stream, p.act_args)
-               : launch_elementwise<1, void>(p.out, p.in, p.tokens, p.hidden, nullptr, p.pdl, p.stream, p.act_args);
+               ? launch_elementwise<kVec, void>(p.out, p.in, p.tokens, p.hidden, nullptr, p.pdl, p.stream, p.act_args,
+                                                none)
+               : launch_elementwise<1, void>(p.out, p.in, p.tokens, p.hidden, nullptr, p.pdl, p.stream, p.act_args,
+                                             none);
   }
 }
 

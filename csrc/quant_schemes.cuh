@@ -5,8 +5,9 @@
 //                      the H100, benchmarks/sweep_vectors.py)
 //   kEvictFirstL2s     inputs up to this many L2 sizes are loaded evict-first
 //   Scale              type of one stored scale (fp32, or an E8M0 byte)
-//   State prepare(a)   per-group state from the group's amax (NaN-propagated |y| max)
-//   encode<N, DT>(y, yp, st, w)  N activation values -> N * kBits / 8 little-endian
+//   State prepare<DT>(a, rr)  per-group state from the group's amax (NaN-propagated |y| max)
+//                      and the call's FP8 recipe rr (act_quant.h ScaleRecipe; MX: unused)
+//   encode<N, DT>(y, yp, st, w, rr)  N activation values -> N * kBits / 8 little-endian
 //                      bytes in w; y in fp32, and for 16-bit input dtypes DT also as
 //                      packed pairs yp (element 2i in the low half), exactly equal
 //   scale(st)          the value stored for the group
@@ -21,34 +22,53 @@
 
 namespace quantfuse {
 
-// FP8 E4M3 with an fp32 scale per group (per token when the group is the row).
-// U: the scale's power-of-two rounding (catalog.Ue8m0); any but kUe8m0None gives a power of two.
-template <Ue8m0Code U>
+// FP8 E4M3 with an fp32 scale per group (per token when the group is the row), for every dynamic
+// recipe (ScaleRecipe: the scale step is read at run time, once per group). A: how each element
+// is scaled in a group whose scale is in the fast range (scale_fast): kApplyDiv y / s by
+// markstein_div; kApplyMulInv y * r, which the launcher picks for the recipe's y * (1 / s) and for
+// power-of-two (UE8M0) scales, where it is y / s exactly. Other groups (a scale below 2^-64 or
+// above 2^126, 0, inf or NaN; without the clamp, quotients that could pass kFp8Overflow: rare
+// recipes and specials) take a true division or product per element, and without the clamp
+// torch's unsaturated cast.
+template <ApplyCode A>
 struct Fp8Scaled {
-  static constexpr bool UE8M0 = U != kUe8m0None;
   static constexpr int kBits = 8, kVectors = 1, kEvictFirstL2s = 1;
   using Scale = float;
-  struct State { float s, r; };
-  static __device__ __forceinline__ State prepare(float amax) {
-    const float s = group_scale<U>(amax);
-    return {s, isfinite(s) ? group_recip<UE8M0>(s) : 0.0f};
+  struct State { float s, r; bool fast; };
+  template <typename DT>
+  static __device__ __forceinline__ State prepare(float amax, const ScaleRecipe& rr) {
+    const float s = fp8_scale<DT>(amax, rr);
+    const bool fast = s >= kFastScaleMin && s <= kFastScaleMax && (rr.clamp || amax <= __fmul_rn(s, kUnclampedBound));
+    // r: RN(1/s), the recipe's y * (1 / s) and the Markstein reciprocal; a power-of-two scale's
+    // is exact from the bits
+    float r;
+    if (A == kApplyMulInv && rr.ue8m0 != kUe8m0None && fast) {
+      r = pow2_recip(s);
+    } else {
+      r = __frcp_rn(s);
+    }
+    return {s, r, fast};
   }
   static __device__ __forceinline__ Scale scale(const State& st) { return st.s; }
   template <int N, typename DT>
-  static __device__ __forceinline__ void encode(const float* y, const uint32_t*, const State& st, uint32_t* w) {
+  static __device__ __forceinline__ void encode(const float* y, const uint32_t*, const State& st, uint32_t* w,
+                                                const ScaleRecipe& rr) {
     static_assert(N % 4 == 0, "fp8 words hold 4 elements");
-    if (isfinite(st.s)) {
+    if (st.fast) {
 #pragma unroll
       for (int i = 0; i < N; i += 4) {
-        w[i / 4] = e4m3x2(div_by_scale<UE8M0>(y[i], st.s, st.r), div_by_scale<UE8M0>(y[i + 1], st.s, st.r)) |
-                   (e4m3x2(div_by_scale<UE8M0>(y[i + 2], st.s, st.r),
-                           div_by_scale<UE8M0>(y[i + 3], st.s, st.r)) << 16);
+        w[i / 4] = e4m3x2(scale_fast<A>(y[i], st.s, st.r), scale_fast<A>(y[i + 1], st.s, st.r)) |
+                   (e4m3x2(scale_fast<A>(y[i + 2], st.s, st.r), scale_fast<A>(y[i + 3], st.s, st.r)) << 16);
       }
-    } else {  // NaN / inf scale: true divisions (NaN or 0 results)
+    } else {
+      // true divisions or products (0, NaN or inf results where the scale is 0, inf or NaN)
+      float v[N];
+#pragma unroll
+      for (int i = 0; i < N; ++i) v[i] = rr.apply == kApplyDiv ? __fdiv_rn(y[i], st.s) : __fmul_rn(y[i], st.r);
 #pragma unroll
       for (int i = 0; i < N; i += 4) {
-        w[i / 4] = e4m3x2(__fdiv_rn(y[i], st.s), __fdiv_rn(y[i + 1], st.s)) |
-                   (e4m3x2(__fdiv_rn(y[i + 2], st.s), __fdiv_rn(y[i + 3], st.s)) << 16);
+        w[i / 4] = rr.clamp ? e4m3x2(v[i], v[i + 1]) | (e4m3x2(v[i + 2], v[i + 3]) << 16)
+                            : e4m3x2_unclamped(v[i], v[i + 1]) | (e4m3x2_unclamped(v[i + 2], v[i + 3]) << 16);
       }
     }
   }
@@ -155,7 +175,8 @@ struct Mx {
   // tiny: amax < 2^-121, where a subnormal element could still code above 0; the bf16x2
   // path (whose arithmetic may flush subnormals) is skipped for such blocks
   struct State { float f; uint32_t byte; bool bad, inf, tiny; };
-  static __device__ __forceinline__ State prepare(float amax) {
+  template <typename DT>
+  static __device__ __forceinline__ State prepare(float amax, const ScaleRecipe&) {
     const float inv_max = kElemBits == 8 ? 1.0f / kFp8Max : 1.0f / kFp4Max;
     const bool bad = __float_as_uint(amax) > 0x7f800000u;  // NaN in the block
     // an inf block (inf, no NaN) gets e = 127, as eager's clamp of an infinite exponent
@@ -173,7 +194,7 @@ struct Mx {
   static __device__ __forceinline__ Scale scale(const State& st) { return Scale(st.byte); }
   template <int N, typename DT>
   static __device__ __forceinline__ void encode(const float* y, const uint32_t* yp, const State& st,
-                                                uint32_t* w) {
+                                                uint32_t* w, const ScaleRecipe&) {
     if constexpr (kElemBits == 8) {
       static_assert(N % 4 == 0, "fp8 words hold 4 elements");
 #pragma unroll
@@ -226,23 +247,32 @@ struct Mx {
   }
 };
 
-// Static per-tensor FP8 (catalog.FP8_STATIC): q = e4m3(clamp(y / scale, -448, 448)) with
-// the one given fp32 scale, read by the kernel; no amax, no scale output.
-// y / s is correctly rounded: for 2^-60 <= |s| <= 2^60 (fast, a grid-uniform branch) y is
-// first clamped to +-lim = +-RN(464 |s|), NaN kept (any |y| > lim has |y / s| > 463.9,
-// which saturates to 448 exactly as lim / s does), so q0 = RN(y * RN(1/s)) cannot
-// overflow and markstein_div gives RN(y / s) (1/s is normal; quotients that underflow
-// are far below e4m3's smallest step and keep y's sign). Other scales (0, subnormal,
-// huge, inf, NaN) take true divisions, as the fp32-scale path does for non-finite ones.
+// Static per-tensor FP8 (catalog.FP8_STATIC): q = e4m3(y / scale or y * RN(1/scale), clamped to
+// +-448 or not: the recipe's apply and clamp) with the one given fp32 scale, read by the kernel;
+// no amax, no scale output. A: the apply form.
+// kApplyDiv: y / s is correctly rounded. For 2^-60 <= |s| <= 2^60 (fast, a grid-uniform branch)
+// y is first clamped to +-lim = +-RN(464 |s|), NaN kept (any |y| > lim has |y / s| > 463.9, which
+// saturates to 448 exactly as lim / s does), so q0 = RN(y * RN(1/s)) cannot overflow and
+// markstein_div gives RN(y / s) (1/s is normal; quotients that underflow are far below e4m3's
+// smallest step and keep y's sign). Without the clamp lim is RN(471 |s|): a larger |y| has a
+// quotient past kFp8Overflow, NaN in torch's cast, and so has lim / s. Other scales (0,
+// subnormal, huge, inf, NaN) take true divisions, as the fp32-scale path does for non-finite ones.
+// kApplyMulInv: y * RN(1/s) for every scale (what torch computes), one FMUL.
+template <ApplyCode A>
 struct Fp8Static {
   static constexpr int kBits = 8;
   struct State { float s, r, lim; bool fast; };
-  static __device__ __forceinline__ State prepare(float s) {
-    // Positive scales only: markstein_div keeps the sign of a zero numerator through r, which a
-    // negative divisor flips the wrong way (+0 / -s must be -0); other scales divide exactly.
-    const float a = fabsf(s);
-    const bool fast = s >= 0x1p-60f && s <= 0x1p60f;
-    return {s, fast ? __frcp_rn(s) : 0.0f, __fmul_rn(a, 464.0f), fast};
+  static __device__ __forceinline__ State prepare(float s, const ScaleRecipe& rr) {
+    if constexpr (A == kApplyMulInv) {
+      return {s, __frcp_rn(s), 0.0f, true};
+    } else {
+      // Positive scales only: markstein_div keeps the sign of a zero numerator through r, which a
+      // negative divisor flips the wrong way (+0 / -s must be -0); other scales divide exactly.
+      const float a = fabsf(s);
+      const bool fast = s >= 0x1p-60f && s <= 0x1p60f;
+      const float bound = rr.clamp ? kFp8Overflow : kFp8Overflow * (1.0f + 0x1p-6f);
+      return {s, fast ? __frcp_rn(s) : 0.0f, __fmul_rn(a, bound), fast};
+    }
   }
   static __device__ __forceinline__ float clamp(float y, float lim) {
     float r;
@@ -250,18 +280,28 @@ struct Fp8Static {
     return r;
   }
   template <int N>
-  static __device__ __forceinline__ void encode(const float* y, const State& st, uint32_t* w) {
+  static __device__ __forceinline__ void encode(const float* y, const State& st, uint32_t* w, const ScaleRecipe& rr) {
     static_assert(N % 4 == 0, "fp8 words hold 4 elements");
     float v[N];
-    if (st.fast) {
+    if constexpr (A == kApplyMulInv) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) v[i] = __fmul_rn(y[i], st.r);
+    } else if (st.fast) {
 #pragma unroll
       for (int i = 0; i < N; ++i) v[i] = markstein_div(clamp(y[i], st.lim), st.s, st.r);
     } else {
 #pragma unroll
       for (int i = 0; i < N; ++i) v[i] = __fdiv_rn(y[i], st.s);
     }
+    if (rr.clamp) {
 #pragma unroll
-    for (int i = 0; i < N; i += 4) w[i / 4] = e4m3x2(v[i], v[i + 1]) | (e4m3x2(v[i + 2], v[i + 3]) << 16);
+      for (int i = 0; i < N; i += 4) w[i / 4] = e4m3x2(v[i], v[i + 1]) | (e4m3x2(v[i + 2], v[i + 3]) << 16);
+    } else {
+#pragma unroll
+      for (int i = 0; i < N; i += 4) {
+        w[i / 4] = e4m3x2_unclamped(v[i], v[i + 1]) | (e4m3x2_unclamped(v[i + 2], v[i + 3]) << 16);
+      }
+    }
   }
 };
 

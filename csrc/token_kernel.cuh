@@ -57,17 +57,17 @@ __device__ __forceinline__ void load_row(uint4 (&gv)[NV], uint4 (&uv)[NV], const
 }
 
 // One row of a persistent block: prefetch row + step into (gn, un), then quantise
-// `row` from (gv, uv).
-template <typename DT, typename Act, int NV, bool IL, bool EVICT_FIRST>
+// `row` from (gv, uv) with the recipe rr (Fp8Scaled<A>).
+template <typename DT, typename Act, ApplyCode A, int NV, bool IL, bool EVICT_FIRST>
 __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __restrict__ s,
                                            const typename DT::Storage* __restrict__ gate,
                                            const typename DT::Storage* __restrict__ up, int64_t in_stride,
                                            int64_t tokens, int64_t hidden, int64_t step, int buf, int64_t& row,
                                            const uint4 (&gv)[NV], const uint4 (&uv)[NV], uint4 (&gn)[NV],
-                                           uint4 (&un)[NV], const ActArgs& aa) {
+                                           uint4 (&un)[NV], const ActArgs& aa, const ScaleRecipe& rr) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
-  using Q = Fp8Scaled<kUe8m0None>;
+  using Q = Fp8Scaled<A>;
   load_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(gn, un, gate, up, in_stride, row + step, tokens, hidden);
   float y[NV][VEC];
   uint32_t yp[NV][VEC / 2];
@@ -84,7 +84,7 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
         y[j], yp[j], reinterpret_cast<const S*>(&ga), reinterpret_cast<const S*>(&ua), in_row && row < tokens, aa);
     if (in_row) amax = nan_max(amax, m);
   }
-  const auto st = Q::prepare(row_max(amax, buf));
+  const auto st = Q::template prepare<DT>(row_max(amax, buf), rr);
   if (row < tokens) {
     uint8_t* qr = q + row * hidden;
 #pragma unroll
@@ -102,9 +102,9 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
             yr[i] = DT::lo(yp[j][i / 2]);
             yr[i + 1] = DT::hi(yp[j][i / 2]);
           }
-          Q::encode<VEC, DT>(yr, nullptr, st, w);
+          Q::template encode<VEC, DT>(yr, nullptr, st, w, rr);
         } else {
-          Q::encode<VEC, DT>(y[j], nullptr, st, w);
+          Q::template encode<VEC, DT>(y[j], nullptr, st, w, rr);
         }
         store_bytes<VEC>(qr + col, w, 0);
       }
@@ -115,12 +115,13 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
 }
 
 // EVICT_FIRST: input loads as in the group kernel (act_quant.cuh ld_evict_first).
-// IL: interleaved gate / up (act_quant.h Inputs).
-template <typename DT, typename Act, int NV, bool EVICT_FIRST = false, bool IL = false>
+// IL: interleaved gate / up (act_quant.h Inputs). A, rr: the recipe's per-element form and the
+// recipe (quant_schemes.cuh Fp8Scaled).
+template <typename DT, typename Act, ApplyCode A, int NV, bool EVICT_FIRST = false, bool IL = false>
 __global__ void __launch_bounds__(kTokenThreads) act_token_quant_kernel(
     uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ gate,
     const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t tokens, int64_t hidden,
-    const ActArgs aa) {
+    const ActArgs aa, const ScaleRecipe rr) {
   const int64_t step = int64_t(gridDim.x) * blockDim.y;
   // Row slot y of block b takes rows y * gridDim.x + b + k * step: the last, partial
   // round of rows is spread over every block's first row slots (every SM gets its share).
@@ -131,9 +132,11 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_kernel(
   // Two rows per trip with the buffers swapped. The bound is uniform over the row's
   // threads, the only ones its barrier waits for.
   while (row < tokens) {
-    token_step<DT, Act, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, tokens, hidden, step, 0, row, ga, ua, gb, ub, aa);
+    token_step<DT, Act, A, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, tokens, hidden, step, 0, row, ga, ua, gb,
+                                                ub, aa, rr);
     if (row >= tokens) break;
-    token_step<DT, Act, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, tokens, hidden, step, 1, row, gb, ub, ga, ua, aa);
+    token_step<DT, Act, A, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, tokens, hidden, step, 1, row, gb, ub, ga,
+                                                ua, aa, rr);
   }
 }
 
@@ -152,14 +155,14 @@ __device__ __forceinline__ void act_vector(float (&y)[16 / sizeof(typename DT::S
 
 // Rows too long for registers: blockDim.x = kTokenThreads, one row per block, chunks of
 // NV vectors per thread.
-template <typename DT, typename Act, int NV, bool IL = false>
+template <typename DT, typename Act, ApplyCode A, int NV, bool IL = false>
 __global__ void __launch_bounds__(kTokenThreads) act_token_quant_wide_kernel(
     uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ gate,
     const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t tokens, int64_t hidden,
-    const ActArgs aa) {
+    const ActArgs aa, const ScaleRecipe rr) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
-  using Q = Fp8Scaled<kUe8m0None>;
+  using Q = Fp8Scaled<A>;
   pdl_wait_and_trigger();
   const int64_t row = blockIdx.x;
   const int64_t row_off = row * in_stride;
@@ -174,7 +177,7 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_wide_kernel(
       if (col < hidden) act_vector<DT, Act, IL>(y, amax, gate, up, row_off, col, aa);
     }
   }
-  const auto st = Q::prepare(row_max(amax, 0));
+  const auto st = Q::template prepare<DT>(row_max(amax, 0), rr);
   for (int64_t c0 = 0; c0 < hidden; c0 += chunk) {
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
@@ -183,7 +186,7 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_wide_kernel(
         float unused = 0.0f;
         act_vector<DT, Act, IL>(y, unused, gate, up, row_off, col, aa);
         uint32_t w[VEC / 4];
-        Q::encode<VEC, DT>(y, nullptr, st, w);
+        Q::template encode<VEC, DT>(y, nullptr, st, w, rr);
         store_bytes<VEC>(qr + col, w, 0);
       }
     }

@@ -57,11 +57,23 @@ class Element:
     dtype: torch.dtype
     #: C++ enumerator
     cname: str
+    #: mantissa bits
+    mant: int
+
+    @property
+    def overflow(self) -> float:
+        """Half a step past the largest value: a larger magnitude rounds past ``max``, which a cast
+        that does not saturate turns into NaN (E4M3 has no inf; :data:`E4M3_CAST_SATURATES`)."""
+        return self.max + 2.0 ** (self.emax - self.mant) / 2
 
 
-E4M3 = Element("e4m3", 8, 448.0, 8, torch.float8_e4m3fn, "kE4m3")
-E2M1 = Element("e2m1", 4, 6.0, 2, torch.uint8, "kE2m1")
+E4M3 = Element("e4m3", 8, 448.0, 8, torch.float8_e4m3fn, "kE4m3", mant=3)
+E2M1 = Element("e2m1", 4, 6.0, 2, torch.uint8, "kE2m1", mant=1)
 ELEMENTS = (E4M3, E2M1)
+#: torch's cast to E4M3 saturates a finite overflow or inf to +-448 (torch >= 2.12, on the CPU and
+#: CUDA alike: pytorch#178817); before, every magnitude past E4M3.overflow, inf included, became
+#: NaN. Without the clamp, a recipe computes what the running torch's cast gives (CallPlan.clamps).
+E4M3_CAST_SATURATES = float(torch.tensor([float("inf")]).to(E4M3.dtype).float()) == E4M3.max
 
 #: MX block size (OCP Microscaling: 32 elements share one E8M0 scale)
 MX_BLOCK = 32
@@ -98,7 +110,9 @@ class StepDtype(enum.Enum):
     """The dtype the amax -> scale steps run in."""
 
     FP32 = "fp32"    # the input cast to fp32 first
-    INPUT = "input"  # computed in the 16-bit input dtype, then cast to fp32
+    #: the amax, its floor (FloorAt.AMAX) and amax / qmax in the 16-bit input dtype, then cast
+    #: to fp32 (torchao); a scale floor and the UE8M0 rounding follow in fp32
+    INPUT = "input"
 
 
 class ApplyForm(enum.Enum):
@@ -364,9 +378,6 @@ class OpParam:
     example: object = None
     #: the values the kernels implement (bools: both)
     kernel_values: tuple = (False, True)
-    #: recipe field values the kernels also implement that no value of the parameter sets
-    #: (reached with ``recipe=``, as the recogniser writes them)
-    kernel_fields: tuple = ()
 
     @property
     def name(self) -> str:
@@ -397,6 +408,9 @@ class Scheme:
     #: the experts variant's op (vLLM's name; fused: ``{activation}_{experts_name}``), for MX
     #: schemes: tokens sorted by expert, scales swizzled per expert (:data:`EXPERTS_TENSORS`)
     experts_name: str | None = None
+    #: recipe fields no op parameter sets that every kernel computes for any value (reached
+    #: with ``recipe=``, as the recogniser writes them; eps: any but NaN)
+    kernel_fields: tuple[str, ...] = ()
 
     @property
     def returns_scale(self) -> bool:
@@ -442,8 +456,11 @@ def _group_size(value) -> int:
 
 _COLUMN = OpParam("bool column_major_scales=False", "scale_layout",
                   lambda v: ScaleLayout.COLUMN_MAJOR if v else ScaleLayout.ROW_MAJOR, True)
-_UE8M0 = OpParam("bool use_ue8m0=False", "ue8m0", lambda v: Ue8m0.EXACT if v else Ue8m0.NONE, True,
-                 kernel_fields=(Ue8m0.EXP2_CEIL_LOG2,))
+_UE8M0 = OpParam("bool use_ue8m0=False", "ue8m0", lambda v: Ue8m0.EXACT if v else Ue8m0.NONE, True)
+#: the dynamic FP8 recipe fields the kernels compute for every value: where the floor is and its
+#: eps, the step dtype, the apply form, the clamp, the UE8M0 form and its order with the floor
+#: (``use_ue8m0`` sets the exact form; ``recipe="ue8m0=exp2"`` torch's spelling)
+_FP8_KERNEL_FIELDS = ("floor_at", "eps", "step_dtype", "apply", "clamp", "ue8m0", "ue8m0_after_floor")
 _MX_PARAMS = (OpParam('str scale_rounding="rceil"', "mx_rounding", _rounding, "floor", ("floor", "rceil")),
               OpParam("bool is_sf_swizzled_layout=False", "scale_layout",
                       lambda v: ScaleLayout.SWIZZLED if v else ScaleLayout.ROW_MAJOR, True))
@@ -455,18 +472,21 @@ FP8_PER_GROUP = Scheme(
     params=(OpParam("int group_size", "group_size", _group_size, 128, FP8_GROUP_SIZES), _COLUMN, _UE8M0),
     tensor_inputs=(),
     doc="dynamic FP8 E4M3 per-token-group quantisation -> (q, fp32 scales [..., H/group])",
+    kernel_fields=_FP8_KERNEL_FIELDS,
 )
 FP8_PER_TOKEN = Scheme(
     key="fp8_per_token", cname="kPerToken", unfused_name="per_token_quant_fp8",
     fused_suffix="per_token_quant_fp8",
     base=Recipe(E4M3, Grouping.PER_TOKEN), params=(), tensor_inputs=(),
     doc="dynamic FP8 E4M3 per-token quantisation -> (q, fp32 scales [..., 1])",
+    kernel_fields=_FP8_KERNEL_FIELDS,
 )
 FP8_STATIC = Scheme(
     key="fp8_static", cname="kStatic", unfused_name="static_scaled_fp8_quant", fused_suffix="quant",
     base=Recipe(E4M3, Grouping.PER_TENSOR, static=True), params=(), tensor_inputs=("scale",),
     doc="static FP8 E4M3 per-tensor quantisation with a given fp32 scale (one element) -> q "
         "(vLLM's static_scaled_fp8_quant; the fused op is vLLM's silu_and_mul_quant)",
+    kernel_fields=("apply", "clamp"),  # the scale is given: no floor, step or UE8M0
 )
 MXFP8 = Scheme(
     key="mxfp8", cname="kMxfp8", unfused_name="mxfp8_quant", fused_suffix="mxfp8_quant",
@@ -640,6 +660,8 @@ def codes() -> dict[str, int]:
     out.update({f"layout_{lay.value}": i for i, lay in enumerate(KERNEL_LAYOUTS)})
     out.update({f"element_{e.name}": i for i, e in enumerate(ELEMENTS)})
     out.update({f"ue8m0_{u.value}": i for i, u in enumerate(Ue8m0)})
+    out.update({f"step_{d.value}": i for i, d in enumerate(StepDtype)})
+    out.update({f"apply_{a.value}": i for i, a in enumerate(ApplyForm)})
     return out
 
 
@@ -671,6 +693,10 @@ def cpp_header() -> str:
          "gated input layouts (catalog.Layout)")
     enum("Ue8m0Code", [(f"kUe8m0{_camel(u.value)}", c[f"ue8m0_{u.value}"]) for u in Ue8m0],
          "power-of-two FP8 scales (catalog.Ue8m0)")
+    enum("StepCode", [(f"kStep{_camel(d.value)}", c[f"step_{d.value}"]) for d in StepDtype],
+         "the dtype of the amax -> scale steps (catalog.StepDtype)")
+    enum("ApplyCode", [(f"kApply{_camel(a.value)}", c[f"apply_{a.value}"]) for a in ApplyForm],
+         "how y is scaled before the cast (catalog.ApplyForm)")
     lines.append("")
     names = {c[f"act_{a.name}"]: a.name for a in CUDA_ACTIVATIONS}
     lines.append("constexpr const char* kActNames[] = {" + ", ".join(f'"{names[i]}"' for i in sorted(names)) + "};")
@@ -688,6 +714,8 @@ def cpp_header() -> str:
             lines.append("constexpr int " + ", ".join(f"k{a.cname}{_camel(p.name)} = {i}"
                                                       for i, p in enumerate(a.params)) + ";")
     lines.append(f"constexpr float kFp8Max = {E4M3.max:.1f}f, kFp4Max = {E2M1.max:.1f}f;")
+    lines.append("// |v| above it casts to NaN without a clamp (catalog.Element.overflow)")
+    lines.append(f"constexpr float kFp8Overflow = {E4M3.overflow:.1f}f;")
     lines.append(f"constexpr int kFp8Emax = {E4M3.emax}, kFp4Emax = {E2M1.emax};")
     lines.append(f"constexpr int kMxBlock = {MX_BLOCK}, kE8m0Bias = {E8M0_BIAS}, kE8m0Nan = {E8M0_NAN};")
     lines.append(f"constexpr int kSwizzleRows = {SWIZZLE_ROWS}, kSwizzleCols = {SWIZZLE_COLS};")

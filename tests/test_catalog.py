@@ -18,9 +18,10 @@ import torch.nn.functional as F
 
 import quantfuse  # noqa: F401  (registers the ops)
 from quantfuse import catalog
-from quantfuse.catalog import ApplyForm, FloorAt, Grouping, Layout, ScaleLayout, StepDtype, Ue8m0
+from quantfuse.catalog import Grouping, Layout
 from quantfuse.custom_ops import plan as qplan
 from quantfuse.custom_ops import reference
+from recipe_spellings import fp8_recipes, spelled
 
 qf = torch.ops.quantfuse
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,56 +104,7 @@ def test_fused_op_equals_the_unfused_pair(activation, scheme):
     _assert_same_outputs(fused, pair)
 
 
-# --- recipes: the reference against independent spellings -------------------------------
-
-def _spelled(y: torch.Tensor, r: catalog.Recipe):
-    """How model code writes an FP8 recipe, step by step (not the reference's code)."""
-    t, h = y.shape
-    g = h if r.grouping is Grouping.PER_TOKEN else r.group_size
-    work = y.reshape(t, h // g, g)
-    if r.step_dtype is StepDtype.FP32:
-        work = work.to(torch.float32)
-    amax = torch.max(torch.abs(work), dim=-1, keepdim=True).values
-    if r.floor_at is FloorAt.AMAX:
-        amax = torch.maximum(amax, torch.tensor(r.eps, dtype=amax.dtype))
-    # as model code writes it: on CUDA torch multiplies by fp32(1 / 448), on the CPU it divides,
-    # and the reference does what eager does on each
-    scale = (amax.float() / r.element.max).to(amax.dtype)
-
-    def pow2(s):
-        if r.ue8m0 is Ue8m0.EXACT:
-            m, e = torch.frexp(s)
-            return torch.where((m == 0.5) | (s <= 0), s, torch.ldexp(torch.ones_like(s), e))
-        if r.ue8m0 is Ue8m0.EXP2_CEIL_LOG2:
-            return torch.exp2(torch.ceil(torch.log2(s)))
-        return s
-
-    if not r.ue8m0_after_floor:
-        scale = pow2(scale)
-    if r.floor_at is FloorAt.SCALE:
-        scale = torch.where(scale < r.eps, torch.tensor(r.eps, dtype=scale.dtype), scale)
-    if r.ue8m0_after_floor:
-        scale = pow2(scale)
-    scale = scale.to(torch.float32)
-    v = y.reshape(t, h // g, g).float()
-    v = v / scale if r.apply is ApplyForm.DIV else v * (1.0 / scale)
-    if r.clamp:
-        v = torch.clamp(v, -r.element.max, r.element.max)
-    return v.to(r.element.dtype).reshape(t, h), scale.reshape(t, h // g)
-
-
-def _fp8_recipes():
-    """Every combination of the FP8 recipe fields the catalog defines."""
-    fields = dict(floor_at=tuple(FloorAt), step_dtype=tuple(StepDtype), apply=tuple(ApplyForm),
-                  clamp=(True, False), ue8m0=tuple(Ue8m0), ue8m0_after_floor=(True, False))
-    bases = [catalog.FP8_PER_TOKEN.base] + [dataclasses.replace(catalog.FP8_PER_GROUP.base, group_size=g)
-                                            for g in catalog.FP8_GROUP_SIZES]
-    for base, values in itertools.product(bases, itertools.product(*fields.values())):
-        r = dataclasses.replace(base, **dict(zip(fields, values)))
-        if r.ue8m0 is Ue8m0.NONE and not r.ue8m0_after_floor:
-            continue  # the same recipe as ue8m0_after_floor=True
-        yield r
-
+# --- recipes: the reference against independent spellings (tests/recipe_spellings.py) ---------
 
 def _activation_like(dtype):
     torch.manual_seed(2)
@@ -166,9 +118,9 @@ def _activation_like(dtype):
 def test_every_fp8_recipe_matches_its_spelling(dtype):
     y = _activation_like(dtype)
     count = 0
-    for r in _fp8_recipes():
+    for r in fp8_recipes():
         q, s = reference.quantize(y, r)
-        q2, s2 = _spelled(y, r)
+        q2, s2 = spelled(y, r)
         assert torch.equal(_bits(s), _bits(s2)), r
         assert torch.equal(_bits(q), _bits(q2)), r
         count += 1
@@ -178,7 +130,7 @@ def test_every_fp8_recipe_matches_its_spelling(dtype):
 def test_recipe_override_reaches_the_op_and_round_trips():
     y = _activation_like(torch.bfloat16)
     base = catalog.FP8_PER_GROUP.recipe(64)
-    for r in _fp8_recipes():
+    for r in fp8_recipes():
         if r.grouping is not Grouping.PER_GROUP or r.group_size != 64:
             continue
         spec = r.spec(catalog.FP8_PER_GROUP.base)

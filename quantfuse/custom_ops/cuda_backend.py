@@ -305,6 +305,8 @@ _classes_cache: dict = {}
 #: plan.key -> the extension's fixed arguments for it (act, scheme, layout, group_size,
 #: ue8m0 code, rceil, swizzled, column_major, groups)
 _fixed: dict = {}
+#: plan.key -> the FP8 recipe's keyword arguments (:func:`_recipe_args`)
+_recipes: dict = {}
 
 
 def _reason(plan) -> str | None:
@@ -345,12 +347,30 @@ def _fixed_args(plan) -> tuple:
     scheme = 0 if r is None else _CODES[f"scheme_{plan.entry.scheme.key}"]
     args = (_CODES[f"act_{plan.activation.name}"], scheme, _CODES[f"layout_{plan.layout.value}"],
             r.group_size if r is not None else 0,
-            _CODES[f"ue8m0_{r.ue8m0.value}"] if r is not None and r.grouping is Grouping.PER_GROUP else 0,
+            _CODES[f"ue8m0_{r.ue8m0.value}"] if r is not None and not (r.mx or r.static) else 0,
             r is not None and r.mx and r.mx_rounding is MxRounding.RCEIL,
             r is not None and r.scale_layout is ScaleLayout.SWIZZLED,
             r is not None and r.scale_layout is ScaleLayout.COLUMN_MAJOR,
             r.groups(plan.hidden) if r is not None else 0)
     _fixed[plan.key] = args
+    return args
+
+
+#: the recipe arguments of kernels that read none (the activation ops, MX)
+_NO_RECIPE = dict(scale_floors=[0.0, 0.0, 0.0], step=_CODES["step_fp32"], apply=_CODES["apply_div"], clamp=True)
+
+
+def _recipe_args(plan) -> dict:
+    """The FP8 recipe's keyword arguments of the extension (csrc/act_quant.h ScaleRecipe): the
+    floors (:attr:`CallPlan.fp8_floors`; the static scheme has none), the step dtype and apply
+    codes and the clamp (:attr:`CallPlan.clamps`)."""
+    r = plan.recipe
+    if r is None or r.mx:
+        args = dict(_NO_RECIPE)
+    else:
+        args = dict(scale_floors=list(_NO_RECIPE["scale_floors"] if r.static else plan.fp8_floors),
+                    step=_CODES[f"step_{r.step_dtype.value}"], apply=_CODES[f"apply_{r.apply.value}"], clamp=plan.clamps)
+    _recipes[plan.key] = args
     return args
 
 
@@ -368,7 +388,7 @@ def _launch(plan, outputs, x, up, scale, vectors: int = 0) -> str | None:
     st, sg = _scale_strides(plan, column, swizzled, groups)
     return (_module or _mod()).act_quant(act, scheme, layout, outputs[0], outputs[1] if len(outputs) > 1 else None,
                                          x, up, scale, gs, ue8m0, rceil, st, sg, swizzled, vectors=vectors,
-                                         act_params=plan.act_params)
+                                         act_params=plan.act_params, **(_recipes.get(plan.key) or _recipe_args(plan)))
 
 
 def _time_vectors(plan, vectors: int) -> float | None:
@@ -402,12 +422,13 @@ def launch_args(plan, argument_names: list[str]) -> dict:
     act, scheme, layout, gs, ue8m0, rceil, swizzled, column, groups = _fixed.get(plan.key) or _fixed_args(plan)
     r = plan.recipe
     classes, final = _classes(plan)
+    recipe = _recipes.get(plan.key) or _recipe_args(plan)
     return dict(act=act, scheme=scheme, layout=layout, group_size=gs, groups=groups, hidden=plan.hidden,
                 q_width=plan.hidden if r is None else r.q_width(plan.hidden), ue8m0=ue8m0, rceil=rceil,
                 swizzled=swizzled, column_major=column, act_params=list(plan.act_params),
                 up_index=argument_names.index("up") if "up" in argument_names else -1,
                 scale_index=argument_names.index("scale") if "scale" in argument_names else -1,
-                token_classes=[tuple(c) for c in classes], final=final)
+                token_classes=[tuple(c) for c in classes], final=final, **recipe)
 
 
 def run(plan, outputs, x, up, scale) -> None:

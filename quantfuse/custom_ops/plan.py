@@ -28,7 +28,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
 from quantfuse import catalog
-from quantfuse.catalog import Activation, Layout, OpEntry, Recipe, ScaleLayout
+from quantfuse.catalog import Activation, FloorAt, Layout, OpEntry, Recipe, ScaleLayout, StepDtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +74,14 @@ class CallPlan:
 
     def kernel_reason(self) -> str | None:
         """None when the recipe is one the kernels implement (the scheme's, for any op
-        parameters), else which recipe field they do not (a reason for the oracle)."""
+        parameters and any value of its :attr:`~catalog.Scheme.kernel_fields`), else which
+        recipe field they do not (a reason for the oracle)."""
         if self.recipe is None:
             return None
-        kernel_values = {p.field: {p.convert(v) if p.convert else v for v in p.kernel_values} | set(p.kernel_fields)
-                         for p in self.entry.params if p.field}
-        expected = dataclasses.replace(self.entry.base, **{f: getattr(self.recipe, f) for f in kernel_values})
+        free = self.entry.scheme.kernel_fields
+        kernel_values = {p.field: {p.convert(v) if p.convert else v for v in p.kernel_values}
+                         for p in self.entry.params if p.field and p.field not in free}
+        expected = dataclasses.replace(self.entry.base, **{f: getattr(self.recipe, f) for f in (*kernel_values, *free)})
         diff = expected.differences(self.recipe)
         if diff:
             return "recipe " + ", ".join(f"{k}={_show(v)}" for k, (_, v) in diff.items()) + " is not a kernel recipe"
@@ -87,7 +89,35 @@ class CallPlan:
             if getattr(self.recipe, field) not in values:
                 return (f"{field}={_show(getattr(self.recipe, field))} is not one the kernels implement "
                         f"({', '.join(sorted(_show(v) for v in values))})")
+        if self.recipe.eps != self.recipe.eps:
+            return "eps=nan is not one the kernels implement"
         return None
+
+    @property
+    def clamps(self) -> bool:
+        """Whether the kernels clamp to the E4M3 range before the cast: the recipe's clamp, or the
+        running torch's cast saturating by itself (:data:`catalog.E4M3_CAST_SATURATES`), where
+        the clamp changes no bit; else they cast as torch did before 2.12 (NaN past
+        :attr:`catalog.Element.overflow`)."""
+        return self.recipe.clamp or catalog.E4M3_CAST_SATURATES
+
+    @functools.cached_property
+    def fp8_floors(self) -> tuple[float, float, float]:
+        """The floors of a dynamic FP8 recipe as the kernels apply them, fp32 values:
+        ``(amax_floor, scale_floor, pow2_floor)`` for ``s = max(amax, amax_floor) / qmax``
+        (rounded to the input dtype for ``StepDtype.INPUT``), then ``max(s, scale_floor)``, the
+        UE8M0 rounding, ``max(s, pow2_floor)``; 0.0 where a recipe has no floor (every amax and
+        scale is +0 or more, or NaN, which max keeps). The amax floor is the eps as stored in the
+        step dtype (torch's clamp_min of a 16-bit tensor stores max(amax, eps) in it, and for a
+        16-bit amax that is max(amax, eps rounded to the dtype)); the scale floors are fp32."""
+        r = self.recipe
+        eps = torch.tensor(r.eps, dtype=torch.float32)
+        if r.floor_at is FloorAt.AMAX:
+            step = self.dtype if r.step_dtype is StepDtype.INPUT else torch.float32
+            return (float(eps.to(step)), 0.0, 0.0)
+        if r.floor_at is FloorAt.SCALE:
+            return (0.0, float(eps), 0.0) if r.ue8m0_after_floor else (0.0, 0.0, float(eps))
+        return (0.0, 0.0, 0.0)
 
     def scale_shape(self) -> tuple:
         """Shape of the scale output (dynamic schemes)."""

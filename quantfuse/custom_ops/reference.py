@@ -121,6 +121,9 @@ def _ue8m0(scale: torch.Tensor, form: Ue8m0) -> torch.Tensor:
 def fp8_scales(yg: torch.Tensor, r: Recipe) -> torch.Tensor:
     """fp32 scales ``[..., G, 1]`` of grouped values ``[..., G, g]`` (input dtype) for an FP8 recipe.
 
+    ``StepDtype.INPUT``: the amax, its floor (``FloorAt.AMAX``) and ``amax / qmax`` in the input
+    dtype, then cast to fp32, as torchao writes it; a scale floor and the UE8M0 rounding follow in
+    fp32 (``s.float().clamp(min=eps)``: the recogniser reads a floor of the cast scale so).
     NaN anywhere in a group makes its scale NaN (torch's amax propagates NaN)."""
     work = yg.float() if r.step_dtype is StepDtype.FP32 else yg
     amax = work.abs().amax(dim=-1, keepdim=True)
@@ -128,14 +131,14 @@ def fp8_scales(yg: torch.Tensor, r: Recipe) -> torch.Tensor:
         amax = amax.clamp_min(r.eps)
     # `amax / qmax` as eager writes it: on CUDA torch multiplies by fp32(1 / qmax) (what the
     # kernels compute), on the CPU it divides; either way the reference is eager, bit for bit
-    scale = div_scalar(amax.float(), r.element.max).to(work.dtype)
+    scale = div_scalar(amax.float(), r.element.max).to(work.dtype).float()
     if not r.ue8m0_after_floor:
         scale = _ue8m0(scale, r.ue8m0)
     if r.floor_at is FloorAt.SCALE:
         scale = scale.clamp_min(r.eps)
     if r.ue8m0_after_floor:
         scale = _ue8m0(scale, r.ue8m0)
-    return scale.float()
+    return scale
 
 
 def _apply_fp8(yg: torch.Tensor, scale: torch.Tensor, r: Recipe) -> torch.Tensor:

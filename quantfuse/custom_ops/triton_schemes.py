@@ -60,7 +60,7 @@ import struct
 import torch
 
 from quantfuse import catalog
-from quantfuse.catalog import ActRounding, Grouping, Layout, ScaleLayout, Ue8m0
+from quantfuse.catalog import ActRounding, ApplyForm, Grouping, Layout, ScaleLayout, StepDtype, Ue8m0
 
 NAME = "triton"
 
@@ -96,11 +96,14 @@ _FP4_INV = 1.0 / catalog.E2M1.max
 _FP4_EMAX = catalog.E2M1.emax
 _E8M0_BIAS = catalog.E8M0_BIAS
 _E8M0_NAN = catalog.E8M0_NAN
-#: fp32 bits of the floor of dynamic FP8 amaxes (an integer compare against the amax bits)
-_EPS_BITS = struct.unpack("<i", struct.pack("<f", catalog.FP8_PER_GROUP.base.eps))[0]
+_FP8_OVERFLOW = catalog.E4M3.overflow
+_UE8M0_NONE = _CODES[f"ue8m0_{Ue8m0.NONE.value}"]
+_UE8M0_EXACT = _CODES[f"ue8m0_{Ue8m0.EXACT.value}"]
+_UE8M0_EXP2 = _CODES[f"ue8m0_{Ue8m0.EXP2_CEIL_LOG2.value}"]
 _KERNEL_GLOBALS = ("_IDENTITY", "_SILU", "_RELU2", "_SWIGLU_OAI", "_S_NONE", "_S_TOKEN", "_S_GROUP", "_S_STATIC",
                    "_S_MXFP8", "_S_MXFP4", "_HALVES", "_SEPARATE", "_INTERLEAVED", "_BF16", "_F16", "_F32", "_FP8_MAX",
-                   "_FP8_INV", "_FP8_EMAX", "_FP4_INV", "_FP4_EMAX", "_E8M0_BIAS", "_E8M0_NAN", "_EPS_BITS")
+                   "_FP8_INV", "_FP8_EMAX", "_FP4_INV", "_FP4_EMAX", "_E8M0_BIAS", "_E8M0_NAN", "_FP8_OVERFLOW",
+                   "_UE8M0_NONE", "_UE8M0_EXACT", "_UE8M0_EXP2")
 
 # the swizzled scale offset in _store_mx_scale is written with shifts for this tile
 assert (catalog.SWIZZLE_ROWS, catalog.SWIZZLE_COLS) == (128, 4)
@@ -276,17 +279,51 @@ def _kernels():
         return y.to(tl.int32, bitcast=True) & 0x7FFFFFFF
 
     @triton.jit
-    def _fp8_scale(amax_bits, UE8M0: tl.constexpr):
-        # max(amax, eps) keeping NaN, on the bits (NaN's are the largest)
-        amax = tl.maximum(amax_bits, _EPS_BITS).to(tl.float32, bitcast=True)
+    def _floor_bits(v, FLOOR: tl.constexpr):
+        # max(v, floor) keeping NaN, on the bits (v >= +0 or NaN: the bits of non-negative floats
+        # order as their values and NaN's are the largest; a floor <= 0 changes nothing)
+        if FLOOR > 0:
+            v = tl.maximum(v.to(tl.int32, bitcast=True), FLOOR).to(tl.float32, bitcast=True)
+        return v
+
+    @triton.jit
+    def _pow2_ceil(scale, SUBNORMAL: tl.constexpr):
+        # the smallest power of two >= scale from the bits (reference.ue8m0_ceil); 0, inf, NaN stay.
+        # SUBNORMAL: the recipe lets the scale be subnormal, which is first scaled by 2^64, exactly
+        b = scale.to(tl.int32, bitcast=True)
+        e = (b >> 23) & 0xFF
+        t = scale
+        if SUBNORMAL:
+            t = tl.where(e == 0, scale * 18446744073709551616.0, scale)
+        tb = t.to(tl.int32, bitcast=True)
+        up = tl.where((tb & 0x7FFFFF) == 0, tb, (((tb >> 23) & 0xFF) + 1) << 23).to(tl.float32, bitcast=True)
+        if SUBNORMAL:
+            up = tl.where(e == 0, up * 5.421010862427522e-20, up)  # 2^-64: a power of two >= 2^-149, exact
+        return tl.where(e != 0xFF, up, scale)
+
+    @triton.jit
+    def _fp8_scale(amax_bits, KIND: tl.constexpr, AMAX_FLOOR: tl.constexpr, SCALE_FLOOR: tl.constexpr,
+                   POW2_FLOOR: tl.constexpr, STEP_INPUT: tl.constexpr, UE8M0: tl.constexpr, CAREFUL: tl.constexpr,
+                   SOFT: tl.constexpr, INTERP: tl.constexpr):
+        # reference.fp8_scales, as csrc/act_quant.cuh fp8_scale: the floors are the fp32 bits of
+        # CallPlan.fp8_floors; amax * fp32(1/448), rounded to the input dtype for STEP_INPUT; UE8M0
+        # one of the catalog's codes; CAREFUL: the recipe lets the scale leave the range where the
+        # divisions' fast forms are exact (_recipe_consts)
+        amax = _floor_bits(amax_bits.to(tl.float32, bitcast=True), AMAX_FLOOR)
         scale = amax * _FP8_INV
-        if UE8M0:
-            # smallest power of two >= scale from the bits (scale >= eps/448: normal)
-            b = scale.to(tl.int32, bitcast=True)
-            e = (b >> 23) & 0xFF
-            up = tl.where((b & 0x7FFFFF) == 0, b, (e + 1) << 23).to(tl.float32, bitcast=True)
-            scale = tl.where(e != 0xFF, up, scale)
-        return scale
+        if STEP_INPUT:
+            scale = _round_to_input(scale, KIND, SOFT)
+        scale = _floor_bits(scale, SCALE_FLOOR)
+        if UE8M0 == _UE8M0_EXACT:
+            scale = _pow2_ceil(scale, CAREFUL)
+        elif UE8M0 == _UE8M0_EXP2:
+            # torch's exp2(ceil(log2(s))): on the GPU the CUDA math library's log2f / exp2f that
+            # eager's kernels call (libdevice, linked without flush-to-zero for these kernels)
+            if INTERP:
+                scale = tl.exp2(tl.ceil(tl.log2(scale)))
+            else:
+                scale = libdevice.exp2(tl.ceil(libdevice.log2(scale)))
+        return _floor_bits(scale, POW2_FLOOR)
 
     @triton.jit
     def _e4m3_bits(v):
@@ -302,40 +339,54 @@ def _kernels():
         return tl.where(a > 0x7F800000, 0x7F, code).to(tl.uint8)
 
     @triton.jit
-    def _div_by_scale(y, scale, POW2: tl.constexpr, MAY_OVERFLOW: tl.constexpr, INTERP: tl.constexpr):
+    def _div_by_scale(y, scale, POW2: tl.constexpr, MAY_OVERFLOW: tl.constexpr, INTERP: tl.constexpr,
+                      MUL_INV: tl.constexpr, CAREFUL: tl.constexpr):
         # y / scale[:, None] correctly rounded, with one division per row or group instead
         # of one div.rn (a dozen instructions and a slow-path branch) per element, as the
-        # CUDA kernels do (csrc/act_quant.cuh div_by_scale, markstein_div): r = RN(1 / scale)
+        # CUDA kernels do (csrc/act_quant.cuh scale_fast, markstein_div): r = RN(1 / scale)
         # in the scale's own (row) layout, q0 = y * r, and one Markstein correction
         # q0 - r * RN(scale * q0 - y), which keeps -0 because the sign is flipped through r:
         # Triton's unary minus is 0 - x, so negating the residual, as the CUDA kernel does,
         # turns -(+0) into +0 and y = -0 into q = +0. A power-of-two scale (POW2) makes
         # y * r the rounded quotient already. scale = inf (an inf amax) gives r = 0, and
         # y * 0 is y / inf (+-0, NaN for inf). MAY_OVERFLOW: a quotient beyond fp32's range
-        # (a given scale) keeps q0 = +-inf, where the correction would give NaN. The
-        # interpreter's fma rounds twice, so it divides.
+        # (a given scale) keeps q0 = +-inf, where the correction would give NaN. MUL_INV: the
+        # recipe's y * (1 / scale), y * r itself, for every scale. CAREFUL: scales outside
+        # [2^-64, 2^126] (0 and subnormal ones included) may occur; those rows or groups divide
+        # with div.rn. The interpreter's fma rounds twice, so it divides.
+        if MUL_INV:
+            return y * tl.div_rn(1.0, scale)[:, None]
         if INTERP:
             return tl.div_rn(y, scale[:, None])
         r = tl.broadcast_to(tl.div_rn(1.0, scale)[:, None], y.shape)
         q0 = y * r
         if POW2:
-            return q0
-        q = tl.fma(tl.fma(tl.broadcast_to(scale[:, None], y.shape), q0, -y), -r, q0)
-        if MAY_OVERFLOW:
-            return tl.where(tl.abs(q0) > 3.4028234663852886e38, q0, q)
-        return tl.where(r == 0.0, q0, q)
+            q = q0
+        else:
+            q = tl.fma(tl.fma(tl.broadcast_to(scale[:, None], y.shape), q0, -y), -r, q0)
+            if MAY_OVERFLOW:
+                q = tl.where(tl.abs(q0) > 3.4028234663852886e38, q0, q)
+            else:
+                q = tl.where(r == 0.0, q0, q)
+        if CAREFUL:
+            fast = (scale >= 5.421010862427522e-20) & (scale <= 8.507059173023462e37)
+            q = tl.where(fast[:, None], q, tl.div_rn(y, scale[:, None]))
+        return q
 
     @triton.jit
-    def _div_static(y, s, INTERP: tl.constexpr):
+    def _div_static(y, s, INTERP: tl.constexpr, MUL_INV: tl.constexpr):
         # y / s for a given per-tensor scale s (a scalar). The Markstein residual is exact,
         # and q0's sign right, for 0 < s in [2^-64, 2^64] wherever the e4m3 code depends on
         # it (|y / s| >= 2^-11); any other scale (subnormal, huge, <= 0, NaN: nonsense, but
-        # defined) takes div.rn, on a branch uniform over the program
+        # defined) takes div.rn, on a branch uniform over the program. MUL_INV: the recipe's
+        # y * (1 / s), for every scale
         sv = tl.zeros([y.shape[0]], dtype=tl.float32) + s
-        if INTERP:
-            q = _div_by_scale(y, sv, False, True, INTERP)
+        if MUL_INV:
+            q = _div_by_scale(y, sv, False, True, INTERP, True, False)
+        elif INTERP:
+            q = _div_by_scale(y, sv, False, True, INTERP, False, False)
         elif (s >= 5.421010862427522e-20) & (s <= 1.8446744073709552e19):
-            q = _div_by_scale(y, sv, False, True, INTERP)
+            q = _div_by_scale(y, sv, False, True, INTERP, False, False)
         else:
             q = tl.div_rn(y, tl.broadcast_to(sv[:, None], y.shape))
         return q
@@ -347,6 +398,22 @@ def _kernels():
             tl.store(q_ptr + offs, _e4m3_bits(v), mask=mask)
         else:
             tl.store(q_ptr + offs, v.to(tl.float8e4nv), mask=mask)
+
+    @triton.jit
+    def _store_q(q_ptr, offs, v, mask, CLAMP: tl.constexpr, SOFT: tl.constexpr):
+        # v = y / s: clamped to [-448, 448] (NaN kept) then cast, or without CLAMP torch's cast
+        # alone: NaN (0x7F with v's sign) past E4M3's overflow, inf included (c10's
+        # fp8e4m3fn_from_fp32_value), else what the clamp gives; q_ptr is then a uint8 view
+        c = _clamp_fp8(v)
+        if CLAMP:
+            _store_fp8(q_ptr, offs, c, mask, SOFT)
+        else:
+            if SOFT:
+                code = _e4m3_bits(c).to(tl.int32)
+            else:
+                code = c.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
+            nan = 0x7F | ((v.to(tl.int32, bitcast=True) >> 24) & 0x80)
+            tl.store(q_ptr + offs, tl.where(tl.abs(v) > _FP8_OVERFLOW, nan, code).to(tl.uint8), mask=mask)
 
     @triton.jit
     def _clamp_fp8(v):
@@ -364,8 +431,11 @@ def _kernels():
                     ACT: tl.constexpr, GATED: tl.constexpr, LAYOUT: tl.constexpr, SCHEME: tl.constexpr,
                     KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr,
                     ROWS: tl.constexpr, BLOCK: tl.constexpr, NCHUNK: tl.constexpr,
-                    SOFT: tl.constexpr, INTERP: tl.constexpr):
-        # SCHEME _S_STATIC: s_ptr is the given scale (read); _S_TOKEN: the scales (written)
+                    AMAX_FLOOR: tl.constexpr, SCALE_FLOOR: tl.constexpr, POW2_FLOOR: tl.constexpr,
+                    STEP_INPUT: tl.constexpr, UE8M0: tl.constexpr, MUL_INV: tl.constexpr, CLAMP: tl.constexpr,
+                    CAREFUL: tl.constexpr, SOFT: tl.constexpr, INTERP: tl.constexpr):
+        # SCHEME _S_STATIC: s_ptr is the given scale (read); _S_TOKEN: the scales (written).
+        # AMAX_FLOOR ... CAREFUL: the FP8 recipe (_recipe_consts; static: MUL_INV and CLAMP only)
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         rmask = rows < T
         rows64 = rows.to(tl.int64)
@@ -383,17 +453,16 @@ def _kernels():
                 if SCHEME == _S_NONE:
                     _store_act(o_ptr, orow[:, None] + cc[None, :], y, m, KIND, SOFT)
                 else:
-                    v = _clamp_fp8(_div_static(y, s, INTERP))
-                    _store_fp8(o_ptr, orow[:, None] + cc[None, :], v, m, SOFT)
+                    _store_q(o_ptr, orow[:, None] + cc[None, :], _div_static(y, s, INTERP, MUL_INV), m, CLAMP, SOFT)
         else:
             if NCHUNK == 1:
                 m = rmask[:, None] & (cols < H)[None, :]
                 y = _activation(x_ptr, u_ptr, xrow[:, None] + cols[None, :], urow[:, None] + cols[None, :], m,
                                 alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
                 amax_bits = tl.max(_abs_bits(y), axis=1)
-                scale = _fp8_scale(amax_bits, False)
-                v = _clamp_fp8(_div_by_scale(y, scale, False, False, INTERP))
-                _store_fp8(o_ptr, orow[:, None] + cols[None, :], v, m, SOFT)
+                scale = _fp8_scale(amax_bits, KIND, AMAX_FLOOR, SCALE_FLOOR, POW2_FLOOR, STEP_INPUT, UE8M0, CAREFUL, SOFT, INTERP)
+                v = _div_by_scale(y, scale, UE8M0 != _UE8M0_NONE, False, INTERP, MUL_INV, CAREFUL)
+                _store_q(o_ptr, orow[:, None] + cols[None, :], v, m, CLAMP, SOFT)
             else:
                 amax_bits = tl.zeros([ROWS], dtype=tl.int32)
                 for c in range(NCHUNK):
@@ -402,24 +471,27 @@ def _kernels():
                     y = _activation(x_ptr, u_ptr, xrow[:, None] + cc[None, :], urow[:, None] + cc[None, :], m,
                                     alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
                     amax_bits = tl.maximum(amax_bits, tl.max(_abs_bits(y), axis=1))
-                scale = _fp8_scale(amax_bits, False)
+                scale = _fp8_scale(amax_bits, KIND, AMAX_FLOOR, SCALE_FLOOR, POW2_FLOOR, STEP_INPUT, UE8M0, CAREFUL, SOFT, INTERP)
                 for c in range(NCHUNK):
                     cc = c * BLOCK + cols
                     m = rmask[:, None] & (cc < H)[None, :]
                     y = _activation(x_ptr, u_ptr, xrow[:, None] + cc[None, :], urow[:, None] + cc[None, :], m,
                                     alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
-                    v = _clamp_fp8(_div_by_scale(y, scale, False, False, INTERP))
-                    _store_fp8(o_ptr, orow[:, None] + cc[None, :], v, m, SOFT)
+                    v = _div_by_scale(y, scale, UE8M0 != _UE8M0_NONE, False, INTERP, MUL_INV, CAREFUL)
+                    _store_q(o_ptr, orow[:, None] + cc[None, :], v, m, CLAMP, SOFT)
             tl.store(s_ptr + rows64, scale, mask=rmask)
 
     @triton.jit(do_not_specialize=["total_groups", "groups_per_row"])
     def _group_kernel(x_ptr, u_ptr, q_ptr, s_ptr, total_groups, groups_per_row, H, s_st, s_sg, alpha, limit,
                       ACT: tl.constexpr, GATED: tl.constexpr, LAYOUT: tl.constexpr, SCHEME: tl.constexpr,
                       KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr, GS: tl.constexpr, BLOCK_G: tl.constexpr,
-                      UE8M0: tl.constexpr, RCEIL: tl.constexpr, SWIZZLED: tl.constexpr,
+                      AMAX_FLOOR: tl.constexpr, SCALE_FLOOR: tl.constexpr, POW2_FLOOR: tl.constexpr,
+                      STEP_INPUT: tl.constexpr, UE8M0: tl.constexpr, MUL_INV: tl.constexpr, CLAMP: tl.constexpr,
+                      CAREFUL: tl.constexpr, RCEIL: tl.constexpr, SWIZZLED: tl.constexpr,
                       SOFT: tl.constexpr, INTERP: tl.constexpr):
-        # UE8M0: power-of-two FP8 scales; RCEIL: MX rceil (else floor) exponents; SWIZZLED: MX
-        # scales in the 128x4 tiled layout with row-block stride s_st (csrc/group_kernel.cuh)
+        # AMAX_FLOOR ... CAREFUL: the FP8 recipe (_recipe_consts); RCEIL: MX rceil (else floor)
+        # exponents; SWIZZLED: MX scales in the 128x4 tiled layout with row-block stride s_st
+        # (csrc/group_kernel.cuh)
         gi = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
         gmask = gi < total_groups
         t = (gi // groups_per_row).to(tl.int64)
@@ -432,9 +504,9 @@ def _kernels():
             y = _activation(x_ptr, u_ptr, (xrow + g * GS)[:, None] + col[None, :],
                             (urow + g * GS)[:, None] + col[None, :], m,
                             alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
-            scale = _fp8_scale(tl.max(_abs_bits(y), axis=1), UE8M0)
-            v = _clamp_fp8(_div_by_scale(y, scale, UE8M0, False, INTERP))
-            _store_fp8(q_ptr, qbase[:, None] + col[None, :], v, m, SOFT)
+            scale = _fp8_scale(tl.max(_abs_bits(y), axis=1), KIND, AMAX_FLOOR, SCALE_FLOOR, POW2_FLOOR, STEP_INPUT, UE8M0, CAREFUL, SOFT, INTERP)
+            v = _div_by_scale(y, scale, UE8M0 != _UE8M0_NONE, False, INTERP, MUL_INV, CAREFUL)
+            _store_q(q_ptr, qbase[:, None] + col[None, :], v, m, CLAMP, SOFT)
             tl.store(s_ptr + t * s_st + g * s_sg, scale, mask=gmask)
         else:
             e, bad = _mx_groups(x_ptr, u_ptr, q_ptr, t, g, gmask, H, alpha, limit, ACT, GATED, LAYOUT, SCHEME,
@@ -570,8 +642,8 @@ def _kernels():
     g.update({f.__name__: f for f in (
         _load_f32, _unpack_pairs, _bases, _bf16_rne_bits, _round_to_input, _activation, _pair_activation, _act,
         _swiglu_oai,
-        _abs_bits, _fp8_scale, _e4m3_bits, _div_by_scale, _div_static, _mx_exponent, _mx_scaled, _e2m1_code,
-        _store_mx_scale, _store_fp8, _clamp_fp8, _store_act, _row_kernel, _group_kernel, _mx_groups,
+        _abs_bits, _floor_bits, _pow2_ceil, _fp8_scale, _e4m3_bits, _div_by_scale, _div_static, _mx_exponent,
+        _mx_scaled, _e2m1_code, _store_mx_scale, _store_fp8, _store_q, _clamp_fp8, _store_act, _row_kernel, _group_kernel, _mx_groups,
         _mx_scale_byte, _swizzled_offset, _experts_kernel)})
     return {"row": _row_kernel, "group": _group_kernel, "experts": _experts_kernel}
 
@@ -631,9 +703,6 @@ def _reason(plan) -> str | None:
     why = plan.kernel_reason()
     if why is not None:
         return why
-    if plan.recipe is not None and plan.recipe.ue8m0 is Ue8m0.EXP2_CEIL_LOG2:
-        # Triton's log2 / exp2 are not the CUDA math library's that eager's kernels call
-        return "ue8m0=exp2 (torch's exp2(ceil(log2 s))) has no Triton kernel"
     if not is_available():
         return f"Triton unavailable ({_failed or 'no CUDA'})"
     return None
@@ -645,6 +714,43 @@ def run(plan, outputs, x, up, scale) -> None:
     if launch is None:
         launch = _launchers[plan.key] = _launcher(plan)
     launch(plan.tokens, outputs, x, up, scale)
+
+
+#: the recipe constants of kernels that read none (the activation ops, MX): no floor, no rounding
+_NO_RECIPE = dict(AMAX_FLOOR=0, SCALE_FLOOR=0, POW2_FLOOR=0, STEP_INPUT=False, UE8M0=_CODES["ue8m0_none"], MUL_INV=False,
+                  CLAMP=True, CAREFUL=False)
+#: the scales the kernels' fast division forms are exact for (csrc/act_quant.cuh kFastScaleMin / Max)
+_FAST_SCALES = (2.0 ** -64, 2.0 ** 126)
+
+
+def _f32_bits(v: float) -> int:
+    return struct.unpack("<i", struct.pack("<f", v))[0]
+
+
+def _recipe_consts(plan) -> dict:
+    """The FP8 recipe as the kernels' constexprs: the floors as fp32 bits (CallPlan.fp8_floors), the
+    step dtype, the UE8M0 code, the apply form, the clamp (CallPlan.clamps), and CAREFUL: whether the recipe lets
+    a scale leave :data:`_FAST_SCALES` (no floor, or a tiny one, or a 16-bit step dtype that rounds
+    a small scale to 0), where the divisions take div.rn; one kernel per recipe, compiled on first
+    use, so the default recipe's code is what it was."""
+    r = plan.recipe
+    if r is None or r.mx:
+        return dict(_NO_RECIPE)
+    consts = dict(_NO_RECIPE, MUL_INV=r.apply is ApplyForm.MUL_INV, CLAMP=plan.clamps)
+    if r.static:
+        return consts
+    floors = plan.fp8_floors
+    step = plan.dtype if r.step_dtype is StepDtype.INPUT else torch.float32
+    # the smallest scale the recipe gives: the floored amax over 448 (as the kernels compute it),
+    # in the step dtype, then the scale floors; exp2(ceil(log2 s)) may halve it
+    low = torch.tensor(max(floors[0], 0.0), dtype=torch.float32) * torch.tensor(1.0 / r.element.max, dtype=torch.float32)
+    low = max(float(low.to(step)), floors[1]) / (2 if r.ue8m0 is Ue8m0.EXP2_CEIL_LOG2 else 1)
+    low = max(low, floors[2])
+    # the largest: amax / 448 <= 2^120 (a power of two above it), or a floor (twice it after UE8M0)
+    careful = not low >= _FAST_SCALES[0] or max(floors) > _FAST_SCALES[1] / 2
+    consts.update(AMAX_FLOOR=_f32_bits(floors[0]), SCALE_FLOOR=_f32_bits(floors[1]), POW2_FLOOR=_f32_bits(floors[2]),
+                  STEP_INPUT=step is not torch.float32, UE8M0=_CODES[f"ue8m0_{r.ue8m0.value}"], CAREFUL=careful)
+    return consts
 
 
 def _launcher(plan):
@@ -662,6 +768,10 @@ def _launcher(plan):
                   KIND=kind, SILU_ROUNDED=act.rounding is ActRounding.SILU_THEN_MUL, SOFT=soft, INTERP=interp)
     if not interp:
         consts["enable_fp_fusion"] = False
+    recipe = _recipe_consts(plan)
+    if recipe["UE8M0"] == _CODES["ue8m0_exp2"] and not interp:
+        # libdevice's log2f / exp2f as nvcc links them for torch's kernels: without flush-to-zero
+        consts["enable_reflect_ftz"] = False
     # the activation's parameters (GPT-OSS's alpha, limit) as fp32 runtime arguments, as eager
     # uses a Python float scalar; 0.0 for activations without them (unread)
     params = plan.act_kwargs
@@ -686,8 +796,8 @@ def _launcher(plan):
             return t
     if scheme is None:
         out_view = torch.int16 if soft and kind == _BF16 else None
-    elif not mxfp4 and soft:
-        out_view = torch.uint8
+    elif not mxfp4 and (soft or not recipe["CLAMP"]):
+        out_view = torch.uint8  # e4m3 codes written as bytes
     else:
         out_view = None
 
@@ -712,7 +822,7 @@ def _launcher(plan):
             o = outputs[0] if out_view is None else outputs[0].view(out_view)
             s = scale if static else (outputs[1] if len(outputs) > 1 else o)
             row_kernel[(-(-tokens // rows),)](xk, uk, o, s, tokens, hidden, alpha, limit, ROWS=rows, BLOCK=block,
-                                              NCHUNK=nchunk, num_warps=warps, **consts)
+                                              NCHUNK=nchunk, num_warps=warps, **recipe, **consts)
         return launch
 
     gs = r.group_size
@@ -725,8 +835,8 @@ def _launcher(plan):
         return _experts_launcher(plan, k["experts"], inputs, out_view, groups, padded_groups, block_g, consts,
                                  alpha, limit)
     group_kernel = k["group"]
-    flags = dict(GS=gs, BLOCK_G=block_g, UE8M0=r.ue8m0 is Ue8m0.EXACT, RCEIL=r.mx_rounding is catalog.MxRounding.RCEIL,
-                 SWIZZLED=swizzled, num_warps=4)
+    flags = dict(GS=gs, BLOCK_G=block_g, RCEIL=r.mx_rounding is catalog.MxRounding.RCEIL, SWIZZLED=swizzled,
+                 num_warps=4, **recipe)
 
     def launch(tokens, outputs, x, up, scale):
         total = tokens * groups
