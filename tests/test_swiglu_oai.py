@@ -190,7 +190,7 @@ def test_cuda_backend_runs_it_with_its_parameters(monkeypatch):
         seen = {}
 
         class Extension:
-            def act_quant(self, *args, act_params=(), vectors=0):
+            def act_quant(self, *args, act_params=(), vectors=0, **recipe):
                 seen["act_params"] = act_params
                 seen["vectors"] = vectors
                 return ""
