@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 
+#include "experts_layout.h"  // ExpertOffsets
 #include "quantfuse_catalog.h"
 
 namespace quantfuse {
@@ -33,6 +34,14 @@ struct Inputs {
 // fp32 as eager applies a Python float scalar (opmath); unused by activations without any.
 struct ActArgs {
   float p[kMaxActParams];
+};
+
+// The experts ops (catalog OpEntry.experts; experts_kernel.cuh): tokens sorted by expert, MX
+// scales per expert in one [scale_rows, G_pad] tiled buffer (experts_layout.h).
+struct ExpertsArgs {
+  ExpertOffsets offsets;  // offsets.experts == 0: not an experts op
+  int64_t scale_rows;
+  int* error;             // host-mapped flag the kernel sets on inconsistent offsets (or null)
 };
 
 struct QuantParams {
@@ -56,6 +65,7 @@ struct QuantParams {
   bool pdl;               // launch with programmatic stream serialization (sm_90+; act_quant.cuh)
   cudaStream_t stream;
   ActArgs act_args;
+  ExpertsArgs experts;    // MX with swizzled scales only
 };
 
 struct ActParams {
