@@ -10,6 +10,9 @@
 // CompositeExplicitAutograd kernel, reached through the CPU slot of the dispatch table, which
 // raises the proper error, or runs the Triton / torch backend).
 //
+// The experts ops come here too: their offsets are passed to the kernel, which checks their
+// values itself, so no call reads them on the host (docs/decisions/021-experts-kernel-checks-offsets.md).
+//
 // No exception leaves a function of this module with cleanups on its frame: the fast path
 // catches everything and reports "not done", and the redispatch to Python is made from a
 // frame holding no objects (docs/decisions/007-bindings-return-error-strings.md).

@@ -4,7 +4,7 @@
 // (experts_layout.h), and before the groups every block checks the offsets and the grid
 // writes the buffer's zero bytes (padding columns, each expert's padding rows, rows of no
 // expert), so every byte of the [rows, G_pad] buffer is written once and nothing zeroes it
-// first (docs/decisions/020-experts-kernel-checks-offsets.md).
+// first (docs/decisions/021-experts-kernel-checks-offsets.md).
 #pragma once
 
 #include "experts_layout.h"

@@ -236,6 +236,24 @@ def test_cuda_backend_declines_what_the_kernel_does_not_do(cuda_extension):
     assert cuda_backend.supports(dataclasses.replace(p, device_type="cpu")) == "input on cpu, not CUDA"
 
 
+def test_benchmark_counts_every_byte_the_kernel_moves():
+    """bench_pairs --experts: the input, q, the whole scale buffer (padding included: the kernel
+    writes it) and the offsets; the routing covers every row."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import bench_pairs
+    finally:
+        sys.path.pop(0)
+    entry = catalog.OPS["silu_and_mul_mxfp4_experts_quant"]
+    # 300 rows of 2 x 64 bf16 in, 300 x 32 bytes of q, 640 x 4 scale bytes, 2 x 4 int32 offsets
+    assert bench_pairs.experts_cell_bytes(entry, 300, 64, 3, 2) == 300 * 128 * 2 + 300 * 32 + 640 * 4 + 2 * 4 * 4
+    entry = catalog.OPS["mxfp8_experts_quant"]
+    assert bench_pairs.experts_cell_bytes(entry, 1, 2048, 256, 2) == 2048 * 2 + 2048 + 128 * 64 + 2 * 257 * 4
+    split = bench_pairs.expert_split(4096, 256)
+    assert len(split) == 256 and sum(split) == 4096 and split == bench_pairs.expert_split(4096, 256)
+    assert 0 < max(split) < 64
+
+
 @pytest.mark.parametrize("act", ["silu_and_mul", "relu2"])
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_op_form_pattern_fuses_activation_then_experts_quant(act, scheme):

@@ -3,7 +3,7 @@ GPU, bit for bit, on poisoned buffers (every op: the plain quant ops and the thr
 both MX schemes and roundings, bf16 / fp16, every gated layout, experts with 0, 1, 127, 128, 129
 tokens: tests/test_experts_ops.py::run_cases), on inputs with NaN, inf, zero blocks, rounding
 ties and subnormals (test_schemes.make_input); the ops on the C++ dispatcher path with no copy
-to the host; the kernel's own offset check (docs/decisions/020-experts-kernel-checks-offsets.md);
+to the host; the kernel's own offset check (docs/decisions/021-experts-kernel-checks-offsets.md);
 CUDA-graph replays that read new offsets. Skipped cleanly without CUDA."""
 
 from __future__ import annotations
