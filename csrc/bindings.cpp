@@ -323,15 +323,24 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tens
 // The experts ops' flag (ExpertsArgs::error): one int of mapped, portable pinned host memory
 // that any device's kernel can set and the host reads without a synchronisation. Allocated
 // when the module loads, before any CUDA graph capture, where an allocation would be an error.
-int* experts_error_flag() {
-  static int* flag = [] {
+struct ErrorFlag {
+  volatile int* host = nullptr;
+  int* device = nullptr;  // the kernels' address of it (the host's, under unified addressing)
+};
+const ErrorFlag& experts_error_flag() {
+  static const ErrorFlag flag = [] {
+    ErrorFlag f;
     void* p = nullptr;
-    if (cudaHostAlloc(&p, sizeof(int), cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess) {
+    void* d = nullptr;
+    if (cudaHostAlloc(&p, sizeof(int), cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess ||
+        cudaHostGetDevicePointer(&d, p, 0) != cudaSuccess) {
       cudaGetLastError();  // no flag: the kernels still check, the error is not reported
-      return static_cast<int*>(nullptr);
+      return f;
     }
-    *static_cast<volatile int*>(p) = 0;
-    return static_cast<int*>(p);
+    f.host = static_cast<volatile int*>(p);
+    *f.host = 0;
+    f.device = static_cast<int*>(d);
+    return f;
   }();
   return flag;
 }
@@ -365,7 +374,7 @@ std::string experts_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::
   quantfuse::ExpertsArgs ea{};
   ea.offsets = quantfuse::ExpertOffsets{expert_offsets.data_ptr(), blockscale_offsets.data_ptr(),
                                         expert_offsets.numel() - 1, expert_offsets.scalar_type() == at::kLong};
-  ea.error = experts_error_flag();
+  ea.error = experts_error_flag().device;
   return act_quant_impl(act, scheme, layout, q, s, x, up, std::nullopt, quantfuse::kMxBlock, 0, rceil, 0, 0, true, 0,
                         0, act_params, &ea);
 }
@@ -430,7 +439,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("expert_offsets"), py::arg("blockscale_offsets"), py::arg("rceil"),
         py::arg("act_params") = std::vector<double>{});
   m.def("experts_offset_error", [](bool clear) {
-    volatile int* flag = experts_error_flag();
+    volatile int* flag = experts_error_flag().host;
     const bool raised = flag != nullptr && *flag != 0;
     if (clear && flag != nullptr) *flag = 0;
     return raised;

@@ -9,7 +9,6 @@ Skipped without a C++ compiler."""
 from __future__ import annotations
 
 import random
-import shutil
 import subprocess
 
 import pytest
@@ -18,8 +17,8 @@ import torch
 from quantfuse import catalog
 from quantfuse.custom_ops.plan import check_expert_offsets, experts_scale_rows
 from quantfuse.custom_ops.reference import swizzle_128x4
+from helpers import cpu_harness
 from test_experts_ops import offsets
-from test_scale_layout import CSRC
 
 TILE = catalog.SWIZZLE_ROWS
 #: reads "T G E wide rows threads" then eo and bo (E + 1 each); prints the verdict of every
@@ -65,15 +64,7 @@ int main() {
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
-    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-    if cxx is None:
-        pytest.skip("no C++ compiler")
-    d = tmp_path_factory.mktemp("experts_layout")
-    (d / "h.cpp").write_text(HARNESS)
-    (d / "quantfuse_catalog.h").write_text(catalog.cpp_header())  # generated at build time too
-    subprocess.run([cxx, "-std=c++17", "-O1", "-I", str(CSRC), "-I", str(d), str(d / "h.cpp"), "-o", str(d / "h")],
-                   check=True)
-    return d / "h"
+    return cpu_harness(tmp_path_factory.mktemp("experts_layout"), HARNESS)
 
 
 def _run(harness, tokens, groups, eo, bo, rows, wide=False, threads=7):
