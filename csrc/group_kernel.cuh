@@ -12,6 +12,7 @@
 // buffering). The loop bound is block-uniform so every lane reaches the shuffles.
 // Interleaved inputs (IL): the two 16-byte vectors of a thread's 2 * VEC inputs take the
 // place of its gate and up vectors, and are split in registers where they are used.
+// Where the scales go is the Scales policy's (StridedScales; the experts ops' ExpertScales).
 #pragma once
 
 #include "quant_schemes.cuh"
@@ -175,7 +176,7 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
   load_group<DT, GS, NV, Act::kGated, IL, EVICT_FIRST>(ga, ua, gate, up, in_stride, gi < total_groups, t, g, lane);
   if (!sc.prologue(s, total_groups / gpr, gpr)) return;
   // Two steps per trip with the buffers swapped: no register copies between steps.
-  // The bound is warp-uniform (the kernel has no block barrier), so every lane reaches
+  // The bound is warp-uniform (no block barrier past the prologue), so every lane reaches
   // the shuffles and warps past the end stop computing.
   while (wbase < total_groups) {
     group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, gpr, hidden, sc,
