@@ -3,6 +3,7 @@
     python benchmarks/bench_pairs.py [--tokens 64,4096,16384] [--hidden 2048,7168] [--out FILE]
                                      [--no-inductor] [--no-triton] [--dtype float16]
                                      [--layouts halves,separate,interleaved] [--jsonl FILE]
+                                     [--experts 8,256] [--no-pairs]
     QUANTFUSE_PDL=1 python benchmarks/bench_pairs.py ...   # CUDA kernels with PDL (opt-in)
 
 For each pair and size: median time of the fused op (whatever backend the oracle picks,
@@ -12,6 +13,12 @@ spelling (static shapes, no quantfuse pass), with bytes moved and the percentage
 device-to-device copy bandwidth measured in the same run.
 Inputs are fresh random data, rotated when they would fit in L2. The cells (pairs,
 parameters, bytes) come from the catalog; ``--jsonl`` appends one record per cell.
+
+``--experts E``: also the experts ops of the MX schemes (``mxfp8_experts_quant``, the fused
+``{act}_{scheme}_experts_quant``) for T rows routed to E experts (each row to a random expert,
+seeded: ``expert_split``), with their bytes (``experts_cell_bytes``: the input, q and the whole
+scale buffer the kernel writes, padding included) and the unfused activation op then experts
+quant op; the cell's variant is ``E<E>``.
 """
 
 from __future__ import annotations
@@ -99,6 +106,69 @@ def cell_bytes(scheme: catalog.Scheme, act: catalog.Activation, tokens: int, hid
     return tokens * (n_in * in_bytes + r.q_width(hidden) + scales)
 
 
+def expert_split(tokens: int, experts: int, seed: int = 0) -> list[int]:
+    """Rows per expert when each of ``tokens`` rows goes to a uniformly random expert (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.bincount(torch.randint(0, experts, (tokens,), generator=g), minlength=experts).tolist()
+
+
+def experts_offsets(counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """vLLM's expert_offsets / blockscale_offsets (int32 on the GPU) of rows per expert."""
+    rows = catalog.SWIZZLE_ROWS
+    eo, bo = [0], [0]
+    for n in counts:
+        eo.append(eo[-1] + n)
+        bo.append(bo[-1] + -(-n // rows) * rows)
+    return (torch.tensor(eo, dtype=torch.int32, device="cuda"), torch.tensor(bo, dtype=torch.int32, device="cuda"))
+
+
+def experts_cell_bytes(entry: catalog.OpEntry, tokens: int, hidden: int, experts: int, in_bytes: int) -> float:
+    """Bytes an experts cell moves: the input, the encoded output, every byte of the scale
+    buffer (plan.experts_scale_shape: the kernel writes its padding too) and the offsets."""
+    from quantfuse.custom_ops.plan import experts_scale_shape
+
+    r = entry.base
+    n_in = hidden * (2 if entry.activation.gated else 1)
+    rows, cols = experts_scale_shape(tokens, r.groups(hidden), experts)
+    return tokens * (n_in * in_bytes + r.q_width(hidden)) + rows * cols + 2 * (experts + 1) * 4
+
+
+def bench_experts_cell(entry: catalog.OpEntry, t: int, h: int, experts: int, dtype, bw: float, triton: bool):
+    """(table row, record) of one experts cell (``--experts``), timed as the pairs are."""
+    op = getattr(qf, entry.name)
+    eo, bo = experts_offsets(expert_split(t, experts))
+    args = (eo, bo, experts, 8, entry.base.mx_rounding.value)
+    nbytes = experts_cell_bytes(entry, t, h, experts, dtype.itemsize)
+    copies = rotation_copies(nbytes)
+    width = h * (2 if entry.activation.gated else 1)
+    xs = [torch.randn(t, width, device="cuda", dtype=dtype) * 3 for _ in range(copies)]
+    oracle.reset_counts()
+    op(xs[0], *args)
+    backend = next(b for (o, b) in oracle.call_counts() if o == entry.name)
+    t_fused = bench(lambda x: op(x, *args), xs)
+    t_unfused = float("nan")
+    if entry.fused:
+        act_op, quant_op = getattr(qf, entry.activation.name), getattr(qf, entry.scheme.experts_name)
+        t_unfused = bench(lambda x: quant_op(act_op(x), *args), xs)
+    t_tri = float("nan")
+    if triton:
+        os.environ[oracle.BACKEND_ENV] = "triton"
+        try:
+            t_tri = bench(lambda x: op(x, *args), xs)
+        finally:
+            del os.environ[oracle.BACKEND_ENV]
+    t_copy = same_bytes_copy(int(nbytes), copies)
+    pct = lambda us: nbytes / (us * 1e-6) / 1e9 / bw  # noqa: E731
+    nan = float("nan")
+    row = (f"{entry.name}(E{experts})", t, h, backend, t_fused, pct(t_fused), pct(t_tri), t_unfused, nan, nan, nan, nan,
+           pct(t_copy))
+    record = dict(bench="pairs", op=entry.name, variant=f"E{experts}", layout="halves", tokens=t, hidden=h,
+                  experts=experts, dtype=str(dtype).removeprefix("torch."), backend=backend, bytes=nbytes,
+                  fused_us=t_fused, triton_us=t_tri, unfused_us=t_unfused, copy_us=t_copy, copy_bw_gbs=bw,
+                  fused_pct_bw=pct(t_fused))
+    return row, record
+
+
 def bench(fn, rotate):
     from triton.testing import do_bench, do_bench_cudagraph
 
@@ -158,6 +228,8 @@ def main() -> None:
                         "native graph stays row-major)")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16"),
                    help="input dtype (the byte counts assume 2-byte elements)")
+    p.add_argument("--experts", default="", help="expert counts of the experts ops' cells (e.g. 8,256; none: no cells)")
+    p.add_argument("--no-pairs", action="store_true", help="only the experts cells")
     args = p.parse_args()
     dtype = getattr(torch, args.dtype)
     bw = copy_bandwidth()
@@ -168,7 +240,7 @@ def main() -> None:
     layouts = [catalog.Layout(v) for v in args.layouts.split(",")]
     for act_name, scheme_key in catalog.PAIRS:
         act, scheme = catalog.ACTIVATIONS[act_name], catalog.SCHEMES[scheme_key]
-        if scheme.fused_suffix not in args.schemes.split(","):
+        if args.no_pairs or scheme.fused_suffix not in args.schemes.split(","):
             continue
         name = catalog.fused_op_name(act_name, scheme_key)
         fused = getattr(qf, name)
@@ -228,6 +300,15 @@ def main() -> None:
                                         triton_us=t_tri, unfused_us=t_unfused, inductor_us=t_ind, copy_us=t_copy,
                                         copy_bw_gbs=bw, fused_pct_bw=pct(t_fused)))
                     print(rows[-1], flush=True)
+    experts_entries = [e for e in catalog.OPS.values() if e.experts and e.scheme.fused_suffix in args.schemes.split(",")]
+    for experts in [int(v) for v in args.experts.split(",") if v]:
+        for entry in experts_entries:
+            for t in [int(v) for v in args.tokens.split(",")]:
+                for h in [int(v) for v in args.hidden.split(",")]:
+                    row, record = bench_experts_cell(entry, t, h, experts, dtype, bw, not args.no_triton)
+                    rows.append(row)
+                    records.append(record)
+                    print(row, flush=True)
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bw:.0f} GB/s; "
              f"{args.dtype} input, median µs (CUDA-graph replay), %BW = minimum bytes / time / copy bandwidth; "
              f"CUDA kernels with programmatic dependent launch: {'on' if pdl else 'off'}; one-element fill "

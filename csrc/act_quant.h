@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 
+#include "experts_layout.h"  // ExpertOffsets
 #include "quantfuse_catalog.h"
 
 namespace quantfuse {
@@ -50,6 +51,14 @@ struct ScaleRecipe {
   bool clamp;
 };
 
+// The experts ops (catalog OpEntry.experts; experts_kernel.cuh): tokens sorted by expert, MX
+// scales per expert in one [scale_rows, G_pad] tiled buffer (experts_layout.h).
+struct ExpertsArgs {
+  ExpertOffsets offsets;  // offsets.experts == 0: not an experts op
+  int64_t scale_rows;
+  int* error;             // host-mapped flag the kernel sets on inconsistent offsets (or null)
+};
+
 struct QuantParams {
   Scheme scheme;
   int64_t group_size;     // kPerGroup: 64 or 128; MX: 32; kPerToken, kStatic: unused
@@ -71,6 +80,7 @@ struct QuantParams {
   bool pdl;               // launch with programmatic stream serialization (sm_90+; act_quant.cuh)
   cudaStream_t stream;
   ActArgs act_args;
+  ExpertsArgs experts;    // MX with swizzled scales only
 };
 
 struct ActParams {

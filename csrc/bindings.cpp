@@ -214,7 +214,8 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tens
                            const std::optional<at::Tensor>& scale, int64_t group_size, int64_t ue8m0, bool rceil,
                            int64_t s_stride_t, int64_t s_stride_g, bool swizzled, int64_t vectors,
                            int64_t blocks_per_sm, const std::vector<double>& act_params,
-                           const std::vector<double>& scale_floors, int64_t step, int64_t apply, bool clamp) {
+                           const std::vector<double>& scale_floors, int64_t step, int64_t apply, bool clamp,
+                           const quantfuse::ExpertsArgs* experts = nullptr) {
   Operands o{};
   QF_TRY(operands(o, act, layout, x, up));
   ActArgs aa{};
@@ -286,13 +287,18 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tens
              mx ? "uint8 (E8M0 bytes)" : "float32", " for ", quantfuse::kSchemeNames[scheme], ", got ",
              s.scalar_type());
     // swizzled: the 128x4 tiled layout of [T_pad, G_pad] bytes (reference.swizzle_128x4), padding
-    // included (the kernel zeroes it); s_stride_t / s_stride_g are ignored
-    const int64_t t_pad = quantfuse::swizzled_rows(tokens), g_pad = quantfuse::swizzled_cols(groups);
+    // included (the kernel zeroes it); s_stride_t / s_stride_g are ignored. The experts ops: the
+    // [experts_scale_rows(T, E), G_pad] buffer of every expert's tiles (experts_layout.h).
+    const int64_t t_pad = experts ? quantfuse::experts_scale_rows(tokens, experts->offsets.experts)
+                                  : quantfuse::swizzled_rows(tokens);
+    const int64_t g_pad = quantfuse::swizzled_cols(groups);
     QF_CHECK(!swizzled || mx, "quantfuse: the swizzled scale layout is for MX schemes only");
+    QF_CHECK(!experts || (swizzled && mx), "quantfuse: the experts kernels are MX with swizzled scales");
     if (swizzled) {
       QF_CHECK(s.is_contiguous() && s.numel() == t_pad * g_pad, "quantfuse: swizzled scales must be a contiguous [",
-               t_pad, ", ", g_pad, "] (T and G padded to ", quantfuse::kSwizzleRows, " and ", quantfuse::kSwizzleCols,
-               "), got ", s.sizes());
+               t_pad, ", ", g_pad, "] (", experts ? "the experts' worst split of T" : "T", " and G padded to ",
+               quantfuse::kSwizzleRows, " and ", quantfuse::kSwizzleCols, "), got ", s.sizes());
+      QF_CHECK(!experts || aligned16(s.data_ptr()), "quantfuse: the experts scales must be 16-byte aligned");
     } else {
       QF_CHECK(s.numel() == tokens * groups, "quantfuse: s has ", s.numel(), " elements, expected T*G = ",
                tokens, "*", groups);
@@ -316,6 +322,10 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tens
     p.s_stride_t = s_stride_t;
     p.s_stride_g = s_stride_g;
     p.s_swizzled = swizzled;
+    if (experts) {
+      p.experts = *experts;
+      p.experts.scale_rows = t_pad;
+    }
   }
   if (tokens == 0 || hidden == 0) return {};
   const c10::cuda::OptionalCUDAGuard guard(x.device());
@@ -325,6 +335,65 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tens
   p.pdl = use_pdl();
   p.stream = at::cuda::getCurrentCUDAStream();
   return run_unit(act, x, p, [](auto quant, auto, const QuantParams& pp) { return quant(pp); });
+}
+
+// The experts ops' flag (ExpertsArgs::error): one int of mapped, portable pinned host memory
+// that any device's kernel can set and the host reads without a synchronisation. Allocated
+// when the module loads, before any CUDA graph capture, where an allocation would be an error.
+struct ErrorFlag {
+  volatile int* host = nullptr;
+  int* device = nullptr;  // the kernels' address of it (the host's, under unified addressing)
+};
+const ErrorFlag& experts_error_flag() {
+  static const ErrorFlag flag = [] {
+    ErrorFlag f;
+    void* p = nullptr;
+    void* d = nullptr;
+    if (cudaHostAlloc(&p, sizeof(int), cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess ||
+        cudaHostGetDevicePointer(&d, p, 0) != cudaSuccess) {
+      cudaGetLastError();  // no flag: the kernels still check, the error is not reported
+      return f;
+    }
+    f.host = static_cast<volatile int*>(p);
+    *f.host = 0;
+    f.device = static_cast<int*>(d);
+    return f;
+  }();
+  return flag;
+}
+
+std::string check_offsets(const at::Tensor& o, const at::Tensor& x, const char* name) {
+  QF_TRY(check_same_device(o, x, name));
+  QF_CHECK(o.scalar_type() == at::kInt || o.scalar_type() == at::kLong, "quantfuse: ", name,
+           " must be int32 or int64, got ", o.scalar_type());
+  QF_CHECK(o.dim() == 1 && o.numel() >= 2 && o.numel() < (int64_t(1) << 31) && o.is_contiguous(), "quantfuse: ",
+           name, " must be a contiguous [num_experts + 1] tensor with 1 <= num_experts < 2^31 - 1, got ", o.sizes());
+  return {};
+}
+
+// The experts ops: act(x) -> MX (scheme kMxfp8 / kMxfp4) of tokens sorted by expert into q and
+// the experts scale buffer s (experts_kernel.cuh). The offsets' values are checked by the
+// kernel (ExpertScales::prologue), not here: reading them would synchronise.
+std::string experts_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, at::Tensor s, at::Tensor x,
+                               const std::optional<at::Tensor>& up, const at::Tensor& expert_offsets,
+                               const at::Tensor& blockscale_offsets, bool rceil,
+                               const std::vector<double>& act_params) {
+  QF_CHECK(scheme == quantfuse::kMxfp8 || scheme == quantfuse::kMxfp4, "quantfuse: the experts kernels are ",
+           quantfuse::kSchemeNames[quantfuse::kMxfp8], " and ", quantfuse::kSchemeNames[quantfuse::kMxfp4],
+           ", got scheme code ", scheme);
+  QF_CHECK(x.dim() == 2, "quantfuse: the experts ops take a 2-d x [tokens sorted by expert, hidden], got ",
+           x.sizes());
+  QF_TRY(check_offsets(expert_offsets, x, "expert_offsets"));
+  QF_TRY(check_offsets(blockscale_offsets, x, "blockscale_offsets"));
+  QF_CHECK(blockscale_offsets.sizes() == expert_offsets.sizes() &&
+               blockscale_offsets.scalar_type() == expert_offsets.scalar_type(),
+           "quantfuse: blockscale_offsets must have expert_offsets' shape and dtype");
+  quantfuse::ExpertsArgs ea{};
+  ea.offsets = quantfuse::ExpertOffsets{expert_offsets.data_ptr(), blockscale_offsets.data_ptr(),
+                                        expert_offsets.numel() - 1, expert_offsets.scalar_type() == at::kLong};
+  ea.error = experts_error_flag().device;
+  return act_quant_impl(act, scheme, layout, q, s, x, up, std::nullopt, quantfuse::kMxBlock, 0, rceil, 0, 0, true, 0,
+                        0, act_params, {0.0, 0.0, 0.0}, quantfuse::kStepFp32, quantfuse::kApplyDiv, true, &ea);
 }
 
 // fn()'s message ("" on success); an exception from ATen itself (not expected after the
@@ -357,6 +426,15 @@ std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, at::T
   });
 }
 
+std::string experts_quant_checked(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, at::Tensor s,
+                                  at::Tensor x, std::optional<at::Tensor> up, at::Tensor expert_offsets,
+                                  at::Tensor blockscale_offsets, bool rceil, std::vector<double> act_params) {
+  return guarded([&] {
+    return experts_quant_impl(act, scheme, layout, q, s, x, up, expert_offsets, blockscale_offsets, rceil,
+                              act_params);
+  });
+}
+
 }  // namespace quantfuse
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -375,5 +453,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("scale_floors") = std::vector<double>{quantfuse::kDefaultEps, 0.0, 0.0},
         py::arg("step") = int64_t(quantfuse::kStepFp32), py::arg("apply") = int64_t(quantfuse::kApplyDiv),
         py::arg("clamp") = true);
+
+  m.def("experts_quant", &quantfuse::experts_quant_checked,
+        "The experts ops: act(x) -> MXFP8 / MXFP4 (scheme code) of tokens sorted by expert into q and the "
+        "[experts_scale_rows(T, E), G_pad] scale buffer s, each expert's scales tiled from row "
+        "blockscale_offsets[e], every other byte zero. Inconsistent offsets: s all 0xFF and the flag of "
+        "experts_offset_error() raised. Returns \"\" or an error message",
+        py::arg("act"), py::arg("scheme"), py::arg("layout"), py::arg("q"), py::arg("s"), py::arg("x"), py::arg("up"),
+        py::arg("expert_offsets"), py::arg("blockscale_offsets"), py::arg("rceil"),
+        py::arg("act_params") = std::vector<double>{});
+  m.def("experts_offset_error", [](bool clear) {
+    volatile int* flag = experts_error_flag().host;
+    const bool raised = flag != nullptr && *flag != 0;
+    if (clear && flag != nullptr) *flag = 0;
+    return raised;
+  }, "Whether an experts kernel found inconsistent offsets since the flag was cleared (kernels that have "
+     "finished: synchronise first); clear: lower the flag", py::arg("clear") = true);
+  experts_error_flag();  // before any capture (experts_error_flag)
   quantfuse::bind_dispatch(m);
 }

@@ -10,6 +10,9 @@
 // CompositeExplicitAutograd kernel, reached through the CPU slot of the dispatch table, which
 // raises the proper error, or runs the Triton / torch backend).
 //
+// The experts ops come here too: their offsets are passed to the kernel, which checks their
+// values itself, so no call reads them on the host (docs/decisions/021-experts-kernel-checks-offsets.md).
+//
 // No exception leaves a function of this module with cleanups on its frame: the fast path
 // catches everything and reports "not done", and the redispatch to Python is made from a
 // frame holding no objects (docs/decisions/007-bindings-return-error-strings.md).
@@ -29,6 +32,7 @@
 
 #include "host_api.h"
 #include "quantfuse_catalog.h"
+#include "experts_layout.h"
 #include "scale_layout.h"
 
 namespace quantfuse {
@@ -44,6 +48,8 @@ struct Launch {
   bool clamp = true;
   bool rceil = false, swizzled = false, column_major = false;
   int up_index = -1, scale_index = -1;  // argument positions (-1: none)
+  int64_t experts = 0;                   // the experts ops: num_experts (0: another op)
+  int offsets_index = -1;                // their expert_offsets, then blockscale_offsets
   std::vector<double> act_params;        // the activation's parameters (catalog Activation.params)
   // (min tokens, vectors per thread), ascending (custom_ops/tuning.py): a call takes the
   // last class its token count reaches, else the kernel's default (0)
@@ -157,6 +163,8 @@ Launch decide(int64_t op, const c10::OperatorHandle& handle, const c10::ArrayRef
     l.column_major = f["column_major"].cast<bool>();
     l.up_index = f["up_index"].cast<int>();
     l.scale_index = f["scale_index"].cast<int>();
+    l.experts = f["experts"].cast<int64_t>();
+    l.offsets_index = f["offsets_index"].cast<int>();
     l.act_params = f["act_params"].cast<std::vector<double>>();
     l.token_classes = f["token_classes"].cast<std::vector<std::pair<int64_t, int64_t>>>();
     l.final = f["final"].cast<bool>();
@@ -212,7 +220,9 @@ bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stac
         // plan.CallPlan._output_specs is the Python side (tests/gpu/test_dispatch.py compares them)
         const auto s_dtype = (l.scheme == kMxfp8 || l.scheme == kMxfp4) ? at::kByte : at::kFloat;
         const auto s_options = x.options().dtype(s_dtype);
-        if (l.swizzled) {
+        if (l.experts) {
+          outs.push_back(at::empty({experts_scale_rows(tokens, l.experts), swizzled_cols(l.groups)}, s_options));
+        } else if (l.swizzled) {
           outs.push_back(at::empty({swizzled_rows(tokens), swizzled_cols(l.groups)}, s_options));
         } else {
           std::vector<int64_t> s_shape = shape;
@@ -241,9 +251,13 @@ bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stac
     }
     std::optional<at::Tensor> s = outs.size() > 1 ? std::optional<at::Tensor>(outs[1]) : std::nullopt;
     const std::string err =
-        act_quant_checked(l.act, l.scheme, l.layout, outs[0], s, x, optional_arg(args, l.up_index),
-                          optional_arg(args, l.scale_index), l.group_size, l.ue8m0, l.rceil, st_t, st_g,
-                          l.swizzled, l.vectors(tokens), 0, l.act_params, l.scale_floors, l.step, l.apply, l.clamp);
+        l.experts ? experts_quant_checked(l.act, l.scheme, l.layout, outs[0], outs[1], x,
+                                          optional_arg(args, l.up_index), args[l.offsets_index].toTensor(),
+                                          args[l.offsets_index + 1].toTensor(), l.rceil, l.act_params)
+                  : act_quant_checked(l.act, l.scheme, l.layout, outs[0], s, x, optional_arg(args, l.up_index),
+                                      optional_arg(args, l.scale_index), l.group_size, l.ue8m0, l.rceil, st_t,
+                                      st_g, l.swizzled, l.vectors(tokens), 0, l.act_params, l.scale_floors, l.step,
+                                       l.apply, l.clamp);
     if (!err.empty()) return false;
     torch::jit::drop(*stack, n);
     for (auto& o : outs) torch::jit::push(*stack, std::move(o));

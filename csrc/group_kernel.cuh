@@ -12,6 +12,7 @@
 // buffering). The loop bound is block-uniform so every lane reaches the shuffles.
 // Interleaved inputs (IL): the two 16-byte vectors of a thread's 2 * VEC inputs take the
 // place of its gate and up vectors, and are split in registers where they are used.
+// Where the scales go is the Scales policy's (StridedScales; the experts ops' ExpertScales).
 #pragma once
 
 #include "quant_schemes.cuh"
@@ -74,14 +75,32 @@ __device__ __forceinline__ float act_round_amax(float (&y)[N], uint32_t (&yp)[(N
   }
 }
 
+// Where a group kernel stores the scale of group (t, g) (QuantParams::s): at t * stride_t +
+// g * stride_g, or (swizzled, MX) in the 128x4 tiled layout of row-block stride stride_t, whose
+// padding prologue() zeroes before the groups run (it returns whether they run). The experts
+// ops' scales are the other policy (experts_kernel.cuh ExpertScales).
+struct StridedScales {
+  int64_t stride_t, stride_g;
+  bool swizzled;
+  __device__ __forceinline__ int64_t offset(uint32_t t, uint32_t g) const {
+    return swizzled ? swizzled_scale_offset(t, g, stride_t) : int64_t(t) * stride_t + int64_t(g) * stride_g;
+  }
+  template <typename Scale>
+  __device__ __forceinline__ bool prologue(Scale* s, uint32_t tokens, uint32_t groups) const {
+    if (swizzled) {
+      zero_scale_padding(s, tokens, groups, stride_t, blockIdx.x * blockDim.x + threadIdx.x, gridDim.x * blockDim.x);
+    }
+    return true;
+  }
+};
+
 // One step of a sub-warp: prefetch the group after (t, g) into (gn, un), then
 // compute and store group (t, g) from (gv, uv).
-template <typename DT, int GS, typename Act, typename Scheme, int NV, bool IL, bool EVICT_FIRST>
+template <typename DT, int GS, typename Act, typename Scheme, int NV, bool IL, bool EVICT_FIRST, typename Scales>
 __device__ __forceinline__ void group_step(
     uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s, const typename DT::Storage* __restrict__ gate,
     const typename DT::Storage* __restrict__ up, int64_t in_stride, uint32_t total_groups, uint32_t gpr,
-    int64_t hidden,
-    int64_t s_stride_t, int64_t s_stride_g, bool s_swizzled, uint32_t step, uint32_t step_t, uint32_t step_g,
+    int64_t hidden, const Scales& sc, uint32_t step, uint32_t step_t, uint32_t step_g,
     int lane,
     uint32_t& gi, uint32_t& t, uint32_t& g, const uint4 (&gv)[NV], const uint4 (&uv)[NV],
     uint4 (&gn)[NV], uint4 (&un)[NV], const ActArgs& aa, const ScaleRecipe& rr) {
@@ -119,10 +138,7 @@ __device__ __forceinline__ void group_step(
     uint8_t* qp = q + (int64_t(t) * hidden + int64_t(g) * GS + lane * VEC) * Scheme::kBits / 8;
 #pragma unroll
     for (int j = 0; j < NV; ++j) store_bytes<kVecBytes>(qp + j * TPG * kVecBytes, w, j * kVecBytes);
-    if (lane == 0) {
-      s[s_swizzled ? swizzled_scale_offset(t, g, s_stride_t) : int64_t(t) * s_stride_t + int64_t(g) * s_stride_g] =
-          Scheme::scale(st);
-    }
+    if (lane == 0) s[sc.offset(t, g)] = Scheme::scale(st);
   }
   gi += step;
   t = tn;
@@ -131,15 +147,14 @@ __device__ __forceinline__ void group_step(
 
 // MINB > 0 caps registers so that MINB blocks fit on an SM (tried for NV = 2 with
 // MINB = 3: spills, 40% slower; docs/decisions/003-vectors-per-thread.md). EVICT_FIRST: ld_evict_first.
-// IL: interleaved gate / up (act_quant.h Inputs). rr: the FP8 recipe (act_quant.h ScaleRecipe;
-// MX schemes: unused).
+// IL: interleaved gate / up (act_quant.h Inputs). Scales: where the scales go (StridedScales).
+// rr: the FP8 recipe (act_quant.h ScaleRecipe; MX schemes: unused).
 template <typename DT, int GS, typename Act, typename Scheme, int NV, int MINB = 0, bool EVICT_FIRST = false,
-          bool IL = false>
+          bool IL = false, typename Scales = StridedScales>
 __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
     uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s, const typename DT::Storage* __restrict__ gate,
     const typename DT::Storage* __restrict__ up, int64_t in_stride, uint32_t total_groups, uint32_t groups_per_row,
-    int64_t hidden, int64_t s_stride_t, int64_t s_stride_g, bool s_swizzled, const ActArgs aa,
-    const ScaleRecipe rr) {
+    int64_t hidden, const Scales sc, const ActArgs aa, const ScaleRecipe rr) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
   constexpr int EPT = VEC * NV;
@@ -160,22 +175,17 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
   uint4 ga[NV], ua[NV], gb[NV], ub[NV];
   pdl_wait_and_trigger();
   load_group<DT, GS, NV, Act::kGated, IL, EVICT_FIRST>(ga, ua, gate, up, in_stride, gi < total_groups, t, g, lane);
-  if (s_swizzled) {
-    zero_scale_padding(s, total_groups / gpr, gpr, s_stride_t, blockIdx.x * blockDim.x + threadIdx.x,
-                       gridDim.x * blockDim.x);
-  }
+  if (!sc.prologue(s, total_groups / gpr, gpr)) return;
   // Two steps per trip with the buffers swapped: no register copies between steps.
-  // The bound is warp-uniform (the kernel has no block barrier), so every lane reaches
+  // The bound is warp-uniform (no block barrier past the prologue), so every lane reaches
   // the shuffles and warps past the end stop computing.
   while (wbase < total_groups) {
-    group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, gpr, hidden,
-                                                         s_stride_t, s_stride_g, s_swizzled, step, step_t, step_g,
-                                                         lane, gi, t, g, ga, ua, gb, ub, aa, rr);
+    group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, gpr, hidden, sc,
+                                                         step, step_t, step_g, lane, gi, t, g, ga, ua, gb, ub, aa, rr);
     wbase += step;
     if (wbase >= total_groups) break;
-    group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, gpr, hidden,
-                                                         s_stride_t, s_stride_g, s_swizzled, step, step_t, step_g,
-                                                         lane, gi, t, g, gb, ub, ga, ua, aa, rr);
+    group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, gpr, hidden, sc,
+                                                         step, step_t, step_g, lane, gi, t, g, gb, ub, ga, ua, aa, rr);
     wbase += step;
   }
 }

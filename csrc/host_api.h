@@ -23,6 +23,12 @@ std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, at::T
                               std::vector<double> scale_floors = {kDefaultEps, 0.0, 0.0}, int64_t step = kStepFp32,
                               int64_t apply = kApplyDiv, bool clamp = true);
 
+// The same for the experts ops (bindings.cpp experts_quant_impl): s is the experts scale buffer,
+// the offsets' values are checked by the kernel.
+std::string experts_quant_checked(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, at::Tensor s,
+                                  at::Tensor x, std::optional<at::Tensor> up, at::Tensor expert_offsets,
+                                  at::Tensor blockscale_offsets, bool rceil, std::vector<double> act_params = {});
+
 // Add the dispatcher functions of dispatch.cpp to the module.
 void bind_dispatch(pybind11::module_& m);
 

@@ -5,6 +5,7 @@
 #pragma once
 #include "act_quant.h"
 #include "act_kernel.cuh"
+#include "experts_kernel.cuh"
 #include "quantfuse_units.h"  // generated: kActGated
 #include "token_kernel.cuh"
 
@@ -80,8 +81,8 @@ int64_t balanced_grid(int64_t needed, int64_t most) {
   return (needed + trips - 1) / trips;
 }
 
-template <typename Scheme, int GS, int NV>
-const char* launch_group(const QuantParams& p) {
+template <typename Scheme, int GS, int NV, typename Scales>
+const char* launch_group(const QuantParams& p, const Scales& sc) {
   constexpr int TPG = GS / (kVec * NV);
   if constexpr (TPG < 1) {
     return "quantfuse: vectors per thread exceed the group";
@@ -91,13 +92,13 @@ const char* launch_group(const QuantParams& p) {
     // keep plain loads). The GPU tests take both paths: the forced vector counts and bf16
     // 4097 x 2 * 7168 (117 MB; not MXFP4) load plainly, the default count on smaller
     // inputs evict-first. Interleaved inputs: the default count only (fewer instantiations).
-    auto kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV>;
+    auto kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, false, false, Scales>;
     if constexpr (NV == Scheme::kVectors) {
       const bool ef = evict_first_input<Scheme>(p);
-      if (ef) kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, true>;
+      if (ef) kernel = act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, true, false, Scales>;
       if (interleaved(p.in)) {
-        kernel = ef ? act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, true, kIL>
-                    : act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, false, kIL>;
+        kernel = ef ? act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, true, kIL, Scales>
+                    : act_group_quant_kernel<DT, GS, Act, Scheme, NV, 0, false, kIL, Scales>;
       }
     } else {
       if (interleaved(p.in)) return "quantfuse: interleaved inputs take the default vectors per thread";
@@ -117,17 +118,17 @@ const char* launch_group(const QuantParams& p) {
     }
     return launch(kernel, dim3(unsigned(blocks)), dim3(kThreads), p.stream, p.pdl, static_cast<uint8_t*>(p.q),
                   static_cast<typename Scheme::Scale*>(p.s), gate_ptr(p.in), up_ptr(p.in), p.in.in_stride,
-                  uint32_t(total), uint32_t(groups_per_row), p.hidden, p.s_stride_t, p.s_stride_g, p.s_swizzled,
-                  p.act_args, p.recipe);
+                  uint32_t(total), uint32_t(groups_per_row), p.hidden, sc, p.act_args, p.recipe);
   }
 }
 
 template <typename Scheme, int GS>
 const char* dispatch_vectors(const QuantParams& p) {
+  const StridedScales sc{p.s_stride_t, p.s_stride_g, p.s_swizzled};
   switch (p.vectors == 0 ? Scheme::kVectors : p.vectors) {
-    case 1: return launch_group<Scheme, GS, 1>(p);
-    case 2: return launch_group<Scheme, GS, 2>(p);
-    case 4: return launch_group<Scheme, GS, 4>(p);
+    case 1: return launch_group<Scheme, GS, 1>(p, sc);
+    case 2: return launch_group<Scheme, GS, 2>(p, sc);
+    case 4: return launch_group<Scheme, GS, 4>(p, sc);
     default: return "quantfuse: vectors per thread must be 0, 1, 2 or 4";
   }
 }
@@ -152,6 +153,17 @@ const char* dispatch_bool(const QuantParams& p, bool value) {
 }
 template <bool RCEIL> using Mxfp8 = Mx<8, RCEIL>;
 template <bool RCEIL> using Mxfp4 = Mx<4, RCEIL>;
+
+// The experts ops (experts_kernel.cuh): the MX group kernel with the experts' scale policy, at
+// the scheme's default vectors per thread (s_stride_t: the row-block stride of the tiles).
+template <template <bool> class Scheme>
+const char* dispatch_experts(const QuantParams& p) {
+  if (p.vectors != 0) return "quantfuse: the experts kernels take the default vectors per thread";
+  const ExpertScales sc{p.experts.offsets, p.experts.scale_rows, p.s_stride_t, uint32_t(p.s_stride_t / kSwizzleRows),
+                        p.experts.error};
+  return p.rceil ? launch_group<Scheme<true>, kMxBlock, Scheme<true>::kVectors>(p, sc)
+                 : launch_group<Scheme<false>, kMxBlock, Scheme<false>::kVectors>(p, sc);
+}
 
 // Per-token blocks of about block_threads threads (block_threads / threads_x rows).
 template <ApplyCode A, int NV>
@@ -237,8 +249,8 @@ const char* QF_CAT(launch_quant_, QF_UNIT)(const QuantParams& p) {
       if (p.group_size == kFp8GroupSizes[0]) return dispatch_apply<kFp8GroupSizes[0]>(p);
       if (p.group_size == kFp8GroupSizes[1]) return dispatch_apply<kFp8GroupSizes[1]>(p);
       return "quantfuse: group_size is not one the kernels take";
-    case kMxfp8: return dispatch_bool<Mxfp8, kMxBlock>(p, p.rceil);
-    case kMxfp4: return dispatch_bool<Mxfp4, kMxBlock>(p, p.rceil);
+    case kMxfp8: return p.experts.offsets.experts ? dispatch_experts<Mxfp8>(p) : dispatch_bool<Mxfp8, kMxBlock>(p, p.rceil);
+    case kMxfp4: return p.experts.offsets.experts ? dispatch_experts<Mxfp4>(p) : dispatch_bool<Mxfp4, kMxBlock>(p, p.rceil);
     case kStatic:
       // the apply form is the per-element work (no reduction, no fast path to choose)
       if (p.recipe.apply == kApplyMulInv) {

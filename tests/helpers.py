@@ -157,3 +157,26 @@ def emulate_interpreted_kernels() -> None:
     torch.exp = numpy_exp
     reference.div_scalar = lambda t, qmax: t * torch.full_like(t, 1.0 / qmax)
     reference.sigmoid = lambda t: 1.0 / (1.0 + torch.exp(-t))
+
+
+def cpu_harness(folder, source: str):
+    """A C++ program compiled for the CPU against csrc/ and the generated catalog header (for the
+    host + device headers: scale_layout.h, experts_layout.h); pytest.skip without a compiler."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+
+    from quantfuse import catalog
+
+    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    d, csrc = Path(folder), Path(__file__).resolve().parents[1] / "csrc"
+    (d / "h.cpp").write_text(source)
+    (d / "quantfuse_catalog.h").write_text(catalog.cpp_header())  # generated at build time too
+    subprocess.run([cxx, "-std=c++17", "-O1", "-I", str(csrc), "-I", str(d), str(d / "h.cpp"), "-o", str(d / "h")],
+                   check=True)
+    return d / "h"
+

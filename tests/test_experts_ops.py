@@ -188,16 +188,70 @@ def test_bad_inputs_name_the_problem(change, exc, match):
         _bad(**change)()
 
 
-def test_cuda_backend_declines_the_experts_ops_with_a_reason():
-    eo, bo = offsets([2])
+@pytest.fixture
+def cuda_extension(monkeypatch):
+    """The CUDA backend as on a GPU machine whose extension built (its answers cached apart)."""
+    from quantfuse.custom_ops import oracle
+
+    monkeypatch.setattr(cuda_backend, "is_available", lambda: True)
+    monkeypatch.setattr(cuda_backend, "_support", {})
+    monkeypatch.setattr(cuda_backend, "_fixed", {})
+    monkeypatch.setattr(oracle, "_choices", {})
+
+
+def _cuda_plan(entry, counts, hidden, dtype=torch.bfloat16, *params, **kw):
+    eo, bo = offsets(counts)
+    width = 2 * hidden if entry.activation.gated and "up" not in kw else hidden
+    p = make_plan(entry, torch.zeros(sum(counts), width, dtype=dtype), (len(counts), 8, *params), scale=(eo, bo), **kw)
+    return dataclasses.replace(p, device_type="cuda", aligned=True)
+
+
+def test_cuda_backend_runs_every_experts_plan(cuda_extension):
+    """supports() accepts every experts op, dtype, layout and MX rounding, the oracle picks the
+    CUDA kernel for them, and the launch arguments name the offsets' positions in the schema."""
+    from quantfuse.custom_ops import oracle, ops
+
+    codes = catalog.codes()
     for name, entry in catalog.OPS.items():
-        if not entry.experts or not entry.activation.cuda:
+        if not entry.experts:
             continue
-        width = 128 if entry.activation.gated else 64
-        p = make_plan(entry, torch.zeros(2, width, dtype=torch.bfloat16), (1, 1), scale=(eo, bo))
-        p = dataclasses.replace(p, device_type="cuda", aligned=True)
-        assert cuda_backend._reason(p) == ("the experts ops (per-expert swizzled scales) have no CUDA kernel: "
-                                           "Triton runs them"), name
+        layouts = [{}, {"interleaved": True}, {"up": torch.zeros(3, 64)}] if entry.activation.gated else [{}]
+        for dtype, rounding, kw in itertools.product(catalog.INPUT_DTYPES, ROUNDINGS, layouts):
+            kw = {k: v.to(dtype) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+            p = _cuda_plan(entry, [1, 0, 2], 64, dtype, rounding, **kw)
+            assert cuda_backend.supports(p) is None, (name, dtype, rounding, kw)
+            assert oracle.backend_name(p) == "cuda", name
+        p = _cuda_plan(entry, [1, 0, 2], 64, torch.bfloat16, "floor")
+        args = cuda_backend.launch_args(p, [a.name for a in ops.OPS[name].default._schema.arguments])
+        assert (args["experts"], args["offsets_index"], args["swizzled"], args["rceil"]) == (3, 1, True, False)
+        assert args["scheme"] == codes[f"scheme_{entry.scheme.key}"] and args["groups"] == 2
+        assert args["up_index"] == (6 if entry.activation.gated else -1)
+
+
+def test_cuda_backend_declines_what_the_kernel_does_not_do(cuda_extension):
+    entry = catalog.OPS["silu_and_mul_mxfp8_experts_quant"]
+    p = _cuda_plan(entry, [2, 1], 64)
+    assert cuda_backend.supports(dataclasses.replace(p, aligned=False)) == "input not 16-byte aligned"
+    assert "not a kernel recipe" in cuda_backend.supports(_cuda_plan(entry, [2, 1], 64, recipe="clamp=False"))
+    assert cuda_backend.supports(dataclasses.replace(p, device_type="cpu")) == "input on cpu, not CUDA"
+
+
+def test_benchmark_counts_every_byte_the_kernel_moves():
+    """bench_pairs --experts: the input, q, the whole scale buffer (padding included: the kernel
+    writes it) and the offsets; the routing covers every row."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import bench_pairs
+    finally:
+        sys.path.pop(0)
+    entry = catalog.OPS["silu_and_mul_mxfp4_experts_quant"]
+    # 300 rows of 2 x 64 bf16 in, 300 x 32 bytes of q, 640 x 4 scale bytes, 2 x 4 int32 offsets
+    assert bench_pairs.experts_cell_bytes(entry, 300, 64, 3, 2) == 300 * 128 * 2 + 300 * 32 + 640 * 4 + 2 * 4 * 4
+    entry = catalog.OPS["mxfp8_experts_quant"]
+    assert bench_pairs.experts_cell_bytes(entry, 1, 2048, 256, 2) == 2048 * 2 + 2048 + 128 * 64 + 2 * 257 * 4
+    split = bench_pairs.expert_split(4096, 256)
+    assert len(split) == 256 and sum(split) == 4096 and split == bench_pairs.expert_split(4096, 256)
+    assert 0 < max(split) < 64
 
 
 @pytest.mark.parametrize("act", ["silu_and_mul", "relu2"])

@@ -96,12 +96,14 @@ def test_build_lands_atomically_and_a_damaged_one_is_rebuilt(fake_cuda, tmp_path
     assert mod is not None and cuda_backend._failed is None
     (bdir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert bdir.name.startswith("cuda_") and len(fake_cuda) == 1
-    # a loaded library becomes the CUDA kernel of the ops with CUDA units (csrc/dispatch.cpp)
+    # a loaded library becomes the CUDA kernel of the ops with CUDA units (csrc/dispatch.cpp),
+    # the experts ops included
     from quantfuse import catalog
     from quantfuse.custom_ops import ops
 
     (names, decide), = cuda_backend._module.REGISTERED
-    assert names == [e.name for e in catalog.OPS.values() if e.activation.cuda and not e.experts]
+    assert names == [e.name for e in catalog.OPS.values() if e.activation.cuda]
+    assert {"mxfp4_experts_quant", "silu_and_mul_mxfp8_experts_quant"} <= set(names)
     assert decide is ops.fast_path_decision
     assert fake_cuda[0].parent == tmp_path and fake_cuda[0] != bdir  # built elsewhere, then renamed
     lib, why = cuda_backend.verify_cached(bdir)

@@ -5,17 +5,14 @@ scales, padding zeros included. Skipped without a C++ compiler."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 
-from quantfuse import catalog
+from helpers import cpu_harness
 from quantfuse.custom_ops.reference import swizzle_128x4
 
-CSRC = Path(__file__).resolve().parents[1] / "csrc"
 HARNESS = r"""
 #include "scale_layout.h"
 #include <cstdio>
@@ -36,15 +33,7 @@ int main(int argc, char** argv) {
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory):
-    cxx = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-    if cxx is None:
-        pytest.skip("no C++ compiler")
-    d = tmp_path_factory.mktemp("scale_layout")
-    (d / "h.cpp").write_text(HARNESS)
-    (d / "quantfuse_catalog.h").write_text(catalog.cpp_header())  # generated at build time too
-    subprocess.run([cxx, "-std=c++17", "-O1", "-I", str(CSRC), "-I", str(d), str(d / "h.cpp"), "-o", str(d / "h")],
-                   check=True)
-    return d / "h"
+    return cpu_harness(tmp_path_factory.mktemp("scale_layout"), HARNESS)
 
 
 @pytest.mark.parametrize("tokens,groups", [(1, 1), (5, 5), (128, 4), (130, 3), (301, 224), (257, 9), (0, 4)])

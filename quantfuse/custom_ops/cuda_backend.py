@@ -264,7 +264,7 @@ def _register_dispatch(module: ModuleType) -> None:
         return
     from quantfuse.custom_ops import ops
 
-    names = [e.name for e in catalog.OPS.values() if e.activation.cuda and not e.experts]
+    names = [e.name for e in catalog.OPS.values() if e.activation.cuda]
     module.register_ops(names, ops.fast_path_decision)
     log.info("quantfuse: CUDA kernels registered on the dispatcher for %d ops", len(names))
 
@@ -284,6 +284,15 @@ def reset_dispatch(decisions: bool = False) -> None:
         _module.reset_dispatch_counts()
         if decisions:
             _module.clear_dispatch_decisions()
+
+
+def experts_offset_error(clear: bool = True) -> bool:
+    """Whether an experts kernel found inconsistent ``expert_offsets`` / ``blockscale_offsets``
+    since the flag was last cleared (then it wrote every scale byte as 0xFF, E8M0 NaN). The
+    kernels set a host-mapped flag, read here without a synchronisation: it covers the kernels
+    that have finished (call ``torch.cuda.synchronize()`` first to cover every launched one).
+    False before the extension is loaded. ``clear``: lower the flag."""
+    return bool(_module.experts_offset_error(clear)) if _module is not None else False
 
 
 def is_available() -> bool:
@@ -316,8 +325,6 @@ def _reason(plan) -> str | None:
         return f"dtype {plan.dtype} has no kernels"
     if not plan.activation.cuda:
         return f"activation {plan.activation.name} has no CUDA unit (catalog: Activation.cuda)"
-    if plan.entry.experts:
-        return "the experts ops (per-expert swizzled scales) have no CUDA kernel: Triton runs them"
     if not plan.aligned:
         return "input not 16-byte aligned"
     why = plan.kernel_reason()
@@ -423,18 +430,28 @@ def launch_args(plan, argument_names: list[str]) -> dict:
     r = plan.recipe
     classes, final = _classes(plan)
     recipe = _recipes.get(plan.key) or _recipe_args(plan)
+    experts = plan.entry.experts
     return dict(act=act, scheme=scheme, layout=layout, group_size=gs, groups=groups, hidden=plan.hidden,
                 q_width=plan.hidden if r is None else r.q_width(plan.hidden), ue8m0=ue8m0, rceil=rceil,
                 swizzled=swizzled, column_major=column, act_params=list(plan.act_params),
                 up_index=argument_names.index("up") if "up" in argument_names else -1,
                 scale_index=argument_names.index("scale") if "scale" in argument_names else -1,
-                token_classes=[tuple(c) for c in classes], final=final, **recipe)
+                token_classes=[tuple(c) for c in classes], final=final,
+                experts=plan.num_experts if experts else 0,
+                # expert_offsets, then blockscale_offsets (catalog.EXPERTS_TENSORS)
+                offsets_index=argument_names.index(catalog.EXPERTS_TENSORS[0]) if experts else -1, **recipe)
 
 
 def run(plan, outputs, x, up, scale) -> None:
     """Write ``outputs`` (``plan.empty_outputs``) for a plan :func:`supports` accepted;
-    ``up``: the separate layout's second tensor, ``scale``: the static scheme's (else None)."""
-    err = _launch(plan, outputs, x, up, scale, tuning.vectors_for(_classes(plan)[0], plan.tokens))
+    ``up``: the separate layout's second tensor, ``scale``: the static scheme's, or the experts ops'
+    ``(expert_offsets, blockscale_offsets)`` (else None)."""
+    if plan.entry.experts:  # the kernel checks the offsets' values (docs/decisions/021)
+        act, scheme, layout, gs, ue8m0, rceil, swizzled, column, groups = _fixed.get(plan.key) or _fixed_args(plan)
+        err = (_module or _mod()).experts_quant(act, scheme, layout, outputs[0], outputs[1], x, up, scale[0],
+                                                scale[1], rceil, act_params=plan.act_params)
+    else:
+        err = _launch(plan, outputs, x, up, scale, tuning.vectors_for(_classes(plan)[0], plan.tokens))
     if err:
         raise RuntimeError(err)
 

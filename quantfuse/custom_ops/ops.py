@@ -53,7 +53,9 @@ def _plan(entry: OpEntry, x, args, up, interleaved, recipe, act_params, make=mak
 
 def _capturing(x: torch.Tensor) -> bool:
     # the offsets' values are read on the host (one sync): not while a CUDA graph is captured,
-    # where a copy to the host is an error (warm-up runs before a capture are eager, and checked)
+    # where a copy to the host is an error (warm-up runs before a capture are eager, and checked);
+    # the CUDA kernel checks them itself, so the C++ dispatcher path reads none on the host
+    # (docs/decisions/021-experts-kernel-checks-offsets.md)
     return x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 

@@ -5,6 +5,8 @@ CallPlan._output_specs), and every call it does not take must reach the Python k
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -20,12 +22,27 @@ if torch.cuda.is_available() and not cuda_backend.is_available():
 SCHEME_ARGS = {"fp8_per_group": [(128,), (64, True), (128, False, True)], "fp8_per_token": [()],
                "fp8_static": ["scale"], "mxfp8": [("floor",), ("rceil", True)], "mxfp4": [("floor",), ("rceil", True)]}
 LEADS = [(0,), (1,), (37,), (2, 129)]
-DISPATCHED = [e for e in catalog.OPS.values() if e.activation.cuda and not e.experts]
+DISPATCHED = [e for e in catalog.OPS.values() if e.activation.cuda]
+
+
+def _expert_offsets(counts, dtype):
+    eo, bo = [0], [0]
+    for n in counts:
+        eo.append(eo[-1] + n)
+        bo.append(bo[-1] + -(-n // catalog.SWIZZLE_ROWS) * catalog.SWIZZLE_ROWS)
+    return torch.tensor(eo, dtype=dtype, device="cuda"), torch.tensor(bo, dtype=dtype, device="cuda")
 
 
 def _calls(entry, lead, dtype, gen):
     width = 512 * (2 if entry.activation.gated else 1)
+    if entry.experts:  # 2-d x; the tokens over three experts, one empty
+        lead = (math.prod(lead),)
     x = (torch.randn(*lead, width, device="cuda", generator=gen) * 3).to(dtype)
+    if entry.experts:
+        t = lead[0]
+        for rounding, odtype in (("floor", torch.int32), ("rceil", torch.int64)):
+            yield x, (*_expert_offsets([t // 2, 0, t - t // 2], odtype), 3, 8, rounding)
+        return
     if entry.scheme is None:
         yield x, ()
         return
@@ -80,17 +97,18 @@ def test_calls_it_does_not_take_reach_the_python_kernel(monkeypatch):
     assert cuda_backend.dispatch_counts() == {"silu_and_mul_per_block_quant": 1}
 
 
-def test_ops_without_cuda_kernels_are_not_on_the_dispatcher():
-    """Exactly the ops with CUDA kernels are registered (not the experts ops, not activations
-    without CUDA units), and a call of another op runs in Python."""
+def test_the_ops_with_cuda_kernels_are_on_the_dispatcher():
+    """Exactly the ops with CUDA kernels are registered (the experts ops too: their offsets'
+    values are checked by the kernel, so the C++ path needs no copy to the host)."""
     assert set(cuda_backend._module.dispatch_counts()) == {e.name for e in DISPATCHED}
     x = torch.randn(300, 512, device="cuda", dtype=torch.bfloat16)
     offsets = torch.tensor([0, 100, 300], device="cuda", dtype=torch.int32)
     blocks = torch.tensor([0, 128, 384], device="cuda", dtype=torch.int32)
+    op = ops.OPS["mxfp8_experts_quant"]
+    op(x, offsets, blocks, 2, 1)
     oracle.reset_counts()
-    ops.OPS["mxfp8_experts_quant"](x, offsets, blocks, 2, 1)
-    assert cuda_backend.dispatch_counts() == {}
-    assert oracle.call_counts() == {("mxfp8_experts_quant", "triton"): 1}
+    op(x, offsets, blocks, 2, 1)
+    assert cuda_backend.dispatch_counts() == {"mxfp8_experts_quant": 1}
 
 
 def test_clear_cache_forgets_the_decisions():
