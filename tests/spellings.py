@@ -76,9 +76,15 @@ class ActSpelling:
         return up * self._silu(gate) if self.swap_operands else self._silu(gate) * up
 
     def _act_note_ok(self, note: str) -> bool:
-        """The rewrite's note is the one this activation's spelling calls for."""
-        fp32_silu = self.dtype == torch.float32 and self.act == "silu" and self.silu_form != "exp"
-        return ("float32 silu" in note) == fp32_silu
+        """The rewrite's note is the one this activation's spelling calls for: a float32 SiLU is
+        noted (post-grad, F.silu and x / (1 + exp(-x)) are one graph; the fused op computes the
+        latter, which eager's F.silu kernel is not to the last bit)."""
+        return ("float32 silu" in note) == (self.dtype == torch.float32 and self.act == "silu")
+
+    @property
+    def act_bit_exact(self) -> bool:
+        """Eager runs the activation as the fused op computes it (not fp32 F.silu)."""
+        return not (self.dtype == torch.float32 and self.act == "silu" and self.silu_form != "exp")
 
     @property
     def activation(self) -> str:
