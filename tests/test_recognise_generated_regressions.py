@@ -111,6 +111,14 @@ def test_e2m1_by_a_lookup_in_a_constant_table(search):
     assert torch.equal(eq, fq) and torch.equal(es, fs)
 
 
+def test_lookup_table_read_in_inductors_own_graph():
+    """In Inductor's post-grad graph itself (``quantfuse.explain``, not a copy) the literal is an
+    attribute of the graph's module, which the recogniser reads."""
+    with torch.no_grad():
+        (site,) = quantfuse.explain(_bucketize_site(EVEN), X).sites
+    assert site.status == "fused" and site.fused_op == "quantfuse.silu_and_mul_mxfp4_quant", str(site)
+
+
 def test_lookups_that_are_not_e2m1_are_near_misses():
     def reason(fn, *xs):
         gm, _, code, report = _run(fn, *xs)
