@@ -27,8 +27,7 @@ REASONS = {
     **{(torch.float8_e4m3fn, m): "(aten.view.dtype) is not an op the recogniser reads" for m in ("FLOOR", "CEIL", "EVEN")},
     (torch.float8_e4m3fn, "RCEIL"): "selects with a condition the recogniser does not read",
     **{(torch.float4_e2m1fn_x2, m): "computed from the float's bits, as torchao's to_mx does" for m in ("FLOOR", "CEIL", "EVEN")},
-    (torch.float4_e2m1fn_x2, "RCEIL"): "the activation is multiplied by `where_4`, a scale the recogniser does not "
-                                       "read: `where_4` selects with a condition the recogniser does not read",
+    (torch.float4_e2m1fn_x2, "RCEIL"): "the E2M1 codes are not computed from y / 2^e in float32",
 }
 
 
