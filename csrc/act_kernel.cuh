@@ -1,6 +1,6 @@
 // Elementwise kernel: act(x) -> input dtype (the unfused activation ops), or, with
 // Q = Fp8Static<A>, act(x) -> static per-tensor FP8 (its scale is an input: nothing to
-// reduce; rr its apply form and clamp, unused by the activation ops). Block b handles chunk (b % chunks_per_row) of row (b / chunks_per_row): one
+// reduce). Block b handles chunk (b % chunks_per_row) of row (b / chunks_per_row): one
 // division per thread, 64-bit offsets. VEC is 16 / sizeof(element) when the row allows
 // it, else 1 (scalar path for odd widths, activation only).
 #pragma once
@@ -14,8 +14,7 @@ namespace quantfuse {
 template <typename DT, typename Act, int VEC, bool IL, typename Q = void>
 __global__ void __launch_bounds__(kThreads) act_kernel(
     void* __restrict__ out, const typename DT::Storage* __restrict__ gate, const typename DT::Storage* __restrict__ up,
-    int64_t in_stride, int64_t d, uint32_t chunks_per_row, const float* __restrict__ scale, const ActArgs aa,
-    const ScaleRecipe rr) {
+    int64_t in_stride, int64_t d, uint32_t chunks_per_row, const float* __restrict__ scale, const ActArgs aa) {
   using S = typename DT::Storage;
   constexpr bool kQuant = !std::is_void_v<Q>;
   static_assert(!kQuant || VEC * sizeof(S) == 16, "the static FP8 path takes 16-byte vectors");
@@ -62,9 +61,9 @@ __global__ void __launch_bounds__(kThreads) act_kernel(
       }
     }
     if constexpr (kQuant) {
-      const auto st = Q::prepare(__ldg(scale), rr);
+      const auto st = Q::prepare(__ldg(scale));
       uint32_t w[VEC / 4];
-      Q::template encode<VEC>(y, st, w, rr);
+      Q::template encode<VEC>(y, st, w);
       store_bytes<VEC>(static_cast<uint8_t*>(out) + out_off, w, 0);
     } else {
       *reinterpret_cast<uint4*>(static_cast<S*>(out) + out_off) = ov;

@@ -394,81 +394,85 @@ __device__ __forceinline__ void split_interleaved(uint4& a, uint4& b) {
 // ---------------------------------------------------------------------------
 // Quantisation: scale and y / scale.
 // ---------------------------------------------------------------------------
-// Smallest power of two >= s for s >= +0, exactly from the bits (reference.ue8m0_ceil): a
-// normal s goes up to the next binade unless it is a power of two (a full binade 254 gives inf,
-// as ldexp does); a subnormal one (a recipe without a floor) to the power of two above its
-// highest bit, 2^-126 from the top of the range; 0, inf and NaN pass through.
+// Smallest power of two >= s, exactly from the bits (reference.ue8m0_ceil), for
+// s = max(amax, 1e-10) * (1/448) >= 2.2e-13, i.e. never subnormal; NaN and inf
+// pass through; a full binade-254 value rounds up to inf, like ldexp.
 __device__ __forceinline__ float ue8m0_ceil(float s) {
+  const uint32_t b = __float_as_uint(s);
+  if ((b & 0x7f800000u) == 0x7f800000u || (b & 0x7fffffu) == 0) return s;
+  return __uint_as_float(((b >> 23) + 1) << 23);
+}
+
+// The same for any s >= +0 (a recipe without a floor): a subnormal s goes to the power of two
+// above its highest bit (2^-126 from the top of the range); 0 passes through.
+__device__ __forceinline__ float ue8m0_ceil_any(float s) {
   const uint32_t b = __float_as_uint(s), m = b & 0x7fffffu;
-  if ((b & 0x7f800000u) == 0x7f800000u || m == 0) return s;
-  if (b >= 0x00800000u) return __uint_as_float(((b >> 23) + 1) << 23);
+  if (b >= 0x00800000u || m == 0) return ue8m0_ceil(s);
   return (m & (m - 1)) == 0 ? s : __uint_as_float(1u << (32 - __clz(m)));
 }
 
-// The scale of a group (or row) from its amax, the NaN-propagating max of |y|, for a dynamic
-// recipe (act_quant.h ScaleRecipe). `amax / 448` as torch evaluates it on CUDA (eager with a CPU
-// scalar divisor, and Inductor's div-by-constant lowering) is amax * fp32(1/448), which can differ
-// by one ulp from a true division: this is what makes scales bit-equal to the native graph; for
-// kStepInput it is rounded to the input dtype DT, as eager stores a 16-bit amax / 448 (an fp32
-// input: no rounding). The floors are NaN-keeping maxima, as torch's clamp_min. UE8M0: kUe8m0Exact
-// the smallest power of two >= s; kUe8m0Exp2 torch's exp2(ceil(log2(s))) (below s where log2
-// rounds down to an integer), with the CUDA math library functions that torch's own CUDA log2 /
-// ceil / exp2 kernels call, so the bits are eager's.
+// The default scale step of the dynamic FP8 kernels (Fp8Step::kDefault, kDefaultUe8m0: the op
+// parameters' recipes): amax * fp32(1/448), as torch evaluates `amax / 448` on CUDA (eager with
+// a CPU scalar divisor, and Inductor's div-by-constant lowering): can differ by one ulp from a
+// true division, so this is what makes scales bit-equal to the native graph. UE8M0: the smallest
+// power of two >= s (a normal one: s is in [2^-43, 2^120]).
+template <bool UE8M0>
+__device__ __forceinline__ float group_scale(float amax) {
+  const float s = __fmul_rn(nan_max(amax, kDefaultEps), 1.0f / kFp8Max);
+  if constexpr (UE8M0) return ue8m0_ceil(s);
+  else return s;
+}
+
+// The scale step of any dynamic recipe (act_quant.h ScaleRecipe; Fp8Step::kRecipe): as above,
+// the floors NaN-keeping maxima as torch's clamp_min; for kStepInput the scale is rounded to the
+// input dtype DT, as eager stores a 16-bit amax / 448 (an fp32 input: no rounding). kUe8m0Exp2 is
+// torch's exp2(ceil(log2(s))) (below s where log2 rounds down to an integer), with the CUDA math
+// library functions that torch's own CUDA log2 / ceil / exp2 kernels call, so the bits are eager's.
 template <typename DT>
-__device__ __forceinline__ float fp8_scale(float amax, const ScaleRecipe& rr) {
+__device__ __forceinline__ float recipe_scale(float amax, const ScaleRecipe& rr) {
   float s = __fmul_rn(nan_max(amax, rr.amax_floor), 1.0f / kFp8Max);
   if (rr.step == kStepInput) s = DT::round(s);
   s = nan_max(s, rr.scale_floor);
   if (rr.ue8m0 == kUe8m0Exact) {
-    s = ue8m0_ceil(s);
+    s = ue8m0_ceil_any(s);
   } else if (rr.ue8m0 == kUe8m0Exp2) {
     s = exp2f(ceilf(log2f(s)));
   }
   return nan_max(s, rr.pow2_floor);
 }
 
-// The scales whose quotients the per-element fast forms compute exactly: s and 1/s normal, and
-// |y / s| far enough from fp32's limits that markstein_div's residual is exact wherever the e4m3
-// code depends on it (|y / s| >= 2^-11). Every scale of the default recipe (s >= 1e-10 / 448 >
-// 2^-43, and at most 2^119) is one.
-constexpr float kFastScaleMin = 0x1p-64f, kFastScaleMax = 0x1p126f;
-// amax <= s * kUnclampedBound keeps every |y / s| (and |y * RN(1/s)|) below kFp8Overflow, with
-// room for the roundings of the product and the quotient: the cast then needs no clamp.
-constexpr float kUnclampedBound = kFp8Overflow * 0.99f;
-
-// 1/s for a power of two s in [kFastScaleMin, kFastScaleMax], exactly from the bits.
-__device__ __forceinline__ float pow2_recip(float s) {
-  return __uint_as_float((254u - (__float_as_uint(s) >> 23)) << 23);
+// RN(y / s) for finite s:
+//  UE8M0: s is a power of two in [2^-126, 2^126], r = 1/s exact from the bits, and
+//    y * r is the correctly rounded quotient (one FMUL); so is it for the recipe y * (1 / s)
+//    with r = RN(1/s).
+//  fp32: r = RN(1/s) once per group; q0 = y*r and q0 + RN(y - q0*s)*r (fma) is the
+//    correctly rounded quotient (Markstein; Handbook of FP Arithmetic, thm 8.10) as
+//    long as nothing underflows; a result below 2^-126 is 0 in e4m3 either way and
+//    keeps y's sign (markstein_div: y = -0 gives -0).
+template <bool UE8M0>
+__device__ __forceinline__ float group_recip(float s) {
+  if constexpr (UE8M0) return __uint_as_float((254u - (__float_as_uint(s) >> 23)) << 23);
+  else return __frcp_rn(s);
 }
-
-// y / s or y * r (r = RN(1/s)) for a scale in the fast range:
-//  kApplyDiv: q0 = y*r and q0 + RN(y - q0*s)*r (fma) is the correctly rounded quotient
-//    (Markstein; Handbook of FP Arithmetic, thm 8.10) as long as nothing underflows; a result
-//    below 2^-126 is 0 in e4m3 either way and keeps y's sign (markstein_div: y = -0 gives -0).
-//  kApplyMulInv: y * r, one FMUL: the recipe y * (1 / s), and y / s itself for a power-of-two s
-//    (UE8M0), where r = 1/s exactly.
-template <ApplyCode A>
-__device__ __forceinline__ float scale_fast(float y, float s, float r) {
-  if constexpr (A == kApplyMulInv) {
+template <bool UE8M0>
+__device__ __forceinline__ float div_by_scale(float y, float s, float r) {
+  if constexpr (UE8M0) {
     return __fmul_rn(y, r);
   } else {
     return markstein_div(y, s, r);
   }
 }
+// The scales of any recipe for which those forms are exact: s and 1/s normal, and |y / s| far
+// from fp32's limits, so that markstein_div's residual is exact wherever the e4m3 code depends on
+// it (|y / s| >= 2^-11). Every scale of the default step (s >= 1e-10 / 448 > 2^-43, and at most
+// 2^120) is one; others (recipes without a floor, specials) divide per element.
+constexpr float kFastScaleMin = 0x1p-64f, kFastScaleMax = 0x1p126f;
+
 // RNE to e4m3 with saturation: SATFINITE equals the reference's clamp(-448, 448)
 // then cast (anything past 448, inf included, goes to 448) and keeps NaN as NaN.
 // One cvt.rn.satfinite.e4m3x2.f32 for two values; a lands in the low byte.
 __device__ __forceinline__ uint32_t e4m3x2(float a, float b) {
   return __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
-}
-// torch's cast without a clamp (c10 fp8e4m3fn_from_fp32_value): as e4m3x2 up to kFp8Overflow
-// (in (448, 464] it rounds to 448 too), NaN (0x7F with v's sign) beyond it, inf included.
-__device__ __forceinline__ uint32_t e4m3x2_unclamped(float a, float b) {
-  auto nan_past = [](float v, uint32_t code) {
-    return fabsf(v) > kFp8Overflow ? 0x7fu | ((__float_as_uint(v) >> 24) & 0x80u) : code;
-  };
-  const uint32_t w = e4m3x2(a, b);
-  return nan_past(a, w & 0xffu) | (nan_past(b, w >> 8) << 8);
 }
 
 }  // namespace quantfuse

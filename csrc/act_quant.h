@@ -41,14 +41,15 @@ struct ActArgs {
 // works the floors out): s = max(amax, amax_floor) * fp32(1/448), rounded to the input dtype for
 // kStepInput; s = max(s, scale_floor); the UE8M0 rounding; s = max(s, pow2_floor). A floor of 0 is
 // none: every amax and scale is +0 or more, or NaN, which the NaN-keeping max keeps. Then, and for
-// kStatic with its given scale, q = e4m3(y / s or y * RN(1/s) by apply, clamped to +-448 or not).
-// Values read at run time; only the per-element form picks a kernel (Fp8Scaled<A>, Fp8Static<A>).
+// kStatic with its given scale, q = e4m3(clamp(y / s or y * RN(1/s) by apply, -448, 448)): a
+// recipe without the clamp reaches the kernels only where torch's cast saturates, the same bits
+// (catalog.E4M3_CAST_SATURATES). The op parameters' recipes run the default kernels, every other
+// the kernel that reads these at run time (quant_schemes.cuh Fp8Step; static: Fp8Static<apply>).
 struct ScaleRecipe {
   float amax_floor, scale_floor, pow2_floor;
   StepCode step;
   Ue8m0Code ue8m0;  // power-of-two scales (catalog.Ue8m0: none, exact, exp2)
   ApplyCode apply;
-  bool clamp;
 };
 
 // The experts ops (catalog OpEntry.experts; experts_kernel.cuh): tokens sorted by expert, MX

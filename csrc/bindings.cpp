@@ -191,7 +191,7 @@ std::string activation_impl(int64_t act, const Operands& o, at::Tensor out, cons
 // The FP8 recipe (act_quant.h ScaleRecipe) from its codes and floors (CallPlan.fp8_floors:
 // amax, scale before the power-of-two rounding, after it), fp32 as the kernels compare them.
 std::string scale_recipe(quantfuse::ScaleRecipe& r, int64_t ue8m0, const std::vector<double>& floors, int64_t step,
-                         int64_t apply, bool clamp) {
+                         int64_t apply) {
   QF_CHECK(ue8m0 >= 0 && ue8m0 <= quantfuse::kUe8m0Exp2, "quantfuse: UE8M0 code must be in [0, ",
            int(quantfuse::kUe8m0Exp2) + 1, "), got ", ue8m0);
   QF_CHECK(step == quantfuse::kStepFp32 || step == quantfuse::kStepInput, "quantfuse: step dtype code must be ",
@@ -201,20 +201,20 @@ std::string scale_recipe(quantfuse::ScaleRecipe& r, int64_t ue8m0, const std::ve
   QF_CHECK(floors.size() == 3, "quantfuse: scale_floors takes 3 values (amax, scale, after UE8M0), got ",
            floors.size());
   r = quantfuse::ScaleRecipe{float(floors[0]), float(floors[1]), float(floors[2]), quantfuse::StepCode(step),
-                             quantfuse::Ue8m0Code(ue8m0), quantfuse::ApplyCode(apply), clamp};
+                             quantfuse::Ue8m0Code(ue8m0), quantfuse::ApplyCode(apply)};
   return {};
 }
 
 // act(x) -> scheme, written into q (and s: see QuantParams for the layout); scheme
 // kNoScheme: q is act(x)'s output in x's dtype. up: the separate layout's second
-// operand; scale: kStatic's one-element fp32 scale. ue8m0, scale_floors, step, apply, clamp: the
-// FP8 recipe (scale_recipe; MX: unused).
+// operand; scale: kStatic's one-element fp32 scale. ue8m0, scale_floors, step, apply: the FP8
+// recipe (scale_recipe; MX: unused).
 std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tensor q,
                            const std::optional<at::Tensor>& s_opt, at::Tensor x, const std::optional<at::Tensor>& up,
                            const std::optional<at::Tensor>& scale, int64_t group_size, int64_t ue8m0, bool rceil,
                            int64_t s_stride_t, int64_t s_stride_g, bool swizzled, int64_t vectors,
                            int64_t blocks_per_sm, const std::vector<double>& act_params,
-                           const std::vector<double>& scale_floors, int64_t step, int64_t apply, bool clamp,
+                           const std::vector<double>& scale_floors, int64_t step, int64_t apply,
                            const quantfuse::ExpertsArgs* experts = nullptr) {
   Operands o{};
   QF_TRY(operands(o, act, layout, x, up));
@@ -267,7 +267,7 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tens
   p.vectors = vectors;
   p.blocks_per_sm = blocks_per_sm;
   p.act_args = aa;
-  QF_TRY(scale_recipe(p.recipe, ue8m0, scale_floors, step, apply, clamp));
+  QF_TRY(scale_recipe(p.recipe, ue8m0, scale_floors, step, apply));
   if (is_static) {
     QF_CHECK(!s_opt.has_value(), "quantfuse: the static scheme has no scale output");
     QF_CHECK(scale.has_value(), "quantfuse: the static scheme needs its scale tensor");
@@ -393,7 +393,7 @@ std::string experts_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::
                                         expert_offsets.numel() - 1, expert_offsets.scalar_type() == at::kLong};
   ea.error = experts_error_flag().device;
   return act_quant_impl(act, scheme, layout, q, s, x, up, std::nullopt, quantfuse::kMxBlock, 0, rceil, 0, 0, true, 0,
-                        0, act_params, {0.0, 0.0, 0.0}, quantfuse::kStepFp32, quantfuse::kApplyDiv, true, &ea);
+                        0, act_params, {0.0, 0.0, 0.0}, quantfuse::kStepFp32, quantfuse::kApplyDiv, &ea);
 }
 
 // fn()'s message ("" on success); an exception from ATen itself (not expected after the
@@ -419,10 +419,10 @@ std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, at::T
                       at::Tensor x, std::optional<at::Tensor> up, std::optional<at::Tensor> scale, int64_t group_size,
                       int64_t ue8m0, bool rceil, int64_t s_stride_t, int64_t s_stride_g, bool swizzled,
                       int64_t vectors, int64_t blocks_per_sm, std::vector<double> act_params,
-                      std::vector<double> scale_floors, int64_t step, int64_t apply, bool clamp) {
+                      std::vector<double> scale_floors, int64_t step, int64_t apply) {
   return guarded([&] {
     return act_quant_impl(act, scheme, layout, q, s, x, up, scale, group_size, ue8m0, rceil, s_stride_t,
-                          s_stride_g, swizzled, vectors, blocks_per_sm, act_params, scale_floors, step, apply, clamp);
+                          s_stride_g, swizzled, vectors, blocks_per_sm, act_params, scale_floors, step, apply);
   });
 }
 
@@ -443,7 +443,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("act_quant", &quantfuse::act_quant_checked,
         "act(x) -> scheme into q (and s); scheme kNoScheme: q = act(x) in x's dtype. Codes: "
         "quantfuse_catalog.h (catalog.codes()); act_params: the activation's parameters (catalog "
-        "Activation.params, e.g. swigluoai_and_mul's alpha, limit); ue8m0, scale_floors, step, apply, clamp: "
+        "Activation.params, e.g. swigluoai_and_mul's alpha, limit); ue8m0, scale_floors, step, apply: "
         "the FP8 recipe (CallPlan.fp8_floors; the defaults: the default recipe's). Returns \"\" or an error "
         "message",
         py::arg("act"), py::arg("scheme"), py::arg("layout"), py::arg("q"), py::arg("s"), py::arg("x"),
@@ -451,8 +451,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("s_stride_t"), py::arg("s_stride_g"), py::arg("swizzled"), py::arg("vectors") = 0,
         py::arg("blocks_per_sm") = 0, py::arg("act_params") = std::vector<double>{},
         py::arg("scale_floors") = std::vector<double>{quantfuse::kDefaultEps, 0.0, 0.0},
-        py::arg("step") = int64_t(quantfuse::kStepFp32), py::arg("apply") = int64_t(quantfuse::kApplyDiv),
-        py::arg("clamp") = true);
+        py::arg("step") = int64_t(quantfuse::kStepFp32), py::arg("apply") = int64_t(quantfuse::kApplyDiv));
 
   m.def("experts_quant", &quantfuse::experts_quant_checked,
         "The experts ops: act(x) -> MXFP8 / MXFP4 (scheme code) of tokens sorted by expert into q and the "

@@ -133,19 +133,25 @@ const char* dispatch_vectors(const QuantParams& p) {
   }
 }
 
-// The per-element form of a dynamic FP8 recipe's fast path (quant_schemes.cuh Fp8Scaled): y * r
-// for the recipe's y * (1 / s), and for y / s with a power-of-two scale (UE8M0), where r = 1/s
-// exactly and one FMUL is the quotient; else the Markstein division. Everything else about the
-// recipe is read at run time (ScaleRecipe), so a dynamic FP8 kernel has these two variants.
-ApplyCode fast_apply(const ScaleRecipe& r) {
-  return r.apply == kApplyMulInv || r.ue8m0 != kUe8m0None ? kApplyMulInv : kApplyDiv;
+// The Fp8Scaled kernel of a dynamic FP8 recipe: the default ones for the op parameters' recipes
+// (the amax floored at the default eps, fp32 steps, y / s, the clamp, no or exact UE8M0 scales),
+// the runtime-recipe one for every other (quant_schemes.cuh Fp8Step).
+Fp8Step fp8_step(const ScaleRecipe& r) {
+  const bool defaults = r.amax_floor == kDefaultEps && r.scale_floor == 0.0f && r.pow2_floor == 0.0f &&
+                        r.step == kStepFp32 && r.apply == kApplyDiv;
+  if (defaults && r.ue8m0 == kUe8m0None) return Fp8Step::kDefault;
+  if (defaults && r.ue8m0 == kUe8m0Exact) return Fp8Step::kDefaultUe8m0;
+  return Fp8Step::kRecipe;
 }
 
-// Fp8Scaled<per-element form>, Mx<bits, rceil> (the scheme's one boolean recipe field).
+// Fp8Scaled<scale step> (three kinds), Mx<bits, rceil> (the scheme's one boolean recipe field).
 template <int GS>
-const char* dispatch_apply(const QuantParams& p) {
-  return fast_apply(p.recipe) == kApplyMulInv ? dispatch_vectors<Fp8Scaled<kApplyMulInv>, GS>(p)
-                                               : dispatch_vectors<Fp8Scaled<kApplyDiv>, GS>(p);
+const char* dispatch_fp8_group(const QuantParams& p) {
+  switch (fp8_step(p.recipe)) {
+    case Fp8Step::kDefault: return dispatch_vectors<Fp8Scaled<Fp8Step::kDefault>, GS>(p);
+    case Fp8Step::kDefaultUe8m0: return dispatch_vectors<Fp8Scaled<Fp8Step::kDefaultUe8m0>, GS>(p);
+    default: return dispatch_vectors<Fp8Scaled<Fp8Step::kRecipe>, GS>(p);
+  }
 }
 template <template <bool> class Scheme, int GS>
 const char* dispatch_bool(const QuantParams& p, bool value) {
@@ -166,14 +172,14 @@ const char* dispatch_experts(const QuantParams& p) {
 }
 
 // Per-token blocks of about block_threads threads (block_threads / threads_x rows).
-template <ApplyCode A, int NV>
+template <Fp8Step K, int NV>
 const char* launch_token(const QuantParams& p, int threads_x, int block_threads) {
   // Every vector count takes the hint here (SiLU x FP8 per-token 4096 x 2048: 86% -> 97% of
   // copy bandwidth). Both variants use the same registers, so one occupancy serves both.
-  const bool ef = evict_first_input<Fp8Scaled<A>>(p);
-  auto kernel = ef ? act_token_quant_kernel<DT, Act, A, NV, true> : act_token_quant_kernel<DT, Act, A, NV>;
+  const bool ef = evict_first_input<Fp8Scaled<K>>(p);
+  auto kernel = ef ? act_token_quant_kernel<DT, Act, K, NV, true> : act_token_quant_kernel<DT, Act, K, NV>;
   if (interleaved(p.in)) {
-    kernel = ef ? act_token_quant_kernel<DT, Act, A, NV, true, kIL> : act_token_quant_kernel<DT, Act, A, NV, false, kIL>;
+    kernel = ef ? act_token_quant_kernel<DT, Act, K, NV, true, kIL> : act_token_quant_kernel<DT, Act, K, NV, false, kIL>;
   }
   const int rows = std::max(1, block_threads / threads_x);
   // blocks of one kernel resident per SM, by block size in warps (host-side cache)
@@ -199,8 +205,8 @@ const char* launch_token(const QuantParams& p, int threads_x, int block_threads)
 // 2048: 85% of copy bandwidth, 82% with 4 vectors in 512-thread blocks; sweep_vectors).
 // Threads are whole warps; rows past kTokenThreads * 4 vectors take two passes.
 // p.vectors and p.blocks_per_sm = k (benchmarks) force the vectors per thread (where
-// they fit) and blocks of about kTokenThreads / k threads. A: the recipe's fast_apply.
-template <ApplyCode A>
+// they fit) and blocks of about kTokenThreads / k threads. K: the recipe's scale step (fp8_step).
+template <Fp8Step K>
 const char* dispatch_token(const QuantParams& p) {
   const int64_t vecs = p.hidden / kVec;
   auto threads = [&](int64_t nv) { return std::max<int64_t>(32, ((vecs + nv - 1) / nv + 31) / 32 * 32); };
@@ -208,34 +214,34 @@ const char* dispatch_token(const QuantParams& p) {
   const bool many = threads(4) <= kTokenThreads && (p.tokens + rows4 - 1) / rows4 >= 2 * p.sms;
   const int forced = p.blocks_per_sm > 0 ? kTokenThreads / int(std::min<int64_t>(p.blocks_per_sm, 16)) : 0;
   if (p.vectors == 0 && many && threads(4) > 32 && threads(2) <= 128) {
-    return launch_token<A, 2>(p, int(threads(2)), forced ? forced : kTokenThreads / 2);
+    return launch_token<K, 2>(p, int(threads(2)), forced ? forced : kTokenThreads / 2);
   }
   const int block = forced ? forced : kTokenThreads;
   for (int nv : {1, 2, 4}) {
     const int64_t tx = threads(nv);
     if (tx > kTokenThreads) continue;
     if (p.vectors != 0 ? nv < p.vectors : (many && nv < 4)) continue;
-    if (nv == 1) return launch_token<A, 1>(p, int(tx), block);
-    if (nv == 2) return launch_token<A, 2>(p, int(tx), block);
-    return launch_token<A, 4>(p, int(tx), block);
+    if (nv == 1) return launch_token<K, 1>(p, int(tx), block);
+    if (nv == 2) return launch_token<K, 2>(p, int(tx), block);
+    return launch_token<K, 4>(p, int(tx), block);
   }
-  auto wide = act_token_quant_wide_kernel<DT, Act, A, 4>;
-  if (interleaved(p.in)) wide = act_token_quant_wide_kernel<DT, Act, A, 4, kIL>;
+  auto wide = act_token_quant_wide_kernel<DT, Act, K, 4>;
+  if (interleaved(p.in)) wide = act_token_quant_wide_kernel<DT, Act, K, 4, kIL>;
   return launch(wide, dim3(unsigned(p.tokens)), dim3(kTokenThreads), p.stream, p.pdl, static_cast<uint8_t*>(p.q),
                 static_cast<float*>(p.s), gate_ptr(p.in), up_ptr(p.in), p.in.in_stride, p.tokens, p.hidden,
                 p.act_args, p.recipe);
 }
 
 // The elementwise kernel (act_kernel.cuh) over [tokens, hidden]: Q = void writes act(x)
-// to out in the input dtype, Q = Fp8Static<A> the static FP8 codes with the recipe rr.
+// to out in the input dtype, Q = Fp8Static<A> the static FP8 codes.
 template <int VEC, typename Q>
 const char* launch_elementwise(void* out, const Inputs& in, int64_t tokens, int64_t hidden, const float* scale,
-                               bool pdl, cudaStream_t stream, const ActArgs& aa, const ScaleRecipe& rr) {
+                               bool pdl, cudaStream_t stream, const ActArgs& aa) {
   const int64_t chunks = (hidden + kThreads * VEC - 1) / (kThreads * VEC);
   auto kernel = act_kernel<DT, Act, VEC, false, Q>;
   if (interleaved(in)) kernel = act_kernel<DT, Act, VEC, kIL, Q>;
   return launch(kernel, dim3(unsigned(tokens * chunks)), dim3(kThreads), stream, pdl, out, gate_ptr(in), up_ptr(in),
-                in.in_stride, hidden, uint32_t(chunks), scale, aa, rr);
+                in.in_stride, hidden, uint32_t(chunks), scale, aa);
 }
 
 }  // namespace
@@ -243,11 +249,12 @@ const char* launch_elementwise(void* out, const Inputs& in, int64_t tokens, int6
 const char* QF_CAT(launch_quant_, QF_UNIT)(const QuantParams& p) {
   if (p.tokens == 0 || p.hidden == 0) return nullptr;
   switch (p.scheme) {
-    case kPerToken:
-      return fast_apply(p.recipe) == kApplyMulInv ? dispatch_token<kApplyMulInv>(p) : dispatch_token<kApplyDiv>(p);
+    case kPerToken:  // the per-token op has no UE8M0 parameter: a UE8M0 recipe is a runtime one
+      return fp8_step(p.recipe) == Fp8Step::kDefault ? dispatch_token<Fp8Step::kDefault>(p)
+                                                     : dispatch_token<Fp8Step::kRecipe>(p);
     case kPerGroup:
-      if (p.group_size == kFp8GroupSizes[0]) return dispatch_apply<kFp8GroupSizes[0]>(p);
-      if (p.group_size == kFp8GroupSizes[1]) return dispatch_apply<kFp8GroupSizes[1]>(p);
+      if (p.group_size == kFp8GroupSizes[0]) return dispatch_fp8_group<kFp8GroupSizes[0]>(p);
+      if (p.group_size == kFp8GroupSizes[1]) return dispatch_fp8_group<kFp8GroupSizes[1]>(p);
       return "quantfuse: group_size is not one the kernels take";
     case kMxfp8: return p.experts.offsets.experts ? dispatch_experts<Mxfp8>(p) : dispatch_bool<Mxfp8, kMxBlock>(p, p.rceil);
     case kMxfp4: return p.experts.offsets.experts ? dispatch_experts<Mxfp4>(p) : dispatch_bool<Mxfp4, kMxBlock>(p, p.rceil);
@@ -255,10 +262,10 @@ const char* QF_CAT(launch_quant_, QF_UNIT)(const QuantParams& p) {
       // the apply form is the per-element work (no reduction, no fast path to choose)
       if (p.recipe.apply == kApplyMulInv) {
         return launch_elementwise<kVec, Fp8Static<kApplyMulInv>>(p.q, p.in, p.tokens, p.hidden, p.scale, p.pdl,
-                                                                 p.stream, p.act_args, p.recipe);
+                                                                 p.stream, p.act_args);
       }
       return launch_elementwise<kVec, Fp8Static<kApplyDiv>>(p.q, p.in, p.tokens, p.hidden, p.scale, p.pdl, p.stream,
-                                                            p.act_args, p.recipe);
+                                                            p.act_args);
     default: return "quantfuse: unknown scheme";
   }
 }
@@ -268,12 +275,9 @@ const char* QF_CAT(launch_act_, QF_UNIT)(const ActParams& p) {
     return "quantfuse: the identity has no activation kernel";
   } else {
     if (p.tokens == 0 || p.hidden == 0) return nullptr;
-    const ScaleRecipe none{};  // no quantisation
     return p.vectorized
-               ? launch_elementwise<kVec, void>(p.out, p.in, p.tokens, p.hidden, nullptr, p.pdl, p.stream, p.act_args,
-                                                none)
-               : launch_elementwise<1, void>(p.out, p.in, p.tokens, p.hidden, nullptr, p.pdl, p.stream, p.act_args,
-                                             none);
+               ? launch_elementwise<kVec, void>(p.out, p.in, p.tokens, p.hidden, nullptr, p.pdl, p.stream, p.act_args)
+               : launch_elementwise<1, void>(p.out, p.in, p.tokens, p.hidden, nullptr, p.pdl, p.stream, p.act_args);
   }
 }
 

@@ -22,54 +22,68 @@
 
 namespace quantfuse {
 
-// FP8 E4M3 with an fp32 scale per group (per token when the group is the row), for every dynamic
-// recipe (ScaleRecipe: the scale step is read at run time, once per group). A: how each element
-// is scaled in a group whose scale is in the fast range (scale_fast): kApplyDiv y / s by
-// markstein_div; kApplyMulInv y * r, which the launcher picks for the recipe's y * (1 / s) and for
-// power-of-two (UE8M0) scales, where it is y / s exactly. Other groups (a scale below 2^-64 or
-// above 2^126, 0, inf or NaN; without the clamp, quotients that could pass kFp8Overflow: rare
-// recipes and specials) take a true division or product per element, and without the clamp
-// torch's unsaturated cast.
-template <ApplyCode A>
+// Which scale step an Fp8Scaled kernel computes (launch_unit.cuh fp8_step): the default one of the
+// op parameters' recipes (max(amax, 1e-10) / 448 in fp32, then y / s with the clamp: group_scale),
+// with fp32 or exact UE8M0 scales, compiled as constants; or any dynamic recipe, every field of it
+// read at run time (ScaleRecipe: recipe_scale), in one more kernel. The runtime recipe in the
+// default kernels changed their register counts (both ways, by up to 9), so they keep their code.
+enum class Fp8Step { kDefault, kDefaultUe8m0, kRecipe };
+
+// FP8 E4M3 with an fp32 scale per group (per token when the group is the row). Per element, in a
+// group whose scale is in the fast range: y / s by markstein_div, or y * r where that is the
+// result (a power-of-two scale, or the recipe y * (1 / s)): one FMUL. Other groups (a scale of 0,
+// inf or NaN; kRecipe: outside [2^-64, 2^126]) take a true division, or product, per element. The
+// clamp is SATFINITE (e4m3x2): a recipe without it runs here only where torch's cast saturates by
+// itself (catalog.E4M3_CAST_SATURATES), so the bits are the same.
+template <Fp8Step K>
 struct Fp8Scaled {
+  static constexpr bool kRecipe = K == Fp8Step::kRecipe;
+  static constexpr bool UE8M0 = K == Fp8Step::kDefaultUe8m0;
   static constexpr int kBits = 8, kVectors = 1, kEvictFirstL2s = 1;
   using Scale = float;
-  struct State { float s, r; bool fast; };
+  // kRecipe: fast (the scale is in the fast range) and mul (y * r is the result there)
+  struct State { float s, r; bool fast, mul; };
   template <typename DT>
   static __device__ __forceinline__ State prepare(float amax, const ScaleRecipe& rr) {
-    const float s = fp8_scale<DT>(amax, rr);
-    const bool fast = s >= kFastScaleMin && s <= kFastScaleMax && (rr.clamp || amax <= __fmul_rn(s, kUnclampedBound));
-    // r: RN(1/s), the recipe's y * (1 / s) and the Markstein reciprocal; a power-of-two scale's
-    // is exact from the bits
-    float r;
-    if (A == kApplyMulInv && rr.ue8m0 != kUe8m0None && fast) {
-      r = pow2_recip(s);
+    if constexpr (!kRecipe) {
+      const float s = group_scale<UE8M0>(amax);
+      return {s, isfinite(s) ? group_recip<UE8M0>(s) : 0.0f, false, false};
     } else {
-      r = __frcp_rn(s);
+      const float s = recipe_scale<DT>(amax, rr);
+      const bool fast = s >= kFastScaleMin && s <= kFastScaleMax;
+      const bool pow2 = rr.ue8m0 != kUe8m0None;
+      // RN(1/s): the Markstein reciprocal and the recipe's y * (1 / s); a power-of-two scale's
+      // is exact from the bits
+      return {s, pow2 && fast ? group_recip<true>(s) : __frcp_rn(s), fast, pow2 || rr.apply == kApplyMulInv};
     }
-    return {s, r, fast};
   }
   static __device__ __forceinline__ Scale scale(const State& st) { return st.s; }
   template <int N, typename DT>
   static __device__ __forceinline__ void encode(const float* y, const uint32_t*, const State& st, uint32_t* w,
                                                 const ScaleRecipe& rr) {
     static_assert(N % 4 == 0, "fp8 words hold 4 elements");
-    if (st.fast) {
-#pragma unroll
-      for (int i = 0; i < N; i += 4) {
-        w[i / 4] = e4m3x2(scale_fast<A>(y[i], st.s, st.r), scale_fast<A>(y[i + 1], st.s, st.r)) |
-                   (e4m3x2(scale_fast<A>(y[i + 2], st.s, st.r), scale_fast<A>(y[i + 3], st.s, st.r)) << 16);
+    if constexpr (!kRecipe) {
+      if (isfinite(st.s)) {
+        encode_as<N>(y, w, [&](float v) { return div_by_scale<UE8M0>(v, st.s, st.r); });
+      } else {  // NaN / inf scale: true divisions (NaN or 0 results)
+        encode_as<N>(y, w, [&](float v) { return __fdiv_rn(v, st.s); });
       }
+    } else if (st.fast && st.mul) {
+      encode_as<N>(y, w, [&](float v) { return div_by_scale<true>(v, st.s, st.r); });
+    } else if (st.fast) {
+      encode_as<N>(y, w, [&](float v) { return div_by_scale<false>(v, st.s, st.r); });
+    } else if (rr.apply == kApplyDiv) {  // true divisions or products: NaN, 0 or inf results
+      encode_as<N>(y, w, [&](float v) { return __fdiv_rn(v, st.s); });
     } else {
-      // true divisions or products (0, NaN or inf results where the scale is 0, inf or NaN)
-      float v[N];
+      encode_as<N>(y, w, [&](float v) { return __fmul_rn(v, st.r); });
+    }
+  }
+  // w: the e4m3 codes of f(y[i]), four a word
+  template <int N, typename F>
+  static __device__ __forceinline__ void encode_as(const float* y, uint32_t* w, F f) {
 #pragma unroll
-      for (int i = 0; i < N; ++i) v[i] = rr.apply == kApplyDiv ? __fdiv_rn(y[i], st.s) : __fmul_rn(y[i], st.r);
-#pragma unroll
-      for (int i = 0; i < N; i += 4) {
-        w[i / 4] = rr.clamp ? e4m3x2(v[i], v[i + 1]) | (e4m3x2(v[i + 2], v[i + 3]) << 16)
-                            : e4m3x2_unclamped(v[i], v[i + 1]) | (e4m3x2_unclamped(v[i + 2], v[i + 3]) << 16);
-      }
+    for (int i = 0; i < N; i += 4) {
+      w[i / 4] = e4m3x2(f(y[i]), f(y[i + 1])) | (e4m3x2(f(y[i + 2]), f(y[i + 3])) << 16);
     }
   }
 };
@@ -247,22 +261,21 @@ struct Mx {
   }
 };
 
-// Static per-tensor FP8 (catalog.FP8_STATIC): q = e4m3(y / scale or y * RN(1/scale), clamped to
-// +-448 or not: the recipe's apply and clamp) with the one given fp32 scale, read by the kernel;
-// no amax, no scale output. A: the apply form.
+// Static per-tensor FP8 (catalog.FP8_STATIC): q = e4m3(clamp(y / scale or y * RN(1/scale), -448,
+// 448): the recipe's apply form A) with the one given fp32 scale, read by the kernel; no amax, no
+// scale output (without the clamp: as Fp8Scaled).
 // kApplyDiv: y / s is correctly rounded. For 2^-60 <= |s| <= 2^60 (fast, a grid-uniform branch)
 // y is first clamped to +-lim = +-RN(464 |s|), NaN kept (any |y| > lim has |y / s| > 463.9, which
 // saturates to 448 exactly as lim / s does), so q0 = RN(y * RN(1/s)) cannot overflow and
 // markstein_div gives RN(y / s) (1/s is normal; quotients that underflow are far below e4m3's
-// smallest step and keep y's sign). Without the clamp lim is RN(471 |s|): a larger |y| has a
-// quotient past kFp8Overflow, NaN in torch's cast, and so has lim / s. Other scales (0,
-// subnormal, huge, inf, NaN) take true divisions, as the fp32-scale path does for non-finite ones.
+// smallest step and keep y's sign). Other scales (0, subnormal, huge, inf, NaN) take true
+// divisions, as the fp32-scale path does for non-finite ones.
 // kApplyMulInv: y * RN(1/s) for every scale (what torch computes), one FMUL.
 template <ApplyCode A>
 struct Fp8Static {
   static constexpr int kBits = 8;
   struct State { float s, r, lim; bool fast; };
-  static __device__ __forceinline__ State prepare(float s, const ScaleRecipe& rr) {
+  static __device__ __forceinline__ State prepare(float s) {
     if constexpr (A == kApplyMulInv) {
       return {s, __frcp_rn(s), 0.0f, true};
     } else {
@@ -270,8 +283,7 @@ struct Fp8Static {
       // negative divisor flips the wrong way (+0 / -s must be -0); other scales divide exactly.
       const float a = fabsf(s);
       const bool fast = s >= 0x1p-60f && s <= 0x1p60f;
-      const float bound = rr.clamp ? kFp8Overflow : kFp8Overflow * (1.0f + 0x1p-6f);
-      return {s, fast ? __frcp_rn(s) : 0.0f, __fmul_rn(a, bound), fast};
+      return {s, fast ? __frcp_rn(s) : 0.0f, __fmul_rn(a, kFp8Overflow), fast};
     }
   }
   static __device__ __forceinline__ float clamp(float y, float lim) {
@@ -280,7 +292,7 @@ struct Fp8Static {
     return r;
   }
   template <int N>
-  static __device__ __forceinline__ void encode(const float* y, const State& st, uint32_t* w, const ScaleRecipe& rr) {
+  static __device__ __forceinline__ void encode(const float* y, const State& st, uint32_t* w) {
     static_assert(N % 4 == 0, "fp8 words hold 4 elements");
     float v[N];
     if constexpr (A == kApplyMulInv) {
@@ -293,15 +305,8 @@ struct Fp8Static {
 #pragma unroll
       for (int i = 0; i < N; ++i) v[i] = __fdiv_rn(y[i], st.s);
     }
-    if (rr.clamp) {
 #pragma unroll
-      for (int i = 0; i < N; i += 4) w[i / 4] = e4m3x2(v[i], v[i + 1]) | (e4m3x2(v[i + 2], v[i + 3]) << 16);
-    } else {
-#pragma unroll
-      for (int i = 0; i < N; i += 4) {
-        w[i / 4] = e4m3x2_unclamped(v[i], v[i + 1]) | (e4m3x2_unclamped(v[i + 2], v[i + 3]) << 16);
-      }
-    }
+    for (int i = 0; i < N; i += 4) w[i / 4] = e4m3x2(v[i], v[i + 1]) | (e4m3x2(v[i + 2], v[i + 3]) << 16);
   }
 };
 

@@ -57,8 +57,8 @@ __device__ __forceinline__ void load_row(uint4 (&gv)[NV], uint4 (&uv)[NV], const
 }
 
 // One row of a persistent block: prefetch row + step into (gn, un), then quantise
-// `row` from (gv, uv) with the recipe rr (Fp8Scaled<A>).
-template <typename DT, typename Act, ApplyCode A, int NV, bool IL, bool EVICT_FIRST>
+// `row` from (gv, uv) with the recipe rr (Fp8Scaled<K>).
+template <typename DT, typename Act, Fp8Step K, int NV, bool IL, bool EVICT_FIRST>
 __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __restrict__ s,
                                            const typename DT::Storage* __restrict__ gate,
                                            const typename DT::Storage* __restrict__ up, int64_t in_stride,
@@ -67,7 +67,7 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
                                            uint4 (&un)[NV], const ActArgs& aa, const ScaleRecipe& rr) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
-  using Q = Fp8Scaled<A>;
+  using Q = Fp8Scaled<K>;
   load_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(gn, un, gate, up, in_stride, row + step, tokens, hidden);
   float y[NV][VEC];
   uint32_t yp[NV][VEC / 2];
@@ -115,9 +115,9 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
 }
 
 // EVICT_FIRST: input loads as in the group kernel (act_quant.cuh ld_evict_first).
-// IL: interleaved gate / up (act_quant.h Inputs). A, rr: the recipe's per-element form and the
-// recipe (quant_schemes.cuh Fp8Scaled).
-template <typename DT, typename Act, ApplyCode A, int NV, bool EVICT_FIRST = false, bool IL = false>
+// IL: interleaved gate / up (act_quant.h Inputs). K, rr: the scale step and the recipe
+// (quant_schemes.cuh Fp8Scaled).
+template <typename DT, typename Act, Fp8Step K, int NV, bool EVICT_FIRST = false, bool IL = false>
 __global__ void __launch_bounds__(kTokenThreads) act_token_quant_kernel(
     uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ gate,
     const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t tokens, int64_t hidden,
@@ -132,10 +132,10 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_kernel(
   // Two rows per trip with the buffers swapped. The bound is uniform over the row's
   // threads, the only ones its barrier waits for.
   while (row < tokens) {
-    token_step<DT, Act, A, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, tokens, hidden, step, 0, row, ga, ua, gb,
+    token_step<DT, Act, K, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, tokens, hidden, step, 0, row, ga, ua, gb,
                                                 ub, aa, rr);
     if (row >= tokens) break;
-    token_step<DT, Act, A, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, tokens, hidden, step, 1, row, gb, ub, ga,
+    token_step<DT, Act, K, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, tokens, hidden, step, 1, row, gb, ub, ga,
                                                 ua, aa, rr);
   }
 }
@@ -155,14 +155,14 @@ __device__ __forceinline__ void act_vector(float (&y)[16 / sizeof(typename DT::S
 
 // Rows too long for registers: blockDim.x = kTokenThreads, one row per block, chunks of
 // NV vectors per thread.
-template <typename DT, typename Act, ApplyCode A, int NV, bool IL = false>
+template <typename DT, typename Act, Fp8Step K, int NV, bool IL = false>
 __global__ void __launch_bounds__(kTokenThreads) act_token_quant_wide_kernel(
     uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ gate,
     const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t tokens, int64_t hidden,
     const ActArgs aa, const ScaleRecipe rr) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
-  using Q = Fp8Scaled<A>;
+  using Q = Fp8Scaled<K>;
   pdl_wait_and_trigger();
   const int64_t row = blockIdx.x;
   const int64_t row_off = row * in_stride;

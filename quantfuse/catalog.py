@@ -409,7 +409,7 @@ class Scheme:
     #: schemes: tokens sorted by expert, scales swizzled per expert (:data:`EXPERTS_TENSORS`)
     experts_name: str | None = None
     #: recipe fields no op parameter sets that every kernel computes for any value (reached
-    #: with ``recipe=``, as the recogniser writes them; eps: any but NaN)
+    #: with ``recipe=``, as the recogniser writes them; a NaN eps is not a kernel recipe)
     kernel_fields: tuple[str, ...] = ()
 
     @property

@@ -139,22 +139,25 @@ def layout_inputs(make, entry, layout, lead, h, dtype):
 
 def emulate_interpreted_kernels() -> None:
     """Make the torch reference compute, on the CPU, what the Triton kernels compute under the
-    interpreter (tests/test_triton_interpret.py's module doc): numpy's fp32 ``exp`` (the
-    interpreter's ``tl.exp``) for torch's, ``amax / qmax`` as a multiply by the fp32 reciprocal
+    interpreter (tests/test_triton_interpret.py's module doc): numpy's fp32 ``exp``, ``log2`` and
+    ``exp2`` (the interpreter's ``tl.exp`` ...) for torch's, ``amax / qmax`` as a multiply by the fp32 reciprocal
     (torch on CUDA), and sigmoid as ``1 / (1 + exp(-z))`` (torch's CUDA formula)."""
     import numpy as np
 
     from quantfuse.custom_ops import reference
 
-    exp = torch.exp
+    def numpy_for_fp32(fn, numpy_fn):
+        def f(t, *a, **k):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.device.type == "cpu" and not a and not k:
+                with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+                    return torch.from_numpy(numpy_fn(t.numpy()))
+            return fn(t, *a, **k)
+        return f
 
-    def numpy_exp(t, *a, **k):
-        if isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.device.type == "cpu" and not a and not k:
-            with np.errstate(over="ignore", under="ignore"):
-                return torch.from_numpy(np.exp(t.numpy()))
-        return exp(t, *a, **k)
-
-    torch.exp = numpy_exp
+    # tl.exp, tl.log2 and tl.exp2 (torch's exp2(ceil(log2 s)) UE8M0) are numpy's under the interpreter
+    torch.exp = numpy_for_fp32(torch.exp, np.exp)
+    torch.log2 = numpy_for_fp32(torch.log2, np.log2)
+    torch.exp2 = numpy_for_fp32(torch.exp2, np.exp2)
     reference.div_scalar = lambda t, qmax: t * torch.full_like(t, 1.0 / qmax)
     reference.sigmoid = lambda t: 1.0 / (1.0 + torch.exp(-t))
 

@@ -81,3 +81,20 @@ def fp8_recipes(bases=None):
         if r.ue8m0 is Ue8m0.NONE and not r.ue8m0_after_floor:
             continue  # the same recipe as ue8m0_after_floor=True
         yield r
+
+
+def covering(recipes: list) -> list:
+    """A few of ``recipes`` holding every pair of values of any two fields that vary among them
+    (:data:`FP8_FIELDS`, the grouping, the group size): for backends that compile a kernel per
+    recipe (Triton), every field value against every other's."""
+    fields = list(FP8_FIELDS) + ["grouping", "group_size"]
+
+    def pairs(r):
+        return set(itertools.combinations([(f, getattr(r, f)) for f in fields], 2))
+    want = set().union(*(pairs(r) for r in recipes))
+    chosen = []
+    while want:
+        best = max(recipes, key=lambda r: len(pairs(r) & want))
+        chosen.append(best)
+        want -= pairs(best)
+    return chosen

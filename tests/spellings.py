@@ -154,6 +154,9 @@ class Spelling:
             ue8m0_after_floor=not (self.ue8m0 == "before" and self.floor_at == "scale"))
         if self.floor_at != "none":
             fields["eps"] = self.eps
+            if fields["step_dtype"] is StepDtype.INPUT and self.floor_at == "amax":
+                # the amax is floored in the input dtype: max(amax, eps rounded to it)
+                fields["eps"] = float(torch.tensor(self.eps, dtype=torch.float32).to(self.dtype))
         if self.group:
             fields["group_size"] = self.group
         return dataclasses.replace(self.scheme.base, **fields)

@@ -175,26 +175,72 @@ def test_bad_calls_name_the_problem(call, error, message):
 
 
 def test_kernel_reason_names_the_recipe_field():
+    """Every dynamic FP8 recipe field value is a kernel recipe (catalog Scheme.kernel_fields), for
+    per-group and per-token alike; the static scheme takes the apply form and the clamp; what no
+    kernel computes (another group size, a floor on MX, a NaN eps) gets its reason."""
     x = torch.randn(2, 256)
     entry = catalog.OPS["per_token_group_quant_fp8"]
     assert qplan.make_plan(entry, x, (128, True, True)).kernel_reason() is None
-    assert qplan.make_plan(entry, x, (128,), recipe="clamp=False").kernel_reason() == \
-        "recipe clamp=False is not a kernel recipe"
-    # torch's exp2(ceil(log2 s)) is a kernel recipe (CUDA: csrc/act_quant.cuh group_scale), reached
-    # only with recipe= (no op parameter sets it); the CUDA backend passes its code, Triton declines it
-    exp2 = qplan.make_plan(entry, x, (128,), recipe="ue8m0=exp2")
-    assert exp2.kernel_reason() is None
-    from quantfuse.custom_ops import cuda_backend, triton_schemes
-
-    assert cuda_backend._fixed_args(exp2)[4] == catalog.codes()["ue8m0_exp2"] == 2
-    assert cuda_backend._fixed_args(qplan.make_plan(entry, x, (128, False, True)))[4] == catalog.codes()["ue8m0_exact"]
-    on_gpu = dataclasses.replace(exp2, device_type="cuda")
-    assert "ue8m0=exp2" in triton_schemes._reason(on_gpu) and "no Triton kernel" in triton_schemes._reason(on_gpu)
-    assert "ue8m0_after_floor=False" in qplan.make_plan(entry, x, (128,), recipe="ue8m0=exp2,ue8m0_after_floor=False"
-                                                        ).kernel_reason()
+    for r in fp8_recipes():
+        scheme = catalog.FP8_PER_TOKEN if r.grouping is Grouping.PER_TOKEN else catalog.FP8_PER_GROUP
+        params = (r.group_size,) if scheme is catalog.FP8_PER_GROUP else ()
+        plan = qplan.make_plan(catalog.OPS[scheme.unfused_name], x, params, recipe=r.spec(scheme.recipe(*params)))
+        assert plan.recipe == r and plan.kernel_reason() is None, r
+    # a NaN eps differs from itself: no kernel floors with it
+    assert qplan.make_plan(entry, x, (128,), recipe="eps=nan").kernel_reason() == \
+        "recipe eps=nan is not a kernel recipe"
     assert "group_size=32 is not one the kernels implement" in qplan.make_plan(entry, x, (32,)).kernel_reason()
     mx = qplan.make_plan(catalog.OPS["mxfp4_quant"], x, ("floor", True))
     assert mx.kernel_reason() is None and mx.scale_shape() == (128, 8)
+    assert qplan.make_plan(catalog.OPS["mxfp8_quant"], x, recipe="floor_at=scale").kernel_reason() == \
+        "recipe floor_at=scale is not a kernel recipe"
+    static = catalog.OPS["static_scaled_fp8_quant"]
+    one = torch.ones(1)
+    assert qplan.make_plan(static, x, scale=one, recipe="apply=mul_inv,clamp=False").kernel_reason() is None
+    assert qplan.make_plan(static, x, scale=one, recipe="floor_at=scale").kernel_reason() == \
+        "recipe floor_at=scale is not a kernel recipe"
+
+
+def test_backend_arguments_carry_the_recipe():
+    """What each backend is given for a recipe: the CUDA extension's codes and floors, the Triton
+    kernels' constexprs (catalog codes, fp32 bits of CallPlan.fp8_floors)."""
+    import struct
+
+    from quantfuse.custom_ops import cuda_backend, triton_schemes
+
+    codes = catalog.codes()
+    x = torch.randn(2, 256).bfloat16()
+    entry = catalog.OPS["per_token_group_quant_fp8"]
+
+    def plan(spec, params=(128,), e=entry):
+        return qplan.make_plan(e, x, params, recipe=spec)
+
+    default = plan("")
+    assert default.fp8_floors == (float(torch.tensor(1e-10)), 0.0, 0.0)
+    assert cuda_backend._recipe_args(default) == dict(scale_floors=list(default.fp8_floors),
+                                                      step=codes["step_fp32"], apply=codes["apply_div"])
+    # torchao's per-row recipe: no floor, the scale in bf16
+    torchao = plan("floor_at=none,step_dtype=input", (), catalog.OPS["per_token_quant_fp8"])
+    assert torchao.fp8_floors == (0.0, 0.0, 0.0)
+    assert cuda_backend._recipe_args(torchao)["step"] == codes["step_input"]
+    # an amax floored in bf16: the eps as bf16 stores it (1e-4 -> 0.00010013580322265625)
+    amax16 = plan("eps=0.0001,step_dtype=input")
+    assert amax16.fp8_floors == (float(torch.tensor(1e-4).bfloat16()), 0.0, 0.0) != (float(torch.tensor(1e-4)), 0, 0)
+    # vLLM's floor at the scale, before or after the power-of-two rounding
+    eps6 = float(torch.tensor(1e-6))
+    assert plan("floor_at=scale,eps=1e-06,ue8m0=exp2").fp8_floors == (0.0, eps6, 0.0)
+    assert plan("floor_at=scale,eps=1e-06,ue8m0=exp2,ue8m0_after_floor=False").fp8_floors == (0.0, 0.0, eps6)
+    mul = plan("apply=mul_inv,clamp=False")
+    assert cuda_backend._recipe_args(mul)["apply"] == codes["apply_mul_inv"]
+    consts = triton_schemes._recipe_consts(plan("floor_at=scale,eps=1e-06,ue8m0=exp2,step_dtype=input"))
+    assert consts == dict(AMAX_FLOOR=0, SCALE_FLOOR=struct.unpack("<i", struct.pack("<f", 1e-6))[0], POW2_FLOOR=0,
+                          STEP_INPUT=True, UE8M0=codes["ue8m0_exp2"], MUL_INV=False, CLAMP=True, CAREFUL=False)
+    # CAREFUL where a scale can leave [2^-64, 2^126]: no floor, or a tiny one
+    assert triton_schemes._recipe_consts(torchao)["CAREFUL"] and not triton_schemes._recipe_consts(default)["CAREFUL"]
+    assert triton_schemes._recipe_consts(plan("eps=1e-30"))["CAREFUL"]
+    # without the clamp the kernels clamp anyway where torch's cast saturates (torch >= 2.12)
+    assert mul.clamps is catalog.E4M3_CAST_SATURATES
+    assert triton_schemes._recipe_consts(mul)["CLAMP"] is catalog.E4M3_CAST_SATURATES
 
 
 # --- each fact once -------------------------------------------------------------------------
@@ -204,7 +250,7 @@ def test_cpp_header_carries_every_code():
     for name, code in catalog.codes().items():
         kind = name.split("_")[0]
         assert f"= {code}," in header, name
-        assert kind in ("act", "scheme", "layout", "element", "ue8m0")
+        assert kind in ("act", "scheme", "layout", "element", "ue8m0", "step", "apply")
     for s in catalog.KERNEL_SCHEMES:
         assert f"  {s.cname} = {catalog.codes()['scheme_' + s.key]}," in header
 

@@ -75,6 +75,23 @@ def test_supports_reasons():
     assert "not a kernel recipe" in cuda_backend.supports(p)
 
 
+def test_unclamped_recipes_follow_the_running_torch(monkeypatch):
+    """A recipe without the clamp: the CUDA kernels (SATFINITE) run it where torch's cast saturates
+    (torch >= 2.12: the clamped bits) and decline it, with the reason, where it does not."""
+    from quantfuse.custom_ops import triton_schemes
+
+    x = torch.randn(4, 256).bfloat16()
+    assert "torch < 2.12" not in (cuda_backend.supports(_cuda_plan("per_token_quant_fp8", x, recipe="clamp=False")) or "")
+    monkeypatch.setattr(catalog, "E4M3_CAST_SATURATES", False)
+    for name, kw in (("per_token_quant_fp8", {}), ("static_scaled_fp8_quant", {"scale": torch.ones(1)})):
+        p = _cuda_plan(name, x, recipe="clamp=False", **kw)
+        assert not p.clamps
+        assert cuda_backend._reason(p) == "clamp=False with this torch's unsaturated E4M3 cast has no CUDA kernel " \
+                                           "(torch < 2.12)"
+        assert triton_schemes._recipe_consts(p)["CLAMP"] is False
+    assert _cuda_plan("per_token_quant_fp8", x).clamps
+
+
 def test_run_arguments_follow_the_catalog():
     """The codes and recipe flags run() passes for a plan: catalog.codes() and the recipe."""
     codes = catalog.codes()

@@ -260,20 +260,23 @@ def test_extra_consumer_in_grad_mode_says_no_grad():
     assert "torch.no_grad()" in reasons or "inference_mode" in reasons
 
 
-def test_gpu_graph_keeps_a_recipe_no_kernel_implements():
-    """should_fuse on a GPU graph: vLLM's floor at the scale runs only in the torch reference."""
+def test_gpu_graph_fuses_vllm_floor_at_the_scale():
+    """should_fuse on a GPU graph (the input faked onto the meta device): vLLM's floor at the scale
+    is a kernel recipe (the CUDA and Triton kernels compute every dynamic FP8 recipe field), so the
+    site is rewritten; a recipe no kernel computes (a NaN eps) is kept, with the reason."""
     gm = post_grad_graph(lambda x: vllm_group_quant(vllm_silu_and_mul(x), 128), X)
     (q, ys, scale), = recognise.find_candidates(gm.graph)
     config = quantfuse.FusionConfig(native_on_cpu=True)
     site = recognise.read_site(q, next(iter(ys)), scale, config)
+    assert site.recipe.floor_at is catalog.FloorAt.SCALE
     assert recognise.should_fuse(site, config) is None  # CPU, rewrites asked for: the reference runs it
     assert recognise.should_fuse(site, quantfuse.FusionConfig(native_on_cpu=False)).startswith("kept for speed")
     site.x.meta["val"] = torch.empty(site.x.meta["val"].shape, dtype=torch.bfloat16, device="meta")
-    reason = recognise.should_fuse(site, config)
-    assert reason and "floor_at=scale" in reason and "no CUDA / Triton kernel" in reason
-    default = dataclasses.replace(site.recipe, floor_at=catalog.FloorAt.AMAX, eps=1e-10)
-    site.recipe = default
     assert recognise.should_fuse(site, config) is None
+    assert recognise.should_fuse(site, quantfuse.FusionConfig(native_on_cpu=False)) is None
+    site.recipe = dataclasses.replace(site.recipe, eps=float("nan"))
+    reason = recognise.should_fuse(site, config)
+    assert reason and "eps=nan" in reason and "no CUDA / Triton kernel" in reason
 
 
 def test_corpus_other_eps_is_fused_to_its_own_recipe():

@@ -70,3 +70,25 @@ def test_torchao_site_is_kept_for_speed_on_the_cpu_by_default(monkeypatch):
     torch._dynamo.reset()
     (graph,) = fusion.report.graphs
     assert graph.rewrites == [] and [m.reason.split(":")[0] for m in graph.near_misses] == ["kept for speed"]
+
+
+def test_torchao_site_is_rewritten_on_a_gpu_graph(monkeypatch):
+    """The pass decision for a GPU graph (the site's input faked onto the meta device, as
+    tests/test_moe.py does): torchao's per-row recipe (no floor, the scale computed in bf16) is one
+    the CUDA and Triton kernels compute, so the site is rewritten, not kept for speed."""
+    from helpers import post_grad_graph
+    from quantfuse import catalog
+    from quantfuse.patterns import recognise
+
+    mlp = _mlp(monkeypatch)
+    with torch.no_grad():
+        gm = post_grad_graph(mlp, torch.randn(4, 256, dtype=torch.bfloat16))
+    (q, ys, scale), = recognise.find_candidates(gm.graph)  # the activation's quant only
+    config = quantfuse.FusionConfig(native_on_cpu=False)
+    site = recognise.read_site(q, next(iter(ys)), scale, config)
+    assert (site.recipe.floor_at, site.recipe.step_dtype) == (catalog.FloorAt.NONE, catalog.StepDtype.INPUT)
+    assert recognise.should_fuse(site, config).startswith("kept for speed")  # a CPU graph
+    site.x.meta["val"] = torch.empty(site.x.meta["val"].shape, dtype=torch.bfloat16, device="meta")
+    if site.up is not None:
+        site.up.meta["val"] = torch.empty(site.up.meta["val"].shape, dtype=torch.bfloat16, device="meta")
+    assert recognise.should_fuse(site, config) is None

@@ -9,7 +9,10 @@ test sees the interpreter. Every op of :data:`catalog.OPS`, in every gated layou
 ``reference.quantize(reference-activation(x), plan.recipe)`` on fresh random inputs with
 per-row magnitudes over six decades, sparse outliers, NaN and inf rows, all-zero blocks
 and exact rounding ties, for every input dtype of the catalog. Fused ops are also checked
-against the backend's own unfused pair.
+against the backend's own unfused pair. Then every dynamic FP8 recipe (each value of each
+``Recipe`` field, tests/recipe_spellings.py), eps values that make the floors bite, the static
+scheme's apply form and clamp, and torch < 2.12's unsaturated cast (emulated) for recipes
+without the clamp, against ``reference.quantize`` of the same recipe.
 
 Interpreter limitations (the GPU tests cover these): the interpreter has no libdevice, so
 the kernels use ``tl.exp`` (numpy's ``exp``), which differs from torch's CPU ``exp`` in
@@ -77,6 +80,7 @@ def _run() -> dict:
     import torch
 
     from helpers import emulate_interpreted_kernels, layout_inputs
+    from recipe_spellings import covering, fp8_recipes
     from quantfuse import catalog
     from quantfuse.custom_ops import reference as ref
 
@@ -265,10 +269,87 @@ def _run() -> dict:
             for i, (got, exp) in enumerate(zip(outs, want)):
                 same(f"{name}[{dtype}, {layout.value}] unaligned out{i}", got, exp)
 
+    # every dynamic FP8 recipe: each value of each field (recipe_spellings.fp8_recipes: per token,
+    # per group of 64 and 128), through the quant ops on rows with specials (NaN, inf, zero groups,
+    # ties, scales that underflow without a floor, subnormal inputs); bf16 every recipe, the other
+    # dtypes a set holding every pair of field values (recipe_spellings.covering)
+    def run_recipe(entry, x, params, r, tag, up=None, scale=None):
+        base = entry.scheme.recipe(*params)
+        plan, outs = call(entry, x, params, up, False, scale, recipe=r.spec(base))
+        if outs is None:
+            return
+        if plan.recipe != r:
+            failures.append(f"{tag}: the plan's recipe is {plan.recipe}")
+        want = ref.quantize(ref.activate(entry.activation.name, x, up), r, scale)
+        for i, (got, exp) in enumerate(zip(outs, want if isinstance(want, tuple) else (want,))):
+            same(f"{tag} recipe={r.spec(base)!r} out{i}", got, exp)
+        recipes_run.add((r.floor_at, r.step_dtype, r.apply, r.clamp, r.ue8m0, r.ue8m0_after_floor, r.grouping))
+
+    recipes_run: set = set()
+    every = list(fp8_recipes())
+    for dtype in catalog.INPUT_DTYPES:
+        x = make((9,), 256, dtype)
+        for r in every if dtype == torch.bfloat16 else covering(every):
+            scheme = catalog.FP8_PER_GROUP if r.grouping is catalog.Grouping.PER_GROUP else catalog.FP8_PER_TOKEN
+            params = (r.group_size,) if scheme is catalog.FP8_PER_GROUP else ()
+            run_recipe(catalog.OPS[scheme.unfused_name], x, params, r, f"{scheme.unfused_name}[{dtype}]")
+        # floors that bite (eps above the rows' small scales, tiny, zero) and fused ops
+        for eps, spec in itertools.product((1e-4, 1e-30, 0.0), ("floor_at=scale,step_dtype=input", "step_dtype=input",
+                                                              "floor_at=scale,ue8m0=exact,ue8m0_after_floor=False")):
+            for name, params in (("silu_and_mul_per_block_quant", (64,)), ("relu2_per_token_quant_fp8", ())):
+                entry = catalog.OPS[name]
+                r = entry.scheme.recipe(*params).with_spec(f"{spec},eps={eps!r}")
+                xin = make((9,), 512 if entry.activation.gated else 256, dtype)
+                run_recipe(entry, xin, params, r, f"{name}[{dtype}]")
+        # static: the apply form and the clamp
+        for spec, scale in itertools.product(("apply=mul_inv", "clamp=False", "apply=mul_inv,clamp=False"),
+                                             static_scales()):
+            for name in ("static_scaled_fp8_quant", "silu_and_mul_quant"):
+                entry = catalog.OPS[name]
+                xin = make((9,), 512 if entry.activation.gated else 256, dtype)
+                run_recipe(entry, xin, (), entry.scheme.base.with_spec(spec), f"{name}[{dtype}] scale={scale.item():g}",
+                           scale=scale)
+    want_fields = {(r.floor_at, r.step_dtype, r.apply, r.clamp, r.ue8m0, r.ue8m0_after_floor, r.grouping)
+                   for r in fp8_recipes()}
+    if not want_fields <= recipes_run:
+        failures.append(f"recipes not run: {sorted(map(str, want_fields - recipes_run))[:5]}")
+
+    # torch before 2.12 casts without saturating: NaN past E4M3's overflow (inf included), which a
+    # recipe without the clamp gives; emulated here (catalog.E4M3_CAST_SATURATES and the
+    # reference's cast), the Triton kernels' unclamped store checked against it
+    saturates, apply_fp8 = catalog.E4M3_CAST_SATURATES, ref._apply_fp8
+
+    def unsaturated_apply(yg, scale, r):
+        q = apply_fp8(yg, scale, r)
+        if r.clamp:
+            return q
+        v = yg.float()
+        v = v / scale if r.apply is catalog.ApplyForm.DIV else v * scale.reciprocal()
+        nan = (0x7F | (torch.signbit(v).to(torch.uint8) << 7))
+        return torch.where(v.abs() > catalog.E4M3.overflow, nan, q.view(torch.uint8)).view(FP8)
+
+    catalog.E4M3_CAST_SATURATES, ref._apply_fp8 = False, unsaturated_apply
+    ts._reasons.clear()
+    ts._launchers.clear()
+    try:
+        for dtype in catalog.INPUT_DTYPES:
+            x = make((9,), 256, dtype)
+            for spec in ("clamp=False", "clamp=False,floor_at=none", "clamp=False,floor_at=none,step_dtype=input",
+                         "clamp=False,apply=mul_inv,floor_at=scale,eps=1e-30"):
+                for name, params in (("per_token_group_quant_fp8", (64,)), ("per_token_quant_fp8", ())):
+                    entry = catalog.OPS[name]
+                    run_recipe(entry, x, params, entry.scheme.recipe(*params).with_spec(spec), f"{name}[{dtype}] unsat")
+            for scale in static_scales()[3:]:
+                entry = catalog.OPS["static_scaled_fp8_quant"]
+                run_recipe(entry, x, (), entry.scheme.base.with_spec("clamp=False"), f"static[{dtype}] unsat", scale=scale)
+    finally:
+        catalog.E4M3_CAST_SATURATES, ref._apply_fp8 = saturates, apply_fp8
+        ts._reasons.clear()
+        ts._launchers.clear()
+
     # recipes the kernels do not implement get a reason, not a wrong answer
     x = make((4,), 256, torch.bfloat16)
-    for name, params, spec in (("per_token_group_quant_fp8", (128,), "ue8m0=exp2"),
-                               ("per_token_quant_fp8", (), "clamp=False"),
+    for name, params, spec in (("per_token_group_quant_fp8", (128,), "eps=nan"),
                                ("mxfp8_quant", (), "floor_at=scale")):
         plan = make_plan(catalog.OPS[name], x, params, recipe=spec)
         checks += 1

@@ -331,6 +331,10 @@ def _reason(plan) -> str | None:
     if why:
         return why
     r = plan.recipe
+    if r is not None and not r.mx and not plan.clamps:
+        # before torch 2.12 a cast without the clamp gives NaN past 464; the CUDA kernels cast with
+        # SATFINITE only (an unsaturated one cost the default kernels registers): Triton runs it
+        return "clamp=False with this torch's unsaturated E4M3 cast has no CUDA kernel (torch < 2.12)"
     if r is not None and (r.grouping is Grouping.PER_TOKEN or r.static):
         vec = 16 // plan.dtype.itemsize
         if plan.hidden == 0 or plan.hidden % vec:
@@ -364,19 +368,19 @@ def _fixed_args(plan) -> tuple:
 
 
 #: the recipe arguments of kernels that read none (the activation ops, MX)
-_NO_RECIPE = dict(scale_floors=[0.0, 0.0, 0.0], step=_CODES["step_fp32"], apply=_CODES["apply_div"], clamp=True)
+_NO_RECIPE = dict(scale_floors=[0.0, 0.0, 0.0], step=_CODES["step_fp32"], apply=_CODES["apply_div"])
 
 
 def _recipe_args(plan) -> dict:
     """The FP8 recipe's keyword arguments of the extension (csrc/act_quant.h ScaleRecipe): the
     floors (:attr:`CallPlan.fp8_floors`; the static scheme has none), the step dtype and apply
-    codes and the clamp (:attr:`CallPlan.clamps`)."""
+    codes (the kernels clamp: :func:`_reason` declines the rest)."""
     r = plan.recipe
     if r is None or r.mx:
         args = dict(_NO_RECIPE)
     else:
         args = dict(scale_floors=list(_NO_RECIPE["scale_floors"] if r.static else plan.fp8_floors),
-                    step=_CODES[f"step_{r.step_dtype.value}"], apply=_CODES[f"apply_{r.apply.value}"], clamp=plan.clamps)
+                    step=_CODES[f"step_{r.step_dtype.value}"], apply=_CODES[f"apply_{r.apply.value}"])
     _recipes[plan.key] = args
     return args
 

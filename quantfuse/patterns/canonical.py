@@ -148,6 +148,8 @@ class Interpreter:
             self.memo[node] = Val(expr, v.dtype, "elem", shape, shape, tuple(range(len(shape))), 0,
                                   v.dtype if v.dtype in SIXTEEN_BIT else torch.float32)
         self.visited: set[Node] = set()
+        #: expression -> the narrowest dtype holding its value (every node's, for _stored_expr)
+        self.narrows: dict[tuple, torch.dtype] = {v.expr: v.narrow for v in self.memo.values()}
 
     # --- entry ----------------------------------------------------------------------------
     def value(self, node) -> Val:
@@ -163,6 +165,7 @@ class Interpreter:
         self.visited.add(node)
         out = self._eval(node)
         self.memo[node] = out
+        self.narrows.setdefault(out.expr, out.narrow)
         return out
 
     # --- helpers ---------------------------------------------------------------------------
@@ -170,14 +173,33 @@ class Interpreter:
         return _meta(node).dtype
 
     def _round(self, expr: tuple, narrow: torch.dtype, dtype: torch.dtype) -> tuple[tuple, torch.dtype]:
-        """``expr`` stored in ``dtype``: a round unless the value already fits."""
+        """``expr`` stored in ``dtype``: a round unless the value already fits (or is a max / min of
+        values that fit and constants: :meth:`_stored_expr`)."""
         if _fits(narrow, dtype):
             return expr, narrow
         if dtype in SIXTEEN_BIT:
+            pushed = self._stored_expr(expr, dtype)
+            if pushed is not None:
+                return pushed, dtype
             return ("round", str(dtype).replace("torch.", ""), expr), dtype
         if dtype == torch.float32:
             return expr, torch.float32
         raise Unknown(f"a value is stored as {dtype}")
+
+    def _stored_expr(self, e: tuple, dtype: torch.dtype) -> tuple | None:
+        """``e`` rounded to 16-bit ``dtype`` without a round where the rounding can go inside: a value
+        that fits, or a max / min of such values and constants, whose rounding is the max / min of
+        the rounded operands (rounding is monotonic), as eager's 16-bit clamp_min(v, eps) decomposes
+        to max(v.float(), eps) rounded: max(v, eps rounded). None where it cannot."""
+        if e[0] == "c":
+            return _stored(e, dtype)
+        if _fits(self.narrows.get(e, torch.float32), dtype):
+            return e
+        if e[0] in ("max", "min") and len(e) == 3:
+            parts = [self._stored_expr(p, dtype) for p in e[1:]]
+            if None not in parts:
+                return self._sorted(e[0], *parts)
+        return None
 
     def _like(self, v: Val, expr: tuple, dtype: torch.dtype, narrow: torch.dtype, node: Node) -> Val:
         if v.level == "const":
@@ -371,6 +393,7 @@ class Interpreter:
             # x * x is pow(x, 2) (both one fp32 product, rounded once)
             expr, exact = ("pow", ea, const(2)), False
         elif name in ("max", "min"):
+            ea, eb = (_stored(e, dtype) if v.level == "const" else e for v, e in ((a, ea), (b, eb)))
             expr, exact = self._sorted(name, ea, eb), True
         else:
             expr = self._sorted(name, ea, eb) if name in _COMMUTATIVE else (name, ea, eb)
@@ -378,6 +401,8 @@ class Interpreter:
         if exact:
             narrow = a.narrow if b.level == "const" else b.narrow if a.level == "const" \
                 else (a.narrow if _fits(b.narrow, a.narrow) else b.narrow)
+            if not all(_const_fits(v.expr, narrow) for v in (a, b) if v.level == "const"):
+                narrow = torch.float32  # max(v, c) is c where c wins, which v's dtype may not hold
             expr, narrow = self._round(expr, narrow, dtype)
         else:
             expr, narrow = self._round(expr, torch.float32, dtype)
@@ -398,11 +423,13 @@ class Interpreter:
         else:
             lo = args[1] if len(args) > 1 else node.kwargs.get("min")
             hi = args[2] if len(args) > 2 else node.kwargs.get("max")
-        expr = v.expr
+        expr, narrow = v.expr, v.narrow
         for name, c in (("max", lo), ("min", hi)):
             if c is not None:
-                expr = self._sorted(name, expr, self.value(c).expr)
-        return self._like(v, expr, self._dtype(node), v.narrow, node)
+                ce = _stored(self.value(c).expr, self._dtype(node))
+                expr = self._sorted(name, expr, ce)
+                narrow = narrow if _const_fits(ce, narrow) else torch.float32
+        return self._like(v, expr, self._dtype(node), narrow, node)
 
     def _where(self, node: Node) -> Val:
         """``where(x < c, c, x)`` is ``max(x, c)``; ``where(x > c, c, x)`` is ``min(x, c)``."""
@@ -425,11 +452,28 @@ class Interpreter:
             name = "min" if low else "max"
         else:
             raise Unknown(f"`{node.name}` is a select that is not a max or min with a constant")
-        return self._like(x, self._sorted(name, x.expr, c.expr), self._dtype(node), x.narrow, node)
+        ce = _stored(c.expr, self._dtype(node))
+        return self._like(x, self._sorted(name, x.expr, ce), self._dtype(node),
+                          x.narrow if _const_fits(ce, x.narrow) else torch.float32, node)
 
 
 def _as(value: float, dtype: torch.dtype) -> float:
     return float(torch.tensor(value, dtype=dtype))
+
+
+def _const_fits(c: tuple, narrow: torch.dtype) -> bool:
+    """The constant ``c`` is exact in the 16-bit ``narrow`` (wider dtypes: always, as before)."""
+    return narrow not in SIXTEEN_BIT or _as(c[1], narrow) == c[1]
+
+
+def _stored(c: tuple, dtype: torch.dtype) -> tuple:
+    """The constant of a max or min stored in ``dtype``: eager's 16-bit ``clamp_min(v, c)`` stores
+    ``max(v, c)`` rounded, which for a ``v`` of that dtype is ``max(v, c rounded)`` (no value of the
+    dtype lies between ``c`` and its rounding), and compares and selects likewise; torch rounds the
+    Python float through fp32."""
+    if dtype not in SIXTEEN_BIT or c[0] != "c":
+        return c
+    return const(_as(_as(c[1], torch.float32), dtype))
 
 
 def _same_order(a: tuple, b: tuple) -> bool:
