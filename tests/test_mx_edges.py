@@ -67,16 +67,18 @@ def test_exp2_ceil_log2_is_its_own_recipe_and_equals_eager_at_binade_edges():
     assert (s_exact[:, 0] == 2 * s_e[:, 0]).all() and torch.equal(s_exact[:, 1], s_e[:, 1])
 
 
-def test_exp2_ceil_log2_is_a_kernel_recipe_and_other_ue8m0_orders_are_kept_on_a_gpu_graph():
-    """The CUDA per-group kernel computes exp2(ceil(log2 s)) (csrc/act_quant.cuh group_scale): on a
-    GPU graph the site fuses; the power of two taken before the floor is no kernel's recipe."""
+def test_exp2_ceil_log2_and_its_orders_are_kernel_recipes_on_a_gpu_graph():
+    """The CUDA per-group kernel computes exp2(ceil(log2 s)) (csrc/act_quant.cuh group_scale) and
+    reads the UE8M0 order against the floors at run time (ScaleRecipe): on a GPU graph both sites
+    fuse; a recipe no kernel computes (a NaN eps) is kept with its reason."""
     xv = torch.empty(4, 256, device="meta")
     params = {"group_size": 128, "column_major_scales": False, "use_ue8m0": False, "recipe": "ue8m0=exp2"}
     site.check_kernel("relu2", "fp8_per_group", params, xv)
-    before = {**params, "recipe": "floor_at=scale,ue8m0=exp2,ue8m0_after_floor=False"}
-    with pytest.raises(site.NotFusable, match="not a kernel recipe.*no CUDA / Triton"):
-        site.check_kernel("relu2", "fp8_per_group", before, xv)
-    site.check_kernel("relu2", "fp8_per_group", before, torch.empty(4, 256))  # CPU: the reference runs it
+    site.check_kernel("relu2", "fp8_per_group",
+                      {**params, "recipe": "floor_at=scale,ue8m0=exp2,ue8m0_after_floor=False"}, xv)
+    with pytest.raises(site.NotFusable, match="not a kernel recipe"):
+        site.check_kernel("relu2", "fp8_per_group", {**params, "recipe": "eps=nan"}, xv)
+    site.check_kernel("relu2", "fp8_per_group", {**params, "recipe": "eps=nan"}, torch.empty(4, 256))  # CPU: the reference
 
 
 # --- MX blocks holding inf (an fp16 activation overflows easily) -----------------------------------
