@@ -255,7 +255,7 @@ bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stac
                   : act_quant_checked(l.act, l.scheme, l.layout, outs[0], s, x, optional_arg(args, l.up_index),
                                       optional_arg(args, l.scale_index), l.group_size, l.ue8m0, l.rceil, st_t,
                                       st_g, l.swizzled, l.vectors(tokens), 0, l.act_params, l.scale_floors, l.step,
-                                       l.apply);
+                                      l.apply);
     if (!err.empty()) return false;
     torch::jit::drop(*stack, n);
     for (auto& o : outs) torch::jit::push(*stack, std::move(o));
