@@ -25,8 +25,8 @@ namespace quantfuse {
 // Which scale step an Fp8Scaled kernel computes (launch_unit.cuh fp8_step): the default one of the
 // op parameters' recipes (max(amax, 1e-10) / 448 in fp32, then y / s with the clamp: group_scale),
 // with fp32 or exact UE8M0 scales, compiled as constants; or any dynamic recipe, every field of it
-// read at run time (ScaleRecipe: recipe_scale), in one more kernel. The runtime recipe in the
-// default kernels changed their register counts (both ways, by up to 9), so they keep their code.
+// read at run time (ScaleRecipe: recipe_scale), in one more kernel: the runtime recipe in the
+// default kernels changed their register counts (docs/decisions/022-default-fp8-kernels-keep-their-code.md).
 enum class Fp8Step { kDefault, kDefaultUe8m0, kRecipe };
 
 // FP8 E4M3 with an fp32 scale per group (per token when the group is the row). Per element, in a
