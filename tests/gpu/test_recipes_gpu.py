@@ -206,3 +206,14 @@ def test_unsaturated_cast_is_declined_by_cuda_only():
     else:
         assert "torch < 2.12" in cuda_backend.supports(p)
     assert ts.supports(p) is None
+
+
+def test_cuda_cast_saturates_as_the_cpu_cast_says():
+    """catalog.E4M3_CAST_SATURATES is measured with a CPU cast; the kernels' choice for recipes
+    without the clamp rests on eager's CUDA cast doing the same (both changed in torch 2.12)."""
+    v = torch.tensor([float("inf"), -1e30, 500.0, 465.0, 464.0], device="cuda")
+    q = v.to(FP8).view(torch.uint8).tolist()
+    if catalog.E4M3_CAST_SATURATES:
+        assert q == [0x7E, 0xFE, 0x7E, 0x7E, 0x7E]
+    else:
+        assert [b & 0x7F for b in q] == [0x7F, 0x7F, 0x7F, 0x7F, 0x7E]
