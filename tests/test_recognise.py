@@ -279,6 +279,28 @@ def test_gpu_graph_fuses_vllm_floor_at_the_scale():
     assert reason and "eps=nan" in reason and "no CUDA / Triton kernel" in reason
 
 
+def _floored_in(dtype):
+    """A bf16 scale computed in bf16 (amax / 448), floored at 1e-4 in ``dtype`` (bf16: as eager's
+    bf16 clamp stores it, at bf16(1e-4); fp32: after the cast, at 1e-4)."""
+    def fn(x):
+        yg = torch.relu(x).square().unflatten(-1, (-1, 128))
+        s = (yg.abs().amax(-1, keepdim=True) / 448.0).to(dtype).clamp(min=1e-4).float()
+        q = (yg.float() / s).clamp(-448, 448).to(torch.float8_e4m3fn)
+        return q.flatten(-2), s.squeeze(-1)
+    return fn
+
+
+def test_a_16bit_scale_floor_is_read_with_its_eps_rounded():
+    """bf16(max(s, 1e-4)) is max(s, bf16(1e-4)) for a bf16 s: the recogniser reads the bf16 floor
+    with the rounded eps and the fp32 one with 1e-4, two recipes, each equal to eager where the
+    floor decides (small rows: s < eps)."""
+    x = (torch.randn(5, 512) * 1e-3).bfloat16()
+    bf16_eps = float(torch.tensor(1e-4, dtype=torch.float32).bfloat16())
+    assert bf16_eps != float(torch.tensor(1e-4))
+    assert_fused_equals_eager(_floored_in(torch.bfloat16), x, spec=f"floor_at=scale,eps={bf16_eps!r},step_dtype=input")
+    assert_fused_equals_eager(_floored_in(torch.float32), x, spec="floor_at=scale,eps=0.0001,step_dtype=input")
+
+
 def test_corpus_other_eps_is_fused_to_its_own_recipe():
     """The pattern matcher reports its literal; the recogniser fuses it with eps=1e-06 (and drops
     the matcher's near miss for the site)."""
