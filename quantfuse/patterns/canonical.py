@@ -172,14 +172,13 @@ class Interpreter:
     def _dtype(self, node: Node) -> torch.dtype:
         return _meta(node).dtype
 
-    def _round(self, expr: tuple, narrow: torch.dtype, dtype: torch.dtype,
-               group: bool = False) -> tuple[tuple, torch.dtype]:
-        """``expr`` stored in ``dtype``: a round unless the value already fits (or, for a group
-        value, is a max / min of values that fit and constants: :meth:`_stored_expr`)."""
+    def _round(self, expr: tuple, narrow: torch.dtype, dtype: torch.dtype) -> tuple[tuple, torch.dtype]:
+        """``expr`` stored in ``dtype``: a round unless the value already fits (or is a max / min of
+        values that fit and constants: :meth:`_stored_expr`)."""
         if _fits(narrow, dtype):
             return expr, narrow
         if dtype in SIXTEEN_BIT:
-            pushed = self._stored_expr(expr, dtype) if group else None
+            pushed = self._stored_expr(expr, dtype)
             if pushed is not None:
                 return pushed, dtype
             return ("round", str(dtype).replace("torch.", ""), expr), dtype
@@ -220,7 +219,7 @@ class Interpreter:
                 return self._like(v, ("to_uint8", v.expr), dtype, dtype, node)
             if dtype == torch.float8_e4m3fn or not _width(dtype):
                 raise Unknown(f"`{node.name}` casts to {dtype} inside the region")
-            expr, narrow = self._round(v.expr, v.narrow, dtype, group=v.level == "group")
+            expr, narrow = self._round(v.expr, v.narrow, dtype)
             return self._like(v, expr, dtype, narrow, node)
         if t in _VIEWS:
             return self._view(node, self.value(args[0]))
@@ -394,8 +393,7 @@ class Interpreter:
             # x * x is pow(x, 2) (both one fp32 product, rounded once)
             expr, exact = ("pow", ea, const(2)), False
         elif name in ("max", "min"):
-            if out.level == "group":
-                ea, eb = (_stored(e, dtype) if v.level == "const" else e for v, e in ((a, ea), (b, eb)))
+            ea, eb = (_stored(e, dtype) if v.level == "const" else e for v, e in ((a, ea), (b, eb)))
             expr, exact = self._sorted(name, ea, eb), True
         else:
             expr = self._sorted(name, ea, eb) if name in _COMMUTATIVE else (name, ea, eb)
@@ -403,8 +401,7 @@ class Interpreter:
         if exact:
             narrow = a.narrow if b.level == "const" else b.narrow if a.level == "const" \
                 else (a.narrow if _fits(b.narrow, a.narrow) else b.narrow)
-            if out.level == "group" and not all(_const_fits(e, narrow) for v, e in ((a, ea), (b, eb))
-                                                if v.level == "const"):
+            if not all(_const_fits(e, narrow) for v, e in ((a, ea), (b, eb)) if v.level == "const"):
                 narrow = torch.float32  # max(v, c) is c where c wins, which v's dtype may not hold
             expr, narrow = self._round(expr, narrow, dtype)
         else:
@@ -429,10 +426,8 @@ class Interpreter:
         expr, narrow = v.expr, v.narrow
         for name, c in (("max", lo), ("min", hi)):
             if c is not None:
-                ce = self.value(c).expr
-                if v.level == "group":  # a floor of the scale (elem values: the kernels round the result)
-                    ce = _stored(ce, self._dtype(node))
-                    narrow = narrow if _const_fits(ce, narrow) else torch.float32
+                ce = _stored(self.value(c).expr, self._dtype(node))
+                narrow = narrow if _const_fits(ce, narrow) else torch.float32
                 expr = self._sorted(name, expr, ce)
         return self._like(v, expr, self._dtype(node), narrow, node)
 
@@ -457,11 +452,9 @@ class Interpreter:
             name = "min" if low else "max"
         else:
             raise Unknown(f"`{node.name}` is a select that is not a max or min with a constant")
-        ce, narrow = c.expr, x.narrow
-        if x.level == "group":
-            ce = _stored(ce, self._dtype(node))
-            narrow = narrow if _const_fits(ce, narrow) else torch.float32
-        return self._like(x, self._sorted(name, x.expr, ce), self._dtype(node), narrow, node)
+        ce = _stored(c.expr, self._dtype(node))
+        return self._like(x, self._sorted(name, x.expr, ce), self._dtype(node),
+                          x.narrow if _const_fits(ce, x.narrow) else torch.float32, node)
 
 
 def _as(value: float, dtype: torch.dtype) -> float:
@@ -474,11 +467,10 @@ def _const_fits(c: tuple, narrow: torch.dtype) -> bool:
 
 
 def _stored(c: tuple, dtype: torch.dtype) -> tuple:
-    """The constant of a max or min of a group value (the scale's floors) stored in ``dtype``:
-    eager's 16-bit ``clamp_min(v, c)`` stores ``max(v, c)`` rounded, which for a ``v`` of that dtype
-    is ``max(v, c rounded)`` (no value of the dtype lies between ``c`` and its rounding), and
-    compares and selects likewise; torch rounds the Python float through fp32. (Elem values keep
-    their constants: the fused ops round a clamp's result, as GPT-OSS's limit.)"""
+    """The constant of a max or min stored in ``dtype``: eager's 16-bit ``clamp_min(v, c)`` stores
+    ``max(v, c)`` rounded, which for a ``v`` of that dtype is ``max(v, c rounded)`` (no value of the
+    dtype lies between ``c`` and its rounding), and compares and selects likewise; torch rounds the
+    Python float through fp32. (GPT-OSS's clamp limit is read so too: the same clamp.)"""
     if dtype not in SIXTEEN_BIT or c[0] != "c":
         return c
     return const(_as(_as(c[1], torch.float32), dtype))
