@@ -250,7 +250,7 @@ def test_cpp_header_carries_every_code():
     for name, code in catalog.codes().items():
         kind = name.split("_")[0]
         assert f"= {code}," in header, name
-        assert kind in ("act", "scheme", "layout", "element", "ue8m0", "step", "apply")
+        assert kind in ("act", "scheme", "layout", "element", "ue8m0", "step", "apply", "mx")
     for s in catalog.KERNEL_SCHEMES:
         assert f"  {s.cname} = {catalog.codes()['scheme_' + s.key]}," in header
 
