@@ -270,10 +270,11 @@ def torchao_floor_scale(y):
     return pack_torchao(torchao_codes(v)), biased.squeeze(-1)
 
 
-def test_torchao_bit_scale_is_a_near_miss():
-    """torchao reads the scale off the bits and floors it at 2^-126 (unlike E8M0's 2^-127 for blocks
-    with a tiny amax): reported, naming the bit view."""
+def test_torchao_bit_scale_without_its_nan_select_is_a_near_miss():
+    """torchao's bit-derived FLOOR scale without its ``where(isnan(amax), 0xFF, ...)``: a NaN amax's
+    exponent field (255) becomes byte 253 and the elements are divided by 2^126, which no MX recipe
+    does (each makes a NaN block NaN or y / inf): the evaluated scale names the amax where it differs."""
     reason = _near_miss(lambda x: torchao_floor_scale(silu_mul(x)), X)
-    assert reason == ("the activation is divided by `clamp_min_1`, a scale the recogniser does not read (computed "
-                      "from the float's bits, as torchao's to_mx does: not read yet): `view_2` (aten.view.dtype) is not "
-                      "an op the recogniser reads")
+    assert reason == ("the MX block scale is no MX recipe's: at amax = nan the elements are divided by 8.50706e+37, "
+                      "where the nearest recipe (mx_rounding=floor, mx_inf=bits, mx_byte0=min_normal, mx_nan=nan) "
+                      "multiplies them by nan (1 of 32642 amax values differ)")
