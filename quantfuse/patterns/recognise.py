@@ -750,6 +750,7 @@ def read_evaluated_mx(anchor: Node, top: Node, y: Node, scheme: catalog.Scheme, 
     found = mx_scale.find(y, sorted(e2m1.ancestors(top), key=order.__getitem__))
     if found is None:
         return None
+    mx_scale.check(y, found)
     element = scheme.base.element
     x_dtype = _dtype(y)
     if x_dtype not in config.torch_dtypes:
