@@ -25,15 +25,13 @@ import torch.nn.functional as F
 
 import quantfuse
 from helpers import count_targets, post_grad_graph
+from torchao_spelled import BITS_SPEC, SPECS, assert_mxfp4_equal_but_nan, mx_inputs, silu_mul, to_mx_torch
 
 pytest.importorskip("torchao")
 from torchao.prototype.mx_formats.config import ScaleCalculationMode  # noqa: E402
 from torchao.prototype.mx_formats.mx_tensor import to_mx  # noqa: E402
 
 FP8, FP4 = torch.float8_e4m3fn, torch.float4_e2m1fn_x2
-#: the recipe fields (beyond scale_rounding) each mode computes, as the fused op's recipe= spec
-BITS_SPEC = "mx_inf=bits,mx_byte0=min_normal,mx_nan=div_inf"
-SPECS = {"FLOOR": BITS_SPEC, "CEIL": BITS_SPEC, "EVEN": BITS_SPEC, "RCEIL": "mx_byte0=one"}
 CASES = [(elem, mode) for elem in (FP8, FP4) for mode in SPECS]
 IDS = [f"{'mxfp8' if e is FP8 else 'mxfp4'}-{m}" for e, m in CASES]
 
@@ -46,43 +44,10 @@ def _model(elem, mode, block=32, swizzled=False):
     return fn
 
 
-def _inputs(tokens: int, hidden: int, seed: int) -> torch.Tensor:
-    """[gate | up] in bf16 whose SiLU x Mul holds every kind of block: ordinary values over many
-    binades, an all-zero block, tiny and subnormal blocks (byte 0: each mode's byte-0 rule), huge
-    ones, blocks with +-inf (and no NaN), NaN blocks (one with inf too), amaxes at EVEN's rounding
-    edge (1 - 2^-(mbits + 2) of a binade) and exact powers of two (CEIL's edge)."""
-    gen = torch.Generator().manual_seed(seed)
-    g = torch.randn(tokens, hidden, generator=gen) * 3
-    u = torch.randn(tokens, hidden, generator=gen) * torch.pow(10.0, torch.empty(tokens, 1).uniform_(-4, 4, generator=gen))
-    g[:10] = 16.0  # silu(16) is 16 in bf16: these rows' values are up's times 16, exactly
-    u[0, :32] = 0.0
-    u[1, 32:64] = torch.randn(32, generator=gen) * 1e-39
-    u[2, 64:96] = torch.randn(32, generator=gen) * 1e-36
-    u[3, 5] = float("inf")
-    u[3, 40] = -float("inf")
-    u[4, 70] = float("nan")
-    u[4, 100:102] = torch.tensor([float("nan"), float("inf")])
-    u[5] *= 2.0 ** 100
-    u[6, :32] = 2.0 ** -133  # bf16's smallest subnormal
-    edge = torch.tensor([2.0 ** k * (1 - 2.0 ** -(m + 2)) for m in (1, 3) for k in range(-16, 16)])
-    u[7, :edge.numel()] = edge[:hidden] / 16
-    u[8, :32] = torch.tensor([2.0 ** k for k in range(-16, 16)]) / 16
-    return torch.cat([g, u], -1).to(torch.bfloat16)
-
-
-def _nan_elements(x: torch.Tensor, mode: str) -> torch.Tensor:
-    """Where SiLU x Mul of ``x`` scaled by its block is NaN: in NaN blocks, every element (RCEIL
-    multiplies by NaN) or the inf and NaN ones (the other modes divide by inf)."""
-    gate, up = x.chunk(2, dim=-1)
-    y = (F.silu(gate) * up).float().unflatten(-1, (-1, 32))
-    nan_block = torch.isnan(y).any(-1, keepdim=True)
-    return (nan_block & (~torch.isfinite(y) | (mode == "RCEIL"))).flatten(-2)
-
-
 @pytest.mark.parametrize("elem,mode", CASES, ids=IDS)
 def test_torchao_to_mx_is_fused(elem, mode):
     fn = _model(elem, mode)
-    gm = post_grad_graph(fn, _inputs(16, 256, 0))
+    gm = post_grad_graph(fn, mx_inputs(16, 256, 0))
     assert count_targets(gm, "where") >= 1 and count_targets(gm, "amax") == 1
     fusion = quantfuse.FusionPass(quantfuse.FusionConfig(native_on_cpu=True))
     fusion(gm.graph)
@@ -118,7 +83,7 @@ def test_compiled_model_gives_eager_to_mx_bytes(elem, mode):
     """The model compiled whole (Inductor's code generation included) with the pass gives eager
     to_mx's bytes on fresh random inputs with every kind of special block."""
     seed = int.from_bytes(os.urandom(4), "little")
-    x = _inputs(24, 512, seed)
+    x = mx_inputs(24, 512, seed)
     fn = _model(elem, mode)
     eq, es = fn(x)
     (cq, cs), report = _compiled(fn, x)
@@ -128,21 +93,26 @@ def test_compiled_model_gives_eager_to_mx_bytes(elem, mode):
     assert (es.view(torch.uint8) == 0xFF).any() and (es.view(torch.uint8) == 0).any()  # NaN and byte-0 blocks ran
     if elem is FP8:
         assert torch.equal(cq.view(torch.uint8), eq.view(torch.uint8)), seed
-        return
-    # MXFP4: every nibble but those of NaN elements
-    nan = _nan_elements(x, mode)
-    assert nan.any()
-    mask = torch.where(nan[..., 0::2], 0, 0x0F) | torch.where(nan[..., 1::2], 0, 0xF0)
-    mask = mask.to(torch.uint8)
-    assert torch.equal(cq & mask, eq & mask), seed
-    assert torch.equal(cq & ~mask, torch.zeros_like(cq)), seed  # NaN codes 0
+    else:
+        assert_mxfp4_equal_but_nan(cq, eq, silu_mul(x), mode, seed)
+
+
+@pytest.mark.parametrize("elem,mode", CASES, ids=IDS)
+def test_plain_torch_spelling_is_torchao(elem, mode):
+    """tests/torchao_spelled.py's ``to_mx_torch`` (what the GPU tests compare the kernels with, the
+    GPU machine having no torchao) gives the real to_mx's bytes, NaN codes included."""
+    x = mx_inputs(24, 512, int.from_bytes(os.urandom(4), "little"))
+    y = silu_mul(x)
+    es, eq = to_mx(y, elem, 32, ScaleCalculationMode[mode])
+    s, q = to_mx_torch(y, "e4m3" if elem is FP8 else "e2m1", mode)
+    assert torch.equal(s, es.view(torch.uint8)) and torch.equal(q.view(torch.uint8), eq.view(torch.uint8))
 
 
 def test_swizzled_scales_are_fused_and_swizzled_by_the_graph():
     """``is_swizzled_scales=True``: the fused op writes row-major bytes, torchao's ``to_blocked``
     after it (outside the site) swizzles them as eager does. Run as the rewritten post-grad graph:
     Inductor's CPU code cannot copy ``float8_e8m0fnu`` values (the swizzle), with or without the pass."""
-    x = _inputs(256, 256, 1)
+    x = mx_inputs(256, 256, 1)
     fn = _model(FP8, "FLOOR", swizzled=True)
     eq, es = fn(x)
     gm = post_grad_graph(fn, x)
@@ -165,9 +135,9 @@ def test_torchao_to_mx_near_misses(case, reason):
     """What still is not fused says why: a float32 activation (its amax is not probed exhaustively),
     blocks of 16 (no MX recipe)."""
     if case == "fp32":
-        fn, x = _model(FP8, "FLOOR"), _inputs(16, 256, 2).float()
+        fn, x = _model(FP8, "FLOOR"), mx_inputs(16, 256, 2).float()
     else:
-        fn, x = _model(FP8, "FLOOR", block=16), _inputs(16, 256, 2)
+        fn, x = _model(FP8, "FLOOR", block=16), mx_inputs(16, 256, 2)
     gm = post_grad_graph(fn, x)
     code = gm.code
     fusion = quantfuse.FusionPass(quantfuse.FusionConfig(native_on_cpu=True))

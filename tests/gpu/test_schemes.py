@@ -36,8 +36,8 @@ TOKENS = {torch.bfloat16: [1, 7, 33, 4097], torch.float16: [1, 33], torch.float3
 #: op parameters per scheme: every kernel value of each (catalog OpParam.kernel_values)
 PARAMS = {"fp8_per_token": [()], "fp8_static": [()],
           "fp8_per_group": [(128, False, False), (64, True, True), (128, True, False), (64, False, True)],
-          "mxfp8": [("floor",), ("rceil",), ("rceil", True)],
-          "mxfp4": [("floor",), ("rceil",), ("floor", True)]}
+          "mxfp8": [("floor",), ("rceil",), ("rceil", True), ("ceil",), ("even", True)],
+          "mxfp4": [("floor",), ("rceil",), ("floor", True), ("ceil", True), ("even",)]}
 assert set(PARAMS) == set(catalog.SCHEMES), "a catalog scheme without test parameters"
 QUANT_OPS = [name for name, e in catalog.OPS.items() if e.scheme is not None and not e.experts]  # experts: test_experts_gpu.py
 STATIC_SCALES = (0.37, 1.0, 2.0 ** -20, 3.0e5)
