@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import quantfuse
-from helpers import count_targets, post_grad_graph
+from helpers import compiled_with_pass, count_targets, post_grad_graph
 from torchao_spelled import BITS_SPEC, SPECS, assert_mxfp4_equal_but_nan, mx_inputs, silu_mul, to_mx_torch
 
 pytest.importorskip("torchao")
@@ -68,16 +68,6 @@ def test_torchao_to_mx_is_fused(elem, mode):
     assert count_targets(gm, "view.dtype") == 1  # uint8 -> float8_e8m0fnu
 
 
-def _compiled(fn, x):
-    fusion = quantfuse.FusionPass(quantfuse.FusionConfig(native_on_cpu=True))
-    torch._dynamo.reset()
-    try:
-        out = torch.compile(fn, options={"post_grad_custom_post_pass": fusion})(x)
-    finally:
-        torch._dynamo.reset()
-    return out, fusion.report
-
-
 @pytest.mark.parametrize("elem,mode", CASES, ids=IDS)
 def test_compiled_model_gives_eager_to_mx_bytes(elem, mode):
     """The model compiled whole (Inductor's code generation included) with the pass gives eager
@@ -86,7 +76,7 @@ def test_compiled_model_gives_eager_to_mx_bytes(elem, mode):
     x = mx_inputs(24, 512, seed)
     fn = _model(elem, mode)
     eq, es = fn(x)
-    (cq, cs), report = _compiled(fn, x)
+    (cq, cs), report = compiled_with_pass(fn, x, config=quantfuse.FusionConfig(native_on_cpu=True))
     assert len(report.rewrites) == 1 and report.near_misses == [], str(report)
     assert cs.dtype == es.dtype == torch.float8_e8m0fnu and cs.shape == es.shape
     assert torch.equal(cs.view(torch.uint8), es.view(torch.uint8)), seed

@@ -22,7 +22,6 @@ EPS = catalog.FP8_PER_GROUP.base.eps
 MX_BLOCK = catalog.MX_BLOCK
 E8M0_BIAS = catalog.E8M0_BIAS
 E8M0_NAN = catalog.E8M0_NAN
-SCALE_ROUNDINGS = tuple(r.value for r in MxRounding)
 
 
 def gate_up(x: torch.Tensor, up: torch.Tensor | None = None, interleaved: bool = False):
@@ -202,11 +201,6 @@ def silu_and_mul_per_block_quant(x: torch.Tensor, group_size: int, column_major_
     return per_token_group_quant_fp8(silu_and_mul(x), group_size, column_major_scales, use_ue8m0)
 
 
-#: element format name -> (largest magnitude, exponent of the largest binade)
-MX_ELEMENTS = {e.name: (e.max, e.emax) for e in catalog.ELEMENTS}
-_ELEMENT = {e.name: e for e in catalog.ELEMENTS}
-
-
 def _ceil_log2(v: torch.Tensor) -> torch.Tensor:
     mant, exp = torch.frexp(v)
     return exp - (mant == 0.5).to(exp.dtype)
@@ -247,15 +241,6 @@ def mx_exponents(amax: torch.Tensor, element: catalog.Element, rounding: MxRound
     inf_exp = E8M0_BIAS if inf is MxInf.CLAMP else E8M0_BIAS + 1 - emax
     exp = torch.where(torch.isinf(amax), torch.full_like(exp, inf_exp), exp)
     return exp.clamp(-E8M0_BIAS, E8M0_BIAS).to(torch.int32), bad
-
-
-def mx_block_exponents(x: torch.Tensor, element: str, scale_rounding: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shared exponents of the 32-element blocks of ``x`` (:func:`mx_exponents` of their amax,
-    NaN-propagating): ``(exponent int32 [..., G], NaN mask)``."""
-    if scale_rounding not in SCALE_ROUNDINGS:
-        raise ValueError(f"scale_rounding must be one of {SCALE_ROUNDINGS}, got {scale_rounding!r}")
-    amax = x.float().unflatten(-1, (-1, MX_BLOCK)).abs().amax(-1)
-    return mx_exponents(amax, _ELEMENT[element], MxRounding(scale_rounding))
 
 
 def mx_multipliers(exp: torch.Tensor, bad: torch.Tensor, r: Recipe) -> torch.Tensor:

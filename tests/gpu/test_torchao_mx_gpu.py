@@ -27,6 +27,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import kernel_calls as kc  # noqa: E402
 
+from helpers import compiled_with_pass  # noqa: E402
+
 import quantfuse  # noqa: E402
 from quantfuse.custom_ops import cuda_backend, oracle  # noqa: E402
 from quantfuse.custom_ops import triton_schemes as ts  # noqa: E402
@@ -108,17 +110,6 @@ def test_gpu_exp2_of_integers_is_exact():
     assert torch.equal(torch.exp2(k), torch.ldexp(torch.ones_like(k), k.int()))
 
 
-def _compile_and_run(fn, x):
-    fusion = quantfuse.FusionPass(quantfuse.FusionConfig())
-    torch._dynamo.reset()
-    try:
-        with torch.no_grad():
-            out = torch.compile(fn, options={"post_grad_custom_post_pass": fusion})(x)
-    finally:
-        torch._dynamo.reset()
-    return out, fusion.report
-
-
 @pytest.mark.parametrize("element,mode", CASES, ids=IDS)
 def test_compiled_spelling_is_fused_to_the_cuda_kernel(element, mode):
     """``to_mx_torch`` after SiLU x Mul compiled with the pass on a GPU graph: fused (a kernel
@@ -132,7 +123,7 @@ def test_compiled_spelling_is_fused_to_the_cuda_kernel(element, mode):
 
     ws, wq = fn(x)
     oracle.reset_counts()
-    (s, q), report = _compile_and_run(fn, x)
+    (s, q), report = compiled_with_pass(fn, x)
     (r,) = report.rewrites
     scheme = ELEMENTS[element]
     assert r.fused_op == f"quantfuse.silu_and_mul_{scheme}_quant" and r.params["recipe"] == SPECS[mode]
@@ -155,7 +146,7 @@ def test_real_torchao_to_mx_compiled_on_the_gpu(element, mode):
         return to_mx(silu_mul(x), elem, 32, ScaleCalculationMode[mode])
 
     es, eq = fn(x)
-    (s, q), report = _compile_and_run(fn, x)
+    (s, q), report = compiled_with_pass(fn, x)
     (r,) = report.rewrites
     assert r.params["recipe"] == SPECS[mode]
     _assert_same(element, mode, silu_mul(x), (q, s.view(torch.uint8)), (eq, es.view(torch.uint8)), "torchao")
