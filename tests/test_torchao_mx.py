@@ -68,13 +68,21 @@ def test_torchao_to_mx_is_fused(elem, mode):
     assert count_targets(gm, "view.dtype") == 1  # uint8 -> float8_e8m0fnu
 
 
+@pytest.mark.parametrize("spelling", ["torchao", "plain"])
 @pytest.mark.parametrize("elem,mode", CASES, ids=IDS)
-def test_compiled_model_gives_eager_to_mx_bytes(elem, mode):
+def test_compiled_model_gives_eager_to_mx_bytes(elem, mode, spelling):
     """The model compiled whole (Inductor's code generation included) with the pass gives eager
-    to_mx's bytes on fresh random inputs with every kind of special block."""
+    to_mx's bytes on fresh random inputs with every kind of special block; also for
+    tests/torchao_spelled.py's plain-torch spelling of it, a close variant (EVEN's NaN put back by
+    ``where`` instead of torchao's masked fill), read by what it computes."""
     seed = int.from_bytes(os.urandom(4), "little")
     x = mx_inputs(24, 512, seed)
-    fn = _model(elem, mode)
+    if spelling == "torchao":
+        fn = _model(elem, mode)
+    else:
+        def fn(x):
+            s, q = to_mx_torch(silu_mul(x), "e4m3" if elem is FP8 else "e2m1", mode)
+            return q, s.view(torch.float8_e8m0fnu)
     eq, es = fn(x)
     (cq, cs), report = compiled_with_pass(fn, x, config=quantfuse.FusionConfig(native_on_cpu=True))
     assert len(report.rewrites) == 1 and report.near_misses == [], str(report)
