@@ -151,7 +151,7 @@ def _mx_spelled(y: torch.Tensor, r: catalog.Recipe):
         # a 16-bit amax is never within an fp32 ulp of a power of two (times max) unless it is one
         e = torch.ceil(torch.log2(amax * torch.tensor(1 / el.max))).clamp(-127, 127).to(torch.int32)
     else:
-        b = bits + (1 << (22 - el.mbits)) if r.mx_rounding is catalog.MxRounding.EVEN else bits
+        b = bits + (1 << (22 - el.mant)) if r.mx_rounding is catalog.MxRounding.EVEN else bits
         field = (b >> 23) & 0xFF
         e = field - 127 - el.emax
         if r.mx_rounding is catalog.MxRounding.CEIL:

@@ -23,7 +23,6 @@ changed until the whole site is understood, so the graph stays byte-identical el
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import math
 import operator
@@ -372,15 +371,6 @@ def _clamp_of(e: tuple, element: catalog.Element) -> tuple[bool, tuple]:
         raise NotRecognised(f"the values are clamped to [{bounds[0]}, {bounds[1]}] where {element.name} "
                             f"spans [-{element.max}, {element.max}]")
     return True, inner
-
-
-@functools.lru_cache(maxsize=1)
-def fp8_cast_saturates() -> bool:
-    """torch's cast to float8_e4m3fn saturates finite and infinite values at ±448 (torch 2.12 and
-    later: c10's conversion, which CPU and CUDA kernels share; earlier ones give NaN from 464
-    on), so that a clamp to ±448 before it changes no bit."""
-    v = torch.tensor([463.9, 464.0, 1e30, float("inf"), -float("inf")])
-    return v.to(torch.float8_e4m3fn).view(torch.uint8).tolist() == [0x7E, 0x7E, 0x7E, 0x7E, 0xFE]
 
 
 def parse_apply(e: tuple, element: catalog.Element) -> tuple[dict, tuple]:
@@ -769,7 +759,7 @@ def read_evaluated_mx(anchor: Node, top: Node, y: Node, scheme: catalog.Scheme, 
         if core != sv.expr:
             raise NotRecognised(f"the value cast to FP8 is {_show(core)}, not the activation scaled by its block "
                                 f"(`{found.scaled.name}`)")
-        if not clamped and not fp8_cast_saturates():
+        if not clamped and not catalog.E4M3_CAST_SATURATES:
             raise NotRecognised(f"the MX elements are not clamped to [-{element.max}, {element.max}] before "
                                 f"the FP8 cast (torch {torch.__version__}'s cast does not saturate)")
         extra = set()
@@ -808,7 +798,7 @@ def _read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
     mul_form, mx_exponent = False, None
     if scale_input is None and s_expr[0] == "exp2" and groups == {catalog.MX_BLOCK}:
         # a power-of-two scale over blocks of 32: MX (an FP8 UE8M0 scale has groups of 64 / 128)
-        if not fields["clamp"] and not fp8_cast_saturates():
+        if not fields["clamp"] and not catalog.E4M3_CAST_SATURATES:
             raise NotRecognised(f"the MX elements are not clamped to [-{element.max}, {element.max}] before "
                                 f"the FP8 cast (torch {torch.__version__}'s cast does not saturate)")
         if x_dtype == torch.float32:
