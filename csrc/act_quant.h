@@ -36,6 +36,19 @@ struct ActArgs {
   float p[kMaxActParams];
 };
 
+// The MX recipe fields of a call (catalog.MX_CODE_FIELDS), crossing as one code (catalog.mx_code).
+struct MxArgs {
+  MxRoundingCode rounding;
+  MxInfCode inf;      // an inf block's exponent
+  MxByte0Code byte0;  // a byte-0 block's multiplier
+  MxNanCode nan;      // a NaN block's elements
+};
+
+inline MxArgs mx_args(int64_t code) {
+  return {MxRoundingCode(code / kMxRoundingStride % kNumMxRounding), MxInfCode(code / kMxInfStride % kNumMxInf),
+          MxByte0Code(code / kMxByte0Stride % kNumMxByte0), MxNanCode(code / kMxNanStride % kNumMxNan)};
+}
+
 // The FP8 recipe of a call (catalog.Recipe), as the kernels compute it. Dynamic schemes
 // (kPerToken, kPerGroup), once per group or row (quantfuse/custom_ops/plan.py CallPlan.fp8_floors
 // works the floors out): s = max(amax, amax_floor) * fp32(1/448), rounded to the input dtype for
@@ -50,6 +63,7 @@ struct ScaleRecipe {
   StepCode step;
   Ue8m0Code ue8m0;  // power-of-two scales (catalog.Ue8m0: none, exact, exp2)
   ApplyCode apply;
+  MxArgs mx;        // MX schemes (kMxfp8, kMxfp4): their recipe fields; FP8: unused
 };
 
 // The experts ops (catalog OpEntry.experts; experts_kernel.cuh): tokens sorted by expert, MX
@@ -63,8 +77,7 @@ struct ExpertsArgs {
 struct QuantParams {
   Scheme scheme;
   int64_t group_size;     // kPerGroup: 64 or 128; MX: 32; kPerToken, kStatic: unused
-  ScaleRecipe recipe;     // kPerToken, kPerGroup, kStatic (MX: unused)
-  bool rceil;             // MX: rceil scale rounding (else floor)
+  ScaleRecipe recipe;     // kPerToken, kPerGroup, kStatic; MX: recipe.mx only
   void* q;                // encoded elements, contiguous [T, H] (bytes: H * bits / 8 per row)
   void* s;                // scale of (t, g) at s + t * s_stride_t + g * s_stride_g, or (s_swizzled, MX)
                           // in the 128x4 tiled layout with row-block stride s_stride_t; kStatic: unused

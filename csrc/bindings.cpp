@@ -211,7 +211,7 @@ std::string scale_recipe(quantfuse::ScaleRecipe& r, int64_t ue8m0, const std::ve
 // recipe (scale_recipe; MX: unused).
 std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tensor q,
                            const std::optional<at::Tensor>& s_opt, at::Tensor x, const std::optional<at::Tensor>& up,
-                           const std::optional<at::Tensor>& scale, int64_t group_size, int64_t ue8m0, bool rceil,
+                           const std::optional<at::Tensor>& scale, int64_t group_size, int64_t ue8m0, int64_t mx_code,
                            int64_t s_stride_t, int64_t s_stride_g, bool swizzled, int64_t vectors,
                            int64_t blocks_per_sm, const std::vector<double>& act_params,
                            const std::vector<double>& scale_floors, int64_t step, int64_t apply,
@@ -317,7 +317,9 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tens
                ") reach past the scale storage");
     }
     p.group_size = group_size;
-    p.rceil = rceil;
+    QF_CHECK(mx_code >= 0 && mx_code < quantfuse::kMxCodes, "quantfuse: MX recipe code must be in [0, ",
+             quantfuse::kMxCodes, "), got ", mx_code);
+    p.recipe.mx = quantfuse::mx_args(mx_code);
     p.s = s.data_ptr();
     p.s_stride_t = s_stride_t;
     p.s_stride_g = s_stride_g;
@@ -376,7 +378,7 @@ std::string check_offsets(const at::Tensor& o, const at::Tensor& x, const char* 
 // kernel (ExpertScales::prologue), not here: reading them would synchronise.
 std::string experts_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, at::Tensor s, at::Tensor x,
                                const std::optional<at::Tensor>& up, const at::Tensor& expert_offsets,
-                               const at::Tensor& blockscale_offsets, bool rceil,
+                               const at::Tensor& blockscale_offsets, int64_t mx_code,
                                const std::vector<double>& act_params) {
   QF_CHECK(scheme == quantfuse::kMxfp8 || scheme == quantfuse::kMxfp4, "quantfuse: the experts kernels are ",
            quantfuse::kSchemeNames[quantfuse::kMxfp8], " and ", quantfuse::kSchemeNames[quantfuse::kMxfp4],
@@ -392,7 +394,7 @@ std::string experts_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::
   ea.offsets = quantfuse::ExpertOffsets{expert_offsets.data_ptr(), blockscale_offsets.data_ptr(),
                                         expert_offsets.numel() - 1, expert_offsets.scalar_type() == at::kLong};
   ea.error = experts_error_flag().device;
-  return act_quant_impl(act, scheme, layout, q, s, x, up, std::nullopt, quantfuse::kMxBlock, 0, rceil, 0, 0, true, 0,
+  return act_quant_impl(act, scheme, layout, q, s, x, up, std::nullopt, quantfuse::kMxBlock, 0, mx_code, 0, 0, true, 0,
                         0, act_params, {0.0, 0.0, 0.0}, quantfuse::kStepFp32, quantfuse::kApplyDiv, &ea);
 }
 
@@ -417,20 +419,20 @@ namespace quantfuse {
 
 std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, std::optional<at::Tensor> s,
                       at::Tensor x, std::optional<at::Tensor> up, std::optional<at::Tensor> scale, int64_t group_size,
-                      int64_t ue8m0, bool rceil, int64_t s_stride_t, int64_t s_stride_g, bool swizzled,
+                      int64_t ue8m0, int64_t mx, int64_t s_stride_t, int64_t s_stride_g, bool swizzled,
                       int64_t vectors, int64_t blocks_per_sm, std::vector<double> act_params,
                       std::vector<double> scale_floors, int64_t step, int64_t apply) {
   return guarded([&] {
-    return act_quant_impl(act, scheme, layout, q, s, x, up, scale, group_size, ue8m0, rceil, s_stride_t,
+    return act_quant_impl(act, scheme, layout, q, s, x, up, scale, group_size, ue8m0, mx, s_stride_t,
                           s_stride_g, swizzled, vectors, blocks_per_sm, act_params, scale_floors, step, apply);
   });
 }
 
 std::string experts_quant_checked(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, at::Tensor s,
                                   at::Tensor x, std::optional<at::Tensor> up, at::Tensor expert_offsets,
-                                  at::Tensor blockscale_offsets, bool rceil, std::vector<double> act_params) {
+                                  at::Tensor blockscale_offsets, int64_t mx, std::vector<double> act_params) {
   return guarded([&] {
-    return experts_quant_impl(act, scheme, layout, q, s, x, up, expert_offsets, blockscale_offsets, rceil,
+    return experts_quant_impl(act, scheme, layout, q, s, x, up, expert_offsets, blockscale_offsets, mx,
                               act_params);
   });
 }
@@ -447,7 +449,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the FP8 recipe (CallPlan.fp8_floors; the defaults: the default recipe's). Returns \"\" or an error "
         "message",
         py::arg("act"), py::arg("scheme"), py::arg("layout"), py::arg("q"), py::arg("s"), py::arg("x"),
-        py::arg("up"), py::arg("scale"), py::arg("group_size"), py::arg("ue8m0"), py::arg("rceil"),
+        py::arg("up"), py::arg("scale"), py::arg("group_size"), py::arg("ue8m0"), py::arg("mx"),
         py::arg("s_stride_t"), py::arg("s_stride_g"), py::arg("swizzled"), py::arg("vectors") = 0,
         py::arg("blocks_per_sm") = 0, py::arg("act_params") = std::vector<double>{},
         py::arg("scale_floors") = std::vector<double>{quantfuse::kDefaultEps, 0.0, 0.0},
@@ -459,7 +461,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "blockscale_offsets[e], every other byte zero. Inconsistent offsets: s all 0xFF and the flag of "
         "experts_offset_error() raised. Returns \"\" or an error message",
         py::arg("act"), py::arg("scheme"), py::arg("layout"), py::arg("q"), py::arg("s"), py::arg("x"), py::arg("up"),
-        py::arg("expert_offsets"), py::arg("blockscale_offsets"), py::arg("rceil"),
+        py::arg("expert_offsets"), py::arg("blockscale_offsets"), py::arg("mx"),
         py::arg("act_params") = std::vector<double>{});
   m.def("experts_offset_error", [](bool clear) {
     volatile int* flag = experts_error_flag().host;

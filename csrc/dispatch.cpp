@@ -45,7 +45,8 @@ struct Launch {
   int64_t ue8m0 = 0;                     // catalog.Ue8m0 code
   std::vector<double> scale_floors;       // the FP8 recipe (CallPlan.fp8_floors) and its codes
   int64_t step = kStepFp32, apply = kApplyDiv;
-  bool rceil = false, swizzled = false, column_major = false;
+  int64_t mx = 0;     // MX recipe fields (catalog.mx_code)
+  bool swizzled = false, column_major = false;
   int up_index = -1, scale_index = -1;  // argument positions (-1: none)
   int64_t experts = 0;                   // the experts ops: num_experts (0: another op)
   int offsets_index = -1;                // their expert_offsets, then blockscale_offsets
@@ -156,7 +157,7 @@ Launch decide(int64_t op, const c10::OperatorHandle& handle, const c10::ArrayRef
     l.scale_floors = f["scale_floors"].cast<std::vector<double>>();
     l.step = f["step"].cast<int64_t>();
     l.apply = f["apply"].cast<int64_t>();
-    l.rceil = f["rceil"].cast<bool>();
+    l.mx = f["mx"].cast<int64_t>();
     l.swizzled = f["swizzled"].cast<bool>();
     l.column_major = f["column_major"].cast<bool>();
     l.up_index = f["up_index"].cast<int>();
@@ -251,9 +252,9 @@ bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stac
     const std::string err =
         l.experts ? experts_quant_checked(l.act, l.scheme, l.layout, outs[0], outs[1], x,
                                           optional_arg(args, l.up_index), args[l.offsets_index].toTensor(),
-                                          args[l.offsets_index + 1].toTensor(), l.rceil, l.act_params)
+                                          args[l.offsets_index + 1].toTensor(), l.mx, l.act_params)
                   : act_quant_checked(l.act, l.scheme, l.layout, outs[0], s, x, optional_arg(args, l.up_index),
-                                      optional_arg(args, l.scale_index), l.group_size, l.ue8m0, l.rceil, st_t,
+                                      optional_arg(args, l.scale_index), l.group_size, l.ue8m0, l.mx, st_t,
                                       st_g, l.swizzled, l.vectors(tokens), 0, l.act_params, l.scale_floors, l.step,
                                       l.apply);
     if (!err.empty()) return false;

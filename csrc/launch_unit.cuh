@@ -144,7 +144,8 @@ Fp8Step fp8_step(const ScaleRecipe& r) {
   return Fp8Step::kRecipe;
 }
 
-// Fp8Scaled<scale step> (three kinds), Mx<bits, rceil> (the scheme's one boolean recipe field).
+// Fp8Scaled<scale step> (three kinds); Mx<bits, saturate>: whether the MX rounding lets scaled values pass the
+// element's largest (catalog.MX_SATURATING; kMxRoundingSaturates), the other MX fields at run time (MxArgs).
 template <int GS>
 const char* dispatch_fp8_group(const QuantParams& p) {
   switch (fp8_step(p.recipe)) {
@@ -157,8 +158,9 @@ template <template <bool> class Scheme, int GS>
 const char* dispatch_bool(const QuantParams& p, bool value) {
   return value ? dispatch_vectors<Scheme<true>, GS>(p) : dispatch_vectors<Scheme<false>, GS>(p);
 }
-template <bool RCEIL> using Mxfp8 = Mx<8, RCEIL>;
-template <bool RCEIL> using Mxfp4 = Mx<4, RCEIL>;
+template <bool kSaturate> using Mxfp8 = Mx<8, kSaturate>;
+template <bool kSaturate> using Mxfp4 = Mx<4, kSaturate>;
+bool mx_saturates(const QuantParams& p) { return kMxRoundingSaturates[p.recipe.mx.rounding]; }
 
 // The experts ops (experts_kernel.cuh): the MX group kernel with the experts' scale policy, at
 // the scheme's default vectors per thread (s_stride_t: the row-block stride of the tiles).
@@ -167,8 +169,8 @@ const char* dispatch_experts(const QuantParams& p) {
   if (p.vectors != 0) return "quantfuse: the experts kernels take the default vectors per thread";
   const ExpertScales sc{p.experts.offsets, p.experts.scale_rows, p.s_stride_t, uint32_t(p.s_stride_t / kSwizzleRows),
                         p.experts.error};
-  return p.rceil ? launch_group<Scheme<true>, kMxBlock, Scheme<true>::kVectors>(p, sc)
-                 : launch_group<Scheme<false>, kMxBlock, Scheme<false>::kVectors>(p, sc);
+  return mx_saturates(p) ? launch_group<Scheme<true>, kMxBlock, Scheme<true>::kVectors>(p, sc)
+                         : launch_group<Scheme<false>, kMxBlock, Scheme<false>::kVectors>(p, sc);
 }
 
 // Per-token blocks of about block_threads threads (block_threads / threads_x rows).
@@ -256,8 +258,8 @@ const char* QF_CAT(launch_quant_, QF_UNIT)(const QuantParams& p) {
       if (p.group_size == kFp8GroupSizes[0]) return dispatch_fp8_group<kFp8GroupSizes[0]>(p);
       if (p.group_size == kFp8GroupSizes[1]) return dispatch_fp8_group<kFp8GroupSizes[1]>(p);
       return "quantfuse: group_size is not one the kernels take";
-    case kMxfp8: return p.experts.offsets.experts ? dispatch_experts<Mxfp8>(p) : dispatch_bool<Mxfp8, kMxBlock>(p, p.rceil);
-    case kMxfp4: return p.experts.offsets.experts ? dispatch_experts<Mxfp4>(p) : dispatch_bool<Mxfp4, kMxBlock>(p, p.rceil);
+    case kMxfp8: return p.experts.offsets.experts ? dispatch_experts<Mxfp8>(p) : dispatch_bool<Mxfp8, kMxBlock>(p, mx_saturates(p));
+    case kMxfp4: return p.experts.offsets.experts ? dispatch_experts<Mxfp4>(p) : dispatch_bool<Mxfp4, kMxBlock>(p, mx_saturates(p));
     case kStatic:
       // the apply form is the per-element work (no reduction, no fast path to choose)
       if (p.recipe.apply == kApplyMulInv) {

@@ -6,14 +6,14 @@
 //   kEvictFirstL2s     inputs up to this many L2 sizes are loaded evict-first
 //   Scale              type of one stored scale (fp32, or an E8M0 byte)
 //   State prepare<DT>(a, rr)  per-group state from the group's amax (NaN-propagated |y| max)
-//                      and the call's FP8 recipe rr (act_quant.h ScaleRecipe; MX: unused)
+//                      and the call's recipe rr (act_quant.h ScaleRecipe; MX: its mx fields)
 //   encode<N, DT>(y, yp, st, w, rr)  N activation values -> N * kBits / 8 little-endian
 //                      bytes in w; y in fp32, and for 16-bit input dtypes DT also as
 //                      packed pairs yp (element 2i in the low half), exactly equal
 //   scale(st)          the value stored for the group
 //
 // Numerics are reference.py's bit for bit (docs/numerics.md, and the MX rules in
-// reference.mx_block_exponents / mxfp8_quant / mxfp4_quant).
+// reference.mx_exponents / mx_multipliers / mx_quantize).
 #pragma once
 
 #include "act_quant.cuh"
@@ -91,22 +91,23 @@ struct Fp8Scaled {
 // ---------------------------------------------------------------------------
 // OCP microscaling (block 32, E8M0 scale byte = exponent + 127).
 // ---------------------------------------------------------------------------
-// Shared exponent e of a block from amax's bits (reference.mx_block_exponents):
+// Shared exponent e of a block from a finite amax's bits (reference.mx_exponents):
 //  rceil: ceil(log2(amax * fp32(1/max_elem))), a product that underflows to 0 -> -127;
-//  floor: floor(log2(amax)) - emax_elem, zero / subnormal amax -> -127;
-// an all-zero block -> -127; clamped to [-127, 127]. NaN and inf blocks are the
-// caller's (Mx::prepare).
-template <bool RCEIL>
-__device__ __forceinline__ int mx_exponent(float amax, float inv_max, int emax) {
+//  floor: floor(log2(amax)) - emax_elem; ceil: ceil(log2(amax)) - emax_elem; even: floor(log2(amax'))
+//  - emax_elem, amax' rounded half up to the element's mant mantissa bits (a carry into the
+//  exponent field; up to 2^128); zero / subnormal amax -> -127 (after the clamp);
+// clamped to [-127, 127]. NaN and inf blocks are the caller's (Mx::prepare).
+__device__ __forceinline__ int mx_exponent(float amax, MxRoundingCode rounding, float inv_max, int emax, int mant) {
   int e;
-  if constexpr (RCEIL) {
+  if (rounding == kMxRoundingRceil) {
     const uint32_t p = __float_as_uint(__fmul_rn(amax, inv_max));
     const int pe = int(p >> 23), pm = int(p & 0x7fffffu);
     // subnormal product m * 2^-149: above 2^-127 -> -126, else -127 (after the clamp)
     e = pe > 0 ? pe - 127 + (pm != 0) : (pm > 0x400000 ? -126 : -127);
   } else {
-    const int ae = int(__float_as_uint(amax) >> 23);
-    e = ae == 0 ? -127 : ae - 127 - emax;
+    const uint32_t a = __float_as_uint(amax);
+    const int ae = int((rounding == kMxRoundingEven ? a + (1u << (22 - mant)) : a) >> 23);
+    e = ae == 0 ? -127 : ae - 127 - emax + int(rounding == kMxRoundingCeil && (a & 0x7fffffu) != 0);
   }
   return min(max(e, -kE8m0Bias), kE8m0Bias);
 }
@@ -176,7 +177,9 @@ __device__ __forceinline__ uint32_t pack_e2m1x8(uint32_t p0, uint32_t p1, uint32
   return __byte_perm(__byte_perm(byte(p0), byte(p1), 0x0040), __byte_perm(byte(p2), byte(p3), 0x0040), 0x5410);
 }
 
-template <int kElemBits, bool RCEIL>
+// kSaturate: the rounding lets scaled values pass the element's largest (catalog.MX_SATURATING:
+// floor, even), so MXFP4's lane paths clamp first; the other MX fields at run time (MxArgs).
+template <int kElemBits, bool kSaturate>
 struct Mx {
   static_assert(kElemBits == 8 || kElemBits == 4, "MXFP8 (E4M3) or MXFP4 (E2M1)");
   static constexpr int kBits = kElemBits;
@@ -185,38 +188,50 @@ struct Mx {
   // of copy bandwidth); only the largest inputs (235 MB and up) lose, as for every scheme.
   static constexpr int kEvictFirstL2s = kElemBits == 8 ? 1 : 3;
   static constexpr int kEmax = kElemBits == 8 ? kFp8Emax : kFp4Emax;  // exponent of the largest binade
+  static constexpr int kMant = kElemBits == 8 ? kFp8Mant : kFp4Mant;
   using Scale = uint8_t;
-  // tiny: amax < 2^-121, where a subnormal element could still code above 0; the bf16x2
-  // path (whose arithmetic may flush subnormals) is skipped for such blocks
-  struct State { float f; uint32_t byte; bool bad, inf, tiny; };
+  // f: what the elements are multiplied by (reference.mx_multipliers); bad: NaN in the block
+  // (encode_nan_block; div_inf: MxNan.DIV_INF); tiny: amax < 2^-121, where a subnormal element
+  // could still code above 0 (MXFP4's bf16x2 path, whose arithmetic may flush subnormals, is
+  // skipped for such blocks and for inf blocks)
+  struct State { float f; uint32_t byte; bool bad, div_inf, inf, tiny; };
+  // rr.mx: the MX recipe fields (act_quant.h MxArgs)
   template <typename DT>
-  static __device__ __forceinline__ State prepare(float amax, const ScaleRecipe&) {
+  static __device__ __forceinline__ State prepare(float amax, const ScaleRecipe& rr) {
+    const MxArgs& a = rr.mx;
     const float inv_max = kElemBits == 8 ? 1.0f / kFp8Max : 1.0f / kFp4Max;
     const bool bad = __float_as_uint(amax) > 0x7f800000u;  // NaN in the block
-    // an inf block (inf, no NaN) gets e = 127, as eager's clamp of an infinite exponent
-    // (reference.mx_block_exponents): its inf elements saturate, the rest are y * 2^-127
+    // an inf block (inf, no NaN) gets e = 127 as eager's clamp of an infinite exponent
+    // (MxInf.CLAMP) or 128 - emax from inf's exponent field (MxInf.BITS): its inf elements
+    // saturate, the rest are y * 2^-e
     const bool inf = __float_as_uint(amax) == 0x7f800000u;
-    const int e = inf ? kE8m0Bias : mx_exponent<RCEIL>(amax, inv_max, kEmax);
-    // 2^-e; a finite block has e <= 119, so 127 - e >= 8 stays a normal exponent; an inf
+    const int e = inf ? (a.inf == kMxInfClamp ? kE8m0Bias : kE8m0Bias + 1 - kEmax)
+                      : mx_exponent(amax, a.rounding, inv_max, kEmax, kMant);
+    // 2^-e; a finite block has e <= 126, so 127 - e >= 1 stays a normal exponent; an inf
     // block's 2^-127 is subnormal (0x00400000), which __fmul_rn keeps (no ftz here)
-    const float f = inf ? __uint_as_float(0x00400000u) : __uint_as_float(uint32_t(127 - min(e, 126)) << 23);
-    // tiny: amax < 2^-121, where a subnormal element could still code above 0; tiny and inf
-    // blocks skip MXFP4's bf16x2 path (its arithmetic may flush subnormals)
-    return {f, bad ? uint32_t(kE8m0Nan) : uint32_t(e + kE8m0Bias), bad, inf,
+    float f = e == kE8m0Bias ? __uint_as_float(0x00400000u) : __uint_as_float(uint32_t(127 - e) << 23);
+    if (e == -kE8m0Bias && a.byte0 != kMxByte0Exact) {
+      // MxByte0.MIN_NORMAL: 1 / fp32's smallest normal, 2^126; MxByte0.ONE: 1
+      f = a.byte0 == kMxByte0One ? 1.0f : __uint_as_float(uint32_t(127 + kE8m0Bias - 1) << 23);
+    }
+    return {f, bad ? uint32_t(kE8m0Nan) : uint32_t(e + kE8m0Bias), bad, a.nan == kMxNanDivInf, inf,
             __float_as_uint(amax) < (6u << 23) || inf};
   }
   static __device__ __forceinline__ Scale scale(const State& st) { return Scale(st.byte); }
   template <int N, typename DT>
   static __device__ __forceinline__ void encode(const float* y, const uint32_t* yp, const State& st,
                                                 uint32_t* w, const ScaleRecipe&) {
+    if (st.bad) {
+      encode_nan_block<N>(y, st, w);
+      return;
+    }
     if constexpr (kElemBits == 8) {
       static_assert(N % 4 == 0, "fp8 words hold 4 elements");
 #pragma unroll
       for (int i = 0; i < N; i += 4) {
         // y * 2^-e is exact; SATFINITE is the reference's clamp to +-448 then cast
-        const uint32_t v = e4m3x2(__fmul_rn(y[i], st.f), __fmul_rn(y[i + 1], st.f)) |
-                           (e4m3x2(__fmul_rn(y[i + 2], st.f), __fmul_rn(y[i + 3], st.f)) << 16);
-        w[i / 4] = st.bad ? 0x7f7f7f7fu : v;  // a NaN block is all NaN
+        w[i / 4] = e4m3x2(__fmul_rn(y[i], st.f), __fmul_rn(y[i + 1], st.f)) |
+                   (e4m3x2(__fmul_rn(y[i + 2], st.f), __fmul_rn(y[i + 3], st.f)) << 16);
       }
     } else if (std::is_same_v<DT, BF16> && N % 8 == 0 && !st.tiny) {
       // all in bf16x2: y * 2^-e is exact (a bf16 multiply by a power of two), and no
@@ -226,8 +241,8 @@ struct Mx {
       for (int i = 0; i < N; i += 8) {
         uint32_t p[4];
 #pragma unroll
-        for (int k = 0; k < 4; ++k) p[k] = e2m1x2_bf16<!RCEIL>(yp[i / 2 + k], f2);
-        w[i / 8] = st.bad ? 0u : pack_e2m1x8(p[0], p[1], p[2], p[3]);
+        for (int k = 0; k < 4; ++k) p[k] = e2m1x2_bf16<kSaturate>(yp[i / 2 + k], f2);
+        w[i / 8] = pack_e2m1x8(p[0], p[1], p[2], p[3]);
       }
     } else if constexpr (DT::kPacked && N % 8 == 0) {
       if (st.inf) {  // inf blocks saturate: the exact path
@@ -239,15 +254,15 @@ struct Mx {
         uint32_t p[4];
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
-          p[k] = e2m1x2_f16<!RCEIL>(__fmul_rn(y[i + 2 * k], st.f), __fmul_rn(y[i + 2 * k + 1], st.f));
+          p[k] = e2m1x2_f16<kSaturate>(__fmul_rn(y[i + 2 * k], st.f), __fmul_rn(y[i + 2 * k + 1], st.f));
         }
-        w[i / 8] = st.bad ? 0u : pack_e2m1x8(p[0], p[1], p[2], p[3]);
+        w[i / 8] = pack_e2m1x8(p[0], p[1], p[2], p[3]);
       }
     } else {
       encode_fp4_exact<N>(y, st, w);
     }
   }
-  // MXFP4 codes one fp32 element at a time, saturating: right for any block and input dtype
+  // MXFP4 codes one fp32 element at a time, saturating: right for any finite block and input dtype
   template <int N>
   static __device__ __forceinline__ void encode_fp4_exact(const float* y, const State& st, uint32_t* w) {
     static_assert(N % 4 == 0, "fp4 half-words hold 4 elements");
@@ -256,7 +271,32 @@ struct Mx {
       uint32_t v = 0;
 #pragma unroll
       for (int k = 0; k < 8 && i + k < N; ++k) v |= e2m1_code(__fmul_rn(y[i + k], st.f)) << (4 * k);
-      w[i / 8] = st.bad ? 0u : v;  // a NaN block is all zero codes
+      w[i / 8] = v;
+    }
+  }
+  // A NaN block (scale byte 0xFF): MxNan.NAN all NaN (MXFP8) / codes 0 (MXFP4); MxNan.DIV_INF
+  // y * 0 (y / inf: +-0, NaN for inf and NaN elements), NaN coding 0 in MXFP4 (E2M1 has no NaN)
+  template <int N>
+  static __device__ __forceinline__ void encode_nan_block(const float* y, const State& st, uint32_t* w) {
+    static_assert(N % 4 == 0, "fp8 words / fp4 half-words hold 4 elements");
+    if constexpr (kElemBits == 8) {
+#pragma unroll
+      for (int i = 0; i < N; i += 4) {
+        w[i / 4] = !st.div_inf ? 0x7f7f7f7fu
+                               : e4m3x2(__fmul_rn(y[i], 0.0f), __fmul_rn(y[i + 1], 0.0f)) |
+                                     (e4m3x2(__fmul_rn(y[i + 2], 0.0f), __fmul_rn(y[i + 3], 0.0f)) << 16);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < N; i += 8) {
+        uint32_t v = 0;
+#pragma unroll
+        for (int k = 0; k < 8 && i + k < N; ++k) {
+          const float z = __fmul_rn(y[i + k], 0.0f);
+          v |= (st.div_inf && z == z ? (__float_as_uint(z) >> 28) & 8u : 0u) << (4 * k);
+        }
+        w[i / 8] = v;
+      }
     }
   }
 };

@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import itertools
+import math
 from typing import Callable
 
 import torch
@@ -131,10 +132,49 @@ class Ue8m0(enum.Enum):
 
 
 class MxRounding(enum.Enum):
-    """Shared-exponent rounding of MX scales."""
+    """Shared-exponent rounding of MX scales (torchao's ``ScaleCalculationMode`` names them all)."""
 
     FLOOR = "floor"  # OCP: 2^(floor(log2 amax) - emax_elem)
     RCEIL = "rceil"  # NVIDIA: 2^ceil(log2(amax * fp32(1/max_elem)))
+    CEIL = "ceil"    # 2^(ceil(log2 amax) - emax_elem)
+    #: 2^(floor(log2 amax') - emax_elem), amax' the amax rounded half up to the element's
+    #: mantissa bits (torchao: ``(bits + 2^(22 - mbits)) & exponent mask``), so that it never saturates
+    EVEN = "even"
+
+
+#: the MX roundings whose scaled values can exceed the element's largest value (the kernels'
+#: E2M1 paths saturate first): floor leaves |y / 2^e| below 2^(emax + 1), even below
+#: 2^emax * (2 - 2^-(mbits + 1)), which E2M1 (one mantissa bit) rounds past 6
+MX_SATURATING = (MxRounding.FLOOR, MxRounding.EVEN)
+
+
+class MxInf(enum.Enum):
+    """The exponent of an MX block whose amax is inf (and no NaN)."""
+
+    CLAMP = "clamp"  # 127: eager's clamp of log2(inf), as a torch spelling computes it
+    #: 128 - emax_elem: the float's exponent field of inf (255) read as 2^128, as a scale
+    #: computed from the amax's bits has it (torchao's to_mx FLOOR / CEIL / EVEN)
+    BITS = "bits"
+
+
+class MxByte0(enum.Enum):
+    """What the elements of an MX block with scale byte 0 (exponent -127: an all-zero or tiny
+    block) are multiplied by."""
+
+    EXACT = "exact"            # 2^127, the byte's value
+    #: 2^126: divided by float32's smallest normal, the floor torchao's to_mx FLOOR / CEIL / EVEN
+    #: puts on the float scale (``clamp(scale, min=2^-126)``)
+    MIN_NORMAL = "min_normal"
+    ONE = "one"                # 1: torchao's RCEIL (``where(byte == 0, 1.0, exp2(127 - byte))``)
+
+
+class MxNan(enum.Enum):
+    """The elements of an MX block holding NaN (its scale byte is 0xFF either way)."""
+
+    NAN = "nan"  # every element NaN (MXFP8); MXFP4 codes 0
+    #: the elements divided by the byte 0xFF read as a float exponent, inf (torchao's to_mx
+    #: FLOOR / CEIL / EVEN): finite -> +-0, inf and NaN -> NaN (MXFP4: code 0, E2M1 has no NaN)
+    DIV_INF = "div_inf"
 
 
 class ScaleLayout(enum.Enum):
@@ -173,6 +213,11 @@ class Recipe:
     #: UE8M0 rounding after the floor (vLLM) or before it
     ue8m0_after_floor: bool = True
     mx_rounding: MxRounding = MxRounding.RCEIL
+    #: MX blocks of special values: an inf block's exponent, a byte-0 block's multiplier,
+    #: a NaN block's elements (the defaults: the exponent rules' own values)
+    mx_inf: MxInf = MxInf.CLAMP
+    mx_byte0: MxByte0 = MxByte0.EXACT
+    mx_nan: MxNan = MxNan.NAN
     scale_layout: ScaleLayout = ScaleLayout.ROW_MAJOR
     #: the scale is an input tensor (static per-tensor FP8: vLLM's static checkpoints)
     static: bool = False
@@ -461,9 +506,15 @@ _UE8M0 = OpParam("bool use_ue8m0=False", "ue8m0", lambda v: Ue8m0.EXACT if v els
 #: eps, the step dtype, the apply form, the clamp, the UE8M0 form and its order with the floor
 #: (``use_ue8m0`` sets the exact form; ``recipe="ue8m0=exp2"`` torch's spelling)
 _FP8_KERNEL_FIELDS = ("floor_at", "eps", "step_dtype", "apply", "clamp", "ue8m0", "ue8m0_after_floor")
-_MX_PARAMS = (OpParam('str scale_rounding="rceil"', "mx_rounding", _rounding, "floor", ("floor", "rceil")),
+_MX_PARAMS = (OpParam('str scale_rounding="rceil"', "mx_rounding", _rounding, "floor",
+                      tuple(r.value for r in MxRounding)),
               OpParam("bool is_sf_swizzled_layout=False", "scale_layout",
                       lambda v: ScaleLayout.SWIZZLED if v else ScaleLayout.ROW_MAJOR, True))
+
+#: the MX recipe fields of special blocks (inf, byte 0, NaN), and every MX field that crosses
+#: into the kernels as one code (:func:`mx_code`), in packing order
+MX_SPECIAL_FIELDS = ("mx_inf", "mx_byte0", "mx_nan")
+MX_CODE_FIELDS = (("mx_rounding", MxRounding), ("mx_inf", MxInf), ("mx_byte0", MxByte0), ("mx_nan", MxNan))
 
 FP8_PER_GROUP = Scheme(
     key="fp8_per_group", cname="kPerGroup", unfused_name="per_token_group_quant_fp8",
@@ -492,14 +543,14 @@ MXFP8 = Scheme(
     key="mxfp8", cname="kMxfp8", unfused_name="mxfp8_quant", fused_suffix="mxfp8_quant",
     base=Recipe(E4M3, Grouping.MX_BLOCK, group_size=MX_BLOCK), params=_MX_PARAMS, tensor_inputs=(),
     doc="OCP MXFP8 (E4M3, block 32, E8M0 scale bytes) -> (q, uint8 scales [..., H/32])",
-    experts_name="mxfp8_experts_quant",
+    experts_name="mxfp8_experts_quant", kernel_fields=MX_SPECIAL_FIELDS,
 )
 MXFP4 = Scheme(
     key="mxfp4", cname="kMxfp4", unfused_name="mxfp4_quant", fused_suffix="mxfp4_quant",
     base=Recipe(E2M1, Grouping.MX_BLOCK, group_size=MX_BLOCK), params=_MX_PARAMS, tensor_inputs=(),
     doc="OCP MXFP4 (E2M1 packed low nibble first, block 32, E8M0 scale bytes) "
         "-> (q uint8 [..., H/2], uint8 scales [..., H/32])",
-    experts_name="mxfp4_experts_quant",
+    experts_name="mxfp4_experts_quant", kernel_fields=MX_SPECIAL_FIELDS,
 )
 SCHEMES = {s.key: s for s in (FP8_PER_GROUP, FP8_PER_TOKEN, FP8_STATIC, MXFP8, MXFP4)}
 
@@ -662,7 +713,25 @@ def codes() -> dict[str, int]:
     out.update({f"ue8m0_{u.value}": i for i, u in enumerate(Ue8m0)})
     out.update({f"step_{d.value}": i for i, d in enumerate(StepDtype)})
     out.update({f"apply_{a.value}": i for i, a in enumerate(ApplyForm)})
+    for field, kind in MX_CODE_FIELDS:
+        out.update({f"{field}_{v.value}": i for i, v in enumerate(kind)})
     return out
+
+
+def mx_strides() -> dict[str, int]:
+    """Field -> stride of the MX recipe fields packed into one kernel argument (:func:`mx_code`)."""
+    out, step = {}, 1
+    for field, kind in MX_CODE_FIELDS:
+        out[field] = step
+        step *= len(kind)
+    return out
+
+
+def mx_code(r: Recipe) -> int:
+    """The MX fields of ``r`` (:data:`MX_CODE_FIELDS`) as the one integer the CUDA kernels take
+    (decoded by the generated header: field code = code / stride % count)."""
+    c, strides = codes(), mx_strides()
+    return sum(c[f"{field}_{getattr(r, field).value}"] * strides[field] for field, _ in MX_CODE_FIELDS)
 
 
 def _camel(s: str) -> str:
@@ -697,6 +766,18 @@ def cpp_header() -> str:
          "the dtype of the amax -> scale steps (catalog.StepDtype)")
     enum("ApplyCode", [(f"kApply{_camel(a.value)}", c[f"apply_{a.value}"]) for a in ApplyForm],
          "how y is scaled before the cast (catalog.ApplyForm)")
+    strides = mx_strides()
+    for field, kind in MX_CODE_FIELDS:
+        name = _camel(field)
+        enum(f"{name}Code", [(f"k{name}{_camel(v.value)}", c[f"{field}_{v.value}"]) for v in kind],
+             f"MX recipe field {field} (catalog.{kind.__name__})")
+    lines.append("// the MX fields cross as one code (catalog.mx_code): field = code / kMx<Field>Stride % count")
+    lines.append("constexpr int " + ", ".join(f"k{_camel(f)}Stride = {strides[f]}" for f, _ in MX_CODE_FIELDS) +
+                 f", kMxCodes = {math.prod(len(k) for _, k in MX_CODE_FIELDS)};")
+    lines.append("constexpr int " + ", ".join(f"kNum{_camel(f)} = {len(k)}" for f, k in MX_CODE_FIELDS) + ";")
+    lines.append("// catalog.MX_SATURATING: roundings whose scaled values can pass the element's largest")
+    lines.append("constexpr bool kMxRoundingSaturates[] = {" +
+                 ", ".join("true" if r in MX_SATURATING else "false" for r in MxRounding) + "};")
     lines.append("")
     names = {c[f"act_{a.name}"]: a.name for a in CUDA_ACTIVATIONS}
     lines.append("constexpr const char* kActNames[] = {" + ", ".join(f'"{names[i]}"' for i in sorted(names)) + "};")
@@ -717,6 +798,7 @@ def cpp_header() -> str:
     lines.append("// |v| above it casts to NaN without a clamp (catalog.Element.overflow)")
     lines.append(f"constexpr float kFp8Overflow = {E4M3.overflow:.1f}f;")
     lines.append(f"constexpr int kFp8Emax = {E4M3.emax}, kFp4Emax = {E2M1.emax};")
+    lines.append(f"constexpr int kFp8Mant = {E4M3.mant}, kFp4Mant = {E2M1.mant};")
     lines.append(f"constexpr int kMxBlock = {MX_BLOCK}, kE8m0Bias = {E8M0_BIAS}, kE8m0Nan = {E8M0_NAN};")
     lines.append(f"constexpr int kSwizzleRows = {SWIZZLE_ROWS}, kSwizzleCols = {SWIZZLE_COLS};")
     lines.append("constexpr int kFp8GroupSizes[] = {" + ", ".join(map(str, FP8_GROUP_SIZES)) + "};")

@@ -90,7 +90,8 @@ def encode_e2m1(v: torch.Tensor) -> torch.Tensor:
 
 def mx_exponent(block: list[float], element: str, rounding: str) -> int | None:
     """Shared exponent of one block by the definitions (None for a NaN block; an inf block
-    gets E8M0's largest, 127, as the torch spelling's clamp of an infinite exponent)."""
+    gets E8M0's largest, 127, as the torch spelling's clamp of an infinite exponent): floor
+    (OCP), rceil (NVIDIA), ceil, even (torchao's ``ScaleCalculationMode``)."""
     max_elem, emax = {"e4m3": (448.0, 8), "e2m1": (6.0, 2)}[element]
     if any(v != v for v in block):
         return None
@@ -99,12 +100,19 @@ def mx_exponent(block: list[float], element: str, rounding: str) -> int | None:
     amax = max(abs(v) for v in block)
     if amax == 0:
         return -127
-    if rounding == "floor":
+    if rounding in ("floor", "ceil", "even"):
         e = math.floor(math.log2(amax))
         while 2.0 ** e > amax:  # guard log2 rounding
             e -= 1
         while 2.0 ** (e + 1) <= amax:
             e += 1
+        if rounding == "ceil" and 2.0 ** e < amax:
+            e += 1
+        if rounding == "even":
+            # amax rounded half up to the element's mantissa bits reaches the next binade
+            mbits = {"e4m3": 3, "e2m1": 1}[element]
+            if amax >= 2.0 ** (e + 1) * (1 - 2.0 ** -(mbits + 2)):
+                e += 1
         e -= emax
     else:
         inv = float(torch.tensor(1 / max_elem, dtype=torch.float32))

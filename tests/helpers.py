@@ -50,6 +50,21 @@ def post_grad_graph(fn, *args) -> torch.fx.GraphModule:
     return _captured(compiled, args, capture)
 
 
+def compiled_with_pass(fn, *args, config=None):
+    """``fn(*args)`` compiled whole (Inductor's code generation included) with a fresh
+    :class:`quantfuse.FusionPass` under ``torch.no_grad()``: ``(outputs, the pass's report)``."""
+    import quantfuse
+
+    fusion = quantfuse.FusionPass(config or quantfuse.FusionConfig())
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            out = torch.compile(fn, options={"post_grad_custom_post_pass": fusion})(*args)
+    finally:
+        torch._dynamo.reset()
+    return out, fusion.report
+
+
 def post_grad_graph_and_inputs(model, *args) -> tuple[torch.fx.GraphModule, list[torch.Tensor]]:
     """The post-grad graph of ``model(*args)`` and the tensors it is called with (the model's
     parameters and buffers lifted to inputs, in the graph's order), so that it can be run."""

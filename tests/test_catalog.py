@@ -140,6 +140,92 @@ def test_recipe_override_reaches_the_op_and_round_trips():
         assert torch.equal(_bits(q), _bits(q2)) and torch.equal(_bits(s), _bits(s2))
 
 
+def _mx_spelled(y: torch.Tensor, r: catalog.Recipe):
+    """How model code writes an MX recipe (torchao's ``to_mx`` for the exponents from the bits and
+    the special blocks; not the reference's frexp)."""
+    el = r.element
+    yb = y.float().unflatten(-1, (-1, 32))
+    amax = yb.abs().amax(-1, keepdim=True)
+    bits = amax.view(torch.int32)
+    if r.mx_rounding is catalog.MxRounding.RCEIL:
+        # a 16-bit amax is never within an fp32 ulp of a power of two (times max) unless it is one
+        e = torch.ceil(torch.log2(amax * torch.tensor(1 / el.max))).clamp(-127, 127).to(torch.int32)
+    else:
+        b = bits + (1 << (22 - el.mant)) if r.mx_rounding is catalog.MxRounding.EVEN else bits
+        field = (b >> 23) & 0xFF
+        e = field - 127 - el.emax
+        if r.mx_rounding is catalog.MxRounding.CEIL:
+            e = e + ((bits & 0x7FFFFF) > 0).to(torch.int32)
+        e = torch.where(field == 0, -127, e)
+    inf = 127 if r.mx_inf is catalog.MxInf.CLAMP else 128 - el.emax
+    e = torch.where(torch.isinf(amax), inf, torch.where(amax == 0, -127, e)).clamp(-127, 127)
+    byte = torch.where(torch.isnan(amax), 255, e + 127).to(torch.uint8)
+    if r.mx_byte0 is catalog.MxByte0.MIN_NORMAL:  # torchao's float scale from the byte, floored
+        v = yb / (byte.to(torch.int32) << 23).view(torch.float32).clamp(min=2.0 ** -126)
+    else:
+        one = 1.0 if r.mx_byte0 is catalog.MxByte0.ONE else 2.0 ** 127
+        v = yb * torch.where(byte == 0, one, torch.exp2(127 - byte.float()))
+    if r.mx_nan is catalog.MxNan.DIV_INF:
+        v = torch.where(torch.isnan(amax), yb / float("inf"), v)
+    else:
+        v = torch.where(torch.isnan(amax), float("nan"), v)
+    if el is catalog.E4M3:
+        q = v.clamp(-448, 448).to(torch.float8_e4m3fn).flatten(-2)
+    else:
+        codes = torch.where(torch.isnan(v), 0, reference.e2m1_codes(v)).flatten(-2).to(torch.uint8)
+        q = codes[..., ::2] | (codes[..., 1::2] << 4)
+    return q, byte.squeeze(-1)
+
+
+def _mx_recipes():
+    """Every combination of the MX recipe fields the catalog defines, for both elements."""
+    fields = {f: tuple(kind) for f, kind in catalog.MX_CODE_FIELDS}
+    for scheme, values in itertools.product((catalog.MXFP8, catalog.MXFP4), itertools.product(*fields.values())):
+        yield dataclasses.replace(scheme.base, **dict(zip(fields, values)))
+
+
+def test_every_mx_recipe_matches_its_spelling():
+    torch.manual_seed(3)
+    y = torch.randn(12, 256) * torch.logspace(-6, 6, 12)[:, None]
+    y[0, :32] = 0                               # an all-zero block
+    y[1, :32] = torch.randn(32) * 1e-39         # tiny (byte 0) blocks, subnormal values
+    y[1, 32:64] = 2.0 ** -133
+    y[2, 3], y[2, 40] = float("inf"), -float("inf")
+    y[3, 7], y[3, 40], y[3, 41] = float("nan"), float("nan"), float("inf")
+    y[4, :64] = torch.tensor([2.0 ** k * (1 - 2.0 ** -(m + 2)) for m in (1, 3) for k in range(-16, 16)])
+    y[5, :32] = torch.tensor([2.0 ** k for k in range(-16, 16)])
+    y = y.to(torch.bfloat16)
+    count = 0
+    for r in _mx_recipes():
+        q, s = reference.quantize(y, r)
+        q2, s2 = _mx_spelled(y, r)
+        assert torch.equal(s, s2), r
+        assert torch.equal(q.view(torch.uint8), q2.view(torch.uint8)), r
+        count += 1
+    assert count == 2 * 4 * 2 * 3 * 2  # the generator covers every field value
+
+
+def test_mx_fields_cross_as_one_code():
+    """The kernels' MX code (catalog.mx_code) holds every field, and the header's strides decode it."""
+    header, c, strides = catalog.cpp_header(), catalog.codes(), catalog.mx_strides()
+    seen = set()
+    for r in _mx_recipes():
+        code = catalog.mx_code(r)
+        for field, kind in catalog.MX_CODE_FIELDS:
+            assert code // strides[field] % len(kind) == c[f"{field}_{getattr(r, field).value}"]
+            assert f"k{field.title().replace('_', '')}Stride = {strides[field]}" in header
+        seen.add((r.element, code))
+    assert len(seen) == 2 * 48 and max(code for _, code in seen) < 48 and "kMxCodes = 48" in header
+    # every one is a kernel recipe, reached with recipe= (the recogniser's torchao spellings)
+    x = torch.randn(2, 64)
+    for r in _mx_recipes():
+        scheme = catalog.MXFP8 if r.element is catalog.E4M3 else catalog.MXFP4
+        params = (r.mx_rounding.value,)
+        spec = r.spec(scheme.recipe(*params))
+        p = qplan.make_plan(catalog.OPS[scheme.unfused_name], x, params, recipe=spec)
+        assert p.recipe == r and p.kernel_reason() is None, spec
+
+
 def test_static_fp8_is_eager_division_by_the_given_scale():
     y = _activation_like(torch.bfloat16)
     scale = torch.tensor([0.0371])
@@ -250,7 +336,7 @@ def test_cpp_header_carries_every_code():
     for name, code in catalog.codes().items():
         kind = name.split("_")[0]
         assert f"= {code}," in header, name
-        assert kind in ("act", "scheme", "layout", "element", "ue8m0", "step", "apply")
+        assert kind in ("act", "scheme", "layout", "element", "ue8m0", "step", "apply", "mx")
     for s in catalog.KERNEL_SCHEMES:
         assert f"  {s.cname} = {catalog.codes()['scheme_' + s.key]}," in header
 

@@ -94,17 +94,23 @@ def test_unclamped_recipes_follow_the_running_torch(monkeypatch):
 
 def test_run_arguments_follow_the_catalog():
     """The codes and recipe flags run() passes for a plan: catalog.codes() and the recipe."""
-    codes = catalog.codes()
+    codes, strides = catalog.codes(), catalog.mx_strides()
     x = torch.randn(6, 256).bfloat16()
+    # torchao's to_mx FLOOR, as the recogniser writes it: every MX field in the one code
+    torchao = (codes["mx_rounding_floor"] * strides["mx_rounding"] + codes["mx_inf_bits"] * strides["mx_inf"]
+               + codes["mx_byte0_min_normal"] * strides["mx_byte0"] + codes["mx_nan_div_inf"] * strides["mx_nan"])
     cases = [
         (("silu_and_mul_per_block_quant", (64, True, True), {}), (
-            "silu_and_mul", "fp8_per_group", "halves", 64, True, False, False, True, 2)),
-        (("relu2_mxfp4_quant", ("floor", True), {}), ("relu2", "mxfp4", "halves", 32, False, False, True, False, 8)),
+            "silu_and_mul", "fp8_per_group", "halves", 64, True, 0, False, True, 2)),
+        (("relu2_mxfp4_quant", ("floor", True), {}), (
+            "relu2", "mxfp4", "halves", 32, False, codes["mx_rounding_floor"], True, False, 8)),
         (("silu_and_mul_mxfp8_quant", ("rceil",), {"interleaved": True}), (
-            "silu_and_mul", "mxfp8", "interleaved", 32, False, True, False, False, 4)),
+            "silu_and_mul", "mxfp8", "interleaved", 32, False, codes["mx_rounding_rceil"], False, False, 4)),
+        (("mxfp8_quant", ("floor",), {"recipe": "mx_inf=bits,mx_byte0=min_normal,mx_nan=div_inf"}), (
+            "identity", "mxfp8", "halves", 32, False, torchao, False, False, 8)),
         (("silu_and_mul_quant", (), {"up": x, "scale": torch.ones(1)}), (
-            "silu_and_mul", "fp8_static", "separate", 0, False, False, False, False, 1)),
-        (("silu_and_mul", (), {"up": x}), ("silu_and_mul", None, "separate", 0, False, False, False, False, 0)),
+            "silu_and_mul", "fp8_static", "separate", 0, False, 0, False, False, 1)),
+        (("silu_and_mul", (), {"up": x}), ("silu_and_mul", None, "separate", 0, False, 0, False, False, 0)),
     ]
     for (name, params, kw), (act, scheme, layout, *rest) in cases:
         got = cuda_backend._fixed_args(_cuda_plan(name, x, *params, **kw))

@@ -223,7 +223,8 @@ def test_cuda_backend_runs_every_experts_plan(cuda_extension):
             assert oracle.backend_name(p) == "cuda", name
         p = _cuda_plan(entry, [1, 0, 2], 64, torch.bfloat16, "floor")
         args = cuda_backend.launch_args(p, [a.name for a in ops.OPS[name].default._schema.arguments])
-        assert (args["experts"], args["offsets_index"], args["swizzled"], args["rceil"]) == (3, 1, True, False)
+        assert (args["experts"], args["offsets_index"], args["swizzled"]) == (3, 1, True)
+        assert args["mx"] == catalog.mx_code(p.recipe) == codes["mx_rounding_floor"]
         assert args["scheme"] == codes[f"scheme_{entry.scheme.key}"] and args["groups"] == 2
         assert args["up_index"] == (6 if entry.activation.gated else -1)
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import quantfuse
 from quantfuse.patterns import e2m1
 from helpers import count_targets, post_grad_graph
+from torchao_spelled import pack_torchao, torchao_codes
 
 E2M1_MAX = 6.0
 
@@ -48,31 +49,6 @@ def round_codes(v, saturate=True):
     return code.to(torch.uint8) | (torch.signbit(v).to(torch.uint8) << 3)
 
 
-def torchao_codes(v):
-    """torchao's ``_f32_to_floatx_unpacked(x, ebits=2, mbits=1)`` (torchao/prototype/custom_fp_utils.py,
-    what ``f32_to_f4_unpacked`` in torchao/prototype/mx_formats/kernels.py calls), written again:
-    the sign split off the int32 bits; saturate at >= 6; below 1 (E2M1's smallest normal) add the
-    float 2^22 (denorm_exp 149 << 23) so the fp32 addition rounds to even and read the code from
-    the bits; else re-bias the exponent, add the magic rounding bias (2^21 - 1) plus the kept
-    mantissa bit, and shift out 22 bits; the sign shifted to bit 3."""
-    bits = v.view(torch.int32)
-    sign = bits & -0x80000000
-    mag = (bits ^ sign).view(torch.float32)
-    saturate = mag >= E2M1_MAX
-    denormal = torch.logical_and(torch.logical_not(saturate), mag < 1.0)
-    normal = torch.logical_not(torch.logical_or(saturate, denormal))
-    denorm_mask = 149 << 23
-    d = ((mag + torch.tensor(denorm_mask, dtype=torch.int32).view(torch.float32)).view(torch.int32)
-         - denorm_mask).to(torch.uint8)
-    n = mag.view(torch.int32)
-    odd = (n >> 22) & 1
-    n = ((n + (((1 - 127) << 23) + (1 << 21) - 1) + odd) >> 22).to(torch.uint8)
-    out = torch.full_like(mag, 7, dtype=torch.uint8)
-    out = torch.where(denormal, d, out)
-    out = torch.where(normal, n, out)
-    return out | ((sign >> 28).to(torch.uint8) & 8)
-
-
 def pack_lanes(c):
     """``c[..., ::2] | c[..., 1::2] << 4`` (the reference's and torchao's nibble order)."""
     return c[..., ::2] | (c[..., 1::2] << 4)
@@ -82,13 +58,6 @@ def pack_pairs(c):
     """The pairs as a trailing dim of 2, ``lo + hi * 16``."""
     p = c.reshape(*c.shape[:-1], -1, 2)
     return p[..., 0] + p[..., 1] * 16
-
-
-def pack_torchao(c):
-    """torchao's ``pack_uint4`` (torchao/prototype/mx_formats/kernels.py): flattened, then viewed back."""
-    shape = c.shape
-    flat = c.contiguous().view(-1)
-    return (flat[::2] | flat[1::2] << 4).view(*shape[:-1], shape[-1] // 2)
 
 
 def pack_high_first(c):
@@ -270,10 +239,11 @@ def torchao_floor_scale(y):
     return pack_torchao(torchao_codes(v)), biased.squeeze(-1)
 
 
-def test_torchao_bit_scale_is_a_near_miss():
-    """torchao reads the scale off the bits and floors it at 2^-126 (unlike E8M0's 2^-127 for blocks
-    with a tiny amax): reported, naming the bit view."""
+def test_torchao_bit_scale_without_its_nan_select_is_a_near_miss():
+    """torchao's bit-derived FLOOR scale without its ``where(isnan(amax), 0xFF, ...)``: a NaN amax's
+    exponent field (255) becomes byte 253 and the elements are divided by 2^126, which no MX recipe
+    does (each makes a NaN block NaN or y / inf): the evaluated scale names the amax where it differs."""
     reason = _near_miss(lambda x: torchao_floor_scale(silu_mul(x)), X)
-    assert reason == ("the activation is divided by `clamp_min_1`, a scale the recogniser does not read (computed "
-                      "from the float's bits, as torchao's to_mx does: not read yet): `view_2` (aten.view.dtype) is not "
-                      "an op the recogniser reads")
+    assert reason == ("the MX block scale is no MX recipe's: at amax = nan the elements are divided by 8.50706e+37, "
+                      "where the nearest recipe (mx_rounding=floor, mx_inf=bits, mx_byte0=min_normal, mx_nan=nan) "
+                      "multiplies them by nan (1 of 32642 amax values differ)")

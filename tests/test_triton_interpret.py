@@ -75,6 +75,7 @@ def test_supports_without_cuda():
 
 def _run() -> dict:
     assert os.environ.get("TRITON_INTERPRET") == "1"
+    import dataclasses
     import itertools
 
     import torch
@@ -182,10 +183,13 @@ def _run() -> dict:
         return plan, outs
 
     def param_sets(scheme):
-        """Every combination of the scheme's kernel parameter values (the catalog's)."""
+        """Every combination of the scheme's kernel parameter values (the catalog's); MX roundings
+        but floor and rceil run in the MX field loop below, with every special-block field."""
         if scheme is None:
             return [()]
-        return list(itertools.product(*(p.kernel_values for p in scheme.params)))
+        values = [p.kernel_values if p.field != "mx_rounding" else ("floor", "rceil") for p in scheme.params]
+        return list(itertools.product(*values))
+
 
     def static_scales():
         # ordinary scales, and ones outside the GPU's Markstein range (a uniform div.rn
@@ -350,6 +354,28 @@ def _run() -> dict:
         catalog.E4M3_CAST_SATURATES, ref._apply_fp8 = saturates, apply_fp8
         ts._reasons.clear()
         ts._launchers.clear()
+
+    # the MX recipe fields no op parameter sets (torchao's to_mx: an inf block's exponent from the
+    # bits, a byte-0 block's multiplier, a NaN block's y / inf), each combination with each
+    # rounding, reached with recipe= as the recogniser writes them; the inputs hold inf, NaN,
+    # all-zero, tiny and subnormal blocks (make), and amaxes at EVEN's rounding edge
+    mx_fields = list(itertools.product(catalog.MxInf, catalog.MxByte0, catalog.MxNan))
+    mx_runs = [(dtype, name) for dtype in catalog.INPUT_DTYPES for name in ("mxfp8_quant", "mxfp4_quant")]
+    mx_runs += [(torch.bfloat16, name) for name in ("silu_and_mul_mxfp8_quant", "silu_and_mul_mxfp4_quant")]
+    for dtype, name in mx_runs:
+        entry = catalog.OPS[name]
+        x, up, interleaved = inputs(entry, catalog.Layout.HALVES, (10,), 256, dtype)
+        edge = torch.tensor([2.0 ** k * (1 - 2.0 ** -(m + 2)) for m in (1, 3) for k in range(-5, 11)])
+        x[9, :edge.numel()] = edge.to(dtype)  # amax at 1 - 2^-(mbits+2) of a binade: EVEN rounds up
+        y_ref = ref.activate(entry.activation.name, x, up, interleaved)
+        for rounding, (inf, byte0, nan) in itertools.product(catalog.MxRounding, mx_fields):
+            base = entry.recipe(rounding.value)
+            spec = dataclasses.replace(base, mx_inf=inf, mx_byte0=byte0, mx_nan=nan).spec(base)
+            plan, outs = call(entry, x, (rounding.value,), up, interleaved, None, recipe=spec)
+            if outs is None:
+                continue
+            for i, (got, exp) in enumerate(zip(outs, ref.quantize(y_ref, plan.recipe))):
+                same(f"{name}[{dtype}]({rounding.value}, recipe={spec}) out{i}", got, exp)
 
     # recipes the kernels do not implement get a reason, not a wrong answer
     x = make((4,), 256, torch.bfloat16)

@@ -29,7 +29,7 @@ from types import ModuleType
 import torch
 
 from quantfuse import catalog
-from quantfuse.catalog import Grouping, MxRounding, ScaleLayout
+from quantfuse.catalog import Grouping, ScaleLayout
 from quantfuse.custom_ops import tuning
 
 NAME = "cuda"
@@ -312,7 +312,7 @@ _support: dict = {}
 #: plan.key -> (tuning.token_classes answer) once final
 _classes_cache: dict = {}
 #: plan.key -> the extension's fixed arguments for it (act, scheme, layout, group_size,
-#: ue8m0 code, rceil, swizzled, column_major, groups)
+#: ue8m0 code, mx code, swizzled, column_major, groups)
 _fixed: dict = {}
 #: plan.key -> the FP8 recipe's keyword arguments (:func:`_recipe_args`)
 _recipes: dict = {}
@@ -359,7 +359,7 @@ def _fixed_args(plan) -> tuple:
     args = (_CODES[f"act_{plan.activation.name}"], scheme, _CODES[f"layout_{plan.layout.value}"],
             r.group_size if r is not None else 0,
             _CODES[f"ue8m0_{r.ue8m0.value}"] if r is not None and not (r.mx or r.static) else 0,
-            r is not None and r.mx and r.mx_rounding is MxRounding.RCEIL,
+            catalog.mx_code(r) if r is not None and r.mx else 0,
             r is not None and r.scale_layout is ScaleLayout.SWIZZLED,
             r is not None and r.scale_layout is ScaleLayout.COLUMN_MAJOR,
             r.groups(plan.hidden) if r is not None else 0)
@@ -395,10 +395,10 @@ def _scale_strides(plan, column: bool, swizzled: bool, groups: int) -> tuple[int
 
 
 def _launch(plan, outputs, x, up, scale, vectors: int = 0) -> str | None:
-    act, scheme, layout, gs, ue8m0, rceil, swizzled, column, groups = _fixed.get(plan.key) or _fixed_args(plan)
+    act, scheme, layout, gs, ue8m0, mx, swizzled, column, groups = _fixed.get(plan.key) or _fixed_args(plan)
     st, sg = _scale_strides(plan, column, swizzled, groups)
     return (_module or _mod()).act_quant(act, scheme, layout, outputs[0], outputs[1] if len(outputs) > 1 else None,
-                                         x, up, scale, gs, ue8m0, rceil, st, sg, swizzled, vectors=vectors,
+                                         x, up, scale, gs, ue8m0, mx, st, sg, swizzled, vectors=vectors,
                                          act_params=plan.act_params, **(_recipes.get(plan.key) or _recipe_args(plan)))
 
 
@@ -430,13 +430,13 @@ def launch_args(plan, argument_names: list[str]) -> dict:
     outputs and launches from C++ (``argument_names``: the op schema's, for where up and
     the static scale are). ``final`` False: decide again on a later call (tuning skipped
     under graph capture)."""
-    act, scheme, layout, gs, ue8m0, rceil, swizzled, column, groups = _fixed.get(plan.key) or _fixed_args(plan)
+    act, scheme, layout, gs, ue8m0, mx, swizzled, column, groups = _fixed.get(plan.key) or _fixed_args(plan)
     r = plan.recipe
     classes, final = _classes(plan)
     recipe = _recipes.get(plan.key) or _recipe_args(plan)
     experts = plan.entry.experts
     return dict(act=act, scheme=scheme, layout=layout, group_size=gs, groups=groups, hidden=plan.hidden,
-                q_width=plan.hidden if r is None else r.q_width(plan.hidden), ue8m0=ue8m0, rceil=rceil,
+                q_width=plan.hidden if r is None else r.q_width(plan.hidden), ue8m0=ue8m0, mx=mx,
                 swizzled=swizzled, column_major=column, act_params=list(plan.act_params),
                 up_index=argument_names.index("up") if "up" in argument_names else -1,
                 scale_index=argument_names.index("scale") if "scale" in argument_names else -1,
@@ -451,9 +451,9 @@ def run(plan, outputs, x, up, scale) -> None:
     ``up``: the separate layout's second tensor, ``scale``: the static scheme's, or the experts ops'
     ``(expert_offsets, blockscale_offsets)`` (else None)."""
     if plan.entry.experts:  # the kernel checks the offsets' values (docs/decisions/021)
-        act, scheme, layout, gs, ue8m0, rceil, swizzled, column, groups = _fixed.get(plan.key) or _fixed_args(plan)
+        act, scheme, layout, gs, ue8m0, mx, swizzled, column, groups = _fixed.get(plan.key) or _fixed_args(plan)
         err = (_module or _mod()).experts_quant(act, scheme, layout, outputs[0], outputs[1], x, up, scale[0],
-                                                scale[1], rceil, act_params=plan.act_params)
+                                                scale[1], mx, act_params=plan.act_params)
     else:
         err = _launch(plan, outputs, x, up, scale, tuning.vectors_for(_classes(plan)[0], plan.tokens))
     if err:

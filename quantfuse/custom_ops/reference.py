@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 
 from quantfuse import catalog
-from quantfuse.catalog import ApplyForm, FloorAt, Grouping, MxRounding, Recipe, ScaleLayout, StepDtype, Ue8m0
+from quantfuse.catalog import (ApplyForm, FloorAt, Grouping, MxByte0, MxInf, MxNan, MxRounding, Recipe, ScaleLayout,
+                               StepDtype, Ue8m0)
 
 FP8_DTYPE = catalog.E4M3.dtype
 FP8_MAX = catalog.E4M3.max
@@ -21,7 +22,6 @@ EPS = catalog.FP8_PER_GROUP.base.eps
 MX_BLOCK = catalog.MX_BLOCK
 E8M0_BIAS = catalog.E8M0_BIAS
 E8M0_NAN = catalog.E8M0_NAN
-SCALE_ROUNDINGS = tuple(r.value for r in MxRounding)
 
 
 def gate_up(x: torch.Tensor, up: torch.Tensor | None = None, interleaved: bool = False):
@@ -162,7 +162,7 @@ def quantize(y: torch.Tensor, r: Recipe, scale: torch.Tensor | None = None):
     Returns ``(q, s)`` in the layouts of the ops, or ``q`` alone for a static recipe
     (``scale``: its one-element fp32 scale)."""
     if r.mx:
-        return _mx_quantize(y, r)
+        return mx_quantize(y, r)
     *lead, hidden = y.shape
     if r.static:
         return _apply_fp8(y, scale.reshape(()).float(), r)
@@ -201,50 +201,65 @@ def silu_and_mul_per_block_quant(x: torch.Tensor, group_size: int, column_major_
     return per_token_group_quant_fp8(silu_and_mul(x), group_size, column_major_scales, use_ue8m0)
 
 
-#: element format name -> (largest magnitude, exponent of the largest binade)
-MX_ELEMENTS = {e.name: (e.max, e.emax) for e in catalog.ELEMENTS}
-
-
 def _ceil_log2(v: torch.Tensor) -> torch.Tensor:
     mant, exp = torch.frexp(v)
     return exp - (mant == 0.5).to(exp.dtype)
 
 
-def mx_block_exponents(x: torch.Tensor, element: str, scale_rounding: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shared exponents of 32-element blocks: ``(exponent int32 [..., G], non-finite mask)``.
+def mx_exponents(amax: torch.Tensor, element: catalog.Element, rounding: MxRounding,
+                 inf: MxInf = MxInf.CLAMP) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shared exponents of MX blocks from their float32 amax: ``(exponent int32, NaN mask)``.
 
-    floor (OCP spec): ``floor(log2(amax)) - emax_elem``; rceil (NVIDIA): the smallest
-    power of two not below ``amax * fp32(1 / max_elem)`` (fp32 multiply, as in
-    TransformerEngine).  Both exact from the exponent bits, clamped to E8M0's
-    ``[-127, 127]`` (an all-zero block gets 2**-127).  A block holding inf (and no NaN) gets
-    127, as eager's ``clamp(ceil(log2(amax / max_elem)), -127, 127)`` and
-    ``clamp(floor(log2(amax)) - emax, -127, 127)`` give it (an fp16 activation overflows to inf
-    easily); a block holding NaN is a NaN block (scale byte 0xFF; eager's ``(nan + 127).to(uint8)``
-    is an undefined conversion in C++).
+    With ``amax = m * 2^k``, ``m`` in ``[0.5, 1)`` (exact, from the bits):
+
+    * floor (OCP): ``floor(log2 amax) - emax``;
+    * rceil (NVIDIA): the smallest power of two not below ``amax * fp32(1 / max_elem)`` (an fp32
+      multiply, as TransformerEngine; a product that underflows to 0 gets -127);
+    * ceil: ``ceil(log2 amax) - emax``;
+    * even: ``floor(log2 amax') - emax``, ``amax'`` rounded half up to the element's mantissa
+      bits (it reaches the next binade when ``m >= 1 - 2^-(mbits + 2)``).
+
+    An all-zero block gets -127; an inf block (inf, no NaN) 127 (``MxInf.CLAMP``) or
+    ``128 - emax`` (``MxInf.BITS``); everything clamped to E8M0's ``[-127, 127]``. A block
+    holding NaN is a NaN block (scale byte 0xFF).
     """
-    if scale_rounding not in SCALE_ROUNDINGS:
-        raise ValueError(f"scale_rounding must be one of {SCALE_ROUNDINGS}, got {scale_rounding!r}")
-    max_elem, emax = MX_ELEMENTS[element]
-    amax = x.float().unflatten(-1, (-1, MX_BLOCK)).abs().amax(-1)
+    amax = amax.float()
     bad = torch.isnan(amax)
     safe = torch.where(~torch.isfinite(amax) | (amax == 0), torch.ones_like(amax), amax)
-    if scale_rounding == "floor":
-        exp = torch.frexp(safe)[1] - 1 - emax  # amax = m * 2**k, m in [0.5, 1): floor(log2) = k - 1
+    mant, k = torch.frexp(safe)
+    emax = element.emax
+    if rounding is MxRounding.FLOOR:
+        exp = k - 1 - emax
+    elif rounding is MxRounding.CEIL:
+        exp = k - (mant == 0.5).to(k.dtype) - emax
+    elif rounding is MxRounding.EVEN:
+        exp = k - 1 + (mant >= 1 - 2.0 ** -(element.mant + 2)).to(k.dtype) - emax
     else:
-        # amax * fp32(1/max_elem), as NVIDIA's kernels and FP8 scales compute it; a tiny
-        # subnormal amax can make the product 0, whose exponent is the smallest, -127
-        r = safe * torch.full_like(safe, 1.0 / max_elem)
-        exp = _ceil_log2(r)
-        exp = torch.where(r == 0, torch.full_like(exp, -E8M0_BIAS), exp)
+        r = safe * torch.full_like(safe, 1.0 / element.max)
+        exp = torch.where(r == 0, torch.full_like(k, -E8M0_BIAS), _ceil_log2(r))
     exp = torch.where(amax == 0, torch.full_like(exp, -E8M0_BIAS), exp)
-    exp = torch.where(torch.isinf(amax), torch.full_like(exp, E8M0_BIAS), exp)
+    inf_exp = E8M0_BIAS if inf is MxInf.CLAMP else E8M0_BIAS + 1 - emax
+    exp = torch.where(torch.isinf(amax), torch.full_like(exp, inf_exp), exp)
     return exp.clamp(-E8M0_BIAS, E8M0_BIAS).to(torch.int32), bad
 
 
-def _scaled_blocks(x: torch.Tensor, exp: torch.Tensor) -> torch.Tensor:
-    # dividing by a power of two is exact; ldexp(1, -e) stays finite for |e| <= 127
-    return x.float().unflatten(-1, (-1, MX_BLOCK)) * torch.ldexp(torch.ones_like(exp, dtype=torch.float32),
-                                                                   -exp).unsqueeze(-1)
+def mx_multipliers(exp: torch.Tensor, bad: torch.Tensor, r: Recipe) -> torch.Tensor:
+    """What the elements of each block are multiplied by (fp32): ``2^-e`` (exact, ldexp stays
+    finite for ``|e| <= 127``), a byte-0 block's ``MxByte0`` value, a NaN block's NaN
+    (``MxNan.NAN``) or 0 (``MxNan.DIV_INF``: ``y * 0`` is ``y / inf`` bit for bit, NaN payloads
+    included, on x86 and on CUDA)."""
+    m = torch.ldexp(torch.ones_like(exp, dtype=torch.float32), -exp)
+    if r.mx_byte0 is not MxByte0.EXACT:
+        low = 2.0 ** (E8M0_BIAS - 1) if r.mx_byte0 is MxByte0.MIN_NORMAL else 1.0
+        m = torch.where(exp == -E8M0_BIAS, torch.full_like(m, low), m)
+    return torch.where(bad, torch.full_like(m, float("nan") if r.mx_nan is MxNan.NAN else 0.0), m)
+
+
+def mx_block_scales(amax: torch.Tensor, r: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale bytes uint8, element multipliers fp32)`` of MX blocks with float32 ``amax``
+    under the MX recipe ``r``: what the recogniser compares a site's scale with."""
+    exp, bad = mx_exponents(amax, r.element, r.mx_rounding, r.mx_inf)
+    return _scale_bytes(exp, bad), mx_multipliers(exp, bad, r)
 
 
 def _scale_bytes(exp: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
@@ -274,6 +289,30 @@ def _mx_scales(exp: torch.Tensor, bad: torch.Tensor, swizzled: bool) -> torch.Te
     return swizzle_128x4(s) if swizzled else s
 
 
+def mx_quantize(x: torch.Tensor, r: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """OCP MX quantisation of ``x [..., H]`` with any MX recipe: ``(q, scale bytes)``.
+
+    MXFP8: E4M3 elements ``e4m3(clamp(y * m, -448, 448))`` (``m``: :func:`mx_multipliers`; an
+    inf block's inf elements saturate; a NaN block is all NaN, or ``y / inf``). MXFP4: E2M1
+    codes packed two a byte (element 2i in the low nibble), saturating at ±6; a value that is NaN
+    (in a NaN block) codes 0 (E2M1 has no NaN). One E8M0 byte per 32 elements, in the 128x4
+    tiled layout for ``ScaleLayout.SWIZZLED`` (:func:`swizzle_128x4`).
+    """
+    amax = x.float().unflatten(-1, (-1, MX_BLOCK)).abs().amax(-1)
+    exp, bad = mx_exponents(amax, r.element, r.mx_rounding, r.mx_inf)
+    v = x.float().unflatten(-1, (-1, MX_BLOCK)) * mx_multipliers(exp, bad, r).unsqueeze(-1)
+    if r.element is catalog.E4M3:
+        if r.clamp:
+            v = v.clamp(-FP8_MAX, FP8_MAX)
+        if r.mx_nan is MxNan.NAN:
+            v = torch.where(bad.unsqueeze(-1), torch.full_like(v, float("nan")), v)
+        q = v.to(FP8_DTYPE).flatten(-2)
+    else:
+        codes = torch.where(torch.isnan(v), torch.zeros_like(v, dtype=torch.uint8), e2m1_codes(v)).flatten(-2)
+        q = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return q, _mx_scales(exp, bad, r.scale_layout is ScaleLayout.SWIZZLED)
+
+
 def mxfp8_quant(x: torch.Tensor, scale_rounding: str = "rceil",
                 is_sf_swizzled_layout: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """OCP MXFP8: E4M3 elements, one E8M0 scale byte per 32 elements: ``(q, s uint8 [..., H/32])``
@@ -282,10 +321,7 @@ def mxfp8_quant(x: torch.Tensor, scale_rounding: str = "rceil",
     Elements saturate at ±448 (an inf block: ±inf -> ±448, the rest scaled by 2^-127); a NaN block
     is all NaN with scale byte 0xFF.
     """
-    exp, bad = mx_block_exponents(x, "e4m3", scale_rounding)
-    v = _scaled_blocks(x, exp).clamp(-FP8_MAX, FP8_MAX)
-    v = torch.where(bad.unsqueeze(-1), torch.full_like(v, float("nan")), v)
-    return v.to(FP8_DTYPE).flatten(-2), _mx_scales(exp, bad, is_sf_swizzled_layout)
+    return mx_quantize(x, catalog.MXFP8.recipe(scale_rounding, is_sf_swizzled_layout))
 
 
 #: E2M1 magnitudes by code 0..7
@@ -311,16 +347,7 @@ def mxfp4_quant(x: torch.Tensor, scale_rounding: str = "rceil",
 
     Elements saturate at ±6; NaN blocks get scale byte 0xFF and element codes 0.
     """
-    exp, bad = mx_block_exponents(x, "e2m1", scale_rounding)
-    codes = e2m1_codes(_scaled_blocks(x, exp))
-    codes = torch.where(bad.unsqueeze(-1), torch.zeros_like(codes), codes).flatten(-2)
-    return codes[..., 0::2] | (codes[..., 1::2] << 4), _mx_scales(exp, bad, is_sf_swizzled_layout)
-
-
-def _mx_quantize(y: torch.Tensor, r: Recipe):
-    swizzled = r.scale_layout is ScaleLayout.SWIZZLED
-    fn = mxfp8_quant if r.element is catalog.E4M3 else mxfp4_quant
-    return fn(y, r.mx_rounding.value, swizzled)
+    return mx_quantize(x, catalog.MXFP4.recipe(scale_rounding, is_sf_swizzled_layout))
 
 
 def experts_quantize(y: torch.Tensor, expert_offsets: torch.Tensor, blockscale_offsets: torch.Tensor, r: Recipe,
@@ -338,7 +365,7 @@ def experts_quantize(y: torch.Tensor, expert_offsets: torch.Tensor, blockscale_o
     gp = -(-r.groups(y.shape[-1]) // catalog.SWIZZLE_COLS) * catalog.SWIZZLE_COLS
     s = torch.zeros((scale_rows, gp), dtype=torch.uint8, device=y.device)
     for e in range(len(eo) - 1):
-        qe, se = _mx_quantize(y[eo[e]:eo[e + 1]], r)
+        qe, se = mx_quantize(y[eo[e]:eo[e + 1]], r)
         q[eo[e]:eo[e + 1]] = qe
         s[bo[e]:bo[e] + se.shape[0]] = se
     return q, s

@@ -16,8 +16,8 @@ MXFP8, MXFP4) are ``tl.constexpr`` switches, with the integer codes of
   the re-read hits L2).
 * ``_group_kernel``: a tile of ``BLOCK_G`` groups of ``GS`` elements (flattened over
   rows); FP8 per-group (GS 64/128, fp32 or UE8M0 scales, any scale strides), MXFP8 and
-  MXFP4 (GS 32, E8M0 scale bytes, ``floor`` or ``rceil`` rounding, row-major or 128x4
-  swizzled).
+  MXFP4 (GS 32, E8M0 scale bytes, every MX rounding and special-block field of the catalog
+  as ``constexpr`` codes, row-major or 128x4 swizzled).
 
 Layouts are read in place: halves as two offsets into ``x``, separate as a second base
 pointer, interleaved as a view of ``x`` with one word per (gate, up) pair, unpacked on
@@ -32,7 +32,7 @@ integer bits of ``|y|`` (integer order == float order for non-negative floats, a
 bits are the largest, so the max propagates NaN for free); FP8 scale ``amax *
 fp32(1/448)``; ``q = e4m3(clamp(y / scale))`` with NaN kept, the division correctly
 rounded (one reciprocal per row or group and a Markstein correction); MX exponents from
-the exponent bits exactly as ``reference.mx_block_exponents``.
+the exponent bits exactly as ``reference.mx_exponents``.
 
 The SiLU division stays a ``div.rn`` per element (one SiLU for every kernel): an
 ``rcp.approx`` + Markstein division gives the same bits only for ``|g| < 87``, and Triton
@@ -60,7 +60,7 @@ import struct
 import torch
 
 from quantfuse import catalog
-from quantfuse.catalog import ActRounding, ApplyForm, Grouping, Layout, ScaleLayout, StepDtype, Ue8m0
+from quantfuse.catalog import ActRounding, ApplyForm, Grouping, Layout, MxByte0, MxInf, MxNan, MxRounding, ScaleLayout, StepDtype, Ue8m0
 
 NAME = "triton"
 
@@ -97,13 +97,27 @@ _FP4_EMAX = catalog.E2M1.emax
 _E8M0_BIAS = catalog.E8M0_BIAS
 _E8M0_NAN = catalog.E8M0_NAN
 _FP8_OVERFLOW = catalog.E4M3.overflow
+#: half an ulp of the element's mantissa in a float32's mantissa field (MxRounding.EVEN's adder)
+_FP8_HALF_ULP = 1 << (22 - catalog.E4M3.mant)
+_FP4_HALF_ULP = 1 << (22 - catalog.E2M1.mant)
+_MXR_RCEIL = _CODES[f"mx_rounding_{MxRounding.RCEIL.value}"]
+_MXR_CEIL = _CODES[f"mx_rounding_{MxRounding.CEIL.value}"]
+_MXR_EVEN = _CODES[f"mx_rounding_{MxRounding.EVEN.value}"]
+_MX_INF_CLAMP = _CODES[f"mx_inf_{MxInf.CLAMP.value}"]
+_MX_B0_MIN_NORMAL = _CODES[f"mx_byte0_{MxByte0.MIN_NORMAL.value}"]
+_MX_B0_ONE = _CODES[f"mx_byte0_{MxByte0.ONE.value}"]
+_MX_NAN_NAN = _CODES[f"mx_nan_{MxNan.NAN.value}"]
+#: what a byte-0 block's elements are multiplied by for MxByte0.MIN_NORMAL: 1 / fp32's smallest normal
+_MX_MIN_NORMAL_INV = 2.0 ** (catalog.E8M0_BIAS - 1)
 _UE8M0_NONE = _CODES[f"ue8m0_{Ue8m0.NONE.value}"]
 _UE8M0_EXACT = _CODES[f"ue8m0_{Ue8m0.EXACT.value}"]
 _UE8M0_EXP2 = _CODES[f"ue8m0_{Ue8m0.EXP2_CEIL_LOG2.value}"]
 _KERNEL_GLOBALS = ("_IDENTITY", "_SILU", "_RELU2", "_SWIGLU_OAI", "_S_NONE", "_S_TOKEN", "_S_GROUP", "_S_STATIC",
                    "_S_MXFP8", "_S_MXFP4", "_HALVES", "_SEPARATE", "_INTERLEAVED", "_BF16", "_F16", "_F32", "_FP8_MAX",
                    "_FP8_INV", "_FP8_EMAX", "_FP4_INV", "_FP4_EMAX", "_E8M0_BIAS", "_E8M0_NAN", "_FP8_OVERFLOW",
-                   "_UE8M0_NONE", "_UE8M0_EXACT", "_UE8M0_EXP2")
+                   "_UE8M0_NONE", "_UE8M0_EXACT", "_UE8M0_EXP2", "_FP8_HALF_ULP", "_FP4_HALF_ULP", "_MXR_RCEIL",
+                   "_MXR_CEIL", "_MXR_EVEN", "_MX_INF_CLAMP", "_MX_B0_MIN_NORMAL", "_MX_B0_ONE", "_MX_NAN_NAN",
+                   "_MX_MIN_NORMAL_INV")
 
 # the swizzled scale offset in _store_mx_scale is written with shifts for this tile
 assert (catalog.SWIZZLE_ROWS, catalog.SWIZZLE_COLS) == (128, 4)
@@ -327,7 +341,8 @@ def _kernels():
 
     @triton.jit
     def _e4m3_bits(v):
-        # RNE e4m3fn code of fp32 v with |v| <= 448 or NaN (NaN -> 0x7F), from the bits
+        # RNE e4m3fn code of fp32 v with |v| <= 448 or NaN (NaN -> 0x7F with its sign, as torch's
+        # cast), from the bits
         b = v.to(tl.int32, bitcast=True)
         sign = (b >> 24) & 0x80
         a = b & 0x7FFFFFFF
@@ -335,8 +350,8 @@ def _kernels():
         # below 2**-6: subnormal steps of 2**-9; (f + 1.5 * 2**23) rounds f to an integer
         f = a.to(tl.float32, bitcast=True) * 512.0 + 12582912.0
         sub = f.to(tl.int32, bitcast=True) - 0x4B400000
-        code = tl.where(a < 0x3C800000, sub, normal) | sign
-        return tl.where(a > 0x7F800000, 0x7F, code).to(tl.uint8)
+        code = tl.where(a < 0x3C800000, sub, normal)
+        return (tl.where(a > 0x7F800000, 0x7F, code) | sign).to(tl.uint8)
 
     @triton.jit
     def _div_by_scale(y, scale, POW2: tl.constexpr, MAY_OVERFLOW: tl.constexpr, INTERP: tl.constexpr,
@@ -487,11 +502,12 @@ def _kernels():
                       KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr, GS: tl.constexpr, BLOCK_G: tl.constexpr,
                       AMAX_FLOOR: tl.constexpr, SCALE_FLOOR: tl.constexpr, POW2_FLOOR: tl.constexpr,
                       STEP_INPUT: tl.constexpr, UE8M0: tl.constexpr, MUL_INV: tl.constexpr, CLAMP: tl.constexpr,
-                      CAREFUL: tl.constexpr, RCEIL: tl.constexpr, SWIZZLED: tl.constexpr,
+                      CAREFUL: tl.constexpr, MX_ROUNDING: tl.constexpr, MX_INF: tl.constexpr,
+                      MX_BYTE0: tl.constexpr, MX_NAN: tl.constexpr, SWIZZLED: tl.constexpr,
                       SOFT: tl.constexpr, INTERP: tl.constexpr):
-        # AMAX_FLOOR ... CAREFUL: the FP8 recipe (_recipe_consts); RCEIL: MX rceil (else floor)
-        # exponents; SWIZZLED: MX scales in the 128x4 tiled layout with row-block stride s_st
-        # (csrc/group_kernel.cuh)
+        # AMAX_FLOOR ... CAREFUL: the FP8 recipe (_recipe_consts); MX_*: the MX recipe's fields
+        # (catalog.MX_CODE_FIELDS, as codes: _mx_flags); SWIZZLED: MX scales in the 128x4 tiled
+        # layout with row-block stride s_st (csrc/group_kernel.cuh)
         gi = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
         gmask = gi < total_groups
         t = (gi // groups_per_row).to(tl.int64)
@@ -510,13 +526,14 @@ def _kernels():
             tl.store(s_ptr + t * s_st + g * s_sg, scale, mask=gmask)
         else:
             e, bad = _mx_groups(x_ptr, u_ptr, q_ptr, t, g, gmask, H, alpha, limit, ACT, GATED, LAYOUT, SCHEME,
-                                KIND, SILU_ROUNDED, GS, RCEIL, SOFT, INTERP)
+                                KIND, SILU_ROUNDED, GS, MX_ROUNDING, MX_INF, MX_BYTE0, MX_NAN, SOFT, INTERP)
             _store_mx_scale(s_ptr, t, g, e, bad, s_st, s_sg, gmask, SWIZZLED)
 
     @triton.jit
     def _mx_groups(x_ptr, u_ptr, q_ptr, t, g, gmask, H, alpha, limit, ACT: tl.constexpr, GATED: tl.constexpr,
                    LAYOUT: tl.constexpr, SCHEME: tl.constexpr, KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr,
-                   GS: tl.constexpr, RCEIL: tl.constexpr, SOFT: tl.constexpr, INTERP: tl.constexpr):
+                   GS: tl.constexpr, MX_ROUNDING: tl.constexpr, MX_INF: tl.constexpr, MX_BYTE0: tl.constexpr,
+                   MX_NAN: tl.constexpr, SOFT: tl.constexpr, INTERP: tl.constexpr):
         # the MX blocks (token t, group g) of a tile, gmask the real ones: q stored; returns
         # each block's exponent and whether it holds inf / NaN
         xrow, urow = _bases(t, H, GATED, LAYOUT)
@@ -533,8 +550,9 @@ def _kernels():
             ylo, yhi = _pair_activation(x_ptr, u_ptr, xb, ub, pc, m, alpha, limit, ACT, GATED, LAYOUT, KIND,
                                         SILU_ROUNDED, SOFT, INTERP)
             amax_bits = tl.maximum(tl.max(_abs_bits(ylo), axis=1), tl.max(_abs_bits(yhi), axis=1))
-            e, bad = _mx_exponent(amax_bits, _FP4_EMAX, _FP4_INV, RCEIL)
-            lo, hi = _e2m1_code(_mx_scaled(ylo, e), bad), _e2m1_code(_mx_scaled(yhi, e), bad)
+            e, bad = _mx_exponent(amax_bits, _FP4_EMAX, _FP4_INV, _FP4_HALF_ULP, MX_ROUNDING, MX_INF)
+            lo = _e2m1_code(_mx_scaled(ylo, e, bad, MX_BYTE0, MX_NAN), bad, MX_NAN)
+            hi = _e2m1_code(_mx_scaled(yhi, e, bad, MX_BYTE0, MX_NAN), bad, MX_NAN)
             packed = (lo | (hi << 4)).to(tl.uint8)
             tl.store(q_ptr + (qbase // 2)[:, None] + pc[None, :], packed, mask=m)
         else:
@@ -542,10 +560,11 @@ def _kernels():
             y = _activation(x_ptr, u_ptr, xb[:, None] + col[None, :], ub[:, None] + col[None, :], m,
                             alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
             amax_bits = tl.max(_abs_bits(y), axis=1)
-            e, bad = _mx_exponent(amax_bits, _FP8_EMAX, _FP8_INV, RCEIL)
-            v = _mx_scaled(y, e)
-            nan = (amax_bits * 0 + 0x7FC00000).to(tl.float32, bitcast=True)
-            v = tl.where(bad[:, None], nan[:, None], _clamp_fp8(v))
+            e, bad = _mx_exponent(amax_bits, _FP8_EMAX, _FP8_INV, _FP8_HALF_ULP, MX_ROUNDING, MX_INF)
+            v = _clamp_fp8(_mx_scaled(y, e, bad, MX_BYTE0, MX_NAN))
+            if MX_NAN == _MX_NAN_NAN:
+                nan = (amax_bits * 0 + 0x7FC00000).to(tl.float32, bitcast=True)
+                v = tl.where(bad[:, None], nan[:, None], v)
             _store_fp8(q_ptr, qbase[:, None] + col[None, :], v, m, SOFT)
         return e, bad
 
@@ -553,7 +572,8 @@ def _kernels():
     def _experts_kernel(x_ptr, u_ptr, q_ptr, s_ptr, eo_ptr, bo_ptr, num_experts, groups_per_row, padded_groups,
                         s_st, H, alpha, limit, ACT: tl.constexpr, GATED: tl.constexpr, LAYOUT: tl.constexpr,
                         SCHEME: tl.constexpr, KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr, GS: tl.constexpr,
-                        ROWS: tl.constexpr, GC: tl.constexpr, E_POW2: tl.constexpr, RCEIL: tl.constexpr,
+                        ROWS: tl.constexpr, GC: tl.constexpr, E_POW2: tl.constexpr, MX_ROUNDING: tl.constexpr,
+                        MX_INF: tl.constexpr, MX_BYTE0: tl.constexpr, MX_NAN: tl.constexpr,
                         SOFT: tl.constexpr, INTERP: tl.constexpr):
         # MX scales of tokens sorted by expert, in the 128x4 swizzled layout per expert: a
         # program owns ROWS scale rows (inside one 128-row tile, as ROWS divides 128) by GC
@@ -576,49 +596,70 @@ def _kernels():
         real = (local < count) & (g < groups_per_row)
         t = tl.where(real, first + local, 0)
         ex8, bad = _mx_groups(x_ptr, u_ptr, q_ptr, t, g, real, H, alpha, limit, ACT, GATED, LAYOUT, SCHEME, KIND,
-                              SILU_ROUNDED, GS, RCEIL, SOFT, INTERP)
+                              SILU_ROUNDED, GS, MX_ROUNDING, MX_INF, MX_BYTE0, MX_NAN, SOFT, INTERP)
         sb = tl.where(real, _mx_scale_byte(ex8, bad), 0).to(tl.uint8)
         tl.store(s_ptr + _swizzled_offset(sr0 + r, g, s_st), sb, mask=g < padded_groups)
 
     @triton.jit
-    def _mx_scaled(y, e):
-        # y * 2**-e, exact: a finite block has e <= 126, where 2**-e is a normal float; an inf
-        # block has e = 127 (2**-127 is subnormal): y * 2**-126 * 0.5, whose first product is
-        # exact wherever the second can round to a non-zero element (|y| >= 2**117)
-        f = ((127 - tl.minimum(e, 126)) << 23).to(tl.float32, bitcast=True)[:, None]
-        v = y * f
+    def _mx_scaled(y, e, bad, MX_BYTE0: tl.constexpr, MX_NAN: tl.constexpr):
+        # y times the block multiplier (reference.mx_multipliers), exact: 2**-e, a normal float for
+        # e <= 126; an inf block's e = 127 (2**-127 is subnormal) as y * 2**-126 * 0.5, whose first
+        # product is exact wherever the second can round to a non-zero element (|y| >= 2**117); a
+        # byte-0 block's MxByte0 value; a NaN block's 0 for MxNan.DIV_INF (y * 0 is y / inf)
+        f = ((127 - tl.minimum(e, 126)) << 23).to(tl.float32, bitcast=True)
+        if MX_BYTE0 == _MX_B0_MIN_NORMAL:
+            f = tl.where(e == -_E8M0_BIAS, _MX_MIN_NORMAL_INV, f)
+        elif MX_BYTE0 == _MX_B0_ONE:
+            f = tl.where(e == -_E8M0_BIAS, 1.0, f)
+        if MX_NAN != _MX_NAN_NAN:
+            f = tl.where(bad, 0.0, f)
+        v = y * f[:, None]
         return tl.where((e == 127)[:, None], v * 0.5, v)
 
     @triton.jit
-    def _mx_exponent(amax_bits, EMAX: tl.constexpr, INV: tl.constexpr, RCEIL: tl.constexpr):
-        # reference.mx_block_exponents, from the bits; bad: NaN in the block (an inf block
-        # gets 127, as eager's clamp of an infinite exponent)
+    def _mx_exponent(amax_bits, EMAX: tl.constexpr, INV: tl.constexpr, HALF_ULP: tl.constexpr,
+                     MX_ROUNDING: tl.constexpr, MX_INF: tl.constexpr):
+        # reference.mx_exponents, from the bits; bad: NaN in the block
         bad = amax_bits > 0x7F800000
         amax = amax_bits.to(tl.float32, bitcast=True)
-        if RCEIL:
+        if MX_ROUNDING == _MXR_RCEIL:
             # ceil(log2(amax * fp32(1/max_elem))); a product that underflows to 0 gets -127
             p = (amax * INV).to(tl.int32, bitcast=True)
             pe = (p >> 23) & 0xFF
             pm = p & 0x7FFFFF
             e = tl.where(pe > 0, pe - 127 + (pm != 0).to(tl.int32), tl.where(pm > 0x400000, -126, -127))
         else:
-            # floor(log2(amax)) - emax; zero / subnormal amax -> below -127
-            ae = (amax_bits >> 23) & 0xFF
-            e = tl.where(ae == 0, -127, ae - 127 - EMAX)
+            # floor(log2(amax)) - emax from the exponent field; zero / subnormal amax -> below -127;
+            # ceil: one more unless the mantissa is 0; even: the amax rounded half up to the
+            # element's mantissa bits first (HALF_ULP: a carry into the exponent field)
+            b = amax_bits
+            if MX_ROUNDING == _MXR_EVEN:
+                b = amax_bits + HALF_ULP
+            ae = (b >> 23) & 0xFF
+            e = ae - 127 - EMAX
+            if MX_ROUNDING == _MXR_CEIL:
+                e += ((amax_bits & 0x7FFFFF) != 0).to(tl.int32)
+            e = tl.where(ae == 0, -127, e)
         e = tl.where(amax_bits == 0, -127, e)
-        e = tl.where(amax_bits == 0x7F800000, 127, e)
+        if MX_INF == _MX_INF_CLAMP:
+            e = tl.where(amax_bits == 0x7F800000, 127, e)
+        else:
+            e = tl.where(amax_bits == 0x7F800000, 128 - EMAX, e)
         return tl.minimum(tl.maximum(e, -_E8M0_BIAS), _E8M0_BIAS), bad
 
     @triton.jit
-    def _e2m1_code(v, bad):
+    def _e2m1_code(v, bad, MX_NAN: tl.constexpr):
         # E2M1 code of v (already divided by the scale) by counting the rounding thresholds
-        # |v| passes (ties to even), sign in bit 3; 0 in a NaN block
+        # |v| passes (ties to even), sign in bit 3; 0 in a NaN block (MxNan.NAN) or for a NaN
+        # value (MxNan.DIV_INF: E2M1 has no NaN)
         a = tl.abs(v)
         c = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
              + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
              + (a > 5.0).to(tl.int32))
         c = c | ((v.to(tl.int32, bitcast=True) >> 28) & 0x8)
-        return tl.where(bad[:, None], 0, c)
+        if MX_NAN == _MX_NAN_NAN:
+            return tl.where(bad[:, None], 0, c)
+        return tl.where(v != v, 0, c)
 
     @triton.jit
     def _mx_scale_byte(e, bad):
@@ -835,8 +876,7 @@ def _launcher(plan):
         return _experts_launcher(plan, k["experts"], inputs, out_view, groups, padded_groups, block_g, consts,
                                  alpha, limit)
     group_kernel = k["group"]
-    flags = dict(GS=gs, BLOCK_G=block_g, RCEIL=r.mx_rounding is catalog.MxRounding.RCEIL, SWIZZLED=swizzled,
-                 num_warps=4, **recipe)
+    flags = dict(GS=gs, BLOCK_G=block_g, SWIZZLED=swizzled, num_warps=4, **recipe, **_mx_flags(r))
 
     def launch(tokens, outputs, x, up, scale):
         total = tokens * groups
@@ -860,6 +900,12 @@ def _launcher(plan):
     return launch
 
 
+def _mx_flags(r) -> dict:
+    """The MX recipe fields as the kernels' constexpr codes (0s for the FP8 schemes: unread)."""
+    return {f"MX_{field[3:].upper()}": _CODES[f"{field}_{getattr(r, field).value}"] if r.mx else 0
+            for field, _ in catalog.MX_CODE_FIELDS}
+
+
 def _experts_launcher(plan, kernel, inputs, out_view, groups, padded_groups, block_g, consts, alpha, limit):
     """The launch closure of an experts op: a program per (scale-row tile, group-column tile)
     of the whole scale buffer (``_experts_kernel``)."""
@@ -868,8 +914,7 @@ def _experts_launcher(plan, kernel, inputs, out_view, groups, padded_groups, blo
     rows = block_g // gc  # scale rows a program: divides the 128 of a swizzle tile
     assert catalog.SWIZZLE_ROWS % rows == 0
     e_pow2 = 1 << max(0, plan.num_experts - 1).bit_length()
-    flags = dict(GS=r.group_size, ROWS=rows, GC=gc, E_POW2=e_pow2, RCEIL=r.mx_rounding is catalog.MxRounding.RCEIL,
-                 num_warps=4)
+    flags = dict(GS=r.group_size, ROWS=rows, GC=gc, E_POW2=e_pow2, num_warps=4, **_mx_flags(r))
     col_tiles = -(-padded_groups // gc)
     s_st = catalog.SWIZZLE_ROWS * padded_groups
 

@@ -194,6 +194,26 @@ def _is_constant(node: Node) -> bool:
     return node.op == "call_function" and node.target in (aten.full.default, aten.scalar_tensor.default)
 
 
+def elementwise_reason(n: Node) -> str | None:
+    """None when ``n`` computes each element from the same-index elements of its inputs (a
+    pointwise op that is not random, a cast, a ``view(dtype)`` of the same width, an
+    order-keeping view, a masked fill ``t[mask] = c``), else why not."""
+    t = n.target
+    if t == aten.index_put.default:
+        idx = n.args[1]
+        if len(idx) == 1 and _dtype(idx[0]) == torch.bool and _numel(idx[0]) == _numel(n.args[0]) \
+                and not (len(n.args) > 3 and n.args[3]):
+            return None
+        return f"`{n.name}` writes {n.args[0].name} at indices"
+    pointwise = isinstance(t, torch._ops.OpOverload) and torch.Tag.pointwise in t.tags \
+        and torch.Tag.nondeterministic_seeded not in t.tags
+    if not (pointwise or t in _VIEWS or t in (aten.view.dtype, aten._to_copy.default)):
+        return f"`{n.name}` ({t}) is not an elementwise op"
+    if t == aten.view.dtype and _dtype(n).itemsize != _dtype(n.args[0]).itemsize:
+        return f"`{n.name}` views {_dtype(n.args[0])} as {_dtype(n)} (another element count)"
+    return None
+
+
 def encoding_region(v: Node, codes: Node) -> list[Node]:
     """The nodes from ``v`` (exclusive) to ``codes`` (inclusive), in graph order; NotRecognised
     when one is not a pointwise op / cast / view, or reads a value other than ``v``."""
@@ -209,11 +229,9 @@ def encoding_region(v: Node, codes: Node) -> list[Node]:
             if a not in inside and not _is_constant(a):
                 raise NotRecognised(f"the E2M1 encoding `{n.name}` reads `{a.name}` besides the scaled values "
                                     f"`{v.name}`")
-        pointwise = isinstance(n.target, torch._ops.OpOverload) and torch.Tag.pointwise in n.target.tags
-        if not (pointwise or n.target in _VIEWS or n.target in (aten.view.dtype, aten._to_copy.default)):
-            raise NotRecognised(f"the E2M1 encoding uses `{n.name}` ({n.target}), not an elementwise op")
-        if n.target == aten.view.dtype and _dtype(n).itemsize != _dtype(n.args[0]).itemsize:
-            raise NotRecognised(f"`{n.name}` views {_dtype(n.args[0])} as {_dtype(n)} (another element count)")
+        why = elementwise_reason(n)
+        if why:
+            raise NotRecognised(f"the E2M1 encoding uses {why}")
         if _numel(n) != numel:
             raise NotRecognised(f"the E2M1 encoding `{n.name}` has {_numel(n)} elements where the scaled values "
                                 f"have {numel}")
@@ -240,11 +258,39 @@ def probe_values() -> torch.Tensor:
     return vals[~torch.isnan(vals)]
 
 
-def evaluate(region: list[Node], v: Node, values: torch.Tensor) -> torch.Tensor:
-    """``region``'s last node with ``v`` replaced by ``values`` (1-D): each view is the identity
-    (every node is an elementwise function of ``v`` in its row-major order), ``full`` a 0-d
-    tensor, and the ops run on the CPU."""
-    env: dict[Node, torch.Tensor] = {v: values}
+#: ops whose float results a device may round otherwise (libm / CUDA's math library: within an
+#: ulp or two): :func:`evaluate`'s "up" and "down" variants move them by one ulp, where the
+#: result is not exact (an integer power of two, the log2 of one)
+_ROUNDED_MATH = {aten.exp.default, aten.exp2.default, aten.log.default, aten.log2.default, aten.sqrt.default,
+                 aten.sigmoid.default, aten.tanh.default, aten.pow.Scalar, aten.pow.Tensor_Scalar,
+                 aten.pow.Tensor_Tensor, aten.rsqrt.default, aten.expm1.default, aten.log1p.default}
+#: the ways :func:`evaluate` runs a region: CPU torch as is; a division by a Python number as
+#: CUDA's torch computes it (a multiply by the fp32 reciprocal); rounded math one ulp up / down
+VARIANTS = ("exact", "cuda_div", "up", "down")
+
+
+def _exact_math(n: Node, args: tuple, out: torch.Tensor) -> torch.Tensor:
+    """Where ``n``'s result is exact on every device: exp2 / 2 ** x of an integer, log2 of a
+    power of two, a non-finite input or result."""
+    x = args[1] if n.target == aten.pow.Scalar else args[0]
+    exact = ~torch.isfinite(out)
+    if isinstance(x, torch.Tensor):
+        exact |= ~torch.isfinite(x)
+        if n.target == aten.exp2.default or (n.target == aten.pow.Scalar and args[0] == 2):
+            exact |= x == torch.round(x)
+        elif n.target == aten.log2.default:
+            exact |= (torch.frexp(x.float())[0].abs() == 0.5) | (x == 0)
+    return exact
+
+
+def evaluate(region: list[Node], inputs: dict, values: torch.Tensor | None = None,
+             outputs: list[Node] | None = None, variant: str = "exact"):
+    """``region``'s nodes run on 1-D tensors: ``inputs`` maps its input nodes to values (or
+    ``inputs`` is the one input node and ``values`` its values); returns the last node's value,
+    or those of ``outputs``. Each view is the identity (every node is an elementwise function of
+    the inputs in their row-major order), ``full`` a 0-d tensor, the ops run on the CPU, in the
+    :data:`VARIANTS` way ``variant``."""
+    env: dict[Node, torch.Tensor] = dict(inputs) if isinstance(inputs, dict) else {inputs: values}
 
     def arg(a):
         if isinstance(a, Node):
@@ -263,8 +309,18 @@ def evaluate(region: list[Node], v: Node, values: torch.Tensor) -> torch.Tensor:
         kwargs = {k: arg(val) for k, val in n.kwargs.items() if k not in ("device", "layout", "pin_memory")}
         if n.target == aten._to_copy.default:
             kwargs.pop("memory_format", None)
-        env[n] = n.target(*args, **kwargs)
-    return env[region[-1]]
+        if variant == "cuda_div" and n.target in (aten.div.Tensor, aten.div.Scalar) and not kwargs \
+                and isinstance(args[1], (int, float)) and args[0].dtype == torch.float32:
+            out = args[0] * torch.tensor(1.0 / args[1], dtype=torch.float32)
+        else:
+            out = n.target(*args, **kwargs)
+        if variant in ("up", "down") and n.target in _ROUNDED_MATH and out.is_floating_point():
+            moved = torch.nextafter(out, torch.full_like(out, float("inf") if variant == "up" else float("-inf")))
+            out = torch.where(_exact_math(n, args, out), out, moved)
+        env[n] = out
+    if outputs is None:
+        return env[region[-1]]
+    return [env[n] for n in outputs]
 
 
 def _show(values: torch.Tensor) -> str:
@@ -347,8 +403,11 @@ def _encoding_reason(region: list[Node], v: Node) -> str | None:
 # --- the site ---------------------------------------------------------------------------------
 
 def read_site(pack: Node, codes: Node, y: Node, config) -> rec.Site:
-    """Read one MXFP4 candidate; NotRecognised names the first thing that does not fit."""
-    element = catalog.E2M1
+    """Read one MXFP4 candidate; NotRecognised names the first thing that does not fit.
+
+    A block scale the canonical interpreter cannot read, or reads as no recipe, is read by
+    evaluating it (:mod:`quantfuse.patterns.mx_scale`); when that fails too, the reason is the
+    interpreter's, unless it could not read the scale at all."""
     _, lo, hi, low_first = read_packing(pack)
     if not low_first:
         raise NotRecognised("the packing puts element 2i in the high nibble: MXFP4 (OCP) puts it in the low "
@@ -358,12 +417,35 @@ def read_site(pack: Node, codes: Node, y: Node, config) -> rec.Site:
         raise NotRecognised(f"input dtype {x_dtype} is not supported (supported: {', '.join(config.dtypes)})")
     if x_dtype == torch.float32:
         raise NotRecognised(site_mod.FP32_MX_REASON)
+
+    def encode(v: Node) -> set[Node]:
+        region = encoding_region(v, codes)
+        check_encoding(region, v)
+        packing = set(region) | {lo, hi} | {n for n in ancestors(lo, 8) | ancestors(hi, 8)
+                                            if n not in ancestors(codes)}
+        constants = {a for n in region for a in n.all_input_nodes if _is_constant(a) and
+                     all(u in packing for u in a.users)}
+        return packing | constants
+    try:
+        return _read_canonical(pack, codes, y, encode)
+    except NotRecognised as e:
+        try:
+            site = rec.read_evaluated_mx(pack, codes, y, catalog.MXFP4, config, encode)
+        except NotRecognised as e2:
+            raise (e2 if isinstance(e, rec._Unreadable) else e) from None
+        if site is None:
+            raise
+        return site
+
+
+def _read_canonical(pack: Node, codes: Node, y: Node, encode) -> rec.Site:
+    element = catalog.E2M1
     order = {n: i for i, n in enumerate(pack.graph.nodes)}
     above = sorted(ancestors(codes), key=order.__getitem__)
     v = _find_scaled(y, above)
     if v is None:
-        raise NotRecognised(_unread_scale(y, above) or "the E2M1 codes are not computed from y / 2^e in float32 "
-                            "(the activation divided by its block's power of two)")
+        raise rec._Unreadable(_unread_scale(y, above) or "the E2M1 codes are not computed from y / 2^e in float32 "
+                              "(the activation divided by its block's power of two)")
     interp = Interpreter(y)
     vv = interp.value(v)
     s_expr = _scaled(vv.expr)
@@ -372,15 +454,10 @@ def read_site(pack: Node, codes: Node, y: Node, config) -> rec.Site:
         raise NotRecognised(f"the values encoded as E2M1 are y / {rec._show(s_expr)} over groups of "
                             f"{sorted(groups)}: MXFP4 divides by a power of two 2^e per block of {catalog.MX_BLOCK}")
     more, exponent = rec.parse_mx(s_expr, element)
-    region = encoding_region(v, codes)
-    check_encoding(region, v)
+    extra = encode(v)
     scheme = catalog.MXFP4
     recipe = dataclasses.replace(scheme.base, **more)
     scale_out = (("to_uint8", Interpreter._sorted("add", exponent, const(catalog.E8M0_BIAS))), torch.uint8)
     rec._forward_bytes(interp, exponent)
-    packing = set(region) | {lo, hi} | {n for n in ancestors(lo, 8) | ancestors(hi, 8)
-                                        if n not in ancestors(codes)}
-    constants = {a for n in region for a in n.all_input_nodes if _is_constant(a) and
-                 all(u in packing for u in a.users)}
     return rec.finish_site(interp, pack, y, scheme, recipe, s_expr, scale_out, element=element,
-                           mx_exponent=exponent, extra=frozenset(packing | constants))
+                           mx_exponent=exponent, extra=frozenset(extra))

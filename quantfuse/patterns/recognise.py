@@ -353,24 +353,30 @@ def _show(e, depth: int = 3) -> str:
     return f"{e[0]}({', '.join(_show(a, depth - 1) for a in e[1:])})"
 
 
-def parse_apply(e: tuple, element: catalog.Element) -> tuple[dict, tuple]:
-    """Recipe fields of the value cast to FP8, and the scale expression it applies."""
-    fields = {"clamp": False}
+def _clamp_of(e: tuple, element: catalog.Element) -> tuple[bool, tuple]:
+    """Whether the value cast to FP8 is clamped to the element's range, and what is clamped."""
     lo = _split_const(e, "max")
     hi = _split_const(e, "min")
-    if lo is not None or hi is not None:
-        outer_max = lo is not None
-        inner, c1 = lo if outer_max else hi
-        second = _split_const(inner, "min" if outer_max else "max")
-        if second is None:
-            raise NotRecognised(f"the values are clamped on one side only ({'min' if outer_max else 'max'}="
-                                f"{c1}) before the FP8 cast")
-        inner, c2 = second
-        bounds = sorted((c1, c2))
-        if bounds != [-element.max, element.max]:
-            raise NotRecognised(f"the values are clamped to [{bounds[0]}, {bounds[1]}] where {element.name} "
-                                f"spans [-{element.max}, {element.max}]")
-        fields["clamp"], e = True, inner
+    if lo is None and hi is None:
+        return False, e
+    outer_max = lo is not None
+    inner, c1 = lo if outer_max else hi
+    second = _split_const(inner, "min" if outer_max else "max")
+    if second is None:
+        raise NotRecognised(f"the values are clamped on one side only ({'min' if outer_max else 'max'}="
+                            f"{c1}) before the FP8 cast")
+    inner, c2 = second
+    bounds = sorted((c1, c2))
+    if bounds != [-element.max, element.max]:
+        raise NotRecognised(f"the values are clamped to [{bounds[0]}, {bounds[1]}] where {element.name} "
+                            f"spans [-{element.max}, {element.max}]")
+    return True, inner
+
+
+def parse_apply(e: tuple, element: catalog.Element) -> tuple[dict, tuple]:
+    """Recipe fields of the value cast to FP8, and the scale expression it applies."""
+    clamp, e = _clamp_of(e, element)
+    fields = {"clamp": clamp}
     if e[0] == "round":
         raise NotRecognised(f"y / s is rounded to {e[1]} before the FP8 cast (compute it in float32, e.g. "
                             "y.float() / s): no recipe computes that")
@@ -698,8 +704,75 @@ def _grad_hint(users: list[Node]) -> str:
     return ""
 
 
+class _Unreadable(NotRecognised):
+    """The canonical interpreter cannot read the site's quantisation (an op it does not model)."""
+
+
 def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
-    """Read one candidate site; NotRecognised names the first thing that does not fit."""
+    """Read one candidate site; NotRecognised names the first thing that does not fit.
+
+    An MXFP8 scale the canonical interpreter cannot read, or reads as no recipe, is read by
+    evaluating it (:mod:`quantfuse.patterns.mx_scale`); when that fails too, the reason is the
+    interpreter's, unless it could not read the site at all."""
+    try:
+        return _read_site(q, y, scale_input, config)
+    except NotRecognised as e:
+        if scale_input is not None or _dtype(q) not in FP8_DTYPES:
+            raise
+        try:
+            site = read_evaluated_mx(q, q.args[0], y, catalog.MXFP8, config)
+        except NotRecognised as e2:
+            raise (e2 if isinstance(e, _Unreadable) else e) from None
+        if site is None:
+            raise
+        return site
+
+
+def read_evaluated_mx(anchor: Node, top: Node, y: Node, scheme: catalog.Scheme, config,
+                      encode=None) -> Site | None:
+    """An MX site whose block scale is read by evaluation (:mod:`quantfuse.patterns.mx_scale`):
+    ``top`` is what the anchor stores (MXFP8: the value cast to E4M3, ``anchor`` the cast;
+    MXFP4: the E2M1 codes, ``anchor`` the packing, ``encode(scaled)`` the encoding's nodes,
+    checked, and the packing's). None when the site has no MX skeleton."""
+    from quantfuse.patterns import e2m1, mx_scale
+
+    order = {n: i for i, n in enumerate(anchor.graph.nodes)}
+    found = mx_scale.find(y, sorted(e2m1.ancestors(top), key=order.__getitem__))
+    if found is None:
+        return None
+    mx_scale.check(y, found)
+    element = scheme.base.element
+    x_dtype = _dtype(y)
+    if x_dtype not in config.torch_dtypes:
+        raise NotRecognised(f"input dtype {x_dtype} is not supported (supported: {', '.join(config.dtypes)})")
+    interp = mx_scale.interpreter(y, found)
+    try:
+        sv = interp.value(found.scaled)
+        if encode is None:
+            qv = interp.value(top)
+    except Unknown as e:
+        raise NotRecognised(str(e)) from None
+    if encode is None:
+        if qv.level != "elem" or not qv.ordered or math.prod(qv.shape) != interp.numel:
+            raise NotRecognised(f"the FP8 values `{anchor.name}` are not the activation's elements in order")
+        clamped, core = _clamp_of(qv.expr, element)
+        if core != sv.expr:
+            raise NotRecognised(f"the value cast to FP8 is {_show(core)}, not the activation scaled by its block "
+                                f"(`{found.scaled.name}`)")
+        if not clamped and not catalog.E4M3_CAST_SATURATES:
+            raise NotRecognised(f"the MX elements are not clamped to [-{element.max}, {element.max}] before "
+                                f"the FP8 cast (torch {torch.__version__}'s cast does not saturate)")
+        extra = set()
+    else:
+        extra = set(encode(found.scaled))
+    inside = set(found.region) | interp.visited | extra | {found.scaled, anchor}
+    fields, byte_nodes = mx_scale.read(y, found, element, inside)
+    recipe = dataclasses.replace(scheme.base, **fields)
+    return finish_site(interp, anchor, y, scheme, recipe, mx_scale.FACTOR, (None, None), element=element,
+                       extra=frozenset(set(found.region) | extra), scales=tuple(byte_nodes))
+
+
+def _read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
     element = catalog.E4M3
     x_dtype = _dtype(y)
     if _dtype(q) not in FP8_DTYPES:
@@ -716,7 +789,7 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
     try:
         qv = interp.value(q.args[0])
     except Unknown as e:
-        raise NotRecognised(str(e)) from None
+        raise _Unreadable(str(e)) from None
     if qv.level != "elem" or not qv.ordered or math.prod(qv.shape) != interp.numel:
         raise NotRecognised(f"the FP8 values `{q.name}` are not the activation's elements in order")
     fields, s_expr = parse_apply(qv.expr, element)
@@ -725,9 +798,9 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
     mul_form, mx_exponent = False, None
     if scale_input is None and s_expr[0] == "exp2" and groups == {catalog.MX_BLOCK}:
         # a power-of-two scale over blocks of 32: MX (an FP8 UE8M0 scale has groups of 64 / 128)
-        if not fields["clamp"]:
+        if not fields["clamp"] and not catalog.E4M3_CAST_SATURATES:
             raise NotRecognised(f"the MX elements are not clamped to [-{element.max}, {element.max}] before "
-                                "the FP8 cast")
+                                f"the FP8 cast (torch {torch.__version__}'s cast does not saturate)")
         if x_dtype == torch.float32:
             # a 16-bit amax is never within an fp32 ulp of a power of two (times 448) unless it is one,
             # so torch.log2 gives the exact exponent there; an fp32 amax can be, and log2 rounds
@@ -770,11 +843,14 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
 
 def finish_site(interp: Interpreter, q: Node, y: Node, scheme: catalog.Scheme, recipe: Recipe, s_expr: tuple,
                 scale_out: tuple, *, element: catalog.Element, scale_input: Node | None = None,
-                mul_form: bool = False, mx_exponent: tuple | None = None, extra: frozenset = frozenset()) -> Site:
+                mul_form: bool = False, mx_exponent: tuple | None = None, extra: frozenset = frozenset(),
+                scales: tuple = ()) -> Site:
     """The site once its quantisation is read (``interp`` has read it from ``y``): its activation
     and layout, and the scale nodes it replaces; NotRecognised when a value inside it has a
     consumer outside it. ``extra``: site nodes the interpreter does not read (MXFP4's E2M1
-    encoding and packing), whose outside consumers are reported as well."""
+    encoding and packing, an evaluated MX scale), whose outside consumers are reported as well,
+    but for ``scales``, nodes of them that hold the scale bytes (the fused op's replace them)."""
+    scale_nodes = scales
     act, inputs, note, act_params = read_activation(y)
     if catalog.ACTIVATIONS[act].gated:
         layout, x, up = read_layout(*inputs)
@@ -812,9 +888,10 @@ def finish_site(interp: Interpreter, q: Node, y: Node, scheme: catalog.Scheme, r
         role = "activation output" if n is y else "intermediate value"
         raise NotRecognised(f"{role} `{n.name}` has a consumer outside the pattern: "
                             f"{', '.join(u.name for u in outside)}{_grad_hint(outside)}")
+    scales += list(scale_nodes)
     for n in sorted(extra, key=order.__getitem__):
         outside = _outside_users(site_nodes, n)
-        if outside:
+        if outside and n not in scale_nodes:
             raise NotRecognised(f"intermediate value `{n.name}` has a consumer outside the pattern: "
                                 f"{', '.join(u.name for u in outside)}{_grad_hint(outside)}")
     for n in act_nodes:

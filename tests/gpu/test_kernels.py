@@ -239,7 +239,7 @@ def test_cuda_extension_refuses_bad_arguments():
 
     def err(*args, **kw):
         a = dict(act=act, scheme=per_group, layout=halves, q=q, s=s, x=x, up=None, scale=None, group_size=128,
-                 ue8m0=0, rceil=False, s_stride_t=2, s_stride_g=1, swizzled=False)
+                 ue8m0=0, mx=0, s_stride_t=2, s_stride_g=1, swizzled=False)
         a.update(kw)
         return m.act_quant(**a)
 

@@ -11,6 +11,7 @@ counts (each kernel variant is a Triton compile).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -36,8 +37,8 @@ TOKENS = {torch.bfloat16: [1, 7, 33, 4097], torch.float16: [1, 33], torch.float3
 #: op parameters per scheme: every kernel value of each (catalog OpParam.kernel_values)
 PARAMS = {"fp8_per_token": [()], "fp8_static": [()],
           "fp8_per_group": [(128, False, False), (64, True, True), (128, True, False), (64, False, True)],
-          "mxfp8": [("floor",), ("rceil",), ("rceil", True)],
-          "mxfp4": [("floor",), ("rceil",), ("floor", True)]}
+          "mxfp8": [("floor",), ("rceil",), ("rceil", True), ("ceil",), ("even", True)],
+          "mxfp4": [("floor",), ("rceil",), ("floor", True), ("ceil", True), ("even",)]}
 assert set(PARAMS) == set(catalog.SCHEMES), "a catalog scheme without test parameters"
 QUANT_OPS = [name for name, e in catalog.OPS.items() if e.scheme is not None and not e.experts]  # experts: test_experts_gpu.py
 STATIC_SCALES = (0.37, 1.0, 2.0 ** -20, 3.0e5)
@@ -236,9 +237,9 @@ def _direct(name, x, *params, vectors=0, bps=0, up=None, interleaved=False):
     """The CUDA extension called directly with the forced vectors / grid knobs."""
     p = kc.make(name, x, *params, up=up, interleaved=interleaved)
     outs = tuple(kc.poison(t) for t in p.empty_outputs(x.device))
-    act, scheme, layout, gs, ue8m0, rceil, swizzled, column, groups = cuda_backend._fixed_args(p)
+    act, scheme, layout, gs, ue8m0, mx, swizzled, column, groups = cuda_backend._fixed_args(p)
     st, sg = (1, p.tokens) if column else ((0, 0) if swizzled else (groups, 1))
-    err = cuda_backend._mod().act_quant(act, scheme, layout, outs[0], outs[1], x, up, None, gs, ue8m0, rceil, st, sg,
+    err = cuda_backend._mod().act_quant(act, scheme, layout, outs[0], outs[1], x, up, None, gs, ue8m0, mx, st, sg,
                                         swizzled, vectors, bps, p.act_params)
     assert err == "", err
     return outs
@@ -351,19 +352,25 @@ def test_cuda_bad_inputs_raise():
     relu2, ident = codes["act_relu2"], codes["act_identity"]
     mx8, mx4, pt = codes["scheme_mxfp8"], codes["scheme_mxfp4"], codes["scheme_fp8_per_token"]
     h = codes["layout_halves"]
-    assert "scales must be uint8" in m.act_quant(relu2, mx8, h, q, s.float(), x, None, None, 32, False, True, 8, 1,
+    rceil = codes["mx_rounding_rceil"]  # the MX code of the rceil recipe (catalog.mx_code)
+    assert "scales must be uint8" in m.act_quant(relu2, mx8, h, q, s.float(), x, None, None, 32, False, rceil, 8, 1,
                                                  False)
-    assert "q must be Byte" in m.act_quant(relu2, mx4, h, q, s, x, None, None, 32, False, True, 8, 1, False)
-    assert "MX block size is 32" in m.act_quant(ident, mx8, h, q, s, x, None, None, 64, False, True, 8, 1, False)
+    assert "q must be Byte" in m.act_quant(relu2, mx4, h, q, s, x, None, None, 32, False, rceil, 8, 1, False)
+    assert "MX block size is 32" in m.act_quant(ident, mx8, h, q, s, x, None, None, 64, False, rceil, 8, 1, False)
     assert "multiple of 8" in m.act_quant(ident, pt, h, q[:, :12].contiguous(), s.float()[:, :1],
                                           x[:, :12].contiguous(), None, None, 0, False, False, 1, 1, False)
-    assert "dtype must be bfloat16" in m.act_quant(ident, mx8, h, q, s, x.double(), None, None, 32, False, True, 8,
+    assert "dtype must be bfloat16" in m.act_quant(ident, mx8, h, q, s, x.double(), None, None, 32, False, rceil, 8,
                                                    1, False)
     assert "activation code" in m.act_quant(len(catalog.CUDA_ACTIVATIONS), mx8, h, q, s, x, None, None, 32, False,
-                                            True, 8, 1, False)
-    assert "not gated" in m.act_quant(relu2, mx8, codes["layout_interleaved"], q, s, x, None, None, 32, False, True,
+                                            rceil, 8, 1, False)
+    assert "not gated" in m.act_quant(relu2, mx8, codes["layout_interleaved"], q, s, x, None, None, 32, False, rceil,
                                       8, 1, False)
-    assert m.act_quant(ident, mx8, h, q, s, x, None, None, 32, False, True, 8, 1, False) == ""
+    assert m.act_quant(ident, mx8, h, q, s, x, None, None, 32, False, rceil, 8, 1, False) == ""
+    n_codes = catalog.mx_code(dataclasses.replace(catalog.MXFP8.base, mx_rounding=catalog.MxRounding.EVEN,
+                                                  mx_inf=catalog.MxInf.BITS, mx_byte0=catalog.MxByte0.ONE,
+                                                  mx_nan=catalog.MxNan.DIV_INF)) + 1
+    assert "MX recipe code must be in" in m.act_quant(ident, mx8, h, q, s, x, None, None, 32, False, n_codes, 8, 1,
+                                                      False)
     with pytest.raises(RuntimeError, match="scales must be uint8"):
         cuda_backend.run(p, (q, s.float()), x, None, None)
     torch.cuda.synchronize()
