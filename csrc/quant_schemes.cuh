@@ -51,7 +51,9 @@ struct Fp8Scaled {
     } else {
       const float s = recipe_scale<DT>(amax, rr);
       const bool fast = s >= kFastScaleMin && s <= kFastScaleMax;
-      const bool pow2 = rr.ue8m0 != kUe8m0None;
+      // a UE8M0 recipe's scale is a power of two unless a floor after the rounding set it
+      // (ue8m0_after_floor=False: max(2^k, eps)); that one divides as any fp32 scale
+      const bool pow2 = rr.ue8m0 != kUe8m0None && (__float_as_uint(s) & 0x7fffffu) == 0;
       // RN(1/s): the Markstein reciprocal and the recipe's y * (1 / s); a power-of-two scale's
       // is exact from the bits
       return {s, pow2 && fast ? group_recip<true>(s) : __frcp_rn(s), fast, pow2 || rr.apply == kApplyMulInv};

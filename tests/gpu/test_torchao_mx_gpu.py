@@ -30,6 +30,7 @@ import kernel_calls as kc  # noqa: E402
 from helpers import compiled_with_pass  # noqa: E402
 
 import quantfuse  # noqa: E402
+from quantfuse import catalog  # noqa: E402
 from quantfuse.custom_ops import cuda_backend, oracle  # noqa: E402
 from quantfuse.custom_ops import triton_schemes as ts  # noqa: E402
 from torchao_spelled import SPECS, assert_mxfp4_equal_but_nan, mx_inputs, silu_mul, to_mx_torch  # noqa: E402
@@ -67,7 +68,7 @@ def test_kernels_equal_torchao_on_the_gpu(backend, dtype, element, mode):
     mod = _backend(backend)
     seed = int.from_bytes(os.urandom(4), "little")
     scheme = ELEMENTS[element]
-    for tokens, hidden in ((33, 512), (7, 7168), (4097, 256)):
+    for tokens, hidden in ((33, 512), (11, 7168), (4097, 256)):  # mx_inputs: tokens >= 10
         x = mx_inputs(tokens, hidden, seed, "cuda", dtype)
         y = silu_mul(x)
         ws, wq = to_mx_torch(y, element, mode)
@@ -104,16 +105,20 @@ def test_every_16bit_amax(backend, dtype, element, mode):
 
 
 def test_gpu_exp2_of_integers_is_exact():
-    """The recogniser's evaluation takes exp2 of an integer as exact on every device (RCEIL's
-    multiplier ``exp2(127 - byte)``): so it is on this GPU."""
-    k = torch.arange(-149, 128, device="cuda", dtype=torch.float32)
+    """The recogniser's evaluation takes exp2 of an integer as exact on every device for the
+    exponents a multiplier reaches through it (RCEIL's ``exp2(127 - byte)``, bytes 1 ... 253; byte
+    254's 2^-127 is a constant): so it is on this GPU. Not below: CUDA's exp2(-127), a subnormal,
+    is not the CPU's (the H200, torch 2.11), so a spelling that takes exp2 of -127 has its own bits."""
+    k = torch.arange(-126, 128, device="cuda", dtype=torch.float32)
     assert torch.equal(torch.exp2(k), torch.ldexp(torch.ones_like(k), k.int()))
 
 
 @pytest.mark.parametrize("element,mode", CASES, ids=IDS)
 def test_compiled_spelling_is_fused_to_the_cuda_kernel(element, mode):
     """``to_mx_torch`` after SiLU x Mul compiled with the pass on a GPU graph: fused (a kernel
-    implements the recipe) to the CUDA kernel, and its bytes are eager's."""
+    implements the recipe) to the CUDA kernel, and its bytes are eager's. Where torch's E4M3 cast
+    does not saturate (torch < 2.12), the MXFP8 FLOOR / CEIL / EVEN spellings, which leave the
+    overflow to the cast under compile, are near misses that say so."""
     if not cuda_backend.is_available():
         pytest.skip(f"CUDA extension unavailable: {cuda_backend.unavailable_reason()}")
     x = mx_inputs(64, 2048, int.from_bytes(os.urandom(4), "little"), "cuda")
@@ -124,6 +129,12 @@ def test_compiled_spelling_is_fused_to_the_cuda_kernel(element, mode):
     ws, wq = fn(x)
     oracle.reset_counts()
     (s, q), report = compiled_with_pass(fn, x)
+    if element == "e4m3" and mode != "RCEIL" and not catalog.E4M3_CAST_SATURATES:
+        # under compile to_mx leaves the E4M3 overflow to the cast, which NaNs on this torch
+        assert report.rewrites == [] and [m.reason for m in report.near_misses] == [
+            f"the MX elements are not clamped to [-448.0, 448.0] before the FP8 cast (torch {torch.__version__}'s "
+            "cast does not saturate)"], str(report)
+        return
     (r,) = report.rewrites
     scheme = ELEMENTS[element]
     assert r.fused_op == f"quantfuse.silu_and_mul_{scheme}_quant" and r.params["recipe"] == SPECS[mode]
