@@ -300,6 +300,8 @@ def main() -> None:
                                         triton_us=t_tri, unfused_us=t_unfused, inductor_us=t_ind, copy_us=t_copy,
                                         copy_bw_gbs=bw, fused_pct_bw=pct(t_fused)))
                     print(rows[-1], flush=True)
+                    if args.jsonl:  # each cell as it is measured: a run stopped by a timeout keeps its cells
+                        write_records(args.jsonl, records[-1:])
     experts_entries = [e for e in catalog.OPS.values() if e.experts and e.scheme.fused_suffix in args.schemes.split(",")]
     for experts in [int(v) for v in args.experts.split(",") if v]:
         for entry in experts_entries:
@@ -309,6 +311,8 @@ def main() -> None:
                     rows.append(row)
                     records.append(record)
                     print(row, flush=True)
+                    if args.jsonl:
+                        write_records(args.jsonl, [record])
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bw:.0f} GB/s; "
              f"{args.dtype} input, median µs (CUDA-graph replay), %BW = minimum bytes / time / copy bandwidth; "
              f"CUDA kernels with programmatic dependent launch: {'on' if pdl else 'off'}; one-element fill "
@@ -323,8 +327,6 @@ def main() -> None:
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
-    if args.jsonl:
-        write_records(args.jsonl, records)
 
 
 def run_info() -> dict:

@@ -240,7 +240,22 @@ def constants_section(groups: list[tuple[str, dict]], run: dict) -> list[str]:
     return table(["constant", "value", "where", "rests on", "decision"], rows, drop_empty=False)
 
 
+#: the tuning table lists plans of rows at least this wide (the benchmarks' shapes); a GPU test run
+#: tunes hundreds of small test shapes too, which stay in the records
+TUNING_MIN_HIDDEN = 2048
+
+
+def _plan_hidden(r: dict) -> int:
+    try:
+        return int(str(r.get("plan", "")).rsplit("|", 1)[-1])
+    except ValueError:
+        return TUNING_MIN_HIDDEN  # an unparsable plan is shown rather than hidden
+
+
 def tuning_section(cells: dict[tuple, dict], run: dict) -> list[str]:
+    shown = {k: r for k, r in cells.items() if _plan_hidden(r) >= TUNING_MIN_HIDDEN}
+    hidden = len(cells) - len(shown)
+    cells = shown
     counts = sorted({int(v) for r in cells.values() for v in r.get("us", {})})
     rows = []
     for k in sorted(cells, key=sort_key):
@@ -251,8 +266,10 @@ def tuning_section(cells: dict[tuple, dict], run: dict) -> list[str]:
         rows.append([str(r.get("plan")), fnum(r.get("min_tokens"), "d"), fnum(r.get("tokens"), "d")]
                     + [fnum(us.get(v), ".1f") for v in counts]
                     + [fnum(r.get("vectors"), "d"), "-" if missing(gain) else f"{gain:.2f}x", run[run_of(r)]])
-    return table(["plan: op, recipe, layout, dtype, hidden", "class from T", "timed at T"]
-                 + [f"µs, {v} vectors" for v in counts] + ["chosen", "slowest / chosen", "run"], rows)
+    note = [f"{hidden} plan(s) of rows narrower than {TUNING_MIN_HIDDEN} (test shapes) are in the records only.", ""] \
+        if hidden else []
+    return note + table(["plan: op, recipe, layout, dtype, hidden", "class from T", "timed at T"]
+                        + [f"µs, {v} vectors" for v in counts] + ["chosen", "slowest / chosen", "run"], rows)
 
 
 def generic_section(cells: dict[tuple, dict], run: dict) -> list[str]:
