@@ -12,6 +12,8 @@
 #             Inductor, quantfuse unfused and fused, vLLM's kernel where vllm imports, a same-size copy
 #   (always)  the tuning table (tuning-<device>.json) as records -> $OUT/tuning.jsonl
 #   moe       bench_moe.py (MOE_ARGS adds flags) and examples/fp8_moe.py on the GPU
+#   (always)  the built libraries as $OUT/main.tar.xz and base.tar.xz (SAVE_BUILD=0: not): copy them to
+#             ./_qfbuild (ignored) and carry it, and the next call of the session loads them, no build
 set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/quantfuse_out}; mkdir -p "$OUT"
@@ -20,6 +22,18 @@ export QF_COMMIT=${QF_COMMIT:-}
 STAGES=",${STAGES:-smoke,tests,pairs,mlp},"
 TOKENS=${TOKENS:-64,4096,16384}; HIDDEN=${HIDDEN:-2048,7168}
 has() { [[ "$STAGES" == *",$1,"* ]]; }
+BASE_CACHE=/tmp/quantfuse_cache_base
+# Builds (and the tuning table) of an earlier call, carried in as _qfbuild/{main,base}.tar.xz: the
+# cache is keyed by the sources' hash and torch's version, so a build of other sources is never loaded.
+[ -f _qfbuild/main.tar.xz ] && mkdir -p "$QUANTFUSE_CACHE_DIR" && tar -xJf _qfbuild/main.tar.xz -C "$QUANTFUSE_CACHE_DIR"
+[ -f _qfbuild/base.tar.xz ] && mkdir -p "$BASE_CACHE" && tar -xJf _qfbuild/base.tar.xz -C "$BASE_CACHE"
+# the built libraries back under $OUT (16 MiB a file at most), for the next call's carry
+save_build() {
+  local cache=$1 name=$2
+  (cd "$cache" 2>/dev/null && ls -d cuda_*/ >/dev/null 2>&1) || return 0
+  (cd "$cache" && tar -cf - cuda_*/manifest.json cuda_*/*.so $(ls tuning-*.json 2>/dev/null) | xz -T0 -6 > "$OUT/$name.tar.xz")
+  [ "$(stat -c %s "$OUT/$name.tar.xz")" -lt 16000000 ] || rm -f "$OUT/$name.tar.xz"
+}
 python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH=$PWD:$PYTHONPATH
 {
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; date -u
@@ -42,7 +56,7 @@ PY
   fi
   if has baseline && [ -d _baseline ]; then
     # PYTHONPATH: the baseline's own quantfuse, not this checkout's installed one
-    (cd _baseline && PYTHONPATH=$PWD QUANTFUSE_CACHE_DIR=/tmp/quantfuse_cache_base timeout ${BENCH_TIMEOUT:-300} python3 \
+    (cd _baseline && PYTHONPATH=$PWD QUANTFUSE_CACHE_DIR=$BASE_CACHE timeout ${BENCH_TIMEOUT:-300} python3 \
       benchmarks/bench_pairs.py --tokens $TOKENS --hidden $HIDDEN $PAIRS_ARGS --out "$OUT/baseline_pairs.md" 2>&1)
   fi
   if has layouts; then
@@ -68,6 +82,7 @@ PY
   for t in "$QUANTFUSE_CACHE_DIR"/tuning-*.json; do
     [ -f "$t" ] && python3 benchmarks/tuning_records.py "$t" --jsonl "$OUT/tuning.jsonl"
   done
+  if [ "${SAVE_BUILD:-1}" = 1 ]; then save_build "$QUANTFUSE_CACHE_DIR" main; save_build "$BASE_CACHE" base; fi
 } 2>&1 | tee "$OUT/log.txt"
 echo; tail -3 "$OUT/pytest_gpu.txt" 2>/dev/null
 for f in pairs baseline_pairs layouts mlp peers moe; do [ -f "$OUT/$f.md" ] && { echo "== $f"; cat "$OUT/$f.md"; }; done
