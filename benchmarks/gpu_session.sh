@@ -55,8 +55,7 @@ PY
       --out "$OUT/pairs.md" --jsonl "$OUT/pairs.jsonl"
   fi
   if has baseline && [ -d _baseline ]; then
-    # PYTHONPATH: the baseline's own quantfuse, not this checkout's installed one
-    (cd _baseline && PYTHONPATH=$PWD QUANTFUSE_CACHE_DIR=$BASE_CACHE timeout ${BENCH_TIMEOUT:-300} python3 \
+    (cd _baseline && QUANTFUSE_CACHE_DIR=$BASE_CACHE timeout ${BENCH_TIMEOUT:-300} python3 \
       benchmarks/bench_pairs.py --tokens $TOKENS --hidden $HIDDEN $PAIRS_ARGS --out "$OUT/baseline_pairs.md" 2>&1)
   fi
   if has layouts; then

@@ -22,6 +22,9 @@ with its own fields:
   compile_without_s, compile_with_s, pass_fraction``.
 - ``constants``: ``name, value, where, decision``, resting on the record's device, date
   and commit.
+- ``pairs_baseline``: ``pairs`` cells of another checkout (``commit``) timed in the device call
+  whose own commit its ``command`` names as ``(same device call as <commit>)``; shown beside
+  that call's ``pairs`` cells, in points of copy bandwidth.
 
 Any other bench is listed generically. Each table shows, per (bench, device), the latest
 record of every cell (by date, then UTC time where recorded, then file name, then line): a newer run of some cells
@@ -49,8 +52,9 @@ CELL_KEYS = {
     "pass_overhead": ("case", "layers"),
     "constants": ("name",),
     "tuning": ("plan", "min_tokens"),
+    "pairs_baseline": ("op", "variant", "layout", "dtype", "tokens", "hidden"),
 }
-KNOWN = ("pairs", "mlp", "host", "moe", "pass_overhead", "constants", "tuning")
+KNOWN = ("pairs", "mlp", "host", "moe", "pass_overhead", "constants", "tuning", "pairs_baseline")
 DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "fp32"}
 
 METHOD = """\
@@ -272,6 +276,37 @@ def tuning_section(cells: dict[tuple, dict], run: dict) -> list[str]:
                         + [f"µs, {v} vectors" for v in counts] + ["chosen", "slowest / chosen", "run"], rows)
 
 
+def _same_call(r: dict) -> str:
+    """The commit of the device call a baseline record was timed in (its command names it)."""
+    cmd = str(r.get("command", ""))
+    tag = "same device call as "
+    return cmd.split(tag, 1)[1].split(")", 1)[0].strip() if tag in cmd else ""
+
+
+def baseline_matches(cells: dict[tuple, dict], records: list[dict]) -> dict[tuple, dict]:
+    """The pairs record of each baseline cell's device call, by the baseline cell's key."""
+    pairs = {(r.get("commit"), r.get("device"), cell_key(r)): r for r in records if r.get("bench") == "pairs"}
+    found = {k: pairs.get((_same_call(b), b.get("device"), cell_key(dict(b, bench="pairs")))) for k, b in cells.items()}
+    return {k: m for k, m in found.items() if m is not None}
+
+
+def baseline_section(cells: dict[tuple, dict], records: list[dict], run: dict) -> list[str]:
+    matches = baseline_matches(cells, records)
+    rows = []
+    for k in sorted(cells, key=sort_key):
+        b, m = cells[k], matches.get(k)
+        if m is None:
+            continue
+        pb, pm = pct(b, "fused_pct_bw", "fused_us"), pct(m, "fused_pct_bw", "fused_us")
+        op = b.get("op", "") + (f"({b['variant']})" if b.get("variant") else "")
+        rows.append([op, fnum(b.get("tokens"), "d"), fnum(b.get("hidden"), "d"), f"`{b.get('commit')}`",
+                     f"`{m.get('commit')}`", fnum(pb, ".0%"), fnum(pm, ".0%"),
+                     "-" if missing(pb) or missing(pm) else f"{(pm - pb) * 100:+.0f}", run[run_of(m)]])
+    if not rows:
+        return ["No baseline cell has its device call's cells in the records."]
+    return table(["pair", "T", "H", "baseline", "checkout", "baseline %BW", "checkout %BW", "points", "run"], rows)
+
+
 def generic_section(cells: dict[tuple, dict], run: dict) -> list[str]:
     fields = sorted({k for r in cells.values() for k in r if k not in CONTEXT and not k.startswith("_")})
     rows = []
@@ -286,6 +321,9 @@ def render(records: list[dict]) -> str:
     groups = latest(records)
     # constants rest on their own runs (named in their table), not listed as runs
     shown = [r for (bench, _), cells in groups.items() if bench != "constants" for r in cells.values()]
+    # the device calls a baseline was timed in are runs too, when a later run replaced their cells
+    shown += [m for (bench, _), cells in groups.items() if bench == "pairs_baseline"
+              for m in baseline_matches(cells, records).values()]
     runs = sorted({run_of(r) for r in shown}, key=sort_key)
     run = {key: f"R{i + 1}" for i, key in enumerate(runs)}
     by_bench: dict[str, list[tuple[str, dict]]] = {}
@@ -333,6 +371,11 @@ def render(records: list[dict]) -> str:
         out += [f"### {device or 'unknown device'}", ""] + tuning_section(cells, run) + [""]
     if "tuning" not in by_bench:
         out += ['No records (`bench="tuning"`).', ""]
+    out += ["", "## Against a baseline checkout in the same device call (`gpu_session.sh` baseline stage)", ""]
+    for device, cells in by_bench.get("pairs_baseline", []):
+        out += [f"### {device or 'unknown device'}", ""] + baseline_section(cells, records, run) + [""]
+    if "pairs_baseline" not in by_bench:
+        out += ['No records (`bench="pairs_baseline"`).', ""]
     out += ["", "## Measured constants", ""]
     out += constants_section(by_bench["constants"], run) if "constants" in by_bench else \
         ['No records (`bench="constants"`).']

@@ -178,3 +178,20 @@ def test_tuning_table_becomes_records_and_a_section(tmp_path):
     assert "1 plan(s) of rows narrower than 2048 (test shapes) are in the records only." in section
     assert "| 2195 | 4389 | 47.0 | 45.5 | 49.7 | 2 | 1.09x |" in rows[0]
     assert "| 8778 | 17555 | 170.0 | 160.0 | 150.0 | 4 | 1.13x |" in rows[1]
+
+
+def test_baseline_cells_beside_their_device_calls_cells(tmp_path):
+    """A pairs_baseline cell is shown beside the pairs cell of the device call its command names
+    (not a later run of that cell), with the difference in points of copy bandwidth."""
+    main_cell = pair("2026-12-01", "abc1234", 50.0, fused_pct_bw=0.85)
+    later = pair("2026-12-02", "def5678", 40.0, fused_pct_bw=0.95)
+    base = dict(pair("2026-12-01", "0ld0000", 55.0, fused_pct_bw=0.78), bench="pairs_baseline",
+                command="_baseline/benchmarks/bench_pairs.py (same device call as abc1234)")
+    orphan = dict(base, tokens=16384, command="_baseline/benchmarks/bench_pairs.py")
+    write(tmp_path / "results", "a.jsonl", [main_cell, later, base, orphan])
+    rc, text = run(tmp_path)
+    assert rc == 0
+    section = text.split("## Against a baseline checkout")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| silu")]
+    assert rows == ["| silu_and_mul_per_block_quant | 4096 | 2048 | `0ld0000` | `abc1234` | 78% | 85% | +7 | R3 |"]
+    assert "| R3 | 2026-12-01 | NVIDIA H100 80GB HBM3 | `abc1234` |" in text
