@@ -230,6 +230,9 @@ def main() -> None:
                    help="input dtype (the byte counts assume 2-byte elements)")
     p.add_argument("--experts", default="", help="expert counts of the experts ops' cells (e.g. 8,256; none: no cells)")
     p.add_argument("--no-pairs", action="store_true", help="only the experts cells")
+    p.add_argument("--recipes", default="",
+                   help="';'-separated Recipe.spec strings timed besides the default recipe, each on the "
+                        "schemes that take it (e.g. 'floor_at=scale,eps=1e-06;ue8m0=exp2;mx_rounding=floor')")
     args = p.parse_args()
     dtype = getattr(torch, args.dtype)
     bw = copy_bandwidth()
@@ -250,9 +253,14 @@ def main() -> None:
             a_fn = native.ACTIVATION_SPELLINGS[act_name][NATIVE_ACT[act_name]]
             s_fn = native.SCHEME_SPELLINGS[scheme_key][NATIVE_SCHEME[scheme_key]]
             native_fn = lambda x, a_fn=a_fn, s_fn=s_fn: s_fn(a_fn(x))  # noqa: E731
-        cells = [(variant, qargs, layout) for variant, qargs in group_variants(scheme, args.group_variants, args.swizzled)
-                 for layout in (layouts if act.gated else [catalog.Layout.HALVES])]
-        for variant, qargs, layout in cells:
+        # a recipe whose fields are not the scheme's would time the default again
+        own = set(scheme.kernel_fields) | ({"mx_rounding"} if scheme.base.mx else set())
+        recipes = [""] + [r for r in args.recipes.split(";")
+                          if r and all(f.partition("=")[0] in own for f in r.split(","))]
+        cells = [(variant, qargs, layout, recipe)
+                 for variant, qargs in group_variants(scheme, args.group_variants, args.swizzled)
+                 for layout in (layouts if act.gated else [catalog.Layout.HALVES]) for recipe in recipes]
+        for variant, qargs, layout, recipe in cells:
             peer = vllm_peer(act_name, scheme_key, qargs) if layout is catalog.Layout.HALVES else None
             for t in [int(v) for v in args.tokens.split(",")]:
                 for h in [int(v) for v in args.hidden.split(",")]:
@@ -260,19 +268,26 @@ def main() -> None:
                     copies = rotation_copies(nbytes)
                     n_in = h * (2 if act.gated else 1)
                     xs = [torch.randn(t, n_in, device="cuda", dtype=dtype) * 3 for _ in range(copies)]
+                    kw = {"recipe": recipe} if recipe else {}
                     if layout is catalog.Layout.SEPARATE:
                         xs = [(x[:, :h].contiguous(), x[:, h:].contiguous()) for x in xs]
-                        call = lambda x: fused(x[0], *qargs, up=x[1])  # noqa: E731
+                        call = lambda x: fused(x[0], *qargs, up=x[1], **kw)  # noqa: E731
                     elif layout is catalog.Layout.INTERLEAVED:
-                        call = lambda x: fused(x, *qargs, interleaved=True)  # noqa: E731
+                        call = lambda x: fused(x, *qargs, interleaved=True, **kw)  # noqa: E731
                     else:
-                        call = lambda x: fused(x, *qargs)  # noqa: E731
+                        call = lambda x: fused(x, *qargs, **kw)  # noqa: E731
                     oracle.reset_counts()
-                    call(xs[0])
+                    try:
+                        call(xs[0])
+                    except (ValueError, RuntimeError, NotImplementedError) as e:
+                        if not recipe:
+                            raise
+                        print(f"skip {name} recipe={recipe!r}: {str(e).splitlines()[0]}", flush=True)
+                        continue
                     backend = next(b for (o, b) in oracle.call_counts() if o == name)
                     t_fused = bench(call, xs)
                     halves = layout is catalog.Layout.HALVES
-                    t_unfused = bench(lambda x: quant_op(act_op(x), *qargs), xs) if halves else float("nan")
+                    t_unfused = bench(lambda x: quant_op(act_op(x), *qargs, **kw), xs) if halves else float("nan")
                     t_tri = float("nan")
                     if not args.no_triton:
                         os.environ[oracle.BACKEND_ENV] = "triton"
@@ -281,20 +296,22 @@ def main() -> None:
                         finally:
                             del os.environ[oracle.BACKEND_ENV]
                     t_ind = float("nan")
-                    native_cell = native_fn is not None and halves and variant in ("", f"g{NATIVE_GROUP}")
+                    native_cell = native_fn is not None and halves and variant in ("", f"g{NATIVE_GROUP}") and not recipe
                     if native_cell and not args.no_inductor:
                         torch._dynamo.reset()
                         compiled = torch.compile(native_fn, dynamic=False)
                         compiled(xs[0])
                         t_ind = bench(compiled, xs)
                     t_eager = bench(native_fn, xs) if native_cell else float("nan")
-                    t_vllm = bench(peer, xs) if peer is not None else float("nan")
+                    t_vllm = bench(peer, xs) if peer is not None and not recipe else float("nan")
                     t_copy = same_bytes_copy(int(nbytes), copies)
                     pct = lambda us: nbytes / (us * 1e-6) / 1e9 / bw  # noqa: E731
-                    pair = (f"{name}[{layout.value}]" if act.gated else name) + (f"({variant})" if variant else "")
+                    pair = (f"{name}[{layout.value}]" if act.gated else name) + (f"({variant})" if variant else "") \
+                        + (f"{{{recipe}}}" if recipe else "")
                     rows.append((pair, t, h, backend, t_fused, pct(t_fused), pct(t_tri), t_unfused, t_ind,
                                  pct(t_ind) if t_ind == t_ind else float("nan"), t_eager, t_vllm, pct(t_copy)))
                     records.append(dict(bench="pairs", op=name, **({"variant": variant} if variant else {}),
+                                        **({"recipe": recipe} if recipe else {}),
                                         layout=layout.value, tokens=t, hidden=h, eager_us=t_eager, vllm_us=t_vllm,
                                         dtype=args.dtype, backend=backend, bytes=nbytes, fused_us=t_fused,
                                         triton_us=t_tri, unfused_us=t_unfused, inductor_us=t_ind, copy_us=t_copy,

@@ -4,7 +4,8 @@
 # short tables last.
 #   smoke     benchmarks/smoke_catalog_cuda.py (layouts, rounding, static FP8 in seconds)
 #   tests     pytest tests/gpu (GPU_TESTS overrides the paths, GPU_TEST_ARGS adds flags)
-#   pairs     bench_pairs.py over TOKENS x HIDDEN (PAIRS_ARGS adds flags) -> $OUT/pairs.jsonl
+#   pairs     bench_pairs.py over TOKENS x HIDDEN (PAIRS_ARGS adds flags, e.g. --recipes "spec;spec": Recipe
+#             specs timed besides the default recipe) -> $OUT/pairs.jsonl
 #   baseline  the same cells on another checkout in ./_baseline (its own bench_pairs.py), same run
 #   layouts   bench_pairs.py over the gated layouts at LAYOUT_TOKENS
 #   mlp       bench_mlp.py: CUDA-graph replay and plain calls, with and without the pass

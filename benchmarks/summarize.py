@@ -45,14 +45,14 @@ CONTEXT = ("date", "time", "device", "sm", "sms", "l2_bytes", "torch", "cuda", "
            "nvcc", "source", "section", "commit_note", "recorded_in", "copy_bw_gbs", "copy_bw_gbs_range", "bench")
 #: the fields that name a cell, per bench (the rest are measurements)
 CELL_KEYS = {
-    "pairs": ("op", "variant", "layout", "dtype", "tokens", "hidden"),
+    "pairs": ("op", "variant", "recipe", "layout", "dtype", "tokens", "hidden"),
     "mlp": ("case", "mode", "tokens", "hidden", "intermediate"),
     "host": ("case", "mode", "tokens", "hidden", "intermediate"),
     "moe": ("case", "mode", "tokens", "hidden", "intermediate", "experts", "topk"),
     "pass_overhead": ("case", "layers"),
     "constants": ("name",),
     "tuning": ("plan", "min_tokens"),
-    "pairs_baseline": ("op", "variant", "layout", "dtype", "tokens", "hidden"),
+    "pairs_baseline": ("op", "variant", "recipe", "layout", "dtype", "tokens", "hidden"),
 }
 KNOWN = ("pairs", "mlp", "host", "moe", "pass_overhead", "constants", "tuning", "pairs_baseline")
 DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "fp32"}
@@ -175,6 +175,8 @@ def pairs_section(cells: dict[tuple, dict], run: dict) -> list[str]:
         op = r.get("op", "-") if r.get("layout") in (None, "halves") else f"{r.get('op')}[{r['layout']}]"
         if r.get("variant"):
             op += f"({r['variant']})"
+        if r.get("recipe"):
+            op += f" {{{r['recipe']}}}"
         rows.append([op, DTYPES.get(r.get("dtype"), str(r.get("dtype", "-"))), fnum(r.get("tokens"), "d"),
                      fnum(r.get("hidden"), "d"), str(r.get("backend") or "-"), fnum(r.get("fused_us"), ".1f"),
                      fnum(pct(r, "fused_pct_bw", "fused_us"), ".0%"), fnum(pct(r, "copy_pct_bw", "copy_us"), ".0%"),
@@ -298,7 +300,8 @@ def baseline_section(cells: dict[tuple, dict], records: list[dict], run: dict) -
         if m is None:
             continue
         pb, pm = pct(b, "fused_pct_bw", "fused_us"), pct(m, "fused_pct_bw", "fused_us")
-        op = b.get("op", "") + (f"({b['variant']})" if b.get("variant") else "")
+        op = b.get("op", "") + (f"({b['variant']})" if b.get("variant") else "") + \
+            (f" {{{b['recipe']}}}" if b.get("recipe") else "")
         rows.append([op, fnum(b.get("tokens"), "d"), fnum(b.get("hidden"), "d"), f"`{b.get('commit')}`",
                      f"`{m.get('commit')}`", fnum(pb, ".0%"), fnum(pm, ".0%"),
                      "-" if missing(pb) or missing(pm) else f"{(pm - pb) * 100:+.0f}", run[run_of(m)]])
