@@ -10,6 +10,7 @@ recipe computes, which must be reported, never fused). ``spellings()`` and
 from __future__ import annotations
 
 import dataclasses
+import zlib
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,9 @@ EPS_VALUES = (1e-10, 1e-6, 1.0 / (448.0 * 512.0), 1e-4)
 
 
 @dataclasses.dataclass(frozen=True)
-class Spelling:
+class ActSpelling:
+    """The activation's choices, shared by every quantisation's spellings."""
+
     dtype: torch.dtype = torch.bfloat16
     three_d: bool = False
     flatten_first: bool = False     # a [B, S, H] activation flattened to [T, H] before the quant
@@ -31,6 +34,86 @@ class Spelling:
     layout: str = "slice"           # slice | chunk | split | separate | interleaved
     swap_operands: bool = False     # up * act(gate)
     relu2_form: str = "square"      # square | pow | mul
+    silu_form: str = "functional"   # functional | module (nn.SiLU) | exp (x / (1 + exp(-x)), float32 only)
+
+    #: the activation's output width
+    width = 512
+
+    def _generator(self):
+        # the spelling's text, not hash(): string hashes differ between processes
+        return torch.Generator().manual_seed(zlib.crc32(repr(self).encode()))
+
+    def make_inputs(self):
+        g = self._generator()
+        shape = (2, 3) if self.three_d else (5,)
+        width = self.width
+        if self.act == "silu" and self.layout == "separate":
+            return (torch.randn(*shape, width, generator=g).to(self.dtype) * 3,
+                    torch.randn(*shape, width, generator=g).to(self.dtype) * 3)
+        w = 2 * width if self.act == "silu" else width
+        return (torch.randn(*shape, w, generator=g).to(self.dtype) * 3,)
+
+    def _silu(self, t):
+        if self.silu_form == "module":
+            return torch.nn.SiLU()(t)
+        if self.silu_form == "exp":
+            return t / (1 + torch.exp(-t))
+        return F.silu(t)
+
+    def _activation(self, *xs):
+        if self.act == "relu2":
+            r = F.relu(xs[0])
+            return {"square": lambda: r.square(), "pow": lambda: r ** 2, "mul": lambda: r * r}[self.relu2_form]()
+        if self.layout == "separate":
+            gate, up = xs
+        else:
+            x = xs[0]
+            d = x.shape[-1] // 2
+            gate, up = {"slice": lambda: (x[..., :d], x[..., d:]),
+                        "chunk": lambda: x.chunk(2, dim=-1),
+                        "split": lambda: torch.split(x, d, dim=-1),
+                        "interleaved": lambda: (x[..., ::2], x[..., 1::2])}[self.layout]()
+        return up * self._silu(gate) if self.swap_operands else self._silu(gate) * up
+
+    def _act_note_ok(self, note: str) -> bool:
+        """The rewrite's note is the one this activation's spelling calls for: a float32 SiLU is
+        noted (post-grad, F.silu and x / (1 + exp(-x)) are one graph; the fused op computes the
+        latter, which eager's F.silu kernel is not to the last bit)."""
+        return ("float32 silu" in note) == (self.dtype == torch.float32 and self.act == "silu")
+
+    @property
+    def act_bit_exact(self) -> bool:
+        """Eager runs the activation as the fused op computes it (not fp32 F.silu)."""
+        return not (self.dtype == torch.float32 and self.act == "silu" and self.silu_form != "exp")
+
+    @property
+    def activation(self) -> str:
+        return "silu_and_mul" if self.act == "silu" else "relu2"
+
+
+def _act_choices():
+    """Hypothesis strategies of :class:`ActSpelling`'s fields."""
+    return dict(
+        dtype=st.sampled_from([torch.bfloat16, torch.bfloat16, torch.float16, torch.float32]),
+        three_d=st.booleans(), flatten_first=st.booleans(),
+        act=st.sampled_from(["silu", "silu", "silu", "relu2"]),
+        layout=st.sampled_from(["slice", "chunk", "split", "separate", "interleaved"]),
+        swap_operands=st.booleans(), relu2_form=st.sampled_from(["square", "pow", "mul"]),
+        silu_form=st.sampled_from(["functional", "functional", "module", "exp"]))
+
+
+def _act_consistent(s):
+    # x / (1 + exp(-x)) rounds each op in a 16-bit dtype (fused with a note, within one step): its
+    # bit-exact spelling is the float32 one
+    if s.silu_form == "exp" and s.dtype != torch.float32:
+        s = dataclasses.replace(s, silu_form="functional")
+    return s
+
+
+@dataclasses.dataclass(frozen=True)
+class Spelling(ActSpelling):
+    """A dynamic FP8 per-group / per-token spelling."""
+
     group: int = 128                # 64 | 128 | 0 (per token)
     group_view: str = "view"        # view | unflatten | reshape
     cast_first: bool = False        # y.float() before the grouping reshape
@@ -47,31 +130,6 @@ class Spelling:
     out_shape: str = "back"         # back (q as y's shape, s squeezed) | grouped
 
     # --- the code --------------------------------------------------------------------------
-    def make_inputs(self):
-        g = torch.Generator().manual_seed(hash(self) % 2 ** 31)
-        shape = (2, 3) if self.three_d else (5,)
-        width = 512
-        if self.act == "silu" and self.layout == "separate":
-            return (torch.randn(*shape, width, generator=g).to(self.dtype) * 3,
-                    torch.randn(*shape, width, generator=g).to(self.dtype) * 3)
-        w = 2 * width if self.act == "silu" else width
-        return (torch.randn(*shape, w, generator=g).to(self.dtype) * 3,)
-
-    def _activation(self, *xs):
-        if self.act == "relu2":
-            r = F.relu(xs[0])
-            return {"square": lambda: r.square(), "pow": lambda: r ** 2, "mul": lambda: r * r}[self.relu2_form]()
-        if self.layout == "separate":
-            gate, up = xs
-        else:
-            x = xs[0]
-            d = x.shape[-1] // 2
-            gate, up = {"slice": lambda: (x[..., :d], x[..., d:]),
-                        "chunk": lambda: x.chunk(2, dim=-1),
-                        "split": lambda: torch.split(x, d, dim=-1),
-                        "interleaved": lambda: (x[..., ::2], x[..., 1::2])}[self.layout]()
-        return up * F.silu(gate) if self.swap_operands else F.silu(gate) * up
-
     def _floor(self, t):
         eps = self.eps
         return {"clamp": lambda: t.clamp(min=eps), "clamp_min": lambda: torch.clamp_min(t, eps),
@@ -161,19 +219,10 @@ class Spelling:
             fields["group_size"] = self.group
         return dataclasses.replace(self.scheme.base, **fields)
 
-    @property
-    def activation(self) -> str:
-        return "silu_and_mul" if self.act == "silu" else "relu2"
-
 
 def _base():
     return st.builds(
-        Spelling,
-        dtype=st.sampled_from([torch.bfloat16, torch.bfloat16, torch.float16, torch.float32]),
-        three_d=st.booleans(), flatten_first=st.booleans(),
-        act=st.sampled_from(["silu", "silu", "silu", "relu2"]),
-        layout=st.sampled_from(["slice", "chunk", "split", "separate", "interleaved"]),
-        swap_operands=st.booleans(), relu2_form=st.sampled_from(["square", "pow", "mul"]),
+        Spelling, **_act_choices(),
         group=st.sampled_from([64, 128, 0]), group_view=st.sampled_from(["view", "unflatten", "reshape"]),
         cast_first=st.booleans(), step_input=st.booleans(), amax_in_input=st.booleans(),
         amax_form=st.sampled_from(["amax", "values", "getitem", "unsqueeze"]),
@@ -187,6 +236,7 @@ def _base():
 
 
 def _consistent(s: Spelling) -> Spelling:
+    s = _act_consistent(s)
     # a scale computed in the input dtype needs the values still in it
     if s.step_input:
         s = dataclasses.replace(s, cast_first=False, ue8m0="none")

@@ -242,6 +242,10 @@ class Interpreter:
                 self.visited.add(src)
                 return self._reduce(node, src.args[0], src.args[1] if len(src.args) > 1 else None,
                                     bool(src.args[2]) if len(src.args) > 2 else False)
+            if isinstance(src, Node) and src.target == aten.frexp.Tensor:
+                raise Unknown(f"the exponent is read by torch.frexp (`{src.name}`), which gives 0 for an all-zero "
+                              "block and for inf, where floor(log2(amax)) gives -inf and inf (clamped to -127 "
+                              "and 127): no recipe computes that")
             raise Unknown(f"`{node.name}` takes item {args[1]} of `{getattr(src, 'name', src)}`")
         if t == aten.amax.default:
             dims = args[1] if len(args) > 1 else []

@@ -170,22 +170,28 @@ def _find_scaled(y: Node, ancestors: list[Node]) -> Node | None:
 
 
 def _unread_scale(y: Node, above: list[Node]) -> str | None:
-    """Why a division of ``y``'s elements above the codes is not read, when its divisor is what fails."""
+    """Why a division of ``y``'s elements above the codes (or a multiply by a reciprocal) is not
+    read, when the scale is what fails."""
     for n in above:
-        if n.op != "call_function" or n.target != aten.div.Tensor or not isinstance(n.args[1], Node):
+        if n.op != "call_function" or n.target not in (aten.div.Tensor, aten.mul.Tensor):
             continue
-        interp = Interpreter(y)
-        try:
-            if interp.value(n.args[0]).expr != rec.Y:
+        pairs = [(n.args[0], n.args[1])] + ([(n.args[1], n.args[0])] if n.target == aten.mul.Tensor else [])
+        for a, s in pairs:
+            if not isinstance(s, Node):
                 continue
-        except Unknown:
-            continue
-        try:
-            interp.value(n.args[1])
-        except Unknown as e:
-            bits = any(m.target == aten.view.dtype for m in ancestors(n.args[1], 60) if m.op == "call_function")
-            how = " (computed from the float's bits, as torchao's to_mx does: not read yet)" if bits else ""
-            return f"the activation is divided by `{n.args[1].name}`, a scale the recogniser does not read{how}: {e}"
+            interp = Interpreter(y)
+            try:
+                if interp.value(a).expr != rec.Y:
+                    continue
+            except Unknown:
+                continue
+            try:
+                interp.value(s)
+            except Unknown as e:
+                bits = any(m.target == aten.view.dtype for m in ancestors(s, 60) if m.op == "call_function")
+                how = " (computed from the float's bits)" if bits else ""
+                verb = "divided" if n.target == aten.div.Tensor else "multiplied"
+                return f"the activation is {verb} by `{s.name}`, a scale the recogniser does not read{how}: {e}"
     return None
 
 
@@ -214,6 +220,42 @@ def elementwise_reason(n: Node) -> str | None:
     return None
 
 
+#: ops elementwise in one argument that look its values up in a sorted table (the argument at the
+#: index given): ``torch.bucketize(v, boundaries)``, ``torch.searchsorted(boundaries, v)``
+_TABLE_OPS = {aten.bucketize.Tensor: 1, aten.searchsorted.Tensor: 0}
+#: copies a tensor literal goes through post-grad (``torch.tensor([...])`` is a ``get_attr`` constant
+#: copied by ``lift_fresh_copy``, ``.to(device)``)
+_CONSTANT_COPIES = {aten.lift_fresh_copy.default, aten.clone.default, aten._to_copy.default}
+
+
+def table_of(node: Node) -> torch.Tensor:
+    """The values of the lookup table ``node`` (a constant tensor of the graph, through copies),
+    on the CPU; NotRecognised when they are not known when the graph is compiled."""
+    chain = [node]
+    while chain[-1].op == "call_function" and chain[-1].target in _CONSTANT_COPIES:
+        src = chain[-1].args[0]
+        if not isinstance(src, Node) or chain[-1].target == aten._to_copy.default and \
+                set(chain[-1].kwargs) - {"device", "layout", "pin_memory"}:
+            break
+        chain.append(src)
+    src = chain[-1]
+    module = node.graph.owning_module
+    if src.op != "get_attr" or module is None:
+        what = "a graph input (a module buffer or an argument)" if src.op == "placeholder" else f"`{src.name}`"
+        raise NotRecognised(f"the E2M1 encoding looks the values up in `{node.name}`, {what}: only a constant "
+                            "tensor of the graph (a tensor literal) can be checked when the graph is compiled")
+    value = module
+    for part in str(src.target).split("."):
+        value = getattr(value, part, None)
+    if not isinstance(value, torch.Tensor) or value.dim() != 1 or not value.is_floating_point():
+        raise NotRecognised(f"the E2M1 encoding's lookup table `{node.name}` is not a 1-D float tensor")
+    value = value.detach().cpu()
+    if bool(value.isnan().any()) or not bool((value[1:] >= value[:-1]).all()):
+        raise NotRecognised(f"the E2M1 encoding's lookup table `{node.name}` is not sorted (its lookups are "
+                            "then undefined)")
+    return value
+
+
 def encoding_region(v: Node, codes: Node) -> list[Node]:
     """The nodes from ``v`` (exclusive) to ``codes`` (inclusive), in graph order; NotRecognised
     when one is not a pointwise op / cast / view, or reads a value other than ``v``."""
@@ -225,11 +267,17 @@ def encoding_region(v: Node, codes: Node) -> list[Node]:
     for n in sorted(above, key=order.__getitem__):
         if order[n] <= order[v] or not any(a in inside for a in n.all_input_nodes):
             continue
+        table = n.args[_TABLE_OPS[n.target]] if n.target in _TABLE_OPS else None
+        if table is not None:
+            if table in inside or n.kwargs.get("sorter") is not None:
+                raise NotRecognised(f"the E2M1 encoding `{n.name}` looks values up in a table computed from the "
+                                    "scaled values")
+            table_of(table)
         for a in n.all_input_nodes:
-            if a not in inside and not _is_constant(a):
+            if a not in inside and not _is_constant(a) and a is not table:
                 raise NotRecognised(f"the E2M1 encoding `{n.name}` reads `{a.name}` besides the scaled values "
                                     f"`{v.name}`")
-        why = elementwise_reason(n)
+        why = None if table is not None else elementwise_reason(n)
         if why:
             raise NotRecognised(f"the E2M1 encoding uses {why}")
         if _numel(n) != numel:
@@ -294,6 +342,8 @@ def evaluate(region: list[Node], inputs: dict, values: torch.Tensor | None = Non
 
     def arg(a):
         if isinstance(a, Node):
+            if a not in env and not _is_constant(a):  # a lookup table
+                env[a] = table_of(a)
             if a not in env:  # a constant input
                 env[a] = torch.tensor(a.args[1] if a.target == aten.full.default else a.args[0],
                                       dtype=a.kwargs.get("dtype") or _dtype(a))
@@ -358,6 +408,9 @@ def _structure(region: list[Node], v: Node) -> tuple:
 
     def norm(a):
         if isinstance(a, Node):
+            if a not in index and not _is_constant(a):  # a lookup table: its values
+                t = table_of(a)
+                index[a] = ("t", str(t.dtype), tuple(t.tolist()))
             if a not in index:
                 index[a] = ("c", a.target, repr(a.args[1:]), repr(a.kwargs.get("dtype")))
             return index[a]
@@ -423,7 +476,8 @@ def read_site(pack: Node, codes: Node, y: Node, config) -> rec.Site:
         check_encoding(region, v)
         packing = set(region) | {lo, hi} | {n for n in ancestors(lo, 8) | ancestors(hi, 8)
                                             if n not in ancestors(codes)}
-        constants = {a for n in region for a in n.all_input_nodes if _is_constant(a) and
+        tables = {n.args[_TABLE_OPS[n.target]] for n in region if n.target in _TABLE_OPS}
+        constants = {a for n in region for a in n.all_input_nodes if (_is_constant(a) or a in tables) and
                      all(u in packing for u in a.users)}
         return packing | constants
     try:
@@ -450,7 +504,7 @@ def _read_canonical(pack: Node, codes: Node, y: Node, encode) -> rec.Site:
     vv = interp.value(v)
     s_expr = _scaled(vv.expr)
     groups = {val.group for val in interp.memo.values() if val.level == "group"}
-    if s_expr[0] != "exp2" or groups != {catalog.MX_BLOCK}:
+    if rec.exp2_arg(s_expr) is None or groups != {catalog.MX_BLOCK}:
         raise NotRecognised(f"the values encoded as E2M1 are y / {rec._show(s_expr)} over groups of "
                             f"{sorted(groups)}: MXFP4 divides by a power of two 2^e per block of {catalog.MX_BLOCK}")
     more, exponent = rec.parse_mx(s_expr, element)

@@ -77,6 +77,8 @@ class Site:
     note: str = ""
     #: the activation's parameters read off the graph's literals (GPT-OSS's alpha, limit)
     act_params: dict = dataclasses.field(default_factory=dict)
+    #: MX: casts of the power-of-two scale to float8_e8m0fnu (each replaced by a view of the bytes)
+    e8m0_scales: list = dataclasses.field(default_factory=list)
 
     @property
     def op_name(self) -> str:
@@ -200,20 +202,28 @@ def _abs_reductions(nodes) -> set:
 def _static_candidate(q_in):
     """``y`` and the scale input of ``clamp(y / scale)`` / ``y * scale.reciprocal()``, if that is the form."""
     n = q_in
-    while isinstance(n, Node) and n.target in (aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default):
+    # through the clamps and casts (a 16-bit quotient, rounded, is a site read_site reports)
+    while isinstance(n, Node) and n.target in (aten.clamp.default, aten.clamp_min.default, aten.clamp_max.default) \
+            + tuple(canonical._CASTS):
         n = n.args[0]
     if not isinstance(n, Node) or n.target not in (aten.div.Tensor, aten.mul.Tensor):
         return set(), None
     for a, b in ((n.args[0], n.args[1]), (n.args[1], n.args[0])):
         s = b
-        while isinstance(s, Node) and s.target in (aten.reciprocal.default,) + tuple(canonical._CASTS) \
-                + tuple(canonical._VIEWS):
+        while isinstance(s, Node) and (s.target in (aten.reciprocal.default,) + tuple(canonical._CASTS)
+                                       + tuple(canonical._VIEWS) or _times_one(s)):
             s = s.args[0]
         sv = s.meta.get("val") if isinstance(s, Node) else None
-        if isinstance(sv, torch.Tensor) and sv.numel() == 1 and s.op in ("placeholder", "get_attr") \
+        # any input: one of more than one element (a per-channel scale) is reported by read_site
+        if isinstance(sv, torch.Tensor) and sv.is_floating_point() and s.op in ("placeholder", "get_attr") \
                 and isinstance(a, Node):
             return {_strip_up(a)}, s
     return set(), None
+
+
+def _times_one(n: Node) -> bool:
+    """``t * 1`` (``1 / s`` is ``reciprocal(s) * 1`` post-grad)."""
+    return n.target == aten.mul.Tensor and len(n.args) == 2 and isinstance(n.args[0], Node) and n.args[1] == 1
 
 
 # --- the recipe from the canonical expressions ----------------------------------------------
@@ -236,15 +246,23 @@ def _f32(v: float) -> float:
     return float(torch.tensor(v, dtype=torch.float32))
 
 
-def _ue8m0_inner(e: tuple):
-    """The argument of ``exp2(ceil(log2(s)))`` / ``2 ** ceil(log2(s))``, else None."""
+def exp2_arg(e: tuple):
+    """``x`` of ``exp2(x)`` or ``2 ** x`` / ``torch.pow(2, x)``, else None. The callers take it only
+    where ``x`` is an integer (a ceil or floor), and a power of two to an integer is exact in both
+    spellings for E8M0's exponents, [-127, 127], but for CUDA's 2^-127 (docs/numerics.md, "Known gap")."""
     if not isinstance(e, tuple) or len(e) < 2:
         return None
     if e[0] == "exp2":
-        inner = e[1]
-    elif e[0] == "pow" and len(e) == 3 and _const_of(e[1]) == 2.0:
-        inner = e[2]
-    else:
+        return e[1]
+    if e[0] == "pow" and len(e) == 3 and _const_of(e[1]) == 2.0:
+        return e[2]
+    return None
+
+
+def _ue8m0_inner(e: tuple):
+    """The argument of ``exp2(ceil(log2(s)))`` / ``2 ** ceil(log2(s))``, else None."""
+    inner = exp2_arg(e)
+    if inner is None:
         return None
     if isinstance(inner, tuple) and inner[0] == "ceil" and isinstance(inner[1], tuple) and inner[1][0] == "log2":
         return inner[1][1]
@@ -309,13 +327,14 @@ def parse_scale(s: tuple, y_dtype: torch.dtype, element: catalog.Element) -> tup
 
 
 def parse_mx(s: tuple, element: catalog.Element) -> tuple[dict, tuple]:
-    """Recipe fields of an MX scale ``exp2(clamp(e, -127, 127))`` and the clamped exponent ``e``.
+    """Recipe fields of an MX scale ``exp2(clamp(e, -127, 127))`` (or ``2 ** clamp(...)``) and the
+    clamped exponent ``e``.
 
     ``e`` is ``ceil(log2(amax / max_elem))`` (RCEIL; ``amax * (1 / max_elem)`` too) or
     ``floor(log2(amax)) - emax_elem`` (FLOOR, the OCP rule), as torchao's ``to_mx`` and the
     corpus write them.
     """
-    clamped = s[1]
+    clamped = exp2_arg(s)
     lo, hi = _split_const(clamped, "min"), _split_const(clamped, "max")
     inner = None
     if lo is not None and _split_const(lo[0], "max") is not None:
@@ -390,6 +409,13 @@ def parse_apply(e: tuple, element: catalog.Element) -> tuple[dict, tuple]:
             fields["apply"] = ApplyForm.MUL_INV
             return fields, _unbcast(other[1])
     raise NotRecognised(f"the value cast to FP8 is not y / scale or y * (1 / scale) (it is {_show(e)})")
+
+
+def _multiplies_by_input(e: tuple) -> bool:
+    """``e`` is ``y * scale`` (a static input multiplied in), clamped or not."""
+    while (inner := _split_const(e, "max") or _split_const(e, "min")) is not None:
+        e = inner[0]
+    return isinstance(e, tuple) and e[0] == "mul" and sorted(e[1:], key=repr) == sorted((Y, ("scale",)), key=repr)
 
 
 def _unbcast(e: tuple) -> tuple:
@@ -784,6 +810,13 @@ def _read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
                                 "max: no recipe scales by that")
     if x_dtype not in config.torch_dtypes:
         raise NotRecognised(f"input dtype {x_dtype} is not supported (supported: {', '.join(config.dtypes)})")
+    if scale_input is not None:
+        sv = scale_input.meta["val"]
+        if sv.numel() != 1:
+            raise NotRecognised(f"the static scale `{scale_input.name}` has {sv.numel()} elements (shape "
+                                f"{tuple(sv.shape)}): a static FP8 scale is one value for the tensor")
+        if sv.dtype != torch.float32:
+            raise NotRecognised(f"the static scale is {sv.dtype}; the fused op takes a float32 scale")
     leaves = {scale_input: ("scale",)} if scale_input is not None else {}
     interp = Interpreter(y, leaves)
     try:
@@ -792,11 +825,18 @@ def _read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         raise _Unreadable(str(e)) from None
     if qv.level != "elem" or not qv.ordered or math.prod(qv.shape) != interp.numel:
         raise NotRecognised(f"the FP8 values `{q.name}` are not the activation's elements in order")
-    fields, s_expr = parse_apply(qv.expr, element)
+    try:
+        fields, s_expr = parse_apply(qv.expr, element)
+    except NotRecognised:
+        if scale_input is not None and _multiplies_by_input(qv.expr):
+            raise NotRecognised(f"the activation is multiplied by the input `{scale_input.name}` (a reciprocal "
+                                "computed outside the graph?): the static op takes the scale s and computes "
+                                "y / s or y * (1 / s), which round unlike y times a given 1 / s") from None
+        raise
     groups = {v.group for v in interp.memo.values() if v.level == "group"}
     scale_out = (s_expr, torch.float32)  # what a scale output holds, and its dtype
     mul_form, mx_exponent = False, None
-    if scale_input is None and s_expr[0] == "exp2" and groups == {catalog.MX_BLOCK}:
+    if scale_input is None and exp2_arg(s_expr) is not None and groups == {catalog.MX_BLOCK}:
         # a power-of-two scale over blocks of 32: MX (an FP8 UE8M0 scale has groups of 64 / 128)
         if not fields["clamp"] and not catalog.E4M3_CAST_SATURATES:
             raise NotRecognised(f"the MX elements are not clamped to [-{element.max}, {element.max}] before "
@@ -814,15 +854,16 @@ def _read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
     elif scale_input is not None:
         if s_expr != ("scale",):
             raise NotRecognised(f"the static scale is used as {_show(s_expr)}")
-        sv = scale_input.meta["val"]
-        if sv.dtype != torch.float32:
-            raise NotRecognised(f"the static scale is {sv.dtype}; the fused op takes a float32 scale")
         scheme = catalog.FP8_STATIC
         recipe = dataclasses.replace(scheme.base, **fields)
     else:
         if len(groups) != 1:
             raise NotRecognised(f"the site reduces over groups of {sorted(groups)} elements")
         (group,) = groups
+        if exp2_arg(s_expr) is not None and _ue8m0_inner(s_expr) is None:
+            raise NotRecognised(f"the scale is a power of two 2^e over groups of {group}: MX scales blocks of "
+                                f"{catalog.MX_BLOCK}, and an FP8 UE8M0 scale is exp2(ceil(log2(amax / "
+                                f"{element.max})))")
         more, mul_form = parse_scale(s_expr, x_dtype, element)
         fields.update(more)
         if group == interp.numel and interp.numel != interp.hidden:
@@ -866,7 +907,7 @@ def finish_site(interp: Interpreter, q: Node, y: Node, scheme: catalog.Scheme, r
     # every node between the inputs and the outputs, and who else reads them
     act_nodes = _between(y, {x, up} - {None})
     site_nodes = set(interp.visited) | act_nodes | set(extra) | {y, q}
-    scales = []
+    scales, e8m0_scales = [], []
     order = {n: i for i, n in enumerate(q.graph.nodes)}
     for n in sorted(interp.visited | {y}, key=order.__getitem__):
         outside = _outside_users(site_nodes, n)
@@ -878,6 +919,12 @@ def finish_site(interp: Interpreter, q: Node, y: Node, scheme: catalog.Scheme, r
             scales.append(n)
             continue
         if v is not None and v.level == "group" and _unbcast(v.expr) == s_expr and scale_input is None:
+            casts = _e8m0_casts(outside) if scheme.base.mx else None
+            if casts is not None:
+                e8m0_views, e8m0_casts = casts
+                site_nodes |= e8m0_views | set(e8m0_casts)
+                e8m0_scales += e8m0_casts
+                continue
             raise NotRecognised(f"the scale `{n.name}` is used as {str(v.dtype).replace('torch.', '')} outside the pattern "
                                 f"({', '.join(u.name for u in outside)}); the fused op returns float32 scales "
                                 "(use the float32 scale, e.g. s.float())")
@@ -900,9 +947,33 @@ def finish_site(interp: Interpreter, q: Node, y: Node, scheme: catalog.Scheme, r
             raise NotRecognised(f"activation value `{n.name}` has a consumer outside the pattern: "
                                 f"{', '.join(u.name for u in outside)}{_grad_hint(outside)}")
     site = Site(act, layout, recipe, scheme, x, up, scale_input, y, q, scales, None, site_nodes, note,
-                act_params=act_params)
+                act_params=act_params, e8m0_scales=e8m0_scales)
     _column_major(site)
     return site
+
+
+E8M0 = getattr(torch, "float8_e8m0fnu", None)
+
+
+def _e8m0_casts(readers: list[Node]) -> tuple[set[Node], list[Node]] | None:
+    """``(views, casts)`` when every one of ``readers`` of the MX power-of-two scale reaches, through
+    order-keeping views only, a cast to ``float8_e8m0fnu``: that cast of ``2^e`` (``e`` in
+    [-127, 127]) is exact, its bytes are ``e + 127``, the fused op's scale bytes viewed as E8M0.
+    None when any reader is something else."""
+    views, casts, stack = set(), [], list(readers)
+    while stack:
+        u = stack.pop()
+        if u in views or u in casts:
+            continue
+        if u.op == "call_function" and u.target in canonical._VIEWS:
+            views.add(u)
+            stack.extend(u.users)
+        elif E8M0 is not None and u.op == "call_function" and u.target in canonical._CASTS and _dtype(u) == E8M0 \
+                and set(u.kwargs) <= {"dtype", "layout", "device"}:
+            casts.append(u)
+        else:
+            return None
+    return (views, casts) if casts else None
 
 
 def _forward_bytes(interp: Interpreter, exponent: tuple, depth: int = 4) -> None:
@@ -1059,6 +1130,10 @@ def rewrite(site: Site) -> None:
             return out
         replacements = [(site.q, shaped(q_out, site.q))]
         replacements += [(s, shaped(s_out, s)) for s in site.scales]
+        if site.e8m0_scales:
+            as_e8m0 = graph.call_function(aten.view.dtype, (s_out, E8M0))
+            as_e8m0.meta["val"] = val_of(lambda: s_out.meta["val"].view(E8M0))
+            replacements += [(c, shaped(as_e8m0, c)) for c in site.e8m0_scales]
         if site.column_tail is not None:
             replacements.append((site.column_tail, s_out))
     for old, new in replacements:
