@@ -35,6 +35,7 @@ from quantfuse.catalog import ApplyForm, FloorAt, Grouping, Layout, Recipe, Scal
 from quantfuse.passes import profitability
 from quantfuse.patterns import canonical
 from quantfuse.patterns import site as site_mod
+from quantfuse.patterns import swizzle
 from quantfuse.patterns.canonical import Interpreter, Unknown, const
 
 aten = torch.ops.aten
@@ -1134,8 +1135,12 @@ def rewrite(site: Site) -> None:
             as_e8m0 = graph.call_function(aten.view.dtype, (s_out, E8M0))
             as_e8m0.meta["val"] = val_of(lambda: s_out.meta["val"].view(E8M0))
             replacements += [(c, shaped(as_e8m0, c)) for c in site.e8m0_scales]
-        if site.column_tail is not None:
-            replacements.append((site.column_tail, s_out))
+        if site.column_tail is not None:  # a folded layout chain: its last node is the op's scales
+            tail, want = s_out, site.column_tail.meta["val"].dtype
+            if s_out.meta["val"].dtype != want:
+                tail = graph.call_function(aten.view.dtype, (s_out, want))
+                tail.meta["val"] = val_of(lambda: s_out.meta["val"].view(want))
+            replacements.append((site.column_tail, shaped(tail, site.column_tail)))
     for old, new in replacements:
         old.replace_all_uses_with(new)
     for node in sorted(site.nodes, key=order.__getitem__, reverse=True):
@@ -1170,6 +1175,7 @@ def run_candidates(graph: torch.fx.Graph, candidates, config, recorder, enabled:
             if y is None:
                 raise NotRecognised(f"the scale reads {len(ys)} different values ({', '.join(n.name for n in ys)})")
             site = read(y=y)
+            layout_miss = swizzle.apply(site)
             if (site.activation, site.scheme.key) not in enabled:
                 raise NotRecognised(f"({site.activation}, {site.scheme.key}) is not enabled in "
                                     "FusionConfig.native_fusions")
@@ -1181,6 +1187,8 @@ def run_candidates(graph: torch.fx.Graph, candidates, config, recorder, enabled:
             recorder.near_miss(q, y if y is not None else q, str(e), {n.name for n in region})
             continue
         recorder.rewrite(site)
+        if layout_miss is not None:
+            recorder.near_miss(layout_miss.node, layout_miss.node, layout_miss.reason, set())
         rewrite(site)
 
 

@@ -1,0 +1,250 @@
+"""Fold a model's 128x4 swizzle of MX scale bytes (torchao's ``to_blocked``) into the fused op.
+
+Block-scaled GEMMs read MX scales in the padded 128x4 tiled layout
+(:func:`quantfuse.custom_ops.reference.swizzle_128x4`), so code that quantises for one ends with
+a swizzle of the scale bytes: torchao's ``to_blocked`` (``torchao/prototype/mx_formats/utils.py``:
+a zero buffer with the bytes written into its top-left corner, then views, permutes and copies)
+or any other spelling. Left after the fused op it is a copy kernel of its own, and in torch 2.13
+Inductor's CPU code cannot compile it at all for ``float8_e8m0fnu`` values. The fused MX ops
+write that layout themselves (``is_sf_swizzled_layout=True``).
+
+Whether a chain is that layout is decided by evaluation, not by its op sequence: the single-user
+chain after the site's scale bytes (views, permutes, copies, padding, dtype views between the
+1-byte scale dtypes, and writes into constant buffers) is run on an index tensor (scale ``k``
+holds ``k``, a padding byte ``b`` reads ``-1 - b``) and compared with the swizzled layout's index
+map (the reference swizzle of the same index tensor, its zero padding reading ``-1``). Equal
+(same scales in the same places, padding bytes equal to the fused op's zeros, any final view
+shape) folds; a chain that lays all the scales out another way (another tile, another padding
+byte) is a near miss naming how, and the graph keeps it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch.fx import Node
+
+from quantfuse import catalog
+from quantfuse.catalog import ScaleLayout
+from quantfuse.custom_ops import reference
+
+aten = torch.ops.aten
+
+#: ops that move bytes without computing: the chain passes through these only
+_VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.squeeze.dim,
+          aten.squeeze.dims, aten.squeeze.default, aten.unsqueeze.default, aten.flatten.using_ints,
+          aten.unflatten.int, aten.slice.Tensor, aten.alias.default}
+_PERMUTES = {aten.permute.default, aten.transpose.int, aten.t.default}
+_COPIES = {aten.clone.default, aten.contiguous.default}
+#: ops that put bytes into a padded buffer: F.pad, ``buf[:t, :g] = s`` (copy + slice_scatter)
+_PADS = {aten.constant_pad_nd.default, aten.slice_scatter.default, aten.copy.default}
+_DTYPE_VIEW = aten.view.dtype
+_MOVES = _VIEWS | _PERMUTES | _COPIES | _PADS | {_DTYPE_VIEW}
+#: buffers a chain may write the scales into (their fill byte is the padding)
+_BUFFERS = {aten.full.default}
+#: the dtypes of MX scale bytes a dtype view may move between (same width: a view keeps places)
+BYTE_DTYPES = (torch.uint8, torch.float8_e8m0fnu)
+_MAX_CHAIN = 40
+
+
+@dataclasses.dataclass
+class Chain:
+    """The nodes after a site's scale bytes that may lay them out: ``main`` reads the bytes (graph
+    order, each the previous one's only user), ``buffers`` the constant nodes they write into."""
+
+    scale: Node
+    main: list[Node]
+    buffers: set[Node]
+
+    def nodes(self, end: Node) -> set[Node]:
+        """The chain's nodes up to ``end`` and the buffers they read."""
+        main = self.main[:self.main.index(end) + 1]
+        return set(main) | {b for b in self.buffers if any(u in main or u in self.buffers for u in b.users)}
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What :func:`fold` decided: the chain's last node it folds (``end``), or a near miss."""
+
+    end: Node | None = None
+    nodes: frozenset = frozenset()
+    reason: str = ""
+    node: Node | None = None
+
+
+def _dtype(node) -> torch.dtype | None:
+    val = node.meta.get("val") if isinstance(node, Node) else None
+    return val.dtype if isinstance(val, torch.Tensor) else None
+
+
+def _constant(node: Node, found: set[Node], depth: int = 6) -> bool:
+    """Whether ``node`` is a buffer of one byte value, or views of one (collected in ``found``)."""
+    if not isinstance(node, Node) or node.op != "call_function" or depth == 0 or _dtype(node) not in BYTE_DTYPES:
+        return False
+    if node.target in _BUFFERS:
+        found.add(node)
+        return True
+    if node.target in _VIEWS | _PERMUTES | _COPIES | {_DTYPE_VIEW}:
+        if _constant(node.args[0], found, depth - 1):
+            found.add(node)
+            return True
+    return False
+
+
+def chain_after(scale: Node, inside: set[Node]) -> Chain | None:
+    """The single-user chain of byte-moving ops after ``scale`` (read outside ``inside``), or None."""
+    users = [u for u in scale.users if u not in inside]
+    main, buffers, node = [], set(), scale
+    while len(users) == 1 and len(main) < _MAX_CHAIN:
+        u = users[0]
+        if u.op != "call_function" or u.target not in _MOVES or _dtype(u) not in BYTE_DTYPES:
+            break
+        found: set[Node] = set()
+        if not all(_constant(a, found) for a in u.all_input_nodes if a is not node):
+            break
+        main.append(u)
+        buffers |= found
+        node, users = u, list(u.users)
+    return Chain(scale, main, buffers) if main else None
+
+
+def _byte_of(fill, dtype: torch.dtype) -> int:
+    """The byte a ``dtype`` buffer filled with ``fill`` holds (torch's own conversion)."""
+    return int(aten.full.default([1], fill, dtype=dtype).view(torch.uint8)[0])
+
+
+def _pad_byte(value, dtype: torch.dtype) -> int:
+    return int(aten.constant_pad_nd.default(torch.zeros(0, dtype=torch.uint8).view(dtype), [0, 1], value)
+               .view(torch.uint8)[0])
+
+
+def evaluate(chain: Chain, codes: torch.Tensor) -> dict[Node, torch.Tensor]:
+    """Run the chain's ops on int64 ``codes`` in place of the scale bytes; a padding byte ``b`` reads
+    ``-1 - b``. Raises ValueError on an op that is not a pure move of bytes here."""
+    env = {chain.scale: codes}
+    order = {n: i for i, n in enumerate(chain.scale.graph.nodes)}
+
+    def arg(a):
+        if isinstance(a, Node):
+            return env[a]
+        if isinstance(a, (list, tuple)):
+            return type(a)(arg(b) for b in a)
+        return a
+    for n in sorted(chain.buffers | set(chain.main), key=order.__getitem__):
+        kwargs = {k: v for k, v in n.kwargs.items() if k not in ("dtype", "layout", "device", "pin_memory")}
+        if n.target in _BUFFERS:
+            shape, fill = n.args[:2]
+            env[n] = torch.full(shape, -1 - _byte_of(fill, _dtype(n)), dtype=torch.int64)
+        elif n.target is _DTYPE_VIEW:
+            if _dtype(n.args[0]) not in BYTE_DTYPES:
+                raise ValueError(f"a dtype view from {_dtype(n.args[0])}")
+            env[n] = env[n.args[0]]
+        elif n.target is aten.constant_pad_nd.default:
+            value = n.args[2] if len(n.args) > 2 else n.kwargs.get("value", 0)
+            env[n] = aten.constant_pad_nd.default(env[n.args[0]], n.args[1], -1 - _pad_byte(value, _dtype(n)))
+        elif n.target is aten.copy.default and _dtype(n.args[0]) != _dtype(n.args[1]):
+            raise ValueError("a copy that converts values")  # a cast, not a move of bytes
+        else:
+            env[n] = n.target(*arg(n.args), **arg(kwargs))
+        val = n.meta.get("val")
+        if val is None or tuple(env[n].shape) != tuple(val.shape):
+            raise ValueError(f"`{n.name}` evaluates to shape {tuple(env[n].shape)}")
+    return env
+
+
+def tiled_map(tokens: int, groups: int, rows: int, cols: int) -> torch.Tensor:
+    """The index map of a ``rows x cols`` tiled layout of ``[tokens, groups]`` scale codes, tiles in
+    row-major order, inside a tile row r at ``(r % (rows / 4)) * 4 cols + (r // (rows / 4)) * cols``
+    (for 128x4 the reference swizzle); padding reads -1. Only for naming near misses."""
+    sub = rows // 4
+    tp, gp = -(-tokens // rows) * rows, -(-groups // cols) * cols
+    padded = torch.full((tp, gp), -1, dtype=torch.int64)
+    padded[:tokens, :groups] = torch.arange(tokens * groups).reshape(tokens, groups)
+    return padded.view(tp // rows, 4, sub, gp // cols, cols).permute(0, 3, 2, 1, 4).reshape(-1)
+
+
+def _swizzled_map(tokens: int, groups: int) -> torch.Tensor:
+    """The fused op's swizzled scale buffer as codes: scale (t, g) reads ``t * groups + g``, its zero
+    padding ``-1 - 0``."""
+    codes = torch.arange(1, tokens * groups + 1, dtype=torch.int64).reshape(tokens, groups)
+    return reference.swizzle_128x4(codes).reshape(-1) - 1
+
+
+def _lays_out(chain: Chain, end: Node) -> bool:
+    """Whether the chain up to ``end`` makes a new layout (pads, or permutes and copies): one that is
+    not the fused op's is worth a near miss; plain views are not."""
+    main = chain.main[:chain.main.index(end) + 1]
+    targets = {n.target for n in main}
+    return bool(targets & _PADS) or bool(targets & _PERMUTES and targets & _COPIES)
+
+
+def _why_not(got: torch.Tensor, want: torch.Tensor, tokens: int, groups: int) -> str:
+    n = tokens * groups
+    real = got[got >= 0]
+    if real.numel() != n or not torch.equal(real.sort().values, torch.arange(n)):
+        return (f"the scale chain does not keep each of the {n} scales once ({real.unique().numel()} distinct of "
+                f"{real.numel()} placed); the fused op's swizzled layout holds each once")
+    pads = sorted({-1 - int(v) for v in got[got < 0].unique()})
+    if got.numel() == want.numel() and torch.equal(got.clamp(min=-1), want):
+        return (f"the scale chain is the 128x4 swizzled layout but pads with byte(s) "
+                f"{', '.join(f'0x{b:02x}' for b in pads)}; the fused op writes zero bytes there")
+    for rows, cols in ((32, 4), (64, 4), (256, 4), (128, 1), (128, 2), (128, 8), (128, 16)):
+        tiled = tiled_map(tokens, groups, rows, cols)
+        if got.numel() == tiled.numel() and torch.equal(got.clamp(min=-1), tiled):
+            return (f"the scale chain lays the scales out in {rows}x{cols} tiles; the fused op's swizzled layout "
+                    f"has {catalog.SWIZZLE_ROWS}x{catalog.SWIZZLE_COLS} tiles")
+    flat = got.reshape(-1)
+    k = next((i for i in range(min(flat.numel(), want.numel())) if int(flat[i]) != int(want[i])),
+             min(flat.numel(), want.numel()))
+    where = lambda c: f"scale {divmod(int(c), groups)}" if c >= 0 else "padding"  # noqa: E731
+    there = (f"element {k} holds {where(flat[k])}, the fused op's has {where(want[k])}" if k < want.numel()
+             and k < flat.numel() else f"{flat.numel()} elements, the fused op's {want.numel()}")
+    return f"the scale chain lays the scales out unlike the fused op's 128x4 swizzled layout: {there}"
+
+
+def fold(scale: Node, inside: set[Node], tokens: int, groups: int) -> Outcome | None:
+    """Decide whether the chain after an MX site's scale bytes ``scale`` (``tokens`` x ``groups``
+    bytes in row-major order, read outside the site's nodes ``inside``) is exactly the fused op's
+    swizzled buffer. None when there is no layout chain to speak of."""
+    chain = chain_after(scale, inside)
+    if chain is None:
+        return None
+    codes = torch.arange(tokens * groups, dtype=torch.int64).reshape(scale.meta["val"].shape)
+    try:
+        env = evaluate(chain, codes)
+    except (ValueError, RuntimeError, TypeError, IndexError):
+        return None
+    want = _swizzled_map(tokens, groups)
+    for end in reversed(chain.main):
+        got = env[end]
+        if (got.numel() == want.numel() and torch.equal(got.reshape(-1), want)
+                and end.meta["val"].is_contiguous()):
+            return Outcome(end=end, nodes=frozenset(chain.nodes(end)))
+    last = chain.main[-1]
+    if not _lays_out(chain, last):
+        return None
+    return Outcome(reason=_why_not(env[last], want, tokens, groups), node=last)
+
+
+def apply(site) -> Outcome | None:
+    """The hook for a recognised MX site: fold its swizzle chain (the recipe's scale layout becomes
+    ``SWIZZLED``, the chain joins the site and its last node becomes a view of the fused op's
+    scales; None), or the near miss of a chain that is close (the site is fused with row-major
+    scales and the graph keeps the chain: the caller reports ``reason`` at ``node``)."""
+    if not site.scheme.base.mx or len(site.scales) != 1 or site.column_tail is not None:
+        return None
+    tokens = 1
+    for d in site.x.meta["val"].shape[:-1]:
+        tokens *= int(d)
+    groups = site.recipe.groups(site.y.meta["val"].shape[-1])
+    if site.scales[0].meta["val"].numel() != tokens * groups:
+        return None
+    outcome = fold(site.scales[0], site.nodes, tokens, groups)
+    if outcome is None or outcome.end is None:
+        return outcome
+    site.nodes |= outcome.nodes
+    site.recipe = dataclasses.replace(site.recipe, scale_layout=ScaleLayout.SWIZZLED)
+    site.column_tail = outcome.end
+    site.scales = []
+    return None
