@@ -106,10 +106,10 @@ def test_plain_torch_spelling_is_torchao(elem, mode):
     assert torch.equal(s, es.view(torch.uint8)) and torch.equal(q.view(torch.uint8), eq.view(torch.uint8))
 
 
-def test_swizzled_scales_are_fused_and_swizzled_by_the_graph():
-    """``is_swizzled_scales=True``: the fused op writes row-major bytes, torchao's ``to_blocked``
-    after it (outside the site) swizzles them as eager does. Run as the rewritten post-grad graph:
-    Inductor's CPU code cannot copy ``float8_e8m0fnu`` values (the swizzle), with or without the pass."""
+def test_swizzled_scales_are_fused_swizzled():
+    """``is_swizzled_scales=True``: torchao's ``to_blocked`` after the site is folded into the fused
+    op (``is_sf_swizzled_layout=True``, quantfuse/patterns/swizzle.py), which writes the swizzled
+    bytes eager's to_blocked gives (tests/test_swizzle_fold.py: more shapes, compiled whole)."""
     x = mx_inputs(256, 256, 1)
     fn = _model(FP8, "FLOOR", swizzled=True)
     eq, es = fn(x)
@@ -118,7 +118,8 @@ def test_swizzled_scales_are_fused_and_swizzled_by_the_graph():
     fusion(gm.graph)
     gm.recompile()
     (r,) = fusion.report.rewrites
-    assert r.params["is_sf_swizzled_layout"] is False and r.params["recipe"] == BITS_SPEC
+    assert r.params["is_sf_swizzled_layout"] is True and r.params["recipe"] == BITS_SPEC
+    assert count_targets(gm, "permute") == 0 and count_targets(gm, "slice_scatter") == 0
     cq, cs = gm(x)
     assert torch.equal(cq.view(torch.uint8), eq.view(torch.uint8))
     assert torch.equal(cs.view(torch.uint8), es.view(torch.uint8))

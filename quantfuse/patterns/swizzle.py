@@ -60,7 +60,10 @@ class Chain:
     def nodes(self, end: Node) -> set[Node]:
         """The chain's nodes up to ``end`` and the buffers they read."""
         main = self.main[:self.main.index(end) + 1]
-        return set(main) | {b for b in self.buffers if any(u in main or u in self.buffers for u in b.users)}
+        buffers = {b for b in self.buffers if any(u in main or u in self.buffers for u in b.users)}
+        # views of a buffer nothing reads (functionalisation leaves them) would keep it alive
+        dead = {u for b in buffers for u in b.users if not u.users and u.target in _VIEWS}
+        return set(main) | buffers | dead
 
 
 @dataclasses.dataclass
@@ -181,6 +184,7 @@ def _lays_out(chain: Chain, end: Node) -> bool:
 
 def _why_not(got: torch.Tensor, want: torch.Tensor, tokens: int, groups: int) -> str:
     n = tokens * groups
+    got = got.reshape(-1)
     real = got[got >= 0]
     if real.numel() != n or not torch.equal(real.sort().values, torch.arange(n)):
         return (f"the scale chain does not keep each of the {n} scales once ({real.unique().numel()} distinct of "
@@ -194,7 +198,7 @@ def _why_not(got: torch.Tensor, want: torch.Tensor, tokens: int, groups: int) ->
         if got.numel() == tiled.numel() and torch.equal(got.clamp(min=-1), tiled):
             return (f"the scale chain lays the scales out in {rows}x{cols} tiles; the fused op's swizzled layout "
                     f"has {catalog.SWIZZLE_ROWS}x{catalog.SWIZZLE_COLS} tiles")
-    flat = got.reshape(-1)
+    flat = got
     k = next((i for i in range(min(flat.numel(), want.numel())) if int(flat[i]) != int(want[i])),
              min(flat.numel(), want.numel()))
     where = lambda c: f"scale {divmod(int(c), groups)}" if c >= 0 else "padding"  # noqa: E731
