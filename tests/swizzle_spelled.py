@@ -24,10 +24,12 @@ def padded(s: torch.Tensor, rows: int = 128, cols: int = 4, value: int = 0) -> t
     return tiles.transpose(1, 3).flatten().view(torch.float8_e8m0fnu).view(-1, 16)
 
 
-def into_zeros(s: torch.Tensor) -> torch.Tensor:
-    """The same layout by writing ``s`` into a zero buffer and one permute: ``uint8 [T_pad, G_pad]``."""
+def into_zeros(s: torch.Tensor, contiguous: bool = True) -> torch.Tensor:
+    """The same layout by writing ``s`` into a zero buffer and one permute: ``uint8 [T_pad, G_pad]``
+    (not ``contiguous``: the permuted view, the layout's order in a strided tensor)."""
     t, g = s.shape
     tp, gp = _padded_sizes(t, g, 128, 4)
     buf = torch.zeros(tp, gp, dtype=s.dtype, device=s.device)
     buf[:t, :g] = s
-    return buf.view(tp // 128, 4, 32, gp // 4, 4).permute(0, 3, 2, 1, 4).contiguous().view(tp, gp)
+    tiles = buf.view(tp // 128, 4, 32, gp // 4, 4).permute(0, 3, 2, 1, 4)
+    return tiles.contiguous().view(tp, gp) if contiguous else tiles

@@ -104,7 +104,8 @@ def test_torchao_chain_is_gone_from_the_graph(elem):
     fn = _torchao(elem, "FLOOR")
     x, _ = _inputs(129, 5, seed=3)
     gm, before, report = _passed(fn, x)
-    assert before["permute"] == 2 and before["clone"] == 2 and before["slice_scatter"] >= 1 and before["byte buffer"] >= 1
+    assert before["permute"] == 2 and before["clone"] == 2
+    assert before["slice_scatter"] >= 1 and before["byte buffer"] >= 1
     assert _swizzled(report) and report.near_misses == []
     for name in CHAIN_OPS:
         assert _count(gm, name) == 0, name
@@ -147,6 +148,8 @@ def test_plain_torch_swizzles_are_folded(elem, rows, groups, layout):
                        "writes zero bytes there"),
     ("cols2", 129, 6, "the scale chain lays the scales out in 128x2 tiles; the fused op's swizzled layout has "
                       "128x4 tiles"),
+    ("strided", 129, 5, "the scale chain is the 128x4 swizzled layout as a strided view (strides (1024, 4, 8, 256, 1)); "
+                        "the fused op writes it contiguous"),
 ])
 def test_other_layouts_are_near_misses(case, rows, groups, reason):
     """A chain close to the swizzle but not equal keeps its nodes (the site is fused with row-major
@@ -154,7 +157,8 @@ def test_other_layouts_are_near_misses(case, rows, groups, reason):
     layout = {"tile64": lambda s: swizzle_spelled.padded(s, rows=64),
               "pad1": lambda s: swizzle_spelled.padded(s, value=1),
               "pad255": lambda s: swizzle_spelled.padded(s, value=255),
-              "cols2": lambda s: swizzle_spelled.padded(s, cols=2)}[case]
+              "cols2": lambda s: swizzle_spelled.padded(s, cols=2),
+              "strided": lambda s: swizzle_spelled.into_zeros(s, contiguous=False)}[case]
     fn = _plain(FP8, layout)
     x, seed = _inputs(rows, groups)
     gm, before, report = _passed(fn, x)
@@ -162,7 +166,7 @@ def test_other_layouts_are_near_misses(case, rows, groups, reason):
     (miss,) = report.near_misses
     assert miss.reason == reason and miss.pattern == "recognised", miss.reason
     assert "swizzle_spelled.py" in miss.source
-    for name in ("permute", "constant_pad_nd"):
+    for name in ("permute", "constant_pad_nd" if case != "strided" else "slice_scatter"):
         assert _count(gm, name) == before[name] >= 1, name
     _assert_bytes(FP8, gm(x), fn(x), x, "FLOOR", seed)
 

@@ -1188,7 +1188,7 @@ def run_candidates(graph: torch.fx.Graph, candidates, config, recorder, enabled:
             continue
         recorder.rewrite(site)
         if layout_miss is not None:
-            recorder.near_miss(layout_miss.node, layout_miss.node, layout_miss.reason, set())
+            recorder.near_miss(layout_miss.node, layout_miss.source, layout_miss.reason, set())
         rewrite(site)
 
 

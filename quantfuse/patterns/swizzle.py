@@ -74,6 +74,8 @@ class Outcome:
     nodes: frozenset = frozenset()
     reason: str = ""
     node: Node | None = None
+    #: a node of the chain whose stack trace names the model's line (the near miss's source)
+    source: Node | None = None
 
 
 def _dtype(node) -> torch.dtype | None:
@@ -146,8 +148,8 @@ def evaluate(chain: Chain, codes: torch.Tensor) -> dict[Node, torch.Tensor]:
         elif n.target is aten.constant_pad_nd.default:
             value = n.args[2] if len(n.args) > 2 else n.kwargs.get("value", 0)
             env[n] = aten.constant_pad_nd.default(env[n.args[0]], n.args[1], -1 - _pad_byte(value, _dtype(n)))
-        elif n.target is aten.copy.default and _dtype(n.args[0]) != _dtype(n.args[1]):
-            raise ValueError("a copy that converts values")  # a cast, not a move of bytes
+        elif n.target in (aten.copy.default, aten.slice_scatter.default) and _dtype(n.args[0]) != _dtype(n.args[1]):
+            raise ValueError("a write that converts values")  # a cast, not a move of bytes
         else:
             env[n] = n.target(*arg(n.args), **arg(kwargs))
         val = n.meta.get("val")
@@ -182,29 +184,37 @@ def _lays_out(chain: Chain, end: Node) -> bool:
     return bool(targets & _PADS) or bool(targets & _PERMUTES and targets & _COPIES)
 
 
+_TILE = f"{catalog.SWIZZLE_ROWS}x{catalog.SWIZZLE_COLS}"
+#: tiles a near miss is checked against, to name the one a chain uses
+_OTHER_TILES = ((32, 4), (64, 4), (256, 4), (128, 1), (128, 2), (128, 8), (128, 16))
+
+
 def _why_not(got: torch.Tensor, want: torch.Tensor, tokens: int, groups: int) -> str:
+    """Why the chain's codes ``got`` are not the swizzled buffer's ``want`` (both flat)."""
     n = tokens * groups
-    got = got.reshape(-1)
     real = got[got >= 0]
     if real.numel() != n or not torch.equal(real.sort().values, torch.arange(n)):
         return (f"the scale chain does not keep each of the {n} scales once ({real.unique().numel()} distinct of "
                 f"{real.numel()} placed); the fused op's swizzled layout holds each once")
-    pads = sorted({-1 - int(v) for v in got[got < 0].unique()})
     if got.numel() == want.numel() and torch.equal(got.clamp(min=-1), want):
-        return (f"the scale chain is the 128x4 swizzled layout but pads with byte(s) "
+        pads = sorted({-1 - int(v) for v in got[got < -1].unique()})
+        return (f"the scale chain is the {_TILE} swizzled layout but pads with byte(s) "
                 f"{', '.join(f'0x{b:02x}' for b in pads)}; the fused op writes zero bytes there")
-    for rows, cols in ((32, 4), (64, 4), (256, 4), (128, 1), (128, 2), (128, 8), (128, 16)):
+    for rows, cols in _OTHER_TILES:
         tiled = tiled_map(tokens, groups, rows, cols)
         if got.numel() == tiled.numel() and torch.equal(got.clamp(min=-1), tiled):
             return (f"the scale chain lays the scales out in {rows}x{cols} tiles; the fused op's swizzled layout "
-                    f"has {catalog.SWIZZLE_ROWS}x{catalog.SWIZZLE_COLS} tiles")
-    flat = got
-    k = next((i for i in range(min(flat.numel(), want.numel())) if int(flat[i]) != int(want[i])),
-             min(flat.numel(), want.numel()))
-    where = lambda c: f"scale {divmod(int(c), groups)}" if c >= 0 else "padding"  # noqa: E731
-    there = (f"element {k} holds {where(flat[k])}, the fused op's has {where(want[k])}" if k < want.numel()
-             and k < flat.numel() else f"{flat.numel()} elements, the fused op's {want.numel()}")
-    return f"the scale chain lays the scales out unlike the fused op's 128x4 swizzled layout: {there}"
+                    f"has {_TILE} tiles")
+    m = min(got.numel(), want.numel())
+    differ = (got[:m] != want[:m]).nonzero()
+    if not differ.numel():
+        return f"the scale chain gives {got.numel()} bytes, the fused op's swizzled layout {want.numel()}"
+    k = int(differ[0])
+
+    def what(code) -> str:
+        return f"scale {divmod(int(code), groups)}" if code >= 0 else "padding"
+    return (f"the scale chain lays the scales out unlike the fused op's {_TILE} swizzled layout: element {k} "
+            f"holds {what(got[k])}, the fused op's has {what(want[k])}")
 
 
 def fold(scale: Node, inside: set[Node], tokens: int, groups: int) -> Outcome | None:
@@ -220,15 +230,22 @@ def fold(scale: Node, inside: set[Node], tokens: int, groups: int) -> Outcome | 
     except (ValueError, RuntimeError, TypeError, IndexError):
         return None
     want = _swizzled_map(tokens, groups)
+    strided = None
     for end in reversed(chain.main):
         got = env[end]
-        if (got.numel() == want.numel() and torch.equal(got.reshape(-1), want)
-                and end.meta["val"].is_contiguous()):
-            return Outcome(end=end, nodes=frozenset(chain.nodes(end)))
+        if got.numel() == want.numel() and torch.equal(got.reshape(-1), want):
+            if end.meta["val"].is_contiguous():
+                return Outcome(end=end, nodes=frozenset(chain.nodes(end)))
+            strided = strided or end
     last = chain.main[-1]
     if not _lays_out(chain, last):
         return None
-    return Outcome(reason=_why_not(env[last], want, tokens, groups), node=last)
+    source = next((n for n in reversed(chain.main) if n.meta.get("stack_trace")), last)
+    if strided is not None:
+        return Outcome(reason=f"the scale chain is the {_TILE} swizzled layout as a strided view (strides "
+                              f"{tuple(strided.meta['val'].stride())}); the fused op writes it contiguous",
+                       node=strided, source=source)
+    return Outcome(reason=_why_not(env[last].reshape(-1), want, tokens, groups), node=last, source=source)
 
 
 def apply(site) -> Outcome | None:
