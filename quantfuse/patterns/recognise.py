@@ -72,7 +72,8 @@ class Site:
     q: Node
     #: nodes whose value is the scale (each replaced by a reshape of the fused op's scales)
     scales: list[Node]
-    #: a copy that makes the scales column-major, folded into the op (its last node), or None
+    #: a layout copy after the scales folded into the op (column-major; the MX swizzle: swizzle.py), its
+    #: last node, or None
     column_tail: Node | None
     nodes: set[Node]
     note: str = ""
