@@ -253,7 +253,10 @@ def apply(site) -> Outcome | None:
     ``SWIZZLED``, the chain joins the site and its last node becomes a view of the fused op's
     scales; None), or the near miss of a chain that is close (the site is fused with row-major
     scales and the graph keeps the chain: the caller reports ``reason`` at ``node``)."""
-    if not site.scheme.base.mx or len(site.scales) != 1 or site.column_tail is not None:
+    # every other reader of the scales (a cast of 2^e to e8m0 the rewrite views as the bytes) reads
+    # them row-major
+    if not site.scheme.base.mx or len(site.scales) != 1 or site.column_tail is not None \
+            or getattr(site, "e8m0_scales", None):
         return None
     tokens = 1
     for d in site.x.meta["val"].shape[:-1]:
