@@ -58,7 +58,8 @@ def compiled_with_pass(fn, *args, config=None):
     fusion = quantfuse.FusionPass(config or quantfuse.FusionConfig())
     torch._dynamo.reset()
     try:
-        with torch.no_grad():
+        # every cache off: a graph served from one would skip the pass (and leave no report)
+        with torch.no_grad(), torch._inductor.config.patch(force_disable_caches=True, fx_graph_cache=False):
             out = torch.compile(fn, options={"post_grad_custom_post_pass": fusion})(*args)
     finally:
         torch._dynamo.reset()
