@@ -239,7 +239,8 @@ def main() -> None:
     # the time between back-to-back graph nodes: a one-element fill per replay step
     floor = bench(lambda t: t.fill_(1.0), [torch.empty(1, device="cuda") for _ in range(2)])
     pdl = os.environ.get("QUANTFUSE_PDL", "") == "1" and torch.cuda.get_device_capability()[0] >= 9
-    rows, records = [], []
+    rows = []
+    info = run_info()  # once: it runs nvidia-smi and git
     layouts = [catalog.Layout(v) for v in args.layouts.split(",")]
     for act_name, scheme_key in catalog.PAIRS:
         act, scheme = catalog.ACTIVATIONS[act_name], catalog.SCHEMES[scheme_key]
@@ -310,15 +311,15 @@ def main() -> None:
                         + (f"{{{recipe}}}" if recipe else "")
                     rows.append((pair, t, h, backend, t_fused, pct(t_fused), pct(t_tri), t_unfused, t_ind,
                                  pct(t_ind) if t_ind == t_ind else float("nan"), t_eager, t_vllm, pct(t_copy)))
-                    records.append(dict(bench="pairs", op=name, **({"variant": variant} if variant else {}),
-                                        **({"recipe": recipe} if recipe else {}),
-                                        layout=layout.value, tokens=t, hidden=h, eager_us=t_eager, vllm_us=t_vllm,
-                                        dtype=args.dtype, backend=backend, bytes=nbytes, fused_us=t_fused,
-                                        triton_us=t_tri, unfused_us=t_unfused, inductor_us=t_ind, copy_us=t_copy,
-                                        copy_bw_gbs=bw, fused_pct_bw=pct(t_fused)))
+                    record = dict(bench="pairs", op=name, **({"variant": variant} if variant else {}),
+                                  **({"recipe": recipe} if recipe else {}),
+                                  layout=layout.value, tokens=t, hidden=h, eager_us=t_eager, vllm_us=t_vllm,
+                                  dtype=args.dtype, backend=backend, bytes=nbytes, fused_us=t_fused,
+                                  triton_us=t_tri, unfused_us=t_unfused, inductor_us=t_ind, copy_us=t_copy,
+                                  copy_bw_gbs=bw, fused_pct_bw=pct(t_fused))
                     print(rows[-1], flush=True)
                     if args.jsonl:  # each cell as it is measured: a run stopped by a timeout keeps its cells
-                        write_records(args.jsonl, records[-1:])
+                        write_records(args.jsonl, [record], info)
     experts_entries = [e for e in catalog.OPS.values() if e.experts and e.scheme.fused_suffix in args.schemes.split(",")]
     for experts in [int(v) for v in args.experts.split(",") if v]:
         for entry in experts_entries:
@@ -326,10 +327,9 @@ def main() -> None:
                 for h in [int(v) for v in args.hidden.split(",")]:
                     row, record = bench_experts_cell(entry, t, h, experts, dtype, bw, not args.no_triton)
                     rows.append(row)
-                    records.append(record)
                     print(row, flush=True)
                     if args.jsonl:
-                        write_records(args.jsonl, [record])
+                        write_records(args.jsonl, [record], info)
     lines = [f"{torch.cuda.get_device_name()}, torch {torch.__version__}, copy bandwidth {bw:.0f} GB/s; "
              f"{args.dtype} input, median µs (CUDA-graph replay), %BW = minimum bytes / time / copy bandwidth; "
              f"CUDA kernels with programmatic dependent launch: {'on' if pdl else 'off'}; one-element fill "
@@ -373,9 +373,9 @@ def run_info() -> dict:
                 command=" ".join(sys.argv))
 
 
-def write_records(path: str, records: list[dict]) -> None:
-    """Append the records as JSON Lines, each with :func:`run_info`."""
-    info = run_info()
+def write_records(path: str, records: list[dict], info: dict | None = None) -> None:
+    """Append the records as JSON Lines, each with ``info`` (default: :func:`run_info` now)."""
+    info = info or run_info()
     with open(path, "a") as f:
         for r in records:
             f.write(json.dumps({**info, **r}) + "\n")
