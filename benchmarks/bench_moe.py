@@ -69,6 +69,11 @@ def main(argv=None) -> int:
     token_counts = [16, 64] if args.quick else [int(v) for v in args.tokens.split(",")]
     iters = 5 if args.quick else 50
     records, lines = [], []
+    info = None
+    if args.jsonl:
+        from bench_pairs import run_info, write_records
+
+        info = run_info()
     for shape in shapes:
         for scales in args.scales.split(","):
             model = fp8_moe.build(shape, args.device, scales)
@@ -85,6 +90,8 @@ def main(argv=None) -> int:
                                         backend=times["backend"], without_pass_us=times[f"without_{key}"],
                                         with_pass_us=times[f"with_{key}"], max_abs_diff=times["max_abs_diff"]))
                     r = records[-1]
+                    if args.jsonl:  # each cell as it is measured: a stage timeout keeps what was done
+                        write_records(args.jsonl, [r], info)
                     lines.append(f"| {case} | {mode} | {t} | {s.hidden} -> {s.inter}, {s.experts}e top-{s.topk} | "
                                  f"{r['without_pass_us']:.1f} | {r['with_pass_us']:.1f} | "
                                  f"{r['without_pass_us'] / r['with_pass_us']:.3f}x |")
@@ -96,10 +103,6 @@ def main(argv=None) -> int:
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
-    if args.jsonl:
-        from bench_pairs import write_records
-
-        write_records(args.jsonl, records)
     return 0
 
 
