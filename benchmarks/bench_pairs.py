@@ -219,6 +219,7 @@ def main() -> None:
     p.add_argument("--no-triton", action="store_true")
     p.add_argument("--schemes", default=",".join(s.fused_suffix for s in catalog.SCHEMES.values()),
                    help="fused-op suffixes to run")
+    p.add_argument("--acts", default=",".join(catalog.ACTIVATIONS), help="activations to run (catalog names)")
     p.add_argument("--layouts", default="halves", help="gated input layouts (catalog.Layout values)")
     p.add_argument("--group-variants", default="128",
                    help="FP8 per-group cells: group sizes, ':col' for column-major scales (e.g. 64,128,64:col,128:col)")
@@ -244,7 +245,7 @@ def main() -> None:
     layouts = [catalog.Layout(v) for v in args.layouts.split(",")]
     for act_name, scheme_key in catalog.PAIRS:
         act, scheme = catalog.ACTIVATIONS[act_name], catalog.SCHEMES[scheme_key]
-        if args.no_pairs or scheme.fused_suffix not in args.schemes.split(","):
+        if args.no_pairs or scheme.fused_suffix not in args.schemes.split(",") or act_name not in args.acts.split(","):
             continue
         name = catalog.fused_op_name(act_name, scheme_key)
         fused = getattr(qf, name)
