@@ -28,7 +28,8 @@ constexpr int kThreads = 256;  // threads per block of the group and activation 
 // 16-bit types also work on packed pairs (uint32_t, element 2i in the low half):
 // pack_rn rounds two fp32 values to the dtype with RNE in one F2FP instruction,
 // max2 is a NaN-propagating max of two pairs (one HMNMX2.NAN for two elements),
-// amax2 the same of |pair|, mul2 one rounding of the exact products (mul.rn), splat
+// amax2 the same of |pair|, mul2 / add2 one rounding of the exact products / sums (mul.rn,
+// add.rn), splat
 // a constant pair; kMant / kBias describe the format (E2M1 lane rounding).
 // ---------------------------------------------------------------------------
 struct F32 {
@@ -51,6 +52,7 @@ struct Packed16 {
   static __device__ __forceinline__ uint32_t max2(uint32_t acc, uint32_t p) { return bits(__hmax2_nan(pair(acc), pair(p))); }
   static __device__ __forceinline__ uint32_t amax2(uint32_t acc, uint32_t p) { return max2(acc, abs2(p)); }
   static __device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b) { return bits(__hmul2(pair(a), pair(b))); }
+  static __device__ __forceinline__ uint32_t add2(uint32_t a, uint32_t b) { return bits(__hadd2_rn(pair(a), pair(b))); }
 };
 struct F16 : Packed16<__half2, 10, 15> {
   static __device__ __forceinline__ float to_float(Storage b) { return __half2float(__ushort_as_half(b)); }
@@ -196,6 +198,78 @@ __device__ __forceinline__ void silu_n(float (&v)[N], const float (&g)[N], bool 
 }
 
 // ---------------------------------------------------------------------------
+// sigmoid(z) = 1 / (1 + expf(-z)) exactly as torch's CUDA sigmoid: accurate expf, the add
+// and the division each correctly rounded in fp32 (sigmoid_exact). SwigluOai rounds z and
+// the sigmoid to the input dtype, so for 16-bit inputs sigmoid_of / sigmoid_pairs only have to
+// give, for each of the 2^16 values z of that dtype, an fp32 value the dtype rounds as torch's:
+// - |z| < 87 (kSigmoidFastLimit; silu_fast's range, for the same d): d = one_plus_expf(-z), the
+//   bits of RN(1 + expf(-z)), and RN(1 / d) as markstein_div(1, d, r), r = rcp.approx.ftz(d):
+//   one Newton step, RN(r + r * RN(1 - d r)). d is in [1, 2^126) and 1/d normal; rcp.approx is
+//   within 1 ulp of 1/d (PTX ISA), and from every such r the step gives RN(1/d) for every fp32
+//   significand of d (checked for all 2^23 of them: tests/test_sigmoid_newton.py) except the
+//   all-ones one, where it gives 2^-k for RN(1/d) = 2^-k (1 + 2^-23): the same bf16 / fp16 value
+//   unless 2^-k is half the smallest subnormal, and for fp16 (2^-25, d = 2^25 - 2) no fp16 z has
+//   1 + exp(-z) near that d (same test).
+// - |z| >= 87, inf and NaN (sigmoid_big_16bit, call-free, no expf): z >= 87 gives d = 1 and 1;
+//   z < -88.72 (kExpfOverflow) overflows expf, d = inf and +0; between, d = RN(expf(-z)) and
+//   RN(1 / d) is e^z within 2^-20, 2^(z log2(e) + 64) * 2^-64 within 2^-17 (the rounded exponent);
+//   fp16 rounds every such value to +0, and each of the four bf16 values there (-87, -87.5, -88,
+//   -88.5) has e^z more than 2^-10 (relative) from a bf16 rounding boundary (same test). NaN
+//   stays NaN.
+// fp32 inputs (z any fp32 value) take sigmoid_exact.
+// Checked for every bf16 and fp16 z through the kernels against torch's CUDA sigmoid
+// (tests/gpu/test_swiglu_oai_gpu.py test_sigmoid_every_16bit_value).
+// ---------------------------------------------------------------------------
+constexpr float kSigmoidFastLimit = kSiluFastLimit;
+constexpr float kExpfOverflow = 88.7228394f;  // ln(FLT_MAX): expf(x) is inf above it
+__device__ __forceinline__ float sigmoid_exact(float z) { return __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-z))); }
+__device__ __forceinline__ float sigmoid_fast(float z) {
+  const float d = one_plus_expf(-z);
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
+  return markstein_div(1.0f, d, r);
+}
+__device__ __forceinline__ float sigmoid_big_16bit(float z) {
+  float p;
+  const float x = __fmaf_rn(z, __uint_as_float(0x3fb8aa3bu), 64.0f);  // z log2(e) + 64
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(p) : "f"(x));
+  const float e = __fmul_rn(p, 0x1p-64f);  // e^z, subnormal or not, NaN for NaN
+  return z > 0.0f ? 1.0f : (z < -kExpfOverflow ? 0.0f : e);
+}
+
+// sigmoid(z) for a z exact in DT, as an fp32 value that rounds to DT as torch's does.
+template <typename DT>
+__device__ __forceinline__ float sigmoid_of(float z) {
+  if constexpr (DT::kPacked) return fabsf(z) < kSigmoidFastLimit ? sigmoid_fast(z) : sigmoid_big_16bit(z);
+  else return sigmoid_exact(z);
+}
+
+// The same on NP packed pairs of a 16-bit DT, rounded to DT; z_of(i) gives pair i of z. The
+// fast path for all, one branch per thread for the elements outside the fast range (rare;
+// valid == false, a past-the-end group, never takes it: see silu_n). That branch evaluates
+// z_of again rather than keeping z live across it (fewer registers: the caller's z is cheap to
+// recompute), and keeps the fast results in range (DT values: repacked exactly).
+template <typename DT, int NP, typename ZOf>
+__device__ __forceinline__ void sigmoid_pairs(uint32_t (&s2)[NP], const ZOf& z_of, bool valid) {
+  bool ok = true;
+#pragma unroll
+  for (int i = 0; i < NP; ++i) {
+    const uint32_t z2 = z_of(i);
+    const float lo = DT::lo(z2), hi = DT::hi(z2);
+    ok &= fabsf(lo) < kSigmoidFastLimit && fabsf(hi) < kSigmoidFastLimit;
+    s2[i] = DT::pack_rn(sigmoid_fast(lo), sigmoid_fast(hi));
+  }
+  if (!ok && valid) {
+    auto one = [](float z, float fast) { return fabsf(z) < kSigmoidFastLimit ? fast : sigmoid_big_16bit(z); };
+#pragma unroll
+    for (int i = 0; i < NP; ++i) {
+      const uint32_t z2 = z_of(i);
+      s2[i] = DT::pack_rn(one(DT::lo(z2), DT::lo(s2[i])), one(DT::hi(z2), DT::hi(s2[i])));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Activations, each with the roundings of the eager spelling it replaces
 // (catalog.Activation.rounding). kGated: act(gate, up) (Inputs says where each is).
 // kCode: the catalog's enumerator. kNonNegative: act(x) is >= +0 or NaN, so its amax
@@ -290,38 +364,51 @@ struct Relu2 {
 //     rounded: fp32, then the dtype;
 //   sigmoid(z): torch's CUDA sigmoid (UnarySpecialOpsKernel.cu) computes 1 / (1 + exp(-z)) in
 //     fp32 for every float dtype (c10's 16-bit types convert to float for exp and for the
-//     mixed add and division) and rounds once to the dtype: accurate expf, the add and the
-//     division each correctly rounded;
+//     mixed add and division) and rounds once to the dtype: sigmoid_of, sigmoid_pairs;
 //   gate * sigmoid, up + 1 and (up + 1) * glu: each an fp32 op rounded to the dtype (the
-//   caller rounds the last one).
-// valid is unused: no slow path.
+//   caller rounds the last one). On pairs these are the dtype's own mul.rn / add.rn: the exact
+//   product of two 16-bit values fits in fp32 (SiluMul), and u + 1 rounded to fp32 then to the
+//   dtype is the sum rounded once (fp32 keeps it exactly unless |u| >= 2^24, where it rounds to
+//   u, or |u| < 2^-13, where it lands within 2^-13 of 1: never on a dtype rounding boundary).
+// valid: see silu_n (sigmoid_pairs' rare path).
 struct SwigluOai {
   static constexpr bool kGated = true, kNonNegative = false;
   static constexpr ActCode kCode = kActSwigluOai;
-  template <typename DT>
-  static __device__ __forceinline__ float one(float gate, float up, float alpha, float limit) {
-    const float g = DT::round(gate > limit ? limit : gate);
+  // the clamps in fp32, before the rounding to DT (DT::round, or pack_rn on pairs)
+  static __device__ __forceinline__ float clamp_gate(float gate, float limit) { return gate > limit ? limit : gate; }
+  static __device__ __forceinline__ float clamp_up(float up, float limit) {
     const float lo = up < -limit ? -limit : up;
-    const float u = DT::round(lo > limit ? limit : lo);
-    const float z = DT::round(__fmul_rn(g, alpha));
-    const float sig = DT::round(__fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-z))));
-    const float glu = DT::round(__fmul_rn(g, sig));
-    return __fmul_rn(DT::round(__fadd_rn(u, 1.0f)), glu);
+    return lo > limit ? limit : lo;
   }
   template <typename DT, int N, bool kCallFree16 = false>
-  static __device__ __forceinline__ void apply(float (&y)[N], const float (&g)[N], const float (&u)[N], bool,
-                                               const ActArgs& aa) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) y[i] = one<DT>(g[i], u[i], aa.p[kSwigluOaiAlpha], aa.p[kSwigluOaiLimit]);
-  }
-  template <typename DT, int N, bool kCallFree16 = false>
-  static __device__ __forceinline__ void pairs(uint32_t (&yp)[N / 2], const uint32_t* g2, const uint32_t* u2, bool,
+  static __device__ __forceinline__ void apply(float (&y)[N], const float (&gate)[N], const float (&up)[N], bool,
                                                const ActArgs& aa) {
     const float alpha = aa.p[kSwigluOaiAlpha], limit = aa.p[kSwigluOaiLimit];
 #pragma unroll
+    for (int i = 0; i < N; ++i) {
+      const float g = DT::round(clamp_gate(gate[i], limit));
+      const float glu = DT::round(__fmul_rn(g, DT::round(sigmoid_of<DT>(DT::round(__fmul_rn(g, alpha))))));
+      y[i] = __fmul_rn(DT::round(__fadd_rn(DT::round(clamp_up(up[i], limit)), 1.0f)), glu);
+    }
+  }
+  template <typename DT, int N, bool kCallFree16 = false>
+  static __device__ __forceinline__ void pairs(uint32_t (&yp)[N / 2], const uint32_t* g2, const uint32_t* u2,
+                                               bool valid, const ActArgs& aa) {
+    const float alpha = aa.p[kSwigluOaiAlpha], limit = aa.p[kSwigluOaiLimit];
+    uint32_t gc2[N / 2], s2[N / 2];
+#pragma unroll
     for (int i = 0; i < N / 2; ++i) {
-      yp[i] = DT::pack_rn(one<DT>(DT::lo(g2[i]), DT::lo(u2[i]), alpha, limit),
-                          one<DT>(DT::hi(g2[i]), DT::hi(u2[i]), alpha, limit));
+      gc2[i] = DT::pack_rn(clamp_gate(DT::lo(g2[i]), limit), clamp_gate(DT::hi(g2[i]), limit));
+    }
+    // z = gate * alpha, rounded, from the clamped gate (a DT value: exact in the pair)
+    sigmoid_pairs<DT, N / 2>(
+        s2, [&](int i) { return DT::pack_rn(__fmul_rn(DT::lo(gc2[i]), alpha), __fmul_rn(DT::hi(gc2[i]), alpha)); },
+        valid);
+    const uint32_t one2 = DT::bits(DT::splat(1.0f));
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) {
+      const uint32_t uc2 = DT::pack_rn(clamp_up(DT::lo(u2[i]), limit), clamp_up(DT::hi(u2[i]), limit));
+      yp[i] = DT::mul2(DT::add2(uc2, one2), DT::mul2(gc2[i], s2[i]));
     }
   }
 };

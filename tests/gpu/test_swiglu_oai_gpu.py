@@ -2,10 +2,11 @@
 and the Triton ones against the torch reference and against eager running transformers'
 ``GptOssExperts._apply_gate`` on CUDA (torch's own clamp, mul, sigmoid kernels), bit for bit:
 every finite 16-bit gate value with random ups, every scheme and kernel parameter set, every
-layout, several (alpha, limit). Skipped cleanly without CUDA."""
+layout, several (alpha, limit); and the CUDA sigmoid's fast and rare paths on every 16-bit z. Skipped cleanly without CUDA."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import types
@@ -113,6 +114,45 @@ def test_activation_every_gate_vs_eager_transformers(backend, dtype, alpha, limi
         _same(got, want, f"{backend.NAME} {dtype} {layout.value} alpha={alpha} limit={limit} vs eager")
         (ref,) = _call(backend, ACT.name, x, alpha=alpha, limit=limit, reference=True, **kw)
         _same(got, ref, f"{backend.NAME} {dtype} {layout.value} vs reference")
+
+
+def _powers_of_two(dtype):
+    """+-2^k for every k of the 16-bit dtype (subnormal to largest binade), with +-0, +-inf, NaN."""
+    fi, mant = torch.finfo(dtype), {torch.bfloat16: 7, torch.float16: 10}[dtype]
+    lo, hi = int(math.log2(fi.smallest_normal)) - mant, int(math.log2(fi.max))
+    p = torch.tensor([2.0 ** k for k in range(lo, hi + 1)], device="cuda")
+    specials = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan")], device="cuda")
+    return torch.cat([p, -p, specials]).to(dtype), mant
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=lambda d: str(d)[6:])
+def test_sigmoid_every_16bit_value(dtype):
+    """The CUDA SwigluOai sigmoid (csrc/act_quant.cuh sigmoid_fast / sigmoid_big_16bit) on every
+    16-bit z: gates +-2^k and alpha every significand m in [1, 2) give z = round(gate * alpha) =
+    +-m 2^k, every value of the dtype (asserted); with up = 0 the output is round(gate * sigmoid(z)),
+    gate * sigmoid exact for a power-of-two gate, so each z's rounded sigmoid shows in the output.
+    Bit for bit against eager transformers on CUDA (torch.sigmoid), through the packed path (an
+    even width) and the scalar one (odd), and limit = the dtype's largest value (no gate clamped
+    but +inf)."""
+    assert cuda_backend.is_available(), cuda_backend.unavailable_reason()
+    g, mant = _powers_of_two(dtype)
+    limit = float(torch.finfo(dtype).max)
+    width = g.numel() + (g.numel() % 2 == 1)  # even: the vector path (pairs)
+    seen = torch.zeros(1 << 16, dtype=torch.bool, device="cuda")
+    for i in range(1 << mant):
+        alpha = 1.0 + i / (1 << mant)
+        for w in (width, width + 1):  # even: the packed pairs; odd: the scalar path
+            gate = torch.cat([g, g[:w - g.numel()]]).view(1, w)
+            up = torch.zeros_like(gate)
+            want = _eager(gate, up, alpha, limit)
+            (got,) = _call(cuda_backend, ACT.name, torch.cat([gate, up], -1).contiguous(), alpha=alpha, limit=limit)
+            _same(got, want, f"cuda {dtype} sigmoid alpha={alpha} width={w}")
+        z = (gate.float().clamp(max=limit).to(dtype).float() * alpha).to(dtype)
+        seen[z.view(torch.int16).long().flatten() + (1 << 15)] = True
+    every = torch.arange(-(1 << 15), 1 << 15, dtype=torch.int32, device="cuda").to(torch.int16)
+    not_nan = ~torch.isnan(every.view(dtype))
+    missing = not_nan & ~seen
+    assert int(missing.sum()) == 0, f"{int(missing.sum())} {dtype} values of z not reached"
 
 
 @pytest.mark.parametrize("alpha,limit", PARAMS)
