@@ -66,7 +66,8 @@ struct Launch {
 
 struct State {
   std::mutex mutex;
-  std::unordered_map<std::string, Launch> launches;
+  // shared, not copied: a call holds its decision while clear_decisions() may empty the map
+  std::unordered_map<std::string, std::shared_ptr<const Launch>> launches;
   std::vector<std::string> names;
   std::unique_ptr<std::atomic<int64_t>[]> counts;
   py::object* decide = nullptr;  // leaked on purpose: must outlive the interpreter's teardown
@@ -188,19 +189,20 @@ bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stac
     const std::string key = signature(op, args);
     if (key.empty()) return false;
     State& st = state();
-    Launch l;
+    std::shared_ptr<const Launch> decided;
     {
       std::unique_lock<std::mutex> lock(st.mutex);
       auto it = st.launches.find(key);
       if (it != st.launches.end()) {
-        l = it->second;
+        decided = it->second;
       } else {
         lock.unlock();
-        l = decide(op, handle, args);
+        decided = std::make_shared<const Launch>(decide(op, handle, args));
         lock.lock();
-        if (l.final) st.launches.emplace(key, l);
+        if (decided->final) st.launches.emplace(key, decided);
       }
     }
+    const Launch& l = *decided;
     if (!l.cuda) return false;
     const at::Tensor& x = args[0].toTensor();
     std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);

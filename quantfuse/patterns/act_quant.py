@@ -51,6 +51,7 @@ from quantfuse import catalog
 from quantfuse.custom_ops import ops as qops
 from quantfuse.passes import profitability
 from quantfuse.patterns import native, scale_layout, site
+from quantfuse.patterns.op_call import positional_call
 
 log = logging.getLogger("quantfuse.patterns")
 aten = torch.ops.aten
@@ -275,7 +276,8 @@ def _replace_traced(spec: PatternSpec, params: site.SiteParams, match: Match) ->
 
     def outputs(x, *tensors):
         # the fused op's outputs in the shapes the model's own graph had (grouped, keep-dim)
-        outs = fused(x, **kwargs, **dict(zip(names, tensors)))
+        a, k = positional_call(fused, (x,), {**kwargs, **dict(zip(names, tensors))})
+        outs = fused(*a, **k)
         return tuple(t.reshape(shape) for t, shape in zip(outs, shapes))
     match.replace_by_example(outputs, [params.x, *params.inputs.values()])
 
@@ -287,7 +289,7 @@ def _replace_static(spec: PatternSpec, params: site.SiteParams, match: Match) ->
     with x_val.fake_mode:
         vals = fused(x_val, **kwargs, **{k: n.meta["val"] for k, n in params.inputs.items()})
     with graph.inserting_before(min(match.nodes)):
-        call = graph.call_function(fused, (params.x,), {**kwargs, **params.inputs})
+        call = graph.call_function(fused, *positional_call(fused, (params.x,), {**kwargs, **params.inputs}))
         call.meta.update(val=vals, stack_trace=params.activation.meta.get("stack_trace"))
         new = []
         for i, (old, val) in enumerate(zip(match.output_nodes(), vals)):

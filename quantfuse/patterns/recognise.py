@@ -36,6 +36,7 @@ from quantfuse.passes import profitability
 from quantfuse.patterns import canonical
 from quantfuse.patterns import site as site_mod
 from quantfuse.patterns import swizzle
+from quantfuse.patterns.op_call import positional_call
 from quantfuse.patterns.canonical import Interpreter, Unknown, const
 
 aten = torch.ops.aten
@@ -1114,7 +1115,7 @@ def rewrite(site: Site) -> None:
     while anchor.op == "placeholder":
         anchor = anchor.next
     with graph.inserting_before(anchor):
-        call = graph.call_function(fused, args, kwargs)
+        call = graph.call_function(fused, *positional_call(fused, args, kwargs))
         call.meta.update(val=vals, stack_trace=site.y.meta.get("stack_trace"))
         if site.scheme.returns_scale:
             q_out = graph.call_function(operator.getitem, (call, 0))
