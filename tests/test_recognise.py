@@ -216,10 +216,6 @@ def _row_amax(y):
 
 # every near site reported, with its exact reason (issue 17 item 4): one change each from a site that fuses
 NEAR_SITES = {
-    "scale returned in bf16": (
-        lambda y: _quant_of(y, lambda y: _row_amax(y) / FP8_MAX),
-        "the scale `div_1` is used as bfloat16 outside the pattern (output); the fused op returns float32 "
-        "scales (use the float32 scale, e.g. s.float())"),
     "permuted q": (
         lambda y: _quant_of(y, lambda y: _row_amax(y).float() / FP8_MAX, view=lambda t: t.t()),
         "`div_2` broadcasts a scale of shape (1, 4) over values of shape (256, 4), which does not give each "
@@ -247,6 +243,24 @@ NEAR_SITES = {
 def test_every_near_site_is_reported_with_its_reason(name):
     quant, reason = NEAR_SITES[name]
     assert _near_miss(lambda x: quant(vllm_silu_and_mul(x)), X) == reason
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("grouping", ["token", "group"])
+def test_scale_in_the_input_dtype_returned_so_is_fused(dtype, grouping):
+    """amax / 448 computed in the 16-bit dtype, promoted for the divide and returned in that dtype:
+    the op's float32 scales hold the same values, so a cast back is exact (it was a near miss)."""
+    view = (lambda t: t) if grouping == "token" else (lambda t: t.unflatten(-1, (-1, 128)))
+
+    def f(x):
+        y = view(vllm_silu_and_mul(x))
+        s = _row_amax(y) / FP8_MAX
+        q = (y.float() / s).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+        return (q.flatten(-2) if grouping == "group" else q), s
+
+    report = assert_fused_equals_eager(f, X.to(dtype) * 3)  # compares the scale's dtype too
+    assert "step_dtype=input" in report.rewrites[0].params.get("recipe", ""), str(report)
+    assert f(X.to(dtype))[1].dtype == dtype
 
 
 def test_another_activation_is_named():

@@ -82,6 +82,10 @@ class Site:
     act_params: dict = dataclasses.field(default_factory=dict)
     #: MX: casts of the power-of-two scale to float8_e8m0fnu (each replaced by a view of the bytes)
     e8m0_scales: list = dataclasses.field(default_factory=list)
+    #: FP8: nodes holding the scale's value in a 16-bit dtype (a scale computed in the input dtype and
+    #: returned so): each replaced by a cast of the fused op's float32 scales, exact as the value is
+    #: the same
+    cast_scales: list = dataclasses.field(default_factory=list)
 
     @property
     def op_name(self) -> str:
@@ -910,7 +914,7 @@ def finish_site(interp: Interpreter, q: Node, y: Node, scheme: catalog.Scheme, r
     # every node between the inputs and the outputs, and who else reads them
     act_nodes = _between(y, {x, up} - {None})
     site_nodes = set(interp.visited) | act_nodes | set(extra) | {y, q}
-    scales, e8m0_scales = [], []
+    scales, e8m0_scales, cast_scales = [], [], []
     order = {n: i for i, n in enumerate(q.graph.nodes)}
     for n in sorted(interp.visited | {y}, key=order.__getitem__):
         outside = _outside_users(site_nodes, n)
@@ -927,6 +931,9 @@ def finish_site(interp: Interpreter, q: Node, y: Node, scheme: catalog.Scheme, r
                 e8m0_views, e8m0_casts = casts
                 site_nodes |= e8m0_views | set(e8m0_casts)
                 e8m0_scales += e8m0_casts
+                continue
+            if not scheme.base.mx and v.ordered and v.dtype in (torch.bfloat16, torch.float16):
+                cast_scales.append(n)
                 continue
             raise NotRecognised(f"the scale `{n.name}` is used as {str(v.dtype).replace('torch.', '')} outside the pattern "
                                 f"({', '.join(u.name for u in outside)}); the fused op returns float32 scales "
@@ -950,7 +957,7 @@ def finish_site(interp: Interpreter, q: Node, y: Node, scheme: catalog.Scheme, r
             raise NotRecognised(f"activation value `{n.name}` has a consumer outside the pattern: "
                                 f"{', '.join(u.name for u in outside)}{_grad_hint(outside)}")
     site = Site(act, layout, recipe, scheme, x, up, scale_input, y, q, scales, None, site_nodes, note,
-                act_params=act_params, e8m0_scales=e8m0_scales)
+                act_params=act_params, e8m0_scales=e8m0_scales, cast_scales=cast_scales)
     _column_major(site)
     return site
 
@@ -1137,6 +1144,11 @@ def rewrite(site: Site) -> None:
             as_e8m0 = graph.call_function(aten.view.dtype, (s_out, E8M0))
             as_e8m0.meta["val"] = val_of(lambda: s_out.meta["val"].view(E8M0))
             replacements += [(c, shaped(as_e8m0, c)) for c in site.e8m0_scales]
+        for c in site.cast_scales:
+            want = c.meta["val"].dtype
+            cast = graph.call_function(torch.ops.prims.convert_element_type.default, (s_out, want))
+            cast.meta["val"] = val_of(lambda: s_out.meta["val"].to(want))
+            replacements.append((c, shaped(cast, c)))
         if site.column_tail is not None:  # a folded layout chain: its last node is the op's scales
             tail, want = s_out, site.column_tail.meta["val"].dtype
             if s_out.meta["val"].dtype != want:
