@@ -6,7 +6,8 @@
 #   tests     pytest tests/gpu (GPU_TESTS overrides the paths, GPU_TEST_ARGS adds flags)
 #   pairs     bench_pairs.py over TOKENS x HIDDEN (PAIRS_ARGS adds flags, e.g. --recipes "spec;spec": Recipe
 #             specs timed besides the default recipe) -> $OUT/pairs.jsonl
-#   baseline  the same cells on another checkout in ./_baseline (its own bench_pairs.py), same run
+#   baseline  the same cells on another checkout in ./_baseline (its own bench_pairs.py), same run; its
+#             records (BASE_COMMIT: that checkout's commit) go to $OUT/pairs.jsonl as bench="pairs_baseline"
 #   layouts   bench_pairs.py over the gated layouts at LAYOUT_TOKENS
 #   mlp       bench_mlp.py: CUDA-graph replay and plain calls, with and without the pass
 #   peers     SiLU x Mul -> FP8 per group 64/128, row and column-major scales, T = 16 ... 16384: eager,
@@ -56,8 +57,19 @@ PY
       --out "$OUT/pairs.md" --jsonl "$OUT/pairs.jsonl"
   fi
   if has baseline && [ -d _baseline ]; then
-    (cd _baseline && QUANTFUSE_CACHE_DIR=$BASE_CACHE timeout ${BENCH_TIMEOUT:-300} python3 \
-      benchmarks/bench_pairs.py --tokens $TOKENS --hidden $HIDDEN $PAIRS_ARGS --out "$OUT/baseline_pairs.md" 2>&1)
+    (cd _baseline && QF_COMMIT=${BASE_COMMIT:-unknown} QUANTFUSE_CACHE_DIR=$BASE_CACHE timeout ${BENCH_TIMEOUT:-300} \
+      python3 benchmarks/bench_pairs.py --tokens $TOKENS --hidden $HIDDEN $PAIRS_ARGS --out "$OUT/baseline_pairs.md" \
+      --jsonl "$OUT/baseline_raw.jsonl" 2>&1)
+    # summarize.py shows a pairs_baseline cell beside the pairs cell of the call its command names
+    [ -f "$OUT/baseline_raw.jsonl" ] && python3 - "$OUT/baseline_raw.jsonl" "$OUT/pairs.jsonl" "$QF_COMMIT" <<'PY'
+import json, sys
+src, dst, commit = sys.argv[1:]
+with open(dst, "a") as out:
+    for line in open(src):
+        r = json.loads(line)
+        r.update(bench="pairs_baseline", command=f"_baseline/{r['command']} (same device call as {commit})")
+        out.write(json.dumps(r) + "\n")
+PY
   fi
   if has layouts; then
     timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/bench_pairs.py --tokens ${LAYOUT_TOKENS:-4096,16384} \
