@@ -3,7 +3,9 @@
 # in STAGES (default smoke,tests,pairs,mlp), logs and JSON Lines records under $OUT, the
 # short tables last.
 #   smoke     benchmarks/smoke_catalog_cuda.py (layouts, rounding, static FP8 in seconds)
-#   tests     pytest tests/gpu (GPU_TESTS overrides the paths, GPU_TEST_ARGS adds flags)
+#   tests     pytest tests/gpu (GPU_TESTS overrides the paths, GPU_TEST_ARGS adds flags); GPU_TEST_GROUPS="a b;c;d"
+#             runs each ';'-separated group in parallel instead, -v (a group its TEST_TIMEOUT stops still
+#             shows each test's outcome), logs $OUT/pytest_gpu_<n>.txt: tests/gpu takes well over 600 s in one process
 #   pairs     bench_pairs.py over TOKENS x HIDDEN (PAIRS_ARGS adds flags, e.g. --recipes "spec;spec": Recipe
 #             specs timed besides the default recipe) -> $OUT/pairs.jsonl
 #   baseline  the same cells on another checkout in ./_baseline (its own bench_pairs.py), same run; its
@@ -48,7 +50,20 @@ ok = cuda_backend.is_available()
 print(f"cuda backend available={ok} in {time.perf_counter() - t:.1f} s; reason={cuda_backend.unavailable_reason()}")
 PY
   if has smoke; then timeout 120 python3 benchmarks/smoke_catalog_cuda.py 2>&1 | tail -30; fi
-  if has tests; then
+  if has tests && [ -n "${GPU_TEST_GROUPS:-}" ]; then
+    IFS=';' read -ra groups <<< "$GPU_TEST_GROUPS"
+    for i in "${!groups[@]}"; do
+      timeout ${TEST_TIMEOUT:-300} python3 -m pytest -v -p no:cacheprovider -rf --tb=short ${groups[$i]} $GPU_TEST_ARGS \
+        > "$OUT/pytest_gpu_$i.txt" 2>&1 &
+    done
+    wait
+    for i in "${!groups[@]}"; do
+      f="$OUT/pytest_gpu_$i.txt"
+      echo "== group $i (${groups[$i]}): $(grep -c ' PASSED' "$f") passed, $(grep -c ' FAILED' "$f") failed," \
+           "$(grep -c ' XFAIL' "$f") xfailed, $(grep -c ' SKIPPED' "$f") skipped; $(tail -1 "$f" | cut -c1-120)"
+      grep -E "^FAILED|^ERROR" "$f" | cut -c1-200 | head -10
+    done
+  elif has tests; then
     timeout ${TEST_TIMEOUT:-300} python3 -m pytest -q -p no:cacheprovider -rf --durations=8 ${GPU_TESTS:-tests/gpu} \
       $GPU_TEST_ARGS > "$OUT/pytest_gpu.txt" 2>&1; tail -45 "$OUT/pytest_gpu.txt"
   fi
