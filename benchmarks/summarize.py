@@ -18,8 +18,8 @@ with its own fields:
   with_pass_us`` (optional ``speedup``, ``error``).
 - ``moe`` (``bench_moe.py --jsonl``): ``case, mode, tokens, hidden, intermediate, experts, topk,
   gemm, backend, without_pass_us, with_pass_us, max_abs_diff``.
-- ``pass_overhead``: ``case, layers, patterns, registration_ms, first_pass_ms (newer records), pass_ms,
-  compile_without_s, compile_with_s, pass_fraction``.
+- ``pass_overhead``: ``case, layers, patterns, registration_ms, first_pass_ms and first_setup_ms (newer
+  records), pass_ms, compile_without_s, compile_with_s, pass_fraction``.
 - ``constants``: ``name, value, where, decision``, resting on the record's device, date
   and commit.
 - ``pairs_baseline``: ``pairs`` cells of another checkout (``commit``) timed in the device call
@@ -223,11 +223,12 @@ def overhead_section(groups: list[tuple[str, dict]], run: dict) -> list[str]:
             r = cells[k]
             rows.append([device, str(r.get("case") or "-"), fnum(r.get("layers"), "d"), fnum(r.get("patterns"), "d"),
                          fnum(r.get("registration_ms"), ".0f"), fnum(r.get("first_pass_ms"), ".0f"),
-                         fnum(r.get("pass_ms"), ".0f"),
+                         fnum(r.get("first_setup_ms"), ".0f"), fnum(r.get("pass_ms"), ".0f"),
                          fnum(r.get("compile_without_s"), ".2f"), fnum(r.get("compile_with_s"), ".2f"),
                          fnum(r.get("pass_fraction"), ".1%"), run[run_of(r)]])
     return table(["device", "case", "layers", "patterns", "registration ms (all patterns)",
-                  "first pass ms (its groups registered)", "pass ms", "compile without pass s",
+                  "first pass ms (its groups registered)", "of which registering ms", "pass ms",
+                  "compile without pass s",
                   "compile with pass s", "pass / compile", "run"], rows)
 
 

@@ -39,3 +39,18 @@ def test_a_graph_registers_only_the_groups_it_can_match(act, widths):
     assert sorted(groups) == [f"quantfuse:native/{act}/{s}/{w}" for s in ("fp8_per_group", "fp8_per_token")
                               for w in widths]
     assert act_quant.passes_for(CONFIG, torch.fx.Graph()) == []
+
+
+def test_the_report_times_the_registration_of_new_groups():
+    """A pass whose groups are not registered yet reports the time it spent registering them
+    (part of its time); once they are, the next pass of the same graph spends none there."""
+    def fn(x):
+        return _group_quant(F.relu(x).square())
+    act_quant._group_pass.cache_clear()
+    config = quantfuse.FusionConfig(native_on_cpu=True)
+    first, second = quantfuse.FusionPass(config), quantfuse.FusionPass(config)
+    first(post_grad_graph(fn, torch.randn(4, 256, dtype=torch.bfloat16)).graph)
+    second(post_grad_graph(fn, torch.randn(4, 256, dtype=torch.bfloat16)).graph)
+    (a,), (b,) = first.report.graphs, second.report.graphs
+    assert 0 < a.setup_seconds <= a.seconds
+    assert b.setup_seconds < a.setup_seconds / 10

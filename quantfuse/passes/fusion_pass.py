@@ -146,7 +146,7 @@ class FusionPass(CustomGraphPass):
         start = time.perf_counter()
         with oracle.untracked():
             pm_passes = act_quant.passes_for(self.config.pattern_key(), graph)
-        report = PassReport(nodes_before=len(graph.nodes))
+        report = PassReport(nodes_before=len(graph.nodes), setup_seconds=time.perf_counter() - start)
         dump_dir = debug.dump_dir(self.config)
         before = str(graph) if dump_dir else None
         act_quant._recorder.append(_ReportRecorder(report))

@@ -59,6 +59,8 @@ class PassReport:
     rewrites: list[Rewrite] = dataclasses.field(default_factory=list)
     near_misses: list[NearMiss] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    #: of ``seconds``: tracing and registering the pattern groups this graph needed for the first time
+    setup_seconds: float = 0.0
     nodes_before: int = 0
     nodes_after: int = 0
 
