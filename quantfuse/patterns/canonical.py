@@ -86,11 +86,72 @@ def _meta(node: Node):
     return val
 
 
+#: while a reader runs under :func:`symbolic_rows`: the symbolic row dims it met, by node
+_rows: list[dict] = []
+#: the values symbolic dims take in the analysis (any value works where the check holds; primes
+#: keep a token count apart from the static dims' products)
+_SAMPLES = (7, 11, 13, 17, 19, 23)
+
+
+class symbolic_rows:
+    """Within it, a shape whose leading dims are symbolic (a dynamic token count) and whose other
+    dims are static reads with each symbol at a sample value; :func:`row_product` gives what the
+    reader must check afterwards (:func:`check_rows`): that every such node has the same rows as
+    ``y``, so every view moved whole rows and the analysis holds for every token count."""
+
+    def __enter__(self):
+        _rows.append({})
+        return _rows[-1]
+
+    def __exit__(self, *exc):
+        _rows.pop()
+        return False
+
+
+def _sample(d, symbols: dict) -> int:
+    expr = d.node.expr
+    for sym in sorted(expr.free_symbols, key=str):
+        if sym not in symbols:
+            if len(symbols) == len(_SAMPLES):
+                raise Unknown(f"more than {len(_SAMPLES)} symbolic dims")
+            symbols[sym] = _SAMPLES[len(symbols)]
+    value = expr.subs(symbols)
+    if not value.is_Integer or int(value) < 1:
+        raise Unknown(f"the symbolic dim {d} has no positive integer value at the sample")
+    return int(value)
+
+
 def _shape(node: Node) -> tuple:
     shape = tuple(_meta(node).shape)
-    if not all(isinstance(d, int) for d in shape):
+    if all(isinstance(d, int) for d in shape):
+        return shape
+    if not _rows:
         raise Unknown(f"`{node.name}` has a dynamic shape {shape}; only static shapes are recognised")
-    return shape
+    lead = 0
+    while lead < len(shape) and not isinstance(shape[lead], int):
+        lead += 1
+    if not all(isinstance(d, int) for d in shape[lead:]):
+        raise Unknown(f"`{node.name}` has a symbolic dim after a static one {shape}: only leading dims "
+                      "(the token count) may be symbolic")
+    symbols = _rows[-1].setdefault("__symbols__", {})
+    _rows[-1][node] = math.prod(d.node.expr for d in shape[:lead])
+    return tuple(_sample(d, symbols) for d in shape[:lead]) + shape[lead:]
+
+
+def check_rows(rows: dict, y: Node) -> bool:
+    """Whether every node :func:`_shape` read symbolically has ``y``'s rows (the product of its
+    symbolic dims equals ``y``'s): only then does the analysis at the sample hold for every token
+    count. False also when ``y`` itself is static."""
+    want = rows.get(y)
+    if want is None:
+        return False
+    return all((v - want).expand() == 0 for k, v in rows.items() if k != "__symbols__")
+
+
+def is_symbolic(node: Node) -> bool:
+    """Whether ``node``'s value has a symbolic dim."""
+    val = node.meta.get("val") if isinstance(node, Node) else None
+    return isinstance(val, torch.Tensor) and not all(isinstance(d, int) for d in val.shape)
 
 
 #: ops that compute a value from their inputs without rounding (their result is one of the inputs'
@@ -132,6 +193,9 @@ class Interpreter:
                  elem_leaves: dict[Node, tuple] | None = None):
         self.y = y
         yv = _meta(y)
+        if yv.dim() and not isinstance(yv.shape[-1], int) and _rows:
+            raise Unknown(f"`{y.name}` has a symbolic last dim {tuple(yv.shape)}: the hidden size must be static "
+                          "(mark only the token dims dynamic)")
         self.y_shape = _shape(y)
         self.hidden = self.y_shape[-1] if self.y_shape else 1
         self.numel = math.prod(self.y_shape)
@@ -140,7 +204,8 @@ class Interpreter:
                    0, yv.dtype if yv.dtype in SIXTEEN_BIT else torch.float32)}
         for node, expr in (leaves or {}).items():
             v = _meta(node)
-            self.memo[node] = Val(expr, v.dtype, "leaf", tuple(v.shape))
+            shape = _shape(node) if is_symbolic(node) and _rows else tuple(v.shape)
+            self.memo[node] = Val(expr, v.dtype, "leaf", shape)
         for node, expr in (elem_leaves or {}).items():
             # the activation's inputs: elem-level values of y's shape, in y's order
             v = _meta(node)

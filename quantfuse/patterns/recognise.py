@@ -748,9 +748,13 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
     evaluating it (:mod:`quantfuse.patterns.mx_scale`); when that fails too, the reason is the
     interpreter's, unless it could not read the site at all."""
     try:
-        return _read_site(q, y, scale_input, config)
+        with canonical.symbolic_rows() as rows:
+            site = _read_site(q, y, scale_input, config)
+            if canonical.is_symbolic(y):
+                _check_symbolic(site, rows)
+        return site
     except NotRecognised as e:
-        if scale_input is not None or _dtype(q) not in FP8_DTYPES:
+        if scale_input is not None or _dtype(q) not in FP8_DTYPES or canonical.is_symbolic(y):
             raise
         try:
             site = read_evaluated_mx(q, q.args[0], y, catalog.MXFP8, config)
@@ -759,6 +763,37 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         if site is None:
             raise
         return site
+
+
+def _check_symbolic(site: Site, rows: dict) -> None:
+    """A site read with a symbolic token count (canonical.symbolic_rows) holds for every count
+    only if every value it read has ``y``'s rows; the rewrite reshapes outputs with at most one
+    symbolic dim (as -1)."""
+    if site.scheme.base.mx:
+        raise NotRecognised("MX sites are read with static shapes only (this graph's token count is symbolic)")
+    if not canonical.check_rows(rows, site.y):
+        raise NotRecognised("a value of the site does not keep the activation's rows (a view or reduction "
+                            "across the symbolic token dims)")
+    for n in site.nodes:
+        v = n.meta.get("val")
+        if isinstance(v, torch.Tensor) and not canonical.is_symbolic(n) and v.numel() != 1 \
+                and n.target != aten.full.default and n is not site.scale_input:
+            raise NotRecognised(f"`{n.name}` has a static shape {tuple(v.shape)} in a site whose token count is "
+                                "symbolic")
+    for n in [site.q, *site.scales, *site.e8m0_scales, *site.cast_scales]:
+        if sum(not isinstance(d, int) for d in n.meta["val"].shape) > 1 and not _same_shape(n, site.x, lead=True):
+            raise NotRecognised(f"`{n.name}` has more than one symbolic dim {tuple(n.meta['val'].shape)}")
+
+
+def _same_shape(a: Node, b: Node, lead: bool = False) -> bool:
+    """Whether the two values' shapes are the same for every token count (``lead``: their
+    leading dims, all but the last)."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    sa, sb = tuple(a.meta["val"].shape), tuple(b.meta["val"].shape)
+    if lead:
+        sa, sb = sa[:-1], sb[:-1]
+    return len(sa) == len(sb) and all(statically_known_true(x == y) for x, y in zip(sa, sb))
 
 
 def read_evaluated_mx(anchor: Node, top: Node, y: Node, scheme: catalog.Scheme, config,
@@ -1056,6 +1091,8 @@ def _is_column_major_scales(site: Site, node: Node) -> bool:
     except Unknown:
         return False
     val = node.meta["val"]
+    if canonical.is_symbolic(node):  # the layout test below builds a static tensor
+        return False
     lead = tuple(site.x.meta["val"].shape[:-1])
     want = (*lead, site.recipe.groups(site.y.meta["val"].shape[-1]))
     if not v.ordered or tuple(val.shape) != want:
@@ -1132,10 +1169,12 @@ def rewrite(site: Site) -> None:
             q_out, s_out = call, None
 
         def shaped(src, like: Node):
-            shape = list(like.meta["val"].shape)
-            if list(src.meta["val"].shape) == shape:
+            if _same_shape(src, like):
                 return src
-            out = graph.call_function(aten.reshape.default, (src, shape))
+            shape = list(like.meta["val"].shape)
+            # a symbolic dim (at most one here: _check_symbolic) is what the others leave
+            arg = [d if isinstance(d, int) else -1 for d in shape]
+            out = graph.call_function(aten.reshape.default, (src, arg))
             out.meta["val"] = val_of(lambda: src.meta["val"].reshape(shape))
             return out
         replacements = [(site.q, shaped(q_out, site.q))]
@@ -1196,7 +1235,7 @@ def run_candidates(graph: torch.fx.Graph, candidates, config, recorder, enabled:
             reason = should_fuse(site, config)
             if reason:
                 raise NotRecognised(reason)
-        except NotRecognised as e:
+        except (NotRecognised, Unknown) as e:  # Unknown: a value the interpreter met before any reader caught it
             region = {q, *ys, *region_of()}
             recorder.near_miss(q, y if y is not None else q, str(e), {n.name for n in region})
             continue

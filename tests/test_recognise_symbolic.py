@@ -1,0 +1,109 @@
+"""Sites recognised by meaning in graphs whose token count is symbolic (``mark_dynamic`` on the
+leading dims, as serving engines compile): one compiled graph serves every token count, and its
+outputs are bit-identical to eager's at each (quantfuse/patterns/canonical.py ``symbolic_rows``).
+What the analysis cannot prove for every count is reported."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import quantfuse
+from test_recognise import (FP8, VLLM_FLOOR, mx8_quant, vllm_group_quant, vllm_silu_and_mul,
+                            vllm_static_quant, vllm_token_quant)
+
+TOKENS = (5, 9, 33)
+
+
+def _bits(t):
+    return t.view(torch.uint8) if t.dtype == FP8 else t
+
+
+def _compiled(fn, make, dims=(0,), dynamic=None):
+    """``fn`` compiled once with the pass, called at each token count with ``dims`` of every
+    input marked dynamic: (the pass's report, [(eager outputs, compiled outputs)])."""
+    fusion = quantfuse.FusionPass(quantfuse.FusionConfig(native_on_cpu=True))
+    torch._dynamo.reset()
+    runs = []
+    try:
+        with torch.no_grad(), torch._inductor.config.patch(force_disable_caches=True):
+            compiled = torch.compile(fn, dynamic=dynamic, options={"post_grad_custom_post_pass": fusion})
+            for t in TOKENS:
+                args = make(t)
+                for a in args:
+                    if a.dim() > 1:
+                        for d in dims:
+                            torch._dynamo.mark_dynamic(a, d)
+                eager, got = fn(*args), compiled(*args)
+                runs.append(tuple(v if isinstance(v, tuple) else (v,) for v in (eager, got)))
+    finally:
+        torch._dynamo.reset()
+    return fusion.report, runs
+
+
+def _rows(h):
+    return lambda t: ((torch.randn(t, h, dtype=torch.bfloat16) * 3),)
+
+
+CASES = {
+    "vLLM per-group 128": (lambda x: vllm_group_quant(vllm_silu_and_mul(x), 128), _rows(1024), (0,), VLLM_FLOOR),
+    "vLLM per-group 64, UE8M0": (lambda x: vllm_group_quant(vllm_silu_and_mul(x), 64, use_ue8m0=True), _rows(512),
+                                 (0,), VLLM_FLOOR + ",ue8m0=exp2,ue8m0_after_floor=False"),
+    "vLLM per-token": (lambda x: vllm_token_quant(vllm_silu_and_mul(x)), _rows(512), (0,), None),
+    "3-D, batch and sequence symbolic": (lambda x: vllm_group_quant(vllm_silu_and_mul(x), 128),
+                                         lambda t: (torch.randn(2, t, 512, dtype=torch.bfloat16) * 3,), (0, 1),
+                                         VLLM_FLOOR),
+    "two Linear outputs": (lambda g, u: vllm_token_quant(F.silu(g) * u),
+                           lambda t: (torch.randn(t, 256, dtype=torch.bfloat16) * 3,
+                                      torch.randn(t, 256, dtype=torch.bfloat16) * 3), (0,), None),
+    "static per-tensor": (lambda x, s: vllm_static_quant(vllm_silu_and_mul(x), s),
+                          lambda t: (torch.randn(t, 512, dtype=torch.bfloat16) * 3, torch.tensor([0.02])), (0,),
+                          None),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_one_graph_fuses_every_token_count_bit_exact(name):
+    fn, make, dims, spec = CASES[name]
+    report, runs = _compiled(fn, make, dims)
+    assert len(report.graphs) == 1, f"recompiled: {report}"
+    assert len(report.rewrites) == 1 and report.near_misses == [], str(report)
+    if spec is not None:
+        assert report.rewrites[0].params.get("recipe", "") == spec, str(report)
+    for eager, got in runs:
+        for e, g in zip(eager, got):
+            assert e.shape == g.shape and e.dtype == g.dtype
+            assert torch.equal(_bits(e), _bits(g))
+
+
+def _reason(fn, make, dims=(0,), dynamic=None):
+    report, _ = _compiled(fn, make, dims, dynamic)
+    assert report.rewrites == [], str(report)
+    return " ".join(m.reason for m in report.near_misses)
+
+
+def test_mx_with_a_symbolic_token_count_is_reported():
+    reason = _reason(lambda x: mx8_quant(vllm_silu_and_mul(x)), _rows(512))
+    assert "MX sites are read with static shapes only" in reason
+
+
+def test_a_symbolic_hidden_size_is_reported():
+    reason = _reason(lambda x: vllm_token_quant(vllm_silu_and_mul(x)), _rows(512), dynamic=True)
+    assert "the hidden size must be static" in reason
+
+
+def test_a_scale_across_tokens_is_reported():
+    """amax over the token dim (one scale per column) reads rows the analysis cannot follow."""
+    def fn(x):
+        y = vllm_silu_and_mul(x).float()
+        s = y.abs().amax(0, keepdim=True) / 448.0
+        return (y / s).clamp(-448.0, 448.0).to(FP8), s
+    assert _reason(fn, _rows(512)) != ""
+
+
+def test_mxfp4_with_a_symbolic_token_count_is_reported():
+    from test_recognise_mxfp4 import mxfp4, silu_mul
+
+    report, _ = _compiled(lambda x: mxfp4(silu_mul(x), "round", True), _rows(512))
+    assert report.rewrites == [] and report.near_misses, str(report)
