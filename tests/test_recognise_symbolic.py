@@ -107,3 +107,28 @@ def test_mxfp4_with_a_symbolic_token_count_is_reported():
 
     report, _ = _compiled(lambda x: mxfp4(silu_mul(x), "round", True), _rows(512))
     assert report.rewrites == [] and report.near_misses, str(report)
+
+
+def test_a_data_dependent_token_count_is_fused_bit_exact():
+    """The rows an expert gets (``nonzero`` of the router's choice: an unbacked count), as an
+    eager experts loop selects them."""
+    def fn(x, ids):
+        h = x[torch.nonzero(ids == 3).squeeze(-1)]
+        return vllm_token_quant(vllm_silu_and_mul(h))
+
+    fusion = quantfuse.FusionPass(quantfuse.FusionConfig(native_on_cpu=True))
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad(), torch._inductor.config.patch(force_disable_caches=True), \
+                torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+            compiled = torch.compile(fn, options={"post_grad_custom_post_pass": fusion})
+            for t in (16, 40):
+                x = torch.randn(t, 512, dtype=torch.bfloat16) * 3
+                ids = torch.arange(t) % 5
+                for e, g in zip(fn(x, ids), compiled(x, ids)):
+                    assert e.shape == g.shape and e.dtype == g.dtype
+                    assert torch.equal(_bits(e), _bits(g))
+    finally:
+        torch._dynamo.reset()
+    assert len(fusion.report.rewrites) >= 1 and fusion.report.near_misses == [], str(fusion.report)
+    assert all(r.scheme == "fp8_per_token" for r in fusion.report.rewrites)
