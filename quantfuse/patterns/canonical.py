@@ -86,8 +86,17 @@ def _meta(node: Node):
     return val
 
 
-#: while a reader runs under :func:`symbolic_rows`: the symbolic row dims it met, by node
-_rows: list[dict] = []
+@dataclasses.dataclass
+class Rows:
+    """What :func:`_shape` met under :func:`symbolic_rows`: the sample value of each symbol, and
+    for each node read symbolically the product of its symbolic dims (its rows)."""
+
+    symbols: dict = dataclasses.field(default_factory=dict)
+    products: dict = dataclasses.field(default_factory=dict)
+
+
+#: the active :class:`Rows`, innermost last
+_rows: list[Rows] = []
 #: the values symbolic dims take in the analysis (any value works where the check holds; primes
 #: keep a token count apart from the static dims' products)
 _SAMPLES = (7, 11, 13, 17, 19, 23)
@@ -95,12 +104,12 @@ _SAMPLES = (7, 11, 13, 17, 19, 23)
 
 class symbolic_rows:
     """Within it, a shape whose leading dims are symbolic (a dynamic token count) and whose other
-    dims are static reads with each symbol at a sample value; :func:`row_product` gives what the
-    reader must check afterwards (:func:`check_rows`): that every such node has the same rows as
-    ``y``, so every view moved whole rows and the analysis holds for every token count."""
+    dims are static reads with each symbol at a sample value; the reader must then check
+    (:func:`check_rows`) that every such node has the same rows as ``y``, so every view moved
+    whole rows and the analysis holds for every token count."""
 
-    def __enter__(self):
-        _rows.append({})
+    def __enter__(self) -> Rows:
+        _rows.append(Rows())
         return _rows[-1]
 
     def __exit__(self, *exc):
@@ -133,19 +142,19 @@ def _shape(node: Node) -> tuple:
     if not all(isinstance(d, int) for d in shape[lead:]):
         raise Unknown(f"`{node.name}` has a symbolic dim after a static one {shape}: only leading dims "
                       "(the token count) may be symbolic")
-    symbols = _rows[-1].setdefault("__symbols__", {})
-    _rows[-1][node] = math.prod(d.node.expr for d in shape[:lead])
-    return tuple(_sample(d, symbols) for d in shape[:lead]) + shape[lead:]
+    rows = _rows[-1]
+    rows.products[node] = math.prod(d.node.expr for d in shape[:lead])
+    return tuple(_sample(d, rows.symbols) for d in shape[:lead]) + shape[lead:]
 
 
-def check_rows(rows: dict, y: Node) -> bool:
+def check_rows(rows: Rows, y: Node) -> bool:
     """Whether every node :func:`_shape` read symbolically has ``y``'s rows (the product of its
     symbolic dims equals ``y``'s): only then does the analysis at the sample hold for every token
     count. False also when ``y`` itself is static."""
-    want = rows.get(y)
+    want = rows.products.get(y)
     if want is None:
         return False
-    return all((v - want).expand() == 0 for k, v in rows.items() if k != "__symbols__")
+    return all((v - want).expand() == 0 for v in rows.products.values())
 
 
 def is_symbolic(node: Node) -> bool:

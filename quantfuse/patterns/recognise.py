@@ -29,6 +29,7 @@ import operator
 
 import torch
 from torch.fx import Node
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from quantfuse import catalog
 from quantfuse.catalog import ApplyForm, FloorAt, Grouping, Layout, Recipe, ScaleLayout, StepDtype, Ue8m0
@@ -765,7 +766,7 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         return site
 
 
-def _check_symbolic(site: Site, rows: dict) -> None:
+def _check_symbolic(site: Site, rows: canonical.Rows) -> None:
     """A site read with a symbolic token count (canonical.symbolic_rows) holds for every count
     only if every value it read has ``y``'s rows; the rewrite reshapes outputs with at most one
     symbolic dim (as -1)."""
@@ -788,8 +789,6 @@ def _check_symbolic(site: Site, rows: dict) -> None:
 def _same_shape(a: Node, b: Node, lead: bool = False) -> bool:
     """Whether the two values' shapes are the same for every token count (``lead``: their
     leading dims, all but the last)."""
-    from torch.fx.experimental.symbolic_shapes import statically_known_true
-
     sa, sb = tuple(a.meta["val"].shape), tuple(b.meta["val"].shape)
     if lead:
         sa, sb = sa[:-1], sb[:-1]
@@ -1083,6 +1082,8 @@ def _column_major(site: Site) -> None:
 
 
 def _is_column_major_scales(site: Site, node: Node) -> bool:
+    if canonical.is_symbolic(node):  # the layout test below builds a static tensor
+        return False
     interp = Interpreter(site.scales[0])
     interp.memo[site.scales[0]] = dataclasses.replace(interp.memo[site.scales[0]], level="group",
                                                       group=site.recipe.group_size)
@@ -1091,8 +1092,6 @@ def _is_column_major_scales(site: Site, node: Node) -> bool:
     except Unknown:
         return False
     val = node.meta["val"]
-    if canonical.is_symbolic(node):  # the layout test below builds a static tensor
-        return False
     lead = tuple(site.x.meta["val"].shape[:-1])
     want = (*lead, site.recipe.groups(site.y.meta["val"].shape[-1]))
     if not v.ordered or tuple(val.shape) != want:
