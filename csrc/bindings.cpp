@@ -209,8 +209,8 @@ std::string scale_recipe(quantfuse::ScaleRecipe& r, int64_t ue8m0, const std::ve
 // kNoScheme: q is act(x)'s output in x's dtype. up: the separate layout's second
 // operand; scale: kStatic's one-element fp32 scale. ue8m0, scale_floors, step, apply: the FP8
 // recipe (scale_recipe; MX: unused).
-std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tensor q,
-                           const std::optional<at::Tensor>& s_opt, at::Tensor x, const std::optional<at::Tensor>& up,
+std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at::Tensor& q,
+                           const std::optional<at::Tensor>& s_opt, const at::Tensor& x, const std::optional<at::Tensor>& up,
                            const std::optional<at::Tensor>& scale, int64_t group_size, int64_t ue8m0, int64_t mx_code,
                            int64_t s_stride_t, int64_t s_stride_g, bool swizzled, int64_t vectors,
                            int64_t blocks_per_sm, const std::vector<double>& act_params,
@@ -376,7 +376,8 @@ std::string check_offsets(const at::Tensor& o, const at::Tensor& x, const char* 
 // The experts ops: act(x) -> MX (scheme kMxfp8 / kMxfp4) of tokens sorted by expert into q and
 // the experts scale buffer s (experts_kernel.cuh). The offsets' values are checked by the
 // kernel (ExpertScales::prologue), not here: reading them would synchronise.
-std::string experts_quant_impl(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, at::Tensor s, at::Tensor x,
+std::string experts_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at::Tensor& q, const at::Tensor& s,
+                               const at::Tensor& x,
                                const std::optional<at::Tensor>& up, const at::Tensor& expert_offsets,
                                const at::Tensor& blockscale_offsets, int64_t mx_code,
                                const std::vector<double>& act_params) {
@@ -417,20 +418,23 @@ std::string guarded(Fn&& fn) {
 
 namespace quantfuse {
 
-std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, std::optional<at::Tensor> s,
-                      at::Tensor x, std::optional<at::Tensor> up, std::optional<at::Tensor> scale, int64_t group_size,
-                      int64_t ue8m0, int64_t mx, int64_t s_stride_t, int64_t s_stride_g, bool swizzled,
-                      int64_t vectors, int64_t blocks_per_sm, std::vector<double> act_params,
-                      std::vector<double> scale_floors, int64_t step, int64_t apply) {
+std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, const at::Tensor& q,
+                              const std::optional<at::Tensor>& s, const at::Tensor& x,
+                              const std::optional<at::Tensor>& up, const std::optional<at::Tensor>& scale,
+                              int64_t group_size, int64_t ue8m0, int64_t mx, int64_t s_stride_t, int64_t s_stride_g,
+                              bool swizzled, int64_t vectors, int64_t blocks_per_sm,
+                              const std::vector<double>& act_params, const std::vector<double>& scale_floors,
+                              int64_t step, int64_t apply) {
   return guarded([&] {
     return act_quant_impl(act, scheme, layout, q, s, x, up, scale, group_size, ue8m0, mx, s_stride_t,
                           s_stride_g, swizzled, vectors, blocks_per_sm, act_params, scale_floors, step, apply);
   });
 }
 
-std::string experts_quant_checked(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, at::Tensor s,
-                                  at::Tensor x, std::optional<at::Tensor> up, at::Tensor expert_offsets,
-                                  at::Tensor blockscale_offsets, int64_t mx, std::vector<double> act_params) {
+std::string experts_quant_checked(int64_t act, int64_t scheme, int64_t layout, const at::Tensor& q,
+                                  const at::Tensor& s, const at::Tensor& x, const std::optional<at::Tensor>& up,
+                                  const at::Tensor& expert_offsets, const at::Tensor& blockscale_offsets, int64_t mx,
+                                  const std::vector<double>& act_params) {
   return guarded([&] {
     return experts_quant_impl(act, scheme, layout, q, s, x, up, expert_offsets, blockscale_offsets, mx,
                               act_params);

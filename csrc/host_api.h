@@ -15,19 +15,21 @@ namespace quantfuse {
 // Check every argument, then launch act(x) -> scheme into q (and s); the defaults of the FP8
 // recipe arguments are the default recipe's (bindings.cpp scale_recipe). Returns "" or the
 // message of the first failed check; never throws (docs/decisions/007-bindings-return-error-strings.md).
-std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, std::optional<at::Tensor> s,
-                              at::Tensor x, std::optional<at::Tensor> up, std::optional<at::Tensor> scale,
+std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, const at::Tensor& q,
+                              const std::optional<at::Tensor>& s, const at::Tensor& x,
+                              const std::optional<at::Tensor>& up, const std::optional<at::Tensor>& scale,
                               int64_t group_size, int64_t ue8m0, int64_t mx, int64_t s_stride_t, int64_t s_stride_g,
                               bool swizzled, int64_t vectors = 0, int64_t blocks_per_sm = 0,
-                              std::vector<double> act_params = {},
-                              std::vector<double> scale_floors = {kDefaultEps, 0.0, 0.0}, int64_t step = kStepFp32,
-                              int64_t apply = kApplyDiv);
+                              const std::vector<double>& act_params = {},
+                              const std::vector<double>& scale_floors = {kDefaultEps, 0.0, 0.0},
+                              int64_t step = kStepFp32, int64_t apply = kApplyDiv);
 
 // The same for the experts ops (bindings.cpp experts_quant_impl): s is the experts scale buffer,
 // the offsets' values are checked by the kernel.
-std::string experts_quant_checked(int64_t act, int64_t scheme, int64_t layout, at::Tensor q, at::Tensor s,
-                                  at::Tensor x, std::optional<at::Tensor> up, at::Tensor expert_offsets,
-                                  at::Tensor blockscale_offsets, int64_t mx, std::vector<double> act_params = {});
+std::string experts_quant_checked(int64_t act, int64_t scheme, int64_t layout, const at::Tensor& q,
+                                  const at::Tensor& s, const at::Tensor& x, const std::optional<at::Tensor>& up,
+                                  const at::Tensor& expert_offsets, const at::Tensor& blockscale_offsets, int64_t mx,
+                                  const std::vector<double>& act_params = {});
 
 // Add the dispatcher functions of dispatch.cpp to the module.
 void bind_dispatch(pybind11::module_& m);
