@@ -18,8 +18,6 @@
 // frame holding no objects (docs/decisions/007-bindings-return-error-strings.md).
 #include <torch/extension.h>
 #include <torch/library.h>
-#include <ATen/cuda/EmptyTensor.h>
-#include <c10/util/SmallVector.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
 #include <pybind11/stl.h>
 
@@ -70,8 +68,6 @@ struct State {
   std::mutex mutex;
   // shared, not copied: a call holds its decision while clear_decisions() may empty the map
   std::unordered_map<std::string, std::shared_ptr<const Launch>> launches;
-  // bumped by clear_decisions(): each thread's copy of the map (ThreadCache) is dropped at its next call
-  std::atomic<uint64_t> generation{0};
   std::vector<std::string> names;
   std::unique_ptr<std::atomic<int64_t>[]> counts;
   py::object* decide = nullptr;  // leaked on purpose: must outlive the interpreter's teardown
@@ -83,28 +79,15 @@ State& state() {
   return *s;
 }
 
-// The final decisions this thread has used, so that a repeated call takes no lock and allocates
-// no key: the key is built in place in `key`, whose capacity stays from call to call.
-struct ThreadCache {
-  uint64_t generation = ~uint64_t(0);
-  std::unordered_map<std::string, std::shared_ptr<const Launch>> launches;
-  std::string key;
-};
-
-ThreadCache& thread_cache() {
-  thread_local ThreadCache c;
-  return c;
-}
-
 template <typename T>
 void put(std::string& key, T v) {
   key.append(reinterpret_cast<const char*>(&v), sizeof(v));
 }
 
-// The call's signature into key: everything the decision may depend on, tokens excepted;
-// false (key cleared): an argument kind the ops do not have, decided per call by Python.
-bool signature(int64_t op, const c10::ArrayRef<c10::IValue>& args, std::string& key) {
-  key.clear();
+// The call's signature: everything the decision may depend on, tokens excepted.
+std::string signature(int64_t op, const c10::ArrayRef<c10::IValue>& args) {
+  std::string key;
+  key.reserve(96);
   put(key, op);
   for (const auto& a : args) {
     if (a.isTensor()) {
@@ -134,15 +117,15 @@ bool signature(int64_t op, const c10::ArrayRef<c10::IValue>& args, std::string& 
       put(key, s.size());
       key += s;
     } else {
-      key.clear();
-      return false;
+      key += '?';  // an argument kind the ops do not have: decided per call by Python
+      return {};
     }
   }
   // QUANTFUSE_BACKEND is read at every call, as the oracle does
   const char* env = std::getenv("QUANTFUSE_BACKEND");
   key += '|';
   if (env != nullptr) key += env;
-  return true;
+  return key;
 }
 
 // Ask Python (ops.fast_path_decision) what runs this call.
@@ -203,75 +186,59 @@ bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stac
   try {
     const size_t n = handle.schema().arguments().size();
     const auto args = torch::jit::last(*stack, n);
-    ThreadCache& tc = thread_cache();
-    if (!signature(op, args, tc.key)) return false;
+    const std::string key = signature(op, args);
+    if (key.empty()) return false;
     State& st = state();
-    const uint64_t generation = st.generation.load(std::memory_order_acquire);
-    if (tc.generation != generation) {
-      tc.launches.clear();
-      tc.generation = generation;
-    }
-    std::shared_ptr<const Launch> decided;  // held only for a decision this thread has not cached
-    const Launch* found = nullptr;
-    if (auto it = tc.launches.find(tc.key); it != tc.launches.end()) {
-      found = it->second.get();
-    } else {
-      {
-        std::unique_lock<std::mutex> lock(st.mutex);
-        auto g = st.launches.find(tc.key);
-        if (g != st.launches.end()) {
-          decided = g->second;
-        } else {
-          lock.unlock();
-          decided = std::make_shared<const Launch>(decide(op, handle, args));
-          lock.lock();
-          if (decided->final) st.launches.emplace(tc.key, decided);
-        }
+    std::shared_ptr<const Launch> decided;
+    {
+      std::unique_lock<std::mutex> lock(st.mutex);
+      auto it = st.launches.find(key);
+      if (it != st.launches.end()) {
+        decided = it->second;
+      } else {
+        lock.unlock();
+        decided = std::make_shared<const Launch>(decide(op, handle, args));
+        lock.lock();
+        if (decided->final) st.launches.emplace(key, decided);
       }
-      if (decided->final) tc.launches.emplace(tc.key, decided);
-      found = decided.get();
     }
-    const Launch& l = *found;
+    const Launch& l = *decided;
     if (!l.cuda) return false;
     const at::Tensor& x = args[0].toTensor();
-    c10::SmallVector<int64_t, 8> shape(x.sizes().begin(), x.sizes().end() - 1);
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
     int64_t tokens = 1;
     for (int64_t d : shape) tokens *= d;
-    // allocated by the CUDA caching allocator directly: at::empty would go through the dispatcher
-    // (and its deterministic-mode fill, needless here: the kernel writes every byte, padding too)
-    const c10::Device device = x.device();
-    c10::SmallVector<at::Tensor, 2> outs;
+    std::vector<at::Tensor> outs;
     if (l.scheme == kNoScheme) {
       shape.push_back(l.hidden);
-      outs.emplace_back(at::detail::empty_cuda(shape, x.scalar_type(), device, std::nullopt));
+      outs.push_back(at::empty(shape, x.options()));
     } else {
       const auto q_dtype = l.scheme == kMxfp4 ? at::kByte : at::kFloat8_e4m3fn;
-      c10::SmallVector<int64_t, 8> q_shape = shape;
+      std::vector<int64_t> q_shape = shape;
       q_shape.push_back(l.q_width);
-      outs.emplace_back(at::detail::empty_cuda(q_shape, q_dtype, device, std::nullopt));
+      outs.push_back(at::empty(q_shape, x.options().dtype(q_dtype)));
       if (l.scheme != kStatic) {
         // plan.CallPlan._output_specs is the Python side (tests/gpu/test_dispatch.py compares them)
         const auto s_dtype = (l.scheme == kMxfp8 || l.scheme == kMxfp4) ? at::kByte : at::kFloat;
+        const auto s_options = x.options().dtype(s_dtype);
         if (l.experts) {
-          const int64_t dims[2] = {experts_scale_rows(tokens, l.experts), swizzled_cols(l.groups)};
-          outs.emplace_back(at::detail::empty_cuda(dims, s_dtype, device, std::nullopt));
+          outs.push_back(at::empty({experts_scale_rows(tokens, l.experts), swizzled_cols(l.groups)}, s_options));
         } else if (l.swizzled) {
-          const int64_t dims[2] = {swizzled_rows(tokens), swizzled_cols(l.groups)};
-          outs.emplace_back(at::detail::empty_cuda(dims, s_dtype, device, std::nullopt));
+          outs.push_back(at::empty({swizzled_rows(tokens), swizzled_cols(l.groups)}, s_options));
         } else {
-          c10::SmallVector<int64_t, 8> s_shape = shape;
+          std::vector<int64_t> s_shape = shape;
           s_shape.push_back(l.groups);
           if (l.column_major) {  // a [..., G] view of contiguous [G, ...] storage
-            c10::SmallVector<int64_t, 8> strides(s_shape.size());
+            std::vector<int64_t> strides(s_shape.size());
             int64_t step = 1;
             for (int64_t i = int64_t(shape.size()) - 1; i >= 0; --i) {
               strides[i] = step;
               step *= shape[i];
             }
             strides.back() = tokens;
-            outs.emplace_back(at::detail::empty_strided_cuda(s_shape, strides, s_dtype, device));
+            outs.push_back(at::empty_strided(s_shape, strides, s_options));
           } else {
-            outs.emplace_back(at::detail::empty_cuda(s_shape, s_dtype, device, std::nullopt));
+            outs.push_back(at::empty(s_shape, s_options));
           }
         }
       }
@@ -342,7 +309,6 @@ void clear_decisions() {
   State& st = state();
   std::lock_guard<std::mutex> lock(st.mutex);
   st.launches.clear();
-  st.generation.fetch_add(1, std::memory_order_release);
 }
 
 }  // namespace
