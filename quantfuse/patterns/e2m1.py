@@ -44,10 +44,22 @@ def _dtype(node) -> torch.dtype | None:
 
 
 def _numel(node) -> int | None:
+    """The element count of ``node``'s value; with a symbolic token count, under
+    :class:`canonical.symbolic_rows`, its count at the sample (the reader checks the rows); else None."""
     val = node.meta.get("val") if isinstance(node, Node) else None
-    if not isinstance(val, torch.Tensor) or not all(isinstance(d, int) for d in val.shape):
+    if not isinstance(val, torch.Tensor):
         return None
+    if not all(isinstance(d, int) for d in val.shape):
+        try:
+            return math.prod(canonical.sample_shape(node))
+        except Unknown:
+            return None
     return math.prod(val.shape)
+
+
+def _is_size(node: Node) -> bool:
+    """A symbolic size (a placeholder or ``sym_size`` holding a SymInt): a view's shape argument."""
+    return isinstance(node.meta.get("val"), torch.SymInt)
 
 
 def _through_views(node):
@@ -274,7 +286,7 @@ def encoding_region(v: Node, codes: Node) -> list[Node]:
                                     "scaled values")
             table_of(table)
         for a in n.all_input_nodes:
-            if a not in inside and not _is_constant(a) and a is not table:
+            if a not in inside and not _is_constant(a) and a is not table and not _is_size(a):
                 raise NotRecognised(f"the E2M1 encoding `{n.name}` reads `{a.name}` besides the scaled values "
                                     f"`{v.name}`")
         why = None if table is not None else elementwise_reason(n)
@@ -481,8 +493,14 @@ def read_site(pack: Node, codes: Node, y: Node, config) -> rec.Site:
                      all(u in packing for u in a.users)}
         return packing | constants
     try:
-        return _read_canonical(pack, codes, y, encode)
+        with canonical.symbolic_rows() as rows:
+            site = _read_canonical(pack, codes, y, encode)
+            if canonical.is_symbolic(y):
+                rec.check_symbolic(site, rows)
+        return site
     except NotRecognised as e:
+        if canonical.is_symbolic(y):  # the evaluated reader runs at static shapes only
+            raise
         try:
             site = rec.read_evaluated_mx(pack, codes, y, catalog.MXFP4, config, encode)
         except NotRecognised as e2:

@@ -752,7 +752,7 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         with canonical.symbolic_rows() as rows:
             site = _read_site(q, y, scale_input, config)
             if canonical.is_symbolic(y):
-                _check_symbolic(site, rows)
+                check_symbolic(site, rows)
         return site
     except NotRecognised as e:
         if scale_input is not None or _dtype(q) not in FP8_DTYPES or canonical.is_symbolic(y):
@@ -766,12 +766,10 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         return site
 
 
-def _check_symbolic(site: Site, rows: canonical.Rows) -> None:
+def check_symbolic(site: Site, rows: canonical.Rows) -> None:
     """A site read with a symbolic token count (canonical.symbolic_rows) holds for every count
     only if every value it read has ``y``'s rows; the rewrite reshapes outputs with at most one
     symbolic dim (as -1)."""
-    if site.scheme.base.mx:
-        raise NotRecognised("MX sites are read with static shapes only (this graph's token count is symbolic)")
     if not canonical.check_rows(rows, site.y):
         raise NotRecognised("a value of the site does not keep the activation's rows (a view or reduction "
                             "across the symbolic token dims)")
@@ -781,9 +779,18 @@ def _check_symbolic(site: Site, rows: canonical.Rows) -> None:
                 and n.target != aten.full.default and n is not site.scale_input:
             raise NotRecognised(f"`{n.name}` has a static shape {tuple(v.shape)} in a site whose token count is "
                                 "symbolic")
+    lead = tuple(site.x.meta["val"].shape)[:-1]
     for n in [site.q, *site.scales, *site.e8m0_scales, *site.cast_scales]:
-        if sum(not isinstance(d, int) for d in n.meta["val"].shape) > 1 and not _same_shape(n, site.x, lead=True):
-            raise NotRecognised(f"`{n.name}` has more than one symbolic dim {tuple(n.meta['val'].shape)}")
+        if len(_unmatched_dims(tuple(n.meta["val"].shape), lead)) > 1:
+            raise NotRecognised(f"`{n.name}` has more than one symbolic dim {tuple(n.meta['val'].shape)} that is "
+                                "not one of the input's leading dims")
+
+
+def _unmatched_dims(shape: tuple, lead: tuple) -> list[int]:
+    """The positions of ``shape``'s symbolic dims that are not the input's leading dim at the same
+    position (the rewrite reshapes to the others as -1)."""
+    return [i for i, d in enumerate(shape) if not isinstance(d, int)
+            and not (i < len(lead) and statically_known_true(lead[i] == d))]
 
 
 def _same_shape(a: Node, b: Node, lead: bool = False) -> bool:
@@ -1171,8 +1178,21 @@ def rewrite(site: Site) -> None:
             if _same_shape(src, like):
                 return src
             shape = list(like.meta["val"].shape)
-            # a symbolic dim (at most one here: _check_symbolic) is what the others leave
-            arg = [d if isinstance(d, int) else -1 for d in shape]
+            src_shape = tuple(src.meta["val"].shape)
+            # the fused op's outputs lead with the input's leading dims: a symbolic one at the same
+            # position is read from the output (sym_size); another symbolic dim (at most one here:
+            # check_symbolic) is what the others leave
+            free = _unmatched_dims(tuple(shape), src_shape[:-1])
+            arg = []
+            for i, d in enumerate(shape):
+                if isinstance(d, int):
+                    arg.append(d)
+                elif i in free:
+                    arg.append(-1)
+                else:
+                    size = graph.call_function(aten.sym_size.int, (src, i))
+                    size.meta["val"] = src_shape[i]
+                    arg.append(size)
             out = graph.call_function(aten.reshape.default, (src, arg))
             out.meta["val"] = val_of(lambda: src.meta["val"].reshape(shape))
             return out

@@ -28,6 +28,7 @@ from torch.fx import Node
 from quantfuse import catalog
 from quantfuse.catalog import ScaleLayout
 from quantfuse.custom_ops import reference
+from quantfuse.patterns import canonical
 
 aten = torch.ops.aten
 
@@ -257,6 +258,10 @@ def apply(site) -> Outcome | None:
     # them row-major
     if not site.scheme.base.mx or len(site.scales) != 1 or site.column_tail is not None \
             or getattr(site, "e8m0_scales", None):
+        return None
+    # the chain is evaluated at the graph's token count (int(d) of a symbolic dim would
+    # specialise the graph to the traced count): a symbolic count keeps the chain in the graph
+    if canonical.is_symbolic(site.x):
         return None
     tokens = 1
     for d in site.x.meta["val"].shape[:-1]:

@@ -1,4 +1,4 @@
-"""On a GPU: FP8 sites recognised with a symbolic token count (tests/test_recognise_symbolic.py's
+"""On a GPU: FP8 and MX sites recognised with a symbolic token count (tests/test_recognise_symbolic.py's
 cases on CUDA). One compiled graph serves every count, its outputs equal eager PyTorch's bit for
 bit, and the fused op runs a kernel, not the torch reference: the C++ dispatcher's call signature
 leaves the token count out, so the counts share one decision."""
