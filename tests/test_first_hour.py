@@ -234,7 +234,7 @@ def test_explain_cli_on_a_file_target(capsys):
     out = capsys.readouterr().out
     assert out.startswith("quantfuse explain: 4 candidate site(s) in 1 graph(s) (no grad): "
                           "2 fused, 2 near miss(es), 0 kept for speed")
-    assert "quantfuse.silu_and_mul_mxfp8_quant(scale_rounding=rceil)" in out
+    assert "quantfuse.silu_and_mul_mxfp8_quant(scale_rounding=rceil, is_sf_swizzled_layout=False)" in out
 
 
 def test_explain_cli_on_a_cpu_keeps_native_sites_unless_asked(capsys, monkeypatch):

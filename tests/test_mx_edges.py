@@ -58,7 +58,7 @@ def test_exp2_ceil_log2_is_its_own_recipe_and_equals_eager_at_binade_edges():
     gm = post_grad_graph(relu2_group_quant_exp2, x)
     report = _run(gm)
     (r,) = report.rewrites
-    assert r.pattern.startswith("native:") and r.params == {
+    assert r.pattern.startswith("recognised:") and r.params == {
         "group_size": 128, "column_major_scales": False, "use_ue8m0": False, "recipe": "ue8m0=exp2"}
     (q_e, s_e), (q_f, s_f) = relu2_group_quant_exp2(x), gm(x)
     assert torch.equal(_bits(q_e), _bits(q_f)) and torch.equal(s_e, s_f)

@@ -21,8 +21,8 @@ def test_every_trace_holds_its_groups_trigger(spec):
     assert act_quant.may_match(spec, act_quant.GraphOps.of(gm.graph))
 
 
-def _group_quant(y):
-    yg = y.unflatten(-1, (-1, 128)).float()
+def _group_quant(y, group=128):
+    yg = y.unflatten(-1, (-1, group)).float()
     s = yg.abs().amax(-1, keepdim=True).clamp(min=1e-10) / 448.0
     return (yg / s).clamp(-448, 448).to(torch.float8_e4m3fn).flatten(-2), s.squeeze(-1)
 
@@ -41,11 +41,23 @@ def test_a_graph_registers_only_the_groups_it_can_match(act, widths):
     assert act_quant.passes_for(CONFIG, torch.fx.Graph()) == []
 
 
+def test_a_graph_the_recogniser_fuses_whole_registers_no_pattern():
+    """The native patterns run after the recogniser, on what it left: a graph whose every site it
+    fused traces none of them (no setup time), and the report names the recogniser."""
+    act_quant._group_pass.cache_clear()
+    fusion = quantfuse.FusionPass(quantfuse.FusionConfig(native_on_cpu=True))
+    fusion(post_grad_graph(lambda x: _group_quant(F.relu(x).square()), torch.randn(4, 256, dtype=torch.bfloat16)).graph)
+    (report,) = fusion.report.graphs
+    assert [r.pattern for r in report.rewrites] == ["recognised:relu2[halves]+fp8_per_group"]
+    assert act_quant._group_pass.cache_info().currsize == 0
+    assert report.setup_seconds < report.seconds
+
+
 def test_the_report_times_the_registration_of_new_groups():
     """A pass whose groups are not registered yet reports the time it spent registering them
     (part of its time); once they are, the next pass of the same graph spends none there."""
-    def fn(x):
-        return _group_quant(F.relu(x).square())
+    def fn(x):  # groups of 32: no recipe takes them, so the site's ops stay for the patterns to try
+        return _group_quant(F.relu(x).square(), 32)
     act_quant._group_pass.cache_clear()
     config = quantfuse.FusionConfig(native_on_cpu=True)
     first, second = quantfuse.FusionPass(config), quantfuse.FusionPass(config)

@@ -77,6 +77,8 @@ class _ReportRecorder:
     def rewrite(self, spec, match, params) -> None:
         from quantfuse.patterns import site
 
+        names = {n.name for n in match.nodes}
+        self.report.near_misses[:] = [m for m in self.report.near_misses if m.node not in names]
         xv = params.x.meta["val"]
         self.report.rewrites.append(make_rewrite(
             pattern=spec.name, activation=spec.activation, scheme=spec.scheme,
@@ -92,6 +94,10 @@ class _ReportRecorder:
         if (anchor.name, reason) in self._seen:
             return
         self._seen.add((anchor.name, reason))
+        # the pattern knows the spelling: its reason is more specific than the recogniser's
+        names = {n.name for n in match.nodes}
+        self.report.near_misses[:] = [m for m in self.report.near_misses
+                                      if not (m.pattern == "recognised" and m.node in names)]
         self.report.near_misses.append(NearMiss(pattern=spec.name, reason=reason,
                                                 source=site.source_line(activation, *match.nodes),
                                                 node=anchor.name))
@@ -139,24 +145,21 @@ class FusionPass(CustomGraphPass):
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         # imported here: the pattern matcher costs ~1 s of import time nobody needs before compiling
-        from quantfuse.patterns import act_quant, recognise
+        from quantfuse.patterns import recognise
 
         self._make_current()
         self._pending = None
         start = time.perf_counter()
-        with oracle.untracked():
-            pm_passes = act_quant.passes_for(self.config.pattern_key(), graph)
-        report = PassReport(nodes_before=len(graph.nodes), setup_seconds=time.perf_counter() - start)
+        report = PassReport(nodes_before=len(graph.nodes))
         dump_dir = debug.dump_dir(self.config)
         before = str(graph) if dump_dir else None
-        act_quant._recorder.append(_ReportRecorder(report))
-        try:
-            for pm_pass in pm_passes:
-                pm_pass.apply(graph)
-        finally:
-            act_quant._recorder.pop()
-        # what the patterns did not match, recognised by what it computes
+        # the op form by its patterns; the native form recognised by what it computes; then the
+        # native patterns for what is left (a spelling they know with a literal no recipe takes
+        # gets their more specific reason), registered only if the graph still holds their ops:
+        # a graph the recogniser fused whole traces no native pattern
+        self._apply_patterns(graph, report, "op")
         recognise.run(graph, self.config, recognise.Reporter(report))
+        self._apply_patterns(graph, report, "native")
         graph.lint()
         report.nodes_after = len(graph.nodes)
         report.seconds = time.perf_counter() - start
@@ -168,6 +171,22 @@ class FusionPass(CustomGraphPass):
             log.debug("%s", report)
         if dump_dir:
             debug.dump_graphs(dump_dir, before, str(graph), report)
+
+    def _apply_patterns(self, graph: torch.fx.Graph, report: PassReport, form: str) -> None:
+        """Run the pattern groups of ``form`` that may match in ``graph`` (registering them on
+        first use: the time goes to ``report.setup_seconds``)."""
+        from quantfuse.patterns import act_quant
+
+        start = time.perf_counter()
+        with oracle.untracked():
+            pm_passes = act_quant.passes_for(self.config.pattern_key(), graph, form)
+        report.setup_seconds += time.perf_counter() - start
+        act_quant._recorder.append(_ReportRecorder(report))
+        try:
+            for pm_pass in pm_passes:
+                pm_pass.apply(graph)
+        finally:
+            act_quant._recorder.pop()
 
     def uuid(self) -> str:
         """Changes with the config and with any file of the package (Inductor's FX cache key)."""

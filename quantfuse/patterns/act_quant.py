@@ -408,11 +408,13 @@ def _group_pass(config, group: tuple[str, str, str, str]) -> PatternMatcherPass:
     return pm_pass
 
 
-def passes_for(config, graph: torch.fx.Graph) -> list[PatternMatcherPass]:
-    """The pattern passes that can match in ``graph``, registered on first use: a graph's
-    first compile traces only the groups whose ops it holds (op form first, as registered)."""
+def passes_for(config, graph: torch.fx.Graph, form: str | None = None) -> list[PatternMatcherPass]:
+    """The pattern passes that can match in ``graph`` (``form``: of that form only), registered on
+    first use: a graph's first compile traces only the groups whose ops it holds (op form first,
+    as registered)."""
     ops = GraphOps.of(graph)
-    groups = dict.fromkeys(_group(s) for s in enabled_specs(config) if may_match(s, ops))
+    groups = dict.fromkeys(_group(s) for s in enabled_specs(config)
+                           if (form is None or s.form == form) and may_match(s, ops))
     return [_group_pass(config, g) for g in groups]
 
 

@@ -358,7 +358,10 @@ def parse_mx(s: tuple, element: catalog.Element) -> tuple[dict, tuple]:
         div, mul = _split_const(r, "div") if r[0] == "div" and _const_of(r[2]) is not None else None,             _split_const(r, "mul")
         if div is not None and div[0] == AMAX and _f32(div[1]) == _f32(element.max)                 or mul is not None and mul[0] == AMAX and _f32(mul[1]) == _f32(1.0 / element.max):
             return {"mx_rounding": catalog.MxRounding.RCEIL}, clamped
-        raise NotRecognised(f"the MX exponent is ceil(log2({_show(r)})), not ceil(log2(amax / {element.max}))")
+        # a product by a constant reads as the divisor it stands for (amax * (1 / 447) -> 447.0)
+        shown = f"amax * {mul[1]} (amax / {round(1.0 / mul[1], 4)})" if mul is not None and mul[0] == AMAX \
+            and mul[1] else _show(r)
+        raise NotRecognised(f"the MX exponent is ceil(log2({shown})), not ceil(log2(amax / {element.max}))")
     less = _split_const(inner, "sub") or _split_const(inner, "add")
     if less is not None and less[0] == ("floor", ("log2", AMAX)):
         offset = less[1] if inner[0] == "sub" else -less[1]
@@ -1221,7 +1224,7 @@ def rewrite(site: Site) -> None:
 
 
 def run(graph: torch.fx.Graph, config, recorder) -> None:
-    """Recognise and fuse every FP8 and MX site the pattern matcher left (MXFP4: :mod:`.e2m1`);
+    """Recognise and fuse every native FP8 and MX site (MXFP4: :mod:`.e2m1`);
     report the rest to ``recorder`` (``recorder.rewrite(site)`` / ``recorder.near_miss(cast, y, reason)``)."""
     if "native" not in config.forms:
         return
@@ -1267,8 +1270,9 @@ def run_candidates(graph: torch.fx.Graph, candidates, config, recorder, enabled:
 class Reporter:
     """Turns the recogniser's decisions into the pass report's :class:`Rewrite` / :class:`NearMiss`.
 
-    A site the pattern matcher already reported (a spelling it knows, with a literal it does
-    not take) keeps the matcher's reason; when the recogniser fuses it, that entry goes."""
+    The op form's patterns run before it and the native form's after it (fusion_pass.FusionPass):
+    a near miss of the op form's keeps its reason and a site it fused is gone; a native pattern
+    that fuses or reports a site the recogniser reported replaces that entry."""
 
     PATTERN = "recognised"
 
