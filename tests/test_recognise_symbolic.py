@@ -102,7 +102,10 @@ def assert_case_fused(name, to=lambda t: t):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_one_graph_fuses_every_token_count_bit_exact(name):
-    assert_case_fused(name)
+    report = assert_case_fused(name)
+    if SCHEMES.get(name, "").startswith("mx"):
+        # at a symbolic count the op writes row-major scales; a swizzle chain stays after it
+        assert report.rewrites[0].params.get("is_sf_swizzled_layout") is False, str(report)
 
 
 def _reason(fn, make, dims=(0,), dynamic=None):
