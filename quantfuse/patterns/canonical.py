@@ -147,12 +147,6 @@ def _shape(node: Node) -> tuple:
     return tuple(_sample(d, rows.symbols) for d in shape[:lead]) + shape[lead:]
 
 
-def sample_shape(node: Node) -> tuple:
-    """``node``'s shape, its symbolic leading dims at their sample values (recorded for
-    :func:`check_rows`) under :class:`symbolic_rows`; Unknown outside it for a symbolic shape."""
-    return _shape(node)
-
-
 def check_rows(rows: Rows, y: Node) -> bool:
     """Whether every node :func:`_shape` read symbolically has ``y``'s rows (the product of its
     symbolic dims equals ``y``'s): only then does the analysis at the sample hold for every token

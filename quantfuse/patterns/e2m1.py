@@ -51,7 +51,7 @@ def _numel(node) -> int | None:
         return None
     if not all(isinstance(d, int) for d in val.shape):
         try:
-            return math.prod(canonical.sample_shape(node))
+            return math.prod(canonical._shape(node))
         except Unknown:
             return None
     return math.prod(val.shape)
@@ -493,11 +493,7 @@ def read_site(pack: Node, codes: Node, y: Node, config) -> rec.Site:
                      all(u in packing for u in a.users)}
         return packing | constants
     try:
-        with canonical.symbolic_rows() as rows:
-            site = _read_canonical(pack, codes, y, encode)
-            if canonical.is_symbolic(y):
-                rec.check_symbolic(site, rows)
-        return site
+        return rec.read_for_every_count(y, lambda: _read_canonical(pack, codes, y, encode))
     except NotRecognised as e:
         if canonical.is_symbolic(y):  # the evaluated reader runs at static shapes only
             raise

@@ -752,11 +752,7 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
     evaluating it (:mod:`quantfuse.patterns.mx_scale`); when that fails too, the reason is the
     interpreter's, unless it could not read the site at all."""
     try:
-        with canonical.symbolic_rows() as rows:
-            site = _read_site(q, y, scale_input, config)
-            if canonical.is_symbolic(y):
-                check_symbolic(site, rows)
-        return site
+        return read_for_every_count(y, lambda: _read_site(q, y, scale_input, config))
     except NotRecognised as e:
         if scale_input is not None or _dtype(q) not in FP8_DTYPES or canonical.is_symbolic(y):
             raise
@@ -769,10 +765,20 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         return site
 
 
+def read_for_every_count(y: Node, read) -> Site:
+    """``read()``'s site, read under canonical.symbolic_rows; when ``y``'s token count is symbolic,
+    only if it holds for every count (check_symbolic)."""
+    with canonical.symbolic_rows() as rows:
+        site = read()
+        if canonical.is_symbolic(y):
+            check_symbolic(site, rows)
+    return site
+
+
 def check_symbolic(site: Site, rows: canonical.Rows) -> None:
     """A site read with a symbolic token count (canonical.symbolic_rows) holds for every count
-    only if every value it read has ``y``'s rows; the rewrite reshapes outputs with at most one
-    symbolic dim (as -1)."""
+    only if every value it read has ``y``'s rows; the rewrite restores at most one symbolic dim
+    of an output that is not the input's leading dim at the same position (as -1)."""
     if not canonical.check_rows(rows, site.y):
         raise NotRecognised("a value of the site does not keep the activation's rows (a view or reduction "
                             "across the symbolic token dims)")
@@ -796,12 +802,9 @@ def _unmatched_dims(shape: tuple, lead: tuple) -> list[int]:
             and not (i < len(lead) and statically_known_true(lead[i] == d))]
 
 
-def _same_shape(a: Node, b: Node, lead: bool = False) -> bool:
-    """Whether the two values' shapes are the same for every token count (``lead``: their
-    leading dims, all but the last)."""
+def _same_shape(a: Node, b: Node) -> bool:
+    """Whether the two values' shapes are the same for every token count."""
     sa, sb = tuple(a.meta["val"].shape), tuple(b.meta["val"].shape)
-    if lead:
-        sa, sb = sa[:-1], sb[:-1]
     return len(sa) == len(sb) and all(statically_known_true(x == y) for x, y in zip(sa, sb))
 
 
