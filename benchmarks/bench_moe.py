@@ -79,7 +79,7 @@ def main(argv=None) -> int:
             model = fp8_moe.build(shape, args.device, scales)
             s = model.shape
             case = f"{shape} {scales} scales"
-            gemm = "_scaled_grouped_mm" if model.use_scaled_grouped_mm else "dequantise + _grouped_mm"
+            gemm = "_scaled_grouped_mm" if model.use_scaled_grouped_mm else "opaque dequantise + _grouped_mm"
             for t in token_counts:
                 times = bench_cell(model, t, args.device, iters)
                 for mode, key in (("plain calls", "plain"), ("cuda graph", "graph")):

@@ -6,8 +6,8 @@
 The model is written in plain PyTorch, as people write it; the pass finds the
 SiLU×Mul → quant subgraph and replaces it with one fused op without any change to the
 model.  On a GPU the down projection is ``torch._scaled_mm`` with block scales (the
-activation scales column-major, as cuBLAS wants them); on the CPU it dequantises and
-multiplies.  Exits 1 if the pass did not fire, 2 if the results differ beyond FP8
+activation scales column-major, as cuBLAS wants them); on the CPU an opaque stand-in
+for it (``fp8_gemms.block_scaled_mm``) dequantises and multiplies.  Exits 1 if the pass did not fire, 2 if the results differ beyond FP8
 rounding.
 
 The compile with the pass runs with Inductor's FX graph cache off: a graph served from
@@ -26,6 +26,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+import fp8_gemms
 import quantfuse
 
 FP8 = torch.float8_e4m3fn
@@ -85,9 +86,7 @@ class FP8MLP(torch.nn.Module):
         if self.use_scaled_mm:
             return torch._scaled_mm(q, self.w_down.t(), scale_a=s, scale_b=self.w_down_scale.t(),
                                     out_dtype=torch.bfloat16)
-        x = (q.float().unflatten(-1, (-1, BLOCK)) * s.unsqueeze(-1)).flatten(-2)
-        w = self.w_down.float() * self.w_down_scale.repeat_interleave(BLOCK, 0).repeat_interleave(BLOCK, 1)
-        return (x @ w.t()).to(torch.bfloat16)
+        return fp8_gemms.block_scaled_mm(q, s, self.w_down, self.w_down_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, s = self.act_quant(self.gate_up(x))

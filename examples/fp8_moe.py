@@ -15,10 +15,11 @@ and replaces it with one fused op.  Two configurations of the activation scales:
   DeepSeek-V3's UE8M0 form), 128x128 block weight scales.  ``torch._scaled_grouped_mm``
   takes row-wise or MX scales only, and ``torch._scaled_mm`` with 1x128 x 128x128 scales
   works per expert only with each expert's row range on the host (a sync per step, no CUDA
-  graphs), so the GEMMs dequantise and run ``torch._grouped_mm`` in bf16.
+  graphs), so the GEMMs run ``fp8_gemms.grouped_mm``: an opaque stand-in for a grouped FP8
+  GEMM kernel (DeepGEMM's, as vLLM and SGLang call it) that reads the FP8 rows and their
+  scales, dequantises and runs ``torch._grouped_mm`` in bf16.
 
-On the CPU (and on a GPU without ``_scaled_grouped_mm``) every grouped GEMM is that
-reference: dequantise, then ``torch._grouped_mm`` over the experts' row ranges.
+On the CPU (and on a GPU without ``_scaled_grouped_mm``) every grouped GEMM is that stand-in.
 
 Both compiles run with ``emulate_precision_casts`` (Inductor rounds each intermediate to its
 dtype, as eager does): the fused op computes eager's bits, so the two layers' outputs are
@@ -42,6 +43,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+import fp8_gemms
 import quantfuse
 
 FP8 = torch.float8_e4m3fn
@@ -97,11 +99,6 @@ def quant_fp8(y: torch.Tensor, scales: str = "token", ue8m0: bool = False) -> tu
     if scales == "token":
         return q, s
     return q.flatten(-2), s.squeeze(-1)
-
-
-def dequant(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """``q * s`` in bf16, for a per-token (``[..., 1]``) or per-128-group (``[..., K/128]``) scale."""
-    return (q.float() * (s if s.shape[-1] == 1 else s.repeat_interleave(BLOCK, -1))).to(torch.bfloat16)
 
 
 def scaled_grouped_mm_supported(device: torch.device) -> bool:
@@ -165,7 +162,7 @@ class FP8MoE(torch.nn.Module):
             w, w_s = getattr(self, f"w_{name}"), getattr(self, f"w_{name}_scale")
             return torch._scaled_grouped_mm(q, w.transpose(-2, -1), s.reshape(-1), w_s, offs=offs,
                                             out_dtype=torch.bfloat16)
-        return torch._grouped_mm(dequant(q, s), getattr(self, f"w_{name}_ref").transpose(-2, -1), offs=offs)
+        return fp8_gemms.grouped_mm(q, s, getattr(self, f"w_{name}_ref").transpose(-2, -1), offs)
 
     def act(self, h: torch.Tensor) -> torch.Tensor:
         if self.activation == "silu":
@@ -236,7 +233,8 @@ def main(argv=None) -> int:
     with torch.no_grad():
         eager = model(x)
     print(report)
-    gemm = "torch._scaled_grouped_mm" if model.use_scaled_grouped_mm else "dequantise + torch._grouped_mm"
+    gemm = ("torch._scaled_grouped_mm" if model.use_scaled_grouped_mm
+            else "fp8_gemms.grouped_mm (opaque: dequantise + torch._grouped_mm)")
     diff = (fused.float() - baseline.float()).abs().max().item()
     vs_eager = (fused.float() - eager.float()).abs().max().item()
     print(f"device={args.device} shape={args.shape} {model.shape} tokens={args.tokens} scales={args.scales}"

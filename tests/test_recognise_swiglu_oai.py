@@ -12,6 +12,9 @@ else (no clamp on up, no ``+ 1``, another association), which are reported, neve
 
 from __future__ import annotations
 
+import inspect
+import pathlib
+import sys
 import types
 
 import pytest
@@ -21,6 +24,9 @@ import quantfuse
 from quantfuse import catalog
 from test_recognise import (_near_miss, assert_fused_equals_eager, mx8_quant, vllm_group_quant,
                             vllm_static_quant, vllm_token_quant)
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
+import fp8_gemms  # noqa: E402
 
 moe = pytest.importorskip("transformers.integrations.moe")
 gpt_oss = pytest.importorskip("transformers.models.gpt_oss.modeling_gpt_oss")
@@ -75,8 +81,16 @@ def _fp8_down(monkeypatch, linear: str, group: int | None):
         if input.shape[-1] != INTERMEDIATE:  # the gate_up projection
             return original(input, weight, *args, **kwargs)
         q, s = vllm_group_quant(input, group) if group else vllm_token_quant(input)
-        scale = s.repeat_interleave(group, -1) if group else s
-        return original((q.float() * scale).to(input.dtype), weight, *args, **kwargs)
+        a = inspect.signature(original).bind(input, weight, *args, **kwargs)
+        a.apply_defaults()
+        a = a.arguments
+        # the examples' opaque FP8 GEMMs (they dequantise and multiply in bf16), for
+        # transformers' [E, N, K] weights (is_transposed: [E, K, N])
+        if linear == "_grouped_linear":
+            out = fp8_gemms.grouped_mm(q, s, weight if a["is_transposed"] else weight.transpose(-2, -1), a["offs"])
+        else:
+            out = fp8_gemms.batched_mv(q, s, weight.transpose(-2, -1) if a["is_transposed"] else weight)
+        return out if a["bias"] is None else out + a["bias"]
 
     monkeypatch.setattr(moe, linear, fp8_linear)
 

@@ -325,7 +325,8 @@ def _register(spec: PatternSpec, config, pm_pass: PatternMatcherPass) -> None:
             params, roles = site.read(spec, match, traced, part_of, config)
             site.check_external_users(match, match.output_nodes(), roles)
             if spec.form == "native":
-                why = profitability.native_rewrite_reason(params.x.meta["val"].device.type, config)
+                why = (profitability.native_rewrite_reason(params.x.meta["val"].device.type, config)
+                       or profitability.dequantised_reason(match.output_nodes()[0]))
                 if why:
                     raise site.NotFusable(why)
                 site.check_kernel(spec.activation, spec.scheme, params.params, params.x.meta["val"])

@@ -1121,7 +1121,8 @@ def should_fuse(site: Site, config) -> str | None:
     On a GPU graph only recipes a CUDA / Triton kernel implements are rewritten: a recipe
     only the torch reference computes would run eager code against Inductor's fused code.
     On a CPU graph every op runs the torch reference (which computes every recipe exactly),
-    slower than Inductor's C++: kept unless the config asks for CPU rewrites
+    slower than Inductor's C++: kept unless the config asks for CPU rewrites. On every device a
+    site whose quantized output only pointwise code reads (a dequantisation) is kept
     (:mod:`quantfuse.passes.profitability`).
     """
     from quantfuse.custom_ops import plan as qplan
@@ -1137,8 +1138,9 @@ def should_fuse(site: Site, config) -> str | None:
                                scale=sv, recipe=kwargs.get("recipe", ""), act_params=site.act_params)
     except (TypeError, ValueError) as e:
         return str(e)
-    if xv.device.type == "cpu":
-        return profitability.native_rewrite_reason("cpu", config)
+    kept = profitability.native_rewrite_reason(xv.device.type, config) or profitability.dequantised_reason(site.q)
+    if kept or xv.device.type == "cpu":
+        return kept
     reason = plan.kernel_reason()
     if reason:
         return f"{reason}: no CUDA / Triton kernel implements it (the torch reference would be slower than " \
