@@ -165,26 +165,47 @@ def device_line(cells: dict[tuple, dict]) -> str:
     return f"### {r.get('device') or 'unknown device'}" + (f" ({', '.join(parts)})" if parts else "")
 
 
+def _pair_label(r: dict) -> str:
+    op = r.get("op", "-") if r.get("layout") in (None, "halves") else f"{r.get('op')}[{r['layout']}]"
+    if r.get("variant"):
+        op += f"({r['variant']})"
+    if r.get("recipe"):
+        op += f" {{{r['recipe']}}}"
+    return op
+
+
 def pairs_section(cells: dict[tuple, dict], run: dict) -> list[str]:
+    """One row per (pair, dtype, H, backend), one column per token count: the fused op's %BW, its
+    copy's %BW (the ceiling at that size) and its time; the ratios at the row's largest T."""
+    rows_of: dict[tuple, dict[int, dict]] = {}
+    for r in cells.values():
+        key = (_pair_label(r), DTYPES.get(r.get("dtype"), str(r.get("dtype", "-"))), r.get("hidden"),
+               str(r.get("backend") or "-"))
+        rows_of.setdefault(key, {})[r.get("tokens")] = r
+    token_counts = sorted({t for by_t in rows_of.values() for t in by_t}, key=lambda t: sort_key([t]))
     rows = []
-    for k in sorted(cells, key=sort_key):
-        r = cells[k]
-        x_unfused = r.get("x_unfused")
+    for key in sorted(rows_of, key=sort_key):
+        by_t = rows_of[key]
+        per_t = []
+        for t in token_counts:
+            r = by_t.get(t)
+            if r is None:
+                per_t.append("-")
+                continue
+            copy = pct(r, "copy_pct_bw", "copy_us")
+            per_t.append(f"{fnum(pct(r, 'fused_pct_bw', 'fused_us'), '.0%')}"
+                         + ("" if missing(copy) else f" of {copy:.0%}") + f", {fnum(r.get('fused_us'), '.1f')}")
+        big = by_t[max(by_t, key=lambda t: sort_key([t]))]
+        x_unfused = big.get("x_unfused")
         if missing(x_unfused):
-            x_unfused = ratio(r.get("unfused_us"), r.get("fused_us"))
-        op = r.get("op", "-") if r.get("layout") in (None, "halves") else f"{r.get('op')}[{r['layout']}]"
-        if r.get("variant"):
-            op += f"({r['variant']})"
-        if r.get("recipe"):
-            op += f" {{{r['recipe']}}}"
-        rows.append([op, DTYPES.get(r.get("dtype"), str(r.get("dtype", "-"))), fnum(r.get("tokens"), "d"),
-                     fnum(r.get("hidden"), "d"), str(r.get("backend") or "-"), fnum(r.get("fused_us"), ".1f"),
-                     fnum(pct(r, "fused_pct_bw", "fused_us"), ".0%"), fnum(pct(r, "copy_pct_bw", "copy_us"), ".0%"),
-                     fnum(r.get("unfused_us"), ".1f"), fnum(x_unfused, ".2f"),
-                     fnum(r.get("triton_us"), ".1f"), fnum(r.get("inductor_us"), ".1f"),
-                     fnum(ratio(r.get("inductor_us"), r.get("fused_us")), ".2f"), run[run_of(r)]])
-    return table(["op", "dtype", "T", "H", "backend", "fused µs", "%BW", "copy %BW", "unfused µs", "x unfused",
-                  "Triton µs", "Inductor µs", "x Inductor", "run"], rows)
+            x_unfused = ratio(big.get("unfused_us"), big.get("fused_us"))
+        runs = sorted({run[run_of(r)] for r in by_t.values()}, key=lambda name: int(name[1:]))
+        rows.append([key[0], key[1], fnum(key[2], "d"), key[3], *per_t, fnum(x_unfused, ".2f"),
+                     fnum(ratio(big.get("triton_us"), big.get("fused_us")), ".2f"),
+                     fnum(ratio(big.get("inductor_us"), big.get("fused_us")), ".2f"), ", ".join(runs)])
+    return ["Per T: the fused op's %BW of its same-size copy's %BW, then its µs. Ratios: at the row's "
+            "largest T.", ""] + table(["op", "dtype", "H", "backend", *[f"T={fnum(t, 'd')}" for t in token_counts],
+                                       "x unfused", "Triton / fused", "x Inductor", "runs"], rows)
 
 
 def model_section(cells: dict[tuple, dict], run: dict) -> list[str]:
@@ -260,23 +281,34 @@ def _plan_hidden(r: dict) -> int:
 
 
 def tuning_section(cells: dict[tuple, dict], run: dict) -> list[str]:
+    """One row per plan without its recipe (op, layout, dtype, hidden): per token class the count
+    the default recipe chose (every chosen count when the plan's recipes differ) and the largest
+    slowest / chosen ratio; the µs of each count are in the records."""
     shown = {k: r for k, r in cells.items() if _plan_hidden(r) >= TUNING_MIN_HIDDEN}
     hidden = len(cells) - len(shown)
-    cells = shown
-    counts = sorted({int(v) for r in cells.values() for v in r.get("us", {})})
+    groups: dict[tuple, dict[int, list[dict]]] = {}
+    for r in shown.values():
+        op, recipe, *rest = str(r.get("plan")).split("|")
+        groups.setdefault((op, *rest), {}).setdefault(r.get("min_tokens"), []).append(dict(r, _recipe=recipe))
     rows = []
-    for k in sorted(cells, key=sort_key):
-        r = cells[k]
-        us = {int(v): t for v, t in r.get("us", {}).items()}
-        chosen = us.get(r.get("vectors"))
-        gain = ratio(max(us.values()), chosen) if us and chosen else float("nan")
-        rows.append([str(r.get("plan")), fnum(r.get("min_tokens"), "d"), fnum(r.get("tokens"), "d")]
-                    + [fnum(us.get(v), ".1f") for v in counts]
-                    + [fnum(r.get("vectors"), "d"), "-" if missing(gain) else f"{gain:.2f}x", run[run_of(r)]])
+    for key in sorted(groups, key=sort_key):
+        classes = [groups[key][c] for c in sorted(groups[key], key=lambda c: sort_key([c]))]
+        per_class, runs, recipes = [], set(), set()
+        for recs in classes:
+            chosen = sorted({r.get("vectors") for r in recs}, key=lambda v: sort_key([v]))
+            gains = [ratio(max(r["us"].values()), r["us"].get(str(r.get("vectors")))) for r in recs if r.get("us")]
+            gains = [g for g in gains if not missing(g)]
+            per_class.append(f"T >= {fnum(recs[0].get('min_tokens'), 'd')}: {'/'.join(fnum(v, 'd') for v in chosen)}"
+                             + (f" ({max(gains):.2f}x)" if gains else ""))
+            runs |= {run[run_of(r)] for r in recs}
+            recipes |= {r["_recipe"] for r in recs}
+        rows.append([", ".join(key), fnum(len(recipes), "d"), "; ".join(per_class),
+                     ", ".join(sorted(runs, key=lambda name: int(name[1:])))])
     note = [f"{hidden} plan(s) of rows narrower than {TUNING_MIN_HIDDEN} (test shapes) are in the records only.", ""] \
         if hidden else []
-    return note + table(["plan: op, recipe, layout, dtype, hidden", "class from T", "timed at T"]
-                        + [f"µs, {v} vectors" for v in counts] + ["chosen", "slowest / chosen", "run"], rows)
+    return note + ["Per class: the vectors chosen (by any recipe of the plan) and the largest slowest / chosen "
+                   "time; every count's µs is in the records.", ""] + \
+        table(["op, layout, dtype, hidden", "recipes", "chosen per token class", "runs"], rows)
 
 
 def _same_call(r: dict) -> str:
@@ -294,21 +326,30 @@ def baseline_matches(cells: dict[tuple, dict], records: list[dict]) -> dict[tupl
 
 
 def baseline_section(cells: dict[tuple, dict], records: list[dict], run: dict) -> list[str]:
+    """Per (baseline, checkout) device call: the cells timed, the median and range of the
+    difference in points of copy bandwidth, and every cell more than 2 points slower."""
     matches = baseline_matches(cells, records)
-    rows = []
+    calls: dict[tuple, list[tuple[dict, dict, float]]] = {}
     for k in sorted(cells, key=sort_key):
         b, m = cells[k], matches.get(k)
         if m is None:
             continue
         pb, pm = pct(b, "fused_pct_bw", "fused_us"), pct(m, "fused_pct_bw", "fused_us")
-        op = b.get("op", "") + (f"({b['variant']})" if b.get("variant") else "") + \
-            (f" {{{b['recipe']}}}" if b.get("recipe") else "")
-        rows.append([op, fnum(b.get("tokens"), "d"), fnum(b.get("hidden"), "d"), f"`{b.get('commit')}`",
-                     f"`{m.get('commit')}`", fnum(pb, ".0%"), fnum(pm, ".0%"),
-                     "-" if missing(pb) or missing(pm) else f"{(pm - pb) * 100:+.0f}", run[run_of(m)]])
-    if not rows:
+        if missing(pb) or missing(pm):
+            continue
+        calls.setdefault((str(b.get("commit")), str(m.get("commit")), run[run_of(m)]), []).append(
+            (b, m, (pm - pb) * 100))
+    if not calls:
         return ["No baseline cell has its device call's cells in the records."]
-    return table(["pair", "T", "H", "baseline", "checkout", "baseline %BW", "checkout %BW", "points", "run"], rows)
+    rows = []
+    for (base, checkout, name), diffs in sorted(calls.items(), key=lambda kv: int(kv[0][2][1:])):
+        points = sorted(d for *_, d in diffs)
+        slower = [f"{_pair_label(b)} {fnum(b.get('tokens'), 'd')}x{fnum(b.get('hidden'), 'd')} {d:+.0f}"
+                  for b, _, d in diffs if d < -2]
+        rows.append([f"`{base}`", f"`{checkout}`", str(len(points)), f"{points[len(points) // 2]:+.0f}",
+                     f"{points[0]:+.0f} .. {points[-1]:+.0f}", "; ".join(slower) or "none", name])
+    return table(["baseline", "checkout", "cells", "median points", "range", "more than 2 points slower", "run"],
+                 rows, drop_empty=False)
 
 
 def generic_section(cells: dict[tuple, dict], run: dict) -> list[str]:
@@ -359,7 +400,11 @@ def render(records: list[dict]) -> str:
     for bench, title in (("mlp", "End to end (`bench_mlp.py`)"), ("host", "Host cost")):
         out += [f"## {title}", ""]
         for device, cells in by_bench.get(bench, []):
-            out += [f"### {device or 'unknown device'}", ""] + model_section(cells, run) + [""]
+            # an experiment's A/B rounds ("[A/B ...]" cases) stay in the records and its decision
+            ab = {k for k, r in cells.items() if "[A/B" in str(r.get("case"))}
+            note = [f"{len(ab)} row(s) of A/B experiments are in the records only.", ""] if ab else []
+            out += [f"### {device or 'unknown device'}", ""] + note + \
+                model_section({k: r for k, r in cells.items() if k not in ab}, run) + [""]
         if bench not in by_bench:
             out += [f'No records (`bench="{bench}"`).', ""]
     out += ["## Mixture of experts (`bench_moe.py`)", ""]

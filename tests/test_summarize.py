@@ -49,19 +49,17 @@ def test_pairs_rows_and_latest_record_per_cell(tmp_path):
     assert rc == 0
     lines = text.splitlines()
     assert "### NVIDIA H100 80GB HBM3 (sm 90, 132 SMs, L2 50 MiB)" in lines
-    # all-empty columns (Triton, Inductor: NaN) are left out
-    assert "| op | dtype | T | H | backend | fused µs | %BW | copy %BW | unfused µs | x unfused | run |" in lines
-    assert "| silu_and_mul_per_block_quant | bf16 | 64 | 2048 | cuda | 2.0 | 700% | 100% | 30.0 | 15.00 | R1 |" \
-        in lines
-    assert "| silu_and_mul_per_block_quant | bf16 | 4096 | 2048 | cuda | 15.0 | 93% | 100% | 30.0 | 2.00 | R2 |" \
-        in lines
-    assert "| silu_and_mul_per_block_quant | f16 | 4096 | 2048 | cuda | 17.5 | 80% | 100% | 30.0 | 1.71 | R2 |" \
-        in lines
-    assert "| 20.0 |" not in text  # the superseded 4096 x 2048 record
+    # one column per T; all-empty columns (Triton, Inductor: NaN) are left out
+    assert "| op | dtype | H | backend | T=64 | T=4096 | x unfused | runs |" in lines
+    # per T: fused %BW of the same-size copy's %BW, then µs; x unfused at the row's largest T
+    assert ("| silu_and_mul_per_block_quant | bf16 | 2048 | cuda | 700% of 100%, 2.0 | 93% of 100%, 15.0 | 2.00 "
+            "| R1, R2 |") in lines
+    assert "| silu_and_mul_per_block_quant | f16 | 2048 | cuda | - | 80% of 100%, 17.5 | 1.71 | R2 |" in lines
+    assert ", 20.0 |" not in text  # the superseded 4096 x 2048 record
     assert ("| R2 | 2026-12-02 | NVIDIA H100 80GB HBM3 | `bbbbbbb` | torch 2.11.0+cu130 | 3000 | "
             "`benchmarks/bench_pairs.py --jsonl x.jsonl` |") in lines
-    # sorted: T = 64 before T = 4096, bf16 before f16
-    assert text.index("| bf16 | 64 |") < text.index("| bf16 | 4096 |") < text.index("| f16 | 4096 |")
+    # sorted: bf16 before f16
+    assert text.index("| bf16 | 2048 |") < text.index("| f16 | 2048 |")
     assert 'No records (`bench="host"`).' in lines
 
 
@@ -149,8 +147,8 @@ def test_group_variants_are_cells_of_their_own_and_a_later_time_wins(tmp_path):
     assert rc == 0
     rows = [line for line in text.splitlines() if line.startswith("| silu_and_mul_per_block_quant")]
     assert len(rows) == 2
-    assert any(r.startswith("| silu_and_mul_per_block_quant(g64:col) |") and "| 30.0 |" in r for r in rows)
-    assert any(r.startswith("| silu_and_mul_per_block_quant |") and "| 20.0 |" in r for r in rows)
+    assert any(r.startswith("| silu_and_mul_per_block_quant(g64:col) |") and ", 30.0 |" in r for r in rows)
+    assert any(r.startswith("| silu_and_mul_per_block_quant |") and ", 20.0 |" in r for r in rows)
 
 
 def test_tuning_table_becomes_records_and_a_section(tmp_path):
@@ -174,10 +172,11 @@ def test_tuning_table_becomes_records_and_a_section(tmp_path):
     assert rc == 0
     section = text.split("## Vectors per thread")[1].split("\n## ")[0]
     rows = [line for line in section.splitlines() if line.startswith("| silu")]
-    assert len(rows) == 2 and "| mxfp4_quant" not in section
+    assert "| mxfp4_quant" not in section
     assert "1 plan(s) of rows narrower than 2048 (test shapes) are in the records only." in section
-    assert "| 2195 | 4389 | 47.0 | 45.5 | 49.7 | 2 | 1.09x |" in rows[0]
-    assert "| 8778 | 17555 | 170.0 | 160.0 | 150.0 | 4 | 1.13x |" in rows[1]
+    # one row per plan: per token class the count chosen and slowest / chosen (the newer class record)
+    assert rows == ["| silu_and_mul_per_block_quant, halves, torch.bfloat16, 7168 | 1 | "
+                    "T >= 2195: 2 (1.09x); T >= 8778: 4 (1.13x) | R1, R2 |"]
 
 
 def test_baseline_cells_beside_their_device_calls_cells(tmp_path):
@@ -192,6 +191,19 @@ def test_baseline_cells_beside_their_device_calls_cells(tmp_path):
     rc, text = run(tmp_path)
     assert rc == 0
     section = text.split("## Against a baseline checkout")[1].split("\n## ")[0]
-    rows = [line for line in section.splitlines() if line.startswith("| silu")]
-    assert rows == ["| silu_and_mul_per_block_quant | 4096 | 2048 | `0ld0000` | `abc1234` | 78% | 85% | +7 | R3 |"]
+    rows = [line for line in section.splitlines() if line.startswith("| `0ld0000`")]
+    assert rows == ["| `0ld0000` | `abc1234` | 1 | +7 | +7 .. +7 | none | R3 |"]
     assert "| R3 | 2026-12-01 | NVIDIA H100 80GB HBM3 | `abc1234` |" in text
+
+
+def test_ab_experiment_rows_stay_in_the_records(tmp_path):
+    """Host rows of an A/B experiment ("[A/B ...]" in the case) are counted, not tabled."""
+    ctx = dict(H100, date="2026-12-01", commit="ccccccc", command="c", bench="host", mode="eager", tokens=16,
+               hidden=4096, intermediate=2048)
+    write(tmp_path / "results", "a.jsonl", [
+        dict(ctx, case="eager op", without_pass_us=7.0, with_pass_us=9.0),
+        dict(ctx, case="eager op [A/B new vs old, round 1]", without_pass_us=7.0, with_pass_us=8.0)])
+    rc, text = run(tmp_path)
+    section = text.split("## Host cost")[1].split("\n## ")[0]
+    assert rc == 0 and "1 row(s) of A/B experiments are in the records only." in section
+    assert "| eager op | eager | 16 | 4096 -> 2048 | 7.0 | 9.0 | 0.778x | R1 |" in section and "[A/B" not in section
