@@ -3,7 +3,7 @@
 # in STAGES (default smoke,tests,pairs,mlp), logs and JSON Lines records under $OUT, the
 # short tables last.
 #   smoke     benchmarks/smoke_catalog_cuda.py (layouts, rounding, static FP8 in seconds)
-#   tests     pytest tests/gpu (GPU_TESTS overrides the paths, GPU_TEST_ARGS adds flags); GPU_TEST_GROUPS="a b;c;d"
+#   tests     pytest tests/gpu (GPU_TESTS overrides the paths, GPU_TEST_ARGS adds flags); GPU_TEST_GROUPS="a b;c -k 'x and y';d"
 #             runs each ';'-separated group in parallel instead, -v (a group its TEST_TIMEOUT stops still
 #             shows each test's outcome), logs $OUT/pytest_gpu_<n>.txt: tests/gpu takes well over 600 s in one process
 #   pairs     bench_pairs.py over TOKENS x HIDDEN (PAIRS_ARGS adds flags, e.g. --recipes "spec;spec": Recipe
@@ -53,8 +53,10 @@ PY
   if has tests && [ -n "${GPU_TEST_GROUPS:-}" ]; then
     IFS=';' read -ra groups <<< "$GPU_TEST_GROUPS"
     for i in "${!groups[@]}"; do
-      timeout ${TEST_TIMEOUT:-300} python3 -m pytest -v -p no:cacheprovider -rf --tb=short ${groups[$i]} $GPU_TEST_ARGS \
-        > "$OUT/pytest_gpu_$i.txt" 2>&1 &
+      # a group is shell words: quotes keep a -k expression with spaces one argument
+      ( eval "set -- ${groups[$i]}"
+        timeout ${TEST_TIMEOUT:-300} python3 -m pytest -v -p no:cacheprovider -rf --tb=short "$@" $GPU_TEST_ARGS \
+          > "$OUT/pytest_gpu_$i.txt" 2>&1 ) &
     done
     wait
     for i in "${!groups[@]}"; do
