@@ -1,8 +1,9 @@
 """Sites recognised by meaning in graphs whose token count is symbolic (``mark_dynamic`` on the
 leading dims, as serving engines compile): one compiled graph serves every token count, and its
 outputs are bit-identical to eager's at each (quantfuse/patterns/canonical.py ``symbolic_rows``).
-MX sites too (their scales row-major: a swizzle chain after them stays in the graph). What the
-analysis cannot prove for every count is reported."""
+MX sites too, with a 128x4 swizzle chain after the scales folded into the op (the chain is
+evaluated at sample counts, quantfuse/patterns/swizzle.py). What the analysis cannot prove for
+every count is reported."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ def _bits(t):
     return t.view(torch.uint8) if t.dtype == FP8 else t
 
 
-def _compiled(fn, make, dims=(0,), dynamic=None):
-    """``fn`` compiled once with the pass, called at each token count with ``dims`` of every
+def _compiled(fn, make, dims=(0,), dynamic=None, tokens=TOKENS):
+    """``fn`` compiled once with the pass, called at each of ``tokens`` with ``dims`` of every
     input marked dynamic: (the pass's report, [(eager outputs, compiled outputs)])."""
     fusion = quantfuse.FusionPass(quantfuse.FusionConfig(native_on_cpu=True))
     torch._dynamo.reset()
@@ -32,7 +33,7 @@ def _compiled(fn, make, dims=(0,), dynamic=None):
     try:
         with torch.no_grad(), torch._inductor.config.patch(force_disable_caches=True):
             compiled = torch.compile(fn, dynamic=dynamic, options={"post_grad_custom_post_pass": fusion})
-            for t in TOKENS:
+            for t in tokens:
                 args = make(t)
                 for a in args:
                     if a.dim() > 1:
@@ -71,15 +72,24 @@ CASES = {
     "MXFP8 floor, 3-D": (lambda x: mx8_quant(vllm_silu_and_mul(x), rceil=False),
                          lambda t: (_mx_input(2, t, 512),), (0, 1), None),
     "MXFP4": (lambda x: mxfp4(silu_mul(x), "round", True), _mx_rows(512), (0,), None),
-    # the 128x4 swizzle (rows padded to 128) is not folded at a symbolic count: it stays after the op
+    # the 128x4 swizzle (rows padded to 128) folded at a symbolic count: the op writes that layout
     "MXFP8, then a 128x4 swizzle": (lambda x: _swizzled_mx8(x), _mx_rows(512), (0,), None),
+    "MXFP8, then F.pad and a 128x4 swizzle": (lambda x: _padded_mx8(x), _mx_rows(512), (0,), None),
 }
-SCHEMES = {"MXFP8 rceil": "mxfp8", "MXFP8 floor, 3-D": "mxfp8", "MXFP4": "mxfp4", "MXFP8, then a 128x4 swizzle": "mxfp8"}
+SCHEMES = {"MXFP8 rceil": "mxfp8", "MXFP8 floor, 3-D": "mxfp8", "MXFP4": "mxfp4", "MXFP8, then a 128x4 swizzle": "mxfp8",
+           "MXFP8, then F.pad and a 128x4 swizzle": "mxfp8"}
+#: the cases whose swizzle chain the op writes itself (is_sf_swizzled_layout=True)
+SWIZZLED = {"MXFP8, then a 128x4 swizzle", "MXFP8, then F.pad and a 128x4 swizzle"}
 
 
 def _swizzled_mx8(x):
     q, s = mx8_quant(vllm_silu_and_mul(x))  # uint8 scale bytes: CPU Inductor has no e8m0 type
     return q, swizzle_spelled.into_zeros(s)
+
+
+def _padded_mx8(x):
+    q, s = mx8_quant(vllm_silu_and_mul(x))
+    return q, swizzle_spelled.padded(s).view(torch.uint8)
 
 
 def assert_case_fused(name, to=lambda t: t):
@@ -104,8 +114,8 @@ def assert_case_fused(name, to=lambda t: t):
 def test_one_graph_fuses_every_token_count_bit_exact(name):
     report = assert_case_fused(name)
     if SCHEMES.get(name, "").startswith("mx"):
-        # at a symbolic count the op writes row-major scales; a swizzle chain stays after it
-        assert report.rewrites[0].params.get("is_sf_swizzled_layout") is False, str(report)
+        # a swizzle chain after the scales is folded (evaluated at sample counts); else row-major
+        assert report.rewrites[0].params.get("is_sf_swizzled_layout") is (name in SWIZZLED), str(report)
 
 
 def _reason(fn, make, dims=(0,), dynamic=None):
@@ -151,3 +161,38 @@ def test_a_data_dependent_token_count_is_fused_bit_exact():
         torch._dynamo.reset()
     assert len(fusion.report.rewrites) >= 1 and fusion.report.near_misses == [], str(fusion.report)
     assert all(r.scheme == "fp8_per_token" for r in fusion.report.rewrites)
+
+
+@pytest.mark.parametrize("name", sorted(SWIZZLED))
+def test_a_folded_swizzle_is_bit_exact_across_its_tiles(name):
+    """The folded chain at counts below, at and past the 128-row tiles. The model's own code
+    recompiles past 128 rows (a guard of its view, with or without the pass): each graph, its
+    count symbolic over its own range, folds the chain."""
+    fn, make, dims, _ = CASES[name]
+    report, runs = _compiled(fn, make, dims, tokens=(3, 128, 130, 300))
+    assert report.rewrites and report.near_misses == [], str(report)
+    assert all(r.params.get("is_sf_swizzled_layout") is True for r in report.rewrites), str(report)
+    for eager, got in runs:
+        for e, g in zip(eager, got):
+            assert e.shape == g.shape and torch.equal(_bits(e), _bits(g))
+
+
+def test_another_tile_at_a_symbolic_count_is_a_near_miss():
+    """A 64x4 tiling after the scales: the op is fused with row-major scales and the chain kept,
+    reported with the tile it uses (as at a static count)."""
+    def fn(x):
+        q, s = mx8_quant(vllm_silu_and_mul(x))
+        t, g = s.shape
+        tp, gp = -(-t // 64) * 64, -(-g // 4) * 4
+        buf = torch.zeros(tp, gp, dtype=s.dtype)  # uint8 all the way: CPU Inductor has no e8m0 type
+        buf[:t, :g] = s
+        return q, buf.view(tp // 64, 4, 16, gp // 4, 4).permute(0, 3, 2, 1, 4).contiguous().view(tp, gp)
+    report, runs = _compiled(fn, _mx_rows(512), tokens=(5, 33))
+    assert len(report.graphs) == 1 and len(report.rewrites) == 1, str(report)
+    assert report.rewrites[0].params.get("is_sf_swizzled_layout") is False
+    assert [m.reason for m in report.near_misses] == [
+        "the scale chain lays the scales out in 64x4 tiles; the fused op's swizzled layout has 128x4 tiles"], \
+        str(report)
+    for eager, got in runs:
+        for e, g in zip(eager, got):
+            assert torch.equal(_bits(e), _bits(g))

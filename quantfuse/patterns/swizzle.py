@@ -15,13 +15,17 @@ holds ``k``, a padding byte ``b`` reads ``-1 - b``) and compared with the swizzl
 map (the reference swizzle of the same index tensor, its zero padding reading ``-1``). Equal
 (same scales in the same places, padding bytes equal to the fused op's zeros, any final view
 shape) folds; a chain that lays all the scales out another way (another tile, another padding
-byte) is a near miss naming how, and the graph keeps it.
+byte) is a near miss naming how, and the graph keeps it. At a symbolic token count the chain's
+sizes are expressions of the count: it is evaluated at several sample counts within the graph's
+range of it (the sizes substituted) and folds only if it is the swizzled layout at every one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
+import sympy
 import torch
 from torch.fx import Node
 
@@ -47,6 +51,9 @@ _BUFFERS = {aten.full.default}
 #: the dtypes of MX scale bytes a dtype view may move between (same width: a view keeps places)
 BYTE_DTYPES = (torch.uint8, torch.float8_e8m0fnu)
 _MAX_CHAIN = 40
+#: token counts a chain is evaluated at when the count is symbolic: under one 128-row tile, a
+#: whole one, past one, several with a remainder
+SAMPLE_COUNTS = (1, 128, 129, 300)
 
 
 @dataclasses.dataclass
@@ -98,6 +105,11 @@ def _constant(node: Node, found: set[Node], depth: int = 6) -> bool:
     return False
 
 
+def _is_size(node) -> bool:
+    """A node of the graph's size arithmetic (an int or SymInt value: a shape at a symbolic count)."""
+    return isinstance(node, Node) and isinstance(node.meta.get("val"), (int, torch.SymInt))
+
+
 def chain_after(scale: Node, inside: set[Node]) -> Chain | None:
     """The single-user chain of byte-moving ops after ``scale`` (read outside ``inside``), or None."""
     users = [u for u in scale.users if u not in inside]
@@ -107,7 +119,7 @@ def chain_after(scale: Node, inside: set[Node]) -> Chain | None:
         if u.op != "call_function" or u.target not in _MOVES or _dtype(u) not in BYTE_DTYPES:
             break
         found: set[Node] = set()
-        if not all(_constant(a, found) for a in u.all_input_nodes if a is not node):
+        if not all(_constant(a, found) or _is_size(a) for a in u.all_input_nodes if a is not node):
             break
         main.append(u)
         buffers |= found
@@ -125,22 +137,31 @@ def _pad_byte(value, dtype: torch.dtype) -> int:
                .view(torch.uint8)[0])
 
 
-def evaluate(chain: Chain, codes: torch.Tensor) -> dict[Node, torch.Tensor]:
+def size_at(v, at: dict):
+    """An int, or a SymInt's value with its symbols replaced by the ints of ``at``."""
+    if isinstance(v, torch.SymInt):
+        return int(v.node.expr.xreplace({k: sympy.Integer(n) for k, n in at.items()}))
+    return v
+
+
+def evaluate(chain: Chain, codes: torch.Tensor, at: dict | None = None) -> dict[Node, torch.Tensor]:
     """Run the chain's ops on int64 ``codes`` in place of the scale bytes; a padding byte ``b`` reads
-    ``-1 - b``. Raises ValueError on an op that is not a pure move of bytes here."""
+    ``-1 - b``; sizes (at a symbolic count) take their values at the symbols' ints ``at``. Raises
+    ValueError on an op that is not a pure move of bytes here."""
+    at = at or {}
     env = {chain.scale: codes}
     order = {n: i for i, n in enumerate(chain.scale.graph.nodes)}
 
     def arg(a):
         if isinstance(a, Node):
-            return env[a]
+            return env[a] if a in env else size_at(a.meta["val"], at) if _is_size(a) else env[a]
         if isinstance(a, (list, tuple)):
             return type(a)(arg(b) for b in a)
-        return a
+        return size_at(a, at)
     for n in sorted(chain.buffers | set(chain.main), key=order.__getitem__):
         kwargs = {k: v for k, v in n.kwargs.items() if k not in ("dtype", "layout", "device", "pin_memory")}
         if n.target in _BUFFERS:
-            shape, fill = n.args[:2]
+            shape, fill = arg(n.args[0]), n.args[1]
             env[n] = torch.full(shape, -1 - _byte_of(fill, _dtype(n)), dtype=torch.int64)
         elif n.target is _DTYPE_VIEW:
             if _dtype(n.args[0]) not in BYTE_DTYPES:
@@ -148,13 +169,13 @@ def evaluate(chain: Chain, codes: torch.Tensor) -> dict[Node, torch.Tensor]:
             env[n] = env[n.args[0]]
         elif n.target is aten.constant_pad_nd.default:
             value = n.args[2] if len(n.args) > 2 else n.kwargs.get("value", 0)
-            env[n] = aten.constant_pad_nd.default(env[n.args[0]], n.args[1], -1 - _pad_byte(value, _dtype(n)))
+            env[n] = aten.constant_pad_nd.default(env[n.args[0]], arg(n.args[1]), -1 - _pad_byte(value, _dtype(n)))
         elif n.target in (aten.copy.default, aten.slice_scatter.default) and _dtype(n.args[0]) != _dtype(n.args[1]):
             raise ValueError("a write that converts values")  # a cast, not a move of bytes
         else:
             env[n] = n.target(*arg(n.args), **arg(kwargs))
         val = n.meta.get("val")
-        if val is None or tuple(env[n].shape) != tuple(val.shape):
+        if val is None or tuple(env[n].shape) != tuple(size_at(d, at) for d in val.shape):
             raise ValueError(f"`{n.name}` evaluates to shape {tuple(env[n].shape)}")
     return env
 
@@ -218,24 +239,29 @@ def _why_not(got: torch.Tensor, want: torch.Tensor, tokens: int, groups: int) ->
             f"holds {what(got[k])}, the fused op's has {what(want[k])}")
 
 
-def fold(scale: Node, inside: set[Node], tokens: int, groups: int) -> Outcome | None:
+def fold(scale: Node, inside: set[Node], samples: list[tuple[dict, int]], groups: int) -> Outcome | None:
     """Decide whether the chain after an MX site's scale bytes ``scale`` (``tokens`` x ``groups``
     bytes in row-major order, read outside the site's nodes ``inside``) is exactly the fused op's
-    swizzled buffer. None when there is no layout chain to speak of."""
+    swizzled buffer: at every ``(at, tokens)`` of ``samples`` (one, ``({}, tokens)``, for a static
+    count; the symbols' values and the count they give at a symbolic one). None when there is no
+    layout chain to speak of."""
     chain = chain_after(scale, inside)
     if chain is None:
         return None
-    codes = torch.arange(tokens * groups, dtype=torch.int64).reshape(scale.meta["val"].shape)
-    try:
-        env = evaluate(chain, codes)
-    except (ValueError, RuntimeError, TypeError, IndexError):
-        return None
-    want = _swizzled_map(tokens, groups)
+    envs, wants = [], []
+    for at, tokens in samples:
+        codes = torch.arange(tokens * groups, dtype=torch.int64).reshape(
+            [size_at(d, at) for d in scale.meta["val"].shape])
+        try:
+            envs.append(evaluate(chain, codes, at))
+        except (ValueError, RuntimeError, TypeError, IndexError):
+            return None
+        wants.append(_swizzled_map(tokens, groups))
     strided = None
     for end in reversed(chain.main):
-        got = env[end]
-        if got.numel() == want.numel() and torch.equal(got.reshape(-1), want):
-            if end.meta["val"].is_contiguous():
+        if all(env[end].numel() == want.numel() and torch.equal(env[end].reshape(-1), want)
+               for env, want in zip(envs, wants)):
+            if all(env[end].is_contiguous() for env in envs):
                 return Outcome(end=end, nodes=frozenset(chain.nodes(end)))
             strided = strided or end
     last = chain.main[-1]
@@ -244,9 +270,29 @@ def fold(scale: Node, inside: set[Node], tokens: int, groups: int) -> Outcome | 
     source = next((n for n in reversed(chain.main) if n.meta.get("stack_trace")), last)
     if strided is not None:
         return Outcome(reason=f"the scale chain is the {_TILE} swizzled layout as a strided view (strides "
-                              f"{tuple(strided.meta['val'].stride())}); the fused op writes it contiguous",
+                              f"{tuple(envs[0][strided].stride())}); the fused op writes it contiguous",
                        node=strided, source=source)
-    return Outcome(reason=_why_not(env[last].reshape(-1), want, tokens, groups), node=last, source=source)
+    # the near miss names the first sample that differs
+    k = next((i for i, (env, want) in enumerate(zip(envs, wants))
+              if not (env[last].numel() == want.numel() and torch.equal(env[last].reshape(-1), want))), 0)
+    return Outcome(reason=_why_not(envs[k][last].reshape(-1), wants[k], samples[k][1], groups), node=last,
+                   source=source)
+
+
+def _counts_in_range(shape_env, sym) -> list[int]:
+    """The sample counts the graph's guards allow the symbol (its value range: a graph compiled
+    for counts past 128 is not evaluated at 1), with the range's own first counts."""
+    vr = shape_env.var_to_range.get(sym) if shape_env is not None else None
+
+    def bound(v):
+        try:
+            return int(v)
+        except (TypeError, ValueError, AttributeError, OverflowError):  # an infinite bound
+            return None
+    lo = (bound(vr.lower) if vr is not None else None) or 0
+    hi = bound(vr.upper) if vr is not None else None
+    wanted = {*SAMPLE_COUNTS, lo, lo + 1, lo + 129, lo + 300} | ({(lo + hi) // 2, hi} if hi is not None else set())
+    return sorted(t for t in wanted if t >= max(lo, 1) and (hi is None or t <= hi))
 
 
 def apply(site) -> Outcome | None:
@@ -259,17 +305,26 @@ def apply(site) -> Outcome | None:
     if not site.scheme.base.mx or len(site.scales) != 1 or site.column_tail is not None \
             or getattr(site, "e8m0_scales", None):
         return None
-    # the chain is evaluated at the graph's token count (int(d) of a symbolic dim would
-    # specialise the graph to the traced count): a symbolic count keeps the chain in the graph
-    if canonical.is_symbolic(site.x):
-        return None
-    tokens = 1
-    for d in site.x.meta["val"].shape[:-1]:
-        tokens *= int(d)
     groups = site.recipe.groups(site.y.meta["val"].shape[-1])
-    if site.scales[0].meta["val"].numel() != tokens * groups:
+    lead = site.x.meta["val"].shape[:-1]
+    if canonical.is_symbolic(site.x):
+        # evaluated at sample counts, never at the traced one (int(d) of a symbolic dim would
+        # specialise the graph to it): below, at and past the 128-row tiles, one symbol only
+        dims = [d for d in lead if isinstance(d, torch.SymInt)]
+        symbols = {sym for d in dims for sym in d.node.expr.free_symbols}
+        if len(symbols) != 1:
+            return None
+        (sym,) = symbols
+        counts = _counts_in_range(dims[0].node.shape_env, sym)
+        if len(counts) < 3:
+            return None
+        samples = [({sym: t}, math.prod(size_at(d, {sym: t}) for d in lead)) for t in counts]
+    else:
+        samples = [({}, math.prod(int(d) for d in lead))]
+    shape = site.scales[0].meta["val"].shape
+    if any(math.prod(size_at(d, at) for d in shape) != tokens * groups for at, tokens in samples):
         return None
-    outcome = fold(site.scales[0], site.nodes, tokens, groups)
+    outcome = fold(site.scales[0], site.nodes, samples, groups)
     if outcome is None or outcome.end is None:
         return outcome
     site.nodes |= outcome.nodes
