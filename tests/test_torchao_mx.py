@@ -145,3 +145,20 @@ def test_torchao_to_mx_near_misses(case, reason):
     assert fusion.report.rewrites == [] and gm.code == code
     (miss,) = fusion.report.near_misses
     assert miss.pattern == "recognised" and reason in miss.reason, miss.reason
+
+
+@pytest.mark.parametrize("mode", list(SPECS))
+def test_torchao_mxfp8_is_fused_at_a_symbolic_token_count(mode):
+    """torchao's MXFP8 ``to_mx`` with the token count marked dynamic: the evaluating reader reads its
+    scale for every count (the probe runs on the amax alone; the site's other reads are checked for
+    every count as the canonical reader's are), one graph serves every count, bytes equal eager's."""
+    from test_recognise_symbolic import _compiled
+
+    report, runs = _compiled(_model(FP8, mode), lambda t: (mx_inputs(t, 256, 0),), tokens=(12, 17, 40))
+    assert len(report.graphs) == 1 and report.near_misses == [], str(report)
+    (r,) = report.rewrites
+    assert r.fused_op == "quantfuse.silu_and_mul_mxfp8_quant"
+    assert r.params == {"scale_rounding": mode.lower(), "is_sf_swizzled_layout": False, "recipe": SPECS[mode]}
+    for eager, got in runs:
+        for e, g in zip(eager, got):
+            assert e.shape == g.shape and torch.equal(e.view(torch.uint8), g.view(torch.uint8))

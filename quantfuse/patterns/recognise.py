@@ -754,10 +754,10 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
     try:
         return read_for_every_count(y, lambda: _read_site(q, y, scale_input, config))
     except NotRecognised as e:
-        if scale_input is not None or _dtype(q) not in FP8_DTYPES or canonical.is_symbolic(y):
+        if scale_input is not None or _dtype(q) not in FP8_DTYPES:
             raise
         try:
-            site = read_evaluated_mx(q, q.args[0], y, catalog.MXFP8, config)
+            site = read_for_every_count(y, lambda: read_evaluated_mx(q, q.args[0], y, catalog.MXFP8, config))
         except NotRecognised as e2:
             raise (e2 if isinstance(e, _Unreadable) else e) from None
         if site is None:
@@ -765,12 +765,12 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         return site
 
 
-def read_for_every_count(y: Node, read) -> Site:
-    """``read()``'s site, read under canonical.symbolic_rows; when ``y``'s token count is symbolic,
-    only if it holds for every count (check_symbolic)."""
+def read_for_every_count(y: Node, read) -> Site | None:
+    """``read()``'s site (or its None: no site to read), read under canonical.symbolic_rows; when
+    ``y``'s token count is symbolic, only if it holds for every count (check_symbolic)."""
     with canonical.symbolic_rows() as rows:
         site = read()
-        if canonical.is_symbolic(y):
+        if site is not None and canonical.is_symbolic(y):
             check_symbolic(site, rows)
     return site
 
