@@ -165,6 +165,11 @@ def device_line(cells: dict[tuple, dict]) -> str:
     return f"### {r.get('device') or 'unknown device'}" + (f" ({', '.join(parts)})" if parts else "")
 
 
+def _run_number(name: str) -> int:
+    """The order of a run's name ("R12" -> 12): R2 before R10."""
+    return int(name[1:])
+
+
 def _pair_label(r: dict) -> str:
     op = r.get("op", "-") if r.get("layout") in (None, "halves") else f"{r.get('op')}[{r['layout']}]"
     if r.get("variant"):
@@ -199,7 +204,7 @@ def pairs_section(cells: dict[tuple, dict], run: dict) -> list[str]:
         x_unfused = big.get("x_unfused")
         if missing(x_unfused):
             x_unfused = ratio(big.get("unfused_us"), big.get("fused_us"))
-        runs = sorted({run[run_of(r)] for r in by_t.values()}, key=lambda name: int(name[1:]))
+        runs = sorted({run[run_of(r)] for r in by_t.values()}, key=_run_number)
         rows.append([key[0], key[1], fnum(key[2], "d"), key[3], *per_t, fnum(x_unfused, ".2f"),
                      fnum(ratio(big.get("triton_us"), big.get("fused_us")), ".2f"),
                      fnum(ratio(big.get("inductor_us"), big.get("fused_us")), ".2f"), ", ".join(runs)])
@@ -281,9 +286,9 @@ def _plan_hidden(r: dict) -> int:
 
 
 def tuning_section(cells: dict[tuple, dict], run: dict) -> list[str]:
-    """One row per plan without its recipe (op, layout, dtype, hidden): per token class the count
-    the default recipe chose (every chosen count when the plan's recipes differ) and the largest
-    slowest / chosen ratio; the µs of each count are in the records."""
+    """One row per plan without its recipe (op, layout, dtype, hidden): per token class every count
+    the plan's recipes chose and the largest slowest / chosen ratio among them; the µs of each
+    count are in the records."""
     shown = {k: r for k, r in cells.items() if _plan_hidden(r) >= TUNING_MIN_HIDDEN}
     hidden = len(cells) - len(shown)
     groups: dict[tuple, dict[int, list[dict]]] = {}
@@ -303,7 +308,7 @@ def tuning_section(cells: dict[tuple, dict], run: dict) -> list[str]:
             runs |= {run[run_of(r)] for r in recs}
             recipes |= {r["_recipe"] for r in recs}
         rows.append([", ".join(key), fnum(len(recipes), "d"), "; ".join(per_class),
-                     ", ".join(sorted(runs, key=lambda name: int(name[1:])))])
+                     ", ".join(sorted(runs, key=_run_number))])
     note = [f"{hidden} plan(s) of rows narrower than {TUNING_MIN_HIDDEN} (test shapes) are in the records only.", ""] \
         if hidden else []
     return note + ["Per class: the vectors chosen (by any recipe of the plan) and the largest slowest / chosen "
@@ -342,7 +347,7 @@ def baseline_section(cells: dict[tuple, dict], records: list[dict], run: dict) -
     if not calls:
         return ["No baseline cell has its device call's cells in the records."]
     rows = []
-    for (base, checkout, name), diffs in sorted(calls.items(), key=lambda kv: int(kv[0][2][1:])):
+    for (base, checkout, name), diffs in sorted(calls.items(), key=lambda kv: _run_number(kv[0][2])):
         points = sorted(d for *_, d in diffs)
         slower = [f"{_pair_label(b)} {fnum(b.get('tokens'), 'd')}x{fnum(b.get('hidden'), 'd')} {d:+.0f}"
                   for b, _, d in diffs if d < -2]

@@ -163,6 +163,12 @@ def is_symbolic(node: Node) -> bool:
     return isinstance(val, torch.Tensor) and not all(isinstance(d, int) for d in val.shape)
 
 
+def is_size(node) -> bool:
+    """Whether ``node`` is a symbolic size (a placeholder, ``sym_size`` or size arithmetic holding
+    a SymInt): a shape argument of a view or buffer at a symbolic token count, not a value."""
+    return isinstance(node, Node) and isinstance(node.meta.get("val"), torch.SymInt)
+
+
 #: ops that compute a value from their inputs without rounding (their result is one of the inputs'
 #: values, or exact): the result fits wherever the inputs fit
 _EXACT = {aten.abs.default: "abs", aten.neg.default: "neg", aten.relu.default: "relu",

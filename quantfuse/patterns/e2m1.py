@@ -57,11 +57,6 @@ def _numel(node) -> int | None:
     return math.prod(val.shape)
 
 
-def _is_size(node: Node) -> bool:
-    """A symbolic size (a placeholder or ``sym_size`` holding a SymInt): a view's shape argument."""
-    return isinstance(node.meta.get("val"), torch.SymInt)
-
-
 def _through_views(node):
     while isinstance(node, Node) and node.op == "call_function" and node.target in _VIEWS:
         node = node.args[0]
@@ -286,7 +281,7 @@ def encoding_region(v: Node, codes: Node) -> list[Node]:
                                     "scaled values")
             table_of(table)
         for a in n.all_input_nodes:
-            if a not in inside and not _is_constant(a) and a is not table and not _is_size(a):
+            if a not in inside and not _is_constant(a) and a is not table and not canonical.is_size(a):
                 raise NotRecognised(f"the E2M1 encoding `{n.name}` reads `{a.name}` besides the scaled values "
                                     f"`{v.name}`")
         why = None if table is not None else elementwise_reason(n)
@@ -495,7 +490,9 @@ def read_site(pack: Node, codes: Node, y: Node, config) -> rec.Site:
     try:
         return rec.read_for_every_count(y, lambda: _read_canonical(pack, codes, y, encode))
     except NotRecognised as e:
-        if canonical.is_symbolic(y):  # the evaluated reader runs at static shapes only
+        # at a symbolic count the evaluated MXFP4 region does not keep the activation's rows
+        # (check_symbolic refuses it): the canonical reader's reason stands
+        if canonical.is_symbolic(y):
             raise
         try:
             site = rec.read_evaluated_mx(pack, codes, y, catalog.MXFP4, config, encode)

@@ -105,11 +105,6 @@ def _constant(node: Node, found: set[Node], depth: int = 6) -> bool:
     return False
 
 
-def _is_size(node) -> bool:
-    """A node of the graph's size arithmetic (an int or SymInt value: a shape at a symbolic count)."""
-    return isinstance(node, Node) and isinstance(node.meta.get("val"), (int, torch.SymInt))
-
-
 def chain_after(scale: Node, inside: set[Node]) -> Chain | None:
     """The single-user chain of byte-moving ops after ``scale`` (read outside ``inside``), or None."""
     users = [u for u in scale.users if u not in inside]
@@ -119,7 +114,7 @@ def chain_after(scale: Node, inside: set[Node]) -> Chain | None:
         if u.op != "call_function" or u.target not in _MOVES or _dtype(u) not in BYTE_DTYPES:
             break
         found: set[Node] = set()
-        if not all(_constant(a, found) or _is_size(a) for a in u.all_input_nodes if a is not node):
+        if not all(_constant(a, found) or canonical.is_size(a) for a in u.all_input_nodes if a is not node):
             break
         main.append(u)
         buffers |= found
@@ -154,7 +149,7 @@ def evaluate(chain: Chain, codes: torch.Tensor, at: dict | None = None) -> dict[
 
     def arg(a):
         if isinstance(a, Node):
-            return env[a] if a in env else size_at(a.meta["val"], at) if _is_size(a) else env[a]
+            return size_at(a.meta["val"], at) if a not in env and canonical.is_size(a) else env[a]
         if isinstance(a, (list, tuple)):
             return type(a)(arg(b) for b in a)
         return size_at(a, at)
