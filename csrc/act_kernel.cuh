@@ -1,7 +1,8 @@
 // Elementwise kernel: act(x) -> input dtype (the unfused activation ops), or, with
 // Q = Fp8Static<A>, act(x) -> static per-tensor FP8 (its scale is an input: nothing to
-// reduce). Block b handles chunk (b % chunks_per_row) of row (b / chunks_per_row): one
-// division per thread, 64-bit offsets. VEC is 16 / sizeof(element) when the row allows
+// reduce). Block b handles chunk (b % chunks_per_row) of row (b / chunks_per_row), a chunk
+// being blockDim.x vectors (the launcher sizes blocks to tile the row): one division per
+// thread, 64-bit offsets. VEC is 16 / sizeof(element) when the row allows
 // it, else 1 (scalar path for odd widths, activation only).
 #pragma once
 
@@ -21,7 +22,7 @@ __global__ void __launch_bounds__(kThreads) act_kernel(
   pdl_wait_and_trigger();
   const uint32_t row = blockIdx.x / chunks_per_row;
   const uint32_t chunk = blockIdx.x - row * chunks_per_row;
-  const int64_t col = (int64_t(chunk) * kThreads + threadIdx.x) * VEC;
+  const int64_t col = (int64_t(chunk) * blockDim.x + threadIdx.x) * VEC;
   if (col >= d) return;
   const int64_t row_off = int64_t(row) * in_stride, out_off = int64_t(row) * d + col;
   if constexpr (VEC * sizeof(S) == 16) {

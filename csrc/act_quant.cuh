@@ -27,7 +27,7 @@ constexpr int kThreads = 256;  // threads per block of the group and activation 
 // 16-byte vector load can be reinterpreted without unions of class types.
 // 16-bit types also work on packed pairs (uint32_t, element 2i in the low half):
 // pack_rn rounds two fp32 values to the dtype with RNE in one F2FP instruction,
-// max2 is a NaN-propagating max of two pairs (one HMNMX2.NAN for two elements),
+// max2 / min2 a NaN-propagating max / min of two pairs (one HMNMX2.NAN for two elements),
 // amax2 the same of |pair|, mul2 / add2 one rounding of the exact products / sums (mul.rn,
 // add.rn), splat
 // a constant pair; kMant / kBias describe the format (E2M1 lane rounding).
@@ -50,6 +50,7 @@ struct Packed16 {
   static __device__ __forceinline__ uint32_t bits(T2 h) { return *reinterpret_cast<const uint32_t*>(&h); }
   static __device__ __forceinline__ uint32_t abs2(uint32_t p) { return bits(__habs2(pair(p))); }
   static __device__ __forceinline__ uint32_t max2(uint32_t acc, uint32_t p) { return bits(__hmax2_nan(pair(acc), pair(p))); }
+  static __device__ __forceinline__ uint32_t min2(uint32_t acc, uint32_t p) { return bits(__hmin2_nan(pair(acc), pair(p))); }
   static __device__ __forceinline__ uint32_t amax2(uint32_t acc, uint32_t p) { return max2(acc, abs2(p)); }
   static __device__ __forceinline__ uint32_t mul2(uint32_t a, uint32_t b) { return bits(__hmul2(pair(a), pair(b))); }
   static __device__ __forceinline__ uint32_t add2(uint32_t a, uint32_t b) { return bits(__hadd2_rn(pair(a), pair(b))); }
@@ -395,10 +396,27 @@ struct SwigluOai {
   static __device__ __forceinline__ void pairs(uint32_t (&yp)[N / 2], const uint32_t* g2, const uint32_t* u2,
                                                bool valid, const ActArgs& aa) {
     const float alpha = aa.p[kSwigluOaiAlpha], limit = aa.p[kSwigluOaiLimit];
-    uint32_t gc2[N / 2], s2[N / 2];
+    uint32_t gc2[N / 2], uc2[N / 2], s2[N / 2];
+    // The clamps on pairs: with l = RN_DT(limit), RN_DT(clamp(x, max=limit)) = min(x, l) for
+    // every DT value x (rounding is monotone, so x > limit gives l <= x, x <= limit gives
+    // l >= x), and NaN stays NaN (min.NaN, as the fp32 compare keeps it); the same for the
+    // lower bound with -l = RN_DT(-limit). Only where l is 0 (min(-0, +0) may pick either
+    // zero) or NaN (the compares keep x, min.NaN would not) do the clamps run in fp32.
+    const uint32_t lim2 = DT::pack_rn(limit, limit);
+    const float l = DT::lo(lim2);
+    if (l == l && l != 0.0f) {
+      const uint32_t neg2 = lim2 ^ 0x80008000u;
 #pragma unroll
-    for (int i = 0; i < N / 2; ++i) {
-      gc2[i] = DT::pack_rn(clamp_gate(DT::lo(g2[i]), limit), clamp_gate(DT::hi(g2[i]), limit));
+      for (int i = 0; i < N / 2; ++i) {
+        gc2[i] = DT::min2(g2[i], lim2);
+        uc2[i] = DT::min2(DT::max2(u2[i], neg2), lim2);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < N / 2; ++i) {
+        gc2[i] = DT::pack_rn(clamp_gate(DT::lo(g2[i]), limit), clamp_gate(DT::hi(g2[i]), limit));
+        uc2[i] = DT::pack_rn(clamp_up(DT::lo(u2[i]), limit), clamp_up(DT::hi(u2[i]), limit));
+      }
     }
     // z = gate * alpha, rounded, from the clamped gate (a DT value: exact in the pair)
     sigmoid_pairs<DT, N / 2>(
@@ -406,10 +424,7 @@ struct SwigluOai {
         valid);
     const uint32_t one2 = DT::bits(DT::splat(1.0f));
 #pragma unroll
-    for (int i = 0; i < N / 2; ++i) {
-      const uint32_t uc2 = DT::pack_rn(clamp_up(DT::lo(u2[i]), limit), clamp_up(DT::hi(u2[i]), limit));
-      yp[i] = DT::mul2(DT::add2(uc2, one2), DT::mul2(gc2[i], s2[i]));
-    }
+    for (int i = 0; i < N / 2; ++i) yp[i] = DT::mul2(DT::add2(uc2[i], one2), DT::mul2(gc2[i], s2[i]));
   }
 };
 

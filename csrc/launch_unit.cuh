@@ -10,6 +10,7 @@
 #include "token_kernel.cuh"
 
 #include <algorithm>
+#include <cstdlib>
 #include <type_traits>
 
 #define QF_CAT_(a, b) a##b
@@ -35,15 +36,15 @@ const char* launch_status() {
 // (the kernels wait for it themselves, act_quant.cuh pdl_wait_and_trigger). After a
 // kernel that triggers early that hides 0.4-0.7 µs of the gap (docs/decisions/006-pdl-off-by-default.md).
 template <typename... KArgs, typename... Args>
-const char* launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl,
-                   Args... args) {
+const char* launch_smem(void (*kernel)(KArgs...), dim3 grid, dim3 block, int smem, cudaStream_t stream, bool pdl,
+                        Args... args) {
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = pdl ? 1 : 0;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
-  cfg.dynamicSmemBytes = 0;
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
@@ -53,6 +54,11 @@ const char* launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t
     return cudaGetErrorString(err);
   }
   return launch_status();
+}
+// The same without dynamic shared memory.
+template <typename... KArgs, typename... Args>
+const char* launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl, Args... args) {
+  return launch_smem(kernel, grid, block, 0, stream, pdl, args...);
 }
 
 // Whether a Scheme kernel loads this input evict-first (group_kernel.cuh ld_evict_first):
@@ -173,12 +179,67 @@ const char* dispatch_experts(const QuantParams& p) {
                          : launch_group<Scheme<false>, kMxBlock, Scheme<false>::kVectors>(p, sc);
 }
 
+// Whether the per-token rows that fit in registers take the staged kernel (act_token_quant_staged_kernel,
+// the next row in shared memory); QUANTFUSE_TOKEN_STAGED=0 keeps the register double-buffered one
+// (benchmarks: both kernels from one build).
+bool token_staged() {
+  static const bool on = [] {
+    const char* e = std::getenv("QUANTFUSE_TOKEN_STAGED");
+    return e == nullptr || e[0] != '0';
+  }();
+  return on;
+}
+
+// The staged per-token kernel with threads_x threads a row: rows per block chosen for the most
+// threads resident per SM under the shared memory the rows' slots take (ties: fewer rows a
+// block, so the last round of rows spreads over more SMs). Returns "" (not an error) when one
+// row's slots exceed a block's shared memory, for the caller's register kernel.
+template <Fp8Step K, int NV>
+const char* launch_token_staged(const QuantParams& p, int threads_x, bool ef) {
+  using Kernel = decltype(&act_token_quant_staged_kernel<DT, Act, K, NV>);
+  // [evict-first][interleaved]; the interleaved variants are the plain ones for non-gated activations
+  static const Kernel variants[2][2] = {
+      {act_token_quant_staged_kernel<DT, Act, K, NV, false>, act_token_quant_staged_kernel<DT, Act, K, NV, false, kIL>},
+      {act_token_quant_staged_kernel<DT, Act, K, NV, true>, act_token_quant_staged_kernel<DT, Act, K, NV, true, kIL>}};
+  const Kernel kernel = variants[ef][interleaved(p.in)];
+  const int64_t row_bytes = int64_t(NV) * (Act::kGated ? 2 : 1) * threads_x * 16;
+  struct Shape { int rows = 0, per_sm = 0; };
+  // by row width in warps (host-side cache; the variants share their registers and shared memory)
+  static Shape shapes[kTokenThreads / 32 + 1];
+  Shape& sh = shapes[threads_x / 32];
+  if (sh.rows == 0) {
+    int dev = 0, optin = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    for (auto& row : variants) {
+      for (Kernel k : row) cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, optin);
+    }
+    sh.rows = -1;
+    int best = 0;
+    for (int rows = 1; rows * threads_x <= kTokenThreads && rows * row_bytes <= optin; ++rows) {
+      int n = 0;
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, rows * threads_x, int(rows * row_bytes));
+      if (n * rows * threads_x > best) best = n * rows * threads_x, sh = {rows, n};
+    }
+    cudaGetLastError();
+  }
+  if (sh.rows < 0) return "";
+  const int64_t blocks = std::min<int64_t>((p.tokens + sh.rows - 1) / sh.rows, int64_t(sh.per_sm) * p.sms);
+  return launch_smem(kernel, dim3(unsigned(blocks)), dim3(threads_x, sh.rows), int(sh.rows * row_bytes), p.stream,
+                     p.pdl, static_cast<uint8_t*>(p.q), static_cast<float*>(p.s), gate_ptr(p.in), up_ptr(p.in),
+                     p.in.in_stride, p.tokens, p.hidden, p.act_args, p.recipe);
+}
+
 // Per-token blocks of about block_threads threads (block_threads / threads_x rows).
 template <Fp8Step K, int NV>
 const char* launch_token(const QuantParams& p, int threads_x, int block_threads) {
   // Every vector count takes the hint here (SiLU x FP8 per-token 4096 x 2048: 86% -> 97% of
   // copy bandwidth). Both variants use the same registers, so one occupancy serves both.
   const bool ef = evict_first_input<Fp8Scaled<K>>(p);
+  if (token_staged() && p.blocks_per_sm <= 0) {
+    const char* err = launch_token_staged<K, NV>(p, threads_x, ef);
+    if (err == nullptr || err[0] != '\0') return err;
+  }
   auto kernel = ef ? act_token_quant_kernel<DT, Act, K, NV, true> : act_token_quant_kernel<DT, Act, K, NV>;
   if (interleaved(p.in)) {
     kernel = ef ? act_token_quant_kernel<DT, Act, K, NV, true, kIL> : act_token_quant_kernel<DT, Act, K, NV, false, kIL>;
@@ -239,10 +300,14 @@ const char* dispatch_token(const QuantParams& p) {
 template <int VEC, typename Q>
 const char* launch_elementwise(void* out, const Inputs& in, int64_t tokens, int64_t hidden, const float* scale,
                                bool pdl, cudaStream_t stream, const ActArgs& aa) {
-  const int64_t chunks = (hidden + kThreads * VEC - 1) / (kThreads * VEC);
+  // Chunks of whole warps that tile the row: a row of 7168 bf16 (896 vectors) takes 4 x 224
+  // threads rather than 4 x 256, a quarter of the last block idle.
+  const int64_t vecs = (hidden + VEC - 1) / VEC;
+  const int64_t chunks = (vecs + kThreads - 1) / kThreads;
+  const int64_t threads = ((vecs + chunks - 1) / chunks + 31) / 32 * 32;
   auto kernel = act_kernel<DT, Act, VEC, false, Q>;
   if (interleaved(in)) kernel = act_kernel<DT, Act, VEC, kIL, Q>;
-  return launch(kernel, dim3(unsigned(tokens * chunks)), dim3(kThreads), stream, pdl, out, gate_ptr(in), up_ptr(in),
+  return launch(kernel, dim3(unsigned(tokens * chunks)), dim3(unsigned(threads)), stream, pdl, out, gate_ptr(in), up_ptr(in),
                 in.in_stride, hidden, uint32_t(chunks), scale, aa);
 }
 

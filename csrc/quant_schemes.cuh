@@ -74,10 +74,11 @@ struct Fp8Scaled {
       encode_as<N>(y, w, [&](float v) { return div_by_scale<true>(v, st.s, st.r); });
     } else if (st.fast) {
       encode_as<N>(y, w, [&](float v) { return div_by_scale<false>(v, st.s, st.r); });
-    } else if (rr.apply == kApplyDiv) {  // true divisions or products: NaN, 0 or inf results
-      encode_as<N>(y, w, [&](float v) { return __fdiv_rn(v, st.s); });
     } else {
-      encode_as<N>(y, w, [&](float v) { return __fmul_rn(v, st.r); });
+      // true divisions or products (NaN, 0 or inf results; rare): one unrolled copy for both
+      // forms, the fewer copies the fewer registers the fast ones keep live
+      const bool div = rr.apply == kApplyDiv;
+      encode_as<N>(y, w, [&](float v) { return div ? __fdiv_rn(v, st.s) : __fmul_rn(v, st.r); });
     }
   }
   // w: the e4m3 codes of f(y[i]), four a word

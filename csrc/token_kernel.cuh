@@ -12,6 +12,9 @@
 // group kernel), so loads stay in flight across the barrier. act(x) stays in registers
 // between the amax and the encode: x is read once.
 //
+// act_token_quant_staged_kernel (the same rows; launch_unit.cuh launch_token_staged): the next
+// row goes to shared memory by cp.async instead of a second set of registers.
+//
 // act_token_quant_wide_kernel (longer rows): one pass for the amax, a second that
 // recomputes act(x) (the re-read mostly hits L2) and encodes.
 #pragma once
@@ -56,6 +59,67 @@ __device__ __forceinline__ void load_row(uint4 (&gv)[NV], uint4 (&uv)[NV], const
   }
 }
 
+// act(x) of the thread's vectors of row `row`, rounded as the
+// unfused graph stores it, in y (fp32) and yp (packed pairs, 16-bit DT), and the NaN-propagating
+// max of |act(x)| over the thread's in-row vectors. fetch(j, in_row, g, u) gives vector j's operands.
+template <typename DT, typename Act, int NV, bool IL, typename Fetch>
+__device__ __forceinline__ float token_act(float (&y)[NV][16 / sizeof(typename DT::Storage)],
+                                           uint32_t (&yp)[NV][8 / sizeof(typename DT::Storage)],
+                                           const Fetch& fetch, int64_t row, int64_t tokens, int64_t hidden,
+                                           const ActArgs& aa) {
+  using S = typename DT::Storage;
+  constexpr int VEC = 16 / sizeof(S);
+  float amax = 0.0f;
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    // past-the-end vectors hold stale registers: keep them out of the amax
+    const bool in_row = (int64_t(j) * blockDim.x + threadIdx.x) * VEC < hidden;
+    uint4 ga, ua;
+    fetch(j, in_row, ga, ua);
+    if constexpr (IL) split_interleaved<DT>(ga, ua);
+    // f16 only: its 4-vector kernel spilled 124 bytes with the exact path's call (64 without);
+    // bf16 does not spill, and fewer registers there changed its occupancy for the worse
+    const float m = act_round_amax<DT, Act, VEC, std::is_same_v<DT, F16>>(
+        y[j], yp[j], reinterpret_cast<const S*>(&ga), reinterpret_cast<const S*>(&ua), in_row && row < tokens, aa);
+    if (in_row) amax = nan_max(amax, m);
+  }
+  return amax;
+}
+
+// The codes of row `row` (y, yp from token_act) with the state st, and its scale.
+template <typename DT, Fp8Step K, int NV>
+__device__ __forceinline__ void token_store(uint8_t* __restrict__ q, float* __restrict__ s, int64_t row,
+                                            int64_t hidden, const float (&y)[NV][16 / sizeof(typename DT::Storage)],
+                                            const uint32_t (&yp)[NV][8 / sizeof(typename DT::Storage)],
+                                            const typename Fp8Scaled<K>::State& st, const ScaleRecipe& rr) {
+  constexpr int VEC = 16 / sizeof(typename DT::Storage);
+  using Q = Fp8Scaled<K>;
+  uint8_t* qr = q + row * hidden;
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    const int64_t col = (int64_t(j) * blockDim.x + threadIdx.x) * VEC;
+    if (col < hidden) {
+      uint32_t w[VEC / 4];
+      if constexpr (DT::kPacked) {
+        // Rebuilt from the packed pairs (the same values: act_round_amax derives y from
+        // them), so 16 registers instead of 32 per 4 vectors stay live across the row
+        // barrier (f16 SiLU x Mul with 4 vectors spilled 248 bytes).
+        float yr[VEC];
+#pragma unroll
+        for (int i = 0; i < VEC; i += 2) {
+          yr[i] = DT::lo(yp[j][i / 2]);
+          yr[i + 1] = DT::hi(yp[j][i / 2]);
+        }
+        Q::template encode<VEC, DT>(yr, nullptr, st, w, rr);
+      } else {
+        Q::template encode<VEC, DT>(y[j], nullptr, st, w, rr);
+      }
+      store_bytes<VEC>(qr + col, w, 0);
+    }
+  }
+  if (threadIdx.x == 0) s[row] = Q::scale(st);
+}
+
 // One row of a persistent block: prefetch row + step into (gn, un), then quantise
 // `row` from (gv, uv) with the recipe rr (Fp8Scaled<K>).
 template <typename DT, typename Act, Fp8Step K, int NV, bool IL, bool EVICT_FIRST>
@@ -67,50 +131,13 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
                                            uint4 (&un)[NV], const ActArgs& aa, const ScaleRecipe& rr) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
-  using Q = Fp8Scaled<K>;
   load_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(gn, un, gate, up, in_stride, row + step, tokens, hidden);
   float y[NV][VEC];
   uint32_t yp[NV][VEC / 2];
-  float amax = 0.0f;
-#pragma unroll
-  for (int j = 0; j < NV; ++j) {
-    // past-the-end vectors hold stale registers: keep them out of the amax
-    const bool in_row = (int64_t(j) * blockDim.x + threadIdx.x) * VEC < hidden;
-    uint4 ga = gv[j], ua = uv[j];
-    if constexpr (IL) split_interleaved<DT>(ga, ua);
-    // f16 only: its 4-vector kernel spilled 124 bytes with the exact path's call (64 without);
-    // bf16 does not spill, and fewer registers there changed its occupancy for the worse
-    const float m = act_round_amax<DT, Act, VEC, std::is_same_v<DT, F16>>(
-        y[j], yp[j], reinterpret_cast<const S*>(&ga), reinterpret_cast<const S*>(&ua), in_row && row < tokens, aa);
-    if (in_row) amax = nan_max(amax, m);
-  }
-  const auto st = Q::template prepare<DT>(row_max(amax, buf), rr);
-  if (row < tokens) {
-    uint8_t* qr = q + row * hidden;
-#pragma unroll
-    for (int j = 0; j < NV; ++j) {
-      const int64_t col = (int64_t(j) * blockDim.x + threadIdx.x) * VEC;
-      if (col < hidden) {
-        uint32_t w[VEC / 4];
-        if constexpr (DT::kPacked) {
-          // Rebuilt from the packed pairs (the same values: act_round_amax derives y from
-          // them), so 16 registers instead of 32 per 4 vectors stay live across the row
-          // barrier (f16 SiLU x Mul with 4 vectors spilled 248 bytes).
-          float yr[VEC];
-#pragma unroll
-          for (int i = 0; i < VEC; i += 2) {
-            yr[i] = DT::lo(yp[j][i / 2]);
-            yr[i + 1] = DT::hi(yp[j][i / 2]);
-          }
-          Q::template encode<VEC, DT>(yr, nullptr, st, w, rr);
-        } else {
-          Q::template encode<VEC, DT>(y[j], nullptr, st, w, rr);
-        }
-        store_bytes<VEC>(qr + col, w, 0);
-      }
-    }
-    if (threadIdx.x == 0) s[row] = Q::scale(st);
-  }
+  auto fetch = [&](int j, bool, uint4& ga, uint4& ua) { ga = gv[j], ua = uv[j]; };
+  const float amax = token_act<DT, Act, NV, IL>(y, yp, fetch, row, tokens, hidden, aa);
+  const auto st = Fp8Scaled<K>::template prepare<DT>(row_max(amax, buf), rr);
+  if (row < tokens) token_store<DT, K, NV>(q, s, row, hidden, y, yp, st, rr);
   row += step;
 }
 
@@ -137,6 +164,88 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_kernel(
     if (row >= tokens) break;
     token_step<DT, Act, K, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, tokens, hidden, step, 1, row, gb, ub, ga,
                                                 ua, aa, rr);
+  }
+}
+
+// A 16-byte copy from global into shared memory that bypasses the registers (cp.async; L1
+// not kept, L2 evict-first with EVICT_FIRST, as ld_evict_first).
+template <bool EVICT_FIRST>
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  if constexpr (EVICT_FIRST) {
+    uint64_t policy;
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "l"(policy)
+                 : "memory");
+  } else {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
+  }
+}
+
+// Copies of the thread's vectors of row `row` into its own slots of shared memory (vector j's
+// operand k at mine[(j * kOps + k) * blockDim.x]), as one commit group. `after`: a value computed
+// from the vectors this thread last read from those slots (the row's amax), so the copies are
+// issued only once those reads have landed in registers (a thread reads back only its own
+// slots: no barrier).
+template <typename DT, int NV, bool GATED, bool IL, bool EVICT_FIRST>
+__device__ __forceinline__ void stage_row(uint4* mine, const typename DT::Storage* __restrict__ gate,
+                                          const typename DT::Storage* __restrict__ up, int64_t in_stride,
+                                          int64_t row, int64_t tokens, int64_t hidden, float after) {
+  constexpr int VEC = 16 / sizeof(typename DT::Storage);
+  constexpr int kOps = GATED ? 2 : 1;
+  asm volatile("" ::"f"(after) : "memory");
+  if (row < tokens) {
+    const int64_t row_off = row * in_stride;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const int64_t col = (int64_t(j) * blockDim.x + threadIdx.x) * VEC;
+      if (col < hidden) {
+        const auto* a = IL ? gate + row_off + 2 * col : gate + row_off + col;
+        cp_async16<EVICT_FIRST>(mine + j * kOps * blockDim.x, a);
+        if constexpr (GATED) cp_async16<EVICT_FIRST>(mine + (j * kOps + 1) * blockDim.x, IL ? a + VEC : up + row_off + col);
+      }
+    }
+  }
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+// act_token_quant_kernel with the next row staged in shared memory instead of a second set of
+// registers: while this row's barrier and stores run, its next row is copied into the slots it
+// was just read from. The registers of one row's vectors stay live instead of two, which keeps
+// the 4-vector kernels below the register cap without spills and more warps resident. Dynamic
+// shared memory: blockDim.y * NV * (gated ? 2 : 1) * blockDim.x vectors (launch_token_staged).
+template <typename DT, typename Act, Fp8Step K, int NV, bool EVICT_FIRST = false, bool IL = false>
+__global__ void __launch_bounds__(kTokenThreads) act_token_quant_staged_kernel(
+    uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ gate,
+    const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t tokens, int64_t hidden,
+    const ActArgs aa, const ScaleRecipe rr) {
+  using S = typename DT::Storage;
+  constexpr int VEC = 16 / sizeof(S);
+  constexpr int kOps = Act::kGated ? 2 : 1;
+  extern __shared__ uint4 stage[];
+  uint4* mine = stage + int64_t(threadIdx.y) * NV * kOps * blockDim.x + threadIdx.x;
+  const int64_t step = int64_t(gridDim.x) * blockDim.y;
+  int64_t row = int64_t(threadIdx.y) * gridDim.x + blockIdx.x;  // as act_token_quant_kernel
+  pdl_wait_and_trigger();
+  stage_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(mine, gate, up, in_stride, row, tokens, hidden, 0.0f);
+  int buf = 0;
+  while (row < tokens) {  // uniform over the row's threads, the only ones its barrier waits for
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
+    // each vector read from its slot where it is used: one vector's operands live at a time
+    auto fetch = [&](int j, bool in_row, uint4& ga, uint4& ua) {
+      if (!in_row) return;  // a slot past the row's end was never written
+      ga = mine[j * kOps * blockDim.x];
+      if constexpr (Act::kGated) ua = mine[(j * kOps + 1) * blockDim.x];
+    };
+    float y[NV][VEC];
+    uint32_t yp[NV][VEC / 2];
+    const float amax = token_act<DT, Act, NV, IL>(y, yp, fetch, row, tokens, hidden, aa);
+    const int64_t next = row + step;
+    stage_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(mine, gate, up, in_stride, next, tokens, hidden, amax);
+    const auto st = Fp8Scaled<K>::template prepare<DT>(row_max(amax, buf), rr);
+    buf ^= 1;
+    token_store<DT, K, NV>(q, s, row, hidden, y, yp, st, rr);
+    row = next;
   }
 }
 

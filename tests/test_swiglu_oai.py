@@ -2,7 +2,8 @@
 
 The reference is eager PyTorch running transformers' code bit for bit: ``_eager`` below is
 ``GptOssExperts._apply_gate`` of ``transformers/models/gpt_oss/modeling_gpt_oss.py``
-(copied; the real method is checked too where transformers is installed). NaN is compared
+(the same computation written here; the real method is checked too where transformers is
+installed). NaN is compared
 by position (eager's NaN sign depends on the op order of the CPU kernels). The Triton
 kernels are checked under the interpreter in a subprocess (``TRITON_INTERPRET=1``), every
 scheme, bit for bit against the reference.
@@ -94,6 +95,27 @@ def test_eager_rounds_each_op():
     once = ((u + 1) * g * torch.sigmoid(g * 1.702)).bfloat16()
     assert (once != reference.swigluoai_and_mul(x, interleaved=True)).sum() > 0
     assert ACT.rounding is catalog.ActRounding.EACH_OP
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("limit", [7.0, 7.1, 0.5, -3.3, 1e-3, 7e4, 1e30])
+def test_clamps_on_pairs_equal_fp32_clamps_every_value(dtype, limit):
+    """The CUDA kernels clamp 16-bit pairs as min / max (NaN-keeping) with the rounded limit
+    (act_quant.cuh SwigluOai::pairs) wherever that limit is neither 0 nor NaN; torch clamps
+    in fp32 against the fp32 limit and rounds. Both, for every value of the dtype."""
+    x = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    xf, lim = x.float(), torch.tensor(limit, dtype=torch.float32)
+    gate = torch.where(xf > lim, lim, xf).to(dtype)
+    up_lo = torch.where(xf < -lim, -lim, xf)
+    up = torch.where(up_lo > lim, lim, up_lo).to(dtype)
+    ld = lim.to(dtype)
+    if ld.item() == 0 or ld.isnan():
+        pytest.skip("the kernels clamp in fp32 for this limit")
+    for got, want in ((torch.minimum(x, ld), gate), (torch.minimum(torch.maximum(x, -ld), ld), up)):
+        # NaN by position (min.NaN returns the canonical NaN), every other value bit for bit
+        assert torch.equal(got.isnan(), want.isnan()) and int(want.isnan().sum()) > 0
+        keep = ~want.isnan()
+        assert torch.equal(got[keep].view(torch.int16), want[keep].view(torch.int16))
 
 
 def test_catalog_entry_and_schemas():
