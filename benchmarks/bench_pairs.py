@@ -370,8 +370,10 @@ def run_info() -> dict:
             driver = ""
         info.update(device=props.name, driver=driver, sm=f"{props.major}{props.minor}",
                     sms=props.multi_processor_count, l2_bytes=getattr(props, "L2_cache_size", None))
-    return dict(info,
-                command=" ".join(sys.argv))
+    # the kernels' own switches (QUANTFUSE_*, not the cache folder) change what a cell runs: they
+    # lead the command line as they were set
+    knobs = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("QUANTFUSE_") and k != "QUANTFUSE_CACHE_DIR"]
+    return dict(info, command=" ".join(knobs + sys.argv))
 
 
 def write_records(path: str, records: list[dict], info: dict | None = None) -> None:
