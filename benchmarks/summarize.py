@@ -300,10 +300,12 @@ def tuning_section(cells: dict[tuple, dict], run: dict) -> list[str]:
         classes = [groups[key][c] for c in sorted(groups[key], key=lambda c: sort_key([c]))]
         per_class, runs, recipes = [], set(), set()
         for recs in classes:
-            chosen = sorted({r.get("vectors") for r in recs}, key=lambda v: sort_key([v]))
-            gains = [ratio(max(r["us"].values()), r["us"].get(str(r.get("vectors")))) for r in recs if r.get("us")]
+            # records before the per-token choice name only the vector count
+            label = [str(r.get("choice", r.get("vectors"))) for r in recs]
+            chosen = sorted(set(label), key=lambda v: sort_key([v]))
+            gains = [ratio(max(r["us"].values()), r["us"].get(c)) for r, c in zip(recs, label) if r.get("us")]
             gains = [g for g in gains if not missing(g)]
-            per_class.append(f"T >= {fnum(recs[0].get('min_tokens'), 'd')}: {'/'.join(fnum(v, 'd') for v in chosen)}"
+            per_class.append(f"T >= {fnum(recs[0].get('min_tokens'), 'd')}: {'/'.join(chosen)}"
                              + (f" ({max(gains):.2f}x)" if gains else ""))
             runs |= {run[run_of(r)] for r in recs}
             recipes |= {r["_recipe"] for r in recs}
@@ -311,8 +313,9 @@ def tuning_section(cells: dict[tuple, dict], run: dict) -> list[str]:
                      ", ".join(sorted(runs, key=_run_number))])
     note = [f"{hidden} plan(s) of rows narrower than {TUNING_MIN_HIDDEN} (test shapes) are in the records only.", ""] \
         if hidden else []
-    return note + ["Per class: the vectors chosen (by any recipe of the plan) and the largest slowest / chosen "
-                   "time; every count's µs is in the records.", ""] + \
+    return note + ["Per class: the choice made (vectors per thread, or where the per-token kernel keeps its next "
+                   "row: registers / shared) by any recipe of the plan and the largest slowest / chosen time; every "
+                   "choice's µs is in the records.", ""] + \
         table(["op, layout, dtype, hidden", "recipes", "chosen per token class", "runs"], rows)
 
 

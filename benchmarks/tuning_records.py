@@ -1,11 +1,12 @@
-"""The vectors-per-thread table tuned on a GPU (``tuning-<device>.json`` in the cache folder,
+"""The launch choices tuned on a GPU (``tuning-<device>.json`` in the cache folder,
 written by quantfuse/custom_ops/tuning.py) as benchmark records, one per (plan, token class):
 
     python benchmarks/tuning_records.py TABLE --jsonl OUT [--set key=value ...]
 
 Each record: ``bench="tuning", plan`` (the tuning key: op|recipe|layout|dtype|hidden),
-``min_tokens, tokens`` (the class and the token count it was timed at), ``vectors`` (the
-choice), ``us`` (µs per launch for every count timed, CUDA events, back-to-back launches)
+``min_tokens, tokens`` (the class and the token count it was timed at), ``vectors``,
+``stage_rows`` and ``choice`` (the choice, and its label as ``us`` names it), ``us`` (µs per
+launch for every choice timed, CUDA events, back-to-back launches)
 and the run's context (bench_pairs.run_info). Run on the device that tuned, or give the
 context with ``--set device="NVIDIA H200" --set sm=90 ...`` when converting elsewhere.
 """
@@ -24,8 +25,13 @@ from bench_pairs import run_info  # noqa: E402
 
 def records(table: dict) -> list[dict]:
     """One record per (plan, class) of a tuning table."""
+    from quantfuse.custom_ops.tuning import Choice
+
+    def choice(c: dict) -> Choice:
+        return Choice(c["vectors"], c.get("stage_rows", False))
+
     return [dict(bench="tuning", plan=key, min_tokens=c["min_tokens"], tokens=c["tokens"], vectors=c["vectors"],
-                 us=c["us"], tuned_torch=entry.get("torch", ""))
+                 stage_rows=choice(c).stage_rows, choice=choice(c).label, us=c["us"], tuned_torch=entry.get("torch", ""))
             for key, entry in sorted(table.items()) for c in entry["classes"]]
 
 

@@ -215,7 +215,7 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
                            int64_t s_stride_t, int64_t s_stride_g, bool swizzled, int64_t vectors,
                            int64_t blocks_per_sm, const std::vector<double>& act_params,
                            const std::vector<double>& scale_floors, int64_t step, int64_t apply,
-                           const quantfuse::ExpertsArgs* experts = nullptr) {
+                           bool stage_rows = false, const quantfuse::ExpertsArgs* experts = nullptr) {
   Operands o{};
   QF_TRY(operands(o, act, layout, x, up));
   ActArgs aa{};
@@ -266,6 +266,7 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
   p.hidden = hidden;
   p.vectors = vectors;
   p.blocks_per_sm = blocks_per_sm;
+  p.stage_rows = stage_rows;
   p.act_args = aa;
   QF_TRY(scale_recipe(p.recipe, ue8m0, scale_floors, step, apply));
   if (is_static) {
@@ -396,7 +397,7 @@ std::string experts_quant_impl(int64_t act, int64_t scheme, int64_t layout, cons
                                         expert_offsets.numel() - 1, expert_offsets.scalar_type() == at::kLong};
   ea.error = experts_error_flag().device;
   return act_quant_impl(act, scheme, layout, q, s, x, up, std::nullopt, quantfuse::kMxBlock, 0, mx_code, 0, 0, true, 0,
-                        0, act_params, {0.0, 0.0, 0.0}, quantfuse::kStepFp32, quantfuse::kApplyDiv, &ea);
+                        0, act_params, {0.0, 0.0, 0.0}, quantfuse::kStepFp32, quantfuse::kApplyDiv, false, &ea);
 }
 
 // fn()'s message ("" on success); an exception from ATen itself (not expected after the
@@ -424,10 +425,11 @@ std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, const
                               int64_t group_size, int64_t ue8m0, int64_t mx, int64_t s_stride_t, int64_t s_stride_g,
                               bool swizzled, int64_t vectors, int64_t blocks_per_sm,
                               const std::vector<double>& act_params, const std::vector<double>& scale_floors,
-                              int64_t step, int64_t apply) {
+                              int64_t step, int64_t apply, bool stage_rows) {
   return guarded([&] {
     return act_quant_impl(act, scheme, layout, q, s, x, up, scale, group_size, ue8m0, mx, s_stride_t,
-                          s_stride_g, swizzled, vectors, blocks_per_sm, act_params, scale_floors, step, apply);
+                          s_stride_g, swizzled, vectors, blocks_per_sm, act_params, scale_floors, step, apply,
+                          stage_rows);
   });
 }
 
@@ -450,14 +452,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "act(x) -> scheme into q (and s); scheme kNoScheme: q = act(x) in x's dtype. Codes: "
         "quantfuse_catalog.h (catalog.codes()); act_params: the activation's parameters (catalog "
         "Activation.params, e.g. swigluoai_and_mul's alpha, limit); ue8m0, scale_floors, step, apply: "
-        "the FP8 recipe (CallPlan.fp8_floors; the defaults: the default recipe's). Returns \"\" or an error "
+        "the FP8 recipe (CallPlan.fp8_floors; the defaults: the default recipe's); stage_rows: per-token rows staged in "
+        "shared memory (QuantParams). Returns \"\" or an error "
         "message",
         py::arg("act"), py::arg("scheme"), py::arg("layout"), py::arg("q"), py::arg("s"), py::arg("x"),
         py::arg("up"), py::arg("scale"), py::arg("group_size"), py::arg("ue8m0"), py::arg("mx"),
         py::arg("s_stride_t"), py::arg("s_stride_g"), py::arg("swizzled"), py::arg("vectors") = 0,
         py::arg("blocks_per_sm") = 0, py::arg("act_params") = std::vector<double>{},
         py::arg("scale_floors") = std::vector<double>{quantfuse::kDefaultEps, 0.0, 0.0},
-        py::arg("step") = int64_t(quantfuse::kStepFp32), py::arg("apply") = int64_t(quantfuse::kApplyDiv));
+        py::arg("step") = int64_t(quantfuse::kStepFp32), py::arg("apply") = int64_t(quantfuse::kApplyDiv),
+        py::arg("stage_rows") = false);
 
   m.def("experts_quant", &quantfuse::experts_quant_checked,
         "The experts ops: act(x) -> MXFP8 / MXFP4 (scheme code) of tokens sorted by expert into q and the "

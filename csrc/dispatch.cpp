@@ -27,6 +27,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -51,16 +52,16 @@ struct Launch {
   int64_t experts = 0;                   // the experts ops: num_experts (0: another op)
   int offsets_index = -1;                // their expert_offsets, then blockscale_offsets
   std::vector<double> act_params;        // the activation's parameters (catalog Activation.params)
-  // (min tokens, vectors per thread), ascending (custom_ops/tuning.py): a call takes the
-  // last class its token count reaches, else the kernel's default (0)
-  std::vector<std::pair<int64_t, int64_t>> token_classes;
+  // (min tokens, vectors per thread, stage rows), ascending (custom_ops/tuning.py): a call takes
+  // the last class its token count reaches, else the kernels' defaults (0, false)
+  std::vector<std::tuple<int64_t, int64_t, bool>> token_classes;
   bool final = true;  // false: not cached, decided again on the next call
-  int64_t vectors(int64_t tokens) const {
-    int64_t v = 0;
-    for (const auto& c : token_classes) {
-      if (tokens >= c.first) v = c.second;
+  std::pair<int64_t, bool> choice(int64_t tokens) const {
+    std::pair<int64_t, bool> c{0, false};
+    for (const auto& [min_tokens, vectors, stage_rows] : token_classes) {
+      if (tokens >= min_tokens) c = {vectors, stage_rows};
     }
-    return v;
+    return c;
   }
 };
 
@@ -166,7 +167,7 @@ Launch decide(int64_t op, const c10::OperatorHandle& handle, const c10::ArrayRef
     l.experts = f["experts"].cast<int64_t>();
     l.offsets_index = f["offsets_index"].cast<int>();
     l.act_params = f["act_params"].cast<std::vector<double>>();
-    l.token_classes = f["token_classes"].cast<std::vector<std::pair<int64_t, int64_t>>>();
+    l.token_classes = f["token_classes"].cast<std::vector<std::tuple<int64_t, int64_t, bool>>>();
     l.final = f["final"].cast<bool>();
     l.cuda = true;
   } catch (...) {
@@ -251,14 +252,15 @@ bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stac
       st_t = st_g = 0;
     }
     std::optional<at::Tensor> s = outs.size() > 1 ? std::optional<at::Tensor>(outs[1]) : std::nullopt;
+    const auto [vectors, stage_rows] = l.choice(tokens);
     const std::string err =
         l.experts ? experts_quant_checked(l.act, l.scheme, l.layout, outs[0], outs[1], x,
                                           optional_arg(args, l.up_index), args[l.offsets_index].toTensor(),
                                           args[l.offsets_index + 1].toTensor(), l.mx, l.act_params)
                   : act_quant_checked(l.act, l.scheme, l.layout, outs[0], s, x, optional_arg(args, l.up_index),
                                       optional_arg(args, l.scale_index), l.group_size, l.ue8m0, l.mx, st_t,
-                                      st_g, l.swizzled, l.vectors(tokens), 0, l.act_params, l.scale_floors, l.step,
-                                      l.apply);
+                                      st_g, l.swizzled, vectors, 0, l.act_params, l.scale_floors, l.step, l.apply,
+                                      stage_rows);
     if (!err.empty()) return false;
     torch::jit::drop(*stack, n);
     for (auto& o : outs) torch::jit::push(*stack, std::move(o));

@@ -10,7 +10,6 @@
 #include "token_kernel.cuh"
 
 #include <algorithm>
-#include <cstdlib>
 #include <type_traits>
 
 #define QF_CAT_(a, b) a##b
@@ -179,17 +178,6 @@ const char* dispatch_experts(const QuantParams& p) {
                          : launch_group<Scheme<false>, kMxBlock, Scheme<false>::kVectors>(p, sc);
 }
 
-// Whether the per-token rows that fit in registers take the staged kernel (act_token_quant_staged_kernel,
-// the next row in shared memory); QUANTFUSE_TOKEN_STAGED=0 keeps the register double-buffered one
-// (benchmarks: both kernels from one build).
-bool token_staged() {
-  static const bool on = [] {
-    const char* e = std::getenv("QUANTFUSE_TOKEN_STAGED");
-    return e == nullptr || e[0] != '0';
-  }();
-  return on;
-}
-
 // The staged per-token kernel with threads_x threads a row: rows per block chosen for the most
 // threads resident per SM under the shared memory the rows' slots take (ties: fewer rows a
 // block, so the last round of rows spreads over more SMs). Returns "" (not an error) when one
@@ -236,7 +224,7 @@ const char* launch_token(const QuantParams& p, int threads_x, int block_threads)
   // Every vector count takes the hint here (SiLU x FP8 per-token 4096 x 2048: 86% -> 97% of
   // copy bandwidth). Both variants use the same registers, so one occupancy serves both.
   const bool ef = evict_first_input<Fp8Scaled<K>>(p);
-  if (token_staged() && p.blocks_per_sm <= 0) {
+  if (p.stage_rows && p.blocks_per_sm <= 0) {
     const char* err = launch_token_staged<K, NV>(p, threads_x, ef);
     if (err == nullptr || err[0] != '\0') return err;
   }

@@ -166,7 +166,7 @@ def test_tuning_table_becomes_records_and_a_section(tmp_path):
     recs = tr.records(table)
     assert sorted((r["min_tokens"], r["vectors"]) for r in recs) == [(2195, 2), (8778, 2), (122880, 2)]
     ctx = dict(H100, date="2026-12-01", commit="abc1234", command="tuning_records.py t.json")
-    newer = dict(next(r for r in recs if r["min_tokens"] == 8778), **dict(ctx, date="2026-12-02", commit="def5678"), vectors=4, us={"1": 170.0, "2": 160.0, "4": 150.0})
+    newer = dict(next(r for r in recs if r["min_tokens"] == 8778), **dict(ctx, date="2026-12-02", commit="def5678"), vectors=4, choice="4", us={"1": 170.0, "2": 160.0, "4": 150.0})
     write(tmp_path / "results", "a.jsonl", [dict(r, **ctx) for r in recs] + [newer])
     rc, text = run(tmp_path)
     assert rc == 0

@@ -1,6 +1,7 @@
-"""Vectors per thread tuned per device (quantfuse/custom_ops/tuning.py): which plans are tuned,
-the token classes derived from the L2 size, the choice, the table on disk and the cases that
-must not time (graph capture, QUANTFUSE_TUNE=0, too little memory). The timer is a stand-in
+"""Launch choices tuned per device (quantfuse/custom_ops/tuning.py: vectors per thread of the
+group kernels, the per-token kernel's row staging): which plans are tuned, the token classes
+derived from the L2 size, the choice, the table on disk and the cases that must not time
+(graph capture, QUANTFUSE_TUNE=0, too little memory). The timer is a stand-in
 here; tests/gpu/test_dispatch.py runs the real one."""
 
 from __future__ import annotations
@@ -39,26 +40,34 @@ def _fresh(tmp_path, monkeypatch):
 
 
 class Timer:
-    """A stand-in timer: µs by (tokens, vectors), recording every call."""
+    """A stand-in timer: µs by (tokens, vectors) (group kernels) or (tokens, stage_rows)
+    (per-token), recording every call."""
 
     def __init__(self, times):
         self.times, self.calls = times, []
 
-    def __call__(self, p, vectors):
-        self.calls.append((p.tokens, vectors))
-        return self.times(p.tokens, vectors)
+    def __call__(self, p, choice):
+        key = choice.stage_rows if tuning._per_token(p) else choice.vectors
+        self.calls.append((p.tokens, key))
+        return self.times(p.tokens, key)
 
 
 def test_which_plans_are_tuned():
-    """Per-group and MX kernels on halves or two tensors; not per-token, static, the
-    activation ops, the experts ops or interleaved inputs (the kernel takes its default)."""
+    """Per-group and MX kernels on halves or two tensors, the per-token kernel in every layout;
+    not static, the activation ops, the experts ops or interleaved group kernels (the kernel
+    takes its default)."""
     assert tuning.tunable(_plan("silu_and_mul_per_block_quant", params=(128,)))
     assert tuning.tunable(_plan("silu_and_mul_per_block_quant", params=(128,), up=True))
     assert tuning.tunable(_plan("relu2_mxfp8_quant"))
     assert tuning.tunable(_plan("silu_and_mul_mxfp4_quant"))
     assert not tuning.tunable(_plan("silu_and_mul_per_block_quant", params=(128,), interleaved=True))
-    assert not tuning.tunable(_plan("silu_and_mul_per_token_quant_fp8"))
+    assert tuning.tunable(_plan("silu_and_mul_per_token_quant_fp8"))
+    assert tuning.tunable(_plan("silu_and_mul_per_token_quant_fp8", interleaved=True))
+    assert not tuning.tunable(_plan("silu_and_mul_quant", scale=torch.ones(1)))
     assert not tuning.tunable(_plan("silu_and_mul"))
+    assert tuning.candidates(_plan("relu2_mxfp8_quant")) == tuple(tuning.Choice(v) for v in tuning.CANDIDATES)
+    assert tuning.candidates(_plan("relu2_per_token_quant_fp8")) == (tuning.Choice(),
+                                                                     tuning.Choice(stage_rows=True))
 
 
 def test_classes_start_where_the_input_passes_l2():
@@ -70,6 +79,9 @@ def test_classes_start_where_the_input_passes_l2():
     assert tuning.class_tokens(p, L2) == tuple((math.ceil(a * L2 / rb), math.ceil(b * L2 / rb))
                                                for a, b in tuning.CLASSES)
     assert tuning.row_bytes(_plan("relu2_mxfp8_quant", dtype=torch.float16)) == 7168 * 2
+    # per-token: a first class from the first token, timed at half the L2
+    t = _plan("silu_and_mul_per_token_quant_fp8")
+    assert tuning.class_tokens(t, L2) == ((0, math.ceil(L2 / 2 / rb)),) + tuning.class_tokens(p, L2)
 
 
 def test_fastest_count_per_class_and_the_table_on_disk(tmp_path):
@@ -80,7 +92,8 @@ def test_fastest_count_per_class_and_the_table_on_disk(tmp_path):
     table = {(t1, 1): 10.0, (t1, 2): 8.0, (t1, 4): 8.0, (t2, 1): 30.0, (t2, 2): 29.0, (t2, 4): 25.0}
     timer = Timer(lambda t, v: table[(t, v)])
     classes, final = tuning.token_classes(p, H200, timer)
-    assert final and classes == ((s1, 2), (s2, 4))
+    C = tuning.Choice
+    assert final and classes == ((s1, C(2)), (s2, C(4)))
     assert sorted(timer.calls) == sorted(table)
     saved = json.loads((tmp_path / "tuning-NVIDIA_H200.json").read_text())
     entry = saved[tuning.tuning_key(p)]
@@ -90,22 +103,39 @@ def test_fastest_count_per_class_and_the_table_on_disk(tmp_path):
     tuning.clear()
     def no_timing(*_):
         raise AssertionError("timed again although the table has the answer")
-    assert tuning.token_classes(p, H200, no_timing) == (((s1, 2), (s2, 4)), True)
+    assert tuning.token_classes(p, H200, no_timing) == (((s1, C(2)), (s2, C(4))), True)
     other = dataclasses.replace(H200, name="NVIDIA H100 80GB HBM3")
-    assert tuning.token_classes(p, other, Timer(lambda t, v: 1.0 / v))[0] == ((s1, 4), (s2, 4))
+    assert tuning.token_classes(p, other, Timer(lambda t, v: 1.0 / v))[0] == ((s1, C(4)), (s2, C(4)))
+
+
+def test_per_token_rows_staged_where_faster(tmp_path):
+    """The per-token kernel's classes each take the faster of the row in registers or staged in
+    shared memory (ties: registers), at the default vectors; the table names both times."""
+    p = _plan("swigluoai_and_mul_per_token_quant_fp8")
+    (s0, t0), (s1, t1), (s2, t2) = tuning.class_tokens(p, L2)
+    table = {(t0, False): 5.0, (t0, True): 5.0, (t1, False): 20.0, (t1, True): 17.0, (t2, False): 80.0,
+             (t2, True): 81.0}
+    classes, final = tuning.token_classes(p, H200, Timer(lambda t, staged: table[(t, staged)]))
+    C = tuning.Choice
+    assert final and s0 == 0 and classes == ((0, C()), (s1, C(stage_rows=True)), (s2, C()))
+    entry = json.loads((tmp_path / "tuning-NVIDIA_H200.json").read_text())[tuning.tuning_key(p)]
+    assert [c["stage_rows"] for c in entry["classes"]] == [False, True, False]
+    assert entry["classes"][1]["us"] == {"registers": 20.0, "shared": 17.0}
+    assert [tuning.choice_for(classes, t).stage_rows for t in (1, s1 - 1, s1, s2)] == [False, False, True, False]
 
 
 def test_calls_take_their_class():
-    classes = ((100, 2), (400, 4))
-    assert [tuning.vectors_for(classes, t) for t in (1, 99, 100, 399, 400, 10**6)] == [0, 0, 2, 2, 4, 4]
-    assert tuning.vectors_for((), 10**6) == 0
+    C = tuning.Choice
+    classes = ((100, C(2)), (400, C(4)))
+    assert [tuning.choice_for(classes, t).vectors for t in (1, 99, 100, 399, 400, 10**6)] == [0, 0, 2, 2, 4, 4]
+    assert tuning.choice_for((), 10**6) == C()
 
 
 def test_refused_counts_are_skipped():
     """A count the kernel refuses (an error string: the timer's None) is not a candidate."""
     p = _plan("relu2_mxfp8_quant")
     classes, _ = tuning.token_classes(p, H200, Timer(lambda t, v: None if v == 4 else float(v)))
-    assert [v for _, v in classes] == [1, 1]
+    assert [c.vectors for _, c in classes] == [1, 1]
 
 
 def test_no_timing_under_capture_disabled_or_short_of_memory(monkeypatch):
@@ -118,7 +148,6 @@ def test_no_timing_under_capture_disabled_or_short_of_memory(monkeypatch):
     assert tuning.token_classes(p, small, no_timing) == ((), True)
     monkeypatch.setenv("QUANTFUSE_TUNE", "0")
     assert tuning.token_classes(p, H200, no_timing) == ((), True)
-    assert tuning.token_classes(_plan("silu_and_mul_per_token_quant_fp8"), H200, no_timing) == ((), True)
     # a plan that is not tuned never asks for the device (CPU-only machines run cuda_backend.run in tests)
     def no_device():
         raise AssertionError("asked for the device")

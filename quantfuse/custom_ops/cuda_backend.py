@@ -394,23 +394,24 @@ def _scale_strides(plan, column: bool, swizzled: bool, groups: int) -> tuple[int
     return groups, 1
 
 
-def _launch(plan, outputs, x, up, scale, vectors: int = 0) -> str | None:
+def _launch(plan, outputs, x, up, scale, choice: tuning.Choice = tuning.Choice()) -> str | None:
     act, scheme, layout, gs, ue8m0, mx, swizzled, column, groups = _fixed.get(plan.key) or _fixed_args(plan)
     st, sg = _scale_strides(plan, column, swizzled, groups)
     return (_module or _mod()).act_quant(act, scheme, layout, outputs[0], outputs[1] if len(outputs) > 1 else None,
-                                         x, up, scale, gs, ue8m0, mx, st, sg, swizzled, vectors=vectors,
-                                         act_params=plan.act_params, **(_recipes.get(plan.key) or _recipe_args(plan)))
+                                         x, up, scale, gs, ue8m0, mx, st, sg, swizzled, vectors=choice.vectors,
+                                         act_params=plan.act_params, stage_rows=choice.stage_rows,
+                                         **(_recipes.get(plan.key) or _recipe_args(plan)))
 
 
-def _time_vectors(plan, vectors: int) -> float | None:
-    """µs per launch of ``plan`` (at its token count) with ``vectors`` per thread, on fresh
+def _time_choice(plan, choice: tuning.Choice) -> float | None:
+    """µs per launch of ``plan`` (at its token count) with the launch ``choice``, on fresh
     random inputs (tuning.token_classes' timer)."""
     device = torch.device("cuda", torch.cuda.current_device())
     width = plan.hidden * (2 if plan.activation.gated and plan.layout is catalog.Layout.HALVES else 1)
     x = torch.randn(plan.tokens, width, device=device, dtype=plan.dtype)
     up = torch.randn_like(x) if plan.layout is catalog.Layout.SEPARATE else None
     outputs = plan.empty_outputs(device)
-    return tuning.time_launch(lambda: _launch(plan, outputs, x, up, None, vectors))
+    return tuning.time_launch(lambda: _launch(plan, outputs, x, up, None, choice))
 
 
 def _classes(plan) -> tuple[tuple, bool]:
@@ -419,7 +420,7 @@ def _classes(plan) -> tuple[tuple, bool]:
     if got is None and not torch.cuda.is_available():  # a stand-in extension (CPU tests): nothing to time
         return (), True
     if got is None:
-        got = tuning.token_classes(plan, tuning.Device.current, _time_vectors)
+        got = tuning.token_classes(plan, tuning.Device.current, _time_choice)
         if got[1]:
             _classes_cache[plan.key] = got
     return got
@@ -440,7 +441,7 @@ def launch_args(plan, argument_names: list[str]) -> dict:
                 swizzled=swizzled, column_major=column, act_params=list(plan.act_params),
                 up_index=argument_names.index("up") if "up" in argument_names else -1,
                 scale_index=argument_names.index("scale") if "scale" in argument_names else -1,
-                token_classes=[tuple(c) for c in classes], final=final,
+                token_classes=[(t, c.vectors, c.stage_rows) for t, c in classes], final=final,
                 experts=plan.num_experts if experts else 0,
                 # expert_offsets, then blockscale_offsets (catalog.EXPERTS_TENSORS)
                 offsets_index=argument_names.index(catalog.EXPERTS_TENSORS[0]) if experts else -1, **recipe)
@@ -455,7 +456,7 @@ def run(plan, outputs, x, up, scale) -> None:
         err = (_module or _mod()).experts_quant(act, scheme, layout, outputs[0], outputs[1], x, up, scale[0],
                                                 scale[1], mx, act_params=plan.act_params)
     else:
-        err = _launch(plan, outputs, x, up, scale, tuning.vectors_for(_classes(plan)[0], plan.tokens))
+        err = _launch(plan, outputs, x, up, scale, tuning.choice_for(_classes(plan)[0], plan.tokens))
     if err:
         raise RuntimeError(err)
 

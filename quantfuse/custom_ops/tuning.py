@@ -1,19 +1,24 @@
-"""Launch parameters tuned on the GPU that runs them: vectors per thread of the group kernels.
+"""Launch parameters tuned on the GPU that runs them: vectors per thread of the group kernels,
+and where the per-token kernel keeps its next row.
 
 How many 16-byte vectors a thread of the per-group and MX kernels loads per group decides
 how many loads are in flight per SM, and the best count differs between GPUs of one
 architecture (docs/decisions/020-vectors-autotuned-per-device.md): a count chosen on one
-card is not right on the next. So the count is not a constant: on the first call of a plan
-(everything about a call but its token count, :attr:`CallPlan.key`) the CUDA backend asks
-:func:`token_classes`, which times each count on random inputs of the plan's shape for
-every token class past the L2 (below it the kernel's own default serves: small inputs are
-latency-bound and the default alone has the evict-first variant that L2-sized inputs take)
-and keeps the fastest, in memory and in ``tuning-<device>.json`` under the cache folder, so
-a process on the same device reads the table instead of timing again.
+card is not right on the next. The per-token kernel keeps the next row's vectors either in a
+second set of registers or in shared memory (``stage_rows``): fewer registers, more warps
+resident, one more hop; which is faster depends on the activation's register needs and the
+GPU (docs/decisions/026-per-token-row-staging-tuned.md). So neither is a constant: on the
+first call of a plan (everything about a call but its token count, :attr:`CallPlan.key`) the
+CUDA backend asks :func:`token_classes`, which times each :func:`candidates` choice on random
+inputs of the plan's shape for every token class (group kernels: past the L2, below it the
+kernel's own default serves: small inputs are latency-bound and the default alone has the
+evict-first variant that L2-sized inputs take; per-token: from the first token, both variants
+have it) and keeps the fastest, in memory and in ``tuning-<device>.json`` under the cache
+folder, so a process on the same device reads the table instead of timing again.
 
-The answer is a tuple of ``(min_tokens, vectors)`` classes, ascending; a call of ``T``
-tokens takes the vectors of the last class with ``min_tokens <= T``, else the kernel's
-default (0). ``QUANTFUSE_TUNE=0`` turns tuning off (every call takes the default). No
+The answer is a tuple of ``(min_tokens, Choice)`` classes, ascending; a call of ``T`` tokens
+takes the choice of the last class with ``min_tokens <= T``, else the kernels' defaults
+(``Choice()``). ``QUANTFUSE_TUNE=0`` turns tuning off (every call takes the default). No
 timing happens while a CUDA graph is being captured; the answer is then not final (the
 C++ dispatcher path asks again on a later call).
 """
@@ -36,11 +41,31 @@ from quantfuse.catalog import Grouping, Layout
 
 log = logging.getLogger("quantfuse.tuning")
 
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """One launch choice: ``vectors`` per thread (0: the kernel's default), and for the per-token
+    kernel whether the next row is staged in shared memory (csrc act_quant.h QuantParams)."""
+
+    vectors: int = 0
+    stage_rows: bool = False
+
+    @property
+    def label(self) -> str:
+        """How the table names it: the vector count, or where a per-token row is kept."""
+        if self.vectors:
+            return str(self.vectors)
+        return "shared" if self.stage_rows else "registers"
+
+
 #: the vector counts the group kernels are instantiated for (csrc/launch_unit.cuh dispatch_vectors)
 CANDIDATES = (1, 2, 4)
 #: token classes, as multiples of the L2 size the input's bytes reach: (class starts at,
 #: timed at). Past 4 L2 sizes no part of the input is still in L2 when it is read again.
 CLASSES = ((1, 2), (4, 8))
+#: the per-token kernel's: a first class from one token, timed at half the L2
+TOKEN_CLASSES = ((0, 0.5),) + CLASSES
 #: the timed inputs and outputs take at most this share of the free device memory
 MEMORY_SHARE = 0.25
 
@@ -54,12 +79,27 @@ def enabled() -> bool:
     return os.environ.get("QUANTFUSE_TUNE", "1") != "0"
 
 
+def _per_token(plan) -> bool:
+    return plan.recipe is not None and plan.recipe.grouping is Grouping.PER_TOKEN
+
+
 def tunable(plan) -> bool:
-    """Whether the plan runs a kernel with a vectors-per-thread choice: the per-group and MX
-    kernels, on halves or separate inputs (interleaved inputs take the default only)."""
+    """Whether the plan runs a kernel with a launch choice: the per-group and MX kernels on halves
+    or separate inputs (interleaved inputs take the default vectors only), and the per-token
+    kernel in every layout."""
     r = plan.recipe
-    return (r is not None and r.grouping in (Grouping.PER_GROUP, Grouping.MX_BLOCK) and not plan.entry.experts
-            and plan.layout is not Layout.INTERLEAVED)
+    if r is None or plan.entry.experts:
+        return False
+    return _per_token(plan) or (r.grouping in (Grouping.PER_GROUP, Grouping.MX_BLOCK)
+                                and plan.layout is not Layout.INTERLEAVED)
+
+
+def candidates(plan) -> tuple[Choice, ...]:
+    """The choices timed for a tunable plan: each vector count, or (per-token) the row kept in
+    registers or in shared memory at the default vectors."""
+    if _per_token(plan):
+        return Choice(), Choice(stage_rows=True)
+    return tuple(Choice(v) for v in CANDIDATES)
 
 
 def row_bytes(plan) -> int:
@@ -70,7 +110,8 @@ def row_bytes(plan) -> int:
 def class_tokens(plan, l2_bytes: int) -> tuple[tuple[int, int], ...]:
     """((first token count of the class, token count it is timed at), ...) for this plan."""
     rb = max(row_bytes(plan), 1)
-    return tuple((math.ceil(start * l2_bytes / rb), math.ceil(at * l2_bytes / rb)) for start, at in CLASSES)
+    classes = TOKEN_CLASSES if _per_token(plan) else CLASSES
+    return tuple((math.ceil(start * l2_bytes / rb), math.ceil(at * l2_bytes / rb)) for start, at in classes)
 
 
 def tuning_key(plan) -> str:
@@ -106,9 +147,10 @@ def _write_entry(path: Path, key: str, entry: dict) -> None:
         log.warning("quantfuse: could not write the tuning table %s: %s", path, e)
 
 
-def choose(times: dict[int, float]) -> int:
-    """The fastest count; ties go to the fewer vectors (fewer registers)."""
-    return min(times, key=lambda v: (times[v], v))
+def choose(times: dict[Choice, float]) -> Choice:
+    """The fastest choice; ties go to the fewer vectors (fewer registers), then to the row in
+    registers (the default)."""
+    return min(times, key=lambda c: (times[c], c.vectors, c.stage_rows))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +176,8 @@ def token_classes(plan, device: Device | Callable[[], Device],
     """``(classes, final)`` for a CUDA plan: ``classes`` as the module docstring says,
     ``final`` False when the answer may change on a later call (tuning skipped under graph
     capture). ``device``: the GPU, or a callable giving it (asked only for a tunable plan).
-    ``launch(plan_at_T, vectors)`` times one count at the plan's shape with
-    ``plan_at_T.tokens`` tokens (µs, None when the kernel refuses that count)."""
+    ``launch(plan_at_T, choice)`` times one :class:`Choice` at the plan's shape with
+    ``plan_at_T.tokens`` tokens (µs, None when the kernel refuses it)."""
     if not (enabled() and tunable(plan)):
         return (), True
     if callable(device):
@@ -153,7 +195,8 @@ def token_classes(plan, device: Device | Callable[[], Device],
         if entry is None:
             return (), True
         _write_entry(path, key, entry)
-    classes = tuple((int(c["min_tokens"]), int(c["vectors"])) for c in entry["classes"])
+    classes = tuple((int(c["min_tokens"]), Choice(int(c["vectors"]), bool(c.get("stage_rows", False))))
+                    for c in entry["classes"])
     with _lock:
         _memory[(device.name, key)] = classes
     return classes, True
@@ -169,24 +212,24 @@ def _tune(plan, device: Device, launch) -> dict | None:
                      "memory", tuning_key(plan), at, need / 1e6)
             break
         sized = dataclasses.replace(plan, lead=(at,))
-        times = {v: t for v in CANDIDATES if (t := launch(sized, v)) is not None}
+        times = {c: t for c in candidates(plan) if (t := launch(sized, c)) is not None}
         if not times:
             break
         best = choose(times)
-        classes.append({"min_tokens": start, "tokens": at, "vectors": best,
-                        "us": {str(v): round(t, 2) for v, t in sorted(times.items())}})
-        log.info("quantfuse: tuned %s on %s at %d tokens: %s -> %d vectors per thread", tuning_key(plan),
-                 device.name, at, ", ".join(f"{v}: {t:.1f} us" for v, t in sorted(times.items())), best)
+        classes.append({"min_tokens": start, "tokens": at, "vectors": best.vectors, "stage_rows": best.stage_rows,
+                        "us": {c.label: round(t, 2) for c, t in times.items()}})
+        log.info("quantfuse: tuned %s on %s at %d tokens: %s -> %s", tuning_key(plan), device.name, at,
+                 ", ".join(f"{c.label}: {t:.1f} us" for c, t in times.items()), best.label)
     return {"classes": classes, "torch": torch.__version__} if classes else None
 
 
-def vectors_for(classes: tuple, tokens: int) -> int:
-    """The vectors of the last class a call of ``tokens`` reaches, else 0 (the default)."""
-    v = 0
-    for min_tokens, vectors in classes:
+def choice_for(classes: tuple, tokens: int) -> Choice:
+    """The choice of the last class a call of ``tokens`` reaches, else the defaults."""
+    c = Choice()
+    for min_tokens, choice in classes:
         if tokens >= min_tokens:
-            v = vectors
-    return v
+            c = choice
+    return c
 
 
 def time_launch(run: Callable[[], str | None], repeats: int = 3, calls: int = 10) -> float | None:

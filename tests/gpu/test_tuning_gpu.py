@@ -1,6 +1,7 @@
-"""Vectors per thread tuned on this GPU (quantfuse/custom_ops/tuning.py) with the real timer:
-every candidate runs, the table is written, and calls in a tuned class give the reference's
-bits through both the C++ dispatcher path and the Python kernel."""
+"""Launch choices tuned on this GPU (quantfuse/custom_ops/tuning.py) with the real timer: every
+candidate runs, the table is written, and calls in a tuned class give the reference's bits
+through both the C++ dispatcher path and the Python kernel; the per-token kernel's two row
+stagings each give them."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ if torch.cuda.is_available() and not cuda_backend.is_available():
 
 CASES = [("silu_and_mul_per_block_quant", (128,), torch.bfloat16, 7168),
          ("relu2_mxfp8_quant", ("rceil",), torch.bfloat16, 7168),
-         ("silu_and_mul_mxfp4_quant", ("floor", True), torch.float16, 2048)]
+         ("silu_and_mul_mxfp4_quant", ("floor", True), torch.float16, 2048),
+         ("swigluoai_and_mul_per_token_quant_fp8", (), torch.bfloat16, 7168),
+         ("silu_and_mul_per_token_quant_fp8", (), torch.float16, 2048)]
 
 
 @pytest.fixture
@@ -44,12 +47,13 @@ def test_tuned_calls_equal_the_reference(fresh_tuning, monkeypatch, name, params
     width = hidden * (2 if entry.activation.gated else 1)
     small = torch.randn(4, width, device="cuda", dtype=dtype)
     p = plan.make_plan(entry, small, params)
-    classes, final = tuning.token_classes(p, tuning.Device.current(), cuda_backend._time_vectors)
-    assert final and len(classes) == len(tuning.CLASSES), classes
-    assert all(v in tuning.CANDIDATES for _, v in classes)
+    device = tuning.Device.current()
+    classes, final = tuning.token_classes(p, device, cuda_backend._time_choice)
+    assert final and len(classes) == len(tuning.class_tokens(p, device.l2_bytes)), classes
+    assert all(c in tuning.candidates(p) for _, c in classes)
     table = json.loads(next(fresh_tuning.glob("tuning-*.json")).read_text())
     for c in table[tuning.tuning_key(p)]["classes"]:
-        assert sorted(c["us"]) == [str(v) for v in tuning.CANDIDATES], c  # every count ran
+        assert sorted(c["us"]) == sorted(x.label for x in tuning.candidates(p)), c  # every choice ran
     tokens = classes[-1][0] + 3  # inside the last class, not a multiple of anything
     x = (torch.randn(tokens, width, device="cuda", dtype=dtype) * 4).to(dtype)
     x[0, :64] = torch.tensor([float("inf"), -float("inf"), 0.0, -0.0] * 16, dtype=dtype)
@@ -65,3 +69,29 @@ def test_tuned_calls_equal_the_reference(fresh_tuning, monkeypatch, name, params
     for i, (g, py, w) in enumerate(zip(got, python, want)):
         _same(g, w, f"{name} output {i}: C++ path vs reference")
         _same(py, w, f"{name} output {i}: Python kernel vs reference")
+
+
+@pytest.mark.parametrize("name,dtype,hidden,tokens", [
+    ("silu_and_mul_per_token_quant_fp8", torch.bfloat16, 7168, 1000),
+    ("swigluoai_and_mul_per_token_quant_fp8", torch.float16, 2048, 517),
+    ("relu2_per_token_quant_fp8", torch.bfloat16, 4096, 263)])
+def test_both_row_stagings_equal_the_reference(monkeypatch, name, dtype, hidden, tokens):
+    """The per-token kernel with the next row in registers and staged in shared memory: the
+    reference's bits either way (rows past the first round of the persistent grid included)."""
+    entry = catalog.OPS[name]
+    width = hidden * (2 if entry.activation.gated else 1)
+    x = (torch.randn(tokens, width, device="cuda", dtype=dtype) * 4).to(dtype)
+    x[1, :64] = torch.tensor([float("inf"), -float("inf"), float("nan"), -0.0] * 16, dtype=dtype)
+    p = plan.make_plan(entry, x, ())
+    monkeypatch.setenv(oracle.BACKEND_ENV, "torch")
+    want = ops.OPS[name](x)
+    for choice in tuning.candidates(p):
+        got = p.empty_outputs(x.device)
+        for g in got:
+            g.view(torch.uint8).fill_(0x5A)  # poisoned: every byte must be written
+        assert not cuda_backend._launch(p, got, x, None, None, choice)
+        for i, (g, w) in enumerate(zip(got, want)):
+            # NaN by position (the NaN row's sign of NaN is the kernel's), every other byte exact
+            gn, wn = g.float().isnan(), w.float().isnan()
+            assert torch.equal(gn, wn), (choice.label, name, i)
+            assert torch.equal(g[~wn].view(torch.uint8), w[~wn].view(torch.uint8)), (choice.label, name, i)
