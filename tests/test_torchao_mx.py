@@ -162,3 +162,23 @@ def test_torchao_mxfp8_is_fused_at_a_symbolic_token_count(mode):
     for eager, got in runs:
         for e, g in zip(eager, got):
             assert e.shape == g.shape and torch.equal(e.view(torch.uint8), g.view(torch.uint8))
+
+
+@pytest.mark.parametrize("mode", list(SPECS))
+def test_torchao_mxfp4_is_fused_at_a_symbolic_token_count(mode):
+    """torchao's MXFP4 ``to_mx`` with the token count marked dynamic: its packing views the codes
+    flattened across the rows (``pack_uint4``), which the analysis accepts because the pairs it packs
+    never straddle two rows (e2m1.read_site); one graph serves every count, the scales are eager's
+    bytes and the codes eager's in every nibble but NaN elements' (E2M1 has none)."""
+    from test_recognise_symbolic import _compiled
+
+    make = lambda t: (mx_inputs(t, 256, t),)  # noqa: E731
+    report, runs = _compiled(_model(FP4, mode), make, tokens=(12, 17, 40))
+    assert len(report.graphs) == 1 and report.near_misses == [], str(report)
+    (r,) = report.rewrites
+    assert r.fused_op == "quantfuse.silu_and_mul_mxfp4_quant"
+    assert r.params == {"scale_rounding": mode.lower(), "is_sf_swizzled_layout": False, "recipe": SPECS[mode]}
+    for t, ((eq, es), (gq, gs)) in zip((12, 17, 40), runs):
+        assert gq.shape == eq.shape == (t, 128) and gs.shape == es.shape == (t, 8)
+        assert torch.equal(gs.view(torch.uint8), es.view(torch.uint8))
+        assert_mxfp4_equal_but_nan(gq, eq, silu_mul(make(t)[0]), mode, f"{mode} at {t} tokens")

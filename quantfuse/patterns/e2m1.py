@@ -127,6 +127,17 @@ def ancestors(node: Node, limit: int = _MAX_ANCESTORS) -> set[Node]:
     return seen
 
 
+def _between(top: Node, base: Node) -> set[Node]:
+    """The nodes ``top`` is computed from that ``base`` is not computed from (``top`` included)."""
+    stop, seen, stack = ancestors(base), set(), [top]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, Node) and n not in seen and n not in stop:
+            seen.add(n)
+            stack.extend(n.all_input_nodes)
+    return seen
+
+
 def find_candidates(graph: torch.fx.Graph) -> list[tuple[Node, Node, set[Node]]]:
     """``(pack, codes, ys)`` for each uint8 packing of two 4-bit lanes whose codes are computed
     from a reduction of ``|y|`` of an activation output ``y`` (the MXFP4 skeleton)."""
@@ -487,15 +498,16 @@ def read_site(pack: Node, codes: Node, y: Node, config) -> rec.Site:
         constants = {a for n in region for a in n.all_input_nodes if (_is_constant(a) or a in tables) and
                      all(u in packing for u in a.users)}
         return packing | constants
+    # the packing pairs codes 2i, 2i + 1 of the row-major order (read_packing), also over views of
+    # the codes that flatten the rows (torchao's pack_uint4): with an even row (MX blocks of 32) no pair
+    # straddles two rows, so those nodes need not keep the rows at a symbolic count
+    packing = frozenset(_between(pack, _through_views(codes)))
     try:
-        return rec.read_for_every_count(y, lambda: _read_canonical(pack, codes, y, encode))
+        return rec.read_for_every_count(y, lambda: _read_canonical(pack, codes, y, encode), packing)
     except NotRecognised as e:
-        # at a symbolic count the evaluated MXFP4 region does not keep the activation's rows
-        # (check_symbolic refuses it): the canonical reader's reason stands
-        if canonical.is_symbolic(y):
-            raise
         try:
-            site = rec.read_evaluated_mx(pack, codes, y, catalog.MXFP4, config, encode)
+            site = rec.read_for_every_count(
+                y, lambda: rec.read_evaluated_mx(pack, codes, y, catalog.MXFP4, config, encode), packing)
         except NotRecognised as e2:
             raise (e2 if isinstance(e, rec._Unreadable) else e) from None
         if site is None:

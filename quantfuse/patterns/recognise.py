@@ -765,20 +765,26 @@ def read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         return site
 
 
-def read_for_every_count(y: Node, read) -> Site | None:
+def read_for_every_count(y: Node, read, across_rows: frozenset = frozenset()) -> Site | None:
     """``read()``'s site (or its None: no site to read), read under canonical.symbolic_rows; when
-    ``y``'s token count is symbolic, only if it holds for every count (check_symbolic)."""
+    ``y``'s token count is symbolic, only if it holds for every count (check_symbolic;
+    ``across_rows``: nodes that may view whole rows as one, see there)."""
     with canonical.symbolic_rows() as rows:
         site = read()
         if site is not None and canonical.is_symbolic(y):
-            check_symbolic(site, rows)
+            check_symbolic(site, rows, across_rows)
     return site
 
 
-def check_symbolic(site: Site, rows: canonical.Rows) -> None:
+def check_symbolic(site: Site, rows: canonical.Rows, across_rows: frozenset = frozenset()) -> None:
     """A site read with a symbolic token count (canonical.symbolic_rows) holds for every count
-    only if every value it read has ``y``'s rows; the rewrite restores at most one symbolic dim
-    of an output that is not the input's leading dim at the same position (as -1)."""
+    only if every value it read has ``y``'s rows, but for ``across_rows``: nodes whose reading
+    holds whatever the row boundaries (MXFP4's packing of consecutive code pairs over a flattened
+    view: a row's even element count keeps every pair inside its row); the rewrite restores at
+    most one symbolic dim of an output that is not the input's leading dim at the same position
+    (as -1)."""
+    if across_rows:
+        rows = canonical.Rows(rows.symbols, {n: v for n, v in rows.products.items() if n not in across_rows})
     if not canonical.check_rows(rows, site.y):
         raise NotRecognised("a value of the site does not keep the activation's rows (a view or reduction "
                             "across the symbolic token dims)")
