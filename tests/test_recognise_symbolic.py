@@ -75,16 +75,19 @@ CASES = {
     # the 128x4 swizzle (rows padded to 128) folded at a symbolic count: the op writes that layout
     "MXFP8, then a 128x4 swizzle": (lambda x: _swizzled_mx8(x), _mx_rows(512), (0,), None),
     "MXFP8, then F.pad and a 128x4 swizzle": (lambda x: _padded_mx8(x), _mx_rows(512), (0,), None),
+    # batch and sequence both symbolic: the chain is evaluated at combinations of the two
+    "MXFP8 [B, S], then a 128x4 swizzle": (lambda x: _swizzled_mx8(x, flatten=True),
+                                           lambda t: (_mx_input(2 + t % 3, t, 512),), (0, 1), None),
 }
 SCHEMES = {"MXFP8 rceil": "mxfp8", "MXFP8 floor, 3-D": "mxfp8", "MXFP4": "mxfp4", "MXFP8, then a 128x4 swizzle": "mxfp8",
-           "MXFP8, then F.pad and a 128x4 swizzle": "mxfp8"}
+           "MXFP8, then F.pad and a 128x4 swizzle": "mxfp8", "MXFP8 [B, S], then a 128x4 swizzle": "mxfp8"}
 #: the cases whose swizzle chain the op writes itself (is_sf_swizzled_layout=True)
-SWIZZLED = {"MXFP8, then a 128x4 swizzle", "MXFP8, then F.pad and a 128x4 swizzle"}
+SWIZZLED = {"MXFP8, then a 128x4 swizzle", "MXFP8, then F.pad and a 128x4 swizzle", "MXFP8 [B, S], then a 128x4 swizzle"}
 
 
-def _swizzled_mx8(x):
+def _swizzled_mx8(x, flatten=False):
     q, s = mx8_quant(vllm_silu_and_mul(x))  # uint8 scale bytes: CPU Inductor has no e8m0 type
-    return q, swizzle_spelled.into_zeros(s)
+    return q, swizzle_spelled.into_zeros(s.flatten(0, -2) if flatten else s)
 
 
 def _padded_mx8(x):
@@ -193,6 +196,26 @@ def test_another_tile_at_a_symbolic_count_is_a_near_miss():
     assert [m.reason for m in report.near_misses] == [
         "the scale chain lays the scales out in 64x4 tiles; the fused op's swizzled layout has 128x4 tiles"], \
         str(report)
+    for eager, got in runs:
+        for e, g in zip(eager, got):
+            assert torch.equal(_bits(e), _bits(g))
+
+
+def test_a_swizzle_per_batch_row_is_not_the_swizzle_of_the_tokens():
+    """Batch and sequence symbolic, each batch row padded to 128 rows and tiled apart: the same
+    layout as the fused op's when B = 1, another when B > 1. The chain is evaluated at combinations
+    of both symbols, so it is not folded; the op is fused with row-major scales, the chain kept."""
+    def fn(x):
+        q, s = mx8_quant(vllm_silu_and_mul(x))
+        b, t, g = s.shape
+        tp, gp = -(-t // 128) * 128, -(-g // 4) * 4
+        buf = torch.zeros(b, tp, gp, dtype=s.dtype)
+        buf[:, :t, :g] = s
+        return q, buf.view(b, tp // 128, 4, 32, gp // 4, 4).permute(0, 1, 4, 3, 2, 5).contiguous().view(b * tp, gp)
+    report, runs = _compiled(fn, lambda t: (_mx_input(2 + t % 3, t, 512),), (0, 1), tokens=(5, 33))
+    assert len(report.rewrites) == 1 and report.rewrites[0].params.get("is_sf_swizzled_layout") is False, str(report)
+    assert [m.reason.split(":")[0] for m in report.near_misses] == [
+        "the scale chain lays the scales out unlike the fused op's 128x4 swizzled layout"], str(report)
     for eager, got in runs:
         for e, g in zip(eager, got):
             assert torch.equal(_bits(e), _bits(g))

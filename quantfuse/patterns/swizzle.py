@@ -23,6 +23,7 @@ range of it (the sizes substituted) and folds only if it is the swizzled layout 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import sympy
@@ -54,6 +55,8 @@ _MAX_CHAIN = 40
 #: token counts a chain is evaluated at when the count is symbolic: under one 128-row tile, a
 #: whole one, past one, several with a remainder
 SAMPLE_COUNTS = (1, 128, 129, 300)
+#: the most rows a sample of several symbols evaluates the chain at
+MAX_SAMPLE_ROWS = 1 << 16
 
 
 @dataclasses.dataclass
@@ -304,16 +307,20 @@ def apply(site) -> Outcome | None:
     lead = site.x.meta["val"].shape[:-1]
     if canonical.is_symbolic(site.x):
         # evaluated at sample counts, never at the traced one (int(d) of a symbolic dim would
-        # specialise the graph to it): below, at and past the 128-row tiles, one symbol only
+        # specialise the graph to it): below, at and past the 128-row tiles; with several symbols
+        # (a [B, S] lead, both dynamic) at every combination of theirs up to MAX_SAMPLE_ROWS rows,
+        # so a chain that pads each symbol apart (not their product) is caught
         dims = [d for d in lead if isinstance(d, torch.SymInt)]
-        symbols = {sym for d in dims for sym in d.node.expr.free_symbols}
-        if len(symbols) != 1:
+        symbols = sorted({sym for d in dims for sym in d.node.expr.free_symbols}, key=str)
+        env = dims[0].node.shape_env
+        samples = []
+        for values in itertools.product(*(_counts_in_range(env, sym) for sym in symbols)):
+            at = dict(zip(symbols, values))
+            tokens = math.prod(size_at(d, at) for d in lead)
+            if tokens <= MAX_SAMPLE_ROWS:
+                samples.append((at, tokens))
+        if len({t for _, t in samples}) < 3:
             return None
-        (sym,) = symbols
-        counts = _counts_in_range(dims[0].node.shape_env, sym)
-        if len(counts) < 3:
-            return None
-        samples = [({sym: t}, math.prod(size_at(d, {sym: t}) for d in lead)) for t in counts]
     else:
         samples = [({}, math.prod(int(d) for d in lead))]
     shape = site.scales[0].meta["val"].shape
