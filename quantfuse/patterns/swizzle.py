@@ -55,8 +55,10 @@ _MAX_CHAIN = 40
 #: token counts a chain is evaluated at when the count is symbolic: under one 128-row tile, a
 #: whole one, past one, several with a remainder
 SAMPLE_COUNTS = (1, 128, 129, 300)
-#: the most rows a sample of several symbols evaluates the chain at
-MAX_SAMPLE_ROWS = 1 << 16
+#: with several symbols: the counts of each combined (its smallest), and the most rows a sample
+#: evaluates the chain at
+MULTI_SYMBOL_COUNTS = 4
+MAX_SAMPLE_ROWS = 1 << 12
 
 
 @dataclasses.dataclass
@@ -308,13 +310,16 @@ def apply(site) -> Outcome | None:
     if canonical.is_symbolic(site.x):
         # evaluated at sample counts, never at the traced one (int(d) of a symbolic dim would
         # specialise the graph to it): below, at and past the 128-row tiles; with several symbols
-        # (a [B, S] lead, both dynamic) at every combination of theirs up to MAX_SAMPLE_ROWS rows,
-        # so a chain that pads each symbol apart (not their product) is caught
+        # (a [B, S] lead, both dynamic) at the combinations of their smallest counts up to
+        # MAX_SAMPLE_ROWS rows, so a chain that pads each symbol apart (not their product) is caught
         dims = [d for d in lead if isinstance(d, torch.SymInt)]
         symbols = sorted({sym for d in dims for sym in d.node.expr.free_symbols}, key=str)
         env = dims[0].node.shape_env
+        counts = [_counts_in_range(env, sym) for sym in symbols]
+        if len(symbols) > 1:  # the smallest few of each: past a tile with B > 1 is what tells
+            counts = [c[:MULTI_SYMBOL_COUNTS] for c in counts]
         samples = []
-        for values in itertools.product(*(_counts_in_range(env, sym) for sym in symbols)):
+        for values in itertools.product(*counts):
             at = dict(zip(symbols, values))
             tokens = math.prod(size_at(d, at) for d in lead)
             if tokens <= MAX_SAMPLE_ROWS:
