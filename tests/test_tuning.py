@@ -66,8 +66,9 @@ def test_which_plans_are_tuned():
     assert not tuning.tunable(_plan("silu_and_mul_quant", scale=torch.ones(1)))
     assert not tuning.tunable(_plan("silu_and_mul"))
     assert tuning.candidates(_plan("relu2_mxfp8_quant")) == tuple(tuning.Choice(v) for v in tuning.CANDIDATES)
-    assert tuning.candidates(_plan("relu2_per_token_quant_fp8")) == (tuning.Choice(),
-                                                                     tuning.Choice(stage_rows=True))
+    per_token = tuning.candidates(_plan("relu2_per_token_quant_fp8"))
+    assert set(per_token) == {tuning.Choice(v, s) for v in (0, 1, 2, 4) for s in (False, True)}
+    assert len({c.label for c in per_token}) == len(per_token) == 8
 
 
 def test_classes_start_where_the_input_passes_l2():
@@ -109,8 +110,9 @@ def test_fastest_count_per_class_and_the_table_on_disk(tmp_path):
 
 
 def test_per_token_rows_staged_where_faster(tmp_path):
-    """The per-token kernel's classes each take the faster of the row in registers or staged in
-    shared memory (ties: registers), at the default vectors; the table names both times."""
+    """The per-token kernel's classes each take the fastest of its choices: here the row in
+    registers or staged in shared memory decides, and a forced count ties with the launcher's
+    default, which wins the tie (so does registers); the table names every choice's time."""
     p = _plan("swigluoai_and_mul_per_token_quant_fp8")
     (s0, t0), (s1, t1), (s2, t2) = tuning.class_tokens(p, L2)
     table = {(t0, False): 5.0, (t0, True): 5.0, (t1, False): 20.0, (t1, True): 17.0, (t2, False): 80.0,
@@ -120,7 +122,8 @@ def test_per_token_rows_staged_where_faster(tmp_path):
     assert final and s0 == 0 and classes == ((0, C()), (s1, C(stage_rows=True)), (s2, C()))
     entry = json.loads((tmp_path / "tuning-NVIDIA_H200.json").read_text())[tuning.tuning_key(p)]
     assert [c["stage_rows"] for c in entry["classes"]] == [False, True, False]
-    assert entry["classes"][1]["us"] == {"registers": 20.0, "shared": 17.0}
+    assert entry["classes"][1]["us"] == {"registers": 20.0, "shared": 17.0, "1": 20.0, "1 shared": 17.0, "2": 20.0,
+                                         "2 shared": 17.0, "4": 20.0, "4 shared": 17.0}
     assert [tuning.choice_for(classes, t).stage_rows for t in (1, s1 - 1, s1, s2)] == [False, False, True, False]
 
 

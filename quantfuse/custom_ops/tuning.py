@@ -7,7 +7,8 @@ architecture (docs/decisions/020-vectors-autotuned-per-device.md): a count chose
 card is not right on the next. The per-token kernel keeps the next row's vectors either in a
 second set of registers or in shared memory (``stage_rows``): fewer registers, more warps
 resident, one more hop; which is faster depends on the activation's register needs and the
-GPU (docs/decisions/026-per-token-row-staging-tuned.md). So neither is a constant: on the
+GPU (docs/decisions/026-per-token-row-staging-tuned.md); both are timed with each vector count
+too. So neither is a constant: on the
 first call of a plan (everything about a call but its token count, :attr:`CallPlan.key`) the
 CUDA backend asks :func:`token_classes`, which times each :func:`candidates` choice on random
 inputs of the plan's shape for every token class (group kernels: past the L2, below it the
@@ -53,9 +54,10 @@ class Choice:
 
     @property
     def label(self) -> str:
-        """How the table names it: the vector count, or where a per-token row is kept."""
+        """How the table names it: the vector count ("2"), where a per-token row is kept at the
+        default count ("registers", "shared"), or both ("2 shared")."""
         if self.vectors:
-            return str(self.vectors)
+            return f"{self.vectors} shared" if self.stage_rows else str(self.vectors)
         return "shared" if self.stage_rows else "registers"
 
 
@@ -95,10 +97,11 @@ def tunable(plan) -> bool:
 
 
 def candidates(plan) -> tuple[Choice, ...]:
-    """The choices timed for a tunable plan: each vector count, or (per-token) the row kept in
-    registers or in shared memory at the default vectors."""
+    """The choices timed for a tunable plan: each vector count; per-token, the launcher's default
+    and each count, each with the next row in registers or in shared memory (a count a row is
+    too short for takes the next that fits, so some choices time the same launch)."""
     if _per_token(plan):
-        return Choice(), Choice(stage_rows=True)
+        return tuple(Choice(v, staged) for v in (0, *CANDIDATES) for staged in (False, True))
     return tuple(Choice(v) for v in CANDIDATES)
 
 
