@@ -59,6 +59,9 @@ PY
           > "$OUT/pytest_gpu_$i.txt" 2>&1 ) &
     done
     wait
+    # a group its timeout stopped can leave workers (Triton's compile pool) on the GPU, which would
+    # slow every later benchmark of the call
+    pkill -9 -f "python3 -m pytest" 2>/dev/null || true
     for i in "${!groups[@]}"; do
       f="$OUT/pytest_gpu_$i.txt"
       echo "== group $i (${groups[$i]}): $(grep -c ' PASSED' "$f") passed, $(grep -c ' FAILED' "$f") failed," \
