@@ -289,7 +289,7 @@ template <int VEC, typename Q>
 const char* launch_elementwise(void* out, const Inputs& in, int64_t tokens, int64_t hidden, const float* scale,
                                bool pdl, cudaStream_t stream, const ActArgs& aa) {
   // Chunks of whole warps that tile the row: a row of 7168 bf16 (896 vectors) takes 4 x 224
-  // threads rather than 4 x 256, a quarter of the last block idle.
+  // threads rather than 4 x 256 with the last chunk half idle.
   const int64_t vecs = (hidden + VEC - 1) / VEC;
   const int64_t chunks = (vecs + kThreads - 1) / kThreads;
   const int64_t threads = ((vecs + chunks - 1) / chunks + 31) / 32 * 32;
