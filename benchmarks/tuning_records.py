@@ -5,7 +5,7 @@ written by quantfuse/custom_ops/tuning.py) as benchmark records, one per (plan, 
 
 Each record: ``bench="tuning", plan`` (the tuning key: op|recipe|layout|dtype|hidden),
 ``min_tokens, tokens`` (the class and the token count it was timed at), ``vectors``,
-``stage_rows`` and ``choice`` (the choice, and its label as ``us`` names it), ``us`` (µs per
+``row_stages`` and ``choice`` (the choice, and its label as ``us`` names it), ``us`` (µs per
 launch for every choice timed, CUDA events, back-to-back launches)
 and the run's context (bench_pairs.run_info). Run on the device that tuned, or give the
 context with ``--set device="NVIDIA H200" --set sm=90 ...`` when converting elsewhere.
@@ -28,10 +28,10 @@ def records(table: dict) -> list[dict]:
     from quantfuse.custom_ops.tuning import Choice
 
     def choice(c: dict) -> Choice:
-        return Choice(c["vectors"], c.get("stage_rows", False))
+        return Choice(c["vectors"], c.get("row_stages", 0))
 
     return [dict(bench="tuning", plan=key, min_tokens=c["min_tokens"], tokens=c["tokens"], vectors=c["vectors"],
-                 stage_rows=choice(c).stage_rows, choice=choice(c).label, us=c["us"], tuned_torch=entry.get("torch", ""))
+                 row_stages=choice(c).row_stages, choice=choice(c).label, us=c["us"], tuned_torch=entry.get("torch", ""))
             for key, entry in sorted(table.items()) for c in entry["classes"]]
 
 

@@ -215,7 +215,7 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
                            int64_t s_stride_t, int64_t s_stride_g, bool swizzled, int64_t vectors,
                            int64_t blocks_per_sm, const std::vector<double>& act_params,
                            const std::vector<double>& scale_floors, int64_t step, int64_t apply,
-                           bool stage_rows = false, const quantfuse::ExpertsArgs* experts = nullptr) {
+                           int64_t row_stages = 0, const quantfuse::ExpertsArgs* experts = nullptr) {
   Operands o{};
   QF_TRY(operands(o, act, layout, x, up));
   ActArgs aa{};
@@ -227,6 +227,8 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
   QF_TRY(check_same_device(q, x, "q"));
   QF_CHECK(vectors == 0 || vectors == 1 || vectors == 2 || vectors == 4,
               "quantfuse: vectors per thread must be 0 (auto), 1, 2 or 4, got ", vectors);
+  QF_CHECK(row_stages >= 0 && row_stages <= 2, "quantfuse: row_stages must be 0 (registers), 1 or 2, got ",
+           row_stages);
   const int64_t vec = 16 / x.element_size();
   const bool is_static = scheme == quantfuse::kStatic;
   const bool mx = scheme == quantfuse::kMxfp8 || scheme == quantfuse::kMxfp4;
@@ -266,7 +268,7 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
   p.hidden = hidden;
   p.vectors = vectors;
   p.blocks_per_sm = blocks_per_sm;
-  p.stage_rows = stage_rows;
+  p.row_stages = row_stages;
   p.act_args = aa;
   QF_TRY(scale_recipe(p.recipe, ue8m0, scale_floors, step, apply));
   if (is_static) {
@@ -397,7 +399,7 @@ std::string experts_quant_impl(int64_t act, int64_t scheme, int64_t layout, cons
                                         expert_offsets.numel() - 1, expert_offsets.scalar_type() == at::kLong};
   ea.error = experts_error_flag().device;
   return act_quant_impl(act, scheme, layout, q, s, x, up, std::nullopt, quantfuse::kMxBlock, 0, mx_code, 0, 0, true, 0,
-                        0, act_params, {0.0, 0.0, 0.0}, quantfuse::kStepFp32, quantfuse::kApplyDiv, false, &ea);
+                        0, act_params, {0.0, 0.0, 0.0}, quantfuse::kStepFp32, quantfuse::kApplyDiv, 0, &ea);
 }
 
 // fn()'s message ("" on success); an exception from ATen itself (not expected after the
@@ -425,11 +427,11 @@ std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, const
                               int64_t group_size, int64_t ue8m0, int64_t mx, int64_t s_stride_t, int64_t s_stride_g,
                               bool swizzled, int64_t vectors, int64_t blocks_per_sm,
                               const std::vector<double>& act_params, const std::vector<double>& scale_floors,
-                              int64_t step, int64_t apply, bool stage_rows) {
+                              int64_t step, int64_t apply, int64_t row_stages) {
   return guarded([&] {
     return act_quant_impl(act, scheme, layout, q, s, x, up, scale, group_size, ue8m0, mx, s_stride_t,
                           s_stride_g, swizzled, vectors, blocks_per_sm, act_params, scale_floors, step, apply,
-                          stage_rows);
+                          row_stages);
   });
 }
 
@@ -452,8 +454,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "act(x) -> scheme into q (and s); scheme kNoScheme: q = act(x) in x's dtype. Codes: "
         "quantfuse_catalog.h (catalog.codes()); act_params: the activation's parameters (catalog "
         "Activation.params, e.g. swigluoai_and_mul's alpha, limit); ue8m0, scale_floors, step, apply: "
-        "the FP8 recipe (CallPlan.fp8_floors; the defaults: the default recipe's); stage_rows: per-token rows staged in "
-        "shared memory (QuantParams). Returns \"\" or an error "
+        "the FP8 recipe (CallPlan.fp8_floors; the defaults: the default recipe's); row_stages: per-token rows staged "
+        "ahead in shared memory, 0-2 (QuantParams). Returns \"\" or an error "
         "message",
         py::arg("act"), py::arg("scheme"), py::arg("layout"), py::arg("q"), py::arg("s"), py::arg("x"),
         py::arg("up"), py::arg("scale"), py::arg("group_size"), py::arg("ue8m0"), py::arg("mx"),
@@ -461,7 +463,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("blocks_per_sm") = 0, py::arg("act_params") = std::vector<double>{},
         py::arg("scale_floors") = std::vector<double>{quantfuse::kDefaultEps, 0.0, 0.0},
         py::arg("step") = int64_t(quantfuse::kStepFp32), py::arg("apply") = int64_t(quantfuse::kApplyDiv),
-        py::arg("stage_rows") = false);
+        py::arg("row_stages") = int64_t(0));
 
   m.def("experts_quant", &quantfuse::experts_quant_checked,
         "The experts ops: act(x) -> MXFP8 / MXFP4 (scheme code) of tokens sorted by expert into q and the "

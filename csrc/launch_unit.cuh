@@ -178,19 +178,21 @@ const char* dispatch_experts(const QuantParams& p) {
                          : launch_group<Scheme<false>, kMxBlock, Scheme<false>::kVectors>(p, sc);
 }
 
-// The staged per-token kernel with threads_x threads a row: rows per block chosen for the most
-// threads resident per SM under the shared memory the rows' slots take (ties: fewer rows a
-// block, so the last round of rows spreads over more SMs). Returns "" (not an error) when one
-// row's slots exceed a block's shared memory, for the caller's register kernel.
-template <Fp8Step K, int NV>
+// The staged per-token kernel (STAGES rows staged ahead) with threads_x threads a row: rows per
+// block chosen for the most threads resident per SM under the shared memory the rows' slots take
+// (ties: fewer rows a block, so the last round of rows spreads over more SMs). Returns "" (not an
+// error) when one row's slots exceed a block's shared memory, for the caller's register kernel.
+template <Fp8Step K, int NV, int STAGES>
 const char* launch_token_staged(const QuantParams& p, int threads_x, bool ef) {
-  using Kernel = decltype(&act_token_quant_staged_kernel<DT, Act, K, NV>);
+  using Kernel = decltype(&act_token_quant_staged_kernel<DT, Act, K, NV, STAGES>);
   // [evict-first][interleaved]; the interleaved variants are the plain ones for non-gated activations
   static const Kernel variants[2][2] = {
-      {act_token_quant_staged_kernel<DT, Act, K, NV, false>, act_token_quant_staged_kernel<DT, Act, K, NV, false, kIL>},
-      {act_token_quant_staged_kernel<DT, Act, K, NV, true>, act_token_quant_staged_kernel<DT, Act, K, NV, true, kIL>}};
+      {act_token_quant_staged_kernel<DT, Act, K, NV, STAGES, false>,
+       act_token_quant_staged_kernel<DT, Act, K, NV, STAGES, false, kIL>},
+      {act_token_quant_staged_kernel<DT, Act, K, NV, STAGES, true>,
+       act_token_quant_staged_kernel<DT, Act, K, NV, STAGES, true, kIL>}};
   const Kernel kernel = variants[ef][interleaved(p.in)];
-  const int64_t row_bytes = int64_t(NV) * (Act::kGated ? 2 : 1) * threads_x * 16;
+  const int64_t row_bytes = int64_t(STAGES) * NV * (Act::kGated ? 2 : 1) * threads_x * 16;
   struct Shape { int rows = 0, per_sm = 0; };
   // by row width in warps (host-side cache; the variants share their registers and shared memory)
   static Shape shapes[kTokenThreads / 32 + 1];
@@ -224,8 +226,9 @@ const char* launch_token(const QuantParams& p, int threads_x, int block_threads)
   // Every vector count takes the hint here (SiLU x FP8 per-token 4096 x 2048: 86% -> 97% of
   // copy bandwidth). Both variants use the same registers, so one occupancy serves both.
   const bool ef = evict_first_input<Fp8Scaled<K>>(p);
-  if (p.stage_rows && p.blocks_per_sm <= 0) {
-    const char* err = launch_token_staged<K, NV>(p, threads_x, ef);
+  if (p.row_stages > 0 && p.blocks_per_sm <= 0) {
+    const char* err = p.row_stages == 2 ? launch_token_staged<K, NV, 2>(p, threads_x, ef)
+                                        : launch_token_staged<K, NV, 1>(p, threads_x, ef);
     if (err == nullptr || err[0] != '\0') return err;
   }
   auto kernel = ef ? act_token_quant_kernel<DT, Act, K, NV, true> : act_token_quant_kernel<DT, Act, K, NV>;

@@ -12,8 +12,8 @@
 // group kernel), so loads stay in flight across the barrier. act(x) stays in registers
 // between the amax and the encode: x is read once.
 //
-// act_token_quant_staged_kernel (the same rows; launch_unit.cuh launch_token_staged): the next
-// row goes to shared memory by cp.async instead of a second set of registers.
+// act_token_quant_staged_kernel (the same rows; launch_unit.cuh launch_token_staged): the coming
+// rows (one or two ahead) go to shared memory by cp.async instead of a second set of registers.
 //
 // act_token_quant_wide_kernel (longer rows): one pass for the amax, a second that
 // recomputes act(x) (the re-read mostly hits L2) and encodes.
@@ -209,28 +209,44 @@ __device__ __forceinline__ void stage_row(uint4* mine, const typename DT::Storag
   asm volatile("cp.async.commit_group;" ::: "memory");
 }
 
-// act_token_quant_kernel with the next row staged in shared memory instead of a second set of
-// registers: while this row's barrier and stores run, its next row is copied into the slots it
-// was just read from. The registers of one row's vectors stay live instead of two, which keeps
-// the 4-vector kernels below the register cap without spills and more warps resident. Dynamic
-// shared memory: blockDim.y * NV * (gated ? 2 : 1) * blockDim.x vectors (launch_token_staged).
-template <typename DT, typename Act, Fp8Step K, int NV, bool EVICT_FIRST = false, bool IL = false>
+// act_token_quant_kernel with the coming rows staged in shared memory instead of a second set of
+// registers. The registers of one row's vectors stay live instead of two, which keeps the
+// 4-vector kernels below the register cap without spills and more warps resident. STAGES rows
+// of slots per row slot of the block: with 1, the next row is copied into the slots this row was
+// just read from, so its loads overlap this row's barrier and stores only; with 2, the row after
+// the next goes there, and the next row's loads (issued a row earlier) overlap this row's
+// arithmetic too. Dynamic shared memory: blockDim.y * STAGES * NV * (gated ? 2 : 1) * blockDim.x
+// vectors (launch_unit.cuh launch_token_staged).
+template <typename DT, typename Act, Fp8Step K, int NV, int STAGES, bool EVICT_FIRST = false, bool IL = false>
 __global__ void __launch_bounds__(kTokenThreads) act_token_quant_staged_kernel(
     uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ gate,
     const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t tokens, int64_t hidden,
     const ActArgs aa, const ScaleRecipe rr) {
+  static_assert(STAGES == 1 || STAGES == 2, "one or two rows staged ahead");
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
   constexpr int kOps = Act::kGated ? 2 : 1;
   extern __shared__ uint4 stage[];
-  uint4* mine = stage + int64_t(threadIdx.y) * NV * kOps * blockDim.x + threadIdx.x;
+  const int64_t slots = int64_t(NV) * kOps * blockDim.x;  // one row's
+  uint4* const first = stage + int64_t(threadIdx.y) * STAGES * slots + threadIdx.x;
   const int64_t step = int64_t(gridDim.x) * blockDim.y;
   int64_t row = int64_t(threadIdx.y) * gridDim.x + blockIdx.x;  // as act_token_quant_kernel
   pdl_wait_and_trigger();
-  stage_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(mine, gate, up, in_stride, row, tokens, hidden, 0.0f);
+  stage_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(first, gate, up, in_stride, row, tokens, hidden, 0.0f);
+  if constexpr (STAGES == 2) {
+    stage_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(first + slots, gate, up, in_stride, row + step, tokens, hidden,
+                                                    0.0f);
+  }
   int buf = 0;
   while (row < tokens) {  // uniform over the row's threads, the only ones its barrier waits for
-    asm volatile("cp.async.wait_group 0;" ::: "memory");
+    // one commit group per staged row, in row order: this row's is complete once at most
+    // STAGES - 1 newer ones are pending
+    if constexpr (STAGES == 2) {
+      asm volatile("cp.async.wait_group 1;" ::: "memory");
+    } else {
+      asm volatile("cp.async.wait_group 0;" ::: "memory");
+    }
+    uint4* const mine = STAGES == 2 && buf ? first + slots : first;
     // each vector read from its slot where it is used: one vector's operands live at a time
     auto fetch = [&](int j, bool in_row, uint4& ga, uint4& ua) {
       if (!in_row) return;  // a slot past the row's end was never written
@@ -241,7 +257,8 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_staged_kernel(
     uint32_t yp[NV][VEC / 2];
     const float amax = token_act<DT, Act, NV, IL>(y, yp, fetch, row, tokens, hidden, aa);
     const int64_t next = row + step;
-    stage_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(mine, gate, up, in_stride, next, tokens, hidden, amax);
+    stage_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(mine, gate, up, in_stride, next + (STAGES - 1) * step, tokens,
+                                                    hidden, amax);
     const auto st = Fp8Scaled<K>::template prepare<DT>(row_max(amax, buf), rr);
     buf ^= 1;
     token_store<DT, K, NV>(q, s, row, hidden, y, yp, st, rr);

@@ -40,14 +40,14 @@ def _fresh(tmp_path, monkeypatch):
 
 
 class Timer:
-    """A stand-in timer: µs by (tokens, vectors) (group kernels) or (tokens, stage_rows)
+    """A stand-in timer: µs by (tokens, vectors) (group kernels) or (tokens, row_stages)
     (per-token), recording every call."""
 
     def __init__(self, times):
         self.times, self.calls = times, []
 
     def __call__(self, p, choice):
-        key = choice.stage_rows if tuning._per_token(p) else choice.vectors
+        key = choice.row_stages if tuning._per_token(p) else choice.vectors
         self.calls.append((p.tokens, key))
         return self.times(p.tokens, key)
 
@@ -67,8 +67,8 @@ def test_which_plans_are_tuned():
     assert not tuning.tunable(_plan("silu_and_mul"))
     assert tuning.candidates(_plan("relu2_mxfp8_quant")) == tuple(tuning.Choice(v) for v in tuning.CANDIDATES)
     per_token = tuning.candidates(_plan("relu2_per_token_quant_fp8"))
-    assert set(per_token) == {tuning.Choice(v, s) for v in (0, 1, 2, 4) for s in (False, True)}
-    assert len({c.label for c in per_token}) == len(per_token) == 8
+    assert set(per_token) == {tuning.Choice(v, r) for v in (0, 1, 2, 4) for r in (0, 1, 2)}
+    assert len({c.label for c in per_token}) == len(per_token) == 12
 
 
 def test_classes_start_where_the_input_passes_l2():
@@ -110,21 +110,21 @@ def test_fastest_count_per_class_and_the_table_on_disk(tmp_path):
 
 
 def test_per_token_rows_staged_where_faster(tmp_path):
-    """The per-token kernel's classes each take the fastest of its choices: here the row in
-    registers or staged in shared memory decides, and a forced count ties with the launcher's
-    default, which wins the tie (so does registers); the table names every choice's time."""
+    """The per-token kernel's classes each take the fastest of its choices: here how many rows it
+    stages ahead decides, and a forced count ties with the launcher's default, which wins the tie
+    (as fewer stages do); the table names every choice's time."""
     p = _plan("swigluoai_and_mul_per_token_quant_fp8")
     (s0, t0), (s1, t1), (s2, t2) = tuning.class_tokens(p, L2)
-    table = {(t0, False): 5.0, (t0, True): 5.0, (t1, False): 20.0, (t1, True): 17.0, (t2, False): 80.0,
-             (t2, True): 81.0}
-    classes, final = tuning.token_classes(p, H200, Timer(lambda t, staged: table[(t, staged)]))
+    us = {t0: (5.0, 5.0, 5.0), t1: (20.0, 17.0, 16.0), t2: (80.0, 81.0, 82.0)}
+    classes, final = tuning.token_classes(p, H200, Timer(lambda t, stages: us[t][stages]))
     C = tuning.Choice
-    assert final and s0 == 0 and classes == ((0, C()), (s1, C(stage_rows=True)), (s2, C()))
+    assert final and s0 == 0 and classes == ((0, C()), (s1, C(row_stages=2)), (s2, C()))
     entry = json.loads((tmp_path / "tuning-NVIDIA_H200.json").read_text())[tuning.tuning_key(p)]
-    assert [c["stage_rows"] for c in entry["classes"]] == [False, True, False]
-    assert entry["classes"][1]["us"] == {"registers": 20.0, "shared": 17.0, "1": 20.0, "1 shared": 17.0, "2": 20.0,
-                                         "2 shared": 17.0, "4": 20.0, "4 shared": 17.0}
-    assert [tuning.choice_for(classes, t).stage_rows for t in (1, s1 - 1, s1, s2)] == [False, False, True, False]
+    assert [c["row_stages"] for c in entry["classes"]] == [0, 2, 0]
+    assert entry["classes"][1]["us"] == {
+        f"{v} {w}".strip() if v else (w or "registers"): t
+        for v in ("", "1", "2", "4") for w, t in (("", 20.0), ("shared", 17.0), ("shared x2", 16.0))}
+    assert [tuning.choice_for(classes, t).row_stages for t in (1, s1 - 1, s1, s2)] == [0, 0, 2, 0]
 
 
 def test_calls_take_their_class():

@@ -1,14 +1,14 @@
 """Launch parameters tuned on the GPU that runs them: vectors per thread of the group kernels,
-and where the per-token kernel keeps its next row.
+and where the per-token kernel keeps the rows it prefetches.
 
 How many 16-byte vectors a thread of the per-group and MX kernels loads per group decides
 how many loads are in flight per SM, and the best count differs between GPUs of one
 architecture (docs/decisions/020-vectors-autotuned-per-device.md): a count chosen on one
 card is not right on the next. The per-token kernel keeps the next row's vectors either in a
-second set of registers or in shared memory (``stage_rows``): fewer registers, more warps
-resident, one more hop; which is faster depends on the activation's register needs and the
-GPU (docs/decisions/026-per-token-row-staging-tuned.md); both are timed with each vector count
-too. So neither is a constant: on the
+second set of registers or in shared memory, one or two rows ahead (``row_stages``): fewer
+registers, more warps resident, one more hop; which is faster depends on the activation's
+register needs and the GPU (docs/decisions/026-per-token-row-staging-tuned.md); each is timed
+with each vector count too. So neither is a constant: on the
 first call of a plan (everything about a call but its token count, :attr:`CallPlan.key`) the
 CUDA backend asks :func:`token_classes`, which times each :func:`candidates` choice on random
 inputs of the plan's shape for every token class (group kernels: past the L2, below it the
@@ -47,18 +47,20 @@ log = logging.getLogger("quantfuse.tuning")
 @dataclasses.dataclass(frozen=True)
 class Choice:
     """One launch choice: ``vectors`` per thread (0: the kernel's default), and for the per-token
-    kernel whether the next row is staged in shared memory (csrc act_quant.h QuantParams)."""
+    kernel how many rows ahead it stages in shared memory (0: the next row in registers; csrc
+    act_quant.h QuantParams)."""
 
     vectors: int = 0
-    stage_rows: bool = False
+    row_stages: int = 0
 
     @property
     def label(self) -> str:
-        """How the table names it: the vector count ("2"), where a per-token row is kept at the
-        default count ("registers", "shared"), or both ("2 shared")."""
+        """How the table names it: the vector count ("2"), where a per-token kernel keeps its rows
+        at the default count ("registers", "shared", "shared x2"), or both ("2 shared x2")."""
+        where = "" if not self.row_stages else "shared" if self.row_stages == 1 else f"shared x{self.row_stages}"
         if self.vectors:
-            return f"{self.vectors} shared" if self.stage_rows else str(self.vectors)
-        return "shared" if self.stage_rows else "registers"
+            return f"{self.vectors} {where}" if where else str(self.vectors)
+        return where or "registers"
 
 
 #: the vector counts the group kernels are instantiated for (csrc/launch_unit.cuh dispatch_vectors)
@@ -66,6 +68,8 @@ CANDIDATES = (1, 2, 4)
 #: token classes, as multiples of the L2 size the input's bytes reach: (class starts at,
 #: timed at). Past 4 L2 sizes no part of the input is still in L2 when it is read again.
 CLASSES = ((1, 2), (4, 8))
+#: rows the per-token kernel may stage ahead in shared memory (0: the next row in registers)
+ROW_STAGES = (0, 1, 2)
 #: the per-token kernel's: a first class from one token, timed at half the L2
 TOKEN_CLASSES = ((0, 0.5),) + CLASSES
 #: the timed inputs and outputs take at most this share of the free device memory
@@ -98,10 +102,10 @@ def tunable(plan) -> bool:
 
 def candidates(plan) -> tuple[Choice, ...]:
     """The choices timed for a tunable plan: each vector count; per-token, the launcher's default
-    and each count, each with the next row in registers or in shared memory (a count a row is
-    too short for takes the next that fits, so some choices time the same launch)."""
+    and each count, each with every ``ROW_STAGES`` (a count a row is too short for takes the next
+    that fits, so some choices time the same launch)."""
     if _per_token(plan):
-        return tuple(Choice(v, staged) for v in (0, *CANDIDATES) for staged in (False, True))
+        return tuple(Choice(v, r) for v in (0, *CANDIDATES) for r in ROW_STAGES)
     return tuple(Choice(v) for v in CANDIDATES)
 
 
@@ -151,9 +155,9 @@ def _write_entry(path: Path, key: str, entry: dict) -> None:
 
 
 def choose(times: dict[Choice, float]) -> Choice:
-    """The fastest choice; ties go to the fewer vectors (fewer registers), then to the row in
-    registers (the default)."""
-    return min(times, key=lambda c: (times[c], c.vectors, c.stage_rows))
+    """The fastest choice; ties go to the fewer vectors (fewer registers), then to fewer rows
+    staged (the default: none)."""
+    return min(times, key=lambda c: (times[c], c.vectors, c.row_stages))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +202,7 @@ def token_classes(plan, device: Device | Callable[[], Device],
         if entry is None:
             return (), True
         _write_entry(path, key, entry)
-    classes = tuple((int(c["min_tokens"]), Choice(int(c["vectors"]), bool(c.get("stage_rows", False))))
+    classes = tuple((int(c["min_tokens"]), Choice(int(c["vectors"]), int(c.get("row_stages", 0))))
                     for c in entry["classes"])
     with _lock:
         _memory[(device.name, key)] = classes
@@ -219,7 +223,7 @@ def _tune(plan, device: Device, launch) -> dict | None:
         if not times:
             break
         best = choose(times)
-        classes.append({"min_tokens": start, "tokens": at, "vectors": best.vectors, "stage_rows": best.stage_rows,
+        classes.append({"min_tokens": start, "tokens": at, "vectors": best.vectors, "row_stages": best.row_stages,
                         "us": {c.label: round(t, 2) for c, t in times.items()}})
         log.info("quantfuse: tuned %s on %s at %d tokens: %s -> %s", tuning_key(plan), device.name, at,
                  ", ".join(f"{c.label}: {t:.1f} us" for c, t in times.items()), best.label)
