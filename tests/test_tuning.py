@@ -67,8 +67,8 @@ def test_which_plans_are_tuned():
     assert not tuning.tunable(_plan("silu_and_mul"))
     assert tuning.candidates(_plan("relu2_mxfp8_quant")) == tuple(tuning.Choice(v) for v in tuning.CANDIDATES)
     per_token = tuning.candidates(_plan("relu2_per_token_quant_fp8"))
-    assert set(per_token) == {tuning.Choice(v, r) for v in (0, 1, 2, 4) for r in (0, 1, 2)}
-    assert len({c.label for c in per_token}) == len(per_token) == 12
+    assert set(per_token) == {tuning.Choice(v, r) for v in (0, 1, 2, 4) for r in tuning.ROW_STAGES}
+    assert len({c.label for c in per_token}) == len(per_token) == 4 * len(tuning.ROW_STAGES)
 
 
 def test_classes_start_where_the_input_passes_l2():
@@ -118,13 +118,15 @@ def test_per_token_rows_staged_where_faster(tmp_path):
     us = {t0: (5.0, 5.0, 5.0), t1: (20.0, 17.0, 16.0), t2: (80.0, 81.0, 82.0)}
     classes, final = tuning.token_classes(p, H200, Timer(lambda t, stages: us[t][stages]))
     C = tuning.Choice
-    assert final and s0 == 0 and classes == ((0, C()), (s1, C(row_stages=2)), (s2, C()))
+    best = max(tuning.ROW_STAGES)  # the fastest at t1 among those timed
+    assert final and s0 == 0 and classes == ((0, C()), (s1, C(row_stages=best)), (s2, C()))
     entry = json.loads((tmp_path / "tuning-NVIDIA_H200.json").read_text())[tuning.tuning_key(p)]
-    assert [c["row_stages"] for c in entry["classes"]] == [0, 2, 0]
-    assert entry["classes"][1]["us"] == {
-        f"{v} {w}".strip() if v else (w or "registers"): t
-        for v in ("", "1", "2", "4") for w, t in (("", 20.0), ("shared", 17.0), ("shared x2", 16.0))}
-    assert [tuning.choice_for(classes, t).row_stages for t in (1, s1 - 1, s1, s2)] == [0, 0, 2, 0]
+    assert [c["row_stages"] for c in entry["classes"]] == [0, best, 0]
+    names = {0: "", 1: "shared", 2: "shared x2"}
+    assert entry["classes"][1]["us"] == {f"{v} {names[r]}".strip() if v else (names[r] or "registers"): us[t1][r]
+                                         for v in ("", "1", "2", "4") for r in tuning.ROW_STAGES}
+    assert [tuning.choice_for(classes, t).row_stages for t in (1, s1 - 1, s1, s2)] == [0, 0, best, 0]
+    assert tuning.Choice(2, 2).label == "2 shared x2" and set(tuning.ROW_STAGES) <= set(tuning.KERNEL_ROW_STAGES)
 
 
 def test_calls_take_their_class():

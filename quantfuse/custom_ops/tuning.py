@@ -68,8 +68,12 @@ CANDIDATES = (1, 2, 4)
 #: token classes, as multiples of the L2 size the input's bytes reach: (class starts at,
 #: timed at). Past 4 L2 sizes no part of the input is still in L2 when it is read again.
 CLASSES = ((1, 2), (4, 8))
-#: rows the per-token kernel may stage ahead in shared memory (0: the next row in registers)
-ROW_STAGES = (0, 1, 2)
+#: rows the per-token kernel stages ahead in shared memory (0: the next row in registers), as the
+#: kernels take them (csrc act_quant.h QuantParams::row_stages)
+KERNEL_ROW_STAGES = (0, 1, 2)
+#: those tuning times: two stages join once they have run bit-exact on a GPU
+#: (tests/gpu/test_tuning_gpu.py times every KERNEL_ROW_STAGES)
+ROW_STAGES = (0, 1)
 #: the per-token kernel's: a first class from one token, timed at half the L2
 TOKEN_CLASSES = ((0, 0.5),) + CLASSES
 #: the timed inputs and outputs take at most this share of the free device memory
