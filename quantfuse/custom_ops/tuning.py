@@ -43,7 +43,6 @@ from quantfuse.catalog import Grouping, Layout
 log = logging.getLogger("quantfuse.tuning")
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Choice:
     """One launch choice: ``vectors`` per thread (0: the kernel's default), and for the per-token

@@ -127,15 +127,22 @@ def ancestors(node: Node, limit: int = _MAX_ANCESTORS) -> set[Node]:
     return seen
 
 
-def _between(top: Node, base: Node) -> set[Node]:
-    """The nodes ``top`` is computed from that ``base`` is not computed from (``top`` included)."""
-    stop, seen, stack = ancestors(base), set(), [top]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, Node) and n not in seen and n not in stop:
-            seen.add(n)
-            stack.extend(n.all_input_nodes)
-    return seen
+def packing_nodes(pack: Node, base: Node, depth: int = 8) -> set[Node]:
+    """The nodes on the paths from ``base`` to ``pack`` within ``depth`` steps, ``base`` left out:
+    for a packing read_packing accepted, its lanes' views, slices and shifts and the combine (an
+    ancestor walk would stop at a node limit, and a graph holds far more above the codes)."""
+    reaches: dict[Node, bool] = {}
+
+    def visit(n, d: int) -> bool:
+        if n is base:
+            return True
+        if not isinstance(n, Node) or d == 0:
+            return False
+        if n not in reaches:
+            reaches[n] = any([visit(a, d - 1) for a in n.all_input_nodes])  # a list: every input visited
+        return reaches[n]
+    visit(pack, depth)
+    return {n for n, r in reaches.items() if r}
 
 
 def find_candidates(graph: torch.fx.Graph) -> list[tuple[Node, Node, set[Node]]]:
@@ -499,9 +506,9 @@ def read_site(pack: Node, codes: Node, y: Node, config) -> rec.Site:
                      all(u in packing for u in a.users)}
         return packing | constants
     # the packing pairs codes 2i, 2i + 1 of the row-major order (read_packing), also over views of
-    # the codes that flatten the rows (torchao's pack_uint4): with an even row (MX blocks of 32) no pair
-    # straddles two rows, so those nodes need not keep the rows at a symbolic count
-    packing = frozenset(_between(pack, _through_views(codes)))
+    # the codes that flatten the rows (torchao's pack_uint4): with an even row (MX blocks of 32)
+    # no pair straddles two rows, so those nodes need not keep the rows at a symbolic count
+    packing = frozenset(packing_nodes(pack, _through_views(codes))) if canonical.is_symbolic(y) else frozenset()
     try:
         return rec.read_for_every_count(y, lambda: _read_canonical(pack, codes, y, encode), packing)
     except NotRecognised as e:

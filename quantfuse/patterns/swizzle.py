@@ -257,10 +257,11 @@ def fold(scale: Node, inside: set[Node], samples: list[tuple[dict, int]], groups
         except (ValueError, RuntimeError, TypeError, IndexError):
             return None
         wants.append(_swizzled_map(tokens, groups))
+    def lays_out(env: dict, want: torch.Tensor, end: Node) -> bool:
+        return env[end].numel() == want.numel() and torch.equal(env[end].reshape(-1), want)
     strided = None
     for end in reversed(chain.main):
-        if all(env[end].numel() == want.numel() and torch.equal(env[end].reshape(-1), want)
-               for env, want in zip(envs, wants)):
+        if all(lays_out(env, want, end) for env, want in zip(envs, wants)):
             if all(env[end].is_contiguous() for env in envs):
                 return Outcome(end=end, nodes=frozenset(chain.nodes(end)))
             strided = strided or end
@@ -273,8 +274,7 @@ def fold(scale: Node, inside: set[Node], samples: list[tuple[dict, int]], groups
                               f"{tuple(envs[0][strided].stride())}); the fused op writes it contiguous",
                        node=strided, source=source)
     # the near miss names the first sample that differs
-    k = next((i for i, (env, want) in enumerate(zip(envs, wants))
-              if not (env[last].numel() == want.numel() and torch.equal(env[last].reshape(-1), want))), 0)
+    k = next((i for i, (env, want) in enumerate(zip(envs, wants)) if not lays_out(env, want, last)), 0)
     return Outcome(reason=_why_not(envs[k][last].reshape(-1), wants[k], samples[k][1], groups), node=last,
                    source=source)
 
@@ -316,13 +316,14 @@ def apply(site) -> Outcome | None:
         symbols = sorted({sym for d in dims for sym in d.node.expr.free_symbols}, key=str)
         env = dims[0].node.shape_env
         counts = [_counts_in_range(env, sym) for sym in symbols]
-        if len(symbols) > 1:  # the smallest few of each: past a tile with B > 1 is what tells
+        several = len(symbols) > 1
+        if several:  # the smallest few of each: past a tile with B > 1 is what tells
             counts = [c[:MULTI_SYMBOL_COUNTS] for c in counts]
         samples = []
         for values in itertools.product(*counts):
             at = dict(zip(symbols, values))
             tokens = math.prod(size_at(d, at) for d in lead)
-            if tokens <= MAX_SAMPLE_ROWS:
+            if not several or tokens <= MAX_SAMPLE_ROWS:
                 samples.append((at, tokens))
         if len({t for _, t in samples}) < 3:
             return None
