@@ -437,10 +437,15 @@ struct SwigluOai {
 // 2048: 84% -> 91-93%, also with inputs rotated through 250 MB), while the large ones
 // lose 2-10 points; so the launchers use it only up to a size (launch_unit.cuh
 // evict_first_input).
-__device__ __forceinline__ uint4 ld_evict_first(const void* p) {
-  uint4 v;
+// The L2 cache policy of those loads (and of the staged per-token kernel's copies).
+__device__ __forceinline__ uint64_t evict_first_policy() {
   uint64_t policy;
   asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+__device__ __forceinline__ uint4 ld_evict_first(const void* p) {
+  uint4 v;
+  const uint64_t policy = evict_first_policy();
   asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p), "l"(policy));
@@ -459,19 +464,28 @@ __device__ __forceinline__ uint4 load16(const void* p) {
 // element row_off (Inputs). IL (interleaved): the two 16-byte vectors covering the
 // outputs' 2 * VEC inputs, raw in (gv, uv), split_interleaved separates them where they
 // are used (after the loads are in flight, not here).
+// Where those two vectors are (the second unused when not GATED and not IL).
+template <typename DT, bool IL>
+__device__ __forceinline__ void operand_addresses(const typename DT::Storage*& a, const typename DT::Storage*& b,
+                                                  const typename DT::Storage* gate, const typename DT::Storage* up,
+                                                  int64_t row_off, int64_t col) {
+  constexpr int VEC = 16 / sizeof(typename DT::Storage);
+  if constexpr (IL) {
+    a = gate + row_off + 2 * col;
+    b = a + VEC;
+  } else {
+    a = gate + row_off + col;
+    b = up + row_off + col;
+  }
+}
 template <typename DT, bool GATED, bool IL, bool EVICT_FIRST>
 __device__ __forceinline__ void load_operands(uint4& gv, uint4& uv, const typename DT::Storage* __restrict__ gate,
                                               const typename DT::Storage* __restrict__ up, int64_t row_off,
                                               int64_t col) {
-  constexpr int VEC = 16 / sizeof(typename DT::Storage);
-  if constexpr (IL) {
-    const auto* p = gate + row_off + 2 * col;
-    gv = load16<EVICT_FIRST>(p);
-    uv = load16<EVICT_FIRST>(p + VEC);
-  } else {
-    gv = load16<EVICT_FIRST>(gate + row_off + col);
-    if constexpr (GATED) uv = load16<EVICT_FIRST>(up + row_off + col);
-  }
+  const typename DT::Storage *a, *b;
+  operand_addresses<DT, IL>(a, b, gate, up, row_off, col);
+  gv = load16<EVICT_FIRST>(a);
+  if constexpr (GATED || IL) uv = load16<EVICT_FIRST>(b);
 }
 
 // (gate, up) vectors from the interleaved (g0 u0 g1 u1 ...) pair of vectors (a, b):

@@ -173,8 +173,7 @@ template <bool EVICT_FIRST>
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   if constexpr (EVICT_FIRST) {
-    uint64_t policy;
-    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+    const uint64_t policy = evict_first_policy();
     asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "l"(policy)
                  : "memory");
   } else {
@@ -200,9 +199,10 @@ __device__ __forceinline__ void stage_row(uint4* mine, const typename DT::Storag
     for (int j = 0; j < NV; ++j) {
       const int64_t col = (int64_t(j) * blockDim.x + threadIdx.x) * VEC;
       if (col < hidden) {
-        const auto* a = IL ? gate + row_off + 2 * col : gate + row_off + col;
+        const typename DT::Storage *a, *b;
+        operand_addresses<DT, IL>(a, b, gate, up, row_off, col);
         cp_async16<EVICT_FIRST>(mine + j * kOps * blockDim.x, a);
-        if constexpr (GATED) cp_async16<EVICT_FIRST>(mine + (j * kOps + 1) * blockDim.x, IL ? a + VEC : up + row_off + col);
+        if constexpr (GATED) cp_async16<EVICT_FIRST>(mine + (j * kOps + 1) * blockDim.x, b);
       }
     }
   }
