@@ -197,7 +197,9 @@ struct Mx {
   // (encode_nan_block; div_inf: MxNan.DIV_INF); tiny: amax < 2^-121, where a subnormal element
   // could still code above 0 (MXFP4's bf16x2 path, whose arithmetic may flush subnormals, is
   // skipped for such blocks and for inf blocks)
-  struct State { float f; uint32_t byte; bool bad, div_inf, inf, tiny; };
+  // device0: a byte-0 block of catalog.MX_DEVICE_BYTE0, its elements y / f (divide) or y * f with f
+  // CUDA's own 2^-127 or its reciprocal (encode_device_byte0)
+  struct State { float f; uint32_t byte; bool bad, div_inf, inf, tiny, device0, divide; };
   // rr.mx: the MX recipe fields (act_quant.h MxArgs)
   template <typename DT>
   static __device__ __forceinline__ State prepare(float amax, const ScaleRecipe& rr) {
@@ -213,12 +215,22 @@ struct Mx {
     // 2^-e; a finite block has e <= 126, so 127 - e >= 1 stays a normal exponent; an inf
     // block's 2^-127 is subnormal (0x00400000), which __fmul_rn keeps (no ftz here)
     float f = e == kE8m0Bias ? __uint_as_float(0x00400000u) : __uint_as_float(uint32_t(127 - e) << 23);
-    if (e == -kE8m0Bias && a.byte0 != kMxByte0Exact) {
+    const bool device0 = e == -kE8m0Bias && (a.byte0 == kMxByte0Exp2 || a.byte0 == kMxByte0Pow);
+    const bool divide = device0 && rr.apply == kApplyDiv;
+    if (device0) {
+      // torch's exp2(-127.) / pow(2., -127.) on CUDA: libdevice's exp2f / powf, which are not 2^-127
+      // there; the argument passes through an opaque move, else nvcc knows e == -127 here and folds
+      // the call to the exact power of two
+      float fe = float(e);
+      asm volatile("mov.b32 %0, %0;" : "+f"(fe));
+      const float d = a.byte0 == kMxByte0Exp2 ? exp2f(fe) : powf(2.0f, fe);
+      f = divide ? d : __frcp_rn(d);
+    } else if (e == -kE8m0Bias && a.byte0 != kMxByte0Exact) {
       // MxByte0.MIN_NORMAL: 1 / fp32's smallest normal, 2^126; MxByte0.ONE: 1
       f = a.byte0 == kMxByte0One ? 1.0f : __uint_as_float(uint32_t(127 + kE8m0Bias - 1) << 23);
     }
     return {f, bad ? uint32_t(kE8m0Nan) : uint32_t(e + kE8m0Bias), bad, a.nan == kMxNanDivInf, inf,
-            __float_as_uint(amax) < (6u << 23) || inf};
+            __float_as_uint(amax) < (6u << 23) || inf, device0, divide};
   }
   static __device__ __forceinline__ Scale scale(const State& st) { return Scale(st.byte); }
   template <int N, typename DT>
@@ -226,6 +238,10 @@ struct Mx {
                                                 uint32_t* w, const ScaleRecipe&) {
     if (st.bad) {
       encode_nan_block<N>(y, st, w);
+      return;
+    }
+    if (st.device0) {
+      encode_device_byte0<N>(y, st, w);
       return;
     }
     if constexpr (kElemBits == 8) {
@@ -275,6 +291,22 @@ struct Mx {
 #pragma unroll
       for (int k = 0; k < 8 && i + k < N; ++k) v |= e2m1_code(__fmul_rn(y[i + k], st.f)) << (4 * k);
       w[i / 8] = v;
+    }
+  }
+  // A byte-0 block of catalog.MX_DEVICE_BYTE0: each element y / d correctly rounded (apply DIV) or
+  // y * RN(1/d) (st.f), then coded one at a time as the exact paths do
+  template <int N>
+  static __device__ __forceinline__ void encode_device_byte0(const float* y, const State& st, uint32_t* w) {
+    float v[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] = st.divide ? __fdiv_rn(y[i], st.f) : __fmul_rn(y[i], st.f);
+    if constexpr (kElemBits == 8) {
+#pragma unroll
+      for (int i = 0; i < N; i += 4) w[i / 4] = e4m3x2(v[i], v[i + 1]) | (e4m3x2(v[i + 2], v[i + 3]) << 16);
+    } else {
+      State one = st;
+      one.f = 1.0f;
+      encode_fp4_exact<N>(v, one, w);
     }
   }
   // A NaN block (scale byte 0xFF): MxNan.NAN all NaN (MXFP8) / codes 0 (MXFP4); MxNan.DIV_INF

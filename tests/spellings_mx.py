@@ -22,7 +22,7 @@ import torch
 from hypothesis import strategies as st
 
 from quantfuse import catalog
-from quantfuse.catalog import MxRounding, Recipe
+from quantfuse.catalog import ApplyForm, MxByte0, MxRounding, Recipe
 from spellings import ActSpelling, _act_choices, _act_consistent
 from test_recognise_mxfp4 import pack_lanes, pack_pairs, pack_torchao, round_codes, threshold_codes, torchao_codes
 
@@ -86,8 +86,8 @@ class MxSpelling(ActSpelling):
 
     def make_inputs(self, tiny: bool = True):
         """The inputs; ``tiny=False`` leaves out the bf16 block of subnormals, the one block whose
-        nonzero amax (2^-129) clamps the exponent to -127: where CUDA's ``exp2(-127)`` is not
-        2^-127, eager CUDA's elements there are not the fused op's (docs/numerics.md, "Known gap")."""
+        nonzero amax (2^-129) clamps the exponent to -127, where CUDA's ``exp2(-127)`` is not
+        2^-127 (docs/numerics.md, "CUDA's 2^-127")."""
         g = self._generator()
         shape = (2, 3) if self.three_d else (5,)
         w = self.width
@@ -197,7 +197,10 @@ class MxSpelling(ActSpelling):
         if self.element == "e2m1" and (self.encoding not in ("thresholds", "round", "torchao", "bucketize")
                                        or self.packing == "high_first"):
             return None
-        return dataclasses.replace(self.scheme.base, mx_rounding=MxRounding(self.rounding))
+        # a byte-0 block's divisor is the device's exp2(-127.) / pow(2., -127.), applied as written
+        return dataclasses.replace(self.scheme.base, mx_rounding=MxRounding(self.rounding),
+                                   mx_byte0=MxByte0.EXP2 if self.scale_form == "exp2" else MxByte0.POW,
+                                   apply=ApplyForm.DIV if self.apply == "div" else ApplyForm.MUL_INV)
 
 
 def _base():

@@ -162,6 +162,9 @@ def _mx_spelled(y: torch.Tensor, r: catalog.Recipe):
     byte = torch.where(torch.isnan(amax), 255, e + 127).to(torch.uint8)
     if r.mx_byte0 is catalog.MxByte0.MIN_NORMAL:  # torchao's float scale from the byte, floored
         v = yb / (byte.to(torch.int32) << 23).view(torch.float32).clamp(min=2.0 ** -126)
+    elif r.mx_byte0 in catalog.MX_DEVICE_BYTE0:  # the scale as exp2 / pow of the clamped exponent
+        s = torch.exp2(e.float()) if r.mx_byte0 is catalog.MxByte0.EXP2 else 2 ** e.float()
+        v = yb / s if r.apply is catalog.ApplyForm.DIV else yb * (1 / s)
     else:
         one = 1.0 if r.mx_byte0 is catalog.MxByte0.ONE else 2.0 ** 127
         v = yb * torch.where(byte == 0, one, torch.exp2(127 - byte.float()))
@@ -178,10 +181,14 @@ def _mx_spelled(y: torch.Tensor, r: catalog.Recipe):
 
 
 def _mx_recipes():
-    """Every combination of the MX recipe fields the catalog defines, for both elements."""
+    """Every combination of the MX recipe fields the catalog defines, for both elements (a byte-0
+    block's device divisor applied both ways)."""
     fields = {f: tuple(kind) for f, kind in catalog.MX_CODE_FIELDS}
     for scheme, values in itertools.product((catalog.MXFP8, catalog.MXFP4), itertools.product(*fields.values())):
-        yield dataclasses.replace(scheme.base, **dict(zip(fields, values)))
+        r = dataclasses.replace(scheme.base, **dict(zip(fields, values)))
+        yield r
+        if r.mx_byte0 in catalog.MX_DEVICE_BYTE0:
+            yield dataclasses.replace(r, apply=catalog.ApplyForm.MUL_INV)
 
 
 def test_every_mx_recipe_matches_its_spelling():
@@ -202,7 +209,9 @@ def test_every_mx_recipe_matches_its_spelling():
         assert torch.equal(s, s2), r
         assert torch.equal(q.view(torch.uint8), q2.view(torch.uint8)), r
         count += 1
-    assert count == 2 * 4 * 2 * 3 * 2  # the generator covers every field value
+    # the generator covers every field value: MxByte0's three values from the bits, and the two
+    # device divisors each by y / s and y * (1 / s)
+    assert count == 2 * 4 * 2 * (3 + 2 * 2) * 2
 
 
 def test_mx_fields_cross_as_one_code():
@@ -215,7 +224,8 @@ def test_mx_fields_cross_as_one_code():
             assert code // strides[field] % len(kind) == c[f"{field}_{getattr(r, field).value}"]
             assert f"k{field.title().replace('_', '')}Stride = {strides[field]}" in header
         seen.add((r.element, code))
-    assert len(seen) == 2 * 48 and max(code for _, code in seen) < 48 and "kMxCodes = 48" in header
+    n = 4 * 2 * 5 * 2  # rounding x inf x byte0 x nan (apply crosses as its own code)
+    assert len(seen) == 2 * n and max(code for _, code in seen) < n and f"kMxCodes = {n}" in header
     # every one is a kernel recipe, reached with recipe= (the recogniser's torchao spellings)
     x = torch.randn(2, 64)
     for r in _mx_recipes():

@@ -234,7 +234,8 @@ def test_explain_cli_on_a_file_target(capsys):
     out = capsys.readouterr().out
     assert out.startswith("quantfuse explain: 4 candidate site(s) in 1 graph(s) (no grad): "
                           "2 fused, 2 near miss(es), 0 kept for speed")
-    assert "quantfuse.silu_and_mul_mxfp8_quant(scale_rounding=rceil, is_sf_swizzled_layout=False)" in out
+    assert ("quantfuse.silu_and_mul_mxfp8_quant(scale_rounding=rceil, is_sf_swizzled_layout=False, "
+            "recipe=mx_byte0=exp2)") in out  # the model divides by torch.exp2(e): the device's 2^-127
 
 
 def test_explain_cli_on_a_cpu_keeps_native_sites_unless_asked(capsys, monkeypatch):

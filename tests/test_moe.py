@@ -251,7 +251,7 @@ class Relu2Mxfp8MoE(fp8_moe.FP8MoE):
 def test_relu2_mxfp8_experts_fused():
     (r,) = fuse(_layer(Relu2Mxfp8MoE, activation="relu2"), tokens()).rewrites
     assert (r.activation, r.scheme, r.fused_op) == ("relu2", "mxfp8", "quantfuse.relu2_mxfp8_quant")
-    assert r.params == {"scale_rounding": "rceil", "is_sf_swizzled_layout": False}
+    assert r.params == {"scale_rounding": "rceil", "is_sf_swizzled_layout": False, "recipe": "mx_byte0=exp2"}
 
 
 def test_example_main_on_the_cpu(capsys):

@@ -354,7 +354,8 @@ def test_mxfp8_recognised_bit_exact(rceil, dtype):
     report = assert_fused_equals_eager(lambda x: mx8_quant(vllm_silu_and_mul(x), rceil), x)
     (r,) = report.rewrites
     assert r.pattern == "recognised:silu_and_mul[halves]+mxfp8" and r.fused_op == "quantfuse.silu_and_mul_mxfp8_quant"
-    assert r.params == {"scale_rounding": "rceil" if rceil else "floor", "is_sf_swizzled_layout": False}
+    assert r.params == {"scale_rounding": "rceil" if rceil else "floor", "is_sf_swizzled_layout": False,
+                        "recipe": "mx_byte0=exp2"}  # y / torch.exp2(e): the device's 2^-127
     assert (r.vllm_pattern, r.quant_key) == ("SiluMulMxfp8QuantPattern", "kMxfp8Dynamic")
 
 

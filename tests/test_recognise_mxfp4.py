@@ -134,7 +134,8 @@ def test_mxfp4_fused_bit_exact(spelling, rceil, act, dtype):
     assert report.near_misses == [], str(report)
     (r,) = report.rewrites
     assert r.pattern == f"recognised:{act}[halves]+mxfp4" and r.fused_op == f"quantfuse.{act}_mxfp4_quant"
-    assert r.params == {"scale_rounding": "rceil" if rceil else "floor", "is_sf_swizzled_layout": False}
+    assert r.params == {"scale_rounding": "rceil" if rceil else "floor", "is_sf_swizzled_layout": False,
+                        "recipe": "mx_byte0=exp2"}  # y / torch.exp2(e): the device's 2^-127
     assert (r.quant_key, r.input_dtype) == ("kMxfp4Dynamic", str(dtype).replace("torch.", ""))
     # the whole quantisation is gone: no reduction, no exponent, no packing left
     assert (count_targets(gm, "amax"), count_targets(gm, "exp2"), count_targets(gm, "lshift", "bitwise_or"),

@@ -29,7 +29,7 @@ from types import ModuleType
 import torch
 
 from quantfuse import catalog
-from quantfuse.catalog import Grouping, ScaleLayout
+from quantfuse.catalog import ApplyForm, Grouping, ScaleLayout
 from quantfuse.custom_ops import tuning
 
 NAME = "cuda"
@@ -331,6 +331,8 @@ def _reason(plan) -> str | None:
     if why:
         return why
     r = plan.recipe
+    if r is not None and plan.entry.experts and r.apply is not ApplyForm.DIV:
+        return "the experts kernels divide a byte-0 block by the device's 2^-127 (apply=div only)"
     if r is not None and not r.mx and not plan.clamps:
         # before torch 2.12 a cast without the clamp gives NaN past 464; the CUDA kernels cast with
         # SATFINITE only (an unsaturated one cost the default kernels registers): Triton runs it
@@ -377,7 +379,8 @@ def _recipe_args(plan) -> dict:
     codes (the kernels clamp: :func:`_reason` declines the rest)."""
     r = plan.recipe
     if r is None or r.mx:
-        args = dict(_NO_RECIPE)
+        # MX: only a byte-0 block's device divisor (catalog.MX_DEVICE_BYTE0) reads the apply code
+        args = dict(_NO_RECIPE, apply=_CODES[f"apply_{r.apply.value}"]) if r is not None else dict(_NO_RECIPE)
     else:
         args = dict(scale_floors=list(_NO_RECIPE["scale_floors"] if r.static else plan.fp8_floors),
                     step=_CODES[f"step_{r.step_dtype.value}"], apply=_CODES[f"apply_{r.apply.value}"])

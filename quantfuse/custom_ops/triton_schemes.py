@@ -744,6 +744,10 @@ def _reason(plan) -> str | None:
     why = plan.kernel_reason()
     if why is not None:
         return why
+    if plan.recipe is not None and plan.recipe.mx_byte0 in catalog.MX_DEVICE_BYTE0:
+        # libdevice's exp2f / powf as torch calls them; Triton's math differs in flush and
+        # approximation settings, so only the CUDA kernels (and the reference) compute them
+        return f"mx_byte0={plan.recipe.mx_byte0.value} (CUDA's own 2^-127) is not computed by the Triton kernels"
     if not is_available():
         return f"Triton unavailable ({_failed or 'no CUDA'})"
     return None

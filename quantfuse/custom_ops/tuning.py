@@ -70,9 +70,9 @@ CLASSES = ((1, 2), (4, 8))
 #: rows the per-token kernel stages ahead in shared memory (0: the next row in registers), as the
 #: kernels take them (csrc act_quant.h QuantParams::row_stages)
 KERNEL_ROW_STAGES = (0, 1, 2)
-#: those tuning times: two stages join once they have run bit-exact on a GPU
-#: (tests/gpu/test_tuning_gpu.py times every KERNEL_ROW_STAGES)
-ROW_STAGES = (0, 1)
+#: those tuning times: every one (each bit-exact on a GPU: tests/gpu/test_tuning_gpu.py runs every
+#: KERNEL_ROW_STAGES; a staging joins the kernels' set first and tuning once that has passed)
+ROW_STAGES = KERNEL_ROW_STAGES
 #: the per-token kernel's: a first class from one token, timed at half the L2
 TOKEN_CLASSES = ((0, 0.5),) + CLASSES
 #: the timed inputs and outputs take at most this share of the free device memory

@@ -200,7 +200,8 @@ def _run(found: Found, outputs: list[Node], amax: torch.Tensor) -> list[torch.Te
 def _recipes(element: catalog.Element):
     """Every MX recipe of ``element``'s scheme, defaults first (each field in enum order)."""
     base = (catalog.MXFP8 if element is catalog.E4M3 else catalog.MXFP4).base
-    for rounding, inf, byte0, nan in itertools.product(MxRounding, MxInf, MxByte0, MxNan):
+    byte0s = [b for b in MxByte0 if b not in catalog.MX_DEVICE_BYTE0]  # spellings of exp2 / pow, not bits
+    for rounding, inf, byte0, nan in itertools.product(MxRounding, MxInf, byte0s, MxNan):
         yield dataclasses.replace(base, mx_rounding=rounding, mx_inf=inf, mx_byte0=byte0, mx_nan=nan)
 
 

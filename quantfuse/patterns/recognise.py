@@ -257,7 +257,8 @@ def _f32(v: float) -> float:
 def exp2_arg(e: tuple):
     """``x`` of ``exp2(x)`` or ``2 ** x`` / ``torch.pow(2, x)``, else None. The callers take it only
     where ``x`` is an integer (a ceil or floor), and a power of two to an integer is exact in both
-    spellings for E8M0's exponents, [-127, 127], but for CUDA's 2^-127 (docs/numerics.md, "Known gap")."""
+    spellings for E8M0's exponents, [-127, 127], but for CUDA's 2^-127 (docs/numerics.md, "CUDA's 2^-127"),
+    which :func:`parse_mx` records as the spelling's ``MxByte0``."""
     if not isinstance(e, tuple) or len(e) < 2:
         return None
     if e[0] == "exp2":
@@ -334,15 +335,19 @@ def parse_scale(s: tuple, y_dtype: torch.dtype, element: catalog.Element) -> tup
     return fields, mul_form
 
 
-def parse_mx(s: tuple, element: catalog.Element) -> tuple[dict, tuple]:
-    """Recipe fields of an MX scale ``exp2(clamp(e, -127, 127))`` (or ``2 ** clamp(...)``) and the
-    clamped exponent ``e``.
+def parse_mx(s: tuple, element: catalog.Element, apply: ApplyForm) -> tuple[dict, tuple]:
+    """Recipe fields of an MX scale ``exp2(clamp(e, -127, 127))`` (or ``2 ** clamp(...)``) applied
+    by ``apply`` (``y / s`` or ``y * (1 / s)``), and the clamped exponent ``e``.
+
+    The scale is the exact power of two but for a byte-0 block's ``2^-127``, which is the device's
+    ``exp2`` / ``pow`` result (``MxByte0.EXP2`` / ``POW``: on CUDA not 2^-127), applied as written.
 
     ``e`` is ``ceil(log2(amax / max_elem))`` (RCEIL; ``amax * (1 / max_elem)`` too) or
     ``floor(log2(amax)) - emax_elem`` (FLOOR, the OCP rule), as torchao's ``to_mx`` and the
     corpus write them.
     """
     clamped = exp2_arg(s)
+    device = {"mx_byte0": catalog.MxByte0.EXP2 if s[0] == "exp2" else catalog.MxByte0.POW, "apply": apply}
     lo, hi = _split_const(clamped, "min"), _split_const(clamped, "max")
     inner = None
     if lo is not None and _split_const(lo[0], "max") is not None:
@@ -357,7 +362,7 @@ def parse_mx(s: tuple, element: catalog.Element) -> tuple[dict, tuple]:
         r = inner[1][1]
         div, mul = _split_const(r, "div") if r[0] == "div" and _const_of(r[2]) is not None else None,             _split_const(r, "mul")
         if div is not None and div[0] == AMAX and _f32(div[1]) == _f32(element.max)                 or mul is not None and mul[0] == AMAX and _f32(mul[1]) == _f32(1.0 / element.max):
-            return {"mx_rounding": catalog.MxRounding.RCEIL}, clamped
+            return {"mx_rounding": catalog.MxRounding.RCEIL, **device}, clamped
         # a product by a constant reads as the divisor it stands for (amax * (1 / 447) -> 447.0)
         shown = f"amax * {mul[1]} (amax / {round(1.0 / mul[1], 4)})" if mul is not None and mul[0] == AMAX \
             and mul[1] else _show(r)
@@ -366,7 +371,7 @@ def parse_mx(s: tuple, element: catalog.Element) -> tuple[dict, tuple]:
     if less is not None and less[0] == ("floor", ("log2", AMAX)):
         offset = less[1] if inner[0] == "sub" else -less[1]
         if offset == element.emax:
-            return {"mx_rounding": catalog.MxRounding.FLOOR}, clamped
+            return {"mx_rounding": catalog.MxRounding.FLOOR, **device}, clamped
         raise NotRecognised(f"the MX exponent is floor(log2(amax)) - {offset}, not - {element.emax} "
                             f"({element.name}'s emax)")
     raise NotRecognised(f"the MX exponent is not ceil(log2(amax / {element.max})) or floor(log2(amax)) - "
@@ -905,7 +910,7 @@ def _read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
             # a 16-bit amax is never within an fp32 ulp of a power of two (times 448) unless it is one,
             # so torch.log2 gives the exact exponent there; an fp32 amax can be, and log2 rounds
             raise NotRecognised(site_mod.FP32_MX_REASON)
-        more, exponent = parse_mx(s_expr, element)
+        more, exponent = parse_mx(s_expr, element, fields["apply"])
         mx_exponent = exponent
         scheme = catalog.MXFP8
         recipe = dataclasses.replace(scheme.base, **more)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch.fx import Node
 
+from quantfuse import catalog
 from quantfuse.catalog import Ue8m0
 
 aten = torch.ops.aten
@@ -229,7 +230,9 @@ def _read_mx(nodes, y, spelling, config) -> dict:
     _require(_val(y).dtype in _SIXTEEN_BIT, FP32_MX_REASON)
     block = _groups_of(nodes, y)
     _require(block == 32, f"block size {block} is not the MX block size 32")
-    return {"scale_rounding": spelling}
+    # the spellings divide by torch.exp2 of the clamped exponent: a byte-0 block's divisor is the
+    # device's exp2(-127) (catalog.MxByte0.EXP2)
+    return {"scale_rounding": spelling, "recipe": f"mx_byte0={catalog.MxByte0.EXP2.value}"}
 
 
 SCHEME_READERS = {
@@ -246,7 +249,6 @@ def check_kernel(activation: str, scheme: str, params: dict, xv: torch.Tensor) -
     fused code); on the CPU every op runs the reference, which computes every recipe."""
     if xv.device.type == "cpu" or not params.get("recipe"):
         return
-    from quantfuse import catalog
     from quantfuse.custom_ops import plan as qplan
 
     entry = catalog.OPS[catalog.fused_op_name(activation, scheme)]

@@ -366,9 +366,8 @@ def test_cuda_bad_inputs_raise():
     assert "not gated" in m.act_quant(relu2, mx8, codes["layout_interleaved"], q, s, x, None, None, 32, False, rceil,
                                       8, 1, False)
     assert m.act_quant(ident, mx8, h, q, s, x, None, None, 32, False, rceil, 8, 1, False) == ""
-    n_codes = catalog.mx_code(dataclasses.replace(catalog.MXFP8.base, mx_rounding=catalog.MxRounding.EVEN,
-                                                  mx_inf=catalog.MxInf.BITS, mx_byte0=catalog.MxByte0.ONE,
-                                                  mx_nan=catalog.MxNan.DIV_INF)) + 1
+    last = {field: list(kind)[-1] for field, kind in catalog.MX_CODE_FIELDS}  # the largest code
+    n_codes = catalog.mx_code(dataclasses.replace(catalog.MXFP8.base, **last)) + 1
     assert "MX recipe code must be in" in m.act_quant(ident, mx8, h, q, s, x, None, None, 32, False, n_codes, 8, 1,
                                                       False)
     with pytest.raises(RuntimeError, match="scales must be uint8"):
@@ -422,3 +421,28 @@ def test_ops_route_to_triton_schemes(monkeypatch):
     uq, us = torch.ops.quantfuse.mxfp8_quant(torch.ops.quantfuse.silu_and_mul(xs), "rceil")
     assert_same("op fused==unfused q", fq, uq)
     assert_same("op fused==unfused s", fs, us)
+
+
+@pytest.mark.parametrize("name", ["mxfp8_quant", "mxfp4_quant", "silu_and_mul_mxfp8_quant", "silu_and_mul_mxfp4_quant"])
+def test_cuda_device_byte0_equals_reference(name):
+    """``mx_byte0`` exp2 / pow (catalog.MX_DEVICE_BYTE0): blocks whose exponent clamps to -127 are
+    divided by CUDA's own exp2(-127.) / pow(2., -127.), or multiplied by its reciprocal, as the
+    reference computes them with torch on this GPU; every other block as the default recipe."""
+    entry = catalog.OPS[name]
+    width = 256 * (2 if entry.activation.gated else 1)
+    x = make_input((12,), width, torch.bfloat16, specials=True)
+    # bf16 subnormal blocks (amax 2^-129 and a spread below it) clamp the exponent to -127; ties of
+    # E2M1 (0.25 * 2^-127) and E4M3 steps show a divisor that is not the device's first
+    x[8, :32] = 2.0 ** -129
+    x[9, :32] = torch.arange(1, 33, device="cuda") * 2.0 ** -133
+    x[10, :32] = -(2.0 ** -129)
+    if entry.activation.gated:
+        x[8:11, 256:288] = 1.0  # up: silu(g) * 1 keeps the tiny gate values' scale
+    x = x.to(torch.bfloat16)
+    for byte0 in catalog.MX_DEVICE_BYTE0:
+        for apply in catalog.ApplyForm:
+            r = dataclasses.replace(entry.recipe("rceil"), mx_byte0=byte0, apply=apply)
+            spec = r.spec(entry.recipe("rceil"))
+            got = kc.call(cuda_backend, name, x, "rceil", recipe=spec)
+            for g, w in zip(got, kc.reference(name, x, "rceil", recipe=spec), strict=True):
+                assert_same(f"{name} {spec}", g, w)
