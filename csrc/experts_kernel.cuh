@@ -19,11 +19,8 @@ struct ExpertScales {
   uint32_t g_pad;
   int* error;        // host-mapped flag set to 1 by a launch whose offsets fail the check; may be null
 
-  // the search of the offsets (ExpertOffsets::scale_row: log2(E) dependent cached loads), issued
-  // by group_step one step ahead; past the last token it is a number no store uses
-  __device__ __forceinline__ uint32_t row(uint32_t t) const { return uint32_t(o.scale_row(t)); }
-  __device__ __forceinline__ int64_t offset(uint32_t row, uint32_t g) const {
-    return swizzled_scale_offset(row, g, rowblock);
+  __device__ __forceinline__ int64_t offset(uint32_t t, uint32_t g) const {
+    return swizzled_scale_offset(uint32_t(o.scale_row(t)), g, rowblock);
   }
 
   // Every block checks every offset entry (ExpertOffsets::entry_ok; 2 (E + 1) cached loads,

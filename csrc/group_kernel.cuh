@@ -79,15 +79,11 @@ __device__ __forceinline__ float act_round_amax(float (&y)[N], uint32_t (&yp)[(N
 // g * stride_g, or (swizzled, MX) in the 128x4 tiled layout of row-block stride stride_t, whose
 // padding prologue() zeroes before the groups run (it returns whether they run). The experts
 // ops' scales are the other policy (experts_kernel.cuh ExpertScales).
-// A policy's row(t) is the scale row of token t, asked for a group one step before its store, so
-// that a row which takes loads (the experts' search of the offsets) is in flight with the
-// group's inputs; offset(row, g) is where the scale of group g of that row goes.
 struct StridedScales {
   int64_t stride_t, stride_g;
   bool swizzled;
-  __device__ __forceinline__ uint32_t row(uint32_t t) const { return t; }
-  __device__ __forceinline__ int64_t offset(uint32_t row, uint32_t g) const {
-    return swizzled ? swizzled_scale_offset(row, g, stride_t) : int64_t(row) * stride_t + int64_t(g) * stride_g;
+  __device__ __forceinline__ int64_t offset(uint32_t t, uint32_t g) const {
+    return swizzled ? swizzled_scale_offset(t, g, stride_t) : int64_t(t) * stride_t + int64_t(g) * stride_g;
   }
   template <typename Scale>
   __device__ __forceinline__ bool prologue(Scale* s, uint32_t tokens, uint32_t groups) const {
@@ -106,7 +102,7 @@ __device__ __forceinline__ void group_step(
     const typename DT::Storage* __restrict__ up, int64_t in_stride, uint32_t total_groups, uint32_t gpr,
     int64_t hidden, const Scales& sc, uint32_t step, uint32_t step_t, uint32_t step_g,
     int lane,
-    uint32_t& gi, uint32_t& t, uint32_t& g, uint32_t& row, const uint4 (&gv)[NV], const uint4 (&uv)[NV],
+    uint32_t& gi, uint32_t& t, uint32_t& g, const uint4 (&gv)[NV], const uint4 (&uv)[NV],
     uint4 (&gn)[NV], uint4 (&un)[NV], const ActArgs& aa, const ScaleRecipe& rr) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
@@ -118,7 +114,6 @@ __device__ __forceinline__ void group_step(
   if (gn_ >= gpr) { gn_ -= gpr; ++tn; }
   load_group<DT, GS, NV, Act::kGated, IL, EVICT_FIRST>(gn, un, gate, up, in_stride, gi + step < total_groups, tn,
                                                        gn_, lane);
-  const uint32_t rown = sc.row(tn);
 
   uint4 ga[NV], ua[NV];
 #pragma unroll
@@ -143,12 +138,11 @@ __device__ __forceinline__ void group_step(
     uint8_t* qp = q + (int64_t(t) * hidden + int64_t(g) * GS + lane * VEC) * Scheme::kBits / 8;
 #pragma unroll
     for (int j = 0; j < NV; ++j) store_bytes<kVecBytes>(qp + j * TPG * kVecBytes, w, j * kVecBytes);
-    if (lane == 0) s[sc.offset(row, g)] = Scheme::scale(st);
+    if (lane == 0) s[sc.offset(t, g)] = Scheme::scale(st);
   }
   gi += step;
   t = tn;
   g = gn_;
-  row = rown;
 }
 
 // MINB > 0 caps registers so that MINB blocks fit on an SM (tried for NV = 2 with
@@ -181,18 +175,17 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
   uint4 ga[NV], ua[NV], gb[NV], ub[NV];
   pdl_wait_and_trigger();
   load_group<DT, GS, NV, Act::kGated, IL, EVICT_FIRST>(ga, ua, gate, up, in_stride, gi < total_groups, t, g, lane);
-  uint32_t row = sc.row(t);
   if (!sc.prologue(s, total_groups / gpr, gpr)) return;
   // Two steps per trip with the buffers swapped: no register copies between steps.
   // The bound is warp-uniform (no block barrier past the prologue), so every lane reaches
   // the shuffles and warps past the end stop computing.
   while (wbase < total_groups) {
     group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, gpr, hidden, sc,
-                                                         step, step_t, step_g, lane, gi, t, g, row, ga, ua, gb, ub, aa, rr);
+                                                         step, step_t, step_g, lane, gi, t, g, ga, ua, gb, ub, aa, rr);
     wbase += step;
     if (wbase >= total_groups) break;
     group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, gpr, hidden, sc,
-                                                         step, step_t, step_g, lane, gi, t, g, row, gb, ub, ga, ua, aa, rr);
+                                                         step, step_t, step_g, lane, gi, t, g, gb, ub, ga, ua, aa, rr);
     wbase += step;
   }
 }

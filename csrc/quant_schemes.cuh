@@ -198,7 +198,7 @@ struct Mx {
   // could still code above 0 (MXFP4's bf16x2 path, whose arithmetic may flush subnormals, is
   // skipped for such blocks and for inf blocks)
   // device0: a byte-0 block of catalog.MX_DEVICE_BYTE0, its elements y / f (divide) or y * f with f
-  // CUDA's own 2^-127 or its reciprocal (encode_device_byte0)
+  // the device's own 2^-127 (ScaleRecipe::mx_divisor) or its reciprocal (encode_device_byte0)
   struct State { float f; uint32_t byte; bool bad, div_inf, inf, tiny, device0, divide; };
   // rr.mx: the MX recipe fields (act_quant.h MxArgs)
   template <typename DT>
@@ -218,13 +218,10 @@ struct Mx {
     const bool device0 = e == -kE8m0Bias && (a.byte0 == kMxByte0Exp2 || a.byte0 == kMxByte0Pow);
     const bool divide = device0 && rr.apply == kApplyDiv;
     if (device0) {
-      // torch's exp2(-127.) / pow(2., -127.) on CUDA: libdevice's exp2f / powf, which are not 2^-127
-      // there; the argument passes through an opaque move, else nvcc knows e == -127 here and folds
-      // the call to the exact power of two
-      float fe = float(e);
-      asm volatile("mov.b32 %0, %0;" : "+f"(fe));
-      const float d = a.byte0 == kMxByte0Exp2 ? exp2f(fe) : powf(2.0f, fe);
-      f = divide ? d : __frcp_rn(d);
+      // torch's exp2(-127.) / pow(2., -127.) as this GPU computes them (not 2^-127 there), read by
+      // the host from torch itself: torch's exp2 may be a run-time compiled (jiterator) kernel, and
+      // this build's own exp2f need not give its value
+      f = divide ? rr.mx_divisor : __frcp_rn(rr.mx_divisor);
     } else if (e == -kE8m0Bias && a.byte0 != kMxByte0Exact) {
       // MxByte0.MIN_NORMAL: 1 / fp32's smallest normal, 2^126; MxByte0.ONE: 1
       f = a.byte0 == kMxByte0One ? 1.0f : __uint_as_float(uint32_t(127 + kE8m0Bias - 1) << 23);

@@ -745,9 +745,9 @@ def _reason(plan) -> str | None:
     if why is not None:
         return why
     if plan.recipe is not None and plan.recipe.mx_byte0 in catalog.MX_DEVICE_BYTE0:
-        # libdevice's exp2f / powf as torch calls them; Triton's math differs in flush and
-        # approximation settings, so only the CUDA kernels (and the reference) compute them
-        return f"mx_byte0={plan.recipe.mx_byte0.value} (CUDA's own 2^-127) is not computed by the Triton kernels"
+        # the device's 2^-127 as torch computes it: the CUDA kernels take the value torch gives
+        # (cuda_backend._mx_divisor), the Triton kernels have no argument for it yet
+        return f"mx_byte0={plan.recipe.mx_byte0.value} (the device's own 2^-127) is not taken by the Triton kernels"
     if not is_available():
         return f"Triton unavailable ({_failed or 'no CUDA'})"
     return None

@@ -91,7 +91,7 @@ TINY_SPELLINGS = [
 def test_cuda_minus_127_block_equals_eager(spelling):
     """The block of subnormals (amax 2^-129 in bf16, the exponent clamped to -127): eager CUDA
     divides by its own ``exp2(-127.)`` / ``pow(2., -127.)``, which are not 2^-127, and the fused op
-    divides by the same value (``MxByte0.EXP2`` / ``POW``: libdevice's exp2f / powf at run time),
+    divides by the same value (``MxByte0.EXP2`` / ``POW``: the value torch gives on this GPU, read once),
     or multiplies by its reciprocal for ``y * (1 / s)``; MXFP4 codes at the ties show a
     difference first."""
     _check_compiled_equals_eager(spelling, tiny=True)
