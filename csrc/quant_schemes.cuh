@@ -197,9 +197,7 @@ struct Mx {
   // (encode_nan_block; div_inf: MxNan.DIV_INF); tiny: amax < 2^-121, where a subnormal element
   // could still code above 0 (MXFP4's bf16x2 path, whose arithmetic may flush subnormals, is
   // skipped for such blocks and for inf blocks)
-  // device0: a byte-0 block of catalog.MX_DEVICE_BYTE0, its elements y / f (divide) or y * f with f
-  // the device's own 2^-127 (ScaleRecipe::mx_divisor) or its reciprocal (encode_device_byte0)
-  struct State { float f; uint32_t byte; bool bad, div_inf, inf, tiny, device0, divide; };
+  struct State { float f; uint32_t byte; bool bad, div_inf, inf, tiny; };
   // rr.mx: the MX recipe fields (act_quant.h MxArgs)
   template <typename DT>
   static __device__ __forceinline__ State prepare(float amax, const ScaleRecipe& rr) {
@@ -215,19 +213,16 @@ struct Mx {
     // 2^-e; a finite block has e <= 126, so 127 - e >= 1 stays a normal exponent; an inf
     // block's 2^-127 is subnormal (0x00400000), which __fmul_rn keeps (no ftz here)
     float f = e == kE8m0Bias ? __uint_as_float(0x00400000u) : __uint_as_float(uint32_t(127 - e) << 23);
-    const bool device0 = e == -kE8m0Bias && (a.byte0 == kMxByte0Exp2 || a.byte0 == kMxByte0Pow);
-    const bool divide = device0 && rr.apply == kApplyDiv;
-    if (device0) {
-      // torch's exp2(-127.) / pow(2., -127.) as this GPU computes them (not 2^-127 there), read by
-      // the host from torch itself: torch's exp2 may be a run-time compiled (jiterator) kernel, and
-      // this build's own exp2f need not give its value
-      f = divide ? rr.mx_divisor : __frcp_rn(rr.mx_divisor);
-    } else if (e == -kE8m0Bias && a.byte0 != kMxByte0Exact) {
-      // MxByte0.MIN_NORMAL: 1 / fp32's smallest normal, 2^126; MxByte0.ONE: 1
-      f = a.byte0 == kMxByte0One ? 1.0f : __uint_as_float(uint32_t(127 + kE8m0Bias - 1) << 23);
+    if (e == -kE8m0Bias && a.byte0 != kMxByte0Exact) {
+      // MxByte0.MIN_NORMAL: 1 / fp32's smallest normal, 2^126; MxByte0.ONE: 1; MxByte0.EXP2 / POW:
+      // RN(1 / d), d the device's 2^-127 as torch computes it (ScaleRecipe::mx_byte0_factor). Such a
+      // block is tiny (State::tiny: MXFP4's exact path), so each element is y * f rounded once
+      f = a.byte0 == kMxByte0One ? 1.0f
+          : a.byte0 == kMxByte0MinNormal ? __uint_as_float(uint32_t(127 + kE8m0Bias - 1) << 23)
+                                         : rr.mx_byte0_factor;
     }
     return {f, bad ? uint32_t(kE8m0Nan) : uint32_t(e + kE8m0Bias), bad, a.nan == kMxNanDivInf, inf,
-            __float_as_uint(amax) < (6u << 23) || inf, device0, divide};
+            __float_as_uint(amax) < (6u << 23) || inf};
   }
   static __device__ __forceinline__ Scale scale(const State& st) { return Scale(st.byte); }
   template <int N, typename DT>
@@ -235,10 +230,6 @@ struct Mx {
                                                 uint32_t* w, const ScaleRecipe&) {
     if (st.bad) {
       encode_nan_block<N>(y, st, w);
-      return;
-    }
-    if (st.device0) {
-      encode_device_byte0<N>(y, st, w);
       return;
     }
     if constexpr (kElemBits == 8) {
@@ -288,22 +279,6 @@ struct Mx {
 #pragma unroll
       for (int k = 0; k < 8 && i + k < N; ++k) v |= e2m1_code(__fmul_rn(y[i + k], st.f)) << (4 * k);
       w[i / 8] = v;
-    }
-  }
-  // A byte-0 block of catalog.MX_DEVICE_BYTE0: each element y / d correctly rounded (apply DIV) or
-  // y * RN(1/d) (st.f), then coded one at a time as the exact paths do
-  template <int N>
-  static __device__ __forceinline__ void encode_device_byte0(const float* y, const State& st, uint32_t* w) {
-    float v[N];
-#pragma unroll
-    for (int i = 0; i < N; ++i) v[i] = st.divide ? __fdiv_rn(y[i], st.f) : __fmul_rn(y[i], st.f);
-    if constexpr (kElemBits == 8) {
-#pragma unroll
-      for (int i = 0; i < N; i += 4) w[i / 4] = e4m3x2(v[i], v[i + 1]) | (e4m3x2(v[i + 2], v[i + 3]) << 16);
-    } else {
-      State one = st;
-      one.f = 1.0f;
-      encode_fp4_exact<N>(v, one, w);
     }
   }
   // A NaN block (scale byte 0xFF): MxNan.NAN all NaN (MXFP8) / codes 0 (MXFP4); MxNan.DIV_INF

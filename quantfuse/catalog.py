@@ -166,9 +166,9 @@ class MxByte0(enum.Enum):
     #: puts on the float scale (``clamp(scale, min=2^-126)``)
     MIN_NORMAL = "min_normal"
     ONE = "one"                # 1: torchao's RCEIL (``where(byte == 0, 1.0, exp2(127 - byte))``)
-    #: divided by (or, with ``Recipe.apply`` MUL_INV, multiplied by the reciprocal of) the device's
-    #: own ``exp2(-127.)``, as ``y / torch.exp2(clamp(e, -127, 127))`` computes it: 2^-127 on the
-    #: CPU (so EXACT's bits there), CUDA's libdevice ``exp2f(-127)``, which is not 2^-127
+    #: RN(1 / d), d the device's own ``exp2(-127.)``, as ``y / torch.exp2(clamp(e, -127, 127))``
+    #: spells the scale: 2^-127 on the CPU (so EXACT's bits there), not 2^-127 on CUDA. ``y / d``
+    #: and ``y * (1 / d)`` give the same codes for every 16-bit block (tests/test_catalog.py)
     EXP2 = "exp2"
     #: the same with the device's ``pow(2., -127.)`` (``2 ** e``, ``torch.pow(2, e)``)
     POW = "pow"
@@ -217,7 +217,6 @@ class Recipe:
     floor_at: FloorAt = FloorAt.AMAX
     eps: float = 1e-10
     step_dtype: StepDtype = StepDtype.FP32
-    #: how the scale is applied; MX: DIV, but for a byte-0 block's device divisor (MX_DEVICE_BYTE0)
     apply: ApplyForm = ApplyForm.DIV
     #: clamp to [-max, max] before the cast (absent: the cast saturates only where it would anyway)
     clamp: bool = True
@@ -252,11 +251,6 @@ class Recipe:
             raise ValueError("the swizzled 128x4 scale layout is for MX recipes only")
         if self.static and self.grouping is not Grouping.PER_TENSOR:
             raise ValueError("static scales are per tensor")
-        if self.mx and self.apply is not ApplyForm.DIV and self.mx_byte0 not in MX_DEVICE_BYTE0:
-            # 2^-e is exact, and so is its reciprocal: y / s and y * (1 / s) are one recipe there
-            raise ValueError(f"an MX recipe applies its power-of-two scale as y / s (apply={ApplyForm.DIV.value}); "
-                             f"apply={self.apply.value} only with mx_byte0 in "
-                             f"{[v.value for v in MX_DEVICE_BYTE0]} (a device's inexact 2^-127)")
 
     @property
     def mx(self) -> bool:
@@ -528,10 +522,9 @@ _MX_PARAMS = (OpParam('str scale_rounding="rceil"', "mx_rounding", _rounding, "f
               OpParam("bool is_sf_swizzled_layout=False", "scale_layout",
                       lambda v: ScaleLayout.SWIZZLED if v else ScaleLayout.ROW_MAJOR, True))
 
-#: the MX recipe fields of special blocks (inf, byte 0 and how its device divisor is applied,
-#: NaN), and every MX field that crosses into the kernels as one code (:func:`mx_code`), in
-#: packing order (apply crosses as the FP8 recipes' apply code)
-MX_SPECIAL_FIELDS = ("mx_inf", "mx_byte0", "apply", "mx_nan")
+#: the MX recipe fields of special blocks (inf, byte 0, NaN), and every MX field that crosses
+#: into the kernels as one code (:func:`mx_code`), in packing order
+MX_SPECIAL_FIELDS = ("mx_inf", "mx_byte0", "mx_nan")
 MX_CODE_FIELDS = (("mx_rounding", MxRounding), ("mx_inf", MxInf), ("mx_byte0", MxByte0), ("mx_nan", MxNan))
 
 FP8_PER_GROUP = Scheme(

@@ -22,7 +22,7 @@ import torch
 from hypothesis import strategies as st
 
 from quantfuse import catalog
-from quantfuse.catalog import ApplyForm, MxByte0, MxRounding, Recipe
+from quantfuse.catalog import MxByte0, MxRounding, Recipe
 from spellings import ActSpelling, _act_choices, _act_consistent
 from test_recognise_mxfp4 import pack_lanes, pack_pairs, pack_torchao, round_codes, threshold_codes, torchao_codes
 
@@ -197,10 +197,9 @@ class MxSpelling(ActSpelling):
         if self.element == "e2m1" and (self.encoding not in ("thresholds", "round", "torchao", "bucketize")
                                        or self.packing == "high_first"):
             return None
-        # a byte-0 block's divisor is the device's exp2(-127.) / pow(2., -127.), applied as written
+        # a byte-0 block's scale is the device's exp2(-127.) / pow(2., -127.)
         return dataclasses.replace(self.scheme.base, mx_rounding=MxRounding(self.rounding),
-                                   mx_byte0=MxByte0.EXP2 if self.scale_form == "exp2" else MxByte0.POW,
-                                   apply=ApplyForm.DIV if self.apply == "div" else ApplyForm.MUL_INV)
+                                   mx_byte0=MxByte0.EXP2 if self.scale_form == "exp2" else MxByte0.POW)
 
 
 def _base():

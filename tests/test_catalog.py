@@ -163,8 +163,7 @@ def _mx_spelled(y: torch.Tensor, r: catalog.Recipe):
     if r.mx_byte0 is catalog.MxByte0.MIN_NORMAL:  # torchao's float scale from the byte, floored
         v = yb / (byte.to(torch.int32) << 23).view(torch.float32).clamp(min=2.0 ** -126)
     elif r.mx_byte0 in catalog.MX_DEVICE_BYTE0:  # the scale as exp2 / pow of the clamped exponent
-        s = torch.exp2(e.float()) if r.mx_byte0 is catalog.MxByte0.EXP2 else 2 ** e.float()
-        v = yb / s if r.apply is catalog.ApplyForm.DIV else yb * (1 / s)
+        v = yb / (torch.exp2(e.float()) if r.mx_byte0 is catalog.MxByte0.EXP2 else 2 ** e.float())
     else:
         one = 1.0 if r.mx_byte0 is catalog.MxByte0.ONE else 2.0 ** 127
         v = yb * torch.where(byte == 0, one, torch.exp2(127 - byte.float()))
@@ -181,14 +180,10 @@ def _mx_spelled(y: torch.Tensor, r: catalog.Recipe):
 
 
 def _mx_recipes():
-    """Every combination of the MX recipe fields the catalog defines, for both elements (a byte-0
-    block's device divisor applied both ways)."""
+    """Every combination of the MX recipe fields the catalog defines, for both elements."""
     fields = {f: tuple(kind) for f, kind in catalog.MX_CODE_FIELDS}
     for scheme, values in itertools.product((catalog.MXFP8, catalog.MXFP4), itertools.product(*fields.values())):
-        r = dataclasses.replace(scheme.base, **dict(zip(fields, values)))
-        yield r
-        if r.mx_byte0 in catalog.MX_DEVICE_BYTE0:
-            yield dataclasses.replace(r, apply=catalog.ApplyForm.MUL_INV)
+        yield dataclasses.replace(scheme.base, **dict(zip(fields, values)))
 
 
 def test_every_mx_recipe_matches_its_spelling():
@@ -209,9 +204,29 @@ def test_every_mx_recipe_matches_its_spelling():
         assert torch.equal(s, s2), r
         assert torch.equal(q.view(torch.uint8), q2.view(torch.uint8)), r
         count += 1
-    # the generator covers every field value: MxByte0's three values from the bits, and the two
-    # device divisors each by y / s and y * (1 / s)
-    assert count == 2 * 4 * 2 * (3 + 2 * 2) * 2
+    assert count == 2 * 4 * 2 * len(catalog.MxByte0) * 2  # the generator covers every field value
+
+
+def test_device_byte0_division_codes_as_the_product():
+    """MxByte0.EXP2 / POW multiply a byte-0 block by RN(1 / d), d the device's 2^-127, where code
+    writes y / d: for every value a 16-bit block with exponent -127 can hold (|y| <= 2^-118: the
+    multiples of 2^-133, bf16's subnormal step; fp16's are 0) and every d within 16 ulps of 2^-127
+    (CUDA's exp2(-127.) is one ulp below it), RN(y / d) and RN(y * RN(1 / d)) may differ in fp32
+    but never in their E4M3 or E2M1 code."""
+    k = torch.arange(0, 2 ** 15 + 1, dtype=torch.float64)
+    y = (k * 2.0 ** -133).float()
+    assert torch.equal(y.double(), k * 2.0 ** -133)
+    y = torch.cat([y, -y])
+    fp32_differ = 0
+    for bits in range((1 << 22) - 16, (1 << 22) + 16):
+        d = torch.tensor([bits], dtype=torch.int32).view(torch.float32)
+        q_div, q_mul = y / d, y * (1 / d)
+        fp32_differ += int((q_div != q_mul).sum())
+        for a, b in ((q_div, q_mul), (-q_div, -q_mul)):
+            assert torch.equal(a.clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8),
+                               b.clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)), hex(bits)
+            assert torch.equal(reference.e2m1_codes(a), reference.e2m1_codes(b)), hex(bits)
+    assert fp32_differ > 0  # the fp32 quotients do differ: the codes are what agree
 
 
 def test_mx_fields_cross_as_one_code():
@@ -224,7 +239,7 @@ def test_mx_fields_cross_as_one_code():
             assert code // strides[field] % len(kind) == c[f"{field}_{getattr(r, field).value}"]
             assert f"k{field.title().replace('_', '')}Stride = {strides[field]}" in header
         seen.add((r.element, code))
-    n = 4 * 2 * 5 * 2  # rounding x inf x byte0 x nan (apply crosses as its own code)
+    n = len(catalog.MxRounding) * len(catalog.MxInf) * len(catalog.MxByte0) * len(catalog.MxNan)
     assert len(seen) == 2 * n and max(code for _, code in seen) < n and f"kMxCodes = {n}" in header
     # every one is a kernel recipe, reached with recipe= (the recogniser's torchao spellings)
     x = torch.randn(2, 64)

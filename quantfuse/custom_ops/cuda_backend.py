@@ -352,39 +352,40 @@ def supports(plan) -> str | None:
     why = _support.get(plan.key, _MISS)
     if why is _MISS:
         why = _reason(plan)
-        if why is None and not _divisor_known(plan.recipe):
+        if why is None and not _factor_known(plan.recipe):
             if torch.cuda.is_current_stream_capturing():
                 return CAPTURE_REASON  # not cached: a call outside the capture reads it
-            _mx_divisor(plan.recipe)
+            _mx_byte0_factor(plan.recipe)
         _support[plan.key] = why
     return why
 
 
 CAPTURE_REASON = ("mx_byte0 exp2 / pow: the device's 2^-127 is read from torch on a first call outside CUDA graph "
                   "capture")
-#: (MxByte0, device index) -> that device's 2^-127 as torch computes it for the spelling
-_divisors: dict = {}
+#: (MxByte0, device index) -> RN(1 / that device's 2^-127 as torch computes it for the spelling)
+_factors: dict = {}
 
 
-def _divisor_known(r) -> bool:
+def _factor_known(r) -> bool:
     return r is None or r.mx_byte0 not in catalog.MX_DEVICE_BYTE0 or \
-        (r.mx_byte0, torch.cuda.current_device()) in _divisors
+        (r.mx_byte0, torch.cuda.current_device()) in _factors
 
 
-def _mx_divisor(r) -> float:
-    """What a byte-0 block of a ``catalog.MX_DEVICE_BYTE0`` recipe is divided by: torch's own
-    ``exp2(-127.)`` / ``pow(2., -127.)`` on the current GPU (reference.device_byte0_divisor, one
-    device-to-host copy per spelling and device: torch's value is not libdevice's exp2f there),
-    0.0 for every other recipe (the kernels read none)."""
+def _mx_byte0_factor(r) -> float:
+    """What the elements of a byte-0 block of a ``catalog.MX_DEVICE_BYTE0`` recipe are multiplied
+    by: RN(1 / d), d torch's own ``exp2(-127.)`` / ``pow(2., -127.)`` on the current GPU
+    (reference.device_byte0_factor; one device-to-host copy per spelling and device: torch's value
+    is not this build's libdevice ``exp2f(-127)``, so it is read, not recomputed), 0.0 for every
+    other recipe (the kernels read none)."""
     if r is None or r.mx_byte0 not in catalog.MX_DEVICE_BYTE0:
         return 0.0
     key = (r.mx_byte0, torch.cuda.current_device())
-    d = _divisors.get(key)
-    if d is None:
+    f = _factors.get(key)
+    if f is None:
         from quantfuse.custom_ops import reference
 
-        d = _divisors[key] = float(reference.device_byte0_divisor(r.mx_byte0, torch.device("cuda", key[1])).item())
-    return d
+        f = _factors[key] = float(reference.device_byte0_factor(r.mx_byte0, torch.device("cuda", key[1])).item())
+    return f
 
 
 def _fixed_args(plan) -> tuple:
@@ -402,7 +403,7 @@ def _fixed_args(plan) -> tuple:
 
 
 #: the recipe arguments of kernels that read none (the activation ops, MX)
-_NO_RECIPE = dict(scale_floors=[0.0, 0.0, 0.0], step=_CODES["step_fp32"], apply=_CODES["apply_div"], mx_divisor=0.0)
+_NO_RECIPE = dict(scale_floors=[0.0, 0.0, 0.0], step=_CODES["step_fp32"], apply=_CODES["apply_div"], mx_byte0_factor=0.0)
 
 
 def _recipe_args(plan) -> dict:
@@ -411,9 +412,8 @@ def _recipe_args(plan) -> dict:
     codes (the kernels clamp: :func:`_reason` declines the rest)."""
     r = plan.recipe
     if r is None or r.mx:
-        # MX: only a byte-0 block's device divisor (catalog.MX_DEVICE_BYTE0) reads the apply code
-        args = dict(_NO_RECIPE) if r is None else dict(_NO_RECIPE, apply=_CODES[f"apply_{r.apply.value}"],
-                                                          mx_divisor=_mx_divisor(r))
+        # MX: a byte-0 block of catalog.MX_DEVICE_BYTE0 reads its factor
+        args = dict(_NO_RECIPE) if r is None else dict(_NO_RECIPE, mx_byte0_factor=_mx_byte0_factor(r))
     else:
         args = dict(scale_floors=list(_NO_RECIPE["scale_floors"] if r.static else plan.fp8_floors),
                     step=_CODES[f"step_{r.step_dtype.value}"], apply=_CODES[f"apply_{r.apply.value}"])

@@ -247,20 +247,24 @@ def mx_multipliers(exp: torch.Tensor, bad: torch.Tensor, r: Recipe) -> torch.Ten
     """What the elements of each block are multiplied by (fp32): ``2^-e`` (exact, ldexp stays
     finite for ``|e| <= 127``), a byte-0 block's ``MxByte0`` value, a NaN block's NaN
     (``MxNan.NAN``) or 0 (``MxNan.DIV_INF``: ``y * 0`` is ``y / inf`` bit for bit, NaN payloads
-    included, on x86 and on CUDA). The device values (``catalog.MX_DEVICE_BYTE0``) are 2^127 here,
-    their CPU value; :func:`mx_quantize` divides by the device's own."""
+    included, on x86 and on CUDA). The device values (``catalog.MX_DEVICE_BYTE0``):
+    :func:`device_byte0_factor` on ``exp``'s device (on the CPU 2^127, EXACT's)."""
     m = torch.ldexp(torch.ones_like(exp, dtype=torch.float32), -exp)
     if r.mx_byte0 in (MxByte0.MIN_NORMAL, MxByte0.ONE):
         low = 2.0 ** (E8M0_BIAS - 1) if r.mx_byte0 is MxByte0.MIN_NORMAL else 1.0
         m = torch.where(exp == -E8M0_BIAS, torch.full_like(m, low), m)
+    elif r.mx_byte0 in catalog.MX_DEVICE_BYTE0:
+        m = torch.where(exp == -E8M0_BIAS, device_byte0_factor(r.mx_byte0, exp.device), m)
     return torch.where(bad, torch.full_like(m, float("nan") if r.mx_nan is MxNan.NAN else 0.0), m)
 
 
-def device_byte0_divisor(form: MxByte0, device) -> torch.Tensor:
-    """The 2^-127 a byte-0 block's elements are divided by under ``form`` (one of
-    ``catalog.MX_DEVICE_BYTE0``), as torch computes it on ``device``: an fp32 scalar tensor."""
+def device_byte0_factor(form: MxByte0, device) -> torch.Tensor:
+    """What a byte-0 block's elements are multiplied by under ``form`` (one of
+    ``catalog.MX_DEVICE_BYTE0``): ``1 / d``, ``d`` the 2^-127 that torch's ``exp2`` / ``pow``
+    gives on ``device``, as an fp32 scalar tensor. Code spelled ``y / d`` gets the same E4M3 / E2M1
+    codes for every 16-bit block (tests/test_catalog.py::test_device_byte0_division_codes_as_the_product)."""
     e = torch.full((), -float(E8M0_BIAS), device=device)
-    return torch.exp2(e) if form is MxByte0.EXP2 else torch.pow(2, e)
+    return 1 / (torch.exp2(e) if form is MxByte0.EXP2 else torch.pow(2, e))
 
 
 def mx_block_scales(amax: torch.Tensor, r: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,8 +304,7 @@ def _mx_scales(exp: torch.Tensor, bad: torch.Tensor, swizzled: bool) -> torch.Te
 def mx_quantize(x: torch.Tensor, r: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
     """OCP MX quantisation of ``x [..., H]`` with any MX recipe: ``(q, scale bytes)``.
 
-    MXFP8: E4M3 elements ``e4m3(clamp(y * m, -448, 448))`` (``m``: :func:`mx_multipliers`, a
-    byte-0 block's device divisor applied by ``r.apply`` for ``catalog.MX_DEVICE_BYTE0``; an
+    MXFP8: E4M3 elements ``e4m3(clamp(y * m, -448, 448))`` (``m``: :func:`mx_multipliers`; an
     inf block's inf elements saturate; a NaN block is all NaN, or ``y / inf``). MXFP4: E2M1
     codes packed two a byte (element 2i in the low nibble), saturating at ±6; a value that is NaN
     (in a NaN block) codes 0 (E2M1 has no NaN). One E8M0 byte per 32 elements, in the 128x4
@@ -309,12 +312,7 @@ def mx_quantize(x: torch.Tensor, r: Recipe) -> tuple[torch.Tensor, torch.Tensor]
     """
     amax = x.float().unflatten(-1, (-1, MX_BLOCK)).abs().amax(-1)
     exp, bad = mx_exponents(amax, r.element, r.mx_rounding, r.mx_inf)
-    xb = x.float().unflatten(-1, (-1, MX_BLOCK))
-    v = xb * mx_multipliers(exp, bad, r).unsqueeze(-1)
-    if r.mx_byte0 in catalog.MX_DEVICE_BYTE0:
-        d = device_byte0_divisor(r.mx_byte0, x.device)
-        low = xb / d if r.apply is ApplyForm.DIV else xb * (1 / d)
-        v = torch.where(((exp == -E8M0_BIAS) & ~bad).unsqueeze(-1), low, v)
+    v = x.float().unflatten(-1, (-1, MX_BLOCK)) * mx_multipliers(exp, bad, r).unsqueeze(-1)
     if r.element is catalog.E4M3:
         if r.clamp:
             v = v.clamp(-FP8_MAX, FP8_MAX)

@@ -746,7 +746,7 @@ def _reason(plan) -> str | None:
         return why
     if plan.recipe is not None and plan.recipe.mx_byte0 in catalog.MX_DEVICE_BYTE0:
         # the device's 2^-127 as torch computes it: the CUDA kernels take the value torch gives
-        # (cuda_backend._mx_divisor), the Triton kernels have no argument for it yet
+        # (cuda_backend._mx_byte0_factor), the Triton kernels have no argument for it yet
         return f"mx_byte0={plan.recipe.mx_byte0.value} (the device's own 2^-127) is not taken by the Triton kernels"
     if not is_available():
         return f"Triton unavailable ({_failed or 'no CUDA'})"

@@ -169,13 +169,13 @@ def find_candidates(graph: torch.fx.Graph) -> list[tuple[Node, Node, set[Node]]]
 # --- the scaled value and the encoding ---------------------------------------------------------
 
 def _scaled(expr: tuple) -> tuple | None:
-    """``(s, apply form)`` of ``y / s`` or ``y * (1 / s)``, else None."""
+    """The scale expression of ``y / s`` or ``y * (1 / s)``, else None."""
     if expr[0] == "div" and expr[1] == rec.Y:
-        return rec._unbcast(expr[2]), catalog.ApplyForm.DIV
+        return rec._unbcast(expr[2])
     if expr[0] == "mul" and rec.Y in expr[1:]:
         other = rec._unbcast(expr[2] if expr[1] == rec.Y else expr[1])
         if other[0] == "recip":
-            return rec._unbcast(other[1]), catalog.ApplyForm.MUL_INV
+            return rec._unbcast(other[1])
     return None
 
 
@@ -532,12 +532,12 @@ def _read_canonical(pack: Node, codes: Node, y: Node, encode) -> rec.Site:
                               "(the activation divided by its block's power of two)")
     interp = Interpreter(y)
     vv = interp.value(v)
-    s_expr, apply = _scaled(vv.expr)
+    s_expr = _scaled(vv.expr)
     groups = {val.group for val in interp.memo.values() if val.level == "group"}
     if rec.exp2_arg(s_expr) is None or groups != {catalog.MX_BLOCK}:
         raise NotRecognised(f"the values encoded as E2M1 are y / {rec._show(s_expr)} over groups of "
                             f"{sorted(groups)}: MXFP4 divides by a power of two 2^e per block of {catalog.MX_BLOCK}")
-    more, exponent = rec.parse_mx(s_expr, element, apply)
+    more, exponent = rec.parse_mx(s_expr, element)
     extra = encode(v)
     scheme = catalog.MXFP4
     recipe = dataclasses.replace(scheme.base, **more)

@@ -335,19 +335,19 @@ def parse_scale(s: tuple, y_dtype: torch.dtype, element: catalog.Element) -> tup
     return fields, mul_form
 
 
-def parse_mx(s: tuple, element: catalog.Element, apply: ApplyForm) -> tuple[dict, tuple]:
-    """Recipe fields of an MX scale ``exp2(clamp(e, -127, 127))`` (or ``2 ** clamp(...)``) applied
-    by ``apply`` (``y / s`` or ``y * (1 / s)``), and the clamped exponent ``e``.
+def parse_mx(s: tuple, element: catalog.Element) -> tuple[dict, tuple]:
+    """Recipe fields of an MX scale ``exp2(clamp(e, -127, 127))`` (or ``2 ** clamp(...)``) and the
+    clamped exponent ``e``.
 
     The scale is the exact power of two but for a byte-0 block's ``2^-127``, which is the device's
-    ``exp2`` / ``pow`` result (``MxByte0.EXP2`` / ``POW``: on CUDA not 2^-127), applied as written.
+    ``exp2`` / ``pow`` result (``MxByte0.EXP2`` / ``POW``: on CUDA not 2^-127).
 
     ``e`` is ``ceil(log2(amax / max_elem))`` (RCEIL; ``amax * (1 / max_elem)`` too) or
     ``floor(log2(amax)) - emax_elem`` (FLOOR, the OCP rule), as torchao's ``to_mx`` and the
     corpus write them.
     """
     clamped = exp2_arg(s)
-    device = {"mx_byte0": catalog.MxByte0.EXP2 if s[0] == "exp2" else catalog.MxByte0.POW, "apply": apply}
+    device = {"mx_byte0": catalog.MxByte0.EXP2 if s[0] == "exp2" else catalog.MxByte0.POW}
     lo, hi = _split_const(clamped, "min"), _split_const(clamped, "max")
     inner = None
     if lo is not None and _split_const(lo[0], "max") is not None:
@@ -910,7 +910,7 @@ def _read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
             # a 16-bit amax is never within an fp32 ulp of a power of two (times 448) unless it is one,
             # so torch.log2 gives the exact exponent there; an fp32 amax can be, and log2 rounds
             raise NotRecognised(site_mod.FP32_MX_REASON)
-        more, exponent = parse_mx(s_expr, element, fields["apply"])
+        more, exponent = parse_mx(s_expr, element)
         mx_exponent = exponent
         scheme = catalog.MXFP8
         recipe = dataclasses.replace(scheme.base, **more)
