@@ -252,7 +252,9 @@ struct Mx {
         w[i / 8] = pack_e2m1x8(p[0], p[1], p[2], p[3]);
       }
     } else if constexpr (DT::kPacked && N % 8 == 0) {
-      if (st.inf) {  // inf blocks saturate: the exact path
+      // inf blocks saturate, and a byte-0 block's factor need not be a power of two (MxByte0.EXP2:
+      // y * f is then not exact in fp16, as e2m1x2_f16 needs): the exact path
+      if (st.inf || st.byte == 0u) {
         encode_fp4_exact<N>(y, st, w);
         return;
       }
