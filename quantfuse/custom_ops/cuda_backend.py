@@ -354,13 +354,13 @@ def supports(plan) -> str | None:
         why = _reason(plan)
         if why is None and not _factor_known(plan.recipe):
             if torch.cuda.is_current_stream_capturing():
-                return CAPTURE_REASON  # not cached: a call outside the capture reads it
+                return _CAPTURE_REASON  # not cached: a call outside the capture reads it
             _mx_byte0_factor(plan.recipe)
         _support[plan.key] = why
     return why
 
 
-CAPTURE_REASON = ("mx_byte0 exp2 / pow: the device's 2^-127 is read from torch on a first call outside CUDA graph "
+_CAPTURE_REASON = ("mx_byte0 exp2 / pow: the device's 2^-127 is read from torch on a first call outside CUDA graph "
                   "capture")
 #: (MxByte0, device index) -> RN(1 / that device's 2^-127 as torch computes it for the spelling)
 _factors: dict = {}
