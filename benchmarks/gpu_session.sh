@@ -5,7 +5,7 @@
 #   smoke     benchmarks/smoke_catalog_cuda.py (layouts, rounding, static FP8 in seconds)
 #   tests     pytest tests/gpu (GPU_TESTS overrides the paths, GPU_TEST_ARGS adds flags); GPU_TEST_GROUPS="a b;c -k 'x and y';d"
 #             runs each ';'-separated group in parallel instead, -v (a group its TEST_TIMEOUT stops still
-#             shows each test's outcome), logs $OUT/pytest_gpu_<n>.txt: tests/gpu takes well over 600 s in one process
+#             shows each test's outcome), logs joined in $OUT/pytest_gpu.txt: tests/gpu takes well over 600 s in one process
 #   pairs     bench_pairs.py over TOKENS x HIDDEN (PAIRS_ARGS adds flags, e.g. --recipes "spec;spec": Recipe
 #             specs timed besides the default recipe) -> $OUT/pairs.jsonl
 #   baseline  the same cells on another checkout in ./_baseline (its own bench_pairs.py), same run; its
@@ -118,3 +118,14 @@ PY
 } 2>&1 | tee "$OUT/log.txt"
 echo; tail -3 "$OUT/pytest_gpu.txt" 2>/dev/null
 for f in pairs baseline_pairs layouts mlp peers moe; do [ -f "$OUT/$f.md" ] && { echo "== $f"; cat "$OUT/$f.md"; }; done
+# The device tool brings back 8 files at most (the rest is dropped, e.g. tuning.jsonl): the group
+# logs become one file, and the tables (printed above, and in log.txt) and the merged baseline
+# records stay behind
+if ls "$OUT"/pytest_gpu_*.txt >/dev/null 2>&1; then
+  cat "$OUT"/pytest_gpu_*.txt >> "$OUT/pytest_gpu.txt" && rm -f "$OUT"/pytest_gpu_*.txt
+fi
+for f in pairs baseline_pairs layouts mlp peers moe; do
+  [ -f "$OUT/$f.md" ] && cat "$OUT/$f.md" >> "$OUT/log.txt" && rm -f "$OUT/$f.md"
+done
+rm -f "$OUT/baseline_raw.jsonl"
+echo "files left under \$OUT: $(ls "$OUT" | wc -l) ($(ls "$OUT" | tr '\n' ' '))"
