@@ -204,9 +204,7 @@ def rotation_copies(nbytes: float) -> int:
 def same_bytes_copy(nbytes: int, copies: int) -> float:
     """µs of a device-to-device copy moving ``nbytes`` (half read, half written), timed as
     the pairs are: what a plain copy reaches at this size, launch gaps included."""
-    # whole 16-byte vectors: a copy of another length takes a slower path (an experts cell's
-    # offsets end its bytes on a 4-byte boundary)
-    n = max(16, (nbytes // 2 + 15) // 16 * 16)
+    n = max(16, nbytes // 2)
     pairs = [(torch.randint(0, 256, (n,), dtype=torch.uint8, device="cuda"),
               torch.empty(n, dtype=torch.uint8, device="cuda")) for _ in range(copies)]
     return bench(lambda p: p[1].copy_(p[0]), pairs)

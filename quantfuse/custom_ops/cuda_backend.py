@@ -29,7 +29,7 @@ from types import ModuleType
 import torch
 
 from quantfuse import catalog
-from quantfuse.catalog import ApplyForm, Grouping, ScaleLayout
+from quantfuse.catalog import Grouping, ScaleLayout
 from quantfuse.custom_ops import tuning
 
 NAME = "cuda"

@@ -1,8 +1,9 @@
 """On a GPU: the MX spellings the generator made the recogniser read (``2 ** e`` scales, the
 scale cast to ``float8_e8m0fnu``, E2M1 by a lookup in a constant table), compiled with the pass,
 equal eager PyTorch on the GPU bit for bit, with and without blocks whose nonzero amax clamps the
-exponent to -127 (where CUDA's ``exp2(-127)`` is not 2^-127 and the fused op divides by the
-device's value: docs/numerics.md, "CUDA's 2^-127"); and the facts about CUDA they rest on."""
+exponent to -127 (where CUDA's ``exp2(-127)`` is not 2^-127 and the fused op multiplies by the
+reciprocal of the device's value: docs/numerics.md, "CUDA's 2^-127"); and the facts about CUDA
+they rest on."""
 
 from __future__ import annotations
 
@@ -90,10 +91,9 @@ TINY_SPELLINGS = [
     f"{f.name}={getattr(s, f.name)}" for f in dataclasses.fields(s) if getattr(s, f.name) != f.default))
 def test_cuda_minus_127_block_equals_eager(spelling):
     """The block of subnormals (amax 2^-129 in bf16, the exponent clamped to -127): eager CUDA
-    divides by its own ``exp2(-127.)`` / ``pow(2., -127.)``, which are not 2^-127, and the fused op
-    divides by the same value (``MxByte0.EXP2`` / ``POW``: the value torch gives on this GPU, read once),
-    or multiplies by its reciprocal for ``y * (1 / s)``; MXFP4 codes at the ties show a
-    difference first."""
+    scales by its own ``exp2(-127.)`` / ``pow(2., -127.)`` (exp2's is not 2^-127), and the fused op
+    multiplies by RN(1 / d) of the value torch gives on this GPU (``MxByte0.EXP2`` / ``POW``, read
+    once), which codes as ``y / d`` does; MXFP4 codes at the ties show a difference first."""
     _check_compiled_equals_eager(spelling, tiny=True)
 
 
