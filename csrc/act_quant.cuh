@@ -451,6 +451,20 @@ __device__ __forceinline__ uint4 ld_evict_first(const void* p) {
                : "l"(p), "l"(policy));
   return v;
 }
+// A 16-byte copy from global into shared memory that bypasses the registers (cp.async; L1
+// not kept, L2 evict-first with EVICT_FIRST, as ld_evict_first).
+template <bool EVICT_FIRST>
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  if constexpr (EVICT_FIRST) {
+    const uint64_t policy = evict_first_policy();
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "l"(policy)
+                 : "memory");
+  } else {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
+  }
+}
+
 template <bool EVICT_FIRST>
 __device__ __forceinline__ uint4 load16(const void* p) {
   if constexpr (EVICT_FIRST) {

@@ -94,38 +94,37 @@ struct StridedScales {
   }
 };
 
-// One step of a sub-warp: prefetch the group after (t, g) into (gn, un), then
-// compute and store group (t, g) from (gv, uv).
-template <typename DT, int GS, typename Act, typename Scheme, int NV, bool IL, bool EVICT_FIRST, typename Scales>
-__device__ __forceinline__ void group_step(
-    uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s, const typename DT::Storage* __restrict__ gate,
-    const typename DT::Storage* __restrict__ up, int64_t in_stride, uint32_t total_groups, uint32_t gpr,
-    int64_t hidden, const Scales& sc, uint32_t step, uint32_t step_t, uint32_t step_g,
-    int lane,
-    uint32_t& gi, uint32_t& t, uint32_t& g, const uint4 (&gv)[NV], const uint4 (&uv)[NV],
-    uint4 (&gn)[NV], uint4 (&un)[NV], const ActArgs& aa, const ScaleRecipe& rr) {
+// The group after (t, g) of this sub-warp (gi: its index): (gi + step, ...).
+__device__ __forceinline__ void next_group(uint32_t& gi, uint32_t& t, uint32_t& g, uint32_t step, uint32_t step_t,
+                                           uint32_t step_g, uint32_t gpr) {
+  gi += step;
+  t += step_t;
+  g += step_g;
+  if (g >= gpr) { g -= gpr; ++t; }
+}
+
+// Compute and store group (t, g) (index gi) from its vectors (ga, ua; interleaved inputs still
+// raw). after_act(amax) runs once act(x) is in registers and the vectors are dead: the staged
+// kernel issues its next copies into their slots there.
+template <typename DT, int GS, typename Act, typename Scheme, int NV, bool IL, typename Scales, typename AfterAct>
+__device__ __forceinline__ void group_compute(uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s,
+                                              uint32_t total_groups, int64_t hidden, const Scales& sc, int lane,
+                                              uint32_t gi, uint32_t t, uint32_t g, uint4 (&ga)[NV], uint4 (&ua)[NV],
+                                              const ActArgs& aa, const ScaleRecipe& rr, AfterAct after_act) {
   using S = typename DT::Storage;
   constexpr int VEC = 16 / sizeof(S);
   constexpr int EPT = VEC * NV;  // elements per thread per group
   constexpr int TPG = GS / EPT;
   constexpr int kVecBytes = VEC * Scheme::kBits / 8;  // encoded bytes of one vector
-  // next group of this sub-warp
-  uint32_t tn = t + step_t, gn_ = g + step_g;
-  if (gn_ >= gpr) { gn_ -= gpr; ++tn; }
-  load_group<DT, GS, NV, Act::kGated, IL, EVICT_FIRST>(gn, un, gate, up, in_stride, gi + step < total_groups, tn,
-                                                       gn_, lane);
-
-  uint4 ga[NV], ua[NV];
+  if constexpr (IL) {
 #pragma unroll
-  for (int j = 0; j < NV; ++j) {
-    ga[j] = gv[j];
-    ua[j] = uv[j];
-    if constexpr (IL) split_interleaved<DT>(ga[j], ua[j]);
+    for (int j = 0; j < NV; ++j) split_interleaved<DT>(ga[j], ua[j]);
   }
   float y[EPT];
   uint32_t yp[EPT / 2];
   float amax = act_round_amax<DT, Act, EPT>(y, yp, reinterpret_cast<const S*>(ga),
                                             reinterpret_cast<const S*>(ua), gi < total_groups, aa);
+  after_act(amax);
   // All 32 lanes take part; xor offsets < TPG stay inside the sub-warp.
 #pragma unroll
   for (int off = TPG / 2; off > 0; off >>= 1) {
@@ -140,7 +139,31 @@ __device__ __forceinline__ void group_step(
     for (int j = 0; j < NV; ++j) store_bytes<kVecBytes>(qp + j * TPG * kVecBytes, w, j * kVecBytes);
     if (lane == 0) s[sc.offset(t, g)] = Scheme::scale(st);
   }
-  gi += step;
+}
+
+// One step of a sub-warp: prefetch the group after (t, g) into (gn, un), then
+// compute and store group (t, g) from (gv, uv).
+template <typename DT, int GS, typename Act, typename Scheme, int NV, bool IL, bool EVICT_FIRST, typename Scales>
+__device__ __forceinline__ void group_step(
+    uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s, const typename DT::Storage* __restrict__ gate,
+    const typename DT::Storage* __restrict__ up, int64_t in_stride, uint32_t total_groups, uint32_t gpr,
+    int64_t hidden, const Scales& sc, uint32_t step, uint32_t step_t, uint32_t step_g,
+    int lane,
+    uint32_t& gi, uint32_t& t, uint32_t& g, const uint4 (&gv)[NV], const uint4 (&uv)[NV],
+    uint4 (&gn)[NV], uint4 (&un)[NV], const ActArgs& aa, const ScaleRecipe& rr) {
+  uint32_t gin = gi, tn = t, gn_ = g;
+  next_group(gin, tn, gn_, step, step_t, step_g, gpr);
+  load_group<DT, GS, NV, Act::kGated, IL, EVICT_FIRST>(gn, un, gate, up, in_stride, gin < total_groups, tn, gn_,
+                                                       lane);
+  uint4 ga[NV], ua[NV];
+#pragma unroll
+  for (int j = 0; j < NV; ++j) {
+    ga[j] = gv[j];
+    ua[j] = uv[j];
+  }
+  group_compute<DT, GS, Act, Scheme, NV, IL>(q, s, total_groups, hidden, sc, lane, gi, t, g, ga, ua, aa, rr,
+                                             [](float) {});
+  gi = gin;
   t = tn;
   g = gn_;
 }
@@ -188,6 +211,111 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
                                                          step, step_t, step_g, lane, gi, t, g, gb, ub, ga, ua, aa, rr);
     wbase += step;
   }
+}
+
+// Copies of this thread's vectors of group (t, g) into its own slots (vector j's operand k at
+// mine[(j * kOps + k) * kThreads]) by cp.async, as one commit group (empty past the end).
+// `after`: a value computed from the vectors this thread last read from those slots, so the
+// copies are issued only once those reads have landed in registers (a thread reads back only
+// its own slots: no barrier). As the per-token kernel's stage_row.
+template <typename DT, int GS, int NV, bool GATED, bool EVICT_FIRST>
+__device__ __forceinline__ void stage_group(uint4* mine, const typename DT::Storage* __restrict__ gate,
+                                            const typename DT::Storage* __restrict__ up, int64_t in_stride,
+                                            bool valid, uint32_t t, uint32_t g, int lane, float after) {
+  constexpr int VEC = 16 / sizeof(typename DT::Storage);
+  constexpr int TPG = GS / (VEC * NV);
+  constexpr int kOps = GATED ? 2 : 1;
+  asm volatile("" ::"f"(after) : "memory");
+  if (valid) {
+    const int64_t row_off = int64_t(t) * in_stride, col = int64_t(g) * GS + lane * VEC;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      const typename DT::Storage *a, *b;
+      operand_addresses<DT, false>(a, b, gate, up, row_off, col + j * TPG * VEC);
+      cp_async16<EVICT_FIRST>(mine + j * kOps * kThreads, a);
+      if constexpr (GATED) cp_async16<EVICT_FIRST>(mine + (j * kOps + 1) * kThreads, b);
+    }
+  }
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// act_group_quant_kernel with the coming groups staged in shared memory by cp.async instead of a
+// second set of registers (the per-token kernel's staging, for groups): each thread keeps
+// AHEAD slots of its NV vectors per operand and reads back only its own. A group's slot is
+// refilled with the group AHEAD steps later as soon as act(x) is in registers, so AHEAD groups'
+// loads are in flight through the shuffles, encode and stores, AHEAD - 1 through the activation;
+// the registers hold one group's vectors instead of two. Halves or separate inputs (not
+// interleaved). Dynamic shared memory: group_stage_bytes.
+template <typename DT, int GS, typename Act, typename Scheme, int NV, int AHEAD, bool EVICT_FIRST = false,
+          typename Scales = StridedScales>
+__global__ void __launch_bounds__(kThreads) act_group_quant_staged_kernel(
+    uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s, const typename DT::Storage* __restrict__ gate,
+    const typename DT::Storage* __restrict__ up, int64_t in_stride, uint32_t total_groups, uint32_t groups_per_row,
+    int64_t hidden, const Scales sc, const ActArgs aa, const ScaleRecipe rr) {
+  using S = typename DT::Storage;
+  constexpr int VEC = 16 / sizeof(S);
+  constexpr int EPT = VEC * NV;
+  constexpr int TPG = GS / EPT;
+  static_assert(TPG >= 1 && TPG <= 32 && 32 % TPG == 0 && TPG * EPT == GS, "bad group split");
+  static_assert(AHEAD >= 1, "at least one group staged ahead");
+  constexpr int kOps = Act::kGated ? 2 : 1;
+  constexpr int kSlot = NV * kOps * kThreads;  // vectors of one slot, all threads
+  constexpr int GPS = kThreads / TPG;
+  constexpr int GPW = 32 / TPG;
+  extern __shared__ uint4 staged[];
+  uint4* const mine = staged + threadIdx.x;
+  const int lane = threadIdx.x % TPG;
+  const uint32_t gpr = groups_per_row;
+  const uint32_t step = gridDim.x * GPS;
+  const uint32_t step_t = step / gpr, step_g = step - step_t * gpr;
+  uint32_t wbase = (threadIdx.x / 32 * gridDim.x + blockIdx.x) * GPW;  // as act_group_quant_kernel
+  uint32_t gi = wbase + threadIdx.x % 32 / TPG;
+  uint32_t t = gi / gpr, g = gi - t * gpr;
+  pdl_wait_and_trigger();
+  uint32_t gs = gi, ts = t, gs_ = g;  // the next group to stage
+#pragma unroll
+  for (int k = 0; k < AHEAD; ++k) {
+    stage_group<DT, GS, NV, Act::kGated, EVICT_FIRST>(mine + k * kSlot, gate, up, in_stride, gs < total_groups, ts,
+                                                      gs_, lane, 0.0f);
+    next_group(gs, ts, gs_, step, step_t, step_g, gpr);
+  }
+  if (!sc.prologue(s, total_groups / gpr, gpr)) return;
+  int slot = 0;
+  while (wbase < total_groups) {  // warp-uniform, as act_group_quant_kernel
+    // one commit group per staged group, in order: this one's is complete once at most
+    // AHEAD - 1 newer ones are pending
+    cp_async_wait<AHEAD - 1>();
+    uint4* const cur = mine + slot * kSlot;
+    uint4 ga[NV], ua[NV];
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+      ga[j] = cur[j * kOps * kThreads];
+      if constexpr (Act::kGated) ua[j] = cur[(j * kOps + 1) * kThreads];
+    }
+    group_compute<DT, GS, Act, Scheme, NV, false>(
+        q, s, total_groups, hidden, sc, lane, gi, t, g, ga, ua, aa, rr, [&](float amax) {
+          stage_group<DT, GS, NV, Act::kGated, EVICT_FIRST>(cur, gate, up, in_stride, gs < total_groups, ts, gs_,
+                                                            lane, amax);
+        });
+    next_group(gs, ts, gs_, step, step_t, step_g, gpr);
+    next_group(gi, t, g, step, step_t, step_g, gpr);
+    wbase += step;
+    slot = slot + 1 == AHEAD ? 0 : slot + 1;
+  }
+}
+
+// The groups staged ahead by the staged variants QuantParams::row_stages 1 and 2 choose.
+constexpr int kGroupStages[2] = {2, 4};
+
+// Dynamic shared memory of act_group_quant_staged_kernel.
+template <int NV, int AHEAD, bool GATED>
+constexpr int group_stage_bytes() {
+  return AHEAD * NV * (GATED ? 2 : 1) * kThreads * 16;
 }
 
 }  // namespace quantfuse

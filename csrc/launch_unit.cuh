@@ -86,12 +86,50 @@ int64_t balanced_grid(int64_t needed, int64_t most) {
   return (needed + trips - 1) / trips;
 }
 
+// The staged group kernel (group_kernel.cuh act_group_quant_staged_kernel, AHEAD groups staged):
+// a persistent grid of as many blocks as fit under its registers and shared memory.
+template <typename Scheme, int GS, int NV, int AHEAD>
+const char* launch_group_staged(const QuantParams& p, const StridedScales& sc) {
+  constexpr int smem = group_stage_bytes<NV, AHEAD, Act::kGated>();
+  const auto kernel = act_group_quant_staged_kernel<DT, GS, Act, Scheme, NV, AHEAD>;
+  static const int resident = [&] {
+    int dev = 0, optin = 0, n = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    if (smem <= optin) {
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem);
+    }
+    cudaGetLastError();
+    return n;
+  }();
+  if (resident == 0) return "quantfuse: the staged group kernel does not fit in an SM's shared memory";
+  constexpr int TPG = GS / (kVec * NV);
+  const int64_t groups_per_row = p.hidden / GS, total = p.tokens * groups_per_row;
+  const int64_t per_block = kThreads / TPG;
+  const int64_t blocks = balanced_grid((total + per_block - 1) / per_block, int64_t(resident) * p.sms);
+  return launch_smem(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, p.stream, p.pdl,
+                     static_cast<uint8_t*>(p.q), static_cast<typename Scheme::Scale*>(p.s), gate_ptr(p.in),
+                     up_ptr(p.in), p.in.in_stride, uint32_t(total), uint32_t(groups_per_row), p.hidden, sc,
+                     p.act_args, p.recipe);
+}
+
 template <typename Scheme, int GS, int NV, typename Scales>
 const char* launch_group(const QuantParams& p, const Scales& sc) {
   constexpr int TPG = GS / (kVec * NV);
   if constexpr (TPG < 1) {
     return "quantfuse: vectors per thread exceed the group";
   } else {
+    if (p.row_stages > 0) {
+      if constexpr (std::is_same_v<Scales, StridedScales> && NV <= 2) {
+        if (interleaved(p.in)) return "quantfuse: the staged group kernels take halves or separate inputs";
+        if (p.blocks_per_sm != 0) return "quantfuse: the staged group kernels take the persistent grid";
+        return p.row_stages == 1 ? launch_group_staged<Scheme, GS, NV, kGroupStages[0]>(p, sc)
+                                 : launch_group_staged<Scheme, GS, NV, kGroupStages[1]>(p, sc);
+      } else {
+        return "quantfuse: the staged group kernels take 1 or 2 vectors per thread";
+      }
+    }
     const int64_t groups_per_row = p.hidden / GS, total = p.tokens * groups_per_row;
     // Evict-first loads on the default vector count only (the benchmarks' other counts
     // keep plain loads). The GPU tests take both paths: the forced vector counts and bf16

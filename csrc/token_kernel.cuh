@@ -167,20 +167,6 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_kernel(
   }
 }
 
-// A 16-byte copy from global into shared memory that bypasses the registers (cp.async; L1
-// not kept, L2 evict-first with EVICT_FIRST, as ld_evict_first).
-template <bool EVICT_FIRST>
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  if constexpr (EVICT_FIRST) {
-    const uint64_t policy = evict_first_policy();
-    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem), "l"(policy)
-                 : "memory");
-  } else {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
-  }
-}
-
 // Copies of the thread's vectors of row `row` into its own slots of shared memory (vector j's
 // operand k at mine[(j * kOps + k) * blockDim.x]), as one commit group. `after`: a value computed
 // from the vectors this thread last read from those slots (the row's amax), so the copies are

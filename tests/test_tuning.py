@@ -47,6 +47,9 @@ class Timer:
         self.times, self.calls = times, []
 
     def __call__(self, p, choice):
+        if not tuning._per_token(p) and choice.row_stages:
+            self.calls.append((p.tokens, choice))
+            return None  # the staged group kernels: refused here (test_staged_group_choice_wins_where_faster)
         key = choice.row_stages if tuning._per_token(p) else choice.vectors
         self.calls.append((p.tokens, key))
         return self.times(p.tokens, key)
@@ -65,7 +68,10 @@ def test_which_plans_are_tuned():
     assert tuning.tunable(_plan("silu_and_mul_per_token_quant_fp8", interleaved=True))
     assert not tuning.tunable(_plan("silu_and_mul_quant", scale=torch.ones(1)))
     assert not tuning.tunable(_plan("silu_and_mul"))
-    assert tuning.candidates(_plan("relu2_mxfp8_quant")) == tuple(tuning.Choice(v) for v in tuning.CANDIDATES)
+    group = tuning.candidates(_plan("relu2_mxfp8_quant"))
+    assert group == (tuple(tuning.Choice(v) for v in tuning.CANDIDATES)
+                     + tuple(tuning.Choice(v, r) for v in tuning.STAGED_VECTORS for r in tuning.ROW_STAGES if r))
+    assert len({c.label for c in group}) == len(group)
     per_token = tuning.candidates(_plan("relu2_per_token_quant_fp8"))
     assert set(per_token) == {tuning.Choice(v, r) for v in (0, 1, 2, 4) for r in tuning.ROW_STAGES}
     assert len({c.label for c in per_token}) == len(per_token) == 4 * len(tuning.ROW_STAGES)
@@ -95,7 +101,10 @@ def test_fastest_count_per_class_and_the_table_on_disk(tmp_path):
     classes, final = tuning.token_classes(p, H200, timer)
     C = tuning.Choice
     assert final and classes == ((s1, C(2)), (s2, C(4)))
-    assert sorted(timer.calls) == sorted(table)
+    assert sorted(c for c in timer.calls if not isinstance(c[1], tuning.Choice)) == sorted(table)
+    staged = [c for c in tuning.candidates(p) if c.row_stages]
+    assert {(t, c) for t, c in timer.calls if isinstance(c, tuning.Choice)} == {
+        (t, c) for t in (t1, t2) for c in staged}  # every staged choice was asked, refused here
     saved = json.loads((tmp_path / "tuning-NVIDIA_H200.json").read_text())
     entry = saved[tuning.tuning_key(p)]
     assert [(c["min_tokens"], c["tokens"], c["vectors"]) for c in entry["classes"]] == [(s1, t1, 2), (s2, t2, 4)]
@@ -107,6 +116,24 @@ def test_fastest_count_per_class_and_the_table_on_disk(tmp_path):
     assert tuning.token_classes(p, H200, no_timing) == (((s1, C(2)), (s2, C(4))), True)
     other = dataclasses.replace(H200, name="NVIDIA H100 80GB HBM3")
     assert tuning.token_classes(p, other, Timer(lambda t, v: 1.0 / v))[0] == ((s1, C(4)), (s2, C(4)))
+
+
+def test_staged_group_choice_wins_where_faster(tmp_path):
+    """A group kernel's class takes a staged choice (groups staged in shared memory) where it is the
+    fastest, and the table names it with its vector count."""
+    p = _plan("silu_and_mul_mxfp8_quant")
+    (s1, t1), (s2, t2) = tuning.class_tokens(p, L2)
+    C = tuning.Choice
+    us = {C(1): 10.0, C(2): 9.0, C(4): 11.0, C(1, 1): 9.5, C(1, 2): 8.0, C(2, 1): 9.0, C(2, 2): 8.5}
+    assert set(us) == set(tuning.candidates(p))
+    classes, final = tuning.token_classes(p, H200, lambda q, c: us[c] * (1 if q.tokens == t1 else 4))
+    assert final and classes == ((s1, C(1, 2)), (s2, C(1, 2)))
+    entry = json.loads((tmp_path / "tuning-NVIDIA_H200.json").read_text())[tuning.tuning_key(p)]
+    assert [(c["vectors"], c["row_stages"]) for c in entry["classes"]] == [(1, 2), (1, 2)]
+    assert entry["classes"][0]["us"]["1 shared x2"] == 8.0
+    # a tie goes to fewer vectors, then fewer stages: (2, 1) ties with (2, 0)
+    assert tuning.choose({C(2): 9.0, C(2, 1): 9.0, C(1, 2): 9.0}) == C(1, 2)
+    assert tuning.choose({C(2): 9.0, C(2, 1): 9.0}) == C(2)
 
 
 def test_per_token_rows_staged_where_faster(tmp_path):

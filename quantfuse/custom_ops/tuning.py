@@ -73,6 +73,8 @@ KERNEL_ROW_STAGES = (0, 1, 2)
 #: those tuning times: every one (each bit-exact on a GPU: tests/gpu/test_tuning_gpu.py runs every
 #: KERNEL_ROW_STAGES; a staging joins the kernels' set first and tuning once that has passed)
 ROW_STAGES = KERNEL_ROW_STAGES
+#: the vector counts the staged group kernels are instantiated for (csrc/launch_unit.cuh launch_group)
+STAGED_VECTORS = (1, 2)
 #: the per-token kernel's: a first class from one token, timed at half the L2
 TOKEN_CLASSES = ((0, 0.5),) + CLASSES
 #: the timed inputs and outputs take at most this share of the free device memory
@@ -104,12 +106,14 @@ def tunable(plan) -> bool:
 
 
 def candidates(plan) -> tuple[Choice, ...]:
-    """The choices timed for a tunable plan: each vector count; per-token, the launcher's default
-    and each count, each with every ``ROW_STAGES`` (a count a row is too short for takes the next
-    that fits, so some choices time the same launch)."""
+    """The choices timed for a tunable plan: per-group and MX, each vector count with the next
+    group in registers, and each ``STAGED_VECTORS`` count with every staging of ``ROW_STAGES``;
+    per-token, the launcher's default and each count, each with every ``ROW_STAGES`` (a count a
+    row is too short for takes the next that fits, so some choices time the same launch)."""
     if _per_token(plan):
         return tuple(Choice(v, r) for v in (0, *CANDIDATES) for r in ROW_STAGES)
-    return tuple(Choice(v) for v in CANDIDATES)
+    return (tuple(Choice(v) for v in CANDIDATES)
+            + tuple(Choice(v, r) for v in STAGED_VECTORS for r in ROW_STAGES if r))
 
 
 def row_bytes(plan) -> int:

@@ -99,3 +99,55 @@ def test_every_row_staging_equals_the_reference(monkeypatch, name, dtype, hidden
             gn, wn = g.float().isnan(), w.float().isnan()
             assert torch.equal(gn, wn), (choice.label, name, i)
             assert torch.equal(g[~wn].view(torch.uint8), w[~wn].view(torch.uint8)), (choice.label, name, i)
+
+
+GROUP_STAGING_CASES = [
+    # (op, params, dtype, hidden, tokens, layout, recipe): tokens enough that every sub-warp of the
+    # persistent grid walks more groups than it stages (the slots cycle), and a row count that
+    # leaves the last step partial
+    ("silu_and_mul_per_block_quant", (128,), torch.bfloat16, 7168, 1999, "halves", ""),
+    ("silu_and_mul_per_block_quant", (64, True), torch.float16, 2048, 3001, "separate", ""),
+    ("silu_and_mul_per_block_quant", (128,), torch.bfloat16, 4096, 1031, "halves", "floor_at=scale,eps=1e-06"),
+    ("relu2_per_block_quant", (128,), torch.bfloat16, 4096, 2053, "halves", ""),
+    ("silu_and_mul_mxfp8_quant", ("rceil",), torch.bfloat16, 7168, 1999, "halves", ""),
+    ("swigluoai_and_mul_mxfp8_quant", ("floor",), torch.float16, 2048, 3001, "halves", ""),
+    ("silu_and_mul_mxfp4_quant", ("floor", True), torch.bfloat16, 2048, 4099, "separate", ""),
+    ("relu2_mxfp4_quant", ("rceil",), torch.bfloat16, 7168, 1031, "halves", "mx_byte0=exp2"),
+]
+
+
+@pytest.mark.parametrize("name,params,dtype,hidden,tokens,layout,recipe", GROUP_STAGING_CASES,
+                         ids=[f"{c[0]}-{c[5]}-{c[4]}" for c in GROUP_STAGING_CASES])
+def test_every_group_staging_equals_the_reference(monkeypatch, name, params, dtype, hidden, tokens, layout,
+                                                  recipe):
+    """The per-group and MX kernels with the next group in registers and with groups staged in
+    shared memory (every staging the kernels take, at every vector count they are built for): the
+    reference's bits each way, into poisoned outputs (every byte written)."""
+    entry = catalog.OPS[name]
+    separate = layout == "separate"
+    width = hidden * (2 if entry.activation.gated and not separate else 1)
+    x = (torch.randn(tokens, width, device="cuda", dtype=dtype) * 4).to(dtype)
+    x[1, :64] = torch.tensor([float("inf"), -float("inf"), float("nan"), -0.0] * 16, dtype=dtype)
+    x[2, :32] = 2.0 ** -140  # a block of tiny values (MX: the byte-0 scale)
+    up = (torch.randn(tokens, hidden, device="cuda", dtype=dtype) * 4).to(dtype) if separate else None
+    p = plan.make_plan(entry, x, params, up=up, recipe=recipe)
+    monkeypatch.setenv(oracle.BACKEND_ENV, "torch")
+    want = ops.run_reference(p, x, up)
+    choices = [tuning.Choice(v) for v in tuning.CANDIDATES]
+    choices += [tuning.Choice(v, r) for v in tuning.STAGED_VECTORS for r in tuning.KERNEL_ROW_STAGES if r]
+    for choice in choices:
+        got = p.empty_outputs(x.device)
+        for g in got:
+            g.view(torch.uint8).fill_(0x5A)
+        err = cuda_backend._launch(p, got, x, up, None, choice)
+        assert not err, (choice.label, err)
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert g.shape == w.shape, (choice.label, i)
+            gb, wb = g.contiguous().view(torch.uint8), w.contiguous().view(torch.uint8)
+            if g.dtype == torch.float8_e4m3fn:  # NaN by position, every other byte exact
+                gn, wn = g.float().isnan(), w.float().isnan()
+                assert torch.equal(gn, wn), (choice.label, name, i)
+                gb, wb = gb[~wn], wb[~wn]
+            assert torch.equal(gb, wb), (choice.label, name, i, (gb != wb).sum().item())
+
+
