@@ -64,10 +64,10 @@ struct ScaleRecipe {
   Ue8m0Code ue8m0;  // power-of-two scales (catalog.Ue8m0: none, exact, exp2)
   ApplyCode apply;
   MxArgs mx;        // MX schemes (kMxfp8, kMxfp4): their recipe fields; FP8: unused
-  // MX byte-0 blocks of catalog.MX_DEVICE_BYTE0 (mx.byte0 kMxByte0Exp2 / kMxByte0Pow): what their
-  // elements are multiplied by, RN(1 / d) of the device's 2^-127 d as torch computes it there
-  // (cuda_backend._mx_byte0_factor); else unused
-  float mx_byte0_factor;
+  // The multiplier of the special MX blocks catalog.Recipe.device_factor names, from d, the
+  // device's 2^-127 as torch computes it there (cuda_backend._mx_device_factor): byte-0 blocks of
+  // mx.byte0 kMxByte0Exp2 / kMxByte0Pow, RN(1 / d); inf blocks of mx.inf kMxInfExp2, d; else unused
+  float mx_device_factor;
 };
 
 // The experts ops (catalog OpEntry.experts; experts_kernel.cuh): tokens sorted by expert, MX

@@ -216,7 +216,7 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
                            int64_t blocks_per_sm, const std::vector<double>& act_params,
                            const std::vector<double>& scale_floors, int64_t step, int64_t apply,
                            int64_t row_stages = 0, const quantfuse::ExpertsArgs* experts = nullptr,
-                           double mx_byte0_factor = 0.0) {
+                           double mx_device_factor = 0.0) {
   Operands o{};
   QF_TRY(operands(o, act, layout, x, up));
   ActArgs aa{};
@@ -324,12 +324,19 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
     QF_CHECK(mx_code >= 0 && mx_code < quantfuse::kMxCodes, "quantfuse: MX recipe code must be in [0, ",
              quantfuse::kMxCodes, "), got ", mx_code);
     p.recipe.mx = quantfuse::mx_args(mx_code);
+    // catalog.Recipe.device_factor: at most one special block's multiplier is the device's value
     const bool device0 = mx && (p.recipe.mx.byte0 == quantfuse::kMxByte0Exp2 || p.recipe.mx.byte0 == quantfuse::kMxByte0Pow);
-    QF_CHECK(!device0 || (mx_byte0_factor > 1e38 && mx_byte0_factor < 3.4e38),
-             "quantfuse: an MX recipe with mx_byte0 exp2 / pow needs mx_byte0_factor, 1 / the device's 2^-127, got ",
-             mx_byte0_factor);
-    QF_CHECK(!device0 || !experts, "quantfuse: the experts kernels take no mx_byte0_factor (mx_byte0 exp2 / pow)");
-    p.recipe.mx_byte0_factor = float(mx_byte0_factor);
+    const bool device_inf = mx && p.recipe.mx.inf == quantfuse::kMxInfExp2;
+    QF_CHECK(!(device0 && device_inf), "quantfuse: mx_byte0 exp2 / pow and mx_inf exp2 are not one MX recipe");
+    QF_CHECK(!device0 || (mx_device_factor > 1e38 && mx_device_factor < 3.4e38),
+             "quantfuse: an MX recipe with mx_byte0 exp2 / pow needs mx_device_factor, 1 / the device's 2^-127, got ",
+             mx_device_factor);
+    QF_CHECK(!device_inf || (mx_device_factor > 5e-39 && mx_device_factor < 7e-39),
+             "quantfuse: an MX recipe with mx_inf exp2 needs mx_device_factor, the device's 2^-127, got ",
+             mx_device_factor);
+    QF_CHECK(!(device0 || device_inf) || !experts,
+             "quantfuse: the experts kernels take no mx_device_factor (mx_byte0 exp2 / pow, mx_inf exp2)");
+    p.recipe.mx_device_factor = float(mx_device_factor);
     p.s = s.data_ptr();
     p.s_stride_t = s_stride_t;
     p.s_stride_g = s_stride_g;
@@ -434,11 +441,11 @@ std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, const
                               int64_t group_size, int64_t ue8m0, int64_t mx, int64_t s_stride_t, int64_t s_stride_g,
                               bool swizzled, int64_t vectors, int64_t blocks_per_sm,
                               const std::vector<double>& act_params, const std::vector<double>& scale_floors,
-                              int64_t step, int64_t apply, int64_t row_stages, double mx_byte0_factor) {
+                              int64_t step, int64_t apply, int64_t row_stages, double mx_device_factor) {
   return guarded([&] {
     return act_quant_impl(act, scheme, layout, q, s, x, up, scale, group_size, ue8m0, mx, s_stride_t,
                           s_stride_g, swizzled, vectors, blocks_per_sm, act_params, scale_floors, step, apply,
-                          row_stages, nullptr, mx_byte0_factor);
+                          row_stages, nullptr, mx_device_factor);
   });
 }
 
@@ -462,15 +469,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "quantfuse_catalog.h (catalog.codes()); act_params: the activation's parameters (catalog "
         "Activation.params, e.g. swigluoai_and_mul's alpha, limit); ue8m0, scale_floors, step, apply: "
         "the FP8 recipe (CallPlan.fp8_floors; the defaults: the default recipe's); row_stages: per-token rows staged "
-        "ahead in shared memory, 0-2 (QuantParams); mx_byte0_factor: 1 / the device's 2^-127 for MX recipes with mx_byte0 exp2 / "
-        "pow (ScaleRecipe). Returns \"\" or an error message",
+        "ahead in shared memory, 0-2 (QuantParams); mx_device_factor: 1 / the device's 2^-127 for MX recipes with mx_byte0 exp2 / "
+        "pow, the device's 2^-127 for mx_inf exp2 (ScaleRecipe). Returns \"\" or an error message",
         py::arg("act"), py::arg("scheme"), py::arg("layout"), py::arg("q"), py::arg("s"), py::arg("x"),
         py::arg("up"), py::arg("scale"), py::arg("group_size"), py::arg("ue8m0"), py::arg("mx"),
         py::arg("s_stride_t"), py::arg("s_stride_g"), py::arg("swizzled"), py::arg("vectors") = 0,
         py::arg("blocks_per_sm") = 0, py::arg("act_params") = std::vector<double>{},
         py::arg("scale_floors") = std::vector<double>{quantfuse::kDefaultEps, 0.0, 0.0},
         py::arg("step") = int64_t(quantfuse::kStepFp32), py::arg("apply") = int64_t(quantfuse::kApplyDiv),
-        py::arg("row_stages") = int64_t(0), py::arg("mx_byte0_factor") = 0.0);
+        py::arg("row_stages") = int64_t(0), py::arg("mx_device_factor") = 0.0);
 
   m.def("experts_quant", &quantfuse::experts_quant_checked,
         "The experts ops: act(x) -> MXFP8 / MXFP4 (scheme code) of tokens sorted by expert into q and the "

@@ -47,7 +47,7 @@ struct Launch {
   std::vector<double> scale_floors;       // the FP8 recipe (CallPlan.fp8_floors) and its codes
   int64_t step = kStepFp32, apply = kApplyDiv;
   int64_t mx = 0;     // MX recipe fields (catalog.mx_code)
-  double mx_byte0_factor = 0.0;  // MX byte-0 blocks of mx_byte0 exp2 / pow: 1 / the device's 2^-127 (ScaleRecipe)
+  double mx_device_factor = 0.0;  // the device's value of catalog.Recipe.device_factor (ScaleRecipe)
   bool swizzled = false, column_major = false;
   int up_index = -1, scale_index = -1;  // argument positions (-1: none)
   int64_t experts = 0;                   // the experts ops: num_experts (0: another op)
@@ -161,7 +161,7 @@ Launch decide(int64_t op, const c10::OperatorHandle& handle, const c10::ArrayRef
     l.step = f["step"].cast<int64_t>();
     l.apply = f["apply"].cast<int64_t>();
     l.mx = f["mx"].cast<int64_t>();
-    l.mx_byte0_factor = f["mx_byte0_factor"].cast<double>();
+    l.mx_device_factor = f["mx_device_factor"].cast<double>();
     l.swizzled = f["swizzled"].cast<bool>();
     l.column_major = f["column_major"].cast<bool>();
     l.up_index = f["up_index"].cast<int>();
@@ -262,7 +262,7 @@ bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stac
                   : act_quant_checked(l.act, l.scheme, l.layout, outs[0], s, x, optional_arg(args, l.up_index),
                                       optional_arg(args, l.scale_index), l.group_size, l.ue8m0, l.mx, st_t,
                                       st_g, l.swizzled, vectors, 0, l.act_params, l.scale_floors, l.step, l.apply,
-                                      row_stages, l.mx_byte0_factor);
+                                      row_stages, l.mx_device_factor);
     if (!err.empty()) return false;
     torch::jit::drop(*stack, n);
     for (auto& o : outs) torch::jit::push(*stack, std::move(o));

@@ -205,21 +205,23 @@ struct Mx {
     const float inv_max = kElemBits == 8 ? 1.0f / kFp8Max : 1.0f / kFp4Max;
     const bool bad = __float_as_uint(amax) > 0x7f800000u;  // NaN in the block
     // an inf block (inf, no NaN) gets e = 127 as eager's clamp of an infinite exponent
-    // (MxInf.CLAMP) or 128 - emax from inf's exponent field (MxInf.BITS): its inf elements
+    // (MxInf.CLAMP, EXP2) or 128 - emax from inf's exponent field (MxInf.BITS): its inf elements
     // saturate, the rest are y * 2^-e
     const bool inf = __float_as_uint(amax) == 0x7f800000u;
-    const int e = inf ? (a.inf == kMxInfClamp ? kE8m0Bias : kE8m0Bias + 1 - kEmax)
+    const int e = inf ? (a.inf == kMxInfBits ? kE8m0Bias + 1 - kEmax : kE8m0Bias)
                       : mx_exponent(amax, a.rounding, inv_max, kEmax, kMant);
     // 2^-e; a finite block has e <= 126, so 127 - e >= 1 stays a normal exponent; an inf
-    // block's 2^-127 is subnormal (0x00400000), which __fmul_rn keeps (no ftz here)
-    float f = e == kE8m0Bias ? __uint_as_float(0x00400000u) : __uint_as_float(uint32_t(127 - e) << 23);
+    // block's 2^-127 is subnormal (0x00400000), which __fmul_rn keeps (no ftz here), or with
+    // MxInf.EXP2 the device's exp2(-127.) as torch computes it (ScaleRecipe::mx_device_factor)
+    float f = e == kE8m0Bias ? (a.inf == kMxInfExp2 ? rr.mx_device_factor : __uint_as_float(0x00400000u))
+                             : __uint_as_float(uint32_t(127 - e) << 23);
     if (e == -kE8m0Bias && a.byte0 != kMxByte0Exact) {
       // MxByte0.MIN_NORMAL: 1 / fp32's smallest normal, 2^126; MxByte0.ONE: 1; MxByte0.EXP2 / POW:
-      // RN(1 / d), d the device's 2^-127 as torch computes it (ScaleRecipe::mx_byte0_factor). Such a
+      // RN(1 / d), d the device's 2^-127 as torch computes it (ScaleRecipe::mx_device_factor). Such a
       // block is tiny (State::tiny: MXFP4's exact path), so each element is y * f rounded once
       f = a.byte0 == kMxByte0One ? 1.0f
           : a.byte0 == kMxByte0MinNormal ? __uint_as_float(uint32_t(127 + kE8m0Bias - 1) << 23)
-                                         : rr.mx_byte0_factor;
+                                         : rr.mx_device_factor;
     }
     return {f, bad ? uint32_t(kE8m0Nan) : uint32_t(e + kE8m0Bias), bad, a.nan == kMxNanDivInf, inf,
             __float_as_uint(amax) < (6u << 23) || inf};

@@ -155,6 +155,10 @@ class MxInf(enum.Enum):
     #: 128 - emax_elem: the float's exponent field of inf (255) read as 2^128, as a scale
     #: computed from the amax's bits has it (torchao's to_mx FLOOR / CEIL / EVEN)
     BITS = "bits"
+    #: 127, the elements multiplied by the device's own ``exp2(-127.)``: torchao's to_mx RCEIL
+    #: (``exp2(127 - byte)`` of byte 254), 2^-127 on the CPU (so CLAMP's bits there), one ulp
+    #: below it on CUDA
+    EXP2 = "exp2"
 
 
 class MxByte0(enum.Enum):
@@ -177,6 +181,8 @@ class MxByte0(enum.Enum):
 #: the MxByte0 values computed by the device's libm at run time: a site's spelling of its divisor,
 #: not a value a scale's bits give (the recogniser reads them from ``exp2`` / ``pow`` nodes only)
 MX_DEVICE_BYTE0 = (MxByte0.EXP2, MxByte0.POW)
+#: the MxInf values whose multiplier the device's libm computes at run time
+MX_DEVICE_INF = (MxInf.EXP2,)
 
 
 class MxNan(enum.Enum):
@@ -251,6 +257,20 @@ class Recipe:
             raise ValueError("the swizzled 128x4 scale layout is for MX recipes only")
         if self.static and self.grouping is not Grouping.PER_TENSOR:
             raise ValueError("static scales are per tensor")
+        if self.mx_byte0 in MX_DEVICE_BYTE0 and self.mx_inf in MX_DEVICE_INF:
+            raise ValueError(f"mx_byte0={self.mx_byte0.value} and mx_inf={self.mx_inf.value} would need two of the "
+                             "device's values (the kernels take one: Recipe.device_factor)")
+
+    @property
+    def device_factor(self) -> "MxByte0 | MxInf | None":
+        """The recipe field whose multiplier is the device's own libm value (one of
+        :data:`MX_DEVICE_BYTE0` / :data:`MX_DEVICE_INF`), read from torch on the device the call
+        runs on (``reference.device_factor``), or None. At most one per recipe."""
+        if self.mx_byte0 in MX_DEVICE_BYTE0:
+            return self.mx_byte0
+        if self.mx_inf in MX_DEVICE_INF:
+            return self.mx_inf
+        return None
 
     @property
     def mx(self) -> bool:

@@ -331,8 +331,8 @@ def _reason(plan) -> str | None:
     if why:
         return why
     r = plan.recipe
-    if r is not None and plan.entry.experts and r.mx_byte0 in catalog.MX_DEVICE_BYTE0:
-        return f"mx_byte0={r.mx_byte0.value} (the device's own 2^-127) has no experts kernel"
+    if r is not None and plan.entry.experts and r.device_factor is not None:
+        return f"{_device_field(r)} (the device's own 2^-127) has no experts kernel"
     if r is not None and not r.mx and not plan.clamps:
         # before torch 2.12 a cast without the clamp gives NaN past 464; the CUDA kernels cast with
         # SATFINITE only (an unsaturated one cost the default kernels registers): Triton runs it
@@ -355,36 +355,41 @@ def supports(plan) -> str | None:
         if why is None and not _factor_known(plan.recipe):
             if torch.cuda.is_current_stream_capturing():
                 return _CAPTURE_REASON  # not cached: a call outside the capture reads it
-            _mx_byte0_factor(plan.recipe)
+            _mx_device_factor(plan.recipe)
         _support[plan.key] = why
     return why
 
 
-_CAPTURE_REASON = ("mx_byte0 exp2 / pow: the device's 2^-127 is read from torch on a first call outside CUDA graph "
-                  "capture")
-#: (MxByte0, device index) -> RN(1 / that device's 2^-127 as torch computes it for the spelling)
+_CAPTURE_REASON = ("mx_byte0 exp2 / pow, mx_inf exp2: the device's 2^-127 is read from torch on a first call "
+                   "outside CUDA graph capture")
+#: (Recipe.device_factor, device index) -> the multiplier it names on that device
 _factors: dict = {}
 
 
+def _device_field(r) -> str:
+    """``field=value`` of the recipe's device-computed field (``Recipe.device_factor``)."""
+    form = r.device_factor
+    return f"{'mx_inf' if form in catalog.MX_DEVICE_INF else 'mx_byte0'}={form.value}"
+
+
 def _factor_known(r) -> bool:
-    return r is None or r.mx_byte0 not in catalog.MX_DEVICE_BYTE0 or \
-        (r.mx_byte0, torch.cuda.current_device()) in _factors
+    return r is None or r.device_factor is None or (r.device_factor, torch.cuda.current_device()) in _factors
 
 
-def _mx_byte0_factor(r) -> float:
-    """What the elements of a byte-0 block of a ``catalog.MX_DEVICE_BYTE0`` recipe are multiplied
-    by: RN(1 / d), d torch's own ``exp2(-127.)`` / ``pow(2., -127.)`` on the current GPU
-    (reference.device_byte0_factor; one device-to-host copy per spelling and device: torch's value
-    is not this build's libdevice ``exp2f(-127)``, so it is read, not recomputed), 0.0 for every
+def _mx_device_factor(r) -> float:
+    """The multiplier of the special MX block that ``r.device_factor`` names (a byte-0 block's
+    RN(1 / d), an inf block's d), d torch's own ``exp2(-127.)`` / ``pow(2., -127.)`` on the current
+    GPU (reference.device_factor; one device-to-host copy per form and device: torch's value is
+    not this build's libdevice ``exp2f(-127)``, so it is read, not recomputed), 0.0 for every
     other recipe (the kernels read none)."""
-    if r is None or r.mx_byte0 not in catalog.MX_DEVICE_BYTE0:
+    if r is None or r.device_factor is None:
         return 0.0
-    key = (r.mx_byte0, torch.cuda.current_device())
+    key = (r.device_factor, torch.cuda.current_device())
     f = _factors.get(key)
     if f is None:
         from quantfuse.custom_ops import reference
 
-        f = _factors[key] = float(reference.device_byte0_factor(r.mx_byte0, torch.device("cuda", key[1])).item())
+        f = _factors[key] = float(reference.device_factor(key[0], torch.device("cuda", key[1])).item())
     return f
 
 
@@ -403,7 +408,7 @@ def _fixed_args(plan) -> tuple:
 
 
 #: the recipe arguments of kernels that read none (the activation ops, MX)
-_NO_RECIPE = dict(scale_floors=[0.0, 0.0, 0.0], step=_CODES["step_fp32"], apply=_CODES["apply_div"], mx_byte0_factor=0.0)
+_NO_RECIPE = dict(scale_floors=[0.0, 0.0, 0.0], step=_CODES["step_fp32"], apply=_CODES["apply_div"], mx_device_factor=0.0)
 
 
 def _recipe_args(plan) -> dict:
@@ -412,8 +417,8 @@ def _recipe_args(plan) -> dict:
     codes (the kernels clamp: :func:`_reason` declines the rest)."""
     r = plan.recipe
     if r is None or r.mx:
-        # MX: a byte-0 block of catalog.MX_DEVICE_BYTE0 reads its factor
-        args = dict(_NO_RECIPE) if r is None else dict(_NO_RECIPE, mx_byte0_factor=_mx_byte0_factor(r))
+        # MX: the block Recipe.device_factor names reads its factor
+        args = dict(_NO_RECIPE) if r is None else dict(_NO_RECIPE, mx_device_factor=_mx_device_factor(r))
     else:
         args = dict(scale_floors=list(_NO_RECIPE["scale_floors"] if r.static else plan.fp8_floors),
                     step=_CODES[f"step_{r.step_dtype.value}"], apply=_CODES[f"apply_{r.apply.value}"])

@@ -238,7 +238,7 @@ def mx_exponents(amax: torch.Tensor, element: catalog.Element, rounding: MxRound
         r = safe * torch.full_like(safe, 1.0 / element.max)
         exp = torch.where(r == 0, torch.full_like(k, -E8M0_BIAS), _ceil_log2(r))
     exp = torch.where(amax == 0, torch.full_like(exp, -E8M0_BIAS), exp)
-    inf_exp = E8M0_BIAS if inf is MxInf.CLAMP else E8M0_BIAS + 1 - emax
+    inf_exp = E8M0_BIAS + 1 - emax if inf is MxInf.BITS else E8M0_BIAS
     exp = torch.where(torch.isinf(amax), torch.full_like(exp, inf_exp), exp)
     return exp.clamp(-E8M0_BIAS, E8M0_BIAS).to(torch.int32), bad
 
@@ -247,24 +247,30 @@ def mx_multipliers(exp: torch.Tensor, bad: torch.Tensor, r: Recipe) -> torch.Ten
     """What the elements of each block are multiplied by (fp32): ``2^-e`` (exact, ldexp stays
     finite for ``|e| <= 127``), a byte-0 block's ``MxByte0`` value, a NaN block's NaN
     (``MxNan.NAN``) or 0 (``MxNan.DIV_INF``: ``y * 0`` is ``y / inf`` bit for bit, NaN payloads
-    included, on x86 and on CUDA). The device values (``catalog.MX_DEVICE_BYTE0``):
-    :func:`device_byte0_factor` on ``exp``'s device (on the CPU 2^127, EXACT's)."""
+    included, on x86 and on CUDA). The device values (``Recipe.device_factor``: a byte-0 block's
+    of ``catalog.MX_DEVICE_BYTE0``, an inf block's of ``catalog.MX_DEVICE_INF``, whose exponent
+    127 only an inf block reaches): :func:`device_factor` on ``exp``'s device (on the CPU
+    EXACT's / CLAMP's)."""
     m = torch.ldexp(torch.ones_like(exp, dtype=torch.float32), -exp)
     if r.mx_byte0 in (MxByte0.MIN_NORMAL, MxByte0.ONE):
         low = 2.0 ** (E8M0_BIAS - 1) if r.mx_byte0 is MxByte0.MIN_NORMAL else 1.0
         m = torch.where(exp == -E8M0_BIAS, torch.full_like(m, low), m)
-    elif r.mx_byte0 in catalog.MX_DEVICE_BYTE0:
-        m = torch.where(exp == -E8M0_BIAS, device_byte0_factor(r.mx_byte0, exp.device), m)
+    form = r.device_factor
+    if form is not None:
+        at = E8M0_BIAS if form in catalog.MX_DEVICE_INF else -E8M0_BIAS
+        m = torch.where(exp == at, device_factor(form, exp.device), m)
     return torch.where(bad, torch.full_like(m, float("nan") if r.mx_nan is MxNan.NAN else 0.0), m)
 
 
-def device_byte0_factor(form: MxByte0, device) -> torch.Tensor:
-    """What a byte-0 block's elements are multiplied by under ``form`` (one of
-    ``catalog.MX_DEVICE_BYTE0``): ``1 / d``, ``d`` the 2^-127 that torch's ``exp2`` / ``pow``
-    gives on ``device``, as an fp32 scalar tensor. Code spelled ``y / d`` gets the same E4M3 / E2M1
-    codes for every 16-bit block (tests/test_catalog.py::test_device_byte0_division_codes_as_the_product)."""
+def device_factor(form: "MxByte0 | MxInf", device) -> torch.Tensor:
+    """The multiplier of the special block that ``form`` (a ``Recipe.device_factor``) names, from
+    ``d``, the 2^-127 that torch's ``exp2`` / ``pow`` gives on ``device``, as an fp32 scalar
+    tensor: a byte-0 block's ``1 / d`` (code spelled ``y / d`` gets the same E4M3 / E2M1 codes for
+    every 16-bit block: tests/test_catalog.py::test_device_byte0_division_codes_as_the_product),
+    an inf block's ``d`` itself (``MxInf.EXP2``: torchao's RCEIL multiplies by it)."""
     e = torch.full((), -float(E8M0_BIAS), device=device)
-    return 1 / (torch.exp2(e) if form is MxByte0.EXP2 else torch.pow(2, e))
+    d = torch.pow(2, e) if form is MxByte0.POW else torch.exp2(e)
+    return d if form in catalog.MX_DEVICE_INF else 1 / d
 
 
 def mx_block_scales(amax: torch.Tensor, r: Recipe) -> tuple[torch.Tensor, torch.Tensor]:

@@ -103,7 +103,7 @@ _FP4_HALF_ULP = 1 << (22 - catalog.E2M1.mant)
 _MXR_RCEIL = _CODES[f"mx_rounding_{MxRounding.RCEIL.value}"]
 _MXR_CEIL = _CODES[f"mx_rounding_{MxRounding.CEIL.value}"]
 _MXR_EVEN = _CODES[f"mx_rounding_{MxRounding.EVEN.value}"]
-_MX_INF_CLAMP = _CODES[f"mx_inf_{MxInf.CLAMP.value}"]
+_MX_INF_BITS = _CODES[f"mx_inf_{MxInf.BITS.value}"]
 _MX_B0_MIN_NORMAL = _CODES[f"mx_byte0_{MxByte0.MIN_NORMAL.value}"]
 _MX_B0_ONE = _CODES[f"mx_byte0_{MxByte0.ONE.value}"]
 _MX_NAN_NAN = _CODES[f"mx_nan_{MxNan.NAN.value}"]
@@ -116,7 +116,7 @@ _KERNEL_GLOBALS = ("_IDENTITY", "_SILU", "_RELU2", "_SWIGLU_OAI", "_S_NONE", "_S
                    "_S_MXFP8", "_S_MXFP4", "_HALVES", "_SEPARATE", "_INTERLEAVED", "_BF16", "_F16", "_F32", "_FP8_MAX",
                    "_FP8_INV", "_FP8_EMAX", "_FP4_INV", "_FP4_EMAX", "_E8M0_BIAS", "_E8M0_NAN", "_FP8_OVERFLOW",
                    "_UE8M0_NONE", "_UE8M0_EXACT", "_UE8M0_EXP2", "_FP8_HALF_ULP", "_FP4_HALF_ULP", "_MXR_RCEIL",
-                   "_MXR_CEIL", "_MXR_EVEN", "_MX_INF_CLAMP", "_MX_B0_MIN_NORMAL", "_MX_B0_ONE", "_MX_NAN_NAN",
+                   "_MXR_CEIL", "_MXR_EVEN", "_MX_INF_BITS", "_MX_B0_MIN_NORMAL", "_MX_B0_ONE", "_MX_NAN_NAN",
                    "_MX_MIN_NORMAL_INV")
 
 # the swizzled scale offset in _store_mx_scale is written with shifts for this tile
@@ -641,10 +641,10 @@ def _kernels():
                 e += ((amax_bits & 0x7FFFFF) != 0).to(tl.int32)
             e = tl.where(ae == 0, -127, e)
         e = tl.where(amax_bits == 0, -127, e)
-        if MX_INF == _MX_INF_CLAMP:
-            e = tl.where(amax_bits == 0x7F800000, 127, e)
-        else:
+        if MX_INF == _MX_INF_BITS:
             e = tl.where(amax_bits == 0x7F800000, 128 - EMAX, e)
+        else:
+            e = tl.where(amax_bits == 0x7F800000, 127, e)
         return tl.minimum(tl.maximum(e, -_E8M0_BIAS), _E8M0_BIAS), bad
 
     @triton.jit
@@ -744,10 +744,12 @@ def _reason(plan) -> str | None:
     why = plan.kernel_reason()
     if why is not None:
         return why
-    if plan.recipe is not None and plan.recipe.mx_byte0 in catalog.MX_DEVICE_BYTE0:
+    if plan.recipe is not None and plan.recipe.device_factor is not None:
         # the device's 2^-127 as torch computes it: the CUDA kernels take the value torch gives
-        # (cuda_backend._mx_byte0_factor), the Triton kernels have no argument for it yet
-        return f"mx_byte0={plan.recipe.mx_byte0.value} (the device's own 2^-127) is not taken by the Triton kernels"
+        # (cuda_backend._mx_device_factor), the Triton kernels have no argument for it yet
+        r = plan.recipe
+        field = "mx_inf" if r.device_factor in catalog.MX_DEVICE_INF else "mx_byte0"
+        return f"{field}={r.device_factor.value} (the device's own 2^-127) is not taken by the Triton kernels"
     if not is_available():
         return f"Triton unavailable ({_failed or 'no CUDA'})"
     return None

@@ -340,6 +340,10 @@ _ROUNDED_MATH = {aten.exp.default, aten.exp2.default, aten.log.default, aten.log
 #: the ways :func:`evaluate` runs a region: CPU torch as is; a division by a Python number as
 #: CUDA's torch computes it (a multiply by the fp32 reciprocal); rounded math one ulp up / down
 VARIANTS = ("exact", "cuda_div", "up", "down")
+#: a further way, not among the VARIANTS: ``exp2(-127.)`` one ulp below 2^-127, as torch's CUDA
+#: ``exp2`` gives it (the one integer exponent it does not give exactly): where a result changes
+#: under it, the site multiplies by the device's own value (catalog.MX_DEVICE_INF / MX_DEVICE_BYTE0)
+DEVICE_EXP2 = "device_exp2"
 
 
 def _exact_math(n: Node, args: tuple, out: torch.Tensor) -> torch.Tensor:
@@ -389,6 +393,8 @@ def evaluate(region: list[Node], inputs: dict, values: torch.Tensor | None = Non
             out = args[0] * torch.tensor(1.0 / args[1], dtype=torch.float32)
         else:
             out = n.target(*args, **kwargs)
+        if variant == DEVICE_EXP2 and n.target == aten.exp2.default and out.dtype == torch.float32:
+            out = torch.where(args[0] == -127, torch.nextafter(out, torch.zeros_like(out)), out)
         if variant in ("up", "down") and n.target in _ROUNDED_MATH and out.is_floating_point():
             moved = torch.nextafter(out, torch.full_like(out, float("inf") if variant == "up" else float("-inf")))
             out = torch.where(_exact_math(n, args, out), out, moved)

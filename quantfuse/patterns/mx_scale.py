@@ -200,8 +200,10 @@ def _run(found: Found, outputs: list[Node], amax: torch.Tensor) -> list[torch.Te
 def _recipes(element: catalog.Element):
     """Every MX recipe of ``element``'s scheme, defaults first (each field in enum order)."""
     base = (catalog.MXFP8 if element is catalog.E4M3 else catalog.MXFP4).base
-    byte0s = [b for b in MxByte0 if b not in catalog.MX_DEVICE_BYTE0]  # spellings of exp2 / pow, not bits
-    for rounding, inf, byte0, nan in itertools.product(MxRounding, MxInf, byte0s, MxNan):
+    # the device's values are not bits a CPU evaluation can tell apart: _device_form reads them
+    byte0s = [b for b in MxByte0 if b not in catalog.MX_DEVICE_BYTE0]
+    infs = [i for i in MxInf if i not in catalog.MX_DEVICE_INF]
+    for rounding, inf, byte0, nan in itertools.product(MxRounding, infs, byte0s, MxNan):
         yield dataclasses.replace(base, mx_rounding=rounding, mx_inf=inf, mx_byte0=byte0, mx_nan=nan)
 
 
@@ -257,6 +259,29 @@ def read(y: Node, found: Found, element: catalog.Element, site: set[Node]) -> tu
 _READ: dict[tuple, dict] = {}
 
 
+def _device_form(found: Found, amax: torch.Tensor, factor: torch.Tensor, r: catalog.Recipe,
+                 ref_bytes: torch.Tensor) -> dict:
+    """The fields that say where the site's factor is the device's own ``exp2(-127.)``
+    (e2m1.DEVICE_EXP2): a multiplier of inf blocks (torchao's RCEIL ``exp2(127 - byte)``:
+    ``mx_inf=exp2``), a divisor of byte-0 blocks (``mx_byte0=exp2``); {} where it is not used;
+    NotRecognised where it is used elsewhere."""
+    try:
+        moved = e2m1.evaluate(found.region, {found.amax: amax.to(e2m1._dtype(found.amax))}, outputs=[found.factor],
+                              variant=e2m1.DEVICE_EXP2)[0].reshape(-1)
+    except (RuntimeError, TypeError, ValueError, IndexError):
+        return {}
+    diff = ~_same(moved, factor)
+    if not bool(diff.any()):
+        return {}
+    inf, byte0 = torch.isinf(amax), ref_bytes == 0
+    if not found.divides and r.mx_inf is MxInf.CLAMP and bool((inf | ~diff).all()):
+        return {"mx_inf": MxInf.EXP2}
+    if found.divides and r.mx_byte0 is MxByte0.EXACT and bool((byte0 | ~diff).all()):
+        return {"mx_byte0": MxByte0.EXP2}
+    at = float(amax[diff.nonzero()[0, 0]])
+    raise NotRecognised(f"the MX block scale uses the device's exp2(-127.) where no MX recipe does: at amax = {at:g}")
+
+
 def _read(y: Node, found: Found, element: catalog.Element, exported: list[Node]) -> dict:
     amax = probe_amax(e2m1._dtype(y))
     factor, *values = _run(found, [found.factor] + exported, amax)
@@ -277,7 +302,7 @@ def _read(y: Node, found: Found, element: catalog.Element, exported: list[Node])
                     raise NotRecognised(f"the scale bytes `{n.name}` are not the E8M0 bytes of the block scale the "
                                         f"elements get ({_spec(r)}): at amax = {float(amax[i]):g} the byte is "
                                         f"{int(got[i])}, not {int(ref_bytes[i])}")
-            return _fields(r)
+            return {**_fields(r), **_device_form(found, amax, factor, r, ref_bytes)}
         if best is None or wrong < best[0]:
             best = (wrong, r, (~same).nonzero()[0, 0], ref_m)
     wrong, r, i, ref_m = best

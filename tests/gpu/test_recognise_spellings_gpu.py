@@ -103,3 +103,33 @@ def test_cuda_exp2_of_minus_127_is_not_the_power_of_two():
     e = torch.tensor([-127.0], device="cuda")
     exact = _powers(torch.tensor([-127.0])).cuda()
     assert not (torch.equal(torch.exp2(e), exact) and torch.equal(torch.pow(2, e), exact))
+
+
+@pytest.mark.parametrize("spelling", ["times_exp2", "over_exp2"])
+def test_cuda_byte_spelled_exp2_equals_eager(spelling):
+    """Scales spelled from the byte with ``torch.exp2`` (tests/mx_device_spelled.py, read by
+    evaluation): an inf block multiplied by CUDA's ``exp2(-127.)`` (MxInf.EXP2: torchao 0.12's
+    RCEIL) and a byte-0 block divided by it (MxByte0.EXP2), compiled with the pass, give eager
+    CUDA's bytes; the inf blocks hold finite values up to bf16's largest, where the device's value
+    and 2^-127 code differently (the test fails if the fused op used 2^-127)."""
+    from mx_device_spelled import SPECS, device_inputs, mx_fp8
+
+    x = device_inputs(64, 1024, 2, device="cuda")
+    fn = lambda t: mx_fp8(t, spelling)  # noqa: E731
+    torch._dynamo.reset()
+    compiled = quantfuse.compile(fn, dynamic=False)
+    with torch.no_grad():
+        got, want = compiled(x), fn(x)
+    report = quantfuse.last_report()
+    assert len(report.rewrites) == 1 and report.near_misses == [], str(report)
+    assert report.rewrites[0].params["recipe"] == SPECS[spelling]
+    for w, g in zip(want, got, strict=True):
+        assert w.dtype == g.dtype and w.shape == g.shape
+        assert torch.equal(w.view(torch.uint8), g.view(torch.uint8)), int((w.view(torch.uint8) != g.view(torch.uint8)).sum())
+    if spelling == "times_exp2":
+        # the device's value matters here: with the exact 2^-127 some of these bytes differ
+        y = (torch.nn.functional.silu(x[:, :1024]) * x[:, 1024:]).float()[:2].reshape(2, -1, 32)
+        exact = torch.clamp(y * 2.0 ** -127, -448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
+        dev = torch.clamp(y * torch.exp2(torch.tensor(-127.0, device="cuda")), -448, 448)
+        assert not torch.equal(exact, dev.to(torch.float8_e4m3fn).view(torch.uint8)) or bool(
+            torch.exp2(torch.tensor(-127.0, device="cuda")) == 2.0 ** -127)
