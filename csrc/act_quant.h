@@ -92,9 +92,11 @@ struct QuantParams {
   int64_t vectors;        // 16-byte vectors per thread per group (per-token: per row): 0 = auto, else 1, 2, 4
   int64_t blocks_per_sm;  // 0 = persistent grid by occupancy, > 0 that many, -1 = no loop;
                           // per-token: k > 0 = blocks of about kTokenThreads / k threads
-  int64_t row_stages;     // per-token rows in registers: 0 = the next row prefetched into a second
-                          // set of registers; 1 or 2 = that many rows ahead staged in shared memory
-                          // (act_token_quant_staged_kernel); tuned per plan and device (custom_ops/tuning.py)
+  int64_t row_stages;     // where the next inputs wait: 0 = the next row (per-token) or group
+                          // prefetched into a second set of registers; k > 0 = k rows (per-token: 1
+                          // or 2, act_token_quant_staged_kernel) or groups (kGroupStaged,
+                          // act_group_quant_staged_kernel) ahead staged in shared memory; tuned per
+                          // plan and device (custom_ops/tuning.py)
   int sms;
   int64_t l2_bytes;       // device L2 size: inputs up to a scheme's multiple of it are loaded
                           // evict-first (launch_unit.cuh evict_first_input); 0 = never

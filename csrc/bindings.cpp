@@ -468,8 +468,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "act(x) -> scheme into q (and s); scheme kNoScheme: q = act(x) in x's dtype. Codes: "
         "quantfuse_catalog.h (catalog.codes()); act_params: the activation's parameters (catalog "
         "Activation.params, e.g. swigluoai_and_mul's alpha, limit); ue8m0, scale_floors, step, apply: "
-        "the FP8 recipe (CallPlan.fp8_floors; the defaults: the default recipe's); row_stages: per-token rows staged "
-        "ahead in shared memory, 0-2 (QuantParams); mx_device_factor: 1 / the device's 2^-127 for MX recipes with mx_byte0 exp2 / "
+        "the FP8 recipe (CallPlan.fp8_floors; the defaults: the default recipe's); row_stages: rows (per-token, 0-2) or "
+        "groups (per-group, MX: 0 or 2) staged ahead in shared memory (QuantParams); mx_device_factor: 1 / the device's 2^-127 for MX recipes with mx_byte0 exp2 / "
         "pow, the device's 2^-127 for mx_inf exp2 (ScaleRecipe). Returns \"\" or an error message",
         py::arg("act"), py::arg("scheme"), py::arg("layout"), py::arg("q"), py::arg("s"), py::arg("x"),
         py::arg("up"), py::arg("scale"), py::arg("group_size"), py::arg("ue8m0"), py::arg("mx"),

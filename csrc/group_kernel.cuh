@@ -309,8 +309,10 @@ __global__ void __launch_bounds__(kThreads) act_group_quant_staged_kernel(
   }
 }
 
-// The groups staged ahead by the staged variants QuantParams::row_stages 1 and 2 choose.
-constexpr int kGroupStages[2] = {2, 4};
+// The groups the staged kernels stage ahead (QuantParams::row_stages of a group kernel: 0, the
+// next group in registers, or this). With fewer, the refill waits for this group's activation
+// and the loads of the next overlap nothing; more measured no faster than two (tuning records).
+constexpr int kGroupStaged = 2;
 
 // Dynamic shared memory of act_group_quant_staged_kernel.
 template <int NV, int AHEAD, bool GATED>

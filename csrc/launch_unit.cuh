@@ -122,10 +122,10 @@ const char* launch_group(const QuantParams& p, const Scales& sc) {
   } else {
     if (p.row_stages > 0) {
       if constexpr (std::is_same_v<Scales, StridedScales> && NV <= 2) {
+        if (p.row_stages != kGroupStaged) return "quantfuse: the staged group kernels stage 2 groups ahead";
         if (interleaved(p.in)) return "quantfuse: the staged group kernels take halves or separate inputs";
         if (p.blocks_per_sm != 0) return "quantfuse: the staged group kernels take the persistent grid";
-        return p.row_stages == 1 ? launch_group_staged<Scheme, GS, NV, kGroupStages[0]>(p, sc)
-                                 : launch_group_staged<Scheme, GS, NV, kGroupStages[1]>(p, sc);
+        return launch_group_staged<Scheme, GS, NV, kGroupStaged>(p, sc);
       } else {
         return "quantfuse: the staged group kernels take 1 or 2 vectors per thread";
       }

@@ -133,3 +133,24 @@ def test_every_op_has_a_kernel_unit(name):
     p = _cuda_plan(name, torch.zeros(2, 512), *args, scale=scale)
     assert cuda_backend.supports(p) == f"activation {entry.activation.name} has no CUDA unit " \
                                           "(catalog: Activation.cuda)"
+
+
+def test_launch_args_hold_every_key_the_dispatcher_reads(monkeypatch):
+    """csrc/dispatch.cpp reads launch_args()'s dict by key and, on any missing key, quietly runs the
+    call on the Python path (a lost fast path, not an error): every plan kind's dict holds every key
+    it reads, and no other."""
+    monkeypatch.setenv("QUANTFUSE_TUNE", "0")
+    monkeypatch.setattr(cuda_backend, "_recipes", {})
+    monkeypatch.setattr(cuda_backend, "_fixed", {})
+    text = (Path(cuda_backend.__file__).parents[2] / "csrc" / "dispatch.cpp").read_text()
+    wanted = set(re.findall(r'f\["(\w+)"\]', text))
+    assert {"mx_device_factor", "token_classes", "scale_floors"} <= wanted
+    x = torch.randn(6, 256).bfloat16()
+    cases = [("silu_and_mul", (), {}), ("silu_and_mul_per_block_quant", (128,), {}),
+             ("silu_and_mul_per_token_quant_fp8", (), {"recipe": "floor_at=scale,eps=1e-06"}),
+             ("relu2_per_token_quant_fp8", (), {}), ("silu_and_mul_quant", (), {"up": x, "scale": torch.ones(1)}),
+             ("silu_and_mul_mxfp8_quant", ("rceil",), {}), ("mxfp4_quant", ("floor", True), {})]
+    for name, params, kw in cases:
+        p = _cuda_plan(name, x, *params, **kw)
+        names = [a.name for a in getattr(torch.ops.quantfuse, name).default._schema.arguments]
+        assert set(cuda_backend.launch_args(p, names)) == wanted, name

@@ -70,7 +70,7 @@ def test_which_plans_are_tuned():
     assert not tuning.tunable(_plan("silu_and_mul"))
     group = tuning.candidates(_plan("relu2_mxfp8_quant"))
     assert group == (tuple(tuning.Choice(v) for v in tuning.CANDIDATES)
-                     + tuple(tuning.Choice(v, r) for v in tuning.STAGED_VECTORS for r in tuning.ROW_STAGES if r))
+                     + tuple(tuning.Choice(v, r) for v in tuning.STAGED_VECTORS for r in tuning.GROUP_ROW_STAGES))
     assert len({c.label for c in group}) == len(group)
     per_token = tuning.candidates(_plan("relu2_per_token_quant_fp8"))
     assert set(per_token) == {tuning.Choice(v, r) for v in (0, 1, 2, 4) for r in tuning.ROW_STAGES}
@@ -124,16 +124,16 @@ def test_staged_group_choice_wins_where_faster(tmp_path):
     p = _plan("silu_and_mul_mxfp8_quant")
     (s1, t1), (s2, t2) = tuning.class_tokens(p, L2)
     C = tuning.Choice
-    us = {C(1): 10.0, C(2): 9.0, C(4): 11.0, C(1, 1): 9.5, C(1, 2): 8.0, C(2, 1): 9.0, C(2, 2): 8.5}
+    us = {C(1): 10.0, C(2): 9.0, C(4): 11.0, C(1, 2): 8.0, C(2, 2): 8.5}
     assert set(us) == set(tuning.candidates(p))
     classes, final = tuning.token_classes(p, H200, lambda q, c: us[c] * (1 if q.tokens == t1 else 4))
     assert final and classes == ((s1, C(1, 2)), (s2, C(1, 2)))
     entry = json.loads((tmp_path / "tuning-NVIDIA_H200.json").read_text())[tuning.tuning_key(p)]
     assert [(c["vectors"], c["row_stages"]) for c in entry["classes"]] == [(1, 2), (1, 2)]
     assert entry["classes"][0]["us"]["1 shared x2"] == 8.0
-    # a tie goes to fewer vectors, then fewer stages: (2, 1) ties with (2, 0)
-    assert tuning.choose({C(2): 9.0, C(2, 1): 9.0, C(1, 2): 9.0}) == C(1, 2)
-    assert tuning.choose({C(2): 9.0, C(2, 1): 9.0}) == C(2)
+    # a tie goes to fewer vectors, then fewer stages: (2, 2) ties with (2, 0)
+    assert tuning.choose({C(2): 9.0, C(2, 2): 9.0, C(1, 2): 9.0}) == C(1, 2)
+    assert tuning.choose({C(2): 9.0, C(2, 2): 9.0}) == C(2)
 
 
 def test_per_token_rows_staged_where_faster(tmp_path):

@@ -420,7 +420,7 @@ def _recipe_args(plan) -> dict:
         # MX: the block Recipe.device_factor names reads its factor
         args = dict(_NO_RECIPE) if r is None else dict(_NO_RECIPE, mx_device_factor=_mx_device_factor(r))
     else:
-        args = dict(scale_floors=list(_NO_RECIPE["scale_floors"] if r.static else plan.fp8_floors),
+        args = dict(_NO_RECIPE, scale_floors=list(_NO_RECIPE["scale_floors"] if r.static else plan.fp8_floors),
                     step=_CODES[f"step_{r.step_dtype.value}"], apply=_CODES[f"apply_{r.apply.value}"])
     _recipes[plan.key] = args
     return args

@@ -8,7 +8,9 @@ card is not right on the next. The per-token kernel keeps the next row's vectors
 second set of registers or in shared memory, one or two rows ahead (``row_stages``): fewer
 registers, more warps resident, one more hop; which is faster depends on the activation's
 register needs and the GPU (docs/decisions/026-per-token-row-staging-tuned.md); each is timed
-with each vector count too. So neither is a constant: on the
+with each vector count too. The group kernels likewise keep their next group in registers or
+stage groups ahead in shared memory (docs/decisions/028-group-kernels-staged-by-cp-async.md).
+So none is a constant: on the
 first call of a plan (everything about a call but its token count, :attr:`CallPlan.key`) the
 CUDA backend asks :func:`token_classes`, which times each :func:`candidates` choice on random
 inputs of the plan's shape for every token class (group kernels: past the L2, below it the
@@ -73,8 +75,10 @@ KERNEL_ROW_STAGES = (0, 1, 2)
 #: those tuning times: every one (each bit-exact on a GPU: tests/gpu/test_tuning_gpu.py runs every
 #: KERNEL_ROW_STAGES; a staging joins the kernels' set first and tuning once that has passed)
 ROW_STAGES = KERNEL_ROW_STAGES
-#: the vector counts the staged group kernels are instantiated for (csrc/launch_unit.cuh launch_group)
+#: the vector counts the staged group kernels are instantiated for, and how many groups they stage
+#: ahead (csrc/group_kernel.cuh kGroupStaged; launch_unit.cuh launch_group)
 STAGED_VECTORS = (1, 2)
+GROUP_ROW_STAGES = (2,)
 #: the per-token kernel's: a first class from one token, timed at half the L2
 TOKEN_CLASSES = ((0, 0.5),) + CLASSES
 #: the timed inputs and outputs take at most this share of the free device memory
@@ -107,13 +111,13 @@ def tunable(plan) -> bool:
 
 def candidates(plan) -> tuple[Choice, ...]:
     """The choices timed for a tunable plan: per-group and MX, each vector count with the next
-    group in registers, and each ``STAGED_VECTORS`` count with every staging of ``ROW_STAGES``;
+    group in registers, and each ``STAGED_VECTORS`` count with ``GROUP_ROW_STAGES`` groups staged;
     per-token, the launcher's default and each count, each with every ``ROW_STAGES`` (a count a
     row is too short for takes the next that fits, so some choices time the same launch)."""
     if _per_token(plan):
         return tuple(Choice(v, r) for v in (0, *CANDIDATES) for r in ROW_STAGES)
     return (tuple(Choice(v) for v in CANDIDATES)
-            + tuple(Choice(v, r) for v in STAGED_VECTORS for r in ROW_STAGES if r))
+            + tuple(Choice(v, r) for v in STAGED_VECTORS for r in GROUP_ROW_STAGES))
 
 
 def row_bytes(plan) -> int:

@@ -134,20 +134,24 @@ def test_every_group_staging_equals_the_reference(monkeypatch, name, params, dty
     monkeypatch.setenv(oracle.BACKEND_ENV, "torch")
     want = ops.run_reference(p, x, up)
     choices = [tuning.Choice(v) for v in tuning.CANDIDATES]
-    choices += [tuning.Choice(v, r) for v in tuning.STAGED_VECTORS for r in tuning.KERNEL_ROW_STAGES if r]
+    choices += [tuning.Choice(v, r) for v in tuning.STAGED_VECTORS for r in tuning.GROUP_ROW_STAGES]
     for choice in choices:
         got = p.empty_outputs(x.device)
-        for g in got:
-            g.view(torch.uint8).fill_(0x5A)
+        for g in got:  # poisoned: every byte must be written (fp32 scales: NaN; column-major ones too)
+            g.fill_(float("nan")) if g.dtype == torch.float32 else g.view(torch.uint8).fill_(0x5A)
         err = cuda_backend._launch(p, got, x, up, None, choice)
         assert not err, (choice.label, err)
         for i, (g, w) in enumerate(zip(got, want)):
             assert g.shape == w.shape, (choice.label, i)
-            gb, wb = g.contiguous().view(torch.uint8), w.contiguous().view(torch.uint8)
-            if g.dtype == torch.float8_e4m3fn:  # NaN by position, every other byte exact
-                gn, wn = g.float().isnan(), w.float().isnan()
+            gc, wc = g.contiguous(), w.contiguous()
+            if gc.dtype in (torch.float8_e4m3fn, torch.float32):  # NaN by position, every other byte exact
+                gn, wn = gc.float().isnan(), wc.float().isnan()
                 assert torch.equal(gn, wn), (choice.label, name, i)
-                gb, wb = gb[~wn], wb[~wn]
+                gc, wc = gc[~wn], wc[~wn]
+            gb, wb = gc.view(torch.uint8), wc.view(torch.uint8)
             assert torch.equal(gb, wb), (choice.label, name, i, (gb != wb).sum().item())
+    # the kernels take no other staging: a clear error, no launch
+    got = p.empty_outputs(x.device)
+    assert "stage 2 groups ahead" in cuda_backend._launch(p, got, x, up, None, tuning.Choice(1, 1))
 
 
