@@ -65,7 +65,7 @@ struct ScaleRecipe {
   ApplyCode apply;
   MxArgs mx;        // MX schemes (kMxfp8, kMxfp4): their recipe fields; FP8: unused
   // The multiplier of the special MX blocks catalog.Recipe.device_factor names, from d, the
-  // device's 2^-127 as torch computes it there (cuda_backend._mx_device_factor): byte-0 blocks of
+  // device's 2^-127 as torch computes it there (cuda_backend.mx_device_factor): byte-0 blocks of
   // mx.byte0 kMxByte0Exp2 / kMxByte0Pow, RN(1 / d); inf blocks of mx.inf kMxInfExp2, d; else unused
   float mx_device_factor;
 };

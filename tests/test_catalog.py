@@ -338,7 +338,8 @@ def test_backend_arguments_carry_the_recipe():
     default = plan("")
     assert default.fp8_floors == (float(torch.tensor(1e-10)), 0.0, 0.0)
     assert cuda_backend._recipe_args(default) == dict(scale_floors=list(default.fp8_floors),
-                                                      step=codes["step_fp32"], apply=codes["apply_div"])
+                                                      step=codes["step_fp32"], apply=codes["apply_div"],
+                                                      mx_device_factor=0.0)
     # torchao's per-row recipe: no floor, the scale in bf16
     torchao = plan("floor_at=none,step_dtype=input", (), catalog.OPS["per_token_quant_fp8"])
     assert torchao.fp8_floors == (0.0, 0.0, 0.0)

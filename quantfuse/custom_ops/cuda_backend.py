@@ -352,15 +352,16 @@ def supports(plan) -> str | None:
     why = _support.get(plan.key, _MISS)
     if why is _MISS:
         why = _reason(plan)
-        if why is None and not _factor_known(plan.recipe):
+        if why is None and not device_factor_known(plan.recipe):
             if torch.cuda.is_current_stream_capturing():
-                return _CAPTURE_REASON  # not cached: a call outside the capture reads it
-            _mx_device_factor(plan.recipe)
+                return CAPTURE_REASON  # not cached: a call outside the capture reads it
+            mx_device_factor(plan.recipe)
         _support[plan.key] = why
     return why
 
 
-_CAPTURE_REASON = ("mx_byte0 exp2 / pow, mx_inf exp2: the device's 2^-127 is read from torch on a first call "
+#: why a plan of a device value is declined while the stream captures a CUDA graph, before the value is read
+CAPTURE_REASON = ("mx_byte0 exp2 / pow, mx_inf exp2: the device's 2^-127 is read from torch on a first call "
                    "outside CUDA graph capture")
 #: (Recipe.device_factor, device index) -> the multiplier it names on that device
 _factors: dict = {}
@@ -372,11 +373,13 @@ def _device_field(r) -> str:
     return f"{'mx_inf' if form in catalog.MX_DEVICE_INF else 'mx_byte0'}={form.value}"
 
 
-def _factor_known(r) -> bool:
+def device_factor_known(r) -> bool:
+    """Whether a call of recipe ``r`` on the current GPU has its device value (``r.device_factor``)
+    without computing it: none needed, or read before (the backends ask before a capture)."""
     return r is None or r.device_factor is None or (r.device_factor, torch.cuda.current_device()) in _factors
 
 
-def _mx_device_factor(r) -> float:
+def mx_device_factor(r) -> float:
     """The multiplier of the special MX block that ``r.device_factor`` names (a byte-0 block's
     RN(1 / d), an inf block's d), d torch's own ``exp2(-127.)`` / ``pow(2., -127.)`` on the current
     GPU (reference.device_factor; one device-to-host copy per form and device: torch's value is
@@ -418,7 +421,7 @@ def _recipe_args(plan) -> dict:
     r = plan.recipe
     if r is None or r.mx:
         # MX: the block Recipe.device_factor names reads its factor
-        args = dict(_NO_RECIPE) if r is None else dict(_NO_RECIPE, mx_device_factor=_mx_device_factor(r))
+        args = dict(_NO_RECIPE) if r is None else dict(_NO_RECIPE, mx_device_factor=mx_device_factor(r))
     else:
         args = dict(_NO_RECIPE, scale_floors=list(_NO_RECIPE["scale_floors"] if r.static else plan.fp8_floors),
                     step=_CODES[f"step_{r.step_dtype.value}"], apply=_CODES[f"apply_{r.apply.value}"])

@@ -106,6 +106,9 @@ _MXR_EVEN = _CODES[f"mx_rounding_{MxRounding.EVEN.value}"]
 _MX_INF_BITS = _CODES[f"mx_inf_{MxInf.BITS.value}"]
 _MX_B0_MIN_NORMAL = _CODES[f"mx_byte0_{MxByte0.MIN_NORMAL.value}"]
 _MX_B0_ONE = _CODES[f"mx_byte0_{MxByte0.ONE.value}"]
+_MX_B0_EXP2 = _CODES[f"mx_byte0_{MxByte0.EXP2.value}"]
+_MX_B0_POW = _CODES[f"mx_byte0_{MxByte0.POW.value}"]
+_MX_INF_EXP2 = _CODES[f"mx_inf_{MxInf.EXP2.value}"]
 _MX_NAN_NAN = _CODES[f"mx_nan_{MxNan.NAN.value}"]
 #: what a byte-0 block's elements are multiplied by for MxByte0.MIN_NORMAL: 1 / fp32's smallest normal
 _MX_MIN_NORMAL_INV = 2.0 ** (catalog.E8M0_BIAS - 1)
@@ -116,7 +119,8 @@ _KERNEL_GLOBALS = ("_IDENTITY", "_SILU", "_RELU2", "_SWIGLU_OAI", "_S_NONE", "_S
                    "_S_MXFP8", "_S_MXFP4", "_HALVES", "_SEPARATE", "_INTERLEAVED", "_BF16", "_F16", "_F32", "_FP8_MAX",
                    "_FP8_INV", "_FP8_EMAX", "_FP4_INV", "_FP4_EMAX", "_E8M0_BIAS", "_E8M0_NAN", "_FP8_OVERFLOW",
                    "_UE8M0_NONE", "_UE8M0_EXACT", "_UE8M0_EXP2", "_FP8_HALF_ULP", "_FP4_HALF_ULP", "_MXR_RCEIL",
-                   "_MXR_CEIL", "_MXR_EVEN", "_MX_INF_BITS", "_MX_B0_MIN_NORMAL", "_MX_B0_ONE", "_MX_NAN_NAN",
+                   "_MXR_CEIL", "_MXR_EVEN", "_MX_INF_BITS", "_MX_INF_EXP2", "_MX_B0_MIN_NORMAL", "_MX_B0_ONE",
+                   "_MX_B0_EXP2", "_MX_B0_POW", "_MX_NAN_NAN",
                    "_MX_MIN_NORMAL_INV")
 
 # the swizzled scale offset in _store_mx_scale is written with shifts for this tile
@@ -497,7 +501,7 @@ def _kernels():
             tl.store(s_ptr + rows64, scale, mask=rmask)
 
     @triton.jit(do_not_specialize=["total_groups", "groups_per_row"])
-    def _group_kernel(x_ptr, u_ptr, q_ptr, s_ptr, total_groups, groups_per_row, H, s_st, s_sg, alpha, limit,
+    def _group_kernel(x_ptr, u_ptr, q_ptr, s_ptr, total_groups, groups_per_row, H, s_st, s_sg, alpha, limit, dev_f,
                       ACT: tl.constexpr, GATED: tl.constexpr, LAYOUT: tl.constexpr, SCHEME: tl.constexpr,
                       KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr, GS: tl.constexpr, BLOCK_G: tl.constexpr,
                       AMAX_FLOOR: tl.constexpr, SCALE_FLOOR: tl.constexpr, POW2_FLOOR: tl.constexpr,
@@ -506,8 +510,9 @@ def _kernels():
                       MX_BYTE0: tl.constexpr, MX_NAN: tl.constexpr, SWIZZLED: tl.constexpr,
                       SOFT: tl.constexpr, INTERP: tl.constexpr):
         # AMAX_FLOOR ... CAREFUL: the FP8 recipe (_recipe_consts); MX_*: the MX recipe's fields
-        # (catalog.MX_CODE_FIELDS, as codes: _mx_flags); SWIZZLED: MX scales in the 128x4 tiled
-        # layout with row-block stride s_st (csrc/group_kernel.cuh)
+        # (catalog.MX_CODE_FIELDS, as codes: _mx_flags), dev_f the device value one of them names
+        # (_device_arg); SWIZZLED: MX scales in the 128x4 tiled layout with row-block stride s_st
+        # (csrc/group_kernel.cuh)
         gi = tl.program_id(0) * BLOCK_G + tl.arange(0, BLOCK_G)
         gmask = gi < total_groups
         t = (gi // groups_per_row).to(tl.int64)
@@ -525,12 +530,12 @@ def _kernels():
             _store_q(q_ptr, qbase[:, None] + col[None, :], v, m, CLAMP, SOFT)
             tl.store(s_ptr + t * s_st + g * s_sg, scale, mask=gmask)
         else:
-            e, bad = _mx_groups(x_ptr, u_ptr, q_ptr, t, g, gmask, H, alpha, limit, ACT, GATED, LAYOUT, SCHEME,
+            e, bad = _mx_groups(x_ptr, u_ptr, q_ptr, t, g, gmask, H, alpha, limit, dev_f, ACT, GATED, LAYOUT, SCHEME,
                                 KIND, SILU_ROUNDED, GS, MX_ROUNDING, MX_INF, MX_BYTE0, MX_NAN, SOFT, INTERP)
             _store_mx_scale(s_ptr, t, g, e, bad, s_st, s_sg, gmask, SWIZZLED)
 
     @triton.jit
-    def _mx_groups(x_ptr, u_ptr, q_ptr, t, g, gmask, H, alpha, limit, ACT: tl.constexpr, GATED: tl.constexpr,
+    def _mx_groups(x_ptr, u_ptr, q_ptr, t, g, gmask, H, alpha, limit, dev_f, ACT: tl.constexpr, GATED: tl.constexpr,
                    LAYOUT: tl.constexpr, SCHEME: tl.constexpr, KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr,
                    GS: tl.constexpr, MX_ROUNDING: tl.constexpr, MX_INF: tl.constexpr, MX_BYTE0: tl.constexpr,
                    MX_NAN: tl.constexpr, SOFT: tl.constexpr, INTERP: tl.constexpr):
@@ -551,8 +556,8 @@ def _kernels():
                                         SILU_ROUNDED, SOFT, INTERP)
             amax_bits = tl.maximum(tl.max(_abs_bits(ylo), axis=1), tl.max(_abs_bits(yhi), axis=1))
             e, bad = _mx_exponent(amax_bits, _FP4_EMAX, _FP4_INV, _FP4_HALF_ULP, MX_ROUNDING, MX_INF)
-            lo = _e2m1_code(_mx_scaled(ylo, e, bad, MX_BYTE0, MX_NAN), bad, MX_NAN)
-            hi = _e2m1_code(_mx_scaled(yhi, e, bad, MX_BYTE0, MX_NAN), bad, MX_NAN)
+            lo = _e2m1_code(_mx_scaled(ylo, e, bad, dev_f, MX_INF, MX_BYTE0, MX_NAN), bad, MX_NAN)
+            hi = _e2m1_code(_mx_scaled(yhi, e, bad, dev_f, MX_INF, MX_BYTE0, MX_NAN), bad, MX_NAN)
             packed = (lo | (hi << 4)).to(tl.uint8)
             tl.store(q_ptr + (qbase // 2)[:, None] + pc[None, :], packed, mask=m)
         else:
@@ -561,7 +566,7 @@ def _kernels():
                             alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
             amax_bits = tl.max(_abs_bits(y), axis=1)
             e, bad = _mx_exponent(amax_bits, _FP8_EMAX, _FP8_INV, _FP8_HALF_ULP, MX_ROUNDING, MX_INF)
-            v = _clamp_fp8(_mx_scaled(y, e, bad, MX_BYTE0, MX_NAN))
+            v = _clamp_fp8(_mx_scaled(y, e, bad, dev_f, MX_INF, MX_BYTE0, MX_NAN))
             if MX_NAN == _MX_NAN_NAN:
                 nan = (amax_bits * 0 + 0x7FC00000).to(tl.float32, bitcast=True)
                 v = tl.where(bad[:, None], nan[:, None], v)
@@ -595,25 +600,31 @@ def _kernels():
         local = sr0 + r - tl.load(bo_ptr + e).to(tl.int64)  # the row inside the expert
         real = (local < count) & (g < groups_per_row)
         t = tl.where(real, first + local, 0)
-        ex8, bad = _mx_groups(x_ptr, u_ptr, q_ptr, t, g, real, H, alpha, limit, ACT, GATED, LAYOUT, SCHEME, KIND,
+        ex8, bad = _mx_groups(x_ptr, u_ptr, q_ptr, t, g, real, H, alpha, limit, 0.0, ACT, GATED, LAYOUT, SCHEME, KIND,
                               SILU_ROUNDED, GS, MX_ROUNDING, MX_INF, MX_BYTE0, MX_NAN, SOFT, INTERP)
         sb = tl.where(real, _mx_scale_byte(ex8, bad), 0).to(tl.uint8)
         tl.store(s_ptr + _swizzled_offset(sr0 + r, g, s_st), sb, mask=g < padded_groups)
 
     @triton.jit
-    def _mx_scaled(y, e, bad, MX_BYTE0: tl.constexpr, MX_NAN: tl.constexpr):
+    def _mx_scaled(y, e, bad, dev_f, MX_INF: tl.constexpr, MX_BYTE0: tl.constexpr, MX_NAN: tl.constexpr):
         # y times the block multiplier (reference.mx_multipliers), exact: 2**-e, a normal float for
-        # e <= 126; an inf block's e = 127 (2**-127 is subnormal) as y * 2**-126 * 0.5, whose first
-        # product is exact wherever the second can round to a non-zero element (|y| >= 2**117); a
-        # byte-0 block's MxByte0 value; a NaN block's 0 for MxNan.DIV_INF (y * 0 is y / inf)
+        # e <= 126; an inf block's e = 127 (2**-127 is subnormal) as y * 2**-126 * c, c = 0.5, whose
+        # first product is exact wherever the second can round to a non-zero element (|y| >= 2**117),
+        # so the two round once as y * c * 2**-126 does; MxInf.EXP2: c = the device's exp2(-127.) *
+        # 2**126 (dev_f, _device_arg); a byte-0 block's MxByte0 value (EXP2 / POW: dev_f, RN(1 / d));
+        # a NaN block's 0 for MxNan.DIV_INF (y * 0 is y / inf)
         f = ((127 - tl.minimum(e, 126)) << 23).to(tl.float32, bitcast=True)
         if MX_BYTE0 == _MX_B0_MIN_NORMAL:
             f = tl.where(e == -_E8M0_BIAS, _MX_MIN_NORMAL_INV, f)
         elif MX_BYTE0 == _MX_B0_ONE:
             f = tl.where(e == -_E8M0_BIAS, 1.0, f)
+        elif MX_BYTE0 == _MX_B0_EXP2 or MX_BYTE0 == _MX_B0_POW:
+            f = tl.where(e == -_E8M0_BIAS, dev_f, f)
         if MX_NAN != _MX_NAN_NAN:
             f = tl.where(bad, 0.0, f)
         v = y * f[:, None]
+        if MX_INF == _MX_INF_EXP2:
+            return tl.where((e == 127)[:, None], v * dev_f, v)
         return tl.where((e == 127)[:, None], v * 0.5, v)
 
     @triton.jit
@@ -744,12 +755,17 @@ def _reason(plan) -> str | None:
     why = plan.kernel_reason()
     if why is not None:
         return why
-    if plan.recipe is not None and plan.recipe.device_factor is not None:
-        # the device's 2^-127 as torch computes it: the CUDA kernels take the value torch gives
-        # (cuda_backend._mx_device_factor), the Triton kernels have no argument for it yet
-        r = plan.recipe
-        field = "mx_inf" if r.device_factor in catalog.MX_DEVICE_INF else "mx_byte0"
-        return f"{field}={r.device_factor.value} (the device's own 2^-127) is not taken by the Triton kernels"
+    r = plan.recipe
+    if r is not None and r.device_factor is not None:
+        # the device's 2^-127 as torch computes it, read once (cuda_backend.mx_device_factor)
+        if plan.entry.experts:
+            field = "mx_inf" if r.device_factor in catalog.MX_DEVICE_INF else "mx_byte0"
+            return f"{field}={r.device_factor.value} (the device's own 2^-127) has no experts kernel"
+        from quantfuse.custom_ops import cuda_backend
+
+        if torch.cuda.is_available() and not cuda_backend.device_factor_known(r) \
+                and torch.cuda.is_current_stream_capturing():
+            return cuda_backend.CAPTURE_REASON
     if not is_available():
         return f"Triton unavailable ({_failed or 'no CUDA'})"
     return None
@@ -883,6 +899,7 @@ def _launcher(plan):
                                  alpha, limit)
     group_kernel = k["group"]
     flags = dict(GS=gs, BLOCK_G=block_g, SWIZZLED=swizzled, num_warps=4, **recipe, **_mx_flags(r))
+    dev_f = _device_arg(r)
 
     def launch(tokens, outputs, x, up, scale):
         total = tokens * groups
@@ -901,9 +918,26 @@ def _launcher(plan):
             st, sg = 1, tokens  # [..., G] view of [G, T] storage
         else:
             st, sg = groups, 1
-        group_kernel[(-(-total // block_g),)](xk, uk, q, s, total, groups, hidden, st, sg, alpha, limit,
+        group_kernel[(-(-total // block_g),)](xk, uk, q, s, total, groups, hidden, st, sg, alpha, limit, dev_f,
                                               **flags, **consts)
     return launch
+
+
+def _device_arg(r) -> float:
+    """``_mx_scaled``'s ``dev_f`` for recipe ``r``: a byte-0 block's RN(1 / d) (MX_DEVICE_BYTE0), an
+    inf block's d scaled by 2**126 to a normal float (MX_DEVICE_INF: exact, d is a float32), d the
+    device's 2^-127 read as the CUDA kernels read it (cuda_backend.mx_device_factor); 0.0 else."""
+    if r is None or r.device_factor is None:
+        return 0.0
+    if _interpreting():  # the interpreter runs on the CPU: the CPU's values, as the reference there
+        from quantfuse.custom_ops import reference
+
+        f = float(reference.device_factor(r.device_factor, "cpu"))
+    else:
+        from quantfuse.custom_ops import cuda_backend
+
+        f = cuda_backend.mx_device_factor(r)
+    return f * 2.0 ** 126 if r.device_factor in catalog.MX_DEVICE_INF else f
 
 
 def _mx_flags(r) -> dict:

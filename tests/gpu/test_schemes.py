@@ -423,24 +423,37 @@ def test_ops_route_to_triton_schemes(monkeypatch):
     assert_same("op fused==unfused s", fs, us)
 
 
+@pytest.mark.parametrize("mod", [cuda_backend, ts], ids=["cuda", "triton"])
 @pytest.mark.parametrize("name", ["mxfp8_quant", "mxfp4_quant", "silu_and_mul_mxfp8_quant", "silu_and_mul_mxfp4_quant"])
-def test_cuda_device_byte0_equals_reference(name):
-    """``mx_byte0`` exp2 / pow (catalog.MX_DEVICE_BYTE0): blocks whose exponent clamps to -127 are
-    multiplied by RN(1 / d), d CUDA's own exp2(-127.) / pow(2., -127.), as the reference computes
-    it with torch on this GPU; every other block as the default recipe."""
+def test_device_factor_equals_reference(mod, name):
+    """The MX recipes of a device value (catalog Recipe.device_factor): ``mx_byte0`` exp2 / pow,
+    blocks whose exponent clamps to -127 multiplied by RN(1 / d), and ``mx_inf`` exp2, inf blocks
+    multiplied by d, d CUDA's own exp2(-127.) / pow(2., -127.), as the reference computes it with
+    torch on this GPU; every other block as the default recipe."""
     entry = catalog.OPS[name]
     width = 256 * (2 if entry.activation.gated else 1)
-    x = make_input((12,), width, torch.bfloat16, specials=True)
+    x = make_input((14,), width, torch.bfloat16, specials=True)
     # bf16 subnormal blocks (amax 2^-129 and a spread below it) clamp the exponent to -127; ties of
     # E2M1 (0.25 * 2^-127) and E4M3 steps show a divisor that is not the device's first
     x[8, :32] = 2.0 ** -129
     x[9, :32] = torch.arange(1, 33, device="cuda") * 2.0 ** -133
     x[10, :32] = -(2.0 ** -129)
+    # inf blocks beside finite values of bf16's top binade: where d and 2^-127 code differently
+    top = torch.arange(0x7F00, 0x7F80, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float().cuda()
+    vals = torch.stack((top, -top.flip(0)))
+    vals[:, ::32] = float("inf")
     if entry.activation.gated:
         x[8:11, 256:288] = 1.0  # up: silu(g) * 1 keeps the tiny gate values' scale
+        x[11:13, :128] = 16.0  # and silu(16) * up the top values (silu(16) is 16 in bf16)
+        x[11:13, 256:384] = vals / 16
+    else:
+        x[11:13, :128] = vals
     x = x.to(torch.bfloat16)
-    for byte0 in catalog.MX_DEVICE_BYTE0:
-        spec = dataclasses.replace(entry.recipe("rceil"), mx_byte0=byte0).spec(entry.recipe("rceil"))
-        got = kc.call(cuda_backend, name, x, "rceil", recipe=spec)
+    base = entry.recipe("rceil")
+    recipes = [dataclasses.replace(base, mx_byte0=b) for b in catalog.MX_DEVICE_BYTE0]
+    recipes += [dataclasses.replace(base, mx_inf=i) for i in catalog.MX_DEVICE_INF]
+    for r in recipes:
+        spec = r.spec(base)
+        got = kc.call(mod, name, x, "rceil", recipe=spec)
         for g, w in zip(got, kc.reference(name, x, "rceil", recipe=spec), strict=True):
-            assert_same(f"{name} {spec}", g, w)
+            assert_same(f"{mod.NAME} {name} {spec}", g, w)
