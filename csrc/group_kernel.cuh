@@ -168,6 +168,32 @@ __device__ __forceinline__ void group_step(
   g = gn_;
 }
 
+// A sub-warp's walk over the groups on the persistent grid (both group kernels): its lane, the
+// step between its groups (in groups, and as tokens and groups) and its current group (gi, and
+// as (t, g)); wbase, its warp's first group of the step, is warp-uniform. Warp w of block b takes
+// groups (w * gridDim.x + b) * GPW + [0, GPW) of each step, so a step's last, partial round of
+// groups is spread over every block's first warps (every SM gets its share) instead of over the
+// first blocks.
+template <int TPG>
+struct GroupWalk {
+  static constexpr int GPS = kThreads / TPG;  // groups per block per step
+  static constexpr int GPW = 32 / TPG;        // groups per warp per step
+  int lane;
+  uint32_t gpr, step, step_t, step_g, wbase, gi, t, g;
+  __device__ __forceinline__ explicit GroupWalk(uint32_t groups_per_row)
+      : lane(threadIdx.x % TPG), gpr(groups_per_row), step(gridDim.x * GPS) {  // total < 2^31: no overflow
+    step_t = step / gpr;
+    step_g = step - step_t * gpr;
+    wbase = (threadIdx.x / 32 * gridDim.x + blockIdx.x) * GPW;
+    gi = wbase + threadIdx.x % 32 / TPG;
+    t = gi / gpr;
+    g = gi - t * gpr;
+  }
+  __device__ __forceinline__ void next(uint32_t& i, uint32_t& ti, uint32_t& gi_) const {
+    next_group(i, ti, gi_, step, step_t, step_g, gpr);
+  }
+};
+
 // MINB > 0 caps registers so that MINB blocks fit on an SM (tried for NV = 2 with
 // MINB = 3: spills, 40% slower; docs/decisions/003-vectors-per-thread.md). EVICT_FIRST: ld_evict_first.
 // IL: interleaved gate / up (act_quant.h Inputs). Scales: where the scales go (StridedScales).
@@ -183,33 +209,25 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
   constexpr int EPT = VEC * NV;
   constexpr int TPG = GS / EPT;
   static_assert(TPG >= 1 && TPG <= 32 && 32 % TPG == 0 && TPG * EPT == GS, "bad group split");
-  constexpr int GPS = kThreads / TPG;  // groups per block per step
-  constexpr int GPW = 32 / TPG;        // groups per warp per step
-  const int lane = threadIdx.x % TPG;
-  const uint32_t gpr = groups_per_row;
-  const uint32_t step = gridDim.x * GPS;  // total < 2^31: no overflow below
-  const uint32_t step_t = step / gpr, step_g = step - step_t * gpr;
-  // Warp w of block b takes groups (w * gridDim.x + b) * GPW + [0, GPW) of each step, so
-  // a step's last, partial round of groups is spread over every block's first warps
-  // (every SM gets its share) instead of over the first blocks.
-  uint32_t wbase = (threadIdx.x / 32 * gridDim.x + blockIdx.x) * GPW;
-  uint32_t gi = wbase + threadIdx.x % 32 / TPG;
-  uint32_t t = gi / gpr, g = gi - t * gpr;
+  GroupWalk<TPG> w(groups_per_row);
   uint4 ga[NV], ua[NV], gb[NV], ub[NV];
   pdl_wait_and_trigger();
-  load_group<DT, GS, NV, Act::kGated, IL, EVICT_FIRST>(ga, ua, gate, up, in_stride, gi < total_groups, t, g, lane);
-  if (!sc.prologue(s, total_groups / gpr, gpr)) return;
+  load_group<DT, GS, NV, Act::kGated, IL, EVICT_FIRST>(ga, ua, gate, up, in_stride, w.gi < total_groups, w.t, w.g,
+                                                       w.lane);
+  if (!sc.prologue(s, total_groups / w.gpr, w.gpr)) return;
   // Two steps per trip with the buffers swapped: no register copies between steps.
   // The bound is warp-uniform (no block barrier past the prologue), so every lane reaches
   // the shuffles and warps past the end stop computing.
-  while (wbase < total_groups) {
-    group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, gpr, hidden, sc,
-                                                         step, step_t, step_g, lane, gi, t, g, ga, ua, gb, ub, aa, rr);
-    wbase += step;
-    if (wbase >= total_groups) break;
-    group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, gpr, hidden, sc,
-                                                         step, step_t, step_g, lane, gi, t, g, gb, ub, ga, ua, aa, rr);
-    wbase += step;
+  while (w.wbase < total_groups) {
+    group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, w.gpr, hidden, sc,
+                                                         w.step, w.step_t, w.step_g, w.lane, w.gi, w.t, w.g, ga, ua,
+                                                         gb, ub, aa, rr);
+    w.wbase += w.step;
+    if (w.wbase >= total_groups) break;
+    group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, w.gpr, hidden, sc,
+                                                         w.step, w.step_t, w.step_g, w.lane, w.gi, w.t, w.g, gb, ub,
+                                                         ga, ua, aa, rr);
+    w.wbase += w.step;
   }
 }
 
@@ -265,28 +283,20 @@ __global__ void __launch_bounds__(kThreads) act_group_quant_staged_kernel(
   static_assert(AHEAD >= 1, "at least one group staged ahead");
   constexpr int kOps = Act::kGated ? 2 : 1;
   constexpr int kSlot = NV * kOps * kThreads;  // vectors of one slot, all threads
-  constexpr int GPS = kThreads / TPG;
-  constexpr int GPW = 32 / TPG;
   extern __shared__ uint4 staged[];
   uint4* const mine = staged + threadIdx.x;
-  const int lane = threadIdx.x % TPG;
-  const uint32_t gpr = groups_per_row;
-  const uint32_t step = gridDim.x * GPS;
-  const uint32_t step_t = step / gpr, step_g = step - step_t * gpr;
-  uint32_t wbase = (threadIdx.x / 32 * gridDim.x + blockIdx.x) * GPW;  // as act_group_quant_kernel
-  uint32_t gi = wbase + threadIdx.x % 32 / TPG;
-  uint32_t t = gi / gpr, g = gi - t * gpr;
+  GroupWalk<TPG> w(groups_per_row);
   pdl_wait_and_trigger();
-  uint32_t gs = gi, ts = t, gs_ = g;  // the next group to stage
+  uint32_t gs = w.gi, ts = w.t, gs_ = w.g;  // the next group to stage
 #pragma unroll
   for (int k = 0; k < AHEAD; ++k) {
     stage_group<DT, GS, NV, Act::kGated, EVICT_FIRST>(mine + k * kSlot, gate, up, in_stride, gs < total_groups, ts,
-                                                      gs_, lane, 0.0f);
-    next_group(gs, ts, gs_, step, step_t, step_g, gpr);
+                                                      gs_, w.lane, 0.0f);
+    w.next(gs, ts, gs_);
   }
-  if (!sc.prologue(s, total_groups / gpr, gpr)) return;
+  if (!sc.prologue(s, total_groups / w.gpr, w.gpr)) return;
   int slot = 0;
-  while (wbase < total_groups) {  // warp-uniform, as act_group_quant_kernel
+  while (w.wbase < total_groups) {  // warp-uniform, as act_group_quant_kernel
     // one commit group per staged group, in order: this one's is complete once at most
     // AHEAD - 1 newer ones are pending
     cp_async_wait<AHEAD - 1>();
@@ -298,13 +308,13 @@ __global__ void __launch_bounds__(kThreads) act_group_quant_staged_kernel(
       if constexpr (Act::kGated) ua[j] = cur[(j * kOps + 1) * kThreads];
     }
     group_compute<DT, GS, Act, Scheme, NV, false>(
-        q, s, total_groups, hidden, sc, lane, gi, t, g, ga, ua, aa, rr, [&](float amax) {
+        q, s, total_groups, hidden, sc, w.lane, w.gi, w.t, w.g, ga, ua, aa, rr, [&](float amax) {
           stage_group<DT, GS, NV, Act::kGated, EVICT_FIRST>(cur, gate, up, in_stride, gs < total_groups, ts, gs_,
-                                                            lane, amax);
+                                                            w.lane, amax);
         });
-    next_group(gs, ts, gs_, step, step_t, step_g, gpr);
-    next_group(gi, t, g, step, step_t, step_g, gpr);
-    wbase += step;
+    w.next(gs, ts, gs_);
+    w.next(w.gi, w.t, w.g);
+    w.wbase += w.step;
     slot = slot + 1 == AHEAD ? 0 : slot + 1;
   }
 }
