@@ -76,7 +76,7 @@ class MxSpelling(ActSpelling):
     emax_delta: int = 0             # near: FLOOR's emax off by this
     divisor_delta: float = 0.0      # near: RCEIL's max off by this
     scale_form: str = "exp2"        # exp2 | pow (2 ** e) | pow_fn (torch.pow(2, e))
-    apply: str = "div"              # div | one_over (y * (1 / s)) | recip (y * s.reciprocal())
+    apply: str = "div"              # div | one_over (y * (1 / s)) | recip (y * s.reciprocal()) | times_neg (y * exp2(-e))
     elem_clamp: str = "clamp"       # clamp | kw | none (MXFP8: near unless torch's cast saturates; MXFP4: the encodings saturate)
     bytes_form: str = "squeeze_first"  # squeeze_first | squeeze_after | e8m0_view | e8m0_cast
     q_out: str = "flatten"          # flatten | reshape
@@ -160,7 +160,8 @@ class MxSpelling(ActSpelling):
         e = self._clamp_exponent(self._exponent(amax.float()))
         s = {"exp2": lambda: torch.exp2(e), "pow": lambda: 2 ** e, "pow_fn": lambda: torch.pow(2, e)}[self.scale_form]()
         v = blocks.float()
-        v = {"div": lambda: v / s, "one_over": lambda: v * (1 / s), "recip": lambda: v * s.reciprocal()}[self.apply]()
+        v = {"div": lambda: v / s, "one_over": lambda: v * (1 / s), "recip": lambda: v * s.reciprocal(),
+             "times_neg": lambda: v * (torch.exp2(-e) if self.scale_form == "exp2" else 2 ** -e)}[self.apply]()
         mx = MAX[self.element]
         if self.elem_clamp == "clamp":
             v = v.clamp(-mx, mx)
@@ -197,6 +198,12 @@ class MxSpelling(ActSpelling):
         if self.element == "e2m1" and (self.encoding not in ("thresholds", "round", "torchao", "bucketize")
                                        or self.packing == "high_first"):
             return None
+        if self.apply == "times_neg":
+            if self.scale_form != "exp2":
+                return None  # y * 2 ** -e: no recipe has the device's pow(2., -127.) as an inf block's factor
+            # exp2(-e): exact but for an inf block's exp2(-127.), the device's
+            return dataclasses.replace(self.scheme.base, mx_rounding=MxRounding(self.rounding),
+                                       mx_inf=catalog.MxInf.EXP2)
         # a byte-0 block's scale is the device's exp2(-127.) / pow(2., -127.)
         return dataclasses.replace(self.scheme.base, mx_rounding=MxRounding(self.rounding),
                                    mx_byte0=MxByte0.EXP2 if self.scale_form == "exp2" else MxByte0.POW)
@@ -213,7 +220,7 @@ def _base():
         amax_in_input=st.booleans(), amax_form=st.sampled_from(["amax", "values", "getitem"]),
         exp_clamp=st.sampled_from(["clamp", "kw", "chain", "chain_rev", "torch"]),
         scale_form=st.sampled_from(["exp2", "exp2", "pow", "pow_fn"]),
-        apply=st.sampled_from(["div", "div", "one_over", "recip"]),
+        apply=st.sampled_from(["div", "div", "one_over", "recip", "times_neg"]),
         elem_clamp=st.sampled_from(["clamp", "kw", "none"]),
         bytes_form=st.sampled_from(["squeeze_first", "squeeze_after", "e8m0_view", "e8m0_cast"]),
         q_out=st.sampled_from(["flatten", "reshape"]),
@@ -228,6 +235,12 @@ def _consistent(s: MxSpelling, near: bool = False) -> MxSpelling:
         s = dataclasses.replace(s, group_view="unflatten")  # view(-1, G, 32) flattens the tokens
     if s.element == "e4m3" and s.elem_clamp == "none" and not near:
         s = dataclasses.replace(s, elem_clamp="clamp")  # MXFP8 without the clamp is a near-spelling
+    if s.apply == "times_neg" and not near:
+        s = dataclasses.replace(s, scale_form="exp2")  # y * 2 ** -e is a near-spelling
+    if s.apply == "times_neg" and s.bytes_form == "e8m0_cast":
+        # the bytes from a second power exp2(e) beside the multiplier exp2(-e): the exponent has a
+        # consumer outside the site (reported as such); the bytes are e + 127 here
+        s = dataclasses.replace(s, bytes_form="squeeze_first")
     return s
 
 
@@ -245,6 +258,8 @@ MX_NEAR_CHANGES = [
     ({"rounding": "floor", "emax_delta": -1}, r"the MX exponent is floor\(log2\(amax\)\) - (7|1)\.0, not - (8|2)"),
     ({"rounding": "rceil", "divisor_delta": -1.0}, r"the MX exponent is ceil\(log2\(.*(447|5)\.0"),
     ({"rounding": "frexp"}, r"the exponent is read by torch\.frexp"),
+    # y * 2 ** -e: the device's pow(2., -127.) as an inf block's factor is no recipe's
+    ({"apply": "times_neg", "scale_form": "pow"}, r"(is not y / scale or y \* \(1 / scale\)|not the E8M0 bytes)"),
     ({"dtype": torch.float32}, r"MX of a float32 activation"),
     ({"block": 16}, r"(power of two 2\^e over groups of 16|over groups of \[16\])"),
     # where torch's cast saturates (catalog.E4M3_CAST_SATURATES) no clamp is the clamped recipe: fused

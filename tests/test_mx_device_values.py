@@ -56,3 +56,26 @@ def test_device_factor_names_one_field():
     bad = torch.zeros(3, dtype=torch.bool)
     m = reference.mx_multipliers(exp, bad, base.with_spec("mx_inf=exp2,mx_byte0=one"))
     assert m.tolist() == [2.0 ** -127, 1.0, 2.0 ** -3]
+
+
+@pytest.mark.parametrize("element", ["e4m3", "e2m1"])
+def test_times_exp2_of_minus_e_is_mx_inf_exp2(element):
+    """``y * torch.exp2(-e)``, read symbolically (recognise.parse_apply's MX multiplier): the recipe
+    is ``mx_inf=exp2`` (an inf block's factor is the device's exp2(-127.); a byte-0 block's exp2(127.)
+    is exact), and the fused op equals eager on the CPU; ``y * 2 ** -e`` is a near miss."""
+    from spellings_mx import MxSpelling
+
+    x = device_inputs(16, 512, 4)
+    # no NaN block: eager's (nan + 127).to(torch.uint8) byte is undefined (docs/numerics.md)
+    x = torch.where(torch.isnan(x), 1.0, x).to(x.dtype)
+    spelling = MxSpelling(element=element, apply="times_neg")
+    want = spelling.fn(x)
+    got, report = compiled_with_pass(spelling.fn, x, config=quantfuse.FusionConfig(native_on_cpu=True))
+    assert len(report.rewrites) == 1 and report.near_misses == [], str(report)
+    assert report.rewrites[0].params["recipe"] == "mx_inf=exp2"
+    for w, g in zip(want, got, strict=True):
+        assert torch.equal(w.view(torch.uint8), g.view(torch.uint8))
+    near = MxSpelling(element=element, apply="times_neg", scale_form="pow")
+    assert near.recipe() is None
+    _, report = compiled_with_pass(near.fn, x, config=quantfuse.FusionConfig(native_on_cpu=True))
+    assert report.rewrites == [] and len(report.near_misses) == 1

@@ -168,15 +168,16 @@ def find_candidates(graph: torch.fx.Graph) -> list[tuple[Node, Node, set[Node]]]
 
 # --- the scaled value and the encoding ---------------------------------------------------------
 
-def _scaled(expr: tuple) -> tuple | None:
-    """The scale expression of ``y / s`` or ``y * (1 / s)``, else None."""
-    if expr[0] == "div" and expr[1] == rec.Y:
-        return rec._unbcast(expr[2])
-    if expr[0] == "mul" and rec.Y in expr[1:]:
-        other = rec._unbcast(expr[2] if expr[1] == rec.Y else expr[1])
-        if other[0] == "recip":
-            return rec._unbcast(other[1])
-    return None
+def _scaled(expr: tuple) -> tuple[tuple, bool] | None:
+    """``(s, multiplier)`` of ``y / s``, ``y * (1 / s)`` or ``y * exp2(-e)`` (``s = exp2(e)``,
+    multiplier True: recognise.parse_apply's MX multiplier), else None."""
+    if expr[0] not in ("div", "mul"):  # (not a clamp, which parse_apply would read)
+        return None
+    try:
+        fields, s = rec.parse_apply(expr, catalog.E2M1)
+    except rec.NotRecognised:
+        return None
+    return s, fields.get(rec.MULTIPLIER, False)
 
 
 def _find_scaled(y: Node, ancestors: list[Node]) -> Node | None:
@@ -538,12 +539,12 @@ def _read_canonical(pack: Node, codes: Node, y: Node, encode) -> rec.Site:
                               "(the activation divided by its block's power of two)")
     interp = Interpreter(y)
     vv = interp.value(v)
-    s_expr = _scaled(vv.expr)
+    s_expr, multiplier = _scaled(vv.expr)
     groups = {val.group for val in interp.memo.values() if val.level == "group"}
     if rec.exp2_arg(s_expr) is None or groups != {catalog.MX_BLOCK}:
         raise NotRecognised(f"the values encoded as E2M1 are y / {rec._show(s_expr)} over groups of "
                             f"{sorted(groups)}: MXFP4 divides by a power of two 2^e per block of {catalog.MX_BLOCK}")
-    more, exponent = rec.parse_mx(s_expr, element)
+    more, exponent = rec.parse_mx(s_expr, element, multiplier)
     extra = encode(v)
     scheme = catalog.MXFP4
     recipe = dataclasses.replace(scheme.base, **more)

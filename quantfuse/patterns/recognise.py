@@ -335,19 +335,24 @@ def parse_scale(s: tuple, y_dtype: torch.dtype, element: catalog.Element) -> tup
     return fields, mul_form
 
 
-def parse_mx(s: tuple, element: catalog.Element) -> tuple[dict, tuple]:
+def parse_mx(s: tuple, element: catalog.Element, multiplier: bool = False) -> tuple[dict, tuple]:
     """Recipe fields of an MX scale ``exp2(clamp(e, -127, 127))`` (or ``2 ** clamp(...)``) and the
     clamped exponent ``e``.
 
     The scale is the exact power of two but for a byte-0 block's ``2^-127``, which is the device's
-    ``exp2`` / ``pow`` result (``MxByte0.EXP2`` / ``POW``: on CUDA not 2^-127).
+    ``exp2`` / ``pow`` result (``MxByte0.EXP2`` / ``POW``: on CUDA not 2^-127). ``multiplier``:
+    the elements are multiplied by ``exp2(-e)`` instead (parse_apply), exact but for an inf
+    block's ``exp2(-127.)``, the device's (``MxInf.EXP2``).
 
     ``e`` is ``ceil(log2(amax / max_elem))`` (RCEIL; ``amax * (1 / max_elem)`` too) or
     ``floor(log2(amax)) - emax_elem`` (FLOOR, the OCP rule), as torchao's ``to_mx`` and the
     corpus write them.
     """
     clamped = exp2_arg(s)
-    device = {"mx_byte0": catalog.MxByte0.EXP2 if s[0] == "exp2" else catalog.MxByte0.POW}
+    if multiplier:
+        device = {"mx_inf": catalog.MxInf.EXP2}
+    else:
+        device = {"mx_byte0": catalog.MxByte0.EXP2 if s[0] == "exp2" else catalog.MxByte0.POW}
     lo, hi = _split_const(clamped, "min"), _split_const(clamped, "max")
     inner = None
     if lo is not None and _split_const(lo[0], "max") is not None:
@@ -424,7 +429,18 @@ def parse_apply(e: tuple, element: catalog.Element) -> tuple[dict, tuple]:
         if other[0] == "recip":
             fields["apply"] = ApplyForm.MUL_INV
             return fields, _unbcast(other[1])
+        power = exp2_arg(other)
+        if other[0] == "exp2" and isinstance(power, tuple) and power[0] == "neg":
+            # y * exp2(-e): an MX multiplier, the scale exp2(e) applied as its own power of two
+            # (MULTIPLIER: parse_mx reads which block's factor is then the device's)
+            fields["apply"] = ApplyForm.MUL_INV
+            fields[MULTIPLIER] = True
+            return fields, ("exp2", power[1])
     raise NotRecognised(f"the value cast to FP8 is not y / scale or y * (1 / scale) (it is {_show(e)})")
+
+
+#: parse_apply's field for y * exp2(-e) (an MX multiplier), which the MX parser takes and no FP8 recipe has
+MULTIPLIER = "mx_multiplier"
 
 
 def _multiplies_by_input(e: tuple) -> bool:
@@ -892,6 +908,7 @@ def _read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         raise NotRecognised(f"the FP8 values `{q.name}` are not the activation's elements in order")
     try:
         fields, s_expr = parse_apply(qv.expr, element)
+        multiplier = fields.pop(MULTIPLIER, False)
     except NotRecognised:
         if scale_input is not None and _multiplies_by_input(qv.expr):
             raise NotRecognised(f"the activation is multiplied by the input `{scale_input.name}` (a reciprocal "
@@ -910,12 +927,15 @@ def _read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
             # a 16-bit amax is never within an fp32 ulp of a power of two (times 448) unless it is one,
             # so torch.log2 gives the exact exponent there; an fp32 amax can be, and log2 rounds
             raise NotRecognised(site_mod.FP32_MX_REASON)
-        more, exponent = parse_mx(s_expr, element)
+        more, exponent = parse_mx(s_expr, element, multiplier)
         mx_exponent = exponent
         scheme = catalog.MXFP8
         recipe = dataclasses.replace(scheme.base, **more)
         scale_out = (("to_uint8", Interpreter._sorted("add", exponent, const(catalog.E8M0_BIAS))), torch.uint8)
         _forward_bytes(interp, exponent)
+    elif multiplier:
+        raise NotRecognised(f"the values are multiplied by exp2(-e) over groups of {sorted(groups)}: an MX "
+                            f"multiplier scales blocks of {catalog.MX_BLOCK} (FP8 recipes divide by the scale)")
     elif scale_input is not None:
         if s_expr != ("scale",):
             raise NotRecognised(f"the static scale is used as {_show(s_expr)}")

@@ -133,3 +133,27 @@ def test_cuda_byte_spelled_exp2_equals_eager(spelling):
         dev = torch.clamp(y * torch.exp2(torch.tensor(-127.0, device="cuda")), -448, 448)
         assert not torch.equal(exact, dev.to(torch.float8_e4m3fn).view(torch.uint8)) or bool(
             torch.exp2(torch.tensor(-127.0, device="cuda")) == 2.0 ** -127)
+
+
+@pytest.mark.parametrize("element", ["e4m3", "e2m1"])
+def test_cuda_times_exp2_of_minus_e_equals_eager(element):
+    """``y * torch.exp2(-e)`` (read symbolically: recognise.parse_apply's MX multiplier): an inf
+    block's factor is CUDA's exp2(-127.) (MxInf.EXP2), which the fused op reads from torch; on inf
+    blocks beside bf16's top values (tests/mx_device_spelled.py device_inputs) it gives eager CUDA's
+    bytes."""
+    from mx_device_spelled import device_inputs
+
+    spelling = MxSpelling(element=element, apply="times_neg")
+    x = device_inputs(64, 1024, 3, device="cuda")
+    # no NaN block: eager's (nan + 127).to(torch.uint8) byte is undefined (docs/numerics.md)
+    x = torch.where(torch.isnan(x), 1.0, x).to(x.dtype)
+    torch._dynamo.reset()
+    compiled = quantfuse.compile(spelling.fn, dynamic=False)
+    with torch.no_grad():
+        got, want = compiled(x), spelling.fn(x)
+    report = quantfuse.last_report()
+    assert len(report.rewrites) == 1 and report.near_misses == [], str(report)
+    assert "mx_inf=exp2" in report.rewrites[0].params["recipe"]
+    for w, g in zip(want, got, strict=True):
+        assert w.dtype == g.dtype and w.shape == g.shape
+        assert torch.equal(w.view(torch.uint8), g.view(torch.uint8)), int((w.view(torch.uint8) != g.view(torch.uint8)).sum())
