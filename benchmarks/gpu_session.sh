@@ -7,7 +7,7 @@
 #             runs each ';'-separated group in parallel instead, -v (a group its TEST_TIMEOUT stops still
 #             shows each test's outcome), logs joined in $OUT/pytest_gpu.txt: tests/gpu takes well over 600 s in one process
 #   pairs     bench_pairs.py over TOKENS x HIDDEN (PAIRS_ARGS adds flags, e.g. --recipes "spec;spec": Recipe
-#             specs timed besides the default recipe) -> $OUT/pairs.jsonl
+#             specs timed besides the default recipe) -> $OUT/pairs.jsonl; SM clock and power meanwhile -> $OUT/clocks.csv
 #   baseline  the same cells on another checkout in ./_baseline (its own bench_pairs.py), same run; its
 #             records (BASE_COMMIT: that checkout's commit) go to $OUT/pairs.jsonl as bench="pairs_baseline"
 #   layouts   bench_pairs.py over the gated layouts at LAYOUT_TOKENS
@@ -73,8 +73,13 @@ PY
       $GPU_TEST_ARGS > "$OUT/pytest_gpu.txt" 2>&1; tail -45 "$OUT/pytest_gpu.txt"
   fi
   if has pairs; then
+    # SM clock, power and temperature every 200 ms while the kernels are timed ($OUT/clocks.csv):
+    # whether a long benchmark loop runs at the clocks a single profiled kernel sees
+    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv -lms 200 \
+      > "$OUT/clocks.csv" 2>/dev/null & smi=$!
     timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/bench_pairs.py --tokens $TOKENS --hidden $HIDDEN $PAIRS_ARGS \
       --out "$OUT/pairs.md" --jsonl "$OUT/pairs.jsonl"
+    kill $smi 2>/dev/null
   fi
   if has baseline && [ -d _baseline ]; then
     (cd _baseline && QF_COMMIT=${BASE_COMMIT:-unknown} QUANTFUSE_CACHE_DIR=$BASE_CACHE timeout ${BENCH_TIMEOUT:-300} \
