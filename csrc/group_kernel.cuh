@@ -173,9 +173,12 @@ __device__ __forceinline__ void group_step(
 // as (t, g)); wbase, its warp's first group of the step, is warp-uniform. Warp w of block b takes
 // groups (w * gridDim.x + b) * GPW + [0, GPW) of each step, so a step's last, partial round of
 // groups is spread over every block's first warps (every SM gets its share) instead of over the
-// first blocks.
-template <int TPG>
+// first blocks. TPG = GS / (VEC * NV) threads own a group (a sub-warp).
+template <typename DT, int GS, int NV>
 struct GroupWalk {
+  static constexpr int EPT = 16 / int(sizeof(typename DT::Storage)) * NV;  // elements per thread per group
+  static constexpr int TPG = GS / EPT;
+  static_assert(TPG >= 1 && TPG <= 32 && 32 % TPG == 0 && TPG * EPT == GS, "bad group split");
   static constexpr int GPS = kThreads / TPG;  // groups per block per step
   static constexpr int GPW = 32 / TPG;        // groups per warp per step
   int lane;
@@ -204,12 +207,7 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
     uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s, const typename DT::Storage* __restrict__ gate,
     const typename DT::Storage* __restrict__ up, int64_t in_stride, uint32_t total_groups, uint32_t groups_per_row,
     int64_t hidden, const Scales sc, const ActArgs aa, const ScaleRecipe rr) {
-  using S = typename DT::Storage;
-  constexpr int VEC = 16 / sizeof(S);
-  constexpr int EPT = VEC * NV;
-  constexpr int TPG = GS / EPT;
-  static_assert(TPG >= 1 && TPG <= 32 && 32 % TPG == 0 && TPG * EPT == GS, "bad group split");
-  GroupWalk<TPG> w(groups_per_row);
+  GroupWalk<DT, GS, NV> w(groups_per_row);
   uint4 ga[NV], ua[NV], gb[NV], ub[NV];
   pdl_wait_and_trigger();
   load_group<DT, GS, NV, Act::kGated, IL, EVICT_FIRST>(ga, ua, gate, up, in_stride, w.gi < total_groups, w.t, w.g,
@@ -275,17 +273,12 @@ __global__ void __launch_bounds__(kThreads) act_group_quant_staged_kernel(
     uint8_t* __restrict__ q, typename Scheme::Scale* __restrict__ s, const typename DT::Storage* __restrict__ gate,
     const typename DT::Storage* __restrict__ up, int64_t in_stride, uint32_t total_groups, uint32_t groups_per_row,
     int64_t hidden, const Scales sc, const ActArgs aa, const ScaleRecipe rr) {
-  using S = typename DT::Storage;
-  constexpr int VEC = 16 / sizeof(S);
-  constexpr int EPT = VEC * NV;
-  constexpr int TPG = GS / EPT;
-  static_assert(TPG >= 1 && TPG <= 32 && 32 % TPG == 0 && TPG * EPT == GS, "bad group split");
   static_assert(AHEAD >= 1, "at least one group staged ahead");
   constexpr int kOps = Act::kGated ? 2 : 1;
   constexpr int kSlot = NV * kOps * kThreads;  // vectors of one slot, all threads
   extern __shared__ uint4 staged[];
   uint4* const mine = staged + threadIdx.x;
-  GroupWalk<TPG> w(groups_per_row);
+  GroupWalk<DT, GS, NV> w(groups_per_row);
   pdl_wait_and_trigger();
   uint32_t gs = w.gi, ts = w.t, gs_ = w.g;  // the next group to stage
 #pragma unroll

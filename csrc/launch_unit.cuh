@@ -104,9 +104,8 @@ const char* launch_group_staged(const QuantParams& p, const StridedScales& sc) {
     return n;
   }();
   if (resident == 0) return "quantfuse: the staged group kernel does not fit in an SM's shared memory";
-  constexpr int TPG = GS / (kVec * NV);
   const int64_t groups_per_row = p.hidden / GS, total = p.tokens * groups_per_row;
-  const int64_t per_block = kThreads / TPG;
+  constexpr int64_t per_block = GroupWalk<DT, GS, NV>::GPS;
   const int64_t blocks = balanced_grid((total + per_block - 1) / per_block, int64_t(resident) * p.sms);
   return launch_smem(kernel, dim3(unsigned(blocks)), dim3(kThreads), smem, p.stream, p.pdl,
                      static_cast<uint8_t*>(p.q), static_cast<typename Scheme::Scale*>(p.s), gate_ptr(p.in),

@@ -332,7 +332,7 @@ def _reason(plan) -> str | None:
         return why
     r = plan.recipe
     if r is not None and plan.entry.experts and r.device_factor is not None:
-        return f"{_device_field(r)} (the device's own 2^-127) has no experts kernel"
+        return f"{device_field(r)} (the device's own 2^-127) has no experts kernel"
     if r is not None and not r.mx and not plan.clamps:
         # before torch 2.12 a cast without the clamp gives NaN past 464; the CUDA kernels cast with
         # SATFINITE only (an unsaturated one cost the default kernels registers): Triton runs it
@@ -367,8 +367,9 @@ CAPTURE_REASON = ("mx_byte0 exp2 / pow, mx_inf exp2: the device's 2^-127 is read
 _factors: dict = {}
 
 
-def _device_field(r) -> str:
-    """``field=value`` of the recipe's device-computed field (``Recipe.device_factor``)."""
+def device_field(r) -> str:
+    """``field=value`` of the recipe's device-computed field (``Recipe.device_factor``), as the
+    backends' reasons name it."""
     form = r.device_factor
     return f"{'mx_inf' if form in catalog.MX_DEVICE_INF else 'mx_byte0'}={form.value}"
 

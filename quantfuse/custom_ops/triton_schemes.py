@@ -758,11 +758,10 @@ def _reason(plan) -> str | None:
     r = plan.recipe
     if r is not None and r.device_factor is not None:
         # the device's 2^-127 as torch computes it, read once (cuda_backend.mx_device_factor)
-        if plan.entry.experts:
-            field = "mx_inf" if r.device_factor in catalog.MX_DEVICE_INF else "mx_byte0"
-            return f"{field}={r.device_factor.value} (the device's own 2^-127) has no experts kernel"
         from quantfuse.custom_ops import cuda_backend
 
+        if plan.entry.experts:
+            return f"{cuda_backend.device_field(r)} (the device's own 2^-127) has no experts kernel"
         if torch.cuda.is_available() and not cuda_backend.device_factor_known(r) \
                 and torch.cuda.is_current_stream_capturing():
             return cuda_backend.CAPTURE_REASON
