@@ -334,8 +334,6 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
     QF_CHECK(!device_inf || (mx_device_factor > 5e-39 && mx_device_factor < 7e-39),
              "quantfuse: an MX recipe with mx_inf exp2 needs mx_device_factor, the device's 2^-127, got ",
              mx_device_factor);
-    QF_CHECK(!(device0 || device_inf) || !experts,
-             "quantfuse: the experts kernels take no mx_device_factor (mx_byte0 exp2 / pow, mx_inf exp2)");
     p.recipe.mx_device_factor = float(mx_device_factor);
     p.s = s.data_ptr();
     p.s_stride_t = s_stride_t;
@@ -397,7 +395,8 @@ std::string experts_quant_impl(int64_t act, int64_t scheme, int64_t layout, cons
                                const at::Tensor& x,
                                const std::optional<at::Tensor>& up, const at::Tensor& expert_offsets,
                                const at::Tensor& blockscale_offsets, int64_t mx_code,
-                               const std::vector<double>& act_params) {
+                               const std::vector<double>& act_params, int64_t vectors, int64_t row_stages,
+                               double mx_device_factor) {
   QF_CHECK(scheme == quantfuse::kMxfp8 || scheme == quantfuse::kMxfp4, "quantfuse: the experts kernels are ",
            quantfuse::kSchemeNames[quantfuse::kMxfp8], " and ", quantfuse::kSchemeNames[quantfuse::kMxfp4],
            ", got scheme code ", scheme);
@@ -412,8 +411,9 @@ std::string experts_quant_impl(int64_t act, int64_t scheme, int64_t layout, cons
   ea.offsets = quantfuse::ExpertOffsets{expert_offsets.data_ptr(), blockscale_offsets.data_ptr(),
                                         expert_offsets.numel() - 1, expert_offsets.scalar_type() == at::kLong};
   ea.error = experts_error_flag().device;
-  return act_quant_impl(act, scheme, layout, q, s, x, up, std::nullopt, quantfuse::kMxBlock, 0, mx_code, 0, 0, true, 0,
-                        0, act_params, {0.0, 0.0, 0.0}, quantfuse::kStepFp32, quantfuse::kApplyDiv, 0, &ea);
+  return act_quant_impl(act, scheme, layout, q, s, x, up, std::nullopt, quantfuse::kMxBlock, 0, mx_code, 0, 0, true,
+                        vectors, 0, act_params, {0.0, 0.0, 0.0}, quantfuse::kStepFp32, quantfuse::kApplyDiv,
+                        row_stages, &ea, mx_device_factor);
 }
 
 // fn()'s message ("" on success); an exception from ATen itself (not expected after the
@@ -452,10 +452,11 @@ std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, const
 std::string experts_quant_checked(int64_t act, int64_t scheme, int64_t layout, const at::Tensor& q,
                                   const at::Tensor& s, const at::Tensor& x, const std::optional<at::Tensor>& up,
                                   const at::Tensor& expert_offsets, const at::Tensor& blockscale_offsets, int64_t mx,
-                                  const std::vector<double>& act_params) {
+                                  const std::vector<double>& act_params, int64_t vectors, int64_t row_stages,
+                                  double mx_device_factor) {
   return guarded([&] {
     return experts_quant_impl(act, scheme, layout, q, s, x, up, expert_offsets, blockscale_offsets, mx,
-                              act_params);
+                              act_params, vectors, row_stages, mx_device_factor);
   });
 }
 
@@ -483,10 +484,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "The experts ops: act(x) -> MXFP8 / MXFP4 (scheme code) of tokens sorted by expert into q and the "
         "[experts_scale_rows(T, E), G_pad] scale buffer s, each expert's scales tiled from row "
         "blockscale_offsets[e], every other byte zero. Inconsistent offsets: s all 0xFF and the flag of "
-        "experts_offset_error() raised. Returns \"\" or an error message",
+        "experts_offset_error() raised. vectors, row_stages, mx_device_factor: as act_quant's. Returns \"\" or an "
+        "error message",
         py::arg("act"), py::arg("scheme"), py::arg("layout"), py::arg("q"), py::arg("s"), py::arg("x"), py::arg("up"),
         py::arg("expert_offsets"), py::arg("blockscale_offsets"), py::arg("mx"),
-        py::arg("act_params") = std::vector<double>{});
+        py::arg("act_params") = std::vector<double>{}, py::arg("vectors") = int64_t(0),
+        py::arg("row_stages") = int64_t(0), py::arg("mx_device_factor") = 0.0);
   m.def("experts_offset_error", [](bool clear) {
     volatile int* flag = experts_error_flag().host;
     const bool raised = flag != nullptr && *flag != 0;

@@ -258,7 +258,8 @@ bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stac
     const std::string err =
         l.experts ? experts_quant_checked(l.act, l.scheme, l.layout, outs[0], outs[1], x,
                                           optional_arg(args, l.up_index), args[l.offsets_index].toTensor(),
-                                          args[l.offsets_index + 1].toTensor(), l.mx, l.act_params)
+                                          args[l.offsets_index + 1].toTensor(), l.mx, l.act_params, vectors,
+                                          row_stages, l.mx_device_factor)
                   : act_quant_checked(l.act, l.scheme, l.layout, outs[0], s, x, optional_arg(args, l.up_index),
                                       optional_arg(args, l.scale_index), l.group_size, l.ue8m0, l.mx, st_t,
                                       st_g, l.swizzled, vectors, 0, l.act_params, l.scale_floors, l.step, l.apply,

@@ -19,8 +19,13 @@ struct ExpertScales {
   uint32_t g_pad;
   int* error;        // host-mapped flag set to 1 by a launch whose offsets fail the check; may be null
 
-  __device__ __forceinline__ int64_t offset(uint32_t t, uint32_t g) const {
-    return swizzled_scale_offset(uint32_t(o.scale_row(t)), g, rowblock);
+  // offset() is warp-collective (group_kernel.cuh group_compute calls it from every lane, before
+  // the lanes of past-the-end groups drop out): one search per warp for the warp's first token
+  // (lane 0's group, which exists while the warp runs), each lane's later token walked to from it.
+  static constexpr bool kWarpOffset = true;
+  __device__ __forceinline__ int64_t offset(uint32_t t, uint32_t g, bool valid) const {
+    const ExpertOffsets::Owner near = o.owner(__shfl_sync(0xffffffffu, t, 0));
+    return valid ? swizzled_scale_offset(uint32_t(o.scale_row(t, near)), g, rowblock) : 0;
   }
 
   // Every block checks every offset entry (ExpertOffsets::entry_ok; 2 (E + 1) cached loads,

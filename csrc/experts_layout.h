@@ -56,12 +56,67 @@ struct ExpertOffsets {
     return base;
   }
 
-  // Scale row of token t (0 <= t < eo(experts)): bo[e] + t - eo[e] for the expert e that owns
-  // it, the last one with eo[e] <= t (empty experts before it share its eo).
-  QF_HOST_DEVICE int64_t scale_row(int64_t t) const {
-    const uint32_t e = last_at_most(expert, uint32_t(experts), t);
+  // The expert of token t (0 <= t < eo(experts); the offsets consistent, so every value is below
+  // 2^31 as the token and scale row counts are): e, the last expert with eo[e] <= t (empty experts
+  // before it share its eo), with eo[e], eo[e + 1] and bo[e]; 32 bits each, to spare registers.
+  struct Owner {
+    uint32_t e, first, next, scale_row0;  // e, eo[e], eo[e + 1], bo[e]
+  };
+
+  // The owner of t by a kWays-way search: each round probes kWays entries of eo at once, so E
+  // experts take ceil(log_kWays E) rounds of dependent loads where the binary search
+  // last_at_most takes log2 E (8 at E = 256, for every group's scale). On the device it is
+  // warp-collective: every lane of the warp calls it with the same t, lane k probes entry k of
+  // a round (one load and a ballot), and the owner's entries come from the lanes that loaded
+  // them; on the host the lanes are a loop, so tests/test_experts_layout.py checks the search on
+  // the CPU.
+  static constexpr uint32_t kWays = 32;
+  QF_HOST_DEVICE Owner owner(int64_t t) const {
+    // the owner lies in [lo, lo + n), and eo[lo] <= t < eo[lo + n]
+    uint32_t lo = 0, n = uint32_t(experts);
+    while (n >= kWays) {
+      const uint32_t piece = (n + kWays - 1) / kWays;
+      uint32_t c = 0;  // probes lo + k * piece (k * piece < n) at or below t: a prefix of k
+#ifdef __CUDA_ARCH__
+      const uint32_t i = (threadIdx.x % 32) * piece;
+      c = __popc(__ballot_sync(0xffffffffu, i < n && eo(lo + i) <= t));
+#else
+      for (uint32_t k = 0; k < kWays && k * piece < n; ++k) c += eo(lo + k * piece) <= t;
+#endif
+      lo += (c - 1) * piece;
+      n = n - (c - 1) * piece < piece ? n - (c - 1) * piece : piece;
+    }
+    // last round: entries lo .. lo + n (n < kWays), each lane its own, with its bo
+#ifdef __CUDA_ARCH__
+    const uint32_t k = threadIdx.x % 32;
+    uint32_t first = 0, start = 0;
+    if (k <= n) {
+      first = uint32_t(eo(lo + k));
+      if (k < n) start = uint32_t(bo(lo + k));
+    }
+    const uint32_t c = __popc(__ballot_sync(0xffffffffu, k < n && first <= t));
+    return {lo + c - 1, __shfl_sync(0xffffffffu, first, c - 1), __shfl_sync(0xffffffffu, first, c),
+            __shfl_sync(0xffffffffu, start, c - 1)};
+#else
+    uint32_t c = 0;
+    for (uint32_t k = 0; k < n; ++k) c += eo(lo + k) <= t;
+    const uint32_t e = lo + c - 1;
+    return {e, uint32_t(eo(e)), uint32_t(eo(e + 1)), uint32_t(bo(e))};
+#endif
+  }
+
+  // Scale row of token t (0 <= t < eo(experts)): bo[e] + t - eo[e] for the expert e that owns it.
+  // `near`: the owner of a token at or before t, from which the owner of t is walked to (the
+  // experts kernel searches once per warp and walks each lane's later tokens: a row boundary
+  // inside the warp's groups).
+  QF_HOST_DEVICE int64_t scale_row(int64_t t, const Owner& near) const {
+    if (t < near.next) return int64_t(near.scale_row0) + t - near.first;
+    int64_t e = near.e + 1;
+    while (eo(e + 1) <= t) ++e;
     return bo(e) + t - eo(e);
   }
+  // (host code only: on the device owner() is warp-collective)
+  inline int64_t scale_row(int64_t t) const { return scale_row(t, owner(t)); }
 
   // Whether the offsets' entry e (0 <= e <= experts) is consistent, for a scale buffer of
   // `rows` rows and T tokens; all of them are iff plan.check_expert_offsets accepts the

@@ -82,7 +82,9 @@ __device__ __forceinline__ float act_round_amax(float (&y)[N], uint32_t (&yp)[(N
 struct StridedScales {
   int64_t stride_t, stride_g;
   bool swizzled;
-  __device__ __forceinline__ int64_t offset(uint32_t t, uint32_t g) const {
+  // offset() is per lane, called by the lane that stores (ExpertScales': warp-collective)
+  static constexpr bool kWarpOffset = false;
+  __device__ __forceinline__ int64_t offset(uint32_t t, uint32_t g, bool = true) const {
     return swizzled ? swizzled_scale_offset(t, g, stride_t) : int64_t(t) * stride_t + int64_t(g) * stride_g;
   }
   template <typename Scale>
@@ -137,7 +139,15 @@ __device__ __forceinline__ void group_compute(uint8_t* __restrict__ q, typename 
     uint8_t* qp = q + (int64_t(t) * hidden + int64_t(g) * GS + lane * VEC) * Scheme::kBits / 8;
 #pragma unroll
     for (int j = 0; j < NV; ++j) store_bytes<kVecBytes>(qp + j * TPG * kVecBytes, w, j * kVecBytes);
-    if (lane == 0) s[sc.offset(t, g)] = Scheme::scale(st);
+    if constexpr (!Scales::kWarpOffset) {
+      if (lane == 0) s[sc.offset(t, g)] = Scheme::scale(st);
+    }
+  }
+  // a warp-collective offset (every lane; the next group's loads are in flight meanwhile), last,
+  // where the fewest values are live
+  if constexpr (Scales::kWarpOffset) {
+    const int64_t so = sc.offset(t, g, gi < total_groups);
+    if (gi < total_groups && lane == 0) s[so] = Scheme::scale(st);
   }
 }
 
@@ -287,7 +297,10 @@ __global__ void __launch_bounds__(kThreads) act_group_quant_staged_kernel(
                                                       gs_, w.lane, 0.0f);
     w.next(gs, ts, gs_);
   }
-  if (!sc.prologue(s, total_groups / w.gpr, w.gpr)) return;
+  if (!sc.prologue(s, total_groups / w.gpr, w.gpr)) {
+    cp_async_wait<0>();  // no copy outlives the block
+    return;
+  }
   int slot = 0;
   while (w.wbase < total_groups) {  // warp-uniform, as act_group_quant_kernel
     // one commit group per staged group, in order: this one's is complete once at most

@@ -26,11 +26,13 @@ std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, const
                               double mx_device_factor = 0.0);
 
 // The same for the experts ops (bindings.cpp experts_quant_impl): s is the experts scale buffer,
-// the offsets' values are checked by the kernel.
+// the offsets' values are checked by the kernel; vectors, row_stages: the launch choice
+// (custom_ops/tuning.py), mx_device_factor as act_quant_checked's.
 std::string experts_quant_checked(int64_t act, int64_t scheme, int64_t layout, const at::Tensor& q,
                                   const at::Tensor& s, const at::Tensor& x, const std::optional<at::Tensor>& up,
                                   const at::Tensor& expert_offsets, const at::Tensor& blockscale_offsets, int64_t mx,
-                                  const std::vector<double>& act_params = {});
+                                  const std::vector<double>& act_params = {}, int64_t vectors = 0,
+                                  int64_t row_stages = 0, double mx_device_factor = 0.0);
 
 // Add the dispatcher functions of dispatch.cpp to the module.
 void bind_dispatch(pybind11::module_& m);

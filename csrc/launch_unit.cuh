@@ -10,7 +10,6 @@
 #include "token_kernel.cuh"
 
 #include <algorithm>
-#include <type_traits>
 
 #define QF_CAT_(a, b) a##b
 #define QF_CAT(a, b) QF_CAT_(a, b)
@@ -88,10 +87,10 @@ int64_t balanced_grid(int64_t needed, int64_t most) {
 
 // The staged group kernel (group_kernel.cuh act_group_quant_staged_kernel, AHEAD groups staged):
 // a persistent grid of as many blocks as fit under its registers and shared memory.
-template <typename Scheme, int GS, int NV, int AHEAD>
-const char* launch_group_staged(const QuantParams& p, const StridedScales& sc) {
+template <typename Scheme, int GS, int NV, int AHEAD, typename Scales>
+const char* launch_group_staged(const QuantParams& p, const Scales& sc) {
   constexpr int smem = group_stage_bytes<NV, AHEAD, Act::kGated>();
-  const auto kernel = act_group_quant_staged_kernel<DT, GS, Act, Scheme, NV, AHEAD>;
+  const auto kernel = act_group_quant_staged_kernel<DT, GS, Act, Scheme, NV, AHEAD, false, Scales>;
   static const int resident = [&] {
     int dev = 0, optin = 0, n = 0;
     cudaGetDevice(&dev);
@@ -120,7 +119,7 @@ const char* launch_group(const QuantParams& p, const Scales& sc) {
     return "quantfuse: vectors per thread exceed the group";
   } else {
     if (p.row_stages > 0) {
-      if constexpr (std::is_same_v<Scales, StridedScales> && NV <= 2) {
+      if constexpr (NV <= 2) {
         if (p.row_stages != kGroupStaged) return "quantfuse: the staged group kernels stage 2 groups ahead";
         if (interleaved(p.in)) return "quantfuse: the staged group kernels take halves or separate inputs";
         if (p.blocks_per_sm != 0) return "quantfuse: the staged group kernels take the persistent grid";
@@ -204,15 +203,22 @@ template <bool kSaturate> using Mxfp8 = Mx<8, kSaturate>;
 template <bool kSaturate> using Mxfp4 = Mx<4, kSaturate>;
 bool mx_saturates(const QuantParams& p) { return kMxRoundingSaturates[p.recipe.mx.rounding]; }
 
-// The experts ops (experts_kernel.cuh): the MX group kernel with the experts' scale policy, at
-// the scheme's default vectors per thread (s_stride_t: the row-block stride of the tiles).
+// The experts ops (experts_kernel.cuh): the MX group kernel with the experts' scale policy
+// (s_stride_t: the row-block stride of the tiles), at 1 or 2 vectors per thread (0: the scheme's
+// default; custom_ops/tuning.py EXPERTS_VECTORS), the next group in registers or staged.
+template <typename Scheme>
+const char* launch_experts(const QuantParams& p, const ExpertScales& sc) {
+  switch (p.vectors == 0 ? Scheme::kVectors : p.vectors) {
+    case 1: return launch_group<Scheme, kMxBlock, 1>(p, sc);
+    case 2: return launch_group<Scheme, kMxBlock, 2>(p, sc);
+    default: return "quantfuse: the experts kernels take 0, 1 or 2 vectors per thread";
+  }
+}
 template <template <bool> class Scheme>
 const char* dispatch_experts(const QuantParams& p) {
-  if (p.vectors != 0) return "quantfuse: the experts kernels take the default vectors per thread";
   const ExpertScales sc{p.experts.offsets, p.experts.scale_rows, p.s_stride_t, uint32_t(p.s_stride_t / kSwizzleRows),
                         p.experts.error};
-  return mx_saturates(p) ? launch_group<Scheme<true>, kMxBlock, Scheme<true>::kVectors>(p, sc)
-                         : launch_group<Scheme<false>, kMxBlock, Scheme<false>::kVectors>(p, sc);
+  return mx_saturates(p) ? launch_experts<Scheme<true>>(p, sc) : launch_experts<Scheme<false>>(p, sc);
 }
 
 // The staged per-token kernel (STAGES rows staged ahead) with threads_x threads a row: rows per

@@ -1,5 +1,7 @@
 """The CUDA experts kernel's layout code (csrc/experts_layout.h), compiled for the CPU: each
-token's scales at ``swizzled_scale_offset(scale_row(t), g)`` and the zero bytes from
+token's scales at ``swizzled_scale_offset(scale_row(t), g)`` (its expert found by the 32-way
+search ``owner``, the lanes a loop here, or walked to from an earlier token's owner as a warp's
+later lanes do; equal to the binary search ``last_at_most``) and the zero bytes from
 ``zero_experts_chunk``, split over several threads as the grid splits them, on a poisoned
 buffer, equal the reference's experts scale buffer (each expert's ``reference.swizzle_128x4``
 from row ``blockscale_offsets[e]``, zero elsewhere) byte for byte; ``entry_ok`` accepts exactly
@@ -23,7 +25,8 @@ from test_experts_ops import offsets
 TILE = catalog.SWIZZLE_ROWS
 #: reads "T G E wide rows threads" then eo and bo (E + 1 each); prints the verdict of every
 #: entry_ok, then (if all pass) the scale buffer's bytes after the kernel's stores, then
-#: experts_scale_rows(T, E)
+#: experts_scale_rows(T, E), then (if all pass) how many tokens' scale rows differ between the
+#: 32-way search, the walk from the owners of tokens 1, 7 and 64 before, and the binary search
 HARNESS = r"""
 #include "experts_layout.h"
 #include <cstdio>
@@ -57,6 +60,15 @@ int main() {
     for (uint8_t b : s) std::printf("%u ", b);
   }
   std::printf("\n%lld\n", (long long)quantfuse::experts_scale_rows(t, e));
+  long long differ = 0;
+  for (long long i = 0; ok && i < t; ++i) {
+    const uint32_t b = o.last_at_most(o.expert, uint32_t(e), i);
+    const int64_t want = o.bo(b) + i - o.eo(b), got = o.scale_row(i);
+    bool same = got == want;
+    for (long long back : {1LL, 7LL, 64LL}) same = same && o.scale_row(i, o.owner(i > back ? i - back : 0)) == want;
+    differ += !same;
+  }
+  std::printf("%lld\n", differ);
   return 0;
 }
 """
@@ -70,9 +82,10 @@ def harness(tmp_path_factory):
 def _run(harness, tokens, groups, eo, bo, rows, wide=False, threads=7):
     text = " ".join(map(str, [tokens, groups, len(eo) - 1, int(wide), rows, threads, *eo, *bo]))
     out = subprocess.run([str(harness)], input=text, capture_output=True, text=True, check=True).stdout
-    verdicts, data, scale_rows = out.split("\n")[:3]
+    verdicts, data, scale_rows, differ = out.split("\n")[:4]
     ok = [v == "1" for v in verdicts.split()]
     buf = torch.tensor([int(b) for b in data.split()], dtype=torch.uint8) if all(ok) else None
+    assert int(differ) == 0, f"{differ} tokens' scale rows differ between the searches"
     return ok, buf, int(scale_rows)
 
 
@@ -87,13 +100,26 @@ def _expected(tokens, groups, eo, bo, rows):
     return s.flatten()
 
 
+def _spread(experts, busy, seed):
+    """``experts`` counts, ``busy`` of them with 1-130 tokens and the rest empty."""
+    rng = random.Random(seed)
+    counts = [0] * experts
+    for e in rng.sample(range(experts), busy):
+        counts[e] = rng.randint(1, 130)
+    return counts
+
+
 #: tokens per expert (0 / 1 / 127 / 128 / 129 and runs of empty experts), with group counts that
-#: pad (3, 5, 1) and do not (4, 8)
+#: pad (3, 5, 1) and do not (4, 8); 31 / 32 / 33 experts (one search round or two) and 300 / 2000
+#: (two, three), mostly empty
 CASES = [([0, 1, 127, 128, 129, 0], 3), ([5], 1), ([0, 0], 4), ([129, 0, 3], 5), ([300, 1, 0, 0, 256], 8),
-         ([1] * 9, 2), ([128, 128], 7)]
+         ([1] * 9, 2), ([128, 128], 7), ([2] * 31, 1), ([1] * 32, 2), ([3] * 33, 1), (_spread(300, 40, 1), 1),
+         (_spread(2000, 30, 2), 2), ([0] * 1999 + [5], 1), ([5] + [0] * 1999, 1)]
 
 
-@pytest.mark.parametrize("counts,groups", CASES, ids=lambda c: "-".join(map(str, c)) if isinstance(c, list) else c)
+@pytest.mark.parametrize("counts,groups", CASES,
+                         ids=lambda c: ("-".join(map(str, c)) if len(c) < 12 else f"E{len(c)}-{sum(c)}")
+                         if isinstance(c, list) else c)
 @pytest.mark.parametrize("wide", [False, True])
 def test_kernel_places_every_scale_and_zero_as_the_reference(harness, counts, groups, wide):
     eo, bo = (t.tolist() for t in offsets(counts))

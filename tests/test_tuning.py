@@ -56,9 +56,9 @@ class Timer:
 
 
 def test_which_plans_are_tuned():
-    """Per-group and MX kernels on halves or two tensors, the per-token kernel in every layout;
-    not static, the activation ops, the experts ops or interleaved group kernels (the kernel
-    takes its default)."""
+    """Per-group and MX kernels on halves or two tensors (the experts ops' too), the per-token
+    kernel in every layout; not static, the activation ops or interleaved group kernels (the
+    kernel takes its default)."""
     assert tuning.tunable(_plan("silu_and_mul_per_block_quant", params=(128,)))
     assert tuning.tunable(_plan("silu_and_mul_per_block_quant", params=(128,), up=True))
     assert tuning.tunable(_plan("relu2_mxfp8_quant"))
@@ -75,6 +75,24 @@ def test_which_plans_are_tuned():
     per_token = tuning.candidates(_plan("relu2_per_token_quant_fp8"))
     assert set(per_token) == {tuning.Choice(v, r) for v in (0, 1, 2, 4) for r in tuning.ROW_STAGES}
     assert len({c.label for c in per_token}) == len(per_token) == 4 * len(tuning.ROW_STAGES)
+    experts = _experts_plan("silu_and_mul_mxfp8_experts_quant", 8)
+    assert tuning.tunable(experts) and tuning.tunable(_experts_plan("mxfp4_experts_quant", 8))
+    assert not tuning.tunable(_experts_plan("swigluoai_and_mul_mxfp8_experts_quant", 8, interleaved=True))
+    assert set(tuning.candidates(experts)) == {tuning.Choice(v, r) for v in tuning.EXPERTS_VECTORS
+                                               for r in (0, *tuning.GROUP_ROW_STAGES)}
+    # the expert count is part of the key (the search's rounds), nothing else about the offsets
+    assert tuning.tuning_key(experts) != tuning.tuning_key(_experts_plan("silu_and_mul_mxfp8_experts_quant", 256))
+    assert tuning.tuning_key(experts) == tuning.tuning_key(_experts_plan("silu_and_mul_mxfp8_experts_quant", 8, 3))
+
+
+def _experts_plan(name, experts, tokens=4, interleaved=False):
+    entry = catalog.OPS[name]
+    width = 2 * 2048 if entry.activation.gated else 2048
+    x = torch.zeros(tokens, width, dtype=torch.bfloat16)
+    eo = torch.tensor([0] + [tokens] * experts, dtype=torch.int32)  # every token the first expert's
+    bo = torch.tensor([0] + [-(-tokens // 128) * 128] * experts, dtype=torch.int32)
+    p = plan.make_plan(entry, x, (experts, 8), scale=(eo, bo), interleaved=interleaved)
+    return dataclasses.replace(p, device_type="cuda", aligned=True)
 
 
 def test_classes_start_where_the_input_passes_l2():

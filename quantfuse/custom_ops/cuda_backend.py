@@ -331,8 +331,6 @@ def _reason(plan) -> str | None:
     if why:
         return why
     r = plan.recipe
-    if r is not None and plan.entry.experts and r.device_factor is not None:
-        return f"{device_field(r)} (the device's own 2^-127) has no experts kernel"
     if r is not None and not r.mx and not plan.clamps:
         # before torch 2.12 a cast without the clamp gives NaN past 464; the CUDA kernels cast with
         # SATFINITE only (an unsaturated one cost the default kernels registers): Triton runs it
@@ -440,12 +438,19 @@ def _scale_strides(plan, column: bool, swizzled: bool, groups: int) -> tuple[int
 
 
 def _launch(plan, outputs, x, up, scale, choice: tuning.Choice = tuning.Choice()) -> str | None:
+    """Launch one planned call with the launch ``choice``; the extension's error message or None
+    (``scale``: the static scheme's, or the experts ops' ``(expert_offsets, blockscale_offsets)``)."""
     act, scheme, layout, gs, ue8m0, mx, swizzled, column, groups = _fixed.get(plan.key) or _fixed_args(plan)
+    recipe = _recipes.get(plan.key) or _recipe_args(plan)
+    if plan.entry.experts:  # the kernel checks the offsets' values (docs/decisions/021)
+        return (_module or _mod()).experts_quant(act, scheme, layout, outputs[0], outputs[1], x, up, scale[0],
+                                                 scale[1], mx, act_params=plan.act_params, vectors=choice.vectors,
+                                                 row_stages=choice.row_stages,
+                                                 mx_device_factor=recipe["mx_device_factor"])
     st, sg = _scale_strides(plan, column, swizzled, groups)
     return (_module or _mod()).act_quant(act, scheme, layout, outputs[0], outputs[1] if len(outputs) > 1 else None,
                                          x, up, scale, gs, ue8m0, mx, st, sg, swizzled, vectors=choice.vectors,
-                                         act_params=plan.act_params, row_stages=choice.row_stages,
-                                         **(_recipes.get(plan.key) or _recipe_args(plan)))
+                                         act_params=plan.act_params, row_stages=choice.row_stages, **recipe)
 
 
 def _time_choice(plan, choice: tuning.Choice) -> float | None:
@@ -456,7 +461,20 @@ def _time_choice(plan, choice: tuning.Choice) -> float | None:
     x = torch.randn(plan.tokens, width, device=device, dtype=plan.dtype)
     up = torch.randn_like(x) if plan.layout is catalog.Layout.SEPARATE else None
     outputs = plan.empty_outputs(device)
-    return tuning.time_launch(lambda: _launch(plan, outputs, x, up, None, choice))
+    scale = _even_offsets(plan.tokens, plan.num_experts, device) if plan.entry.experts else None
+    return tuning.time_launch(lambda: _launch(plan, outputs, x, up, scale, choice))
+
+
+def _even_offsets(tokens: int, experts: int, device) -> tuple:
+    """(expert_offsets, blockscale_offsets) of ``tokens`` split as evenly as they go over
+    ``experts`` (the tuning inputs of an experts plan: the kernel searches each warp's expert
+    once per step, whatever the split)."""
+    counts = [tokens // experts + (e < tokens % experts) for e in range(experts)]
+    eo, bo = [0], [0]
+    for n in counts:
+        eo.append(eo[-1] + n)
+        bo.append(bo[-1] + -(-n // catalog.SWIZZLE_ROWS) * catalog.SWIZZLE_ROWS)
+    return (torch.tensor(eo, dtype=torch.int32, device=device), torch.tensor(bo, dtype=torch.int32, device=device))
 
 
 def _classes(plan) -> tuple[tuple, bool]:
@@ -496,12 +514,7 @@ def run(plan, outputs, x, up, scale) -> None:
     """Write ``outputs`` (``plan.empty_outputs``) for a plan :func:`supports` accepted;
     ``up``: the separate layout's second tensor, ``scale``: the static scheme's, or the experts ops'
     ``(expert_offsets, blockscale_offsets)`` (else None)."""
-    if plan.entry.experts:  # the kernel checks the offsets' values (docs/decisions/021)
-        act, scheme, layout, gs, ue8m0, mx, swizzled, column, groups = _fixed.get(plan.key) or _fixed_args(plan)
-        err = (_module or _mod()).experts_quant(act, scheme, layout, outputs[0], outputs[1], x, up, scale[0],
-                                                scale[1], mx, act_params=plan.act_params)
-    else:
-        err = _launch(plan, outputs, x, up, scale, tuning.choice_for(_classes(plan)[0], plan.tokens))
+    err = _launch(plan, outputs, x, up, scale, tuning.choice_for(_classes(plan)[0], plan.tokens))
     if err:
         raise RuntimeError(err)
 

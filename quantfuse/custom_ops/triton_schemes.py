@@ -575,7 +575,7 @@ def _kernels():
 
     @triton.jit(do_not_specialize=["num_experts", "groups_per_row", "padded_groups"])
     def _experts_kernel(x_ptr, u_ptr, q_ptr, s_ptr, eo_ptr, bo_ptr, num_experts, groups_per_row, padded_groups,
-                        s_st, H, alpha, limit, ACT: tl.constexpr, GATED: tl.constexpr, LAYOUT: tl.constexpr,
+                        s_st, H, alpha, limit, dev_f, ACT: tl.constexpr, GATED: tl.constexpr, LAYOUT: tl.constexpr,
                         SCHEME: tl.constexpr, KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr, GS: tl.constexpr,
                         ROWS: tl.constexpr, GC: tl.constexpr, E_POW2: tl.constexpr, MX_ROUNDING: tl.constexpr,
                         MX_INF: tl.constexpr, MX_BYTE0: tl.constexpr, MX_NAN: tl.constexpr,
@@ -600,7 +600,7 @@ def _kernels():
         local = sr0 + r - tl.load(bo_ptr + e).to(tl.int64)  # the row inside the expert
         real = (local < count) & (g < groups_per_row)
         t = tl.where(real, first + local, 0)
-        ex8, bad = _mx_groups(x_ptr, u_ptr, q_ptr, t, g, real, H, alpha, limit, 0.0, ACT, GATED, LAYOUT, SCHEME, KIND,
+        ex8, bad = _mx_groups(x_ptr, u_ptr, q_ptr, t, g, real, H, alpha, limit, dev_f, ACT, GATED, LAYOUT, SCHEME, KIND,
                               SILU_ROUNDED, GS, MX_ROUNDING, MX_INF, MX_BYTE0, MX_NAN, SOFT, INTERP)
         sb = tl.where(real, _mx_scale_byte(ex8, bad), 0).to(tl.uint8)
         tl.store(s_ptr + _swizzled_offset(sr0 + r, g, s_st), sb, mask=g < padded_groups)
@@ -760,8 +760,6 @@ def _reason(plan) -> str | None:
         # the device's 2^-127 as torch computes it, read once (cuda_backend.mx_device_factor)
         from quantfuse.custom_ops import cuda_backend
 
-        if plan.entry.experts:
-            return f"{cuda_backend.device_field(r)} (the device's own 2^-127) has no experts kernel"
         if torch.cuda.is_available() and not cuda_backend.device_factor_known(r) \
                 and torch.cuda.is_current_stream_capturing():
             return cuda_backend.CAPTURE_REASON
@@ -954,6 +952,7 @@ def _experts_launcher(plan, kernel, inputs, out_view, groups, padded_groups, blo
     assert catalog.SWIZZLE_ROWS % rows == 0
     e_pow2 = 1 << max(0, plan.num_experts - 1).bit_length()
     flags = dict(GS=r.group_size, ROWS=rows, GC=gc, E_POW2=e_pow2, num_warps=4, **_mx_flags(r))
+    dev_f = _device_arg(r)
     col_tiles = -(-padded_groups // gc)
     s_st = catalog.SWIZZLE_ROWS * padded_groups
 
@@ -964,5 +963,6 @@ def _experts_launcher(plan, kernel, inputs, out_view, groups, padded_groups, blo
         xk, uk = inputs(x, up)
         q = outputs[0] if out_view is None else outputs[0].view(out_view)
         kernel[(s.shape[0] // rows, col_tiles)](xk, uk, q, s, offsets[0], offsets[1], plan.num_experts, groups,
-                                                padded_groups, s_st, plan.hidden, alpha, limit, **flags, **consts)
+                                                padded_groups, s_st, plan.hidden, alpha, limit, dev_f, **flags,
+                                                **consts)
     return launch

@@ -79,6 +79,9 @@ ROW_STAGES = KERNEL_ROW_STAGES
 #: ahead (csrc/group_kernel.cuh kGroupStaged; launch_unit.cuh launch_group)
 STAGED_VECTORS = (1, 2)
 GROUP_ROW_STAGES = (2,)
+#: the vector counts the experts kernels are instantiated for, each with the next group in
+#: registers and staged (csrc/launch_unit.cuh launch_experts)
+EXPERTS_VECTORS = (1, 2)
 #: the per-token kernel's: a first class from one token, timed at half the L2
 TOKEN_CLASSES = ((0, 0.5),) + CLASSES
 #: the timed inputs and outputs take at most this share of the free device memory
@@ -99,11 +102,11 @@ def _per_token(plan) -> bool:
 
 
 def tunable(plan) -> bool:
-    """Whether the plan runs a kernel with a launch choice: the per-group and MX kernels on halves
-    or separate inputs (interleaved inputs take the default vectors only), and the per-token
-    kernel in every layout."""
+    """Whether the plan runs a kernel with a launch choice: the per-group and MX kernels (the
+    experts ops' too) on halves or separate inputs (interleaved inputs take the default vectors
+    only), and the per-token kernel in every layout."""
     r = plan.recipe
-    if r is None or plan.entry.experts:
+    if r is None:
         return False
     return _per_token(plan) or (r.grouping in (Grouping.PER_GROUP, Grouping.MX_BLOCK)
                                 and plan.layout is not Layout.INTERLEAVED)
@@ -113,7 +116,10 @@ def candidates(plan) -> tuple[Choice, ...]:
     """The choices timed for a tunable plan: per-group and MX, each vector count with the next
     group in registers, and each ``STAGED_VECTORS`` count with ``GROUP_ROW_STAGES`` groups staged;
     per-token, the launcher's default and each count, each with every ``ROW_STAGES`` (a count a
-    row is too short for takes the next that fits, so some choices time the same launch)."""
+    row is too short for takes the next that fits, so some choices time the same launch); the
+    experts ops, each ``EXPERTS_VECTORS`` count in registers and staged."""
+    if plan.entry.experts:
+        return tuple(Choice(v, r) for v in EXPERTS_VECTORS for r in (0, *GROUP_ROW_STAGES))
     if _per_token(plan):
         return tuple(Choice(v, r) for v in (0, *CANDIDATES) for r in ROW_STAGES)
     return (tuple(Choice(v) for v in CANDIDATES)
@@ -133,9 +139,11 @@ def class_tokens(plan, l2_bytes: int) -> tuple[tuple[int, int], ...]:
 
 
 def tuning_key(plan) -> str:
-    """What the best count may depend on: the op, recipe, layout, dtype and hidden size."""
+    """What the best count may depend on: the op, recipe, layout, dtype and hidden size (the
+    experts ops: and the expert count, which sets the search's rounds)."""
     spec = plan.recipe.spec(plan.entry.base) if plan.recipe is not None else ""
-    return f"{plan.entry.name}|{spec}|{plan.layout.value}|{plan.dtype}|{plan.hidden}"
+    experts = f"|E{plan.num_experts}" if plan.entry.experts else ""
+    return f"{plan.entry.name}|{spec}|{plan.layout.value}|{plan.dtype}|{plan.hidden}{experts}"
 
 
 def _table_path(device_name: str) -> Path:

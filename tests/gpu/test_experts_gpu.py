@@ -16,7 +16,7 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 from quantfuse import catalog  # noqa: E402
-from quantfuse.custom_ops import cuda_backend, oracle, ops  # noqa: E402
+from quantfuse.custom_ops import cuda_backend, oracle, ops, tuning  # noqa: E402
 from quantfuse.custom_ops import triton_schemes as ts  # noqa: E402
 from quantfuse.custom_ops.ops import run_reference  # noqa: E402
 from quantfuse.custom_ops.plan import make_plan  # noqa: E402
@@ -106,6 +106,49 @@ def test_many_experts_and_wide_offsets(cuda):
             want = run_reference(p, x, None, False, (eo, bo))
             for got, exp in zip(outs, want):
                 assert torch.equal(_bytes(got), _bytes(exp)), (name, odtype)
+
+
+def _spread(experts, busy, tokens, seed):
+    """``experts`` token counts summing to ``tokens``, ``busy`` of them non-empty."""
+    g = torch.Generator().manual_seed(seed)
+    which = torch.randperm(experts, generator=g)[:busy]
+    cuts = torch.sort(torch.randint(0, tokens + 1, (busy - 1,), generator=g)).values.tolist()
+    sizes = [b - a for a, b in zip([0] + cuts, cuts + [tokens])]
+    counts = [0] * experts
+    for e, n in zip(which.tolist(), sizes):
+        counts[e] = n
+    return counts
+
+
+@pytest.mark.parametrize("name", ["mxfp8_experts_quant", "silu_and_mul_mxfp8_experts_quant",
+                                  "silu_and_mul_mxfp4_experts_quant", "relu2_mxfp4_experts_quant"])
+def test_every_launch_choice_equals_the_reference(cuda, name):
+    """Every tuning candidate of an experts plan (tuning.candidates: vectors per thread, the next
+    group in registers or staged in shared memory) gives the reference's bytes, where the
+    persistent grid walks many steps, a warp's groups straddle rows and experts (G = 7), the
+    warp's search takes one round (E = 8) or two (E = 256, 300), and experts are empty; then a
+    tuned call through the dispatcher."""
+    entry = catalog.OPS[name]
+    cases = [(_spread(8, 8, 12001, 1), 2048), (_spread(256, 200, 16411, 2), 2048), (_spread(300, 40, 3001, 3), 224)]
+    for counts, hidden in cases:
+        x = _make_specials((sum(counts),), 2 * hidden if entry.activation.gated else hidden, torch.bfloat16)
+        eo, bo = offsets(counts, torch.int32, "cuda")
+        e = len(counts)
+        p = make_plan(entry, x, (e, 8, "rceil"), scale=(eo, bo))
+        want = run_reference(p, x, None, False, (eo, bo))
+        choices = tuning.candidates(p)
+        assert len(choices) >= 4
+        for choice in choices:
+            outs = p.empty_outputs(x.device)
+            for t in outs:
+                t.view(torch.uint8).fill_(0xAB)
+            err = cuda._launch(p, outs, x, None, (eo, bo), choice)
+            assert not err, (choice, err)
+            for got, exp in zip(outs, want):
+                assert torch.equal(_bytes(got), _bytes(exp)), (name, e, hidden, choice)
+        got = ops.OPS[name](x, eo, bo, e, 8)  # tuned on the first call of the signature
+        for g, w in zip(got, want):
+            assert torch.equal(_bytes(g), _bytes(w)), (name, e, hidden, "dispatcher")
 
 
 def test_the_ops_run_on_the_dispatcher_without_a_host_copy(cuda):

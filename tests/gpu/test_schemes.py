@@ -424,12 +424,14 @@ def test_ops_route_to_triton_schemes(monkeypatch):
 
 
 @pytest.mark.parametrize("mod", [cuda_backend, ts], ids=["cuda", "triton"])
-@pytest.mark.parametrize("name", ["mxfp8_quant", "mxfp4_quant", "silu_and_mul_mxfp8_quant", "silu_and_mul_mxfp4_quant"])
+@pytest.mark.parametrize("name", ["mxfp8_quant", "mxfp4_quant", "silu_and_mul_mxfp8_quant", "silu_and_mul_mxfp4_quant",
+                                  "mxfp8_experts_quant", "silu_and_mul_mxfp4_experts_quant"])
 def test_device_factor_equals_reference(mod, name):
     """The MX recipes of a device value (catalog Recipe.device_factor): ``mx_byte0`` exp2 / pow,
     blocks whose exponent clamps to -127 multiplied by RN(1 / d), and ``mx_inf`` exp2, inf blocks
     multiplied by d, d CUDA's own exp2(-127.) / pow(2., -127.), as the reference computes it with
-    torch on this GPU; every other block as the default recipe."""
+    torch on this GPU; every other block as the default recipe. The experts ops with the 14 tokens
+    over 3 experts (5, 0, 9)."""
     entry = catalog.OPS[name]
     width = 256 * (2 if entry.activation.gated else 1)
     x = make_input((14,), width, torch.bfloat16, specials=True)
@@ -452,8 +454,13 @@ def test_device_factor_equals_reference(mod, name):
     base = entry.recipe("rceil")
     recipes = [dataclasses.replace(base, mx_byte0=b) for b in catalog.MX_DEVICE_BYTE0]
     recipes += [dataclasses.replace(base, mx_inf=i) for i in catalog.MX_DEVICE_INF]
+    params, extra = ("rceil",), {}
+    if entry.experts:
+        from test_experts_ops import offsets
+
+        params, extra = (3, 8, "rceil"), {"scale": offsets([5, 0, 9], device="cuda")}
     for r in recipes:
         spec = r.spec(base)
-        got = kc.call(mod, name, x, "rceil", recipe=spec)
-        for g, w in zip(got, kc.reference(name, x, "rceil", recipe=spec), strict=True):
+        got = kc.call(mod, name, x, *params, recipe=spec, **extra)
+        for g, w in zip(got, kc.reference(name, x, *params, recipe=spec, **extra), strict=True):
             assert_same(f"{mod.NAME} {name} {spec}", g, w)
