@@ -1,5 +1,6 @@
 """The CUDA sources build without a GPU: generated translation units compiled by nvcc for sm_90a
-with cuda_backend's flags, every kernel the experts ops launch instantiated; bindings.cpp and
+with cuda_backend's flags, every kernel the experts ops launch instantiated (each tuning choice,
+and the default count's evict-first and interleaved variants); bindings.cpp and
 dispatch.cpp parsed against torch's headers (-fsyntax-only). Skipped without nvcc; the C++
 check is skipped when torch's CUDA headers cannot be parsed here at all (a toolkit without the
 CUDA math libraries gets stubs of the handle types torch's headers name, nothing more)."""
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from quantfuse import catalog
-from quantfuse.custom_ops import cuda_backend
+from quantfuse.custom_ops import cuda_backend, tuning
 
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
 NVCC = shutil.which("nvcc") or next((p for p in ("/usr/local/cuda/bin/nvcc", "/usr/local/bin/nvcc") if os.path.exists(p)),
@@ -68,9 +69,21 @@ def test_unit_compiles_for_sm90a_with_every_experts_kernel(sources):
     log = p.communicate(timeout=1500)[0]
     assert p.returncode == 0, log[-6000:]
     kernels = [k for k in _entries(log) if "ExpertScales" in k]
-    # Mx<bits, rceil> x evict-first x interleaved: the variants launch_group picks
-    found = {re.search(r"MxILi(\d)ELb(\d)EEELi\dELi0ELb(\d)ELb(\d)E", k).groups() for k in kernels}
-    assert found == {(bits, rceil, ef, il) for bits in "84" for rceil in "01" for ef in "01" for il in "01"}
+    # the register kernel: Mx<bits, rceil>, vectors, evict-first, interleaved; the staged one:
+    # Mx<bits, rceil>, vectors (two groups ahead, plain loads)
+    reg = {re.search(r"MxILi(\d)ELb(\d)EEELi(\d)ELi0ELb(\d)ELb(\d)E", k).groups() for k in kernels if "staged" not in k}
+    staged = {re.search(r"MxILi(\d)ELb(\d)EEELi(\d)ELi2ELb0E", k).groups() for k in kernels if "staged" in k}
+    counts = [str(v) for v in tuning.EXPERTS_VECTORS]
+    # every tuning choice (tuning.candidates) has its kernel, for both schemes and roundings
+    assert staged == {(bits, rceil, v) for bits in "84" for rceil in "01" for v in counts}
+    assert {(b, r, v) for b, r, v, ef, il in reg if (ef, il) == ("0", "0")} == set(staged)
+    # one count per scheme (its default) also has the evict-first and interleaved variants
+    for bits in "84":
+        for rceil in "01":
+            full = [v for v in counts if {(ef, il) for b, r, vv, ef, il in reg if (b, r, vv) == (bits, rceil, v)}
+                    == {(ef, il) for ef in "01" for il in "01"}]
+            assert len(full) == 1, (bits, rceil, full)
+    assert len(reg) == 2 * 2 * (len(counts) + 3)
 
 
 def _torch_includes(stubs: Path) -> list[str]:
