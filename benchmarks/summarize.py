@@ -279,9 +279,11 @@ TUNING_MIN_HIDDEN = 2048
 
 
 def _plan_hidden(r: dict) -> int:
+    # tuning.tuning_key: op|recipe|layout|dtype|hidden, the experts ops' with |E<count> after it
+    fields = str(r.get("plan", "")).split("|")
     try:
-        return int(str(r.get("plan", "")).rsplit("|", 1)[-1])
-    except ValueError:
+        return int(fields[4])
+    except (ValueError, IndexError):
         return TUNING_MIN_HIDDEN  # an unparsable plan is shown rather than hidden
 
 
