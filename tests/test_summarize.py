@@ -160,11 +160,13 @@ def test_tuning_table_becomes_records_and_a_section(tmp_path):
     table = {"silu_and_mul_per_block_quant||halves|torch.bfloat16|7168": {"torch": "2.11", "classes": [
         {"min_tokens": 2195, "tokens": 4389, "vectors": 2, "us": {"1": 47.0, "2": 45.5, "4": 49.7}},
         {"min_tokens": 8778, "tokens": 17555, "vectors": 2, "us": {"1": 170.2, "2": 162.5, "4": 180.0}}]},
-        # a GPU test's narrow shape: in the records, not in the table
+        # a GPU test's narrow shape: in the records, not in the table (an experts op's too)
         "mxfp4_quant||halves|torch.bfloat16|256": {"torch": "2.11", "classes": [
-            {"min_tokens": 122880, "tokens": 245760, "vectors": 2, "us": {"1": 57.9, "2": 45.0, "4": 47.3}}]}}
+            {"min_tokens": 122880, "tokens": 245760, "vectors": 2, "us": {"1": 57.9, "2": 45.0, "4": 47.3}}]},
+        "mxfp8_experts_quant||halves|torch.bfloat16|512|E3": {"torch": "2.11", "classes": [
+            {"min_tokens": 61440, "tokens": 122880, "vectors": 2, "us": {"1": 80.0, "2": 56.0}}]}}
     recs = tr.records(table)
-    assert sorted((r["min_tokens"], r["vectors"]) for r in recs) == [(2195, 2), (8778, 2), (122880, 2)]
+    assert sorted((r["min_tokens"], r["vectors"]) for r in recs) == [(2195, 2), (8778, 2), (61440, 2), (122880, 2)]
     ctx = dict(H100, date="2026-12-01", commit="abc1234", command="tuning_records.py t.json")
     newer = dict(next(r for r in recs if r["min_tokens"] == 8778), **dict(ctx, date="2026-12-02", commit="def5678"), vectors=4, choice="4", us={"1": 170.0, "2": 160.0, "4": 150.0})
     write(tmp_path / "results", "a.jsonl", [dict(r, **ctx) for r in recs] + [newer])
@@ -172,8 +174,8 @@ def test_tuning_table_becomes_records_and_a_section(tmp_path):
     assert rc == 0
     section = text.split("## Vectors per thread")[1].split("\n## ")[0]
     rows = [line for line in section.splitlines() if line.startswith("| silu")]
-    assert "| mxfp4_quant" not in section
-    assert "1 plan(s) of rows narrower than 2048 (test shapes) are in the records only." in section
+    assert "| mxfp4_quant" not in section and "| mxfp8_experts_quant" not in section
+    assert "2 plan(s) of rows narrower than 2048 (test shapes) are in the records only." in section
     # one row per plan: per token class the count chosen and slowest / chosen (the newer class record)
     assert rows == ["| silu_and_mul_per_block_quant, halves, torch.bfloat16, 7168 | 1 | "
                     "T >= 2195: 2 (1.09x); T >= 8778: 4 (1.13x) | R1, R2 |"]
