@@ -18,16 +18,13 @@ struct ExpertScales {
   int64_t rowblock;  // kSwizzleRows * g_pad: bytes of a 128-row block
   uint32_t g_pad;
   int* error;        // host-mapped flag set to 1 by a launch whose offsets fail the check; may be null
-  ExpertOffsets::Lane mine{};  // this lane's entries of the search's first round (ready())
 
   // offset() is warp-collective (group_kernel.cuh group_compute calls it from every lane, before
   // the lanes of past-the-end groups drop out): one search per warp for the warp's first token
   // (lane 0's group, which exists while the warp runs), each lane's later token walked to from it.
   static constexpr bool kWarpOffset = true;
-  // The kernel's per-thread copy loads its lane's entries once the offsets are checked.
-  __device__ __forceinline__ void ready() { mine = o.lane(threadIdx.x % 32); }
   __device__ __forceinline__ int64_t offset(uint32_t t, uint32_t g, bool valid) const {
-    const ExpertOffsets::Owner near = o.owner(__shfl_sync(0xffffffffu, t, 0), mine);
+    const ExpertOffsets::Owner near = o.owner(__shfl_sync(0xffffffffu, t, 0));
     return valid ? swizzled_scale_offset(uint32_t(o.scale_row(t, near)), g, rowblock) : 0;
   }
 

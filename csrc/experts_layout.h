@@ -64,86 +64,43 @@ struct ExpertOffsets {
   };
 
   // The owner of t by a kWays-way search: each round probes kWays entries of eo at once, so E
-  // experts take ceil(log_kWays E) rounds where the binary search last_at_most takes log2 E
-  // dependent loads (8 at E = 256, for every group's scale). The first round's entries are the
-  // same for every search, so each lane keeps its own (Lane, loaded once): E <= 31 experts take
-  // no load at all, E <= 992 one round of loads. On the device it is warp-collective: every lane
-  // of the warp calls it with the same t and its own Lane, lane k probes entry k of a round (a
-  // load and a ballot), and the owner's entries come from the lanes that hold them; on the host
-  // the lanes are a loop, so tests/test_experts_layout.py checks the search on the CPU.
+  // experts take ceil(log_kWays E) rounds of dependent loads where the binary search
+  // last_at_most takes log2 E (8 at E = 256, for every group's scale). On the device it is
+  // warp-collective: every lane of the warp calls it with the same t, lane k probes entry k of
+  // a round (one load and a ballot), and the owner's entries come from the lanes that loaded
+  // them; on the host the lanes are a loop, so tests/test_experts_layout.py checks the search on
+  // the CPU.
   static constexpr uint32_t kWays = 32;
-
-  // Lane k's entries of the first round: eo[k * piece] (past the end: above every token), or
-  // for E < kWays, where that round is the last, eo[k] and bo[k].
-  struct Lane {
-    uint32_t probe, start;
-  };
-  QF_HOST_DEVICE Lane lane(uint32_t k) const {
-    const uint32_t n = uint32_t(experts);
-    if (n < kWays) return {k <= n ? uint32_t(eo(k)) : 0u, k < n ? uint32_t(bo(k)) : 0u};
-    const uint32_t piece = (n + kWays - 1) / kWays;
-    return {k * piece < n ? uint32_t(eo(k * piece)) : 0xffffffffu, 0u};
-  }
-
-  QF_HOST_DEVICE Owner owner(int64_t t, const Lane& mine) const {
+  QF_HOST_DEVICE Owner owner(int64_t t) const {
     // the owner lies in [lo, lo + n), and eo[lo] <= t < eo[lo + n]
     uint32_t lo = 0, n = uint32_t(experts);
+    while (n >= kWays) {
+      const uint32_t piece = (n + kWays - 1) / kWays;
+      uint32_t c = 0;  // probes lo + k * piece (k * piece < n) at or below t: a prefix of k
 #ifdef __CUDA_ARCH__
-    const uint32_t k = threadIdx.x % 32;
-    const auto count = [](bool at_most) { return uint32_t(__popc(__ballot_sync(0xffffffffu, at_most))); };
+      const uint32_t i = (threadIdx.x % 32) * piece;
+      c = __popc(__ballot_sync(0xffffffffu, i < n && eo(lo + i) <= t));
 #else
-    (void)mine;
+      for (uint32_t k = 0; k < kWays && k * piece < n; ++k) c += eo(lo + k * piece) <= t;
 #endif
-    // a round: probes lo + k * piece (k * piece < n) at or below t, a prefix of the lanes
-    auto narrow = [&](uint32_t c, uint32_t piece) {
       lo += (c - 1) * piece;
       n = n - (c - 1) * piece < piece ? n - (c - 1) * piece : piece;
-    };
-    uint32_t first = 0, start = 0;  // this lane's entries of the last round
-    if (n >= kWays) {
-      const uint32_t piece = (n + kWays - 1) / kWays;
-#ifdef __CUDA_ARCH__
-      narrow(count(mine.probe <= t), piece);
-#else
-      uint32_t c = 0;
-      for (uint32_t j = 0; j < kWays; ++j) c += lane(j).probe <= t;
-      narrow(c, piece);
-#endif
-      while (n >= kWays) {
-        const uint32_t p = (n + kWays - 1) / kWays;
-#ifdef __CUDA_ARCH__
-        narrow(count(k * p < n && eo(lo + k * p) <= t), p);
-#else
-        uint32_t c = 0;
-        for (uint32_t j = 0; j < kWays && j * p < n; ++j) c += eo(lo + j * p) <= t;
-        narrow(c, p);
-#endif
-      }
-#ifdef __CUDA_ARCH__
-      if (k <= n) {
-        first = uint32_t(eo(lo + k));
-        if (k < n) start = uint32_t(bo(lo + k));
-      }
-#endif
-    } else {
-#ifdef __CUDA_ARCH__
-      first = mine.probe;
-      start = mine.start;
-#endif
     }
-    // the last round: entries lo .. lo + n (n < kWays), each lane its own, with its bo
+    // last round: entries lo .. lo + n (n < kWays), each lane its own, with its bo
 #ifdef __CUDA_ARCH__
-    const uint32_t c = count(k < n && first <= t);
+    const uint32_t k = threadIdx.x % 32;
+    uint32_t first = 0, start = 0;
+    if (k <= n) {
+      first = uint32_t(eo(lo + k));
+      if (k < n) start = uint32_t(bo(lo + k));
+    }
+    const uint32_t c = __popc(__ballot_sync(0xffffffffu, k < n && first <= t));
     return {lo + c - 1, __shfl_sync(0xffffffffu, first, c - 1), __shfl_sync(0xffffffffu, first, c),
             __shfl_sync(0xffffffffu, start, c - 1)};
 #else
-    (void)first;
-    (void)start;
     uint32_t c = 0;
-    const bool kept = experts < kWays;  // the last round from the lanes' own entries
-    for (uint32_t j = 0; j < n; ++j) c += (kept ? lane(j).probe : uint32_t(eo(lo + j))) <= t;
+    for (uint32_t k = 0; k < n; ++k) c += eo(lo + k) <= t;
     const uint32_t e = lo + c - 1;
-    if (kept) return {e, lane(e).probe, lane(e + 1).probe, lane(e).start};
     return {e, uint32_t(eo(e)), uint32_t(eo(e + 1)), uint32_t(bo(e))};
 #endif
   }
@@ -159,7 +116,7 @@ struct ExpertOffsets {
     return bo(e) + t - eo(e);
   }
   // (host code only: on the device owner() is warp-collective)
-  inline int64_t scale_row(int64_t t) const { return scale_row(t, owner(t, lane(0))); }
+  inline int64_t scale_row(int64_t t) const { return scale_row(t, owner(t)); }
 
   // Whether the offsets' entry e (0 <= e <= experts) is consistent, for a scale buffer of
   // `rows` rows and T tokens; all of them are iff plan.check_expert_offsets accepts the

@@ -82,10 +82,8 @@ __device__ __forceinline__ float act_round_amax(float (&y)[N], uint32_t (&yp)[(N
 struct StridedScales {
   int64_t stride_t, stride_g;
   bool swizzled;
-  // offset() is per lane, called by the lane that stores (ExpertScales': warp-collective);
-  // nothing per thread to load once the prologue has run (ready())
+  // offset() is per lane, called by the lane that stores (ExpertScales': warp-collective)
   static constexpr bool kWarpOffset = false;
-  __device__ __forceinline__ void ready() {}
   __device__ __forceinline__ int64_t offset(uint32_t t, uint32_t g, bool = true) const {
     return swizzled ? swizzled_scale_offset(t, g, stride_t) : int64_t(t) * stride_t + int64_t(g) * stride_g;
   }
@@ -225,18 +223,16 @@ __global__ void __launch_bounds__(kThreads, MINB) act_group_quant_kernel(
   load_group<DT, GS, NV, Act::kGated, IL, EVICT_FIRST>(ga, ua, gate, up, in_stride, w.gi < total_groups, w.t, w.g,
                                                        w.lane);
   if (!sc.prologue(s, total_groups / w.gpr, w.gpr)) return;
-  Scales my = sc;  // with this thread's part of the policy (ready)
-  my.ready();
   // Two steps per trip with the buffers swapped: no register copies between steps.
   // The bound is warp-uniform (no block barrier past the prologue), so every lane reaches
   // the shuffles and warps past the end stop computing.
   while (w.wbase < total_groups) {
-    group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, w.gpr, hidden, my,
+    group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, w.gpr, hidden, sc,
                                                          w.step, w.step_t, w.step_g, w.lane, w.gi, w.t, w.g, ga, ua,
                                                          gb, ub, aa, rr);
     w.wbase += w.step;
     if (w.wbase >= total_groups) break;
-    group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, w.gpr, hidden, my,
+    group_step<DT, GS, Act, Scheme, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, total_groups, w.gpr, hidden, sc,
                                                          w.step, w.step_t, w.step_g, w.lane, w.gi, w.t, w.g, gb, ub,
                                                          ga, ua, aa, rr);
     w.wbase += w.step;
@@ -305,8 +301,6 @@ __global__ void __launch_bounds__(kThreads) act_group_quant_staged_kernel(
     cp_async_wait<0>();  // no copy outlives the block
     return;
   }
-  Scales my = sc;  // with this thread's part of the policy (ready)
-  my.ready();
   int slot = 0;
   while (w.wbase < total_groups) {  // warp-uniform, as act_group_quant_kernel
     // one commit group per staged group, in order: this one's is complete once at most
@@ -320,7 +314,7 @@ __global__ void __launch_bounds__(kThreads) act_group_quant_staged_kernel(
       if constexpr (Act::kGated) ua[j] = cur[(j * kOps + 1) * kThreads];
     }
     group_compute<DT, GS, Act, Scheme, NV, false>(
-        q, s, total_groups, hidden, my, w.lane, w.gi, w.t, w.g, ga, ua, aa, rr, [&](float amax) {
+        q, s, total_groups, hidden, sc, w.lane, w.gi, w.t, w.g, ga, ua, aa, rr, [&](float amax) {
           stage_group<DT, GS, NV, Act::kGated, EVICT_FIRST>(cur, gate, up, in_stride, gs < total_groups, ts, gs_,
                                                             w.lane, amax);
         });

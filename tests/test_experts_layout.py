@@ -65,7 +65,7 @@ int main() {
     const uint32_t b = o.last_at_most(o.expert, uint32_t(e), i);
     const int64_t want = o.bo(b) + i - o.eo(b), got = o.scale_row(i);
     bool same = got == want;
-    for (long long back : {1LL, 7LL, 64LL}) same = same && o.scale_row(i, o.owner(i > back ? i - back : 0, o.lane(0))) == want;
+    for (long long back : {1LL, 7LL, 64LL}) same = same && o.scale_row(i, o.owner(i > back ? i - back : 0)) == want;
     differ += !same;
   }
   std::printf("%lld\n", differ);
