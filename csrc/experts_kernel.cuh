@@ -19,9 +19,10 @@ struct ExpertScales {
   uint32_t g_pad;
   int* error;        // host-mapped flag set to 1 by a launch whose offsets fail the check; may be null
 
-  // offset() is warp-collective (group_kernel.cuh group_compute calls it from every lane, before
-  // the lanes of past-the-end groups drop out): one search per warp for the warp's first token
-  // (lane 0's group, which exists while the warp runs), each lane's later token walked to from it.
+  // offset() is warp-collective (group_kernel.cuh group_compute calls it from every lane of the
+  // warp, those of past-the-end groups with valid false): one search per warp for the warp's first
+  // token (lane 0's group, which exists while the warp runs), each lane's later token walked to
+  // from it.
   static constexpr bool kWarpOffset = true;
   __device__ __forceinline__ int64_t offset(uint32_t t, uint32_t g, bool valid) const {
     const ExpertOffsets::Owner near = o.owner(__shfl_sync(0xffffffffu, t, 0));
