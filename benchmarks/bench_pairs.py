@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quantfuse  # noqa: E402,F401
 from quantfuse.custom_ops import oracle  # noqa: E402
+from quantfuse.custom_ops.plan import expert_offsets  # noqa: E402
 from quantfuse.patterns import native  # noqa: E402
 
 from quantfuse import catalog  # noqa: E402
@@ -112,16 +113,6 @@ def expert_split(tokens: int, experts: int, seed: int = 0) -> list[int]:
     return torch.bincount(torch.randint(0, experts, (tokens,), generator=g), minlength=experts).tolist()
 
 
-def experts_offsets(counts: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """vLLM's expert_offsets / blockscale_offsets (int32 on the GPU) of rows per expert."""
-    rows = catalog.SWIZZLE_ROWS
-    eo, bo = [0], [0]
-    for n in counts:
-        eo.append(eo[-1] + n)
-        bo.append(bo[-1] + -(-n // rows) * rows)
-    return (torch.tensor(eo, dtype=torch.int32, device="cuda"), torch.tensor(bo, dtype=torch.int32, device="cuda"))
-
-
 def experts_cell_bytes(entry: catalog.OpEntry, tokens: int, hidden: int, experts: int, in_bytes: int) -> float:
     """Bytes an experts cell moves: the input, the encoded output, every byte of the scale
     buffer (plan.experts_scale_shape: the kernel writes its padding too) and the offsets."""
@@ -136,7 +127,7 @@ def experts_cell_bytes(entry: catalog.OpEntry, tokens: int, hidden: int, experts
 def bench_experts_cell(entry: catalog.OpEntry, t: int, h: int, experts: int, dtype, bw: float, triton: bool):
     """(table row, record) of one experts cell (``--experts``), timed as the pairs are."""
     op = getattr(qf, entry.name)
-    eo, bo = experts_offsets(expert_split(t, experts))
+    eo, bo = expert_offsets(expert_split(t, experts), device="cuda")
     args = (eo, bo, experts, 8, entry.base.mx_rounding.value)
     nbytes = experts_cell_bytes(entry, t, h, experts, dtype.itemsize)
     copies = rotation_copies(nbytes)

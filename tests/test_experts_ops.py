@@ -28,7 +28,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 import quantfuse
 from quantfuse import catalog
 from quantfuse.custom_ops import cuda_backend, reference
-from quantfuse.custom_ops.plan import experts_scale_rows, make_plan
+from quantfuse.custom_ops.plan import expert_offsets, experts_scale_rows, make_plan
 from helpers import count_targets, post_grad_graph
 
 qf = torch.ops.quantfuse
@@ -40,14 +40,9 @@ SCHEMES = [s.key for s in catalog.EXPERTS_SCHEMES]
 ROUNDINGS = [r.value for r in catalog.MxRounding]
 
 
-def offsets(counts, dtype=torch.int32, device="cpu"):
-    """vLLM's ``expert_offsets`` / ``blockscale_offsets`` ([E + 1] boundaries, each expert's
-    scale rows padded to a tile; vLLM's tests compute them this way)."""
-    eo, bo = [0], [0]
-    for n in counts:
-        eo.append(eo[-1] + n)
-        bo.append(bo[-1] + -(-n // TILE) * TILE)
-    return torch.tensor(eo, dtype=dtype, device=device), torch.tensor(bo, dtype=dtype, device=device)
+#: vLLM's ``expert_offsets`` / ``blockscale_offsets`` of tokens per expert (each expert's scale
+#: rows padded to a tile; vLLM's tests compute them this way)
+offsets = expert_offsets
 
 
 def expected_scales(row_scales, counts, bo, rows):

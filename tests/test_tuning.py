@@ -89,9 +89,8 @@ def _experts_plan(name, experts, tokens=4, interleaved=False):
     entry = catalog.OPS[name]
     width = 2 * 2048 if entry.activation.gated else 2048
     x = torch.zeros(tokens, width, dtype=torch.bfloat16)
-    eo = torch.tensor([0] + [tokens] * experts, dtype=torch.int32)  # every token the first expert's
-    bo = torch.tensor([0] + [-(-tokens // 128) * 128] * experts, dtype=torch.int32)
-    p = plan.make_plan(entry, x, (experts, 8), scale=(eo, bo), interleaved=interleaved)
+    offsets = plan.expert_offsets([tokens] + [0] * (experts - 1))  # every token the first expert's
+    p = plan.make_plan(entry, x, (experts, 8), scale=offsets, interleaved=interleaved)
     return dataclasses.replace(p, device_type="cuda", aligned=True)
 
 

@@ -31,6 +31,7 @@ import torch
 from quantfuse import catalog
 from quantfuse.catalog import Grouping, ScaleLayout
 from quantfuse.custom_ops import tuning
+from quantfuse.custom_ops.plan import expert_offsets
 
 NAME = "cuda"
 
@@ -461,20 +462,13 @@ def _time_choice(plan, choice: tuning.Choice) -> float | None:
     x = torch.randn(plan.tokens, width, device=device, dtype=plan.dtype)
     up = torch.randn_like(x) if plan.layout is catalog.Layout.SEPARATE else None
     outputs = plan.empty_outputs(device)
-    scale = _even_offsets(plan.tokens, plan.num_experts, device) if plan.entry.experts else None
+    scale = None
+    if plan.entry.experts:
+        # the tokens split as evenly as they go (the kernel searches each warp's expert once per
+        # step, whatever the split)
+        e, t = plan.num_experts, plan.tokens
+        scale = expert_offsets([t // e + (i < t % e) for i in range(e)], device=device)
     return tuning.time_launch(lambda: _launch(plan, outputs, x, up, scale, choice))
-
-
-def _even_offsets(tokens: int, experts: int, device) -> tuple:
-    """(expert_offsets, blockscale_offsets) of ``tokens`` split as evenly as they go over
-    ``experts`` (the tuning inputs of an experts plan: the kernel searches each warp's expert
-    once per step, whatever the split)."""
-    counts = [tokens // experts + (e < tokens % experts) for e in range(experts)]
-    eo, bo = [0], [0]
-    for n in counts:
-        eo.append(eo[-1] + n)
-        bo.append(bo[-1] + -(-n // catalog.SWIZZLE_ROWS) * catalog.SWIZZLE_ROWS)
-    return (torch.tensor(eo, dtype=torch.int32, device=device), torch.tensor(bo, dtype=torch.int32, device=device))
 
 
 def _classes(plan) -> tuple[tuple, bool]:

@@ -186,6 +186,18 @@ def experts_scale_rows(tokens, num_experts):
     return (tokens + (rows - 1) * busy) // rows * rows
 
 
+def expert_offsets(counts, dtype=torch.int32, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """vLLM's ``(expert_offsets, blockscale_offsets)`` ([E + 1] each) of ``counts`` tokens per
+    expert, sorted by expert: expert e owns rows ``[eo[e], eo[e + 1])`` and its scales start at
+    row ``bo[e]``, each expert's rows padded to a multiple of :data:`catalog.SWIZZLE_ROWS`."""
+    rows = catalog.SWIZZLE_ROWS
+    eo, bo = [0], [0]
+    for n in counts:
+        eo.append(eo[-1] + n)
+        bo.append(bo[-1] + -(-n // rows) * rows)
+    return torch.tensor(eo, dtype=dtype, device=device), torch.tensor(bo, dtype=dtype, device=device)
+
+
 def experts_scale_shape(tokens, groups, num_experts) -> tuple:
     """Shape of an experts op's scales: :func:`experts_scale_rows` by the groups padded to 4."""
     return (experts_scale_rows(tokens, num_experts), swizzled_scale_shape(0, groups)[1])

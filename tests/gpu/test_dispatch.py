@@ -14,6 +14,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 from quantfuse import catalog  # noqa: E402
 from quantfuse.custom_ops import cuda_backend, oracle, ops  # noqa: E402
+from quantfuse.custom_ops.plan import expert_offsets  # noqa: E402
 
 if torch.cuda.is_available() and not cuda_backend.is_available():
     pytestmark = pytest.mark.skip(reason=f"CUDA extension unavailable: {cuda_backend.unavailable_reason()}")
@@ -25,14 +26,6 @@ LEADS = [(0,), (1,), (37,), (2, 129)]
 DISPATCHED = [e for e in catalog.OPS.values() if e.activation.cuda]
 
 
-def _expert_offsets(counts, dtype):
-    eo, bo = [0], [0]
-    for n in counts:
-        eo.append(eo[-1] + n)
-        bo.append(bo[-1] + -(-n // catalog.SWIZZLE_ROWS) * catalog.SWIZZLE_ROWS)
-    return torch.tensor(eo, dtype=dtype, device="cuda"), torch.tensor(bo, dtype=dtype, device="cuda")
-
-
 def _calls(entry, lead, dtype, gen):
     width = 512 * (2 if entry.activation.gated else 1)
     if entry.experts:  # 2-d x; the tokens over three experts, one empty
@@ -41,7 +34,7 @@ def _calls(entry, lead, dtype, gen):
     if entry.experts:
         t = lead[0]
         for rounding, odtype in (("floor", torch.int32), ("rceil", torch.int64)):
-            yield x, (*_expert_offsets([t // 2, 0, t - t // 2], odtype), 3, 8, rounding)
+            yield x, (*expert_offsets([t // 2, 0, t - t // 2], odtype, "cuda"), 3, 8, rounding)
         return
     if entry.scheme is None:
         yield x, ()
