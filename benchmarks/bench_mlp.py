@@ -38,7 +38,6 @@ def main() -> None:
     p.add_argument("--out")
     p.add_argument("--jsonl", help="append JSON records (bench=mlp and bench=host)")
     args = p.parse_args()
-    from triton.testing import do_bench_cudagraph
 
     torch.manual_seed(0)
     device = torch.device("cuda")
@@ -59,10 +58,12 @@ def main() -> None:
                     if label == "with":
                         assert len(quantfuse.last_report().rewrites) == args.layers, str(quantfuse.last_report())
                         assert oracle.call_counts()[("silu_and_mul_per_block_quant", "cuda")] >= 1, dict(oracle.call_counts())
-                    times[label] = do_bench_cudagraph(lambda: fn(x), rep=200) * 1e3
-                # both in alternating rounds: timed one after the other, a drift of the shared
-                # host's speed reads as a difference of the pass
-                plain = plain_us_interleaved({k: (lambda f=f: f(x)) for k, f in fns.items()})
+                # both modes in alternating rounds: timed one after the other, a drift of the
+                # shared host's speed reads as a difference of the pass
+                calls = {k: (lambda f=f: f(x)) for k, f in fns.items()}
+                times.update(graph_us_interleaved(calls))
+                stats = {}
+                plain = plain_us_interleaved(calls, rounds=21, stats=stats)
                 times.update({k + "_plain": v for k, v in plain.items()})
             except RuntimeError as e:  # cuBLAS's block-scaled GEMM rejects some shapes (T=1 on torch 2.11)
                 print(f"T={t}: skipped, the model does not run: {str(e).splitlines()[0][:160]}", flush=True)
@@ -73,8 +74,14 @@ def main() -> None:
                 records.append(dict(bench="mlp", case=case, mode=mode, tokens=t, hidden=args.hidden,
                                     intermediate=args.inter, without_pass_us=times["without" + key],
                                     with_pass_us=times["with" + key]))
+                if key:
+                    records[-1].update(without_pass_host_us=stats["without"]["host_us"],
+                                       with_pass_host_us=stats["with"]["host_us"],
+                                       paired_speedup=stats["with"]["paired"], rounds=21)
             print(f"T={t}: without {times['without']:.1f} us, with {times['with']:.1f} us (graph); plain "
-                  f"{times['without_plain']:.1f} / {times['with_plain']:.1f} us", flush=True)
+                  f"{times['without_plain']:.1f} / {times['with_plain']:.1f} us (paired "
+                  f"{stats['with']['paired']:.3f}x), host CPU {stats['without']['host_us']:.1f} / "
+                  f"{stats['with']['host_us']:.1f} us", flush=True)
             records += host_records(t, args.inter)
     lines = [f"FP8 MLP x{args.layers} (hidden {args.hidden}, inter {args.inter}, scaled_mm={use_mm}), "
              f"{torch.cuda.get_device_name()}, torch {torch.__version__}; CUDA-graph replay (median) and plain "
@@ -102,9 +109,16 @@ def plain_us(fn, iters: int = 50, rounds: int = 9, device: str = "cuda") -> floa
     return plain_us_interleaved({"fn": fn}, iters, rounds, device)["fn"]
 
 
-def plain_us_interleaved(fns: dict, iters: int = 50, rounds: int = 9, device: str = "cuda") -> dict:
+def plain_us_interleaved(fns: dict, iters: int = 50, rounds: int = 9, device: str = "cuda",
+                         stats: dict | None = None) -> dict:
     """:func:`plain_us` of several callables measured in alternating rounds (A B B A ...), so a
-    drift of the shared host's speed during the run falls on all of them alike: name -> µs."""
+    drift of the shared host's speed during the run falls on all of them alike: name -> µs.
+
+    ``stats`` (filled when given): per name, ``host_us``, the median round's CPU time of the
+    calling thread per call, before the round's synchronisation (the host's own work: a
+    thread descheduled by the shared host's other load does not count), and ``paired`` the
+    median over rounds of the first name's wall time / this one's in the same round pair
+    (a speedup that the host's drift between pairs does not move)."""
     import statistics
     import time
 
@@ -115,13 +129,36 @@ def plain_us_interleaved(fns: dict, iters: int = 50, rounds: int = 9, device: st
             fns[name]()
     sync()
     times = {name: [] for name in names}
+    host = {name: [] for name in names}
     for k in range(rounds):
         for name in (names if k % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             for _ in range(iters):
                 fns[name]()
+            c1 = time.thread_time()
             sync()
             times[name].append((time.perf_counter() - t0) / iters * 1e6)
+            host[name].append((c1 - c0) / iters * 1e6)
+    if stats is not None:
+        first = times[names[0]]
+        for name in names:
+            stats[name] = dict(host_us=statistics.median(host[name]),
+                               paired=statistics.median(a / b for a, b in zip(first, times[name])))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def graph_us_interleaved(fns: dict, rounds: int = 5, rep: int = 100) -> dict:
+    """CUDA-graph replay µs (``triton.testing.do_bench_cudagraph``, median) of several
+    callables, in alternating rounds as :func:`plain_us_interleaved`: name -> median round."""
+    import statistics
+
+    from triton.testing import do_bench_cudagraph
+
+    names = list(fns)
+    times = {name: [] for name in names}
+    for k in range(rounds):
+        for name in (names if k % 2 == 0 else names[::-1]):
+            times[name].append(do_bench_cudagraph(fns[name], rep=rep) * 1e3)
     return {name: statistics.median(v) for name, v in times.items()}
 
 

@@ -5,9 +5,10 @@
     python benchmarks/bench_moe.py --device cpu --quick      # a tiny shape, to check the script
 
 Each (shape, scales, T) is compiled without and with the pass (``torch.compile`` default mode,
-static shapes, Inductor's default settings) and timed two ways: plain calls (wall clock per
-forward, synchronised: host cost included) and, on CUDA, CUDA-graph replay of the compiled
-callable (``triton.testing.do_bench_cudagraph``, median: kernel time, launch gaps hidden).
+static shapes, Inductor's default settings) and timed two ways, without and with the pass alternating in rounds: plain calls (wall clock per
+forward, synchronised: host cost included; also the host thread's CPU time per forward and the
+median speedup of paired rounds) and, on CUDA, CUDA-graph replay of the compiled callable
+(``triton.testing.do_bench_cudagraph``, median: kernel time, launch gaps hidden).
 Every compile with the pass must fuse the one activation -> quant site of the experts, and on
 CUDA the fused op must run a kernel (not the torch reference). Records: ``bench="moe"``.
 """
@@ -23,13 +24,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fp8_moe  # noqa: E402
-from bench_mlp import plain_us_interleaved  # noqa: E402
+from bench_mlp import graph_us_interleaved, plain_us_interleaved  # noqa: E402
 from quantfuse.custom_ops import oracle  # noqa: E402
 
 
-def bench_cell(model, t: int, device: str, iters: int) -> dict:
-    """Times (µs) of one token count, keyed ``{without,with}_{plain,graph}``, and the backend the
-    fused op ran on."""
+def bench_cell(model, t: int, device: str, iters: int, rounds: int = 21) -> dict:
+    """Times (µs) of one token count, keyed ``{without,with}_{plain,host,graph}`` (``host``: the
+    host's CPU time per plain call), the median paired plain-call speedup (``paired_plain``),
+    and the backend the fused op ran on. Both modes alternate without / with in rounds."""
     torch.manual_seed(1)
     x = torch.randn(t, model.shape.hidden, device=device, dtype=torch.bfloat16)
     oracle.reset_counts()
@@ -42,14 +44,16 @@ def bench_cell(model, t: int, device: str, iters: int) -> dict:
     times = {"backend": ",".join(backends),
              "max_abs_diff": (out_with.float() - out_without.float()).abs().max().item()}
     with torch.no_grad():
-        plain_times = plain_us_interleaved({"without": lambda: plain(x), "with": lambda: fused(x)}, iters,
-                                           device=device)
-        for label, fn in (("without", plain), ("with", fused)):
+        stats = {}
+        fns = {"without": lambda: plain(x), "with": lambda: fused(x)}
+        plain_times = plain_us_interleaved(fns, iters, rounds, device=device, stats=stats)
+        graph_times = graph_us_interleaved(fns) if device == "cuda" else {}
+        for label in fns:
             times[f"{label}_plain"] = plain_times[label]
-            if device == "cuda":
-                from triton.testing import do_bench_cudagraph
-
-                times[f"{label}_graph"] = do_bench_cudagraph(lambda: fn(x), rep=200) * 1e3
+            times[f"{label}_host"] = stats[label]["host_us"]
+            if label in graph_times:
+                times[f"{label}_graph"] = graph_times[label]
+        times["paired_plain"] = stats["with"]["paired"]
     return times
 
 
@@ -67,7 +71,7 @@ def main(argv=None) -> int:
         raise SystemExit("no CUDA device: run with --device cpu --quick to check the script on the CPU")
     shapes = ["small"] if args.quick else args.shape.split(",")
     token_counts = [16, 64] if args.quick else [int(v) for v in args.tokens.split(",")]
-    iters = 5 if args.quick else 50
+    iters, rounds = (5, 3) if args.quick else (50, 21)
     records, lines = [], []
     info = None
     if args.jsonl:
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
             case = f"{shape} {scales} scales"
             gemm = "_scaled_grouped_mm" if model.use_scaled_grouped_mm else "opaque dequantise + _grouped_mm"
             for t in token_counts:
-                times = bench_cell(model, t, args.device, iters)
+                times = bench_cell(model, t, args.device, iters, rounds)
                 for mode, key in (("plain calls", "plain"), ("cuda graph", "graph")):
                     if f"with_{key}" not in times:
                         continue
@@ -89,17 +93,23 @@ def main(argv=None) -> int:
                                         intermediate=s.inter, experts=s.experts, topk=s.topk, gemm=gemm,
                                         backend=times["backend"], without_pass_us=times[f"without_{key}"],
                                         with_pass_us=times[f"with_{key}"], max_abs_diff=times["max_abs_diff"]))
+                    if key == "plain":
+                        records[-1].update(without_pass_host_us=times["without_host"],
+                                           with_pass_host_us=times["with_host"],
+                                           paired_speedup=times["paired_plain"], rounds=rounds)
                     r = records[-1]
                     if args.jsonl:  # each cell as it is measured: a stage timeout keeps what was done
                         write_records(args.jsonl, [r], info)
                     lines.append(f"| {case} | {mode} | {t} | {s.hidden} -> {s.inter}, {s.experts}e top-{s.topk} | "
                                  f"{r['without_pass_us']:.1f} | {r['with_pass_us']:.1f} | "
-                                 f"{r['without_pass_us'] / r['with_pass_us']:.3f}x |")
+                                 f"{r['without_pass_us'] / r['with_pass_us']:.3f}x |"
+                                 + (f" host {r['without_pass_host_us']:.1f} / {r['with_pass_host_us']:.1f} µs,"
+                                    f" paired {r['paired_speedup']:.3f}x |" if key == "plain" else " |"))
                     print(lines[-1], flush=True)
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     text = "\n".join([f"FP8 MoE layer, {device}, torch {torch.__version__}", "",
-                      "| case | mode | T | shape | without pass (µs) | with pass (µs) | speedup |",
-                      "|---|---|---|---|---|---|---|", *lines])
+                      "| case | mode | T | shape | without pass (µs) | with pass (µs) | speedup | plain calls: host CPU, paired |",
+                      "|---|---|---|---|---|---|---|---|", *lines])
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
