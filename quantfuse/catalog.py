@@ -610,6 +610,11 @@ GATED_FLAG_SCHEMA = "bool interleaved=False"
 RECIPE_SCHEMA = 'str recipe=""'
 
 
+#: the output arguments of the ops' ``out`` overloads: the codes (or the activation's output),
+#: then the scales where the scheme returns them
+OUT_ARGS = ("out", "out_scales")
+
+
 @dataclasses.dataclass(frozen=True)
 class OpEntry:
     """One ``torch.ops.quantfuse`` op: an activation, a scheme, or a fused pair."""
@@ -657,6 +662,27 @@ class OpEntry:
     @property
     def schema(self) -> str:
         """The op's torch schema (without the name)."""
+        args, keyword = self._schema_arguments()
+        if keyword:
+            args.append("*, " + ", ".join(keyword))
+        outs = "(Tensor, Tensor)" if self.scheme is not None and self.scheme.returns_scale else "Tensor"
+        return f"({', '.join(args)}) -> {outs}"
+
+    @property
+    def out_names(self) -> tuple[str, ...]:
+        """The ``out`` overload's output arguments, in the order of the op's outputs."""
+        return OUT_ARGS[:2] if self.scheme is not None and self.scheme.returns_scale else OUT_ARGS[:1]
+
+    @property
+    def out_schema(self) -> str:
+        """The schema of the op's ``out`` overload (without the name): the op's arguments, then
+        its outputs as keyword-only tensors it writes (:attr:`out_names`), returning nothing,
+        as vLLM's ops take their ``result`` and ``scale``."""
+        args, keyword = self._schema_arguments()
+        keyword += [f"Tensor({alias}!) {name}" for alias, name in zip("ab", self.out_names)]
+        return f"({', '.join(args)}, *, {', '.join(keyword)}) -> ()"
+
+    def _schema_arguments(self) -> tuple[list[str], list[str]]:
         args = ["Tensor x"]
         params = [f"Tensor {t}" for t in self.tensor_inputs] + [p.schema for p in self.params]
         if params:
@@ -668,10 +694,7 @@ class OpEntry:
         keyword += [p.schema for p in self.activation.params]
         if self.scheme is not None:
             keyword.append(RECIPE_SCHEMA)
-        if keyword:
-            args.append("*, " + ", ".join(keyword))
-        outs = "(Tensor, Tensor)" if self.scheme is not None and self.scheme.returns_scale else "Tensor"
-        return f"({', '.join(args)}) -> {outs}"
+        return args, keyword
 
     @property
     def fused(self) -> bool:

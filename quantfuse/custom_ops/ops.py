@@ -13,7 +13,7 @@ import torch
 from quantfuse import catalog
 from quantfuse.catalog import OpEntry
 from quantfuse.custom_ops import oracle, reference
-from quantfuse.custom_ops.plan import CallPlan, cached_plan, check_expert_offsets, make_plan
+from quantfuse.custom_ops.plan import CallPlan, cached_plan, check_expert_offsets, check_outputs, make_plan
 
 #: the catalog's tables, re-exported for the passes and the patterns
 ACTIVATIONS = catalog.ACTIVATIONS
@@ -63,22 +63,54 @@ def _single(outs: tuple):
     return outs[0] if len(outs) == 1 else outs
 
 
+def _run(plan: CallPlan, outs, x, up, interleaved, scale):
+    """Run one planned call into ``outs`` (None: allocated here); returns the outputs."""
+    if plan.entry.experts and not _capturing(x):
+        check_expert_offsets(plan.entry.name, *scale, plan.tokens, plan.scale_shape()[0])
+    mod = oracle.choose(plan)
+    if mod is None:
+        result = run_reference(plan, x, up, interleaved, scale)
+        if outs is None:
+            return result
+        for out, r in zip(outs, result if isinstance(result, tuple) else (result,)):
+            out.copy_(r)
+        return outs
+    if outs is None:
+        outs = plan.empty_outputs(x.device)
+    mod.run(plan, outs, x, up, scale)
+    return _single(outs)
+
+
 def _make_impl(entry: OpEntry):
     # act_params: the activation's keyword parameters (catalog Activation.params), by name
     def impl(x, *args, up=None, interleaved=False, recipe="", **act_params):
         plan, scale, up = _plan(entry, x, args, up, interleaved, recipe, act_params, cached_plan)
-        if entry.experts and not _capturing(x):
-            check_expert_offsets(entry.name, *scale, plan.tokens, plan.scale_shape()[0])
-        mod = oracle.choose(plan)
-        if mod is None:
-            return run_reference(plan, x, up, interleaved, scale)
-        outs = plan.empty_outputs(x.device)
-        mod.run(plan, outs, x, up, scale)
-        return _single(outs)
+        return _run(plan, None, x, up, interleaved, scale)
 
     def fake(x, *args, up=None, interleaved=False, recipe="", **act_params):
         plan = _plan(entry, x, args, up, interleaved, recipe, act_params)[0]
         return _single(plan.empty_outputs(x.device))
+
+    return impl, fake
+
+
+def _make_out_impl(entry: OpEntry):
+    """The ``out`` overload's kernels: the op's call, written into the given outputs
+    (:attr:`catalog.OpEntry.out_names`), which must be exactly what the op would allocate."""
+    def split(kwargs):
+        outs = tuple(kwargs.pop(name) for name in entry.out_names)
+        return outs, kwargs
+
+    def impl(x, *args, up=None, interleaved=False, recipe="", **kwargs):
+        outs, act_params = split(kwargs)
+        plan, scale, up = _plan(entry, x, args, up, interleaved, recipe, act_params, cached_plan)
+        check_outputs(entry.name, plan, outs, x.device)
+        _run(plan, outs, x, up, interleaved, scale)
+
+    def fake(x, *args, up=None, interleaved=False, recipe="", **kwargs):
+        outs, act_params = split(kwargs)
+        plan = _plan(entry, x, args, up, interleaved, recipe, act_params)[0]
+        check_outputs(entry.name, plan, outs, x.device)
 
     return impl, fake
 
@@ -121,6 +153,10 @@ def _register_all() -> dict[str, object]:
         _LIB.define(entry.name + entry.schema)
         _LIB.impl(entry.name, impl, "CompositeExplicitAutograd")
         torch.library.register_fake(f"{catalog.NAMESPACE}::{entry.name}", fake, lib=_LIB)
+        out_impl, out_fake = _make_out_impl(entry)
+        _LIB.define(f"{entry.name}.out{entry.out_schema}")
+        _LIB.impl(f"{entry.name}.out", out_impl, "CompositeExplicitAutograd")
+        torch.library.register_fake(f"{catalog.NAMESPACE}::{entry.name}.out", out_fake, lib=_LIB)
         op = getattr(getattr(torch.ops, catalog.NAMESPACE), entry.name)
         op.__doc__ = entry.doc
         ops[entry.name] = op

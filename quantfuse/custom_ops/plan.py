@@ -153,6 +153,23 @@ class CallPlan:
                      for shape, strides, dtype in self._output_specs)
 
 
+def check_outputs(op: str, plan: CallPlan, outs: tuple, device) -> None:
+    """The ``out`` overload's outputs are tensors on ``device`` of exactly the dtype, shape and
+    strides the op would allocate (:attr:`CallPlan._output_specs`; a size-1 dim's stride is
+    free); ValueError / TypeError name the first that is not."""
+    for name, t, (shape, strides, dtype) in zip(plan.entry.out_names, outs, plan._output_specs):
+        if not isinstance(t, torch.Tensor):
+            _fail(op, TypeError, f"{name} must be a tensor, got {type(t).__name__}")
+        if t.device != torch.device(device):
+            _fail(op, ValueError, f"{name} is on {t.device}, x on {device}")
+        if t.dtype != dtype:
+            _fail(op, ValueError, f"{name} must be {dtype}, got {t.dtype}")
+        if tuple(t.shape) != tuple(shape):
+            _fail(op, ValueError, f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+        if any(n != 1 and a != b for n, a, b in zip(shape, t.stride(), strides)):
+            _fail(op, ValueError, f"{name} must have strides {tuple(strides)}, got {tuple(t.stride())}")
+
+
 def _contiguous(shape) -> tuple:
     strides, step = [], 1
     for n in reversed(shape):
