@@ -29,6 +29,10 @@ from fp8_mlp import Stack, scaled_mm_supported  # noqa: E402
 from quantfuse.custom_ops import oracle  # noqa: E402
 
 
+#: alternating rounds of plain calls per cell (a round's median is noisy on a shared host)
+PLAIN_ROUNDS = 21
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--hidden", type=int, default=7168)
@@ -63,7 +67,7 @@ def main() -> None:
                 calls = {k: (lambda f=f: f(x)) for k, f in fns.items()}
                 times.update(graph_us_interleaved(calls))
                 stats = {}
-                plain = plain_us_interleaved(calls, rounds=21, stats=stats)
+                plain = plain_us_interleaved(calls, rounds=PLAIN_ROUNDS, stats=stats)
                 times.update({k + "_plain": v for k, v in plain.items()})
             except RuntimeError as e:  # cuBLAS's block-scaled GEMM rejects some shapes (T=1 on torch 2.11)
                 print(f"T={t}: skipped, the model does not run: {str(e).splitlines()[0][:160]}", flush=True)
@@ -77,7 +81,7 @@ def main() -> None:
                 if key:
                     records[-1].update(without_pass_host_us=stats["without"]["host_us"],
                                        with_pass_host_us=stats["with"]["host_us"],
-                                       paired_speedup=stats["with"]["paired"], rounds=21)
+                                       paired_speedup=stats["with"]["paired"], rounds=PLAIN_ROUNDS)
             print(f"T={t}: without {times['without']:.1f} us, with {times['with']:.1f} us (graph); plain "
                   f"{times['without_plain']:.1f} / {times['with_plain']:.1f} us (paired "
                   f"{stats['with']['paired']:.3f}x), host CPU {stats['without']['host_us']:.1f} / "

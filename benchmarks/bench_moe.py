@@ -5,10 +5,11 @@
     python benchmarks/bench_moe.py --device cpu --quick      # a tiny shape, to check the script
 
 Each (shape, scales, T) is compiled without and with the pass (``torch.compile`` default mode,
-static shapes, Inductor's default settings) and timed two ways, without and with the pass alternating in rounds: plain calls (wall clock per
-forward, synchronised: host cost included; also the host thread's CPU time per forward and the
-median speedup of paired rounds) and, on CUDA, CUDA-graph replay of the compiled callable
-(``triton.testing.do_bench_cudagraph``, median: kernel time, launch gaps hidden).
+static shapes, Inductor's default settings) and timed two ways, without and with the pass
+alternating in rounds: plain calls (wall clock per forward, synchronised: host cost included;
+also the host thread's CPU time per forward and the median speedup of paired rounds) and, on
+CUDA, CUDA-graph replay of the compiled callable (``triton.testing.do_bench_cudagraph``,
+median: kernel time, launch gaps hidden).
 Every compile with the pass must fuse the one activation -> quant site of the experts, and on
 CUDA the fused op must run a kernel (not the torch reference). Records: ``bench="moe"``.
 """

@@ -665,7 +665,7 @@ class OpEntry:
         args, keyword = self._schema_arguments()
         if keyword:
             args.append("*, " + ", ".join(keyword))
-        outs = "(Tensor, Tensor)" if self.scheme is not None and self.scheme.returns_scale else "Tensor"
+        outs = "(Tensor, Tensor)" if len(self.out_names) == 2 else "Tensor"
         return f"({', '.join(args)}) -> {outs}"
 
     @property

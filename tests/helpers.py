@@ -199,3 +199,37 @@ def cpu_harness(folder, source: str):
                    check=True)
     return d / "h"
 
+
+
+def example_call(entry, tokens: int, hidden: int, device="cpu", expert_counts=(2, 4)) -> tuple:
+    """Positional arguments of one call of the catalog op ``entry``: a ``[tokens, hidden]``
+    activation input (``2 * hidden`` wide when gated), its tensor inputs (a static scale, or the
+    experts ops' offsets for ``expert_counts`` tokens per expert, summing to ``tokens``) and
+    its parameters' catalog examples (the experts count: ``len(expert_counts)``)."""
+    from quantfuse.custom_ops.plan import expert_offsets
+
+    torch.manual_seed(0)
+    x = torch.randn(tokens, hidden * (2 if entry.activation.gated else 1), device=device, dtype=torch.bfloat16) * 3
+    params = tuple(p.example for p in entry.params)
+    if entry.experts:
+        assert sum(expert_counts) == tokens, (expert_counts, tokens)
+        return (x, *expert_offsets(list(expert_counts), device=device), len(expert_counts), *params[1:])
+    tensors = (torch.tensor([0.05], device=device),) if entry.tensor_inputs else ()
+    return (x, *tensors, *params)
+
+
+def poisoned_like(t: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor of ``t``'s shape, strides and dtype, filled with a value no
+    output takes by chance: NaN for wider floats, the byte 0x5A for one-byte dtypes."""
+    out = torch.empty_like(t)
+    if t.element_size() > 1:
+        return out.fill_(float("nan"))
+    out.view(torch.uint8).fill_(0x5A)
+    return out
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-equal one-byte tensors; equal wider ones, NaN matching NaN."""
+    if a.element_size() == 1:
+        return torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    return torch.equal(a.nan_to_num(1.5), b.nan_to_num(1.5))

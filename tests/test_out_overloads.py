@@ -11,28 +11,14 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import quantfuse  # noqa: F401  (registers the ops)
 from quantfuse import catalog
-from quantfuse.custom_ops import plan as qplan
+from helpers import example_call, poisoned_like, same_bits
 
 TOKENS, HIDDEN = 6, 256
 
 
 def _call(entry):
     """(args, kwargs) of one call of ``entry`` at TOKENS x HIDDEN, from the catalog's examples."""
-    torch.manual_seed(0)
-    width = 2 * HIDDEN if entry.activation.gated else HIDDEN
-    x = torch.randn(TOKENS, width, dtype=torch.bfloat16) * 3
-    params = tuple(p.example for p in entry.params)
-    if entry.experts:
-        tensors = qplan.expert_offsets([2, TOKENS - 2])  # num_experts: EXPERTS_PARAMS' example
-    elif entry.tensor_inputs:
-        tensors = (torch.tensor([0.05]),)
-    else:
-        tensors = ()
-    return (x, *tensors, *params), {}
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view(torch.uint8) if t.element_size() == 1 else t
+    return example_call(entry, TOKENS, HIDDEN, expert_counts=(2, TOKENS - 2)), {}
 
 
 ENTRIES = [pytest.param(e, id=name) for name, e in catalog.OPS.items()]
@@ -44,15 +30,13 @@ def test_out_overload_writes_what_the_op_returns(entry):
     ops = getattr(torch.ops.quantfuse, entry.name)
     want = ops.default(*args, **kwargs)
     want = want if isinstance(want, tuple) else (want,)
-    outs = {name: torch.full_like(w, 7) if w.dtype.is_floating_point and w.element_size() > 1
-            else torch.empty_strided(w.shape, w.stride(), dtype=w.dtype).fill_(0x5A if w.dtype == torch.uint8 else 0)
-            for name, w in zip(entry.out_names, want)}
+    outs = {name: poisoned_like(w) for name, w in zip(entry.out_names, want)}
     assert ops.out(*args, **kwargs, **outs) is None
     assert len(outs) == len(want)
     for name, w in zip(entry.out_names, want):
         got = outs[name]
         assert got.stride() == w.stride() or got.numel() <= 1
-        assert torch.equal(_bits(got), _bits(w)), f"{entry.name}.out: {name} differs from the op's output"
+        assert same_bits(got, w), f"{entry.name}.out: {name} differs from the op's output"
 
 
 def _scheme_entry():

@@ -8,9 +8,9 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
+from helpers import example_call, poisoned_like, same_bits  # noqa: E402
 from quantfuse import catalog  # noqa: E402
 from quantfuse.custom_ops import cuda_backend  # noqa: E402
-from quantfuse.custom_ops.plan import expert_offsets  # noqa: E402
 
 if torch.cuda.is_available() and not cuda_backend.is_available():
     pytestmark = pytest.mark.skip(reason=f"CUDA extension unavailable: {cuda_backend.unavailable_reason()}")
@@ -18,35 +18,16 @@ if torch.cuda.is_available() and not cuda_backend.is_available():
 ENTRIES = [pytest.param(e, id=e.name) for e in catalog.OPS.values() if e.activation.cuda]
 
 
-def _poisoned(w: torch.Tensor) -> torch.Tensor:
-    out = torch.empty_like(w)
-    if w.element_size() > 1:
-        return out.fill_(float("nan"))
-    out.view(torch.uint8).fill_(0x5A)
-    return out
-
-
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_out_overload_equals_the_op_on_cuda(entry):
-    torch.manual_seed(0)
-    tokens, hidden = 300, 512
-    x = torch.randn(tokens, hidden * (2 if entry.activation.gated else 1), device="cuda", dtype=torch.bfloat16) * 3
-    params = tuple(p.example for p in entry.params)
-    if entry.experts:  # three experts, one of them empty
-        tensors, params = expert_offsets([100, 0, 200], device="cuda"), (3, *params[1:])
-    elif entry.tensor_inputs:
-        tensors = (torch.tensor([0.05], device="cuda"),)
-    else:
-        tensors = ()
+    # three experts, one of them empty
+    args = example_call(entry, 300, 512, device="cuda", expert_counts=(100, 0, 200))
     op = getattr(torch.ops.quantfuse, entry.name)
-    want = op.default(x, *tensors, *params)
+    want = op.default(*args)
     want = want if isinstance(want, tuple) else (want,)
-    outs = {name: _poisoned(w) for name, w in zip(entry.out_names, want)}
-    op.out(x, *tensors, *params, **outs)
+    outs = {name: poisoned_like(w) for name, w in zip(entry.out_names, want)}
+    op.out(*args, **outs)
     for name, w in zip(entry.out_names, want):
         got = outs[name]
         assert got.stride() == w.stride()
-        if w.element_size() == 1:
-            assert torch.equal(got.view(torch.uint8), w.view(torch.uint8)), f"{entry.name}.out: {name}"
-        else:
-            assert torch.equal(got.nan_to_num(1.5), w.nan_to_num(1.5)), f"{entry.name}.out: {name}"
+        assert same_bits(got, w), f"{entry.name}.out: {name}"
