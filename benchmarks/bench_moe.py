@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fp8_moe  # noqa: E402
 from bench_mlp import graph_us_interleaved, plain_us_interleaved  # noqa: E402
+from quantfuse import FusionConfig  # noqa: E402
 from quantfuse.custom_ops import oracle  # noqa: E402
 
 
@@ -93,7 +94,8 @@ def main(argv=None) -> int:
                     records.append(dict(bench="moe", case=case, mode=mode, tokens=t, hidden=s.hidden,
                                         intermediate=s.inter, experts=s.experts, topk=s.topk, gemm=gemm,
                                         backend=times["backend"], without_pass_us=times[f"without_{key}"],
-                                        with_pass_us=times[f"with_{key}"], max_abs_diff=times["max_abs_diff"]))
+                                        with_pass_us=times[f"with_{key}"], max_abs_diff=times["max_abs_diff"],
+                                        planned_outputs=FusionConfig().planned_outputs))
                     if key == "plain":
                         records[-1].update(without_pass_host_us=times["without_host"],
                                            with_pass_host_us=times["with_host"],

@@ -5,8 +5,9 @@
 // as the Python kernel (ops.fast_path_decision: the call plan, the oracle's choice, the CUDA
 // backend's launch arguments), and cached here under the call's signature: the dtype,
 // device, contiguity, alignment and last dim of every tensor argument and the value of every
-// other argument. A call whose signature is cached as a CUDA launch allocates its outputs and
-// launches; any other call, or one whose launch checks fail, runs the op's Python kernel (its
+// other argument. A call whose signature is cached as a CUDA launch allocates its outputs (or,
+// through the op's out overload, checks the given ones' shapes and strides) and launches; any
+// other call, or one whose launch checks fail, runs the op's Python kernel (its
 // CompositeExplicitAutograd kernel, reached through the CPU slot of the dispatch table, which
 // raises the proper error, or runs the Triton / torch backend).
 //
@@ -184,8 +185,74 @@ std::optional<at::Tensor> optional_arg(const c10::ArrayRef<c10::IValue>& args, i
   return args[i].toTensor();
 }
 
+// One output as the op allocates it (plan.CallPlan._output_specs is the Python side;
+// tests/gpu/test_dispatch.py compares them).
+struct OutSpec {
+  std::vector<int64_t> sizes, strides;
+  at::ScalarType dtype;
+};
+
+std::vector<int64_t> contiguous_strides(const std::vector<int64_t>& sizes) {
+  std::vector<int64_t> strides(sizes.size());
+  int64_t step = 1;
+  for (int64_t i = int64_t(sizes.size()) - 1; i >= 0; --i) {
+    strides[i] = step;
+    step *= sizes[i];
+  }
+  return strides;
+}
+
+std::vector<OutSpec> output_specs(const Launch& l, const at::Tensor& x, int64_t tokens) {
+  std::vector<int64_t> lead(x.sizes().begin(), x.sizes().end() - 1);
+  std::vector<OutSpec> specs;
+  auto add = [&](std::vector<int64_t> sizes, at::ScalarType dtype) {
+    auto strides = contiguous_strides(sizes);
+    specs.push_back({std::move(sizes), std::move(strides), dtype});
+  };
+  if (l.scheme == kNoScheme) {
+    auto sizes = lead;
+    sizes.push_back(l.hidden);
+    add(std::move(sizes), x.scalar_type());
+    return specs;
+  }
+  auto q_sizes = lead;
+  q_sizes.push_back(l.q_width);
+  add(std::move(q_sizes), l.scheme == kMxfp4 ? at::kByte : at::kFloat8_e4m3fn);
+  if (l.scheme == kStatic) return specs;
+  const auto s_dtype = (l.scheme == kMxfp8 || l.scheme == kMxfp4) ? at::kByte : at::kFloat;
+  if (l.experts) {
+    add({experts_scale_rows(tokens, l.experts), swizzled_cols(l.groups)}, s_dtype);
+  } else if (l.swizzled) {
+    add({swizzled_rows(tokens), swizzled_cols(l.groups)}, s_dtype);
+  } else {
+    auto sizes = lead;
+    sizes.push_back(l.groups);
+    if (l.column_major) {  // a [..., G] view of contiguous [G, ...] storage
+      auto strides = contiguous_strides(lead);
+      strides.push_back(tokens);
+      specs.push_back({std::move(sizes), std::move(strides), s_dtype});
+    } else {
+      add(std::move(sizes), s_dtype);
+    }
+  }
+  return specs;
+}
+
+// Whether a given output is exactly what the op would allocate (a size-1 dim's stride is free,
+// as plan.check_outputs has it); a call whose outputs are not runs the Python kernel, which
+// raises the error that names the problem.
+bool matches(const at::Tensor& t, const OutSpec& spec, const at::Tensor& x) {
+  if (t.scalar_type() != spec.dtype || t.device() != x.device() || t.sizes() != c10::IntArrayRef(spec.sizes))
+    return false;
+  for (size_t i = 0; i < spec.sizes.size(); ++i) {
+    if (spec.sizes[i] != 1 && t.stride(int64_t(i)) != spec.strides[i]) return false;
+  }
+  return true;
+}
+
 // Run the call on the CUDA kernels if its signature was decided so; false: not run.
-bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stack) {
+// ``n_outs``: the out overload's given outputs (the last arguments), 0 for the default overload.
+bool fast(int64_t op, size_t n_outs, const c10::OperatorHandle& handle, torch::jit::Stack* stack) {
   try {
     const size_t n = handle.schema().arguments().size();
     const auto args = torch::jit::last(*stack, n);
@@ -208,43 +275,19 @@ bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stac
     const Launch& l = *decided;
     if (!l.cuda) return false;
     const at::Tensor& x = args[0].toTensor();
-    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
     int64_t tokens = 1;
-    for (int64_t d : shape) tokens *= d;
+    for (int64_t i = 0; i + 1 < x.dim(); ++i) tokens *= x.size(i);
+    const auto specs = output_specs(l, x, tokens);
     std::vector<at::Tensor> outs;
-    if (l.scheme == kNoScheme) {
-      shape.push_back(l.hidden);
-      outs.push_back(at::empty(shape, x.options()));
-    } else {
-      const auto q_dtype = l.scheme == kMxfp4 ? at::kByte : at::kFloat8_e4m3fn;
-      std::vector<int64_t> q_shape = shape;
-      q_shape.push_back(l.q_width);
-      outs.push_back(at::empty(q_shape, x.options().dtype(q_dtype)));
-      if (l.scheme != kStatic) {
-        // plan.CallPlan._output_specs is the Python side (tests/gpu/test_dispatch.py compares them)
-        const auto s_dtype = (l.scheme == kMxfp8 || l.scheme == kMxfp4) ? at::kByte : at::kFloat;
-        const auto s_options = x.options().dtype(s_dtype);
-        if (l.experts) {
-          outs.push_back(at::empty({experts_scale_rows(tokens, l.experts), swizzled_cols(l.groups)}, s_options));
-        } else if (l.swizzled) {
-          outs.push_back(at::empty({swizzled_rows(tokens), swizzled_cols(l.groups)}, s_options));
-        } else {
-          std::vector<int64_t> s_shape = shape;
-          s_shape.push_back(l.groups);
-          if (l.column_major) {  // a [..., G] view of contiguous [G, ...] storage
-            std::vector<int64_t> strides(s_shape.size());
-            int64_t step = 1;
-            for (int64_t i = int64_t(shape.size()) - 1; i >= 0; --i) {
-              strides[i] = step;
-              step *= shape[i];
-            }
-            strides.back() = tokens;
-            outs.push_back(at::empty_strided(s_shape, strides, s_options));
-          } else {
-            outs.push_back(at::empty(s_shape, s_options));
-          }
-        }
+    if (n_outs) {
+      if (n_outs != specs.size()) return false;
+      for (size_t i = 0; i < n_outs; ++i) {
+        const at::Tensor& t = args[n - n_outs + i].toTensor();
+        if (!matches(t, specs[i], x)) return false;
+        outs.push_back(t);
       }
+    } else {
+      for (const auto& spec : specs) outs.push_back(at::empty_strided(spec.sizes, spec.strides, x.options().dtype(spec.dtype)));
     }
     int64_t st_t = l.groups, st_g = 1;
     if (l.column_major) {
@@ -266,7 +309,9 @@ bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stac
                                       row_stages, l.mx_device_factor);
     if (!err.empty()) return false;
     torch::jit::drop(*stack, n);
-    for (auto& o : outs) torch::jit::push(*stack, std::move(o));
+    if (!n_outs) {
+      for (auto& o : outs) torch::jit::push(*stack, std::move(o));
+    }
     st.counts[op].fetch_add(1, std::memory_order_relaxed);
     return true;
   } catch (...) {
@@ -274,15 +319,18 @@ bool fast(int64_t op, const c10::OperatorHandle& handle, torch::jit::Stack* stac
   }
 }
 
+// ``n_outs``: 0 for an op's default overload, its output count for its out overload.
 struct OpKernel : c10::OperatorKernel {
-  explicit OpKernel(int64_t op) : op(op) {}
+  OpKernel(int64_t op, size_t n_outs) : op(op), n_outs(n_outs) {}
   void operator()(const c10::OperatorHandle& handle, c10::DispatchKeySet, torch::jit::Stack* stack) {
-    if (!fast(op, handle, stack)) handle.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), stack);
+    if (!fast(op, n_outs, handle, stack)) handle.redispatchBoxed(c10::DispatchKeySet(c10::DispatchKey::CPU), stack);
   }
   int64_t op;
+  size_t n_outs;
 };
 
-void register_ops(const std::vector<std::string>& names, py::object decide_fn) {
+void register_ops(const std::vector<std::string>& names, const std::vector<int64_t>& out_counts,
+                  py::object decide_fn) {
   State& st = state();
   std::lock_guard<std::mutex> lock(st.mutex);
   if (!st.libraries.empty()) return;  // once per process
@@ -293,7 +341,10 @@ void register_ops(const std::vector<std::string>& names, py::object decide_fn) {
   auto lib = std::make_unique<torch::Library>(torch::Library::IMPL, "quantfuse", c10::DispatchKey::CUDA,
                                               __FILE__, __LINE__);
   for (size_t i = 0; i < names.size(); ++i) {
-    lib->impl(names[i].c_str(), torch::CppFunction::makeFromBoxedFunctor(std::make_unique<OpKernel>(int64_t(i))));
+    lib->impl(names[i].c_str(), torch::CppFunction::makeFromBoxedFunctor(std::make_unique<OpKernel>(int64_t(i), 0)));
+    const std::string out = names[i] + ".out";
+    lib->impl(out.c_str(), torch::CppFunction::makeFromBoxedFunctor(
+                               std::make_unique<OpKernel>(int64_t(i), size_t(out_counts[i]))));
   }
   st.libraries.push_back(std::move(lib));
 }
@@ -320,10 +371,11 @@ void clear_decisions() {
 
 void bind_dispatch(pybind11::module_& m) {
   m.def("register_ops", &register_ops,
-        "Register this module's kernel as the CUDA kernel of the named quantfuse ops (once per "
-        "process); decide(op, args, kwargs) -> dict of launch arguments or None, called once per "
+        "Register this module's kernel as the CUDA kernel of the named quantfuse ops and of their "
+        "out overloads (out_counts: each one's output arguments, the last of its schema), once per "
+        "process; decide(op, args, kwargs) -> dict of launch arguments or None, called once per "
         "call signature",
-        py::arg("names"), py::arg("decide"));
+        py::arg("names"), py::arg("out_counts"), py::arg("decide"));
   m.def("dispatch_counts", &counts, "Calls run by the CUDA kernels on the dispatcher, by op");
   m.def("reset_dispatch_counts", &reset_counts, "Zero dispatch_counts()");
   m.def("clear_dispatch_decisions", &clear_decisions, "Forget the cached decisions (oracle.clear_cache)");

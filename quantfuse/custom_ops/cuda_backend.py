@@ -53,6 +53,8 @@ UNITS = tuple((f"{tag}_{a.name.split('_')[0]}", traits, scalar, a.cname, f"kAct{
 _lock = threading.Lock()
 _module: ModuleType | None = None
 _failed: str | None = None
+#: whether _module serves the ops' CUDA calls from the dispatcher (_register_dispatch)
+_dispatching = False
 
 
 def csrc_dir() -> Path | None:
@@ -265,8 +267,10 @@ def _register_dispatch(module: ModuleType) -> None:
         return
     from quantfuse.custom_ops import ops
 
-    names = [e.name for e in catalog.OPS.values() if e.activation.cuda]
-    module.register_ops(names, ops.fast_path_decision)
+    entries = [e for e in catalog.OPS.values() if e.activation.cuda]
+    module.register_ops([e.name for e in entries], [len(e.out_names) for e in entries], ops.fast_path_decision)
+    global _dispatching
+    _dispatching = True
     log.info("quantfuse: CUDA kernels registered on the dispatcher for %d ops", len(names))
 
 
@@ -299,6 +303,12 @@ def experts_offset_error(clear: bool = True) -> bool:
 def is_available() -> bool:
     """True once the extension is built/loaded for this GPU (triggers the build)."""
     return _load() is not None
+
+
+def dispatch_serves_out() -> bool:
+    """Whether CUDA calls of the ops' ``out`` overloads (and default ones) run from the C++
+    dispatcher path, with no Python per call (triggers the build, as :func:`is_available`)."""
+    return is_available() and _dispatching
 
 
 def unavailable_reason() -> str | None:

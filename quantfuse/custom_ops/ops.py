@@ -116,7 +116,8 @@ def _make_out_impl(entry: OpEntry):
 
 
 def fast_path_decision(name: str, args: tuple, kwargs: dict) -> dict | None:
-    """What the C++ dispatcher path (csrc/dispatch.cpp) does with calls of this signature:
+    """What the C++ dispatcher path (csrc/dispatch.cpp) does with calls of this signature (of
+    the op's default or ``out`` overload):
     the CUDA backend's launch arguments when the oracle picks it, else None (the Python
     kernel runs them). It plans exactly as the Python kernel does, so both agree; a bad call
     raises here and the Python kernel raises the same error to the caller."""
@@ -126,6 +127,8 @@ def fast_path_decision(name: str, args: tuple, kwargs: dict) -> dict | None:
     # ``up`` is positional in the schema, so it is in ``rest``, as in the Python kernel's call
     plan = _plan(entry, x, rest, None, kwargs.get("interleaved", False), kwargs.get("recipe", ""),
                  act_params, cached_plan)[0]
+    if entry.out_names[0] in kwargs:  # the out overload: its outputs' dtype and device, once per signature
+        check_outputs(entry.name, plan, tuple(kwargs[n] for n in entry.out_names), x.device)
     if oracle.backend_name(plan) != "cuda":
         return None
     from quantfuse.custom_ops import cuda_backend

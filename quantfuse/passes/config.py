@@ -72,6 +72,9 @@ class FusionConfig:
         patterns: pattern family names, vLLM's where vLLM has them
             (``["SiluMulBlockQuantPattern", "SiluMulFp8StaticQuantPattern"]``,
             :data:`quantfuse.quant_keys.PATTERNS`): only their pairs are fused. Default: no narrowing.
+        planned_outputs: leave each quantfuse call of a CUDA graph as its ``out`` overload on
+            buffers Inductor allocates (``quantfuse.passes.planned_outputs``: less host time per
+            call). On by default; ``QUANTFUSE_PLANNED_OUTPUTS=0`` turns it off.
         quant_keys: vLLM quant key names or :class:`quantfuse.quant_keys.QuantKey` constants
             (``[kFp8Dynamic128Sym]``): only sites quantised as one of them are fused (a group
             key also narrows ``group_sizes``). Default: no narrowing. With ``patterns``: both hold.
@@ -94,10 +97,15 @@ class FusionConfig:
     patterns: tuple[str, ...] | None = None
     #: vLLM quant key names (quantfuse.quant_keys.QUANT_KEYS); None: every key
     quant_keys: tuple[str, ...] | None = None
+    #: the fused calls' outputs planned by Inductor (quantfuse.passes.planned_outputs); None:
+    #: on unless ``QUANTFUSE_PLANNED_OUTPUTS=0``
+    planned_outputs: bool | None = None
 
     def __post_init__(self):
         if self.native_on_cpu is None:
             object.__setattr__(self, "native_on_cpu", os.environ.get("QUANTFUSE_NATIVE_ON_CPU", "") == "1")
+        if self.planned_outputs is None:
+            object.__setattr__(self, "planned_outputs", os.environ.get("QUANTFUSE_PLANNED_OUTPUTS", "1") != "0")
         # frozen: normalise through object.__setattr__ so lists hash (the config keys a cache)
         object.__setattr__(self, "fusions", _pairs(self.fusions, "fusions"))
         object.__setattr__(self, "native_fusions", _pairs(self.native_fusions, "native_fusions"))

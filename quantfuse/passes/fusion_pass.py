@@ -13,7 +13,7 @@ import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass
 
 from quantfuse.custom_ops import oracle
-from quantfuse.passes import debug
+from quantfuse.passes import debug, planned_outputs
 from quantfuse.passes.config import FusionConfig
 from quantfuse.passes.report import (CACHE_HIT, CompileReport, NearMiss, PassReport, configure_logging_from_env,
                                      log, make_rewrite)
@@ -160,6 +160,8 @@ class FusionPass(CustomGraphPass):
         self._apply_patterns(graph, report, "op")
         recognise.run(graph, self.config, recognise.Reporter(report))
         self._apply_patterns(graph, report, "native")
+        if self.config.planned_outputs:
+            report.planned_outputs = planned_outputs.run(graph)
         graph.lint()
         report.nodes_after = len(graph.nodes)
         report.seconds = time.perf_counter() - start

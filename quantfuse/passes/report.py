@@ -63,6 +63,9 @@ class PassReport:
     setup_seconds: float = 0.0
     nodes_before: int = 0
     nodes_after: int = 0
+    #: quantfuse calls turned into their ``out`` overload on buffers Inductor plans
+    #: (quantfuse.passes.planned_outputs)
+    planned_outputs: int = 0
 
     #: False for a graph Inductor served from its FX graph cache (the pass did not run)
     ran: bool = True
@@ -71,7 +74,8 @@ class PassReport:
         """One line: counts, time and node counts, or why the pass did not run."""
         if not self.ran:
             return CACHE_HIT
-        return (f"{len(self.rewrites)} rewrite(s), {len(self.near_misses)} near miss(es), "
+        planned = f", {self.planned_outputs} call(s) on planned outputs" if self.planned_outputs else ""
+        return (f"{len(self.rewrites)} rewrite(s), {len(self.near_misses)} near miss(es){planned}, "
                 f"{self.seconds * 1e3:.1f} ms, graph {self.nodes_before} -> {self.nodes_after} nodes")
 
     def entries(self, indent: str = "  ") -> list[str]:

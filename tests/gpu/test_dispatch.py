@@ -12,6 +12,7 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
+from helpers import poisoned_like  # noqa: E402
 from quantfuse import catalog  # noqa: E402
 from quantfuse.custom_ops import cuda_backend, oracle, ops  # noqa: E402
 from quantfuse.custom_ops.plan import expert_offsets  # noqa: E402
@@ -112,3 +113,40 @@ def test_clear_cache_forgets_the_decisions():
     oracle.reset_counts()
     op(x)  # decided again in Python, then run from C++
     assert oracle.call_counts() == {("silu_and_mul_per_token_quant_fp8", "cuda"): 1}
+
+
+@pytest.mark.parametrize("entry", DISPATCHED, ids=lambda e: e.name)
+def test_out_overload_runs_from_cpp_into_the_given_outputs(entry):
+    """The out overload takes the C++ path too, for every scale layout and lead shape, and
+    writes what the Python kernel returns into the given (poisoned) outputs."""
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    op, python = ops.OPS[entry.name], ops.PYTHON_KERNELS[entry.name]
+    for lead in LEADS:
+        for x, args in _calls(entry, lead, torch.bfloat16, gen):
+            want = python(x, *args)
+            want = want if isinstance(want, tuple) else (want,)
+            outs = {n: poisoned_like(w) for n, w in zip(entry.out_names, want)}
+            op.out(x, *args, **outs)  # first call of a signature: decided in Python
+            for t in outs.values():
+                t.copy_(poisoned_like(t))
+            oracle.reset_counts()
+            op.out(x, *args, **outs)
+            assert cuda_backend.dispatch_counts() == {entry.name: 1}, (entry.name, lead, args)
+            for i, (name, w) in enumerate(zip(entry.out_names, want)):
+                _same(outs[name], w, f"{entry.name}.out{lead} {args} {name}")
+
+
+def test_out_overload_with_other_outputs_gets_the_python_error():
+    # the signature key holds the outputs' dtype and last dim; a shape or stride that differs
+    # is caught in C++ per call, and the Python kernel raises the error naming it
+    x = torch.randn(16, 1024, device="cuda", dtype=torch.bfloat16)
+    op = ops.OPS["silu_and_mul_per_block_quant"]
+    q, s = op(x, 128)
+    op.out(x, 128, out=q, out_scales=s)
+    with pytest.raises(ValueError, match=r"out must have shape \(16, 512\), got \(8, 512\)"):
+        op.out(x, 128, out=q[:8], out_scales=s)
+    with pytest.raises(ValueError, match=r"out_scales must have strides \(4, 1\), got \(1, 16\)"):
+        op.out(x, 128, out=q, out_scales=s.t().contiguous().t())
+    oracle.reset_counts()
+    op.out(x, 128, out=q, out_scales=s)
+    assert cuda_backend.dispatch_counts() == {"silu_and_mul_per_block_quant": 1}

@@ -1,0 +1,121 @@
+"""The last step of the pass: quantfuse calls write into buffers Inductor plans.
+
+A call of an op's default overload allocates its outputs inside the op, and Inductor's wrapper
+code, which sees a multi-output fallback kernel, indexes the returned tuple and asserts each
+output's size and stride on every call. Rewritten as ``aten.empty_strided`` buffers and a call
+of the op's ``out`` overload writing them, Inductor allocates the buffers as its own (reusing
+freed ones) and emits the call alone (docs/decisions/030-planned-outputs.md).
+
+The call is left in its mutating form, not under ``auto_functionalized``: Inductor's
+``decompose_auto_functionalized`` would hand the op every argument by keyword, which costs
+more per call than the rest saves (decision 023). A mutation in the post-grad graph is safe
+here because the buffers are new: nothing reads them before the call, every later reader is
+a user of the buffer node, and Inductor's lowering orders reads after the mutation of the
+buffer they read (vLLM's ``FixFunctionalizationPass`` leaves its ops the same way, as the
+last of its post-grad passes).
+
+Where it applies (:func:`reason_kept`, the safety rules) and where it pays (:func:`pays_on`,
+the profitability rule) are decided apart, as in Inductor's ``pad_mm.py``.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch.fx import Graph, Node
+
+from quantfuse import catalog
+
+_EMPTY_STRIDED = torch.ops.aten.empty_strided.default
+
+
+def _entry(node: Node) -> catalog.OpEntry | None:
+    """The catalog entry of a call of a quantfuse op's default overload, else None."""
+    target = node.target
+    if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
+        return None
+    if target.namespace != catalog.NAMESPACE or target._overloadname != "default":
+        return None
+    return catalog.OPS.get(target._opname)
+
+
+def _outputs(node: Node) -> tuple | None:
+    """The call's output fake tensors, in the order of the op's outputs."""
+    val = node.meta.get("val")
+    vals = val if isinstance(val, (tuple, list)) else (val,)
+    return tuple(vals) if all(isinstance(v, torch.Tensor) for v in vals) else None
+
+
+def _static(values) -> bool:
+    return all(isinstance(v, int) for v in values)
+
+
+def reason_kept(node: Node, entry: catalog.OpEntry) -> str | None:
+    """None when ``node`` can be rewritten into its ``out`` form, else why not."""
+    outs = _outputs(node)
+    if outs is None or len(outs) != len(entry.out_names):
+        return "its outputs' metadata is missing"
+    if not all(_static(t.shape) and _static(t.stride()) for t in outs):
+        # the buffers' sizes would be sym_size nodes of the graph: not done yet
+        return "its output shapes are symbolic"
+    for user in node.users:
+        if len(outs) > 1 and not (user.target is operator.getitem and isinstance(user.args[1], int)):
+            return f"its output tuple is used whole by {user.name}"
+    return None
+
+
+def pays_on(device: torch.device) -> bool:
+    """Whether the ``out`` form is cheaper than the op's own allocation on ``device``: on CUDA when
+    the C++ dispatcher path (csrc/dispatch.cpp) serves the ``out`` overloads; the Python kernel
+    would check the given outputs on every call, which costs what Inductor's planning saves."""
+    if device.type != "cuda":
+        return False
+    from quantfuse.custom_ops import cuda_backend
+
+    return cuda_backend.dispatch_serves_out()
+
+
+def rewrite(graph: Graph, node: Node, entry: catalog.OpEntry) -> None:
+    """Replace the call ``node`` by empty buffers and a call of its ``out`` overload on them."""
+    from quantfuse.patterns.op_call import positional_call
+
+    outs = _outputs(node)
+    op = getattr(getattr(torch.ops, catalog.NAMESPACE), entry.name).out
+    with graph.inserting_before(node):
+        buffers = []
+        for t in outs:
+            b = graph.call_function(_EMPTY_STRIDED, (list(t.shape), list(t.stride())),
+                                    {"dtype": t.dtype, "device": t.device})
+            b.meta["val"] = t
+            buffers.append(b)
+        args, kwargs = positional_call(op, node.args, {**node.kwargs, **dict(zip(entry.out_names, buffers))})
+        call = graph.call_function(op, args, kwargs)
+        call.meta["val"] = None
+    for key in ("stack_trace", "nn_module_stack", "source_fn_stack"):
+        if key in node.meta:
+            call.meta[key] = node.meta[key]
+    if len(outs) == 1:
+        node.replace_all_uses_with(buffers[0])
+    else:
+        for user in list(node.users):
+            user.replace_all_uses_with(buffers[user.args[1]])
+            graph.erase_node(user)
+    graph.erase_node(node)
+
+
+def run(graph: Graph, pays=None) -> int:
+    """Rewrite every quantfuse call of ``graph`` that :func:`reason_kept` allows and ``pays``
+    (a device -> bool rule, default :func:`pays_on`) favours into its ``out`` form; returns how
+    many were rewritten."""
+    pays = pays or pays_on
+    done = 0
+    for node in list(graph.nodes):
+        entry = _entry(node)
+        if entry is None or reason_kept(node, entry) is not None:
+            continue
+        if not pays(_outputs(node)[0].device):
+            continue
+        rewrite(graph, node, entry)
+        done += 1
+    return done
