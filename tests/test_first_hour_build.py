@@ -72,7 +72,7 @@ def fake_cuda(monkeypatch, tmp_path):
         builds.append(Path(build_directory))
         lib = Path(build_directory) / f"{name}.py"
         lib.write_text(f"BUILT_IN = {build_directory!r}\n" + "REGISTERED = []\n"
-                       "def register_ops(names, decide):\n    REGISTERED.append((list(names), decide))\n"
+                       "def register_ops(names, out_counts, decide):\n    REGISTERED.append((list(names), decide))\n"
                        + "# padding\n" * 50)
         return cuda_backend._import_library(name, lib)
 

@@ -271,7 +271,7 @@ def _register_dispatch(module: ModuleType) -> None:
     module.register_ops([e.name for e in entries], [len(e.out_names) for e in entries], ops.fast_path_decision)
     global _dispatching
     _dispatching = True
-    log.info("quantfuse: CUDA kernels registered on the dispatcher for %d ops", len(names))
+    log.info("quantfuse: CUDA kernels registered on the dispatcher for %d ops", len(entries))
 
 
 def dispatch_counts() -> dict[str, int]:
