@@ -221,6 +221,15 @@ const char* dispatch_experts(const QuantParams& p) {
   return mx_saturates(p) ? launch_experts<Scheme<true>>(p, sc) : launch_experts<Scheme<false>>(p, sc);
 }
 
+// Rows per block of a per-token launch: up to `most`, but no more than it takes to give every
+// SM a block when there are fewer rows than that: a decode batch is latency-bound, and 128 rows
+// of 768 in blocks of 5 rows would leave 106 of 132 SMs idle. A benchmark's forced block size
+// (p.blocks_per_sm) is kept.
+inline int rows_per_block(const QuantParams& p, int most) {
+  if (p.blocks_per_sm > 0 || p.sms <= 0) return most;
+  return int(std::max<int64_t>(1, std::min<int64_t>(most, (p.tokens + p.sms - 1) / p.sms)));
+}
+
 // The staged per-token kernel (STAGES rows staged ahead) with threads_x threads a row: rows per
 // block chosen for the most threads resident per SM under the shared memory the rows' slots take
 // (ties: fewer rows a block, so the last round of rows spreads over more SMs). Returns "" (not an
@@ -257,8 +266,9 @@ const char* launch_token_staged(const QuantParams& p, int threads_x, bool ef) {
     cudaGetLastError();
   }
   if (sh.rows < 0) return "";
-  const int64_t blocks = std::min<int64_t>((p.tokens + sh.rows - 1) / sh.rows, int64_t(sh.per_sm) * p.sms);
-  return launch_smem(kernel, dim3(unsigned(blocks)), dim3(threads_x, sh.rows), int(sh.rows * row_bytes), p.stream,
+  const int rows = rows_per_block(p, sh.rows);
+  const int64_t blocks = std::min<int64_t>((p.tokens + rows - 1) / rows, int64_t(sh.per_sm) * p.sms);
+  return launch_smem(kernel, dim3(unsigned(blocks)), dim3(threads_x, rows), int(rows * row_bytes), p.stream,
                      p.pdl, static_cast<uint8_t*>(p.q), static_cast<float*>(p.s), gate_ptr(p.in), up_ptr(p.in),
                      p.in.in_stride, p.tokens, p.hidden, p.act_args, p.recipe);
 }
@@ -278,7 +288,7 @@ const char* launch_token(const QuantParams& p, int threads_x, int block_threads)
   if (interleaved(p.in)) {
     kernel = ef ? act_token_quant_kernel<DT, Act, K, NV, true, kIL> : act_token_quant_kernel<DT, Act, K, NV, false, kIL>;
   }
-  const int rows = std::max(1, block_threads / threads_x);
+  const int rows = rows_per_block(p, std::max(1, block_threads / threads_x));
   // blocks of one kernel resident per SM, by block size in warps (host-side cache)
   static int resident[kTokenThreads / 32 + 1] = {};
   int& n = resident[rows * threads_x / 32];

@@ -76,7 +76,11 @@ def test_tuned_calls_equal_the_reference(fresh_tuning, monkeypatch, name, params
     ("silu_and_mul_per_token_quant_fp8", torch.bfloat16, 7168, 1999),
     ("swigluoai_and_mul_per_token_quant_fp8", torch.float16, 2048, 12001),
     ("relu2_per_token_quant_fp8", torch.bfloat16, 4096, 263),
-    ("relu2_per_token_quant_fp8", torch.bfloat16, 4096, 9001)])
+    ("relu2_per_token_quant_fp8", torch.bfloat16, 4096, 9001),
+    # decode sizes: fewer rows than SMs, one or two rows per block (launch_unit.cuh rows_per_block)
+    ("silu_and_mul_per_token_quant_fp8", torch.bfloat16, 768, 128),
+    ("silu_and_mul_per_token_quant_fp8", torch.float16, 7168, 16),
+    ("relu2_per_token_quant_fp8", torch.bfloat16, 2048, 263)])
 def test_every_row_staging_equals_the_reference(monkeypatch, name, dtype, hidden, tokens):
     """The per-token kernel with the next row in registers and one or two rows staged in shared
     memory, at every vector count: the reference's bits each way (rows past the first rounds of
