@@ -66,28 +66,62 @@ def test_cpu_graphs_keep_the_default_call():
     assert count_targets(gm, "silu_and_mul_per_block_quant.default") == 1
 
 
-def test_symbolic_shapes_keep_the_default_call():
-    entry = catalog.OPS["silu_and_mul_per_block_quant"]
-    op = torch.ops.quantfuse.silu_and_mul_per_block_quant
-    captured = []
+class _Plan(CustomGraphPass):
+    """The planned-outputs step forced (as on a CUDA graph), recording what it decided."""
 
-    class Capture(CustomGraphPass):
-        def __call__(self, graph):
-            node = next(n for n in graph.nodes if n.target is op.default)
-            captured.append(planned_outputs.reason_kept(node, entry))
-            captured.append(planned_outputs.run(graph, pays=_always))
+    def __init__(self):
+        self.kept, self.planned = [], 0
 
-        def uuid(self):
-            return None
+    def __call__(self, graph):
+        for node in graph.nodes:
+            entry = planned_outputs._entry(node)
+            if entry is not None:
+                self.kept.append(planned_outputs.reason_kept(node, entry))
+        self.planned += planned_outputs.run(graph, pays=_always)
 
+    def uuid(self):
+        return None
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: torch.ops.quantfuse.silu_and_mul_per_block_quant(x, 128),
+    # column-major scales: strides (1, T), T a dim of x
+    lambda x: torch.ops.quantfuse.silu_and_mul_per_block_quant(x, 128, True),
+    lambda x: torch.ops.quantfuse.silu_and_mul_mxfp8_quant(x, "rceil"),
+], ids=["row-major", "column-major", "mxfp8"])
+def test_a_dynamic_token_count_sizes_the_buffers_by_sym_size(call):
+    plan = _Plan()
     torch._dynamo.reset()
-    f = torch.compile(lambda x: op(x, 128), dynamic=True,
-                      options={"post_grad_custom_post_pass": Capture(), "fx_graph_cache": False})
     try:
-        f(torch.randn(8, 512, dtype=torch.bfloat16))
+        with torch._inductor.config.patch(force_disable_caches=True, fx_graph_cache=False):
+            compiled = torch.compile(call, options={"post_grad_custom_post_pass": plan})
+            for tokens in (8, 37, 130):
+                x = torch.randn(tokens, 512, dtype=torch.bfloat16) * 3
+                torch._dynamo.mark_dynamic(x, 0)  # the token count, as an engine compiles it
+                got, want = compiled(x), call(x)
+                for g, w in zip(got, want):
+                    assert g.shape == w.shape and (g.stride() == w.stride() or g.numel() <= 1)
+                    assert same_bits(g, w)
     finally:
         torch._dynamo.reset()
-    assert captured == ["its output shapes are symbolic", 0]
+    assert plan.kept == [None] and plan.planned == 1  # one graph for every token count
+
+
+def test_swizzled_scales_of_a_dynamic_token_count_keep_the_default_call():
+    # the scale rows are ceil(T / 128) * 128: no dim of the input
+    plan = _Plan()
+    torch._dynamo.reset()
+    try:
+        with torch._inductor.config.patch(force_disable_caches=True, fx_graph_cache=False):
+            call = lambda x: torch.ops.quantfuse.silu_and_mul_mxfp8_quant(x, "rceil", True)  # noqa: E731
+            compiled = torch.compile(call, options={"post_grad_custom_post_pass": plan})
+            x = torch.randn(37, 512, dtype=torch.bfloat16)
+            torch._dynamo.mark_dynamic(x, 0)
+            assert all(same_bits(g, w) for g, w in zip(compiled(x), call(x)))
+    finally:
+        torch._dynamo.reset()
+    assert plan.kept == ["an output size or stride is a symbolic expression, not a dim of the input"]
+    assert plan.planned == 0
 
 
 class _FuseThenPlan(CustomGraphPass):

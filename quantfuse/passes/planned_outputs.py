@@ -47,8 +47,33 @@ def _outputs(node: Node) -> tuple | None:
     return tuple(vals) if all(isinstance(v, torch.Tensor) for v in vals) else None
 
 
-def _static(values) -> bool:
-    return all(isinstance(v, int) for v in values)
+def _dims(node: Node, outs: tuple) -> list[tuple[list, list]] | None:
+    """Each output's (sizes, strides) as ints and ``("dim", i)`` for a symbolic value equal to
+    dim ``i`` of the call's input ``x`` (a dynamic token count: the buffer is sized by a
+    ``sym_size`` of ``x``); None when some value is neither (``ceil(T / 128) * 128`` swizzled
+    rows, a flattened ``B * S``)."""
+    x = node.args[0] if node.args else None
+    xv = x.meta.get("val") if isinstance(x, Node) else None
+    if not isinstance(xv, torch.Tensor):
+        return None
+    symbolic = {d.node.expr: i for i, d in enumerate(xv.shape) if isinstance(d, torch.SymInt)}
+
+    def one(v):
+        if isinstance(v, int):
+            return v
+        concrete = v.node.maybe_as_int()
+        if concrete is not None:
+            return concrete
+        i = symbolic.get(v.node.expr)
+        return None if i is None else ("dim", i)
+
+    dims = []
+    for t in outs:
+        sizes, strides = [one(v) for v in t.shape], [one(v) for v in t.stride()]
+        if None in sizes or None in strides:
+            return None
+        dims.append((sizes, strides))
+    return dims
 
 
 def reason_kept(node: Node, entry: catalog.OpEntry) -> str | None:
@@ -56,9 +81,8 @@ def reason_kept(node: Node, entry: catalog.OpEntry) -> str | None:
     outs = _outputs(node)
     if outs is None or len(outs) != len(entry.out_names):
         return "its outputs' metadata is missing"
-    if not all(_static(t.shape) and _static(t.stride()) for t in outs):
-        # the buffers' sizes would be sym_size nodes of the graph: not done yet
-        return "its output shapes are symbolic"
+    if _dims(node, outs) is None:
+        return "an output size or stride is a symbolic expression, not a dim of the input"
     for user in node.users:
         if len(outs) > 1 and not (user.target is operator.getitem and isinstance(user.args[1], int)):
             return f"its output tuple is used whole by {user.name}"
@@ -82,10 +106,22 @@ def rewrite(graph: Graph, node: Node, entry: catalog.OpEntry) -> None:
 
     outs = _outputs(node)
     op = getattr(getattr(torch.ops, catalog.NAMESPACE), entry.name).out
+    x = node.args[0]
     with graph.inserting_before(node):
+        sym_sizes: dict[int, Node] = {}
+
+        def value(v):
+            if isinstance(v, int):
+                return v
+            i = v[1]
+            if i not in sym_sizes:
+                sym_sizes[i] = graph.call_function(torch.ops.aten.sym_size.int, (x, i))
+                sym_sizes[i].meta["val"] = x.meta["val"].shape[i]
+            return sym_sizes[i]
+
         buffers = []
-        for t in outs:
-            b = graph.call_function(_EMPTY_STRIDED, (list(t.shape), list(t.stride())),
+        for t, (sizes, strides) in zip(outs, _dims(node, outs)):
+            b = graph.call_function(_EMPTY_STRIDED, ([value(v) for v in sizes], [value(v) for v in strides]),
                                     {"dtype": t.dtype, "device": t.device})
             b.meta["val"] = t
             buffers.append(b)
