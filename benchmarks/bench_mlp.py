@@ -168,15 +168,19 @@ def graph_us_interleaved(fns: dict, rounds: int = 5, rep: int = 100) -> dict:
 
 def host_records(tokens: int, inter: int) -> list[dict]:
     """One eager call of the fused op against torch.add on the same input, through the
-    dispatcher (the C++ path of csrc/dispatch.cpp) and through its Python kernel."""
+    dispatcher (the C++ path of csrc/dispatch.cpp; default and ``out`` overload) and through its
+    Python kernel."""
     from quantfuse.custom_ops import ops
 
     x = torch.randn(tokens, 2 * inter, device="cuda", dtype=torch.bfloat16)
     name = "silu_and_mul_per_block_quant"
     op = ops.OPS[name].default
+    q, s = op(x, 128)
     calls = {"native": lambda: torch.add(x, x),
              # what Inductor's wrapper calls since the rewrite passes positional arguments (patterns/op_call.py)
              "dispatcher": lambda: op(x, 128),
+             # ... and on buffers Inductor plans (passes/planned_outputs.py)
+             "dispatcher, out overload": lambda: ops.OPS[name].out(x, 128, out=q, out_scales=s),
              "dispatcher, keyword arguments": lambda: op(x, group_size=128, column_major_scales=False, use_ue8m0=False),
              "Python kernel": lambda: ops.PYTHON_KERNELS[name](x, 128)}
     us = plain_us_interleaved(calls, iters=200, rounds=11)
