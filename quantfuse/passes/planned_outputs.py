@@ -26,6 +26,7 @@ import torch
 from torch.fx import Graph, Node
 
 from quantfuse import catalog
+from quantfuse.passes.report import log
 
 _EMPTY_STRIDED = torch.ops.aten.empty_strided.default
 
@@ -148,7 +149,11 @@ def run(graph: Graph, pays=None) -> int:
     done = 0
     for node in list(graph.nodes):
         entry = _entry(node)
-        if entry is None or reason_kept(node, entry) is not None:
+        if entry is None:
+            continue
+        why = reason_kept(node, entry)
+        if why is not None:
+            log.debug("quantfuse: %s keeps its default call: %s", node.name, why)
             continue
         if not pays(_outputs(node)[0].device):
             continue
