@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import sympy
 import torch
 import torch.nn.functional as F
 from torch._inductor.custom_graph_pass import CustomGraphPass
@@ -16,7 +17,9 @@ from torch._inductor.utils import run_and_get_code
 
 import quantfuse
 from quantfuse import catalog
+from quantfuse.custom_ops.plan import expert_offsets
 from quantfuse.passes import planned_outputs
+from torch.utils._sympy.functions import FloorDiv
 from helpers import count_targets, example_call, post_grad_graph, post_grad_graph_and_inputs, same_bits
 
 TOKENS, HIDDEN = 6, 256
@@ -83,13 +86,29 @@ class _Plan(CustomGraphPass):
         return None
 
 
-@pytest.mark.parametrize("call", [
-    lambda x: torch.ops.quantfuse.silu_and_mul_per_block_quant(x, 128),
-    # column-major scales: strides (1, T), T a dim of x
-    lambda x: torch.ops.quantfuse.silu_and_mul_per_block_quant(x, 128, True),
-    lambda x: torch.ops.quantfuse.silu_and_mul_mxfp8_quant(x, "rceil"),
-], ids=["row-major", "column-major", "mxfp8"])
-def test_a_dynamic_token_count_sizes_the_buffers_by_sym_size(call):
+def _experts_call(x):
+    # the tokens over two experts, as a router would sort them (the offsets are graph inputs)
+    t = x.shape[0]
+    eo, bo = expert_offsets([t // 3, t - t // 3])
+    return torch.ops.quantfuse.silu_and_mul_mxfp8_experts_quant(x, eo, bo, 2, 1)
+
+
+DYNAMIC_CALLS = {
+    "row-major": lambda x: torch.ops.quantfuse.silu_and_mul_per_block_quant(x, 128),
+    # column-major scales: strides (1, T)
+    "column-major": lambda x: torch.ops.quantfuse.silu_and_mul_per_block_quant(x, 128, True),
+    "mxfp8": lambda x: torch.ops.quantfuse.silu_and_mul_mxfp8_quant(x, "rceil"),
+    # swizzled scale rows: -128 * ((-T) // 128)
+    "mxfp8-swizzled": lambda x: torch.ops.quantfuse.silu_and_mul_mxfp8_quant(x, "rceil", True),
+    "mxfp4-swizzled": lambda x: torch.ops.quantfuse.silu_and_mul_mxfp4_quant(x, "floor", True),
+    # experts scale rows: 128 * ((T + 127 * Min(E, T)) // 128)
+    "experts": _experts_call,
+}
+
+
+@pytest.mark.parametrize("name", DYNAMIC_CALLS)
+def test_a_dynamic_token_count_sizes_the_buffers_from_the_input(name):
+    call = DYNAMIC_CALLS[name]
     plan = _Plan()
     torch._dynamo.reset()
     try:
@@ -101,27 +120,21 @@ def test_a_dynamic_token_count_sizes_the_buffers_by_sym_size(call):
                 got, want = compiled(x), call(x)
                 for g, w in zip(got, want):
                     assert g.shape == w.shape and (g.stride() == w.stride() or g.numel() <= 1)
-                    assert same_bits(g, w)
+                    assert same_bits(g, w), (name, tokens)
     finally:
         torch._dynamo.reset()
     assert plan.kept == [None] and plan.planned == 1  # one graph for every token count
 
 
-def test_swizzled_scales_of_a_dynamic_token_count_keep_the_default_call():
-    # the scale rows are ceil(T / 128) * 128: no dim of the input
-    plan = _Plan()
-    torch._dynamo.reset()
-    try:
-        with torch._inductor.config.patch(force_disable_caches=True, fx_graph_cache=False):
-            call = lambda x: torch.ops.quantfuse.silu_and_mul_mxfp8_quant(x, "rceil", True)  # noqa: E731
-            compiled = torch.compile(call, options={"post_grad_custom_post_pass": plan})
-            x = torch.randn(37, 512, dtype=torch.bfloat16)
-            torch._dynamo.mark_dynamic(x, 0)
-            assert all(same_bits(g, w) for g, w in zip(compiled(x), call(x)))
-    finally:
-        torch._dynamo.reset()
-    assert plan.kept == ["an output size or stride is a symbolic expression, not a dim of the input"]
-    assert plan.planned == 0
+def test_a_size_not_computed_from_the_input_keeps_the_default_call():
+    # an output size from another tensor's dim is no expression of x's sizes
+    entry = catalog.OPS["silu_and_mul_per_block_quant"]
+    gm = post_grad_graph(_op_form(entry), *example_call(entry, TOKENS, HIDDEN))
+    node = next(n for n in gm.graph.nodes if planned_outputs._entry(n) is entry)
+    symbol = sympy.Symbol("s99")
+    assert not planned_outputs._expressible(symbol, planned_outputs._input_symbols(node))
+    assert not planned_outputs._expressible(sympy.ceiling(symbol / 3), {symbol: 0})
+    assert planned_outputs._expressible(-128 * FloorDiv(-symbol, 128), {symbol: 0})
 
 
 class _FuseThenPlan(CustomGraphPass):

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import operator
 
+import sympy
 import torch
 from torch.fx import Graph, Node
+from torch.utils._sympy.functions import FloorDiv, Max, Min
 
 from quantfuse import catalog
 from quantfuse.passes.report import log
@@ -48,33 +50,36 @@ def _outputs(node: Node) -> tuple | None:
     return tuple(vals) if all(isinstance(v, torch.Tensor) for v in vals) else None
 
 
-def _dims(node: Node, outs: tuple) -> list[tuple[list, list]] | None:
-    """Each output's (sizes, strides) as ints and ``("dim", i)`` for a symbolic value equal to
-    dim ``i`` of the call's input ``x`` (a dynamic token count: the buffer is sized by a
-    ``sym_size`` of ``x``); None when some value is neither (``ceil(T / 128) * 128`` swizzled
-    rows, a flattened ``B * S``)."""
+def _input_symbols(node: Node) -> dict | None:
+    """The symbols of the call's input ``x``'s sizes, each with its dim (None: no input metadata)."""
     x = node.args[0] if node.args else None
     xv = x.meta.get("val") if isinstance(x, Node) else None
     if not isinstance(xv, torch.Tensor):
         return None
-    symbolic = {d.node.expr: i for i, d in enumerate(xv.shape) if isinstance(d, torch.SymInt)}
+    return {d.node.expr: i for i, d in enumerate(xv.shape)
+            if isinstance(d, torch.SymInt) and isinstance(d.node.expr, sympy.Symbol)}
 
-    def one(v):
-        if isinstance(v, int):
-            return v
-        concrete = v.node.maybe_as_int()
-        if concrete is not None:
-            return concrete
-        i = symbolic.get(v.node.expr)
-        return None if i is None else ("dim", i)
 
-    dims = []
+def _values(outs: tuple):
+    """Every size and stride of the outputs, as ints or sympy expressions."""
     for t in outs:
-        sizes, strides = [one(v) for v in t.shape], [one(v) for v in t.stride()]
-        if None in sizes or None in strides:
-            return None
-        dims.append((sizes, strides))
-    return dims
+        for v in (*t.shape, *t.stride()):
+            yield v if isinstance(v, int) else v.node.expr
+
+
+# the sympy forms output sizes take (the swizzled scale rows -128*((-T)//128), the experts ops'
+# 128*((T + 127*Min(E, T))//128)), each as the Python operator an FX node applies to SymInts
+_OPERATORS = {sympy.Add: operator.add, sympy.Mul: operator.mul, FloorDiv: operator.floordiv,
+              Min: torch.sym_min, Max: torch.sym_max, sympy.Min: torch.sym_min, sympy.Max: torch.sym_max}
+
+
+def _expressible(expr, symbols: dict) -> bool:
+    """Whether ``expr`` is built from ints, the input's size symbols and :data:`_OPERATORS`."""
+    if isinstance(expr, (int, sympy.Integer)):
+        return True
+    if isinstance(expr, sympy.Symbol):
+        return expr in symbols
+    return expr.func in _OPERATORS and all(_expressible(a, symbols) for a in expr.args)
 
 
 def reason_kept(node: Node, entry: catalog.OpEntry) -> str | None:
@@ -82,12 +87,49 @@ def reason_kept(node: Node, entry: catalog.OpEntry) -> str | None:
     outs = _outputs(node)
     if outs is None or len(outs) != len(entry.out_names):
         return "its outputs' metadata is missing"
-    if _dims(node, outs) is None:
-        return "an output size or stride is a symbolic expression, not a dim of the input"
+    symbols = _input_symbols(node)
+    if symbols is None or not all(_expressible(v, symbols) for v in _values(outs)):
+        return "an output size or stride is not an expression of the input's sizes"
     for user in node.users:
         if len(outs) > 1 and not (user.target is operator.getitem and isinstance(user.args[1], int)):
             return f"its output tuple is used whole by {user.name}"
     return None
+
+
+class _SymNodes:
+    """FX nodes computing output sizes from ``sym_size`` nodes of the input (one node per
+    distinct expression), each with its SymInt as ``meta["val"]``, as Inductor reads them."""
+
+    def __init__(self, graph: Graph, x: Node, symbols: dict):
+        self.graph, self.x, self.symbols, self.nodes = graph, x, symbols, {}
+
+    def __call__(self, v):
+        if isinstance(v, int):
+            return v
+        return self._build(v.node.expr)
+
+    def _build(self, expr):
+        if isinstance(expr, (int, sympy.Integer)):
+            return int(expr)
+        if expr in self.nodes:
+            return self.nodes[expr]
+        if isinstance(expr, sympy.Symbol):
+            node = self.graph.call_function(torch.ops.aten.sym_size.int, (self.x, self.symbols[expr]))
+            node.meta["val"] = self.x.meta["val"].shape[self.symbols[expr]]
+        else:
+            fn, (first, *rest) = _OPERATORS[expr.func], [self._build(a) for a in expr.args]
+            node = first
+            for arg in rest:
+                node = self._apply(fn, node, arg)
+        self.nodes[expr] = node
+        return node
+
+    def _apply(self, fn, a, b):
+        if isinstance(a, int) and isinstance(b, int):
+            return fn(a, b)
+        node = self.graph.call_function(fn, (a, b))
+        node.meta["val"] = fn(*(v.meta["val"] if isinstance(v, Node) else v for v in (a, b)))
+        return node
 
 
 def pays_on(device: torch.device) -> bool:
@@ -107,22 +149,11 @@ def rewrite(graph: Graph, node: Node, entry: catalog.OpEntry) -> None:
 
     outs = _outputs(node)
     op = getattr(getattr(torch.ops, catalog.NAMESPACE), entry.name).out
-    x = node.args[0]
     with graph.inserting_before(node):
-        sym_sizes: dict[int, Node] = {}
-
-        def value(v):
-            if isinstance(v, int):
-                return v
-            i = v[1]
-            if i not in sym_sizes:
-                sym_sizes[i] = graph.call_function(torch.ops.aten.sym_size.int, (x, i))
-                sym_sizes[i].meta["val"] = x.meta["val"].shape[i]
-            return sym_sizes[i]
-
+        value = _SymNodes(graph, node.args[0], _input_symbols(node))
         buffers = []
-        for t, (sizes, strides) in zip(outs, _dims(node, outs)):
-            b = graph.call_function(_EMPTY_STRIDED, ([value(v) for v in sizes], [value(v) for v in strides]),
+        for t in outs:
+            b = graph.call_function(_EMPTY_STRIDED, ([value(v) for v in t.shape], [value(v) for v in t.stride()]),
                                     {"dtype": t.dtype, "device": t.device})
             b.meta["val"] = t
             buffers.append(b)
