@@ -61,3 +61,26 @@ def test_cuda_graph_calls_the_out_overload_and_matches_the_default_call(tokens, 
     assert f"torch.ops.{fused}.default(" in "\n".join(default_code)
     for g, w_ in zip(got, want):
         assert same_bits(g, w_)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: torch.ops.quantfuse.silu_and_mul_per_block_quant(x, 128, True),
+    lambda x: torch.ops.quantfuse.silu_and_mul_mxfp8_quant(x, "rceil", True),
+], ids=["column-major", "mxfp8-swizzled"])
+def test_dynamic_token_count_on_planned_buffers_equals_the_default_call(call):
+    """A dynamic token count: the buffers sized by sym nodes of x (strides (1, T), swizzled rows
+    -128 * ((-T) // 128)), launched from C++ after its per-call shape check, bit-exact."""
+    fusion = quantfuse.FusionPass()
+    torch._dynamo.reset()
+    try:
+        with torch._inductor.config.patch(force_disable_caches=True, fx_graph_cache=False):
+            compiled = torch.compile(call, options={"post_grad_custom_post_pass": fusion})
+            for tokens in (16, 37, 300):
+                x = (torch.randn(tokens, 1024, device="cuda") * 3).to(torch.bfloat16)
+                torch._dynamo.mark_dynamic(x, 0)
+                for g, w in zip(compiled(x), call(x)):
+                    assert g.shape == w.shape and g.stride() == w.stride()
+                    assert same_bits(g, w), tokens
+    finally:
+        torch._dynamo.reset()
+    assert [g.planned_outputs for g in fusion.report.graphs] == [1]
