@@ -66,6 +66,20 @@ def compiled_with_pass(fn, *args, config=None):
     return out, fusion.report
 
 
+def compiled_and_code(fn, post_pass, *args) -> tuple[object, str]:
+    """``fn(*args)`` compiled whole with ``post_pass`` as Inductor's post-grad custom pass, under
+    ``torch.no_grad()`` and with every cache off: ``(outputs, Inductor's output code)``."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad(), torch._inductor.config.patch(force_disable_caches=True, fx_graph_cache=False):
+            out, code = run_and_get_code(torch.compile(fn, options={"post_grad_custom_post_pass": post_pass}), *args)
+    finally:
+        torch._dynamo.reset()
+    return out, "\n".join(code)
+
+
 def post_grad_graph_and_inputs(model, *args) -> tuple[torch.fx.GraphModule, list[torch.Tensor]]:
     """The post-grad graph of ``model(*args)`` and the tensors it is called with (the model's
     parameters and buffers lifted to inputs, in the graph's order), so that it can be run."""

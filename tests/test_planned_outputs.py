@@ -13,14 +13,14 @@ import sympy
 import torch
 import torch.nn.functional as F
 from torch._inductor.custom_graph_pass import CustomGraphPass
-from torch._inductor.utils import run_and_get_code
 
 import quantfuse
 from quantfuse import catalog
 from quantfuse.custom_ops.plan import expert_offsets
 from quantfuse.passes import planned_outputs
 from torch.utils._sympy.functions import FloorDiv
-from helpers import count_targets, example_call, post_grad_graph, post_grad_graph_and_inputs, same_bits
+from helpers import (compiled_and_code, count_targets, example_call, post_grad_graph, post_grad_graph_and_inputs,
+                     same_bits)
 
 TOKENS, HIDDEN = 6, 256
 ENTRIES = [pytest.param(e, id=name) for name, e in catalog.OPS.items()]
@@ -164,23 +164,13 @@ def _native_mlp_tail(x, w):
     return q.float() @ w + early, s * 2 + early, q
 
 
-def _compile(fn, passes, *args):
-    torch._dynamo.reset()
-    try:
-        with torch.no_grad(), torch._inductor.config.patch(force_disable_caches=True, fx_graph_cache=False):
-            return run_and_get_code(torch.compile(fn, options={"post_grad_custom_post_pass": passes}), *args)
-    finally:
-        torch._dynamo.reset()
-
-
 def test_compiled_native_site_calls_the_out_overload_on_planned_buffers():
     torch.manual_seed(0)
     x = torch.randn(16, 1024, dtype=torch.bfloat16) * 3
     w = torch.randn(512, 8)
     plan = _FuseThenPlan()
-    got, code = _compile(_native_mlp_tail, plan, x, w)
+    got, code = compiled_and_code(_native_mlp_tail, plan, x, w)
     assert len(plan.fusion.report.rewrites) == 1 and plan.planned == 1
-    code = "\n".join(code)
     fused = plan.fusion.report.rewrites[0].fused_op
     assert f"torch.ops.{fused}.out(" in code
     assert f"torch.ops.{fused}.default(" not in code
@@ -195,7 +185,7 @@ def test_compiled_native_site_calls_the_out_overload_on_planned_buffers():
     # computes them (Inductor's fp32 matmul and sums round apart from eager's)
     want = _native_mlp_tail(x, w)
     assert same_bits(got[2], want[2])
-    fused_only, _ = _compile(_native_mlp_tail, quantfuse.FusionPass(quantfuse.FusionConfig(native_on_cpu=True)), x, w)
+    fused_only, _ = compiled_and_code(_native_mlp_tail, quantfuse.FusionPass(quantfuse.FusionConfig(native_on_cpu=True)), x, w)
     for g, f in zip(got, fused_only):
         assert same_bits(g, f)
 

@@ -9,14 +9,13 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from torch._inductor.utils import run_and_get_code
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 import quantfuse  # noqa: E402
 from quantfuse.custom_ops import cuda_backend  # noqa: E402
 from quantfuse.passes import planned_outputs  # noqa: E402
-from helpers import same_bits  # noqa: E402
+from helpers import compiled_and_code, same_bits  # noqa: E402
 
 if torch.cuda.is_available() and not cuda_backend.is_available():
     pytestmark = pytest.mark.skip(reason=f"CUDA extension unavailable: {cuda_backend.unavailable_reason()}")
@@ -31,15 +30,6 @@ def _site(x, w):
     return (q.float() * s).to(torch.bfloat16) @ w, q, s
 
 
-def _compile(fusion, *args):
-    torch._dynamo.reset()
-    try:
-        with torch.no_grad(), torch._inductor.config.patch(force_disable_caches=True, fx_graph_cache=False):
-            return run_and_get_code(torch.compile(_site, options={"post_grad_custom_post_pass": fusion}), *args)
-    finally:
-        torch._dynamo.reset()
-
-
 @pytest.mark.parametrize("tokens", [16, 300])
 def test_cuda_graph_calls_the_out_overload_and_matches_the_default_call(tokens, monkeypatch):
     assert planned_outputs.pays_on(torch.device("cuda"))
@@ -47,18 +37,17 @@ def test_cuda_graph_calls_the_out_overload_and_matches_the_default_call(tokens, 
     x = (torch.randn(tokens, 2048, device="cuda", generator=gen) * 3).to(torch.bfloat16)
     w = torch.randn(1024, 256, device="cuda", generator=gen).to(torch.bfloat16)
     fusion = quantfuse.FusionPass()
-    got, code = _compile(fusion, x, w)
+    got, code = compiled_and_code(_site, fusion, x, w)
     report = fusion.report.graphs[-1]
     assert len(report.rewrites) == 1 and report.planned_outputs == 1
-    code = "\n".join(code)
     fused = report.rewrites[0].fused_op
     call = next(line for line in code.splitlines() if f"torch.ops.{fused}.out(" in line)
     for buf in re.findall(r"\bout(?:_scales)?=(\w+)", call):
         assert f"{buf} = empty_strided_cuda(" in code and f"assert_size_stride({buf}," not in code
     monkeypatch.setattr(planned_outputs, "pays_on", lambda device: False)
     default_fusion = quantfuse.FusionPass()
-    want, default_code = _compile(default_fusion, x, w)
-    assert f"torch.ops.{fused}.default(" in "\n".join(default_code)
+    want, default_code = compiled_and_code(_site, default_fusion, x, w)
+    assert f"torch.ops.{fused}.default(" in default_code
     for g, w_ in zip(got, want):
         assert same_bits(g, w_)
 
