@@ -12,6 +12,13 @@ import torch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
+import os  # noqa: E402
+import sys  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import kernel_calls as kc  # noqa: E402
+
 from quantfuse import catalog  # noqa: E402
 from quantfuse.custom_ops import cuda_backend, oracle, ops, plan, tuning  # noqa: E402
 
@@ -100,6 +107,42 @@ def test_every_row_staging_equals_the_reference(monkeypatch, name, dtype, hidden
         assert not cuda_backend._launch(p, got, x, None, None, choice)
         for i, (g, w) in enumerate(zip(got, want)):
             # NaN by position (the NaN row's sign of NaN is the kernel's), every other byte exact
+            gn, wn = g.float().isnan(), w.float().isnan()
+            assert torch.equal(gn, wn), (choice.label, name, i)
+            assert torch.equal(g[~wn].view(torch.uint8), w[~wn].view(torch.uint8)), (choice.label, name, i)
+
+
+DECODE_CASES = [
+    # (op, dtype, hidden, tokens, layout, recipe): no more rows than the GPU holds at a row per block,
+    # rows of at most 512 half vectors (launch_unit.cuh launch_token_decode); 1000 leaves lanes idle
+    ("silu_and_mul_per_token_quant_fp8", torch.bfloat16, 768, 16, "halves", ""),
+    ("silu_and_mul_per_token_quant_fp8", torch.float16, 2048, 131, "separate", "floor_at=scale,eps=1e-06"),
+    ("swigluoai_and_mul_per_token_quant_fp8", torch.bfloat16, 1000, 7, "interleaved", ""),
+    ("relu2_per_token_quant_fp8", torch.bfloat16, 2048, 1, "halves", "ue8m0=exp2"),
+    ("per_token_quant_fp8", torch.float16, 264, 33, "halves", "step_dtype=input,floor_at=none"),
+]
+
+
+@pytest.mark.parametrize("name,dtype,hidden,tokens,layout,recipe", DECODE_CASES,
+                         ids=[f"{c[0]}-{c[4]}-{c[3]}x{c[2]}" for c in DECODE_CASES])
+def test_decode_kernel_equals_the_reference(name, dtype, hidden, tokens, layout, recipe):
+    """Decode batches: the launcher's own choice (the block-per-row kernel on half vectors) and the
+    persistent kernel (a forced vector count) give the reference's bits, for every gated layout and
+    for recipes of each scale step, non-finite rows included."""
+    entry = catalog.OPS[name]
+    width = hidden * (2 if entry.activation.gated and layout != "separate" else 1)
+    x = (torch.randn(tokens, width, device="cuda", dtype=dtype) * 4).to(dtype)
+    x[0, :8] = torch.tensor([float("inf"), -float("inf"), float("nan"), -0.0] * 2, dtype=dtype)
+    if tokens > 2:
+        x[2] = 0.0  # an all-zero row: the scale's floor
+    layout_args = kc.layout_kwargs(catalog.Layout(layout), x) if entry.activation.gated else {}
+    p = kc.make(name, x, recipe=recipe, **layout_args)
+    want = kc.reference(name, x, recipe=recipe, **layout_args)
+    up = layout_args.get("up")
+    for choice in (tuning.Choice(), tuning.Choice(1)):
+        got = tuple(kc.poison(t) for t in p.empty_outputs(x.device))
+        assert not cuda_backend._launch(p, got, x, up, None, choice)
+        for i, (g, w) in enumerate(zip(got, want)):
             gn, wn = g.float().isnan(), w.float().isnan()
             assert torch.equal(gn, wn), (choice.label, name, i)
             assert torch.equal(g[~wn].view(torch.uint8), w[~wn].view(torch.uint8)), (choice.label, name, i)
