@@ -3,6 +3,7 @@
     python benchmarks/bench_moe.py [--shape qwen3-30b-a3b,deepseek-v3] [--scales token,block]
                                    [--tokens 16,64,256,1024,4096,8192] [--out FILE] [--jsonl FILE]
     python benchmarks/bench_moe.py --device cpu --quick      # a tiny shape, to check the script
+    python benchmarks/bench_moe.py --profile 20 ...          # and each compiled layer's kernels
 
 Each (shape, scales, T) is compiled without and with the pass (``torch.compile`` default mode,
 static shapes, Inductor's default settings) and timed two ways, without and with the pass
@@ -12,6 +13,11 @@ CUDA, CUDA-graph replay of the compiled callable (``triton.testing.do_bench_cuda
 median: kernel time, launch gaps hidden).
 Every compile with the pass must fuse the one activation -> quant site of the experts, and on
 CUDA the fused op must run a kernel (not the torch reference). Records: ``bench="moe"``.
+
+``--profile N``: the kernels of N plain forwards of each compiled layer under the torch profiler,
+per kernel name its launches and device time per forward (``bench="moe_kernels"``), and the
+names whose time or count differs printed side by side: where a difference the timing shows is
+in the kernels, and where it is not (in the gaps between them).
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ from quantfuse import FusionConfig  # noqa: E402
 from quantfuse.custom_ops import oracle  # noqa: E402
 
 
-def bench_cell(model, t: int, device: str, iters: int, rounds: int = 21) -> dict:
+def bench_cell(model, t: int, device: str, iters: int, rounds: int = 21, profile: int = 0) -> dict:
     """Times (µs) of one token count, keyed ``{without,with}_{plain,host,graph}`` (``host``: the
     host's CPU time per plain call), the median paired plain-call speedup (``paired_plain``),
-    and the backend the fused op ran on. Both modes alternate without / with in rounds."""
+    and the backend the fused op ran on. Both modes alternate without / with in rounds. ``profile``
+    > 0: ``kernels`` too (:func:`kernel_times` over that many forwards)."""
     torch.manual_seed(1)
     x = torch.randn(t, model.shape.hidden, device=device, dtype=torch.bfloat16)
     oracle.reset_counts()
@@ -56,7 +63,41 @@ def bench_cell(model, t: int, device: str, iters: int, rounds: int = 21) -> dict
             if label in graph_times:
                 times[f"{label}_graph"] = graph_times[label]
         times["paired_plain"] = stats["with"]["paired"]
+        if profile and device == "cuda":
+            times["kernels"] = kernel_times(fns, profile)
     return times
+
+
+def kernel_times(fns: dict, forwards: int) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per callable of ``fns``: kernel name -> (launches, device µs) per forward over ``forwards``
+    plain calls under the torch profiler (CUDA kernels and memory operations)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for label, fn in fns.items():
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(forwards):
+                fn()
+            torch.cuda.synchronize()
+        out[label] = {e.key: (e.count / forwards, e.self_device_time_total / forwards)
+                      for e in prof.key_averages() if e.self_device_time_total > 0}
+    return out
+
+
+def kernel_lines(table: dict[str, dict[str, tuple[float, float]]]) -> list[str]:
+    """The kernels whose launches or time per forward differ between "without" and "with" (by more
+    than 0.2 µs), then each side's totals."""
+    a, b = table["without"], table["with"]
+    lines = []
+    for name in sorted(set(a) | set(b), key=lambda n: -max(a.get(n, (0, 0))[1], b.get(n, (0, 0))[1])):
+        (na, ta), (nb, tb) = a.get(name, (0, 0.0)), b.get(name, (0, 0.0))
+        if na != nb or abs(ta - tb) > 0.2:
+            lines.append(f"|   {name[:90]} | {na:g} / {nb:g} | {ta:.1f} / {tb:.1f} |")
+    tot = [(sum(n for n, _ in t.values()), sum(u for _, u in t.values())) for t in (a, b)]
+    lines.append(f"|   all kernels | {tot[0][0]:g} / {tot[1][0]:g} | {tot[0][1]:.1f} / {tot[1][1]:.1f} |")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -68,6 +109,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="the small shape at T = 16, 64, few iterations")
     p.add_argument("--out")
     p.add_argument("--jsonl", help="append JSON records (bench=moe)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also each layer's kernels over N forwards (torch profiler; bench=moe_kernels)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --device cpu --quick to check the script on the CPU")
@@ -87,7 +130,15 @@ def main(argv=None) -> int:
             case = f"{shape} {scales} scales"
             gemm = "_scaled_grouped_mm" if model.use_scaled_grouped_mm else "opaque dequantise + _grouped_mm"
             for t in token_counts:
-                times = bench_cell(model, t, args.device, iters, rounds)
+                times = bench_cell(model, t, args.device, iters, rounds, args.profile)
+                if "kernels" in times:
+                    print(f"| {case} T={t}: kernels differing | launches without / with | µs without / with |")
+                    print("\n".join(kernel_lines(times["kernels"])), flush=True)
+                    if args.jsonl:
+                        write_records(args.jsonl, [
+                            dict(bench="moe_kernels", case=case, tokens=t, side=side, kernel=name[:200],
+                                 launches=n, device_us=round(us, 3))
+                            for side, per in times["kernels"].items() for name, (n, us) in per.items()], info)
                 for mode, key in (("plain calls", "plain"), ("cuda graph", "graph")):
                     if f"with_{key}" not in times:
                         continue
