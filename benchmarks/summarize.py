@@ -1,8 +1,11 @@
-"""Generate benchmarks/RESULTS.md from the benchmark records in benchmarks/results/*.jsonl.
+"""Generate benchmarks/RESULTS.md and benchmarks/DETAILS.md from the records in benchmarks/results/*.jsonl.
 
-    python benchmarks/summarize.py            # rewrite benchmarks/RESULTS.md
-    python benchmarks/summarize.py --check    # exit 1 if RESULTS.md is not what the records give
-    python benchmarks/summarize.py --results DIR --out FILE
+    python benchmarks/summarize.py            # rewrite RESULTS.md and DETAILS.md
+    python benchmarks/summarize.py --check    # exit 1 (naming the file) if either is not what the records give
+    python benchmarks/summarize.py --results DIR --out FILE [--details FILE]
+
+``--details`` defaults to ``DETAILS.md`` next to ``--out``; RESULTS.md links to it by its path
+relative to RESULTS.md's folder (and DETAILS.md back to RESULTS.md).
 
 Each ``*.jsonl`` file holds one JSON object per line (one run per file by convention:
 ``<date>_<gpu>_<commit>.jsonl``). Every record carries the run's context
@@ -29,7 +32,26 @@ with its own fields:
 Any other bench is listed generically. Each table shows, per (bench, device), the latest
 record of every cell (by date, then UTC time where recorded, then file name, then line): a newer run of some cells
 replaces just those. Missing or NaN values print as "-". The output is sorted and has no
-timestamps of its own, so the same records always give the same file.
+timestamps of its own, so the same records always give the same files.
+
+What goes where. DETAILS.md has every cell: the full runs table, the kernel tables with a column
+per token count for every variant, recipe, layout and dtype, every end-to-end, host and MoE row,
+the tuning and baseline sections and the generic ``Other`` sections. RESULTS.md has the method,
+then fixed tables, each compacted one ending in a link to its DETAILS.md section. The compacted
+ones (kernels, end to end, host cost, MoE) leave out the records converted from the hand-written
+history (``source``: ``converted from RESULTS.md history``; the code of their day, not today's):
+
+- Kernels, per device: the default call of each op (layout ``halves``, the default recipe, no
+  variant, bf16 input) at H = 768, 2048 and 7168. An FP8 per-group cell named ``g128`` is the
+  default group (``bench_pairs --group-variants`` names it, older records do not): the two are
+  one row, the latest record of each T winning. Columns: the decode size (the smallest T >= 16
+  among those rows, else their smallest T), T = 4096 and T = 16384; ratios at the largest T shown.
+- End to end, host cost and mixture of experts: one table each, a row per device, case and mode
+  (and shape, GEMMs), a column per T: the speedup (without pass / with pass; host cost: the µs of
+  both). Host cost keeps only the cases recorded on the latest date of the device's host records
+  (the current code's cost; older cases are history) and never the A/B experiments' rows.
+- Pass overhead and measured constants: every row, converted or not (they are in RESULTS.md only).
+- Runs: only the runs that the rows of RESULTS.md name, under the same names as in DETAILS.md.
 """
 
 from __future__ import annotations
@@ -37,6 +59,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -56,26 +79,24 @@ CELL_KEYS = {
 }
 KNOWN = ("pairs", "mlp", "host", "moe", "pass_overhead", "constants", "tuning", "pairs_baseline")
 DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "fp32"}
+#: the ``source`` of the records transcribed from the hand-written history
+CONVERTED = "converted from RESULTS.md history"
 
 METHOD = """\
 ## Method
 
-- **Timing.** Every kernel cell is the median of CUDA-graph replays
-  (`triton.testing.do_bench_cudagraph`) of a loop that rotates over fresh random inputs
-  (`torch.randn(...) * 3`), enough copies to move more than the L2 between two uses of
-  one copy (`QUANTFUSE_BENCH_ROTATE_MB`, default 60 MB), so no input is L2-resident and
-  there are no launch gaps. End-to-end cells time a compiled model the same way (or as
-  stated by their `mode`).
-- **Bytes** are the minimum a cell must move: the input, the encoded output and the
-  scales (`bench_pairs.cell_bytes`, from the catalog).
-- **%BW** is bytes / time / the device-to-device copy bandwidth measured in the same run
-  (a 1 GiB `copy_`, read plus write). **copy %BW** is a copy of the cell's own bytes,
-  rotated and timed like the cell: the ceiling at that size (above 100% where L2 serves
-  part of it). **x unfused** = unfused pair / fused op; **x Inductor** = Inductor's code
-  for the plain-PyTorch graph / fused op.
-- **Provenance.** Each row names its run (table below). Records converted from the
-  hand-written history keep `"source": "converted from RESULTS.md history"`; the history
-  itself is in git, and what it decided is in `docs/decisions/`.
+- **Timing**: the median of CUDA-graph replays (`triton.testing.do_bench_cudagraph`) of a loop over fresh
+  random inputs (`torch.randn(...) * 3`), enough copies to move more than the L2 between two uses of one
+  (`QUANTFUSE_BENCH_ROTATE_MB`, default 60 MB): no input L2-resident, no launch gaps. End-to-end cells time
+  a compiled model the same way (or as their `mode` says).
+- **%BW** = bytes (the minimum a cell moves: input, encoded output, scales; `bench_pairs.cell_bytes`) / time
+  / the same run's device-to-device copy bandwidth (a 1 GiB `copy_`, read plus write). **copy %BW**: a copy
+  of the cell's bytes timed like the cell, the ceiling at that size (above 100% where L2 serves part of it).
+- **x unfused** = unfused pair / fused op; **x Inductor** = Inductor's code for the plain-PyTorch graph /
+  fused op; **speedup** = time without the pass / with it (above 1: the pass is faster); **host cost**
+  cells: the µs of one eager call without the pass / with it.
+- **Provenance**: each row names its runs. Records converted from the hand-written history (in git) keep
+  `"source": "converted from RESULTS.md history"`; the compacted tables here leave them to DETAILS.md.
 """
 
 
@@ -179,67 +200,135 @@ def _pair_label(r: dict) -> str:
     return op
 
 
+def _tokens_sorted(values) -> list:
+    return sorted(set(values), key=lambda t: sort_key([t]))
+
+
+def _runs(records, run: dict) -> str:
+    """The names of the runs a row's records come from, in run order."""
+    return ", ".join(sorted({run[run_of(r)] for r in records}, key=_run_number))
+
+
+def _by_row(cells: dict[tuple, dict], row_key) -> dict[tuple, dict]:
+    """{row_key(record): {tokens: record}}: the cells of a table pivoted to a column per token count."""
+    rows_of: dict[tuple, dict] = {}
+    for r in cells.values():
+        rows_of.setdefault(row_key(r), {})[r.get("tokens")] = r
+    return rows_of
+
+
+#: above each kernel table (once per section)
+PAIRS_NOTE = "Per T: the fused op's %BW of its same-size copy's %BW, then its µs. Ratios: at the row's largest T."
+
+
+def _pair_row_key(r: dict) -> tuple:
+    return (_pair_label(r), DTYPES.get(r.get("dtype"), str(r.get("dtype", "-"))), r.get("hidden"),
+            str(r.get("backend") or "-"))
+
+
+def _pair_cell(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    copy = pct(r, "copy_pct_bw", "copy_us")
+    return (f"{fnum(pct(r, 'fused_pct_bw', 'fused_us'), '.0%')}" + ("" if missing(copy) else f" of {copy:.0%}")
+            + f", {fnum(r.get('fused_us'), '.1f')}")
+
+
 def pairs_section(cells: dict[tuple, dict], run: dict) -> list[str]:
     """One row per (pair, dtype, H, backend), one column per token count: the fused op's %BW, its
     copy's %BW (the ceiling at that size) and its time; the ratios at the row's largest T."""
-    rows_of: dict[tuple, dict[int, dict]] = {}
-    for r in cells.values():
-        key = (_pair_label(r), DTYPES.get(r.get("dtype"), str(r.get("dtype", "-"))), r.get("hidden"),
-               str(r.get("backend") or "-"))
-        rows_of.setdefault(key, {})[r.get("tokens")] = r
-    token_counts = sorted({t for by_t in rows_of.values() for t in by_t}, key=lambda t: sort_key([t]))
+    rows_of = _by_row(cells, _pair_row_key)
+    token_counts = _tokens_sorted(t for by_t in rows_of.values() for t in by_t)
     rows = []
     for key in sorted(rows_of, key=sort_key):
         by_t = rows_of[key]
-        per_t = []
-        for t in token_counts:
-            r = by_t.get(t)
-            if r is None:
-                per_t.append("-")
-                continue
-            copy = pct(r, "copy_pct_bw", "copy_us")
-            per_t.append(f"{fnum(pct(r, 'fused_pct_bw', 'fused_us'), '.0%')}"
-                         + ("" if missing(copy) else f" of {copy:.0%}") + f", {fnum(r.get('fused_us'), '.1f')}")
         big = by_t[max(by_t, key=lambda t: sort_key([t]))]
         x_unfused = big.get("x_unfused")
         if missing(x_unfused):
             x_unfused = ratio(big.get("unfused_us"), big.get("fused_us"))
-        runs = sorted({run[run_of(r)] for r in by_t.values()}, key=_run_number)
-        rows.append([key[0], key[1], fnum(key[2], "d"), key[3], *per_t, fnum(x_unfused, ".2f"),
-                     fnum(ratio(big.get("triton_us"), big.get("fused_us")), ".2f"),
-                     fnum(ratio(big.get("inductor_us"), big.get("fused_us")), ".2f"), ", ".join(runs)])
-    return ["Per T: the fused op's %BW of its same-size copy's %BW, then its µs. Ratios: at the row's "
-            "largest T.", ""] + table(["op", "dtype", "H", "backend", *[f"T={fnum(t, 'd')}" for t in token_counts],
-                                       "x unfused", "Triton / fused", "x Inductor", "runs"], rows)
+        rows.append([key[0], key[1], fnum(key[2], "d"), key[3], *[_pair_cell(by_t.get(t)) for t in token_counts],
+                     fnum(x_unfused, ".2f"), fnum(ratio(big.get("triton_us"), big.get("fused_us")), ".2f"),
+                     fnum(ratio(big.get("inductor_us"), big.get("fused_us")), ".2f"), _runs(by_t.values(), run)])
+    return table(["op", "dtype", "H", "backend", *[f"T={fnum(t, 'd')}" for t in token_counts],
+                  "x unfused", "Triton / fused", "x Inductor", "runs"], rows)
+
+
+def _speedup(r: dict):
+    s = r.get("speedup")
+    return ratio(r.get("without_pass_us"), r.get("with_pass_us")) if missing(s) else s
+
+
+def _fspeedup(r: dict | None) -> str:
+    s = None if r is None else _speedup(r)
+    return "-" if missing(s) else f"{s:.3f}x"
+
+
+def _mlp_shape(r: dict) -> str:
+    return "-" if missing(r.get("hidden")) else f"{r['hidden']} -> {fnum(r.get('intermediate'), 'd')}"
+
+
+def _moe_shape(r: dict) -> str:
+    return "-" if missing(r.get("hidden")) else (f"{_mlp_shape(r)}, {fnum(r.get('experts'), 'd')} "
+                                                 f"top-{fnum(r.get('topk'), 'd')}")
+
+
+def _case_mode(r: dict) -> list[str]:
+    return [str(r.get("case") or "-"), str(r.get("mode") or "-")]
 
 
 def model_section(cells: dict[tuple, dict], run: dict) -> list[str]:
+    """bench_mlp and host rows: one row per (case, mode, T, shape)."""
     rows = []
     for k in sorted(cells, key=sort_key):
         r = cells[k]
-        speedup = r.get("speedup")
-        if missing(speedup):
-            speedup = ratio(r.get("without_pass_us"), r.get("with_pass_us"))
-        shape = "-" if missing(r.get("hidden")) else f"{r['hidden']} -> {fnum(r.get('intermediate'), 'd')}"
-        rows.append([str(r.get("case") or "-"), str(r.get("mode") or "-"), fnum(r.get("tokens"), "d"), shape,
-                     fnum(r.get("without_pass_us"), ".1f"), fnum(r.get("with_pass_us"), ".1f"),
-                     "-" if missing(speedup) else f"{speedup:.3f}x", str(r.get("error") or "-"), run[run_of(r)]])
+        rows.append([*_case_mode(r), fnum(r.get("tokens"), "d"), _mlp_shape(r),
+                     fnum(r.get("without_pass_us"), ".1f"), fnum(r.get("with_pass_us"), ".1f"), _fspeedup(r),
+                     str(r.get("error") or "-"), run[run_of(r)]])
     return table(["case", "mode", "T", "D -> I", "without pass µs", "with pass µs", "speedup", "note", "run"], rows)
 
 
 def moe_section(cells: dict[tuple, dict], run: dict) -> list[str]:
+    """bench_moe rows: one row per (case, mode, T, shape)."""
     rows = []
     for k in sorted(cells, key=sort_key):
         r = cells[k]
-        speedup = ratio(r.get("without_pass_us"), r.get("with_pass_us"))
-        shape = "-" if missing(r.get("hidden")) else (f"{r['hidden']} -> {fnum(r.get('intermediate'), 'd')}, "
-                                                      f"{fnum(r.get('experts'), 'd')} top-{fnum(r.get('topk'), 'd')}")
-        rows.append([str(r.get("case") or "-"), str(r.get("mode") or "-"), fnum(r.get("tokens"), "d"), shape,
+        rows.append([*_case_mode(r), fnum(r.get("tokens"), "d"), _moe_shape(r),
                      str(r.get("gemm") or "-"), str(r.get("backend") or "-"), fnum(r.get("without_pass_us"), ".1f"),
-                     fnum(r.get("with_pass_us"), ".1f"), "-" if missing(speedup) else f"{speedup:.3f}x",
-                     run[run_of(r)]])
+                     fnum(r.get("with_pass_us"), ".1f"), _fspeedup(r), run[run_of(r)]])
     return table(["case", "mode", "T", "D -> I, experts top-k", "GEMMs", "fused op on", "without pass µs",
                   "with pass µs", "speedup", "run"], rows)
+
+
+def _host_cell(r: dict | None) -> str:
+    return "-" if r is None else f"{fnum(r.get('without_pass_us'), '.1f')} / {fnum(r.get('with_pass_us'), '.1f')}"
+
+
+def grid(groups: list[tuple[str, dict]], head: list[str], label, cell, run: dict) -> list[str]:
+    """One table for every device of a bench: a row per (device, label(record)), the cell but its
+    token count; a column per T, cell(record) in it."""
+    merged = {(device, k): dict(r, _device=device) for device, cells in groups for k, r in cells.items()}
+    rows_of = _by_row(merged, lambda r: (r["_device"], *label(r)))
+    token_counts = _tokens_sorted(t for by_t in rows_of.values() for t in by_t)
+    rows = [[*key, *[cell(rows_of[key].get(t)) for t in token_counts], _runs(rows_of[key].values(), run)]
+            for key in sorted(rows_of, key=sort_key)]
+    return table(["device", *head, *[f"T={fnum(t, 'd')}" for t in token_counts], "runs"], rows)
+
+
+def mlp_grid(groups: list[tuple[str, dict]], run: dict) -> list[str]:
+    """The end-to-end speedups, a column per T."""
+    return grid(groups, ["case", "mode", "D -> I"], lambda r: [*_case_mode(r), _mlp_shape(r)], _fspeedup, run)
+
+
+def host_grid(groups: list[tuple[str, dict]], run: dict) -> list[str]:
+    """The host cost of one call, without the pass / with it, a column per T."""
+    return grid(groups, ["case", "mode", "D -> I"], lambda r: [*_case_mode(r), _mlp_shape(r)], _host_cell, run)
+
+
+def moe_grid(groups: list[tuple[str, dict]], run: dict) -> list[str]:
+    """The MoE layers' speedups, a column per T."""
+    return grid(groups, ["case", "mode", "D -> I, experts top-k", "GEMMs", "fused op on"],
+                lambda r: [*_case_mode(r), _moe_shape(r), str(r.get("gemm") or "-"), str(r.get("backend") or "-")],
+                _fspeedup, run)
 
 
 def overhead_section(groups: list[tuple[str, dict]], run: dict) -> list[str]:
@@ -372,8 +461,190 @@ def generic_section(cells: dict[tuple, dict], run: dict) -> list[str]:
     return table(fields + ["run"], rows, drop_empty=False)
 
 
-def render(records: list[dict]) -> str:
+#: RESULTS.md's kernel table: the widths shown (the benchmarked models' hidden sizes) and the
+#: prefill token counts shown beside the decode size
+SUMMARY_HIDDEN = (768, 2048, 7168)
+SUMMARY_TOKENS = (4096, 16384)
+#: bench_pairs names the FP8 per-group scheme's default group so (``--group-variants 128``)
+DEFAULT_GROUP = "g128"
+
+
+def decode_tokens(values) -> int | None:
+    """The decode size of a table: its smallest T >= 16 (16 where there is one), else its smallest T."""
+    ts = [t for t in values if not missing(t)]
+    return min((t for t in ts if t >= 16), default=min(ts, default=None))
+
+
+def measured(cells: dict[tuple, dict]) -> dict[tuple, dict]:
+    """The cells a benchmark script recorded: RESULTS.md's compacted tables leave the history
+    converted from the hand-written tables (the code of its day, not today's) to DETAILS.md."""
+    return {k: r for k, r in cells.items() if r.get("source") != CONVERTED}
+
+
+def _default_call(r: dict) -> bool:
+    return (r.get("layout") in (None, "halves") and not r.get("recipe")
+            and r.get("variant") in (None, "", DEFAULT_GROUP) and r.get("dtype") in (None, "bfloat16")
+            and r.get("hidden") in SUMMARY_HIDDEN)
+
+
+def select_pairs(cells: dict[tuple, dict]) -> dict[tuple, dict]:
+    """RESULTS.md's kernel cells of one device: each op's default call at the summary widths, at
+    the decode size, 4096 and 16384 tokens (the module docstring says why)."""
+    folded: dict[tuple, dict] = {}
+    for r in measured(cells).values():
+        if _default_call(r):
+            r = dict(r, variant=None)  # the g128 cell and the unnamed one are one call: the latest wins
+            k = cell_key(r)
+            if k not in folded or r["_order"] > folded[k]["_order"]:
+                folded[k] = r
+    shown = {decode_tokens(r.get("tokens") for r in folded.values()), *SUMMARY_TOKENS}
+    return {k: r for k, r in folded.items() if r.get("tokens") in shown}
+
+
+def _ab(r: dict) -> bool:
+    # an experiment's A/B rounds ("[A/B ...]" cases) stay in the records and its decision
+    return "[A/B" in str(r.get("case"))
+
+
+def select_host(cells: dict[tuple, dict]) -> dict[tuple, dict]:
+    """RESULTS.md's host cells of one device: every cell of the cases (A/B experiments never)
+    recorded on the latest date of its host records."""
+    kept = {k: r for k, r in measured(cells).items() if not _ab(r)}
+    newest = max((str(r.get("date", "")) for r in kept.values()), default="")
+    current = {(r.get("case"), r.get("mode")) for r in kept.values() if str(r.get("date", "")) == newest}
+    return {k: r for k, r in kept.items() if (r.get("case"), r.get("mode")) in current}
+
+
+def host_section(cells: dict[tuple, dict], run: dict) -> list[str]:
+    """Every host row but the A/B experiments' (counted)."""
+    ab = {k for k, r in cells.items() if _ab(r)}
+    note = [f"{len(ab)} row(s) of A/B experiments are in the records only.", ""] if ab else []
+    return note + model_section({k: r for k, r in cells.items() if k not in ab}, run)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a markdown heading: lower case, punctuation but "-" and "_" dropped, spaces to "-"."""
+    text = heading.lstrip("#").strip().lower()
+    return "".join(c for c in text if c.isalnum() or c in "-_ ").replace(" ", "-")
+
+
+KERNELS = "Kernels (`bench_pairs.py`)"
+MLP = "End to end (`bench_mlp.py`)"
+HOST = "Host cost"
+MOE = "Mixture of experts (`bench_moe.py`)"
+TUNING = "Vectors per thread tuned per device (`custom_ops/tuning.py`, `tuning_records.py`)"
+BASELINE = "Against a baseline checkout in the same device call (`gpu_session.sh` baseline stage)"
+
+
+def _device_title(device: str, cells: dict[tuple, dict]) -> str:
+    return f"### {device or 'unknown device'}"
+
+
+def per_device(groups: dict[str, list[tuple[str, dict]]], bench: str, body, title=_device_title) -> list[str]:
+    """A ``###`` block per device of ``bench``: its title, then ``body(cells)``; or a line saying
+    there are no such records."""
+    if bench not in groups:
+        return [f'No records (`bench="{bench}"`).', ""]
+    out = []
+    for device, cells in groups[bench]:
+        out += [title(device, cells), ""] + body(cells) + [""]
+    return out
+
+
+def _section(title: str, lines: list[str], pointer: str | None = None) -> list[str]:
+    """A ``##`` section; a compacted one ends with a link to its section of DETAILS.md."""
+    out = [f"## {title}", ""] + lines
+    if pointer is not None:
+        out += [f"All cells: [{pointer}#{slug(title)}]({pointer}#{slug(title)})", ""]
+    return out
+
+
+def runs_table(keys: list[tuple], run: dict, shown: list[dict]) -> list[str]:
+    """The runs ``keys`` (run_of keys, in run order) with their date, device, commit, versions,
+    copy bandwidth and command."""
+    rows = []
+    for key in keys:
+        sample = next(r for r in shown if run_of(r) == key)
+        bw = sample.get("copy_bw_gbs")
+        rng = sample.get("copy_bw_gbs_range")
+        copy = f"{bw:.0f}" if not missing(bw) else f"{rng[0]}-{rng[1]}" if rng else "-"
+        versions = ", ".join(f"{n} {sample[f]}" for n, f in (("torch", "torch"), ("driver", "driver")) if sample.get(f))
+        note = " (converted)" if sample.get("source") == CONVERTED else ""
+        rows.append([run[key], key[0], key[1], f"`{key[2]}`" if key[2] else
+                     (f"recorded in `{sample['recorded_in']}`" if sample.get("recorded_in") else "-"),
+                     versions or "-", copy, f"`{key[3]}`{note}" if key[3] else "-"])
+    return table(["run", "date", "device", "commit", "versions", "copy GB/s", "command"], rows, drop_empty=False)
+
+
+def _by_bench(groups: dict[tuple, dict[tuple, dict]]) -> dict[str, list[tuple[str, dict]]]:
+    out: dict[str, list[tuple[str, dict]]] = {}
+    for (bench, device), cells in sorted(groups.items()):
+        out.setdefault(bench, []).append((device, cells))
+    return out
+
+
+#: the benches RESULTS.md shows, and what it shows of each (all cells: dict)
+SELECT = {"pairs": select_pairs, "mlp": measured, "host": select_host, "moe": measured, "pass_overhead": dict}
+
+
+def render_details(by_bench: dict[str, list[tuple[str, dict]]], records: list[dict], run: dict,
+                   shown: list[dict], results_link: str) -> str:
+    """DETAILS.md: every cell but the method, the pass overhead and the constants (RESULTS.md's)."""
+    out = ["# Benchmark details", "",
+           "Every cell of the latest records, generated with RESULTS.md by `python benchmarks/summarize.py` from",
+           "`benchmarks/results/*.jsonl` (`--check` fails when either is stale). The method, the pass overhead",
+           f"and the measured constants are in [RESULTS.md]({results_link}).", ""]
+    out += _section("Runs", runs_table(sorted(run, key=sort_key), run, shown) + [""])
+    out += _section(KERNELS, [PAIRS_NOTE, ""] + per_device(by_bench, "pairs", lambda c: pairs_section(c, run),
+                                                           lambda d, c: device_line(c)))
+    out += _section(MLP, per_device(by_bench, "mlp", lambda c: model_section(c, run)))
+    out += _section(HOST, per_device(by_bench, "host", lambda c: host_section(c, run)))
+    out += _section(MOE, per_device(by_bench, "moe", lambda c: moe_section(c, run)))
+    out += _section(TUNING, per_device(by_bench, "tuning", lambda c: tuning_section(c, run)))
+    out += _section(BASELINE, per_device(by_bench, "pairs_baseline", lambda c: baseline_section(c, records, run)))
+    for bench in sorted(b for b in by_bench if b not in KNOWN):
+        out += _section(f"Other: `{bench}`", per_device(by_bench, bench, lambda c: generic_section(c, run)))
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _table_section(title: str, groups: dict[str, list[tuple[str, dict]]], bench: str, body,
+                   pointer: str | None = None) -> list[str]:
+    """A section of one table over every device of ``bench``: ``body(groups[bench])``."""
+    lines = body(groups[bench]) + [""] if bench in groups else [f'No records (`bench="{bench}"`).', ""]
+    return _section(title, lines, pointer)
+
+
+def render_results(by_bench: dict[str, list[tuple[str, dict]]], run: dict, details_link: str) -> str:
+    """RESULTS.md: the method, then the fixed tables (the module docstring says which rows)."""
+    compact = {bench: [(device, select(cells)) for device, cells in by_bench.get(bench, [])]
+               for bench, select in SELECT.items()}
+    # a device none of whose cells are shown gets no table; a bench with none, the "No records" line
+    compact = {bench: [(d, c) for d, c in groups if c] for bench, groups in compact.items()}
+    compact = {bench: groups for bench, groups in compact.items() if groups}
+    shown = [r for groups in compact.values() for _, cells in groups for r in cells.values()]
+    out = ["# Benchmark results", "",
+           "Generated by `python benchmarks/summarize.py` from `benchmarks/results/*.jsonl`, with "
+           f"[DETAILS.md]({details_link}) (every cell);",
+           "edit the records (`--check` fails when either file is stale). What the numbers decided: `docs/decisions/`.",
+           "", METHOD.rstrip(), ""]
+    out += _section("Runs", runs_table(sorted({run_of(r) for r in shown}, key=sort_key), run, shown) + [""])
+    out += _section(KERNELS, [f"Each op's default call (halves, default recipe, no variant, bf16) at H = "
+                              f"{', '.join(map(str, SUMMARY_HIDDEN))}. {PAIRS_NOTE}", ""]
+                    + per_device(compact, "pairs", lambda c: pairs_section(c, run), lambda d, c: device_line(c)),
+                    details_link)
+    out += _table_section(MLP, compact, "mlp", lambda g: mlp_grid(g, run), details_link)
+    out += _table_section(HOST, compact, "host", lambda g: host_grid(g, run), details_link)
+    out += _table_section(MOE, compact, "moe", lambda g: moe_grid(g, run), details_link)
+    out += _table_section("Pass overhead (`bench_pass_overhead.py`)", compact, "pass_overhead",
+                          lambda g: overhead_section(g, run))
+    out += _table_section("Measured constants", by_bench, "constants", lambda g: constants_section(g, run))
+    return "\n".join(out).rstrip() + "\n"
+
+
+def render(records: list[dict], details_link: str = "DETAILS.md", results_link: str = "RESULTS.md") -> tuple[str, str]:
+    """(RESULTS.md, DETAILS.md) of the records, each file linking to the other by the path given."""
     groups = latest(records)
+    by_bench = _by_bench(groups)
     # constants rest on their own runs (named in their table), not listed as runs
     shown = [r for (bench, _), cells in groups.items() if bench != "constants" for r in cells.values()]
     # the device calls a baseline was timed in are runs too, when a later run replaced their cells
@@ -381,85 +652,30 @@ def render(records: list[dict]) -> str:
               for m in baseline_matches(cells, records).values()]
     runs = sorted({run_of(r) for r in shown}, key=sort_key)
     run = {key: f"R{i + 1}" for i, key in enumerate(runs)}
-    by_bench: dict[str, list[tuple[str, dict]]] = {}
-    for (bench, device), cells in sorted(groups.items()):
-        by_bench.setdefault(bench, []).append((device, cells))
-
-    out = ["# Benchmark results", "",
-           "Generated by `python benchmarks/summarize.py` from `benchmarks/results/*.jsonl`: edit the",
-           "records, not this file (`--check` fails when it is stale). What these numbers decided is in",
-           "`docs/decisions/`; the run-by-run history is in git.", "", METHOD.rstrip(), "", "## Runs", ""]
-    run_rows = []
-    for key in runs:
-        sample = next(r for r in shown if run_of(r) == key)
-        bw = sample.get("copy_bw_gbs")
-        rng = sample.get("copy_bw_gbs_range")
-        copy = f"{bw:.0f}" if not missing(bw) else f"{rng[0]}-{rng[1]}" if rng else "-"
-        versions = ", ".join(f"{n} {sample[f]}" for n, f in (("torch", "torch"), ("driver", "driver")) if sample.get(f))
-        note = " (converted)" if sample.get("source") == "converted from RESULTS.md history" else ""
-        run_rows.append([run[key], key[0], key[1], f"`{key[2]}`" if key[2] else
-                         (f"recorded in `{sample['recorded_in']}`" if sample.get("recorded_in") else "-"),
-                         versions or "-", copy, f"`{key[3]}`{note}" if key[3] else "-"])
-    out += table(["run", "date", "device", "commit", "versions", "copy GB/s", "command"], run_rows, drop_empty=False)
-
-    out += ["", "## Kernels (`bench_pairs.py`)", ""]
-    for device, cells in by_bench.get("pairs", []):
-        out += [device_line(cells), ""] + pairs_section(cells, run) + [""]
-    if "pairs" not in by_bench:
-        out += ['No records (`bench="pairs"`).', ""]
-    for bench, title in (("mlp", "End to end (`bench_mlp.py`)"), ("host", "Host cost")):
-        out += [f"## {title}", ""]
-        for device, cells in by_bench.get(bench, []):
-            # an experiment's A/B rounds ("[A/B ...]" cases) stay in the records and its decision
-            ab = {k for k, r in cells.items() if "[A/B" in str(r.get("case"))}
-            note = [f"{len(ab)} row(s) of A/B experiments are in the records only.", ""] if ab else []
-            out += [f"### {device or 'unknown device'}", ""] + note + \
-                model_section({k: r for k, r in cells.items() if k not in ab}, run) + [""]
-        if bench not in by_bench:
-            out += [f'No records (`bench="{bench}"`).', ""]
-    out += ["## Mixture of experts (`bench_moe.py`)", ""]
-    for device, cells in by_bench.get("moe", []):
-        out += [f"### {device or 'unknown device'}", ""] + moe_section(cells, run) + [""]
-    if "moe" not in by_bench:
-        out += ['No records (`bench="moe"`).', ""]
-    out += ["## Pass overhead (`bench_pass_overhead.py`)", ""]
-    out += overhead_section(by_bench["pass_overhead"], run) if "pass_overhead" in by_bench else \
-        ['No records (`bench="pass_overhead"`).']
-    out += ["", "## Vectors per thread tuned per device (`custom_ops/tuning.py`, `tuning_records.py`)", ""]
-    for device, cells in by_bench.get("tuning", []):
-        out += [f"### {device or 'unknown device'}", ""] + tuning_section(cells, run) + [""]
-    if "tuning" not in by_bench:
-        out += ['No records (`bench="tuning"`).', ""]
-    out += ["", "## Against a baseline checkout in the same device call (`gpu_session.sh` baseline stage)", ""]
-    for device, cells in by_bench.get("pairs_baseline", []):
-        out += [f"### {device or 'unknown device'}", ""] + baseline_section(cells, records, run) + [""]
-    if "pairs_baseline" not in by_bench:
-        out += ['No records (`bench="pairs_baseline"`).', ""]
-    out += ["", "## Measured constants", ""]
-    out += constants_section(by_bench["constants"], run) if "constants" in by_bench else \
-        ['No records (`bench="constants"`).']
-    for bench in sorted(b for b in by_bench if b not in KNOWN):
-        out += ["", f"## Other: `{bench}`", ""]
-        for device, cells in by_bench[bench]:
-            out += [f"### {device or 'unknown device'}", ""] + generic_section(cells, run) + [""]
-    return "\n".join(out).rstrip() + "\n"
+    return (render_results(by_bench, run, details_link),
+            render_details(by_bench, records, run, shown, results_link))
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write (or with --check compare) RESULTS.md and DETAILS.md; 1 when a checked file is stale."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=HERE / "results", help="directory of *.jsonl records")
     p.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
-    p.add_argument("--check", action="store_true", help="exit 1 if --out differs from what the records give")
+    p.add_argument("--details", type=Path, help="the file of every cell (default: DETAILS.md next to --out)")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 if --out or --details differs from what the records give")
     args = p.parse_args(argv)
-    text = render(load(args.results))
-    if args.check:
-        current = args.out.read_text() if args.out.exists() else ""
-        if current != text:
-            print(f"{args.out} is stale: run python benchmarks/summarize.py", file=sys.stderr)
-            return 1
-        return 0
-    args.out.write_text(text)
-    return 0
+    details = args.details or args.out.parent / "DETAILS.md"
+    texts = render(load(args.results), Path(os.path.relpath(details, args.out.parent)).as_posix(),
+                   Path(os.path.relpath(args.out, details.parent)).as_posix())
+    stale = False
+    for path, text in zip((args.out, details), texts):
+        if not args.check:
+            path.write_text(text)
+        elif (path.read_text() if path.exists() else "") != text:
+            print(f"{path} is stale: run python benchmarks/summarize.py", file=sys.stderr)
+            stale = True
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":
