@@ -44,8 +44,9 @@ const char* launch_smem(void (*kernel)(KArgs...), dim3 grid, dim3 block, int sme
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
+  // no attribute at all without pdl: a launch (or a captured graph node) then is a plain one
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = pdl ? 1 : 0;
   const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
   if (err != cudaSuccess) {
     cudaGetLastError();  // clear it: the error is returned here
