@@ -44,9 +44,8 @@ const char* launch_smem(void (*kernel)(KArgs...), dim3 grid, dim3 block, int sme
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  // no attribute at all without pdl: a launch (or a captured graph node) then is a plain one
   cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
+  cfg.numAttrs = 1;
   const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
   if (err != cudaSuccess) {
     cudaGetLastError();  // clear it: the error is returned here
@@ -304,37 +303,6 @@ const char* launch_token(const QuantParams& p, int threads_x, int block_threads)
                 p.act_args, p.recipe);
 }
 
-// A decode batch of 16-bit rows up to kTokenThreads half vectors wide (bf16 / f16 H <= 2048) on
-// act_token_quant_decode_kernel: a block per row, twice the threads of the 16-byte kernels'
-// narrowest row. Returns "" (not an error) where it does not apply, for dispatch_token's kernels:
-// fp32 inputs, a launch shape forced by a benchmark or tuning, wider rows, or more rows than one
-// round of blocks holds (the persistent kernels then overlap a row's loads with the last one's
-// arithmetic).
-template <Fp8Step K>
-const char* launch_token_decode(const QuantParams& p) {
-  if constexpr (!DT::kPacked) {
-    return "";
-  } else {
-    constexpr int64_t kHalf = kVec / 2;
-    const int64_t chunks = (p.hidden + kHalf - 1) / kHalf;
-    if (p.vectors != 0 || p.blocks_per_sm != 0 || p.row_stages != 0 || chunks > kTokenThreads) return "";
-    const auto kernel = interleaved(p.in) ? act_token_quant_decode_kernel<DT, Act, K, kIL>
-                                          : act_token_quant_decode_kernel<DT, Act, K>;
-    const int threads = int((chunks + 31) / 32 * 32);
-    // blocks resident per SM, by block size in warps (host-side cache; the variants share registers)
-    static int resident[kTokenThreads / 32 + 1] = {};
-    int& n = resident[threads / 32];
-    if (n == 0) {
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, 0);
-      n = std::max(n, 1);
-    }
-    if (p.tokens > int64_t(n) * p.sms) return "";
-    return launch(kernel, dim3(unsigned(p.tokens)), dim3(unsigned(threads)), p.stream, p.pdl,
-                  static_cast<uint8_t*>(p.q), static_cast<float*>(p.s), gate_ptr(p.in), up_ptr(p.in),
-                  p.in.in_stride, p.tokens, p.hidden, p.act_args, p.recipe);
-  }
-}
-
 // Per-token: up to 4 vectors per thread, so that a row takes few threads (a warp for
 // rows up to 128 vectors: no barrier) and a block many rows (fewer barriers per byte),
 // when that still leaves two blocks per SM; fewer tokens get the fewest vectors per
@@ -347,7 +315,6 @@ const char* launch_token_decode(const QuantParams& p) {
 // they fit) and blocks of about kTokenThreads / k threads. K: the recipe's scale step (fp8_step).
 template <Fp8Step K>
 const char* dispatch_token(const QuantParams& p) {
-  if (const char* err = launch_token_decode<K>(p); err == nullptr || err[0] != '\0') return err;
   const int64_t vecs = p.hidden / kVec;
   auto threads = [&](int64_t nv) { return std::max<int64_t>(32, ((vecs + nv - 1) / nv + 31) / 32 * 32); };
   const int64_t rows4 = std::max<int64_t>(1, kTokenThreads / threads(4));

@@ -15,8 +15,6 @@
 // act_token_quant_staged_kernel (the same rows; launch_unit.cuh launch_token_staged): the coming
 // rows (one or two ahead) go to shared memory by cp.async instead of a second set of registers.
 //
-// act_token_quant_decode_kernel (a decode batch): a block per row, half vectors, no loop.
-//
 // act_token_quant_wide_kernel (longer rows): one pass for the amax, a second that
 // recomputes act(x) (the re-read mostly hits L2) and encodes.
 #pragma once
@@ -252,49 +250,6 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_staged_kernel(
     token_store<DT, K, NV>(q, s, row, hidden, y, yp, st, rr);
     row = next;
   }
-}
-
-// A decode batch (no more rows than the GPU holds at one row per block): each row is its own
-// block, and a thread takes EPT elements, half a 16-byte vector of 16-bit inputs, so twice the
-// threads share a row. At these sizes the launch is latency-bound, and the longest thread's
-// arithmetic (the activation, the division by the scale) is on the critical path, not the
-// bandwidth (launch_unit.cuh launch_token_decode). Rows of up to blockDim.x * EPT elements.
-template <typename DT, typename Act, Fp8Step K, bool IL = false>
-__global__ void __launch_bounds__(kTokenThreads) act_token_quant_decode_kernel(
-    uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ gate,
-    const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t tokens, int64_t hidden,
-    const ActArgs aa, const ScaleRecipe rr) {
-  static_assert(DT::kPacked, "16-bit inputs: a 16-byte vector of fp32 is already 4 elements");
-  using S = typename DT::Storage;
-  using Q = Fp8Scaled<K>;
-  constexpr int EPT = 8 / sizeof(S);
-  pdl_wait_and_trigger();
-  const int64_t row_off = int64_t(blockIdx.x) * in_stride;
-  const int64_t col = int64_t(threadIdx.x) * EPT;
-  const bool in_row = col < hidden;
-  uint2 g = {}, u = {};
-  if (in_row) {
-    if constexpr (IL) {
-      // the 2 * EPT interleaved inputs of these outputs are one 16-byte vector
-      const uint4 v = __ldg(reinterpret_cast<const uint4*>(gate + row_off + 2 * col));
-      g = make_uint2(__byte_perm(v.x, v.y, 0x5410), __byte_perm(v.z, v.w, 0x5410));
-      u = make_uint2(__byte_perm(v.x, v.y, 0x7632), __byte_perm(v.z, v.w, 0x7632));
-    } else {
-      g = __ldg(reinterpret_cast<const uint2*>(gate + row_off + col));
-      if constexpr (Act::kGated) u = __ldg(reinterpret_cast<const uint2*>(up + row_off + col));
-    }
-  }
-  float y[EPT];
-  uint32_t yp[EPT / 2];
-  const float m = act_round_amax<DT, Act, EPT>(y, yp, reinterpret_cast<const S*>(&g),
-                                               reinterpret_cast<const S*>(&u), in_row, aa);
-  const auto st = Q::template prepare<DT>(row_max(in_row ? m : 0.0f, 0), rr);
-  if (in_row) {
-    uint32_t w[EPT / 4];
-    Q::template encode<EPT, DT>(y, nullptr, st, w, rr);
-    store_bytes<EPT>(q + int64_t(blockIdx.x) * hidden + col, w, 0);
-  }
-  if (threadIdx.x == 0) s[blockIdx.x] = Q::scale(st);
 }
 
 template <typename DT, typename Act, bool IL>

@@ -113,8 +113,9 @@ def test_every_row_staging_equals_the_reference(monkeypatch, name, dtype, hidden
 
 
 DECODE_CASES = [
-    # (op, dtype, hidden, tokens, layout, recipe): no more rows than the GPU holds at a row per block,
-    # rows of at most 512 half vectors (launch_unit.cuh launch_token_decode); 1000 leaves lanes idle
+    # (op, dtype, hidden, tokens, layout, recipe): decode batches (no more rows than SMs, or a few
+    # per SM; launch_unit.cuh rows_per_block), every gated layout, a recipe of each scale step;
+    # 1000 leaves lanes of a row's last warp idle
     ("silu_and_mul_per_token_quant_fp8", torch.bfloat16, 768, 16, "halves", ""),
     ("silu_and_mul_per_token_quant_fp8", torch.float16, 2048, 131, "separate", "floor_at=scale,eps=1e-06"),
     ("swigluoai_and_mul_per_token_quant_fp8", torch.bfloat16, 1000, 7, "interleaved", ""),
@@ -126,9 +127,9 @@ DECODE_CASES = [
 @pytest.mark.parametrize("name,dtype,hidden,tokens,layout,recipe", DECODE_CASES,
                          ids=[f"{c[0]}-{c[4]}-{c[3]}x{c[2]}" for c in DECODE_CASES])
 def test_decode_kernel_equals_the_reference(name, dtype, hidden, tokens, layout, recipe):
-    """Decode batches: the launcher's own choice (the block-per-row kernel on half vectors) and the
-    persistent kernel (a forced vector count) give the reference's bits, for every gated layout and
-    for recipes of each scale step, non-finite rows included."""
+    """Decode batches: the launcher's own choice and a forced vector count give the reference's
+    bits, for every gated layout and for recipes of each scale step, non-finite and all-zero rows
+    included."""
     entry = catalog.OPS[name]
     width = hidden * (2 if entry.activation.gated and layout != "separate" else 1)
     x = (torch.randn(tokens, width, device="cuda", dtype=dtype) * 4).to(dtype)
