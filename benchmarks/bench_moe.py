@@ -44,13 +44,14 @@ def bench_cell(model, t: int, device: str, iters: int, rounds: int = 21, profile
     torch.manual_seed(1)
     x = torch.randn(t, model.shape.hidden, device=device, dtype=torch.bfloat16)
     oracle.reset_counts()
-    plain, fused, out_without, out_with, report = fp8_moe.compile_both(model, x, emulate=False)
+    # the rewrite is what is measured, also where the default config keeps the site (records say which)
+    plain, fused, out_without, out_with, report = fp8_moe.compile_both(model, x, emulate=False, speed_table=False)
     if report is None or len(report.rewrites) != 1:
         raise SystemExit(f"T={t}: the pass did not fuse the experts' site:\n{report}")
     backends = sorted({b for (op, b) in oracle.call_counts() if op == report.rewrites[0].fused_op.split(".")[-1]})
     if device == "cuda" and backends in ([], ["torch"]):
         raise SystemExit(f"T={t}: the fused op ran {backends or 'nowhere'}, not a kernel")
-    times = {"backend": ",".join(backends),
+    times = {"backend": ",".join(backends), "op": report.rewrites[0].fused_op.split(".")[-1],
              "max_abs_diff": (out_with.float() - out_without.float()).abs().max().item()}
     with torch.no_grad():
         stats = {}
@@ -98,6 +99,19 @@ def kernel_lines(table: dict[str, dict[str, tuple[float, float]]]) -> list[str]:
     tot = [(sum(n for n, _ in t.values()), sum(u for _, u in t.values())) for t in (a, b)]
     lines.append(f"|   all kernels | {tot[0][0]:g} / {tot[1][0]:g} | {tot[0][1]:.1f} / {tot[1][1]:.1f} |")
     return lines
+
+
+def default_decision(op: str, scales: str, rows: int, inter: int, cuda_graphs: bool) -> str:
+    """Why the default config keeps the layer's site (the measured rule), or "" where it fuses it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from quantfuse.passes import profitability
+
+    with FakeTensorMode():
+        y = torch.empty(rows, inter, dtype=torch.bfloat16, device="cuda")
+    scheme = fp8_moe.SCALES_SCHEME[scales]
+    return profitability.measured_reason(op, scheme, {"group_size": fp8_moe.BLOCK}, y,
+                                         FusionConfig(cuda_graphs=cuda_graphs)) or ""
 
 
 def main(argv=None) -> int:
@@ -151,6 +165,8 @@ def main(argv=None) -> int:
                         records[-1].update(without_pass_host_us=times["without_host"],
                                            with_pass_host_us=times["with_host"],
                                            paired_speedup=times["paired_plain"], rounds=rounds)
+                    records[-1]["default_config"] = default_decision(times["op"], scales, t * s.topk, s.inter,
+                                                                     key == "graph") if args.device == "cuda" else ""
                     r = records[-1]
                     if args.jsonl:  # each cell as it is measured: a stage timeout keeps what was done
                         write_records(args.jsonl, [r], info)
@@ -158,12 +174,13 @@ def main(argv=None) -> int:
                                  f"{r['without_pass_us']:.1f} | {r['with_pass_us']:.1f} | "
                                  f"{r['without_pass_us'] / r['with_pass_us']:.3f}x |"
                                  + (f" host {r['without_pass_host_us']:.1f} / {r['with_pass_host_us']:.1f} µs,"
-                                    f" paired {r['paired_speedup']:.3f}x |" if key == "plain" else " |"))
+                                    f" paired {r['paired_speedup']:.3f}x |" if key == "plain" else " |")
+                                 + f" {('kept' if r['default_config'] else 'fused') if args.device == 'cuda' else '-'} |")
                     print(lines[-1], flush=True)
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     text = "\n".join([f"FP8 MoE layer, {device}, torch {torch.__version__}", "",
-                      "| case | mode | T | shape | without pass (µs) | with pass (µs) | speedup | plain calls: host CPU, paired |",
-                      "|---|---|---|---|---|---|---|---|", *lines])
+                      "| case | mode | T | shape | without pass (µs) | with pass (µs) | speedup | plain calls: host CPU, paired "
+                      "| default config |", "|---|---|---|---|---|---|---|---|---|", *lines])
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -49,6 +49,8 @@ import quantfuse
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
 BLOCK = 128
+#: the catalog scheme each ``--scales`` configuration quantises the activation with
+SCALES_SCHEME = {"token": "fp8_per_token", "block": "fp8_per_group"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,10 +202,12 @@ def build(shape: str = "small", device: str = "cpu", scales: str = "token", ue8m
     return FP8MoE(SHAPES[shape], dev, scales, ue8m0, activation, use_sgm).eval()
 
 
-def compile_both(model: torch.nn.Module, x: torch.Tensor, mode: str | None = None, emulate: bool = True):
+def compile_both(model: torch.nn.Module, x: torch.Tensor, mode: str | None = None, emulate: bool = True,
+                 speed_table: bool | None = None):
     """The layer compiled without and with the pass (same Inductor settings; ``emulate``:
-    ``emulate_precision_casts``), both compiled callables, their outputs and the pass's report."""
-    config = quantfuse.FusionConfig(native_on_cpu=x.device.type == "cpu")
+    ``emulate_precision_casts``; ``speed_table``: ``FusionConfig.speed_table``, False to rewrite
+    a site the measured rule would keep), both compiled callables, their outputs and the pass's report."""
+    config = quantfuse.FusionConfig(native_on_cpu=x.device.type == "cpu", speed_table=speed_table)
     with torch.no_grad(), torch._inductor.config.patch(fx_graph_cache=False, emulate_precision_casts=emulate), \
             torch._functorch.config.patch(enable_autograd_cache=False):
         torch._dynamo.reset()
@@ -219,8 +223,11 @@ def compile_both(model: torch.nn.Module, x: torch.Tensor, mode: str | None = Non
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--shape", choices=sorted(SHAPES), default="small")
-    p.add_argument("--tokens", type=int, default=64)
+    # on a GPU a real layer at a prefill size: at decode sizes the pass keeps the per-token site where
+    # the fused call is measured slower (its report says why: quantfuse.passes.profitability)
+    gpu = torch.cuda.is_available()
+    p.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-30b-a3b" if gpu else "small")
+    p.add_argument("--tokens", type=int, default=4096 if gpu else 64)
     p.add_argument("--scales", choices=["token", "block"], default="token")
     p.add_argument("--ue8m0", action="store_true", help="power-of-two block scales (with --scales block)")
     p.add_argument("--activation", choices=["silu", "relu2"], default="silu")
@@ -241,7 +248,9 @@ def main(argv=None) -> int:
           f"{' ue8m0' if args.ue8m0 else ''} activation={args.activation} GEMMs: {gemm}")
     print(f"max |with pass - without| = {diff:.4g}; max |with pass - eager| = {vs_eager:.4g}")
     if report is None or len(report.rewrites) != 1:
-        print(f"FAIL: expected 1 rewrite, got {0 if report is None else len(report.rewrites)}", file=sys.stderr)
+        kept = [m.reason for m in (report.near_misses if report else []) if m.reason.startswith("kept for speed")]
+        print(f"FAIL: expected 1 rewrite, got {0 if report is None else len(report.rewrites)}"
+              + (f" ({kept[0]})" if kept else ""), file=sys.stderr)
         return 1
     if not torch.equal(fused, baseline):
         rel = ((fused.float() - baseline.float()).norm() / baseline.float().norm()).item()

@@ -75,6 +75,13 @@ class FusionConfig:
         planned_outputs: leave each quantfuse call of a CUDA graph as its ``out`` overload on
             buffers Inductor allocates (``quantfuse.passes.planned_outputs``: less host time per
             call). On by default; ``QUANTFUSE_PLANNED_OUTPUTS=0`` turns it off.
+        speed_table: keep native sites of GPU graphs where the benchmark records measured the
+            fused op slower at their size (``quantfuse.passes.profitability.measured_reason``). On by
+            default; ``QUANTFUSE_SPEED_TABLE=0`` turns it off.
+        cuda_graphs: whether the compiled graph is replayed in a CUDA graph, which the speed table's
+            rule weighs (kernel time only, or kernel and host time). None: Inductor's
+            ``triton.cudagraphs`` (``mode="reduce-overhead"``); say True where something else
+            captures the graph (vLLM's own CUDA graphs).
         quant_keys: vLLM quant key names or :class:`quantfuse.quant_keys.QuantKey` constants
             (``[kFp8Dynamic128Sym]``): only sites quantised as one of them are fused (a group
             key also narrows ``group_sizes``). Default: no narrowing. With ``patterns``: both hold.
@@ -100,12 +107,19 @@ class FusionConfig:
     #: the fused calls' outputs planned by Inductor (quantfuse.passes.planned_outputs); None:
     #: on unless ``QUANTFUSE_PLANNED_OUTPUTS=0``
     planned_outputs: bool | None = None
+    #: the measured profitability rule (quantfuse.passes.profitability.measured_reason); None: on
+    #: unless ``QUANTFUSE_SPEED_TABLE=0``
+    speed_table: bool | None = None
+    #: the graph is replayed in a CUDA graph; None: Inductor's ``triton.cudagraphs`` at pass time
+    cuda_graphs: bool | None = None
 
     def __post_init__(self):
         if self.native_on_cpu is None:
             object.__setattr__(self, "native_on_cpu", os.environ.get("QUANTFUSE_NATIVE_ON_CPU", "") == "1")
         if self.planned_outputs is None:
             object.__setattr__(self, "planned_outputs", os.environ.get("QUANTFUSE_PLANNED_OUTPUTS", "1") != "0")
+        if self.speed_table is None:
+            object.__setattr__(self, "speed_table", os.environ.get("QUANTFUSE_SPEED_TABLE", "1") != "0")
         # frozen: normalise through object.__setattr__ so lists hash (the config keys a cache)
         object.__setattr__(self, "fusions", _pairs(self.fusions, "fusions"))
         object.__setattr__(self, "native_fusions", _pairs(self.native_fusions, "native_fusions"))

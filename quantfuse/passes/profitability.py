@@ -13,12 +13,31 @@ quant -> dequant round trip of fake quantisation, or of a bf16 GEMM standing in 
 one) is kept on every device: Inductor fuses those reads into the site's own kernel, so its
 code never writes the FP8 tensor, and the fused op would add that write, a second kernel and
 its read (measured: ``docs/decisions/025-dequantised-sites-kept.md``).
+
+On a GPU graph a native site is also kept where the benchmark records say the fused op is the
+slower one at its size (:func:`measured_reason`, reading :mod:`quantfuse.passes.speed_table`, which
+``benchmarks/speed_table.py`` generates from ``benchmarks/results``; decision 031):
+
+- replayed in a CUDA graph (``FusionConfig.cuda_graphs``; by default Inductor's
+  ``triton.cudagraphs``, which ``mode="reduce-overhead"`` sets), only kernel time counts: kept
+  where the fused kernel was slower than Inductor's by more than :data:`MARGIN` in every run;
+- run without CUDA graphs, a fused call costs more host time than the Inductor launch it
+  replaces (``host_added_us``, per scheme): kept where the kernel time it saves is less, since
+  at decode sizes a forward is host-bound (its host time is its wall time).
+
+The cell read is the nearest measured (rows, hidden) at or above the site's (an FP8 per-group
+site by group size and scale layout); a site larger than every cell, of a dynamic size, or of an
+op or layout never measured is rewritten, as is every site where the device has no table of its
+own and the default device's (:data:`DEFAULT_DEVICE`) has no cell. ``FusionConfig(speed_table=False)``
+(``QUANTFUSE_SPEED_TABLE=0``) turns the rule off.
 """
 
 from __future__ import annotations
 
 import torch
 from torch.fx import Node
+
+from quantfuse.passes import speed_table
 
 KEPT_FOR_SPEED = "kept for speed"
 
@@ -66,3 +85,75 @@ def dequantised_reason(q: Node) -> str | None:
             else:
                 return None
     return DEQUANTISED_REASON if terminals else None
+
+
+#: kernel-time differences within this fraction are the benchmarks' run-to-run spread
+MARGIN = 0.02
+#: the device whose table an unmeasured device reads (the GPU most records come from)
+DEFAULT_DEVICE = "NVIDIA H200"
+
+
+def device_name(device: torch.device) -> str:
+    """The name the speed table is keyed by (``torch.cuda.get_device_name``)."""
+    return torch.cuda.get_device_name(device)
+
+
+def cell_variant(scheme_key: str, params: dict) -> str:
+    """The benchmark cell variant of a site: ``g<group>`` (``:col`` for column-major scales) for
+    FP8 per-group, ``""`` otherwise (as ``bench_pairs --group-variants`` names them)."""
+    if scheme_key != "fp8_per_group":
+        return ""
+    return f"g{params.get('group_size', 128)}" + (":col" if params.get("column_major_scales") else "")
+
+
+def nearest_cell(cells: dict, rows: int, hidden: int):
+    """The measured ((rows, hidden), value) nearest at or above the site's size, or None."""
+    above = [(t, h) for (t, h) in cells if t >= rows and h >= hidden]
+    if not above:
+        return None
+    key = min(above, key=lambda c: (c[0] / rows + c[1] / hidden, c))
+    return key, cells[key]
+
+
+def cuda_graphs(config) -> bool:
+    """Whether the graph is replayed in a CUDA graph: the config's answer, else Inductor's."""
+    if config.cuda_graphs is not None:
+        return config.cuda_graphs
+    return bool(torch._inductor.config.triton.cudagraphs)
+
+
+def measured_reason(op_name: str, scheme_key: str, params: dict, y_val, config) -> str | None:
+    """Why a native site of a GPU graph is kept for speed according to the measured table
+    (``y_val``: the activation output's value, giving rows and hidden), or None to rewrite it."""
+    if not config.speed_table or y_val is None or y_val.device.type != "cuda":
+        return None
+    shape = tuple(y_val.shape)
+    if not shape or not all(isinstance(d, int) for d in shape):
+        return None  # a dynamic size: which cell it falls in is not known
+    hidden = shape[-1]
+    rows = y_val.numel() // hidden if hidden else 0
+    if rows == 0:
+        return None
+    name = device_name(y_val.device)
+    table = speed_table.TABLES.get(name)
+    source = name
+    if table is None:
+        table, source = speed_table.TABLES.get(DEFAULT_DEVICE), f"{DEFAULT_DEVICE} (no table for {name})"
+    if table is None:
+        return None
+    found = nearest_cell(table["cells"].get((op_name, cell_variant(scheme_key, params)), {}), rows, hidden)
+    if found is None:
+        return None
+    (t, h), (fused, inductor, runs, least) = found
+    where = f"{rows} x {hidden} (measured at {t} x {h} on {source}"
+    if cuda_graphs(config):
+        if least > 1 + MARGIN:
+            return (f"{KEPT_FOR_SPEED}: in a CUDA graph the fused kernel is slower than Inductor's at {where}: "
+                    f"{fused:.2f} µs against {inductor:.2f} µs, slower in each of {runs} run(s))")
+        return None
+    host = table["host_added_us"].get(scheme_key)
+    if host is not None and inductor - fused < host:
+        return (f"{KEPT_FOR_SPEED}: without CUDA graphs the fused call adds {host:.1f} µs of host time, more than "
+                f"the {inductor - fused:.2f} µs of kernel time it saves at {where}; a decode step is host-bound; "
+                "FusionConfig(cuda_graphs=True) if the graph is replayed in a CUDA graph)")
+    return None

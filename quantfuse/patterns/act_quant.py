@@ -324,19 +324,22 @@ def _register(spec: PatternSpec, config, pm_pass: PatternMatcherPass) -> None:
         try:
             params, roles = site.read(spec, match, traced, part_of, config)
             site.check_external_users(match, match.output_nodes(), roles)
+            tail = None
+            if spec.form == "native" and "column_major_scales" in params.params:
+                tail = scale_layout.column_major_tail(match.output_nodes()[1], set(match.nodes))
+                params.params["column_major_scales"] = tail is not None
             if spec.form == "native":
                 why = (profitability.native_rewrite_reason(params.x.meta["val"].device.type, config)
-                       or profitability.dequantised_reason(match.output_nodes()[0]))
+                       or profitability.dequantised_reason(match.output_nodes()[0])
+                       or profitability.measured_reason(catalog.fused_op_name(spec.activation, spec.scheme),
+                                                        spec.scheme, params.params,
+                                                        params.activation.meta.get("val"), config))
                 if why:
                     raise site.NotFusable(why)
                 site.check_kernel(spec.activation, spec.scheme, params.params, params.x.meta["val"])
         except site.NotFusable as e:
             _recorder[-1].near_miss(spec, match, str(e), site.activation_output(traced, part_of))
             return False
-        tail = None
-        if spec.form == "native" and "column_major_scales" in params.params:
-            tail = scale_layout.column_major_tail(match.output_nodes()[1], set(match.nodes))
-            params.params["column_major_scales"] = tail is not None
         decided[id(match)] = (params, tail)
         return True
 

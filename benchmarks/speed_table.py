@@ -1,0 +1,146 @@
+"""Generate quantfuse/passes/speed_table.py, the measured times the pass's profitability rule
+reads, from the benchmark records in benchmarks/results/*.jsonl.
+
+    python benchmarks/speed_table.py            # rewrite quantfuse/passes/speed_table.py
+    python benchmarks/speed_table.py --check    # exit 1 if the file is not what the records give
+
+Per device:
+
+- ``cells``: for each fused op and cell variant (``""``, or ``g128`` for the FP8 per-group op's
+  default group with row-major scales), every (rows, hidden) that ``bench_pairs.py`` timed against
+  Inductor's code for the native graph (CUDA backend, ``[gate | up]`` halves, bf16, the default
+  recipe), as ``(fused µs, Inductor µs, runs, least ratio)``: the medians over the runs, their
+  count, and the least over the runs of fused / Inductor (Inductor's own choice of kernel for a
+  shape varies between compiles: a site is kept only where the fused op was slower in every run).
+- ``host_added_us``: per scheme, the host time one fused call adds to a compiled forward without
+  CUDA graphs, against the Inductor kernel launch it replaces: the median over ``bench_moe.py``
+  plain-call records with planned outputs at T <= 256 (there the layer is host-bound: its host
+  CPU time is its wall time) of (host µs with the pass - without), the layer having one site.
+
+Only records of the code since ``SINCE`` count (the per-token decode launches changed there),
+and none of a commit in ``EXCLUDED`` (kernels measured there were reverted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import summarize  # noqa: E402
+
+sys.path.insert(0, str(HERE.parent / "examples"))
+from fp8_moe import SCALES_SCHEME  # noqa: E402
+
+OUT = HERE.parent / "quantfuse" / "passes" / "speed_table.py"
+#: the first (date, UTC time) whose records describe today's kernels and host path (b8eeb6f:
+#: per-token decode launches fill the GPU; planned outputs)
+SINCE = ("2026-12-03", "07:20:45")
+#: commits whose kernels did not stay, and why
+EXCLUDED = {"dd9ab74": "its per-token decode kernel was reverted (e6fe131)"}
+#: tokens up to which a plain-call MoE layer is host-bound (its host CPU time is its wall time)
+HOST_BOUND_TOKENS = 256
+
+
+def _current(r: dict) -> bool:
+    """Whether a record measured today's code (``SINCE``, ``EXCLUDED``)."""
+    return (str(r.get("date", "")), str(r.get("time", ""))) >= SINCE and r.get("commit") not in EXCLUDED
+
+
+def _pair_cell(r: dict) -> tuple | None:
+    """(op, variant, rows, hidden) of a pairs record the table takes, else None."""
+    if r.get("bench") != "pairs" or r.get("backend") != "cuda" or not _current(r):
+        return None
+    if r.get("layout", "halves") != "halves" or r.get("recipe") or r.get("dtype", "bfloat16") != "bfloat16":
+        return None
+    if summarize.missing(r.get("inductor_us")) or summarize.missing(r.get("fused_us")):
+        return None
+    variant = r.get("variant", "")
+    if variant not in ("", "g128"):
+        return None
+    return r["op"], variant, int(r["tokens"]), int(r["hidden"])
+
+
+def build(records: list[dict]) -> dict:
+    """The tables, by device, from the records."""
+    runs: dict = defaultdict(lambda: defaultdict(list))
+    host: dict = defaultdict(lambda: defaultdict(list))
+    sources: dict = defaultdict(set)
+    for r in records:
+        cell = _pair_cell(r)
+        if cell is not None:
+            runs[r["device"]][cell].append((float(r["fused_us"]), float(r["inductor_us"])))
+            sources[r["device"]].add(r["commit"])
+        elif (r.get("bench") == "moe" and r.get("mode") == "plain calls" and r.get("planned_outputs")
+              and _current(r) and int(r["tokens"]) <= HOST_BOUND_TOKENS
+              and not summarize.missing(r.get("with_pass_host_us"))):
+            scheme = SCALES_SCHEME[r["case"].split()[-2]]  # bench_moe's case: "<shape> <scales> scales"
+            host[r["device"]][scheme].append(float(r["with_pass_host_us"]) - float(r["without_pass_host_us"]))
+            sources[r["device"]].add(r["commit"])
+    tables = {}
+    for device in sorted(set(runs) | set(host)):
+        cells: dict = defaultdict(dict)
+        for (op, variant, rows, hidden), times in sorted(runs[device].items()):
+            fused = statistics.median(t[0] for t in times)
+            ind = statistics.median(t[1] for t in times)
+            least = min(f / i for f, i in times)
+            cells[(op, variant)][(rows, hidden)] = (round(fused, 3), round(ind, 3), len(times), round(least, 3))
+        tables[device] = {
+            "cells": dict(cells),
+            "host_added_us": {s: round(statistics.median(v), 1) for s, v in sorted(host[device].items())},
+            "commits": tuple(sorted(sources[device])),
+        }
+    return tables
+
+
+def render(tables: dict) -> str:
+    """The generated module's text."""
+    lines = ['"""Measured fused-kernel, Inductor-kernel and host times, per device: the data of',
+             "quantfuse.passes.profitability's measured rule (its docstring says how it is read).",
+             "",
+             f"Generated by benchmarks/speed_table.py from benchmarks/results/*.jsonl (records since {SINCE});",
+             'do not edit: re-run it after adding records."""',
+             "",
+             "#: device name -> {\"cells\": {(op, variant): {(rows, hidden): (fused_us, inductor_us, runs,",
+             "#: least_ratio)}}, \"host_added_us\": {scheme: µs}, \"commits\": the records' commits}",
+             "TABLES = {"]
+    for device, t in tables.items():
+        lines.append(f"    {device!r}: {{")
+        lines.append('        "cells": {')
+        for key, cells in t["cells"].items():
+            lines.append(f"            {key!r}: {{")
+            for shape, value in cells.items():
+                lines.append(f"                {shape!r}: {value!r},")
+            lines.append("            },")
+        lines.append("        },")
+        lines.append(f'        "host_added_us": {t["host_added_us"]!r},')
+        lines.append(f'        "commits": {t["commits"]!r},')
+        lines.append("    },")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", default=str(HERE / "results"))
+    p.add_argument("--out", default=str(OUT))
+    p.add_argument("--check", action="store_true", help="exit 1 if --out is not what the records give")
+    args = p.parse_args(argv)
+    text = render(build(summarize.load(Path(args.results))))
+    out = Path(args.out)
+    if args.check:
+        if not out.exists() or out.read_text() != text:
+            print(f"{out} is stale: run python benchmarks/speed_table.py", file=sys.stderr)
+            return 1
+        return 0
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
