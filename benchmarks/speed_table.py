@@ -14,8 +14,11 @@ Per device:
   shape varies between compiles: a site is kept only where the fused op was slower in every run).
 - ``host_added_us``: per scheme, the host time one fused call adds to a compiled forward without
   CUDA graphs, against the Inductor kernel launch it replaces: the median over ``bench_moe.py``
-  plain-call records with planned outputs at T <= 256 (there the layer is host-bound: its host
-  CPU time is its wall time) of (host µs with the pass - without), the layer having one site.
+  plain-call records with planned outputs at T = 16 (there the layer is host-bound, its host CPU
+  time its wall time, and the kernels' difference is a fraction of a µs) of the forward's host
+  time without the pass times (1 / paired speedup - 1): the paired speedup is the median over
+  alternating rounds, which a round the shared host slowed does not move as it moves the
+  difference of the two medians. The layer has one site.
 
 Only records of the code since ``SINCE`` count (the per-token decode launches changed there),
 and none of a commit in ``EXCLUDED`` (kernels measured there were reverted).
@@ -42,8 +45,8 @@ OUT = HERE.parent / "quantfuse" / "passes" / "speed_table.py"
 SINCE = ("2026-12-03", "07:20:45")
 #: commits whose kernels did not stay, and why
 EXCLUDED = {"dd9ab74": "its per-token decode kernel was reverted (e6fe131)"}
-#: tokens up to which a plain-call MoE layer is host-bound (its host CPU time is its wall time)
-HOST_BOUND_TOKENS = 256
+#: the token count at which a plain-call MoE layer's records give the host cost of a fused call
+HOST_TOKENS = 16
 
 
 def _current(r: dict) -> bool:
@@ -76,10 +79,10 @@ def build(records: list[dict]) -> dict:
             runs[r["device"]][cell].append((float(r["fused_us"]), float(r["inductor_us"])))
             sources[r["device"]].add(r["commit"])
         elif (r.get("bench") == "moe" and r.get("mode") == "plain calls" and r.get("planned_outputs")
-              and _current(r) and int(r["tokens"]) <= HOST_BOUND_TOKENS
-              and not summarize.missing(r.get("with_pass_host_us"))):
+              and _current(r) and int(r["tokens"]) == HOST_TOKENS
+              and not summarize.missing(r.get("paired_speedup"))):
             scheme = SCALES_SCHEME[r["case"].split()[-2]]  # bench_moe's case: "<shape> <scales> scales"
-            host[r["device"]][scheme].append(float(r["with_pass_host_us"]) - float(r["without_pass_host_us"]))
+            host[r["device"]][scheme].append(float(r["without_pass_host_us"]) * (1 / float(r["paired_speedup"]) - 1))
             sources[r["device"]].add(r["commit"])
     tables = {}
     for device in sorted(set(runs) | set(host)):

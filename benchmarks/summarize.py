@@ -20,7 +20,8 @@ with its own fields:
 - ``mlp`` and ``host``: ``case, mode, tokens, hidden, intermediate, without_pass_us,
   with_pass_us`` (optional ``speedup``, ``error``).
 - ``moe`` (``bench_moe.py --jsonl``): ``case, mode, tokens, hidden, intermediate, experts, topk,
-  gemm, backend, without_pass_us, with_pass_us, max_abs_diff``.
+  gemm, backend, without_pass_us, with_pass_us, max_abs_diff``; newer records ``default_config``
+  (why the default config keeps the site, or ""), shown as "(kept)" after the speedup.
 - ``pass_overhead``: ``case, layers, patterns, registration_ms, first_pass_ms and first_setup_ms (newer
   records), pass_ms, compile_without_s, compile_with_s, pass_fraction``.
 - ``constants``: ``name, value, where, decision``, resting on the record's device, date
@@ -287,6 +288,17 @@ def model_section(cells: dict[tuple, dict], run: dict) -> list[str]:
     return table(["case", "mode", "T", "D -> I", "without pass µs", "with pass µs", "speedup", "note", "run"], rows)
 
 
+#: what a MoE cell's "(kept)" means (records with ``default_config``: the reason the default config keeps the site)
+MOE_KEPT_NOTE = ("Speedups of the rewrite; \"(kept)\": the default config keeps the site at that size "
+                 "(`bench_moe`'s `default_config`: the measured rule of docs/decisions/031-measured-speed-table.md), "
+                 "so there the layer runs as without the pass.")
+
+
+def _moe_cell(r: dict | None) -> str:
+    cell = _fspeedup(r)
+    return f"{cell} (kept)" if r is not None and r.get("default_config") else cell
+
+
 def moe_section(cells: dict[tuple, dict], run: dict) -> list[str]:
     """bench_moe rows: one row per (case, mode, T, shape)."""
     rows = []
@@ -294,9 +306,9 @@ def moe_section(cells: dict[tuple, dict], run: dict) -> list[str]:
         r = cells[k]
         rows.append([*_case_mode(r), fnum(r.get("tokens"), "d"), _moe_shape(r),
                      str(r.get("gemm") or "-"), str(r.get("backend") or "-"), fnum(r.get("without_pass_us"), ".1f"),
-                     fnum(r.get("with_pass_us"), ".1f"), _fspeedup(r), run[run_of(r)]])
-    return table(["case", "mode", "T", "D -> I, experts top-k", "GEMMs", "fused op on", "without pass µs",
-                  "with pass µs", "speedup", "run"], rows)
+                     fnum(r.get("with_pass_us"), ".1f"), _moe_cell(r), run[run_of(r)]])
+    return [MOE_KEPT_NOTE, ""] + table(["case", "mode", "T", "D -> I, experts top-k", "GEMMs", "fused op on",
+                                        "without pass µs", "with pass µs", "speedup", "run"], rows)
 
 
 def _host_cell(r: dict | None) -> str:
@@ -326,9 +338,10 @@ def host_grid(groups: list[tuple[str, dict]], run: dict) -> list[str]:
 
 def moe_grid(groups: list[tuple[str, dict]], run: dict) -> list[str]:
     """The MoE layers' speedups, a column per T."""
-    return grid(groups, ["case", "mode", "D -> I, experts top-k", "GEMMs", "fused op on"],
-                lambda r: [*_case_mode(r), _moe_shape(r), str(r.get("gemm") or "-"), str(r.get("backend") or "-")],
-                _fspeedup, run)
+    return [MOE_KEPT_NOTE, ""] + grid(
+        groups, ["case", "mode", "D -> I, experts top-k", "GEMMs", "fused op on"],
+        lambda r: [*_case_mode(r), _moe_shape(r), str(r.get("gemm") or "-"), str(r.get("backend") or "-")],
+        _moe_cell, run)
 
 
 def overhead_section(groups: list[tuple[str, dict]], run: dict) -> list[str]:

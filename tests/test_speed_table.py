@@ -46,6 +46,14 @@ def _record(**fields):
     return base
 
 
+def _moe(tokens, without_host, paired, **fields):
+    base = dict(bench="moe", device="GPU A", date="2026-12-03", time="09:00:00", commit="c3", mode="plain calls",
+                case="qwen3 token scales", tokens=tokens, planned_outputs=True, without_pass_host_us=without_host,
+                with_pass_host_us=without_host / paired, paired_speedup=paired)
+    base.update(fields)
+    return base
+
+
 def test_cells_and_host_cost_are_derived_from_the_records():
     records = [
         _record(fused_us=1.8, inductor_us=1.6), _record(fused_us=2.0, inductor_us=1.9, commit="c2"),
@@ -57,22 +65,16 @@ def test_cells_and_host_cost_are_derived_from_the_records():
         _record(fused_us=1.0, inductor_us=float("nan")),
         _record(op=GROUP_OP, variant="g128", fused_us=1.9, inductor_us=1.8),
         _record(op=GROUP_OP, variant="g128:col", fused_us=9.0, inductor_us=1.0),
-        dict(bench="moe", device="GPU A", date="2026-12-03", time="09:00:00", commit="c3", mode="plain calls",
-             case="qwen3 token scales", tokens=16, planned_outputs=True, with_pass_host_us=310.0,
-             without_pass_host_us=300.0),
-        dict(bench="moe", device="GPU A", date="2026-12-03", time="09:00:00", commit="c3", mode="plain calls",
-             case="qwen3 token scales", tokens=256, planned_outputs=True, with_pass_host_us=606.0,
-             without_pass_host_us=600.0),
-        dict(bench="moe", device="GPU A", date="2026-12-03", time="09:00:00", commit="c3", mode="plain calls",
-             case="qwen3 token scales", tokens=4096, planned_outputs=True, with_pass_host_us=900.0,
-             without_pass_host_us=800.0),  # GPU-bound: not a host cost
+        _moe(16, 300.0, 0.96), _moe(16, 250.0, 0.95), _moe(16, 400.0, 0.5, time="07:00:00"),  # before SINCE
+        _moe(256, 600.0, 0.9),  # not the decode size
     ]
     (device, table), = generator.build(records).items()
     assert device == "GPU A"
     assert table["cells"] == {
         (TOKEN_OP, ""): {(16, 768): (1.9, 1.75, 2, round(2.0 / 1.9, 3)), (4096, 768): (3.0, 9.0, 1, 0.333)},
         (GROUP_OP, "g128"): {(16, 768): (1.9, 1.8, 1, round(1.9 / 1.8, 3))}}
-    assert table["host_added_us"] == {"fp8_per_token": 8.0}
+    # the median of 300 * (1 / 0.96 - 1) = 12.5 and 250 * (1 / 0.95 - 1) = 13.16
+    assert table["host_added_us"] == {"fp8_per_token": round((12.5 + 250 * (1 / 0.95 - 1)) / 2, 1)}
     assert table["commits"] == ("c1", "c2", "c3")
     # the rendered module holds the same data
     ns: dict = {}

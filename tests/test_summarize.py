@@ -141,7 +141,7 @@ def test_moe_table(tmp_path):
         dict(ctx, commit="ddddddd", **cell, mode="plain calls", without_pass_us=2100.0, with_pass_us=2000.0)])
     write(tmp_path / "results", "2026-12-03_H200_eeeeeee.jsonl", [
         dict(ctx, date="2026-12-03", commit="eeeeeee", **cell, mode="plain calls", without_pass_us=2100.0,
-             with_pass_us=1500.0)])
+             with_pass_us=1500.0, default_config="kept for speed: ...")])
     rc, text, details = run(tmp_path)
     lines = details.splitlines()
     assert rc == 0 and 'No records (`bench="moe"`).' not in lines + text.splitlines()
@@ -150,15 +150,16 @@ def test_moe_table(tmp_path):
     assert ("| qwen3-30b-a3b token scales | cuda graph | 4096 | 2048 -> 768, 128 top-8 | _scaled_grouped_mm | cuda "
             "| 1904.0 | 1825.0 | 1.043x | R1 |") in lines
     assert ("| qwen3-30b-a3b token scales | plain calls | 4096 | 2048 -> 768, 128 top-8 | _scaled_grouped_mm | cuda "
-            "| 2100.0 | 1500.0 | 1.400x | R2 |") in lines
+            "| 2100.0 | 1500.0 | 1.400x (kept) | R2 |") in lines
     assert "| 2000.0 |" not in details
     assert details.index("## Mixture of experts (`bench_moe.py`)") < details.index(
-        "### NVIDIA H200\n\n| case | mode | T | D")
+        "### NVIDIA H200\n\n" + summarize.MOE_KEPT_NOTE + "\n\n| case | mode | T | D")
     # RESULTS.md: a row per (device, case, mode, shape), the speedup per T
     moe = section(text, "Mixture of experts").splitlines()
     assert ("| device | case | mode | D -> I, experts top-k | GEMMs | fused op on | T=4096 | runs |") in moe
     assert ("| NVIDIA H200 | qwen3-30b-a3b token scales | plain calls | 2048 -> 768, 128 top-8 | _scaled_grouped_mm "
-            "| cuda | 1.400x | R2 |") in moe
+            "| cuda | 1.400x (kept) | R2 |") in moe
+    assert summarize.MOE_KEPT_NOTE in moe and summarize.MOE_KEPT_NOTE in lines
 
 
 def test_group_variants_are_cells_of_their_own_and_a_later_time_wins(tmp_path):
