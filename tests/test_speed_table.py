@@ -140,6 +140,16 @@ def test_what_the_rule_does_not_decide(gpu_a, monkeypatch):
     assert profitability.measured_reason(TOKEN_OP, "fp8_per_token", {}, val, on) is None
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a graph traced for a GPU this process cannot see")
+def test_a_gpu_this_process_cannot_see_reads_the_default_table(monkeypatch):
+    monkeypatch.setattr(speed_table, "TABLES", TABLE)
+    monkeypatch.setattr(profitability, "DEFAULT_DEVICE", "GPU A")
+    assert profitability.device_name(torch.device("cuda")) == "an unseen GPU"
+    why = profitability.measured_reason(TOKEN_OP, "fp8_per_token", {}, _cuda_val(16, 768),
+                                        quantfuse.FusionConfig(cuda_graphs=True, speed_table=True))
+    assert "GPU A (no table for an unseen GPU)" in why
+
+
 def test_cuda_graphs_default_follows_inductor():
     config = quantfuse.FusionConfig()
     assert config.cuda_graphs is None

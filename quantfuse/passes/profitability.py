@@ -94,8 +94,12 @@ DEFAULT_DEVICE = "NVIDIA H200"
 
 
 def device_name(device: torch.device) -> str:
-    """The name the speed table is keyed by (``torch.cuda.get_device_name``)."""
-    return torch.cuda.get_device_name(device)
+    """The name the speed table is keyed by (``torch.cuda.get_device_name``; a graph traced for a
+    GPU this process cannot see: ``"an unseen GPU"``, which reads the default device's table)."""
+    try:
+        return torch.cuda.get_device_name(device)
+    except (AssertionError, RuntimeError):
+        return "an unseen GPU"
 
 
 def cell_variant(scheme_key: str, params: dict) -> str:
