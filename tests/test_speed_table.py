@@ -60,7 +60,9 @@ def test_cells_and_host_cost_are_derived_from_the_records():
         _record(fused_us=3.0, inductor_us=9.0, tokens=4096),
         _record(fused_us=1.0, inductor_us=9.0, layout="separate"),  # not a default cell: dropped
         _record(fused_us=1.0, inductor_us=9.0, recipe="eps=1e-06"),
-        _record(fused_us=1.0, inductor_us=9.0, time="07:00:00"),  # before SINCE
+        _record(fused_us=1.0, inductor_us=9.0, time="07:00:00"),  # before the per-token kernels' SINCE
+        _record(op=GROUP_OP, variant="g128", fused_us=2.2, inductor_us=2.0, time="07:00:00"),  # after the group's
+        _record(op=GROUP_OP, variant="g128", fused_us=9.0, inductor_us=1.0, date="2026-12-01"),  # before it
         _record(fused_us=1.0, inductor_us=9.0, commit=next(iter(generator.EXCLUDED))),
         _record(fused_us=1.0, inductor_us=float("nan")),
         _record(op=GROUP_OP, variant="g128", fused_us=1.9, inductor_us=1.8),
@@ -72,7 +74,7 @@ def test_cells_and_host_cost_are_derived_from_the_records():
     assert device == "GPU A"
     assert table["cells"] == {
         (TOKEN_OP, ""): {(16, 768): (1.9, 1.75, 2, round(2.0 / 1.9, 3)), (4096, 768): (3.0, 9.0, 1, 0.333)},
-        (GROUP_OP, "g128"): {(16, 768): (1.9, 1.8, 1, round(1.9 / 1.8, 3))}}
+        (GROUP_OP, "g128"): {(16, 768): (2.05, 1.9, 2, round(1.9 / 1.8, 3))}}
     # the median of 300 * (1 / 0.96 - 1) = 12.5 and 250 * (1 / 0.95 - 1) = 13.16
     assert table["host_added_us"] == {"fp8_per_token": round((12.5 + 250 * (1 / 0.95 - 1)) / 2, 1)}
     assert table["commits"] == ("c1", "c2", "c3")
