@@ -35,7 +35,7 @@ Exits 1 if the pass did not fire, 2 if the results differ.
 
 On a GPU the default is the Qwen3-30B-A3B shape at T = 4096; at decode sizes the pass keeps the
 per-token site where the fused call is measured slower (the report says why) and the script
-exits 1 (``quantfuse.FusionConfig(speed_table=False)`` fuses it anyway).
+exits 1 (``QUANTFUSE_SPEED_TABLE=0 python examples/fp8_moe.py --tokens 16`` fuses it anyway).
 """
 
 from __future__ import annotations
