@@ -229,13 +229,15 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     # on a GPU a real layer at a prefill size: at decode sizes the pass keeps the per-token site where
     # the fused call is measured slower (its report says why: quantfuse.passes.profitability)
-    gpu = torch.cuda.is_available()
-    p.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-30b-a3b" if gpu else "small")
-    p.add_argument("--tokens", type=int, default=4096 if gpu else 64)
+    p.add_argument("--shape", choices=sorted(SHAPES), help="default: qwen3-30b-a3b on cuda, small elsewhere")
+    p.add_argument("--tokens", type=int, help="default: 4096 on cuda, 64 elsewhere")
     p.add_argument("--scales", choices=["token", "block"], default="token")
     p.add_argument("--ue8m0", action="store_true", help="power-of-two block scales (with --scales block)")
     p.add_argument("--activation", choices=["silu", "relu2"], default="silu")
     args = p.parse_args(argv)
+    gpu = torch.device(args.device).type == "cuda"
+    args.shape = args.shape or ("qwen3-30b-a3b" if gpu else "small")
+    args.tokens = args.tokens or (4096 if gpu else 64)
 
     model = build(args.shape, args.device, args.scales, args.ue8m0, args.activation)
     torch.manual_seed(1)
