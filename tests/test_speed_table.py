@@ -29,7 +29,7 @@ GROUP_OP = "silu_and_mul_per_block_quant"
 TABLE = {"GPU A": {
     "cells": {(TOKEN_OP, ""): {(16, 768): (1.8, 1.6, 2, 1.1), (16, 2048): (2.1, 2.7, 2, 0.76),
                                (256, 768): (2.2, 1.9, 2, 1.01), (4096, 7168): (50.0, 98.0, 1, 0.51)},
-              (GROUP_OP, "g128"): {(16, 768): (1.9, 1.8, 2, 1.05)}},
+              (GROUP_OP, "g128"): {(16, 768): (1.9, 1.8, 2, 1.05), (256, 768): (2.0, 4.0, 1, 0.5)}},
     "host_added_us": {"fp8_per_token": 8.0},
     "commits": ("abc",),
 }}
@@ -131,9 +131,12 @@ def test_what_the_rule_does_not_decide(gpu_a, monkeypatch):
     assert profitability.measured_reason(GROUP_OP, "fp8_per_group", {"group_size": 128, "column_major_scales": True},
                                          val, on) is None
     assert profitability.measured_reason(GROUP_OP, "fp8_per_group", {"group_size": 64}, val, on) is None
-    # no host cost measured for per-group: without CUDA graphs only... nothing keeps it
-    assert profitability.measured_reason(GROUP_OP, "fp8_per_group", {"group_size": 128}, val,
-                                         quantfuse.FusionConfig(cuda_graphs=False, speed_table=True)) is None
+    # no host cost measured for per-group: without CUDA graphs a slower kernel is kept, a faster one fused
+    plain = quantfuse.FusionConfig(cuda_graphs=False, speed_table=True)
+    why = profitability.measured_reason(GROUP_OP, "fp8_per_group", {"group_size": 128}, val, plain)
+    assert why.startswith(f"{profitability.KEPT_FOR_SPEED}: without CUDA graphs the fused kernel is slower"), why
+    assert profitability.measured_reason(GROUP_OP, "fp8_per_group", {"group_size": 128}, _cuda_val(256, 768),
+                                         plain) is None
     # a device without a table reads the default device's, and says so
     monkeypatch.setattr(profitability, "device_name", lambda device: "GPU B")
     why = profitability.measured_reason(TOKEN_OP, "fp8_per_token", {}, val, on)

@@ -23,7 +23,8 @@ slower one at its size (:func:`measured_reason`, reading :mod:`quantfuse.passes.
   where the fused kernel was slower than Inductor's by more than :data:`MARGIN` in every run;
 - run without CUDA graphs, a fused call costs more host time than the Inductor launch it
   replaces (``host_added_us``, per scheme): kept where the kernel time it saves is less, since
-  at decode sizes a forward is host-bound (its host time is its wall time).
+  at decode sizes a forward is host-bound (its host time is its wall time); for a scheme whose
+  host cost is not measured, kept where the kernel is slower, as in a CUDA graph.
 
 The cell read is the nearest measured (rows, hidden) at or above the site's (an FP8 per-group
 site by group size and scale layout); a site larger than every cell, of a dynamic size, or of an
@@ -150,12 +151,14 @@ def measured_reason(op_name: str, scheme_key: str, params: dict, y_val, config) 
         return None
     (t, h), (fused, inductor, runs, least) = found
     where = f"{rows} x {hidden} (measured at {t} x {h} on {source}"
-    if cuda_graphs(config):
-        if least > 1 + MARGIN:
-            return (f"{KEPT_FOR_SPEED}: in a CUDA graph the fused kernel is slower than Inductor's at {where}: "
-                    f"{fused:.2f} µs against {inductor:.2f} µs, slower in each of {runs} run(s))")
-        return None
-    host = table["host_added_us"].get(scheme_key)
+    graphs = cuda_graphs(config)
+    host = None if graphs else table["host_added_us"].get(scheme_key)
+    if least > 1 + MARGIN and (graphs or host is None):
+        # a slower kernel is slower in either mode (without CUDA graphs the fused call's host time,
+        # where not measured, is not less than the launch it replaces)
+        mode = "in a CUDA graph" if graphs else "without CUDA graphs"
+        return (f"{KEPT_FOR_SPEED}: {mode} the fused kernel is slower than Inductor's at {where}: "
+                f"{fused:.2f} µs against {inductor:.2f} µs, slower in each of {runs} run(s))")
     if host is not None and inductor - fused < host:
         return (f"{KEPT_FOR_SPEED}: without CUDA graphs the fused call adds {host:.1f} µs of host time, more than "
                 f"the {inductor - fused:.2f} µs of kernel time it saves at {where}; a decode step is host-bound; "
