@@ -9,7 +9,8 @@
 For each pair and size: median time of the fused op (whatever backend the oracle picks,
 named in the table), of the same op forced onto the Triton backend, of the unfused
 activation op then quant op, and of Inductor's compiled code for the plain-PyTorch
-spelling (static shapes, no quantfuse pass), with bytes moved and the percentage of the
+spelling (static shapes, no quantfuse pass; an FP8 per-group variant's at its group size and
+scale layout: ``native_cell_fn``), with bytes moved and the percentage of the
 device-to-device copy bandwidth measured in the same run.
 Inputs are fresh random data, rotated when they would fit in L2. The cells (pairs,
 parameters, bytes) come from the catalog; ``--jsonl`` appends one record per cell.
@@ -73,6 +74,25 @@ def group_variants(scheme: catalog.Scheme, spec: str, swizzled: bool) -> list[tu
         g, _, col = v.partition(":")
         out.append((f"g{g}{':col' if col else ''}", (int(g), True) if col else (int(g),)))
     return out
+
+
+def native_cell_fn(native_fn, scheme_key: str, variant: str, act: catalog.Activation):
+    """The plain-PyTorch spelling of a cell that Inductor compiles, or None: the scheme's
+    (``NATIVE_SCHEME``) for the default cell; for an FP8 per-group variant ``g<G>[:col]`` the same
+    maths at group G, with the scales laid out column-major as a GEMM wants them (``s.t().contiguous().t()``,
+    the copy the pass folds into the fused op)."""
+    if native_fn is None or variant in ("", f"g{NATIVE_GROUP}"):
+        return native_fn
+    if scheme_key != "fp8_per_group":
+        return None
+    group, _, col = variant[1:].partition(":")
+    a_fn = native.ACTIVATION_SPELLINGS[act.name][NATIVE_ACT[act.name]]
+
+    def spelled(x):
+        q, scale = native.fp8_group_quant(a_fn(x), int(group))
+        scale = scale.squeeze(-1)
+        return q, (scale.t().contiguous().t() if col else scale)
+    return spelled
 
 
 def vllm_peer(act_name: str, scheme_key: str, qargs: tuple):
@@ -289,13 +309,13 @@ def main() -> None:
                         finally:
                             del os.environ[oracle.BACKEND_ENV]
                     t_ind = float("nan")
-                    native_cell = native_fn is not None and halves and variant in ("", f"g{NATIVE_GROUP}") and not recipe
-                    if native_cell and not args.no_inductor:
+                    cell_fn = native_cell_fn(native_fn, scheme_key, variant, act) if halves and not recipe else None
+                    if cell_fn is not None and not args.no_inductor:
                         torch._dynamo.reset()
-                        compiled = torch.compile(native_fn, dynamic=False)
+                        compiled = torch.compile(cell_fn, dynamic=False)
                         compiled(xs[0])
                         t_ind = bench(compiled, xs)
-                    t_eager = bench(native_fn, xs) if native_cell else float("nan")
+                    t_eager = bench(cell_fn, xs) if cell_fn is not None else float("nan")
                     t_vllm = bench(peer, xs) if peer is not None and not recipe else float("nan")
                     t_copy = same_bytes_copy(int(nbytes), copies)
                     pct = lambda us: nbytes / (us * 1e-6) / 1e9 / bw  # noqa: E731

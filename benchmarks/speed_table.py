@@ -6,8 +6,8 @@ reads, from the benchmark records in benchmarks/results/*.jsonl.
 
 Per device:
 
-- ``cells``: for each fused op and cell variant (``""``, or ``g128`` for the FP8 per-group op's
-  default group with row-major scales), every (rows, hidden) that ``bench_pairs.py`` timed against
+- ``cells``: for each fused op and cell variant (``""``; for FP8 per-group ``g<group>``, with
+  ``:col`` for column-major scales), every (rows, hidden) that ``bench_pairs.py`` timed against
   Inductor's code for the native graph (CUDA backend, ``[gate | up]`` halves, bf16, the default
   recipe), as ``(fused µs, Inductor µs, runs, least ratio)``: the medians over the runs, their
   count, and the least over the runs of fused / Inductor (Inductor's own choice of kernel for a
@@ -41,6 +41,8 @@ sys.path.insert(0, str(HERE.parent / "examples"))
 from fp8_moe import SCALES_SCHEME  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent))
+from bench_pairs import NATIVE_GROUP  # noqa: E402
+
 from quantfuse import catalog  # noqa: E402
 
 OUT = HERE.parent / "quantfuse" / "passes" / "speed_table.py"
@@ -74,8 +76,8 @@ def _pair_cell(r: dict) -> tuple | None:
     if summarize.missing(r.get("inductor_us")) or summarize.missing(r.get("fused_us")):
         return None
     variant = r.get("variant", "")
-    if variant not in ("", "g128"):
-        return None
+    if not variant and catalog.OPS[r["op"]].scheme.key == "fp8_per_group":
+        variant = f"g{NATIVE_GROUP}"  # older records leave the default group unnamed
     return r["op"], variant, int(r["tokens"]), int(r["hidden"])
 
 
