@@ -12,13 +12,14 @@ Per device:
   recipe), as ``(fused µs, Inductor µs, runs, least ratio)``: the medians over the runs, their
   count, and the least over the runs of fused / Inductor (Inductor's own choice of kernel for a
   shape varies between compiles: a site is kept only where the fused op was slower in every run).
-- ``host_added_us``: per scheme, the host time one fused call adds to a compiled forward without
-  CUDA graphs, against the Inductor kernel launch it replaces: the median over ``bench_moe.py``
-  plain-call records with planned outputs at T = 16 (there the layer is host-bound, its host CPU
-  time its wall time, and the kernels' difference is a fraction of a µs) of the forward's host
-  time without the pass times (1 / paired speedup - 1): the paired speedup is the median over
-  alternating rounds, which a round the shared host slowed does not move as it moves the
-  difference of the two medians. The layer has one site.
+- ``host_added_us``: per (scheme, cell variant), the host time one fused call adds to a compiled
+  forward without CUDA graphs, against the Inductor code it replaces (negative where the rewrite
+  removes host work): the median over whole-layer plain-call records at T = 16 (``bench_moe.py``
+  with planned outputs, ``bench_mlp.py``: there the layer is host-bound, its host CPU time its
+  wall time, and the kernels' difference a fraction of a µs) of the forward's host time without
+  the pass times (1 / paired speedup - 1), per site (``_host_site``): the paired speedup is the
+  median over alternating rounds, which a round the shared host slowed does not move as it moves
+  the difference of the two medians.
 
 Only records of today's code count (``SINCE``: per-token kernels and the host path since the
 per-token decode launches changed, other kernels since their last change), and none of a commit
@@ -38,6 +39,8 @@ sys.path.insert(0, str(HERE))
 import summarize  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent / "examples"))
+import fp8_mlp  # noqa: E402
+import fp8_moe  # noqa: E402
 from fp8_moe import SCALES_SCHEME  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent))
@@ -81,6 +84,23 @@ def _pair_cell(r: dict) -> tuple | None:
     return r["op"], variant, int(r["tokens"]), int(r["hidden"])
 
 
+def _host_site(r: dict) -> tuple[tuple[str, str], int] | None:
+    """((scheme, cell variant), sites per forward) of a whole-layer plain-call record that gives a
+    host cost (T = HOST_TOKENS, paired, today's host path), else None: bench_moe's layer has one
+    site ("<shape> <scales> scales": fp8_moe.quant_fp8, a scale per token or per row-major 1xBLOCK
+    group), bench_mlp's stack one per layer ("fp8 mlp x<layers>": examples/fp8_mlp.py, 1xBLOCK
+    groups with column-major scales)."""
+    if (r.get("mode") != "plain calls" or int(r.get("tokens", 0)) != HOST_TOKENS or not _current(r, "host")
+            or summarize.missing(r.get("paired_speedup")) or summarize.missing(r.get("without_pass_host_us"))):
+        return None
+    if r.get("bench") == "moe" and r.get("planned_outputs"):
+        scheme = SCALES_SCHEME[r["case"].split()[-2]]
+        return (scheme, f"g{fp8_moe.BLOCK}" if scheme == "fp8_per_group" else ""), 1
+    if r.get("bench") == "mlp" and r.get("case", "").startswith("fp8 mlp x"):
+        return ("fp8_per_group", f"g{fp8_mlp.BLOCK}:col"), int(r["case"].rpartition("x")[2])
+    return None
+
+
 def build(records: list[dict]) -> dict:
     """The tables, by device, from the records."""
     runs: dict = defaultdict(lambda: defaultdict(list))
@@ -91,11 +111,10 @@ def build(records: list[dict]) -> dict:
         if cell is not None:
             runs[r["device"]][cell].append((float(r["fused_us"]), float(r["inductor_us"])))
             sources[r["device"]].add(r["commit"])
-        elif (r.get("bench") == "moe" and r.get("mode") == "plain calls" and r.get("planned_outputs")
-              and _current(r, "host") and int(r["tokens"]) == HOST_TOKENS
-              and not summarize.missing(r.get("paired_speedup"))):
-            scheme = SCALES_SCHEME[r["case"].split()[-2]]  # bench_moe's case: "<shape> <scales> scales"
-            host[r["device"]][scheme].append(float(r["without_pass_host_us"]) * (1 / float(r["paired_speedup"]) - 1))
+        elif _host_site(r) is not None:
+            key, sites = _host_site(r)
+            per_forward = float(r["without_pass_host_us"]) * (1 / float(r["paired_speedup"]) - 1)
+            host[r["device"]][key].append(per_forward / sites)
             sources[r["device"]].add(r["commit"])
     tables = {}
     for device in sorted(set(runs) | set(host)):
@@ -107,7 +126,7 @@ def build(records: list[dict]) -> dict:
             cells[(op, variant)][(rows, hidden)] = (round(fused, 3), round(ind, 3), len(times), round(least, 3))
         tables[device] = {
             "cells": dict(cells),
-            "host_added_us": {s: round(statistics.median(v), 1) for s, v in sorted(host[device].items())},
+            "host_added_us": {k: round(statistics.median(v), 1) for k, v in sorted(host[device].items())},
             "commits": tuple(sorted(sources[device])),
         }
     return tables
@@ -122,7 +141,7 @@ def render(tables: dict) -> str:
              'do not edit: re-run it after adding records."""',
              "",
              "#: device name -> {\"cells\": {(op, variant): {(rows, hidden): (fused_us, inductor_us, runs,",
-             "#: least_ratio)}}, \"host_added_us\": {scheme: µs}, \"commits\": the records' commits}",
+             "#: least_ratio)}}, \"host_added_us\": {(scheme, variant): µs}, \"commits\": the records' commits}",
              "TABLES = {"]
     for device, t in tables.items():
         lines.append(f"    {device!r}: {{")

@@ -29,8 +29,9 @@ GROUP_OP = "silu_and_mul_per_block_quant"
 TABLE = {"GPU A": {
     "cells": {(TOKEN_OP, ""): {(16, 768): (1.8, 1.6, 2, 1.1), (16, 2048): (2.1, 2.7, 2, 0.76),
                                (256, 768): (2.2, 1.9, 2, 1.01), (4096, 7168): (50.0, 98.0, 1, 0.51)},
-              (GROUP_OP, "g128"): {(16, 768): (1.9, 1.8, 2, 1.05), (256, 768): (2.0, 4.0, 1, 0.5)}},
-    "host_added_us": {"fp8_per_token": 8.0},
+              (GROUP_OP, "g128"): {(16, 768): (1.9, 1.8, 2, 1.05), (256, 768): (2.0, 4.0, 1, 0.5)},
+              (GROUP_OP, "g128:col"): {(16, 768): (2.0, 2.2, 1, 0.9)}},
+    "host_added_us": {("fp8_per_token", ""): 8.0, ("fp8_per_group", "g128:col"): -5.0},
     "commits": ("abc",),
 }}
 
@@ -71,6 +72,9 @@ def test_cells_and_host_cost_are_derived_from_the_records():
         _record(op=GROUP_OP, variant="g64", fused_us=2.0, inductor_us=float("nan")),  # no native cell: dropped
         _moe(16, 300.0, 0.96), _moe(16, 250.0, 0.95), _moe(16, 400.0, 0.5, time="07:00:00"),  # before SINCE
         _moe(256, 600.0, 0.9),  # not the decode size
+        _moe(16, 400.0, 0.98, case="qwen3 block scales"),
+        _moe(16, 400.0, 0.5, planned_outputs=False),  # not today's host path
+        dict(_moe(16, 800.0, 1.06), bench="mlp", case="fp8 mlp x8"),
     ]
     (device, table), = generator.build(records).items()
     assert device == "GPU A"
@@ -78,8 +82,11 @@ def test_cells_and_host_cost_are_derived_from_the_records():
         (TOKEN_OP, ""): {(16, 768): (1.9, 1.75, 2, round(2.0 / 1.9, 3)), (4096, 768): (3.0, 9.0, 1, 0.333)},
         (GROUP_OP, "g128"): {(16, 768): (2.05, 1.9, 2, round(1.9 / 1.8, 3)), (32, 768): (2.0, 1.0, 1, 2.0)},
         (GROUP_OP, "g128:col"): {(16, 768): (9.0, 1.0, 1, 9.0)}}
-    # the median of 300 * (1 / 0.96 - 1) = 12.5 and 250 * (1 / 0.95 - 1) = 13.16
-    assert table["host_added_us"] == {"fp8_per_token": round((12.5 + 250 * (1 / 0.95 - 1)) / 2, 1)}
+    # the median of 300 * (1 / 0.96 - 1) = 12.5 and 250 * (1 / 0.95 - 1) = 13.16; bench_mlp's x8 stack
+    # over its 8 column-major g128 sites: 800 * (1 / 1.06 - 1) / 8
+    assert table["host_added_us"] == {("fp8_per_token", ""): round((12.5 + 250 * (1 / 0.95 - 1)) / 2, 1),
+                                      ("fp8_per_group", "g128"): round(400 * (1 / 0.98 - 1), 1),
+                                      ("fp8_per_group", "g128:col"): round(800 * (1 / 1.06 - 1) / 8, 1)}
     assert table["commits"] == ("c1", "c2", "c3")
     # the rendered module holds the same data
     ns: dict = {}
@@ -134,12 +141,22 @@ def test_what_the_rule_does_not_decide(gpu_a, monkeypatch):
     assert profitability.measured_reason(GROUP_OP, "fp8_per_group", {"group_size": 128, "column_major_scales": True},
                                          val, on) is None
     assert profitability.measured_reason(GROUP_OP, "fp8_per_group", {"group_size": 64}, val, on) is None
-    # no host cost measured for per-group: without CUDA graphs a slower kernel is kept, a faster one fused
+    # no host cost measured for row-major per-group: without CUDA graphs a slower kernel is kept, a faster
+    # one fused
     plain = quantfuse.FusionConfig(cuda_graphs=False, speed_table=True)
     why = profitability.measured_reason(GROUP_OP, "fp8_per_group", {"group_size": 128}, val, plain)
     assert why.startswith(f"{profitability.KEPT_FOR_SPEED}: without CUDA graphs the fused kernel is slower"), why
     assert profitability.measured_reason(GROUP_OP, "fp8_per_group", {"group_size": 128}, _cuda_val(256, 768),
                                          plain) is None
+    # the host cost is the variant's: column-major calls save host time (a 0.2 µs kernel gain is kept
+    # only under the per-token host cost, which is not this variant's)
+    col = {"group_size": 128, "column_major_scales": True}
+    assert profitability.measured_reason(GROUP_OP, "fp8_per_group", col, val, plain) is None
+    speed_table.TABLES["GPU A"]["host_added_us"][("fp8_per_group", "g128:col")] = 1.0
+    try:
+        assert profitability.measured_reason(GROUP_OP, "fp8_per_group", col, val, plain) is not None
+    finally:
+        speed_table.TABLES["GPU A"]["host_added_us"][("fp8_per_group", "g128:col")] = -5.0
     # a device without a table reads the default device's, and says so
     monkeypatch.setattr(profitability, "device_name", lambda device: "GPU B")
     why = profitability.measured_reason(TOKEN_OP, "fp8_per_token", {}, val, on)

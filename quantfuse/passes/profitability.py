@@ -22,9 +22,11 @@ slower one at its size (:func:`measured_reason`, reading :mod:`quantfuse.passes.
   ``triton.cudagraphs``, which ``mode="reduce-overhead"`` sets), only kernel time counts: kept
   where the fused kernel was slower than Inductor's by more than :data:`MARGIN` in every run;
 - run without CUDA graphs, a fused call costs more host time than the Inductor launch it
-  replaces (``host_added_us``, per scheme): kept where the kernel time it saves is less, since
+  replaces (``host_added_us``, per scheme and cell variant, from whole-layer records): kept where the kernel time it saves is less, since
   at decode sizes a forward is host-bound (its host time is its wall time); for a scheme whose
-  host cost is not measured, kept where the kernel is slower, as in a CUDA graph.
+  host cost is not measured, kept where the kernel is slower, as in a CUDA graph. (The host cost
+  depends on the graph around the site: a fused per-token or row-major g128 call in the MoE layer
+  adds about 9 µs, a column-major g128 call in the FP8 MLP saves about 6.)
 
 The cell read is the nearest measured (rows, hidden) at or above the site's (an FP8 per-group
 site by group size and scale layout); a site larger than every cell, of a dynamic size, or of an
@@ -152,7 +154,8 @@ def measured_reason(op_name: str, scheme_key: str, params: dict, y_val, config) 
     (t, h), (fused, inductor, runs, least) = found
     where = f"{rows} x {hidden} (measured at {t} x {h} on {source}"
     graphs = cuda_graphs(config)
-    host = None if graphs else table["host_added_us"].get(scheme_key)
+    variant = cell_variant(scheme_key, params)
+    host = None if graphs else table["host_added_us"].get((scheme_key, variant))
     if least > 1 + MARGIN and (graphs or host is None):
         # a slower kernel is slower in either mode (without CUDA graphs the fused call's host time,
         # where not measured, is not less than the launch it replaces)
