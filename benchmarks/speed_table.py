@@ -41,7 +41,6 @@ import summarize  # noqa: E402
 sys.path.insert(0, str(HERE.parent / "examples"))
 import fp8_mlp  # noqa: E402
 import fp8_moe  # noqa: E402
-from fp8_moe import SCALES_SCHEME  # noqa: E402
 
 sys.path.insert(0, str(HERE.parent))
 from bench_pairs import NATIVE_GROUP  # noqa: E402
@@ -57,7 +56,7 @@ SINCE = {"fp8_per_token": ("2026-12-03", "07:20:45"), "host": ("2026-12-03", "07
 SINCE_KERNELS = ("2026-12-02", "16:42:43")
 #: commits whose kernels did not stay, and why
 EXCLUDED = {"dd9ab74": "its per-token decode kernel was reverted (e6fe131)"}
-#: the token count at which a plain-call MoE layer's records give the host cost of a fused call
+#: the token count at which whole-layer plain-call records give the host cost of a fused call
 HOST_TOKENS = 16
 
 
@@ -94,7 +93,7 @@ def _host_site(r: dict) -> tuple[tuple[str, str], int] | None:
             or summarize.missing(r.get("paired_speedup")) or summarize.missing(r.get("without_pass_host_us"))):
         return None
     if r.get("bench") == "moe" and r.get("planned_outputs"):
-        scheme = SCALES_SCHEME[r["case"].split()[-2]]
+        scheme = fp8_moe.SCALES_SCHEME[r["case"].split()[-2]]
         return (scheme, f"g{fp8_moe.BLOCK}" if scheme == "fp8_per_group" else ""), 1
     if r.get("bench") == "mlp" and r.get("case", "").startswith("fp8 mlp x"):
         return ("fp8_per_group", f"g{fp8_mlp.BLOCK}:col"), int(r["case"].rpartition("x")[2])
