@@ -69,8 +69,9 @@ def main(argv=None) -> int:
     e.add_argument("--native", choices=["default", "triton", "all"], default="default",
                    help="native pairs to fuse: the default table, PROFITABLE_NATIVE_TRITON, or all pairs")
     e.add_argument("--as-on-gpu", action="store_true",
-                   help="on a CPU, explain what a GPU graph gets (FusionConfig(native_on_cpu=True)); without it "
-                        "native CPU sites are kept for speed, as the pass keeps them")
+                   help="on a CPU, explain what a GPU graph gets (FusionConfig(native_on_cpu=True)), but for the "
+                        "sites a GPU keeps by the measured speed table at its own sizes (docs/decisions/031); "
+                        "without it native CPU sites are kept for speed, as the pass keeps them")
     sub.add_parser("patterns", help="list the registered pattern families")
     args = p.parse_args(argv)
 
