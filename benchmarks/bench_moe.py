@@ -48,10 +48,11 @@ def bench_cell(model, t: int, device: str, iters: int, rounds: int = 21, profile
     plain, fused, out_without, out_with, report = fp8_moe.compile_both(model, x, emulate=False, speed_table=False)
     if report is None or len(report.rewrites) != 1:
         raise SystemExit(f"T={t}: the pass did not fuse the experts' site:\n{report}")
-    backends = sorted({b for (op, b) in oracle.call_counts() if op == report.rewrites[0].fused_op.split(".")[-1]})
+    name = report.rewrites[0].fused_op.split(".")[-1]
+    backends = sorted({b for (op, b) in oracle.call_counts() if op == name})
     if device == "cuda" and backends in ([], ["torch"]):
         raise SystemExit(f"T={t}: the fused op ran {backends or 'nowhere'}, not a kernel")
-    times = {"backend": ",".join(backends), "op": report.rewrites[0].fused_op.split(".")[-1],
+    times = {"backend": ",".join(backends), "op": name,
              "max_abs_diff": (out_with.float() - out_without.float()).abs().max().item()}
     with torch.no_grad():
         stats = {}

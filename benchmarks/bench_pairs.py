@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quantfuse  # noqa: E402,F401
 from quantfuse.custom_ops import oracle  # noqa: E402
 from quantfuse.custom_ops.plan import expert_offsets  # noqa: E402
+from quantfuse.passes import profitability  # noqa: E402
 from quantfuse.patterns import native  # noqa: E402
 
 from quantfuse import catalog  # noqa: E402
@@ -72,24 +73,25 @@ def group_variants(scheme: catalog.Scheme, spec: str, swizzled: bool) -> list[tu
     out = []
     for v in spec.split(","):
         g, _, col = v.partition(":")
-        out.append((f"g{g}{':col' if col else ''}", (int(g), True) if col else (int(g),)))
+        label = profitability.cell_variant(scheme.key, {"group_size": int(g), "column_major_scales": bool(col)})
+        out.append((label, (int(g), True) if col else (int(g),)))
     return out
 
 
-def native_cell_fn(native_fn, scheme_key: str, variant: str, act: catalog.Activation):
+def native_cell_fn(native_fn, scheme_key: str, variant: str, qargs: tuple, act: catalog.Activation):
     """The plain-PyTorch spelling of a cell that Inductor compiles, or None: the scheme's
-    (``NATIVE_SCHEME``) for the default cell; for an FP8 per-group variant ``g<G>[:col]`` the same
-    maths at group G, with the scales laid out column-major as a GEMM wants them (``s.t().contiguous().t()``,
+    (``NATIVE_SCHEME``) for the default cell; for another FP8 per-group variant (its quant op
+    arguments ``qargs``: group size, column-major scales) the same maths at that group, with the scales laid out column-major as a GEMM wants them (``s.t().contiguous().t()``,
     the copy the pass folds into the fused op)."""
     if native_fn is None or variant in ("", f"g{NATIVE_GROUP}"):
         return native_fn
     if scheme_key != "fp8_per_group":
         return None
-    group, _, col = variant[1:].partition(":")
+    group, col = qargs[0], len(qargs) > 1 and qargs[1]
     a_fn = native.ACTIVATION_SPELLINGS[act.name][NATIVE_ACT[act.name]]
 
     def spelled(x):
-        q, scale = native.fp8_group_quant(a_fn(x), int(group))
+        q, scale = native.fp8_group_quant(a_fn(x), group)
         scale = scale.squeeze(-1)
         return q, (scale.t().contiguous().t() if col else scale)
     return spelled
@@ -309,7 +311,7 @@ def main() -> None:
                         finally:
                             del os.environ[oracle.BACKEND_ENV]
                     t_ind = float("nan")
-                    cell_fn = native_cell_fn(native_fn, scheme_key, variant, act) if halves and not recipe else None
+                    cell_fn = native_cell_fn(native_fn, scheme_key, variant, qargs, act) if halves and not recipe else None
                     if cell_fn is not None and not args.no_inductor:
                         torch._dynamo.reset()
                         compiled = torch.compile(cell_fn, dynamic=False)

@@ -46,6 +46,7 @@ sys.path.insert(0, str(HERE.parent))
 from bench_pairs import NATIVE_GROUP  # noqa: E402
 
 from quantfuse import catalog  # noqa: E402
+from quantfuse.passes import profitability  # noqa: E402
 
 OUT = HERE.parent / "quantfuse" / "passes" / "speed_table.py"
 #: the first (date, UTC time) whose records describe today's code: the per-token kernels' and the
@@ -71,15 +72,15 @@ def _pair_cell(r: dict) -> tuple | None:
     """(op, variant, rows, hidden) of a pairs record the table takes, else None."""
     if r.get("bench") != "pairs" or r.get("backend") != "cuda" or r.get("op") not in catalog.OPS:
         return None
-    if not _current(r, catalog.OPS[r["op"]].scheme.key):
+    scheme = catalog.OPS[r["op"]].scheme.key
+    if not _current(r, scheme):
         return None
     if r.get("layout", "halves") != "halves" or r.get("recipe") or r.get("dtype", "bfloat16") != "bfloat16":
         return None
     if summarize.missing(r.get("inductor_us")) or summarize.missing(r.get("fused_us")):
         return None
-    variant = r.get("variant", "")
-    if not variant and catalog.OPS[r["op"]].scheme.key == "fp8_per_group":
-        variant = f"g{NATIVE_GROUP}"  # older records leave the default group unnamed
+    # older records leave the default group unnamed
+    variant = r.get("variant") or profitability.cell_variant(scheme, {"group_size": NATIVE_GROUP})
     return r["op"], variant, int(r["tokens"]), int(r["hidden"])
 
 
@@ -94,9 +95,10 @@ def _host_site(r: dict) -> tuple[tuple[str, str], int] | None:
         return None
     if r.get("bench") == "moe" and r.get("planned_outputs"):
         scheme = fp8_moe.SCALES_SCHEME[r["case"].split()[-2]]
-        return (scheme, f"g{fp8_moe.BLOCK}" if scheme == "fp8_per_group" else ""), 1
+        return (scheme, profitability.cell_variant(scheme, {"group_size": fp8_moe.BLOCK})), 1
     if r.get("bench") == "mlp" and r.get("case", "").startswith("fp8 mlp x"):
-        return ("fp8_per_group", f"g{fp8_mlp.BLOCK}:col"), int(r["case"].rpartition("x")[2])
+        variant = profitability.cell_variant("fp8_per_group", {"group_size": fp8_mlp.BLOCK, "column_major_scales": True})
+        return ("fp8_per_group", variant), int(r["case"].rpartition("x")[2])
     return None
 
 
@@ -110,8 +112,8 @@ def build(records: list[dict]) -> dict:
         if cell is not None:
             runs[r["device"]][cell].append((float(r["fused_us"]), float(r["inductor_us"])))
             sources[r["device"]].add(r["commit"])
-        elif _host_site(r) is not None:
-            key, sites = _host_site(r)
+        elif (site := _host_site(r)) is not None:
+            key, sites = site
             per_forward = float(r["without_pass_host_us"]) * (1 / float(r["paired_speedup"]) - 1)
             host[r["device"]][key].append(per_forward / sites)
             sources[r["device"]].add(r["commit"])

@@ -254,7 +254,8 @@ def main(argv=None) -> int:
           f"{' ue8m0' if args.ue8m0 else ''} activation={args.activation} GEMMs: {gemm}")
     print(f"max |with pass - without| = {diff:.4g}; max |with pass - eager| = {vs_eager:.4g}")
     if report is None or len(report.rewrites) != 1:
-        kept = [m.reason for m in (report.near_misses if report else []) if m.reason.startswith("kept for speed")]
+        kept = [m.reason for m in (report.near_misses if report else [])
+                if m.reason.startswith(quantfuse.passes.profitability.KEPT_FOR_SPEED)]
         print(f"FAIL: expected 1 rewrite, got {0 if report is None else len(report.rewrites)}"
               + (f" ({kept[0]})" if kept else ""), file=sys.stderr)
         return 1

@@ -21,9 +21,9 @@ def test_per_group_variants_spell_their_cell(act_name, variant):
     act, scheme = catalog.ACTIVATIONS[act_name], catalog.SCHEMES["fp8_per_group"]
     a_fn = bench_pairs.native.ACTIVATION_SPELLINGS[act_name][bench_pairs.NATIVE_ACT[act_name]]
     s_fn = bench_pairs.native.SCHEME_SPELLINGS["fp8_per_group"][bench_pairs.NATIVE_SCHEME["fp8_per_group"]]
-    fn = bench_pairs.native_cell_fn(lambda x: s_fn(a_fn(x)), "fp8_per_group", variant, act)
     (label, qargs), = bench_pairs.group_variants(scheme, variant[1:], False)  # "--group-variants 64:col"
     assert label == variant
+    fn = bench_pairs.native_cell_fn(lambda x: s_fn(a_fn(x)), "fp8_per_group", variant, qargs, act)
     torch.manual_seed(0)
     x = torch.randn(24, 512 * (2 if act.gated else 1), dtype=torch.bfloat16) * 3
     q, s = fn(x)
@@ -36,5 +36,5 @@ def test_per_group_variants_spell_their_cell(act_name, variant):
 
 def test_cells_without_a_native_spelling():
     act = catalog.ACTIVATIONS["silu_and_mul"]
-    assert bench_pairs.native_cell_fn(None, "fp8_per_group", "g128", act) is None
-    assert bench_pairs.native_cell_fn(lambda x: x, "mxfp8", "E8", act) is None
+    assert bench_pairs.native_cell_fn(None, "fp8_per_group", "g128", (128,), act) is None
+    assert bench_pairs.native_cell_fn(lambda x: x, "mxfp8", "E8", (), act) is None

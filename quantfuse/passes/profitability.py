@@ -26,7 +26,7 @@ slower one at its size (:func:`measured_reason`, reading :mod:`quantfuse.passes.
   at decode sizes a forward is host-bound (its host time is its wall time); for a scheme whose
   host cost is not measured, kept where the kernel is slower, as in a CUDA graph. (The host cost
   depends on the graph around the site: a fused per-token or row-major g128 call in the MoE layer
-  adds about 9 µs, a column-major g128 call in the FP8 MLP saves about 6.)
+  adds about 9 µs, a column-major g128 call in the FP8 MLP saves about as much.)
 
 The cell read is the nearest measured (rows, hidden) at or above the site's (an FP8 per-group
 site by group size and scale layout); a site larger than every cell, of a dynamic size, or of an
@@ -148,13 +148,13 @@ def measured_reason(op_name: str, scheme_key: str, params: dict, y_val, config) 
         table, source = speed_table.TABLES.get(DEFAULT_DEVICE), f"{DEFAULT_DEVICE} (no table for {name})"
     if table is None:
         return None
-    found = nearest_cell(table["cells"].get((op_name, cell_variant(scheme_key, params)), {}), rows, hidden)
+    variant = cell_variant(scheme_key, params)
+    found = nearest_cell(table["cells"].get((op_name, variant), {}), rows, hidden)
     if found is None:
         return None
     (t, h), (fused, inductor, runs, least) = found
     where = f"{rows} x {hidden} (measured at {t} x {h} on {source}"
     graphs = cuda_graphs(config)
-    variant = cell_variant(scheme_key, params)
     host = None if graphs else table["host_added_us"].get((scheme_key, variant))
     if least > 1 + MARGIN and (graphs or host is None):
         # a slower kernel is slower in either mode (without CUDA graphs the fused call's host time,
