@@ -103,11 +103,13 @@ __device__ __forceinline__ float nan_max(float a, float b) {
 // correction, q0 - r * RN(d * q0 - n). The residual is taken negated so that n = -0
 // gives -0 (the textbook RN(n - d * q0) gives +0 and needs a copysign per element).
 // Correctly rounded when r is close enough to 1/d and nothing over- or underflows;
-// the callers say why that holds for their operands.
-__device__ __forceinline__ float markstein_div(float n, float d, float r) {
+// the callers say why that holds for their operands. rc: the correction's factor (r, or 0 for
+// q0 alone: Fp8Scaled's y * (1 / s) recipes).
+__device__ __forceinline__ float markstein_div(float n, float d, float r, float rc) {
   const float q0 = __fmul_rn(n, r);
-  return __fmaf_rn(-__fmaf_rn(d, q0, -n), r, q0);
+  return __fmaf_rn(-__fmaf_rn(d, q0, -n), rc, q0);
 }
+__device__ __forceinline__ float markstein_div(float n, float d, float r) { return markstein_div(n, d, r, r); }
 
 // ---------------------------------------------------------------------------
 // silu(g) = g / (1 + expf(-g)) exactly as torch's CUDA silu: accurate expf (no
@@ -553,6 +555,13 @@ __device__ __forceinline__ float group_scale(float amax) {
   else return s;
 }
 
+// The UE8M0 rounding of a recipe's scale (kUe8m0Exact or kUe8m0Exp2), out of line: log2f and exp2f
+// inlined into every unrolled row of the per-token kernel made its loop too large for the
+// instruction cache, and it runs once per group.
+__device__ __noinline__ float recipe_pow2(float s, Ue8m0Code mode) {
+  return mode == kUe8m0Exact ? ue8m0_ceil_any(s) : exp2f(ceilf(log2f(s)));
+}
+
 // The scale step of any dynamic recipe (act_quant.h ScaleRecipe; Fp8Step::kRecipe): as above,
 // the floors NaN-keeping maxima as torch's clamp_min; for kStepInput the scale is rounded to the
 // input dtype DT, as eager stores a 16-bit amax / 448 (an fp32 input: no rounding). kUe8m0Exp2 is
@@ -563,11 +572,7 @@ __device__ __forceinline__ float recipe_scale(float amax, const ScaleRecipe& rr)
   float s = __fmul_rn(nan_max(amax, rr.amax_floor), 1.0f / kFp8Max);
   if (rr.step == kStepInput) s = DT::round(s);
   s = nan_max(s, rr.scale_floor);
-  if (rr.ue8m0 == kUe8m0Exact) {
-    s = ue8m0_ceil_any(s);
-  } else if (rr.ue8m0 == kUe8m0Exp2) {
-    s = exp2f(ceilf(log2f(s)));
-  }
+  if (rr.ue8m0 != kUe8m0None) s = recipe_pow2(s, rr.ue8m0);
   return nan_max(s, rr.pow2_floor);
 }
 

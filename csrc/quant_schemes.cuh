@@ -31,8 +31,9 @@ enum class Fp8Step { kDefault, kDefaultUe8m0, kRecipe };
 
 // FP8 E4M3 with an fp32 scale per group (per token when the group is the row). Per element, in a
 // group whose scale is in the fast range: y / s by markstein_div, or y * r where that is the
-// result (a power-of-two scale, or the recipe y * (1 / s)): one FMUL. Other groups (a scale of 0,
-// inf or NaN; kRecipe: outside [2^-64, 2^126]) take a true division, or product, per element. The
+// result (the default UE8M0 scales: one FMUL; kRecipe's y * (1 / s): markstein_div without its
+// correction, State::rc). Other groups (a scale of 0,
+// inf or NaN; kRecipe: outside [2^-64, 2^126]) take a true division per element. The
 // clamp is SATFINITE (e4m3x2): a recipe without it runs here only where torch's cast saturates by
 // itself (catalog.E4M3_CAST_SATURATES), so the bits are the same.
 template <Fp8Step K>
@@ -41,22 +42,23 @@ struct Fp8Scaled {
   static constexpr bool UE8M0 = K == Fp8Step::kDefaultUe8m0;
   static constexpr int kBits = 8, kVectors = 1, kEvictFirstL2s = 1;
   using Scale = float;
-  // kRecipe: fast (the scale is in the fast range) and mul (y * r is the result there)
-  struct State { float s, r; bool fast, mul; };
+  // r = RN(1/s); kRecipe: fast (the scale is in the fast range) and rc, the factor of the Markstein
+  // correction: r where the recipe divides, 0 where it multiplies (y * (1 / s)), which leaves
+  // q0 = RN(y * r), its result, with y's zero sign (-(+0) * 0 + -0 is -0). One encode loop per
+  // branch serves both forms: a copy per form made the per-token kernel's loop too large for the
+  // instruction cache (its warps stalled on instruction fetch).
+  struct State { float s, r, rc; bool fast; };
   template <typename DT>
   static __device__ __forceinline__ State prepare(float amax, const ScaleRecipe& rr) {
     if constexpr (!kRecipe) {
       const float s = group_scale<UE8M0>(amax);
-      return {s, isfinite(s) ? group_recip<UE8M0>(s) : 0.0f, false, false};
+      const float r = isfinite(s) ? group_recip<UE8M0>(s) : 0.0f;
+      return {s, r, r, false};
     } else {
       const float s = recipe_scale<DT>(amax, rr);
-      const bool fast = s >= kFastScaleMin && s <= kFastScaleMax;
-      // a UE8M0 recipe's scale is a power of two unless a floor after the rounding set it
-      // (ue8m0_after_floor=False: max(2^k, eps)); that one divides as any fp32 scale
-      const bool pow2 = rr.ue8m0 != kUe8m0None && (__float_as_uint(s) & 0x7fffffu) == 0;
-      // RN(1/s): the Markstein reciprocal and the recipe's y * (1 / s); a power-of-two scale's
-      // is exact from the bits
-      return {s, pow2 && fast ? group_recip<true>(s) : __frcp_rn(s), fast, pow2 || rr.apply == kApplyMulInv};
+      // a power-of-two scale's RN(1/s) is exact, and markstein_div's correction then adds 0
+      const float r = __frcp_rn(s);
+      return {s, r, rr.apply == kApplyMulInv ? 0.0f : r, s >= kFastScaleMin && s <= kFastScaleMax};
     }
   }
   static __device__ __forceinline__ Scale scale(const State& st) { return st.s; }
@@ -70,13 +72,11 @@ struct Fp8Scaled {
       } else {  // NaN / inf scale: true divisions (NaN or 0 results)
         encode_as<N>(y, w, [&](float v) { return __fdiv_rn(v, st.s); });
       }
-    } else if (st.fast && st.mul) {
-      encode_as<N>(y, w, [&](float v) { return div_by_scale<true>(v, st.s, st.r); });
     } else if (st.fast) {
-      encode_as<N>(y, w, [&](float v) { return div_by_scale<false>(v, st.s, st.r); });
+      encode_as<N>(y, w, [&](float v) { return markstein_div(v, st.s, st.r, st.rc); });
     } else {
-      // true divisions or products (NaN, 0 or inf results; rare): one unrolled copy for both
-      // forms, the fewer copies the fewer registers the fast ones keep live
+      // a scale outside the fast range (rare; markstein_div's residual can be NaN there): true
+      // divisions or products, one unrolled loop for both forms
       const bool div = rr.apply == kApplyDiv;
       encode_as<N>(y, w, [&](float v) { return div ? __fdiv_rn(v, st.s) : __fmul_rn(v, st.r); });
     }
