@@ -558,7 +558,7 @@ __device__ __forceinline__ float group_scale(float amax) {
 // The UE8M0 rounding of a recipe's scale (kUe8m0Exact or kUe8m0Exp2), out of line: log2f and exp2f
 // inlined into every unrolled row of the per-token kernel made its loop too large for the
 // instruction cache, and it runs once per group.
-__device__ __noinline__ float recipe_pow2(float s, Ue8m0Code mode) {
+static __device__ __noinline__ float recipe_pow2(float s, Ue8m0Code mode) {
   return mode == kUe8m0Exact ? ue8m0_ceil_any(s) : exp2f(ceilf(log2f(s)));
 }
 
