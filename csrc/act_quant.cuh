@@ -555,24 +555,27 @@ __device__ __forceinline__ float group_scale(float amax) {
   else return s;
 }
 
-// The UE8M0 rounding of a recipe's scale (kUe8m0Exact or kUe8m0Exp2), out of line: log2f and exp2f
-// inlined into every unrolled row of the per-token kernel made its loop too large for the
-// instruction cache, and it runs once per group.
-static __device__ __noinline__ float recipe_pow2(float s, Ue8m0Code mode) {
+// The UE8M0 rounding of a recipe's scale (kUe8m0Exact or kUe8m0Exp2).
+__device__ __forceinline__ float recipe_pow2(float s, Ue8m0Code mode) {
   return mode == kUe8m0Exact ? ue8m0_ceil_any(s) : exp2f(ceilf(log2f(s)));
 }
+// The same out of line, for the per-token kernels: log2f and exp2f inlined into every unrolled row
+// made their loop too large for the instruction cache, and it runs once per row there (a group
+// kernel calls it once per 8 or 16 elements: inline).
+static __device__ __noinline__ float recipe_pow2_call(float s, Ue8m0Code mode) { return recipe_pow2(s, mode); }
 
 // The scale step of any dynamic recipe (act_quant.h ScaleRecipe; Fp8Step::kRecipe): as above,
 // the floors NaN-keeping maxima as torch's clamp_min; for kStepInput the scale is rounded to the
 // input dtype DT, as eager stores a 16-bit amax / 448 (an fp32 input: no rounding). kUe8m0Exp2 is
 // torch's exp2(ceil(log2(s))) (below s where log2 rounds down to an integer), with the CUDA math
 // library functions that torch's own CUDA log2 / ceil / exp2 kernels call, so the bits are eager's.
-template <typename DT>
+// kCall: the UE8M0 rounding out of line (recipe_pow2_call).
+template <typename DT, bool kCall = false>
 __device__ __forceinline__ float recipe_scale(float amax, const ScaleRecipe& rr) {
   float s = __fmul_rn(nan_max(amax, rr.amax_floor), 1.0f / kFp8Max);
   if (rr.step == kStepInput) s = DT::round(s);
   s = nan_max(s, rr.scale_floor);
-  if (rr.ue8m0 != kUe8m0None) s = recipe_pow2(s, rr.ue8m0);
+  if (rr.ue8m0 != kUe8m0None) s = kCall ? recipe_pow2_call(s, rr.ue8m0) : recipe_pow2(s, rr.ue8m0);
   return nan_max(s, rr.pow2_floor);
 }
 

@@ -48,14 +48,15 @@ struct Fp8Scaled {
   // branch serves both forms: a copy per form made the per-token kernel's loop too large for the
   // instruction cache (its warps stalled on instruction fetch).
   struct State { float s, r, rc; bool fast; };
-  template <typename DT>
+  // kRow: the per-token kernels' call (recipe_scale's kCall)
+  template <typename DT, bool kRow = false>
   static __device__ __forceinline__ State prepare(float amax, const ScaleRecipe& rr) {
     if constexpr (!kRecipe) {
       const float s = group_scale<UE8M0>(amax);
       const float r = isfinite(s) ? group_recip<UE8M0>(s) : 0.0f;
       return {s, r, r, false};
     } else {
-      const float s = recipe_scale<DT>(amax, rr);
+      const float s = recipe_scale<DT, kRow>(amax, rr);
       // a power-of-two scale's RN(1/s) is exact, and markstein_div's correction then adds 0
       const float r = __frcp_rn(s);
       return {s, r, rr.apply == kApplyMulInv ? 0.0f : r, s >= kFastScaleMin && s <= kFastScaleMax};

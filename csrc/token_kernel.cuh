@@ -136,7 +136,7 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
   uint32_t yp[NV][VEC / 2];
   auto fetch = [&](int j, bool, uint4& ga, uint4& ua) { ga = gv[j], ua = uv[j]; };
   const float amax = token_act<DT, Act, NV, IL>(y, yp, fetch, row, tokens, hidden, aa);
-  const auto st = Fp8Scaled<K>::template prepare<DT>(row_max(amax, buf), rr);
+  const auto st = Fp8Scaled<K>::template prepare<DT, true>(row_max(amax, buf), rr);
   if (row < tokens) token_store<DT, K, NV>(q, s, row, hidden, y, yp, st, rr);
   row += step;
 }
@@ -245,7 +245,7 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_staged_kernel(
     const int64_t next = row + step;
     stage_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(mine, gate, up, in_stride, next + (STAGES - 1) * step, tokens,
                                                     hidden, amax);
-    const auto st = Fp8Scaled<K>::template prepare<DT>(row_max(amax, buf), rr);
+    const auto st = Fp8Scaled<K>::template prepare<DT, true>(row_max(amax, buf), rr);
     buf ^= 1;
     token_store<DT, K, NV>(q, s, row, hidden, y, yp, st, rr);
     row = next;
@@ -289,7 +289,7 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_wide_kernel(
       if (col < hidden) act_vector<DT, Act, IL>(y, amax, gate, up, row_off, col, aa);
     }
   }
-  const auto st = Q::template prepare<DT>(row_max(amax, 0), rr);
+  const auto st = Q::template prepare<DT, true>(row_max(amax, 0), rr);
   for (int64_t c0 = 0; c0 < hidden; c0 += chunk) {
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
