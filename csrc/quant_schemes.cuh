@@ -31,8 +31,8 @@ enum class Fp8Step { kDefault, kDefaultUe8m0, kRecipe };
 
 // FP8 E4M3 with an fp32 scale per group (per token when the group is the row). Per element, in a
 // group whose scale is in the fast range: y / s by markstein_div, or y * r where that is the
-// result (the default UE8M0 scales: one FMUL; kRecipe's y * (1 / s): markstein_div without its
-// correction, State::rc). Other groups (a scale of 0,
+// result (a power-of-two scale, or the recipe y * (1 / s): one FMUL; in the per-token kernels
+// kRecipe's markstein_div without its correction, State::rc). Other groups (a scale of 0,
 // inf or NaN; kRecipe: outside [2^-64, 2^126]) take a true division per element. The
 // clamp is SATFINITE (e4m3x2): a recipe without it runs here only where torch's cast saturates by
 // itself (catalog.E4M3_CAST_SATURATES), so the bits are the same.
@@ -42,28 +42,43 @@ struct Fp8Scaled {
   static constexpr bool UE8M0 = K == Fp8Step::kDefaultUe8m0;
   static constexpr int kBits = 8, kVectors = 1, kEvictFirstL2s = 1;
   using Scale = float;
-  // r = RN(1/s); kRecipe: fast (the scale is in the fast range) and rc, the factor of the Markstein
-  // correction: r where the recipe divides, 0 where it multiplies (y * (1 / s)), which leaves
-  // q0 = RN(y * r), its result, with y's zero sign (-(+0) * 0 + -0 is -0). One encode loop per
-  // branch serves both forms: a copy per form made the per-token kernel's loop too large for the
-  // instruction cache (its warps stalled on instruction fetch).
-  struct State { float s, r, rc; bool fast; };
-  // kRow: the per-token kernels' call (recipe_scale's kCall)
+  // r = RN(1/s) (a power-of-two scale's exact from its bits). kRecipe: fast (the scale is in the
+  // fast range), mul (y * r is the result there: a power-of-two scale, or the recipe y * (1 / s)),
+  // and rc, the factor of the Markstein correction for the per-token kernels: r where the recipe
+  // divides, 0 where it multiplies, which leaves q0 = RN(y * r) with y's zero sign
+  // (-(+0) * 0 + -0 is -0).
+  //
+  // The kernels want different encode loops (kRow: the per-token kernels' call): a group kernel
+  // issues an instruction every cycle it can, so a recipe whose scales are products takes its own
+  // one-FMUL loop there; the per-token kernel unrolls whole rows, and a loop per form made its
+  // code too large for the instruction cache (its warps stalled on instruction fetch), so one
+  // loop, markstein_div with rc, serves both forms there.
+  struct State { float s, r, rc; bool fast, mul; };
   template <typename DT, bool kRow = false>
   static __device__ __forceinline__ State prepare(float amax, const ScaleRecipe& rr) {
     if constexpr (!kRecipe) {
       const float s = group_scale<UE8M0>(amax);
       const float r = isfinite(s) ? group_recip<UE8M0>(s) : 0.0f;
-      return {s, r, r, false};
+      return {s, r, r, false, false};
     } else {
       const float s = recipe_scale<DT, kRow>(amax, rr);
-      // a power-of-two scale's RN(1/s) is exact, and markstein_div's correction then adds 0
-      const float r = __frcp_rn(s);
-      return {s, r, rr.apply == kApplyMulInv ? 0.0f : r, s >= kFastScaleMin && s <= kFastScaleMax};
+      const bool fast = s >= kFastScaleMin && s <= kFastScaleMax;
+      const bool mul_inv = rr.apply == kApplyMulInv;
+      if constexpr (kRow) {
+        // a power-of-two scale's RN(1/s) is exact, and markstein_div's correction then adds 0
+        const float r = __frcp_rn(s);
+        return {s, r, mul_inv ? 0.0f : r, fast, false};
+      } else {
+        // a UE8M0 recipe's scale is a power of two unless a floor after the rounding set it
+        // (ue8m0_after_floor=False: max(2^k, eps)); that one divides as any fp32 scale
+        const bool pow2 = rr.ue8m0 != kUe8m0None && (__float_as_uint(s) & 0x7fffffu) == 0;
+        const float r = pow2 && fast ? group_recip<true>(s) : __frcp_rn(s);
+        return {s, r, r, fast, pow2 || mul_inv};
+      }
     }
   }
   static __device__ __forceinline__ Scale scale(const State& st) { return st.s; }
-  template <int N, typename DT>
+  template <int N, typename DT, bool kRow = false>
   static __device__ __forceinline__ void encode(const float* y, const uint32_t*, const State& st, uint32_t* w,
                                                 const ScaleRecipe& rr) {
     static_assert(N % 4 == 0, "fp8 words hold 4 elements");
@@ -73,11 +88,16 @@ struct Fp8Scaled {
       } else {  // NaN / inf scale: true divisions (NaN or 0 results)
         encode_as<N>(y, w, [&](float v) { return __fdiv_rn(v, st.s); });
       }
-    } else if (st.fast) {
+    } else if (kRow && st.fast) {
       encode_as<N>(y, w, [&](float v) { return markstein_div(v, st.s, st.r, st.rc); });
+    } else if (!kRow && st.fast && st.mul) {
+      encode_as<N>(y, w, [&](float v) { return div_by_scale<true>(v, st.s, st.r); });
+    } else if (!kRow && st.fast) {
+      encode_as<N>(y, w, [&](float v) { return div_by_scale<false>(v, st.s, st.r); });
     } else {
       // a scale outside the fast range (rare; markstein_div's residual can be NaN there): true
-      // divisions or products, one unrolled loop for both forms
+      // divisions or products, one unrolled loop for both forms, the fewer copies the fewer
+      // registers the fast ones keep live
       const bool div = rr.apply == kApplyDiv;
       encode_as<N>(y, w, [&](float v) { return div ? __fdiv_rn(v, st.s) : __fmul_rn(v, st.r); });
     }

@@ -110,9 +110,9 @@ __device__ __forceinline__ void token_store(uint8_t* __restrict__ q, float* __re
           yr[i] = DT::lo(yp[j][i / 2]);
           yr[i + 1] = DT::hi(yp[j][i / 2]);
         }
-        Q::template encode<VEC, DT>(yr, nullptr, st, w, rr);
+        Q::template encode<VEC, DT, true>(yr, nullptr, st, w, rr);
       } else {
-        Q::template encode<VEC, DT>(y[j], nullptr, st, w, rr);
+        Q::template encode<VEC, DT, true>(y[j], nullptr, st, w, rr);
       }
       store_bytes<VEC>(qr + col, w, 0);
     }
@@ -298,7 +298,7 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_wide_kernel(
         float unused = 0.0f;
         act_vector<DT, Act, IL>(y, unused, gate, up, row_off, col, aa);
         uint32_t w[VEC / 4];
-        Q::template encode<VEC, DT>(y, nullptr, st, w, rr);
+        Q::template encode<VEC, DT, true>(y, nullptr, st, w, rr);
         store_bytes<VEC>(qr + col, w, 0);
       }
     }
