@@ -16,6 +16,7 @@
 #             Inductor, quantfuse unfused and fused, vLLM's kernel where vllm imports, a same-size copy
 #   (always)  the tuning table (tuning-<device>.json) as records -> $OUT/tuning.jsonl
 #   moe       bench_moe.py (MOE_ARGS adds flags) and examples/fp8_moe.py on the GPU
+#   stalls    probe_stalls.py under ncu (STALL_ARGS adds flags, e.g. --cases "...") -> $OUT/stalls.jsonl
 #   (always)  the built libraries as $OUT/main.tar.xz and base.tar.xz (SAVE_BUILD=0: not): copy them to
 #             ./_qfbuild (ignored) and carry it, and the next call of the session loads them, no build
 set -o pipefail
@@ -114,6 +115,9 @@ PY
     timeout ${MOE_TIMEOUT:-300} python3 examples/fp8_moe.py 2>&1 | tail -4
     timeout ${MOE_TIMEOUT:-300} python3 benchmarks/bench_moe.py $MOE_ARGS --out "$OUT/moe.md" --jsonl "$OUT/moe.jsonl" \
       2>&1 | grep -v Warning | tail -30
+  fi
+  if has stalls; then
+    timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/probe_stalls.py $STALL_ARGS --jsonl "$OUT/stalls.jsonl" 2>&1 | tail -20
   fi
   # the vectors-per-thread table tuned in this run, as records (custom_ops/tuning.py)
   for t in "$QUANTFUSE_CACHE_DIR"/tuning-*.json; do

@@ -25,13 +25,11 @@ from bench_pairs import run_info  # noqa: E402
 
 def records(table: dict) -> list[dict]:
     """One record per (plan, class) of a tuning table."""
-    from quantfuse.custom_ops.tuning import Choice
-
-    def choice(c: dict) -> Choice:
-        return Choice(c["vectors"], c.get("row_stages", 0))
+    from quantfuse.custom_ops.tuning import entry_choice as choice
 
     return [dict(bench="tuning", plan=key, min_tokens=c["min_tokens"], tokens=c["tokens"], vectors=c["vectors"],
-                 row_stages=choice(c).row_stages, choice=choice(c).label, us=c["us"], tuned_torch=entry.get("torch", ""))
+                 row_stages=choice(c).row_stages, runtime_recipe=choice(c).runtime_recipe, choice=choice(c).label,
+                 us=c["us"], tuned_torch=entry.get("torch", ""))
             for key, entry in sorted(table.items()) for c in entry["classes"]]
 
 

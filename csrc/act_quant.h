@@ -97,6 +97,8 @@ struct QuantParams {
                           // or 2, act_token_quant_staged_kernel) or groups (kGroupStaged,
                           // act_group_quant_staged_kernel) ahead staged in shared memory; tuned per
                           // plan and device (custom_ops/tuning.py)
+  bool runtime_recipe;    // per-token with the default recipe: run it through the kernel that reads
+                          // the recipe at run time (Fp8Step::kRecipe, the same bits), a tuning choice
   int sms;
   int64_t l2_bytes;       // device L2 size: inputs up to a scheme's multiple of it are loaded
                           // evict-first (launch_unit.cuh evict_first_input); 0 = never

@@ -361,7 +361,7 @@ const char* QF_CAT(launch_quant_, QF_UNIT)(const QuantParams& p) {
   if (p.tokens == 0 || p.hidden == 0) return nullptr;
   switch (p.scheme) {
     case kPerToken:  // the per-token op has no UE8M0 parameter: a UE8M0 recipe is a runtime one
-      return fp8_step(p.recipe) == Fp8Step::kDefault ? dispatch_token<Fp8Step::kDefault>(p)
+      return fp8_step(p.recipe) == Fp8Step::kDefault && !p.runtime_recipe ? dispatch_token<Fp8Step::kDefault>(p)
                                                      : dispatch_token<Fp8Step::kRecipe>(p);
     case kPerGroup:
       if (p.group_size == kFp8GroupSizes[0]) return dispatch_fp8_group<kFp8GroupSizes[0]>(p);

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from quantfuse import catalog
-from quantfuse.custom_ops import cuda_backend, plan
+from quantfuse.custom_ops import cuda_backend, plan, tuning
 
 CSRC = Path(__file__).resolve().parents[1] / "csrc"
 
@@ -154,3 +154,20 @@ def test_launch_args_hold_every_key_the_dispatcher_reads(monkeypatch):
         p = _cuda_plan(name, x, *params, **kw)
         names = [a.name for a in getattr(torch.ops.quantfuse, name).default._schema.arguments]
         assert set(cuda_backend.launch_args(p, names)) == wanted, name
+
+
+def test_token_classes_are_the_tuples_the_dispatcher_casts(monkeypatch):
+    """csrc/dispatch.cpp casts launch_args()'s token_classes to (min tokens, then one element per
+    tuning.Choice field, in its order): a tuple of another length or order would fail the cast and
+    lose the fast path."""
+    text = (Path(cuda_backend.__file__).parents[2] / "csrc" / "dispatch.cpp").read_text()
+    cast = re.search(r'f\["token_classes"\]\.cast<std::vector<std::tuple<([^>]*)>>>', text)
+    types = [t.strip() for t in cast.group(1).split(",")]
+    fields = dataclasses.fields(tuning.Choice)
+    assert types == ["int64_t"] + ["bool" if f.type in (bool, "bool") else "int64_t" for f in fields]
+    choice = tuning.Choice(2, 1, True)
+    monkeypatch.setattr(cuda_backend, "_classes", lambda plan: (((64, choice),), True))
+    p = _cuda_plan("silu_and_mul_per_token_quant_fp8", torch.randn(6, 256).bfloat16())
+    names = [a.name for a in torch.ops.quantfuse.silu_and_mul_per_token_quant_fp8.default._schema.arguments]
+    assert cuda_backend.launch_args(p, names)["token_classes"] == [
+        (64, *(getattr(choice, f.name) for f in fields))]

@@ -72,9 +72,14 @@ def test_which_plans_are_tuned():
     assert group == (tuple(tuning.Choice(v) for v in tuning.CANDIDATES)
                      + tuple(tuning.Choice(v, r) for v in tuning.STAGED_VECTORS for r in tuning.GROUP_ROW_STAGES))
     assert len({c.label for c in group}) == len(group)
+    # per-token: the op's own recipe on both kernels (the default one and the runtime-recipe one),
+    # any other recipe on the runtime-recipe kernel, which is the only one it has
     per_token = tuning.candidates(_plan("relu2_per_token_quant_fp8"))
-    assert set(per_token) == {tuning.Choice(v, r) for v in (0, 1, 2, 4) for r in tuning.ROW_STAGES}
-    assert len({c.label for c in per_token}) == len(per_token) == 4 * len(tuning.ROW_STAGES)
+    assert set(per_token) == {tuning.Choice(v, r, k) for v in (0, 1, 2, 4) for r in tuning.ROW_STAGES
+                              for k in (False, True)}
+    assert len({c.label for c in per_token}) == len(per_token) == 2 * 4 * len(tuning.ROW_STAGES)
+    recipe = tuning.candidates(_plan("relu2_per_token_quant_fp8", recipe="floor_at=scale,eps=1e-06"))
+    assert set(recipe) == {tuning.Choice(v, r) for v in (0, 1, 2, 4) for r in tuning.ROW_STAGES}
     experts = _experts_plan("silu_and_mul_mxfp8_experts_quant", 8)
     assert tuning.tunable(experts) and tuning.tunable(_experts_plan("mxfp4_experts_quant", 8))
     assert not tuning.tunable(_experts_plan("swigluoai_and_mul_mxfp8_experts_quant", 8, interleaved=True))
@@ -167,10 +172,46 @@ def test_per_token_rows_staged_where_faster(tmp_path):
     entry = json.loads((tmp_path / "tuning-NVIDIA_H200.json").read_text())[tuning.tuning_key(p)]
     assert [c["row_stages"] for c in entry["classes"]] == [0, best, 0]
     names = {0: "", 1: "shared", 2: "shared x2"}
-    assert entry["classes"][1]["us"] == {f"{v} {names[r]}".strip() if v else (names[r] or "registers"): us[t1][r]
-                                         for v in ("", "1", "2", "4") for r in tuning.ROW_STAGES}
+    assert entry["classes"][1]["us"] == {
+        (f"{v} {names[r]}".strip() if v else (names[r] or "registers")) + kernel: us[t1][r]
+        for v in ("", "1", "2", "4") for r in tuning.ROW_STAGES for kernel in ("", " runtime recipe")}
+    # the runtime-recipe kernel timed the same: the tie goes to the default kernel
+    assert not any(c["runtime_recipe"] for c in entry["classes"])
     assert [tuning.choice_for(classes, t).row_stages for t in (1, s1 - 1, s1, s2)] == [0, 0, best, 0]
     assert tuning.Choice(2, 2).label == "2 shared x2" and set(tuning.ROW_STAGES) <= set(tuning.KERNEL_ROW_STAGES)
+
+
+def test_runtime_recipe_kernel_wins_where_faster(tmp_path):
+    """A per-token class of the op's own recipe takes the runtime-recipe kernel where it is the
+    faster (the table says so, and a later process reads it back); a table entry timed over another
+    generation of candidates is timed again."""
+    p = _plan("silu_and_mul_per_token_quant_fp8")
+    C = tuning.Choice
+    (_, t0), (s1, t1), (s2, t2) = tuning.class_tokens(p, L2)
+    def us(q, c):  # the runtime-recipe kernel 10% faster from the second class on
+        return (9.0 if c.runtime_recipe and q.tokens >= t1 else 10.0) + c.vectors + c.row_stages
+    classes, final = tuning.token_classes(p, H200, us)
+    assert final and classes == ((0, C()), (s1, C(runtime_recipe=True)), (s2, C(runtime_recipe=True)))
+    path = tmp_path / "tuning-NVIDIA_H200.json"
+    table = json.loads(path.read_text())
+    entry = table[tuning.tuning_key(p)]
+    assert entry["version"] == tuning.TABLE_VERSION
+    assert [c["runtime_recipe"] for c in entry["classes"]] == [False, True, True]
+    assert entry["classes"][1]["us"]["registers runtime recipe"] == 9.0
+    tuning.clear()
+    def no_timing(*_):
+        raise AssertionError("timed again although the table has the answer")
+    assert tuning.token_classes(p, H200, no_timing) == (classes, True)
+    # an entry of the generation before (no version, no runtime-recipe field) is timed again
+    entry.pop("version")
+    for c in entry["classes"]:
+        c.pop("runtime_recipe")
+    path.write_text(json.dumps(table))
+    tuning.clear()
+    timer = Timer(lambda t, stages: 1.0)
+    tuning.token_classes(p, H200, timer)
+    assert timer.calls and json.loads(path.read_text())[tuning.tuning_key(p)]["version"] == tuning.TABLE_VERSION
+    assert tuning.entry_choice({"vectors": 2, "row_stages": 1}) == C(2, 1)
 
 
 def test_calls_take_their_class():

@@ -1,5 +1,6 @@
 """Launch parameters tuned on the GPU that runs them: vectors per thread of the group kernels,
-and where the per-token kernel keeps the rows it prefetches.
+where the per-token kernel keeps the rows it prefetches, and which per-token kernel runs the op's
+own recipe.
 
 How many 16-byte vectors a thread of the per-group and MX kernels loads per group decides
 how many loads are in flight per SM, and the best count differs between GPUs of one
@@ -10,6 +11,9 @@ registers, more warps resident, one more hop; which is faster depends on the act
 register needs and the GPU (docs/decisions/026-per-token-row-staging-tuned.md); each is timed
 with each vector count too. The group kernels likewise keep their next group in registers or
 stage groups ahead in shared memory (docs/decisions/028-group-kernels-staged-by-cp-async.md).
+A per-token call of the op's own recipe can run the kernel compiled for it or the one that reads
+any recipe at run time, the same bits from other code, at times the faster
+(docs/decisions/033-runtime-recipe-kernel-a-tuning-choice.md): each choice is timed on both.
 So none is a constant: on the
 first call of a plan (everything about a call but its token count, :attr:`CallPlan.key`) the
 CUDA backend asks :func:`token_classes`, which times each :func:`candidates` choice on random
@@ -47,21 +51,26 @@ log = logging.getLogger("quantfuse.tuning")
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
-    """One launch choice: ``vectors`` per thread (0: the kernel's default), and for the per-token
-    kernel how many rows ahead it stages in shared memory (0: the next row in registers; csrc
-    act_quant.h QuantParams)."""
+    """One launch choice: ``vectors`` per thread (0: the kernel's default), for the per-token
+    kernel how many rows ahead it stages in shared memory (0: the next row in registers), and
+    whether a per-token call of the default recipe runs the kernel that reads the recipe at run
+    time (``runtime_recipe``: the same bits, other code; csrc act_quant.h QuantParams)."""
 
     vectors: int = 0
     row_stages: int = 0
+    runtime_recipe: bool = False
 
     @property
     def label(self) -> str:
         """How the table names it: the vector count ("2"), where a per-token kernel keeps its rows
-        at the default count ("registers", "shared", "shared x2"), or both ("2 shared x2")."""
+        at the default count ("registers", "shared", "shared x2"), or both ("2 shared x2"), then
+        " runtime recipe" for the runtime-recipe kernel."""
         where = "" if not self.row_stages else "shared" if self.row_stages == 1 else f"shared x{self.row_stages}"
         if self.vectors:
-            return f"{self.vectors} {where}" if where else str(self.vectors)
-        return where or "registers"
+            label = f"{self.vectors} {where}" if where else str(self.vectors)
+        else:
+            label = where or "registers"
+        return f"{label} runtime recipe" if self.runtime_recipe else label
 
 
 #: the vector counts the group kernels are instantiated for (csrc/launch_unit.cuh dispatch_vectors)
@@ -84,6 +93,9 @@ GROUP_ROW_STAGES = (2,)
 EXPERTS_VECTORS = (1, 2)
 #: the per-token kernel's: a first class from one token, timed at half the L2
 TOKEN_CLASSES = ((0, 0.5),) + CLASSES
+#: the candidates' generation: a table entry of another was timed over other candidates, and is
+#: timed again (2: the per-token default recipe's runtime-recipe kernel joined)
+TABLE_VERSION = 2
 #: the timed inputs and outputs take at most this share of the free device memory
 MEMORY_SHARE = 0.25
 
@@ -112,16 +124,24 @@ def tunable(plan) -> bool:
                                 and plan.layout is not Layout.INTERLEAVED)
 
 
+def _default_recipe(plan) -> bool:
+    """Whether the plan's recipe is its op's own (the one the default kernels compile in)."""
+    return plan.recipe is not None and plan.recipe.spec(plan.entry.base) == ""
+
+
 def candidates(plan) -> tuple[Choice, ...]:
     """The choices timed for a tunable plan: per-group and MX, each vector count with the next
     group in registers, and each ``STAGED_VECTORS`` count with ``GROUP_ROW_STAGES`` groups staged;
     per-token, the launcher's default and each count, each with every ``ROW_STAGES`` (a count a
-    row is too short for takes the next that fits, so some choices time the same launch); the
-    experts ops, each ``EXPERTS_VECTORS`` count in registers and staged."""
+    row is too short for takes the next that fits, so some choices time the same launch), and for
+    the op's own recipe each of those again on the runtime-recipe kernel (which can be the faster
+    code: docs/decisions/032-recipe-encode-loops-per-kernel.md); the experts ops, each
+    ``EXPERTS_VECTORS`` count in registers and staged."""
     if plan.entry.experts:
         return tuple(Choice(v, r) for v in EXPERTS_VECTORS for r in (0, *GROUP_ROW_STAGES))
     if _per_token(plan):
-        return tuple(Choice(v, r) for v in (0, *CANDIDATES) for r in ROW_STAGES)
+        kernels = (False, True) if _default_recipe(plan) else (False,)
+        return tuple(Choice(v, r, k) for k in kernels for v in (0, *CANDIDATES) for r in ROW_STAGES)
     return (tuple(Choice(v) for v in CANDIDATES)
             + tuple(Choice(v, r) for v in STAGED_VECTORS for r in GROUP_ROW_STAGES))
 
@@ -174,9 +194,9 @@ def _write_entry(path: Path, key: str, entry: dict) -> None:
 
 
 def choose(times: dict[Choice, float]) -> Choice:
-    """The fastest choice; ties go to the fewer vectors (fewer registers), then to fewer rows
-    staged (the default: none)."""
-    return min(times, key=lambda c: (times[c], c.vectors, c.row_stages))
+    """The fastest choice; ties go to the default kernel, then to the fewer vectors (fewer
+    registers), then to fewer rows staged (the default: none)."""
+    return min(times, key=lambda c: (times[c], c.runtime_recipe, c.vectors, c.row_stages))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +234,8 @@ def token_classes(plan, device: Device | Callable[[], Device],
             return _memory[(device.name, key)], True
     path = _table_path(device.name)
     entry = _read_table(path).get(key)
+    if entry is not None and entry.get("version") != TABLE_VERSION:
+        entry = None  # timed over other candidates: time again
     if entry is None:
         if device.capturing:
             return (), False
@@ -221,8 +243,7 @@ def token_classes(plan, device: Device | Callable[[], Device],
         if entry is None:
             return (), True
         _write_entry(path, key, entry)
-    classes = tuple((int(c["min_tokens"]), Choice(int(c["vectors"]), int(c.get("row_stages", 0))))
-                    for c in entry["classes"])
+    classes = tuple((int(c["min_tokens"]), entry_choice(c)) for c in entry["classes"])
     with _lock:
         _memory[(device.name, key)] = classes
     return classes, True
@@ -243,10 +264,15 @@ def _tune(plan, device: Device, launch) -> dict | None:
             break
         best = choose(times)
         classes.append({"min_tokens": start, "tokens": at, "vectors": best.vectors, "row_stages": best.row_stages,
-                        "us": {c.label: round(t, 2) for c, t in times.items()}})
+                        "runtime_recipe": best.runtime_recipe, "us": {c.label: round(t, 2) for c, t in times.items()}})
         log.info("quantfuse: tuned %s on %s at %d tokens: %s -> %s", tuning_key(plan), device.name, at,
                  ", ".join(f"{c.label}: {t:.1f} us" for c, t in times.items()), best.label)
-    return {"classes": classes, "torch": torch.__version__} if classes else None
+    return {"classes": classes, "torch": torch.__version__, "version": TABLE_VERSION} if classes else None
+
+
+def entry_choice(c: dict) -> Choice:
+    """The choice of one class of a table entry (older entries lack the later fields)."""
+    return Choice(int(c["vectors"]), int(c.get("row_stages", 0)), bool(c.get("runtime_recipe", False)))
 
 
 def choice_for(classes: tuple, tokens: int) -> Choice:

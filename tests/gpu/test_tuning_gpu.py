@@ -90,8 +90,8 @@ def test_tuned_calls_equal_the_reference(fresh_tuning, monkeypatch, name, params
     ("relu2_per_token_quant_fp8", torch.bfloat16, 2048, 263)])
 def test_every_row_staging_equals_the_reference(monkeypatch, name, dtype, hidden, tokens):
     """The per-token kernel with the next row in registers and one or two rows staged in shared
-    memory, at every vector count: the reference's bits each way (rows past the first rounds of
-    the persistent grid included)."""
+    memory, at every vector count, on the default kernel and the runtime-recipe one: the
+    reference's bits each way (rows past the first rounds of the persistent grid included)."""
     entry = catalog.OPS[name]
     width = hidden * (2 if entry.activation.gated else 1)
     x = (torch.randn(tokens, width, device="cuda", dtype=dtype) * 4).to(dtype)
@@ -100,7 +100,8 @@ def test_every_row_staging_equals_the_reference(monkeypatch, name, dtype, hidden
     monkeypatch.setenv(oracle.BACKEND_ENV, "torch")
     want = ops.OPS[name](x)
     # every staging the kernels take, also those tuning does not time yet
-    for choice in (tuning.Choice(v, r) for v in (0, *tuning.CANDIDATES) for r in tuning.KERNEL_ROW_STAGES):
+    for choice in (tuning.Choice(v, r, k) for v in (0, *tuning.CANDIDATES) for r in tuning.KERNEL_ROW_STAGES
+                   for k in (False, True)):
         got = p.empty_outputs(x.device)
         for g in got:
             g.view(torch.uint8).fill_(0x5A)  # poisoned: every byte must be written
