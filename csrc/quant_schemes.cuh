@@ -36,6 +36,9 @@ enum class Fp8Step { kDefault, kDefaultUe8m0, kRecipe };
 // inf or NaN; kRecipe: outside [2^-64, 2^126]) take a true division per element. The
 // clamp is SATFINITE (e4m3x2): a recipe without it runs here only where torch's cast saturates by
 // itself (catalog.E4M3_CAST_SATURATES), so the bits are the same.
+// Fp8Scaled's kRow argument at the per-token kernels' calls
+constexpr bool kRowKernel = true;
+
 template <Fp8Step K>
 struct Fp8Scaled {
   static constexpr bool kRecipe = K == Fp8Step::kRecipe;

@@ -110,9 +110,9 @@ __device__ __forceinline__ void token_store(uint8_t* __restrict__ q, float* __re
           yr[i] = DT::lo(yp[j][i / 2]);
           yr[i + 1] = DT::hi(yp[j][i / 2]);
         }
-        Q::template encode<VEC, DT, true>(yr, nullptr, st, w, rr);
+        Q::template encode<VEC, DT, kRowKernel>(yr, nullptr, st, w, rr);
       } else {
-        Q::template encode<VEC, DT, true>(y[j], nullptr, st, w, rr);
+        Q::template encode<VEC, DT, kRowKernel>(y[j], nullptr, st, w, rr);
       }
       store_bytes<VEC>(qr + col, w, 0);
     }
@@ -136,7 +136,7 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
   uint32_t yp[NV][VEC / 2];
   auto fetch = [&](int j, bool, uint4& ga, uint4& ua) { ga = gv[j], ua = uv[j]; };
   const float amax = token_act<DT, Act, NV, IL>(y, yp, fetch, row, tokens, hidden, aa);
-  const auto st = Fp8Scaled<K>::template prepare<DT, true>(row_max(amax, buf), rr);
+  const auto st = Fp8Scaled<K>::template prepare<DT, kRowKernel>(row_max(amax, buf), rr);
   if (row < tokens) token_store<DT, K, NV>(q, s, row, hidden, y, yp, st, rr);
   row += step;
 }
@@ -245,7 +245,7 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_staged_kernel(
     const int64_t next = row + step;
     stage_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(mine, gate, up, in_stride, next + (STAGES - 1) * step, tokens,
                                                     hidden, amax);
-    const auto st = Fp8Scaled<K>::template prepare<DT, true>(row_max(amax, buf), rr);
+    const auto st = Fp8Scaled<K>::template prepare<DT, kRowKernel>(row_max(amax, buf), rr);
     buf ^= 1;
     token_store<DT, K, NV>(q, s, row, hidden, y, yp, st, rr);
     row = next;
@@ -289,7 +289,7 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_wide_kernel(
       if (col < hidden) act_vector<DT, Act, IL>(y, amax, gate, up, row_off, col, aa);
     }
   }
-  const auto st = Q::template prepare<DT, true>(row_max(amax, 0), rr);
+  const auto st = Q::template prepare<DT, kRowKernel>(row_max(amax, 0), rr);
   for (int64_t c0 = 0; c0 < hidden; c0 += chunk) {
 #pragma unroll
     for (int j = 0; j < NV; ++j) {
@@ -298,7 +298,7 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_wide_kernel(
         float unused = 0.0f;
         act_vector<DT, Act, IL>(y, unused, gate, up, row_off, col, aa);
         uint32_t w[VEC / 4];
-        Q::template encode<VEC, DT, true>(y, nullptr, st, w, rr);
+        Q::template encode<VEC, DT, kRowKernel>(y, nullptr, st, w, rr);
         store_bytes<VEC>(qr + col, w, 0);
       }
     }
