@@ -123,6 +123,13 @@ def records(csv_text: str, cases: list[str]) -> list[dict]:
     return out
 
 
+def catalog_op(act: str, scheme: str) -> str:
+    """The fused op a case runs."""
+    from quantfuse import catalog
+
+    return catalog.fused_op_name(act, scheme)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=4096)
@@ -152,13 +159,6 @@ def main() -> None:
               f"  warps {r['warps_active_pct']:.0f}%  " + " ".join(f"{k}={v:.2f}" for k, v in top))
     if args.jsonl:
         write_records(args.jsonl, recs, run_info())
-
-
-def catalog_op(act: str, scheme: str) -> str:
-    """The fused op a case runs."""
-    from quantfuse import catalog
-
-    return catalog.fused_op_name(act, scheme)
 
 
 if __name__ == "__main__":
