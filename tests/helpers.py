@@ -190,6 +190,7 @@ def emulate_interpreted_kernels() -> None:
     torch.exp2 = numpy_for_fp32(torch.exp2, np.exp2)
     reference.div_scalar = lambda t, qmax: t * torch.full_like(t, 1.0 / qmax)
     reference.sigmoid = lambda t: 1.0 / (1.0 + torch.exp(-t))
+    reference.silu = lambda t: t / (1.0 + torch.exp(-t))
 
 
 def cpu_harness(folder, source: str):

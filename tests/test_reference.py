@@ -139,3 +139,21 @@ def test_e4m3_model_agrees_with_torch_cast_on_all_bf16_values():
     v = bits.float()
     v = v[v.isfinite() & (v.abs() <= 448)]
     assert torch.equal(f64.encode_e4m3fn(v.double()), v.to(torch.float8_e4m3fn).view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_silu_and_mul_is_eager_f_silu_for_every_gate_value(dtype, monkeypatch):
+    """The reference's SiLU is torch's own F.silu, not the formula spelled in torch ops: every
+    16-bit gate value (times a fixed up) gives eager's ``F.silu(g) * u`` bits, and ``torch.exp``
+    is never called (on the CPU the first ``torch.exp`` of a process can give other last bits on
+    part of a tensor, which made the fused op differ from eager on its first call)."""
+    bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)
+    g = bits.view(dtype)
+    g = g[torch.isfinite(g)].reshape(-1, 1)
+    u = torch.full_like(g, 1.5)
+    want = torch.nn.functional.silu(g) * u
+    def no_exp(*args, **kwargs):
+        raise AssertionError("the reference spelled silu with torch.exp")
+    monkeypatch.setattr(torch, "exp", no_exp)
+    got = reference.silu_and_mul(torch.cat([g, u], dim=-1))
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))

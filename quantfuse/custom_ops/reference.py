@@ -35,12 +35,22 @@ def gate_up(x: torch.Tensor, up: torch.Tensor | None = None, interleaved: bool =
     return x[..., :d], x[..., d:]
 
 
+def silu(t: torch.Tensor) -> torch.Tensor:
+    """``F.silu`` of an fp32 tensor: torch's own kernel, which computes a 16-bit input's silu in
+    fp32 too, so rounding the result gives ``F.silu`` of the 16-bit input (every bf16 and fp16
+    value, on the CPU and on CUDA, where it is ``t / (1 + exp(-t))`` with IEEE division). Not that
+    formula spelled in torch ops: on the CPU the first ``torch.exp`` of a process can give other last
+    bits on part of a tensor (seen on a 2-core machine: half of it, in some processes), so the
+    formula would differ from eager's ``F.silu`` there. Tests that emulate the GPU on the CPU (the
+    Triton interpreter) replace it with the formula."""
+    return torch.nn.functional.silu(t)
+
+
 def silu_and_mul(x: torch.Tensor, up: torch.Tensor | None = None, interleaved: bool = False) -> torch.Tensor:
     """``F.silu(gate) * up`` exactly as eager computes it (``catalog.ActRounding.SILU_THEN_MUL``):
     silu in fp32 rounded to ``x.dtype``, then the product rounded again (16-bit inputs)."""
     g, u = gate_up(x, up, interleaved)
-    gf = g.float()
-    s = (gf / (1.0 + torch.exp(-gf))).to(x.dtype)
+    s = silu(g.float()).to(x.dtype)
     return (s.float() * u.float()).to(x.dtype)
 
 
