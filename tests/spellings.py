@@ -78,13 +78,14 @@ class ActSpelling:
     def _act_note_ok(self, note: str) -> bool:
         """The rewrite's note is the one this activation's spelling calls for: a float32 SiLU is
         noted (post-grad, F.silu and x / (1 + exp(-x)) are one graph; the fused op computes the
-        latter, which eager's F.silu kernel is not to the last bit)."""
+        former, which on the CPU the formula written out is not to the last bit)."""
         return ("float32 silu" in note) == (self.dtype == torch.float32 and self.act == "silu")
 
     @property
     def act_bit_exact(self) -> bool:
-        """Eager runs the activation as the fused op computes it (not fp32 F.silu)."""
-        return not (self.dtype == torch.float32 and self.act == "silu" and self.silu_form != "exp")
+        """Eager runs the activation as the fused op computes it on the CPU (not an fp32
+        x / (1 + exp(-x)) written out: the fused op computes F.silu)."""
+        return not (self.dtype == torch.float32 and self.act == "silu" and self.silu_form == "exp")
 
     @property
     def activation(self) -> str:
@@ -103,8 +104,8 @@ def _act_choices():
 
 
 def _act_consistent(s):
-    # x / (1 + exp(-x)) rounds each op in a 16-bit dtype (fused with a note, within one step): its
-    # bit-exact spelling is the float32 one
+    # x / (1 + exp(-x)) rounds each op in a 16-bit dtype (fused with a note, within one step): it is
+    # spelled in float32 only (within an fp32 ulp of the F.silu the fused op computes, on the CPU)
     if s.silu_form == "exp" and s.dtype != torch.float32:
         s = dataclasses.replace(s, silu_form="functional")
     return s

@@ -78,8 +78,9 @@ def _same(eager, fused) -> bool:
 
 
 def _matches_eager(spelling, rewrite, eager, fused) -> bool:
-    """Bit for bit, except fp32 F.silu: eager's kernel is not x / (1 + exp(-x)) to the last fp32
-    bit (the rewrite says so); there scales agree to 1e-6 and few FP8 codes differ."""
+    """Bit for bit, except an fp32 x / (1 + exp(-x)) written out: on the CPU it is not eager's
+    F.silu kernel, which the fused op computes, to the last fp32 bit (the rewrite says so); there
+    scales agree to 1e-6 and few FP8 codes differ."""
     note = rewrite.params.get("note", "")
     assert spelling._act_note_ok(note), (spelling, note)
     if spelling.act_bit_exact:

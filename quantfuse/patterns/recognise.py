@@ -518,9 +518,11 @@ def recognise_activation(y: Node) -> tuple[str, list[Node], str]:
             G, U = ("in", g), ("in", u)
             exact = _rounded(Interpreter._sorted("mul", _silu_exact(G, dtype), U), dtype)
             if expr == exact:
-                # fp32 input: eager's F.silu kernel (CPU) is not x / (1 + exp(-x)) to the last bit
-                note = "float32 silu: the fused op computes x / (1 + exp(-x)), within an fp32 ulp of " \
-                    "F.silu" if dtype == torch.float32 else ""
+                # fp32 input: post-grad F.silu and x / (1 + exp(-x)) are one graph, and on the CPU
+                # eager's F.silu kernel is not the formula to the last bit
+                note = "float32 silu: the fused op computes F.silu (on CUDA the same bits as x / (1 + exp(-x))); " \
+                    "on the CPU x / (1 + exp(-x)) written out is within an fp32 ulp of it" \
+                    if dtype == torch.float32 else ""
                 return "silu_and_mul", [leaves[g], leaves[u]], note
             silu_math = [("div", G, Interpreter._sorted("add", ("exp", ("neg", G)), const(1))),
                          Interpreter._sorted("mul", G, ("sigmoid", G))]
