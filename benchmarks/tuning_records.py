@@ -25,12 +25,12 @@ from bench_pairs import run_info  # noqa: E402
 
 def records(table: dict) -> list[dict]:
     """One record per (plan, class) of a tuning table."""
-    from quantfuse.custom_ops.tuning import entry_choice as choice
+    from quantfuse.custom_ops.tuning import entry_choice
 
     return [dict(bench="tuning", plan=key, min_tokens=c["min_tokens"], tokens=c["tokens"], vectors=c["vectors"],
-                 row_stages=choice(c).row_stages, runtime_recipe=choice(c).runtime_recipe, choice=choice(c).label,
+                 row_stages=choice.row_stages, runtime_recipe=choice.runtime_recipe, choice=choice.label,
                  us=c["us"], tuned_torch=entry.get("torch", ""))
-            for key, entry in sorted(table.items()) for c in entry["classes"]]
+            for key, entry in sorted(table.items()) for c in entry["classes"] for choice in [entry_choice(c)]]
 
 
 def main() -> None:

@@ -28,7 +28,12 @@ stub cublasLt 'typedef struct cublasLtContext* cublasLtHandle_t;'
 stub cusolverDn 'typedef struct cusolverDnContext* cusolverDnHandle_t;'
 stub cusolver_common 'typedef int cusolverStatus_t;'
 printf '#pragma once\n' > "$WORK/stubs/c10/cuda/impl/cuda_cmake_macros.h"
-FLAGS=(-O3 -std=c++17 "-gencode=arch=compute_${SM},code=sm_${SM}" -I"$ROOT/csrc" -I"$WORK/gen" -Xcompiler -fPIC)
+# the build's nvcc flags: the extension's own (cuda_backend.nvcc_flags) and cpp_extension's common ones
+read -ra BUILD_FLAGS <<< "$(cd "$ROOT" && "$PY" -c "
+from torch.utils import cpp_extension
+from quantfuse.custom_ops import cuda_backend
+print(' '.join(cuda_backend.nvcc_flags(divmod(int('$SM'), 10)) + cpp_extension.COMMON_NVCC_FLAGS))")"
+FLAGS=("${BUILD_FLAGS[@]}" -I"$ROOT/csrc" -I"$WORK/gen" -Xcompiler -fPIC)
 pids=()
 for f in "$WORK"/gen/unit_*.cu; do
   nvcc "${FLAGS[@]}" -c "$f" -o "${f%.cu}.o" 2> "${f%.cu}.log" & pids+=($!)

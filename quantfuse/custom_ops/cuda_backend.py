@@ -89,6 +89,14 @@ def _generated_sources() -> dict[str, str]:
     return files
 
 
+def nvcc_flags(arch: tuple[int, int]) -> list[str]:
+    """The extension's own nvcc flags for compute capability ``arch`` (cpp_extension adds its
+    common ones). Naming an arch stops cpp_extension from adding its own list: one target only,
+    a faster build, Hopper's own instructions. tools/cuda_compile_check.sh compiles with them too."""
+    sm = f"{arch[0]}{arch[1]}"
+    return ["-O3", "-std=c++17", f"-gencode=arch=compute_{sm},code=sm_{sm}"]
+
+
 def _build_dir(src: Path, arch: tuple[int, int], generated: dict[str, str]) -> tuple[Path, str]:
     h = hashlib.sha256()
     for f in sorted(src.iterdir()):
@@ -187,12 +195,9 @@ def _build(src: Path, arch: tuple[int, int], generated: dict[str, str], bdir: Pa
         gen.mkdir()
         for fname, text in generated.items():
             (gen / fname).write_text(text)
-        sm = f"{arch[0]}{arch[1]}"
-        # Naming an arch in the flags stops cpp_extension from adding its own
-        # list (one target only: faster build, Hopper's own instructions).
-        cuda_flags = ["-O3", "-std=c++17", f"-gencode=arch=compute_{sm},code=sm_{sm}"]
+        cuda_flags = nvcc_flags(arch)
         t0 = time.perf_counter()
-        log.info("building quantfuse CUDA kernels for sm_%s in %s", sm, bdir)
+        log.info("building quantfuse CUDA kernels for sm_%d%d in %s", *arch, bdir)
         mod = cpp_extension.load(
             name=f"quantfuse_C_{key}",
             sources=[str(src / "bindings.cpp"), str(src / "dispatch.cpp")] + [str(gen / n) for n in generated if n.endswith(".cu")],

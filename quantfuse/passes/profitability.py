@@ -167,3 +167,13 @@ def measured_reason(op_name: str, scheme_key: str, params: dict, y_val, config) 
                 f"the {inductor - fused:.2f} µs of kernel time it saves at {where}; a decode step is host-bound; "
                 "FusionConfig(cuda_graphs=True) if the graph is replayed in a CUDA graph)")
     return None
+
+
+def native_site_reason(device_type: str, q: Node, op_name: str, scheme_key: str, params: dict, y_val,
+                       config) -> str | None:
+    """Why a native site is kept for speed, else None: the device rule
+    (:func:`native_rewrite_reason`), the dequantised output (:func:`dequantised_reason` of the
+    site's quantized output ``q``), then the measured table (:func:`measured_reason`), the first
+    that applies. Both the pattern and the recogniser paths ask this."""
+    return (native_rewrite_reason(device_type, config) or dequantised_reason(q)
+            or measured_reason(op_name, scheme_key, params, y_val, config))

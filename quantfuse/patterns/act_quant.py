@@ -329,11 +329,10 @@ def _register(spec: PatternSpec, config, pm_pass: PatternMatcherPass) -> None:
                 tail = scale_layout.column_major_tail(match.output_nodes()[1], set(match.nodes))
                 params.params["column_major_scales"] = tail is not None
             if spec.form == "native":
-                why = (profitability.native_rewrite_reason(params.x.meta["val"].device.type, config)
-                       or profitability.dequantised_reason(match.output_nodes()[0])
-                       or profitability.measured_reason(catalog.fused_op_name(spec.activation, spec.scheme),
-                                                        spec.scheme, params.params,
-                                                        params.activation.meta.get("val"), config))
+                why = profitability.native_site_reason(
+                    params.x.meta["val"].device.type, match.output_nodes()[0],
+                    catalog.fused_op_name(spec.activation, spec.scheme), spec.scheme, params.params,
+                    params.activation.meta.get("val"), config)
                 if why:
                     raise site.NotFusable(why)
                 site.check_kernel(spec.activation, spec.scheme, params.params, params.x.meta["val"])

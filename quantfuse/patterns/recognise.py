@@ -1171,8 +1171,8 @@ def should_fuse(site: Site, config) -> str | None:
                                scale=sv, recipe=kwargs.get("recipe", ""), act_params=site.act_params)
     except (TypeError, ValueError) as e:
         return str(e)
-    kept = (profitability.native_rewrite_reason(xv.device.type, config) or profitability.dequantised_reason(site.q)
-            or profitability.measured_reason(site.op_name, site.scheme.key, kwargs, site.y.meta.get("val"), config))
+    kept = profitability.native_site_reason(xv.device.type, site.q, site.op_name, site.scheme.key, kwargs,
+                                            site.y.meta.get("val"), config)
     if kept or xv.device.type == "cpu":
         return kept
     reason = plan.kernel_reason()
