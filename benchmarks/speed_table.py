@@ -50,11 +50,12 @@ from quantfuse import catalog  # noqa: E402
 from quantfuse.passes import profitability  # noqa: E402
 
 OUT = HERE.parent / "quantfuse" / "passes" / "speed_table.py"
-#: the first (date, UTC time) whose records describe today's code: the per-token kernels' and the
-#: host path's since b8eeb6f (per-token decode launches fill the GPU; the out path and planned
-#: outputs before it), every other kernel's since 6b6a4a2 (the group and experts kernels' last
-#: change; kernel cells are CUDA-graph replays, which the host path does not reach)
-SINCE = {"fp8_per_token": ("2026-12-03", "07:20:45"), "host": ("2026-12-03", "07:20:45")}
+#: the first (date, UTC time) whose records describe today's code: the per-token kernels' since
+#: ac1a459 (one encode loop, the runtime-recipe kernel a tuning choice), the host path's since
+#: b8eeb6f (per-token decode launches fill the GPU; the out path and planned outputs before it),
+#: every other kernel's since 6b6a4a2 (the group and experts kernels' last change; kernel cells
+#: are CUDA-graph replays, which the host path does not reach)
+SINCE = {"fp8_per_token": ("2026-12-04", "02:10:47"), "host": ("2026-12-03", "07:20:45")}
 SINCE_KERNELS = ("2026-12-02", "16:42:43")
 #: commits whose kernels did not stay, and why
 EXCLUDED = {"dd9ab74": "its per-token decode kernel was reverted (e6fe131)"}
