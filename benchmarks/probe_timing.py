@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     dev = torch.device("cuda")
     for name, params in parse_cases(args.cases):
         entry = catalog.OPS[name]
-        op = getattr(quantfuse, name)
+        op = getattr(torch.ops.quantfuse, name)
         for t in map(int, args.tokens.split(",")):
             for h in map(int, args.hidden.split(",")):
                 width = h * (2 if entry.activation.gated else 1)

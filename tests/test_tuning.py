@@ -17,7 +17,8 @@ from quantfuse import catalog
 from quantfuse.custom_ops import plan, tuning
 
 L2 = 50 * 2**20
-H200 = tuning.Device("NVIDIA H200", L2, 100 * 2**30, capturing=False)
+# sms=0: no per-token decode class (test_per_token_decode_class gives the device its SMs)
+H200 = tuning.Device("NVIDIA H200", L2, 100 * 2**30, capturing=False, sms=0)
 
 
 def _plan(name, hidden=7168, dtype=torch.bfloat16, params=(), **kw):
@@ -111,6 +112,35 @@ def test_classes_start_where_the_input_passes_l2():
     # per-token: a first class from the first token, timed at half the L2
     t = _plan("silu_and_mul_per_token_quant_fp8")
     assert tuning.class_tokens(t, L2) == ((0, math.ceil(L2 / 2 / rb)),) + tuning.class_tokens(p, L2)
+
+
+def test_per_token_decode_class(tmp_path):
+    """On a GPU of known SM count the per-token kernel gets a decode class first: from the first
+    token, timed at one row per SM; the half-L2 class then starts at the geometric mean of the two
+    timed counts. The group kernels get none, nor rows so wide that half the L2 holds fewer rows than
+    the GPU has SMs. A decode call takes the decode class's choice, a larger one the next class's."""
+    sms = 132
+    p = _plan("silu_and_mul_per_token_quant_fp8")
+    rb = tuning.row_bytes(p)
+    half = math.ceil(L2 / 2 / rb)
+    decode = sms * tuning.DECODE_ROWS_PER_SM
+    assert tuning.class_tokens(p, L2, sms) == ((0, decode), (math.isqrt(decode * half) + 1, half)) + \
+        tuning.class_tokens(p, L2)[1:]
+    assert decode < math.isqrt(decode * half) + 1 <= half
+    g = _plan("silu_and_mul_per_block_quant", params=(128,))
+    assert tuning.class_tokens(g, L2, sms) == tuning.class_tokens(g, L2)
+    wide = _plan("silu_and_mul_per_token_quant_fp8", hidden=L2 // (2 * 2 * 2 * 100))  # 100 rows in half the L2
+    assert tuning.class_tokens(wide, L2, sms) == tuning.class_tokens(wide, L2)
+    device = dataclasses.replace(H200, sms=sms)
+    C = tuning.Choice
+    def us(q, c):  # two vectors the fastest at the decode size, the default above it
+        return 1.0 if (q.tokens == decode) == (c == C(2)) else 2.0
+    classes, final = tuning.token_classes(p, device, us)
+    (_, _), (s1, _), (s2, _), (s3, _) = tuning.class_tokens(p, L2, sms)
+    assert final and classes == ((0, C(2)), (s1, C()), (s2, C()), (s3, C()))
+    assert [tuning.choice_for(classes, t) for t in (1, decode, s1 - 1, s1)] == [C(2), C(2), C(2), C()]
+    entry = json.loads((tmp_path / "tuning-NVIDIA_H200.json").read_text())[tuning.tuning_key(p)]
+    assert [c["tokens"] for c in entry["classes"]][:2] == [decode, half]
 
 
 def test_fastest_count_per_class_and_the_table_on_disk(tmp_path):

@@ -20,8 +20,12 @@ CUDA backend asks :func:`token_classes`, which times each :func:`candidates` cho
 inputs of the plan's shape for every token class (group kernels: past the L2, below it the
 kernel's own default serves: small inputs are latency-bound and the default alone has the
 evict-first variant that L2-sized inputs take; per-token: from the first token, both variants
-have it) and keeps the fastest, in memory and in ``tuning-<device>.json`` under the cache
-folder, so a process on the same device reads the table instead of timing again.
+have it; per-token also a decode class: a batch of one row per SM, latency-bound, where the
+choice of the bandwidth classes ran up to 12% slower than the best) and keeps the fastest, in
+memory and in ``tuning-<device>.json`` under the cache folder, so a process on the same device
+reads the table instead of timing again. Every choice is timed as the benchmarks time kernels, by
+replaying a CUDA graph of launches (:func:`time_launch`): launches issued from the host one by one
+measure the host at decode sizes, not the kernel.
 
 The answer is a tuple of ``(min_tokens, Choice)`` classes, ascending; a call of ``T`` tokens
 takes the choice of the last class with ``min_tokens <= T``, else the kernels' defaults
@@ -93,9 +97,13 @@ GROUP_ROW_STAGES = (2,)
 EXPERTS_VECTORS = (1, 2)
 #: the per-token kernel's: a first class from one token, timed at half the L2
 TOKEN_CLASSES = ((0, 0.5),) + CLASSES
+#: the per-token decode class (before the half-L2 class, which then starts at the geometric mean
+#: of the two classes' timed token counts): timed at this many rows per SM
+DECODE_ROWS_PER_SM = 1
 #: the candidates' generation: a table entry of another was timed over other candidates, and is
-#: timed again (2: the per-token default recipe's runtime-recipe kernel joined)
-TABLE_VERSION = 2
+#: timed again (2: the per-token default recipe's runtime-recipe kernel joined; 3: the per-token
+#: decode class, and every choice timed by graph replay)
+TABLE_VERSION = 3
 #: the timed inputs and outputs take at most this share of the free device memory
 MEMORY_SHARE = 0.25
 
@@ -151,11 +159,17 @@ def row_bytes(plan) -> int:
     return plan.hidden * plan.dtype.itemsize * (2 if plan.activation.gated else 1)
 
 
-def class_tokens(plan, l2_bytes: int) -> tuple[tuple[int, int], ...]:
-    """((first token count of the class, token count it is timed at), ...) for this plan."""
+def class_tokens(plan, l2_bytes: int, sms: int = 0) -> tuple[tuple[int, int], ...]:
+    """((first token count of the class, token count it is timed at), ...) for this plan on a GPU
+    of ``sms`` SMs (0: unknown, no decode class)."""
     rb = max(row_bytes(plan), 1)
     classes = TOKEN_CLASSES if _per_token(plan) else CLASSES
-    return tuple((math.ceil(start * l2_bytes / rb), math.ceil(at * l2_bytes / rb)) for start, at in classes)
+    out = tuple((math.ceil(start * l2_bytes / rb), math.ceil(at * l2_bytes / rb)) for start, at in classes)
+    decode = sms * DECODE_ROWS_PER_SM
+    if _per_token(plan) and 0 < decode < out[0][1]:
+        # a call takes the class whose timed size is the nearer on a log scale
+        out = ((0, decode), (math.isqrt(decode * out[0][1]) + 1, out[0][1])) + out[1:]
+    return out
 
 
 def tuning_key(plan) -> str:
@@ -201,20 +215,21 @@ def choose(times: dict[Choice, float]) -> Choice:
 
 @dataclasses.dataclass(frozen=True)
 class Device:
-    """What tuning reads of the GPU: its name (the table's key), L2 size and free memory, and
-    whether the current stream is capturing a CUDA graph."""
+    """What tuning reads of the GPU: its name (the table's key), L2 size and free memory, whether
+    the current stream is capturing a CUDA graph, and its SM count (the decode class's rows)."""
 
     name: str
     l2_bytes: int
     free_bytes: int
     capturing: bool
+    sms: int
 
     @classmethod
     def current(cls) -> "Device":
         """The current CUDA device."""
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         return cls(props.name, props.L2_cache_size, torch.cuda.mem_get_info()[0],
-                   torch.cuda.is_current_stream_capturing())
+                   torch.cuda.is_current_stream_capturing(), props.multi_processor_count)
 
 
 def token_classes(plan, device: Device | Callable[[], Device],
@@ -251,7 +266,7 @@ def token_classes(plan, device: Device | Callable[[], Device],
 
 def _tune(plan, device: Device, launch) -> dict | None:
     classes = []
-    for start, at in class_tokens(plan, device.l2_bytes):
+    for start, at in class_tokens(plan, device.l2_bytes, device.sms):
         # input + the largest output (FP8 codes: one byte per element) + scales
         need = at * (row_bytes(plan) + plan.hidden * 2)
         if need > MEMORY_SHARE * device.free_bytes:
@@ -284,19 +299,40 @@ def choice_for(classes: tuple, tokens: int) -> Choice:
     return c
 
 
-def time_launch(run: Callable[[], str | None], repeats: int = 3, calls: int = 10) -> float | None:
+def _graph_of(run: Callable[[], str | None], calls: int) -> Callable[[], None] | None:
+    """A replay of ``calls`` launches of ``run`` captured in a CUDA graph, or None where capture
+    fails (the launches then run one by one)."""
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            for _ in range(calls):
+                run()
+    except RuntimeError as e:
+        log.info("quantfuse: tuning times launches one by one: no CUDA graph (%s)", e)
+        return None
+    graph.replay()
+    return graph.replay
+
+
+def time_launch(run: Callable[[], str | None], repeats: int = 5, calls: int = 20) -> float | None:
     """Best mean µs per call of ``run`` (a launch returning an error string or None) over
-    ``repeats`` rounds of ``calls`` back-to-back launches, timed with CUDA events; None when
-    it returns an error."""
+    ``repeats`` replays of a CUDA graph of ``calls`` launches (kernel time and the gap between
+    kernels, as bench_pairs times them, without the host's time to issue each launch, which
+    exceeds a decode-sized kernel's), timed with CUDA events; back-to-back launches where the
+    graph cannot be captured. None when ``run`` returns an error."""
     if run():
         return None
     torch.cuda.synchronize()
+    replay = _graph_of(run, calls)
     best = math.inf
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        for _ in range(calls):
-            run()
+        if replay is not None:
+            replay()
+        else:
+            for _ in range(calls):
+                run()
         end.record()
         end.synchronize()
         best = min(best, start.elapsed_time(end) * 1e3 / calls)

@@ -56,7 +56,7 @@ def test_tuned_calls_equal_the_reference(fresh_tuning, monkeypatch, name, params
     p = plan.make_plan(entry, small, params)
     device = tuning.Device.current()
     classes, final = tuning.token_classes(p, device, cuda_backend._time_choice)
-    assert final and len(classes) == len(tuning.class_tokens(p, device.l2_bytes)), classes
+    assert final and len(classes) == len(tuning.class_tokens(p, device.l2_bytes, device.sms)), classes
     assert all(c in tuning.candidates(p) for _, c in classes)
     table = json.loads(next(fresh_tuning.glob("tuning-*.json")).read_text())
     for c in table[tuning.tuning_key(p)]["classes"]:
