@@ -55,7 +55,11 @@ def _moe(tokens, without_host, paired, **fields):
     return base
 
 
-def test_cells_and_host_cost_are_derived_from_the_records():
+def test_cells_and_host_cost_are_derived_from_the_records(monkeypatch):
+    # the records' dates are set against these SINCE values, not the generator's current ones
+    monkeypatch.setattr(generator, "SINCE", {"fp8_per_token": ("2026-12-03", "07:20:45"),
+                                             "host": ("2026-12-03", "07:20:45")})
+    monkeypatch.setattr(generator, "SINCE_KERNELS", ("2026-12-02", "16:42:43"))
     records = [
         _record(fused_us=1.8, inductor_us=1.6), _record(fused_us=2.0, inductor_us=1.9, commit="c2"),
         _record(fused_us=3.0, inductor_us=9.0, tokens=4096),
