@@ -125,6 +125,7 @@ class Spelling(ActSpelling):
     floor_form: str = "clamp"       # clamp | clamp_min | maximum | where
     eps: float = 1e-10
     ue8m0: str = "none"             # none | after | before (the floor)
+    ue8m0_form: str = "exp2"        # exp2 | pow (torch.pow(2.0, ...)) | rpow (2 ** ...) | pow_abs (DeepGEMM: log2(|s|))
     apply: str = "div"              # div | div_promote | recip | one_over | div_rounded (near)
     clamp: str = "clamp"            # clamp | kw | none | narrow (near)
     divisor: float = 448.0          # 447.0 (near)
@@ -136,6 +137,12 @@ class Spelling(ActSpelling):
         return {"clamp": lambda: t.clamp(min=eps), "clamp_min": lambda: torch.clamp_min(t, eps),
                 "maximum": lambda: torch.maximum(t, torch.tensor(eps)),
                 "where": lambda: torch.where(t < eps, eps, t)}[self.floor_form]()
+
+    def _pow2(self, s):
+        return {"exp2": lambda: torch.exp2(torch.ceil(torch.log2(s))),
+                "pow": lambda: torch.pow(2.0, torch.ceil(torch.log2(s))),
+                "rpow": lambda: 2 ** torch.ceil(torch.log2(s)),
+                "pow_abs": lambda: torch.pow(2.0, torch.ceil(torch.log2(s.abs())))}[self.ue8m0_form]()
 
     def fn(self, *xs):
         y = self._activation(*xs)
@@ -166,11 +173,11 @@ class Spelling(ActSpelling):
         if self.step_input:
             s = s.float()
         if self.ue8m0 == "before":
-            s = torch.exp2(torch.ceil(torch.log2(s)))
+            s = self._pow2(s)
         if self.floor_at in ("scale", "both"):
             s = self._floor(s)
         if self.ue8m0 == "after":
-            s = torch.exp2(torch.ceil(torch.log2(s)))
+            s = self._pow2(s)
         v = work if self.apply in ("div_promote", "div_rounded") else work.float()
         if self.apply == "div_rounded":
             v = v / s.to(v.dtype)
@@ -209,7 +216,8 @@ class Spelling(ActSpelling):
             step_dtype=StepDtype.INPUT if self.step_input and self.dtype != torch.float32 else StepDtype.FP32,
             apply=ApplyForm.DIV if self.apply in ("div", "div_promote", "div_rounded") else ApplyForm.MUL_INV,
             clamp=self.clamp != "none",
-            ue8m0=Ue8m0.NONE if self.ue8m0 == "none" else Ue8m0.EXP2_CEIL_LOG2,
+            ue8m0=(Ue8m0.NONE if self.ue8m0 == "none" else
+                   Ue8m0.EXP2_CEIL_LOG2 if self.ue8m0_form == "exp2" else Ue8m0.POW_CEIL_LOG2),
             ue8m0_after_floor=not (self.ue8m0 == "before" and self.floor_at == "scale"))
         if self.floor_at != "none":
             fields["eps"] = self.eps
@@ -230,6 +238,7 @@ def _base():
         floor_at=st.sampled_from(["amax", "scale", "none"]),
         floor_form=st.sampled_from(["clamp", "clamp_min", "maximum", "where"]),
         eps=st.sampled_from(EPS_VALUES), ue8m0=st.sampled_from(["none", "none", "after", "before"]),
+        ue8m0_form=st.sampled_from(["exp2", "pow", "rpow", "pow_abs"]),
         apply=st.sampled_from(["div", "div_promote", "recip", "one_over"]),
         clamp=st.sampled_from(["clamp", "kw", "none"]),
         out_shape=st.sampled_from(["back", "grouped"]),

@@ -269,12 +269,18 @@ def exp2_arg(e: tuple):
 
 
 def _ue8m0_inner(e: tuple):
-    """The argument of ``exp2(ceil(log2(s)))`` / ``2 ** ceil(log2(s))``, else None."""
+    """``(form, s)`` of ``exp2(ceil(log2(s)))`` (``Ue8m0.EXP2_CEIL_LOG2``) or ``2 ** ceil(log2(s))`` /
+    ``torch.pow(2, ...)`` (``POW_CEIL_LOG2``: on the CPU a NaN group's scale differs), else None.
+    ``log2(|s|)`` (DeepGEMM's ``ceil_to_ue8m0``) reads as ``log2(s)``: parse_scale takes only scales
+    computed from max |y|, which are never negative (+0 up to +inf, or a NaN the abs of y left
+    positive), so the abs changes no bit."""
     inner = exp2_arg(e)
     if inner is None:
         return None
     if isinstance(inner, tuple) and inner[0] == "ceil" and isinstance(inner[1], tuple) and inner[1][0] == "log2":
-        return inner[1][1]
+        arg = inner[1][1]
+        form = Ue8m0.EXP2_CEIL_LOG2 if e[0] == "exp2" else Ue8m0.POW_CEIL_LOG2
+        return form, (arg[1] if isinstance(arg, tuple) and arg[0] == "abs" else arg)
     return None
 
 
@@ -288,7 +294,7 @@ def parse_scale(s: tuple, y_dtype: torch.dtype, element: catalog.Element) -> tup
     e = s
     inner = _ue8m0_inner(e)
     if inner is not None:
-        fields["ue8m0"], e = Ue8m0.EXP2_CEIL_LOG2, inner
+        fields["ue8m0"], e = inner
     floor = _split_const(e, "max")
     if floor is not None:
         e, fields["eps"] = floor
@@ -297,7 +303,7 @@ def parse_scale(s: tuple, y_dtype: torch.dtype, element: catalog.Element) -> tup
         if inner is not None:
             if "ue8m0" in fields:
                 raise NotRecognised("the scale is rounded to a power of two twice")
-            fields["ue8m0"], fields["ue8m0_after_floor"], e = Ue8m0.EXP2_CEIL_LOG2, False, inner
+            (fields["ue8m0"], e), fields["ue8m0_after_floor"] = inner, False
     if e[0] == "round":
         want = str(y_dtype).replace("torch.", "")
         if e[1] != want or "ue8m0" in fields:
@@ -436,6 +442,13 @@ def parse_apply(e: tuple, element: catalog.Element) -> tuple[dict, tuple]:
             fields["apply"] = ApplyForm.MUL_INV
             fields[MULTIPLIER] = True
             return fields, ("exp2", power[1])
+        ratio = _split_const(other, "mul")
+        if ratio is not None and isinstance(ratio[0], tuple) and ratio[0][0] == "recip":
+            # torch computes qmax / t as t.reciprocal() * qmax: RN(RN(1 / amax) * qmax), which no
+            # function of the stored scale amax / qmax gives
+            raise NotRecognised(f"the value cast to FP8 is y * ({ratio[1]} / amax), the multiplier computed from "
+                                "the amax (as DeepGEMM's first per_token_cast_to_fp8 writes it), not y / scale or "
+                                "y * (1 / scale): no recipe computes that")
     raise NotRecognised(f"the value cast to FP8 is not y / scale or y * (1 / scale) (it is {_show(e)})")
 
 
