@@ -836,8 +836,8 @@ def _launcher(plan):
     if not interp:
         consts["enable_fp_fusion"] = False
     recipe = _recipe_consts(plan)
-    if recipe["UE8M0"] == _CODES["ue8m0_exp2"] and not interp:
-        # libdevice's log2f / exp2f as nvcc links them for torch's kernels: without flush-to-zero
+    if recipe["UE8M0"] in (_UE8M0_EXP2, _UE8M0_POW) and not interp:
+        # libdevice's log2f / exp2f / powf as nvcc links them for torch's kernels: without flush-to-zero
         consts["enable_reflect_ftz"] = False
     # the activation's parameters (GPT-OSS's alpha, limit) as fp32 runtime arguments, as eager
     # uses a Python float scalar; 0.0 for activations without them (unread)
