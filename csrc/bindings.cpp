@@ -196,8 +196,8 @@ std::string scale_recipe(quantfuse::ScaleRecipe& r, int64_t ue8m0, const std::ve
            int(quantfuse::kUe8m0Pow) + 1, "), got ", ue8m0);
   QF_CHECK(step == quantfuse::kStepFp32 || step == quantfuse::kStepInput, "quantfuse: step dtype code must be ",
            int(quantfuse::kStepFp32), " or ", int(quantfuse::kStepInput), ", got ", step);
-  QF_CHECK(apply == quantfuse::kApplyDiv || apply == quantfuse::kApplyMulInv, "quantfuse: apply code must be ",
-           int(quantfuse::kApplyDiv), " or ", int(quantfuse::kApplyMulInv), ", got ", apply);
+  QF_CHECK(apply >= 0 && apply <= quantfuse::kApplyMulRatio, "quantfuse: apply code must be in [0, ",
+           int(quantfuse::kApplyMulRatio) + 1, "), got ", apply);
   QF_CHECK(floors.size() == 3, "quantfuse: scale_floors takes 3 values (amax, scale, after UE8M0), got ",
            floors.size());
   r = quantfuse::ScaleRecipe{float(floors[0]), float(floors[1]), float(floors[2]), quantfuse::StepCode(step),

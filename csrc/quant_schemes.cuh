@@ -67,11 +67,16 @@ struct Fp8Scaled {
       const float s = recipe_scale<DT, kRow>(amax, rr);
       const bool fast = s >= kFastScaleMin && s <= kFastScaleMax;
       const bool mul_inv = rr.apply == kApplyMulInv;
+      // kApplyMulRatio: y * RN(RN(1 / a) * 448), a the floored amax (torch's 448 / a; the recipe's
+      // floor is at the amax or absent: catalog.Recipe); the scale s is a * fp32(1/448) as ever
+      const bool ratio = rr.apply == kApplyMulRatio;
+      const float qr = ratio ? __fmul_rn(__frcp_rn(nan_max(amax, rr.amax_floor)), kFp8Max) : 0.0f;
       if constexpr (kRow) {
         // a power-of-two scale's RN(1/s) is exact, and markstein_div's correction then adds 0
-        const float r = __frcp_rn(s);
-        return {s, r, mul_inv ? 0.0f : r, fast, false};
+        const float r = ratio ? qr : __frcp_rn(s);
+        return {s, r, mul_inv || ratio ? 0.0f : r, fast, false};
       } else {
+        if (ratio) return {s, qr, qr, fast, true};
         // a UE8M0 recipe's scale is a power of two unless a floor after the rounding set it
         // (ue8m0_after_floor=False: max(2^k, eps)); that one divides as any fp32 scale
         const bool pow2 = rr.ue8m0 != kUe8m0None && (__float_as_uint(s) & 0x7fffffu) == 0;

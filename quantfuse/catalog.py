@@ -121,6 +121,10 @@ class ApplyForm(enum.Enum):
 
     DIV = "div"          # y / s
     MUL_INV = "mul_inv"  # y * (1 / s), equally y * s.reciprocal() (both RN(1/s) in fp32)
+    #: y * (qmax / a), a the floored fp32 amax, which torch computes as a.reciprocal() * qmax:
+    #: RN(RN(1 / a) * qmax), no function of the stored scale a / qmax (DeepGEMM's first
+    #: per_token_cast_to_fp8). Needs the floor at the amax or none, fp32 steps and no UE8M0.
+    MUL_RATIO = "mul_ratio"
 
 
 class Ue8m0(enum.Enum):
@@ -261,6 +265,11 @@ class Recipe:
             raise ValueError("the swizzled 128x4 scale layout is for MX recipes only")
         if self.static and self.grouping is not Grouping.PER_TENSOR:
             raise ValueError("static scales are per tensor")
+        if self.apply is ApplyForm.MUL_RATIO and (self.static or self.mx or self.floor_at is FloorAt.SCALE
+                                                  or self.step_dtype is not StepDtype.FP32
+                                                  or self.ue8m0 is not Ue8m0.NONE):
+            raise ValueError("apply=mul_ratio (y * (qmax / amax)) takes a dynamic FP8 scale with the floor at the "
+                             "amax or none, fp32 steps and no UE8M0")
         if self.mx_byte0 in MX_DEVICE_BYTE0 and self.mx_inf in MX_DEVICE_INF:
             raise ValueError(f"mx_byte0={self.mx_byte0.value} and mx_inf={self.mx_inf.value} would need two of the "
                              "device's values (the kernels take one: Recipe.device_factor)")

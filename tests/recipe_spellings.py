@@ -50,7 +50,10 @@ def spelled(y: torch.Tensor, r: catalog.Recipe) -> tuple[torch.Tensor, torch.Ten
     if r.ue8m0_after_floor:
         scale = _pow2(scale, r.ue8m0)
     v = y.reshape(t, h // g, g).float()
-    v = v / scale if r.apply is ApplyForm.DIV else v * (1.0 / scale)
+    if r.apply is ApplyForm.MUL_RATIO:
+        v = v * (r.element.max / amax)  # the floored amax (fp32 steps: recipe validity)
+    else:
+        v = v / scale if r.apply is ApplyForm.DIV else v * (1.0 / scale)
     if r.clamp:
         v = torch.clamp(v, -r.element.max, r.element.max)
     return v.to(r.element.dtype).reshape(t, h), scale.reshape(t, h // g)
@@ -79,7 +82,10 @@ def fp8_recipes(bases=None):
         bases = [catalog.FP8_PER_TOKEN.base] + [dataclasses.replace(catalog.FP8_PER_GROUP.base, group_size=g)
                                                 for g in catalog.FP8_GROUP_SIZES]
     for base, values in itertools.product(bases, itertools.product(*FP8_FIELDS.values())):
-        r = dataclasses.replace(base, **dict(zip(FP8_FIELDS, values)))
+        try:
+            r = dataclasses.replace(base, **dict(zip(FP8_FIELDS, values)))
+        except ValueError:
+            continue  # a combination no recipe is (catalog.Recipe: apply=mul_ratio's conditions)
         if r.ue8m0 is Ue8m0.NONE and not r.ue8m0_after_floor:
             continue  # the same recipe as ue8m0_after_floor=True
         yield r

@@ -124,8 +124,11 @@ def test_every_fp8_recipe_matches_its_spelling(dtype):
         assert torch.equal(_bits(s), _bits(s2)), r
         assert torch.equal(_bits(q), _bits(q2)), r
         count += 1
-    # the generator covers every field value: ue8m0_after_floor only with a UE8M0 form
-    assert count == 3 * 3 * 2 * 2 * 2 * (1 + 2 * (len(catalog.Ue8m0) - 1))
+    # the generator covers every field value, and every recipe the catalog accepts: apply=mul_ratio
+    # with the floor at the amax or none, fp32 steps and no UE8M0; ue8m0_after_floor only with a UE8M0
+    bases, ue8m0s = 3, 1 + 2 * (len(catalog.Ue8m0) - 1)
+    ratio = bases * 2 * 2  # floor_at amax / none, clamp or not
+    assert count == bases * 3 * 2 * 2 * 2 * ue8m0s + ratio
 
 
 def test_recipe_override_reaches_the_op_and_round_trips():

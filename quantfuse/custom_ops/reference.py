@@ -153,9 +153,21 @@ def fp8_scales(yg: torch.Tensor, r: Recipe) -> torch.Tensor:
     return scale
 
 
+def _ratio(yg: torch.Tensor, r: Recipe) -> torch.Tensor:
+    """``qmax / a`` (``a`` the floored fp32 amax) as torch computes ``qmax / t``:
+    ``t.reciprocal() * qmax`` (``ApplyForm.MUL_RATIO``'s multiplier)."""
+    amax = yg.float().abs().amax(dim=-1, keepdim=True)
+    if r.floor_at is FloorAt.AMAX:
+        amax = amax.clamp_min(r.eps)
+    return amax.reciprocal() * r.element.max
+
+
 def _apply_fp8(yg: torch.Tensor, scale: torch.Tensor, r: Recipe) -> torch.Tensor:
     v = yg.float()
-    v = v / scale if r.apply is ApplyForm.DIV else v * scale.reciprocal()
+    if r.apply is ApplyForm.MUL_RATIO:
+        v = v * _ratio(yg, r)
+    else:
+        v = v / scale if r.apply is ApplyForm.DIV else v * scale.reciprocal()
     if r.clamp:
         v = v.clamp(-r.element.max, r.element.max)
     return v.to(r.element.dtype)

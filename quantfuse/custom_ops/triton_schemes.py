@@ -733,6 +733,11 @@ _reasons: dict[tuple, str | None] = {}
 _launchers: dict[tuple, object] = {}
 
 
+#: the FP8 apply forms the Triton kernels do not compute: y * (qmax / amax) needs the amax beside
+#: the scale in the encode step, which the CUDA kernels' recipe state carries
+DECLINED_APPLY = (ApplyForm.MUL_RATIO,)
+
+
 def supports(plan) -> str | None:
     """None when every call with ``plan.key`` runs here, else a short reason."""
     key = plan.key
@@ -763,6 +768,8 @@ def _reason(plan) -> str | None:
     if why is not None:
         return why
     r = plan.recipe
+    if r is not None and r.apply in DECLINED_APPLY:
+        return f"apply={r.apply.value} has no Triton kernel (the CUDA kernels compute it)"
     if r is not None and r.device_factor is not None:
         # the device's 2^-127 as torch computes it, read once (cuda_backend.mx_device_factor)
         from quantfuse.custom_ops import cuda_backend

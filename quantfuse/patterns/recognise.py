@@ -444,11 +444,13 @@ def parse_apply(e: tuple, element: catalog.Element) -> tuple[dict, tuple]:
             return fields, ("exp2", power[1])
         ratio = _split_const(other, "mul")
         if ratio is not None and isinstance(ratio[0], tuple) and ratio[0][0] == "recip":
-            # torch computes qmax / t as t.reciprocal() * qmax: RN(RN(1 / amax) * qmax), which no
-            # function of the stored scale amax / qmax gives
-            raise NotRecognised(f"the value cast to FP8 is y * ({ratio[1]} / amax), the multiplier computed from "
-                                "the amax (as DeepGEMM's first per_token_cast_to_fp8 writes it), not y / scale or "
-                                "y * (1 / scale): no recipe computes that")
+            # y * (qmax / a): torch computes qmax / t as t.reciprocal() * qmax. The scale it goes with
+            # is a / qmax (what the site must store), read by parse_scale as any other
+            if _f32(ratio[1]) != _f32(element.max):
+                raise NotRecognised(f"the value cast to FP8 is y * ({ratio[1]} / amax), not y * ({element.max} / "
+                                    f"amax) ({element.name}'s maximum)")
+            fields["apply"] = ApplyForm.MUL_RATIO
+            return fields, ("div", _unbcast(ratio[0][1]), const(element.max))
     raise NotRecognised(f"the value cast to FP8 is not y / scale or y * (1 / scale) (it is {_show(e)})")
 
 
@@ -966,6 +968,11 @@ def _read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
                                 f"{element.max})))")
         more, mul_form = parse_scale(s_expr, x_dtype, element)
         fields.update(more)
+        if fields["apply"] is ApplyForm.MUL_RATIO and (fields["floor_at"] is FloorAt.SCALE
+                                                      or fields.get("step_dtype") is StepDtype.INPUT):
+            raise NotRecognised("the values are multiplied by qmax / amax of an amax floored at the scale or "
+                                "computed in the input dtype: no recipe computes that (y * (448 / amax) takes an "
+                                "fp32 amax, floored or not)")
         if group == interp.numel and interp.numel != interp.hidden:
             raise NotRecognised("dynamic per-tensor scale (one amax over the whole tensor): no fused op "
                                 "computes it (it needs a global reduction first)")
@@ -978,8 +985,32 @@ def _read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
                                     f"(supported: {', '.join(map(str, config.group_sizes))})")
             scheme = catalog.FP8_PER_GROUP
             recipe = dataclasses.replace(scheme.base, group_size=group, **fields)
+        if recipe.apply is ApplyForm.MUL_RATIO:
+            _read_ratio_scales(interp, s_expr, scale_out)
     return finish_site(interp, q, y, scheme, recipe, s_expr, scale_out, scale_input=scale_input,
                        mul_form=mul_form, mx_exponent=mx_exponent, element=element)
+
+
+def _read_ratio_scales(interp: Interpreter, s_expr: tuple, scale_out: tuple) -> None:
+    """``apply=mul_ratio``: the values are multiplied by ``qmax / a``, so the scale ``a / qmax`` the site
+    stores is computed beside q's path, from the floored amax ``a``: read each reader of ``a`` that
+    computes it (then a scale output for :func:`finish_site`); any other reader stays unread (an
+    outside consumer, reported)."""
+    amax = s_expr[1]
+    for n in sorted(interp.visited, key=lambda n: n.name):
+        v = interp.memo.get(n)
+        if v is None or _unbcast(v.expr) != amax:
+            continue
+        for u in list(n.users):
+            if u in interp.memo:
+                continue
+            visited, memo = set(interp.visited), dict(interp.memo)
+            try:
+                got = interp.value(u)
+            except Unknown:
+                got = None
+            if got is None or got.level != "group" or (_unbcast(got.expr), got.dtype) != scale_out:
+                interp.visited, interp.memo = visited, memo
 
 
 def finish_site(interp: Interpreter, q: Node, y: Node, scheme: catalog.Scheme, recipe: Recipe, s_expr: tuple,
