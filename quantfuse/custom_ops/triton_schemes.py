@@ -400,6 +400,16 @@ def _kernels():
         return q
 
     @triton.jit
+    def _apply_scale(y, scale, amax_bits, AMAX_FLOOR: tl.constexpr, POW2: tl.constexpr, INTERP: tl.constexpr,
+                     MUL_INV: tl.constexpr, RATIO: tl.constexpr, CAREFUL: tl.constexpr):
+        # the dynamic recipes' apply step: y * (448 / a) for RATIO (apply=mul_ratio: a the floored
+        # amax, 448 / a as torch computes it, RN(RN(1 / a) * 448)), else _div_by_scale
+        if RATIO:
+            amax = _floor_bits(amax_bits.to(tl.float32, bitcast=True), AMAX_FLOOR)
+            return y * (tl.div_rn(1.0, amax) * _FP8_MAX)[:, None]
+        return _div_by_scale(y, scale, POW2, False, INTERP, MUL_INV, CAREFUL)
+
+    @triton.jit
     def _div_static(y, s, INTERP: tl.constexpr, MUL_INV: tl.constexpr):
         # y / s for a given per-tensor scale s (a scalar). The Markstein residual is exact,
         # and q0's sign right, for 0 < s in [2^-64, 2^64] wherever the e4m3 code depends on
@@ -458,8 +468,8 @@ def _kernels():
                     KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr,
                     ROWS: tl.constexpr, BLOCK: tl.constexpr, NCHUNK: tl.constexpr,
                     AMAX_FLOOR: tl.constexpr, SCALE_FLOOR: tl.constexpr, POW2_FLOOR: tl.constexpr,
-                    STEP_INPUT: tl.constexpr, UE8M0: tl.constexpr, MUL_INV: tl.constexpr, CLAMP: tl.constexpr,
-                    CAREFUL: tl.constexpr, SOFT: tl.constexpr, INTERP: tl.constexpr):
+                    STEP_INPUT: tl.constexpr, UE8M0: tl.constexpr, MUL_INV: tl.constexpr, RATIO: tl.constexpr,
+                    CLAMP: tl.constexpr, CAREFUL: tl.constexpr, SOFT: tl.constexpr, INTERP: tl.constexpr):
         # SCHEME _S_STATIC: s_ptr is the given scale (read); _S_TOKEN: the scales (written).
         # AMAX_FLOOR ... CAREFUL: the FP8 recipe (_recipe_consts; static: MUL_INV and CLAMP only)
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -487,7 +497,7 @@ def _kernels():
                                 alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
                 amax_bits = tl.max(_abs_bits(y), axis=1)
                 scale = _fp8_scale(amax_bits, KIND, AMAX_FLOOR, SCALE_FLOOR, POW2_FLOOR, STEP_INPUT, UE8M0, CAREFUL, SOFT, INTERP)
-                v = _div_by_scale(y, scale, UE8M0 != _UE8M0_NONE, False, INTERP, MUL_INV, CAREFUL)
+                v = _apply_scale(y, scale, amax_bits, AMAX_FLOOR, UE8M0 != _UE8M0_NONE, INTERP, MUL_INV, RATIO, CAREFUL)
                 _store_q(o_ptr, orow[:, None] + cols[None, :], v, m, CLAMP, SOFT)
             else:
                 amax_bits = tl.zeros([ROWS], dtype=tl.int32)
@@ -503,7 +513,8 @@ def _kernels():
                     m = rmask[:, None] & (cc < H)[None, :]
                     y = _activation(x_ptr, u_ptr, xrow[:, None] + cc[None, :], urow[:, None] + cc[None, :], m,
                                     alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
-                    v = _div_by_scale(y, scale, UE8M0 != _UE8M0_NONE, False, INTERP, MUL_INV, CAREFUL)
+                    v = _apply_scale(y, scale, amax_bits, AMAX_FLOOR, UE8M0 != _UE8M0_NONE, INTERP, MUL_INV, RATIO,
+                                     CAREFUL)
                     _store_q(o_ptr, orow[:, None] + cc[None, :], v, m, CLAMP, SOFT)
             tl.store(s_ptr + rows64, scale, mask=rmask)
 
@@ -512,8 +523,8 @@ def _kernels():
                       ACT: tl.constexpr, GATED: tl.constexpr, LAYOUT: tl.constexpr, SCHEME: tl.constexpr,
                       KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr, GS: tl.constexpr, BLOCK_G: tl.constexpr,
                       AMAX_FLOOR: tl.constexpr, SCALE_FLOOR: tl.constexpr, POW2_FLOOR: tl.constexpr,
-                      STEP_INPUT: tl.constexpr, UE8M0: tl.constexpr, MUL_INV: tl.constexpr, CLAMP: tl.constexpr,
-                      CAREFUL: tl.constexpr, MX_ROUNDING: tl.constexpr, MX_INF: tl.constexpr,
+                      STEP_INPUT: tl.constexpr, UE8M0: tl.constexpr, MUL_INV: tl.constexpr, RATIO: tl.constexpr,
+                      CLAMP: tl.constexpr, CAREFUL: tl.constexpr, MX_ROUNDING: tl.constexpr, MX_INF: tl.constexpr,
                       MX_BYTE0: tl.constexpr, MX_NAN: tl.constexpr, SWIZZLED: tl.constexpr,
                       SOFT: tl.constexpr, INTERP: tl.constexpr):
         # AMAX_FLOOR ... CAREFUL: the FP8 recipe (_recipe_consts); MX_*: the MX recipe's fields
@@ -532,8 +543,9 @@ def _kernels():
             y = _activation(x_ptr, u_ptr, (xrow + g * GS)[:, None] + col[None, :],
                             (urow + g * GS)[:, None] + col[None, :], m,
                             alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
-            scale = _fp8_scale(tl.max(_abs_bits(y), axis=1), KIND, AMAX_FLOOR, SCALE_FLOOR, POW2_FLOOR, STEP_INPUT, UE8M0, CAREFUL, SOFT, INTERP)
-            v = _div_by_scale(y, scale, UE8M0 != _UE8M0_NONE, False, INTERP, MUL_INV, CAREFUL)
+            amax_bits = tl.max(_abs_bits(y), axis=1)
+            scale = _fp8_scale(amax_bits, KIND, AMAX_FLOOR, SCALE_FLOOR, POW2_FLOOR, STEP_INPUT, UE8M0, CAREFUL, SOFT, INTERP)
+            v = _apply_scale(y, scale, amax_bits, AMAX_FLOOR, UE8M0 != _UE8M0_NONE, INTERP, MUL_INV, RATIO, CAREFUL)
             _store_q(q_ptr, qbase[:, None] + col[None, :], v, m, CLAMP, SOFT)
             tl.store(s_ptr + t * s_st + g * s_sg, scale, mask=gmask)
         else:
@@ -701,7 +713,7 @@ def _kernels():
     g.update({f.__name__: f for f in (
         _load_f32, _unpack_pairs, _bases, _bf16_rne_bits, _round_to_input, _activation, _pair_activation, _act,
         _swiglu_oai,
-        _abs_bits, _floor_bits, _pow2_ceil, _fp8_scale, _e4m3_bits, _div_by_scale, _div_static, _mx_exponent,
+        _abs_bits, _floor_bits, _pow2_ceil, _fp8_scale, _e4m3_bits, _div_by_scale, _apply_scale, _div_static, _mx_exponent,
         _mx_scaled, _e2m1_code, _store_mx_scale, _store_fp8, _store_q, _clamp_fp8, _store_act, _row_kernel, _group_kernel, _mx_groups,
         _mx_scale_byte, _swizzled_offset, _experts_kernel)})
     return {"row": _row_kernel, "group": _group_kernel, "experts": _experts_kernel}
@@ -731,11 +743,6 @@ def _soft() -> bool:
 _reasons: dict[tuple, str | None] = {}
 #: plan.key -> launch closure
 _launchers: dict[tuple, object] = {}
-
-
-#: the FP8 apply forms the Triton kernels do not compute: y * (qmax / amax) needs the amax beside
-#: the scale in the encode step, which the CUDA kernels' recipe state carries
-DECLINED_APPLY = (ApplyForm.MUL_RATIO,)
 
 
 def supports(plan) -> str | None:
@@ -768,8 +775,6 @@ def _reason(plan) -> str | None:
     if why is not None:
         return why
     r = plan.recipe
-    if r is not None and r.apply in DECLINED_APPLY:
-        return f"apply={r.apply.value} has no Triton kernel (the CUDA kernels compute it)"
     if r is not None and r.device_factor is not None:
         # the device's 2^-127 as torch computes it, read once (cuda_backend.mx_device_factor)
         from quantfuse.custom_ops import cuda_backend
@@ -792,6 +797,7 @@ def run(plan, outputs, x, up, scale) -> None:
 
 #: the recipe constants of kernels that read none (the activation ops, MX): no floor, no rounding
 _NO_RECIPE = dict(AMAX_FLOOR=0, SCALE_FLOOR=0, POW2_FLOOR=0, STEP_INPUT=False, UE8M0=_CODES["ue8m0_none"], MUL_INV=False,
+                  RATIO=False,
                   CLAMP=True, CAREFUL=False)
 #: the scales the kernels' fast division forms are exact for (csrc/act_quant.cuh kFastScaleMin / Max)
 _FAST_SCALES = (2.0 ** -64, 2.0 ** 126)
@@ -810,7 +816,8 @@ def _recipe_consts(plan) -> dict:
     r = plan.recipe
     if r is None or r.mx:
         return dict(_NO_RECIPE)
-    consts = dict(_NO_RECIPE, MUL_INV=r.apply is ApplyForm.MUL_INV, CLAMP=plan.clamps)
+    consts = dict(_NO_RECIPE, MUL_INV=r.apply is ApplyForm.MUL_INV, RATIO=r.apply is ApplyForm.MUL_RATIO,
+                  CLAMP=plan.clamps)
     if r.static:
         return consts
     floors = plan.fp8_floors

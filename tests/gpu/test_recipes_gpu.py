@@ -50,14 +50,7 @@ def _available():
 
 
 ALL = list(fp8_recipes())
-_COVERING: list = []
-
-
-def _triton_covering() -> list:
-    """A covering of the recipes the Triton kernels take (not ``ts.DECLINED_APPLY``), made once."""
-    if not _COVERING:
-        _COVERING.extend(covering([r for r in ALL if r.apply not in ts.DECLINED_APPLY]))
-    return _COVERING
+COVERING = covering(ALL)
 
 
 def _input(tokens: int, dtype, seed: int) -> torch.Tensor:
@@ -131,7 +124,7 @@ def test_cuda_every_recipe_equals_eager(dtype, tokens):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_triton_covering_recipes_equal_eager(dtype, tokens):
     x = _input(tokens, dtype, seed=100 + tokens)
-    for r in _triton_covering():
+    for r in COVERING:
         _assert_same(_run(ts, r, x), spelled(x, r), f"triton {r}")
 
 
