@@ -359,7 +359,11 @@ def test_backend_arguments_carry_the_recipe():
     assert cuda_backend._recipe_args(mul)["apply"] == codes["apply_mul_inv"]
     consts = triton_schemes._recipe_consts(plan("floor_at=scale,eps=1e-06,ue8m0=exp2,step_dtype=input"))
     assert consts == dict(AMAX_FLOOR=0, SCALE_FLOOR=struct.unpack("<i", struct.pack("<f", 1e-6))[0], POW2_FLOOR=0,
-                          STEP_INPUT=True, UE8M0=codes["ue8m0_exp2"], MUL_INV=False, CLAMP=True, CAREFUL=False)
+                          STEP_INPUT=True, UE8M0=codes["ue8m0_exp2"], MUL_INV=False, RATIO=False, CLAMP=True,
+                          CAREFUL=False)
+    ratio = plan("eps=0.0001,apply=mul_ratio")
+    assert cuda_backend._recipe_args(ratio)["apply"] == codes["apply_mul_ratio"]
+    assert triton_schemes._recipe_consts(ratio)["RATIO"] and not triton_schemes._recipe_consts(ratio)["MUL_INV"]
     # CAREFUL where a scale can leave [2^-64, 2^126]: no floor, or a tiny one
     assert triton_schemes._recipe_consts(torchao)["CAREFUL"] and not triton_schemes._recipe_consts(default)["CAREFUL"]
     assert triton_schemes._recipe_consts(plan("eps=1e-30"))["CAREFUL"]
