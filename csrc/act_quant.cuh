@@ -555,12 +555,9 @@ __device__ __forceinline__ float group_scale(float amax) {
   else return s;
 }
 
-// The UE8M0 rounding of a recipe's scale (kUe8m0Exact, kUe8m0Exp2 or kUe8m0Pow: the CUDA math
-// library's exp2f / powf that torch's exp2 and pow kernels call).
+// The UE8M0 rounding of a recipe's scale (kUe8m0Exact or kUe8m0Exp2).
 __device__ __forceinline__ float recipe_pow2(float s, Ue8m0Code mode) {
-  if (mode == kUe8m0Exact) return ue8m0_ceil_any(s);
-  const float e = ceilf(log2f(s));
-  return mode == kUe8m0Pow ? powf(2.0f, e) : exp2f(e);
+  return mode == kUe8m0Exact ? ue8m0_ceil_any(s) : exp2f(ceilf(log2f(s)));
 }
 // The same out of line, for the per-token kernels: log2f and exp2f inlined into every unrolled row
 // made their loop too large for the instruction cache, and it runs once per row there (a group

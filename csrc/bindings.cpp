@@ -192,8 +192,8 @@ std::string activation_impl(int64_t act, const Operands& o, at::Tensor out, cons
 // amax, scale before the power-of-two rounding, after it), fp32 as the kernels compare them.
 std::string scale_recipe(quantfuse::ScaleRecipe& r, int64_t ue8m0, const std::vector<double>& floors, int64_t step,
                          int64_t apply) {
-  QF_CHECK(ue8m0 >= 0 && ue8m0 <= quantfuse::kUe8m0Pow, "quantfuse: UE8M0 code must be in [0, ",
-           int(quantfuse::kUe8m0Pow) + 1, "), got ", ue8m0);
+  QF_CHECK(ue8m0 >= 0 && ue8m0 <= quantfuse::kUe8m0Exp2, "quantfuse: UE8M0 code must be in [0, ",
+           int(quantfuse::kUe8m0Exp2) + 1, "), got ", ue8m0);
   QF_CHECK(step == quantfuse::kStepFp32 || step == quantfuse::kStepInput, "quantfuse: step dtype code must be ",
            int(quantfuse::kStepFp32), " or ", int(quantfuse::kStepInput), ", got ", step);
   QF_CHECK(apply >= 0 && apply <= quantfuse::kApplyMulRatio, "quantfuse: apply code must be in [0, ",

@@ -132,11 +132,10 @@ class Ue8m0(enum.Enum):
 
     NONE = "none"
     EXACT = "exact"          # the smallest power of two >= s, from the bits
-    EXP2_CEIL_LOG2 = "exp2"  # torch.exp2(torch.ceil(torch.log2(s))), as vLLM writes it
-    #: torch.pow(2.0, torch.ceil(torch.log2(s))) (or 2 ** ...), as SGLang and DeepGEMM write it: the
-    #: same powers of two (integer exponents), but the CPU's vectorised pow gives a NaN group's
-    #: scale another NaN (negative: its codes 0xff where exp2's are 0x7f)
-    POW_CEIL_LOG2 = "pow"
+    #: torch.exp2(torch.ceil(torch.log2(s))), as vLLM writes it; also torch.pow(2.0, ...) / 2 ** ...
+    #: (SGLang, DeepGEMM): the same powers of two for integer exponents (a NaN group's NaN aside,
+    #: whose sign is the hardware's: docs/numerics.md)
+    EXP2_CEIL_LOG2 = "exp2"
 
 
 class MxRounding(enum.Enum):

@@ -24,8 +24,6 @@ def _pow2(s: torch.Tensor, form: Ue8m0) -> torch.Tensor:
         return torch.where(keep, s, torch.ldexp(torch.ones_like(s), e))
     if form is Ue8m0.EXP2_CEIL_LOG2:
         return torch.exp2(torch.ceil(torch.log2(s)))
-    if form is Ue8m0.POW_CEIL_LOG2:
-        return torch.pow(2.0, torch.ceil(torch.log2(s)))
     return s
 
 

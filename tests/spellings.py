@@ -216,8 +216,7 @@ class Spelling(ActSpelling):
             step_dtype=StepDtype.INPUT if self.step_input and self.dtype != torch.float32 else StepDtype.FP32,
             apply=ApplyForm.DIV if self.apply in ("div", "div_promote", "div_rounded") else ApplyForm.MUL_INV,
             clamp=self.clamp != "none",
-            ue8m0=(Ue8m0.NONE if self.ue8m0 == "none" else
-                   Ue8m0.EXP2_CEIL_LOG2 if self.ue8m0_form == "exp2" else Ue8m0.POW_CEIL_LOG2),
+            ue8m0=Ue8m0.NONE if self.ue8m0 == "none" else Ue8m0.EXP2_CEIL_LOG2,
             ue8m0_after_floor=not (self.ue8m0 == "before" and self.floor_at == "scale"))
         if self.floor_at != "none":
             fields["eps"] = self.eps

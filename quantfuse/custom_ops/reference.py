@@ -125,8 +125,6 @@ def _ue8m0(scale: torch.Tensor, form: Ue8m0) -> torch.Tensor:
         return ue8m0_ceil(scale)
     if form is Ue8m0.EXP2_CEIL_LOG2:
         return torch.exp2(torch.ceil(torch.log2(scale)))
-    if form is Ue8m0.POW_CEIL_LOG2:
-        return torch.pow(2.0, torch.ceil(torch.log2(scale)))
     return scale
 
 

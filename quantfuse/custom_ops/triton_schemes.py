@@ -115,11 +115,10 @@ _MX_MIN_NORMAL_INV = 2.0 ** (catalog.E8M0_BIAS - 1)
 _UE8M0_NONE = _CODES[f"ue8m0_{Ue8m0.NONE.value}"]
 _UE8M0_EXACT = _CODES[f"ue8m0_{Ue8m0.EXACT.value}"]
 _UE8M0_EXP2 = _CODES[f"ue8m0_{Ue8m0.EXP2_CEIL_LOG2.value}"]
-_UE8M0_POW = _CODES[f"ue8m0_{Ue8m0.POW_CEIL_LOG2.value}"]
 _KERNEL_GLOBALS = ("_IDENTITY", "_SILU", "_RELU2", "_SWIGLU_OAI", "_S_NONE", "_S_TOKEN", "_S_GROUP", "_S_STATIC",
                    "_S_MXFP8", "_S_MXFP4", "_HALVES", "_SEPARATE", "_INTERLEAVED", "_BF16", "_F16", "_F32", "_FP8_MAX",
                    "_FP8_INV", "_FP8_EMAX", "_FP4_INV", "_FP4_EMAX", "_E8M0_BIAS", "_E8M0_NAN", "_FP8_OVERFLOW",
-                   "_UE8M0_NONE", "_UE8M0_EXACT", "_UE8M0_EXP2", "_UE8M0_POW", "_FP8_HALF_ULP", "_FP4_HALF_ULP", "_MXR_RCEIL",
+                   "_UE8M0_NONE", "_UE8M0_EXACT", "_UE8M0_EXP2", "_FP8_HALF_ULP", "_FP4_HALF_ULP", "_MXR_RCEIL",
                    "_MXR_CEIL", "_MXR_EVEN", "_MX_INF_BITS", "_MX_INF_EXP2", "_MX_B0_MIN_NORMAL", "_MX_B0_ONE",
                    "_MX_B0_EXP2", "_MX_B0_POW", "_MX_NAN_NAN",
                    "_MX_MIN_NORMAL_INV")
@@ -342,12 +341,6 @@ def _kernels():
                 scale = tl.exp2(tl.ceil(tl.log2(scale)))
             else:
                 scale = libdevice.exp2(tl.ceil(libdevice.log2(scale)))
-        elif UE8M0 == _UE8M0_POW:
-            # torch's pow(2, ceil(log2(s))): libdevice's powf, as eager's CUDA pow kernel
-            if INTERP:
-                scale = tl.exp2(tl.ceil(tl.log2(scale)))
-            else:
-                scale = libdevice.pow(2.0, tl.ceil(libdevice.log2(scale)))
         return _floor_bits(scale, POW2_FLOOR)
 
     @triton.jit
@@ -825,7 +818,7 @@ def _recipe_consts(plan) -> dict:
     # the smallest scale the recipe gives: the floored amax over 448 (as the kernels compute it),
     # in the step dtype, then the scale floors; exp2(ceil(log2 s)) may halve it
     low = torch.tensor(max(floors[0], 0.0), dtype=torch.float32) * torch.tensor(1.0 / r.element.max, dtype=torch.float32)
-    low = max(float(low.to(step)), floors[1]) / (2 if r.ue8m0 in (Ue8m0.EXP2_CEIL_LOG2, Ue8m0.POW_CEIL_LOG2) else 1)
+    low = max(float(low.to(step)), floors[1]) / (2 if r.ue8m0 is Ue8m0.EXP2_CEIL_LOG2 else 1)
     low = max(low, floors[2])
     # the largest: amax / 448 <= 2^120 (a power of two above it), or a floor (twice it after UE8M0)
     careful = not low >= _FAST_SCALES[0] or max(floors) > _FAST_SCALES[1] / 2
@@ -850,8 +843,8 @@ def _launcher(plan):
     if not interp:
         consts["enable_fp_fusion"] = False
     recipe = _recipe_consts(plan)
-    if recipe["UE8M0"] in (_UE8M0_EXP2, _UE8M0_POW) and not interp:
-        # libdevice's log2f / exp2f / powf as nvcc links them for torch's kernels: without flush-to-zero
+    if recipe["UE8M0"] == _UE8M0_EXP2 and not interp:
+        # libdevice's log2f / exp2f as nvcc links them for torch's kernels: without flush-to-zero
         consts["enable_reflect_ftz"] = False
     # the activation's parameters (GPT-OSS's alpha, limit) as fp32 runtime arguments, as eager
     # uses a Python float scalar; 0.0 for activations without them (unread)

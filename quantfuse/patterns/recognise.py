@@ -269,18 +269,15 @@ def exp2_arg(e: tuple):
 
 
 def _ue8m0_inner(e: tuple):
-    """``(form, s)`` of ``exp2(ceil(log2(s)))`` (``Ue8m0.EXP2_CEIL_LOG2``) or ``2 ** ceil(log2(s))`` /
-    ``torch.pow(2, ...)`` (``POW_CEIL_LOG2``: on the CPU a NaN group's scale differs), else None.
-    ``log2(|s|)`` (DeepGEMM's ``ceil_to_ue8m0``) reads as ``log2(s)``: parse_scale takes only scales
-    computed from max |y|, which are never negative (+0 up to +inf, or a NaN the abs of y left
-    positive), so the abs changes no bit."""
+    """The argument of ``exp2(ceil(log2(s)))`` / ``2 ** ceil(log2(s))``, else None. ``log2(|s|)``
+    (DeepGEMM's ``ceil_to_ue8m0``) reads as ``log2(s)``: parse_scale takes only scales computed from
+    max |y|, never negative (+0 up to +inf, or NaN), where the abs changes no value."""
     inner = exp2_arg(e)
     if inner is None:
         return None
     if isinstance(inner, tuple) and inner[0] == "ceil" and isinstance(inner[1], tuple) and inner[1][0] == "log2":
         arg = inner[1][1]
-        form = Ue8m0.EXP2_CEIL_LOG2 if e[0] == "exp2" else Ue8m0.POW_CEIL_LOG2
-        return form, (arg[1] if isinstance(arg, tuple) and arg[0] == "abs" else arg)
+        return arg[1] if isinstance(arg, tuple) and arg[0] == "abs" else arg
     return None
 
 
@@ -294,7 +291,7 @@ def parse_scale(s: tuple, y_dtype: torch.dtype, element: catalog.Element) -> tup
     e = s
     inner = _ue8m0_inner(e)
     if inner is not None:
-        fields["ue8m0"], e = inner
+        fields["ue8m0"], e = Ue8m0.EXP2_CEIL_LOG2, inner
     floor = _split_const(e, "max")
     if floor is not None:
         e, fields["eps"] = floor
@@ -303,7 +300,7 @@ def parse_scale(s: tuple, y_dtype: torch.dtype, element: catalog.Element) -> tup
         if inner is not None:
             if "ue8m0" in fields:
                 raise NotRecognised("the scale is rounded to a power of two twice")
-            (fields["ue8m0"], e), fields["ue8m0_after_floor"] = inner, False
+            fields["ue8m0"], fields["ue8m0_after_floor"], e = Ue8m0.EXP2_CEIL_LOG2, False, inner
     if e[0] == "round":
         want = str(y_dtype).replace("torch.", "")
         if e[1] != want or "ue8m0" in fields:
