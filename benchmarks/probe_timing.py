@@ -6,8 +6,9 @@
 Per cell and launch choice (``tuning.candidates``; at T >= 4096 only the default and the tuned one):
 - ``graph``: CUDA-graph replay of the launch into fixed outputs (``bench_pairs.bench``, which
   replays a graph of many calls);
-- ``back_to_back``: ``tuning.time_launch``, the tuner's own timer (10 launches between two events,
-  best of 3 rounds; host launches, no graph);
+- ``back_to_back``: ``tuning.time_launch``, the tuner's own timer (since 70a1856 the best of 5
+  replays of a CUDA graph of 20 launches; before it, 10 launches issued one by one, best of 3
+  rounds: the name stays so that the records of both read as one series);
 and per cell, with the op's own (tuned) choice:
 - ``op_graph``: the op called as ``bench_pairs`` calls it (outputs allocated per call, graph replay);
 - ``kernel``: the kernel's device time in the torch profiler (median of 20 calls).
@@ -92,25 +93,23 @@ def main(argv=None) -> int:
                 nbytes = t * (width * 2 + plan.hidden) + sum(o.numel() * o.element_size() for o in outputs[1:])
                 copy = same_bytes_copy(int(nbytes), 1)
                 row = [f"{name}{params} {t}x{h}: copy {copy:.2f}"]
+
+                def record(choice, method, us):
+                    records.append(dict(bench="timing_probe", op=name, params=str(params), tokens=t, hidden=h,
+                                        choice=choice.label, tuned=choice == tuned, method=method,
+                                        us=round(us, 3), copy_us=round(copy, 3), bytes=int(nbytes)))
                 for c in dict.fromkeys(choices):
                     launch = lambda xx=x, c=c: cuda_backend._launch(plan, outputs, xx, None, None, c)  # noqa: E731
                     if launch():
                         continue
-                    g = bench(lambda xx, c=c: cuda_backend._launch(plan, outputs, xx, None, None, c), [x])
-                    b = tuning.time_launch(launch)
-                    records.append(dict(bench="timing_probe", op=name, params=str(params), tokens=t, hidden=h,
-                                        choice=c.label, tuned=c == tuned, method="graph", us=round(g, 3),
-                                        copy_us=round(copy, 3), bytes=int(nbytes)))
-                    records.append(dict(bench="timing_probe", op=name, params=str(params), tokens=t, hidden=h,
-                                        choice=c.label, tuned=c == tuned, method="back_to_back", us=round(b, 3),
-                                        copy_us=round(copy, 3), bytes=int(nbytes)))
+                    g, b = bench(launch, [x]), tuning.time_launch(launch)
+                    record(c, "graph", g)
+                    record(c, "back_to_back", b)
                     row.append(f"{c.label}{'*' if c == tuned else ''} {g:.2f}/{b:.2f}")
                 og = bench(lambda xx: op(xx, *params), [x])
                 k = kernel_us(lambda: op(x, *params))
-                for method, us in (("op_graph", og), ("kernel", k)):
-                    records.append(dict(bench="timing_probe", op=name, params=str(params), tokens=t, hidden=h,
-                                        choice=tuned.label, tuned=True, method=method, us=round(us, 3),
-                                        copy_us=round(copy, 3), bytes=int(nbytes)))
+                record(tuned, "op_graph", og)
+                record(tuned, "kernel", k)
                 row.append(f"op graph {og:.2f}, kernel {k:.2f}")
                 print(" | ".join(row), flush=True)
     if args.jsonl:

@@ -117,9 +117,6 @@ def test_deepgemm_first_cast_fused_bit_for_bit():
 
 
 def test_a_ratio_of_another_maximum_is_a_near_miss():
-    def site(x):
-        q, s = deepgemm_first_site(x)
-        return q, s
     def other(x):
         gate, up = x.chunk(2, dim=-1)
         y = F.silu(gate) * up

@@ -128,6 +128,14 @@ def _ue8m0(scale: torch.Tensor, form: Ue8m0) -> torch.Tensor:
     return scale
 
 
+def _floored_amax(yg: torch.Tensor, r: Recipe) -> torch.Tensor:
+    """max |y| per group ``[..., G, 1]`` in the recipe's step dtype, floored where the recipe floors
+    the amax (NaN kept)."""
+    work = yg.float() if r.step_dtype is StepDtype.FP32 else yg
+    amax = work.abs().amax(dim=-1, keepdim=True)
+    return amax.clamp_min(r.eps) if r.floor_at is FloorAt.AMAX else amax
+
+
 def fp8_scales(yg: torch.Tensor, r: Recipe) -> torch.Tensor:
     """fp32 scales ``[..., G, 1]`` of grouped values ``[..., G, g]`` (input dtype) for an FP8 recipe.
 
@@ -135,13 +143,10 @@ def fp8_scales(yg: torch.Tensor, r: Recipe) -> torch.Tensor:
     dtype, then cast to fp32, as torchao writes it; a scale floor and the UE8M0 rounding follow in
     fp32 (``s.float().clamp(min=eps)``: the recogniser reads a floor of the cast scale so).
     NaN anywhere in a group makes its scale NaN (torch's amax propagates NaN)."""
-    work = yg.float() if r.step_dtype is StepDtype.FP32 else yg
-    amax = work.abs().amax(dim=-1, keepdim=True)
-    if r.floor_at is FloorAt.AMAX:
-        amax = amax.clamp_min(r.eps)
+    amax = _floored_amax(yg, r)
     # `amax / qmax` as eager writes it: on CUDA torch multiplies by fp32(1 / qmax) (what the
     # kernels compute), on the CPU it divides; either way the reference is eager, bit for bit
-    scale = div_scalar(amax.float(), r.element.max).to(work.dtype).float()
+    scale = div_scalar(amax.float(), r.element.max).to(amax.dtype).float()
     if not r.ue8m0_after_floor:
         scale = _ue8m0(scale, r.ue8m0)
     if r.floor_at is FloorAt.SCALE:
@@ -152,12 +157,9 @@ def fp8_scales(yg: torch.Tensor, r: Recipe) -> torch.Tensor:
 
 
 def _ratio(yg: torch.Tensor, r: Recipe) -> torch.Tensor:
-    """``qmax / a`` (``a`` the floored fp32 amax) as torch computes ``qmax / t``:
-    ``t.reciprocal() * qmax`` (``ApplyForm.MUL_RATIO``'s multiplier)."""
-    amax = yg.float().abs().amax(dim=-1, keepdim=True)
-    if r.floor_at is FloorAt.AMAX:
-        amax = amax.clamp_min(r.eps)
-    return amax.reciprocal() * r.element.max
+    """``qmax / a`` (``a`` the floored amax, fp32: the recipe's steps are) as torch computes
+    ``qmax / t``: ``t.reciprocal() * qmax`` (``ApplyForm.MUL_RATIO``'s multiplier)."""
+    return _floored_amax(yg, r).reciprocal() * r.element.max
 
 
 def _apply_fp8(yg: torch.Tensor, scale: torch.Tensor, r: Recipe) -> torch.Tensor:

@@ -965,11 +965,6 @@ def _read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
                                 f"{element.max})))")
         more, mul_form = parse_scale(s_expr, x_dtype, element)
         fields.update(more)
-        if fields["apply"] is ApplyForm.MUL_RATIO and (fields["floor_at"] is FloorAt.SCALE
-                                                      or fields.get("step_dtype") is StepDtype.INPUT):
-            raise NotRecognised("the values are multiplied by qmax / amax of an amax floored at the scale or "
-                                "computed in the input dtype: no recipe computes that (y * (448 / amax) takes an "
-                                "fp32 amax, floored or not)")
         if group == interp.numel and interp.numel != interp.hidden:
             raise NotRecognised("dynamic per-tensor scale (one amax over the whole tensor): no fused op "
                                 "computes it (it needs a global reduction first)")
