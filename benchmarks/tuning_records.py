@@ -28,8 +28,7 @@ def records(table: dict) -> list[dict]:
     from quantfuse.custom_ops.tuning import entry_choice
 
     return [dict(bench="tuning", plan=key, min_tokens=c["min_tokens"], tokens=c["tokens"], vectors=c["vectors"],
-                 row_stages=choice.row_stages, runtime_recipe=choice.runtime_recipe, vector_bytes=choice.vector_bytes,
-                 choice=choice.label,
+                 row_stages=choice.row_stages, runtime_recipe=choice.runtime_recipe, choice=choice.label,
                  us=c["us"], tuned_torch=entry.get("torch", ""))
             for key, entry in sorted(table.items()) for c in entry["classes"] for choice in [entry_choice(c)]]
 

@@ -475,25 +475,6 @@ __device__ __forceinline__ uint4 load16(const void* p) {
     return __ldg(reinterpret_cast<const uint4*>(p));
   }
 }
-// VB bytes (16 or 8) at p, in the first VB bytes of the vector (the per-token register kernel's
-// 8-byte loads: token_kernel.cuh).
-template <int VB, bool EVICT_FIRST>
-__device__ __forceinline__ uint4 load_vec(const void* p) {
-  static_assert(VB == 16 || VB == 8, "16- or 8-byte loads");
-  if constexpr (VB == 16) {
-    return load16<EVICT_FIRST>(p);
-  } else if constexpr (EVICT_FIRST) {
-    uint4 v{0u, 0u, 0u, 0u};
-    const uint64_t policy = evict_first_policy();
-    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v2.u32 {%0, %1}, [%2], %3;"
-                 : "=r"(v.x), "=r"(v.y)
-                 : "l"(p), "l"(policy));
-    return v;
-  } else {
-    const uint2 h = __ldg(reinterpret_cast<const uint2*>(p));
-    return make_uint4(h.x, h.y, 0u, 0u);
-  }
-}
 
 // The operands of the 16 / sizeof(S) outputs at column col of the row starting at input
 // element row_off (Inputs). IL (interleaved): the two 16-byte vectors covering the
@@ -513,16 +494,14 @@ __device__ __forceinline__ void operand_addresses(const typename DT::Storage*& a
     b = up + row_off + col;
   }
 }
-// VB: bytes per operand load (8: halves or separate inputs only; the per-token register kernel).
-template <typename DT, bool GATED, bool IL, bool EVICT_FIRST, int VB = 16>
+template <typename DT, bool GATED, bool IL, bool EVICT_FIRST>
 __device__ __forceinline__ void load_operands(uint4& gv, uint4& uv, const typename DT::Storage* __restrict__ gate,
                                               const typename DT::Storage* __restrict__ up, int64_t row_off,
                                               int64_t col) {
-  static_assert(VB == 16 || !IL, "interleaved inputs take 16-byte loads");
   const typename DT::Storage *a, *b;
   operand_addresses<DT, IL>(a, b, gate, up, row_off, col);
-  gv = load_vec<VB, EVICT_FIRST>(a);
-  if constexpr (GATED || IL) uv = load_vec<VB, EVICT_FIRST>(b);
+  gv = load16<EVICT_FIRST>(a);
+  if constexpr (GATED || IL) uv = load16<EVICT_FIRST>(b);
 }
 
 // (gate, up) vectors from the interleaved (g0 u0 g1 u1 ...) pair of vectors (a, b):

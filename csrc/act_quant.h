@@ -99,9 +99,6 @@ struct QuantParams {
                           // plan and device (custom_ops/tuning.py)
   bool runtime_recipe;    // per-token with the default recipe: run it through the kernel that reads
                           // the recipe at run time (Fp8Step::kRecipe, the same bits), a tuning choice
-  int64_t vector_bytes;   // per-token: bytes per load, 16, or 8 (16-bit halves or separate inputs, the
-                          // register kernel: twice the threads a row, half the elements each), a
-                          // tuning choice; other schemes: 16
   int sms;
   int64_t l2_bytes;       // device L2 size: inputs up to a scheme's multiple of it are loaded
                           // evict-first (launch_unit.cuh evict_first_input); 0 = never

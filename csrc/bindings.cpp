@@ -216,8 +216,7 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
                            int64_t blocks_per_sm, const std::vector<double>& act_params,
                            const std::vector<double>& scale_floors, int64_t step, int64_t apply,
                            int64_t row_stages = 0, const quantfuse::ExpertsArgs* experts = nullptr,
-                           double mx_device_factor = 0.0, bool runtime_recipe = false,
-                           int64_t vector_bytes = 16) {
+                           double mx_device_factor = 0.0, bool runtime_recipe = false) {
   Operands o{};
   QF_TRY(operands(o, act, layout, x, up));
   ActArgs aa{};
@@ -231,8 +230,6 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
               "quantfuse: vectors per thread must be 0 (auto), 1, 2 or 4, got ", vectors);
   QF_CHECK(row_stages >= 0 && row_stages <= 2, "quantfuse: row_stages must be 0 (registers), 1 or 2, got ",
            row_stages);
-  QF_CHECK(vector_bytes == 16 || (vector_bytes == 8 && scheme == quantfuse::kPerToken),
-           "quantfuse: vector_bytes must be 16, or 8 for the per-token scheme, got ", vector_bytes);
   const int64_t vec = 16 / x.element_size();
   const bool is_static = scheme == quantfuse::kStatic;
   const bool mx = scheme == quantfuse::kMxfp8 || scheme == quantfuse::kMxfp4;
@@ -274,7 +271,6 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
   p.blocks_per_sm = blocks_per_sm;
   p.row_stages = row_stages;
   p.runtime_recipe = runtime_recipe;
-  p.vector_bytes = vector_bytes;
   p.act_args = aa;
   QF_TRY(scale_recipe(p.recipe, ue8m0, scale_floors, step, apply));
   if (is_static) {
@@ -447,11 +443,11 @@ std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, const
                               bool swizzled, int64_t vectors, int64_t blocks_per_sm,
                               const std::vector<double>& act_params, const std::vector<double>& scale_floors,
                               int64_t step, int64_t apply, int64_t row_stages, double mx_device_factor,
-                              bool runtime_recipe, int64_t vector_bytes) {
+                              bool runtime_recipe) {
   return guarded([&] {
     return act_quant_impl(act, scheme, layout, q, s, x, up, scale, group_size, ue8m0, mx, s_stride_t,
                           s_stride_g, swizzled, vectors, blocks_per_sm, act_params, scale_floors, step, apply,
-                          row_stages, nullptr, mx_device_factor, runtime_recipe, vector_bytes);
+                          row_stages, nullptr, mx_device_factor, runtime_recipe);
   });
 }
 
@@ -478,15 +474,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the FP8 recipe (CallPlan.fp8_floors; the defaults: the default recipe's); row_stages: rows (per-token, 0-2) or "
         "groups (per-group, MX: 0 or 2) staged ahead in shared memory (QuantParams); mx_device_factor: 1 / the device's 2^-127 for MX recipes with mx_byte0 exp2 / "
         "pow, the device's 2^-127 for mx_inf exp2 (ScaleRecipe); runtime_recipe: the default per-token recipe through the runtime-recipe "
-        "kernel; vector_bytes: the per-token register kernel's bytes per load, 16 or 8 (QuantParams). Returns \"\" or an error message",
+        "kernel (QuantParams). Returns \"\" or an error message",
         py::arg("act"), py::arg("scheme"), py::arg("layout"), py::arg("q"), py::arg("s"), py::arg("x"),
         py::arg("up"), py::arg("scale"), py::arg("group_size"), py::arg("ue8m0"), py::arg("mx"),
         py::arg("s_stride_t"), py::arg("s_stride_g"), py::arg("swizzled"), py::arg("vectors") = 0,
         py::arg("blocks_per_sm") = 0, py::arg("act_params") = std::vector<double>{},
         py::arg("scale_floors") = std::vector<double>{quantfuse::kDefaultEps, 0.0, 0.0},
         py::arg("step") = int64_t(quantfuse::kStepFp32), py::arg("apply") = int64_t(quantfuse::kApplyDiv),
-        py::arg("row_stages") = int64_t(0), py::arg("mx_device_factor") = 0.0, py::arg("runtime_recipe") = false,
-        py::arg("vector_bytes") = int64_t(16));
+        py::arg("row_stages") = int64_t(0), py::arg("mx_device_factor") = 0.0, py::arg("runtime_recipe") = false);
 
   m.def("experts_quant", &quantfuse::experts_quant_checked,
         "The experts ops: act(x) -> MXFP8 / MXFP4 (scheme code) of tokens sorted by expert into q and the "

@@ -54,15 +54,14 @@ struct Launch {
   int64_t experts = 0;                   // the experts ops: num_experts (0: another op)
   int offsets_index = -1;                // their expert_offsets, then blockscale_offsets
   std::vector<double> act_params;        // the activation's parameters (catalog Activation.params)
-  // (min tokens, vectors per thread, row stages, runtime recipe, vector bytes), ascending
-  // (custom_ops/tuning.py Choice): a call takes the last class its token count reaches, else the
-  // kernels' defaults
-  std::vector<std::tuple<int64_t, int64_t, int64_t, bool, int64_t>> token_classes;
+  // (min tokens, vectors per thread, row stages, runtime recipe), ascending (custom_ops/tuning.py
+  // Choice): a call takes the last class its token count reaches, else the kernels' defaults
+  std::vector<std::tuple<int64_t, int64_t, int64_t, bool>> token_classes;
   bool final = true;  // false: not cached, decided again on the next call
-  std::tuple<int64_t, int64_t, bool, int64_t> choice(int64_t tokens) const {
-    std::tuple<int64_t, int64_t, bool, int64_t> c{0, 0, false, 16};
-    for (const auto& [min_tokens, vectors, row_stages, runtime_recipe, vector_bytes] : token_classes) {
-      if (tokens >= min_tokens) c = {vectors, row_stages, runtime_recipe, vector_bytes};
+  std::tuple<int64_t, int64_t, bool> choice(int64_t tokens) const {
+    std::tuple<int64_t, int64_t, bool> c{0, 0, false};
+    for (const auto& [min_tokens, vectors, row_stages, runtime_recipe] : token_classes) {
+      if (tokens >= min_tokens) c = {vectors, row_stages, runtime_recipe};
     }
     return c;
   }
@@ -171,7 +170,7 @@ Launch decide(int64_t op, const c10::OperatorHandle& handle, const c10::ArrayRef
     l.experts = f["experts"].cast<int64_t>();
     l.offsets_index = f["offsets_index"].cast<int>();
     l.act_params = f["act_params"].cast<std::vector<double>>();
-    l.token_classes = f["token_classes"].cast<std::vector<std::tuple<int64_t, int64_t, int64_t, bool, int64_t>>>();
+    l.token_classes = f["token_classes"].cast<std::vector<std::tuple<int64_t, int64_t, int64_t, bool>>>();
     l.final = f["final"].cast<bool>();
     l.cuda = true;
   } catch (...) {
@@ -298,7 +297,7 @@ bool fast(int64_t op, size_t n_outs, const c10::OperatorHandle& handle, torch::j
       st_t = st_g = 0;
     }
     std::optional<at::Tensor> s = outs.size() > 1 ? std::optional<at::Tensor>(outs[1]) : std::nullopt;
-    const auto [vectors, row_stages, runtime_recipe, vector_bytes] = l.choice(tokens);
+    const auto [vectors, row_stages, runtime_recipe] = l.choice(tokens);
     const std::string err =
         l.experts ? experts_quant_checked(l.act, l.scheme, l.layout, outs[0], outs[1], x,
                                           optional_arg(args, l.up_index), args[l.offsets_index].toTensor(),
@@ -307,7 +306,7 @@ bool fast(int64_t op, size_t n_outs, const c10::OperatorHandle& handle, torch::j
                   : act_quant_checked(l.act, l.scheme, l.layout, outs[0], s, x, optional_arg(args, l.up_index),
                                       optional_arg(args, l.scale_index), l.group_size, l.ue8m0, l.mx, st_t,
                                       st_g, l.swizzled, vectors, 0, l.act_params, l.scale_floors, l.step, l.apply,
-                                      row_stages, l.mx_device_factor, runtime_recipe, vector_bytes);
+                                      row_stages, l.mx_device_factor, runtime_recipe);
     if (!err.empty()) return false;
     torch::jit::drop(*stack, n);
     if (!n_outs) {

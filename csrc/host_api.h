@@ -23,8 +23,7 @@ std::string act_quant_checked(int64_t act, int64_t scheme, int64_t layout, const
                               const std::vector<double>& act_params = {},
                               const std::vector<double>& scale_floors = {kDefaultEps, 0.0, 0.0},
                               int64_t step = kStepFp32, int64_t apply = kApplyDiv, int64_t row_stages = 0,
-                              double mx_device_factor = 0.0, bool runtime_recipe = false,
-                              int64_t vector_bytes = 16);
+                              double mx_device_factor = 0.0, bool runtime_recipe = false);
 
 // The same for the experts ops (bindings.cpp experts_quant_impl): s is the experts scale buffer,
 // the offsets' values are checked by the kernel; vectors, row_stages: the launch choice

@@ -273,24 +273,20 @@ const char* launch_token_staged(const QuantParams& p, int threads_x, bool ef) {
                      p.in.in_stride, p.tokens, p.hidden, p.act_args, p.recipe);
 }
 
-// Per-token blocks of about block_threads threads (block_threads / threads_x rows). VB: bytes
-// per load (8: the register kernel of dispatch_token_8, without the evict-first hint).
-template <Fp8Step K, int NV, int VB = 16>
+// Per-token blocks of about block_threads threads (block_threads / threads_x rows).
+template <Fp8Step K, int NV>
 const char* launch_token(const QuantParams& p, int threads_x, int block_threads) {
-  auto kernel = act_token_quant_kernel<DT, Act, K, NV, false, false, VB>;
-  if constexpr (VB == 16) {
-    // Every vector count takes the hint here (SiLU x FP8 per-token 4096 x 2048: 86% -> 97% of
-    // copy bandwidth). Both variants use the same registers, so one occupancy serves both.
-    const bool ef = evict_first_input<Fp8Scaled<K>>(p);
-    if (p.row_stages > 0 && p.blocks_per_sm <= 0) {
-      const char* err = p.row_stages == 2 ? launch_token_staged<K, NV, 2>(p, threads_x, ef)
-                                          : launch_token_staged<K, NV, 1>(p, threads_x, ef);
-      if (err == nullptr || err[0] != '\0') return err;
-    }
-    if (ef) kernel = act_token_quant_kernel<DT, Act, K, NV, true>;
-    if (interleaved(p.in)) {
-      kernel = ef ? act_token_quant_kernel<DT, Act, K, NV, true, kIL> : act_token_quant_kernel<DT, Act, K, NV, false, kIL>;
-    }
+  // Every vector count takes the hint here (SiLU x FP8 per-token 4096 x 2048: 86% -> 97% of
+  // copy bandwidth). Both variants use the same registers, so one occupancy serves both.
+  const bool ef = evict_first_input<Fp8Scaled<K>>(p);
+  if (p.row_stages > 0 && p.blocks_per_sm <= 0) {
+    const char* err = p.row_stages == 2 ? launch_token_staged<K, NV, 2>(p, threads_x, ef)
+                                        : launch_token_staged<K, NV, 1>(p, threads_x, ef);
+    if (err == nullptr || err[0] != '\0') return err;
+  }
+  auto kernel = ef ? act_token_quant_kernel<DT, Act, K, NV, true> : act_token_quant_kernel<DT, Act, K, NV>;
+  if (interleaved(p.in)) {
+    kernel = ef ? act_token_quant_kernel<DT, Act, K, NV, true, kIL> : act_token_quant_kernel<DT, Act, K, NV, false, kIL>;
   }
   const int rows = rows_per_block(p, std::max(1, block_threads / threads_x));
   // blocks of one kernel resident per SM, by block size in warps (host-side cache)
@@ -318,12 +314,7 @@ const char* launch_token(const QuantParams& p, int threads_x, int block_threads)
 // p.vectors and p.blocks_per_sm = k (benchmarks) force the vectors per thread (where
 // they fit) and blocks of about kTokenThreads / k threads. K: the recipe's scale step (fp8_step).
 template <Fp8Step K>
-const char* dispatch_token_8(const QuantParams& p);
-
-template <Fp8Step K>
 const char* dispatch_token(const QuantParams& p) {
-  if (p.vector_bytes == 8) return dispatch_token_8<K>(p);
-  if (p.vector_bytes != 16) return "quantfuse: vector_bytes is 16 or 8";
   const int64_t vecs = p.hidden / kVec;
   auto threads = [&](int64_t nv) { return std::max<int64_t>(32, ((vecs + nv - 1) / nv + 31) / 32 * 32); };
   const int64_t rows4 = std::max<int64_t>(1, kTokenThreads / threads(4));
@@ -346,28 +337,6 @@ const char* dispatch_token(const QuantParams& p) {
   return launch(wide, dim3(unsigned(p.tokens)), dim3(kTokenThreads), p.stream, p.pdl, static_cast<uint8_t*>(p.q),
                 static_cast<float*>(p.s), gate_ptr(p.in), up_ptr(p.in), p.in.in_stride, p.tokens, p.hidden,
                 p.act_args, p.recipe);
-}
-
-// The per-token register kernel with 8-byte loads (QuantParams::vector_bytes; token_kernel.cuh
-// act_token_quant_kernel's VB): 16-bit halves or separate inputs, the fewest vectors per thread
-// (from p.vectors, 1 or 2) that put a row in one block. No evict-first hint: a choice for decode
-// batches, which read each input once from a cold L2 either way, and fewer kernels to build.
-template <Fp8Step K>
-const char* dispatch_token_8(const QuantParams& p) {
-  if constexpr (!DT::kPacked) {
-    return "quantfuse: 8-byte loads take 16-bit inputs";
-  } else {
-    if (interleaved(p.in)) return "quantfuse: 8-byte loads take halves or separate inputs";
-    if (p.row_stages != 0) return "quantfuse: 8-byte loads take the register kernel (row_stages 0)";
-    const int64_t vecs = p.hidden / (kVec / 2);
-    for (int nv : {1, 2}) {
-      if (p.vectors != 0 && nv < p.vectors) continue;
-      const int64_t tx = std::max<int64_t>(32, ((vecs + nv - 1) / nv + 31) / 32 * 32);
-      if (tx > kTokenThreads) continue;
-      return nv == 1 ? launch_token<K, 1, 8>(p, int(tx), kTokenThreads) : launch_token<K, 2, 8>(p, int(tx), kTokenThreads);
-    }
-    return "quantfuse: a row too long for 8-byte loads";
-  }
 }
 
 // The elementwise kernel (act_kernel.cuh) over [tokens, hidden]: Q = void writes act(x)

@@ -1,9 +1,8 @@
 // act(x) -> FP8 per-token quantisation (one fp32 scale per row).
 //
 // A row is owned by blockDim.x threads (a multiple of 32); a block holds blockDim.y
-// rows. Thread x handles the 16-byte vectors j * blockDim.x + x (j < NV) of its row
-// (the register kernel can take 8-byte vectors instead: VB), so each load instruction of
-// a warp reads one contiguous span. The row amax is
+// rows. Thread x handles the 16-byte vectors j * blockDim.x + x (j < NV) of its row,
+// so each load instruction of a warp reads one contiguous span. The row amax is
 // reduced with warp shuffles, then across the row's warps through shared memory (one
 // named barrier per row).
 //
@@ -46,31 +45,30 @@ __device__ __forceinline__ float row_max(float v, int buf) {
   return m;
 }
 
-template <typename DT, int NV, bool GATED, bool IL, bool EVICT_FIRST, int VB = 16>
+template <typename DT, int NV, bool GATED, bool IL, bool EVICT_FIRST>
 __device__ __forceinline__ void load_row(uint4 (&gv)[NV], uint4 (&uv)[NV], const typename DT::Storage* __restrict__ gate,
                                          const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t row,
                                          int64_t tokens, int64_t hidden) {
-  constexpr int VEC = VB / sizeof(typename DT::Storage);
+  constexpr int VEC = 16 / sizeof(typename DT::Storage);
   if (row >= tokens) return;
   const int64_t row_off = row * in_stride;
 #pragma unroll
   for (int j = 0; j < NV; ++j) {
     const int64_t col = (int64_t(j) * blockDim.x + threadIdx.x) * VEC;
-    if (col < hidden) load_operands<DT, GATED, IL, EVICT_FIRST, VB>(gv[j], uv[j], gate, up, row_off, col);
+    if (col < hidden) load_operands<DT, GATED, IL, EVICT_FIRST>(gv[j], uv[j], gate, up, row_off, col);
   }
 }
 
 // act(x) of the thread's vectors of row `row`, rounded as the
 // unfused graph stores it, in y (fp32) and yp (packed pairs, 16-bit DT), and the NaN-propagating
-// max of |act(x)| over the thread's in-row vectors. fetch(j, in_row, g, u) gives vector j's operands
-// (VB bytes each: load_row).
-template <typename DT, typename Act, int NV, bool IL, int VB = 16, typename Fetch>
-__device__ __forceinline__ float token_act(float (&y)[NV][VB / sizeof(typename DT::Storage)],
-                                           uint32_t (&yp)[NV][VB / 2 / sizeof(typename DT::Storage)],
+// max of |act(x)| over the thread's in-row vectors. fetch(j, in_row, g, u) gives vector j's operands.
+template <typename DT, typename Act, int NV, bool IL, typename Fetch>
+__device__ __forceinline__ float token_act(float (&y)[NV][16 / sizeof(typename DT::Storage)],
+                                           uint32_t (&yp)[NV][8 / sizeof(typename DT::Storage)],
                                            const Fetch& fetch, int64_t row, int64_t tokens, int64_t hidden,
                                            const ActArgs& aa) {
   using S = typename DT::Storage;
-  constexpr int VEC = VB / sizeof(S);
+  constexpr int VEC = 16 / sizeof(S);
   float amax = 0.0f;
 #pragma unroll
   for (int j = 0; j < NV; ++j) {
@@ -89,12 +87,12 @@ __device__ __forceinline__ float token_act(float (&y)[NV][VB / sizeof(typename D
 }
 
 // The codes of row `row` (y, yp from token_act) with the state st, and its scale.
-template <typename DT, Fp8Step K, int NV, int VB = 16>
+template <typename DT, Fp8Step K, int NV>
 __device__ __forceinline__ void token_store(uint8_t* __restrict__ q, float* __restrict__ s, int64_t row,
-                                            int64_t hidden, const float (&y)[NV][VB / sizeof(typename DT::Storage)],
-                                            const uint32_t (&yp)[NV][VB / 2 / sizeof(typename DT::Storage)],
+                                            int64_t hidden, const float (&y)[NV][16 / sizeof(typename DT::Storage)],
+                                            const uint32_t (&yp)[NV][8 / sizeof(typename DT::Storage)],
                                             const typename Fp8Scaled<K>::State& st, const ScaleRecipe& rr) {
-  constexpr int VEC = VB / sizeof(typename DT::Storage);
+  constexpr int VEC = 16 / sizeof(typename DT::Storage);
   using Q = Fp8Scaled<K>;
   uint8_t* qr = q + row * hidden;
 #pragma unroll
@@ -124,7 +122,7 @@ __device__ __forceinline__ void token_store(uint8_t* __restrict__ q, float* __re
 
 // One row of a persistent block: prefetch row + step into (gn, un), then quantise
 // `row` from (gv, uv) with the recipe rr (Fp8Scaled<K>).
-template <typename DT, typename Act, Fp8Step K, int NV, bool IL, bool EVICT_FIRST, int VB>
+template <typename DT, typename Act, Fp8Step K, int NV, bool IL, bool EVICT_FIRST>
 __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __restrict__ s,
                                            const typename DT::Storage* __restrict__ gate,
                                            const typename DT::Storage* __restrict__ up, int64_t in_stride,
@@ -132,24 +130,21 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
                                            const uint4 (&gv)[NV], const uint4 (&uv)[NV], uint4 (&gn)[NV],
                                            uint4 (&un)[NV], const ActArgs& aa, const ScaleRecipe& rr) {
   using S = typename DT::Storage;
-  constexpr int VEC = VB / sizeof(S);
-  load_row<DT, NV, Act::kGated, IL, EVICT_FIRST, VB>(gn, un, gate, up, in_stride, row + step, tokens, hidden);
+  constexpr int VEC = 16 / sizeof(S);
+  load_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(gn, un, gate, up, in_stride, row + step, tokens, hidden);
   float y[NV][VEC];
   uint32_t yp[NV][VEC / 2];
   auto fetch = [&](int j, bool, uint4& ga, uint4& ua) { ga = gv[j], ua = uv[j]; };
-  const float amax = token_act<DT, Act, NV, IL, VB>(y, yp, fetch, row, tokens, hidden, aa);
+  const float amax = token_act<DT, Act, NV, IL>(y, yp, fetch, row, tokens, hidden, aa);
   const auto st = Fp8Scaled<K>::template prepare<DT, kRowKernel>(row_max(amax, buf), rr);
-  if (row < tokens) token_store<DT, K, NV, VB>(q, s, row, hidden, y, yp, st, rr);
+  if (row < tokens) token_store<DT, K, NV>(q, s, row, hidden, y, yp, st, rr);
   row += step;
 }
 
 // EVICT_FIRST: input loads as in the group kernel (act_quant.cuh ld_evict_first).
 // IL: interleaved gate / up (act_quant.h Inputs). K, rr: the scale step and the recipe
-// (quant_schemes.cuh Fp8Scaled). VB: bytes per load, 16, or 8 for 16-bit halves or separate
-// inputs: twice the threads a row, half the elements each. A decode batch has fewer rows than
-// SMs, and a row's time is one thread's chain of loads, activation, shuffles, barrier and
-// encode: half the elements a thread is a shorter chain (QuantParams::vector_bytes, tuned).
-template <typename DT, typename Act, Fp8Step K, int NV, bool EVICT_FIRST = false, bool IL = false, int VB = 16>
+// (quant_schemes.cuh Fp8Scaled).
+template <typename DT, typename Act, Fp8Step K, int NV, bool EVICT_FIRST = false, bool IL = false>
 __global__ void __launch_bounds__(kTokenThreads) act_token_quant_kernel(
     uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ gate,
     const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t tokens, int64_t hidden,
@@ -160,15 +155,15 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_kernel(
   int64_t row = int64_t(threadIdx.y) * gridDim.x + blockIdx.x;
   uint4 ga[NV], ua[NV], gb[NV], ub[NV];
   pdl_wait_and_trigger();
-  load_row<DT, NV, Act::kGated, IL, EVICT_FIRST, VB>(ga, ua, gate, up, in_stride, row, tokens, hidden);
+  load_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(ga, ua, gate, up, in_stride, row, tokens, hidden);
   // Two rows per trip with the buffers swapped. The bound is uniform over the row's
   // threads, the only ones its barrier waits for.
   while (row < tokens) {
-    token_step<DT, Act, K, NV, IL, EVICT_FIRST, VB>(q, s, gate, up, in_stride, tokens, hidden, step, 0, row, ga, ua,
-                                                    gb, ub, aa, rr);
+    token_step<DT, Act, K, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, tokens, hidden, step, 0, row, ga, ua, gb,
+                                                ub, aa, rr);
     if (row >= tokens) break;
-    token_step<DT, Act, K, NV, IL, EVICT_FIRST, VB>(q, s, gate, up, in_stride, tokens, hidden, step, 1, row, gb, ub,
-                                                    ga, ua, aa, rr);
+    token_step<DT, Act, K, NV, IL, EVICT_FIRST>(q, s, gate, up, in_stride, tokens, hidden, step, 1, row, gb, ub, ga,
+                                                ua, aa, rr);
   }
 }
 

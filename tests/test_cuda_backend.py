@@ -165,7 +165,7 @@ def test_token_classes_are_the_tuples_the_dispatcher_casts(monkeypatch):
     types = [t.strip() for t in cast.group(1).split(",")]
     fields = dataclasses.fields(tuning.Choice)
     assert types == ["int64_t"] + ["bool" if f.type in (bool, "bool") else "int64_t" for f in fields]
-    choice = tuning.Choice(2, 1, True, 8)
+    choice = tuning.Choice(2, 1, True)
     monkeypatch.setattr(cuda_backend, "_classes", lambda plan: (((64, choice),), True))
     p = _cuda_plan("silu_and_mul_per_token_quant_fp8", torch.randn(6, 256).bfloat16())
     names = [a.name for a in torch.ops.quantfuse.silu_and_mul_per_token_quant_fp8.default._schema.arguments]

@@ -74,20 +74,13 @@ def test_which_plans_are_tuned():
                      + tuple(tuning.Choice(v, r) for v in tuning.STAGED_VECTORS for r in tuning.GROUP_ROW_STAGES))
     assert len({c.label for c in group}) == len(group)
     # per-token: the op's own recipe on both kernels (the default one and the runtime-recipe one),
-    # any other recipe on the runtime-recipe kernel, which is the only one it has; 16-bit halves or
-    # separate inputs also with 8-byte loads (the register kernel, the recipe's own kernel)
-    eight = {tuning.Choice(0, vector_bytes=8), tuning.Choice(2, vector_bytes=8)}
+    # any other recipe on the runtime-recipe kernel, which is the only one it has
     per_token = tuning.candidates(_plan("relu2_per_token_quant_fp8"))
     assert set(per_token) == {tuning.Choice(v, r, k) for v in (0, 1, 2, 4) for r in tuning.ROW_STAGES
-                              for k in (False, True)} | eight
-    assert len({c.label for c in per_token}) == len(per_token) == 2 * 4 * len(tuning.ROW_STAGES) + 2
+                              for k in (False, True)}
+    assert len({c.label for c in per_token}) == len(per_token) == 2 * 4 * len(tuning.ROW_STAGES)
     recipe = tuning.candidates(_plan("relu2_per_token_quant_fp8", recipe="floor_at=scale,eps=1e-06"))
-    assert set(recipe) == {tuning.Choice(v, r) for v in (0, 1, 2, 4) for r in tuning.ROW_STAGES} | eight
-    assert eight <= set(tuning.candidates(_plan("silu_and_mul_per_token_quant_fp8", dtype=torch.float16, up=True)))
-    for no_eight in (_plan("silu_and_mul_per_token_quant_fp8", interleaved=True),
-                     _plan("silu_and_mul_per_token_quant_fp8", dtype=torch.float32)):
-        assert not eight & set(tuning.candidates(no_eight))
-    assert tuning.Choice(2, vector_bytes=8).label == "2 8-byte"
+    assert set(recipe) == {tuning.Choice(v, r) for v in (0, 1, 2, 4) for r in tuning.ROW_STAGES}
     experts = _experts_plan("silu_and_mul_mxfp8_experts_quant", 8)
     assert tuning.tunable(experts) and tuning.tunable(_experts_plan("mxfp4_experts_quant", 8))
     assert not tuning.tunable(_experts_plan("swigluoai_and_mul_mxfp8_experts_quant", 8, interleaved=True))
@@ -211,8 +204,7 @@ def test_per_token_rows_staged_where_faster(tmp_path):
     names = {0: "", 1: "shared", 2: "shared x2"}
     assert entry["classes"][1]["us"] == {
         (f"{v} {names[r]}".strip() if v else (names[r] or "registers")) + kernel: us[t1][r]
-        for v in ("", "1", "2", "4") for r in tuning.ROW_STAGES for kernel in ("", " runtime recipe")} | {
-        "registers 8-byte": us[t1][0], "2 8-byte": us[t1][0]}
+        for v in ("", "1", "2", "4") for r in tuning.ROW_STAGES for kernel in ("", " runtime recipe")}
     # the runtime-recipe kernel timed the same: the tie goes to the default kernel
     assert not any(c["runtime_recipe"] for c in entry["classes"])
     assert [tuning.choice_for(classes, t).row_stages for t in (1, s1 - 1, s1, s2)] == [0, 0, best, 0]
@@ -250,27 +242,6 @@ def test_runtime_recipe_kernel_wins_where_faster(tmp_path):
     tuning.token_classes(p, H200, timer)
     assert timer.calls and json.loads(path.read_text())[tuning.tuning_key(p)]["version"] == tuning.TABLE_VERSION
     assert tuning.entry_choice({"vectors": 2, "row_stages": 1}) == C(2, 1)
-
-
-def test_eight_byte_loads_win_where_faster(tmp_path):
-    """The per-token decode class takes 8-byte loads where they are the faster, the larger classes
-    keep 16-byte loads; a tie goes to 16-byte loads; the table records the choice's bytes, and an
-    entry without them reads as 16."""
-    p = _plan("silu_and_mul_per_token_quant_fp8", hidden=768)
-    C = tuning.Choice
-    gpu = dataclasses.replace(H200, sms=132)
-    classes_at = tuning.class_tokens(p, L2, gpu.sms)
-    decode = classes_at[0][1]
-    assert decode == 132 and len(classes_at) == 4
-    def us(q, c):  # 8-byte loads 10% faster at the decode class only
-        return (9.0 if c.vector_bytes == 8 and q.tokens == decode else 10.0) + c.vectors + c.row_stages
-    classes, final = tuning.token_classes(p, gpu, us)
-    assert final and classes[0] == (0, C(vector_bytes=8)) and all(c == C() for _, c in classes[1:])
-    entry = json.loads((tmp_path / "tuning-NVIDIA_H200.json").read_text())[tuning.tuning_key(p)]
-    assert [c["vector_bytes"] for c in entry["classes"]] == [8] + [16] * (len(classes) - 1)
-    assert tuning.choice_for(classes, 1) == C(vector_bytes=8) and tuning.choice_for(classes, 10**6) == C()
-    assert tuning.choose({C(): 5.0, C(vector_bytes=8): 5.0}) == C()
-    assert tuning.entry_choice({"vectors": 0, "row_stages": 0}).vector_bytes == 16
 
 
 def test_calls_take_their_class():

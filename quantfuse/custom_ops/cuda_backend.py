@@ -14,7 +14,6 @@ unavailable; nothing here raises into the caller except a call made after
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -468,8 +467,7 @@ def _launch(plan, outputs, x, up, scale, choice: tuning.Choice = tuning.Choice()
     return (_module or _mod()).act_quant(act, scheme, layout, outputs[0], outputs[1] if len(outputs) > 1 else None,
                                          x, up, scale, gs, ue8m0, mx, st, sg, swizzled, vectors=choice.vectors,
                                          act_params=plan.act_params, row_stages=choice.row_stages,
-                                         runtime_recipe=choice.runtime_recipe, vector_bytes=choice.vector_bytes,
-                                         **recipe)
+                                         runtime_recipe=choice.runtime_recipe, **recipe)
 
 
 def _time_choice(plan, choice: tuning.Choice) -> float | None:
@@ -516,7 +514,7 @@ def launch_args(plan, argument_names: list[str]) -> dict:
                 swizzled=swizzled, column_major=column, act_params=list(plan.act_params),
                 up_index=argument_names.index("up") if "up" in argument_names else -1,
                 scale_index=argument_names.index("scale") if "scale" in argument_names else -1,
-                token_classes=[(t, *dataclasses.astuple(c)) for t, c in classes], final=final,
+                token_classes=[(t, c.vectors, c.row_stages, c.runtime_recipe) for t, c in classes], final=final,
                 experts=plan.num_experts if experts else 0,
                 # expert_offsets, then blockscale_offsets (catalog.EXPERTS_TENSORS)
                 offsets_index=argument_names.index(catalog.EXPERTS_TENSORS[0]) if experts else -1, **recipe)

@@ -1,6 +1,6 @@
 """Launch parameters tuned on the GPU that runs them: vectors per thread of the group kernels,
 where the per-token kernel keeps the rows it prefetches, and which per-token kernel runs the op's
-own recipe, and how many bytes the per-token register kernel loads at a time.
+own recipe.
 
 How many 16-byte vectors a thread of the per-group and MX kernels loads per group decides
 how many loads are in flight per SM, and the best count differs between GPUs of one
@@ -13,10 +13,7 @@ with each vector count too. The group kernels likewise keep their next group in 
 stage groups ahead in shared memory (docs/decisions/028-group-kernels-staged-by-cp-async.md).
 A per-token call of the op's own recipe can run the kernel compiled for it or the one that reads
 any recipe at run time, the same bits from other code, at times the faster
-(docs/decisions/033-runtime-recipe-kernel-a-tuning-choice.md): each choice is timed on both. The
-per-token register kernel on 16-bit halves or separate inputs can also load 8 bytes at a time
-(``vector_bytes``): twice the threads a row, half the elements each, a shorter chain per row for
-latency-bound decode batches (docs/decisions/035-per-token-8-byte-loads-a-tuning-choice.md).
+(docs/decisions/033-runtime-recipe-kernel-a-tuning-choice.md): each choice is timed on both.
 So none is a constant: on the
 first call of a plan (everything about a call but its token count, :attr:`CallPlan.key`) the
 CUDA backend asks :func:`token_classes`, which times each :func:`candidates` choice on random
@@ -59,28 +56,25 @@ log = logging.getLogger("quantfuse.tuning")
 @dataclasses.dataclass(frozen=True)
 class Choice:
     """One launch choice: ``vectors`` per thread (0: the kernel's default), for the per-token
-    kernel how many rows ahead it stages in shared memory (0: the next row in registers),
+    kernel how many rows ahead it stages in shared memory (0: the next row in registers), and
     whether a per-token call of the default recipe runs the kernel that reads the recipe at run
-    time (``runtime_recipe``: the same bits, other code), and the per-token register kernel's
-    bytes per load (``vector_bytes``: 16, or 8; csrc act_quant.h QuantParams)."""
+    time (``runtime_recipe``: the same bits, other code; csrc act_quant.h QuantParams)."""
 
     vectors: int = 0
     row_stages: int = 0
     runtime_recipe: bool = False
-    vector_bytes: int = 16
 
     @property
     def label(self) -> str:
         """How the table names it: the vector count ("2"), where a per-token kernel keeps its rows
         at the default count ("registers", "shared", "shared x2"), or both ("2 shared x2"), then
-        " runtime recipe" for the runtime-recipe kernel and " 8-byte" for 8-byte loads."""
+        " runtime recipe" for the runtime-recipe kernel."""
         where = "" if not self.row_stages else "shared" if self.row_stages == 1 else f"shared x{self.row_stages}"
         if self.vectors:
             label = f"{self.vectors} {where}" if where else str(self.vectors)
         else:
             label = where or "registers"
-        label = f"{label} runtime recipe" if self.runtime_recipe else label
-        return label if self.vector_bytes == 16 else f"{label} {self.vector_bytes}-byte"
+        return f"{label} runtime recipe" if self.runtime_recipe else label
 
 
 #: the vector counts the group kernels are instantiated for (csrc/launch_unit.cuh dispatch_vectors)
@@ -98,10 +92,6 @@ ROW_STAGES = KERNEL_ROW_STAGES
 #: ahead (csrc/group_kernel.cuh kGroupStaged; launch_unit.cuh launch_group)
 STAGED_VECTORS = (1, 2)
 GROUP_ROW_STAGES = (2,)
-#: the vector counts the per-token register kernel with 8-byte loads is instantiated for (csrc
-#: launch_unit.cuh dispatch_token_8; 0 the fewest that put a row in one block), on 16-bit halves
-#: or separate inputs
-EIGHT_BYTE_VECTORS = (0, 2)
 #: the vector counts the experts kernels are instantiated for, each with the next group in
 #: registers and staged (csrc/launch_unit.cuh launch_experts)
 EXPERTS_VECTORS = (1, 2)
@@ -112,8 +102,8 @@ TOKEN_CLASSES = ((0, 0.5),) + CLASSES
 DECODE_ROWS_PER_SM = 1
 #: the candidates' generation: a table entry of another was timed over other candidates, and is
 #: timed again (2: the per-token default recipe's runtime-recipe kernel joined; 3: the per-token
-#: decode class, and every choice timed by graph replay; 4: the per-token 8-byte loads)
-TABLE_VERSION = 4
+#: decode class, and every choice timed by graph replay)
+TABLE_VERSION = 3
 #: the timed inputs and outputs take at most this share of the free device memory
 MEMORY_SHARE = 0.25
 
@@ -153,18 +143,13 @@ def candidates(plan) -> tuple[Choice, ...]:
     per-token, the launcher's default and each count, each with every ``ROW_STAGES`` (a count a
     row is too short for takes the next that fits, so some choices time the same launch), and for
     the op's own recipe each of those again on the runtime-recipe kernel (which can be the faster
-    code: docs/decisions/032-recipe-encode-loops-per-kernel.md), then on 16-bit halves or separate
-    inputs each ``EIGHT_BYTE_VECTORS`` count with 8-byte loads (the recipe's own kernel; a row too
-    long for one block refuses it); the experts ops, each ``EXPERTS_VECTORS`` count in registers
-    and staged."""
+    code: docs/decisions/032-recipe-encode-loops-per-kernel.md); the experts ops, each
+    ``EXPERTS_VECTORS`` count in registers and staged."""
     if plan.entry.experts:
         return tuple(Choice(v, r) for v in EXPERTS_VECTORS for r in (0, *GROUP_ROW_STAGES))
     if _per_token(plan):
         kernels = (False, True) if _default_recipe(plan) else (False,)
-        out = tuple(Choice(v, r, k) for k in kernels for v in (0, *CANDIDATES) for r in ROW_STAGES)
-        if plan.dtype.itemsize == 2 and plan.layout is not Layout.INTERLEAVED:
-            out += tuple(Choice(v, vector_bytes=8) for v in EIGHT_BYTE_VECTORS)
-        return out
+        return tuple(Choice(v, r, k) for k in kernels for v in (0, *CANDIDATES) for r in ROW_STAGES)
     return (tuple(Choice(v) for v in CANDIDATES)
             + tuple(Choice(v, r) for v in STAGED_VECTORS for r in GROUP_ROW_STAGES))
 
@@ -223,9 +208,9 @@ def _write_entry(path: Path, key: str, entry: dict) -> None:
 
 
 def choose(times: dict[Choice, float]) -> Choice:
-    """The fastest choice; ties go to the default kernel and 16-byte loads, then to the fewer
-    vectors (fewer registers), then to fewer rows staged (the default: none)."""
-    return min(times, key=lambda c: (times[c], c.runtime_recipe, c.vector_bytes != 16, c.vectors, c.row_stages))
+    """The fastest choice; ties go to the default kernel, then to the fewer vectors (fewer
+    registers), then to fewer rows staged (the default: none)."""
+    return min(times, key=lambda c: (times[c], c.runtime_recipe, c.vectors, c.row_stages))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,8 +279,7 @@ def _tune(plan, device: Device, launch) -> dict | None:
             break
         best = choose(times)
         classes.append({"min_tokens": start, "tokens": at, "vectors": best.vectors, "row_stages": best.row_stages,
-                        "runtime_recipe": best.runtime_recipe, "vector_bytes": best.vector_bytes,
-                        "us": {c.label: round(t, 2) for c, t in times.items()}})
+                        "runtime_recipe": best.runtime_recipe, "us": {c.label: round(t, 2) for c, t in times.items()}})
         log.info("quantfuse: tuned %s on %s at %d tokens: %s -> %s", tuning_key(plan), device.name, at,
                  ", ".join(f"{c.label}: {t:.1f} us" for c, t in times.items()), best.label)
     return {"classes": classes, "torch": torch.__version__, "version": TABLE_VERSION} if classes else None
@@ -303,8 +287,7 @@ def _tune(plan, device: Device, launch) -> dict | None:
 
 def entry_choice(c: dict) -> Choice:
     """The choice of one class of a table entry (older entries lack the later fields)."""
-    return Choice(int(c["vectors"]), int(c.get("row_stages", 0)), bool(c.get("runtime_recipe", False)),
-                  int(c.get("vector_bytes", 16)))
+    return Choice(int(c["vectors"]), int(c.get("row_stages", 0)), bool(c.get("runtime_recipe", False)))
 
 
 def choice_for(classes: tuple, tokens: int) -> Choice:

@@ -59,12 +59,8 @@ def test_tuned_calls_equal_the_reference(fresh_tuning, monkeypatch, name, params
     assert final and len(classes) == len(tuning.class_tokens(p, device.l2_bytes, device.sms)), classes
     assert all(c in tuning.candidates(p) for _, c in classes)
     table = json.loads(next(fresh_tuning.glob("tuning-*.json")).read_text())
-    labels = {x.label for x in tuning.candidates(p)}
-    eight = {x.label for x in tuning.candidates(p) if x.vector_bytes == 8}
     for c in table[tuning.tuning_key(p)]["classes"]:
-        # every choice ran, but 8-byte loads where a row is too long for them (refused)
-        assert set(c["us"]) <= labels and labels - set(c["us"]) <= eight, c
-        assert bool(labels - set(c["us"])) == (p.hidden * p.dtype.itemsize > 4096 * 2), c
+        assert sorted(c["us"]) == sorted(x.label for x in tuning.candidates(p)), c  # every choice ran
     tokens = classes[-1][0] + 3  # inside the last class, not a multiple of anything
     x = (torch.randn(tokens, width, device="cuda", dtype=dtype) * 4).to(dtype)
     x[0, :64] = torch.tensor([float("inf"), -float("inf"), 0.0, -0.0] * 16, dtype=dtype)
@@ -152,58 +148,6 @@ def test_decode_kernel_equals_the_reference(name, dtype, hidden, tokens, layout,
             gn, wn = g.float().isnan(), w.float().isnan()
             assert torch.equal(gn, wn), (choice.label, name, i)
             assert torch.equal(g[~wn].view(torch.uint8), w[~wn].view(torch.uint8)), (choice.label, name, i)
-
-
-EIGHT_BYTE_CASES = [
-    # (op, dtype, hidden, tokens, layout, recipe): decode batches and rows past the persistent
-    # grid's first round, one and two vectors a thread, a row's last warp partly idle (264), both
-    # scale steps, the widest row that fits one block (4096)
-    ("silu_and_mul_per_token_quant_fp8", torch.bfloat16, 768, 16, "halves", ""),
-    ("silu_and_mul_per_token_quant_fp8", torch.bfloat16, 768, 5003, "halves", ""),
-    ("silu_and_mul_per_token_quant_fp8", torch.float16, 2048, 131, "separate", "floor_at=scale,eps=1e-06"),
-    ("silu_and_mul_per_token_quant_fp8", torch.bfloat16, 4096, 1031, "separate", ""),
-    ("relu2_per_token_quant_fp8", torch.bfloat16, 2048, 1, "halves", "ue8m0=exp2"),
-    ("per_token_quant_fp8", torch.float16, 264, 333, "halves", "step_dtype=input,floor_at=none"),
-    ("swigluoai_and_mul_per_token_quant_fp8", torch.bfloat16, 1024, 700, "halves", ""),
-]
-
-
-@pytest.mark.parametrize("name,dtype,hidden,tokens,layout,recipe", EIGHT_BYTE_CASES,
-                         ids=[f"{c[0]}-{c[4]}-{c[3]}x{c[2]}" for c in EIGHT_BYTE_CASES])
-def test_eight_byte_loads_equal_the_reference(name, dtype, hidden, tokens, layout, recipe):
-    """The per-token register kernel with 8-byte loads (every tuning candidate of that kind, each
-    vector count it is built for): the reference's bits into poisoned outputs, non-finite and
-    all-zero rows included; a row too long for one block is refused with a message, not run."""
-    entry = catalog.OPS[name]
-    width = hidden * (2 if entry.activation.gated and layout != "separate" else 1)
-    x = (torch.randn(tokens, width, device="cuda", dtype=dtype) * 4).to(dtype)
-    x[0, :8] = torch.tensor([float("inf"), -float("inf"), float("nan"), -0.0] * 2, dtype=dtype)
-    if tokens > 2:
-        x[2] = 0.0
-    layout_args = kc.layout_kwargs(catalog.Layout(layout), x) if entry.activation.gated else {}
-    p = kc.make(name, x, recipe=recipe, **layout_args)
-    want = kc.reference(name, x, recipe=recipe, **layout_args)
-    up = layout_args.get("up")
-    choices = [c for c in tuning.candidates(p) if c.vector_bytes == 8]
-    assert choices == [tuning.Choice(v, vector_bytes=8) for v in tuning.EIGHT_BYTE_VECTORS]
-    for choice in choices:
-        got = tuple(kc.poison(t) for t in p.empty_outputs(x.device))
-        assert not cuda_backend._launch(p, got, x, up, None, choice)
-        for i, (g, w) in enumerate(zip(got, want)):
-            gn, wn = g.float().isnan(), w.float().isnan()
-            assert torch.equal(gn, wn), (choice.label, name, i)
-            assert torch.equal(g[~wn].view(torch.uint8), w[~wn].view(torch.uint8)), (choice.label, name, i)
-
-
-def test_eight_byte_loads_refuse_rows_too_long():
-    """A bf16 row of 7168 is 1792 8-byte vectors: more than one block at 2 a thread, so the launch
-    returns the kernel's message and writes nothing."""
-    x = torch.randn(4, 2 * 7168, device="cuda", dtype=torch.bfloat16)
-    p = kc.make("silu_and_mul_per_token_quant_fp8", x)
-    got = tuple(kc.poison(t) for t in p.empty_outputs(x.device))
-    before = [g.clone() for g in got]
-    assert "too long for 8-byte loads" in cuda_backend._launch(p, got, x, None, None, tuning.Choice(2, vector_bytes=8))
-    assert all(torch.equal(g.view(torch.uint8), b.view(torch.uint8)) for g, b in zip(got, before))
 
 
 GROUP_STAGING_CASES = [
