@@ -78,10 +78,6 @@ struct ExpertsArgs {
   int* error;             // host-mapped flag the kernel sets on inconsistent offsets (or null)
 };
 
-// QuantParams::row_stages of a per-token launch that prefetches no row and keeps the row's act(x)
-// in shared memory across its barrier (custom_ops/tuning.py ACT_SHARED)
-constexpr int64_t kTokenActShared = 3;
-
 struct QuantParams {
   Scheme scheme;
   int64_t group_size;     // kPerGroup: 64 or 128; MX: 32; kPerToken, kStatic: unused
@@ -99,10 +95,8 @@ struct QuantParams {
   int64_t row_stages;     // where the next inputs wait: 0 = the next row (per-token) or group
                           // prefetched into a second set of registers; k > 0 = k rows (per-token: 1
                           // or 2, act_token_quant_staged_kernel) or groups (kGroupStaged,
-                          // act_group_quant_staged_kernel) ahead staged in shared memory; per-token
-                          // kTokenActShared: no row ahead, act(x) in shared memory
-                          // (act_token_quant_shared_kernel); tuned per plan and device
-                          // (custom_ops/tuning.py)
+                          // act_group_quant_staged_kernel) ahead staged in shared memory; tuned per
+                          // plan and device (custom_ops/tuning.py)
   bool runtime_recipe;    // per-token with the default recipe: run it through the kernel that reads
                           // the recipe at run time (Fp8Step::kRecipe, the same bits), a tuning choice
   int sms;

@@ -228,12 +228,8 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
   QF_TRY(check_same_device(q, x, "q"));
   QF_CHECK(vectors == 0 || vectors == 1 || vectors == 2 || vectors == 4,
               "quantfuse: vectors per thread must be 0 (auto), 1, 2 or 4, got ", vectors);
-  QF_CHECK(row_stages >= 0 && row_stages <= 2 || row_stages == quantfuse::kTokenActShared,
-           "quantfuse: row_stages must be 0 (registers), 1 or 2 (rows staged), or ", quantfuse::kTokenActShared,
-           " (per-token: act(x) in shared memory), got ", row_stages);
-  QF_CHECK(row_stages != quantfuse::kTokenActShared || (scheme == quantfuse::kPerToken && x.element_size() == 2),
-           "quantfuse: row_stages ", quantfuse::kTokenActShared,
-           " (act(x) in shared memory) is a per-token launch of 16-bit inputs");
+  QF_CHECK(row_stages >= 0 && row_stages <= 2, "quantfuse: row_stages must be 0 (registers), 1 or 2, got ",
+           row_stages);
   const int64_t vec = 16 / x.element_size();
   const bool is_static = scheme == quantfuse::kStatic;
   const bool mx = scheme == quantfuse::kMxfp8 || scheme == quantfuse::kMxfp4;
@@ -475,7 +471,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "act(x) -> scheme into q (and s); scheme kNoScheme: q = act(x) in x's dtype. Codes: "
         "quantfuse_catalog.h (catalog.codes()); act_params: the activation's parameters (catalog "
         "Activation.params, e.g. swigluoai_and_mul's alpha, limit); ue8m0, scale_floors, step, apply: "
-        "the FP8 recipe (CallPlan.fp8_floors; the defaults: the default recipe's); row_stages: rows (per-token, 0-2; kTokenActShared = 3: act(x) in shared memory) or "
+        "the FP8 recipe (CallPlan.fp8_floors; the defaults: the default recipe's); row_stages: rows (per-token, 0-2) or "
         "groups (per-group, MX: 0 or 2) staged ahead in shared memory (QuantParams); mx_device_factor: 1 / the device's 2^-127 for MX recipes with mx_byte0 exp2 / "
         "pow, the device's 2^-127 for mx_inf exp2 (ScaleRecipe); runtime_recipe: the default per-token recipe through the runtime-recipe "
         "kernel (QuantParams). Returns \"\" or an error message",

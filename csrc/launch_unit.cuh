@@ -230,74 +230,47 @@ inline int rows_per_block(const QuantParams& p, int most) {
   return int(std::max<int64_t>(1, std::min<int64_t>(most, (p.tokens + p.sms - 1) / p.sms)));
 }
 
-// Rows per block and blocks resident per SM of a per-token kernel whose rows take row_bytes of
-// dynamic shared memory each, chosen for the most threads resident per SM (ties: fewer rows a
-// block, so the last round of rows spreads over more SMs); rows < 0 when one row's bytes exceed a
-// block's shared memory.
-struct TokenShape { int rows = 0, per_sm = 0; };
-template <typename Kernel>
-TokenShape token_smem_shape(const Kernel (&variants)[2][2], int threads_x, int64_t row_bytes) {
-  int dev = 0, optin = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  for (auto& row : variants) {
-    for (Kernel k : row) cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, optin);
-  }
-  TokenShape sh{-1, 0};
-  int best = 0;
-  for (int rows = 1; rows * threads_x <= kTokenThreads && rows * row_bytes <= optin; ++rows) {
-    int n = 0;
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, variants[0][0], rows * threads_x, int(rows * row_bytes));
-    if (n * rows * threads_x > best) best = n * rows * threads_x, sh = {rows, n};
-  }
-  cudaGetLastError();
-  return sh;
-}
-
-// A per-token kernel with rows of row_bytes of dynamic shared memory (variants: [evict-first]
-// [interleaved], the interleaved ones the plain ones for non-gated activations; shapes: its
-// host-side cache by row width in warps, the variants sharing their registers and shared memory).
-// Returns "" (not an error) when one row exceeds a block's shared memory, for the caller's
-// register kernel.
-template <typename Kernel>
-const char* launch_token_smem(const Kernel (&variants)[2][2], TokenShape (&shapes)[kTokenThreads / 32 + 1],
-                              const QuantParams& p, int threads_x, bool ef, int64_t row_bytes) {
-  TokenShape& sh = shapes[threads_x / 32];
-  if (sh.rows == 0) sh = token_smem_shape(variants, threads_x, row_bytes);
-  if (sh.rows < 0) return "";
-  const int rows = rows_per_block(p, sh.rows);
-  const int64_t blocks = std::min<int64_t>((p.tokens + rows - 1) / rows, int64_t(sh.per_sm) * p.sms);
-  return launch_smem(variants[ef][interleaved(p.in)], dim3(unsigned(blocks)), dim3(threads_x, rows),
-                     int(rows * row_bytes), p.stream, p.pdl, static_cast<uint8_t*>(p.q), static_cast<float*>(p.s),
-                     gate_ptr(p.in), up_ptr(p.in), p.in.in_stride, p.tokens, p.hidden, p.act_args, p.recipe);
-}
-
-// The staged per-token kernel (STAGES rows staged ahead) with threads_x threads a row.
+// The staged per-token kernel (STAGES rows staged ahead) with threads_x threads a row: rows per
+// block chosen for the most threads resident per SM under the shared memory the rows' slots take
+// (ties: fewer rows a block, so the last round of rows spreads over more SMs). Returns "" (not an
+// error) when one row's slots exceed a block's shared memory, for the caller's register kernel.
 template <Fp8Step K, int NV, int STAGES>
 const char* launch_token_staged(const QuantParams& p, int threads_x, bool ef) {
   using Kernel = decltype(&act_token_quant_staged_kernel<DT, Act, K, NV, STAGES>);
+  // [evict-first][interleaved]; the interleaved variants are the plain ones for non-gated activations
   static const Kernel variants[2][2] = {
       {act_token_quant_staged_kernel<DT, Act, K, NV, STAGES, false>,
        act_token_quant_staged_kernel<DT, Act, K, NV, STAGES, false, kIL>},
       {act_token_quant_staged_kernel<DT, Act, K, NV, STAGES, true>,
        act_token_quant_staged_kernel<DT, Act, K, NV, STAGES, true, kIL>}};
-  static TokenShape shapes[kTokenThreads / 32 + 1];
-  return launch_token_smem(variants, shapes, p, threads_x, ef, int64_t(STAGES) * NV * (Act::kGated ? 2 : 1) * threads_x * 16);
-}
-
-// The per-token kernel with act(x) in shared memory (16-bit inputs), threads_x threads a row.
-template <Fp8Step K, int NV>
-const char* launch_token_shared(const QuantParams& p, int threads_x, bool ef) {
-  if constexpr (!DT::kPacked) {
-    return "quantfuse: the per-token kernel with act(x) in shared memory takes 16-bit inputs";
-  } else {
-    using Kernel = decltype(&act_token_quant_shared_kernel<DT, Act, K, NV>);
-    static const Kernel variants[2][2] = {
-        {act_token_quant_shared_kernel<DT, Act, K, NV, false>, act_token_quant_shared_kernel<DT, Act, K, NV, false, kIL>},
-        {act_token_quant_shared_kernel<DT, Act, K, NV, true>, act_token_quant_shared_kernel<DT, Act, K, NV, true, kIL>}};
-    static TokenShape shapes[kTokenThreads / 32 + 1];
-    return launch_token_smem(variants, shapes, p, threads_x, ef, int64_t(NV) * threads_x * 16);
+  const Kernel kernel = variants[ef][interleaved(p.in)];
+  const int64_t row_bytes = int64_t(STAGES) * NV * (Act::kGated ? 2 : 1) * threads_x * 16;
+  struct Shape { int rows = 0, per_sm = 0; };
+  // by row width in warps (host-side cache; the variants share their registers and shared memory)
+  static Shape shapes[kTokenThreads / 32 + 1];
+  Shape& sh = shapes[threads_x / 32];
+  if (sh.rows == 0) {
+    int dev = 0, optin = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    for (auto& row : variants) {
+      for (Kernel k : row) cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, optin);
+    }
+    sh.rows = -1;
+    int best = 0;
+    for (int rows = 1; rows * threads_x <= kTokenThreads && rows * row_bytes <= optin; ++rows) {
+      int n = 0;
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, rows * threads_x, int(rows * row_bytes));
+      if (n * rows * threads_x > best) best = n * rows * threads_x, sh = {rows, n};
+    }
+    cudaGetLastError();
   }
+  if (sh.rows < 0) return "";
+  const int rows = rows_per_block(p, sh.rows);
+  const int64_t blocks = std::min<int64_t>((p.tokens + rows - 1) / rows, int64_t(sh.per_sm) * p.sms);
+  return launch_smem(kernel, dim3(unsigned(blocks)), dim3(threads_x, rows), int(rows * row_bytes), p.stream,
+                     p.pdl, static_cast<uint8_t*>(p.q), static_cast<float*>(p.s), gate_ptr(p.in), up_ptr(p.in),
+                     p.in.in_stride, p.tokens, p.hidden, p.act_args, p.recipe);
 }
 
 // Per-token blocks of about block_threads threads (block_threads / threads_x rows).
@@ -307,9 +280,8 @@ const char* launch_token(const QuantParams& p, int threads_x, int block_threads)
   // copy bandwidth). Both variants use the same registers, so one occupancy serves both.
   const bool ef = evict_first_input<Fp8Scaled<K>>(p);
   if (p.row_stages > 0 && p.blocks_per_sm <= 0) {
-    const char* err = p.row_stages == kTokenActShared ? launch_token_shared<K, NV>(p, threads_x, ef)
-                      : p.row_stages == 2             ? launch_token_staged<K, NV, 2>(p, threads_x, ef)
-                                                      : launch_token_staged<K, NV, 1>(p, threads_x, ef);
+    const char* err = p.row_stages == 2 ? launch_token_staged<K, NV, 2>(p, threads_x, ef)
+                                        : launch_token_staged<K, NV, 1>(p, threads_x, ef);
     if (err == nullptr || err[0] != '\0') return err;
   }
   auto kernel = ef ? act_token_quant_kernel<DT, Act, K, NV, true> : act_token_quant_kernel<DT, Act, K, NV>;

@@ -15,9 +15,6 @@
 // act_token_quant_staged_kernel (the same rows; launch_unit.cuh launch_token_staged): the coming
 // rows (one or two ahead) go to shared memory by cp.async instead of a second set of registers.
 //
-// act_token_quant_shared_kernel (the same rows, 16-bit inputs): no row prefetched; act(x) waits
-// for the row's amax in shared memory, so fewer registers and more warps resident.
-//
 // act_token_quant_wide_kernel (longer rows): one pass for the amax, a second that
 // recomputes act(x) (the re-read mostly hits L2) and encodes.
 #pragma once
@@ -65,7 +62,7 @@ __device__ __forceinline__ void load_row(uint4 (&gv)[NV], uint4 (&uv)[NV], const
 // act(x) of the thread's vectors of row `row`, rounded as the
 // unfused graph stores it, in y (fp32) and yp (packed pairs, 16-bit DT), and the NaN-propagating
 // max of |act(x)| over the thread's in-row vectors. fetch(j, in_row, g, u) gives vector j's operands.
-template <typename DT, typename Act, int NV, bool IL, typename Fetch, bool kCallFree16 = std::is_same_v<DT, F16>>
+template <typename DT, typename Act, int NV, bool IL, typename Fetch>
 __device__ __forceinline__ float token_act(float (&y)[NV][16 / sizeof(typename DT::Storage)],
                                            uint32_t (&yp)[NV][8 / sizeof(typename DT::Storage)],
                                            const Fetch& fetch, int64_t row, int64_t tokens, int64_t hidden,
@@ -82,7 +79,7 @@ __device__ __forceinline__ float token_act(float (&y)[NV][16 / sizeof(typename D
     if constexpr (IL) split_interleaved<DT>(ga, ua);
     // f16 only: its 4-vector kernel spilled 124 bytes with the exact path's call (64 without);
     // bf16 does not spill, and fewer registers there changed its occupancy for the worse
-    const float m = act_round_amax<DT, Act, VEC, kCallFree16>(
+    const float m = act_round_amax<DT, Act, VEC, std::is_same_v<DT, F16>>(
         y[j], yp[j], reinterpret_cast<const S*>(&ga), reinterpret_cast<const S*>(&ua), in_row && row < tokens, aa);
     if (in_row) amax = nan_max(amax, m);
   }
@@ -252,56 +249,6 @@ __global__ void __launch_bounds__(kTokenThreads) act_token_quant_staged_kernel(
     buf ^= 1;
     token_store<DT, K, NV>(q, s, row, hidden, y, yp, st, rr);
     row = next;
-  }
-}
-
-// act_token_quant_kernel with no row prefetched and act(x) waiting for its row's amax in shared
-// memory instead of registers (16-bit inputs: act(x) is the 16-bit value the unfused graph stores,
-// so the packed pairs are exact). A thread's only live value across the row barrier is its amax:
-// the register cap of the launch bound (kTokenThreads, 2) is half the register kernel's, so twice
-// the warps are resident, and the loads of some rows overlap the arithmetic and barriers of others
-// instead of one prefetched row each. The exact SiLU's rare path is the call-free one (a call's
-// live registers spill under that cap). A thread reads back only the slots it wrote: no barrier.
-// Dynamic shared memory: blockDim.y * NV * blockDim.x vectors (launch_unit.cuh launch_token_shared).
-template <typename DT, typename Act, Fp8Step K, int NV, bool EVICT_FIRST = false, bool IL = false>
-__global__ void __launch_bounds__(kTokenThreads, 2) act_token_quant_shared_kernel(
-    uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ gate,
-    const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t tokens, int64_t hidden,
-    const ActArgs aa, const ScaleRecipe rr) {
-  static_assert(DT::kPacked, "act(x) waits in shared memory as packed 16-bit pairs");
-  using S = typename DT::Storage;
-  constexpr int VEC = 16 / sizeof(S);
-  extern __shared__ uint4 ys[];
-  uint4* const mine = ys + int64_t(threadIdx.y) * NV * blockDim.x + threadIdx.x;
-  const int64_t step = int64_t(gridDim.x) * blockDim.y;
-  int64_t row = int64_t(threadIdx.y) * gridDim.x + blockIdx.x;  // as act_token_quant_kernel
-  pdl_wait_and_trigger();
-  int buf = 0;
-  while (row < tokens) {  // uniform over the row's threads, the only ones its barrier waits for
-    uint4 gv[NV], uv[NV];
-    load_row<DT, NV, Act::kGated, IL, EVICT_FIRST>(gv, uv, gate, up, in_stride, row, tokens, hidden);
-    float y[NV][VEC];
-    uint32_t yp[NV][VEC / 2];
-    auto fetch = [&](int j, bool, uint4& ga, uint4& ua) { ga = gv[j], ua = uv[j]; };
-    const float amax = token_act<DT, Act, NV, IL, decltype(fetch), true>(y, yp, fetch, row, tokens, hidden, aa);
-#pragma unroll
-    for (int j = 0; j < NV; ++j) {
-      if ((int64_t(j) * blockDim.x + threadIdx.x) * VEC < hidden) {
-        mine[j * blockDim.x] = make_uint4(yp[j][0], yp[j][1], yp[j][2], yp[j][3]);
-      }
-    }
-    const auto st = Fp8Scaled<K>::template prepare<DT, kRowKernel>(row_max(amax, buf), rr);
-    buf ^= 1;
-    uint32_t back[NV][VEC / 2];
-#pragma unroll
-    for (int j = 0; j < NV; ++j) {
-      if ((int64_t(j) * blockDim.x + threadIdx.x) * VEC < hidden) {
-        const uint4 v = mine[j * blockDim.x];
-        back[j][0] = v.x, back[j][1] = v.y, back[j][2] = v.z, back[j][3] = v.w;
-      }
-    }
-    token_store<DT, K, NV>(q, s, row, hidden, y, back, st, rr);
-    row += step;
   }
 }
 

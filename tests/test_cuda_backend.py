@@ -171,12 +171,3 @@ def test_token_classes_are_the_tuples_the_dispatcher_casts(monkeypatch):
     names = [a.name for a in torch.ops.quantfuse.silu_and_mul_per_token_quant_fp8.default._schema.arguments]
     assert cuda_backend.launch_args(p, names)["token_classes"] == [
         (64, *(getattr(choice, f.name) for f in fields))]
-
-
-def test_act_shared_stage_is_the_kernels_code():
-    """tuning.ACT_SHARED is the row_stages value csrc/act_quant.h names kTokenActShared (the
-    per-token kernel with act(x) in shared memory): another value would launch another kernel."""
-    text = (CSRC / "act_quant.h").read_text()
-    value = re.search(r"constexpr int64_t kTokenActShared = (\d+);", text)
-    assert value and int(value.group(1)) == tuning.ACT_SHARED
-    assert tuning.ACT_SHARED in tuning.KERNEL_ROW_STAGES

@@ -81,10 +81,6 @@ def test_which_plans_are_tuned():
     assert len({c.label for c in per_token}) == len(per_token) == 2 * 4 * len(tuning.ROW_STAGES)
     recipe = tuning.candidates(_plan("relu2_per_token_quant_fp8", recipe="floor_at=scale,eps=1e-06"))
     assert set(recipe) == {tuning.Choice(v, r) for v in (0, 1, 2, 4) for r in tuning.ROW_STAGES}
-    # act(x) in shared memory is the 16-bit inputs' kernel (the packed pairs are the stored values)
-    assert tuning.ACT_SHARED in tuning.ROW_STAGES
-    wide = tuning.candidates(_plan("relu2_per_token_quant_fp8", dtype=torch.float32))
-    assert {c.row_stages for c in wide} == set(tuning.ROW_STAGES) - {tuning.ACT_SHARED}
     experts = _experts_plan("silu_and_mul_mxfp8_experts_quant", 8)
     assert tuning.tunable(experts) and tuning.tunable(_experts_plan("mxfp4_experts_quant", 8))
     assert not tuning.tunable(_experts_plan("swigluoai_and_mul_mxfp8_experts_quant", 8, interleaved=True))
@@ -198,15 +194,14 @@ def test_per_token_rows_staged_where_faster(tmp_path):
     (as fewer stages do); the table names every choice's time."""
     p = _plan("swigluoai_and_mul_per_token_quant_fp8")
     (s0, t0), (s1, t1), (s2, t2) = tuning.class_tokens(p, L2)
-    us = {t0: {r: 5.0 for r in tuning.ROW_STAGES}, t1: {r: 20.0 - r for r in tuning.ROW_STAGES},
-          t2: {r: 80.0 + r for r in tuning.ROW_STAGES}}
+    us = {t0: (5.0, 5.0, 5.0), t1: (20.0, 17.0, 16.0), t2: (80.0, 81.0, 82.0)}
     classes, final = tuning.token_classes(p, H200, Timer(lambda t, stages: us[t][stages]))
     C = tuning.Choice
     best = max(tuning.ROW_STAGES)  # the fastest at t1 among those timed
     assert final and s0 == 0 and classes == ((0, C()), (s1, C(row_stages=best)), (s2, C()))
     entry = json.loads((tmp_path / "tuning-NVIDIA_H200.json").read_text())[tuning.tuning_key(p)]
     assert [c["row_stages"] for c in entry["classes"]] == [0, best, 0]
-    names = {0: "", 1: "shared", 2: "shared x2", tuning.ACT_SHARED: "act shared"}
+    names = {0: "", 1: "shared", 2: "shared x2"}
     assert entry["classes"][1]["us"] == {
         (f"{v} {names[r]}".strip() if v else (names[r] or "registers")) + kernel: us[t1][r]
         for v in ("", "1", "2", "4") for r in tuning.ROW_STAGES for kernel in ("", " runtime recipe")}

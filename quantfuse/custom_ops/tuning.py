@@ -8,9 +8,8 @@ architecture (docs/decisions/020-vectors-autotuned-per-device.md): a count chose
 card is not right on the next. The per-token kernel keeps the next row's vectors either in a
 second set of registers or in shared memory, one or two rows ahead (``row_stages``): fewer
 registers, more warps resident, one more hop; which is faster depends on the activation's
-register needs and the GPU (docs/decisions/026-per-token-row-staging-tuned.md); or, for 16-bit
-inputs, prefetches no row and keeps the row's act(x) in shared memory (``ACT_SHARED``: the
-fewest registers, the most rows resident); each is timed with each vector count too. The group kernels likewise keep their next group in registers or
+register needs and the GPU (docs/decisions/026-per-token-row-staging-tuned.md); each is timed
+with each vector count too. The group kernels likewise keep their next group in registers or
 stage groups ahead in shared memory (docs/decisions/028-group-kernels-staged-by-cp-async.md).
 A per-token call of the op's own recipe can run the kernel compiled for it or the one that reads
 any recipe at run time, the same bits from other code, at times the faster
@@ -57,8 +56,7 @@ log = logging.getLogger("quantfuse.tuning")
 @dataclasses.dataclass(frozen=True)
 class Choice:
     """One launch choice: ``vectors`` per thread (0: the kernel's default), for the per-token
-    kernel how many rows ahead it stages in shared memory (0: the next row in registers;
-    ``ACT_SHARED``: none, act(x) in shared memory), and
+    kernel how many rows ahead it stages in shared memory (0: the next row in registers), and
     whether a per-token call of the default recipe runs the kernel that reads the recipe at run
     time (``runtime_recipe``: the same bits, other code; csrc act_quant.h QuantParams)."""
 
@@ -71,8 +69,7 @@ class Choice:
         """How the table names it: the vector count ("2"), where a per-token kernel keeps its rows
         at the default count ("registers", "shared", "shared x2"), or both ("2 shared x2"), then
         " runtime recipe" for the runtime-recipe kernel."""
-        where = ("" if not self.row_stages else "act shared" if self.row_stages == ACT_SHARED
-                 else "shared" if self.row_stages == 1 else f"shared x{self.row_stages}")
+        where = "" if not self.row_stages else "shared" if self.row_stages == 1 else f"shared x{self.row_stages}"
         if self.vectors:
             label = f"{self.vectors} {where}" if where else str(self.vectors)
         else:
@@ -85,12 +82,9 @@ CANDIDATES = (1, 2, 4)
 #: token classes, as multiples of the L2 size the input's bytes reach: (class starts at,
 #: timed at). Past 4 L2 sizes no part of the input is still in L2 when it is read again.
 CLASSES = ((1, 2), (4, 8))
-#: the per-token ``row_stages`` that prefetches no row and keeps the row's act(x) in shared memory
-#: across its barrier (16-bit inputs; csrc act_quant.h kTokenActShared)
-ACT_SHARED = 3
-#: rows the per-token kernel stages ahead in shared memory (0: the next row in registers), or
-#: ACT_SHARED, as the kernels take them (csrc act_quant.h QuantParams::row_stages)
-KERNEL_ROW_STAGES = (0, 1, 2, ACT_SHARED)
+#: rows the per-token kernel stages ahead in shared memory (0: the next row in registers), as the
+#: kernels take them (csrc act_quant.h QuantParams::row_stages)
+KERNEL_ROW_STAGES = (0, 1, 2)
 #: those tuning times: every one (each bit-exact on a GPU: tests/gpu/test_tuning_gpu.py runs every
 #: KERNEL_ROW_STAGES; a staging joins the kernels' set first and tuning once that has passed)
 ROW_STAGES = KERNEL_ROW_STAGES
@@ -108,8 +102,8 @@ TOKEN_CLASSES = ((0, 0.5),) + CLASSES
 DECODE_ROWS_PER_SM = 1
 #: the candidates' generation: a table entry of another was timed over other candidates, and is
 #: timed again (2: the per-token default recipe's runtime-recipe kernel joined; 3: the per-token
-#: decode class, and every choice timed by graph replay; 5: ACT_SHARED joined)
-TABLE_VERSION = 5
+#: decode class, and every choice timed by graph replay)
+TABLE_VERSION = 3
 #: the timed inputs and outputs take at most this share of the free device memory
 MEMORY_SHARE = 0.25
 
@@ -155,8 +149,7 @@ def candidates(plan) -> tuple[Choice, ...]:
         return tuple(Choice(v, r) for v in EXPERTS_VECTORS for r in (0, *GROUP_ROW_STAGES))
     if _per_token(plan):
         kernels = (False, True) if _default_recipe(plan) else (False,)
-        stages = tuple(r for r in ROW_STAGES if r != ACT_SHARED or plan.dtype.itemsize == 2)
-        return tuple(Choice(v, r, k) for k in kernels for v in (0, *CANDIDATES) for r in stages)
+        return tuple(Choice(v, r, k) for k in kernels for v in (0, *CANDIDATES) for r in ROW_STAGES)
     return (tuple(Choice(v) for v in CANDIDATES)
             + tuple(Choice(v, r) for v in STAGED_VECTORS for r in GROUP_ROW_STAGES))
 

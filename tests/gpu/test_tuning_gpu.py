@@ -113,18 +113,6 @@ def test_every_row_staging_equals_the_reference(monkeypatch, name, dtype, hidden
             assert torch.equal(g[~wn].view(torch.uint8), w[~wn].view(torch.uint8)), (choice.label, name, i)
 
 
-def test_act_shared_stage_is_refused_where_it_has_no_kernel():
-    """act(x) in shared memory (tuning.ACT_SHARED) is the per-token kernel of 16-bit inputs: an
-    fp32 per-token call and a per-group call with it get an error that says so, not a launch."""
-    choice = tuning.Choice(0, tuning.ACT_SHARED)
-    for name, params, dtype in (("silu_and_mul_per_token_quant_fp8", (), torch.float32),
-                                ("silu_and_mul_per_block_quant", (128,), torch.bfloat16)):
-        x = torch.randn(64, 2 * 512, device="cuda", dtype=dtype)
-        p = plan.make_plan(catalog.OPS[name], x, params)
-        err = cuda_backend._launch(p, p.empty_outputs(x.device), x, None, None, choice)
-        assert "shared memory" in err and "16-bit" in err, (name, err)
-
-
 DECODE_CASES = [
     # (op, dtype, hidden, tokens, layout, recipe): decode batches (no more rows than SMs, or a few
     # per SM; launch_unit.cuh rows_per_block), every gated layout, a recipe of each scale step;
