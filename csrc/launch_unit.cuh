@@ -236,7 +236,6 @@ inline int rows_per_block(const QuantParams& p, int most) {
 // error) when one row's slots exceed a block's shared memory, for the caller's register kernel.
 template <Fp8Step K, int NV, int STAGES>
 const char* launch_token_staged(const QuantParams& p, int threads_x, bool ef) {
-  if (threads_x > kTokenThreads) return "quantfuse: the staged per-token kernels take rows of at most 512 threads";
   using Kernel = decltype(&act_token_quant_staged_kernel<DT, Act, K, NV, STAGES>);
   // [evict-first][interleaved]; the interleaved variants are the plain ones for non-gated activations
   static const Kernel variants[2][2] = {
@@ -291,7 +290,7 @@ const char* launch_token(const QuantParams& p, int threads_x, int block_threads)
   }
   const int rows = rows_per_block(p, std::max(1, block_threads / threads_x));
   // blocks of one kernel resident per SM, by block size in warps (host-side cache)
-  static int resident[kTokenThreadsOneVector / 32 + 1] = {};
+  static int resident[kTokenThreads / 32 + 1] = {};
   int& n = resident[rows * threads_x / 32];
   if (n == 0) {
     cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, rows * threads_x, 0);
@@ -327,7 +326,7 @@ const char* dispatch_token(const QuantParams& p) {
   const int block = forced ? forced : kTokenThreads;
   for (int nv : {1, 2, 4}) {
     const int64_t tx = threads(nv);
-    if (tx > (nv == 1 && p.vectors == 1 ? kTokenThreadsOneVector : kTokenThreads)) continue;
+    if (tx > kTokenThreads) continue;
     if (p.vectors != 0 ? nv < p.vectors : (many && nv < 4)) continue;
     if (nv == 1) return launch_token<K, 1>(p, int(tx), block);
     if (nv == 2) return launch_token<K, 2>(p, int(tx), block);

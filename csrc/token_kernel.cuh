@@ -24,17 +24,13 @@
 namespace quantfuse {
 
 constexpr int kTokenThreads = 512;  // threads per block of the per-token kernels
-// ... but a row of one vector a thread, which a forced vectors = 1 may give a block of its own up
-// to this size (launch_unit.cuh dispatch_token): its kernel's launch bound caps it at 64 registers,
-// which it uses anyway, so a row of 7168 bf16 (896 threads) holds 28 warps on an SM, not 14
-constexpr int kTokenThreadsOneVector = 1024;
 
 // NaN-propagating max of v over the blockDim.x threads of this row. `buf` alternates
 // between calls (0, 1, 0, ...): a warp can only rewrite a buffer after passing the
 // next call's barrier, which every thread of the row reaches after reading this call's
 // values.
 __device__ __forceinline__ float row_max(float v, int buf) {
-  __shared__ float partial[2][kTokenThreadsOneVector / 32];
+  __shared__ float partial[2][kTokenThreads / 32];
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) v = nan_max(v, __shfl_xor_sync(0xffffffffu, v, off));
   const int warps_per_row = blockDim.x / 32;
@@ -149,7 +145,7 @@ __device__ __forceinline__ void token_step(uint8_t* __restrict__ q, float* __res
 // IL: interleaved gate / up (act_quant.h Inputs). K, rr: the scale step and the recipe
 // (quant_schemes.cuh Fp8Scaled).
 template <typename DT, typename Act, Fp8Step K, int NV, bool EVICT_FIRST = false, bool IL = false>
-__global__ void __launch_bounds__(NV == 1 ? kTokenThreadsOneVector : kTokenThreads) act_token_quant_kernel(
+__global__ void __launch_bounds__(kTokenThreads) act_token_quant_kernel(
     uint8_t* __restrict__ q, float* __restrict__ s, const typename DT::Storage* __restrict__ gate,
     const typename DT::Storage* __restrict__ up, int64_t in_stride, int64_t tokens, int64_t hidden,
     const ActArgs aa, const ScaleRecipe rr) {
