@@ -22,13 +22,13 @@ from transformers import LlamaConfig  # noqa: E402
 from transformers.models.llama.modeling_llama import LlamaMLP  # noqa: E402
 
 
-def _mlp(monkeypatch):
+def _mlp(monkeypatch, config=None):
     monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularity: None)
     # every compile runs the pass (a cached graph would skip it)
     monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)
     torch.manual_seed(0)
     mlp = LlamaMLP(LlamaConfig(hidden_size=256, intermediate_size=512, hidden_act="silu")).to(torch.bfloat16).eval()
-    quantize_(mlp, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    quantize_(mlp, config or Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
     return mlp
 
 
@@ -92,3 +92,22 @@ def test_torchao_site_is_rewritten_on_a_gpu_graph(monkeypatch):
     if site.up is not None:
         site.up.meta["val"] = torch.empty(site.up.meta["val"].shape, dtype=torch.bfloat16, device="meta")
     assert recognise.should_fuse(site, config) is None
+
+
+def test_torchao_default_per_tensor_activation_quant_is_a_near_miss(monkeypatch):
+    """torchao's default float8 config quantises activations per tensor (one dynamic amax over the
+    whole tensor). No fused op computes that yet, so the SiLU x Mul site is recognised, left as it
+    is and reported with that reason (not silently missed, not fused to a per-token recipe)."""
+    config = Float8DynamicActivationFloat8WeightConfig()
+    assert [type(g).__name__ for g in config.granularity] == ["PerTensor", "PerTensor"]
+    mlp = _mlp(monkeypatch, config)
+    fusion = quantfuse.FusionPass(quantfuse.FusionConfig(native_on_cpu=True))
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(mlp, options={"post_grad_custom_post_pass": fusion})(torch.randn(2, 9, 256, dtype=torch.bfloat16))
+    torch._dynamo.reset()
+    (graph,) = fusion.report.graphs
+    assert graph.rewrites == [] and graph.nodes_before == graph.nodes_after
+    (miss,) = graph.near_misses
+    assert miss.reason.startswith("dynamic per-tensor scale (one amax over the whole tensor)"), miss.reason
+    assert "modeling_llama.py" in miss.source
