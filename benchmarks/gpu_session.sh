@@ -5,7 +5,9 @@
 #   smoke     benchmarks/smoke_catalog_cuda.py (layouts, rounding, static FP8 in seconds)
 #   tests     pytest tests/gpu (GPU_TESTS overrides the paths, GPU_TEST_ARGS adds flags); GPU_TEST_GROUPS="a b;c -k 'x and y';d"
 #             runs each ';'-separated group in parallel instead, -v (a group its TEST_TIMEOUT stops still
-#             shows each test's outcome), logs joined in $OUT/pytest_gpu.txt: tests/gpu takes well over 600 s in one process
+#             shows each test's outcome), logs joined in $OUT/pytest_gpu.txt: tests/gpu takes well over 600 s in one process;
+#             groups share the CPU cores, so one that compiles many Triton kernels (the Triton cases of
+#             test_experts_gpu.py, test_triton_layouts.py) can outlast its timeout beside others: give it a call of its own
 #   pairs     bench_pairs.py over TOKENS x HIDDEN (PAIRS_ARGS adds flags, e.g. --recipes "spec;spec": Recipe
 #             specs timed besides the default recipe) -> $OUT/pairs.jsonl; SM clock and power meanwhile -> $OUT/clocks.csv
 #   baseline  the same cells on another checkout in ./_baseline (its own bench_pairs.py), same run; its
