@@ -582,6 +582,15 @@ FP8_STATIC = Scheme(
         "(vLLM's static_scaled_fp8_quant; the fused op is vLLM's silu_and_mul_quant)",
     kernel_fields=("apply", "clamp"),  # the scale is given: no floor, step or UE8M0
 )
+FP8_PER_TENSOR = Scheme(
+    key="fp8_per_tensor", cname="kPerTensor", unfused_name="dynamic_scaled_fp8_quant",
+    fused_suffix="per_tensor_quant_fp8",
+    base=Recipe(E4M3, Grouping.PER_TENSOR), params=(), tensor_inputs=(),
+    doc="dynamic FP8 E4M3 per-tensor quantisation: one fp32 scale from the amax of the whole tensor "
+        "-> (q, fp32 scale [1]) (vLLM's dynamic_scaled_fp8_quant / scaled_fp8_quant without a scale; "
+        "torchao's default float8 activation granularity, PerTensor)",
+    kernel_fields=_FP8_KERNEL_FIELDS,
+)
 MXFP8 = Scheme(
     key="mxfp8", cname="kMxfp8", unfused_name="mxfp8_quant", fused_suffix="mxfp8_quant",
     base=Recipe(E4M3, Grouping.MX_BLOCK, group_size=MX_BLOCK), params=_MX_PARAMS, tensor_inputs=(),
@@ -595,7 +604,7 @@ MXFP4 = Scheme(
         "-> (q uint8 [..., H/2], uint8 scales [..., H/32])",
     experts_name="mxfp4_experts_quant", kernel_fields=MX_SPECIAL_FIELDS,
 )
-SCHEMES = {s.key: s for s in (FP8_PER_GROUP, FP8_PER_TOKEN, FP8_STATIC, MXFP8, MXFP4)}
+SCHEMES = {s.key: s for s in (FP8_PER_GROUP, FP8_PER_TOKEN, FP8_STATIC, FP8_PER_TENSOR, MXFP8, MXFP4)}
 
 #: the experts ops' tensor inputs after ``x`` (vLLM's ``mxfp4_experts_quant``, vllm/_custom_ops.py):
 #: int32 / int64 ``[num_experts + 1]`` token boundaries of the experts (tokens sorted by expert:
@@ -763,7 +772,7 @@ KERNEL_ACTIVATIONS = (IDENTITY, SILU_AND_MUL, RELU2, SWIGLUOAI_AND_MUL)
 CUDA_ACTIVATIONS = tuple(a for a in KERNEL_ACTIVATIONS if a.cuda)
 assert KERNEL_ACTIVATIONS[:len(CUDA_ACTIVATIONS)] == CUDA_ACTIVATIONS, "activations with CUDA units come first"
 #: kernel schemes, in enumerator order (0 is "no quantisation": the activation ops)
-KERNEL_SCHEMES = (FP8_PER_TOKEN, FP8_PER_GROUP, MXFP8, MXFP4, FP8_STATIC)
+KERNEL_SCHEMES = (FP8_PER_TOKEN, FP8_PER_GROUP, MXFP8, MXFP4, FP8_STATIC, FP8_PER_TENSOR)
 KERNEL_LAYOUTS = tuple(Layout)
 
 

@@ -28,7 +28,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
 from quantfuse import catalog
-from quantfuse.catalog import Activation, FloorAt, Layout, OpEntry, Recipe, ScaleLayout, StepDtype
+from quantfuse.catalog import Activation, FloorAt, Grouping, Layout, OpEntry, Recipe, ScaleLayout, StepDtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +125,8 @@ class CallPlan:
             return experts_scale_shape(self.tokens, groups, self.num_experts)
         if r.scale_layout is ScaleLayout.SWIZZLED:
             return swizzled_scale_shape(self.tokens, groups)
+        if r.grouping is Grouping.PER_TENSOR:
+            return (1,)  # vLLM's and SGLang's one-element scale, whatever the input's rank
         return (*self.lead, groups)
 
     @functools.cached_property

@@ -190,6 +190,12 @@ def quantize(y: torch.Tensor, r: Recipe, scale: torch.Tensor | None = None):
     *lead, hidden = y.shape
     if r.static:
         return _apply_fp8(y, scale.reshape(()).float(), r)
+    if r.grouping is Grouping.PER_TENSOR:
+        # one group of every element: amax over the whole tensor (an empty one has none: torch's
+        # amax raises, as the spelling's does)
+        yt = y.reshape(1, -1)
+        s = fp8_scales(yt, r)
+        return _apply_fp8(yt, s, r).reshape(y.shape), s.reshape(1)
     g = hidden if r.grouping is Grouping.PER_TOKEN else r.group_size
     yg = y.reshape(*lead, hidden // g, g)
     s = fp8_scales(yg, r)

@@ -36,7 +36,7 @@ FP8 = torch.float8_e4m3fn
 HIDDEN = [256, 2048, 7168]
 TOKENS = {torch.bfloat16: [1, 7, 33, 4097], torch.float16: [1, 33], torch.float32: [7, 33]}
 #: op parameters per scheme: every kernel value of each (catalog OpParam.kernel_values)
-PARAMS = {"fp8_per_token": [()], "fp8_static": [()],
+PARAMS = {"fp8_per_token": [()], "fp8_static": [()], "fp8_per_tensor": [()],
           "fp8_per_group": [(128, False, False), (64, True, True), (128, True, False), (64, False, True)],
           "mxfp8": [("floor",), ("rceil",), ("rceil", True), ("ceil",), ("even", True)],
           "mxfp4": [("floor",), ("rceil",), ("floor", True), ("ceil", True), ("even",)]}

@@ -30,7 +30,7 @@ ACT = catalog.SWIGLUOAI_AND_MUL
 BACKENDS = {"cuda": cuda_backend, "triton": triton_schemes}
 PARAMS = [tuple(ACT.defaults.values()), (1.3, 7.1), (2.0, 0.5)]
 #: op parameter sets: every kernel value of each scheme parameter
-SCHEME_PARAMS = {"fp8_per_token": [()], "fp8_static": [()],
+SCHEME_PARAMS = {"fp8_per_token": [()], "fp8_static": [()], "fp8_per_tensor": [()],
                  "fp8_per_group": [(128, False, False), (64, True, True)],
                  "mxfp8": [("floor",), ("rceil", True)], "mxfp4": [("rceil",), ("floor", True)]}
 assert set(SCHEME_PARAMS) == set(catalog.SCHEMES)
