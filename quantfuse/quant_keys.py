@@ -8,7 +8,8 @@ its activation -> quant fusions with one pattern class per family
 ``SiluMulNvfp4QuantPattern``). Here both are data over the catalog:
 
 * :class:`QuantKey` constants under vLLM's names (``kFp8Dynamic128Sym``, ``kFp8Dynamic64Sym``,
-  ``kFp8DynamicTokenSym``, ``kFp8StaticTensorSym``, ``kMxfp8Dynamic``, ``kMxfp4Dynamic``), each
+  ``kFp8DynamicTokenSym``, ``kFp8DynamicTensorSym``, ``kFp8StaticTensorSym``, ``kMxfp8Dynamic``,
+  ``kMxfp4Dynamic``), each
   one catalog scheme (and group size);
 * :class:`FamilyName` entries, one per catalog (activation, scheme) pair, built as vLLM
   builds its class names (activation, then the quantisation, then ``Pattern``): the two
@@ -63,6 +64,8 @@ kFp8DynamicTokenSym = QuantKey("kFp8DynamicTokenSym", "fp8_per_token", 0,
                                "FP8 E4M3, dynamic, one fp32 scale per token, symmetric")
 kFp8StaticTensorSym = QuantKey("kFp8StaticTensorSym", "fp8_static", 0,
                                "FP8 E4M3, static: one given fp32 scale for the tensor, symmetric")
+kFp8DynamicTensorSym = QuantKey("kFp8DynamicTensorSym", "fp8_per_tensor", 0,
+                                "FP8 E4M3, dynamic, one fp32 scale for the tensor (its amax), symmetric")
 kMxfp8Dynamic = QuantKey("kMxfp8Dynamic", "mxfp8", 0,
                          "OCP MXFP8: E4M3 with one E8M0 scale byte per 1x32 block, dynamic")
 kMxfp4Dynamic = QuantKey("kMxfp4Dynamic", "mxfp4", 0,
@@ -70,12 +73,11 @@ kMxfp4Dynamic = QuantKey("kMxfp4Dynamic", "mxfp4", 0,
 
 #: every key quantfuse fuses, by name
 QUANT_KEYS: dict[str, QuantKey] = {k.name: k for k in (
-    kFp8Dynamic128Sym, kFp8Dynamic64Sym, kFp8DynamicTokenSym, kFp8StaticTensorSym, kMxfp8Dynamic, kMxfp4Dynamic)}
+    kFp8Dynamic128Sym, kFp8Dynamic64Sym, kFp8DynamicTokenSym, kFp8DynamicTensorSym, kFp8StaticTensorSym,
+    kMxfp8Dynamic, kMxfp4Dynamic)}
 
 #: vLLM keys with no fused op here, and why (choosing one raises with this reason)
 UNSUPPORTED_KEYS: dict[str, str] = {
-    "kFp8DynamicTensorSym": "a dynamic per-tensor scale needs a global amax before any element is "
-                            "quantised: no fused op computes it (such sites are reported)",
     "kFp8StaticTokenSym": "static per-token scales are not a catalog recipe",
     "kFp8StaticChannelSym": "per-channel scales quantise weights, not activations",
     "kFp8Static128BlockSym": "128x128 block scales quantise weights, not activations",
@@ -86,7 +88,7 @@ UNSUPPORTED_KEYS: dict[str, str] = {
 
 # the quantisation part of a family's class name, per scheme; vLLM's for the two it has
 _SCHEME_PART = {"fp8_per_group": "BlockQuant", "fp8_static": "Fp8StaticQuant",
-                "fp8_per_token": "Fp8DynamicTokenQuant", "mxfp8": "Mxfp8Quant", "mxfp4": "Mxfp4Quant"}
+                "fp8_per_token": "Fp8DynamicTokenQuant", "fp8_per_tensor": "Fp8DynamicTensorQuant", "mxfp8": "Mxfp8Quant", "mxfp4": "Mxfp4Quant"}
 #: the family classes of vLLM's activation_quant_fusion.py that quantfuse fuses
 VLLM_CLASSES = frozenset({"SiluMulBlockQuantPattern", "SiluMulFp8StaticQuantPattern"})
 #: vLLM families with no fused op here, and why

@@ -32,6 +32,11 @@ def spelled(y: torch.Tensor, r: catalog.Recipe) -> tuple[torch.Tensor, torch.Ten
     ``StepDtype.INPUT`` keeps the amax, its floor and ``amax / 448`` in the input dtype (torchao),
     then ``.float()``; a scale floor and the power-of-two rounding come after, in fp32."""
     t, h = y.shape
+    if r.grouping is Grouping.PER_TENSOR:
+        # one amax over the whole tensor (torchao's PerTensor, vLLM's dynamic_scaled_fp8_quant): a
+        # [1] scale, as vLLM's
+        q, s = spelled(y.reshape(1, t * h), dataclasses.replace(r, grouping=Grouping.PER_TOKEN))
+        return q.reshape(t, h), s.reshape(1)
     g = h if r.grouping is Grouping.PER_TOKEN else r.group_size
     work = y.reshape(t, h // g, g)
     if r.step_dtype is StepDtype.FP32:
@@ -73,12 +78,12 @@ FP8_FIELDS = dict(floor_at=tuple(FloorAt), step_dtype=tuple(StepDtype), apply=tu
 
 
 def fp8_recipes(bases=None):
-    """Every combination of the dynamic FP8 recipe fields over ``bases`` (default: per token and
-    per group of each kernel group size), one recipe per set of bits (``ue8m0_after_floor`` only
+    """Every combination of the dynamic FP8 recipe fields over ``bases`` (default: per token, per
+    tensor and per group of each kernel group size), one recipe per set of bits (``ue8m0_after_floor`` only
     matters with a UE8M0 form)."""
     if bases is None:
-        bases = [catalog.FP8_PER_TOKEN.base] + [dataclasses.replace(catalog.FP8_PER_GROUP.base, group_size=g)
-                                                for g in catalog.FP8_GROUP_SIZES]
+        bases = [catalog.FP8_PER_TOKEN.base, catalog.FP8_PER_TENSOR.base] + [
+            dataclasses.replace(catalog.FP8_PER_GROUP.base, group_size=g) for g in catalog.FP8_GROUP_SIZES]
     for base, values in itertools.product(bases, itertools.product(*FP8_FIELDS.values())):
         try:
             r = dataclasses.replace(base, **dict(zip(FP8_FIELDS, values)))
@@ -87,6 +92,13 @@ def fp8_recipes(bases=None):
         if r.ue8m0 is Ue8m0.NONE and not r.ue8m0_after_floor:
             continue  # the same recipe as ue8m0_after_floor=True
         yield r
+
+
+def scheme_of(r: catalog.Recipe) -> tuple[catalog.Scheme, tuple]:
+    """The dynamic FP8 scheme of a recipe (by its grouping) and the op parameters that select it."""
+    (scheme,) = (s for s in catalog.SCHEMES.values()
+                 if s.base.grouping is r.grouping and not s.base.static and not s.base.mx)
+    return scheme, ((r.group_size,) if r.grouping is Grouping.PER_GROUP else ())
 
 
 def covering(recipes: list) -> list:

@@ -21,7 +21,7 @@ from quantfuse import catalog
 from quantfuse.catalog import Grouping, Layout
 from quantfuse.custom_ops import plan as qplan
 from quantfuse.custom_ops import reference
-from recipe_spellings import fp8_recipes, spelled
+from recipe_spellings import fp8_recipes, scheme_of, spelled
 
 qf = torch.ops.quantfuse
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def test_every_fp8_recipe_matches_its_spelling(dtype):
         count += 1
     # the generator covers every field value, and every recipe the catalog accepts: apply=mul_ratio
     # with the floor at the amax or none, fp32 steps and no UE8M0; ue8m0_after_floor only with a UE8M0
-    bases, ue8m0s = 3, 1 + 2 * (len(catalog.Ue8m0) - 1)
+    bases, ue8m0s = 4, 1 + 2 * (len(catalog.Ue8m0) - 1)  # per token, per tensor, groups of 64 and 128
     ratio = bases * 2 * 2  # floor_at amax / none, clamp or not
     assert count == bases * 3 * 2 * 2 * 2 * ue8m0s + ratio
 
@@ -306,8 +306,7 @@ def test_kernel_reason_names_the_recipe_field():
     entry = catalog.OPS["per_token_group_quant_fp8"]
     assert qplan.make_plan(entry, x, (128, True, True)).kernel_reason() is None
     for r in fp8_recipes():
-        scheme = catalog.FP8_PER_TOKEN if r.grouping is Grouping.PER_TOKEN else catalog.FP8_PER_GROUP
-        params = (r.group_size,) if scheme is catalog.FP8_PER_GROUP else ()
+        scheme, params = scheme_of(r)
         plan = qplan.make_plan(catalog.OPS[scheme.unfused_name], x, params, recipe=r.spec(scheme.recipe(*params)))
         assert plan.recipe == r and plan.kernel_reason() is None, r
     # a NaN eps differs from itself: no kernel floors with it

@@ -15,8 +15,8 @@ import torch
 import quantfuse
 from quantfuse import catalog, quant_keys
 from quantfuse.catalog import Grouping, Recipe
-from quantfuse.quant_keys import (kFp8Dynamic64Sym, kFp8Dynamic128Sym, kFp8DynamicTokenSym, kFp8StaticTensorSym,
-                                  kMxfp4Dynamic, kMxfp8Dynamic)
+from quantfuse.quant_keys import (kFp8Dynamic64Sym, kFp8Dynamic128Sym, kFp8DynamicTensorSym, kFp8DynamicTokenSym,
+                                  kFp8StaticTensorSym, kMxfp4Dynamic, kMxfp8Dynamic)
 from helpers import post_grad_graph
 from test_recognise import X, _run, vllm_group_quant, vllm_silu_and_mul, vllm_static_quant, vllm_token_quant
 
@@ -25,10 +25,12 @@ def test_keys_are_catalog_recipes():
     assert kFp8Dynamic128Sym.recipe == Recipe(catalog.E4M3, Grouping.PER_GROUP, group_size=128)
     assert kFp8Dynamic64Sym.recipe == Recipe(catalog.E4M3, Grouping.PER_GROUP, group_size=64)
     assert kFp8DynamicTokenSym.recipe == catalog.FP8_PER_TOKEN.base
+    assert kFp8DynamicTensorSym.recipe == catalog.FP8_PER_TENSOR.base and not kFp8DynamicTensorSym.recipe.static
     assert kFp8StaticTensorSym.recipe == catalog.FP8_STATIC.base and kFp8StaticTensorSym.recipe.static
     assert kMxfp8Dynamic.recipe == catalog.MXFP8.base and kMxfp4Dynamic.recipe == catalog.MXFP4.base
     assert set(quant_keys.QUANT_KEYS) == {"kFp8Dynamic128Sym", "kFp8Dynamic64Sym", "kFp8DynamicTokenSym",
-                                          "kFp8StaticTensorSym", "kMxfp8Dynamic", "kMxfp4Dynamic"}
+                                          "kFp8DynamicTensorSym", "kFp8StaticTensorSym", "kMxfp8Dynamic",
+                                          "kMxfp4Dynamic"}
     assert all(getattr(quant_keys, name) is key for name, key in quant_keys.QUANT_KEYS.items())
     assert str(kFp8Dynamic128Sym) == "kFp8Dynamic128Sym"
 
@@ -49,8 +51,8 @@ def test_one_family_per_pair_with_vllms_names():
 def test_unknown_and_unfusable_names_say_why():
     with pytest.raises(ValueError, match="unknown quant key 'kFp8Dynamic32Sym'; known: kFp8Dynamic128Sym"):
         quant_keys.quant_key("kFp8Dynamic32Sym")
-    with pytest.raises(ValueError, match="is vLLM's but quantfuse cannot fuse it: a dynamic per-tensor scale"):
-        quantfuse.FusionConfig(quant_keys=["kFp8DynamicTensorSym"])
+    with pytest.raises(ValueError, match="is vLLM's but quantfuse cannot fuse it: static per-token scales"):
+        quantfuse.FusionConfig(quant_keys=["kFp8StaticTokenSym"])
     with pytest.raises(ValueError, match="'SiluMulNvfp4QuantPattern' is vLLM's but quantfuse cannot fuse it: NVFP4"):
         quantfuse.FusionConfig(patterns=["SiluMulNvfp4QuantPattern"])
     with pytest.raises(ValueError, match="unknown pattern family 'SiluMulQuantPattern'; known: SiluMulBlockQuant"):

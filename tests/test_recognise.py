@@ -90,6 +90,15 @@ def vllm_token_quant(x):
     return (x.to(torch.float32) * s.to(torch.float32).reciprocal()).clamp(-FP8_MAX, FP8_MAX).to(FP8), s
 
 
+def vllm_tensor_quant(x):
+    """QuantFP8.forward_native, dynamic per tensor (vllm/model_executor/layers/quantization/
+    input_quant_fp8.py, ``use_per_token_if_dynamic=False``): the max of |x| over the whole tensor,
+    unsqueeze, to float32, (amax / 448).clamp(min=...), x.float() * scale.reciprocal(), clamp, cast."""
+    m = x.abs().max().unsqueeze(-1).to(torch.float32)
+    s = (m / FP8_MAX).clamp(min=VLLM_MIN_SCALE)
+    return (x.to(torch.float32) * s.to(torch.float32).reciprocal()).clamp(-FP8_MAX, FP8_MAX).to(FP8), s
+
+
 def vllm_static_quant(x, scale):
     """QuantFP8.forward_native, static per tensor: x.float() * scale.reciprocal()."""
     return (x.to(torch.float32) * scale.to(torch.float32).reciprocal()).clamp(-FP8_MAX, FP8_MAX).to(FP8)
@@ -172,6 +181,23 @@ def test_transformers_relu2():
     assert report.rewrites[0].activation == "relu2"
 
 
+@pytest.mark.parametrize("lead", [(6,), (2, 3)])
+def test_dynamic_per_tensor_spellings_are_fused(lead):
+    """One amax over the whole tensor (vLLM's QuantFP8 per tensor, a plain amax() / 448, a 0-dim
+    scale; rank 3 too): the per-tensor op, its [1] scale reshaped to the graph's scale shape."""
+    x = torch.randn(*lead, 512, dtype=torch.bfloat16) * 3
+    x[0, ..., 7] = 40.0  # the tensor's amax in one row only
+    spellings = {
+        "vllm": (lambda x: vllm_tensor_quant(vllm_silu_and_mul(x)), f"floor_at=scale,eps={VLLM_MIN_SCALE!r},apply=mul_inv"),
+        "amax()": (lambda x: _quant_of(vllm_silu_and_mul(x), lambda y: y.abs().amax().float() / FP8_MAX),
+                   "floor_at=none"),
+    }
+    for fn, spec in spellings.values():
+        report = assert_fused_equals_eager(fn, x, spec=spec)
+        (r,) = report.rewrites
+        assert (r.fused_op, r.quant_key) == ("quantfuse.silu_and_mul_per_tensor_quant_fp8", "kFp8DynamicTensorSym")
+
+
 # --- near misses --------------------------------------------------------------------------------
 
 def _near_miss(fn, *args):
@@ -193,9 +219,6 @@ def test_near_miss_reasons():
     assert "clamped to [-240.0, 240.0]" in _near_miss(
         lambda x: (lambda y: (lambda s: ((y.float() / s).clamp(-240, 240).to(FP8), s))(
             y.abs().amax(-1, keepdim=True).float() / 448))(y_of(x)), X)
-    assert "per-tensor" in _near_miss(
-        lambda x: (lambda y: (lambda s: ((y.float() / s).clamp(-448, 448).to(FP8), s))(
-            y.abs().max().float() / 448))(y_of(x)), X)
     assert "rounded to bfloat16 before the FP8 cast" in _near_miss(
         lambda x: (lambda y: (lambda s: ((y / s).clamp(-448, 448).to(FP8), s))(
             y.abs().amax(-1, keepdim=True) / 448))(y_of(x)), X)
@@ -220,10 +243,6 @@ NEAR_SITES = {
         lambda y: _quant_of(y, lambda y: _row_amax(y).float() / FP8_MAX, view=lambda t: t.t()),
         "`div_2` broadcasts a scale of shape (1, 4) over values of shape (256, 4), which does not give each "
         "element its own group's scale"),
-    "dynamic per-tensor amax": (
-        lambda y: _quant_of(y, lambda y: y.abs().amax().float() / FP8_MAX),
-        "dynamic per-tensor scale (one amax over the whole tensor): no fused op computes it (it needs a "
-        "global reduction first)"),
     "float8_e5m2": (
         lambda y: _quant_of(y, lambda y: _row_amax(y).float() / 57344.0, cast=torch.float8_e5m2, bound=57344.0),
         "the values are cast to torch.float8_e5m2: the catalog's FP8 element is E4M3 (torch.float8_e4m3fn)"),

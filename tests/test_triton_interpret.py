@@ -81,7 +81,7 @@ def _run() -> dict:
     import torch
 
     from helpers import emulate_interpreted_kernels, layout_inputs
-    from recipe_spellings import covering, fp8_recipes
+    from recipe_spellings import covering, fp8_recipes, scheme_of
     from quantfuse import catalog
     from quantfuse.custom_ops import reference as ref
 
@@ -274,7 +274,7 @@ def _run() -> dict:
                 same(f"{name}[{dtype}, {layout.value}] unaligned out{i}", got, exp)
 
     # every dynamic FP8 recipe: each value of each field (recipe_spellings.fp8_recipes: per token,
-    # per group of 64 and 128), through the quant ops on rows with specials (NaN, inf, zero groups,
+    # per tensor, per group of 64 and 128), through the quant ops on rows with specials (NaN, inf, zero groups,
     # ties, scales that underflow without a floor, subnormal inputs); bf16 every recipe (groups of
     # 128: a covering set), the other dtypes a set holding every pair of field values
     # (recipe_spellings.covering)
@@ -298,8 +298,7 @@ def _run() -> dict:
     for dtype in catalog.INPUT_DTYPES:
         x = make((9,), 256, dtype)
         for r in bf16_set if dtype == torch.bfloat16 else covering(every):
-            scheme = catalog.FP8_PER_GROUP if r.grouping is catalog.Grouping.PER_GROUP else catalog.FP8_PER_TOKEN
-            params = (r.group_size,) if scheme is catalog.FP8_PER_GROUP else ()
+            scheme, params = scheme_of(r)
             run_recipe(catalog.OPS[scheme.unfused_name], x, params, r, f"{scheme.unfused_name}[{dtype}]")
         # floors that bite (eps above the rows' small scales, tiny, zero) and fused ops
         for eps, spec in itertools.product((1e-4, 1e-30, 0.0), ("floor_at=scale,step_dtype=input", "step_dtype=input",

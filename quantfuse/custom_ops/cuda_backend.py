@@ -272,7 +272,7 @@ def _register_dispatch(module: ModuleType) -> None:
         return
     from quantfuse.custom_ops import ops
 
-    entries = [e for e in catalog.OPS.values() if e.activation.cuda]
+    entries = [e for e in catalog.OPS.values() if implements(e)]
     module.register_ops([e.name for e in entries], [len(e.out_names) for e in entries], ops.fast_path_decision)
     global _dispatching
     _dispatching = True
@@ -334,6 +334,16 @@ _fixed: dict = {}
 _recipes: dict = {}
 
 
+#: the schemes the CUDA kernels implement (the per-tensor amax pass is Triton's alone so far)
+SCHEMES = (catalog.FP8_PER_GROUP, catalog.FP8_PER_TOKEN, catalog.FP8_STATIC, catalog.MXFP8, catalog.MXFP4)
+
+
+def implements(entry) -> bool:
+    """Whether the CUDA kernels compute the op ``entry`` (a catalog ``OpEntry``): its activation
+    has a CUDA unit and its scheme, if any, is one of :data:`SCHEMES`."""
+    return entry.activation.cuda and (entry.scheme is None or entry.scheme in SCHEMES)
+
+
 def _reason(plan) -> str | None:
     if plan.device_type != "cuda":
         return f"input on {plan.device_type}, not CUDA"
@@ -341,6 +351,8 @@ def _reason(plan) -> str | None:
         return f"dtype {plan.dtype} has no kernels"
     if not plan.activation.cuda:
         return f"activation {plan.activation.name} has no CUDA unit (catalog: Activation.cuda)"
+    if not implements(plan.entry):
+        return f"scheme {plan.entry.scheme.key} has no CUDA kernel"
     if not plan.aligned:
         return "input not 16-byte aligned"
     why = plan.kernel_reason()

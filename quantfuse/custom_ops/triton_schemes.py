@@ -79,6 +79,7 @@ _S_NONE = _CODES["scheme_none"]
 _S_TOKEN = _CODES[f"scheme_{catalog.FP8_PER_TOKEN.key}"]
 _S_GROUP = _CODES[f"scheme_{catalog.FP8_PER_GROUP.key}"]
 _S_STATIC = _CODES[f"scheme_{catalog.FP8_STATIC.key}"]
+_S_TENSOR = _CODES[f"scheme_{catalog.FP8_PER_TENSOR.key}"]
 _S_MXFP8 = _CODES[f"scheme_{catalog.MXFP8.key}"]
 _S_MXFP4 = _CODES[f"scheme_{catalog.MXFP4.key}"]
 _HALVES = _CODES[f"layout_{Layout.HALVES.value}"]
@@ -115,7 +116,7 @@ _MX_MIN_NORMAL_INV = 2.0 ** (catalog.E8M0_BIAS - 1)
 _UE8M0_NONE = _CODES[f"ue8m0_{Ue8m0.NONE.value}"]
 _UE8M0_EXACT = _CODES[f"ue8m0_{Ue8m0.EXACT.value}"]
 _UE8M0_EXP2 = _CODES[f"ue8m0_{Ue8m0.EXP2_CEIL_LOG2.value}"]
-_KERNEL_GLOBALS = ("_IDENTITY", "_SILU", "_RELU2", "_SWIGLU_OAI", "_S_NONE", "_S_TOKEN", "_S_GROUP", "_S_STATIC",
+_KERNEL_GLOBALS = ("_IDENTITY", "_SILU", "_RELU2", "_SWIGLU_OAI", "_S_NONE", "_S_TOKEN", "_S_GROUP", "_S_STATIC", "_S_TENSOR",
                    "_S_MXFP8", "_S_MXFP4", "_HALVES", "_SEPARATE", "_INTERLEAVED", "_BF16", "_F16", "_F32", "_FP8_MAX",
                    "_FP8_INV", "_FP8_EMAX", "_FP4_INV", "_FP4_EMAX", "_E8M0_BIAS", "_E8M0_NAN", "_FP8_OVERFLOW",
                    "_UE8M0_NONE", "_UE8M0_EXACT", "_UE8M0_EXP2", "_FP8_HALF_ULP", "_FP4_HALF_ULP", "_MXR_RCEIL",
@@ -128,7 +129,8 @@ assert (catalog.SWIZZLE_ROWS, catalog.SWIZZLE_COLS) == (128, 4)
 
 #: what the kernels implement; anything else the catalog adds gets a reason from supports()
 _ACTIVATIONS = (catalog.IDENTITY, catalog.SILU_AND_MUL, catalog.RELU2, catalog.SWIGLUOAI_AND_MUL)
-_SCHEMES = (catalog.FP8_PER_TOKEN, catalog.FP8_PER_GROUP, catalog.FP8_STATIC, catalog.MXFP8, catalog.MXFP4)
+_SCHEMES = (catalog.FP8_PER_TOKEN, catalog.FP8_PER_GROUP, catalog.FP8_STATIC, catalog.FP8_PER_TENSOR, catalog.MXFP8,
+            catalog.MXFP4)
 _LAYOUTS = (Layout.HALVES, Layout.SEPARATE, Layout.INTERLEAVED)
 _ROUNDINGS = (ActRounding.ONCE, ActRounding.SILU_THEN_MUL, ActRounding.EACH_OP)
 
@@ -455,16 +457,43 @@ def _kernels():
         else:
             tl.store(o_ptr + offs, y.to(o_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit(do_not_specialize=["T"])
-    def _row_kernel(x_ptr, u_ptr, o_ptr, s_ptr, T, H, alpha, limit,
+    @triton.jit(do_not_specialize=["T", "nparts", "tiles"])
+    def _tensor_amax_kernel(x_ptr, u_ptr, p_ptr, T, H, alpha, limit, nparts, tiles,
+                            ACT: tl.constexpr, GATED: tl.constexpr, LAYOUT: tl.constexpr, KIND: tl.constexpr,
+                            SILU_ROUNDED: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+                            NCHUNK: tl.constexpr, SOFT: tl.constexpr, INTERP: tl.constexpr):
+        # the per-tensor scheme's first pass: program p of nparts takes the tiles (of ROWS rows)
+        # p, p + nparts, ... below tiles and stores the bits of max |act(x)| over them at p_ptr[p] (the bits
+        # of non-negative floats order as their values, NaN's above inf: the max keeps NaN)
+        pid = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        acc = tl.zeros([ROWS], dtype=tl.int32)
+        tile = pid
+        while tile < tiles:
+            rows = tile * ROWS + tl.arange(0, ROWS)
+            tile += nparts
+            rmask = rows < T
+            xrow, urow = _bases(rows.to(tl.int64), H, GATED, LAYOUT)
+            for c in range(NCHUNK):
+                cc = c * BLOCK + cols
+                m = rmask[:, None] & (cc < H)[None, :]
+                y = _activation(x_ptr, u_ptr, xrow[:, None] + cc[None, :], urow[:, None] + cc[None, :], m,
+                                alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
+                acc = tl.maximum(acc, tl.max(tl.where(m, _abs_bits(y), 0), axis=1))
+        tl.store(p_ptr + pid, tl.max(acc, axis=0))
+
+    @triton.jit(do_not_specialize=["T", "nparts"])
+    def _row_kernel(x_ptr, u_ptr, o_ptr, s_ptr, T, H, alpha, limit, p_ptr, nparts,
                     ACT: tl.constexpr, GATED: tl.constexpr, LAYOUT: tl.constexpr, SCHEME: tl.constexpr,
                     KIND: tl.constexpr, SILU_ROUNDED: tl.constexpr,
-                    ROWS: tl.constexpr, BLOCK: tl.constexpr, NCHUNK: tl.constexpr,
+                    ROWS: tl.constexpr, BLOCK: tl.constexpr, NCHUNK: tl.constexpr, NPARTS: tl.constexpr,
                     AMAX_FLOOR: tl.constexpr, SCALE_FLOOR: tl.constexpr, POW2_FLOOR: tl.constexpr,
                     STEP_INPUT: tl.constexpr, UE8M0: tl.constexpr, MUL_INV: tl.constexpr, RATIO: tl.constexpr,
                     CLAMP: tl.constexpr, CAREFUL: tl.constexpr, SOFT: tl.constexpr, INTERP: tl.constexpr):
-        # SCHEME _S_STATIC: s_ptr is the given scale (read); _S_TOKEN: the scales (written).
-        # AMAX_FLOOR ... CAREFUL: the FP8 recipe (_recipe_consts; static: MUL_INV and CLAMP only)
+        # SCHEME _S_STATIC: s_ptr is the given scale (read); _S_TOKEN: the scales (written);
+        # _S_TENSOR: the one scale (written by program 0) from the nparts (<= NPARTS) amax bits at
+        # p_ptr of _tensor_amax_kernel. AMAX_FLOOR ... CAREFUL: the FP8 recipe (_recipe_consts;
+        # static: MUL_INV and CLAMP only)
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         rmask = rows < T
         rows64 = rows.to(tl.int64)
@@ -483,6 +512,18 @@ def _kernels():
                     _store_act(o_ptr, orow[:, None] + cc[None, :], y, m, KIND, SOFT)
                 else:
                     _store_q(o_ptr, orow[:, None] + cc[None, :], _div_static(y, s, INTERP, MUL_INV), m, CLAMP, SOFT)
+        elif SCHEME == _S_TENSOR:
+            pk = tl.arange(0, NPARTS)
+            amax_bits = tl.zeros([ROWS], dtype=tl.int32) + tl.max(tl.load(p_ptr + pk, mask=pk < nparts, other=0), axis=0)
+            scale = _fp8_scale(amax_bits, KIND, AMAX_FLOOR, SCALE_FLOOR, POW2_FLOOR, STEP_INPUT, UE8M0, CAREFUL, SOFT, INTERP)
+            for c in range(NCHUNK):
+                cc = c * BLOCK + cols
+                m = rmask[:, None] & (cc < H)[None, :]
+                y = _activation(x_ptr, u_ptr, xrow[:, None] + cc[None, :], urow[:, None] + cc[None, :], m,
+                                alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
+                v = _apply_scale(y, scale, amax_bits, AMAX_FLOOR, UE8M0 != _UE8M0_NONE, INTERP, MUL_INV, RATIO, CAREFUL)
+                _store_q(o_ptr, orow[:, None] + cc[None, :], v, m, CLAMP, SOFT)
+            tl.store(s_ptr + rows64 * 0, scale, mask=rows == 0)
         else:
             if NCHUNK == 1:
                 m = rmask[:, None] & (cols < H)[None, :]
@@ -708,8 +749,8 @@ def _kernels():
         _swiglu_oai,
         _abs_bits, _floor_bits, _pow2_ceil, _fp8_scale, _e4m3_bits, _div_by_scale, _apply_scale, _div_static, _mx_exponent,
         _mx_scaled, _e2m1_code, _store_mx_scale, _store_fp8, _store_q, _clamp_fp8, _store_act, _row_kernel, _group_kernel, _mx_groups,
-        _mx_scale_byte, _swizzled_offset, _experts_kernel)})
-    return {"row": _row_kernel, "group": _group_kernel, "experts": _experts_kernel}
+        _mx_scale_byte, _swizzled_offset, _experts_kernel, _tensor_amax_kernel)})
+    return {"row": _row_kernel, "group": _group_kernel, "experts": _experts_kernel, "tensor_amax": _tensor_amax_kernel}
 
 
 def is_available() -> bool:
@@ -888,6 +929,12 @@ def _launcher(plan):
         rows = max(1, _TILE // block)  # fixed per hidden size: one compile for every T
         warps = 8 if rows * block >= 4096 else 4
         row_kernel = k["row"]
+        per_tensor = scheme is catalog.FP8_PER_TENSOR
+        # the per-tensor amax pass's programs: a few per SM (fixed per device: one compile)
+        max_parts = _amax_programs()
+        amax_kernel = k["tensor_amax"]
+        act_consts = {n: consts[n] for n in ("ACT", "GATED", "LAYOUT", "KIND", "SILU_ROUNDED", "SOFT", "INTERP",
+                                             "enable_fp_fusion") if n in consts}
 
         def launch(tokens, outputs, x, up, scale):
             if tokens == 0 or hidden == 0:
@@ -895,8 +942,17 @@ def _launcher(plan):
             xk, uk = inputs(x, up)
             o = outputs[0] if out_view is None else outputs[0].view(out_view)
             s = scale if static else (outputs[1] if len(outputs) > 1 else o)
-            row_kernel[(-(-tokens // rows),)](xk, uk, o, s, tokens, hidden, alpha, limit, ROWS=rows, BLOCK=block,
-                                              NCHUNK=nchunk, num_warps=warps, **recipe, **consts)
+            parts, nparts = s, 1
+            if per_tensor:
+                tiles = -(-tokens // rows)
+                nparts = min(max_parts, tiles)
+                parts = torch.empty(nparts, dtype=torch.int32, device=x.device)
+                amax_kernel[(nparts,)](xk, uk, parts, tokens, hidden, alpha, limit, nparts, tiles,
+                                       ROWS=rows, BLOCK=block,
+                                       NCHUNK=nchunk, num_warps=warps, **act_consts)
+            row_kernel[(-(-tokens // rows),)](xk, uk, o, s, tokens, hidden, alpha, limit, parts, nparts, ROWS=rows,
+                                              BLOCK=block, NCHUNK=nchunk, NPARTS=max_parts, num_warps=warps,
+                                              **recipe, **consts)
         return launch
 
     gs = r.group_size
@@ -932,6 +988,15 @@ def _launcher(plan):
         group_kernel[(-(-total // block_g),)](xk, uk, q, s, total, groups, hidden, st, sg, alpha, limit, dev_f,
                                               **flags, **consts)
     return launch
+
+
+def _amax_programs() -> int:
+    """Programs of the per-tensor amax pass: a power of two, about two per SM of the current
+    device (so the second pass reads few partial maxima); 8 under the interpreter."""
+    if _interpreting():
+        return 8
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return 1 << (2 * sms - 1).bit_length()
 
 
 def _device_arg(r) -> float:

@@ -966,9 +966,9 @@ def _read_site(q: Node, y: Node, scale_input: Node | None, config) -> Site:
         more, mul_form = parse_scale(s_expr, x_dtype, element)
         fields.update(more)
         if group == interp.numel and interp.numel != interp.hidden:
-            raise NotRecognised("dynamic per-tensor scale (one amax over the whole tensor): no fused op "
-                                "computes it (it needs a global reduction first)")
-        if group == interp.hidden:
+            scheme = catalog.FP8_PER_TENSOR
+            recipe = dataclasses.replace(scheme.base, **fields)
+        elif group == interp.hidden:
             scheme = catalog.FP8_PER_TOKEN
             recipe = dataclasses.replace(scheme.base, **fields)
         else:

@@ -42,9 +42,9 @@ def make(name: str, x: torch.Tensor, *params, up=None, interleaved=False, scale=
 
 
 def runnable(mod, names) -> list[str]:
-    """The ops of ``names`` kernel family ``mod`` runs: the CUDA kernels only those whose
-    activation has a CUDA unit (catalog ``Activation.cuda``)."""
-    return [n for n in names if mod.NAME != "cuda" or catalog.OPS[n].activation.cuda]
+    """The ops of ``names`` kernel family ``mod`` runs: the CUDA kernels only those they implement
+    (``cuda_backend.implements``: the activation has a CUDA unit, the scheme a kernel)."""
+    return [n for n in names if mod.NAME != "cuda" or mod.implements(catalog.OPS[n])]
 
 
 def call(mod, name: str, x: torch.Tensor, *params, up=None, interleaved=False, scale=None, recipe=""):

@@ -24,7 +24,7 @@ if torch.cuda.is_available() and not cuda_backend.is_available():
 SCHEME_ARGS = {"fp8_per_group": [(128,), (64, True), (128, False, True)], "fp8_per_token": [()],
                "fp8_static": ["scale"], "mxfp8": [("floor",), ("rceil", True)], "mxfp4": [("floor",), ("rceil", True)]}
 LEADS = [(0,), (1,), (37,), (2, 129)]
-DISPATCHED = [e for e in catalog.OPS.values() if e.activation.cuda]
+DISPATCHED = [e for e in catalog.OPS.values() if cuda_backend.implements(e)]
 
 
 def _calls(entry, lead, dtype, gen):

@@ -15,7 +15,7 @@ from quantfuse.custom_ops import cuda_backend  # noqa: E402
 if torch.cuda.is_available() and not cuda_backend.is_available():
     pytestmark = pytest.mark.skip(reason=f"CUDA extension unavailable: {cuda_backend.unavailable_reason()}")
 
-ENTRIES = [pytest.param(e, id=e.name) for e in catalog.OPS.values() if e.activation.cuda]
+ENTRIES = [pytest.param(e, id=e.name) for e in catalog.OPS.values() if cuda_backend.implements(e)]
 
 
 @pytest.mark.parametrize("entry", ENTRIES)

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 import kernel_calls as kc  # noqa: E402
-from recipe_spellings import covering, fp8_recipes, spelled, spelled_static  # noqa: E402
+from recipe_spellings import covering, fp8_recipes, scheme_of, spelled, spelled_static  # noqa: E402
 
 from quantfuse import catalog  # noqa: E402
 from quantfuse.catalog import Grouping  # noqa: E402
@@ -75,10 +75,7 @@ def _input(tokens: int, dtype, seed: int) -> torch.Tensor:
     return x.to(dtype)
 
 
-def _scheme(r: catalog.Recipe):
-    if r.grouping is Grouping.PER_TOKEN:
-        return catalog.FP8_PER_TOKEN, ()
-    return catalog.FP8_PER_GROUP, (r.group_size,)
+_scheme = scheme_of
 
 
 def _fp8_bits(q: torch.Tensor) -> torch.Tensor:
