@@ -47,7 +47,8 @@ from quantfuse import catalog  # noqa: E402
 qf = torch.ops.quantfuse
 #: the plain-PyTorch spelling Inductor compiles for each scheme and activation (a
 #: benchmark choice: patterns/native.py holds the spellings)
-NATIVE_SCHEME = {"fp8_per_group": "scale=fp32", "fp8_per_token": "amax/448", "mxfp8": "rceil", "mxfp4": "rceil"}
+NATIVE_SCHEME = {"fp8_per_group": "scale=fp32", "fp8_per_token": "amax/448", "fp8_per_tensor": "amax/448",
+                 "mxfp8": "rceil", "mxfp4": "rceil"}
 NATIVE_ACT = {"silu_and_mul": "split,F.silu", "relu2": "relu.square"}
 #: the group size of the native per-group spelling (its eager and Inductor columns are for that cell)
 NATIVE_GROUP = inspect.signature(native.fp8_group_quant).parameters["group_size"].default
@@ -125,8 +126,9 @@ def cell_bytes(scheme: catalog.Scheme, act: catalog.Activation, tokens: int, hid
     """Minimum bytes a fused cell moves: the input, the encoded output and the scales."""
     r = scheme.base
     n_in = hidden * (2 if act.gated else 1)
-    scales = 0 if r.static else r.groups(hidden) * r.scale_dtype.itemsize
-    return tokens * (n_in * in_bytes + r.q_width(hidden) + scales)
+    if r.static or r.grouping is catalog.Grouping.PER_TENSOR:  # none, or one for the tensor
+        return tokens * (n_in * in_bytes + r.q_width(hidden)) + (0 if r.static else r.scale_dtype.itemsize)
+    return tokens * (n_in * in_bytes + r.q_width(hidden) + r.groups(hidden) * r.scale_dtype.itemsize)
 
 
 def expert_split(tokens: int, experts: int, seed: int = 0) -> list[int]:

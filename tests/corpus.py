@@ -269,6 +269,17 @@ class SiluPerToken(Style):
         return _token_quant(F.silu(a) * b)
 
 
+class SiluPerTensor(Style):
+    """One amax over the whole tensor (rank 3): the dynamic per-tensor op, its scale a 0-dim tensor."""
+    fused, scheme, params, shape = "silu_and_mul_per_tensor_quant_fp8", "fp8_per_tensor", {}, (2, 5, 512)
+
+    def forward(self, x):
+        a, b = x.chunk(2, -1)
+        y = (F.silu(a) * b).float()
+        s = y.abs().amax().clamp(min=1e-10) / 448.0
+        return (y / s).clamp(-448, 448).to(FP8), s
+
+
 def _mx8(y, rceil):
     yg = y.unflatten(-1, (-1, 32)).float()
     amax = yg.abs().amax(dim=-1, keepdim=True)
@@ -374,6 +385,7 @@ class OpFormSwizzledScales(Style):
 STYLES = [SliceSiluView, ChunkSigmoidReshape, SplitSiluUnflatten, ThreeDimSlice, ThreeDimChunkSigmoid,
           Ue8m0Exp2, Ue8m0Pow, Fp16Input, Fp32Input, Fp32InputSigmoid, ColumnMajorScales, ColumnMajorScales3D, TransposedScalesNotFolded, TwoLayers,
           OpForm, OpFormColumnMajor, OpFormKwargs, Relu2SquareGroup, Relu2PowUe8m0, Relu2MulPerToken, SiluPerToken,
+          SiluPerTensor,
           SiluMxfp8Rceil, Relu2Mxfp8Floor, SiluMxfp4Rceil, Relu2Mxfp4Floor, SiluMxfp8E8m0Scales, Relu2Mxfp4E8m0Scales,
           OpFormSwizzledScales, OpFormPairs]
 

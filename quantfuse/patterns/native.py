@@ -68,6 +68,13 @@ def fp8_token_quant(y):
     return (yf / scale).clamp(-448.0, 448.0).to(FP8), scale
 
 
+def fp8_tensor_quant(y):
+    """Dynamic per-tensor FP8: q ``[..., H]``, the one scale ``[1]`` from the amax of all of y."""
+    yf = y.float()
+    scale = yf.abs().amax().clamp(min=1e-10) / 448.0
+    return (yf / scale).clamp(-448.0, 448.0).to(FP8), scale.reshape(1)
+
+
 def _mx_blocks(y, scale_rounding: str, max_elem: float, emax: int):
     """32-element blocks of y in fp32 and their shared exponents ``[..., G, 1]``, as written
     in torch: ``ceil(log2(amax / max_elem))`` (rceil) or ``floor(log2(amax)) - emax``."""
@@ -113,6 +120,7 @@ SCHEME_SPELLINGS: dict[str, dict[str, Callable]] = {
         "scale=pow": lambda y: fp8_group_quant(y, 128, lambda s: 2 ** torch.ceil(torch.log2(s))),
     },
     "fp8_per_token": {"amax/448": lambda y: fp8_token_quant(y)},
+    "fp8_per_tensor": {"amax/448": lambda y: fp8_tensor_quant(y)},
     "mxfp8": {
         "rceil": lambda y: mxfp8_quant(y, "rceil"),
         "floor": lambda y: mxfp8_quant(y, "floor"),
@@ -137,6 +145,7 @@ ACTIVATION_SIGNATURES: dict[str, set] = {
 SCHEME_SIGNATURES: dict[str, tuple[frozenset, frozenset]] = {
     "fp8_per_group": (frozenset({_aten.amax.default}), frozenset({FP8})),
     "fp8_per_token": (frozenset({_aten.amax.default}), frozenset({FP8})),
+    "fp8_per_tensor": (frozenset({_aten.amax.default}), frozenset({FP8})),
     "mxfp8": (frozenset({_aten.amax.default, _aten.exp2.default}), frozenset({FP8, torch.uint8})),
     "mxfp4": (frozenset({_aten.amax.default, _aten.exp2.default, _aten.bitwise_or.Tensor}),
               frozenset({torch.uint8})),

@@ -99,8 +99,9 @@ def _assert_same(got, want, what):
 
 def _cuda_runs(r: catalog.Recipe) -> bool:
     """The CUDA kernels clamp (SATFINITE): a recipe without the clamp is theirs only where torch's
-    cast saturates too (torch >= 2.12); before, Triton runs it (test_unsaturated_cast_...)."""
-    return r.clamp or catalog.E4M3_CAST_SATURATES
+    cast saturates too (torch >= 2.12); before, Triton runs it (test_unsaturated_cast_...). And
+    only the schemes they implement (cuda_backend.SCHEMES)."""
+    return (r.clamp or catalog.E4M3_CAST_SATURATES) and _scheme(r)[0] in cuda_backend.SCHEMES
 
 
 def _run(mod, r: catalog.Recipe, x: torch.Tensor, name: str | None = None, up=None):
@@ -139,7 +140,8 @@ def test_floors_that_bite_and_fused_ops_equal_eager(mod, dtype):
     mod = {"cuda": cuda_backend, "triton": ts}[mod]
     for tokens, spec in itertools.product((1, 33), EPS_SPECS):
         g, u = _input(tokens, dtype, seed=7), _input(tokens, dtype, seed=8)
-        for base in (catalog.FP8_PER_TOKEN.base, catalog.FP8_PER_GROUP.recipe(64), catalog.FP8_PER_GROUP.recipe(128)):
+        for base in (catalog.FP8_PER_TOKEN.base, catalog.FP8_PER_TENSOR.base, catalog.FP8_PER_GROUP.recipe(64),
+                     catalog.FP8_PER_GROUP.recipe(128)):
             r = base.with_spec(spec)
             if mod is cuda_backend and not _cuda_runs(r):
                 continue
