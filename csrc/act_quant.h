@@ -78,6 +78,10 @@ struct ExpertsArgs {
   int* error;             // host-mapped flag the kernel sets on inconsistent offsets (or null)
 };
 
+// Blocks per SM of the per-tensor amax pass (tensor_kernel.cuh), at most one per row: its grid,
+// and how many partial maxima the scale step reads.
+constexpr int kTensorAmaxBlocksPerSm = 4;
+
 struct QuantParams {
   Scheme scheme;
   int64_t group_size;     // kPerGroup: 64 or 128; MX: 32; kPerToken, kStatic: unused
@@ -86,6 +90,8 @@ struct QuantParams {
   void* s;                // scale of (t, g) at s + t * s_stride_t + g * s_stride_g, or (s_swizzled, MX)
                           // in the 128x4 tiled layout with row-block stride s_stride_t; kStatic: unused
   const float* scale;     // kStatic: the one-element fp32 scale (device memory), read by the kernel
+  float* partials;        // kPerTensor: partials_count floats of workspace (the amax pass's maxima);
+  int64_t partials_count; // s is then the one-element fp32 scale, written
   Inputs in;
   int64_t tokens, hidden, s_stride_t, s_stride_g;
   bool s_swizzled;

@@ -232,8 +232,9 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
            row_stages);
   const int64_t vec = 16 / x.element_size();
   const bool is_static = scheme == quantfuse::kStatic;
+  const bool per_tensor = scheme == quantfuse::kPerTensor;
   const bool mx = scheme == quantfuse::kMxfp8 || scheme == quantfuse::kMxfp4;
-  if (scheme == quantfuse::kPerToken || is_static) {
+  if (scheme == quantfuse::kPerToken || is_static || per_tensor) {
     QF_CHECK(hidden % vec == 0, "quantfuse: the ", quantfuse::kSchemeNames[scheme], " kernel needs the hidden size (",
              hidden, ") to be a multiple of ", vec, " (16-byte vectors)");
   } else {
@@ -287,7 +288,7 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
     QF_CHECK(s_opt.has_value(), "quantfuse: ", quantfuse::kSchemeNames[scheme], " needs a scale output");
     const at::Tensor& s = *s_opt;
     QF_TRY(check_same_device(s, x, "s"));
-    const int64_t groups = scheme == quantfuse::kPerToken ? 1 : hidden / group_size;
+    const int64_t groups = scheme == quantfuse::kPerToken || per_tensor ? 1 : hidden / group_size;
     QF_CHECK(mx ? s.scalar_type() == at::kByte : s.scalar_type() == at::kFloat, "quantfuse: scales must be ",
              mx ? "uint8 (E8M0 bytes)" : "float32", " for ", quantfuse::kSchemeNames[scheme], ", got ",
              s.scalar_type());
@@ -304,6 +305,10 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
                t_pad, ", ", g_pad, "] (", experts ? "the experts' worst split of T" : "T", " and G padded to ",
                quantfuse::kSwizzleRows, " and ", quantfuse::kSwizzleCols, "), got ", s.sizes());
       QF_CHECK(!experts || aligned16(s.data_ptr()), "quantfuse: the experts scales must be 16-byte aligned");
+    } else if (per_tensor) {
+      QF_CHECK(s.numel() == 1, "quantfuse: the per-tensor scale s must be one element, got ", s.sizes());
+      QF_CHECK(apply != quantfuse::kApplyMulRatio,
+               "quantfuse: apply=mul_ratio has no per-tensor CUDA kernel");
     } else {
       QF_CHECK(s.numel() == tokens * groups, "quantfuse: s has ", s.numel(), " elements, expected T*G = ",
                tokens, "*", groups);
@@ -311,7 +316,9 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
     if (tokens == 0 || hidden == 0) return {};
     const int64_t slots = swizzled ? t_pad * g_pad : tokens * groups;  // scale bytes the kernel indexes
     QF_CHECK(slots < (int64_t(1) << 31), "quantfuse: too many groups (", slots, swizzled ? " with padding)" : ")");
-    if (swizzled) {
+    if (per_tensor) {
+      s_stride_t = s_stride_g = 0;  // the one scale
+    } else if (swizzled) {
       s_stride_t = quantfuse::kSwizzleRows * g_pad;  // the row-block stride; s_stride_g unused
       s_stride_g = 0;
     } else {
@@ -352,6 +359,12 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
   p.l2_bytes = int64_t(props->l2CacheSize);
   p.pdl = use_pdl();
   p.stream = at::cuda::getCurrentCUDAStream();
+  at::Tensor partials;  // the per-tensor amax pass's workspace, freed (stream-ordered) after the launches
+  if (per_tensor) {
+    p.partials_count = std::min<int64_t>(tokens, int64_t(quantfuse::kTensorAmaxBlocksPerSm) * p.sms);
+    partials = at::empty({p.partials_count}, x.options().dtype(at::kFloat));
+    p.partials = partials.data_ptr<float>();
+  }
   return run_unit(act, x, p, [](auto quant, auto, const QuantParams& pp) { return quant(pp); });
 }
 

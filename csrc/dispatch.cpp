@@ -219,6 +219,10 @@ std::vector<OutSpec> output_specs(const Launch& l, const at::Tensor& x, int64_t 
   q_sizes.push_back(l.q_width);
   add(std::move(q_sizes), l.scheme == kMxfp4 ? at::kByte : at::kFloat8_e4m3fn);
   if (l.scheme == kStatic) return specs;
+  if (l.scheme == kPerTensor) {  // the one scale
+    add({1}, at::kFloat);
+    return specs;
+  }
   const auto s_dtype = (l.scheme == kMxfp8 || l.scheme == kMxfp4) ? at::kByte : at::kFloat;
   if (l.experts) {
     add({experts_scale_rows(tokens, l.experts), swizzled_cols(l.groups)}, s_dtype);

@@ -7,6 +7,7 @@
 #include "act_kernel.cuh"
 #include "experts_kernel.cuh"
 #include "quantfuse_units.h"  // generated: kActGated
+#include "tensor_kernel.cuh"
 #include "token_kernel.cuh"
 
 #include <algorithm>
@@ -355,6 +356,30 @@ const char* launch_elementwise(void* out, const Inputs& in, int64_t tokens, int6
                 in.in_stride, hidden, uint32_t(chunks), scale, aa);
 }
 
+// Dynamic per-tensor FP8 (tensor_kernel.cuh): the amax pass on min(tokens, partials_count) blocks,
+// the scale step into p.s, then the static kernel's encode reading p.s as its scale.
+const char* launch_tensor(const QuantParams& p) {
+  if (p.recipe.apply == kApplyMulRatio) return "quantfuse: apply=mul_ratio has no per-tensor CUDA kernel";
+  const int64_t blocks = std::min<int64_t>(p.tokens, p.partials_count);
+  if (blocks <= 0 || p.partials == nullptr) return "quantfuse: the per-tensor kernels need their workspace";
+  auto amax = act_amax_kernel<DT, Act, false>;
+  if (interleaved(p.in)) amax = act_amax_kernel<DT, Act, kIL>;
+  const char* err = launch(amax, dim3(unsigned(blocks)), dim3(kThreads), p.stream, p.pdl, p.partials, gate_ptr(p.in),
+                           up_ptr(p.in), p.in.in_stride, p.hidden, p.tokens, p.act_args);
+  if (err == nullptr) {
+    err = launch(tensor_scale_kernel<DT>, dim3(1), dim3(kThreads), p.stream, p.pdl, static_cast<float*>(p.s),
+                 static_cast<const float*>(p.partials), int(blocks), p.recipe);
+  }
+  if (err != nullptr) return err;
+  const float* scale = static_cast<const float*>(p.s);
+  if (p.recipe.apply == kApplyMulInv) {
+    return launch_elementwise<kVec, Fp8Static<kApplyMulInv>>(p.q, p.in, p.tokens, p.hidden, scale, p.pdl, p.stream,
+                                                             p.act_args);
+  }
+  return launch_elementwise<kVec, Fp8Static<kApplyDiv>>(p.q, p.in, p.tokens, p.hidden, scale, p.pdl, p.stream,
+                                                        p.act_args);
+}
+
 }  // namespace
 
 const char* QF_CAT(launch_quant_, QF_UNIT)(const QuantParams& p) {
@@ -377,6 +402,7 @@ const char* QF_CAT(launch_quant_, QF_UNIT)(const QuantParams& p) {
       }
       return launch_elementwise<kVec, Fp8Static<kApplyDiv>>(p.q, p.in, p.tokens, p.hidden, p.scale, p.pdl, p.stream,
                                                             p.act_args);
+    case kPerTensor: return launch_tensor(p);
     default: return "quantfuse: unknown scheme";
   }
 }

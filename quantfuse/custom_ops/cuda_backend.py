@@ -334,8 +334,9 @@ _fixed: dict = {}
 _recipes: dict = {}
 
 
-#: the schemes the CUDA kernels implement (the per-tensor amax pass is Triton's alone so far)
-SCHEMES = (catalog.FP8_PER_GROUP, catalog.FP8_PER_TOKEN, catalog.FP8_STATIC, catalog.MXFP8, catalog.MXFP4)
+#: the schemes the CUDA kernels implement
+SCHEMES = (catalog.FP8_PER_GROUP, catalog.FP8_PER_TOKEN, catalog.FP8_STATIC, catalog.FP8_PER_TENSOR, catalog.MXFP8,
+           catalog.MXFP4)
 
 
 def implements(entry) -> bool:
@@ -363,7 +364,10 @@ def _reason(plan) -> str | None:
         # before torch 2.12 a cast without the clamp gives NaN past 464; the CUDA kernels cast with
         # SATFINITE only (an unsaturated one cost the default kernels registers): Triton runs it
         return "clamp=False with this torch's unsaturated E4M3 cast has no CUDA kernel (torch < 2.12)"
-    if r is not None and (r.grouping is Grouping.PER_TOKEN or r.static):
+    if r is not None and r.grouping is Grouping.PER_TENSOR and r.apply is catalog.ApplyForm.MUL_RATIO:
+        # the per-tensor kernels encode with the static kernel's y / s or y * (1 / s)
+        return "apply=mul_ratio has no per-tensor CUDA kernel"
+    if r is not None and r.grouping in (Grouping.PER_TOKEN, Grouping.PER_TENSOR):
         vec = 16 // plan.dtype.itemsize
         if plan.hidden == 0 or plan.hidden % vec:
             return (f"{plan.entry.scheme.key} kernel needs the hidden size ({plan.hidden}) to be a positive "

@@ -100,8 +100,10 @@ def _assert_same(got, want, what):
 def _cuda_runs(r: catalog.Recipe) -> bool:
     """The CUDA kernels clamp (SATFINITE): a recipe without the clamp is theirs only where torch's
     cast saturates too (torch >= 2.12); before, Triton runs it (test_unsaturated_cast_...). And
-    only the schemes they implement (cuda_backend.SCHEMES)."""
-    return (r.clamp or catalog.E4M3_CAST_SATURATES) and _scheme(r)[0] in cuda_backend.SCHEMES
+    only the schemes they implement (cuda_backend.SCHEMES), per tensor with y / s or y * (1 / s) (their
+    encode is the static kernel's: test_per_tensor_mul_ratio_is_triton_s)."""
+    per_tensor_ratio = r.grouping is Grouping.PER_TENSOR and r.apply is catalog.ApplyForm.MUL_RATIO
+    return (r.clamp or catalog.E4M3_CAST_SATURATES) and _scheme(r)[0] in cuda_backend.SCHEMES and not per_tensor_ratio
 
 
 def _run(mod, r: catalog.Recipe, x: torch.Tensor, name: str | None = None, up=None):
@@ -179,6 +181,15 @@ def test_static_apply_and_clamp_equal_eager(mod, dtype):
         (q,) = kc.call(mod, "static_scaled_fp8_quant", x, scale=scale, recipe=spec)
         want = spelled_static(x, scale, r)
         assert torch.equal(_fp8_bits(q), _fp8_bits(want)), f"{mod.NAME} {spec} scale={s}"
+
+
+def test_per_tensor_mul_ratio_is_triton_s():
+    """y * (448 / amax) per tensor: the CUDA kernels decline it with the reason, Triton computes it."""
+    x = _input(7, torch.bfloat16, seed=13)
+    p = kc.make("dynamic_scaled_fp8_quant", x, recipe="apply=mul_ratio")
+    assert cuda_backend.supports(p) == "apply=mul_ratio has no per-tensor CUDA kernel"
+    r = catalog.FP8_PER_TENSOR.base.with_spec("apply=mul_ratio")
+    _assert_same(_run(ts, r, x), spelled(x, r), "triton per-tensor mul_ratio")
 
 
 def test_dispatcher_path_runs_the_recipe():
