@@ -313,7 +313,7 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
       QF_CHECK(s.numel() == tokens * groups, "quantfuse: s has ", s.numel(), " elements, expected T*G = ",
                tokens, "*", groups);
     }
-    if (tokens == 0 || hidden == 0) return {};
+    if ((tokens == 0 || hidden == 0) && !per_tensor) return {};  // per tensor: the scale is still written
     const int64_t slots = swizzled ? t_pad * g_pad : tokens * groups;  // scale bytes the kernel indexes
     QF_CHECK(slots < (int64_t(1) << 31), "quantfuse: too many groups (", slots, swizzled ? " with padding)" : ")");
     if (per_tensor) {
@@ -352,7 +352,7 @@ std::string act_quant_impl(int64_t act, int64_t scheme, int64_t layout, const at
       p.experts.scale_rows = t_pad;
     }
   }
-  if (tokens == 0 || hidden == 0) return {};
+  if ((tokens == 0 || hidden == 0) && !per_tensor) return {};
   const c10::cuda::OptionalCUDAGuard guard(x.device());
   const auto* props = at::cuda::getCurrentDeviceProperties();
   p.sms = props->multiProcessorCount;

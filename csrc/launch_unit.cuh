@@ -360,17 +360,21 @@ const char* launch_elementwise(void* out, const Inputs& in, int64_t tokens, int6
 // the scale step into p.s, then the static kernel's encode reading p.s as its scale.
 const char* launch_tensor(const QuantParams& p) {
   if (p.recipe.apply == kApplyMulRatio) return "quantfuse: apply=mul_ratio has no per-tensor CUDA kernel";
-  const int64_t blocks = std::min<int64_t>(p.tokens, p.partials_count);
-  if (blocks <= 0 || p.partials == nullptr) return "quantfuse: the per-tensor kernels need their workspace";
-  auto amax = act_amax_kernel<DT, Act, false>;
-  if (interleaved(p.in)) amax = act_amax_kernel<DT, Act, kIL>;
-  const char* err = launch(amax, dim3(unsigned(blocks)), dim3(kThreads), p.stream, p.pdl, p.partials, gate_ptr(p.in),
-                           up_ptr(p.in), p.in.in_stride, p.hidden, p.tokens, p.act_args);
+  // an empty tensor has no partials: its amax is taken as 0 (reference.quantize), the scale still written
+  const int64_t blocks = p.hidden > 0 ? std::min<int64_t>(p.tokens, p.partials_count) : 0;
+  if (blocks > 0 && p.partials == nullptr) return "quantfuse: the per-tensor kernels need their workspace";
+  const char* err = nullptr;
+  if (blocks > 0) {
+    auto amax = act_amax_kernel<DT, Act, false>;
+    if (interleaved(p.in)) amax = act_amax_kernel<DT, Act, kIL>;
+    err = launch(amax, dim3(unsigned(blocks)), dim3(kThreads), p.stream, p.pdl, p.partials, gate_ptr(p.in),
+                 up_ptr(p.in), p.in.in_stride, p.hidden, p.tokens, p.act_args);
+  }
   if (err == nullptr) {
     err = launch(tensor_scale_kernel<DT>, dim3(1), dim3(kThreads), p.stream, p.pdl, static_cast<float*>(p.s),
                  static_cast<const float*>(p.partials), int(blocks), p.recipe);
   }
-  if (err != nullptr) return err;
+  if (err != nullptr || blocks == 0) return err;
   const float* scale = static_cast<const float*>(p.s);
   if (p.recipe.apply == kApplyMulInv) {
     return launch_elementwise<kVec, Fp8Static<kApplyMulInv>>(p.q, p.in, p.tokens, p.hidden, scale, p.pdl, p.stream,
@@ -383,7 +387,7 @@ const char* launch_tensor(const QuantParams& p) {
 }  // namespace
 
 const char* QF_CAT(launch_quant_, QF_UNIT)(const QuantParams& p) {
-  if (p.tokens == 0 || p.hidden == 0) return nullptr;
+  if ((p.tokens == 0 || p.hidden == 0) && p.scheme != kPerTensor) return nullptr;  // per tensor: the scale
   switch (p.scheme) {
     case kPerToken:  // the per-token op has no UE8M0 parameter: a UE8M0 recipe is a runtime one
       return fp8_step(p.recipe) == Fp8Step::kDefault && !p.runtime_recipe ? dispatch_token<Fp8Step::kDefault>(p)

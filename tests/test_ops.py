@@ -118,3 +118,14 @@ def test_config_rejects_unknown_names():
         quantfuse.FusionConfig(forms=("nativ",))
     with pytest.raises(ValueError, match="unknown dtype name"):
         quantfuse.FusionConfig(dtypes=("bf16",))
+
+
+def test_per_tensor_scale_of_an_empty_tensor_is_that_of_zeros():
+    """Dynamic per-tensor FP8 of no elements: the amax is taken as 0 (eager's amax of an empty
+    tensor raises), so the one scale is the recipe's for an all-zero tensor, and q is empty."""
+    x = torch.randn(0, 512, dtype=torch.bfloat16)
+    q, s = torch.ops.quantfuse.silu_and_mul_per_tensor_quant_fp8(x)
+    assert q.shape == (0, 256) and q.dtype == torch.float8_e4m3fn and s.shape == (1,)
+    assert torch.equal(s, torch.tensor([1e-10], dtype=torch.float32) / 448.0)  # max(0, eps) / 448
+    q, s = torch.ops.quantfuse.dynamic_scaled_fp8_quant(x[:, :256], recipe="floor_at=none")
+    assert torch.equal(s, torch.zeros(1))

@@ -191,10 +191,10 @@ def quantize(y: torch.Tensor, r: Recipe, scale: torch.Tensor | None = None):
     if r.static:
         return _apply_fp8(y, scale.reshape(()).float(), r)
     if r.grouping is Grouping.PER_TENSOR:
-        # one group of every element: amax over the whole tensor (an empty one has none: torch's
-        # amax raises, as the spelling's does)
+        # one group of every element: the amax over the whole tensor; an empty tensor's is taken
+        # as 0 (the scale of an all-zero tensor; eager's amax of no elements raises instead)
         yt = y.reshape(1, -1)
-        s = fp8_scales(yt, r)
+        s = fp8_scales(yt if yt.numel() else y.new_zeros(1, 1), r)
         return _apply_fp8(yt, s, r).reshape(y.shape), s.reshape(1)
     g = hidden if r.grouping is Grouping.PER_TOKEN else r.group_size
     yg = y.reshape(*lead, hidden // g, g)

@@ -937,22 +937,23 @@ def _launcher(plan):
                                              "enable_fp_fusion") if n in consts}
 
         def launch(tokens, outputs, x, up, scale):
-            if tokens == 0 or hidden == 0:
+            if (tokens == 0 or hidden == 0) and not per_tensor:
                 return
             xk, uk = inputs(x, up)
             o = outputs[0] if out_view is None else outputs[0].view(out_view)
             s = scale if static else (outputs[1] if len(outputs) > 1 else o)
-            parts, nparts = s, 1
+            parts, nparts, grid = s, 1, -(-tokens // rows)
             if per_tensor:
-                tiles = -(-tokens // rows)
-                nparts = min(max_parts, tiles)
-                parts = torch.empty(nparts, dtype=torch.int32, device=x.device)
-                amax_kernel[(nparts,)](xk, uk, parts, tokens, hidden, alpha, limit, nparts, tiles,
-                                       ROWS=rows, BLOCK=block,
-                                       NCHUNK=nchunk, num_warps=warps, **act_consts)
-            row_kernel[(-(-tokens // rows),)](xk, uk, o, s, tokens, hidden, alpha, limit, parts, nparts, ROWS=rows,
-                                              BLOCK=block, NCHUNK=nchunk, NPARTS=max_parts, num_warps=warps,
-                                              **recipe, **consts)
+                # an empty tensor: no partials, its amax taken as 0 (reference.quantize); one program
+                # writes the scale
+                tiles = grid if hidden else 0
+                nparts, grid = min(max_parts, tiles), max(grid, 1)
+                parts = torch.empty(max(nparts, 1), dtype=torch.int32, device=x.device)
+                if nparts:
+                    amax_kernel[(nparts,)](xk, uk, parts, tokens, hidden, alpha, limit, nparts, tiles, ROWS=rows,
+                                           BLOCK=block, NCHUNK=nchunk, num_warps=warps, **act_consts)
+            row_kernel[(grid,)](xk, uk, o, s, tokens, hidden, alpha, limit, parts, nparts, ROWS=rows, BLOCK=block,
+                                NCHUNK=nchunk, NPARTS=max_parts, num_warps=warps, **recipe, **consts)
         return launch
 
     gs = r.group_size

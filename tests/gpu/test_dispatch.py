@@ -22,7 +22,9 @@ if torch.cuda.is_available() and not cuda_backend.is_available():
 
 #: per scheme: argument sets covering every scale layout
 SCHEME_ARGS = {"fp8_per_group": [(128,), (64, True), (128, False, True)], "fp8_per_token": [()],
-               "fp8_static": ["scale"], "mxfp8": [("floor",), ("rceil", True)], "mxfp4": [("floor",), ("rceil", True)]}
+               "fp8_static": ["scale"], "fp8_per_tensor": [()], "mxfp8": [("floor",), ("rceil", True)],
+               "mxfp4": [("floor",), ("rceil", True)]}
+assert set(SCHEME_ARGS) == set(catalog.SCHEMES), "a catalog scheme without dispatcher test arguments"
 LEADS = [(0,), (1,), (37,), (2, 129)]
 DISPATCHED = [e for e in catalog.OPS.values() if cuda_backend.implements(e)]
 

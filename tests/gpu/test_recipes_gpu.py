@@ -192,6 +192,17 @@ def test_per_tensor_mul_ratio_is_triton_s():
     _assert_same(_run(ts, r, x), spelled(x, r), "triton per-tensor mul_ratio")
 
 
+@pytest.mark.parametrize("mod", ["cuda", "triton"])
+def test_per_tensor_empty_input_writes_the_scale(mod):
+    """No rows: the kernels still write the one scale, the recipe's for an amax of 0 (the reference's)."""
+    mod = {"cuda": cuda_backend, "triton": ts}[mod]
+    x = torch.empty(0, 512, device="cuda", dtype=torch.bfloat16)
+    for spec in ("", "floor_at=scale,eps=1e-06,apply=mul_inv", "floor_at=none"):
+        q, s = kc.call(mod, "silu_and_mul_per_tensor_quant_fp8", x, recipe=spec)
+        q0, s0 = kc.reference("silu_and_mul_per_tensor_quant_fp8", x, recipe=spec)
+        assert q.shape == (0, 256) and torch.equal(s, s0), (mod.NAME, spec, s, s0)
+
+
 def test_dispatcher_path_runs_the_recipe():
     """The op on CUDA tensors: the first call plans in Python, the second runs on the C++
     dispatcher path (csrc/dispatch.cpp), both the CUDA kernel with the recipe's arguments."""
