@@ -12,38 +12,6 @@
 
 namespace quantfuse {
 
-// act(x) of one 16-byte vector of a row (its operands at row_off + col: load_operands) as fp32
-// values, rounded as the activation's struct does (16-bit inputs: on packed pairs).
-template <typename DT, typename Act, bool IL, int VEC = 16 / sizeof(typename DT::Storage)>
-__device__ __forceinline__ void act_vector(float (&y)[VEC], const typename DT::Storage* __restrict__ gate,
-                                           const typename DT::Storage* __restrict__ up, int64_t row_off, int64_t col,
-                                           const ActArgs& aa) {
-  using S = typename DT::Storage;
-  uint4 gv, uv;
-  load_operands<DT, Act::kGated, IL, false>(gv, uv, gate, up, row_off, col);
-  if constexpr (IL) split_interleaved<DT>(gv, uv);
-  const S* gs = reinterpret_cast<const S*>(&gv);
-  const S* us = reinterpret_cast<const S*>(&uv);
-  if constexpr (DT::kPacked) {
-    uint32_t yp[VEC / 2];
-    Act::template pairs<DT, VEC>(yp, reinterpret_cast<const uint32_t*>(gs), reinterpret_cast<const uint32_t*>(us),
-                                 true, aa);
-#pragma unroll
-    for (int i = 0; i < VEC; i += 2) {
-      y[i] = DT::lo(yp[i / 2]);
-      y[i + 1] = DT::hi(yp[i / 2]);
-    }
-  } else {
-    float gf[VEC], uf[VEC];
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      gf[i] = DT::to_float(gs[i]);
-      uf[i] = Act::kGated ? DT::to_float(us[i]) : 0.0f;
-    }
-    Act::template apply<DT, VEC>(y, gf, uf, true, aa);
-  }
-}
-
 template <typename DT, typename Act, int VEC, bool IL, typename Q = void>
 __global__ void __launch_bounds__(kThreads) act_kernel(
     void* __restrict__ out, const typename DT::Storage* __restrict__ gate, const typename DT::Storage* __restrict__ up,
@@ -57,39 +25,50 @@ __global__ void __launch_bounds__(kThreads) act_kernel(
   const int64_t col = (int64_t(chunk) * blockDim.x + threadIdx.x) * VEC;
   if (col >= d) return;
   const int64_t row_off = int64_t(row) * in_stride, out_off = int64_t(row) * d + col;
-  if constexpr (kQuant) {
-    float y[VEC];
-    act_vector<DT, Act, IL>(y, gate, up, row_off, col, aa);
-    const auto st = Q::prepare(__ldg(scale));
-    uint32_t w[VEC / 4];
-    Q::template encode<VEC>(y, st, w);
-    store_bytes<VEC>(static_cast<uint8_t*>(out) + out_off, w, 0);
-  } else if constexpr (VEC * sizeof(S) == 16) {
+  if constexpr (VEC * sizeof(S) == 16) {
     uint4 gv, uv;
     load_operands<DT, Act::kGated, IL, false>(gv, uv, gate, up, row_off, col);
     if constexpr (IL) split_interleaved<DT>(gv, uv);
     const S* gs = reinterpret_cast<const S*>(&gv);
     const S* us = reinterpret_cast<const S*>(&uv);
+    float y[VEC];
     uint4 ov;
     if constexpr (DT::kPacked) {
       uint32_t yp[VEC / 2];
       Act::template pairs<DT, VEC>(yp, reinterpret_cast<const uint32_t*>(gs), reinterpret_cast<const uint32_t*>(us),
                                    true, aa);
-      ov = *reinterpret_cast<const uint4*>(yp);
+      if constexpr (kQuant) {
+#pragma unroll
+        for (int i = 0; i < VEC; i += 2) {
+          y[i] = DT::lo(yp[i / 2]);
+          y[i + 1] = DT::hi(yp[i / 2]);
+        }
+      } else {
+        ov = *reinterpret_cast<const uint4*>(yp);
+      }
     } else {
-      float y[VEC], gf[VEC], uf[VEC];
+      float gf[VEC], uf[VEC];
 #pragma unroll
       for (int i = 0; i < VEC; ++i) {
         gf[i] = DT::to_float(gs[i]);
         uf[i] = Act::kGated ? DT::to_float(us[i]) : 0.0f;
       }
       Act::template apply<DT, VEC>(y, gf, uf, true, aa);
-      S o[VEC];
+      if constexpr (!kQuant) {
+        S o[VEC];
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) o[i] = DT::from_float(y[i]);
-      ov = *reinterpret_cast<const uint4*>(o);
+        for (int i = 0; i < VEC; ++i) o[i] = DT::from_float(y[i]);
+        ov = *reinterpret_cast<const uint4*>(o);
+      }
     }
-    *reinterpret_cast<uint4*>(static_cast<S*>(out) + out_off) = ov;
+    if constexpr (kQuant) {
+      const auto st = Q::prepare(__ldg(scale));
+      uint32_t w[VEC / 4];
+      Q::template encode<VEC>(y, st, w);
+      store_bytes<VEC>(static_cast<uint8_t*>(out) + out_off, w, 0);
+    } else {
+      *reinterpret_cast<uint4*>(static_cast<S*>(out) + out_off) = ov;
+    }
   } else {
     static_assert(VEC == 1, "scalar path");
     float g[1] = {DT::to_float(IL ? gate[row_off + 2 * col] : gate[row_off + col])};

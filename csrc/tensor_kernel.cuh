@@ -10,7 +10,7 @@
 // scale NaN, whose every code is NaN, as eager's y / NaN.
 #pragma once
 
-#include "act_kernel.cuh"
+#include "group_kernel.cuh"  // act_round_amax
 
 namespace quantfuse {
 
@@ -40,10 +40,13 @@ __global__ void __launch_bounds__(kThreads) act_amax_kernel(
     const int64_t row_off = row * in_stride;
 #pragma unroll 2
     for (int64_t col = int64_t(threadIdx.x) * VEC; col < d; col += int64_t(blockDim.x) * VEC) {
+      uint4 gv, uv;
+      load_operands<DT, Act::kGated, IL, false>(gv, uv, gate, up, row_off, col);
+      if constexpr (IL) split_interleaved<DT>(gv, uv);
       float y[VEC];
-      act_vector<DT, Act, IL>(y, gate, up, row_off, col, aa);
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) m = nan_max(m, fabsf(y[i]));
+      uint32_t yp[VEC / 2];
+      m = nan_max(m, act_round_amax<DT, Act, VEC>(y, yp, reinterpret_cast<const typename DT::Storage*>(&gv),
+                                                   reinterpret_cast<const typename DT::Storage*>(&uv), true, aa));
     }
   }
   m = block_nan_max(m);

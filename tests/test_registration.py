@@ -36,8 +36,9 @@ def test_a_graph_registers_only_the_groups_it_can_match(act, widths):
         return _group_quant(F.silu(x[:, :d]) * x[:, d:] if act == "silu_and_mul" else F.relu(x).square())
     gm = post_grad_graph(fn, torch.randn(4, 512, dtype=torch.bfloat16))
     groups = [p.pass_name for p in act_quant.passes_for(CONFIG, gm.graph)]
-    assert sorted(groups) == [f"quantfuse:native/{act}/{s}/{w}" for s in ("fp8_per_group", "fp8_per_token")
-                              for w in widths]
+    # the FP8 schemes whose spellings reduce by amax and cast to FP8 (per group, per tensor, per token)
+    assert sorted(groups) == [f"quantfuse:native/{act}/{s}/{w}"
+                              for s in ("fp8_per_group", "fp8_per_tensor", "fp8_per_token") for w in widths]
     assert act_quant.passes_for(CONFIG, torch.fx.Graph()) == []
 
 

@@ -512,27 +512,21 @@ def _kernels():
                     _store_act(o_ptr, orow[:, None] + cc[None, :], y, m, KIND, SOFT)
                 else:
                     _store_q(o_ptr, orow[:, None] + cc[None, :], _div_static(y, s, INTERP, MUL_INV), m, CLAMP, SOFT)
-        elif SCHEME == _S_TENSOR:
-            pk = tl.arange(0, NPARTS)
-            amax_bits = tl.zeros([ROWS], dtype=tl.int32) + tl.max(tl.load(p_ptr + pk, mask=pk < nparts, other=0), axis=0)
+        elif SCHEME == _S_TOKEN and NCHUNK == 1:
+            m = rmask[:, None] & (cols < H)[None, :]
+            y = _activation(x_ptr, u_ptr, xrow[:, None] + cols[None, :], urow[:, None] + cols[None, :], m,
+                            alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
+            amax_bits = tl.max(_abs_bits(y), axis=1)
             scale = _fp8_scale(amax_bits, KIND, AMAX_FLOOR, SCALE_FLOOR, POW2_FLOOR, STEP_INPUT, UE8M0, CAREFUL, SOFT, INTERP)
-            for c in range(NCHUNK):
-                cc = c * BLOCK + cols
-                m = rmask[:, None] & (cc < H)[None, :]
-                y = _activation(x_ptr, u_ptr, xrow[:, None] + cc[None, :], urow[:, None] + cc[None, :], m,
-                                alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
-                v = _apply_scale(y, scale, amax_bits, AMAX_FLOOR, UE8M0 != _UE8M0_NONE, INTERP, MUL_INV, RATIO, CAREFUL)
-                _store_q(o_ptr, orow[:, None] + cc[None, :], v, m, CLAMP, SOFT)
-            tl.store(s_ptr + rows64 * 0, scale, mask=rows == 0)
+            v = _apply_scale(y, scale, amax_bits, AMAX_FLOOR, UE8M0 != _UE8M0_NONE, INTERP, MUL_INV, RATIO, CAREFUL)
+            _store_q(o_ptr, orow[:, None] + cols[None, :], v, m, CLAMP, SOFT)
+            tl.store(s_ptr + rows64, scale, mask=rmask)
         else:
-            if NCHUNK == 1:
-                m = rmask[:, None] & (cols < H)[None, :]
-                y = _activation(x_ptr, u_ptr, xrow[:, None] + cols[None, :], urow[:, None] + cols[None, :], m,
-                                alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
-                amax_bits = tl.max(_abs_bits(y), axis=1)
-                scale = _fp8_scale(amax_bits, KIND, AMAX_FLOOR, SCALE_FLOOR, POW2_FLOOR, STEP_INPUT, UE8M0, CAREFUL, SOFT, INTERP)
-                v = _apply_scale(y, scale, amax_bits, AMAX_FLOOR, UE8M0 != _UE8M0_NONE, INTERP, MUL_INV, RATIO, CAREFUL)
-                _store_q(o_ptr, orow[:, None] + cols[None, :], v, m, CLAMP, SOFT)
+            # pass 1: the amax (per token: of each row, read in chunks; per tensor: of the partial maxima)
+            if SCHEME == _S_TENSOR:
+                pk = tl.arange(0, NPARTS)
+                amax_bits = tl.zeros([ROWS], dtype=tl.int32) + tl.max(tl.load(p_ptr + pk, mask=pk < nparts, other=0),
+                                                                      axis=0)
             else:
                 amax_bits = tl.zeros([ROWS], dtype=tl.int32)
                 for c in range(NCHUNK):
@@ -541,16 +535,20 @@ def _kernels():
                     y = _activation(x_ptr, u_ptr, xrow[:, None] + cc[None, :], urow[:, None] + cc[None, :], m,
                                     alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
                     amax_bits = tl.maximum(amax_bits, tl.max(_abs_bits(y), axis=1))
-                scale = _fp8_scale(amax_bits, KIND, AMAX_FLOOR, SCALE_FLOOR, POW2_FLOOR, STEP_INPUT, UE8M0, CAREFUL, SOFT, INTERP)
-                for c in range(NCHUNK):
-                    cc = c * BLOCK + cols
-                    m = rmask[:, None] & (cc < H)[None, :]
-                    y = _activation(x_ptr, u_ptr, xrow[:, None] + cc[None, :], urow[:, None] + cc[None, :], m,
-                                    alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
-                    v = _apply_scale(y, scale, amax_bits, AMAX_FLOOR, UE8M0 != _UE8M0_NONE, INTERP, MUL_INV, RATIO,
-                                     CAREFUL)
-                    _store_q(o_ptr, orow[:, None] + cc[None, :], v, m, CLAMP, SOFT)
-            tl.store(s_ptr + rows64, scale, mask=rmask)
+            scale = _fp8_scale(amax_bits, KIND, AMAX_FLOOR, SCALE_FLOOR, POW2_FLOOR, STEP_INPUT, UE8M0, CAREFUL, SOFT, INTERP)
+            # pass 2: the codes
+            for c in range(NCHUNK):
+                cc = c * BLOCK + cols
+                m = rmask[:, None] & (cc < H)[None, :]
+                y = _activation(x_ptr, u_ptr, xrow[:, None] + cc[None, :], urow[:, None] + cc[None, :], m,
+                                alpha, limit, ACT, GATED, LAYOUT, KIND, SILU_ROUNDED, SOFT, INTERP)
+                v = _apply_scale(y, scale, amax_bits, AMAX_FLOOR, UE8M0 != _UE8M0_NONE, INTERP, MUL_INV, RATIO,
+                                 CAREFUL)
+                _store_q(o_ptr, orow[:, None] + cc[None, :], v, m, CLAMP, SOFT)
+            if SCHEME == _S_TENSOR:
+                tl.store(s_ptr + rows64 * 0, scale, mask=rows == 0)  # the one scale, by program 0
+            else:
+                tl.store(s_ptr + rows64, scale, mask=rmask)
 
     @triton.jit(do_not_specialize=["total_groups", "groups_per_row"])
     def _group_kernel(x_ptr, u_ptr, q_ptr, s_ptr, total_groups, groups_per_row, H, s_st, s_sg, alpha, limit, dev_f,
