@@ -113,9 +113,10 @@ def _act_consistent(s):
 
 @dataclasses.dataclass(frozen=True)
 class Spelling(ActSpelling):
-    """A dynamic FP8 per-group / per-token spelling."""
+    """A dynamic FP8 per-group / per-token / per-tensor spelling."""
 
     group: int = 128                # 64 | 128 | 0 (per token)
+    per_tensor: bool = False        # one amax over every element (group unused)
     group_view: str = "view"        # view | unflatten | reshape
     cast_first: bool = False        # y.float() before the grouping reshape
     step_input: bool = False        # amax / 448 in the input dtype, then .float()
@@ -154,10 +155,15 @@ class Spelling(ActSpelling):
         grouped = {"view": lambda t: t.view(-1, h // g, g),
                    "unflatten": lambda t: t.unflatten(-1, (-1, g)),
                    "reshape": lambda t: t.reshape(*t.shape[:-1], h // g, g)}[self.group_view]
-        work = grouped(work)
+        if not self.per_tensor:
+            work = grouped(work)
         amax_src = work if (self.cast_first or self.amax_in_input or self.step_input) else work.float()
         a = amax_src.abs()
-        if self.amax_form == "amax":
+        if self.per_tensor:
+            # a 0-dim amax (vLLM: x.abs().max(); torchao: amax over every dim), or [1]
+            amax = {"amax": lambda: a.amax(), "values": lambda: a.max(), "getitem": lambda: torch.max(a),
+                    "unsqueeze": lambda: a.max().unsqueeze(-1)}[self.amax_form]()
+        elif self.amax_form == "amax":
             amax = a.amax(dim=-1, keepdim=True)
         elif self.amax_form == "values":
             amax = a.max(dim=-1, keepdim=True).values
@@ -196,24 +202,38 @@ class Spelling(ActSpelling):
         q = v.to(FP8)
         if self.out_shape == "grouped":
             return q, s
+        if self.per_tensor:
+            return q.reshape(y.shape), s.reshape(1)
         return q.reshape(y.shape), s.reshape(*y.shape[:-1], h // g)
 
     # --- what it computes ------------------------------------------------------------------
     @property
     def scheme(self) -> catalog.Scheme:
+        if self.per_tensor:
+            return catalog.FP8_PER_TENSOR
         return catalog.FP8_PER_GROUP if self.group else catalog.FP8_PER_TOKEN
+
+    @property
+    def zero_dim(self) -> bool:
+        """A per-tensor amax without the unsqueeze is 0-dim, and a 0-dim tensor does not promote a
+        dimensioned one: ``y_bf16 / s_fp32`` stays bf16, where ``torch.maximum(amax_bf16,
+        torch.tensor(eps))`` of two 0-dim tensors is fp32."""
+        return self.per_tensor and self.amax_form != "unsqueeze"
 
     def recipe(self) -> Recipe | None:
         """The recipe this spelling computes, or None where no recipe does (a near-spelling)."""
         rounded = self.apply == "div_rounded" and self.dtype != torch.float32 and not self.cast_first
+        rounded |= self.zero_dim and self.apply == "div_promote" and self.dtype != torch.float32 and not self.cast_first
         if self.floor_at == "both" or rounded or self.clamp == "narrow" \
                 or self.divisor != 448.0:
             return None
         if self.step_input and self.ue8m0 != "none":
             return None
+        # the 0-dim floor torch.maximum(amax, tensor(eps)) promotes the amax to fp32 (zero_dim)
+        step_input = self.step_input and not (self.zero_dim and self.floor_at == "amax" and self.floor_form == "maximum")
         fields = dict(
             floor_at={"amax": FloorAt.AMAX, "scale": FloorAt.SCALE, "none": FloorAt.NONE}[self.floor_at],
-            step_dtype=StepDtype.INPUT if self.step_input and self.dtype != torch.float32 else StepDtype.FP32,
+            step_dtype=StepDtype.INPUT if step_input and self.dtype != torch.float32 else StepDtype.FP32,
             apply=ApplyForm.DIV if self.apply in ("div", "div_promote", "div_rounded") else ApplyForm.MUL_INV,
             clamp=self.clamp != "none",
             ue8m0=Ue8m0.NONE if self.ue8m0 == "none" else Ue8m0.EXP2_CEIL_LOG2,
@@ -223,7 +243,7 @@ class Spelling(ActSpelling):
             if fields["step_dtype"] is StepDtype.INPUT and self.floor_at == "amax":
                 # the amax is floored in the input dtype: max(amax, eps rounded to it)
                 fields["eps"] = float(torch.tensor(self.eps, dtype=torch.float32).to(self.dtype))
-        if self.group:
+        if self.group and not self.per_tensor:
             fields["group_size"] = self.group
         return dataclasses.replace(self.scheme.base, **fields)
 
@@ -232,6 +252,7 @@ def _base():
     return st.builds(
         Spelling, **_act_choices(),
         group=st.sampled_from([64, 128, 0]), group_view=st.sampled_from(["view", "unflatten", "reshape"]),
+        per_tensor=st.sampled_from([False, False, False, True]),
         cast_first=st.booleans(), step_input=st.booleans(), amax_in_input=st.booleans(),
         amax_form=st.sampled_from(["amax", "values", "getitem", "unsqueeze"]),
         floor_at=st.sampled_from(["amax", "scale", "none"]),
@@ -249,6 +270,8 @@ def _consistent(s: Spelling) -> Spelling:
     # a scale computed in the input dtype needs the values still in it
     if s.step_input:
         s = dataclasses.replace(s, cast_first=False, ue8m0="none")
+    if s.zero_dim and s.apply == "div_promote":
+        s = dataclasses.replace(s, apply="div")  # y_bf16 / a 0-dim fp32 s stays bf16: a near spelling
     if s.group_view == "view" and s.three_d and not s.flatten_first and s.group:
         s = dataclasses.replace(s, group_view="unflatten")  # view(-1, G, g) flattens tokens (fine too)
     return s
