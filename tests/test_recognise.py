@@ -312,6 +312,35 @@ def test_gpu_graph_fuses_vllm_floor_at_the_scale():
     assert reason and "eps=nan" in reason and "no CUDA / Triton kernel" in reason
 
 
+def _on_a_gpu_graph(fn, x):
+    """The recognised site of ``fn(x)`` with its input faked onto the meta device (a GPU graph)."""
+    gm = post_grad_graph(fn, x)
+    (q, ys, scale), = recognise.find_candidates(gm.graph)
+    site = recognise.read_site(q, next(iter(ys)), scale, quantfuse.FusionConfig())
+    site.x.meta["val"] = torch.empty(site.x.meta["val"].shape, dtype=x.dtype, device="meta")
+    return site
+
+
+def test_gpu_graph_keeps_a_site_only_slower_triton_kernels_compute():
+    """A GPU site the CUDA kernels decline runs on Triton: kept where Triton's kernel for the pair
+    is slower than Inductor's (not in PROFITABLE_NATIVE_TRITON), with the CUDA reason; rewritten
+    where it is the faster code, or where the CUDA kernels run it."""
+    config = quantfuse.FusionConfig()
+    ratio = _on_a_gpu_graph(lambda x: (lambda y: (lambda a: ((y.float() * (448.0 / a)).clamp(-448, 448).to(FP8),
+                                                             a / 448.0))(y.float().abs().amax()))(vllm_silu_and_mul(x)), X)
+    assert (ratio.scheme, ratio.recipe.apply) == (catalog.FP8_PER_TENSOR, catalog.ApplyForm.MUL_RATIO)
+    assert recognise.should_fuse(ratio, config) == (
+        "kept for speed: apply=mul_ratio has no per-tensor CUDA kernel, so the site would run on the Triton kernels, "
+        "slower than Inductor's code for this pair (passes.PROFITABLE_NATIVE_TRITON)")
+    assert recognise.should_fuse(_on_a_gpu_graph(lambda x: vllm_tensor_quant(vllm_silu_and_mul(x)), X), config) is None
+    # a row of 100 bf16 is no whole number of 16-byte vectors: no per-token CUDA kernel
+    x100 = torch.randn(4, 100, dtype=torch.bfloat16)
+    silu = _on_a_gpu_graph(lambda x: vllm_token_quant(vllm_silu_and_mul(x)), torch.randn(4, 200, dtype=torch.bfloat16))
+    assert "to be a positive multiple of 8" in recognise.should_fuse(silu, config)
+    assert recognise.should_fuse(_on_a_gpu_graph(lambda x: vllm_token_quant(torch.relu(x).square()), x100),
+                                 config) is None  # ReLU² -> FP8 per token: Triton's is the faster code
+
+
 def _floored_in(dtype):
     """A bf16 scale computed in bf16 (amax / 448), floored at 1e-4 in ``dtype`` (bf16: as eager's
     bf16 clamp stores it, at bf16(1e-4); fp32: after the cast, at 1e-4)."""

@@ -348,14 +348,27 @@ def implements(entry) -> bool:
 def _reason(plan) -> str | None:
     if plan.device_type != "cuda":
         return f"input on {plan.device_type}, not CUDA"
+    why = plan_reason(plan)
+    if why is not None:
+        return why
+    if not plan.aligned:
+        return "input not 16-byte aligned"
+    if not is_available():
+        return f"CUDA extension unavailable ({_failed})"
+    return None
+
+
+def plan_reason(plan) -> str | None:
+    """Why the CUDA kernels do not compute a call of this plan (its op, dtype, recipe, hidden
+    size), or None: the reasons of :func:`supports` that do not depend on the call's tensors'
+    addresses or on this machine (the pass asks it of a traced site, whose fake input has no
+    address, before any extension is built)."""
     if plan.dtype not in _DTYPE_TRAITS:
         return f"dtype {plan.dtype} has no kernels"
     if not plan.activation.cuda:
         return f"activation {plan.activation.name} has no CUDA unit (catalog: Activation.cuda)"
     if not implements(plan.entry):
         return f"scheme {plan.entry.scheme.key} has no CUDA kernel"
-    if not plan.aligned:
-        return "input not 16-byte aligned"
     why = plan.kernel_reason()
     if why:
         return why
@@ -372,8 +385,6 @@ def _reason(plan) -> str | None:
         if plan.hidden == 0 or plan.hidden % vec:
             return (f"{plan.entry.scheme.key} kernel needs the hidden size ({plan.hidden}) to be a positive "
                     f"multiple of {vec}")
-    if not is_available():
-        return f"CUDA extension unavailable ({_failed})"
     return None
 
 

@@ -169,6 +169,23 @@ def measured_reason(op_name: str, scheme_key: str, params: dict, y_val, config) 
     return None
 
 
+def triton_only_reason(plan) -> str | None:
+    """Why a native site of a GPU graph whose plan the CUDA kernels do not compute (their
+    :func:`cuda_backend.plan_reason <quantfuse.custom_ops.cuda_backend.plan_reason>`: a recipe without the
+    clamp before torch 2.12, per-tensor ``apply=mul_ratio``, a per-token row that is no whole number of
+    16-byte vectors ...) is kept: it would run on the Triton kernels, and for a pair not in
+    :data:`~quantfuse.passes.config.PROFITABLE_NATIVE_TRITON` those were slower than Inductor's code;
+    None where the CUDA kernels run it, or Triton's is the faster code."""
+    from quantfuse.custom_ops import cuda_backend
+    from quantfuse.passes.config import PROFITABLE_NATIVE_TRITON
+
+    why = cuda_backend.plan_reason(plan)
+    if why is None or (plan.activation.name, plan.entry.scheme.key) in PROFITABLE_NATIVE_TRITON:
+        return None
+    return (f"{KEPT_FOR_SPEED}: {why}, so the site would run on the Triton kernels, slower than Inductor's code "
+            "for this pair (passes.PROFITABLE_NATIVE_TRITON)")
+
+
 def native_site_reason(device_type: str, q: Node, op_name: str, scheme_key: str, params: dict, y_val,
                        config) -> str | None:
     """Why a native site is kept for speed, else None: the device rule

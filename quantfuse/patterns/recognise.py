@@ -1215,7 +1215,7 @@ def should_fuse(site: Site, config) -> str | None:
     if reason:
         return f"{reason}: no CUDA / Triton kernel implements it (the torch reference would be slower than " \
                "Inductor's code)"
-    return None
+    return profitability.triton_only_reason(plan)
 
 
 # --- the rewrite --------------------------------------------------------------------------------

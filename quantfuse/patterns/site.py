@@ -246,16 +246,22 @@ SCHEME_READERS = {
 def check_kernel(activation: str, scheme: str, params: dict, xv: torch.Tensor) -> None:
     """A native site on a GPU graph is rewritten only where a CUDA / Triton kernel computes its
     recipe (a recipe only the torch reference computes would run eager code against Inductor's
-    fused code); on the CPU every op runs the reference, which computes every recipe."""
-    if xv.device.type == "cpu" or not params.get("recipe"):
+    fused code), and not where only a Triton kernel slower than Inductor's code would
+    (``profitability.triton_only_reason``); on the CPU every op runs the reference, which computes
+    every recipe."""
+    if xv.device.type == "cpu":
         return
     from quantfuse.custom_ops import plan as qplan
+    from quantfuse.passes import profitability
 
     entry = catalog.OPS[catalog.fused_op_name(activation, scheme)]
     op_params = {k: v for k, v in params.items() if k != "recipe"}
-    reason = qplan.make_plan(entry, xv, (), op_params, recipe=params["recipe"]).kernel_reason()
+    plan = qplan.make_plan(entry, xv, (), op_params, recipe=params.get("recipe", ""))
+    reason = plan.kernel_reason()
     _require(reason is None, f"{reason}: no CUDA / Triton kernel implements it (the torch reference would be "
              "slower than Inductor's code)")
+    reason = profitability.triton_only_reason(plan)
+    _require(reason is None, reason)
 
 
 def _check_op_params(scheme: str, params: dict, config) -> None:
