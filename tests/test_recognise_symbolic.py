@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import quantfuse
 from test_recognise import (FP8, VLLM_FLOOR, _mx_input, mx8_quant, vllm_group_quant, vllm_silu_and_mul,
-                            vllm_static_quant, vllm_token_quant)
+                            vllm_static_quant, vllm_tensor_quant, vllm_token_quant)
 import swizzle_spelled
 from test_recognise_mxfp4 import mxfp4, silu_mul
 
@@ -65,6 +65,8 @@ CASES = {
     "two Linear outputs": (lambda g, u: vllm_token_quant(F.silu(g) * u),
                            lambda t: (torch.randn(t, 256, dtype=torch.bfloat16) * 3,
                                       torch.randn(t, 256, dtype=torch.bfloat16) * 3), (0,), None),
+    "vLLM dynamic per-tensor": (lambda x: vllm_tensor_quant(vllm_silu_and_mul(x)), _rows(512), (0,),
+                                VLLM_FLOOR + ",apply=mul_inv"),
     "static per-tensor": (lambda x, s: vllm_static_quant(vllm_silu_and_mul(x), s),
                           lambda t: (torch.randn(t, 512, dtype=torch.bfloat16) * 3, torch.tensor([0.02])), (0,),
                           None),
