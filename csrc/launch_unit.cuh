@@ -356,10 +356,21 @@ const char* launch_elementwise(void* out, const Inputs& in, int64_t tokens, int6
                 in.in_stride, hidden, uint32_t(chunks), scale, aa);
 }
 
+// Static FP8 with the one-element fp32 scale at `scale` (device memory): the elementwise kernel, the
+// apply form its per-element work (no reduction, no fast path to choose).
+const char* launch_static(const QuantParams& p, const float* scale) {
+  if (p.recipe.apply == kApplyMulInv) {
+    return launch_elementwise<kVec, Fp8Static<kApplyMulInv>>(p.q, p.in, p.tokens, p.hidden, scale, p.pdl, p.stream,
+                                                             p.act_args);
+  }
+  return launch_elementwise<kVec, Fp8Static<kApplyDiv>>(p.q, p.in, p.tokens, p.hidden, scale, p.pdl, p.stream,
+                                                        p.act_args);
+}
+
 // Dynamic per-tensor FP8 (tensor_kernel.cuh): the amax pass on min(tokens, partials_count) blocks,
-// the scale step into p.s, then the static kernel's encode reading p.s as its scale.
+// the scale step into p.s, then the static kernel's encode reading p.s as its scale (y / s or
+// y * (1 / s): the binding declines apply=mul_ratio).
 const char* launch_tensor(const QuantParams& p) {
-  if (p.recipe.apply == kApplyMulRatio) return "quantfuse: apply=mul_ratio has no per-tensor CUDA kernel";
   // an empty tensor has no partials: its amax is taken as 0 (reference.quantize), the scale still written
   const int64_t blocks = p.hidden > 0 ? std::min<int64_t>(p.tokens, p.partials_count) : 0;
   if (blocks > 0 && p.partials == nullptr) return "quantfuse: the per-tensor kernels need their workspace";
@@ -375,13 +386,7 @@ const char* launch_tensor(const QuantParams& p) {
                  static_cast<const float*>(p.partials), int(blocks), p.recipe);
   }
   if (err != nullptr || blocks == 0) return err;
-  const float* scale = static_cast<const float*>(p.s);
-  if (p.recipe.apply == kApplyMulInv) {
-    return launch_elementwise<kVec, Fp8Static<kApplyMulInv>>(p.q, p.in, p.tokens, p.hidden, scale, p.pdl, p.stream,
-                                                             p.act_args);
-  }
-  return launch_elementwise<kVec, Fp8Static<kApplyDiv>>(p.q, p.in, p.tokens, p.hidden, scale, p.pdl, p.stream,
-                                                        p.act_args);
+  return launch_static(p, static_cast<const float*>(p.s));
 }
 
 }  // namespace
@@ -398,14 +403,7 @@ const char* QF_CAT(launch_quant_, QF_UNIT)(const QuantParams& p) {
       return "quantfuse: group_size is not one the kernels take";
     case kMxfp8: return p.experts.offsets.experts ? dispatch_experts<Mxfp8>(p) : dispatch_bool<Mxfp8, kMxBlock>(p, mx_saturates(p));
     case kMxfp4: return p.experts.offsets.experts ? dispatch_experts<Mxfp4>(p) : dispatch_bool<Mxfp4, kMxBlock>(p, mx_saturates(p));
-    case kStatic:
-      // the apply form is the per-element work (no reduction, no fast path to choose)
-      if (p.recipe.apply == kApplyMulInv) {
-        return launch_elementwise<kVec, Fp8Static<kApplyMulInv>>(p.q, p.in, p.tokens, p.hidden, p.scale, p.pdl,
-                                                                 p.stream, p.act_args);
-      }
-      return launch_elementwise<kVec, Fp8Static<kApplyDiv>>(p.q, p.in, p.tokens, p.hidden, p.scale, p.pdl, p.stream,
-                                                            p.act_args);
+    case kStatic: return launch_static(p, p.scale);
     case kPerTensor: return launch_tensor(p);
     default: return "quantfuse: unknown scheme";
   }

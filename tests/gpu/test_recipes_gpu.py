@@ -32,7 +32,6 @@ import kernel_calls as kc  # noqa: E402
 from recipe_spellings import covering, fp8_recipes, scheme_of, spelled, spelled_static  # noqa: E402
 
 from quantfuse import catalog  # noqa: E402
-from quantfuse.catalog import Grouping  # noqa: E402
 from quantfuse.custom_ops import cuda_backend, oracle  # noqa: E402
 from quantfuse.custom_ops import triton_schemes as ts  # noqa: E402
 
@@ -98,12 +97,14 @@ def _assert_same(got, want, what):
 
 
 def _cuda_runs(r: catalog.Recipe) -> bool:
-    """The CUDA kernels clamp (SATFINITE): a recipe without the clamp is theirs only where torch's
-    cast saturates too (torch >= 2.12); before, Triton runs it (test_unsaturated_cast_...). And
-    only the schemes they implement (cuda_backend.SCHEMES), per tensor with y / s or y * (1 / s) (their
-    encode is the static kernel's: test_per_tensor_mul_ratio_is_triton_s)."""
-    per_tensor_ratio = r.grouping is Grouping.PER_TENSOR and r.apply is catalog.ApplyForm.MUL_RATIO
-    return (r.clamp or catalog.E4M3_CAST_SATURATES) and _scheme(r)[0] in cuda_backend.SCHEMES and not per_tensor_ratio
+    """Whether the CUDA kernels compute the recipe (``cuda_backend.plan_reason``): they clamp
+    (SATFINITE), so a recipe without the clamp is theirs only where torch's cast saturates too
+    (torch >= 2.12; before, Triton runs it: test_unsaturated_cast_...), and per tensor they encode
+    with the static kernel's y / s or y * (1 / s) (test_per_tensor_mul_ratio_is_triton_s)."""
+    scheme, params = _scheme(r)
+    plan = kc.make(scheme.unfused_name, torch.empty(1, HIDDEN, dtype=torch.bfloat16), *params,
+                   recipe=r.spec(scheme.recipe(*params)))
+    return cuda_backend.plan_reason(plan) is None
 
 
 def _run(mod, r: catalog.Recipe, x: torch.Tensor, name: str | None = None, up=None):
