@@ -169,6 +169,18 @@ def measured_reason(op_name: str, scheme_key: str, params: dict, y_val, config) 
     return None
 
 
+def kernel_reason(plan) -> str | None:
+    """Why a native site of a GPU graph with this call plan is kept, or None: no CUDA / Triton
+    kernel computes its recipe (``CallPlan.kernel_reason``: the torch reference would run), or
+    only a Triton kernel slower than Inductor's code would (:func:`triton_only_reason`). Both the
+    recogniser and the native patterns ask it."""
+    reason = plan.kernel_reason()
+    if reason:
+        return (f"{reason}: no CUDA / Triton kernel implements it (the torch reference would be slower than "
+                "Inductor's code)")
+    return triton_only_reason(plan)
+
+
 def triton_only_reason(plan) -> str | None:
     """Why a native site of a GPU graph whose plan the CUDA kernels do not compute (their
     :func:`cuda_backend.plan_reason <quantfuse.custom_ops.cuda_backend.plan_reason>`: a recipe without the

@@ -1211,11 +1211,7 @@ def should_fuse(site: Site, config) -> str | None:
                                             site.y.meta.get("val"), config)
     if kept or xv.device.type == "cpu":
         return kept
-    reason = plan.kernel_reason()
-    if reason:
-        return f"{reason}: no CUDA / Triton kernel implements it (the torch reference would be slower than " \
-               "Inductor's code)"
-    return profitability.triton_only_reason(plan)
+    return profitability.kernel_reason(plan)
 
 
 # --- the rewrite --------------------------------------------------------------------------------

@@ -247,7 +247,7 @@ def check_kernel(activation: str, scheme: str, params: dict, xv: torch.Tensor) -
     """A native site on a GPU graph is rewritten only where a CUDA / Triton kernel computes its
     recipe (a recipe only the torch reference computes would run eager code against Inductor's
     fused code), and not where only a Triton kernel slower than Inductor's code would
-    (``profitability.triton_only_reason``); on the CPU every op runs the reference, which computes
+    (``profitability.kernel_reason``); on the CPU every op runs the reference, which computes
     every recipe."""
     if xv.device.type == "cpu":
         return
@@ -256,11 +256,7 @@ def check_kernel(activation: str, scheme: str, params: dict, xv: torch.Tensor) -
 
     entry = catalog.OPS[catalog.fused_op_name(activation, scheme)]
     op_params = {k: v for k, v in params.items() if k != "recipe"}
-    plan = qplan.make_plan(entry, xv, (), op_params, recipe=params.get("recipe", ""))
-    reason = plan.kernel_reason()
-    _require(reason is None, f"{reason}: no CUDA / Triton kernel implements it (the torch reference would be "
-             "slower than Inductor's code)")
-    reason = profitability.triton_only_reason(plan)
+    reason = profitability.kernel_reason(qplan.make_plan(entry, xv, (), op_params, recipe=params.get("recipe", "")))
     _require(reason is None, reason)
 
 
